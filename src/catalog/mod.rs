@@ -1,0 +1,385 @@
+//! Stable Diffusion architectures: their key layouts, the component and block of every key,
+//! and detection of a file's architecture and variant from names and shapes.
+//!
+//! * [`blocks`]: the one table that maps a key to its component and merge block;
+//! * [`data`]: the SD1/SD2/SDXL layouts, compiled in;
+//! * [`detect`]: which architecture a file is, how sure, and which variant;
+//! * [`Grouping`]: the rows an analysis reports (U-Net blocks, then each text encoder, the
+//!   VAE, the rest), or groups by key prefix for layouts the catalog does not know.
+
+pub mod blocks;
+pub mod data;
+pub mod detect;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::fmt;
+
+pub use blocks::{Block, Component, block_of, component_of};
+pub use detect::{Confidence, Detection, Variant, detect};
+
+/// An architecture in the catalog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    /// Stable Diffusion 1.x, LDM single-file layout (CLIP-L text encoder).
+    Sd1,
+    /// Stable Diffusion 2.x, LDM layout (OpenCLIP ViT-H text encoder). Same U-Net key names
+    /// as SD1; told apart by shapes.
+    Sd2,
+    /// SDXL base, SGM layout (CLIP-L + OpenCLIP bigG).
+    Sdxl,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 3] = [Arch::Sd1, Arch::Sd2, Arch::Sdxl];
+
+    /// Short id used on the command line and in JSON.
+    pub fn id(self) -> &'static str {
+        match self {
+            Arch::Sd1 => "sd1",
+            Arch::Sd2 => "sd2",
+            Arch::Sdxl => "sdxl",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Arch> {
+        match s.to_ascii_lowercase().as_str() {
+            "sd1" | "sd15" | "sd1.5" | "sd-v1" | "sd1-ldm" => Some(Arch::Sd1),
+            "sd2" | "sd21" | "sd2.1" | "sd-v2" | "sd2-ldm" => Some(Arch::Sd2),
+            "sdxl" | "sd-xl" | "sdxl-sgm" | "xl" => Some(Arch::Sdxl),
+            _ => None,
+        }
+    }
+
+    /// Human name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Arch::Sd1 => "SD1 (LDM)",
+            Arch::Sd2 => "SD2 (LDM)",
+            Arch::Sdxl => "SDXL base (SGM)",
+        }
+    }
+
+    /// Number of U-Net input blocks, and of output blocks: 12 for SD1/SD2, 9 for SDXL.
+    pub fn depth(self) -> u8 {
+        match self {
+            Arch::Sd1 | Arch::Sd2 => 12,
+            Arch::Sdxl => 9,
+        }
+    }
+
+    /// The merge blocks in SuperMerger's order (26 for SD1/SD2, 20 for SDXL).
+    pub fn merge_blocks(self) -> Vec<Block> {
+        Block::merge_order(self.depth())
+    }
+
+    /// The components a full checkpoint of this architecture has.
+    pub fn components(self) -> &'static [Component] {
+        match self {
+            Arch::Sd1 | Arch::Sd2 => &[Component::Unet, Component::Te1, Component::Vae],
+            Arch::Sdxl => &[
+                Component::Unet,
+                Component::Te1,
+                Component::Te2,
+                Component::Vae,
+            ],
+        }
+    }
+
+    /// What a component is in this architecture ("CLIP-L", "OpenCLIP-H", ...).
+    pub fn component_label(self, c: Component) -> &'static str {
+        match (self, c) {
+            (_, Component::Unet) => "U-Net",
+            (Arch::Sd2, Component::Te1) => "OpenCLIP ViT-H",
+            (_, Component::Te1) => "CLIP ViT-L",
+            (_, Component::Te2) => "OpenCLIP ViT-bigG",
+            (_, Component::Vae) => "VAE",
+            (_, Component::Other) => "other",
+        }
+    }
+}
+
+impl fmt::Display for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+/// The canonical name of a key: the one the catalog lists.
+///
+/// Resolves the aliases real files use: the old transformers CLIP names without
+/// `text_model.` (SD1 and SDXL CLIP-L), and EMA keys without `diffusion_model`.
+pub fn canonical_key(key: &str) -> Cow<'_, str> {
+    if let Some(k) = data::aliases().get(key) {
+        return Cow::Owned(k.clone());
+    }
+    // The layout data lists the old CLIP names for SD1 only; SDXL files saved by old
+    // tools carry the same rename under the first embedder.
+    const OLD_CLIP: &str = "conditioner.embedders.0.transformer.";
+    if let Some(rest) = key.strip_prefix(OLD_CLIP)
+        && ["embeddings.", "encoder.", "final_layer_norm."]
+            .iter()
+            .any(|p| rest.starts_with(p))
+    {
+        return Cow::Owned(format!("{OLD_CLIP}text_model.{rest}"));
+    }
+    Cow::Borrowed(key)
+}
+
+/// How keys are grouped into report rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    Known(Arch),
+    /// An architecture the catalog does not know: rows by key prefix.
+    Generic,
+}
+
+impl Layout {
+    pub fn arch(self) -> Option<Arch> {
+        match self {
+            Layout::Known(a) => Some(a),
+            Layout::Generic => None,
+        }
+    }
+
+    pub fn id(self) -> &'static str {
+        match self {
+            Layout::Known(a) => a.id(),
+            Layout::Generic => "unknown",
+        }
+    }
+}
+
+/// One report row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupInfo {
+    /// `IN00`, `M00`, `OUT11`, `TE1`, `TE2`, `VAE`, `OTHER`, or a key prefix.
+    pub label: String,
+    pub component: Component,
+    /// The U-Net block, for U-Net rows.
+    pub block: Option<Block>,
+}
+
+/// The rows an analysis reports, and the row of every key.
+#[derive(Clone, Debug)]
+pub struct Grouping {
+    layout: Layout,
+    groups: Vec<GroupInfo>,
+    /// Generic layouts: prefix -> row.
+    by_prefix: HashMap<String, usize>,
+}
+
+impl Grouping {
+    /// U-Net blocks in model order, then each text encoder, the VAE and the rest.
+    pub fn for_arch(arch: Arch) -> Grouping {
+        let mut groups: Vec<GroupInfo> = arch
+            .merge_blocks()
+            .into_iter()
+            .filter(|b| *b != Block::Base)
+            .map(|b| GroupInfo {
+                label: b.to_string(),
+                component: Component::Unet,
+                block: Some(b),
+            })
+            .collect();
+        for &c in arch.components().iter().filter(|c| **c != Component::Unet) {
+            groups.push(GroupInfo {
+                label: c.id().to_uppercase(),
+                component: c,
+                block: None,
+            });
+        }
+        groups.push(GroupInfo {
+            label: "OTHER".into(),
+            component: Component::Other,
+            block: None,
+        });
+        Grouping {
+            layout: Layout::Known(arch),
+            groups,
+            by_prefix: HashMap::new(),
+        }
+    }
+
+    /// Rows by key prefix for the given (canonical) keys, in natural order.
+    pub fn generic<'a>(keys: impl IntoIterator<Item = &'a str>) -> Grouping {
+        let mut prefixes: Vec<String> = keys.into_iter().map(generic_prefix).collect();
+        prefixes.sort_by(|a, b| natural_cmp(a, b));
+        prefixes.dedup();
+        let groups: Vec<GroupInfo> = prefixes
+            .iter()
+            .map(|p| GroupInfo {
+                label: p.clone(),
+                component: component_of(p),
+                block: None,
+            })
+            .collect();
+        let by_prefix = prefixes
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| (p, i))
+            .collect();
+        Grouping {
+            layout: Layout::Generic,
+            groups,
+            by_prefix,
+        }
+    }
+
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    pub fn groups(&self) -> &[GroupInfo] {
+        &self.groups
+    }
+
+    /// The row of a canonical key.
+    pub fn group_of(&self, key: &str) -> usize {
+        match self.layout {
+            Layout::Generic => self.by_prefix[&generic_prefix(key)],
+            Layout::Known(arch) => {
+                let component = component_of(key);
+                let wanted = if component == Component::Unet {
+                    match block_of(key, arch.depth()) {
+                        Some(b) => return self.index_of_block(b).unwrap_or(self.other()),
+                        None => Component::Other,
+                    }
+                } else {
+                    component
+                };
+                self.groups
+                    .iter()
+                    .position(|g| g.block.is_none() && g.component == wanted)
+                    .unwrap_or(self.other())
+            }
+        }
+    }
+
+    fn index_of_block(&self, b: Block) -> Option<usize> {
+        self.groups.iter().position(|g| g.block == Some(b))
+    }
+
+    fn other(&self) -> usize {
+        self.groups.len() - 1
+    }
+}
+
+/// The generic row of a key: its dotted segments up to and including the first numeric
+/// one (`double_blocks.3`), at most four; or its first two segments.
+fn generic_prefix(key: &str) -> String {
+    let segments: Vec<&str> = key.split('.').collect();
+    let last = segments.len().saturating_sub(1).max(1);
+    let end = match segments
+        .iter()
+        .take(4)
+        .position(|s| s.parse::<u64>().is_ok())
+    {
+        Some(i) => i + 1,
+        None => 2,
+    };
+    segments[..end.min(last).max(1)].join(".")
+}
+
+/// Orders strings with embedded numbers by value: `b.2 < b.10`.
+pub fn natural_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(s: &str) -> Vec<(bool, &str)> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let bytes = s.as_bytes();
+        for i in 1..=bytes.len() {
+            if i == bytes.len() || bytes[i].is_ascii_digit() != bytes[start].is_ascii_digit() {
+                out.push((bytes[start].is_ascii_digit(), &s[start..i]));
+                start = i;
+            }
+        }
+        out
+    }
+    let (pa, pb) = (parts(a), parts(b));
+    for ((da, sa), (db, sb)) in pa.iter().zip(pb.iter()) {
+        let ord = if *da && *db {
+            let (na, nb) = (sa.trim_start_matches('0'), sb.trim_start_matches('0'));
+            na.len().cmp(&nb.len()).then(na.cmp(nb))
+        } else {
+            sa.cmp(sb)
+        };
+        if ord != std::cmp::Ordering::Equal {
+            return ord;
+        }
+    }
+    pa.len().cmp(&pb.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_names() {
+        assert_eq!(
+            canonical_key("cond_stage_model.transformer.encoder.layers.0.mlp.fc1.bias"),
+            "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.bias"
+        );
+        assert_eq!(
+            canonical_key("conditioner.embedders.0.transformer.final_layer_norm.weight"),
+            "conditioner.embedders.0.transformer.text_model.final_layer_norm.weight"
+        );
+        assert_eq!(
+            canonical_key("model_ema.input_blocks00bias"),
+            "model_ema.diffusion_modelinput_blocks00bias"
+        );
+        assert_eq!(
+            canonical_key("first_stage_model.encoder.conv_in.bias"),
+            "first_stage_model.encoder.conv_in.bias"
+        );
+    }
+
+    #[test]
+    fn arch_rows() {
+        let g = Grouping::for_arch(Arch::Sd1);
+        let labels: Vec<&str> = g.groups().iter().map(|g| g.label.as_str()).collect();
+        assert_eq!(labels.len(), 25 + 3);
+        assert_eq!(&labels[..2], &["IN00", "IN01"]);
+        assert_eq!(&labels[25..], &["TE1", "VAE", "OTHER"]);
+        assert_eq!(
+            labels[g.group_of("model.diffusion_model.out.2.bias")],
+            "OUT11"
+        );
+        assert_eq!(
+            labels[g.group_of("first_stage_model.decoder.conv_in.bias")],
+            "VAE"
+        );
+        assert_eq!(labels[g.group_of("model_ema.decay")], "OTHER");
+        assert_eq!(
+            labels[g.group_of("conditioner.embedders.1.model.ln_final.bias")],
+            "OTHER"
+        );
+        let xl = Grouping::for_arch(Arch::Sdxl);
+        assert_eq!(xl.groups().len(), 19 + 4);
+    }
+
+    #[test]
+    fn generic_rows() {
+        let keys = [
+            "double_blocks.10.img_attn.qkv.weight",
+            "double_blocks.2.img_mod.lin.bias",
+            "img_in.weight",
+            "final_layer.linear.bias",
+            "x",
+        ];
+        let g = Grouping::generic(keys);
+        let labels: Vec<&str> = g.groups().iter().map(|g| g.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "double_blocks.2",
+                "double_blocks.10",
+                "final_layer.linear",
+                "img_in",
+                "x"
+            ]
+        );
+        assert_eq!(g.group_of("img_in.weight"), 3);
+    }
+}

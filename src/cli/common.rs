@@ -1,0 +1,159 @@
+//! Pieces every subcommand uses: opening files, choosing the row layout, output formats.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::catalog::{Arch, Detection, Grouping, Layout, detect};
+use crate::reader::Checkpoint;
+use crate::reports::Format;
+
+/// Options every command sees.
+pub struct Global {
+    pub quiet: bool,
+}
+
+/// `--json`, `--csv`, `--markdown`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FormatArgs {
+    /// Print JSON (schema in the README) instead of a table.
+    #[arg(long, group = "format")]
+    pub json: bool,
+    /// Print CSV.
+    #[arg(long, group = "format")]
+    pub csv: bool,
+    /// Print a Markdown table.
+    #[arg(long, group = "format")]
+    pub markdown: bool,
+}
+
+impl FormatArgs {
+    pub fn format(&self) -> Format {
+        if self.json {
+            Format::Json
+        } else if self.csv {
+            Format::Csv
+        } else if self.markdown {
+            Format::Markdown
+        } else {
+            Format::Table
+        }
+    }
+}
+
+/// An open checkpoint and what it is.
+pub struct Model {
+    pub ckpt: Checkpoint,
+    pub detection: Detection,
+}
+
+impl Model {
+    pub fn open(path: &Path) -> Result<Model> {
+        let ckpt = Checkpoint::open(path)?;
+        let detection = detect(&ckpt);
+        Ok(Model { ckpt, detection })
+    }
+
+    pub fn name(&self) -> String {
+        self.ckpt.display_name()
+    }
+
+    /// "SD1 (LDM), high confidence" for headings.
+    pub fn describe(&self) -> String {
+        let d = &self.detection;
+        let mut s = match d.layout {
+            Layout::Known(a) => format!("{}, {} confidence", a.label(), d.confidence.level.id()),
+            Layout::Generic => "unknown layout".to_string(),
+        };
+        if d.scale > 1 {
+            s.push_str(&format!(", 1/{} scale test checkpoint", d.scale));
+        }
+        s
+    }
+}
+
+/// Opens every path, in parallel (header reads only).
+pub fn open_all(paths: &[PathBuf]) -> Result<Vec<Model>> {
+    use rayon::prelude::*;
+    paths.par_iter().map(|p| Model::open(p)).collect()
+}
+
+/// `--arch` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchArg {
+    Sd1,
+    Sd2,
+    Sdxl,
+    /// Rows by key prefix, for layouts the catalog does not know.
+    Generic,
+}
+
+/// The rows to report for `models`: their common architecture, or the forced one.
+pub fn choose_grouping(
+    models: &[&Model],
+    forced: Option<ArchArg>,
+    command: &str,
+) -> Result<Grouping> {
+    let generic = |models: &[&Model]| {
+        let keys: Vec<String> = models
+            .iter()
+            .flat_map(|m| {
+                m.ckpt
+                    .tensors()
+                    .iter()
+                    .map(|t| crate::catalog::canonical_key(&t.name).into_owned())
+            })
+            .collect();
+        Grouping::generic(keys.iter().map(String::as_str))
+    };
+    match forced {
+        Some(ArchArg::Sd1) => return Ok(Grouping::for_arch(Arch::Sd1)),
+        Some(ArchArg::Sd2) => return Ok(Grouping::for_arch(Arch::Sd2)),
+        Some(ArchArg::Sdxl) => return Ok(Grouping::for_arch(Arch::Sdxl)),
+        Some(ArchArg::Generic) => return Ok(generic(models)),
+        None => {}
+    }
+    let first = models[0];
+    for m in &models[1..] {
+        if m.detection.layout != first.detection.layout {
+            bail!(
+                "'{}' is {} and '{}' is {}; `{command}` compares checkpoints of one architecture. \
+                 Pass `--arch generic` to compare them by key prefix anyway",
+                first.name(),
+                describe_layout(first.detection.layout),
+                m.name(),
+                describe_layout(m.detection.layout),
+            );
+        }
+        if m.detection.scale != first.detection.scale {
+            bail!(
+                "'{}' and '{}' have different widths (scale 1/{} vs 1/{}): their tensors cannot be compared",
+                first.name(),
+                m.name(),
+                first.detection.scale,
+                m.detection.scale
+            );
+        }
+    }
+    Ok(match first.detection.layout {
+        Layout::Known(a) => Grouping::for_arch(a),
+        Layout::Generic => generic(models),
+    })
+}
+
+fn describe_layout(l: Layout) -> &'static str {
+    match l {
+        Layout::Known(a) => a.label(),
+        Layout::Generic => "of a layout ckpt-diff does not know",
+    }
+}
+
+/// Writes a command's output to stdout; a closed pipe is not an error.
+pub fn print(text: &str) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        r => r.context("writing to standard output"),
+    }
+}

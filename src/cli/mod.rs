@@ -1,0 +1,100 @@
+//! The command line: clap definitions, one module per subcommand, and the mapping of errors
+//! to messages and exit codes.
+//!
+//! Exit codes: 0 success; 1 a check found something (`validate` warnings, a hash that does
+//! not hold); 2 usage, input or I/O error; 130 interrupted (temporary files removed).
+
+mod common;
+mod inspect;
+mod sim;
+mod synth;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const EXIT_CODES: &str = "\
+Exit codes: 0 success; 1 a check found something; 2 usage, input or I/O error; 130 interrupted.";
+
+/// Analyze, diff and merge Stable Diffusion checkpoints (.safetensors).
+#[derive(Debug, Parser)]
+#[command(name = "ckpt-diff", version, about, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Hide progress bars (they are hidden anyway when stderr is not a terminal).
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long, global = true, value_name = "N")]
+    threads: Option<usize>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Cosine similarity of two checkpoints, block by block.
+    Sim(sim::Args),
+    /// Architecture, variant, components, dtypes and metadata of a checkpoint.
+    Inspect(inspect::Args),
+    /// Write synthetic checkpoints with real SD1/SD2/SDXL key layouts (test data).
+    Synth(synth::Args),
+}
+
+/// What a subcommand reports back to `main`.
+pub enum Outcome {
+    Ok,
+    /// A check found something worth a non-zero exit (code 1).
+    Findings,
+}
+
+/// Parses arguments, runs the command, prints errors; returns the exit code.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    let _ = ctrlc::set_handler(crate::pass::interrupt);
+    if let Some(n) = cli.threads
+        && let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(n.max(1))
+            .build_global()
+    {
+        eprintln!("ckpt-diff: warning: could not set {n} threads: {e}");
+    }
+    let global = common::Global { quiet: cli.quiet };
+    let result = match cli.command {
+        Command::Sim(args) => sim::run(args, &global),
+        Command::Inspect(args) => inspect::run(args, &global),
+        Command::Synth(args) => synth::run(args, &global),
+    };
+    match result {
+        Ok(Outcome::Ok) => ExitCode::SUCCESS,
+        Ok(Outcome::Findings) => ExitCode::from(1),
+        Err(e) => report_error(&e),
+    }
+}
+
+fn report_error(e: &anyhow::Error) -> ExitCode {
+    if crate::pass::interrupted()
+        || e.chain()
+            .any(|c| matches!(c.downcast_ref(), Some(crate::pass::PassError::Interrupted)))
+    {
+        eprintln!("ckpt-diff: interrupted; nothing was written");
+        return ExitCode::from(130);
+    }
+    if e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    }) {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "ckpt-diff: error: {}",
+        crate::reports::sanitize(&format!("{e:#}"))
+    );
+    let hint = e
+        .chain()
+        .find_map(|c| c.downcast_ref::<crate::reader::FileError>())
+        .and_then(|f| f.kind.hint());
+    if let Some(hint) = hint {
+        eprintln!("ckpt-diff: hint: {hint}");
+    }
+    ExitCode::from(2)
+}

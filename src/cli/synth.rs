@@ -1,0 +1,207 @@
+//! `ckpt-diff synth model|family`: synthetic checkpoints with real key layouts.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+
+use super::Outcome;
+use super::common::{Global, print};
+use crate::catalog::{Arch, Component};
+use crate::pass::progress::Bar;
+use crate::reader::dtype::{FloatFormat, parse_user_float};
+use crate::synth::{self, Layout, Synthetic, UnetVariant, family};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    what: What,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum What {
+    /// One checkpoint: the base of --seed, plus any --delta.
+    Model {
+        /// Output file (.safetensors).
+        out: PathBuf,
+        #[command(flatten)]
+        layout: LayoutArgs,
+        /// Add a delta: SEED:SIZE, the size relative to each weight's spread (repeatable).
+        #[arg(long, value_name = "SEED:SIZE")]
+        delta: Vec<String>,
+    },
+    /// A family in DIR: base, fine-tunes, and merges of them, with family.json.
+    Family {
+        /// Output folder (created if needed).
+        dir: PathBuf,
+        #[command(flatten)]
+        layout: LayoutArgs,
+        /// Number of fine-tunes.
+        #[arg(long, default_value_t = 3)]
+        finetunes: usize,
+        /// Typical size of a fine-tune's delta, relative to each weight's spread.
+        #[arg(long, default_value_t = 0.1)]
+        size: f64,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct LayoutArgs {
+    /// Architecture: sd1, sd2 or sdxl.
+    #[arg(long, default_value = "sd1")]
+    arch: String,
+    /// Divide every dimension of 128 or more by this (1 = real size: 2 GB for SD1 fp16).
+    #[arg(long, default_value_t = 1)]
+    scale: u32,
+    /// Float dtype: f16, bf16 or f32.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    /// Seed of the base weights.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// U-Net input variant: base, inpainting, pix2pix or depth.
+    #[arg(long, default_value = "base")]
+    variant: String,
+    /// Components to write (comma-separated: unet, te1, te2, vae); default all.
+    #[arg(long, value_delimiter = ',')]
+    components: Vec<String>,
+    /// Add EMA weights (SD1 only).
+    #[arg(long)]
+    ema: bool,
+    /// Add the DDPM schedule buffers.
+    #[arg(long)]
+    scheduler: bool,
+    /// Add SDXL v-prediction markers.
+    #[arg(long)]
+    vpred_markers: bool,
+    /// Name the text encoder keys the old way (no `text_model.`).
+    #[arg(long)]
+    old_clip_names: bool,
+    /// Leave out the optional text-encoder layers (a pruned SDXL file).
+    #[arg(long)]
+    prune_te: bool,
+    /// Leave out position_ids.
+    #[arg(long)]
+    no_position_ids: bool,
+}
+
+impl LayoutArgs {
+    fn layout(&self) -> Result<Layout> {
+        let arch = Arch::parse(&self.arch).with_context(|| {
+            format!(
+                "--arch: unknown architecture '{}'; use sd1, sd2 or sdxl",
+                self.arch
+            )
+        })?;
+        let dtype = parse_user_float(&self.dtype)
+            .filter(|f| matches!(f, FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32))
+            .with_context(|| format!("--dtype: '{}' is not one of f16, bf16, f32", self.dtype))?;
+        if self.scale == 0 || !self.scale.is_power_of_two() || self.scale > 64 {
+            bail!("--scale must be a power of two between 1 and 64");
+        }
+        let mut layout = Layout::new(arch, self.scale, dtype);
+        layout.variant = match self.variant.as_str() {
+            "base" => UnetVariant::Base,
+            "inpainting" | "inpaint" => UnetVariant::Inpainting,
+            "pix2pix" => UnetVariant::Pix2Pix,
+            "depth" => UnetVariant::Depth,
+            other => bail!(
+                "--variant: unknown variant '{other}'; use base, inpainting, pix2pix or depth"
+            ),
+        };
+        if !self.components.is_empty() {
+            layout.components = self
+                .components
+                .iter()
+                .map(|c| {
+                    Component::parse(c)
+                        .filter(|c| *c != Component::Other)
+                        .with_context(|| format!("--components: unknown component '{c}'"))
+                })
+                .collect::<Result<_>>()?;
+        }
+        if self.ema && arch != Arch::Sd1 {
+            bail!("--ema: the catalog lists EMA keys for SD1 only");
+        }
+        layout.ema = self.ema;
+        layout.scheduler = self.scheduler;
+        layout.vpred_markers = self.vpred_markers;
+        layout.old_clip_names = self.old_clip_names;
+        layout.prune_text_encoders = self.prune_te;
+        layout.position_ids = !self.no_position_ids;
+        Ok(layout)
+    }
+}
+
+pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+    match args.what {
+        What::Model { out, layout, delta } => {
+            let seed = layout.seed;
+            let layout = layout.layout()?;
+            let mut model = Synthetic::base(layout.arch, seed);
+            for d in &delta {
+                let (s, size) = d
+                    .split_once(':')
+                    .with_context(|| format!("--delta '{d}': expected SEED:SIZE"))?;
+                let s: u64 = s
+                    .parse()
+                    .with_context(|| format!("--delta '{d}': bad seed"))?;
+                let size: f64 = size
+                    .parse()
+                    .with_context(|| format!("--delta '{d}': bad size"))?;
+                model = model.plus_delta(s, synth::uniform(layout.arch, size));
+            }
+            let bar = Bar::new("writing", global.quiet);
+            synth::write(&out, &layout, &model, &[], &bar)?;
+            drop(bar);
+            if !global.quiet {
+                eprintln!(
+                    "wrote {} ({})",
+                    out.display(),
+                    crate::reports::bytes(std::fs::metadata(&out)?.len())
+                );
+            }
+        }
+        What::Family {
+            dir,
+            layout,
+            finetunes,
+            size,
+        } => {
+            let seed = layout.seed;
+            let layout = layout.layout()?;
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("creating '{}'", dir.display()))?;
+            let members = family::family(layout.arch, seed, finetunes, size);
+            let mut manifest = Vec::new();
+            for m in &members {
+                let path = dir.join(format!("{}.safetensors", m.name));
+                let bar = Bar::new(&m.name, global.quiet);
+                synth::write(
+                    &path,
+                    &layout,
+                    &m.model,
+                    &[("ckpt_diff.recipe".into(), m.recipe.clone())],
+                    &bar,
+                )?;
+                drop(bar);
+                manifest.push(serde_json::json!({ "name": m.name, "file": format!("{}.safetensors", m.name), "recipe": m.recipe, "model": m.model }));
+            }
+            let json = serde_json::json!({ "schema": 1, "layout": layout, "seed": seed, "members": manifest });
+            std::fs::write(
+                dir.join("family.json"),
+                serde_json::to_string_pretty(&json)? + "\n",
+            )
+            .with_context(|| format!("writing '{}'", dir.join("family.json").display()))?;
+            if !global.quiet {
+                let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
+                print(&format!(
+                    "wrote {} checkpoints to {}: {}\n",
+                    members.len(),
+                    dir.display(),
+                    names.join(", ")
+                ))?;
+            }
+        }
+    }
+    Ok(Outcome::Ok)
+}

@@ -1,0 +1,174 @@
+//! Plain-Rust kernels: the fallback on any CPU, and the reference the SIMD paths are
+//! tested against.
+
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+
+use crate::reader::dtype::FloatFormat;
+
+pub fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
+    match format {
+        FloatFormat::F16 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = f16::from_le_bytes([c[0], c[1]]).to_f64();
+            }
+        }
+        FloatFormat::BF16 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                *d = bf16::from_le_bytes([c[0], c[1]]).to_f64();
+            }
+        }
+        FloatFormat::F32 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
+            }
+        }
+        FloatFormat::F64 => {
+            for (d, c) in dst.iter_mut().zip(src.chunks_exact(8)) {
+                *d = f64::from_le_bytes(c.try_into().expect("8 bytes"));
+            }
+        }
+        FloatFormat::F8E4M3 | FloatFormat::F8E5M2 => {
+            let table = fp8_table(format);
+            for (d, &b) in dst.iter_mut().zip(src) {
+                *d = table[b as usize];
+            }
+        }
+    }
+}
+
+pub fn from_f64(format: FloatFormat, src: &[f64], dst: &mut [u8]) {
+    match format {
+        // Not `f16::from_f64`: it drops the low 32 mantissa bits before rounding, so it
+        // misrounds values just above a tie. Round to odd in f32 first, then to nearest.
+        FloatFormat::F16 => {
+            for (c, &x) in dst.chunks_exact_mut(2).zip(src) {
+                c.copy_from_slice(&f16::from_f32(f64_to_f32_odd(x)).to_le_bytes());
+            }
+        }
+        FloatFormat::BF16 => {
+            for (c, &x) in dst.chunks_exact_mut(2).zip(src) {
+                c.copy_from_slice(&bf16::from_f32(f64_to_f32_odd(x)).to_le_bytes());
+            }
+        }
+        FloatFormat::F32 => {
+            for (c, &x) in dst.chunks_exact_mut(4).zip(src) {
+                c.copy_from_slice(&(x as f32).to_le_bytes());
+            }
+        }
+        FloatFormat::F64 => {
+            for (c, &x) in dst.chunks_exact_mut(8).zip(src) {
+                c.copy_from_slice(&x.to_le_bytes());
+            }
+        }
+        FloatFormat::F8E4M3 | FloatFormat::F8E5M2 => {
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d = fp8_round(format, x);
+            }
+        }
+    }
+}
+
+/// f64 -> f32 rounding to odd (truncate, then set the last bit if inexact): the first
+/// step of a correctly rounded f64 -> f16/bf16 conversion.
+pub fn f64_to_f32_odd(x: f64) -> f32 {
+    let nearest = x as f32;
+    let back = nearest as f64;
+    if back == x {
+        return nearest;
+    }
+    let mut bits = nearest.to_bits();
+    if back.abs() > x.abs() {
+        bits -= 1;
+    }
+    f32::from_bits(bits | 1)
+}
+
+/// Eight independent lanes summed in a fixed order. Plain multiply-add, not `mul_add`:
+/// without hardware FMA that is a slow libm call. (Products of stored f16/bf16/f32 values
+/// are exact in f64 either way.)
+pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    let mut lanes = [0.0f64; 8];
+    let split = a.len() / 8 * 8;
+    for (ca, cb) in a[..split].chunks_exact(8).zip(b[..split].chunks_exact(8)) {
+        for l in 0..8 {
+            lanes[l] += ca[l] * cb[l];
+        }
+    }
+    let mut s = lanes.iter().sum::<f64>();
+    for i in split..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+pub fn gram2(a: &[f64], b: &[f64]) -> [f64; 3] {
+    [dot(a, a), dot(a, b), dot(b, b)]
+}
+
+/// Decoding tables for the two FP8 formats (E4M3 "fn": no infinities, 0x7f/0xff are NaN;
+/// E5M2: IEEE-style with infinities).
+fn fp8_table(format: FloatFormat) -> &'static [f64; 256] {
+    static E4M3: OnceLock<[f64; 256]> = OnceLock::new();
+    static E5M2: OnceLock<[f64; 256]> = OnceLock::new();
+    let build = |e4m3: bool| {
+        let mut t = [0.0; 256];
+        for (b, v) in t.iter_mut().enumerate() {
+            *v = fp8_decode(e4m3, b as u8);
+        }
+        t
+    };
+    match format {
+        FloatFormat::F8E4M3 => E4M3.get_or_init(|| build(true)),
+        _ => E5M2.get_or_init(|| build(false)),
+    }
+}
+
+fn fp8_decode(e4m3: bool, b: u8) -> f64 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let (exp_bits, man_bits, bias) = if e4m3 { (4, 3, 7) } else { (5, 2, 15) };
+    let exp = ((b >> man_bits) & ((1 << exp_bits) - 1)) as i32;
+    let man = (b & ((1 << man_bits) - 1)) as f64;
+    let max_exp = (1 << exp_bits) - 1;
+    let scale = (1u32 << man_bits) as f64;
+    if e4m3 && exp == max_exp && man as u8 == 7 {
+        return f64::NAN;
+    }
+    if !e4m3 && exp == max_exp {
+        return if man == 0.0 {
+            sign * f64::INFINITY
+        } else {
+            f64::NAN
+        };
+    }
+    if exp == 0 {
+        sign * man / scale * 2f64.powi(1 - bias)
+    } else {
+        sign * (1.0 + man / scale) * 2f64.powi(exp - bias)
+    }
+}
+
+/// Nearest FP8 value (ties to the even code), saturating at the largest finite value.
+fn fp8_round(format: FloatFormat, x: f64) -> u8 {
+    if x.is_nan() {
+        return 0x7f;
+    }
+    let table = fp8_table(format);
+    let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
+    let mag = x.abs();
+    let mut best = 0u8;
+    let mut best_err = f64::INFINITY;
+    for code in 0u8..0x80 {
+        let v = table[code as usize];
+        if !v.is_finite() {
+            continue;
+        }
+        let err = (v - mag).abs();
+        if err < best_err || (err == best_err && code % 2 == 0) {
+            best = code;
+            best_err = err;
+        }
+    }
+    best | sign
+}

@@ -1,0 +1,349 @@
+//! Memory-mapped safetensors files with zero-copy tensor views.
+//!
+//! [`Checkpoint::open`] maps a file, refuses pickles and other containers by their magic
+//! bytes, and checks the whole header (see [`header`]) before handing out any view.
+//! Tensor bytes are returned as `&[u8]` slices of the mapping, in the file's little-endian
+//! layout and with no alignment promise: the kernels read them with unaligned loads.
+//!
+//! ```no_run
+//! let ckpt = ckpt_diff::reader::Checkpoint::open("model.safetensors")?;
+//! for t in ckpt.tensors() {
+//!     println!("{} {:?} {} bytes", t.name, t.shape, ckpt.data(t).len());
+//! }
+//! # Ok::<(), ckpt_diff::reader::FileError>(())
+//! ```
+
+pub mod dtype;
+pub mod header;
+pub mod sniff;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Advice, Mmap};
+use thiserror::Error;
+
+pub use dtype::Dtype;
+pub use header::TensorEntry;
+use sniff::Sniffed;
+
+/// What is wrong with a file, without its path (see [`FileError`]).
+#[derive(Debug, Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("this is a directory, not a checkpoint file")]
+    IsDirectory,
+    #[error(
+        "this is a PyTorch pickle checkpoint ({0}), not safetensors; ckpt-diff never \
+         unpickles files, because loading a pickle can run arbitrary code"
+    )]
+    Pickle(&'static str),
+    #[error("this is a GGUF file, not safetensors")]
+    Gguf,
+    #[error("the file is {len} bytes long, too short for a safetensors file")]
+    TooShort { len: u64 },
+    #[error(
+        "the header length field says {len} bytes, more than the {limit} allowed: the file \
+         is not safetensors, or its first 8 bytes are damaged"
+    )]
+    HeaderTooLarge { len: u64, limit: u64 },
+    #[error(
+        "the header length field says {header_len} bytes but the file is only {file_len} \
+         bytes long: the file is truncated, or not safetensors"
+    )]
+    HeaderPastEnd { header_len: u64, file_len: u64 },
+    #[error("the header is not valid UTF-8 (at byte {offset})")]
+    HeaderNotUtf8 { offset: u64 },
+    #[error("the header is not valid JSON: {reason}")]
+    HeaderNotJson { reason: String },
+    #[error("the header names tensor '{name}' twice")]
+    DuplicateName { name: String },
+    #[error("the header's __metadata__ is not a JSON object")]
+    BadMetadata,
+    #[error("tensor '{name}' has a malformed header entry: {reason}")]
+    BadTensorEntry { name: String, reason: String },
+    #[error("tensor '{name}' has dtype '{dtype}', which the safetensors format does not define")]
+    UnknownDtype { name: String, dtype: String },
+    #[error("tensor '{name}' has data offsets [{begin}, {end}] that run backwards")]
+    BadOffsets { name: String, begin: u64, end: u64 },
+    #[error(
+        "tensor '{name}' ends at byte {end} of the data region, which holds only {data_len} \
+         bytes: the file is truncated"
+    )]
+    OffsetsPastEnd {
+        name: String,
+        end: u64,
+        data_len: u64,
+    },
+    #[error(
+        "tensor '{name}' is {dtype} with shape {shape:?}, which needs {expected} bytes, but its \
+         offsets span {actual}"
+    )]
+    SizeMismatch {
+        name: String,
+        dtype: Dtype,
+        shape: Vec<usize>,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("tensor '{name}' has a shape whose size overflows")]
+    ShapeOverflow { name: String },
+    #[error("tensors '{first}' and '{second}' share bytes (overlapping data offsets)")]
+    Overlap { first: String, second: String },
+}
+
+impl ReadError {
+    /// A sentence that tells the user what to do about it, when there is one.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            ReadError::Pickle(_) => Some(
+                "convert it to .safetensors in a sandbox you trust (for example with \
+                 `safetensors.torch.save_file` or the A1111 model toolkit), then run ckpt-diff on \
+                 the .safetensors file",
+            ),
+            ReadError::TooShort { .. }
+            | ReadError::HeaderPastEnd { .. }
+            | ReadError::OffsetsPastEnd { .. } => {
+                Some("download or copy the file again; an interrupted transfer leaves it short")
+            }
+            ReadError::Gguf => Some("ckpt-diff reads .safetensors checkpoints only"),
+            _ => None,
+        }
+    }
+}
+
+/// A [`ReadError`] with the file it happened in.
+#[derive(Debug, Error)]
+#[error("'{}': {kind}", path.display())]
+pub struct FileError {
+    pub path: PathBuf,
+    #[source]
+    pub kind: ReadError,
+}
+
+/// An open, checked safetensors file.
+pub struct Checkpoint {
+    path: PathBuf,
+    map: Mmap,
+    data_start: usize,
+    header: header::Header,
+    index: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for Checkpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checkpoint")
+            .field("path", &self.path)
+            .field("tensors", &self.header.tensors.len())
+            .finish()
+    }
+}
+
+impl Checkpoint {
+    /// Opens and checks `path`. Nothing is read beyond the header until a view is used.
+    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint, FileError> {
+        let path = path.as_ref();
+        Self::open_inner(path).map_err(|kind| FileError {
+            path: path.to_path_buf(),
+            kind,
+        })
+    }
+
+    fn open_inner(path: &Path) -> Result<Checkpoint, ReadError> {
+        let file = File::open(path)?;
+        let meta = file.metadata()?;
+        if meta.is_dir() {
+            return Err(ReadError::IsDirectory);
+        }
+        let file_len = meta.len();
+        if file_len < 8 {
+            return Err(ReadError::TooShort { len: file_len });
+        }
+        // SAFETY: the mapping is read-only and private to this process. The one hazard is
+        // another process truncating or rewriting the file while it is mapped: reads then
+        // see the new bytes or fault with SIGBUS. ckpt-diff never writes to an input (the
+        // writer refuses an output path equal to an input), and users are told not to edit
+        // files while a command runs. This is the crate's only `Mmap::map`.
+        let map = unsafe { Mmap::map(&file)? };
+        // Readahead helps the tensor-by-tensor pass; failure to advise is harmless.
+        let _ = map.advise(Advice::Sequential);
+
+        match sniff::sniff(&map[..map.len().min(16)]) {
+            Sniffed::TorchZip => return Err(ReadError::Pickle("zip container")),
+            Sniffed::Pickle => return Err(ReadError::Pickle("bare pickle stream")),
+            Sniffed::Gguf => return Err(ReadError::Gguf),
+            Sniffed::Other => {}
+        }
+        let parsed = header::header_len(file_len, &map[..8]).and_then(|n| {
+            let data_start = 8 + n as usize;
+            let header = header::parse(&map[8..data_start], file_len - data_start as u64)?;
+            Ok((data_start, header))
+        });
+        let (data_start, header) = match parsed {
+            Ok(parsed) => parsed,
+            // The extension says pickle and the bytes are not safetensors: say that, not
+            // "bad JSON". Older pickle protocols have no magic bytes to sniff.
+            Err(_) if sniff::has_pickle_extension(path) => {
+                return Err(ReadError::Pickle("by its extension"));
+            }
+            Err(e) => return Err(e),
+        };
+        let index = header
+            .tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            map,
+            data_start,
+            header,
+            index,
+        })
+    }
+
+    /// The path the file was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file name, for tables and messages.
+    pub fn display_name(&self) -> String {
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.path.display().to_string())
+    }
+
+    /// Tensors in the order of their data offsets (the order to read them in).
+    pub fn tensors(&self) -> &[TensorEntry] {
+        &self.header.tensors
+    }
+
+    /// The tensor named `name` exactly as written in the file.
+    pub fn get(&self, name: &str) -> Option<&TensorEntry> {
+        self.index.get(name).map(|&i| &self.header.tensors[i])
+    }
+
+    /// The bytes of a tensor of this file (zero-copy, unaligned, little-endian).
+    pub fn data(&self, t: &TensorEntry) -> &[u8] {
+        &self.map[self.data_start + t.begin..self.data_start + t.end]
+    }
+
+    /// `__metadata__` entries in file order.
+    pub fn metadata(&self) -> &[(String, String)] {
+        &self.header.metadata
+    }
+
+    /// One metadata value.
+    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+        self.header
+            .metadata
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Metadata keys whose values were not strings (the format requires strings).
+    pub fn metadata_non_string(&self) -> &[String] {
+        &self.header.metadata_non_string
+    }
+
+    /// Bytes of the data region that no tensor covers.
+    pub fn gap_bytes(&self) -> u64 {
+        self.header.gap_bytes
+    }
+
+    /// Size of the file in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Size of the JSON header (the `N` of the length prefix).
+    pub fn header_len(&self) -> u64 {
+        self.data_start as u64 - 8
+    }
+
+    /// Offset of the data region in the file (`8 + N`).
+    pub fn data_start(&self) -> u64 {
+        self.data_start as u64
+    }
+
+    /// The whole file, for hashing.
+    pub fn bytes(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(bytes: &[u8], ext: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(format!("f.{ext}"));
+        std::fs::File::create(&path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+        (dir, path)
+    }
+
+    fn file_with_header(h: &str, data: &[u8]) -> Vec<u8> {
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out
+    }
+
+    #[test]
+    fn test_reads_unaligned_views() {
+        // A 7-byte header puts the data at offset 15: views must not assume alignment.
+        let h = r#"{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#;
+        let h = format!("{h} ");
+        let bytes = file_with_header(&h, &[0, 60, 0, 64]);
+        let (_d, p) = write(&bytes, "safetensors");
+        let c = Checkpoint::open(&p).unwrap();
+        let t = c.get("a").unwrap();
+        assert_eq!(c.data(t), &[0, 60, 0, 64]);
+    }
+
+    #[test]
+    fn test_pickle_is_refused() {
+        let (_d, p) = write(
+            b"PK\x03\x04\x14\x00\x00\x00\x08\x00archive/data.pkl",
+            "ckpt",
+        );
+        let e = Checkpoint::open(&p).unwrap_err();
+        assert!(matches!(e.kind, ReadError::Pickle(_)));
+        assert!(e.to_string().contains("never unpickles"));
+    }
+
+    #[test]
+    fn test_truncated_file() {
+        let h = r#"{"a":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
+        let bytes = file_with_header(h, &[0u8; 10]);
+        let (_d, p) = write(&bytes, "safetensors");
+        let e = Checkpoint::open(&p).unwrap_err();
+        assert!(matches!(e.kind, ReadError::OffsetsPastEnd { .. }), "{e}");
+    }
+
+    #[test]
+    fn test_header_too_large() {
+        let mut bytes = (u64::MAX / 2).to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"{}");
+        let (_d, p) = write(&bytes, "safetensors");
+        let e = Checkpoint::open(&p).unwrap_err();
+        assert!(matches!(e.kind, ReadError::HeaderTooLarge { .. }));
+    }
+
+    #[test]
+    fn test_missing_file_names_path() {
+        let e = Checkpoint::open("/nonexistent/x.safetensors").unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/x.safetensors"));
+    }
+}

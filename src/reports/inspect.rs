@@ -1,0 +1,124 @@
+//! Text and JSON for `ckpt-diff inspect`.
+//!
+//! JSON schema 1: the [`InspectReport`] fields plus `"schema": 1, "command": "inspect"`.
+
+use super::{Format, TextTable, bytes, first_few, params, sanitize};
+use crate::views::inspect::InspectReport;
+
+pub fn render(r: &InspectReport, format: Format) -> String {
+    if format == Format::Json {
+        let mut v = serde_json::to_value(r).expect("plain data");
+        let obj = v.as_object_mut().expect("a struct");
+        obj.insert("schema".into(), 1.into());
+        obj.insert("command".into(), "inspect".into());
+        obj.sort_keys();
+        let mut s = serde_json::to_string_pretty(&v).expect("plain data");
+        s.push('\n');
+        return s;
+    }
+    let md = format == Format::Markdown;
+    let render = |t: &TextTable| match format {
+        Format::Markdown => t.markdown(),
+        Format::Csv => t.csv(),
+        _ => t.terminal(),
+    };
+    let mut s = String::new();
+    s.push_str(&format!("file:          {}\n", sanitize(&r.path)));
+    s.push_str(&format!(
+        "size:          {} ({} tensors, {} parameters, header {})\n",
+        bytes(r.file_bytes),
+        r.tensors,
+        params(r.params),
+        bytes(r.header_bytes)
+    ));
+    s.push_str(&format!("architecture:  {}\n", r.arch.summary));
+    for v in &r.variants {
+        s.push_str(&format!("variant:       {v}\n"));
+    }
+    s.push('\n');
+    let mut t = TextTable::new(
+        &["component", "what", "tensors", "params", "bytes", "dtypes"],
+        &[false, false, true, true, true, false],
+    );
+    for c in &r.components {
+        let dtypes: Vec<String> = c.dtypes.iter().map(|(d, n)| format!("{d} x{n}")).collect();
+        t.push(vec![
+            c.component.id().into(),
+            c.label.clone(),
+            c.tensors.to_string(),
+            params(c.params),
+            bytes(c.bytes),
+            dtypes.join(" "),
+        ]);
+    }
+    s.push_str(&render(&t));
+    s.push('\n');
+    let mut d = TextTable::new(
+        &["dtype", "tensors", "params", "bytes"],
+        &[false, true, true, true],
+    );
+    for x in &r.dtypes {
+        d.push(vec![
+            x.dtype.clone(),
+            x.tensors.to_string(),
+            params(x.params),
+            bytes(x.bytes),
+        ]);
+    }
+    s.push_str(&render(&d));
+    s.push('\n');
+    if r.metadata.is_empty() {
+        s.push_str("metadata: none\n");
+    } else {
+        s.push_str(&format!("metadata ({} keys):\n", r.metadata.len()));
+        for m in &r.metadata {
+            let value: String = m.value.chars().take(120).collect();
+            let more = if m.value.chars().count() > 120 || m.bytes > m.value.len() {
+                format!(" ... ({})", bytes(m.bytes as u64))
+            } else {
+                String::new()
+            };
+            s.push_str(&format!(
+                "  {}{}: {}{}\n",
+                if md { "- " } else { "" },
+                sanitize(&m.key),
+                sanitize(&value),
+                more
+            ));
+        }
+    }
+    if !r.unknown_keys.is_empty() {
+        s.push_str(&format!(
+            "keys not in the {} catalog ({}): {}\n",
+            r.arch.id,
+            r.unknown_keys.len(),
+            first_few(&r.unknown_keys, 8)
+        ));
+    }
+    if !r.missing_keys.is_empty() {
+        s.push_str(&format!(
+            "required keys missing ({}): {}\n",
+            r.missing_keys.len(),
+            first_few(&r.missing_keys, 8)
+        ));
+    }
+    if !r.shape_mismatches.is_empty() {
+        let items: Vec<String> = r
+            .shape_mismatches
+            .iter()
+            .map(|m| format!("{} {:?} (expected {:?})", m.key, m.actual, m.expected))
+            .collect();
+        s.push_str(&format!(
+            "shapes unlike the catalog ({}): {}\n",
+            items.len(),
+            first_few(&items, 5)
+        ));
+    }
+    if r.gap_bytes > 0 {
+        s.push_str(&format!(
+            "unused bytes in the data region: {}\n",
+            bytes(r.gap_bytes)
+        ));
+    }
+    s
+}

@@ -1,0 +1,206 @@
+//! Text, Markdown, CSV and JSON for `ckpt-diff sim`.
+//!
+//! JSON schema 1:
+//! `{"schema":1, "command":"sim", "metric":"cosine", "layout":"sd1", "models":[{"name","path",
+//! "detection"}], "rows":[{"label","component","block"?,"similarity","params","tensors"}],
+//! "totals":{"block_mean"?,"flat_unet"?,"flat_all"?:{"similarity","over"}},
+//! "tensors"?:[{"key","row","similarity","params"}], "notes":{...}}`. Similarities are
+//! fractions in [-1, 1]; tables show them as percentages with 4 decimals.
+
+use serde::Serialize;
+
+use super::{Format, TextTable, first_few, params, percent};
+use crate::catalog::{Arch, Component};
+use crate::views::sim::SimReport;
+
+/// A compared file, as the report names it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelLine {
+    pub name: String,
+    pub path: String,
+    pub detection: String,
+}
+
+/// Renders a comparison of A and B.
+pub fn render(
+    models: &[ModelLine],
+    layout: &str,
+    arch: Option<Arch>,
+    report: &SimReport,
+    format: Format,
+) -> String {
+    match format {
+        Format::Json => {
+            let value = serde_json::json!({
+                "schema": 1,
+                "command": "sim",
+                "metric": "cosine",
+                "layout": layout,
+                "models": models,
+                "rows": report.rows,
+                "totals": report.totals,
+                "tensors": report.tensors,
+                "notes": report.notes,
+            });
+            let mut s = serde_json::to_string_pretty(&value).expect("plain data");
+            s.push('\n');
+            s
+        }
+        Format::Csv => {
+            let mut s = table(report, arch).csv();
+            if !report.tensors.is_empty() {
+                s.push('\n');
+                s.push_str(&tensor_table(report).csv());
+            }
+            s
+        }
+        Format::Markdown | Format::Table => {
+            let mut s = String::new();
+            for (tag, m) in ["A", "B"].iter().zip(models) {
+                s.push_str(&format!(
+                    "{tag}: {} ({})\n",
+                    super::sanitize(&m.name),
+                    m.detection
+                ));
+            }
+            s.push_str("cosine similarity of the weights; a block's tensors are flattened into one vector\n\n");
+            let t = table(report, arch);
+            s.push_str(&if format == Format::Markdown {
+                t.markdown()
+            } else {
+                t.terminal()
+            });
+            s.push('\n');
+            if !report.tensors.is_empty() {
+                let t = tensor_table(report);
+                s.push('\n');
+                s.push_str(&if format == Format::Markdown {
+                    t.markdown()
+                } else {
+                    t.terminal()
+                });
+                s.push('\n');
+            }
+            s.push_str(&notes(report));
+            s
+        }
+    }
+}
+
+fn row_label(label: &str, component: Component, arch: Option<Arch>) -> String {
+    match (component, arch) {
+        (Component::Te1 | Component::Te2, Some(a)) => {
+            format!("{label} ({})", a.component_label(component))
+        }
+        _ => label.to_string(),
+    }
+}
+
+fn table(report: &SimReport, arch: Option<Arch>) -> TextTable {
+    let mut t = TextTable::new(
+        &["block", "similarity", "params", "tensors"],
+        &[false, true, true, true],
+    );
+    for row in &report.rows {
+        t.push(vec![
+            row_label(&row.label, row.component, arch),
+            percent(row.similarity),
+            params(row.params),
+            row.tensors.to_string(),
+        ]);
+    }
+    let totals = &report.totals;
+    if let Some(m) = &totals.block_mean {
+        t.push(vec![
+            format!("mean of {} blocks", m.over),
+            percent(m.similarity),
+            String::new(),
+            String::new(),
+        ]);
+    }
+    if let Some(f) = &totals.flat_unet {
+        t.push(vec![
+            "U-Net, flattened".into(),
+            percent(f.similarity),
+            params(f.over),
+            String::new(),
+        ]);
+    }
+    if let Some(f) = &totals.flat_all {
+        t.push(vec![
+            "all rows shown, flattened".into(),
+            percent(f.similarity),
+            params(f.over),
+            String::new(),
+        ]);
+    }
+    t
+}
+
+fn tensor_table(report: &SimReport) -> TextTable {
+    let mut t = TextTable::new(
+        &["tensor", "block", "similarity", "params"],
+        &[false, false, true, true],
+    );
+    for r in &report.tensors {
+        t.push(vec![
+            r.key.clone(),
+            r.row.clone(),
+            percent(r.similarity),
+            params(r.params),
+        ]);
+    }
+    t
+}
+
+fn notes(report: &SimReport) -> String {
+    let n = &report.notes;
+    let mut s = String::new();
+    let mut line = |text: String| s.push_str(&format!("note: {text}\n"));
+    if !n.integer_equal.is_empty() {
+        line(format!(
+            "integer tensors compared exactly, equal: {}",
+            first_few(&n.integer_equal, 3)
+        ));
+    }
+    if !n.integer_different.is_empty() {
+        line(format!(
+            "integer tensors that DIFFER: {}",
+            first_few(&n.integer_different, 5)
+        ));
+    }
+    if !n.only_in_a.is_empty() {
+        line(format!(
+            "{} keys only in A, left out: {}",
+            n.only_in_a.len(),
+            first_few(&n.only_in_a, 5)
+        ));
+    }
+    if !n.only_in_b.is_empty() {
+        line(format!(
+            "{} keys only in B, left out: {}",
+            n.only_in_b.len(),
+            first_few(&n.only_in_b, 5)
+        ));
+    }
+    if !n.shape_mismatch.is_empty() {
+        let items: Vec<String> = n
+            .shape_mismatch
+            .iter()
+            .map(|m| format!("{} {:?} vs {:?}", m.key, m.shape_a, m.shape_b))
+            .collect();
+        line(format!(
+            "{} keys with different shapes, left out: {}",
+            items.len(),
+            first_few(&items, 5)
+        ));
+    }
+    if !n.not_compared.is_empty() {
+        line(format!(
+            "{} keys of types not compared: {}",
+            n.not_compared.len(),
+            first_few(&n.not_compared, 5)
+        ));
+    }
+    s
+}

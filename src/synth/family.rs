@@ -1,0 +1,100 @@
+//! A family of synthetic checkpoints: a base, fine-tunes of it, and merges of those, with a
+//! manifest that says exactly how each member was made.
+
+use serde::Serialize;
+
+use super::noise::{Stream, key_hash};
+use super::{Profile, Synthetic, profile_from_blocks, rows};
+use crate::catalog::{Arch, Block, Component, Grouping};
+
+/// One member of a family.
+#[derive(Clone, Debug, Serialize)]
+pub struct Member {
+    /// File stem (`base`, `ft1`, `ws-ft1-ft2`, ...).
+    pub name: String,
+    /// How it was made, in the recipe notation mergers write.
+    pub recipe: String,
+    pub model: Synthetic,
+}
+
+/// The per-row size of fine-tune `i` (1-based): U-Net blocks vary between 0.25 and 1.75
+/// times `size`; odd fine-tunes keep the base text encoders; every third one has its own
+/// VAE.
+pub fn finetune_profile(arch: Arch, seed: u64, i: usize, size: f64) -> Profile {
+    let stream = Stream::new(seed ^ 0x5eed_f00d, key_hash(&format!("finetune-{i}")));
+    Grouping::for_arch(arch)
+        .groups()
+        .iter()
+        .enumerate()
+        .map(|(r, g)| {
+            let u = stream.uniform(r as u64);
+            match g.component {
+                Component::Unet => size * (0.25 + 1.5 * u),
+                Component::Te1 | Component::Te2 if i % 2 == 1 => 0.0,
+                Component::Te1 | Component::Te2 => size * (0.5 + u),
+                Component::Vae if i % 3 == 0 => 2.0 * size,
+                Component::Vae => 0.0,
+                Component::Other => size,
+            }
+        })
+        .collect()
+}
+
+/// A base, `finetunes` fine-tunes, and (with two or more) three merges: a weighted sum, a
+/// block-weighted sum, and an add-difference.
+pub fn family(arch: Arch, seed: u64, finetunes: usize, size: f64) -> Vec<Member> {
+    let base = Synthetic::base(arch, seed);
+    let mut members = vec![Member {
+        name: "base".into(),
+        recipe: "base (random weights)".into(),
+        model: base.clone(),
+    }];
+    let fts: Vec<Synthetic> = (1..=finetunes)
+        .map(|i| {
+            base.plus_delta(
+                seed.wrapping_mul(1000).wrapping_add(i as u64),
+                finetune_profile(arch, seed, i, size),
+            )
+        })
+        .collect();
+    for (i, ft) in fts.iter().enumerate() {
+        members.push(Member {
+            name: format!("ft{}", i + 1),
+            recipe: format!("base + delta{} (fine-tune)", i + 1),
+            model: ft.clone(),
+        });
+    }
+    let n = rows(arch);
+    if finetunes >= 2 {
+        members.push(Member {
+            name: "ws-ft1-ft2".into(),
+            recipe: "ft1 x 0.5 + ft2 x 0.5".into(),
+            model: Synthetic::lincomb(&[(vec![0.5; n], &fts[0]), (vec![0.5; n], &fts[1])]),
+        });
+        let alpha = |b: Block| match b {
+            Block::Base => 0.0,
+            Block::In(_) => 0.2,
+            Block::Mid => 0.5,
+            Block::Out(_) => 0.8,
+        };
+        let a = profile_from_blocks(arch, alpha);
+        let one_minus: Profile = a.iter().map(|x| 1.0 - x).collect();
+        members.push(Member {
+            name: "mbw-ft1-ft2".into(),
+            recipe: "ft1 x (1-alpha) + ft2 x alpha, alpha = BASE 0, IN 0.2, M00 0.5, OUT 0.8"
+                .into(),
+            model: Synthetic::lincomb(&[(one_minus, &fts[0]), (a, &fts[1])]),
+        });
+        let last = fts.len() - 1;
+        members.push(Member {
+            name: format!("ad-ft1-ft{}", last + 1),
+            recipe: format!("ft1 + (ft{} - base) x 0.7", last + 1),
+            model: Synthetic::lincomb(&[
+                (vec![1.0; n], &fts[0]),
+                (vec![0.7; n], &fts[last]),
+                (vec![-0.7; n], &base),
+            ]),
+        });
+    }
+    members
+}

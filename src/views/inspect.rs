@@ -1,0 +1,191 @@
+//! What a checkpoint is: architecture and variant, components, dtypes, sizes, metadata, and
+//! the keys the catalog does not expect. Reads the header only.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::catalog::data;
+use crate::catalog::detect::{Detection, shape_matches};
+use crate::catalog::{Component, canonical_key, component_of};
+use crate::reader::{Checkpoint, dtype};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ArchInfo {
+    /// `sd1`, `sd2`, `sdxl` or `unknown`.
+    pub id: String,
+    pub label: String,
+    pub confidence: String,
+    pub matched_keys: usize,
+    pub considered_keys: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runner_up: Option<(String, usize)>,
+    pub scale: u32,
+    pub summary: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ComponentInfo {
+    pub component: Component,
+    pub label: String,
+    pub tensors: usize,
+    pub params: u64,
+    pub bytes: u64,
+    /// dtype -> tensor count.
+    pub dtypes: BTreeMap<String, usize>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DtypeInfo {
+    pub dtype: String,
+    pub tensors: usize,
+    pub params: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MetadataEntry {
+    pub key: String,
+    /// The value, cut to 300 characters.
+    pub value: String,
+    pub bytes: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ShapeIssue {
+    pub key: String,
+    pub expected: Vec<usize>,
+    pub actual: Vec<usize>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InspectReport {
+    pub path: String,
+    pub file_bytes: u64,
+    pub header_bytes: u64,
+    pub tensors: usize,
+    pub params: u64,
+    pub arch: ArchInfo,
+    pub variants: Vec<String>,
+    pub components: Vec<ComponentInfo>,
+    pub dtypes: Vec<DtypeInfo>,
+    pub metadata: Vec<MetadataEntry>,
+    /// Keys the detected architecture's catalog does not list.
+    pub unknown_keys: Vec<String>,
+    /// Required (non-optional, core) catalog keys the file lacks, for the components it has.
+    pub missing_keys: Vec<String>,
+    pub shape_mismatches: Vec<ShapeIssue>,
+    /// Data-region bytes no tensor covers.
+    pub gap_bytes: u64,
+}
+
+pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
+    let mut components: BTreeMap<Component, ComponentInfo> = BTreeMap::new();
+    let mut dtypes: BTreeMap<String, DtypeInfo> = BTreeMap::new();
+    let arch = det.arch();
+    for t in ckpt.tensors() {
+        let c = component_of(&canonical_key(&t.name));
+        let numel = t.numel() as u64;
+        let bytes = t.byte_len() as u64;
+        let d = dtype::name(t.dtype);
+        let info = components.entry(c).or_insert_with(|| ComponentInfo {
+            component: c,
+            label: arch
+                .map(|a| a.component_label(c))
+                .unwrap_or(c.id())
+                .to_string(),
+            tensors: 0,
+            params: 0,
+            bytes: 0,
+            dtypes: BTreeMap::new(),
+        });
+        info.tensors += 1;
+        info.params += numel;
+        info.bytes += bytes;
+        *info.dtypes.entry(d.clone()).or_default() += 1;
+        let di = dtypes.entry(d.clone()).or_insert_with(|| DtypeInfo {
+            dtype: d,
+            tensors: 0,
+            params: 0,
+            bytes: 0,
+        });
+        di.tensors += 1;
+        di.params += numel;
+        di.bytes += bytes;
+    }
+
+    let mut unknown_keys = Vec::new();
+    let mut missing_keys = Vec::new();
+    let mut shape_mismatches = Vec::new();
+    if let Some(a) = arch {
+        let table = data::table(a);
+        let names: std::collections::HashSet<String> = ckpt
+            .tensors()
+            .iter()
+            .map(|t| canonical_key(&t.name).into_owned())
+            .collect();
+        for t in ckpt.tensors() {
+            let key = canonical_key(&t.name);
+            match table.get(&key) {
+                None => unknown_keys.push(t.name.clone()),
+                Some(k) if !shape_matches(&k.name, &k.shape, &t.shape, det.scale) => {
+                    shape_mismatches.push(ShapeIssue {
+                        key: t.name.clone(),
+                        expected: crate::catalog::detect::scaled_shape(&k.shape, det.scale),
+                        actual: t.shape.clone(),
+                    })
+                }
+                Some(_) => {}
+            }
+        }
+        for k in table.keys.iter().filter(|k| k.core && !k.optional) {
+            if components.contains_key(&component_of(&k.name)) && !names.contains(&k.name) {
+                missing_keys.push(k.name.clone());
+            }
+        }
+    }
+
+    let metadata = ckpt
+        .metadata()
+        .iter()
+        .map(|(k, v)| MetadataEntry {
+            key: k.clone(),
+            value: if v.chars().count() > 300 {
+                format!("{}…", v.chars().take(300).collect::<String>())
+            } else {
+                v.clone()
+            },
+            bytes: v.len(),
+        })
+        .collect();
+
+    let c = &det.confidence;
+    InspectReport {
+        path: ckpt.path().display().to_string(),
+        file_bytes: ckpt.file_len(),
+        header_bytes: ckpt.header_len(),
+        tensors: ckpt.tensors().len(),
+        params: ckpt.tensors().iter().map(|t| t.numel() as u64).sum(),
+        arch: ArchInfo {
+            id: det.layout.id().to_string(),
+            label: arch
+                .map(|a| a.label())
+                .unwrap_or("unknown layout")
+                .to_string(),
+            confidence: c.level.id().to_string(),
+            matched_keys: c.matched,
+            considered_keys: c.considered,
+            runner_up: c.runner_up.map(|(a, n)| (a.id().to_string(), n)),
+            scale: det.scale,
+            summary: det.summary(),
+        },
+        variants: det.variants.iter().map(|v| v.describe()).collect(),
+        components: components.into_values().collect(),
+        dtypes: dtypes.into_values().collect(),
+        metadata,
+        unknown_keys,
+        missing_keys,
+        shape_mismatches,
+        gap_bytes: ckpt.gap_bytes(),
+    }
+}

@@ -1,0 +1,5 @@
+//! Analyses: each turns accumulated statistics into a plain result struct. Nothing here
+//! prints; [`crate::reports`] renders.
+
+pub mod inspect;
+pub mod sim;
