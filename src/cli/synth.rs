@@ -82,6 +82,10 @@ struct LayoutArgs {
     /// Leave out position_ids.
     #[arg(long)]
     no_position_ids: bool,
+    /// Write zeros for the weights (a sparse file, instant even at full size): for layout
+    /// and detection tests.
+    #[arg(long)]
+    zeros: bool,
 }
 
 impl LayoutArgs {
@@ -128,6 +132,7 @@ impl LayoutArgs {
         layout.old_clip_names = self.old_clip_names;
         layout.prune_text_encoders = self.prune_te;
         layout.position_ids = !self.no_position_ids;
+        layout.zero_data = self.zeros;
         Ok(layout)
     }
 }

@@ -69,6 +69,9 @@ pub struct Layout {
     /// Leave out the optional text-encoder layers (as pruned SDXL files do).
     pub prune_text_encoders: bool,
     pub position_ids: bool,
+    /// Leave float data as zeros (a sparse file, written instantly): for tests of layout
+    /// and detection on full-size shapes.
+    pub zero_data: bool,
 }
 
 fn ser_format<S: serde::Serializer>(f: &FloatFormat, s: S) -> Result<S::Ok, S::Error> {
@@ -90,6 +93,7 @@ impl Layout {
             old_clip_names: false,
             prune_text_encoders: false,
             position_ids: true,
+            zero_data: false,
         }
     }
 }
@@ -399,6 +403,10 @@ pub fn write(
     const ITEM: usize = 1 << 20;
     let mut items = Vec::new();
     for (i, spec) in out.tensors().iter().enumerate() {
+        let float_weight = matches!(by_name[spec.name.as_str()].source, Source::Float { .. });
+        if layout.zero_data && float_weight {
+            continue; // The sized temporary file already reads as zeros.
+        }
         let numel = spec.numel();
         let mut start = 0;
         while start < numel {

@@ -1,0 +1,200 @@
+//! Every kind of bad input gets a message that names the file and the problem, exit code 2,
+//! and never a panic.
+
+use std::path::PathBuf;
+
+use crate::util::*;
+
+fn file_with_header(d: &Dir, name: &str, header: &str, data: &[u8]) -> PathBuf {
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(header.as_bytes());
+    bytes.extend_from_slice(data);
+    let p = d.path(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+/// Runs `inspect` and `sim` on the file; both must fail with code 2 and say `needle`.
+fn refused(p: &PathBuf, needle: &str) {
+    let d = Dir::new();
+    let good = file_with_header(
+        &d,
+        "good.safetensors",
+        r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+        &[0, 0, 128, 63],
+    );
+    for args in [vec!["inspect", s(p)], vec!["sim", s(&good), s(p)]] {
+        let out = ckpt_diff().args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains(p.file_name().unwrap().to_str().unwrap()),
+            "{args:?} names the file: {err}"
+        );
+        assert!(err.contains(needle), "{args:?} says '{needle}': {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}
+
+#[test]
+fn test_missing_file() {
+    let d = Dir::new();
+    refused(&d.path("nope.safetensors"), "No such file");
+}
+
+#[test]
+fn test_truncated_file() {
+    let d = Dir::new();
+    let p = file_with_header(
+        &d,
+        "cut.safetensors",
+        r#"{"a":{"dtype":"F16","shape":[1000],"data_offsets":[0,2000]}}"#,
+        &[0u8; 999],
+    );
+    refused(&p, "truncated");
+}
+
+#[test]
+fn test_truncated_header() {
+    let d = Dir::new();
+    let p = d.path("short.safetensors");
+    let mut bytes = 500u64.to_le_bytes().to_vec();
+    bytes.extend(b"{\"a\":");
+    std::fs::write(&p, bytes).unwrap();
+    refused(&p, "truncated");
+}
+
+#[test]
+fn test_empty_file() {
+    let d = Dir::new();
+    let p = d.path("empty.safetensors");
+    std::fs::write(&p, b"").unwrap();
+    refused(&p, "too short");
+}
+
+#[test]
+fn test_bad_header_json() {
+    let d = Dir::new();
+    let p = file_with_header(&d, "json.safetensors", "{\"a\": [1, 2,", &[]);
+    refused(&p, "not valid JSON");
+}
+
+#[test]
+fn test_header_too_large() {
+    let d = Dir::new();
+    let p = d.path("huge.safetensors");
+    let mut bytes = (1u64 << 40).to_le_bytes().to_vec();
+    bytes.extend(b"{}");
+    std::fs::write(&p, bytes).unwrap();
+    refused(&p, "more than the");
+}
+
+#[test]
+fn test_overlapping_offsets() {
+    let d = Dir::new();
+    let p = file_with_header(
+        &d,
+        "overlap.safetensors",
+        r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#,
+        &[0u8; 12],
+    );
+    refused(&p, "share bytes");
+}
+
+#[test]
+fn test_wrong_shape_for_its_bytes() {
+    let d = Dir::new();
+    let p = file_with_header(
+        &d,
+        "shape.safetensors",
+        r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+        &[0u8; 8],
+    );
+    refused(&p, "needs 12 bytes");
+}
+
+#[test]
+fn test_duplicate_tensor_name() {
+    let d = Dir::new();
+    let p = file_with_header(
+        &d,
+        "dup.safetensors",
+        r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"a":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+        &[0u8; 8],
+    );
+    refused(&p, "twice");
+}
+
+#[test]
+fn test_unknown_dtype() {
+    let d = Dir::new();
+    let p = file_with_header(
+        &d,
+        "q4.safetensors",
+        r#"{"a":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,4]}}"#,
+        &[0u8; 4],
+    );
+    refused(&p, "Q4_K");
+}
+
+#[test]
+fn test_pickle_checkpoint_is_never_unpickled() {
+    let d = Dir::new();
+    let zip = d.path("model.ckpt");
+    std::fs::write(
+        &zip,
+        b"PK\x03\x04\x14\x00\x00\x00\x08\x00archive/data.pklPK",
+    )
+    .unwrap();
+    refused(&zip, "never unpickles");
+    let out = ckpt_diff().args(["inspect", s(&zip)]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hint: convert it to .safetensors"));
+    // A protocol-2 pickle with a .pt name, and an old protocol-0 pickle that only the
+    // extension gives away.
+    let legacy = d.path("legacy.pt");
+    std::fs::write(
+        &legacy,
+        b"\x80\x02}q\x00(X\x05\x00\x00\x00epochq\x01K\x00u.",
+    )
+    .unwrap();
+    refused(&legacy, "never unpickles");
+    let proto0 = d.path("old.ckpt");
+    std::fs::write(&proto0, b"(dp0\nS'state_dict'\np1\n(dp2\ns.").unwrap();
+    refused(&proto0, "never unpickles");
+}
+
+#[test]
+fn test_directory_instead_of_file() {
+    let d = Dir::new();
+    let p = d.path("folder.safetensors");
+    std::fs::create_dir(&p).unwrap();
+    refused(&p, "directory");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let out = ckpt_diff()
+        .args(["sim", "only-one.safetensors"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let d = Dir::new();
+    let p = file_with_header(
+        &d,
+        "ok.safetensors",
+        r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#,
+        &[0u8; 4],
+    );
+    let out = ckpt_diff()
+        .args(["sim", s(&p), s(&p), "--keys", "("])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--keys"));
+    let out = ckpt_diff()
+        .args(["sim", s(&p), s(&p), "--blocks", "sideways"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("sideways"));
+}

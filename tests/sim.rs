@@ -1,0 +1,358 @@
+//! `ckpt-diff sim` against a naive per-block f64 loop over independently read tensors.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use ckpt_diff::catalog::Arch;
+use ckpt_diff::reader::dtype::FloatFormat;
+use ckpt_diff::synth::{self, Synthetic, UnetVariant};
+
+use crate::util::*;
+
+/// The report row of a key, written from SuperMerger's rules without the catalog.
+fn reference_row(key: &str, depth: usize) -> String {
+    if let Some(rest) = key.strip_prefix("model.diffusion_model.") {
+        if rest.starts_with("time_embed.") || rest.starts_with("label_emb.") {
+            return "IN00".into();
+        }
+        if rest.starts_with("out.") {
+            return format!("OUT{:02}", depth - 1);
+        }
+        let re = regex::Regex::new(r"^(input_blocks|middle_block|output_blocks)\.(\d+)\.").unwrap();
+        let c = re.captures(rest).expect("a U-Net block key");
+        let n: usize = c[2].parse().unwrap();
+        return match &c[1] {
+            "input_blocks" => format!("IN{n:02}"),
+            "middle_block" => "M00".into(),
+            _ => format!("OUT{n:02}"),
+        };
+    }
+    if key.starts_with("cond_stage_model.") || key.starts_with("conditioner.embedders.0.") {
+        "TE1".into()
+    } else if key.starts_with("conditioner.embedders.1.") {
+        "TE2".into()
+    } else if key.starts_with("first_stage_model.") {
+        "VAE".into()
+    } else {
+        "OTHER".into()
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Sums {
+    aa: f64,
+    ab: f64,
+    bb: f64,
+}
+
+fn cos(s: Sums) -> f64 {
+    s.ab / (s.aa * s.bb).sqrt()
+}
+
+/// Per-row sums by a straight loop over elements, in f64.
+fn naive(a: &Path, b: &Path, depth: usize) -> BTreeMap<String, Sums> {
+    let ta = read_reference(a);
+    let tb: BTreeMap<String, RefTensor> = read_reference(b)
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect();
+    let mut rows: BTreeMap<String, Sums> = BTreeMap::new();
+    for x in &ta {
+        let Some(y) = tb.get(&x.name) else { continue };
+        let (Some(va), Some(vb)) = (&x.values, &y.values) else {
+            continue;
+        };
+        if x.shape != y.shape {
+            continue;
+        }
+        let s = rows.entry(reference_row(&x.name, depth)).or_default();
+        for i in 0..va.len() {
+            s.aa += va[i] * va[i];
+            s.ab += va[i] * vb[i];
+            s.bb += vb[i] * vb[i];
+        }
+    }
+    rows
+}
+
+fn check_against_naive(a: &Path, b: &Path, arch: Arch) {
+    let depth = arch.depth() as usize;
+    let want = naive(a, b, depth);
+    let got = run_json(&["sim", s(a), s(b)]);
+    let rows = got["rows"].as_array().unwrap();
+    assert_eq!(
+        rows.len(),
+        want.len(),
+        "one row per non-empty block/component"
+    );
+    let mut block_cos = Vec::new();
+    let (mut unet, mut all) = (Sums::default(), Sums::default());
+    for row in rows {
+        let label = row["label"].as_str().unwrap();
+        let w = want[label];
+        let sim = row["similarity"].as_f64().unwrap();
+        assert!(
+            (sim - cos(w)).abs() <= 1e-9,
+            "{arch:?} {label}: {sim} vs naive {}",
+            cos(w)
+        );
+        for t in [&mut all] {
+            t.aa += w.aa;
+            t.ab += w.ab;
+            t.bb += w.bb;
+        }
+        if row["component"] == "unet" {
+            block_cos.push(cos(w));
+            unet.aa += w.aa;
+            unet.ab += w.ab;
+            unet.bb += w.bb;
+        }
+    }
+    let totals = &got["totals"];
+    let mean = block_cos.iter().sum::<f64>() / block_cos.len() as f64;
+    assert_eq!(totals["block_mean"]["over"], block_cos.len() as u64);
+    assert!((totals["block_mean"]["similarity"].as_f64().unwrap() - mean).abs() <= 1e-9);
+    assert!((totals["flat_unet"]["similarity"].as_f64().unwrap() - cos(unet)).abs() <= 1e-9);
+    assert!((totals["flat_all"]["similarity"].as_f64().unwrap() - cos(all)).abs() <= 1e-9);
+}
+
+fn pair(
+    dir: &Dir,
+    arch: Arch,
+    scale: u32,
+    fa: FloatFormat,
+    fb: FloatFormat,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let base = Synthetic::base(arch, 7);
+    let ft = base.plus_delta(
+        70,
+        ckpt_diff::synth::family::finetune_profile(arch, 7, 2, 0.15),
+    );
+    let a = dir.model("a.safetensors", &layout(arch, scale, fa), &base);
+    let b = dir.model("b.safetensors", &layout(arch, scale, fb), &ft);
+    (a, b)
+}
+
+#[test]
+fn sd1_f16_matches_naive_loop() {
+    let d = Dir::new();
+    let (a, b) = pair(&d, Arch::Sd1, 16, FloatFormat::F16, FloatFormat::F16);
+    check_against_naive(&a, &b, Arch::Sd1);
+}
+
+#[test]
+fn sd2_bf16_matches_naive_loop() {
+    let d = Dir::new();
+    let (a, b) = pair(&d, Arch::Sd2, 16, FloatFormat::BF16, FloatFormat::BF16);
+    check_against_naive(&a, &b, Arch::Sd2);
+}
+
+#[test]
+fn sdxl_f32_matches_naive_loop() {
+    let d = Dir::new();
+    let (a, b) = pair(&d, Arch::Sdxl, 32, FloatFormat::F32, FloatFormat::F32);
+    check_against_naive(&a, &b, Arch::Sdxl);
+}
+
+#[test]
+fn mixed_dtypes_match_naive_loop() {
+    let d = Dir::new();
+    let (a, b) = pair(&d, Arch::Sd1, 16, FloatFormat::F16, FloatFormat::F32);
+    check_against_naive(&a, &b, Arch::Sd1);
+    let (a, b) = pair(&d, Arch::Sdxl, 32, FloatFormat::BF16, FloatFormat::F16);
+    check_against_naive(&a, &b, Arch::Sdxl);
+}
+
+#[test]
+fn portable_kernels_agree() {
+    let d = Dir::new();
+    let (a, b) = pair(&d, Arch::Sd1, 16, FloatFormat::BF16, FloatFormat::F32);
+    let fast = run_json(&["sim", s(&a), s(&b)]);
+    let out = ckpt_diff()
+        .env("CKPT_DIFF_KERNELS", "portable")
+        .args(["sim", s(&a), s(&b), "--json"])
+        .output()
+        .unwrap();
+    let portable: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for (x, y) in fast["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(portable["rows"].as_array().unwrap())
+    {
+        let (x, y) = (
+            x["similarity"].as_f64().unwrap(),
+            y["similarity"].as_f64().unwrap(),
+        );
+        assert!((x - y).abs() <= 1e-12);
+    }
+}
+
+#[test]
+fn a_model_is_identical_to_itself() {
+    let d = Dir::new();
+    let m = d.model(
+        "m.safetensors",
+        &layout(Arch::Sdxl, 32, FloatFormat::F16),
+        &Synthetic::base(Arch::Sdxl, 3),
+    );
+    let text = run_ok(&["sim", s(&m), s(&m)]);
+    let percentages: Vec<&str> = text
+        .split_whitespace()
+        .filter(|w| w.ends_with('%'))
+        .collect();
+    assert!(percentages.len() >= 19 + 3 + 3, "{text}");
+    assert!(percentages.iter().all(|p| *p == "100.0000%"), "{text}");
+    let json = run_json(&["sim", s(&m), s(&m)]);
+    for row in json["rows"].as_array().unwrap() {
+        assert_eq!(row["similarity"].as_f64().unwrap(), 1.0);
+    }
+}
+
+#[test]
+fn similarity_is_symmetric() {
+    let d = Dir::new();
+    let (a, b) = pair(&d, Arch::Sd1, 16, FloatFormat::F16, FloatFormat::BF16);
+    let ab = run_json(&["sim", s(&a), s(&b)]);
+    let ba = run_json(&["sim", s(&b), s(&a)]);
+    assert_eq!(ab["rows"], ba["rows"]);
+    assert_eq!(ab["totals"], ba["totals"]);
+}
+
+#[test]
+fn blocks_and_keys_restrict_rows_and_totals() {
+    let d = Dir::new();
+    let (a, b) = pair(&d, Arch::Sd1, 16, FloatFormat::F16, FloatFormat::F16);
+    let all = run_json(&["sim", s(&a), s(&b)]);
+    let out = run_json(&["sim", s(&a), s(&b), "--blocks", "out"]);
+    let labels: Vec<&str> = out["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        (0..12).map(|i| format!("OUT{i:02}")).collect::<Vec<_>>()
+    );
+    let sims: Vec<f64> = out["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["similarity"].as_f64().unwrap())
+        .collect();
+    let mean = sims.iter().sum::<f64>() / 12.0;
+    assert!((out["totals"]["block_mean"]["similarity"].as_f64().unwrap() - mean).abs() < 1e-15);
+    // The OUT rows are the same numbers as in the full table.
+    for r in out["rows"].as_array().unwrap() {
+        let full = all["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["label"] == r["label"])
+            .unwrap();
+        assert_eq!(full["similarity"], r["similarity"]);
+    }
+    let attn = run_json(&[
+        "sim",
+        s(&a),
+        s(&b),
+        "--keys",
+        r"attn2\.to_k",
+        "--per-tensor",
+    ]);
+    let tensors = attn["tensors"].as_array().unwrap();
+    assert_eq!(
+        tensors.len(),
+        16,
+        "one cross-attention to_k per SD1 transformer"
+    );
+    assert!(
+        tensors
+            .iter()
+            .all(|t| t["key"].as_str().unwrap().ends_with("attn2.to_k.weight"))
+    );
+}
+
+#[test]
+fn missing_keys_and_other_shapes_are_notes_not_errors() {
+    let d = Dir::new();
+    let full = d.model(
+        "full.safetensors",
+        &layout(Arch::Sd1, 16, FloatFormat::F16),
+        &Synthetic::base(Arch::Sd1, 1),
+    );
+    let mut partial = layout(Arch::Sd1, 16, FloatFormat::F16);
+    partial.components = vec![ckpt_diff::catalog::Component::Unet];
+    partial.variant = UnetVariant::Inpainting;
+    let unet = d.model("unet.safetensors", &partial, &Synthetic::base(Arch::Sd1, 1));
+    let json = run_json(&["sim", s(&full), s(&unet)]);
+    let notes = &json["notes"];
+    assert_eq!(notes["only_in_a"].as_array().unwrap().len(), 197 + 248);
+    assert_eq!(
+        notes["shape_mismatch"][0]["key"],
+        "model.diffusion_model.input_blocks.0.0.weight"
+    );
+    assert_eq!(
+        notes["shape_mismatch"][0]["shape_b"],
+        serde_json::json!([20, 9, 3, 3])
+    );
+    // Same seed: every compared U-Net tensor is identical.
+    for row in json["rows"].as_array().unwrap() {
+        assert_eq!(row["similarity"].as_f64().unwrap(), 1.0, "{}", row["label"]);
+    }
+    let text = run_ok(&["sim", s(&full), s(&unet)]);
+    assert!(text.contains("445 keys only in A"), "{text}");
+    assert!(text.contains("keys with different shapes"), "{text}");
+}
+
+#[test]
+fn different_architectures_are_a_clear_error() {
+    let d = Dir::new();
+    let sd1 = d.model(
+        "sd1.safetensors",
+        &layout(Arch::Sd1, 32, FloatFormat::F16),
+        &Synthetic::base(Arch::Sd1, 1),
+    );
+    let xl = d.model(
+        "xl.safetensors",
+        &layout(Arch::Sdxl, 32, FloatFormat::F16),
+        &Synthetic::base(Arch::Sdxl, 1),
+    );
+    let out = ckpt_diff().args(["sim", s(&sd1), s(&xl)]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("sd1.safetensors") && err.contains("SDXL"),
+        "{err}"
+    );
+    assert!(err.contains("--arch generic"), "{err}");
+    // Forced generic grouping compares what the two share (the CLIP-L is the same layout).
+    let json = run_json(&["sim", s(&sd1), s(&xl), "--arch", "generic"]);
+    assert_eq!(json["layout"], "unknown");
+}
+
+#[test]
+fn table_markdown_and_csv_carry_the_same_numbers() {
+    let d = Dir::new();
+    let (a, b) = pair(&d, Arch::Sd1, 32, FloatFormat::F16, FloatFormat::F16);
+    let json = run_json(&["sim", s(&a), s(&b)]);
+    let out09 = json["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["label"] == "OUT09")
+        .unwrap();
+    let pct = format!("{:.4}%", out09["similarity"].as_f64().unwrap() * 100.0);
+    for flag in [None, Some("--markdown"), Some("--csv")] {
+        let mut args = vec!["sim", s(&a), s(&b)];
+        args.extend(flag);
+        let text = run_ok(&args);
+        let line = text
+            .lines()
+            .find(|l| l.contains("OUT09"))
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(line.contains(&pct), "{flag:?}: {line} lacks {pct}");
+    }
+    let _ = synth::rows(Arch::Sd1);
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the binary run on generated checkpoints, checked against independent
+//! computations. One test binary (see `util` for the helpers).
+
+mod util;
+
+mod bad_input;
+mod detect;
+mod props;
+mod sim;
