@@ -1,7 +1,7 @@
 //! Every kind of bad input gets a message that names the file and the problem, exit code 2,
 //! and never a panic.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::util::*;
 
@@ -15,7 +15,7 @@ fn file_with_header(d: &Dir, name: &str, header: &str, data: &[u8]) -> PathBuf {
 }
 
 /// Runs `inspect` and `sim` on the file; both must fail with code 2 and say `needle`.
-fn refused(p: &PathBuf, needle: &str) {
+fn refused(p: &Path, needle: &str) {
     let d = Dir::new();
     let good = file_with_header(
         &d,

@@ -96,11 +96,9 @@ fn check_against_naive(a: &Path, b: &Path, arch: Arch) {
             "{arch:?} {label}: {sim} vs naive {}",
             cos(w)
         );
-        for t in [&mut all] {
-            t.aa += w.aa;
-            t.ab += w.ab;
-            t.bb += w.bb;
-        }
+        all.aa += w.aa;
+        all.ab += w.ab;
+        all.bb += w.bb;
         if row["component"] == "unet" {
             block_cos.push(cos(w));
             unet.aa += w.aa;
