@@ -15,7 +15,7 @@ use serde::Serialize;
 
 use crate::catalog::Grouping;
 use crate::kernels::{self, CHUNK, packed_index, packed_len};
-use crate::pass::{EntryKind, Item, Pass, PassError, Plan, Slice, Visitor};
+use crate::pass::{Absorb, EntryKind, Item, Pass, PassError, Plan, Slice, Visit};
 use crate::reader::dtype::{self, FloatFormat};
 
 /// A symmetric N x N matrix of inner products, stored packed (upper triangle by rows).
@@ -196,19 +196,12 @@ pub fn gather(
     for &e in float_entries.iter().chain(&integer) {
         row_of_entry[e] = grouping.group_of(&plan.entries()[e].key);
     }
-    let mut visitor = GramVisitor {
+    let work = GramWork { n, center: spec.center };
+    let mut sums = GramSums {
         n,
-        center: spec.center,
         per_tensor: spec.per_tensor,
         row_of_entry,
-        rows: vec![
-            RowSums {
-                gram: Gram::zeros(n),
-                params: 0,
-                tensors: 0
-            };
-            grouping.groups().len()
-        ],
+        rows: vec![RowSums { gram: Gram::zeros(n), params: 0, tensors: 0 }; grouping.groups().len()],
         tensors: Vec::new(),
         integer_entries: Vec::new(),
     };
@@ -217,20 +210,26 @@ pub fn gather(
         all.sort_unstable();
         all
     };
-    pass.run(plan, &selected, &mut visitor)?;
+    pass.run(plan, &selected, &work, &mut sums)?;
     Ok(InnerProducts {
         n,
         center: spec.center,
-        rows: visitor.rows,
-        tensors: visitor.tensors,
+        rows: sums.rows,
+        tensors: sums.tensors,
         float_entries,
-        integer_entries: visitor.integer_entries,
+        integer_entries: sums.integer_entries,
     })
 }
 
-struct GramVisitor {
+/// The per-item work: inner products of one element range of every model.
+struct GramWork {
     n: usize,
     center: Option<usize>,
+}
+
+/// The running sums, per row and per tensor, absorbed in plan order.
+struct GramSums {
+    n: usize,
     per_tensor: bool,
     row_of_entry: Vec<usize>,
     rows: Vec<RowSums>,
@@ -244,7 +243,7 @@ enum Partial {
     Integer(bool),
 }
 
-impl Visitor for GramVisitor {
+impl Visit for GramWork {
     type Partial = Partial;
 
     fn visit(
@@ -269,6 +268,14 @@ impl Visitor for GramVisitor {
             return Ok(Partial::Integer(same));
         }
         let n = self.n;
+        // Two models of one format, uncentered: the fused kernel reads the bytes directly.
+        if n == 2
+            && self.center.is_none()
+            && formats[0] == formats[1]
+            && let Some(g) = kernels::gram2_stored(formats[0].expect("float"), inputs[0].bytes, inputs[1].bytes)
+        {
+            return Ok(Partial::Float(g.to_vec()));
+        }
         let mut rows = vec![0.0f64; n * CHUNK];
         let mut gram = vec![0.0f64; packed_len(n)];
         let mut start = 0;
@@ -294,7 +301,9 @@ impl Visitor for GramVisitor {
         }
         Ok(Partial::Float(gram))
     }
+}
 
+impl Absorb<Partial> for GramSums {
     fn absorb(&mut self, _plan: &Plan<'_>, item: &Item, partial: Partial) -> Result<(), PassError> {
         let row = self.row_of_entry[item.entry];
         match partial {

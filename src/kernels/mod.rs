@@ -22,6 +22,8 @@
 mod portable;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_512;
 
 use std::sync::OnceLock;
 
@@ -30,31 +32,59 @@ use crate::reader::dtype::FloatFormat;
 /// Elements per inner chunk: f64 rows of this length for a few models stay in L1/L2.
 pub const CHUNK: usize = 2048;
 
-/// Which implementation the kernels use on this machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which implementation the kernels use on this machine, from slowest to fastest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
     /// Plain Rust, any CPU.
     Portable,
-    /// x86-64 with AVX2, FMA and F16C (checked at run time).
+    /// x86-64 with AVX2, FMA and F16C.
     Avx2,
+    /// x86-64 with AVX-512 F/DQ/BW/VL (and AVX2).
+    Avx512,
 }
 
-/// The kernel level for this process (detected once; `CKPT_DIFF_KERNELS=portable` forces
-/// the portable path).
+impl Level {
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Portable => "portable",
+            Level::Avx2 => "avx2",
+            Level::Avx512 => "avx512",
+        }
+    }
+}
+
+/// Every level this CPU supports, slowest first (tests run each).
+pub fn available_levels() -> Vec<Level> {
+    let mut v = vec![Level::Portable];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            v.push(Level::Avx2);
+            if is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512dq")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+            {
+                v.push(Level::Avx512);
+            }
+        }
+    }
+    v
+}
+
+/// The kernel level for this process: the best the CPU has, capped by
+/// `CKPT_DIFF_KERNELS=portable|avx2|avx512` if set.
 pub fn level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        if std::env::var("CKPT_DIFF_KERNELS").is_ok_and(|v| v == "portable") {
-            return Level::Portable;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
-            return Level::Avx2;
-        }
-        Level::Portable
+        let best = *available_levels().last().expect("portable is always available");
+        let cap = match std::env::var("CKPT_DIFF_KERNELS").as_deref() {
+            Ok("portable") => Level::Portable,
+            Ok("avx2") => Level::Avx2,
+            Ok("avx512") => Level::Avx512,
+            _ => Level::Avx512,
+        };
+        best.min(cap)
     })
 }
 
@@ -62,41 +92,51 @@ pub fn level() -> Level {
 ///
 /// `src` holds exactly `dst.len()` elements and may start at any address.
 pub fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
-    assert_eq!(
-        src.len(),
-        dst.len() * format.size(),
-        "to_f64: length mismatch"
-    );
-    match level() {
+    to_f64_at(level(), format, src, dst)
+}
+
+fn to_f64_at(level: Level, format: FloatFormat, src: &[u8], dst: &mut [f64]) {
+    assert_eq!(src.len(), dst.len() * format.size(), "to_f64: length mismatch");
+    match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `level()` returned Avx2 only after checking avx2, fma and f16c at run time.
+        // SAFETY: a level is only used once `available_levels` found its CPU features.
+        Level::Avx512 => unsafe { x86_512::to_f64(format, src, dst) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
         Level::Avx2 => unsafe { x86::to_f64(format, src, dst) },
         _ => portable::to_f64(format, src, dst),
     }
 }
 
-/// Converts f64 values to stored little-endian `format`, rounding to nearest even (the
-/// rounding of PyTorch's `.to(dtype)`): `dst[i] = round(src[i])`.
+/// Converts f64 values to stored little-endian `format`, correctly rounded (to nearest,
+/// ties to even): `dst[i] = round(src[i])`.
 pub fn from_f64(format: FloatFormat, src: &[f64], dst: &mut [u8]) {
-    assert_eq!(
-        dst.len(),
-        src.len() * format.size(),
-        "from_f64: length mismatch"
-    );
-    match level() {
+    from_f64_at(level(), format, src, dst)
+}
+
+fn from_f64_at(level: Level, format: FloatFormat, src: &[f64], dst: &mut [u8]) {
+    assert_eq!(dst.len(), src.len() * format.size(), "from_f64: length mismatch");
+    match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `to_f64`.
-        Level::Avx2 => unsafe { x86::from_f64(format, src, dst) },
+        // SAFETY: AVX2 is part of every level above portable.
+        Level::Avx2 | Level::Avx512 => unsafe { x86::from_f64(format, src, dst) },
         _ => portable::from_f64(format, src, dst),
     }
 }
 
 /// ⟨a, b⟩ = Σ aᵢ bᵢ, accumulated in f64.
 pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+    dot_at(level(), a, b)
+}
+
+fn dot_at(level: Level, a: &[f64], b: &[f64]) -> f64 {
     assert_eq!(a.len(), b.len(), "dot: length mismatch");
-    match level() {
+    match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `to_f64`.
+        // SAFETY: as in `to_f64_at`.
+        Level::Avx512 => unsafe { x86_512::dot(a, b) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `to_f64_at`.
         Level::Avx2 => unsafe { x86::dot(a, b) },
         _ => portable::dot(a, b),
     }
@@ -139,12 +179,39 @@ pub fn gram_upper_acc(rows: &[&[f64]], gram: &mut [f64]) {
 
 /// [⟨a,a⟩, ⟨a,b⟩, ⟨b,b⟩] in one sweep (the two-model case of every comparison).
 pub fn gram2(a: &[f64], b: &[f64]) -> [f64; 3] {
+    gram2_at(level(), a, b)
+}
+
+fn gram2_at(level: Level, a: &[f64], b: &[f64]) -> [f64; 3] {
     assert_eq!(a.len(), b.len(), "gram2: length mismatch");
-    match level() {
+    match level {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as in `to_f64`.
-        Level::Avx2 => unsafe { x86::gram2(a, b) },
+        // SAFETY: AVX2 is part of every level above portable.
+        Level::Avx2 | Level::Avx512 => unsafe { x86::gram2(a, b) },
         _ => portable::gram2(a, b),
+    }
+}
+
+/// [⟨a,a⟩, ⟨a,b⟩, ⟨b,b⟩] straight from stored little-endian bytes, when both are of the
+/// same format and a fused kernel exists for it (F16, BF16, F32 with AVX2 or AVX-512);
+/// `None` otherwise, and the caller converts with [`to_f64`] and uses [`gram2`].
+pub fn gram2_stored(format: FloatFormat, a: &[u8], b: &[u8]) -> Option<[f64; 3]> {
+    gram2_stored_at(level(), format, a, b)
+}
+
+fn gram2_stored_at(level: Level, format: FloatFormat, a: &[u8], b: &[u8]) -> Option<[f64; 3]> {
+    assert_eq!(a.len(), b.len(), "gram2_stored: length mismatch");
+    if !matches!(format, FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32) {
+        return None;
+    }
+    match level {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `to_f64_at`.
+        Level::Avx512 => Some(unsafe { x86_512::gram2_stored(format, a, b) }),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `to_f64_at`.
+        Level::Avx2 => Some(unsafe { x86::gram2_stored(format, a, b) }),
+        _ => None,
     }
 }
 
@@ -250,7 +317,7 @@ mod tests {
     const LENGTHS: [usize; 7] = [0, 1, 7, 17, 1023, 4099, 1_000_003];
 
     #[test]
-    fn conversions_are_exact_on_both_paths() {
+    fn conversions_are_exact_at_every_level() {
         for format in [
             FloatFormat::F16,
             FloatFormat::BF16,
@@ -264,11 +331,11 @@ mod tests {
                 bytes.extend(encode(format, &v));
                 let src = &bytes[1..];
                 let want = decode_oracle(format, src);
-                let mut got = vec![0.0; n];
-                portable::to_f64(format, src, &mut got);
-                assert!(bitwise_eq(&got, &want), "{format:?} n={n} portable");
-                to_f64(format, src, &mut got);
-                assert!(bitwise_eq(&got, &want), "{format:?} n={n} dispatched");
+                for level in available_levels() {
+                    let mut got = vec![0.0; n];
+                    to_f64_at(level, format, src, &mut got);
+                    assert!(bitwise_eq(&got, &want), "{format:?} n={n} {level:?}");
+                }
             }
         }
     }
@@ -312,6 +379,36 @@ mod tests {
             .collect();
         let want = dot_oracle(&a, &b);
         assert!((dot(&a, &b) - want).abs() <= 1e-12 * abs_dot(&a, &b));
+    }
+
+    #[test]
+    fn fused_gram2_agrees_with_the_oracle() {
+        for format in [FloatFormat::F16, FloatFormat::BF16, FloatFormat::F32] {
+            for n in LENGTHS {
+                let va = values(n, 11);
+                let vb: Vec<f32> = values(n, 13).iter().map(|x| x * 0.25).collect();
+                // Unaligned starts, as in files.
+                let mut ba = vec![7u8];
+                ba.extend(encode(format, &va));
+                let mut bb = vec![0u8, 1, 2];
+                bb.extend(encode(format, &vb));
+                let (sa, sb) = (&ba[1..], &bb[3..]);
+                let (da, db) = (decode_oracle(format, sa), decode_oracle(format, sb));
+                for level in available_levels() {
+                    let Some([aa, ab, bb2]) = gram2_stored_at(level, format, sa, sb) else {
+                        assert_eq!(level, Level::Portable);
+                        continue;
+                    };
+                    let bound = |x: &[f64], y: &[f64]| (n as f64 + 1.0) * f64::EPSILON * abs_dot(x, y);
+                    assert!((aa - dot_oracle(&da, &da)).abs() <= bound(&da, &da), "{format:?} n={n} {level:?}");
+                    assert!((ab - dot_oracle(&da, &db)).abs() <= bound(&da, &db), "{format:?} n={n} {level:?}");
+                    assert!((bb2 - dot_oracle(&db, &db)).abs() <= bound(&db, &db), "{format:?} n={n} {level:?}");
+                    // Identical inputs give identical sums: cos(a, a) is exactly 1.
+                    let [x, y, z] = gram2_stored_at(level, format, sa, sa).unwrap();
+                    assert!(x == y && y == z);
+                }
+            }
+        }
     }
 
     #[test]
@@ -401,11 +498,11 @@ mod tests {
                         _ => x.to_le_bytes().to_vec(),
                     })
                     .collect();
-                let mut got = vec![0u8; n * format.size()];
-                portable::from_f64(format, v, &mut got);
-                assert_eq!(got, want, "{format:?} n={n} portable");
-                from_f64(format, v, &mut got);
-                assert_eq!(got, want, "{format:?} n={n} dispatched");
+                for level in available_levels() {
+                    let mut got = vec![0u8; n * format.size()];
+                    from_f64_at(level, format, v, &mut got);
+                    assert_eq!(got, want, "{format:?} n={n} {level:?}");
+                }
             }
         }
         let mut two = [0u8; 2];

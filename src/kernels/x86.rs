@@ -212,6 +212,78 @@ pub unsafe fn gram2(a: &[f64], b: &[f64]) -> [f64; 3] {
     out
 }
 
+/// Loads 8 stored elements as two f64x4 halves.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8_as_f64(format: FloatFormat, p: *const u8) -> (__m256d, __m256d) {
+    // SAFETY: the caller guarantees 8 readable elements of `format` at `p`.
+    unsafe {
+        let f = match format {
+            FloatFormat::F16 => _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i)),
+            FloatFormat::BF16 => {
+                let h = _mm_loadu_si128(p as *const __m128i);
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+            }
+            _ => {
+                let lo = _mm256_cvtps_pd(_mm_loadu_ps(p as *const f32));
+                let hi = _mm256_cvtps_pd(_mm_loadu_ps((p as *const f32).add(4)));
+                return (lo, hi);
+            }
+        };
+        (_mm256_cvtps_pd(_mm256_castps256_ps128(f)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(f)))
+    }
+}
+
+/// [⟨a,a⟩, ⟨a,b⟩, ⟨b,b⟩] straight from stored bytes of one format (F16, BF16 or F32):
+/// conversion and the three f64 FMAs happen in registers, with no buffer in between.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `a` and `b` hold the same number of elements of
+/// `format`, which is F16, BF16 or F32.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn gram2_stored(format: FloatFormat, a: &[u8], b: &[u8]) -> [f64; 3] {
+    let size = format.size();
+    let n = a.len() / size;
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let z = _mm256_setzero_pd();
+    // Two groups of (aa, ab, bb) accumulators for each half of an 8-element step, and two
+    // steps per iteration: 12 independent FMA chains hide the FMA latency.
+    let mut acc = [z; 12];
+    let mut i = 0;
+    // SAFETY: offsets stay below `n` elements.
+    unsafe {
+        while i + 16 <= n {
+            for step in 0..2 {
+                let at = (i + 8 * step) * size;
+                let (a0, a1) = load8_as_f64(format, pa.add(at));
+                let (b0, b1) = load8_as_f64(format, pb.add(at));
+                let k = 6 * step;
+                acc[k] = _mm256_fmadd_pd(a0, a0, acc[k]);
+                acc[k + 1] = _mm256_fmadd_pd(a0, b0, acc[k + 1]);
+                acc[k + 2] = _mm256_fmadd_pd(b0, b0, acc[k + 2]);
+                acc[k + 3] = _mm256_fmadd_pd(a1, a1, acc[k + 3]);
+                acc[k + 4] = _mm256_fmadd_pd(a1, b1, acc[k + 4]);
+                acc[k + 5] = _mm256_fmadd_pd(b1, b1, acc[k + 5]);
+            }
+            i += 16;
+        }
+    }
+    let sum = |o: usize| {
+        hsum(_mm256_add_pd(_mm256_add_pd(acc[o], acc[o + 3]), _mm256_add_pd(acc[o + 6], acc[o + 9])))
+    };
+    let mut out = [sum(0), sum(1), sum(2)];
+    if i < n {
+        let mut ta = vec![0.0; n - i];
+        let mut tb = vec![0.0; n - i];
+        portable::to_f64(format, &a[i * size..], &mut ta);
+        portable::to_f64(format, &b[i * size..], &mut tb);
+        let [aa, ab, bb] = portable::gram2(&ta, &tb);
+        out[0] += aa;
+        out[1] += ab;
+        out[2] += bb;
+    }
+    out
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn hsum(v: __m256d) -> f64 {
     let lo = _mm256_castpd256_pd128(v);

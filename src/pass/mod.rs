@@ -1,11 +1,11 @@
 //! The engine: one parallel read of N checkpoints, tensor by tensor, feeding a visitor.
 //!
 //! A [`Plan`] lines up the union of the (canonical) keys of N open checkpoints. A [`Pass`]
-//! splits the chosen entries into work items (element ranges of about 4 MiB of input),
-//! runs [`Visitor::visit`] on them in parallel with rayon, and hands each result to
-//! [`Visitor::absorb`] on the calling thread **in plan order**. So sums come out the same
-//! whatever the thread count, memory holds only a window of items in flight, and no lock is
-//! taken in the inner loop.
+//! splits the chosen entries into work items (element ranges of about 16 MiB of input),
+//! runs [`Visit::visit`] on them on worker threads, and hands each result to
+//! [`Absorb::absorb`] on the calling thread **in plan order**. So sums come out the same
+//! whatever the thread count, memory holds only the results of a bounded stretch of items,
+//! and no lock is taken in the inner loop.
 //!
 //! ```no_run
 //! use ckpt_diff::pass::{Pass, Plan};
@@ -22,7 +22,6 @@ pub mod progress;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rayon::prelude::*;
 use thiserror::Error;
 
 use crate::catalog::canonical_key;
@@ -47,7 +46,7 @@ pub enum PassError {
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// Asks every running pass to stop at its next window (the Ctrl-C handler calls this).
+/// Asks every running pass to stop at its next item (the Ctrl-C handler calls this).
 pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
@@ -204,49 +203,62 @@ impl Item {
     }
 }
 
-/// What a pass feeds.
+/// The work a pass does on each item, on worker threads.
 ///
-/// `visit` runs on worker threads, once per item, and must only read `&self`; `absorb`
-/// runs on the calling thread in plan order with the result. An `Err` from either stops
-/// the pass (items already in flight finish; their results are dropped).
-pub trait Visitor: Sync {
+/// `visit` only reads `&self`; it runs once per item, items taken in plan order by
+/// whichever worker is free. An `Err` stops the pass.
+pub trait Visit: Sync {
     type Partial: Send;
 
-    fn visit(
-        &self,
-        plan: &Plan<'_>,
-        item: &Item,
-        inputs: &[Option<Slice<'_>>],
-    ) -> Result<Self::Partial, PassError>;
+    fn visit(&self, plan: &Plan<'_>, item: &Item, inputs: &[Option<Slice<'_>>]) -> Result<Self::Partial, PassError>;
+}
 
-    fn absorb(
-        &mut self,
-        plan: &Plan<'_>,
-        item: &Item,
-        partial: Self::Partial,
-    ) -> Result<(), PassError>;
+/// What receives the results, on the calling thread, strictly in plan order. An `Err`
+/// stops the pass (items already in flight finish; their results are dropped).
+pub trait Absorb<P> {
+    fn absorb(&mut self, plan: &Plan<'_>, item: &Item, partial: P) -> Result<(), PassError>;
 }
 
 /// Runs visitors over plans. Holds no state between runs.
 pub struct Pass<'p> {
     progress: &'p dyn Progress,
     item_bytes: usize,
-    window_bytes: usize,
+    ahead_bytes: usize,
+    release: Release,
+}
+
+/// Whether a pass hands back the file pages it has read (see [`Checkpoint::release`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// When the pass reads more than half of physical memory: then the page cache cannot
+    /// hold the inputs anyway, and unmapped pages are cheaper for the kernel to reclaim.
+    Auto,
+    Always,
+    Never,
 }
 
 impl<'p> Pass<'p> {
     /// A pass reporting to `progress`.
     pub fn new(progress: &'p dyn Progress) -> Pass<'p> {
-        Pass {
-            progress,
-            item_bytes: 4 << 20,
-            window_bytes: 64 << 20,
-        }
+        Pass { progress, item_bytes: 16 << 20, ahead_bytes: 256 << 20, release: Release::Auto }
     }
 
-    /// Bytes of input per work item (default 4 MiB); smaller values are for tests.
+    /// Bytes of input per work item (default 16 MiB); smaller values are for tests.
     pub fn item_bytes(mut self, bytes: usize) -> Self {
         self.item_bytes = bytes.max(1);
+        self
+    }
+
+    /// How far (in input bytes) workers may run ahead of the oldest result not yet
+    /// absorbed (default 256 MiB): bounds the results held in memory.
+    pub fn ahead_bytes(mut self, bytes: usize) -> Self {
+        self.ahead_bytes = bytes.max(1);
+        self
+    }
+
+    /// When to hand back read pages (default [`Release::Auto`]).
+    pub fn release(mut self, release: Release) -> Self {
+        self.release = release;
         self
     }
 
@@ -304,52 +316,133 @@ impl<'p> Pass<'p> {
     }
 
     /// Visits `entries` of `plan`: in parallel, absorbed in order.
-    pub fn run<V: Visitor>(
-        &self,
-        plan: &Plan<'_>,
-        entries: &[usize],
-        visitor: &mut V,
-    ) -> Result<(), PassError> {
+    pub fn run<V: Visit, A: Absorb<V::Partial>>(&self, plan: &Plan<'_>, entries: &[usize], visit: &V, absorb: &mut A) -> Result<(), PassError> {
         let items = self.items(plan, entries);
-        self.run_items(plan, &items, visitor)
+        self.run_items(plan, &items, visit, absorb)
     }
 
     /// Visits the given items (from [`Pass::items`]).
-    pub fn run_items<V: Visitor>(
-        &self,
-        plan: &Plan<'_>,
-        items: &[Item],
-        visitor: &mut V,
-    ) -> Result<(), PassError> {
-        self.progress.start(Self::input_bytes(plan, items));
-        let mut rest = items;
-        while !rest.is_empty() {
-            if interrupted() {
-                return Err(PassError::Interrupted);
-            }
-            let mut take = 0;
-            let mut bytes = 0u64;
-            while take < rest.len() && (take < 2 || bytes < self.window_bytes as u64) {
-                bytes += Self::item_input_bytes(plan, &rest[take]);
-                take += 1;
-            }
-            let (window, tail) = rest.split_at(take);
-            let shared: &V = visitor;
-            let partials: Vec<Result<V::Partial, PassError>> = window
-                .par_iter()
-                .map(|item| {
-                    let inputs = slices(plan, item);
-                    shared.visit(plan, item, &inputs)
-                })
-                .collect();
-            for (item, partial) in window.iter().zip(partials) {
-                visitor.absorb(plan, item, partial?)?;
-            }
-            self.progress.advance(bytes);
-            rest = tail;
+    ///
+    /// Workers (as many as rayon's thread count) take items in order from a shared counter
+    /// and send their results to the calling thread, which absorbs them in order. A worker waits while its
+    /// item starts more than `ahead_bytes` past the oldest unabsorbed one, so memory stays
+    /// bounded and every file is read front to back. There is no barrier between batches:
+    /// a slow item delays the absorbing, not the other workers.
+    pub fn run_items<V: Visit, A: Absorb<V::Partial>>(&self, plan: &Plan<'_>, items: &[Item], visit: &V, absorb: &mut A) -> Result<(), PassError> {
+        use std::collections::BTreeMap;
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::{Condvar, Mutex, mpsc};
+
+        let sizes: Vec<u64> = items.iter().map(|it| Self::item_input_bytes(plan, it)).collect();
+        // starts[i]: input bytes before item i.
+        let mut starts = Vec::with_capacity(items.len() + 1);
+        let mut at = 0u64;
+        for s in &sizes {
+            starts.push(at);
+            at += s;
         }
+        starts.push(at);
+        self.progress.start(at);
+        let release_pages = match self.release {
+            Release::Always => true,
+            Release::Never => false,
+            Release::Auto => physical_memory().is_some_and(|ram| at > ram / 2),
+        };
+
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        // Index of the oldest item not yet absorbed, and a signal when it moves.
+        let oldest = Mutex::new(0usize);
+        let moved = Condvar::new();
+        let ahead = self.ahead_bytes as u64;
+        let (tx, rx) = mpsc::channel::<(usize, Result<V::Partial, PassError>)>();
+
+        let mut outcome: Result<(), PassError> = Ok(());
+        // Scoped OS threads rather than rayon tasks: the calling thread blocks while it
+        // absorbs, and must not be a pool thread the workers wait for.
+        std::thread::scope(|scope| {
+            for _ in 0..rayon::current_num_threads() {
+                let tx = tx.clone();
+                let (next, stop, oldest, moved, starts) = (&next, &stop, &oldest, &moved, &starts);
+                scope.spawn(move || loop {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= items.len() {
+                        return;
+                    }
+                    {
+                        let mut o = oldest.lock().expect("never poisoned: no panics while held");
+                        while i > *o && starts[i] - starts[*o] > ahead && !stop.load(Ordering::Relaxed) {
+                            o = moved.wait(o).expect("never poisoned");
+                        }
+                    }
+                    let result = if interrupted() {
+                        Err(PassError::Interrupted)
+                    } else {
+                        visit.visit(plan, &items[i], &slices(plan, &items[i]))
+                    };
+                    if tx.send((i, result)).is_err() {
+                        return;
+                    }
+                });
+            }
+            drop(tx);
+
+            let mut early: BTreeMap<usize, Result<V::Partial, PassError>> = BTreeMap::new();
+            let mut want = 0;
+            'absorbing: while want < items.len() {
+                let Ok((i, r)) = rx.recv() else { break };
+                early.insert(i, r);
+                while let Some(r) = early.remove(&want) {
+                    if let Err(e) = r.and_then(|p| absorb.absorb(plan, &items[want], p)) {
+                        outcome = Err(e);
+                        break 'absorbing;
+                    }
+                    self.progress.advance(sizes[want]);
+                    if release_pages {
+                        release(plan, &items[want]);
+                    }
+                    want += 1;
+                    *oldest.lock().expect("never poisoned") = want;
+                    moved.notify_all();
+                }
+            }
+            // On error, stop the workers and release any that wait.
+            stop.store(true, Ordering::Relaxed);
+            *oldest.lock().expect("never poisoned") = items.len();
+            moved.notify_all();
+            drop(rx);
+        });
+        outcome?;
         self.progress.finish();
         Ok(())
+    }
+}
+
+/// Bytes of physical memory, if the OS says.
+fn physical_memory() -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    (pages > 0 && size > 0).then(|| pages as u64 * size as u64)
+}
+
+/// The byte range of `item` in each model's file.
+fn file_ranges<'a>(plan: &'a Plan<'_>, item: &'a Item) -> impl Iterator<Item = (&'a Checkpoint, u64, u64)> + 'a {
+    let entry = &plan.entries()[item.entry];
+    plan.models().iter().enumerate().filter_map(move |(m, ckpt)| {
+        let t = plan.tensor(entry, m)?;
+        let bits = dtype::bit_size(t.dtype) as u64;
+        let base = ckpt.data_start() + t.begin as u64;
+        Some((*ckpt, base + item.start as u64 * bits / 8, base + item.end as u64 * bits / 8))
+    })
+}
+
+/// Releases the file pages an absorbed item read (see [`Checkpoint::release`]).
+fn release(plan: &Plan<'_>, item: &Item) {
+    for (ckpt, start, end) in file_ranges(plan, item) {
+        ckpt.release(start, end);
     }
 }
 
@@ -373,4 +466,80 @@ pub fn slices<'a>(plan: &Plan<'a>, item: &Item) -> Vec<Option<Slice<'a>>> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::{Arch, Grouping};
+    use crate::gram::{GramSpec, InnerProducts, gather};
+    use crate::reader::dtype::FloatFormat;
+    use crate::synth::{self, Layout, Synthetic};
+
+    fn two_models(dir: &tempfile::TempDir) -> (Checkpoint, Checkpoint) {
+        let layout = Layout::new(Arch::Sd1, 32, FloatFormat::BF16);
+        let a = dir.path().join("a.safetensors");
+        let b = dir.path().join("b.safetensors");
+        let base = Synthetic::base(Arch::Sd1, 5);
+        synth::write(&a, &layout, &base, &[], &NoProgress).unwrap();
+        synth::write(&b, &layout, &base.plus_delta(9, synth::uniform(Arch::Sd1, 0.2)), &[], &NoProgress).unwrap();
+        (Checkpoint::open(&a).unwrap(), Checkpoint::open(&b).unwrap())
+    }
+
+    fn run(plan: &Plan<'_>, threads: usize, pass: Pass<'_>, center: Option<usize>) -> InnerProducts {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let all: Vec<usize> = (0..plan.entries().len()).collect();
+        pool.install(|| gather(plan, &Grouping::for_arch(Arch::Sd1), &all, GramSpec { center, per_tensor: true }, &pass).unwrap())
+    }
+
+    #[test]
+    fn results_do_not_depend_on_threads_or_page_release() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = two_models(&dir);
+        let plan = Plan::new(vec![&a, &b]);
+        for center in [None, Some(0)] {
+            // Small items and a short look-ahead make workers wait on each other.
+            let pass = || Pass::new(&NoProgress).item_bytes(4096).ahead_bytes(64 << 10);
+            let one = run(&plan, 1, pass(), center);
+            for threads in [2, 3, 5] {
+                assert_eq!(run(&plan, threads, pass(), center), one, "{threads} threads");
+            }
+            assert_eq!(run(&plan, 2, pass().release(Release::Always), center), one);
+        }
+    }
+
+    struct FailAt(usize);
+    impl Visit for FailAt {
+        type Partial = usize;
+        fn visit(&self, _: &Plan<'_>, item: &Item, _: &[Option<Slice<'_>>]) -> Result<usize, PassError> {
+            if item.entry == self.0 {
+                return Err(PassError::Tensor { key: "x".into(), message: "planted".into() });
+            }
+            Ok(item.entry)
+        }
+    }
+    struct Collect(Vec<usize>);
+    impl Absorb<usize> for Collect {
+        fn absorb(&mut self, _: &Plan<'_>, _: &Item, p: usize) -> Result<(), PassError> {
+            self.0.push(p);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_error_stops_the_pass_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = two_models(&dir);
+        let plan = Plan::new(vec![&a, &b]);
+        let all: Vec<usize> = (0..plan.entries().len()).collect();
+        let pass = Pass::new(&NoProgress).item_bytes(512).ahead_bytes(4096);
+        let mut seen = Collect(Vec::new());
+        let e = pass.run(&plan, &all, &FailAt(300), &mut seen).unwrap_err();
+        assert!(matches!(e, PassError::Tensor { .. }));
+        // Everything before the failing entry was absorbed, in order, and nothing after.
+        let mut want: Vec<usize> = pass.items(&plan, &all).iter().map(|i| i.entry).take_while(|&e| e != 300).collect();
+        want.dedup();
+        seen.0.dedup();
+        assert_eq!(seen.0, want);
+    }
 }

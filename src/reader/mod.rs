@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::{Advice, Mmap};
+use memmap2::{Advice, Mmap, UncheckedAdvice};
 use thiserror::Error;
 
 pub use dtype::Dtype;
@@ -275,6 +275,26 @@ impl Checkpoint {
     /// The whole file, for hashing.
     pub fn bytes(&self) -> &[u8] {
         &self.map
+    }
+
+    /// Tells the kernel this process is done with the file bytes `start..end` for now:
+    /// their page-table entries go, the pages stay in the page cache, and a later read maps
+    /// them again. Keeps resident memory bounded in long passes. Only whole pages inside
+    /// the range are released.
+    pub fn release(&self, start: u64, end: u64) {
+        const PAGE: u64 = 4096;
+        let first = start.div_ceil(PAGE) * PAGE;
+        let last = (end / PAGE) * PAGE;
+        if last <= first || last > self.map.len() as u64 {
+            return;
+        }
+        // SAFETY: the mapping is private and read-only, so MADV_DONTNEED cannot discard data
+        // (there are no private changes); the bytes read back the same from the page cache.
+        // Slices of the mapping that other code still holds stay valid: the address range
+        // stays mapped and faults the pages back in on access.
+        let _ = unsafe {
+            self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, first as usize, (last - first) as usize)
+        };
     }
 }
 

@@ -1,0 +1,202 @@
+//! Shared pieces of the full-size benchmarks: generated inputs, the machine's memory
+//! bandwidth measured in the same run, timing, and peak memory.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ckpt_diff::catalog::Arch;
+use ckpt_diff::pass::NoProgress;
+use ckpt_diff::reader::dtype::FloatFormat;
+use ckpt_diff::synth::{self, Layout, Synthetic};
+
+/// Where full-size inputs live between runs: `$CKPT_DIFF_BENCH_DIR`, else
+/// `target/bench-data` (kept so repeated runs do not regenerate gigabytes).
+pub fn data_dir() -> PathBuf {
+    let dir = std::env::var_os("CKPT_DIFF_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data"));
+    std::fs::create_dir_all(&dir).expect("bench data dir");
+    dir
+}
+
+/// A full-size generated checkpoint (created once): the base of `seed`, plus a delta of
+/// `delta` (relative size) with seed `seed + 1000` when `delta > 0`.
+pub fn model(arch: Arch, dtype: FloatFormat, seed: u64, delta: f64) -> PathBuf {
+    let name = format!("{}-{}-s{seed}-d{delta}.safetensors", arch.id(), ckpt_diff::reader::dtype::name(dtype.dtype()).to_lowercase());
+    let path = data_dir().join(name);
+    if !path.exists() {
+        eprintln!("generating {} ...", path.display());
+        let mut m = Synthetic::base(arch, seed);
+        if delta > 0.0 {
+            m = m.plus_delta(seed + 1000, synth::uniform(arch, delta));
+        }
+        synth::write(&path, &Layout::new(arch, 1, dtype), &m, &[], &NoProgress).expect("synth");
+    }
+    path
+}
+
+/// Reads every byte of `paths` once so they sit in the page cache.
+pub fn warm(paths: &[&Path]) {
+    use std::io::Read;
+    let mut buf = vec![0u8; 8 << 20];
+    for p in paths {
+        let mut f = std::fs::File::open(p).expect("open");
+        while f.read(&mut buf).expect("read") > 0 {}
+    }
+}
+
+/// Median of `runs` timings of `f`, in seconds.
+pub fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
+    let mut t: Vec<f64> = (0..runs)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// Memory read bandwidth of this machine in GB/s: the best of several sums over a 2 GiB
+/// buffer (far larger than the caches) on all threads, with the widest SIMD the CPU has.
+pub fn memory_bandwidth() -> f64 {
+    use rayon::prelude::*;
+    let n = 2usize << 30;
+    let buf = vec![1u8; n];
+    let best = (0..5)
+        .map(|_| {
+            let s = Instant::now();
+            let total: u64 = buf.par_chunks(4 << 20).map(sum_bytes).sum();
+            std::hint::black_box(total);
+            s.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    n as f64 / best / 1e9
+}
+
+fn sum_bytes(x: &[u8]) -> u64 {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") {
+        // SAFETY: checked above.
+        return unsafe { sum_avx512(x) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2") {
+        // SAFETY: checked above.
+        return unsafe { sum_avx2(x) };
+    }
+    x.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).fold(0, u64::wrapping_add)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn sum_avx512(x: &[u8]) -> u64 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm512_setzero_si512(); 4];
+    let mut i = 0;
+    while i + 256 <= x.len() {
+        for (k, a) in acc.iter_mut().enumerate() {
+            // SAFETY: in bounds by the loop condition.
+            *a = _mm512_add_epi64(*a, unsafe { _mm512_loadu_si512(x.as_ptr().add(i + 64 * k) as *const _) });
+        }
+        i += 256;
+    }
+    let t = _mm512_add_epi64(_mm512_add_epi64(acc[0], acc[1]), _mm512_add_epi64(acc[2], acc[3]));
+    _mm512_reduce_add_epi64(t) as u64
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn sum_avx2(x: &[u8]) -> u64 {
+    use std::arch::x86_64::*;
+    let mut acc = [_mm256_setzero_si256(); 4];
+    let mut i = 0;
+    while i + 128 <= x.len() {
+        for (k, a) in acc.iter_mut().enumerate() {
+            // SAFETY: in bounds by the loop condition.
+            *a = _mm256_add_epi64(*a, unsafe { _mm256_loadu_si256(x.as_ptr().add(i + 32 * k) as *const _) });
+        }
+        i += 128;
+    }
+    let mut out = [0u64; 4];
+    let t = _mm256_add_epi64(_mm256_add_epi64(acc[0], acc[1]), _mm256_add_epi64(acc[2], acc[3]));
+    // SAFETY: `out` holds 4 u64.
+    unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut _, t) };
+    out.iter().fold(0, |a, b| a.wrapping_add(*b))
+}
+
+/// Bytes per second of reading `paths` through a memory map, all threads, no computing:
+/// the ceiling for any mmap-based pass on this machine (page faults included).
+pub fn mmap_read_rate(paths: &[&Path]) -> f64 {
+    use rayon::prelude::*;
+    let files: Vec<std::fs::File> = paths.iter().map(|p| std::fs::File::open(p).expect("open")).collect();
+    let best = (0..3)
+        .map(|_| {
+            let s = Instant::now();
+            // SAFETY: read-only maps of files nobody writes during the benchmark.
+            let maps: Vec<memmap2::Mmap> = files.iter().map(|f| unsafe { memmap2::Mmap::map(f).expect("map") }).collect();
+            let chunk = 4 << 20;
+            let n = maps.iter().map(|m| m.len()).max().unwrap_or(0).div_ceil(chunk);
+            let total: u64 = (0..n)
+                .into_par_iter()
+                .map(|c| maps.iter().map(|m| sum_bytes(&m[(c * chunk).min(m.len())..((c + 1) * chunk).min(m.len())])).sum::<u64>())
+                .sum();
+            std::hint::black_box(total);
+            s.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
+    paths.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum::<u64>() as f64 / best / 1e9
+}
+
+/// Peak resident memory of finished child processes (ru_maxrss of RUSAGE_CHILDREN), bytes.
+pub fn children_peak_rss() -> u64 {
+    let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
+    // SAFETY: getrusage fills the struct when it returns 0.
+    let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, ru.as_mut_ptr()) };
+    assert_eq!(rc, 0);
+    // SAFETY: initialised by the successful call.
+    unsafe { ru.assume_init() }.ru_maxrss as u64 * 1024
+}
+
+/// Runs the release binary with `args`; returns (seconds, peak RSS bytes, peak anonymous
+/// RSS bytes). Anonymous RSS leaves out mapped file pages (the page cache).
+pub fn run_binary(args: &[&str]) -> (f64, u64, u64) {
+    let exe = env!("CARGO_BIN_EXE_ckpt-diff");
+    let start = Instant::now();
+    let mut child = std::process::Command::new(exe)
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("spawn ckpt-diff");
+    let pid = child.id();
+    let mut peak_anon = 0u64;
+    let mut peak_rss = 0u64;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            assert!(status.success(), "ckpt-diff {args:?} failed");
+            break;
+        }
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let field = |name: &str| -> u64 {
+                s.lines()
+                    .find(|l| l.starts_with(name))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .unwrap_or(0)
+                    * 1024
+            };
+            peak_anon = peak_anon.max(field("RssAnon:"));
+            peak_rss = peak_rss.max(field("VmRSS:"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    (start.elapsed().as_secs_f64(), peak_rss, peak_anon)
+}
+
+pub fn gb(bytes: u64) -> f64 {
+    bytes as f64 / 1e9
+}

@@ -1,0 +1,33 @@
+# ckpt-diff tasks. `just --list` shows them; each is a plain command you can also paste.
+
+# Build and run the demo on generated checkpoints (outputs in reports/demo/).
+demo:
+    scripts/demo.sh
+
+# Run every test (the command CI runs).
+test:
+    cargo test --locked
+
+# Format and lint as CI expects.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets -- -D warnings
+
+# Release build.
+build:
+    cargo build --release
+
+# All benchmarks (full-size inputs are generated once into target/bench-data).
+bench: bench-kernels bench-sim
+
+# Kernel throughput in cache, every kernel level of this CPU.
+bench-kernels:
+    cargo bench --bench kernels
+
+# `sim` on two full-size SD1.5 fp16 files beside this machine's memory bandwidth.
+bench-sim:
+    cargo bench --bench sim_full
+
+# Delete the generated benchmark inputs (several GB).
+bench-clean:
+    rm -rf target/bench-data

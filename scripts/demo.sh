@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The demo: builds ckpt-diff, generates a family of SD1 checkpoints with the real key
+# layout (a base, three fine-tunes, three merges; 1/8 of the real widths so it takes
+# seconds), and runs the analyses on them. Outputs go to demo/ (the checkpoints) and
+# reports/demo/ (what the commands printed).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build --release --quiet
+bin=target/release/ckpt-diff
+data=${DEMO_DIR:-demo}
+out=reports/demo
+mkdir -p "$data" "$out"
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "a family of generated SD1 checkpoints (base, fine-tunes ft1..ft3, merges)"
+$bin synth family "$data/sd1" --arch sd1 --scale 8 --seed 42 --finetunes 3
+
+step "what is this file?  ckpt-diff inspect"
+$bin inspect "$data/sd1/mbw-ft1-ft2.safetensors" | tee "$out/inspect.txt"
+
+step "how alike are two models, block by block?  ckpt-diff sim"
+$bin sim "$data/sd1/base.safetensors" "$data/sd1/ft2.safetensors" | tee "$out/sim-base-ft2.txt"
+
+step "a block-weighted merge against its source, output blocks only"
+$bin sim "$data/sd1/ft2.safetensors" "$data/sd1/mbw-ft1-ft2.safetensors" --blocks out --markdown | tee "$out/sim-ft2-mbw.md"
+
+step "the same, for scripts"
+$bin sim "$data/sd1/ft2.safetensors" "$data/sd1/mbw-ft1-ft2.safetensors" --json > "$out/sim-ft2-mbw.json"
+echo "wrote $out/sim-ft2-mbw.json"
+
+step "done: outputs in $out/"
