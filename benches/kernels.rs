@@ -5,12 +5,14 @@
 //! The data (1 MiB per operand) stays in L2, so these are compute ceilings; the full-size
 //! benchmarks (`sim_full`) show what memory allows.
 
-use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ckpt_diff::kernels;
 use ckpt_diff::reader::dtype::FloatFormat;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn stored(format: FloatFormat, n: usize, seed: u64) -> Vec<u8> {
-    let v: Vec<f64> = (0..n).map(|i| (((i as u64).wrapping_mul(seed) % 2001) as f64 - 1000.0) / 3000.0).collect();
+    let v: Vec<f64> = (0..n)
+        .map(|i| (((i as u64).wrapping_mul(seed) % 2001) as f64 - 1000.0) / 3000.0)
+        .collect();
     let mut out = vec![0u8; n * format.size()];
     kernels::from_f64(format, &v, &mut out);
     out
@@ -23,14 +25,19 @@ fn bench(c: &mut Criterion) {
         let (a, b) = (stored(format, n, 7919), stored(format, n, 104_729));
         let mut g = c.benchmark_group(format!("{name} {} KiB x 2", a.len() >> 10));
         g.throughput(Throughput::Bytes(2 * a.len() as u64));
-        g.bench_function("gram2_stored (fused)", |bench| bench.iter(|| kernels::gram2_stored(format, &a, &b)));
+        g.bench_function("gram2_stored (fused)", |bench| {
+            bench.iter(|| kernels::gram2_stored(format, &a, &b))
+        });
         let mut ra = vec![0.0; kernels::CHUNK];
         let mut rb = vec![0.0; kernels::CHUNK];
         g.bench_function("to_f64 + gram2 (generic path)", |bench| {
             bench.iter(|| {
                 let size = format.size();
                 let mut s = 0.0;
-                for (ca, cb) in a.chunks(kernels::CHUNK * size).zip(b.chunks(kernels::CHUNK * size)) {
+                for (ca, cb) in a
+                    .chunks(kernels::CHUNK * size)
+                    .zip(b.chunks(kernels::CHUNK * size))
+                {
                     let len = ca.len() / size;
                     kernels::to_f64(format, ca, &mut ra[..len]);
                     kernels::to_f64(format, cb, &mut rb[..len]);
@@ -41,7 +48,9 @@ fn bench(c: &mut Criterion) {
         });
         let values: Vec<f64> = (0..n).map(|i| i as f64 * 1e-6).collect();
         let mut out = vec![0u8; n * format.size()];
-        g.bench_function("from_f64 (correctly rounded)", |bench| bench.iter(|| kernels::from_f64(format, &values, &mut out)));
+        g.bench_function("from_f64 (correctly rounded)", |bench| {
+            bench.iter(|| kernels::from_f64(format, &values, &mut out))
+        });
         g.finish();
     }
 }

@@ -19,8 +19,15 @@ fn main() {
     for item in [1usize << 20, 4 << 20, 16 << 20] {
         for window in [16usize << 20, 64 << 20, 256 << 20, 1 << 40] {
             let pass = Pass::new(&NoProgress).item_bytes(item).ahead_bytes(window);
-            let t = median_secs(5, || { gather(&plan, &grouping, &all, GramSpec::default(), &pass).unwrap(); });
-            println!("item {:>3} MiB window {:>7} MiB: {t:.3} s {:.1} GB/s", item >> 20, window >> 20, input / t);
+            let t = median_secs(5, || {
+                gather(&plan, &grouping, &all, GramSpec::default(), &pass).unwrap();
+            });
+            println!(
+                "item {:>3} MiB window {:>7} MiB: {t:.3} s {:.1} GB/s",
+                item >> 20,
+                window >> 20,
+                input / t
+            );
         }
     }
 }

@@ -51,13 +51,37 @@ fn main() {
     });
 
     let kernels = ckpt_diff::kernels::level().name();
-    println!("## sim, SD1.5 fp16 x 2 ({:.2} GB), warm page cache, {} threads, {kernels} kernels\n", gb(input), rayon::current_num_threads());
+    println!(
+        "## sim, SD1.5 fp16 x 2 ({:.2} GB), warm page cache, {} threads, {kernels} kernels\n",
+        gb(input),
+        rayon::current_num_threads()
+    );
     println!("| measure | time | input GB/s | share of memory bandwidth |");
     println!("| --- | ---: | ---: | ---: |");
     println!("| memory read bandwidth (2 GiB buffer, all threads) | | {bandwidth:.1} | 100% |");
-    println!("| mmap read of both files, no compute (ceiling for this design) | {:.3} s | {mmap_rate:.1} | {:.0}% |", gb(input) / mmap_rate, 100.0 * mmap_rate / bandwidth);
-    println!("| `ckpt-diff sim A B --json` (whole command, median of 7) | {cli:.3} s | {:.1} | {:.0}% |", gb(input) / cli, 100.0 * gb(input) / cli / bandwidth);
-    println!("| the pass alone, in process (median of 7) | {in_process:.3} s | {:.1} | {:.0}% |", gb(input) / in_process, 100.0 * gb(input) / in_process / bandwidth);
-    println!("| the pass on fresh mappings (open + pass + unmap, median of 7) | {fresh:.3} s | {:.1} | {:.0}% |", gb(input) / fresh, 100.0 * gb(input) / fresh / bandwidth);
-    println!("\npeak RSS of the command {:.2} GB, of which anonymous (not page cache) {:.1} MB", gb(peak.0), peak.1 as f64 / 1e6);
+    println!(
+        "| mmap read of both files, no compute (ceiling for this design) | {:.3} s | {mmap_rate:.1} | {:.0}% |",
+        gb(input) / mmap_rate,
+        100.0 * mmap_rate / bandwidth
+    );
+    println!(
+        "| `ckpt-diff sim A B --json` (whole command, median of 7) | {cli:.3} s | {:.1} | {:.0}% |",
+        gb(input) / cli,
+        100.0 * gb(input) / cli / bandwidth
+    );
+    println!(
+        "| the pass alone, in process (median of 7) | {in_process:.3} s | {:.1} | {:.0}% |",
+        gb(input) / in_process,
+        100.0 * gb(input) / in_process / bandwidth
+    );
+    println!(
+        "| the pass on fresh mappings (open + pass + unmap, median of 7) | {fresh:.3} s | {:.1} | {:.0}% |",
+        gb(input) / fresh,
+        100.0 * gb(input) / fresh / bandwidth
+    );
+    println!(
+        "\npeak RSS of the command {:.2} GB, of which anonymous (not page cache) {:.1} MB",
+        gb(peak.0),
+        peak.1 as f64 / 1e6
+    );
 }

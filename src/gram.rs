@@ -196,12 +196,22 @@ pub fn gather(
     for &e in float_entries.iter().chain(&integer) {
         row_of_entry[e] = grouping.group_of(&plan.entries()[e].key);
     }
-    let work = GramWork { n, center: spec.center };
+    let work = GramWork {
+        n,
+        center: spec.center,
+    };
     let mut sums = GramSums {
         n,
         per_tensor: spec.per_tensor,
         row_of_entry,
-        rows: vec![RowSums { gram: Gram::zeros(n), params: 0, tensors: 0 }; grouping.groups().len()],
+        rows: vec![
+            RowSums {
+                gram: Gram::zeros(n),
+                params: 0,
+                tensors: 0
+            };
+            grouping.groups().len()
+        ],
         tensors: Vec::new(),
         integer_entries: Vec::new(),
     };
@@ -272,7 +282,8 @@ impl Visit for GramWork {
         if n == 2
             && self.center.is_none()
             && formats[0] == formats[1]
-            && let Some(g) = kernels::gram2_stored(formats[0].expect("float"), inputs[0].bytes, inputs[1].bytes)
+            && let Some(g) =
+                kernels::gram2_stored(formats[0].expect("float"), inputs[0].bytes, inputs[1].bytes)
         {
             return Ok(Partial::Float(g.to_vec()));
         }

@@ -220,7 +220,7 @@ fn layout(tensors: &[TensorSpec], metadata: &[(String, String)]) -> (Vec<u8>, Ve
         at = end;
     }
     let mut header = serde_json::to_vec(&Value::Object(map)).expect("JSON of strings and numbers");
-    while header.len() % 8 != 0 {
+    while !header.len().is_multiple_of(8) {
         header.push(b' ');
     }
     (header, offsets, at)

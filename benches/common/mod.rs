@@ -24,7 +24,11 @@ pub fn data_dir() -> PathBuf {
 /// A full-size generated checkpoint (created once): the base of `seed`, plus a delta of
 /// `delta` (relative size) with seed `seed + 1000` when `delta > 0`.
 pub fn model(arch: Arch, dtype: FloatFormat, seed: u64, delta: f64) -> PathBuf {
-    let name = format!("{}-{}-s{seed}-d{delta}.safetensors", arch.id(), ckpt_diff::reader::dtype::name(dtype.dtype()).to_lowercase());
+    let name = format!(
+        "{}-{}-s{seed}-d{delta}.safetensors",
+        arch.id(),
+        ckpt_diff::reader::dtype::name(dtype.dtype()).to_lowercase()
+    );
     let path = data_dir().join(name);
     if !path.exists() {
         eprintln!("generating {} ...", path.display());
@@ -88,7 +92,9 @@ fn sum_bytes(x: &[u8]) -> u64 {
         // SAFETY: checked above.
         return unsafe { sum_avx2(x) };
     }
-    x.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap())).fold(0, u64::wrapping_add)
+    x.chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
+        .fold(0, u64::wrapping_add)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -100,11 +106,16 @@ unsafe fn sum_avx512(x: &[u8]) -> u64 {
     while i + 256 <= x.len() {
         for (k, a) in acc.iter_mut().enumerate() {
             // SAFETY: in bounds by the loop condition.
-            *a = _mm512_add_epi64(*a, unsafe { _mm512_loadu_si512(x.as_ptr().add(i + 64 * k) as *const _) });
+            *a = _mm512_add_epi64(*a, unsafe {
+                _mm512_loadu_si512(x.as_ptr().add(i + 64 * k) as *const _)
+            });
         }
         i += 256;
     }
-    let t = _mm512_add_epi64(_mm512_add_epi64(acc[0], acc[1]), _mm512_add_epi64(acc[2], acc[3]));
+    let t = _mm512_add_epi64(
+        _mm512_add_epi64(acc[0], acc[1]),
+        _mm512_add_epi64(acc[2], acc[3]),
+    );
     _mm512_reduce_add_epi64(t) as u64
 }
 
@@ -117,12 +128,17 @@ unsafe fn sum_avx2(x: &[u8]) -> u64 {
     while i + 128 <= x.len() {
         for (k, a) in acc.iter_mut().enumerate() {
             // SAFETY: in bounds by the loop condition.
-            *a = _mm256_add_epi64(*a, unsafe { _mm256_loadu_si256(x.as_ptr().add(i + 32 * k) as *const _) });
+            *a = _mm256_add_epi64(*a, unsafe {
+                _mm256_loadu_si256(x.as_ptr().add(i + 32 * k) as *const _)
+            });
         }
         i += 128;
     }
     let mut out = [0u64; 4];
-    let t = _mm256_add_epi64(_mm256_add_epi64(acc[0], acc[1]), _mm256_add_epi64(acc[2], acc[3]));
+    let t = _mm256_add_epi64(
+        _mm256_add_epi64(acc[0], acc[1]),
+        _mm256_add_epi64(acc[2], acc[3]),
+    );
     // SAFETY: `out` holds 4 u64.
     unsafe { _mm256_storeu_si256(out.as_mut_ptr() as *mut _, t) };
     out.iter().fold(0, |a, b| a.wrapping_add(*b))
@@ -132,23 +148,45 @@ unsafe fn sum_avx2(x: &[u8]) -> u64 {
 /// the ceiling for any mmap-based pass on this machine (page faults included).
 pub fn mmap_read_rate(paths: &[&Path]) -> f64 {
     use rayon::prelude::*;
-    let files: Vec<std::fs::File> = paths.iter().map(|p| std::fs::File::open(p).expect("open")).collect();
+    let files: Vec<std::fs::File> = paths
+        .iter()
+        .map(|p| std::fs::File::open(p).expect("open"))
+        .collect();
     let best = (0..3)
         .map(|_| {
             let s = Instant::now();
             // SAFETY: read-only maps of files nobody writes during the benchmark.
-            let maps: Vec<memmap2::Mmap> = files.iter().map(|f| unsafe { memmap2::Mmap::map(f).expect("map") }).collect();
+            let maps: Vec<memmap2::Mmap> = files
+                .iter()
+                .map(|f| unsafe { memmap2::Mmap::map(f).expect("map") })
+                .collect();
             let chunk = 4 << 20;
-            let n = maps.iter().map(|m| m.len()).max().unwrap_or(0).div_ceil(chunk);
+            let n = maps
+                .iter()
+                .map(|m| m.len())
+                .max()
+                .unwrap_or(0)
+                .div_ceil(chunk);
             let total: u64 = (0..n)
                 .into_par_iter()
-                .map(|c| maps.iter().map(|m| sum_bytes(&m[(c * chunk).min(m.len())..((c + 1) * chunk).min(m.len())])).sum::<u64>())
+                .map(|c| {
+                    maps.iter()
+                        .map(|m| {
+                            sum_bytes(&m[(c * chunk).min(m.len())..((c + 1) * chunk).min(m.len())])
+                        })
+                        .sum::<u64>()
+                })
                 .sum();
             std::hint::black_box(total);
             s.elapsed().as_secs_f64()
         })
         .fold(f64::INFINITY, f64::min);
-    paths.iter().map(|p| std::fs::metadata(p).unwrap().len()).sum::<u64>() as f64 / best / 1e9
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum::<u64>() as f64
+        / best
+        / 1e9
 }
 
 /// Peak resident memory of finished child processes (ru_maxrss of RUSAGE_CHILDREN), bytes.

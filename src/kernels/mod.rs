@@ -58,7 +58,10 @@ pub fn available_levels() -> Vec<Level> {
     let mut v = vec![Level::Portable];
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             v.push(Level::Avx2);
             if is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512dq")
@@ -77,7 +80,9 @@ pub fn available_levels() -> Vec<Level> {
 pub fn level() -> Level {
     static LEVEL: OnceLock<Level> = OnceLock::new();
     *LEVEL.get_or_init(|| {
-        let best = *available_levels().last().expect("portable is always available");
+        let best = *available_levels()
+            .last()
+            .expect("portable is always available");
         let cap = match std::env::var("CKPT_DIFF_KERNELS").as_deref() {
             Ok("portable") => Level::Portable,
             Ok("avx2") => Level::Avx2,
@@ -96,7 +101,11 @@ pub fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
 }
 
 fn to_f64_at(level: Level, format: FloatFormat, src: &[u8], dst: &mut [f64]) {
-    assert_eq!(src.len(), dst.len() * format.size(), "to_f64: length mismatch");
+    assert_eq!(
+        src.len(),
+        dst.len() * format.size(),
+        "to_f64: length mismatch"
+    );
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: a level is only used once `available_levels` found its CPU features.
@@ -115,7 +124,11 @@ pub fn from_f64(format: FloatFormat, src: &[f64], dst: &mut [u8]) {
 }
 
 fn from_f64_at(level: Level, format: FloatFormat, src: &[f64], dst: &mut [u8]) {
-    assert_eq!(dst.len(), src.len() * format.size(), "from_f64: length mismatch");
+    assert_eq!(
+        dst.len(),
+        src.len() * format.size(),
+        "from_f64: length mismatch"
+    );
     match level {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: AVX2 is part of every level above portable.
@@ -201,7 +214,10 @@ pub fn gram2_stored(format: FloatFormat, a: &[u8], b: &[u8]) -> Option<[f64; 3]>
 
 fn gram2_stored_at(level: Level, format: FloatFormat, a: &[u8], b: &[u8]) -> Option<[f64; 3]> {
     assert_eq!(a.len(), b.len(), "gram2_stored: length mismatch");
-    if !matches!(format, FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32) {
+    if !matches!(
+        format,
+        FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32
+    ) {
         return None;
     }
     match level {
@@ -399,10 +415,20 @@ mod tests {
                         assert_eq!(level, Level::Portable);
                         continue;
                     };
-                    let bound = |x: &[f64], y: &[f64]| (n as f64 + 1.0) * f64::EPSILON * abs_dot(x, y);
-                    assert!((aa - dot_oracle(&da, &da)).abs() <= bound(&da, &da), "{format:?} n={n} {level:?}");
-                    assert!((ab - dot_oracle(&da, &db)).abs() <= bound(&da, &db), "{format:?} n={n} {level:?}");
-                    assert!((bb2 - dot_oracle(&db, &db)).abs() <= bound(&db, &db), "{format:?} n={n} {level:?}");
+                    let bound =
+                        |x: &[f64], y: &[f64]| (n as f64 + 1.0) * f64::EPSILON * abs_dot(x, y);
+                    assert!(
+                        (aa - dot_oracle(&da, &da)).abs() <= bound(&da, &da),
+                        "{format:?} n={n} {level:?}"
+                    );
+                    assert!(
+                        (ab - dot_oracle(&da, &db)).abs() <= bound(&da, &db),
+                        "{format:?} n={n} {level:?}"
+                    );
+                    assert!(
+                        (bb2 - dot_oracle(&db, &db)).abs() <= bound(&db, &db),
+                        "{format:?} n={n} {level:?}"
+                    );
                     // Identical inputs give identical sums: cos(a, a) is exactly 1.
                     let [x, y, z] = gram2_stored_at(level, format, sa, sa).unwrap();
                     assert!(x == y && y == z);

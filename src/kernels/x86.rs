@@ -229,7 +229,10 @@ unsafe fn load8_as_f64(format: FloatFormat, p: *const u8) -> (__m256d, __m256d) 
                 return (lo, hi);
             }
         };
-        (_mm256_cvtps_pd(_mm256_castps256_ps128(f)), _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(f)))
+        (
+            _mm256_cvtps_pd(_mm256_castps256_ps128(f)),
+            _mm256_cvtps_pd(_mm256_extractf128_ps::<1>(f)),
+        )
     }
 }
 
@@ -268,7 +271,10 @@ pub unsafe fn gram2_stored(format: FloatFormat, a: &[u8], b: &[u8]) -> [f64; 3] 
         }
     }
     let sum = |o: usize| {
-        hsum(_mm256_add_pd(_mm256_add_pd(acc[o], acc[o + 3]), _mm256_add_pd(acc[o + 6], acc[o + 9])))
+        hsum(_mm256_add_pd(
+            _mm256_add_pd(acc[o], acc[o + 3]),
+            _mm256_add_pd(acc[o + 6], acc[o + 9]),
+        ))
     };
     let mut out = [sum(0), sum(1), sum(2)];
     if i < n {

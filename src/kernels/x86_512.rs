@@ -24,7 +24,8 @@ unsafe fn load8_f16(p: *const u8) -> __m512d {
 unsafe fn load8_bf16(p: *const u8) -> __m512d {
     // SAFETY: the caller guarantees 16 readable bytes at `p`.
     unsafe {
-        let wide = _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)));
+        let wide =
+            _mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i)));
         _mm512_cvtps_pd(_mm256_castsi256_ps(wide))
     }
 }
@@ -124,11 +125,17 @@ pub unsafe fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
     let n = dst.len();
     let size = format.size();
     let mut i = 0;
-    if matches!(format, FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32) {
+    if matches!(
+        format,
+        FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32
+    ) {
         // SAFETY: offsets stay below `n` elements.
         unsafe {
             while i + 8 <= n {
-                _mm512_storeu_pd(dst.as_mut_ptr().add(i), load8(format, src.as_ptr().add(i * size)));
+                _mm512_storeu_pd(
+                    dst.as_mut_ptr().add(i),
+                    load8(format, src.as_ptr().add(i * size)),
+                );
                 i += 8;
             }
         }

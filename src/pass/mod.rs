@@ -210,7 +210,12 @@ impl Item {
 pub trait Visit: Sync {
     type Partial: Send;
 
-    fn visit(&self, plan: &Plan<'_>, item: &Item, inputs: &[Option<Slice<'_>>]) -> Result<Self::Partial, PassError>;
+    fn visit(
+        &self,
+        plan: &Plan<'_>,
+        item: &Item,
+        inputs: &[Option<Slice<'_>>],
+    ) -> Result<Self::Partial, PassError>;
 }
 
 /// What receives the results, on the calling thread, strictly in plan order. An `Err`
@@ -240,7 +245,12 @@ pub enum Release {
 impl<'p> Pass<'p> {
     /// A pass reporting to `progress`.
     pub fn new(progress: &'p dyn Progress) -> Pass<'p> {
-        Pass { progress, item_bytes: 16 << 20, ahead_bytes: 256 << 20, release: Release::Auto }
+        Pass {
+            progress,
+            item_bytes: 16 << 20,
+            ahead_bytes: 256 << 20,
+            release: Release::Auto,
+        }
     }
 
     /// Bytes of input per work item (default 16 MiB); smaller values are for tests.
@@ -316,7 +326,13 @@ impl<'p> Pass<'p> {
     }
 
     /// Visits `entries` of `plan`: in parallel, absorbed in order.
-    pub fn run<V: Visit, A: Absorb<V::Partial>>(&self, plan: &Plan<'_>, entries: &[usize], visit: &V, absorb: &mut A) -> Result<(), PassError> {
+    pub fn run<V: Visit, A: Absorb<V::Partial>>(
+        &self,
+        plan: &Plan<'_>,
+        entries: &[usize],
+        visit: &V,
+        absorb: &mut A,
+    ) -> Result<(), PassError> {
         let items = self.items(plan, entries);
         self.run_items(plan, &items, visit, absorb)
     }
@@ -328,12 +344,21 @@ impl<'p> Pass<'p> {
     /// item starts more than `ahead_bytes` past the oldest unabsorbed one, so memory stays
     /// bounded and every file is read front to back. There is no barrier between batches:
     /// a slow item delays the absorbing, not the other workers.
-    pub fn run_items<V: Visit, A: Absorb<V::Partial>>(&self, plan: &Plan<'_>, items: &[Item], visit: &V, absorb: &mut A) -> Result<(), PassError> {
+    pub fn run_items<V: Visit, A: Absorb<V::Partial>>(
+        &self,
+        plan: &Plan<'_>,
+        items: &[Item],
+        visit: &V,
+        absorb: &mut A,
+    ) -> Result<(), PassError> {
         use std::collections::BTreeMap;
         use std::sync::atomic::AtomicUsize;
         use std::sync::{Condvar, Mutex, mpsc};
 
-        let sizes: Vec<u64> = items.iter().map(|it| Self::item_input_bytes(plan, it)).collect();
+        let sizes: Vec<u64> = items
+            .iter()
+            .map(|it| Self::item_input_bytes(plan, it))
+            .collect();
         // starts[i]: input bytes before item i.
         let mut starts = Vec::with_capacity(items.len() + 1);
         let mut at = 0u64;
@@ -364,27 +389,33 @@ impl<'p> Pass<'p> {
             for _ in 0..rayon::current_num_threads() {
                 let tx = tx.clone();
                 let (next, stop, oldest, moved, starts) = (&next, &stop, &oldest, &moved, &starts);
-                scope.spawn(move || loop {
-                    if stop.load(Ordering::Relaxed) {
-                        return;
-                    }
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= items.len() {
-                        return;
-                    }
-                    {
-                        let mut o = oldest.lock().expect("never poisoned: no panics while held");
-                        while i > *o && starts[i] - starts[*o] > ahead && !stop.load(Ordering::Relaxed) {
-                            o = moved.wait(o).expect("never poisoned");
+                scope.spawn(move || {
+                    loop {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
                         }
-                    }
-                    let result = if interrupted() {
-                        Err(PassError::Interrupted)
-                    } else {
-                        visit.visit(plan, &items[i], &slices(plan, &items[i]))
-                    };
-                    if tx.send((i, result)).is_err() {
-                        return;
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= items.len() {
+                            return;
+                        }
+                        {
+                            let mut o =
+                                oldest.lock().expect("never poisoned: no panics while held");
+                            while i > *o
+                                && starts[i] - starts[*o] > ahead
+                                && !stop.load(Ordering::Relaxed)
+                            {
+                                o = moved.wait(o).expect("never poisoned");
+                            }
+                        }
+                        let result = if interrupted() {
+                            Err(PassError::Interrupted)
+                        } else {
+                            visit.visit(plan, &items[i], &slices(plan, &items[i]))
+                        };
+                        if tx.send((i, result)).is_err() {
+                            return;
+                        }
                     }
                 });
             }
@@ -424,19 +455,34 @@ impl<'p> Pass<'p> {
 /// Bytes of physical memory, if the OS says.
 fn physical_memory() -> Option<u64> {
     // SAFETY: sysconf has no preconditions.
-    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    let (pages, size) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
     (pages > 0 && size > 0).then(|| pages as u64 * size as u64)
 }
 
 /// The byte range of `item` in each model's file.
-fn file_ranges<'a>(plan: &'a Plan<'_>, item: &'a Item) -> impl Iterator<Item = (&'a Checkpoint, u64, u64)> + 'a {
+fn file_ranges<'a>(
+    plan: &'a Plan<'_>,
+    item: &'a Item,
+) -> impl Iterator<Item = (&'a Checkpoint, u64, u64)> + 'a {
     let entry = &plan.entries()[item.entry];
-    plan.models().iter().enumerate().filter_map(move |(m, ckpt)| {
-        let t = plan.tensor(entry, m)?;
-        let bits = dtype::bit_size(t.dtype) as u64;
-        let base = ckpt.data_start() + t.begin as u64;
-        Some((*ckpt, base + item.start as u64 * bits / 8, base + item.end as u64 * bits / 8))
-    })
+    plan.models()
+        .iter()
+        .enumerate()
+        .filter_map(move |(m, ckpt)| {
+            let t = plan.tensor(entry, m)?;
+            let bits = dtype::bit_size(t.dtype) as u64;
+            let base = ckpt.data_start() + t.begin as u64;
+            Some((
+                *ckpt,
+                base + item.start as u64 * bits / 8,
+                base + item.end as u64 * bits / 8,
+            ))
+        })
 }
 
 /// Releases the file pages an absorbed item read (see [`Checkpoint::release`]).
@@ -482,14 +528,41 @@ mod tests {
         let b = dir.path().join("b.safetensors");
         let base = Synthetic::base(Arch::Sd1, 5);
         synth::write(&a, &layout, &base, &[], &NoProgress).unwrap();
-        synth::write(&b, &layout, &base.plus_delta(9, synth::uniform(Arch::Sd1, 0.2)), &[], &NoProgress).unwrap();
+        synth::write(
+            &b,
+            &layout,
+            &base.plus_delta(9, synth::uniform(Arch::Sd1, 0.2)),
+            &[],
+            &NoProgress,
+        )
+        .unwrap();
         (Checkpoint::open(&a).unwrap(), Checkpoint::open(&b).unwrap())
     }
 
-    fn run(plan: &Plan<'_>, threads: usize, pass: Pass<'_>, center: Option<usize>) -> InnerProducts {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+    fn run(
+        plan: &Plan<'_>,
+        threads: usize,
+        pass: Pass<'_>,
+        center: Option<usize>,
+    ) -> InnerProducts {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         let all: Vec<usize> = (0..plan.entries().len()).collect();
-        pool.install(|| gather(plan, &Grouping::for_arch(Arch::Sd1), &all, GramSpec { center, per_tensor: true }, &pass).unwrap())
+        pool.install(|| {
+            gather(
+                plan,
+                &Grouping::for_arch(Arch::Sd1),
+                &all,
+                GramSpec {
+                    center,
+                    per_tensor: true,
+                },
+                &pass,
+            )
+            .unwrap()
+        })
     }
 
     #[test]
@@ -499,10 +572,18 @@ mod tests {
         let plan = Plan::new(vec![&a, &b]);
         for center in [None, Some(0)] {
             // Small items and a short look-ahead make workers wait on each other.
-            let pass = || Pass::new(&NoProgress).item_bytes(4096).ahead_bytes(64 << 10);
+            let pass = || {
+                Pass::new(&NoProgress)
+                    .item_bytes(4096)
+                    .ahead_bytes(64 << 10)
+            };
             let one = run(&plan, 1, pass(), center);
             for threads in [2, 3, 5] {
-                assert_eq!(run(&plan, threads, pass(), center), one, "{threads} threads");
+                assert_eq!(
+                    run(&plan, threads, pass(), center),
+                    one,
+                    "{threads} threads"
+                );
             }
             assert_eq!(run(&plan, 2, pass().release(Release::Always), center), one);
         }
@@ -511,9 +592,17 @@ mod tests {
     struct FailAt(usize);
     impl Visit for FailAt {
         type Partial = usize;
-        fn visit(&self, _: &Plan<'_>, item: &Item, _: &[Option<Slice<'_>>]) -> Result<usize, PassError> {
+        fn visit(
+            &self,
+            _: &Plan<'_>,
+            item: &Item,
+            _: &[Option<Slice<'_>>],
+        ) -> Result<usize, PassError> {
             if item.entry == self.0 {
-                return Err(PassError::Tensor { key: "x".into(), message: "planted".into() });
+                return Err(PassError::Tensor {
+                    key: "x".into(),
+                    message: "planted".into(),
+                });
             }
             Ok(item.entry)
         }
@@ -537,7 +626,12 @@ mod tests {
         let e = pass.run(&plan, &all, &FailAt(300), &mut seen).unwrap_err();
         assert!(matches!(e, PassError::Tensor { .. }));
         // Everything before the failing entry was absorbed, in order, and nothing after.
-        let mut want: Vec<usize> = pass.items(&plan, &all).iter().map(|i| i.entry).take_while(|&e| e != 300).collect();
+        let mut want: Vec<usize> = pass
+            .items(&plan, &all)
+            .iter()
+            .map(|i| i.entry)
+            .take_while(|&e| e != 300)
+            .collect();
         want.dedup();
         seen.0.dedup();
         assert_eq!(seen.0, want);

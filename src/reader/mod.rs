@@ -293,7 +293,11 @@ impl Checkpoint {
         // Slices of the mapping that other code still holds stay valid: the address range
         // stays mapped and faults the pages back in on access.
         let _ = unsafe {
-            self.map.unchecked_advise_range(UncheckedAdvice::DontNeed, first as usize, (last - first) as usize)
+            self.map.unchecked_advise_range(
+                UncheckedAdvice::DontNeed,
+                first as usize,
+                (last - first) as usize,
+            )
         };
     }
 }

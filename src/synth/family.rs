@@ -32,7 +32,7 @@ pub fn finetune_profile(arch: Arch, seed: u64, i: usize, size: f64) -> Profile {
                 Component::Unet => size * (0.25 + 1.5 * u),
                 Component::Te1 | Component::Te2 if i % 2 == 1 => 0.0,
                 Component::Te1 | Component::Te2 => size * (0.5 + u),
-                Component::Vae if i % 3 == 0 => 2.0 * size,
+                Component::Vae if i.is_multiple_of(3) => 2.0 * size,
                 Component::Vae => 0.0,
                 Component::Other => size,
             }
