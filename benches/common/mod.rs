@@ -41,6 +41,16 @@ pub fn model(arch: Arch, dtype: FloatFormat, seed: u64, delta: f64) -> PathBuf {
     path
 }
 
+/// Drops `paths` from the page cache (their pages are clean: the files were synced).
+pub fn evict(paths: &[&Path]) {
+    use std::os::unix::io::AsRawFd;
+    for p in paths {
+        let f = std::fs::File::open(p).expect("open");
+        // SAFETY: a valid descriptor; the call only advises the kernel.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+}
+
 /// Reads every byte of `paths` once so they sit in the page cache.
 pub fn warm(paths: &[&Path]) {
     use std::io::Read;

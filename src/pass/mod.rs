@@ -2,8 +2,8 @@
 //!
 //! A [`Plan`] lines up the union of the (canonical) keys of N open checkpoints. A [`Pass`]
 //! splits the chosen entries into work items (element ranges of about 16 MiB of input),
-//! runs [`Visit::visit`] on them on worker threads, and hands each result to
-//! [`Absorb::absorb`] on the calling thread **in plan order**. So sums come out the same
+//! runs [`Visit::visit`] on them in parallel on the rayon pool, and hands each result to
+//! [`Absorb::absorb`] **in plan order**. So sums come out the same
 //! whatever the thread count, memory holds only the results of a bounded stretch of items,
 //! and no lock is taken in the inner loop.
 //!
@@ -218,8 +218,9 @@ pub trait Visit: Sync {
     ) -> Result<Self::Partial, PassError>;
 }
 
-/// What receives the results, on the calling thread, strictly in plan order. An `Err`
-/// stops the pass (items already in flight finish; their results are dropped).
+/// What receives the results, strictly in plan order, one at a time (on whichever worker
+/// finished the oldest item). An `Err` stops the pass (items already in flight finish;
+/// their results are dropped).
 pub trait Absorb<P> {
     fn absorb(&mut self, plan: &Plan<'_>, item: &Item, partial: P) -> Result<(), PassError>;
 }
@@ -326,7 +327,7 @@ impl<'p> Pass<'p> {
     }
 
     /// Visits `entries` of `plan`: in parallel, absorbed in order.
-    pub fn run<V: Visit, A: Absorb<V::Partial>>(
+    pub fn run<V: Visit, A: Absorb<V::Partial> + Send>(
         &self,
         plan: &Plan<'_>,
         entries: &[usize],
@@ -339,12 +340,15 @@ impl<'p> Pass<'p> {
 
     /// Visits the given items (from [`Pass::items`]).
     ///
-    /// Workers (as many as rayon's thread count) take items in order from a shared counter
-    /// and send their results to the calling thread, which absorbs them in order. A worker waits while its
-    /// item starts more than `ahead_bytes` past the oldest unabsorbed one, so memory stays
-    /// bounded and every file is read front to back. There is no barrier between batches:
-    /// a slow item delays the absorbing, not the other workers.
-    pub fn run_items<V: Visit, A: Absorb<V::Partial>>(
+    /// One rayon task per thread takes items in order from a shared counter. A finished
+    /// result goes into an in-order queue; whichever task finishes the oldest pending item
+    /// absorbs every result that is now next in line (a lock per item, never in the inner
+    /// loop). A task waits while its item starts more than `ahead_bytes` past the oldest
+    /// unabsorbed one, so memory stays bounded and every file is read front to back. The
+    /// oldest item is always being computed by a task that is not waiting, so this cannot
+    /// deadlock, also when called from inside a rayon pool. There is no barrier between
+    /// batches: a slow item delays the absorbing, not the other workers.
+    pub fn run_items<V: Visit, A: Absorb<V::Partial> + Send>(
         &self,
         plan: &Plan<'_>,
         items: &[Item],
@@ -353,7 +357,7 @@ impl<'p> Pass<'p> {
     ) -> Result<(), PassError> {
         use std::collections::BTreeMap;
         use std::sync::atomic::AtomicUsize;
-        use std::sync::{Condvar, Mutex, mpsc};
+        use std::sync::{Condvar, Mutex};
 
         let sizes: Vec<u64> = items
             .iter()
@@ -374,22 +378,28 @@ impl<'p> Pass<'p> {
             Release::Auto => physical_memory().is_some_and(|ram| at > ram / 2),
         };
 
+        struct Queue<'a, A, P> {
+            absorb: &'a mut A,
+            /// Results that finished before their turn.
+            early: BTreeMap<usize, Result<P, PassError>>,
+            /// The oldest item not yet absorbed.
+            want: usize,
+            outcome: Result<(), PassError>,
+        }
+        let queue = Mutex::new(Queue {
+            absorb,
+            early: BTreeMap::new(),
+            want: 0,
+            outcome: Ok(()),
+        });
+        let moved = Condvar::new();
         let next = AtomicUsize::new(0);
         let stop = AtomicBool::new(false);
-        // Index of the oldest item not yet absorbed, and a signal when it moves.
-        let oldest = Mutex::new(0usize);
-        let moved = Condvar::new();
         let ahead = self.ahead_bytes as u64;
-        let (tx, rx) = mpsc::channel::<(usize, Result<V::Partial, PassError>)>();
 
-        let mut outcome: Result<(), PassError> = Ok(());
-        // Scoped OS threads rather than rayon tasks: the calling thread blocks while it
-        // absorbs, and must not be a pool thread the workers wait for.
-        std::thread::scope(|scope| {
+        rayon::scope(|scope| {
             for _ in 0..rayon::current_num_threads() {
-                let tx = tx.clone();
-                let (next, stop, oldest, moved, starts) = (&next, &stop, &oldest, &moved, &starts);
-                scope.spawn(move || {
+                scope.spawn(|_| {
                     loop {
                         if stop.load(Ordering::Relaxed) {
                             return;
@@ -399,13 +409,12 @@ impl<'p> Pass<'p> {
                             return;
                         }
                         {
-                            let mut o =
-                                oldest.lock().expect("never poisoned: no panics while held");
-                            while i > *o
-                                && starts[i] - starts[*o] > ahead
+                            let mut q = queue.lock().expect("never poisoned: no panics while held");
+                            while i > q.want
+                                && starts[i] - starts[q.want] > ahead
                                 && !stop.load(Ordering::Relaxed)
                             {
-                                o = moved.wait(o).expect("never poisoned");
+                                q = moved.wait(q).expect("never poisoned");
                             }
                         }
                         let result = if interrupted() {
@@ -413,40 +422,35 @@ impl<'p> Pass<'p> {
                         } else {
                             visit.visit(plan, &items[i], &slices(plan, &items[i]))
                         };
-                        if tx.send((i, result)).is_err() {
-                            return;
+                        let mut q = queue.lock().expect("never poisoned");
+                        q.early.insert(i, result);
+                        while q.outcome.is_ok() {
+                            let want = q.want;
+                            let Some(r) = q.early.remove(&want) else {
+                                break;
+                            };
+                            match r.and_then(|p| q.absorb.absorb(plan, &items[want], p)) {
+                                Ok(()) => {
+                                    self.progress.advance(sizes[want]);
+                                    if release_pages {
+                                        release(plan, &items[want]);
+                                    }
+                                    q.want += 1;
+                                }
+                                Err(e) => {
+                                    q.outcome = Err(e);
+                                    stop.store(true, Ordering::Relaxed);
+                                }
+                            }
                         }
+                        drop(q);
+                        moved.notify_all();
                     }
                 });
             }
-            drop(tx);
-
-            let mut early: BTreeMap<usize, Result<V::Partial, PassError>> = BTreeMap::new();
-            let mut want = 0;
-            'absorbing: while want < items.len() {
-                let Ok((i, r)) = rx.recv() else { break };
-                early.insert(i, r);
-                while let Some(r) = early.remove(&want) {
-                    if let Err(e) = r.and_then(|p| absorb.absorb(plan, &items[want], p)) {
-                        outcome = Err(e);
-                        break 'absorbing;
-                    }
-                    self.progress.advance(sizes[want]);
-                    if release_pages {
-                        release(plan, &items[want]);
-                    }
-                    want += 1;
-                    *oldest.lock().expect("never poisoned") = want;
-                    moved.notify_all();
-                }
-            }
-            // On error, stop the workers and release any that wait.
-            stop.store(true, Ordering::Relaxed);
-            *oldest.lock().expect("never poisoned") = items.len();
-            moved.notify_all();
-            drop(rx);
         });
-        outcome?;
+        let queue = queue.into_inner().expect("never poisoned");
+        queue.outcome?;
         self.progress.finish();
         Ok(())
     }

@@ -167,8 +167,12 @@ impl Checkpoint {
         // writer refuses an output path equal to an input), and users are told not to edit
         // files while a command runs. This is the crate's only `Mmap::map`.
         let map = unsafe { Mmap::map(&file)? };
-        // Readahead helps the tensor-by-tensor pass; failure to advise is harmless.
+        // Readahead helps the tensor-by-tensor pass. Huge pages: a cold read through this
+        // mapping fills the page cache with 2 MiB folios that later runs map with one entry
+        // each instead of faulting 64 KiB at a time (measured 0.25 s -> 0.16 s to read two
+        // SD1.5 files). Failure to advise is harmless.
         let _ = map.advise(Advice::Sequential);
+        let _ = map.advise(Advice::HugePage);
 
         match sniff::sniff(&map[..map.len().min(16)]) {
             Sniffed::TorchZip => return Err(ReadError::Pickle("zip container")),
