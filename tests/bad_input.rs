@@ -198,3 +198,24 @@ fn usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sideways"));
 }
+
+#[test]
+fn interrupt_exits_130_and_leaves_no_temporary_file() {
+    let d = Dir::new();
+    let out = d.path("big.safetensors");
+    // A full-size SDXL file takes seconds to write: interrupt it early.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ckpt-diff"))
+        .args(["synth", "model", s(&out), "--arch", "sdxl", "-q"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let left: Vec<_> = std::fs::read_dir(d.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
