@@ -16,7 +16,9 @@
 pub mod catalog;
 pub mod cli;
 pub mod gram;
+pub mod hash;
 pub mod kernels;
+pub mod merge;
 pub mod pass;
 pub mod reader;
 pub mod reports;

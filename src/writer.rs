@@ -65,6 +65,8 @@ pub struct OutputFile {
     /// Absolute file offset of each tensor's data, indexed like `tensors`.
     offsets: Vec<u64>,
     total_len: u64,
+    /// The header as written (to patch fixed-length placeholders later).
+    header: Vec<u8>,
 }
 
 impl OutputFile {
@@ -129,6 +131,7 @@ impl OutputFile {
             tensors,
             offsets,
             total_len,
+            header,
         })
     }
 
@@ -177,6 +180,34 @@ impl OutputFile {
                 path: self.path.clone(),
                 source,
             })
+    }
+
+    /// Replaces every occurrence of `placeholder` in the written header with `value` (same
+    /// length, JSON-safe text such as a hex digest). For values known only after the data
+    /// is written, like the inputs' SHA-256.
+    pub fn patch_header(&mut self, placeholder: &str, value: &str) -> Result<usize, WriteError> {
+        assert_eq!(
+            placeholder.len(),
+            value.len(),
+            "a header patch must keep the length"
+        );
+        let (from, to) = (placeholder.as_bytes(), value.as_bytes());
+        let mut count = 0;
+        let mut i = 0;
+        while let Some(pos) = self.header[i..].windows(from.len()).position(|w| w == from) {
+            let at = i + pos;
+            self.header[at..at + to.len()].copy_from_slice(to);
+            self.temp
+                .as_file()
+                .write_all_at(to, 8 + at as u64)
+                .map_err(|source| WriteError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            count += 1;
+            i = at + to.len();
+        }
+        Ok(count)
     }
 
     /// Syncs the data, makes the file readable like any other (0644, not tempfile's

@@ -5,5 +5,6 @@ mod util;
 
 mod bad_input;
 mod detect;
+mod merge;
 mod props;
 mod sim;

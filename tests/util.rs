@@ -115,3 +115,50 @@ pub fn read_reference(path: &Path) -> Vec<RefTensor> {
     }
     out
 }
+
+/// The report row of a key, written from SuperMerger's rules without the catalog.
+pub fn reference_row(key: &str, depth: usize) -> String {
+    if let Some(rest) = key.strip_prefix("model.diffusion_model.") {
+        if rest.starts_with("time_embed.") || rest.starts_with("label_emb.") {
+            return "IN00".into();
+        }
+        if rest.starts_with("out.") {
+            return format!("OUT{:02}", depth - 1);
+        }
+        let re = regex::Regex::new(r"^(input_blocks|middle_block|output_blocks)\.(\d+)\.").unwrap();
+        let c = re.captures(rest).expect("a U-Net block key");
+        let n: usize = c[2].parse().unwrap();
+        return match &c[1] {
+            "input_blocks" => format!("IN{n:02}"),
+            "middle_block" => "M00".into(),
+            _ => format!("OUT{n:02}"),
+        };
+    }
+    if key.starts_with("cond_stage_model.") || key.starts_with("conditioner.embedders.0.") {
+        "TE1".into()
+    } else if key.starts_with("conditioner.embedders.1.") {
+        "TE2".into()
+    } else if key.starts_with("first_stage_model.") {
+        "VAE".into()
+    } else {
+        "OTHER".into()
+    }
+}
+
+/// The merge block of a key for block weights: its report row, or `BASE` outside the U-Net.
+pub fn reference_block(key: &str, depth: usize) -> String {
+    let row = reference_row(key, depth);
+    if key.starts_with("model.diffusion_model.") {
+        row
+    } else {
+        "BASE".into()
+    }
+}
+
+/// Tensors by name, read independently.
+pub fn reference_map(path: &Path) -> std::collections::BTreeMap<String, RefTensor> {
+    read_reference(path)
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect()
+}

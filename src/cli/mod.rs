@@ -6,6 +6,7 @@
 
 mod common;
 mod inspect;
+mod merge;
 mod sim;
 mod synth;
 
@@ -36,6 +37,8 @@ enum Command {
     Sim(sim::Args),
     /// Architecture, variant, components, dtypes and metadata of a checkpoint.
     Inspect(inspect::Args),
+    /// Merge checkpoints from a recipe (or `merge ws A B`, `merge ad A B C`), in one pass.
+    Merge(merge::Args),
     /// Write synthetic checkpoints with real SD1/SD2/SDXL key layouts (test data).
     Synth(synth::Args),
 }
@@ -62,6 +65,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Sim(args) => sim::run(args, &global),
         Command::Inspect(args) => inspect::run(args, &global),
+        Command::Merge(args) => merge::run(args, &global),
         Command::Synth(args) => synth::run(args, &global),
     };
     match result {

@@ -72,7 +72,8 @@ pub fn render(r: &InspectReport, format: Format) -> String {
     } else {
         s.push_str(&format!("metadata ({} keys):\n", r.metadata.len()));
         for m in &r.metadata {
-            let value: String = m.value.chars().take(120).collect();
+            let flat = m.value.replace('\n', "\\n");
+            let value: String = flat.chars().take(120).collect();
             let more = if m.value.chars().count() > 120 || m.bytes > m.value.len() {
                 format!(" ... ({})", bytes(m.bytes as u64))
             } else {
@@ -84,6 +85,22 @@ pub fn render(r: &InspectReport, format: Format) -> String {
                 sanitize(&m.key),
                 sanitize(&value),
                 more
+            ));
+        }
+    }
+    if let Some(recipe) = &r.merge_recipe {
+        s.push_str("merge recipe:\n");
+        for line in recipe.lines() {
+            s.push_str(&format!("  {}\n", sanitize(line)));
+        }
+    }
+    if !r.merged_from.is_empty() {
+        s.push_str(&format!("merged from ({}):\n", r.merged_from.len()));
+        for (name, hash) in &r.merged_from {
+            s.push_str(&format!(
+                "  {} [{}]\n",
+                sanitize(name),
+                sanitize(&hash[..hash.len().min(10)])
             ));
         }
     }

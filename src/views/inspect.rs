@@ -77,6 +77,13 @@ pub struct InspectReport {
     pub shape_mismatches: Vec<ShapeIssue>,
     /// Data-region bytes no tensor covers.
     pub gap_bytes: u64,
+    /// The merge recipe a merger recorded: ckpt-diff's recipe text, or the A1111 /
+    /// SuperMerger `sd_merge_recipe` summarised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge_recipe: Option<String>,
+    /// Models the file was merged from (`sd_merge_models`: name and SHA-256), ancestors
+    /// included.
+    pub merged_from: Vec<(String, String)>,
 }
 
 pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
@@ -187,5 +194,64 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
         missing_keys,
         shape_mismatches,
         gap_bytes: ckpt.gap_bytes(),
+        merge_recipe: merge_recipe(ckpt),
+        merged_from: merged_from(ckpt),
     }
+}
+
+/// The recorded recipe: ckpt-diff's own text, or a summary of an `sd_merge_recipe`.
+fn merge_recipe(ckpt: &Checkpoint) -> Option<String> {
+    if let Some(text) = ckpt.metadata_value("ckpt_diff.recipe") {
+        return Some(text.trim_end().to_string());
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(ckpt.metadata_value("sd_merge_recipe")?).ok()?;
+    let get = |k: &str| {
+        v.get(k).map(|x| {
+            x.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| x.to_string())
+        })
+    };
+    let mut parts = Vec::new();
+    for key in [
+        "type",
+        "interp_method",
+        "mode",
+        "multiplier",
+        "base_alpha",
+        "weights_alpha",
+        "calcmode",
+        "model_a",
+        "model_b",
+        "model_c",
+        "primary_model_hash",
+        "secondary_model_hash",
+        "tertiary_model_hash",
+    ] {
+        if let Some(val) = get(key).filter(|x| x != "null" && !x.is_empty()) {
+            parts.push(format!("{key}: {val}"));
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("\n"))
+}
+
+fn merged_from(ckpt: &Checkpoint) -> Vec<(String, String)> {
+    let Some(text) = ckpt.metadata_value("sd_merge_models") else {
+        return Vec::new();
+    };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Vec::new();
+    };
+    map.iter()
+        .map(|(hash, v)| {
+            (
+                v.get("name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or("?")
+                    .to_string(),
+                hash.clone(),
+            )
+        })
+        .collect()
 }

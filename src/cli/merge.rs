@@ -1,0 +1,267 @@
+//! `ckpt-diff merge RECIPE -o OUT`, and the one-step shortcuts `merge ws` / `merge ad`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::Outcome;
+use super::common::{Global, print};
+use crate::merge::{self, Missing, Options, Precision};
+use crate::pass::progress::Bar;
+use crate::reader::dtype::{FloatFormat, parse_user_float};
+use crate::reports;
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct Args {
+    #[command(subcommand)]
+    shortcut: Option<Shortcut>,
+    /// Recipe file (the notation of published recipes; see the README).
+    #[arg(required = true)]
+    recipe: Option<PathBuf>,
+    #[command(flatten)]
+    out: OutArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Shortcut {
+    /// Weighted sum: A x (1-alpha) + B x alpha.
+    Ws {
+        a: PathBuf,
+        b: PathBuf,
+        /// A number, 26 (SD1/SD2) or 20 (SDXL) comma-separated block weights in
+        /// SuperMerger's order, or a named form such as "{OUT06..OUT11: 0.15}".
+        #[arg(long, allow_hyphen_values = true)]
+        alpha: String,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+    /// Add difference: A + (B - C) x alpha.
+    Ad {
+        a: PathBuf,
+        b: PathBuf,
+        c: PathBuf,
+        /// As for `ws` (default 1).
+        #[arg(long, default_value = "1", allow_hyphen_values = true)]
+        alpha: String,
+        #[command(flatten)]
+        out: OutArgs,
+    },
+}
+
+#[derive(Debug, Clone, clap::Args)]
+struct OutArgs {
+    /// Output file (.safetensors); refused if it is one of the inputs.
+    #[arg(short, long, value_name = "OUT")]
+    output: Option<PathBuf>,
+    /// Output float format: f16, bf16 or f32 (default: each tensor as in the first input).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Arithmetic precision: f64 (default) or f32 (node results rounded to f32).
+    #[arg(long, default_value = "f64")]
+    precision: String,
+    /// Keys some input lacks: `first` takes them from the first model that has them;
+    /// `skip` leaves them out. Either way they are listed.
+    #[arg(long, default_value = "first")]
+    missing: String,
+    /// Do not compute the inputs' SHA-256 for the provenance metadata.
+    #[arg(long)]
+    no_input_hashes: bool,
+    /// Replace OUT if it exists.
+    #[arg(long, short)]
+    force: bool,
+    /// Print the summary as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl OutArgs {
+    fn options(&self) -> Result<Options> {
+        let dtype = match &self.dtype {
+            None => None,
+            Some(d) => Some(
+                parse_user_float(d)
+                    .filter(|f| {
+                        matches!(
+                            f,
+                            FloatFormat::F16
+                                | FloatFormat::BF16
+                                | FloatFormat::F32
+                                | FloatFormat::F64
+                        )
+                    })
+                    .with_context(|| format!("--dtype: '{d}' is not one of f16, bf16, f32, f64"))?,
+            ),
+        };
+        let precision = match self.precision.as_str() {
+            "f64" | "fp64" | "float64" => Precision::F64,
+            "f32" | "fp32" | "float32" => Precision::F32,
+            other => bail!("--precision: '{other}' is not f32 or f64"),
+        };
+        let missing = match self.missing.as_str() {
+            "first" => Missing::First,
+            "skip" => Missing::Skip,
+            other => bail!("--missing: '{other}' is not `first` or `skip`"),
+        };
+        Ok(Options {
+            dtype,
+            precision,
+            missing,
+            input_hashes: !self.no_input_hashes,
+            overwrite: self.force,
+        })
+    }
+}
+
+pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+    let (text, base_dir, out) = match args.shortcut {
+        Some(Shortcut::Ws { a, b, alpha, out }) => {
+            let names = model_names(&[&a, &b]);
+            let text = format!(
+                "{} = {}\n{} = {}\nOUT = {} x (1-alpha) + {} x alpha\n    alpha = {}\n",
+                names[0],
+                quote(&a)?,
+                names[1],
+                quote(&b)?,
+                names[0],
+                names[1],
+                alpha.trim()
+            );
+            (text, std::env::current_dir()?, out)
+        }
+        Some(Shortcut::Ad {
+            a,
+            b,
+            c,
+            alpha,
+            out,
+        }) => {
+            let names = model_names(&[&a, &b, &c]);
+            let text = format!(
+                "{} = {}\n{} = {}\n{} = {}\nOUT = {} + ({} - {}) x alpha\n    alpha = {}\n",
+                names[0],
+                quote(&a)?,
+                names[1],
+                quote(&b)?,
+                names[2],
+                quote(&c)?,
+                names[0],
+                names[1],
+                names[2],
+                alpha.trim()
+            );
+            (text, std::env::current_dir()?, out)
+        }
+        None => {
+            let path = args
+                .recipe
+                .expect("clap requires a recipe without a shortcut");
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading recipe '{}'", path.display()))?;
+            let dir = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .map(Path::to_path_buf)
+                .unwrap_or_else(|| PathBuf::from("."));
+            (text, dir, args.out)
+        }
+    };
+    let output = out
+        .output
+        .clone()
+        .context("name the output file with -o OUT.safetensors")?;
+    let options = out.options()?;
+    let recipe = merge::recipe::parse(&text).context("in the recipe")?;
+    let bar = Bar::new("merging", global.quiet);
+    let outcome = merge::run(&recipe, &base_dir, &output, &options, &bar)?;
+    drop(bar);
+    if out.json {
+        let mut v = serde_json::to_value(&outcome)?;
+        let obj = v.as_object_mut().expect("a struct");
+        obj.insert("schema".into(), 1.into());
+        obj.insert("command".into(), "merge".into());
+        print(&(serde_json::to_string_pretty(&v)? + "\n"))?;
+    } else {
+        let mut s = format!(
+            "wrote {} ({}, {}): {} tensors, {} merged\n",
+            outcome.output,
+            outcome.arch.label(),
+            reports::bytes(std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0)),
+            outcome.tensors,
+            outcome.merged
+        );
+        if let Some(c) = &outcome.coefficients {
+            s.push_str("coefficients (per block where they vary):\n");
+            for line in c.lines() {
+                s.push_str(&format!("  {line}\n"));
+            }
+        }
+        if !outcome.copied.is_empty() {
+            let items: Vec<String> = outcome
+                .copied
+                .iter()
+                .map(|(k, why)| format!("{k} ({why})"))
+                .collect();
+            s.push_str(&format!(
+                "copied unchanged ({}): {}\n",
+                items.len(),
+                reports::first_few(&items, 5)
+            ));
+        }
+        if !outcome.skipped.is_empty() {
+            s.push_str(&format!(
+                "left out ({}): {}\n",
+                outcome.skipped.len(),
+                reports::first_few(&outcome.skipped, 5)
+            ));
+        }
+        print(&s)?;
+    }
+    Ok(Outcome::Ok)
+}
+
+/// Recipe names for the inputs: their file stems, made into valid names and unique.
+fn model_names(paths: &[&PathBuf]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for (i, p) in paths.iter().enumerate() {
+        let stem = p
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut name: String = stem
+            .chars()
+            .map(|c| {
+                if c.is_alphanumeric() || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        if !name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_')
+            || name == "x"
+        {
+            name = format!("m_{name}");
+        }
+        if names.contains(&name) || name == "OUT" || name == "alpha" {
+            name = format!("{name}_{}", (b'A' + i as u8) as char);
+        }
+        names.push(name);
+    }
+    names
+}
+
+/// A path as a quoted recipe string (absolute, so the recipe stands alone in metadata).
+fn quote(p: &Path) -> Result<String> {
+    let abs = std::path::absolute(p).with_context(|| format!("'{}'", p.display()))?;
+    let s = abs
+        .to_str()
+        .with_context(|| format!("'{}' is not UTF-8", p.display()))?;
+    if s.contains('"') {
+        bail!("'{s}': paths with '\"' cannot go in a recipe");
+    }
+    Ok(format!("\"{s}\""))
+}

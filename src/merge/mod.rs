@@ -1,0 +1,372 @@
+//! The merge engine: recipes in the notation mergers write, evaluated tensor by tensor in
+//! one streaming pass, written atomically with their provenance.
+//!
+//! ```text
+//! recipe text --parse--> Recipe --resolve(arch)--> MergePlan (a graph over input files)
+//!     --decide--> per-tensor sources --pass--> output chunks written in place --> rename
+//! ```
+//!
+//! * [`recipe`]: the language and its parser (errors at line and column);
+//! * [`plan`]: resolution into linear combinations and method nodes;
+//! * [`engine`]: per-tensor evaluation inside the pass;
+//! * [`metadata`]: `sd_merge_recipe`, `sd_merge_models`, the recipe text.
+
+pub mod engine;
+pub mod metadata;
+pub mod plan;
+pub mod recipe;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+use crate::catalog::{Arch, Detection, Layout, detect};
+use crate::pass::{Pass, PassError, Plan};
+use crate::reader::dtype::{self, FloatFormat};
+use crate::reader::{Checkpoint, FileError};
+use crate::writer::{OutputFile, TensorSpec, WriteError};
+use engine::{MergeWork, Source, WriteCount};
+pub use engine::{Missing, Precision};
+use plan::MergePlan;
+use recipe::Recipe;
+
+/// Why a merge did not happen.
+#[derive(Debug, Error)]
+pub enum MergeError {
+    #[error("recipe {0}")]
+    Parse(#[from] recipe::ParseError),
+    #[error("recipe {0}")]
+    Plan(#[from] plan::PlanError),
+    #[error(transparent)]
+    Open(#[from] FileError),
+    #[error("{0}")]
+    Inputs(String),
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Pass(#[from] PassError),
+}
+
+/// How to merge.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Output float format; `None` keeps each tensor's format from the first input.
+    pub dtype: Option<FloatFormat>,
+    pub precision: Precision,
+    pub missing: Missing,
+    /// Compute the inputs' SHA-256 for the provenance metadata (while merging).
+    pub input_hashes: bool,
+    /// Replace an existing output file.
+    pub overwrite: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            dtype: None,
+            precision: Precision::F64,
+            missing: Missing::First,
+            input_hashes: true,
+            overwrite: false,
+        }
+    }
+}
+
+/// What a merge did.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Outcome {
+    pub output: String,
+    pub arch: Arch,
+    pub tensors: usize,
+    pub merged: usize,
+    /// Keys copied unchanged from one input (integer tensors are not listed), with why.
+    pub copied: Vec<(String, String)>,
+    pub skipped: Vec<String>,
+    pub bytes: u64,
+    /// The per-row coefficients of each input, for linear recipes.
+    pub coefficients: Option<String>,
+    /// The inputs' SHA-256 (null when not computed).
+    pub inputs: Vec<(String, Option<String>)>,
+}
+
+/// An input model, opened.
+struct Opened {
+    name: String,
+    path: PathBuf,
+    ckpt: Checkpoint,
+    detection: Detection,
+}
+
+/// Reads and parses a recipe file.
+pub fn read_recipe(path: &Path) -> Result<Recipe, MergeError> {
+    let text = std::fs::read_to_string(path).map_err(|e| FileError {
+        path: path.to_path_buf(),
+        kind: e.into(),
+    })?;
+    Ok(recipe::parse(&text)?)
+}
+
+/// Runs `recipe` (paths relative to `base_dir`) into `out`.
+pub fn run(
+    recipe: &Recipe,
+    base_dir: &Path,
+    out: &Path,
+    options: &Options,
+    progress: &dyn crate::pass::Progress,
+) -> Result<Outcome, MergeError> {
+    if out.exists() && !options.overwrite {
+        return Err(MergeError::Inputs(format!(
+            "'{}' exists; pass --force to replace it",
+            out.display()
+        )));
+    }
+    // Open the files the steps mention, to learn the architecture.
+    let mentioned = plan::referenced_inputs(recipe);
+    let mut opened: HashMap<String, Opened> = HashMap::new();
+    for &i in &mentioned {
+        let b = &recipe.bindings[i];
+        let path = resolve_path(base_dir, &b.path);
+        let ckpt = Checkpoint::open(&path)?;
+        let detection = detect(&ckpt);
+        opened.insert(
+            b.name.clone(),
+            Opened {
+                name: b.name.clone(),
+                path,
+                ckpt,
+                detection,
+            },
+        );
+    }
+    let arch = common_arch(recipe, &opened)?;
+    let mut merge = plan::resolve(recipe, arch)?;
+    compact(&mut merge);
+    let models: Vec<&Opened> = merge
+        .inputs
+        .iter()
+        .map(|i| {
+            opened.get(&i.name).ok_or_else(|| {
+                MergeError::Inputs(format!("'{}' is used but was not opened", i.name))
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let pass_plan = Plan::new(models.iter().map(|m| &m.ckpt).collect());
+
+    // What each output tensor is.
+    let decisions = engine::decide(&merge, &pass_plan, options.dtype, options.missing);
+    let specs: Vec<TensorSpec> = decisions
+        .outputs
+        .iter()
+        .map(|o| {
+            let entry = &pass_plan.entries()[o.entry];
+            let shape = pass_plan.shape(entry).to_vec();
+            let dtype = match &o.source {
+                Source::Merge { format, .. } => format.dtype(),
+                Source::Copy { model } => {
+                    pass_plan
+                        .tensor(entry, *model)
+                        .expect("copied from a holder")
+                        .dtype
+                }
+            };
+            let shape = match &o.source {
+                Source::Copy { model } => pass_plan
+                    .tensor(entry, *model)
+                    .expect("holder")
+                    .shape
+                    .clone(),
+                _ => shape,
+            };
+            TensorSpec {
+                name: o.name.clone(),
+                dtype,
+                shape,
+            }
+        })
+        .collect();
+
+    // Provenance, with placeholders where the SHA-256 will go.
+    let infos: Vec<metadata::InputInfo> = models
+        .iter()
+        .enumerate()
+        .map(|(i, m)| metadata::InputInfo {
+            name: m.name.clone(),
+            file: m.ckpt.display_name(),
+            sha256: options.input_hashes.then(|| {
+                crate::hash::sha256_cached_only(&m.path).unwrap_or_else(|| metadata::placeholder(i))
+            }),
+            legacy_hash: crate::hash::legacy_hash(m.ckpt.bytes()),
+            own_recipe: m.ckpt.metadata_value("sd_merge_recipe").map(str::to_string),
+            own_models: m.ckpt.metadata_value("sd_merge_models").map(str::to_string),
+        })
+        .collect();
+    let dtype_label = options
+        .dtype
+        .map(|f| dtype::name(f.dtype()))
+        .unwrap_or_else(|| "as first input".into());
+    let precision_label = if options.precision == Precision::F32 {
+        "f32"
+    } else {
+        "f64"
+    };
+    let meta = metadata::build(&recipe.text, &infos, &dtype_label, precision_label);
+    let input_paths: Vec<&Path> = models.iter().map(|m| m.path.as_path()).collect();
+    let mut output = OutputFile::create(out, specs, &meta, &input_paths)?;
+
+    let mut outputs = HashMap::new();
+    let mut whole = Vec::new();
+    let mut chunked = Vec::new();
+    for mut o in decisions.outputs.iter().cloned() {
+        o.out_index = output.index_of(&o.name).expect("every spec is in the file");
+        match o.source {
+            Source::Merge {
+                per_tensor: true, ..
+            } => whole.push(o.entry),
+            _ => chunked.push(o.entry),
+        }
+        outputs.insert(o.entry, o);
+    }
+    // Items: per-tensor methods take whole tensors; everything else streams in pieces.
+    let pass = Pass::new(progress).item_bytes(8 << 20);
+    let mut items = pass.items(&pass_plan, &chunked);
+    for &e in &whole {
+        let numel: usize = pass_plan.shape(&pass_plan.entries()[e]).iter().product();
+        items.push(crate::pass::Item {
+            entry: e,
+            start: 0,
+            end: numel,
+            numel,
+        });
+    }
+    items.sort_by_key(|it| (it.entry, it.start));
+    let work = MergeWork {
+        plan: &merge,
+        precision: options.precision,
+        outputs,
+        out: &output,
+    };
+    let mut count = WriteCount::default();
+
+    // Hash the inputs that are not cached, on their own threads, while the merge runs.
+    let hashes: Vec<Option<String>> =
+        std::thread::scope(|scope| -> Result<Vec<Option<String>>, MergeError> {
+            let handles: Vec<_> = models
+                .iter()
+                .zip(&infos)
+                .map(|(m, info)| {
+                    let needs = info.sha256.as_deref().is_some_and(|h| h.starts_with("@@"));
+                    let known = info.sha256.clone();
+                    scope.spawn(move || {
+                        if needs {
+                            Some(crate::hash::sha256_file_cached(&m.path, m.ckpt.bytes()))
+                        } else {
+                            known
+                        }
+                    })
+                })
+                .collect();
+            pass.run_items(&pass_plan, &items, &work, &mut count)?;
+            Ok(handles
+                .into_iter()
+                .map(|h| h.join().expect("hashing does not panic"))
+                .collect())
+        })?;
+    drop(work);
+    for (i, h) in hashes.iter().enumerate() {
+        if let Some(h) = h {
+            output.patch_header(&metadata::placeholder(i), h)?;
+        }
+    }
+    output.finish()?;
+
+    Ok(Outcome {
+        output: out.display().to_string(),
+        arch,
+        tensors: decisions.outputs.len(),
+        merged: decisions
+            .outputs
+            .iter()
+            .filter(|o| matches!(o.source, Source::Merge { .. }))
+            .count(),
+        copied: decisions.copied,
+        skipped: decisions.skipped,
+        bytes: count.bytes,
+        coefficients: merge.is_linear().then(|| merge.to_string()),
+        inputs: models
+            .iter()
+            .zip(hashes)
+            .map(|(m, h)| (m.name.clone(), h))
+            .collect(),
+    })
+}
+
+/// A path from a recipe, relative to the recipe's folder unless absolute (`~/` expands).
+pub fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
+    if let Some(rest) = p.strip_prefix("~/")
+        && let Some(home) = std::env::var_os("HOME")
+    {
+        return PathBuf::from(home).join(rest);
+    }
+    let path = Path::new(p);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base_dir.join(path)
+    }
+}
+
+/// The one architecture every opened input has.
+fn common_arch(recipe: &Recipe, opened: &HashMap<String, Opened>) -> Result<Arch, MergeError> {
+    let mut seen: Option<(&Opened, Arch, u32)> = None;
+    for b in &recipe.bindings {
+        let Some(m) = opened.get(&b.name) else {
+            continue;
+        };
+        let Layout::Known(arch) = m.detection.layout else {
+            return Err(MergeError::Inputs(format!(
+                "'{}' ({}) is not an SD1, SD2 or SDXL checkpoint ckpt-diff recognises; merges need one architecture \
+                 to map block weights",
+                m.name,
+                m.path.display()
+            )));
+        };
+        match seen {
+            None => seen = Some((m, arch, m.detection.scale)),
+            Some((first, a, s)) if a != arch || s != m.detection.scale => {
+                return Err(MergeError::Inputs(format!(
+                    "'{}' is {} and '{}' is {}; a recipe merges checkpoints of one architecture",
+                    first.name,
+                    a.label(),
+                    m.name,
+                    arch.label()
+                )));
+            }
+            _ => {}
+        }
+    }
+    seen.map(|(_, a, _)| a)
+        .ok_or_else(|| MergeError::Inputs("the recipe uses no model file".into()))
+}
+
+/// Drops the inputs the output does not depend on, renumbering the rest.
+fn compact(merge: &mut MergePlan) {
+    let rows = merge.grouping.groups().len();
+    let mut used = Vec::new();
+    for r in 0..rows {
+        engine::needed_inputs(merge, merge.output, r, &mut used);
+    }
+    used.sort_unstable();
+    let remap: HashMap<usize, usize> = used
+        .iter()
+        .enumerate()
+        .map(|(new, &old)| (old, new))
+        .collect();
+    merge.inputs = used.iter().map(|&i| merge.inputs[i].clone()).collect();
+    for n in &mut merge.nodes {
+        if let plan::Node::Input(i) = n {
+            // Unused inputs keep a dangling index; nothing reaches them.
+            *i = remap.get(i).copied().unwrap_or(usize::MAX);
+        }
+    }
+}

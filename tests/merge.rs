@@ -1,0 +1,685 @@
+//! `ckpt-diff merge` against independent per-element references computed here from the
+//! inputs (read with the `safetensors` crate and `half`).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ckpt_diff::catalog::Arch;
+use ckpt_diff::reader::dtype::FloatFormat;
+use ckpt_diff::synth::{Synthetic, family};
+
+use crate::util::*;
+
+struct Family {
+    dir: Dir,
+    arch: Arch,
+    base: PathBuf,
+    fts: Vec<PathBuf>,
+}
+
+/// A base and three fine-tunes, F16, with some deltas sparse enough to disagree in sign.
+fn family(arch: Arch) -> Family {
+    let dir = Dir::new();
+    let scale = if arch == Arch::Sdxl { 32 } else { 16 };
+    let layout = layout(arch, scale, FloatFormat::F16);
+    let base = Synthetic::base(arch, 11);
+    let base_path = dir.model("base.safetensors", &layout, &base);
+    let fts = (1..=3)
+        .map(|i| {
+            let m = base.plus_delta(
+                100 + i as u64,
+                family::finetune_profile(arch, 11, i + 1, 0.2),
+            );
+            dir.model(&format!("ft{i}.safetensors"), &layout, &m)
+        })
+        .collect();
+    Family {
+        dir,
+        arch,
+        base: base_path,
+        fts,
+    }
+}
+
+/// Runs a recipe (bindings B, F1, F2, F3 added) to an f32 output; returns its tensors.
+fn merged(fam: &Family, steps: &str, extra: &[&str]) -> BTreeMap<String, RefTensor> {
+    let text = format!(
+        "B = \"{}\"\nF1 = \"{}\"\nF2 = \"{}\"\nF3 = \"{}\"\n{steps}",
+        s(&fam.base),
+        s(&fam.fts[0]),
+        s(&fam.fts[1]),
+        s(&fam.fts[2])
+    );
+    let recipe = fam.dir.path("r.recipe");
+    std::fs::write(&recipe, text).unwrap();
+    let out = fam.dir.path("out.safetensors");
+    let mut args = vec![
+        "merge",
+        s(&recipe),
+        "-o",
+        s(&out),
+        "--dtype",
+        "f32",
+        "--force",
+        "--no-input-hashes",
+        "-q",
+    ];
+    args.extend(extra);
+    run_ok(&args);
+    reference_map(&out)
+}
+
+/// The inputs as f64 per key: base, then the fine-tunes.
+fn inputs(fam: &Family) -> Vec<BTreeMap<String, RefTensor>> {
+    std::iter::once(&fam.base)
+        .chain(&fam.fts)
+        .map(|p| reference_map(p))
+        .collect()
+}
+
+fn check(
+    fam: &Family,
+    got: &BTreeMap<String, RefTensor>,
+    want: impl Fn(&str, &[&[f64]]) -> Vec<f64>,
+) {
+    let ins = inputs(fam);
+    let mut checked = 0;
+    for (key, t) in got {
+        let Some(values) = &t.values else { continue };
+        let ops: Vec<&[f64]> = ins
+            .iter()
+            .map(|m| m[key].values.as_deref().unwrap())
+            .collect();
+        let w = want(key, &ops);
+        assert_eq!(w.len(), values.len(), "{key}");
+        for (i, (g, w)) in values.iter().zip(&w).enumerate() {
+            assert!(
+                (g - w).abs() <= 1e-6 * w.abs().max(1.0),
+                "{key}[{i}]: {g} vs reference {w}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 1000, "only {checked} tensors checked");
+}
+
+fn for_both(f: impl Fn(&Family)) {
+    for arch in [Arch::Sd1, Arch::Sdxl] {
+        f(&family(arch));
+    }
+}
+
+#[test]
+fn weighted_sum_add_difference_triple_and_twice() {
+    for_both(|fam| {
+        let got = merged(fam, "OUT = F1 x 0.7 + F2 x 0.3\n", &[]);
+        check(fam, &got, |_, x| {
+            (0..x[0].len())
+                .map(|i| 0.7 * x[1][i] + 0.3 * x[2][i])
+                .collect()
+        });
+        let got = merged(fam, "OUT = ad(F1, F2, B, 0.6)\n", &[]);
+        check(fam, &got, |_, x| {
+            (0..x[0].len())
+                .map(|i| x[1][i] + 0.6 * (x[2][i] - x[0][i]))
+                .collect()
+        });
+        let got = merged(
+            fam,
+            "OUT = triple_sum(F1, F2, F3, alpha=0.2, beta=0.3)\n",
+            &[],
+        );
+        check(fam, &got, |_, x| {
+            (0..x[0].len())
+                .map(|i| 0.5 * x[1][i] + 0.2 * x[2][i] + 0.3 * x[3][i])
+                .collect()
+        });
+        let got = merged(fam, "OUT = sum_twice(F1, F2, F3, 0.4, 0.25)\n", &[]);
+        check(fam, &got, |_, x| {
+            (0..x[0].len())
+                .map(|i| 0.75 * (0.6 * x[1][i] + 0.4 * x[2][i]) + 0.25 * x[3][i])
+                .collect()
+        });
+        let got = merged(fam, "OUT = avg(F1, F2, F3, weights=(1, 2, 1))\n", &[]);
+        check(fam, &got, |_, x| {
+            (0..x[0].len())
+                .map(|i| 0.25 * x[1][i] + 0.5 * x[2][i] + 0.25 * x[3][i])
+                .collect()
+        });
+    });
+}
+
+#[test]
+fn block_weights_apply_exactly_to_their_blocks() {
+    for_both(|fam| {
+        let order: Vec<String> = fam
+            .arch
+            .merge_blocks()
+            .iter()
+            .map(|b| b.to_string())
+            .collect();
+        let alpha: Vec<f64> = (0..order.len()).map(|i| (i as f64 + 1.0) / 40.0).collect();
+        let list: Vec<String> = alpha.iter().map(|a| a.to_string()).collect();
+        let got = merged(
+            fam,
+            &format!(
+                "OUT = F1 x (1-alpha) + F2 x alpha\n    alpha = ({})\n",
+                list.join(",")
+            ),
+            &[],
+        );
+        let depth = fam.arch.depth() as usize;
+        check(fam, &got, |key, x| {
+            let block = reference_block(key, depth);
+            let a = alpha[order
+                .iter()
+                .position(|b| *b == block)
+                .unwrap_or_else(|| panic!("{key} -> {block}"))];
+            (0..x[0].len())
+                .map(|i| (1.0 - a) * x[1][i] + a * x[2][i])
+                .collect()
+        });
+    });
+}
+
+#[test]
+fn component_swap_takes_the_component_whole() {
+    let fam = family(Arch::Sdxl);
+    let got = merged(&fam, "OUT = swap(F1, F2, te)\n", &[]);
+    check(&fam, &got, |key, x| {
+        let te = key.starts_with("conditioner.embedders.");
+        if te { x[2].to_vec() } else { x[1].to_vec() }
+    });
+}
+
+/// TIES as the paper and mergekit describe it, written out per element with a full sort.
+fn ties_reference(x: &[&[f64]], k: f64, weights: &[f64], lambda: f64) -> Vec<f64> {
+    let n = x[0].len();
+    let deltas: Vec<Vec<f64>> = x[1..]
+        .iter()
+        .map(|m| {
+            let d: Vec<f64> = (0..n).map(|i| m[i] - x[0][i]).collect();
+            let mut mags: Vec<f32> = d.iter().map(|v| v.abs() as f32).collect();
+            mags.sort_by(|a, b| b.total_cmp(a));
+            let keep = ((k * n as f64).ceil() as usize).clamp(1, n);
+            let t = if k >= 1.0 { 0.0 } else { mags[keep - 1] };
+            d.iter()
+                .map(|&v| if (v.abs() as f32) >= t { v } else { 0.0 })
+                .collect()
+        })
+        .collect();
+    (0..n)
+        .map(|i| {
+            let sum: f64 = deltas.iter().zip(weights).map(|(d, w)| w * d[i]).sum();
+            let sign = if sum >= 0.0 { 1.0 } else { -1.0 };
+            let (mut num, mut den) = (0.0, 0.0);
+            for (d, w) in deltas.iter().zip(weights) {
+                if d[i] != 0.0 && d[i].signum() == sign {
+                    num += w * d[i];
+                    den += w;
+                }
+            }
+            x[0][i] + lambda * if den == 0.0 { 0.0 } else { num / den }
+        })
+        .collect()
+}
+
+#[test]
+fn ties_matches_its_definition() {
+    for_both(|fam| {
+        let got = merged(
+            fam,
+            "OUT = ties(B, F1, F2, F3, k=0.3, lambda=0.9, weights=(1, 0.5, 2))\n",
+            &[],
+        );
+        check(fam, &got, |_, x| {
+            ties_reference(x, 0.3, &[1.0, 0.5, 2.0], 0.9)
+        });
+    });
+}
+
+#[test]
+fn dare_matches_its_definition_and_is_reproducible() {
+    let fam = family(Arch::Sd1);
+    let got = merged(
+        &fam,
+        "OUT = dare(B, F1, F2, p=0.7, seed=42, weights=(0.6, 0.4))\n",
+        &[],
+    );
+    check(&fam, &got, |key, x| {
+        let keep = 0.3;
+        let masks: Vec<_> = (0..2)
+            .map(|j| ckpt_diff::merge::engine::dare_stream(42, key, j))
+            .collect();
+        (0..x[0].len())
+            .map(|i| {
+                let mut v = x[0][i];
+                for (j, w) in [0.6, 0.4].iter().enumerate() {
+                    if masks[j].uniform(i as u64) < keep {
+                        v += w * (x[j + 1][i] - x[0][i]) / keep;
+                    }
+                }
+                v
+            })
+            .collect()
+    });
+    // Same seed, any thread count: the same bytes. Another seed: other bytes.
+    let recipe = "OUT = dare_ties(B, F1, F2, F3, p=0.5, seed=7)\n";
+    let run = |threads: &str, seed: &str| -> Vec<u8> {
+        let r = recipe.replace("seed=7", &format!("seed={seed}"));
+        let text = format!(
+            "B = \"{}\"\nF1 = \"{}\"\nF2 = \"{}\"\nF3 = \"{}\"\n{r}",
+            s(&fam.base),
+            s(&fam.fts[0]),
+            s(&fam.fts[1]),
+            s(&fam.fts[2])
+        );
+        let rp = fam.dir.path("d.recipe");
+        std::fs::write(&rp, text).unwrap();
+        let out = fam.dir.path(&format!("d-{threads}-{seed}.safetensors"));
+        run_ok(&[
+            "--threads",
+            threads,
+            "merge",
+            s(&rp),
+            "-o",
+            s(&out),
+            "--no-input-hashes",
+            "-q",
+        ]);
+        std::fs::read(&out).unwrap()
+    };
+    let a = run("1", "7");
+    assert_eq!(a, run("2", "7"), "DARE output depends on the thread count");
+    assert_eq!(a, run("3", "7"));
+    assert_ne!(a, run("2", "8"), "another seed gives another mask");
+}
+
+#[test]
+fn model_stock_matches_its_closed_form() {
+    for_both(|fam| {
+        let got = merged(fam, "OUT = model_stock(B, F1, F2, F3)\n", &[]);
+        check(fam, &got, |_, x| {
+            let n = x[0].len();
+            let d: Vec<Vec<f64>> = x[1..]
+                .iter()
+                .map(|m| (0..n).map(|i| m[i] - x[0][i]).collect())
+                .collect();
+            let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(p, q)| p * q).sum::<f64>();
+            let mut cos = 0.0;
+            for (i, j) in [(0, 1), (0, 2), (1, 2)] {
+                let (a, b, ab) = (dot(&d[i], &d[i]), dot(&d[j], &d[j]), dot(&d[i], &d[j]));
+                cos += if a == 0.0 || b == 0.0 {
+                    0.0
+                } else {
+                    ab / (a * b).sqrt()
+                };
+            }
+            cos /= 3.0;
+            let t = if (1.0 + 2.0 * cos).abs() < 1e-12 {
+                0.0
+            } else {
+                3.0 * cos / (1.0 + 2.0 * cos)
+            };
+            (0..n)
+                .map(|i| t * (x[1][i] + x[2][i] + x[3][i]) / 3.0 + (1.0 - t) * x[0][i])
+                .collect()
+        });
+    });
+}
+
+#[test]
+fn geometric_median_matches_weiszfeld() {
+    let fam = family(Arch::Sd1);
+    let got = merged(&fam, "OUT = geomedian(F1, F2, F3, B)\n", &[]);
+    check(&fam, &got, |_, x| {
+        let n = x[0].len();
+        let ms: Vec<&[f64]> = vec![x[1], x[2], x[3], x[0]];
+        let mut z: Vec<f64> = (0..n)
+            .map(|i| ms.iter().map(|m| m[i]).sum::<f64>() / 4.0)
+            .collect();
+        let mut objective = f64::INFINITY;
+        for _ in 0..100 {
+            let dist: Vec<f64> = ms
+                .iter()
+                .map(|m| (0..n).map(|i| (m[i] - z[i]).powi(2)).sum::<f64>().sqrt())
+                .collect();
+            let new_objective: f64 = dist.iter().sum();
+            let c: Vec<f64> = dist.iter().map(|d| 1.0 / d.max(1e-6)).collect();
+            let cs: f64 = c.iter().sum();
+            z = (0..n)
+                .map(|i| ms.iter().zip(&c).map(|(m, ci)| ci / cs * m[i]).sum())
+                .collect();
+            if (objective - new_objective).abs() <= 1e-12 * new_objective {
+                break;
+            }
+            objective = new_objective;
+        }
+        z
+    });
+}
+
+#[test]
+fn train_difference_matches_supermerger() {
+    let fam = family(Arch::Sd1);
+    let got = merged(&fam, "OUT = train_diff(F1, F2, B, alpha=0.5)\n", &[]);
+    check(&fam, &got, |_, x| {
+        (0..x[0].len())
+            .map(|i| {
+                let (a, b, c) = (x[1][i], x[2][i], x[0][i]);
+                let den = (b - a).abs() + (b - c).abs();
+                let s = if den == 0.0 { 0.0 } else { (b - a).abs() / den };
+                a + (b - c) * s * 1.8 * 0.5
+            })
+            .collect()
+    });
+}
+
+/// The BlessingMix recipe, with generated stand-ins for its models: as one file in one pass,
+/// and step by step through intermediate files, the results agree.
+#[test]
+fn blessingmix_in_one_pass_equals_its_steps() {
+    let d = Dir::new();
+    let arch = Arch::Sd1;
+    let lay = layout(arch, 16, FloatFormat::F16);
+    let base = Synthetic::base(arch, 3);
+    let names = [
+        "v1-5-pruned-emaonly",
+        "pyro_pov_a",
+        "pyro_pov_b",
+        "analogDiffusion",
+        "F222",
+        "OpenBra",
+        "Evt",
+        "dreamshaper_6",
+        "BlessingEnc",
+    ];
+    let mut bindings = String::new();
+    for (i, n) in names.iter().enumerate() {
+        let m = if i == 0 {
+            base.clone()
+        } else {
+            base.plus_delta(200 + i as u64, family::finetune_profile(arch, 3, i, 0.15))
+        };
+        let p = d.model(&format!("{n}.safetensors"), &lay, &m);
+        bindings.push_str(&format!("{n} = {}\n", s(&p)));
+    }
+    let steps = [
+        ("pyAB", "pyro_pov_a x 0.5 + pyro_pov_b x 0.5", ""),
+        ("MERGE1", "analogDiffusion x 0.85 + pyAB x 0.15", ""),
+        ("MERGE1Fix", "MERGE1 x 1", ""),
+        ("MERGE2", "MERGE1Fix + (F222 - v1-5-pruned-emaonly) x 1", ""),
+        ("TEMP1", "OpenBra + (Evt - v1-5-pruned-emaonly) x 0.08", ""),
+        ("TEMP6", "TEMP1 x 0.6 + MERGE2 x 0.4", ""),
+        (
+            "TEMP7",
+            "TEMP6 x (1-alpha) + dreamshaper_6 x alpha",
+            "    alpha = (0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0.15,0.15,0.15,0.15,0.15,0.15)\n",
+        ),
+        ("BlessingMixV0", "TEMP7 x 1", ""),
+        (
+            "FINAL",
+            "BlessingMixV0 x (1-alpha) + BlessingEnc x alpha",
+            "    alpha = {BASE: 1}\n",
+        ),
+    ];
+    let mut one = bindings.clone();
+    for (n, e, p) in &steps {
+        one.push_str(&format!("{n} = {e}\n{p}"));
+    }
+    let rp = d.path("blessingmix.recipe");
+    std::fs::write(&rp, &one).unwrap();
+    let one_pass = d.path("one-pass.safetensors");
+    run_ok(&[
+        "merge",
+        s(&rp),
+        "-o",
+        s(&one_pass),
+        "--dtype",
+        "f32",
+        "--no-input-hashes",
+        "-q",
+    ]);
+
+    // Step by step: each step its own merge, intermediates stored in f64.
+    let mut previous: Vec<String> = Vec::new();
+    let mut last = PathBuf::new();
+    for (n, e, p) in &steps {
+        let mut text = bindings.clone();
+        for prev in &previous {
+            text.push_str(&format!(
+                "{prev} = {}\n",
+                s(&d.path(&format!("{prev}.safetensors")))
+            ));
+        }
+        text.push_str(&format!("{n} = {e}\n{p}"));
+        let rp = d.path(&format!("{n}.recipe"));
+        std::fs::write(&rp, text).unwrap();
+        last = d.path(&format!("{n}.safetensors"));
+        let dtype = if *n == "FINAL" { "f32" } else { "f64" };
+        run_ok(&[
+            "merge",
+            s(&rp),
+            "-o",
+            s(&last),
+            "--dtype",
+            dtype,
+            "--no-input-hashes",
+            "-q",
+        ]);
+        previous.push(n.to_string());
+    }
+    let (a, b) = (reference_map(&one_pass), reference_map(&last));
+    assert_eq!(a.len(), b.len());
+    for (k, t) in &a {
+        match (&t.values, &b[k].values) {
+            (Some(x), Some(y)) => assert!(
+                x.iter()
+                    .zip(y)
+                    .all(|(p, q)| (p - q).abs() <= 1e-6 * q.abs().max(1.0)),
+                "{k}"
+            ),
+            (None, None) => {} // Integer tensors: copied, checked in another test.
+            _ => panic!("{k}: float in one output, integer in the other"),
+        }
+    }
+    // FINAL's text encoder is BlessingEnc's, exactly.
+    let enc = reference_map(&d.path("BlessingEnc.safetensors"));
+    let key = "cond_stage_model.transformer.text_model.final_layer_norm.weight";
+    assert_eq!(a[key].values, enc[key].values);
+}
+
+#[test]
+fn integers_missing_keys_and_provenance() {
+    let d = Dir::new();
+    let arch = Arch::Sd1;
+    let base = Synthetic::base(arch, 5);
+    let full = d.model(
+        "full.safetensors",
+        &layout(arch, 32, FloatFormat::F16),
+        &base.plus_delta(9, ckpt_diff::synth::uniform(arch, 0.1)),
+    );
+    let mut no_vae = layout(arch, 32, FloatFormat::BF16);
+    no_vae.components = vec![
+        ckpt_diff::catalog::Component::Unet,
+        ckpt_diff::catalog::Component::Te1,
+    ];
+    let partial = d.model("partial.safetensors", &no_vae, &base);
+    let out = d.path("m.safetensors");
+    let json = run_json(&[
+        "merge",
+        "ws",
+        s(&full),
+        s(&partial),
+        "--alpha",
+        "0.5",
+        "-o",
+        s(&out),
+    ]);
+    // VAE keys come from the one model that has them, unchanged, and are listed.
+    assert_eq!(json["copied"].as_array().unwrap().len(), 248);
+    let (o, f) = (reference_map(&out), reference_map(&full));
+    let vae = "first_stage_model.decoder.conv_in.weight";
+    assert_eq!(o[vae].values, f[vae].values);
+    // position_ids stay int64 0..76.
+    let c = ckpt_diff::reader::Checkpoint::open(&out).unwrap();
+    let pos = c
+        .get("cond_stage_model.transformer.text_model.embeddings.position_ids")
+        .unwrap();
+    assert_eq!(pos.dtype, ckpt_diff::reader::Dtype::I64);
+    let ids: Vec<i64> = c
+        .data(pos)
+        .chunks(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert_eq!(ids, (0..77).collect::<Vec<_>>());
+    // Output dtype follows the first input by default.
+    assert_eq!(
+        c.get("model.diffusion_model.out.2.weight").unwrap().dtype,
+        ckpt_diff::reader::Dtype::F16
+    );
+    // Provenance: the inputs' SHA-256 (checked with an independent hasher) and the recipe.
+    let models: serde_json::Value =
+        serde_json::from_str(c.metadata_value("sd_merge_models").unwrap()).unwrap();
+    for p in [&full, &partial] {
+        let h = sha256_of(p);
+        assert_eq!(models[&h]["name"], p.file_name().unwrap().to_str().unwrap());
+    }
+    assert!(
+        c.metadata_value("ckpt_diff.recipe")
+            .unwrap()
+            .contains("x (1-alpha)")
+    );
+    // Merging the merge keeps the ancestry.
+    let out2 = d.path("m2.safetensors");
+    run_ok(&[
+        "merge",
+        "ws",
+        s(&out),
+        s(&full),
+        "--alpha",
+        "0.5",
+        "-o",
+        s(&out2),
+        "-q",
+    ]);
+    let c2 = ckpt_diff::reader::Checkpoint::open(&out2).unwrap();
+    let models2: serde_json::Value =
+        serde_json::from_str(c2.metadata_value("sd_merge_models").unwrap()).unwrap();
+    assert!(
+        models2.get(sha256_of(&partial)).is_some(),
+        "grandparent kept"
+    );
+    assert!(models2[sha256_of(&out)]["sd_merge_recipe"]["type"] == "ckpt-diff");
+    // With --missing skip, the VAE is left out.
+    let out3 = d.path("m3.safetensors");
+    let json = run_json(&[
+        "merge",
+        "ws",
+        s(&full),
+        s(&partial),
+        "--alpha",
+        "0.5",
+        "-o",
+        s(&out3),
+        "--missing",
+        "skip",
+    ]);
+    assert_eq!(json["skipped"].as_array().unwrap().len(), 248);
+}
+
+fn sha256_of(p: &Path) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(std::fs::read(p).unwrap());
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn refusals_and_recipe_errors() {
+    let d = Dir::new();
+    let a = d.model(
+        "a.safetensors",
+        &layout(Arch::Sd1, 32, FloatFormat::F16),
+        &Synthetic::base(Arch::Sd1, 1),
+    );
+    let b = d.model(
+        "b.safetensors",
+        &layout(Arch::Sd1, 32, FloatFormat::F16),
+        &Synthetic::base(Arch::Sd1, 2),
+    );
+    // The output may not be an input, even with --force.
+    let out = ckpt_diff()
+        .args([
+            "merge",
+            "ws",
+            s(&a),
+            s(&b),
+            "--alpha",
+            "0.5",
+            "-o",
+            s(&a),
+            "--force",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("also an input"));
+    // An existing output needs --force.
+    let o = d.path("o.safetensors");
+    std::fs::write(&o, b"keep me").unwrap();
+    let out = ckpt_diff()
+        .args(["merge", "ws", s(&a), s(&b), "--alpha", "0.5", "-o", s(&o)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(std::fs::read(&o).unwrap(), b"keep me");
+    // Errors point into the recipe.
+    let rp = d.path("bad.recipe");
+    std::fs::write(
+        &rp,
+        format!(
+            "A = {}\nB = {}\nOUT = A x (1-alpha) + B x alpha\n    alpha = (0.5, 0.5)\n",
+            s(&a),
+            s(&b)
+        ),
+    )
+    .unwrap();
+    let out = ckpt_diff()
+        .args(["merge", s(&rp), "-o", s(&d.path("x.safetensors"))])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(err.contains("line 4") && err.contains("takes 26"), "{err}");
+    std::fs::write(&rp, format!("A = {}\nOUT = A x\n", s(&a))).unwrap();
+    let out = ckpt_diff()
+        .args(["merge", s(&rp), "-o", s(&d.path("x.safetensors"))])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("line 2, column"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Different architectures.
+    let xl = d.model(
+        "xl.safetensors",
+        &layout(Arch::Sdxl, 32, FloatFormat::F16),
+        &Synthetic::base(Arch::Sdxl, 1),
+    );
+    let out = ckpt_diff()
+        .args([
+            "merge",
+            "ws",
+            s(&a),
+            s(&xl),
+            "--alpha",
+            "0.5",
+            "-o",
+            s(&d.path("y.safetensors")),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one architecture"));
+}
