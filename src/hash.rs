@@ -55,6 +55,38 @@ pub fn sha256_file_cached(path: &Path, bytes: &[u8]) -> String {
     h
 }
 
+/// SHA-256 of a checkpoint's whole file (from the cache when unchanged), reading its
+/// mapping; with `release`, hands each hashed stretch of pages back as it goes.
+pub fn sha256_checkpoint_cached(
+    path: &Path,
+    ckpt: &crate::reader::Checkpoint,
+    release: bool,
+) -> String {
+    let key = cache_key(path);
+    if let Some(k) = &key
+        && let Some(h) = cache_lookup(k)
+    {
+        return h;
+    }
+    let mut hasher = Sha256::new();
+    let bytes = ckpt.bytes();
+    let step = 64 << 20;
+    let mut at = 0;
+    while at < bytes.len() {
+        let end = (at + step).min(bytes.len());
+        hasher.update(&bytes[at..end]);
+        if release {
+            ckpt.release(at as u64, end as u64);
+        }
+        at = end;
+    }
+    let h = hex(&hasher.finalize());
+    if let Some(k) = key {
+        cache_store(&k, &h);
+    }
+    h
+}
+
 /// The cached SHA-256 of a file, if its size and modification time still match.
 pub fn sha256_cached_only(path: &Path) -> Option<String> {
     cache_key(path).and_then(|k| cache_lookup(&k))

@@ -231,6 +231,46 @@ fn gram2_stored_at(level: Level, format: FloatFormat, a: &[u8], b: &[u8]) -> Opt
     }
 }
 
+/// y ← c·x + (y if `accumulate`, else 0), with x read from stored little-endian `format`
+/// elements: the inner loop of a linear merge, without a converted copy of x.
+pub fn axpy_stored(format: FloatFormat, c: f64, x: &[u8], y: &mut [f64], accumulate: bool) {
+    axpy_stored_at(level(), format, c, x, y, accumulate)
+}
+
+fn axpy_stored_at(
+    level: Level,
+    format: FloatFormat,
+    c: f64,
+    x: &[u8],
+    y: &mut [f64],
+    accumulate: bool,
+) {
+    assert_eq!(
+        x.len(),
+        y.len() * format.size(),
+        "axpy_stored: length mismatch"
+    );
+    match (level, format) {
+        #[cfg(target_arch = "x86_64")]
+        (Level::Avx512, FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32) => {
+            // SAFETY: as in `to_f64_at`; the format is one the kernel handles.
+            unsafe { x86_512::axpy_stored(format, c, x, y, accumulate) }
+        }
+        _ => {
+            let mut tmp = [0.0f64; 256];
+            for (xc, yc) in x.chunks(256 * format.size()).zip(y.chunks_mut(256)) {
+                let t = &mut tmp[..yc.len()];
+                to_f64_at(level, format, xc, t);
+                if accumulate {
+                    yc.iter_mut().zip(t.iter()).for_each(|(y, x)| *y += c * x);
+                } else {
+                    yc.iter_mut().zip(t.iter()).for_each(|(y, x)| *y = c * x);
+                }
+            }
+        }
+    }
+}
+
 /// a ← a − b.
 pub fn sub_assign(a: &mut [f64], b: &[f64]) {
     assert_eq!(a.len(), b.len(), "sub_assign: length mismatch");
@@ -432,6 +472,37 @@ mod tests {
                     // Identical inputs give identical sums: cos(a, a) is exactly 1.
                     let [x, y, z] = gram2_stored_at(level, format, sa, sa).unwrap();
                     assert!(x == y && y == z);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn axpy_stored_agrees_at_every_level() {
+        for format in [
+            FloatFormat::F16,
+            FloatFormat::BF16,
+            FloatFormat::F32,
+            FloatFormat::F64,
+        ] {
+            for n in [0usize, 1, 7, 17, 1023, 4099] {
+                let v = values(n, 21);
+                let mut bytes = vec![1u8];
+                bytes.extend(encode(format, &v));
+                let x = decode_oracle(format, &bytes[1..]);
+                let y0: Vec<f64> = (0..n).map(|i| i as f64 * 0.25).collect();
+                for level in available_levels() {
+                    for accumulate in [false, true] {
+                        let mut y = y0.clone();
+                        axpy_stored_at(level, format, -0.375, &bytes[1..], &mut y, accumulate);
+                        for i in 0..n {
+                            let want = -0.375 * x[i] + if accumulate { y0[i] } else { 0.0 };
+                            assert!(
+                                (y[i] - want).abs() <= 1e-15 * want.abs().max(1.0),
+                                "{format:?} n={n} {level:?}"
+                            );
+                        }
+                    }
                 }
             }
         }

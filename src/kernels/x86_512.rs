@@ -144,6 +144,41 @@ pub unsafe fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
     portable::to_f64(format, &src[i * size..], &mut dst[i..]);
 }
 
+/// y ← c·x (+ y when `accumulate`), x stored as F16, BF16 or F32.
+///
+/// # Safety
+/// As for [`gram2_stored`]; `x.len() == y.len() * format.size()`.
+#[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,f16c")]
+pub unsafe fn axpy_stored(format: FloatFormat, c: f64, x: &[u8], y: &mut [f64], accumulate: bool) {
+    let n = y.len();
+    let size = format.size();
+    let vc = _mm512_set1_pd(c);
+    let mut i = 0;
+    // SAFETY: offsets stay below `n` elements.
+    unsafe {
+        while i + 8 <= n {
+            let v = load8(format, x.as_ptr().add(i * size));
+            let py = y.as_mut_ptr().add(i);
+            let out = if accumulate {
+                _mm512_fmadd_pd(vc, v, _mm512_loadu_pd(py))
+            } else {
+                _mm512_mul_pd(vc, v)
+            };
+            _mm512_storeu_pd(py, out);
+            i += 8;
+        }
+    }
+    for j in i..n {
+        let mut v = [0.0];
+        portable::to_f64(format, &x[j * size..(j + 1) * size], &mut v);
+        y[j] = if accumulate {
+            c.mul_add(v[0], y[j])
+        } else {
+            c * v[0]
+        };
+    }
+}
+
 /// ⟨a, b⟩ of f64 slices.
 ///
 /// # Safety

@@ -7,8 +7,8 @@
 //! per-tensor method (TIES, Model Stock, geometric median) take whole tensors, first
 //! sweeping their inputs for the statistics they need (magnitude thresholds, cosines, the
 //! median itself), then producing the output chunk by chunk. Memory per worker: a few
-//! chunk buffers, plus for TIES one f32 magnitude buffer and for the geometric median one
-//! f64 buffer of the tensor.
+//! chunk buffers and its item's output bytes, plus for TIES one f32 magnitude buffer and for
+//! the geometric median one f64 buffer of the tensor. One writer thread writes the pieces.
 
 use std::collections::HashMap;
 
@@ -66,13 +66,33 @@ enum State {
     Median(Vec<f64>),
 }
 
-/// The work of one merge: a [`Visit`] that writes its results itself.
+/// A finished piece of output: (tensor index in the file, byte offset in it, bytes).
+pub type Piece = (usize, usize, Vec<u8>);
+
+/// The work of one merge: a [`Visit`] that computes output pieces and hands them to the
+/// writer thread (one writer: concurrent writes to one file contend on its lock).
 pub struct MergeWork<'a> {
     pub plan: &'a MergePlan,
     pub precision: Precision,
     /// By pass-plan entry.
     pub outputs: HashMap<usize, OutputTensor>,
     pub out: &'a OutputFile,
+    pub writer: std::sync::mpsc::SyncSender<Piece>,
+}
+
+/// Writes pieces as they arrive until every sender is gone; returns the first error (and
+/// keeps draining after one, so no worker blocks).
+pub fn write_pieces(
+    out: &OutputFile,
+    pieces: std::sync::mpsc::Receiver<Piece>,
+) -> Result<(), crate::writer::WriteError> {
+    let mut result = Ok(());
+    for (index, offset, bytes) in pieces {
+        if result.is_ok() {
+            result = out.write_tensor_bytes(index, offset, &bytes);
+        }
+    }
+    result
 }
 
 /// What a visit reports back: bytes written.
@@ -113,18 +133,17 @@ impl Visit for MergeWork<'_> {
     ) -> Result<Written, PassError> {
         let out = &self.outputs[&item.entry];
         let spec = &self.out.tensors()[out.out_index];
-        let write_err = |e: crate::writer::WriteError| PassError::Write {
-            path: self.out.path().display().to_string(),
-            source: std::io::Error::other(e.to_string()),
+        let send = |offset: usize, bytes: Vec<u8>| -> Result<Written, PassError> {
+            let n = bytes.len() as u64;
+            // A closed channel means the writer failed; its error is reported at the end.
+            let _ = self.writer.send((out.out_index, offset, bytes));
+            Ok(Written(n))
         };
         match &out.source {
             Source::Copy { model } => {
                 let s = inputs[*model].expect("copied from a model that has the tensor");
                 let bits = dtype::bit_size(spec.dtype);
-                self.out
-                    .write_tensor_bytes(out.out_index, item.start * bits / 8, s.bytes)
-                    .map_err(write_err)?;
-                Ok(Written(s.bytes.len() as u64))
+                send(item.start * bits / 8, s.bytes.to_vec())
             }
             Source::Merge { row, format, .. } => {
                 let key = &plan.entries()[item.entry].key;
@@ -137,21 +156,19 @@ impl Visit for MergeWork<'_> {
                     states: HashMap::new(),
                 };
                 ctx.prepare(self.plan.output, item)?;
-                let mut bytes = vec![0u8; SUB.min(item.len()) * format.size()];
-                let mut written = 0u64;
+                let size = format.size();
+                let mut bytes = vec![0u8; item.len() * size];
+                let mut values = vec![0.0f64; SUB.min(item.len())];
                 let mut start = item.start;
                 while start < item.end {
                     let end = (start + SUB).min(item.end);
-                    let values = ctx.eval(self.plan.output, start, end);
-                    let b = &mut bytes[..(end - start) * format.size()];
-                    kernels::from_f64(*format, &values, b);
-                    self.out
-                        .write_tensor_bytes(out.out_index, start * format.size(), b)
-                        .map_err(write_err)?;
-                    written += b.len() as u64;
+                    let values = &mut values[..end - start];
+                    ctx.eval_into(self.plan.output, start, end, values);
+                    let at = (start - item.start) * size;
+                    kernels::from_f64(*format, values, &mut bytes[at..at + (end - start) * size]);
                     start = end;
                 }
-                Ok(Written(written))
+                send(item.start * size, bytes)
             }
         }
     }
@@ -303,6 +320,56 @@ impl Ctx<'_> {
         z
     }
 
+    /// The stored bytes of input `i` for tensor elements `start..end`, and their format.
+    fn stored(&self, i: usize, start: usize, end: usize) -> (FloatFormat, &[u8]) {
+        let s = self.inputs[i].expect("an input the row needs is present");
+        let format = dtype::float_format(s.dtype).expect("merged tensors are floats");
+        let size = format.size();
+        let at = start - self.origin;
+        (format, &s.bytes[at * size..(at + end - start) * size])
+    }
+
+    /// Writes the values of `node` over tensor elements `start..end` into `out`. Linear
+    /// combinations of inputs read the stored bytes straight into the sum.
+    fn eval_into(&self, node: usize, start: usize, end: usize, out: &mut [f64]) {
+        let plan = self.work.plan;
+        match &plan.nodes[node] {
+            Node::Input(i) => {
+                let (format, bytes) = self.stored(*i, start, end);
+                kernels::to_f64(format, bytes, out);
+                return;
+            }
+            Node::Linear(terms) => {
+                let mut first = true;
+                for (n, p) in terms {
+                    let c = p[self.row];
+                    if c == 0.0 {
+                        continue;
+                    }
+                    if let Node::Input(i) = plan.nodes[*n] {
+                        let (format, bytes) = self.stored(i, start, end);
+                        kernels::axpy_stored(format, c, bytes, out, !first);
+                    } else {
+                        let v = self.eval(*n, start, end);
+                        if first {
+                            out.iter_mut().zip(&v).for_each(|(o, x)| *o = c * x);
+                        } else {
+                            kernels::axpy(c, &v, out);
+                        }
+                    }
+                    first = false;
+                }
+                if first {
+                    out.fill(0.0);
+                }
+            }
+            _ => out.copy_from_slice(&self.eval(node, start, end)),
+        }
+        if self.work.precision == Precision::F32 {
+            out.iter_mut().for_each(|x| *x = *x as f32 as f64);
+        }
+    }
+
     /// The values of `node` over tensor elements `start..end`.
     fn eval(&self, node: usize, start: usize, end: usize) -> Vec<f64> {
         let len = end - start;
@@ -317,15 +384,10 @@ impl Ctx<'_> {
                 kernels::to_f64(format, &s.bytes[at * size..(at + len) * size], &mut out);
                 return out; // Stored values need no rounding.
             }
-            Node::Linear(terms) => {
+            Node::Linear(_) => {
                 let mut acc = vec![0.0; len];
-                for (n, p) in terms {
-                    let c = p[self.row];
-                    if c != 0.0 {
-                        kernels::axpy(c, &self.eval(*n, start, end), &mut acc);
-                    }
-                }
-                acc
+                self.eval_into(node, start, end, &mut acc);
+                return acc; // Already rounded.
             }
             Node::Ties {
                 base,

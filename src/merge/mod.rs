@@ -240,15 +240,11 @@ pub fn run(
         });
     }
     items.sort_by_key(|it| (it.entry, it.start));
-    let work = MergeWork {
-        plan: &merge,
-        precision: options.precision,
-        outputs,
-        out: &output,
-    };
     let mut count = WriteCount::default();
+    let total_input: u64 = Pass::input_bytes(&pass_plan, &items);
 
-    // Hash the inputs that are not cached, on their own threads, while the merge runs.
+    // Hash the inputs that are not cached, on their own threads, while the merge runs; one
+    // more thread writes the output.
     let hashes: Vec<Option<String>> =
         std::thread::scope(|scope| -> Result<Vec<Option<String>>, MergeError> {
             let handles: Vec<_> = models
@@ -257,22 +253,38 @@ pub fn run(
                 .map(|(m, info)| {
                     let needs = info.sha256.as_deref().is_some_and(|h| h.starts_with("@@"));
                     let known = info.sha256.clone();
+                    let release = crate::pass::reads_past_memory(total_input);
                     scope.spawn(move || {
                         if needs {
-                            Some(crate::hash::sha256_file_cached(&m.path, m.ckpt.bytes()))
+                            Some(crate::hash::sha256_checkpoint_cached(
+                                &m.path, &m.ckpt, release,
+                            ))
                         } else {
                             known
                         }
                     })
                 })
                 .collect();
-            pass.run_items(&pass_plan, &items, &work, &mut count)?;
+            let (tx, rx) = std::sync::mpsc::sync_channel(4);
+            let out_ref = &output;
+            let writer = scope.spawn(move || engine::write_pieces(out_ref, rx));
+            let work = MergeWork {
+                plan: &merge,
+                precision: options.precision,
+                outputs,
+                out: &output,
+                writer: tx,
+            };
+            let pass_result = pass.run_items(&pass_plan, &items, &work, &mut count);
+            drop(work); // Closes the channel: the writer finishes.
+            let written = writer.join().expect("the writer does not panic");
+            pass_result?;
+            written?;
             Ok(handles
                 .into_iter()
                 .map(|h| h.join().expect("hashing does not panic"))
                 .collect())
         })?;
-    drop(work);
     for (i, h) in hashes.iter().enumerate() {
         if let Some(h) = h {
             output.patch_header(&metadata::placeholder(i), h)?;

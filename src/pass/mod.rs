@@ -375,7 +375,7 @@ impl<'p> Pass<'p> {
         let release_pages = match self.release {
             Release::Always => true,
             Release::Never => false,
-            Release::Auto => physical_memory().is_some_and(|ram| at > ram / 2),
+            Release::Auto => reads_past_memory(at),
         };
 
         struct Queue<'a, A, P> {
@@ -454,6 +454,12 @@ impl<'p> Pass<'p> {
         self.progress.finish();
         Ok(())
     }
+}
+
+/// Whether reading `bytes` would take more than half of physical memory: then passes hand
+/// their pages back as they go.
+pub fn reads_past_memory(bytes: u64) -> bool {
+    physical_memory().is_some_and(|ram| bytes > ram / 2)
 }
 
 /// Bytes of physical memory, if the OS says.

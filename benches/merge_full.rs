@@ -1,0 +1,136 @@
+//! `merge` on full-size SDXL fp16 checkpoints: time and peak memory, beside this machine's
+//! write limit measured in the same run.
+//!
+//!     cargo bench --bench merge_full
+//!
+//! * two real 6.9 GB SDXL files (generated once into target/bench-data): weighted sum, with
+//!   and without the inputs' SHA-256 (the cache is emptied first, so they are computed);
+//! * twenty inputs: 20 weight-free (sparse, zero) SDXL files with the real header, averaged.
+//!   They have the real layout and sizes, so memory behaves as with real files, but need no
+//!   disk (140 GB of real files would not fit on this machine).
+
+mod common;
+
+use std::path::Path;
+
+use ckpt_diff::catalog::Arch;
+use ckpt_diff::pass::NoProgress;
+use ckpt_diff::reader::dtype::FloatFormat;
+use ckpt_diff::synth::{self, Layout, Synthetic};
+use common::*;
+
+fn main() {
+    let a = model(Arch::Sdxl, FloatFormat::F16, 1, 0.0);
+    let b = model(Arch::Sdxl, FloatFormat::F16, 1, 0.1);
+    let dir = data_dir();
+    let out = dir.join("merged.safetensors");
+    let in_bytes = std::fs::metadata(&a).unwrap().len() * 2;
+    let write_rate = disk_write_rate(&dir);
+
+    let cache = tempfile::tempdir().unwrap();
+    // SAFETY (for the env var): set before any thread of this process reads it.
+    unsafe { std::env::set_var("XDG_CACHE_HOME", cache.path()) };
+
+    let (sa, sb, so) = (
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    warm(&[&a, &b]);
+    let ws = |extra: &[&str]| {
+        let mut args = vec![
+            "merge", "ws", sa, sb, "--alpha", "0.5", "-o", so, "--force", "-q",
+        ];
+        args.extend(extra);
+        let r = run_binary(&args);
+        let _ = std::fs::remove_file(&out);
+        r
+    };
+    let (t_nohash, rss_nohash, anon_nohash) = ws(&["--no-input-hashes"]);
+    let (t_hash, rss_hash, anon_hash) = ws(&[]);
+    let (t_cached, _, _) = ws(&[]);
+
+    // Twenty sparse inputs.
+    let zeros: Vec<std::path::PathBuf> = (0..20)
+        .map(|i| {
+            let p = dir.join(format!("sdxl-zeros-{i}.safetensors"));
+            if !p.exists() {
+                let mut l = Layout::new(Arch::Sdxl, 1, FloatFormat::F16);
+                l.zero_data = true;
+                synth::write(&p, &l, &Synthetic::base(Arch::Sdxl, i), &[], &NoProgress).unwrap();
+            }
+            p
+        })
+        .collect();
+    let recipe = dir.join("avg20.recipe");
+    let mut text = String::new();
+    for (i, p) in zeros.iter().enumerate() {
+        text.push_str(&format!("M{i} = \"{}\"\n", p.display()));
+    }
+    let names: Vec<String> = (0..20).map(|i| format!("M{i}")).collect();
+    text.push_str(&format!("OUT = avg({})\n", names.join(", ")));
+    std::fs::write(&recipe, text).unwrap();
+    let (t20, rss20, anon20) = run_binary(&[
+        "merge",
+        recipe.to_str().unwrap(),
+        "-o",
+        so,
+        "--force",
+        "-q",
+        "--no-input-hashes",
+    ]);
+    let _ = std::fs::remove_file(&out);
+
+    let out_gb = gb(in_bytes / 2);
+    println!(
+        "## merge, SDXL fp16 (6.94 GB per file), {} threads\n",
+        rayon::current_num_threads()
+    );
+    println!(
+        "disk write limit, same run: {write_rate:.2} GB/s (8 MiB writes + fsync) -> {:.1} s for one SDXL output\n",
+        out_gb / write_rate
+    );
+    println!("| run | time | output GB/s | peak RSS | peak anonymous RSS |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!(
+        "| ws A B, 2 inputs, no input hashes | {t_nohash:.1} s | {:.2} | {:.2} GB | {:.0} MB |",
+        out_gb / t_nohash,
+        gb(rss_nohash),
+        anon_nohash as f64 / 1e6
+    );
+    println!(
+        "| ws A B, 2 inputs, SHA-256 of both computed meanwhile | {t_hash:.1} s | {:.2} | {:.2} GB | {:.0} MB |",
+        out_gb / t_hash,
+        gb(rss_hash),
+        anon_hash as f64 / 1e6
+    );
+    println!(
+        "| ws A B, 2 inputs, SHA-256 from the cache | {t_cached:.1} s | {:.2} | | |",
+        out_gb / t_cached
+    );
+    println!(
+        "| avg of 20 inputs (sparse zero-weight files) | {t20:.1} s | {:.2} | {:.2} GB | {:.0} MB |",
+        out_gb / t20,
+        gb(rss20),
+        anon20 as f64 / 1e6
+    );
+}
+
+/// Sequential write speed with fsync, as a merge's output sees it.
+fn disk_write_rate(dir: &Path) -> f64 {
+    use std::io::Write;
+    let p = dir.join("write-test.bin");
+    let buf = vec![0x5au8; 8 << 20];
+    let n = 256; // 2 GiB
+    let t = std::time::Instant::now();
+    {
+        let mut f = std::fs::File::create(&p).unwrap();
+        for _ in 0..n {
+            f.write_all(&buf).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&p);
+    (n * buf.len()) as f64 / secs / 1e9
+}
