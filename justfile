@@ -18,7 +18,7 @@ build:
     cargo build --release
 
 # All benchmarks (full-size inputs are generated once into target/bench-data).
-bench: bench-kernels bench-sim
+bench: bench-kernels bench-sim bench-merge
 
 # Kernel throughput in cache, every kernel level of this CPU.
 bench-kernels:
@@ -27,6 +27,10 @@ bench-kernels:
 # `sim` on two full-size SD1.5 fp16 files beside this machine's memory bandwidth.
 bench-sim:
     cargo bench --bench sim_full
+
+# `merge` on full-size SDXL fp16 files: time and peak memory (2 and 20 inputs).
+bench-merge:
+    cargo bench --bench merge_full
 
 # Delete the generated benchmark inputs (several GB).
 bench-clean:

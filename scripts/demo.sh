@@ -30,4 +30,18 @@ step "the same, for scripts"
 $bin sim "$data/sd1/ft2.safetensors" "$data/sd1/mbw-ft1-ft2.safetensors" --json > "$out/sim-ft2-mbw.json"
 echo "wrote $out/sim-ft2-mbw.json"
 
+step "merge: a three-step recipe in one pass (weighted sum, add difference, block weights)"
+cat > "$data/sd1/demo.recipe" <<'RECIPE'
+base = base.safetensors
+ft1  = ft1.safetensors
+ft2  = ft2.safetensors
+ft3  = ft3.safetensors
+mix  = ft1 x 0.6 + ft2 x 0.4
+spicy = mix + (ft3 - base) x 0.5
+OUT  = spicy x (1-alpha) + ft2 x alpha
+    alpha = {OUT06..OUT11: 0.3, BASE: 1}
+RECIPE
+$bin merge "$data/sd1/demo.recipe" -o "$data/sd1/demo-merge.safetensors" --force | tee "$out/merge.txt"
+$bin inspect "$data/sd1/demo-merge.safetensors" | sed -n '/merge recipe/,$p' | tee -a "$out/merge.txt"
+
 step "done: outputs in $out/"
