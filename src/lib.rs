@@ -15,6 +15,7 @@
 
 pub mod catalog;
 pub mod cli;
+pub mod fix;
 pub mod gram;
 pub mod hash;
 pub mod kernels;

@@ -5,6 +5,8 @@ mod util;
 
 mod bad_input;
 mod detect;
+mod hash;
 mod merge;
 mod props;
 mod sim;
+mod validate;

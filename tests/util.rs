@@ -162,3 +162,102 @@ pub fn reference_map(path: &Path) -> std::collections::BTreeMap<String, RefTenso
         .map(|t| (t.name.clone(), t))
         .collect()
 }
+
+/// A tensor to write with [`write_raw`].
+#[derive(Clone, Debug)]
+pub struct RawTensor {
+    pub name: String,
+    pub dtype: String,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Writes a safetensors file by hand, tensors in the given order (independent of the
+/// project's writer), with optional metadata and header padding.
+pub fn write_raw(
+    path: &Path,
+    tensors: &[RawTensor],
+    metadata: &[(&str, &str)],
+    pad_header_to: usize,
+) {
+    let mut header = String::from("{");
+    if !metadata.is_empty() {
+        let m: Vec<String> = metadata
+            .iter()
+            .map(|(k, v)| format!("{}:{}", serde_json::json!(k), serde_json::json!(v)))
+            .collect();
+        header.push_str(&format!("\"__metadata__\":{{{}}},", m.join(",")));
+    }
+    let mut at = 0;
+    let mut parts = Vec::new();
+    for t in tensors {
+        parts.push(format!(
+            "{}:{{\"dtype\":\"{}\",\"shape\":{:?},\"data_offsets\":[{},{}]}}",
+            serde_json::json!(t.name),
+            t.dtype,
+            t.shape,
+            at,
+            at + t.data.len()
+        ));
+        at += t.data.len();
+    }
+    header.push_str(&parts.join(","));
+    header.push('}');
+    while header.len() < pad_header_to || header.len() % 8 != 0 {
+        header.push(' ');
+    }
+    let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+    bytes.extend(header.as_bytes());
+    for t in tensors {
+        bytes.extend(&t.data);
+    }
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// Every tensor of a file as [`RawTensor`]s (read with the `safetensors` crate), in name
+/// order, with the metadata.
+pub fn read_raw(path: &Path) -> (Vec<RawTensor>, Vec<(String, String)>) {
+    let bytes = std::fs::read(path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let mut tensors: Vec<RawTensor> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| RawTensor {
+            name,
+            dtype: v.dtype().to_string(),
+            shape: v.shape().to_vec(),
+            data: v.data().to_vec(),
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut metadata: Vec<(String, String)> = meta
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    metadata.sort();
+    (tensors, metadata)
+}
+
+/// Rewrites `src` into `dst` after `edit` changes the tensor list.
+pub fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<RawTensor>)) {
+    let (mut tensors, metadata) = read_raw(src);
+    edit(&mut tensors);
+    let meta: Vec<(&str, &str)> = metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    write_raw(dst, &tensors, &meta, 0);
+}
+
+/// Runs the binary and returns (exit code, stdout, stderr).
+pub fn run_code(args: &[&str]) -> (i32, String, String) {
+    let out = ckpt_diff().args(args).output().expect("run");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

@@ -5,10 +5,13 @@
 //! not hold); 2 usage, input or I/O error; 130 interrupted (temporary files removed).
 
 mod common;
+mod fix;
+mod hash;
 mod inspect;
 mod merge;
 mod sim;
 mod synth;
+mod validate;
 
 use std::process::ExitCode;
 
@@ -39,6 +42,13 @@ enum Command {
     Inspect(inspect::Args),
     /// Merge checkpoints from a recipe (or `merge ws A B`, `merge ad A B C`), in one pass.
     Merge(merge::Args),
+    /// File hashes as Civitai and A1111 show them; component hashes with --components.
+    Hash(hash::Args),
+    /// Check structure, pruning, dtypes, NaN/Inf and position_ids (exit 0 clean, 1
+    /// warnings, 2 errors).
+    Validate(validate::Args),
+    /// Repair what validate reports, into a new file.
+    Fix(fix::Args),
     /// Write synthetic checkpoints with real SD1/SD2/SDXL key layouts (test data).
     Synth(synth::Args),
 }
@@ -48,6 +58,8 @@ pub enum Outcome {
     Ok,
     /// A check found something worth a non-zero exit (code 1).
     Findings,
+    /// A command-specific exit code (`validate`: 0 clean, 1 warnings, 2 errors).
+    Exit(u8),
 }
 
 /// Parses arguments, runs the command, prints errors; returns the exit code.
@@ -67,10 +79,14 @@ pub fn run() -> ExitCode {
         Command::Inspect(args) => inspect::run(args, &global),
         Command::Merge(args) => merge::run(args, &global),
         Command::Synth(args) => synth::run(args, &global),
+        Command::Hash(args) => hash::run(args, &global),
+        Command::Validate(args) => validate::run(args, &global),
+        Command::Fix(args) => fix::run(args, &global),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Findings) => ExitCode::from(1),
+        Ok(Outcome::Exit(code)) => ExitCode::from(code),
         Err(e) => report_error(&e),
     }
 }

@@ -123,6 +123,53 @@ pub struct FileError {
     pub kind: ReadError,
 }
 
+/// Any file, memory-mapped read-only and not parsed: for hashing files whatever they are
+/// (Civitai and A1111 hash pickles too; hashing never unpickles).
+pub struct RawFile {
+    path: PathBuf,
+    map: Option<Mmap>,
+}
+
+impl RawFile {
+    pub fn open(path: impl AsRef<Path>) -> Result<RawFile, FileError> {
+        let path = path.as_ref();
+        let wrap = |kind: ReadError| FileError {
+            path: path.to_path_buf(),
+            kind,
+        };
+        let file = File::open(path).map_err(|e| wrap(e.into()))?;
+        let meta = file.metadata().map_err(|e| wrap(e.into()))?;
+        if meta.is_dir() {
+            return Err(wrap(ReadError::IsDirectory));
+        }
+        // An empty file cannot be mapped; it hashes as no bytes.
+        let map = if meta.len() == 0 {
+            None
+        } else {
+            Some(map_file(&file).map_err(|e| wrap(e.into()))?)
+        };
+        Ok(RawFile {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        self.map.as_deref().unwrap_or(&[])
+    }
+
+    /// As [`Checkpoint::release`].
+    pub fn release(&self, start: u64, end: u64) {
+        if let Some(map) = &self.map {
+            release_range(map, start, end);
+        }
+    }
+}
+
 /// An open, checked safetensors file.
 pub struct Checkpoint {
     path: PathBuf,
@@ -161,18 +208,7 @@ impl Checkpoint {
         if file_len < 8 {
             return Err(ReadError::TooShort { len: file_len });
         }
-        // SAFETY: the mapping is read-only and private to this process. The one hazard is
-        // another process truncating or rewriting the file while it is mapped: reads then
-        // see the new bytes or fault with SIGBUS. ckpt-diff never writes to an input (the
-        // writer refuses an output path equal to an input), and users are told not to edit
-        // files while a command runs. This is the crate's only `Mmap::map`.
-        let map = unsafe { Mmap::map(&file)? };
-        // Readahead helps the tensor-by-tensor pass. Huge pages: a cold read through this
-        // mapping fills the page cache with 2 MiB folios that later runs map with one entry
-        // each instead of faulting 64 KiB at a time (measured 0.25 s -> 0.16 s to read two
-        // SD1.5 files). Failure to advise is harmless.
-        let _ = map.advise(Advice::Sequential);
-        let _ = map.advise(Advice::HugePage);
+        let map = map_file(&file)?;
 
         match sniff::sniff(&map[..map.len().min(16)]) {
             Sniffed::TorchZip => return Err(ReadError::Pickle("zip container")),
@@ -286,24 +322,48 @@ impl Checkpoint {
     /// them again. Keeps resident memory bounded in long passes. Only whole pages inside
     /// the range are released.
     pub fn release(&self, start: u64, end: u64) {
-        const PAGE: u64 = 4096;
-        let first = start.div_ceil(PAGE) * PAGE;
-        let last = (end / PAGE) * PAGE;
-        if last <= first || last > self.map.len() as u64 {
-            return;
-        }
-        // SAFETY: the mapping is private and read-only, so MADV_DONTNEED cannot discard data
-        // (there are no private changes); the bytes read back the same from the page cache.
-        // Slices of the mapping that other code still holds stay valid: the address range
-        // stays mapped and faults the pages back in on access.
-        let _ = unsafe {
-            self.map.unchecked_advise_range(
-                UncheckedAdvice::DontNeed,
-                first as usize,
-                (last - first) as usize,
-            )
-        };
+        release_range(&self.map, start, end);
     }
+}
+
+/// Maps a whole file read-only, advised for a sequential read in huge pages. The crate's
+/// only `Mmap::map`.
+///
+/// Readahead helps the tensor-by-tensor pass. Huge pages: a cold read through this mapping
+/// fills the page cache with 2 MiB folios that later runs map with one entry each instead of
+/// faulting 64 KiB at a time (measured 0.25 s -> 0.16 s to read two SD1.5 files). Failure to
+/// advise is harmless.
+fn map_file(file: &File) -> std::io::Result<Mmap> {
+    // SAFETY: the mapping is read-only and private to this process. The one hazard is
+    // another process truncating or rewriting the file while it is mapped: reads then see
+    // the new bytes or fault with SIGBUS. ckpt-diff never writes to an input (the writer
+    // refuses an output path equal to an input), and users are told not to edit files while
+    // a command runs.
+    let map = unsafe { Mmap::map(file)? };
+    let _ = map.advise(Advice::Sequential);
+    let _ = map.advise(Advice::HugePage);
+    Ok(map)
+}
+
+/// Drops the page-table entries of the whole pages inside `start..end` of a mapping.
+fn release_range(map: &Mmap, start: u64, end: u64) {
+    const PAGE: u64 = 4096;
+    let first = start.div_ceil(PAGE) * PAGE;
+    let last = (end / PAGE) * PAGE;
+    if last <= first || last > map.len() as u64 {
+        return;
+    }
+    // SAFETY: the mapping is private and read-only, so MADV_DONTNEED cannot discard data
+    // (there are no private changes); the bytes read back the same from the page cache.
+    // Slices of the mapping that other code still holds stay valid: the address range stays
+    // mapped and faults the pages back in on access.
+    let _ = unsafe {
+        map.unchecked_advise_range(
+            UncheckedAdvice::DontNeed,
+            first as usize,
+            (last - first) as usize,
+        )
+    };
 }
 
 #[cfg(test)]

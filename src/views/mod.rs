@@ -1,5 +1,7 @@
 //! Analyses: each turns accumulated statistics into a plain result struct. Nothing here
 //! prints; [`crate::reports`] renders.
 
+pub mod components;
 pub mod inspect;
 pub mod sim;
+pub mod validate;
