@@ -44,4 +44,12 @@ RECIPE
 $bin merge "$data/sd1/demo.recipe" -o "$data/sd1/demo-merge.safetensors" --force | tee "$out/merge.txt"
 $bin inspect "$data/sd1/demo-merge.safetensors" | sed -n '/merge recipe/,$p' | tee -a "$out/merge.txt"
 
+step "hashes as Civitai and A1111 show them, plus component hashes"
+$bin hash "$data/sd1/demo-merge.safetensors" --components | tee "$out/hash.txt"
+
+step "validate and fix: a file with EMA weights, schedule buffers and fp32 weights"
+$bin synth model "$data/sd1/heavy.safetensors" --arch sd1 --scale 8 --seed 42 --ema --scheduler --dtype f32 -q
+$bin validate "$data/sd1/heavy.safetensors" | tee "$out/validate.txt" || true
+$bin fix "$data/sd1/heavy.safetensors" -o "$data/sd1/heavy-fixed.safetensors" --drop-ema --dtype f16 --force | tee "$out/fix.txt"
+
 step "done: outputs in $out/"
