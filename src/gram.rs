@@ -118,15 +118,31 @@ pub struct GramSpec {
     pub center: Option<usize>,
     /// Keep one Gram per tensor too.
     pub per_tensor: bool,
+    /// Also sum the squared differences Σ(xᵢ − xⱼ)² of every pair directly, element by
+    /// element: exact for nearly equal models, where Gᵢᵢ + Gⱼⱼ − 2Gᵢⱼ cancels.
+    pub distances: bool,
 }
 
 /// Sums for one report row.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RowSums {
     pub gram: Gram,
+    /// Σ(xᵢ − xⱼ)² per pair (diagonal 0), when asked for.
+    pub dist2: Option<Gram>,
     /// Elements summed (per model).
     pub params: u64,
     pub tensors: usize,
+}
+
+impl RowSums {
+    fn zeros(n: usize, distances: bool) -> RowSums {
+        RowSums {
+            gram: Gram::zeros(n),
+            dist2: distances.then(|| Gram::zeros(n)),
+            params: 0,
+            tensors: 0,
+        }
+    }
 }
 
 /// Sums for one tensor.
@@ -136,6 +152,7 @@ pub struct TensorSums {
     pub entry: usize,
     pub row: usize,
     pub gram: Gram,
+    pub dist2: Option<Gram>,
     pub params: u64,
 }
 
@@ -158,13 +175,13 @@ pub struct InnerProducts {
 impl InnerProducts {
     /// The sum of the Gram matrices of the given rows.
     pub fn sum_rows(&self, rows: impl IntoIterator<Item = usize>) -> RowSums {
-        let mut total = RowSums {
-            gram: Gram::zeros(self.n),
-            params: 0,
-            tensors: 0,
-        };
+        let mut total =
+            RowSums::zeros(self.n, self.rows.first().is_some_and(|r| r.dist2.is_some()));
         for r in rows {
             total.gram.add(&self.rows[r].gram);
+            if let (Some(t), Some(d)) = (&mut total.dist2, &self.rows[r].dist2) {
+                t.add(d);
+            }
             total.params += self.rows[r].params;
             total.tensors += self.rows[r].tensors;
         }
@@ -199,19 +216,14 @@ pub fn gather(
     let work = GramWork {
         n,
         center: spec.center,
+        distances: spec.distances,
     };
     let mut sums = GramSums {
         n,
         per_tensor: spec.per_tensor,
+        distances: spec.distances,
         row_of_entry,
-        rows: vec![
-            RowSums {
-                gram: Gram::zeros(n),
-                params: 0,
-                tensors: 0
-            };
-            grouping.groups().len()
-        ],
+        rows: vec![RowSums::zeros(n, spec.distances); grouping.groups().len()],
         tensors: Vec::new(),
         integer_entries: Vec::new(),
     };
@@ -235,12 +247,14 @@ pub fn gather(
 struct GramWork {
     n: usize,
     center: Option<usize>,
+    distances: bool,
 }
 
 /// The running sums, per row and per tensor, absorbed in plan order.
 struct GramSums {
     n: usize,
     per_tensor: bool,
+    distances: bool,
     row_of_entry: Vec<usize>,
     rows: Vec<RowSums>,
     tensors: Vec<TensorSums>,
@@ -248,7 +262,8 @@ struct GramSums {
 }
 
 enum Partial {
-    Float(Vec<f64>),
+    /// Packed Gram, and packed squared distances when asked for.
+    Float(Vec<f64>, Option<Vec<f64>>),
     /// Integer tensors: do all models hold the same bytes and dtype in this item?
     Integer(bool),
 }
@@ -281,14 +296,16 @@ impl Visit for GramWork {
         // Two models of one format, uncentered: the fused kernel reads the bytes directly.
         if n == 2
             && self.center.is_none()
+            && !self.distances
             && formats[0] == formats[1]
             && let Some(g) =
                 kernels::gram2_stored(formats[0].expect("float"), inputs[0].bytes, inputs[1].bytes)
         {
-            return Ok(Partial::Float(g.to_vec()));
+            return Ok(Partial::Float(g.to_vec(), None));
         }
         let mut rows = vec![0.0f64; n * CHUNK];
         let mut gram = vec![0.0f64; packed_len(n)];
+        let mut dist2 = self.distances.then(|| vec![0.0f64; packed_len(n)]);
         let mut start = 0;
         while start < item.len() {
             let len = CHUNK.min(item.len() - start);
@@ -308,9 +325,27 @@ impl Visit for GramWork {
             }
             let refs: Vec<&[f64]> = rows.chunks(CHUNK).map(|r| &r[..len]).collect();
             kernels::gram_upper_acc(&refs, &mut gram);
+            if let Some(d) = &mut dist2 {
+                // Centered rows hold x_c and dᵢ = xᵢ − x_c: the distance to c is ‖dᵢ‖ (in
+                // the Gram already), between others ‖dᵢ − dⱼ‖.
+                for i in 0..n {
+                    for j in i + 1..n {
+                        if self.center == Some(i) || self.center == Some(j) {
+                            continue;
+                        }
+                        d[packed_index(n, i, j)] += kernels::dist2(refs[i], refs[j]);
+                    }
+                }
+            }
             start += len;
         }
-        Ok(Partial::Float(gram))
+        if let (Some(d), Some(c)) = (&mut dist2, self.center) {
+            for j in (0..n).filter(|&j| j != c) {
+                let (a, b) = (c.min(j), c.max(j));
+                d[packed_index(n, a, b)] = gram[packed_index(n, j, j)];
+            }
+        }
+        Ok(Partial::Float(gram, dist2))
     }
 }
 
@@ -328,24 +363,32 @@ impl Absorb<Partial> for GramSums {
                         .1 = false;
                 }
             }
-            Partial::Float(packed) => {
+            Partial::Float(packed, dist2) => {
                 let sums = &mut self.rows[row];
                 sums.gram.add_packed(&packed);
+                if let (Some(t), Some(d)) = (&mut sums.dist2, &dist2) {
+                    t.add_packed(d);
+                }
                 sums.params += item.len() as u64;
                 if item.is_first() {
                     sums.tensors += 1;
                 }
                 if self.per_tensor {
                     if item.is_first() {
+                        let dist2 = self.distances.then(|| Gram::zeros(self.n));
                         self.tensors.push(TensorSums {
                             entry: item.entry,
                             row,
                             gram: Gram::zeros(self.n),
+                            dist2,
                             params: 0,
                         });
                     }
                     let t = self.tensors.last_mut().expect("first item came first");
                     t.gram.add_packed(&packed);
+                    if let (Some(t), Some(d)) = (&mut t.dist2, &dist2) {
+                        t.add_packed(d);
+                    }
                     t.params += item.len() as u64;
                 }
             }

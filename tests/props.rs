@@ -30,6 +30,7 @@ fn open_and_read(bytes: &[u8]) {
         GramSpec {
             center: Some(0),
             per_tensor: true,
+            distances: true,
         },
         &pass,
     )

@@ -6,6 +6,7 @@ mod util;
 mod bad_input;
 mod detect;
 mod hash;
+mod l2;
 mod merge;
 mod props;
 mod sim;

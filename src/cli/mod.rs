@@ -8,6 +8,7 @@ mod common;
 mod fix;
 mod hash;
 mod inspect;
+mod l2;
 mod merge;
 mod sim;
 mod synth;
@@ -40,6 +41,8 @@ enum Command {
     Sim(sim::Args),
     /// Architecture, variant, components, dtypes and metadata of a checkpoint.
     Inspect(inspect::Args),
+    /// L2 distances of models from a base per block, pairwise matrices, maps, a report.
+    L2(l2::Args),
     /// Merge checkpoints from a recipe (or `merge ws A B`, `merge ad A B C`), in one pass.
     Merge(merge::Args),
     /// File hashes as Civitai and A1111 show them; component hashes with --components.
@@ -77,6 +80,7 @@ pub fn run() -> ExitCode {
     let result = match cli.command {
         Command::Sim(args) => sim::run(args, &global),
         Command::Inspect(args) => inspect::run(args, &global),
+        Command::L2(args) => l2::run(args, &global),
         Command::Merge(args) => merge::run(args, &global),
         Command::Synth(args) => synth::run(args, &global),
         Command::Hash(args) => hash::run(args, &global),

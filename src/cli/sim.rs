@@ -32,6 +32,9 @@ pub struct Args {
     /// Row layout; detected from the files by default.
     #[arg(long, value_enum)]
     arch: Option<ArchArg>,
+    /// Also write a report folder (index.html, summary.md, a chart) here.
+    #[arg(long, value_name = "DIR")]
+    report: Option<std::path::PathBuf>,
     #[command(flatten)]
     format: FormatArgs,
 }
@@ -69,6 +72,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         GramSpec {
             center: None,
             per_tensor: args.per_tensor,
+            distances: false,
         },
         &pass,
     )?;
@@ -90,5 +94,11 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         args.format.format(),
     );
     print(&text)?;
+    if let Some(dir) = &args.report {
+        crate::reports::sim::write_report(&lines, grouping.layout().arch(), &result, dir)?;
+        if !global.quiet {
+            eprintln!("report: {}", dir.join("index.html").display());
+        }
+    }
     Ok(Outcome::Ok)
 }

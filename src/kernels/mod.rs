@@ -155,6 +155,26 @@ fn dot_at(level: Level, a: &[f64], b: &[f64]) -> f64 {
     }
 }
 
+/// ‖a − b‖² = Σ (aᵢ − bᵢ)², differences taken element by element (exact when aᵢ and bᵢ
+/// are close), summed in f64.
+pub fn dist2(a: &[f64], b: &[f64]) -> f64 {
+    assert_eq!(a.len(), b.len(), "dist2: length mismatch");
+    let mut lanes = [0.0f64; 8];
+    let split = a.len() / 8 * 8;
+    for (ca, cb) in a[..split].chunks_exact(8).zip(b[..split].chunks_exact(8)) {
+        for l in 0..8 {
+            let d = ca[l] - cb[l];
+            lanes[l] += d * d;
+        }
+    }
+    let mut s: f64 = lanes.iter().sum();
+    for i in split..a.len() {
+        let d = a[i] - b[i];
+        s += d * d;
+    }
+    s
+}
+
 /// ‖a‖² = Σ aᵢ².
 pub fn norm_l2_sqr(a: &[f64]) -> f64 {
     dot(a, a)

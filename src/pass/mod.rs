@@ -568,6 +568,7 @@ mod tests {
                 GramSpec {
                     center,
                     per_tensor: true,
+                    distances: true,
                 },
                 &pass,
             )

@@ -1,7 +1,10 @@
 //! Renders results for people and scripts: terminal tables (comfy-table), Markdown, CSV and
 //! JSON. Views build plain structs; only this module and the CLI turn them into text.
 
+pub mod chart;
+pub mod html;
 pub mod inspect;
+pub mod l2;
 pub mod sim;
 
 use comfy_table::{CellAlignment, ContentArrangement, Table, presets};

@@ -204,3 +204,54 @@ fn notes(report: &SimReport) -> String {
     }
     s
 }
+
+/// Writes a report folder for a comparison: the table, a per-block chart, notes.
+pub fn write_report(
+    models: &[ModelLine],
+    arch: Option<Arch>,
+    report: &SimReport,
+    dir: &std::path::Path,
+) -> Result<(), super::chart::ChartError> {
+    use super::html::{Part, Report, Section};
+    std::fs::create_dir_all(dir).map_err(|e| super::chart::ChartError {
+        what: dir.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let labels: Vec<String> = report.rows.iter().map(|r| r.label.clone()).collect();
+    let values: Vec<f64> = report.rows.iter().map(|r| r.similarity * 100.0).collect();
+    let name = format!("{} vs {}", models[0].name, models[1].name);
+    let chart = super::chart::lines(
+        "Cosine similarity per block",
+        &labels,
+        &[(name, values)],
+        "similarity (%)",
+        false,
+        Some(&dir.join("similarity.png")),
+    )?;
+    let mut inputs = TextTable::new(&["", "file", "detected"], &[false, false, false]);
+    for (tag, m) in ["A", "B"].iter().zip(models) {
+        inputs.push(vec![tag.to_string(), m.name.clone(), m.detection.clone()]);
+    }
+    let mut parts = vec![Part::Table(inputs)];
+    parts.push(Part::Text(
+        "Cosine similarity of the weights; a block's tensors are flattened into one vector.".into(),
+    ));
+    parts.push(Part::Table(table(report, arch)));
+    parts.push(Part::Chart(chart));
+    let n = notes(report);
+    if !n.is_empty() {
+        parts.push(Part::Text(n));
+    }
+    let r = Report {
+        title: "Block similarity".into(),
+        command: super::html::command_line(),
+        sections: vec![Section {
+            heading: "Comparison".into(),
+            parts,
+        }],
+    };
+    r.write(dir).map_err(|e| super::chart::ChartError {
+        what: dir.display().to_string(),
+        message: e.to_string(),
+    })
+}

@@ -3,5 +3,7 @@
 
 pub mod components;
 pub mod inspect;
+pub mod l2;
+pub mod mds;
 pub mod sim;
 pub mod validate;

@@ -1,0 +1,86 @@
+//! `ckpt-diff l2 --base BASE M1 M2 ...`: distances from a base, matrices, maps, a report.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+
+use super::Outcome;
+use super::common::{ArchArg, FormatArgs, Global, Model, choose_grouping, open_all, print};
+use crate::gram::{GramSpec, gather};
+use crate::pass::progress::Bar;
+use crate::pass::{Pass, Plan};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The reference model (usually the SD base the others were trained or merged from).
+    #[arg(long)]
+    base: PathBuf,
+    /// The models to place relative to the base.
+    #[arg(required = true)]
+    models: Vec<PathBuf>,
+    /// Write a report folder (index.html, summary.md, charts as PNG) here, e.g.
+    /// reports/my-models.
+    #[arg(long, alias = "out", value_name = "DIR")]
+    report: Option<PathBuf>,
+    /// Log scale for the absolute-distance chart.
+    #[arg(long)]
+    log: bool,
+    /// Only keys matching this regular expression (canonical key names).
+    #[arg(long, value_name = "REGEX")]
+    keys: Option<String>,
+    /// Row layout; detected from the files by default.
+    #[arg(long, value_enum)]
+    arch: Option<ArchArg>,
+    #[command(flatten)]
+    format: FormatArgs,
+}
+
+pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+    let keys = args
+        .keys
+        .as_deref()
+        .map(regex::Regex::new)
+        .transpose()
+        .context("--keys is not a valid regular expression")?;
+    let mut paths = vec![args.base.clone()];
+    paths.extend(args.models.iter().cloned());
+    let models = open_all(&paths)?;
+    let refs: Vec<&Model> = models.iter().collect();
+    let grouping = choose_grouping(&refs, args.arch, "l2")?;
+    let plan = Plan::new(models.iter().map(|m| &m.ckpt).collect());
+    let entries: Vec<usize> = plan
+        .entries()
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| keys.as_ref().is_none_or(|re| re.is_match(&e.key)))
+        .map(|(i, _)| i)
+        .collect();
+    let bar = Bar::new("reading", global.quiet);
+    let inner = gather(
+        &plan,
+        &grouping,
+        &entries,
+        GramSpec {
+            center: Some(0),
+            per_tensor: false,
+            distances: true,
+        },
+        &Pass::new(&bar),
+    )?;
+    drop(bar);
+    let names: Vec<String> = models.iter().map(|m| m.name()).collect();
+    let report = crate::views::l2::report(names, &grouping, &inner);
+    let base_line = format!("{} ({})", models[0].name(), models[0].describe());
+    print(&crate::reports::l2::render(
+        &report,
+        &base_line,
+        args.format.format(),
+    ))?;
+    if let Some(dir) = &args.report {
+        crate::reports::l2::write_report(&report, dir, &base_line, args.log)?;
+        if !global.quiet {
+            eprintln!("report: {}", dir.join("index.html").display());
+        }
+    }
+    Ok(Outcome::Ok)
+}
