@@ -1,6 +1,9 @@
 //! `ckpt-diff l2` against a naive computation over independently read tensors; exactness
 //! for nearly equal models; MDS on a planted planar family; charts decoded.
 
+// The reference computations are straight index loops on purpose: the plainest form.
+#![allow(clippy::needless_range_loop)]
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
