@@ -18,7 +18,7 @@ build:
     cargo build --release
 
 # All benchmarks (full-size inputs are generated once into target/bench-data).
-bench: bench-kernels bench-sim bench-merge bench-hash
+bench: bench-kernels bench-sim bench-merge bench-hash bench-l2
 
 # Kernel throughput in cache, every kernel level of this CPU.
 bench-kernels:
@@ -31,6 +31,10 @@ bench-sim:
 # `merge` on full-size SDXL fp16 files: time and peak memory (2 and 20 inputs).
 bench-merge:
     cargo bench --bench merge_full
+
+# `l2` over 1 base + 8 full-size SD1.5 fp16 models: time, GB/s, peak memory.
+bench-l2:
+    cargo bench --bench l2_full
 
 # `hash` on a full-size SDXL fp16 file beside each algorithm alone.
 bench-hash:

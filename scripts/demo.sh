@@ -30,6 +30,11 @@ step "the same, for scripts"
 $bin sim "$data/sd1/ft2.safetensors" "$data/sd1/mbw-ft1-ft2.safetensors" --json > "$out/sim-ft2-mbw.json"
 echo "wrote $out/sim-ft2-mbw.json"
 
+step "L2 distances from the base, maps, and an HTML report"
+$bin l2 --base "$data/sd1/base.safetensors" "$data/sd1/ft1.safetensors" "$data/sd1/ft2.safetensors" \
+    "$data/sd1/ft3.safetensors" "$data/sd1/ws-ft1-ft2.safetensors" "$data/sd1/mbw-ft1-ft2.safetensors" \
+    "$data/sd1/ad-ft1-ft3.safetensors" --report "$out/l2" | tee "$out/l2.txt"
+
 step "merge: a three-step recipe in one pass (weighted sum, add difference, block weights)"
 cat > "$data/sd1/demo.recipe" <<'RECIPE'
 base = base.safetensors

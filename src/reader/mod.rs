@@ -31,8 +31,9 @@ use sniff::Sniffed;
 /// What is wrong with a file, without its path (see [`FileError`]).
 #[derive(Debug, Error)]
 pub enum ReadError {
+    // Displayed, not chained: the CLI prints the whole chain, which would repeat it.
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     #[error("this is a directory, not a checkpoint file")]
     IsDirectory,
     #[error(
@@ -94,6 +95,12 @@ pub enum ReadError {
     Overlap { first: String, second: String },
 }
 
+impl From<std::io::Error> for ReadError {
+    fn from(e: std::io::Error) -> Self {
+        ReadError::Io(e)
+    }
+}
+
 impl ReadError {
     /// A sentence that tells the user what to do about it, when there is one.
     pub fn hint(&self) -> Option<&'static str> {
@@ -119,7 +126,7 @@ impl ReadError {
 #[error("'{}': {kind}", path.display())]
 pub struct FileError {
     pub path: PathBuf,
-    #[source]
+    /// Displayed as part of this error (not chained, so the message says it once).
     pub kind: ReadError,
 }
 

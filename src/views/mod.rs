@@ -2,6 +2,7 @@
 //! prints; [`crate::reports`] renders.
 
 pub mod components;
+pub mod fit;
 pub mod inspect;
 pub mod l2;
 pub mod mds;
