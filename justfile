@@ -18,7 +18,7 @@ build:
     cargo build --release
 
 # All benchmarks (full-size inputs are generated once into target/bench-data).
-bench: bench-kernels bench-sim bench-merge bench-hash bench-l2
+bench: bench-kernels bench-sim bench-merge bench-hash bench-l2 bench-fit
 
 # Kernel throughput in cache, every kernel level of this CPU.
 bench-kernels:
@@ -35,6 +35,10 @@ bench-merge:
 # `l2` over 1 base + 8 full-size SD1.5 fp16 models: time, GB/s, peak memory.
 bench-l2:
     cargo bench --bench l2_full
+
+# `fit` with 1 target + 8 full-size SD1.5 fp16 sources: the pass beside one plain read.
+bench-fit:
+    cargo bench --bench fit_full
 
 # `hash` on a full-size SDXL fp16 file beside each algorithm alone.
 bench-hash:

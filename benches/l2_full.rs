@@ -11,8 +11,8 @@ use common::*;
 
 fn main() {
     let base = model(Arch::Sd1, FloatFormat::F16, 1, 0.0);
-    let others: Vec<_> = (0..8)
-        .map(|i| model(Arch::Sd1, FloatFormat::F16, 1, 0.05 + 0.01 * i as f64))
+    let others: Vec<_> = (1..=8)
+        .map(|k| finetune(Arch::Sd1, FloatFormat::F16, k))
         .collect();
     let mut paths = vec![base.clone()];
     paths.extend(others.iter().cloned());

@@ -57,4 +57,14 @@ $bin synth model "$data/sd1/heavy.safetensors" --arch sd1 --scale 8 --seed 42 --
 $bin validate "$data/sd1/heavy.safetensors" | tee "$out/validate.txt" || true
 $bin fix "$data/sd1/heavy.safetensors" -o "$data/sd1/heavy-fixed.safetensors" --drop-ema --dtype f16 --force | tee "$out/fix.txt"
 
-step "done: outputs in $out/"
+step "fit: find the recipe of the demo merge from its sources alone, build the clone, measure it"
+$bin fit --target "$data/sd1/demo-merge.safetensors" --base "$data/sd1/base.safetensors" \
+    --start "$data/sd1/ft1.safetensors" --sources "$data/sd1/ft2.safetensors" "$data/sd1/ft3.safetensors" \
+    "$data/sd1/ad-ft1-ft3.safetensors" --per-block --region all \
+    -o "$out/clone.recipe" --apply "$data/sd1/clone.safetensors" --force | tee "$out/fit.txt"
+
+step "the clone's check: sim against the target, with a report"
+$bin sim "$data/sd1/clone.safetensors" "$data/sd1/demo-merge.safetensors" --report "$out/clone-check" \
+    | tee "$out/clone-check.txt"
+
+step "done: outputs in $out/ (reports: $out/l2/index.html, $out/clone-check/index.html)"

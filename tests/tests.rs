@@ -5,6 +5,7 @@ mod util;
 
 mod bad_input;
 mod detect;
+mod fit;
 mod hash;
 mod l2;
 mod merge;

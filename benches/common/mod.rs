@@ -41,6 +41,63 @@ pub fn model(arch: Arch, dtype: FloatFormat, seed: u64, delta: f64) -> PathBuf {
     path
 }
 
+/// A full-size generated fine-tune of the base of seed 1 (created once): fine-tune `k`
+/// has its own delta direction and per-block sizes, as real fine-tunes do.
+pub fn finetune(arch: Arch, dtype: FloatFormat, k: usize) -> PathBuf {
+    let path = data_dir().join(format!("{}-s1-ft{k}.safetensors", prefix(arch, dtype)));
+    if !path.exists() {
+        eprintln!("generating {} ...", path.display());
+        synth::write(
+            &path,
+            &Layout::new(arch, 1, dtype),
+            &finetune_model(arch, k),
+            &[],
+            &NoProgress,
+        )
+        .expect("synth");
+    }
+    path
+}
+
+/// The synthetic model of [`finetune`].
+pub fn finetune_model(arch: Arch, k: usize) -> Synthetic {
+    Synthetic::base(arch, 1).plus_delta(
+        2000 + k as u64,
+        ckpt_diff::synth::family::finetune_profile(arch, 1, k, 0.1),
+    )
+}
+
+/// A full-size checkpoint of a synthetic model built by `make` (created once) under
+/// `name`.
+pub fn generated(
+    arch: Arch,
+    dtype: FloatFormat,
+    name: &str,
+    make: impl FnOnce() -> Synthetic,
+) -> PathBuf {
+    let path = data_dir().join(format!("{}-{name}.safetensors", prefix(arch, dtype)));
+    if !path.exists() {
+        eprintln!("generating {} ...", path.display());
+        synth::write(
+            &path,
+            &Layout::new(arch, 1, dtype),
+            &make(),
+            &[],
+            &NoProgress,
+        )
+        .expect("synth");
+    }
+    path
+}
+
+fn prefix(arch: Arch, dtype: FloatFormat) -> String {
+    format!(
+        "{}-{}",
+        arch.id(),
+        ckpt_diff::reader::dtype::name(dtype.dtype()).to_lowercase()
+    )
+}
+
 /// Drops `paths` from the page cache (their pages are clean: the files were synced).
 pub fn evict(paths: &[&Path]) {
     use std::os::unix::io::AsRawFd;
@@ -155,47 +212,48 @@ unsafe fn sum_avx2(x: &[u8]) -> u64 {
 }
 
 /// Bytes per second of reading `paths` through a memory map, all threads, no computing:
-/// the ceiling for any mmap-based pass on this machine (page faults included).
+/// the ceiling for any mmap-based pass on this machine (page faults included). Best of 3.
 pub fn mmap_read_rate(paths: &[&Path]) -> f64 {
+    (0..3)
+        .map(|_| mmap_read_rate_once(paths))
+        .fold(0.0, f64::max)
+}
+
+/// One timed read of `paths` through memory maps (GB/s); from disk if they are not cached.
+pub fn mmap_read_rate_once(paths: &[&Path]) -> f64 {
     use rayon::prelude::*;
     let files: Vec<std::fs::File> = paths
         .iter()
         .map(|p| std::fs::File::open(p).expect("open"))
         .collect();
-    let best = (0..3)
-        .map(|_| {
-            let s = Instant::now();
-            // SAFETY: read-only maps of files nobody writes during the benchmark.
-            let maps: Vec<memmap2::Mmap> = files
-                .iter()
-                .map(|f| unsafe { memmap2::Mmap::map(f).expect("map") })
-                .collect();
-            let chunk = 4 << 20;
-            let n = maps
-                .iter()
-                .map(|m| m.len())
-                .max()
-                .unwrap_or(0)
-                .div_ceil(chunk);
-            let total: u64 = (0..n)
-                .into_par_iter()
-                .map(|c| {
-                    maps.iter()
-                        .map(|m| {
-                            sum_bytes(&m[(c * chunk).min(m.len())..((c + 1) * chunk).min(m.len())])
-                        })
-                        .sum::<u64>()
-                })
-                .sum();
-            std::hint::black_box(total);
-            s.elapsed().as_secs_f64()
+    let s = Instant::now();
+    // SAFETY: read-only maps of files nobody writes during the benchmark.
+    let maps: Vec<memmap2::Mmap> = files
+        .iter()
+        .map(|f| unsafe { memmap2::Mmap::map(f).expect("map") })
+        .collect();
+    let chunk = 4 << 20;
+    let n = maps
+        .iter()
+        .map(|m| m.len())
+        .max()
+        .unwrap_or(0)
+        .div_ceil(chunk);
+    let total: u64 = (0..n)
+        .into_par_iter()
+        .map(|c| {
+            maps.iter()
+                .map(|m| sum_bytes(&m[(c * chunk).min(m.len())..((c + 1) * chunk).min(m.len())]))
+                .sum::<u64>()
         })
-        .fold(f64::INFINITY, f64::min);
+        .sum();
+    std::hint::black_box(total);
+    let secs = s.elapsed().as_secs_f64();
     paths
         .iter()
         .map(|p| std::fs::metadata(p).unwrap().len())
         .sum::<u64>() as f64
-        / best
+        / secs
         / 1e9
 }
 

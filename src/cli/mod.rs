@@ -5,6 +5,7 @@
 //! not hold); 2 usage, input or I/O error; 130 interrupted (temporary files removed).
 
 mod common;
+mod fit;
 mod fix;
 mod hash;
 mod inspect;
@@ -52,6 +53,8 @@ enum Command {
     Validate(validate::Args),
     /// Repair what validate reports, into a new file.
     Fix(fix::Args),
+    /// Find the linear recipe that reproduces a target from candidate sources.
+    Fit(fit::Args),
     /// Write synthetic checkpoints with real SD1/SD2/SDXL key layouts (test data).
     Synth(synth::Args),
 }
@@ -86,6 +89,7 @@ pub fn run() -> ExitCode {
         Command::Hash(args) => hash::run(args, &global),
         Command::Validate(args) => validate::run(args, &global),
         Command::Fix(args) => fix::run(args, &global),
+        Command::Fit(args) => fit::run(args, &global),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -9,10 +9,13 @@
 //!
 //! ⟨C, T⟩ = ⟨B,B⟩ + ⟨B,τ_T⟩ + Σₖ cₖ(⟨τₖ,B⟩ + ⟨τₖ,τ_T⟩),  ‖C‖² = ⟨B,B⟩ + 2Σₖ cₖ⟨τₖ,B⟩ + cᵀGc.
 //!
-//! * **Greedy** (what mergers do by hand): at each step try every source with both
-//!   operations, one α or one α per merge block, each α found by a bounded 1-D search
-//!   (a grid, then golden-section refinement); keep the step that raises the objective
-//!   most; stop after `max_steps` or when the gain is under `min_gain`.
+//! * **Greedy** (what mergers do by hand): at each step try every model (the start and the
+//!   sources) with both operations, one α or one α per merge block; keep the steps that
+//!   raise the objective most; stop after `max_steps` or when the gain is under
+//!   `min_gain`. Each α comes from a bounded 1-D search (a grid, then golden-section
+//!   refinement), and when a step is added all earlier α are re-optimised with it
+//!   (coordinate ascent), so an early step is not locked in; a small beam keeps the best
+//!   few sequences at each depth.
 //! * **Global**: per merge block, the affine least-squares fit of τ_T by the deltas
 //!   (weights summing to 1 with the base's), solved from the normal equations G·w = r with
 //!   faer: the best any linear recipe of these models can do, and its recipe.
@@ -72,10 +75,19 @@ pub struct Problem<'a> {
 /// A model as coefficients on [τ_S, τ₁..τₖ], one vector per row.
 pub type Coefs = Vec<Vec<f64>>;
 
+/// A step of a candidate sequence.
+#[derive(Clone, Debug)]
+struct Planned {
+    source: usize,
+    op: Op,
+    /// One α, or one per merge block.
+    alpha: Vec<f64>,
+}
+
 /// One step found by the greedy search.
 #[derive(Clone, Debug, Serialize)]
 pub struct Step {
-    /// Index of the source (0-based among the sources).
+    /// The model the step moves toward: 0 is the start, 1.. the sources.
     pub source: usize,
     pub op: Op,
     /// One α (len 1) or one per merge block.
@@ -87,11 +99,6 @@ pub struct Step {
 }
 
 impl Problem<'_> {
-    /// Coefficient index (into `Coefs` rows) of model index `m` (2.. in the Gram).
-    fn slot(m: usize) -> usize {
-        m - START
-    }
-
     /// The start model: all weight on τ_S.
     pub fn start(&self) -> Coefs {
         let mut c = vec![0.0; self.k];
@@ -156,163 +163,283 @@ impl Problem<'_> {
         }
     }
 
-    /// Applies a step with per-row α.
-    fn apply(
-        &self,
-        c: &Coefs,
-        source: usize,
-        op: Op,
-        alpha_of_row: &dyn Fn(usize) -> f64,
-    ) -> Coefs {
-        let s = Self::slot(FIRST_SOURCE + source);
-        c.iter()
-            .enumerate()
-            .map(|(r, row)| {
-                let a = alpha_of_row(r);
-                let mut out: Vec<f64> = match op {
-                    Op::WeightedSum => row.iter().map(|x| x * (1.0 - a)).collect(),
-                    Op::AddDifference => row.clone(),
-                };
-                out[s] += a;
-                out
+    /// The model a sequence of steps builds from the start, in row `r`.
+    fn replay_row(&self, r: usize, steps: &[Planned]) -> Vec<f64> {
+        let mut c = vec![0.0; self.k];
+        c[0] = 1.0;
+        for st in steps {
+            let a = st.alpha[self.alpha_index(r)];
+            if st.op == Op::WeightedSum {
+                c.iter_mut().for_each(|x| *x *= 1.0 - a);
+            }
+            c[st.source] += a;
+        }
+        c
+    }
+
+    /// Which α of a step applies to row `r`.
+    fn alpha_index(&self, r: usize) -> usize {
+        if self.per_block {
+            self.block_of_row[r]
+        } else {
+            0
+        }
+    }
+
+    /// The model a sequence of steps builds from the start.
+    fn replay(&self, steps: &[Planned]) -> Coefs {
+        (0..self.rows.len())
+            .map(|r| self.replay_row(r, steps))
+            .collect()
+    }
+
+    /// Row `r`'s products along the line C₀ + α·C₁ in coefficient space.
+    fn line(&self, r: usize, c0: &[f64], c1: &[f64]) -> Line {
+        let g = &self.grams[r];
+        let (ct, cc, tt) = self.row_products(r, c0);
+        let (mut b, mut d, mut e) = (0.0, 0.0, 0.0);
+        for (i, &x) in c1.iter().enumerate() {
+            if x == 0.0 {
+                continue;
+            }
+            let mi = i + START;
+            b += x * (g.get(mi, BASE) + g.get(mi, TARGET));
+            d += x * g.get(mi, BASE);
+            for j in 0..self.k {
+                let gij = g.get(mi, j + START);
+                d += x * c0[j] * gij;
+                e += x * c1[j] * gij;
+            }
+        }
+        Line {
+            a: ct,
+            b,
+            c: cc,
+            d,
+            e,
+            t: tt,
+        }
+    }
+
+    /// The best value of one α (step `j`, block or scalar slot `slot`) with every other α
+    /// fixed. Every step is affine in each of its α, so along this coordinate each row's
+    /// ⟨C,T⟩ is linear and ‖C‖² quadratic: the flattened cosine, and the mean over a single
+    /// row, have their maximum in closed form; a mean over several rows is maximised by a
+    /// bounded 1-D search on those closed-form curves.
+    fn best_alpha(&self, steps: &mut [Planned], j: usize, slot: usize) -> Option<f64> {
+        let affected: Vec<usize> = (0..self.rows.len())
+            .filter(|&r| self.alpha_index(r) == slot)
+            .collect();
+        if !affected.iter().any(|&r| self.region[r]) {
+            return None;
+        }
+        let keep = steps[j].alpha[slot];
+        let mut lines = Vec::new();
+        for &r in affected.iter().filter(|&&r| self.region[r]) {
+            steps[j].alpha[slot] = 0.0;
+            let c0 = self.replay_row(r, steps);
+            steps[j].alpha[slot] = 1.0;
+            let c1: Vec<f64> = self
+                .replay_row(r, steps)
+                .iter()
+                .zip(&c0)
+                .map(|(a, b)| a - b)
+                .collect();
+            lines.push(self.line(r, &c0, &c1));
+        }
+        steps[j].alpha[slot] = keep;
+        let (lo, hi) = self.bounds;
+        let best = match self.objective {
+            Objective::Flat => {
+                let mut total = lines.iter().fold(Line::default(), |acc, l| acc.plus(l));
+                for r in
+                    (0..self.rows.len()).filter(|&r| self.region[r] && self.alpha_index(r) != slot)
+                {
+                    let c = self.replay_row(r, steps);
+                    let (ct, cc, tt) = self.row_products(r, &c);
+                    total = total.plus(&Line {
+                        a: ct,
+                        c: cc,
+                        t: tt,
+                        ..Line::default()
+                    });
+                }
+                total.best(lo, hi)
+            }
+            Objective::Mean if lines.len() == 1 => lines[0].best(lo, hi),
+            Objective::Mean => maximise(lo, hi, |x| lines.iter().map(|l| l.cosine(x)).sum()),
+        };
+        Some(best)
+    }
+
+    /// Coordinate ascent on every α of a sequence (slots outside the region stay 0): each
+    /// α in turn gets its best value with the others fixed, until no α moves by more than
+    /// 1e-12 or `sweeps` passes are done.
+    fn polish(&self, steps: &mut [Planned], sweeps: usize) {
+        let width = steps.first().map_or(0, |s| s.alpha.len());
+        for _ in 0..sweeps {
+            let mut moved: f64 = 0.0;
+            for j in 0..steps.len() {
+                for slot in 0..width {
+                    if let Some(best) = self.best_alpha(steps, j, slot) {
+                        moved = moved.max((best - steps[j].alpha[slot]).abs());
+                        steps[j].alpha[slot] = best;
+                    }
+                }
+            }
+            if moved <= 1e-12 {
+                break;
+            }
+        }
+    }
+
+    /// Beam search over step sequences: at each depth every kept sequence is extended by
+    /// every (model, operation), all α of the extended sequence are re-optimised together,
+    /// and the `beam` best sequences go on. Stops after `max_steps` or when the best
+    /// sequence gains less than `min_gain`. With `beam` 1 this is the greedy search mergers
+    /// run by hand, but with earlier α corrected as later steps arrive.
+    pub fn search(&self, max_steps: usize, min_gain: f64, beam: usize) -> Vec<Step> {
+        let width = if self.per_block { self.blocks.len() } else { 1 };
+        let mut kept: Vec<(Vec<Planned>, f64)> =
+            vec![(Vec::new(), self.objective_of(&self.start()))];
+        let mut best = kept[0].clone();
+        for _ in 0..max_steps {
+            let mut next: Vec<(Vec<Planned>, f64)> = Vec::new();
+            for (seq, _) in &kept {
+                for source in 0..self.k {
+                    for op in [Op::WeightedSum, Op::AddDifference] {
+                        // Moving toward the start itself only rescales the start's delta.
+                        if source == 0 && op == Op::WeightedSum {
+                            continue;
+                        }
+                        let mut trial = seq.clone();
+                        trial.push(Planned {
+                            source,
+                            op,
+                            alpha: vec![0.0; width],
+                        });
+                        self.polish(&mut trial, 200);
+                        let obj = self.objective_of(&self.replay(&trial));
+                        next.push((trial, obj));
+                    }
+                }
+            }
+            // Ties (equal to 1e-12, as reorderings of one recipe are) keep the order of
+            // `next`, where sequences whose earlier steps gained more come first; and a
+            // sequence that builds the same model as a better one is dropped, so the beam
+            // holds different models.
+            let tie = |x: f64| (x * 1e12).round();
+            next.sort_by(|a, b| tie(b.1).total_cmp(&tie(a.1)));
+            let mut chosen: Vec<(Vec<Planned>, f64)> = Vec::new();
+            let mut models: Vec<Coefs> = Vec::new();
+            for cand in next {
+                if chosen.len() == beam.max(1) {
+                    break;
+                }
+                let c = self.replay(&cand.0);
+                if models.iter().any(|m| same_model(m, &c)) {
+                    continue;
+                }
+                models.push(c);
+                chosen.push(cand);
+            }
+            let next = chosen;
+            let Some(top) = next.first().cloned() else {
+                break;
+            };
+            if top.1 - best.1 < min_gain {
+                break;
+            }
+            best = top;
+            kept = next;
+        }
+        self.steps_of(&best.0)
+    }
+
+    /// The report of a sequence: after each step, the objective and every row.
+    fn steps_of(&self, seq: &[Planned]) -> Vec<Step> {
+        (0..seq.len())
+            .map(|j| {
+                let c = self.replay(&seq[..=j]);
+                Step {
+                    source: seq[j].source,
+                    op: seq[j].op,
+                    alpha: seq[j].alpha.clone(),
+                    objective: self.objective_of(&c),
+                    rows: (0..self.rows.len())
+                        .map(|r| self.row_similarity(r, &c[r]))
+                        .collect(),
+                }
             })
             .collect()
     }
 
-    /// Best α in the bounds for a 1-D objective: a grid of 41 points, then golden-section
-    /// refinement around the best (to ~1e-10 of the range).
-    fn maximise(&self, f: impl Fn(f64) -> f64) -> (f64, f64) {
-        let (lo, hi) = self.bounds;
-        let n = 40;
-        let mut best = (lo, f(lo));
-        for i in 1..=n {
-            let x = lo + (hi - lo) * i as f64 / n as f64;
-            let v = f(x);
-            if v > best.1 {
-                best = (x, v);
-            }
-        }
-        let step = (hi - lo) / n as f64;
-        let (mut a, mut b) = ((best.0 - step).max(lo), (best.0 + step).min(hi));
-        let g = (5f64.sqrt() - 1.0) / 2.0;
-        let mut x1 = b - g * (b - a);
-        let mut x2 = a + g * (b - a);
-        let (mut f1, mut f2) = (f(x1), f(x2));
-        for _ in 0..60 {
-            if f1 > f2 {
-                b = x2;
-                x2 = x1;
-                f2 = f1;
-                x1 = b - g * (b - a);
-                f1 = f(x1);
-            } else {
-                a = x1;
-                x1 = x2;
-                f1 = f2;
-                x2 = a + g * (b - a);
-                f2 = f(x2);
-            }
-        }
-        let x = (a + b) / 2.0;
-        let v = f(x);
-        if v >= best.1 { (x, v) } else { best }
+    /// The steps again with every α rounded to `digits` decimals (as a recipe file holds
+    /// them), and the model they build, so predictions are those of the written recipe.
+    pub fn rounded(&self, steps: &[Step], digits: i32) -> (Vec<Step>, Coefs) {
+        let scale = 10f64.powi(digits);
+        let seq: Vec<Planned> = steps
+            .iter()
+            .map(|s| Planned {
+                source: s.source,
+                op: s.op,
+                alpha: s
+                    .alpha
+                    .iter()
+                    .map(|a| (a * scale).round() / scale)
+                    .collect(),
+            })
+            .collect();
+        (self.steps_of(&seq), self.replay(&seq))
     }
-
-    /// The best α (or α per block) for one candidate step from `c`.
-    fn best_step(&self, c: &Coefs, source: usize, op: Op) -> (Vec<f64>, Coefs, f64) {
-        if !self.per_block {
-            let (a, _) = self.maximise(|a| self.objective_of(&self.apply(c, source, op, &|_| a)));
-            let next = self.apply(c, source, op, &|_| a);
-            let obj = self.objective_of(&next);
-            return (vec![a], next, obj);
-        }
-        // One α per merge block; blocks outside the region stay at 0 (untouched).
-        let mut alpha = vec![0.0; self.blocks.len()];
-        let sweeps = if self.objective == Objective::Flat {
-            4
-        } else {
-            1
-        };
-        for _ in 0..sweeps {
-            for b in 0..self.blocks.len() {
-                let in_region =
-                    (0..self.rows.len()).any(|r| self.block_of_row[r] == b && self.region[r]);
-                if !in_region {
-                    continue;
-                }
-                let (best, _) = self.maximise(|a| {
-                    let mut trial = alpha.clone();
-                    trial[b] = a;
-                    self.objective_of(&self.apply(c, source, op, &|r| trial[self.block_of_row[r]]))
-                });
-                alpha[b] = best;
-            }
-        }
-        let next = self.apply(c, source, op, &|r| alpha[self.block_of_row[r]]);
-        let obj = self.objective_of(&next);
-        (alpha, next, obj)
-    }
-
-    /// The greedy search from the start model.
-    pub fn greedy(&self, sources: usize, max_steps: usize, min_gain: f64) -> (Vec<Step>, Coefs) {
-        let mut c = self.start();
-        let mut current = self.objective_of(&c);
-        let mut steps = Vec::new();
-        for _ in 0..max_steps {
-            let mut best: Option<(usize, Op, Vec<f64>, Coefs, f64)> = None;
-            for s in 0..sources {
-                for op in [Op::WeightedSum, Op::AddDifference] {
-                    let (alpha, next, obj) = self.best_step(&c, s, op);
-                    if best.as_ref().is_none_or(|b| obj > b.4 + 1e-15) {
-                        best = Some((s, op, alpha, next, obj));
-                    }
-                }
-            }
-            let Some((source, op, alpha, next, obj)) = best else {
-                break;
-            };
-            if obj - current < min_gain {
-                break;
-            }
-            current = obj;
-            c = next;
-            let rows = (0..self.rows.len())
-                .map(|r| self.row_similarity(r, &c[r]))
-                .collect();
-            steps.push(Step {
-                source,
-                op,
-                alpha,
-                objective: obj,
-                rows,
-            });
-        }
-        (steps, c)
-    }
-
-    /// Per merge block, the affine least-squares weights of [start, sources] (the base
-    /// takes 1 − their sum) that best reproduce the target's delta; then per row the model
-    /// they give.
+    /// The best any linear recipe of these models can do, per merge block: the model in
+    /// the span of B and the deltas closest in angle to T is T's orthogonal projection P·T
+    /// on span{B, τ_S, τ₁..τₖ}; scaling by the inverse of its weight on B makes it an
+    /// affine recipe B + Σ cₖτₖ with the same cosine. So the block's flattened cosine is at
+    /// its maximum, with no bounds on the weights. Returns the weights of [start, sources]
+    /// per block (the base takes 1 − their sum) and the model per row.
     pub fn global(&self) -> (Vec<Vec<f64>>, Coefs) {
         let k = self.k;
+        // Basis index 0 is B, 1.. the deltas (Gram indices START..).
+        let gram_index = |i: usize| if i == 0 { BASE } else { i - 1 + START };
         let mut weights = Vec::new();
         for b in 0..self.blocks.len() {
             let rows: Vec<usize> = (0..self.rows.len())
                 .filter(|&r| self.block_of_row[r] == b)
                 .collect();
-            let g = Mat::<f64>::from_fn(k, k, |i, j| {
+            let h = |i: usize, j: usize| -> f64 {
                 rows.iter()
-                    .map(|&r| self.grams[r].get(i + START, j + START))
+                    .map(|&r| self.grams[r].get(gram_index(i), gram_index(j)))
                     .sum()
-            });
-            let rhs: Vec<f64> = (0..k)
+            };
+            // ⟨basis, T⟩ with T = B + τ_T.
+            let rhs: Vec<f64> = (0..=k)
                 .map(|i| {
                     rows.iter()
-                        .map(|&r| self.grams[r].get(i + START, TARGET))
+                        .map(|&r| {
+                            let g = &self.grams[r];
+                            g.get(gram_index(i), BASE) + g.get(gram_index(i), TARGET)
+                        })
                         .sum()
                 })
                 .collect();
-            weights.push(solve_psd(&g, &rhs));
+            // B dwarfs the deltas; scaling each basis vector to unit norm keeps the
+            // eigen-solve's cut-off relative to each direction, not to B.
+            let norm: Vec<f64> = (0..=k).map(|i| h(i, i).sqrt()).collect();
+            let unit = |i: usize| if norm[i] > 0.0 { 1.0 / norm[i] } else { 0.0 };
+            let g = Mat::<f64>::from_fn(k + 1, k + 1, |i, j| h(i, j) * unit(i) * unit(j));
+            let r: Vec<f64> = (0..=k).map(|i| rhs[i] * unit(i)).collect();
+            let w: Vec<f64> = solve_psd(&g, &r)
+                .iter()
+                .enumerate()
+                .map(|(i, x)| x * unit(i))
+                .collect();
+            weights.push(if w[0] > 0.0 {
+                w[1..].iter().map(|x| x / w[0]).collect()
+            } else {
+                // No B in the block (no tensors there): nothing to fit.
+                vec![0.0; k]
+            });
         }
         let coefs = (0..self.rows.len())
             .map(|r| weights[self.block_of_row[r]].clone())
@@ -341,6 +468,120 @@ impl Problem<'_> {
             })
             .collect()
     }
+}
+
+/// A row's products along a line in coefficient space: ⟨C,T⟩ = a + bα,
+/// ‖C‖² = c + 2dα + eα², ‖T‖² = t.
+#[derive(Clone, Copy, Debug, Default)]
+struct Line {
+    a: f64,
+    b: f64,
+    c: f64,
+    d: f64,
+    e: f64,
+    t: f64,
+}
+
+impl Line {
+    fn plus(&self, o: &Line) -> Line {
+        Line {
+            a: self.a + o.a,
+            b: self.b + o.b,
+            c: self.c + o.c,
+            d: self.d + o.d,
+            e: self.e + o.e,
+            t: self.t + o.t,
+        }
+    }
+
+    fn cosine(&self, x: f64) -> f64 {
+        let cc = self.c + x * (2.0 * self.d + x * self.e);
+        crate::gram::cosine(cc, self.a + self.b * x, self.t)
+    }
+
+    /// The α in [lo, hi] maximising (a + bα)/√((c + 2dα + eα²)·t). The derivative's sign
+    /// is that of b·q(α) − (a + bα)(d + eα) = (bc − ad) + (bd − ae)·α, linear in α: its
+    /// one root and the two ends are the only candidates.
+    fn best(&self, lo: f64, hi: f64) -> f64 {
+        let mut candidates = vec![lo, hi];
+        let slope = self.b * self.d - self.a * self.e;
+        if slope != 0.0 {
+            let root = (self.a * self.d - self.b * self.c) / slope;
+            if root.is_finite() {
+                candidates.push(root.clamp(lo, hi));
+            }
+        }
+        candidates
+            .into_iter()
+            .map(|x| (x, self.cosine(x)))
+            .fold((lo, f64::NEG_INFINITY), |best, (x, v)| {
+                if v > best.1 { (x, v) } else { best }
+            })
+            .0
+    }
+}
+
+/// The best x in [lo, hi] for a 1-D objective: a grid of 41 points, then golden-section
+/// refinement around the best to ~1e-13 of the range.
+fn maximise(lo: f64, hi: f64, f: impl Fn(f64) -> f64) -> f64 {
+    let n = 40;
+    let mut best = (lo, f(lo));
+    for i in 1..=n {
+        let x = lo + (hi - lo) * i as f64 / n as f64;
+        let v = f(x);
+        if v > best.1 {
+            best = (x, v);
+        }
+    }
+    let step = (hi - lo) / n as f64;
+    let (mut a, mut b) = ((best.0 - step).max(lo), (best.0 + step).min(hi));
+    let g = (5f64.sqrt() - 1.0) / 2.0;
+    let mut x1 = b - g * (b - a);
+    let mut x2 = a + g * (b - a);
+    let (mut f1, mut f2) = (f(x1), f(x2));
+    for _ in 0..70 {
+        if f1 > f2 {
+            b = x2;
+            x2 = x1;
+            f2 = f1;
+            x1 = b - g * (b - a);
+            f1 = f(x1);
+        } else {
+            a = x1;
+            x1 = x2;
+            f1 = f2;
+            x2 = a + g * (b - a);
+            f2 = f(x2);
+        }
+    }
+    let x = (a + b) / 2.0;
+    if f(x) >= best.1 { x } else { best.0 }
+}
+
+/// The Gram of the roles (base, target, start, sources) from the Gram of the distinct
+/// files, centred on the base (file 0): `phys[role]` is the role's file. A role other than
+/// the base that is the base's file has a zero delta.
+pub fn expand(g: &Gram, phys: &[usize]) -> Gram {
+    let mut out = Gram::zeros(phys.len());
+    let is_zero = |role: usize| role != BASE && phys[role] == phys[BASE];
+    for i in 0..phys.len() {
+        for j in i..phys.len() {
+            let v = if is_zero(i) || is_zero(j) {
+                0.0
+            } else {
+                g.get(phys[i], phys[j])
+            };
+            out.set(i, j, v);
+        }
+    }
+    out
+}
+
+/// Whether two models have the same coefficients to 1e-9.
+fn same_model(a: &Coefs, b: &Coefs) -> bool {
+    a.iter()
+        .zip(b)
+        .all(|(x, y)| x.iter().zip(y).all(|(p, q)| (p - q).abs() <= 1e-9))
 }
 
 /// Solves G·w = r for a symmetric positive semi-definite G (a Gram matrix), through its
