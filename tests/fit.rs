@@ -531,3 +531,48 @@ fn start_defaults_to_the_base_and_flat_objective_works() {
     assert_close("ft4", c[3], 0.0, 1e-12);
     assert!(v["greedy"]["objective"].as_f64().unwrap() >= 0.99999);
 }
+
+#[test]
+fn refuses_existing_outputs_and_mixed_architectures() {
+    let src = sources();
+    let t = src.target(
+        "t.safetensors",
+        &weighted_sum(&src.fts[0], &src.fts[1], &all(0.5)),
+    );
+    let recipe = src.dir.path("r.recipe");
+    std::fs::write(&recipe, "keep me").unwrap();
+    let (code, _, err) = run_code(&[
+        "fit",
+        "--target",
+        s(&t),
+        "--base",
+        s(&src.base_path),
+        "--sources",
+        s(&src.ft_paths[1]),
+        "-o",
+        s(&recipe),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(std::fs::read_to_string(&recipe).unwrap(), "keep me");
+
+    let xl = src.dir.model(
+        "xl.safetensors",
+        &layout(Arch::Sdxl, 32, FloatFormat::F16),
+        &Synthetic::base(Arch::Sdxl, 1),
+    );
+    let (code, _, err) = run_code(&[
+        "fit",
+        "--target",
+        s(&xl),
+        "--base",
+        s(&src.base_path),
+        "--sources",
+        s(&src.ft_paths[1]),
+    ]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("xl.safetensors") && err.contains("SDXL"),
+        "{err}"
+    );
+}

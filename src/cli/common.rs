@@ -117,9 +117,15 @@ pub fn choose_grouping(
     let first = models[0];
     for m in &models[1..] {
         if m.detection.layout != first.detection.layout {
+            // `fit` needs the block map of one architecture; the others can fall back.
+            let hint = if command == "fit" {
+                "Use a base and sources of the target's architecture"
+            } else {
+                "Pass `--arch generic` to compare them by key prefix anyway"
+            };
             bail!(
                 "'{}' is {} and '{}' is {}; `{command}` compares checkpoints of one architecture. \
-                 Pass `--arch generic` to compare them by key prefix anyway",
+                 {hint}",
                 first.name(),
                 describe_layout(first.detection.layout),
                 m.name(),
