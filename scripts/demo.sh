@@ -30,6 +30,9 @@ step "the same, for scripts"
 $bin sim "$data/sd1/ft2.safetensors" "$data/sd1/mbw-ft1-ft2.safetensors" --json > "$out/sim-ft2-mbw.json"
 echo "wrote $out/sim-ft2-mbw.json"
 
+step "ASimilarity, the metric behind published block tables (PyTorch's random input, reproduced)"
+$bin sim --metric asim "$data/sd1/ft2.safetensors" "$data/sd1/mbw-ft1-ft2.safetensors" --blocks out | tee "$out/asim-ft2-mbw.txt"
+
 step "L2 distances from the base, maps, and an HTML report"
 $bin l2 --base "$data/sd1/base.safetensors" "$data/sd1/ft1.safetensors" "$data/sd1/ft2.safetensors" \
     "$data/sd1/ft3.safetensors" "$data/sd1/ws-ft1-ft2.safetensors" "$data/sd1/mbw-ft1-ft2.safetensors" \

@@ -24,5 +24,6 @@ pub mod pass;
 pub mod reader;
 pub mod reports;
 pub mod synth;
+pub mod torch_rng;
 pub mod views;
 pub mod writer;

@@ -3,6 +3,7 @@
 
 mod util;
 
+mod asim;
 mod bad_input;
 mod detect;
 mod fit;

@@ -20,9 +20,28 @@ pub struct Args {
     /// Model B.
     b: PathBuf,
     /// Rows to show: in, mid, out, unet, te, vae, other or all, comma-separated. Totals are
-    /// over the rows shown.
+    /// over the rows shown. With `--metric asim` also block names and ranges (OUT03..OUT10);
+    /// the random draws follow the selection, as in the original scripts.
     #[arg(long, default_value = "all", value_name = "SET")]
     blocks: String,
+    /// cosine: the cosine of the weights, per block. asim: ASimilarity, the
+    /// attention-output similarity behind published tables (random input; see README).
+    #[arg(long, value_enum, default_value_t = Metric::Cosine)]
+    metric: Metric,
+    /// With `--metric asim`: whose numbers to reproduce (they differ in their random
+    /// draws, default seed and rounding).
+    /// [default: wkpark]
+    #[arg(long, value_enum)]
+    like: Option<crate::views::asim::Like>,
+    /// With `--metric asim`: f32 computes as PyTorch does; f64 gives the exact value of the
+    /// same computation (identical on every machine).
+    /// [default: f32]
+    #[arg(long, value_enum)]
+    precision: Option<crate::views::asim::Precision>,
+    /// With `--metric asim`: seed of the random input (default 114514 like wkpark's scripts,
+    /// 2244096 like SuperMerger).
+    #[arg(long)]
+    seed: Option<u64>,
     /// Only compare keys matching this regular expression (canonical key names).
     #[arg(long, value_name = "REGEX")]
     keys: Option<String>,
@@ -39,7 +58,20 @@ pub struct Args {
     format: FormatArgs,
 }
 
+/// What `sim` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Metric {
+    Cosine,
+    Asim,
+}
+
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+    if args.metric == Metric::Asim {
+        return run_asim(&args, global);
+    }
+    if args.seed.is_some() || args.like.is_some() || args.precision.is_some() {
+        anyhow::bail!("--seed, --like and --precision go with --metric asim");
+    }
     let filter = RowFilter::parse(&args.blocks)
         .map_err(anyhow::Error::msg)
         .context("--blocks")?;
@@ -100,5 +132,78 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
             eprintln!("report: {}", dir.join("index.html").display());
         }
     }
+    Ok(Outcome::Ok)
+}
+
+/// `sim --metric asim`.
+fn run_asim(args: &Args, global: &Global) -> Result<Outcome> {
+    use crate::views::asim;
+    if args.keys.is_some() || args.per_tensor || args.report.is_some() || args.arch.is_some() {
+        anyhow::bail!(
+            "--keys, --per-tensor, --report and --arch go with --metric cosine; \
+             ASimilarity reads the attention weights of fixed blocks"
+        );
+    }
+    let models = open_all(&[args.a.clone(), args.b.clone()])?;
+    let arch_of = |m: &Model| {
+        asim::arch_of(&m.ckpt).with_context(|| {
+            format!(
+                "'{}': no SD1, SD2 or SDXL self-attention weights \
+                 (transformer_blocks.0.attn1.to_q/k/v) in every scored block",
+                m.name()
+            )
+        })
+    };
+    // SD1 and SD2 share the scored keys: the detected architecture names the table when
+    // there is one, the keys alone decide otherwise (files holding only these weights).
+    let arch_of = |m: &Model| -> Result<crate::catalog::Arch> {
+        let by_keys = arch_of(m)?;
+        Ok(m.detection
+            .arch()
+            .filter(|a| asim::attention_blocks(*a) == asim::attention_blocks(by_keys))
+            .unwrap_or(by_keys))
+    };
+    let arch = arch_of(&models[0])?;
+    if asim::attention_blocks(arch_of(&models[1])?) != asim::attention_blocks(arch) {
+        anyhow::bail!(
+            "'{}' and '{}' have different U-Nets (SD1/SD2 vs SDXL attention blocks)",
+            models[0].name(),
+            models[1].name()
+        );
+    }
+    let like = args.like.unwrap_or(asim::Like::Wkpark);
+    let precision = args.precision.unwrap_or(asim::Precision::F32);
+    let seed = args.seed.unwrap_or(like.default_seed());
+    let blocks = asim::select(arch, &args.blocks)
+        .map_err(anyhow::Error::msg)
+        .context("--blocks")?;
+    let bar = Bar::counting("asim", "blocks", global.quiet);
+    crate::pass::progress::Progress::start(&bar, blocks.len() as u64);
+    let rows = asim::asim(
+        &models[0].ckpt,
+        &models[1].ckpt,
+        &blocks,
+        seed,
+        like,
+        precision,
+        |_| crate::pass::progress::Progress::advance(&bar, 1),
+    )?;
+    drop(bar);
+    let lines: Vec<ModelLine> = models
+        .iter()
+        .map(|m| ModelLine {
+            name: m.name(),
+            path: m.ckpt.path().display().to_string(),
+            detection: m.describe(),
+        })
+        .collect();
+    print(&crate::reports::asim::render(
+        &lines,
+        arch,
+        seed,
+        like,
+        &rows,
+        args.format.format(),
+    ))?;
     Ok(Outcome::Ok)
 }

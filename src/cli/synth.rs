@@ -86,6 +86,9 @@ struct LayoutArgs {
     /// and detection tests.
     #[arg(long)]
     zeros: bool,
+    /// Only the keys this regular expression finds (e.g. `attn1\.to_[qkv]`).
+    #[arg(long, value_name = "REGEX")]
+    keys: Option<String>,
 }
 
 impl LayoutArgs {
@@ -133,6 +136,10 @@ impl LayoutArgs {
         layout.prune_text_encoders = self.prune_te;
         layout.position_ids = !self.no_position_ids;
         layout.zero_data = self.zeros;
+        if let Some(re) = &self.keys {
+            regex::Regex::new(re).with_context(|| format!("--keys: '{re}'"))?;
+            layout.keys = Some(re.clone());
+        }
         Ok(layout)
     }
 }

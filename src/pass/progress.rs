@@ -33,6 +33,20 @@ pub struct Bar {
 impl Bar {
     /// A bar labelled `what` ("reading", "merging", ...).
     pub fn new(what: &str, quiet: bool) -> Bar {
+        Bar::with_template(
+            what,
+            quiet,
+            "{msg:>9} [{bar:32}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+        )
+    }
+
+    /// A bar that counts items (`unit`: "blocks", ...) instead of bytes.
+    pub fn counting(what: &str, unit: &str, quiet: bool) -> Bar {
+        let template = format!("{{msg:>9}} [{{bar:32}}] {{pos}}/{{len}} {unit} eta {{eta}}");
+        Bar::with_template(what, quiet, &template)
+    }
+
+    fn with_template(what: &str, quiet: bool, template: &str) -> Bar {
         let visible = !quiet && std::io::stderr().is_terminal();
         let bar = ProgressBar::with_draw_target(
             Some(0),
@@ -43,11 +57,9 @@ impl Bar {
             },
         );
         bar.set_style(
-            ProgressStyle::with_template(
-                "{msg:>9} [{bar:32}] {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
-            )
-            .expect("static template")
-            .progress_chars("=> "),
+            ProgressStyle::with_template(template)
+                .expect("a valid template")
+                .progress_chars("=> "),
         );
         bar.set_message(what.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));

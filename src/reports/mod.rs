@@ -1,6 +1,7 @@
 //! Renders results for people and scripts: terminal tables (comfy-table), Markdown, CSV and
 //! JSON. Views build plain structs; only this module and the CLI turn them into text.
 
+pub mod asim;
 pub mod chart;
 pub mod html;
 pub mod inspect;

@@ -72,6 +72,9 @@ pub struct Layout {
     /// Leave float data as zeros (a sparse file, written instantly): for tests of layout
     /// and detection on full-size shapes.
     pub zero_data: bool,
+    /// Only the keys this regular expression finds (e.g. just the attention weights an
+    /// analysis reads, at full size).
+    pub keys: Option<String>,
 }
 
 fn ser_format<S: serde::Serializer>(f: &FloatFormat, s: S) -> Result<S::Ok, S::Error> {
@@ -94,6 +97,7 @@ impl Layout {
             prune_text_encoders: false,
             position_ids: true,
             zero_data: false,
+            keys: None,
         }
     }
 }
@@ -228,8 +232,15 @@ fn plan_tensors(layout: &Layout) -> Vec<Planned> {
         .iter()
         .map(|(alias, key)| (key.as_str(), alias.as_str()))
         .collect();
+    let keep = layout
+        .keys
+        .as_deref()
+        .map(|re| regex::Regex::new(re).expect("a valid --keys expression"));
     let mut out = Vec::new();
     for k in &table.keys {
+        if keep.as_ref().is_some_and(|re| !re.is_match(&k.name)) {
+            continue;
+        }
         let wanted = match k.role {
             Role::Ema => layout.ema,
             Role::Scheduler => layout.scheduler,

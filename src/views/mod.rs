@@ -1,6 +1,7 @@
 //! Analyses: each turns accumulated statistics into a plain result struct. Nothing here
 //! prints; [`crate::reports`] renders.
 
+pub mod asim;
 pub mod components;
 pub mod fit;
 pub mod inspect;
