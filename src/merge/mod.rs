@@ -228,7 +228,7 @@ pub fn run(
         outputs.insert(o.entry, o);
     }
     // Items: per-tensor methods take whole tensors; everything else streams in pieces.
-    let pass = Pass::new(progress).item_bytes(8 << 20);
+    let mut pass = Pass::new(progress).item_bytes(8 << 20);
     let mut items = pass.items(&pass_plan, &chunked);
     for &e in &whole {
         let numel: usize = pass_plan.shape(&pass_plan.entries()[e]).iter().product();
@@ -242,6 +242,15 @@ pub fn run(
     items.sort_by_key(|it| (it.entry, it.start));
     let mut count = WriteCount::default();
     let total_input: u64 = Pass::input_bytes(&pass_plan, &items);
+    // The output passes through the page cache too (about one model's size), so it counts
+    // toward the memory the inputs' pages compete with.
+    let largest_input = models.iter().map(|m| m.ckpt.file_len()).max().unwrap_or(0);
+    let release = crate::pass::reads_past_memory(total_input + largest_input);
+    pass = pass.release(if release {
+        crate::pass::Release::Always
+    } else {
+        crate::pass::Release::Never
+    });
 
     // Hash the inputs that are not cached, on their own threads, while the merge runs; one
     // more thread writes the output.
@@ -253,7 +262,6 @@ pub fn run(
                 .map(|(m, info)| {
                     let needs = info.sha256.as_deref().is_some_and(|h| h.starts_with("@@"));
                     let known = info.sha256.clone();
-                    let release = crate::pass::reads_past_memory(total_input);
                     scope.spawn(move || {
                         if needs {
                             Some(crate::hash::sha256_checkpoint_cached(
