@@ -44,6 +44,11 @@ bench-fit:
 bench-hash:
     cargo bench --bench hash_full
 
+# ckpt-diff beside PyTorch, sd-mecha and hashlib on the same full-size files (installs the
+# Python peers into target/bench-venv; writes reports/bench/peers.md).
+bench-peers:
+    cargo bench --bench peers
+
 # Delete the generated benchmark inputs (several GB).
 bench-clean:
     rm -rf target/bench-data

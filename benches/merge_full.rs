@@ -11,8 +11,6 @@
 
 mod common;
 
-use std::path::Path;
-
 use ckpt_diff::catalog::Arch;
 use ckpt_diff::pass::NoProgress;
 use ckpt_diff::reader::dtype::FloatFormat;
@@ -114,23 +112,4 @@ fn main() {
         gb(rss20),
         anon20 as f64 / 1e6
     );
-}
-
-/// Sequential write speed with fsync, as a merge's output sees it.
-fn disk_write_rate(dir: &Path) -> f64 {
-    use std::io::Write;
-    let p = dir.join("write-test.bin");
-    let buf = vec![0x5au8; 8 << 20];
-    let n = 256; // 2 GiB
-    let t = std::time::Instant::now();
-    {
-        let mut f = std::fs::File::create(&p).unwrap();
-        for _ in 0..n {
-            f.write_all(&buf).unwrap();
-        }
-        f.sync_all().unwrap();
-    }
-    let secs = t.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&p);
-    (n * buf.len()) as f64 / secs / 1e9
 }

@@ -306,3 +306,110 @@ pub fn run_binary(args: &[&str]) -> (f64, u64, u64) {
 pub fn gb(bytes: u64) -> f64 {
     bytes as f64 / 1e9
 }
+
+/// Sequential write speed with fsync into `dir` (2 GiB), as a merge's output sees it, GB/s.
+pub fn disk_write_rate(dir: &Path) -> f64 {
+    disk_write_rate_of(dir, 2 << 30)
+}
+
+/// Sequential write speed with fsync of `bytes` (rounded to 8 MiB writes) into `dir`, GB/s.
+/// A virtual disk's speed moves from minute to minute; measure beside what it limits.
+pub fn disk_write_rate_of(dir: &Path, bytes: u64) -> f64 {
+    use std::io::Write;
+    let p = dir.join("write-test.bin");
+    let buf = vec![0x5au8; 8 << 20];
+    let n = (bytes / buf.len() as u64).max(1);
+    let t = Instant::now();
+    {
+        let mut f = std::fs::File::create(&p).unwrap();
+        for _ in 0..n {
+            f.write_all(&buf).unwrap();
+        }
+        f.sync_all().unwrap();
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&p);
+    (n * buf.len() as u64) as f64 / secs / 1e9
+}
+
+/// One run of a program: wall time, peak RSS (the kernel's own count, `ru_maxrss`), peak
+/// anonymous RSS (polled every 5 ms: memory that is not mapped file pages), stdout.
+pub struct Measured {
+    pub secs: f64,
+    pub peak_rss: u64,
+    pub peak_anon: u64,
+    pub stdout: String,
+}
+
+/// Runs `program args` to completion and measures it; panics with its stderr if it fails.
+// The child is reaped by `wait4` below, which also returns its resource usage.
+#[allow(clippy::zombie_processes)]
+pub fn run_measured(program: &Path, args: &[&str]) -> Measured {
+    use std::io::Read;
+    let start = Instant::now();
+    use std::os::unix::process::CommandExt;
+    let mut command = std::process::Command::new(program);
+    // A pre-exec hook makes the standard library fork instead of vfork/posix_spawn. With
+    // vfork the child execs from this process's address space, and Linux carries that
+    // address space's high-water RSS into the child's `ru_maxrss`: every child then reported
+    // at least this harness's own peak (the files it mapped to compare outputs), measured
+    // 2.0 GB for `/bin/true`. A forked child starts its own count.
+    // SAFETY: the hook does nothing, so it is async-signal-safe.
+    unsafe { command.pre_exec(|| Ok(())) };
+    let mut child = command
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{}: {e}", program.display()));
+    let pid = child.id() as libc::pid_t;
+    let mut out = child.stdout.take().expect("piped");
+    let mut err = child.stderr.take().expect("piped");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let mut peak_anon = 0u64;
+    let (status, ru) = loop {
+        let mut status = 0;
+        let mut ru = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: `pid` is our child; wait4 fills `status` and `ru` when it returns the pid.
+        let rc = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, ru.as_mut_ptr()) };
+        if rc == pid {
+            // SAFETY: filled by the successful call.
+            break (status, unsafe { ru.assume_init() });
+        }
+        assert!(rc == 0, "wait4 failed");
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+            let anon = s
+                .lines()
+                .find(|l| l.starts_with("RssAnon:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0)
+                * 1024;
+            peak_anon = peak_anon.max(anon);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    let secs = start.elapsed().as_secs_f64();
+    let stdout = reader.join().expect("stdout reader");
+    let stderr = err_reader.join().expect("stderr reader");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{} {args:?} failed:\n{stderr}",
+        program.display()
+    );
+    Measured {
+        secs,
+        peak_rss: ru.ru_maxrss as u64 * 1024,
+        peak_anon,
+        stdout,
+    }
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Creates the virtual environment of the Python peers: setup.sh VENV
+set -euo pipefail
+venv=$1
+here=$(cd "$(dirname "$0")" && pwd)
+python3 -m venv "$venv"
+"$venv/bin/pip" install -q --upgrade pip
+# The CPU build (200 MB) when PyTorch's index is reachable; PyPI's (with CUDA libraries) otherwise.
+"$venv/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu torch==2.5.1 \
+    || "$venv/bin/pip" install -q torch==2.5.1
+"$venv/bin/pip" install -q -r "$here/requirements.txt"
+"$venv/bin/python" -c "import torch, sd_mecha, blake3, safetensors; print('peers:', 'torch', torch.__version__, 'sd-mecha', sd_mecha.__version__ if hasattr(sd_mecha, '__version__') else '1.1.8')"
