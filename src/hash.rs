@@ -227,9 +227,17 @@ fn cache_key(path: &Path) -> Option<String> {
 
 fn cache_lookup(key: &str) -> Option<String> {
     let text = std::fs::read_to_string(cache_file()?).ok()?;
+    lookup_in(&text, key)
+}
+
+/// The newest digest stored under `key` in the cache file's `text`.
+fn lookup_in(text: &str, key: &str) -> Option<String> {
+    // Only a whole digest counts: a line another process is still writing, or one
+    // garbled by a crash, is a miss (a rehash), never a wrong hash.
     text.lines().rev().find_map(|l| {
         l.strip_prefix(key)
             .and_then(|r| r.strip_prefix('\t'))
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
             .map(str::to_string)
     })
 }
@@ -239,19 +247,34 @@ fn cache_store(key: &str, hash: &str) {
     if let Some(dir) = file.parent() {
         let _ = std::fs::create_dir_all(dir);
     }
-    // Appends are atomic enough for one short line; a lost line only costs a rehash.
+    // One write of the whole line: an append of one short write does not interleave with
+    // other processes' appends (`writeln!` on a file writes each piece separately, and
+    // parallel merges then mixed their lines). A lost line only costs a rehash.
     if let Ok(mut f) = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(&file)
     {
-        let _ = writeln!(f, "{key}\t{hash}");
+        let _ = f.write_all(format!("{key}\t{hash}\n").as_bytes());
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cache_lookup_takes_only_whole_digests() {
+        let (h1, h2) = ("a".repeat(64), "b".repeat(64));
+        let text = format!("/m.safetensors\t5\t7\t{h1}\n/m.safetensors\t5\t7\t{h2}\n");
+        assert_eq!(lookup_in(&text, "/m.safetensors\t5\t7"), Some(h2.clone()));
+        // A newer line cut short, or mixed with another process's line, is passed over.
+        let cut = format!("{text}/m.safetensors\t5\t7\tbbb\n");
+        assert_eq!(lookup_in(&cut, "/m.safetensors\t5\t7"), Some(h2.clone()));
+        let mixed = format!("{text}/m.safetensors\t5\t7\t/n.safetensors\t9\t9\t{h1}\n");
+        assert_eq!(lookup_in(&mixed, "/m.safetensors\t5\t7"), Some(h2));
+        assert_eq!(lookup_in(&text, "/n.safetensors\t5\t7"), None);
+    }
 
     /// Civitai's test vector ("hello world", from its model scanner's tests) and the
     /// research's reference values.
