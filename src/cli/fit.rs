@@ -96,28 +96,7 @@ fn distinct(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<usize>) {
 fn names(paths: &[&Path], taken: &[&str]) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for p in paths {
-        let stem = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut name: String = stem
-            .chars()
-            .map(|c| {
-                if c.is_alphanumeric() || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        if !name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_alphabetic() || c == '_')
-            || name == "x"
-        {
-            name = format!("m_{name}");
-        }
+        let name = crate::merge::recipe::name_for_file(p);
         let mut candidate = name.clone();
         let mut k = 2;
         while out.contains(&candidate)

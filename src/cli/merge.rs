@@ -224,28 +224,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
 fn model_names(paths: &[&PathBuf]) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for (i, p) in paths.iter().enumerate() {
-        let stem = p
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let mut name: String = stem
-            .chars()
-            .map(|c| {
-                if c.is_alphanumeric() || c == '_' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        if !name
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_alphabetic() || c == '_')
-            || name == "x"
-        {
-            name = format!("m_{name}");
-        }
+        let mut name = crate::merge::recipe::name_for_file(p);
         if names.contains(&name) || name == "OUT" || name == "alpha" {
             name = format!("{name}_{}", (b'A' + i as u8) as char);
         }

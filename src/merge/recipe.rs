@@ -145,6 +145,36 @@ impl Recipe {
     }
 }
 
+/// A recipe name for a model file: its stem with every character a name cannot hold made
+/// `_`, prefixed `m_` when it would not start a name or would be the operator `x`. Not
+/// unique: callers add their own suffixes.
+pub fn name_for_file(path: &std::path::Path) -> String {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_alphabetic() || c == '_')
+        || name == "x"
+    {
+        format!("m_{name}")
+    } else {
+        name
+    }
+}
+
 /// Parses recipe text.
 pub fn parse(text: &str) -> Result<Recipe, ParseError> {
     let mut recipe = Recipe {
