@@ -71,6 +71,22 @@ impl Model {
         }
         s
     }
+
+    /// The file as a comparison report heads it.
+    pub fn line(&self) -> crate::reports::sim::ModelLine {
+        crate::reports::sim::ModelLine {
+            name: self.name(),
+            path: self.ckpt.path().display().to_string(),
+            detection: self.describe(),
+        }
+    }
+}
+
+/// The `--keys` regular expression, if given.
+pub fn keys_regex(keys: Option<&str>) -> Result<Option<regex::Regex>> {
+    keys.map(regex::Regex::new)
+        .transpose()
+        .context("--keys is not a valid regular expression")
 }
 
 /// Opens every path, in parallel (header reads only).

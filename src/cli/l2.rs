@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use super::Outcome;
-use super::common::{ArchArg, FormatArgs, Global, Model, choose_grouping, open_all, print};
+use super::common::{
+    ArchArg, FormatArgs, Global, Model, choose_grouping, keys_regex, open_all, print,
+};
 use crate::gram::{GramSpec, gather};
 use crate::pass::progress::Bar;
 use crate::pass::{Pass, Plan};
@@ -36,12 +38,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
-    let keys = args
-        .keys
-        .as_deref()
-        .map(regex::Regex::new)
-        .transpose()
-        .context("--keys is not a valid regular expression")?;
+    let keys = keys_regex(args.keys.as_deref())?;
     let mut paths = vec![args.base.clone()];
     paths.extend(args.models.iter().cloned());
     let models = open_all(&paths)?;

@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::Outcome;
-use super::common::{ArchArg, FormatArgs, Global, Model, choose_grouping, open_all, print};
+use super::common::{
+    ArchArg, FormatArgs, Global, Model, choose_grouping, keys_regex, open_all, print,
+};
 use crate::catalog::Layout;
 use crate::gram::{GramSpec, gather};
 use crate::pass::progress::Bar;
@@ -75,12 +77,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let filter = RowFilter::parse(&args.blocks)
         .map_err(anyhow::Error::msg)
         .context("--blocks")?;
-    let keys = args
-        .keys
-        .as_deref()
-        .map(regex::Regex::new)
-        .transpose()
-        .context("--keys is not a valid regular expression")?;
+    let keys = keys_regex(args.keys.as_deref())?;
     let models = open_all(&[args.a.clone(), args.b.clone()])?;
     let refs: Vec<&Model> = models.iter().collect();
     let grouping = choose_grouping(&refs, args.arch, "sim")?;
@@ -110,14 +107,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     )?;
     drop(bar);
     let result = report(&plan, &grouping, &entries, &inner, filter);
-    let lines: Vec<ModelLine> = models
-        .iter()
-        .map(|m| ModelLine {
-            name: m.name(),
-            path: m.ckpt.path().display().to_string(),
-            detection: m.describe(),
-        })
-        .collect();
+    let lines: Vec<ModelLine> = models.iter().map(Model::line).collect();
     let text = crate::reports::sim::render(
         &lines,
         grouping.layout().id(),
@@ -189,14 +179,7 @@ fn run_asim(args: &Args, global: &Global) -> Result<Outcome> {
         |_| crate::pass::progress::Progress::advance(&bar, 1),
     )?;
     drop(bar);
-    let lines: Vec<ModelLine> = models
-        .iter()
-        .map(|m| ModelLine {
-            name: m.name(),
-            path: m.ckpt.path().display().to_string(),
-            detection: m.describe(),
-        })
-        .collect();
+    let lines: Vec<ModelLine> = models.iter().map(Model::line).collect();
     print(&crate::reports::asim::render(
         &lines,
         arch,
