@@ -524,12 +524,7 @@ impl Resolver<'_> {
         span: Span,
         si: usize,
     ) -> Result<Value, PlanError> {
-        let option = |key: &str| {
-            options
-                .iter()
-                .find(|(k, _, _)| k == key)
-                .map(|(_, a, s)| (a.clone(), *s))
-        };
+        let option = |key: &str| find_option(options, key);
         let known: &[&str] = match name {
             "ws" | "weighted_sum" => &["alpha"],
             "ad" | "add_difference" => &["alpha"],
@@ -744,12 +739,7 @@ impl Resolver<'_> {
         span: Span,
         si: usize,
     ) -> Result<Value, PlanError> {
-        let option = |key: &str| {
-            options
-                .iter()
-                .find(|(k, _, _)| k == key)
-                .map(|(_, a, s)| (a.clone(), *s))
-        };
+        let option = |key: &str| find_option(options, key);
         let mut nodes = Vec::new();
         for a in args {
             let m = self.model_arg(a, si)?;
@@ -1053,6 +1043,14 @@ impl fmt::Display for MergePlan {
             None => writeln!(f, "{} nodes, non-linear", self.nodes.len()),
         }
     }
+}
+
+/// The value and place of option `key` in a call's options.
+fn find_option(options: &[(String, Arg, Span)], key: &str) -> Option<(Arg, Span)> {
+    options
+        .iter()
+        .find(|(k, _, _)| k == key)
+        .map(|(_, a, s)| (a.clone(), *s))
 }
 
 #[cfg(test)]
