@@ -149,6 +149,36 @@ fn legend<DB: DrawingBackend>(
     Ok(())
 }
 
+/// The axes of a `lines` chart and its series (the values `keep` accepts). A macro because
+/// the log and linear charts are different types in plotters.
+macro_rules! mesh_and_lines {
+    ($chart:ident, $n:expr, $x_fmt:expr, $y_label:expr, $series:expr, $keep:expr) => {{
+        $chart
+            .configure_mesh()
+            .x_labels($n)
+            .x_label_formatter(&$x_fmt)
+            .y_desc($y_label)
+            .x_desc("block / component")
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| e.to_string())?;
+        for (i, (_, v)) in $series.iter().enumerate() {
+            let pts: Vec<(f64, f64)> = v
+                .iter()
+                .enumerate()
+                .filter(|(_, y)| $keep(**y))
+                .map(|(x, y)| (x as f64, *y))
+                .collect();
+            $chart
+                .draw_series(LineSeries::new(pts.clone(), color(i).stroke_width(2)))
+                .map_err(|e| e.to_string())?;
+            $chart
+                .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color(i).filled())))
+                .map_err(|e| e.to_string())?;
+        }
+    }};
+}
+
 /// Lines over categories: one series per model, with markers; `log` for a log y axis.
 pub fn lines(
     title: &str,
@@ -168,10 +198,12 @@ pub fn lines(
                 &series.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>(),
                 "models",
             )?;
+            // The values a chart can place: finite, and positive on a log axis.
+            let keep = |v: f64| v.is_finite() && (!log || v > 0.0);
             let finite: Vec<f64> = series
                 .iter()
                 .flat_map(|(_, v)| v.iter().copied())
-                .filter(|v| v.is_finite() && (!log || *v > 0.0))
+                .filter(|v| keep(*v))
                 .collect();
             let (lo, hi) = if finite.is_empty() {
                 (0.0, 1.0)
@@ -201,29 +233,7 @@ pub fn lines(
                 let mut chart = builder
                     .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), (lo..hi).log_scale())
                     .map_err(|e| e.to_string())?;
-                chart
-                    .configure_mesh()
-                    .x_labels(n)
-                    .x_label_formatter(&x_fmt)
-                    .y_desc(y_label)
-                    .x_desc("block / component")
-                    .label_style(("sans-serif", 13))
-                    .draw()
-                    .map_err(|e| e.to_string())?;
-                for (i, (_, v)) in series.iter().enumerate() {
-                    let pts: Vec<(f64, f64)> = v
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, y)| y.is_finite() && **y > 0.0)
-                        .map(|(x, y)| (x as f64, *y))
-                        .collect();
-                    chart
-                        .draw_series(LineSeries::new(pts.clone(), color(i).stroke_width(2)))
-                        .map_err(|e| e.to_string())?;
-                    chart
-                        .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color(i).filled())))
-                        .map_err(|e| e.to_string())?;
-                }
+                mesh_and_lines!(chart, n, x_fmt, y_label, series, keep);
             } else {
                 let pad = ((hi - lo) * 0.08).max(1e-12);
                 let lo = if lo >= 0.0 {
@@ -234,29 +244,7 @@ pub fn lines(
                 let mut chart = builder
                     .build_cartesian_2d(-0.5f64..(n as f64 - 0.5), lo..(hi + pad))
                     .map_err(|e| e.to_string())?;
-                chart
-                    .configure_mesh()
-                    .x_labels(n)
-                    .x_label_formatter(&x_fmt)
-                    .y_desc(y_label)
-                    .x_desc("block / component")
-                    .label_style(("sans-serif", 13))
-                    .draw()
-                    .map_err(|e| e.to_string())?;
-                for (i, (_, v)) in series.iter().enumerate() {
-                    let pts: Vec<(f64, f64)> = v
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, y)| y.is_finite())
-                        .map(|(x, y)| (x as f64, *y))
-                        .collect();
-                    chart
-                        .draw_series(LineSeries::new(pts.clone(), color(i).stroke_width(2)))
-                        .map_err(|e| e.to_string())?;
-                    chart
-                        .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color(i).filled())))
-                        .map_err(|e| e.to_string())?;
-                }
+                mesh_and_lines!(chart, n, x_fmt, y_label, series, keep);
             }
             Ok(())
         }};
