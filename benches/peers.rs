@@ -324,25 +324,19 @@ struct Inputs {
 
 fn inputs(arch: Arch) -> Inputs {
     let f16 = FloatFormat::F16;
-    let mut made = Vec::new();
-    let mut get = |path: PathBuf, make: &dyn Fn() -> PathBuf| {
-        if !path.exists() {
-            made.push(path.clone());
-        }
-        make()
-    };
-    let a = get(
-        data_dir().join(format!("{}-f16-s1-d0.safetensors", arch.id())),
-        &|| model(arch, f16, 1, 0.0),
-    );
-    let b = get(
-        data_dir().join(format!("{}-f16-s1-d0.1.safetensors", arch.id())),
-        &|| model(arch, f16, 1, 0.1),
-    );
-    let c = get(
-        data_dir().join(format!("{}-f16-s1-ft1.safetensors", arch.id())),
-        &|| finetune(arch, f16, 1),
-    );
+    // What the data folder held before tells which inputs this run generates.
+    let existed: Vec<PathBuf> = std::fs::read_dir(data_dir())
+        .expect("bench data dir")
+        .filter_map(|e| Some(e.ok()?.path()))
+        .collect();
+    let a = model(arch, f16, 1, 0.0);
+    let b = model(arch, f16, 1, 0.1);
+    let c = finetune(arch, f16, 1);
+    let made: Vec<PathBuf> = [&a, &b, &c]
+        .into_iter()
+        .filter(|p| !existed.contains(p))
+        .cloned()
+        .collect();
     if !made.is_empty() {
         // Write the new files out now, so that writeback does not run under the timings.
         // SAFETY: sync has no preconditions.

@@ -24,39 +24,22 @@ pub fn data_dir() -> PathBuf {
 /// A full-size generated checkpoint (created once): the base of `seed`, plus a delta of
 /// `delta` (relative size) with seed `seed + 1000` when `delta > 0`.
 pub fn model(arch: Arch, dtype: FloatFormat, seed: u64, delta: f64) -> PathBuf {
-    let name = format!(
-        "{}-{}-s{seed}-d{delta}.safetensors",
-        arch.id(),
-        ckpt_diff::reader::dtype::name(dtype.dtype()).to_lowercase()
-    );
-    let path = data_dir().join(name);
-    if !path.exists() {
-        eprintln!("generating {} ...", path.display());
-        let mut m = Synthetic::base(arch, seed);
+    generated(arch, dtype, &format!("s{seed}-d{delta}"), || {
+        let m = Synthetic::base(arch, seed);
         if delta > 0.0 {
-            m = m.plus_delta(seed + 1000, synth::uniform(arch, delta));
+            m.plus_delta(seed + 1000, synth::uniform(arch, delta))
+        } else {
+            m
         }
-        synth::write(&path, &Layout::new(arch, 1, dtype), &m, &[], &NoProgress).expect("synth");
-    }
-    path
+    })
 }
 
 /// A full-size generated fine-tune of the base of seed 1 (created once): fine-tune `k`
 /// has its own delta direction and per-block sizes, as real fine-tunes do.
 pub fn finetune(arch: Arch, dtype: FloatFormat, k: usize) -> PathBuf {
-    let path = data_dir().join(format!("{}-s1-ft{k}.safetensors", prefix(arch, dtype)));
-    if !path.exists() {
-        eprintln!("generating {} ...", path.display());
-        synth::write(
-            &path,
-            &Layout::new(arch, 1, dtype),
-            &finetune_model(arch, k),
-            &[],
-            &NoProgress,
-        )
-        .expect("synth");
-    }
-    path
+    generated(arch, dtype, &format!("s1-ft{k}"), || {
+        finetune_model(arch, k)
+    })
 }
 
 /// The synthetic model of [`finetune`].
