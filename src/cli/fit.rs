@@ -574,9 +574,7 @@ fn text_report(args: &Args, names: &[String], f: &Fitted, recipes: &Recipes) -> 
     let mut head: Vec<String> = vec!["row".into(), "start".into()];
     head.extend((1..=f.steps.len()).map(|i| format!("S{i}")));
     head.extend(["global best".into(), "unexplained".into()]);
-    let head: Vec<&str> = head.iter().map(String::as_str).collect();
-    let right: Vec<bool> = (0..head.len()).map(|i| i > 0).collect();
-    let mut rt = TextTable::new(&head, &right);
+    let mut rt = TextTable::labelled(head);
     let mut worst: Vec<(f64, String)> = Vec::new();
     for &r in &f.present {
         let mut cells = vec![f.rows[r].clone(), pct(f.start_rows[r])];

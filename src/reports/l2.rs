@@ -54,12 +54,7 @@ pub fn tables(r: &L2Report) -> Vec<(String, TextTable)> {
     for s in &r.scopes {
         header.push(format!("{} relative", s.name));
     }
-    let right: Vec<bool> = (0..header.len()).map(|i| i > 0).collect();
-    let mut t = TextTable {
-        header,
-        rows: Vec::new(),
-        right,
-    };
+    let mut t = TextTable::labelled(header);
     for (m, name) in models.iter().enumerate() {
         let mut row = vec![format!("{} {name}", m + 1)];
         row.extend(r.scopes.iter().map(|s| sig(s.from_base[m])));
@@ -78,12 +73,7 @@ pub fn tables(r: &L2Report) -> Vec<(String, TextTable)> {
         "‖base‖".to_string(),
     ];
     header.extend((1..=models.len()).map(|i| format!("{i}")));
-    let right: Vec<bool> = (0..header.len()).map(|i| i > 0).collect();
-    let mut t = TextTable {
-        header,
-        rows: Vec::new(),
-        right,
-    };
+    let mut t = TextTable::labelled(header);
     for (k, row) in r.rows.iter().enumerate() {
         let mut cells = vec![row.label.clone(), params(row.params), sig(r.base_norm[k])];
         cells.extend((0..models.len()).map(|m| pct(r.relative[m][k])));
@@ -104,12 +94,7 @@ pub fn tables(r: &L2Report) -> Vec<(String, TextTable)> {
             i.to_string()
         }
     }));
-    let right: Vec<bool> = (0..header.len()).map(|i| i > 0).collect();
-    let mut t = TextTable {
-        header: header.clone(),
-        rows: Vec::new(),
-        right: right.clone(),
-    };
+    let mut t = TextTable::labelled(header);
     for (i, row) in all.distance.iter().enumerate() {
         let mut cells = vec![if i == 0 { "base".into() } else { i.to_string() }];
         cells.extend(row.iter().map(|d| sig(*d)));
@@ -118,12 +103,7 @@ pub fn tables(r: &L2Report) -> Vec<(String, TextTable)> {
     out.push(("Pairwise distances, whole checkpoint".into(), t));
     let mut header = vec!["".to_string()];
     header.extend((1..=models.len()).map(|i| i.to_string()));
-    let right: Vec<bool> = (0..header.len()).map(|i| i > 0).collect();
-    let mut t = TextTable {
-        header,
-        rows: Vec::new(),
-        right,
-    };
+    let mut t = TextTable::labelled(header);
     for (i, row) in all.delta_cosine.iter().enumerate() {
         let mut cells = vec![(i + 1).to_string()];
         cells.extend(row.iter().map(|c| format!("{c:.4}")));

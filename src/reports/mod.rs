@@ -37,6 +37,16 @@ impl TextTable {
         }
     }
 
+    /// A table of labelled rows: the first column left-aligned, every other one (numbers)
+    /// right-aligned.
+    pub fn labelled(header: Vec<String>) -> TextTable {
+        TextTable {
+            right: (0..header.len()).map(|i| i > 0).collect(),
+            header,
+            rows: Vec::new(),
+        }
+    }
+
     pub fn push(&mut self, row: Vec<String>) {
         self.rows.push(row);
     }
