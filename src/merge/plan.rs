@@ -438,6 +438,19 @@ impl Resolver<'_> {
         }
     }
 
+    /// The first three arguments, which must be models (the caller checked the arity).
+    fn three_models(
+        &mut self,
+        args: &[Expr],
+        si: usize,
+    ) -> Result<[Vec<(usize, Profile)>; 3], PlanError> {
+        Ok([
+            self.model_arg(&args[0], si)?,
+            self.model_arg(&args[1], si)?,
+            self.model_arg(&args[2], si)?,
+        ])
+    }
+
     /// A node for a model value (an existing node when it is one node with weight 1).
     fn node_of(&mut self, terms: Vec<(usize, Profile)>) -> usize {
         if terms.len() == 1 && terms[0].1.iter().all(|&c| c == 1.0) {
@@ -614,22 +627,14 @@ impl Resolver<'_> {
             }
             "ad" | "add_difference" => {
                 arity(3, 4)?;
-                let (a, b, c) = (
-                    self.model_arg(&args[0], si)?,
-                    self.model_arg(&args[1], si)?,
-                    self.model_arg(&args[2], si)?,
-                );
+                let [a, b, c] = self.three_models(args, si)?;
                 let alpha = weight(self, 3, "alpha", Some(1.0))?;
                 let neg: Profile = alpha.iter().map(|x| -x).collect();
                 Ok(lin(vec![(a, one), (b, alpha), (c, neg)]))
             }
             "triple_sum" => {
                 arity(3, 5)?;
-                let (a, b, c) = (
-                    self.model_arg(&args[0], si)?,
-                    self.model_arg(&args[1], si)?,
-                    self.model_arg(&args[2], si)?,
-                );
+                let [a, b, c] = self.three_models(args, si)?;
                 let alpha = weight(self, 3, "alpha", None)?;
                 let beta = weight(self, 4, "beta", None)?;
                 let rest: Profile = alpha.iter().zip(&beta).map(|(x, y)| 1.0 - x - y).collect();
@@ -637,11 +642,7 @@ impl Resolver<'_> {
             }
             "sum_twice" => {
                 arity(3, 5)?;
-                let (a, b, c) = (
-                    self.model_arg(&args[0], si)?,
-                    self.model_arg(&args[1], si)?,
-                    self.model_arg(&args[2], si)?,
-                );
+                let [a, b, c] = self.three_models(args, si)?;
                 let alpha = weight(self, 3, "alpha", None)?;
                 let beta = weight(self, 4, "beta", None)?;
                 let wa: Profile = alpha
