@@ -19,12 +19,11 @@ use crate::catalog::data::{self, Role};
 use crate::catalog::detect::shape_matches;
 use crate::catalog::{Detection, canonical_key, component_of};
 use crate::kernels;
-use crate::merge::engine::{Piece, write_pieces};
 use crate::pass::{Absorb, Item, Pass, PassError, Plan, Slice, Visit};
 use crate::reader::dtype::{self, FloatFormat};
 use crate::reader::{Checkpoint, Dtype};
 use crate::views::validate::{POSITION_IDS, read_position_ids};
-use crate::writer::{OutputFile, TensorSpec, WriteError};
+use crate::writer::{OutputFile, Piece, TensorSpec, WriteError};
 
 /// What to repair.
 #[derive(Clone, Debug, Default)]
@@ -375,10 +374,7 @@ pub fn fix(
         .into_iter()
         .collect();
     let items: Vec<Item> = pass.items(&plan, &entries);
-    std::thread::scope(|scope| -> Result<(), FixError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel::<Piece>(4);
-        let file_ref = &file;
-        let writer = scope.spawn(move || write_pieces(file_ref, rx));
+    crate::writer::stream_pieces(&file, |tx| -> Result<(), FixError> {
         for o in outs.iter().filter(|o| matches!(o.from, From::PositionIds)) {
             let bytes: Vec<u8> = (0..77i64).flat_map(|i| i.to_le_bytes()).collect();
             let _ = tx.send((o.index, 0, bytes));
@@ -387,12 +383,7 @@ pub fn fix(
             outs: &by_entry,
             writer: tx,
         };
-        let result = pass.run_items(&plan, &items, &work, &mut Ignore);
-        drop(work);
-        let written = writer.join().expect("the writer does not panic");
-        result?;
-        written?;
-        Ok(())
+        Ok(pass.run_items(&plan, &items, &work, &mut Ignore)?)
     })?;
     file.finish()?;
     Ok(report)

@@ -214,10 +214,15 @@ fn cache_file() -> Option<PathBuf> {
 
 /// `path<TAB>size<TAB>mtime_ns`.
 fn cache_key(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
     let canonical = std::fs::canonicalize(path).ok()?;
     let m = std::fs::metadata(&canonical).ok()?;
-    let mtime = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
+    // Nanoseconds since the epoch, negative before it (the same value as Unix's
+    // `st_mtime * 1e9 + st_mtime_nsec`, from `std` on every platform).
+    let modified = m.modified().ok()?;
+    let mtime = match modified.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => after.as_nanos() as i128,
+        Err(before) => -(before.duration().as_nanos() as i128),
+    };
     let name = canonical.to_str()?;
     if name.contains(['\t', '\n']) {
         return None;

@@ -7,10 +7,15 @@
 //! that is one of the inputs is refused before anything is created, and free space is
 //! checked before the first byte is written. If the writer is dropped before
 //! [`OutputFile::finish`], the temporary file is removed.
+//!
+//! Producers on many threads hand finished [`Piece`]s to one writer thread through
+//! [`stream_pieces`] (concurrent writes to one file contend on its lock). Small outputs
+//! (recipes, reports) go through [`write_small`], with the same temporary-file-and-rename.
 
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use serde_json::{Map, Value};
 use tempfile::NamedTempFile;
@@ -67,6 +72,8 @@ pub struct OutputFile {
     total_len: u64,
     /// The header as written (to patch fixed-length placeholders later).
     header: Vec<u8>,
+    /// Serialises seek-and-write where the platform has no positional write.
+    seek: Mutex<()>,
 }
 
 impl OutputFile {
@@ -122,7 +129,8 @@ impl OutputFile {
         temp.as_file().set_len(total_len).map_err(io)?;
         let mut prefix = (header.len() as u64).to_le_bytes().to_vec();
         prefix.extend_from_slice(&header);
-        temp.as_file().write_all_at(&prefix, 0).map_err(io)?;
+        let seek = Mutex::new(());
+        crate::sys::write_all_at(temp.as_file(), &seek, &prefix, 0).map_err(io)?;
         let data_start = prefix.len() as u64;
         let offsets = offsets.into_iter().map(|o| data_start + o).collect();
         Ok(OutputFile {
@@ -132,6 +140,7 @@ impl OutputFile {
             offsets,
             total_len,
             header,
+            seek,
         })
     }
 
@@ -173,13 +182,16 @@ impl OutputFile {
             "write past the end of '{}'",
             spec.name
         );
-        self.temp
-            .as_file()
-            .write_all_at(bytes, self.offsets[index] + byte_offset as u64)
-            .map_err(|source| WriteError::Io {
-                path: self.path.clone(),
-                source,
-            })
+        crate::sys::write_all_at(
+            self.temp.as_file(),
+            &self.seek,
+            bytes,
+            self.offsets[index] + byte_offset as u64,
+        )
+        .map_err(|source| WriteError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 
     /// Replaces every occurrence of `placeholder` in the written header with `value` (same
@@ -197,21 +209,20 @@ impl OutputFile {
         while let Some(pos) = self.header[i..].windows(from.len()).position(|w| w == from) {
             let at = i + pos;
             self.header[at..at + to.len()].copy_from_slice(to);
-            self.temp
-                .as_file()
-                .write_all_at(to, 8 + at as u64)
-                .map_err(|source| WriteError::Io {
+            crate::sys::write_all_at(self.temp.as_file(), &self.seek, to, 8 + at as u64).map_err(
+                |source| WriteError::Io {
                     path: self.path.clone(),
                     source,
-                })?;
+                },
+            )?;
             count += 1;
             i = at + to.len();
         }
         Ok(count)
     }
 
-    /// Syncs the data, makes the file readable like any other (0644, not tempfile's
-    /// 0600), and renames it into place.
+    /// Syncs the data, makes the file readable like any other (0644 on Unix, not
+    /// tempfile's 0600), and renames it into place.
     pub fn finish(self) -> Result<(), WriteError> {
         let io = |source| WriteError::Io {
             path: self.path.clone(),
@@ -219,9 +230,7 @@ impl OutputFile {
         };
         let file: &File = self.temp.as_file();
         file.sync_all().map_err(io)?;
-        use std::os::unix::fs::PermissionsExt;
-        file.set_permissions(std::fs::Permissions::from_mode(0o644))
-            .map_err(io)?;
+        crate::sys::make_readable(file).map_err(io)?;
         self.temp.persist(&self.path).map_err(|e| io(e.error))?;
         Ok(())
     }
@@ -258,40 +267,70 @@ fn layout(tensors: &[TensorSpec], metadata: &[(String, String)]) -> (Vec<u8>, Ve
 }
 
 fn refuse_input(path: &Path, inputs: &[&Path]) -> Result<(), WriteError> {
-    use std::os::unix::fs::MetadataExt;
-    let Ok(out) = std::fs::metadata(path) else {
-        return Ok(()); // Does not exist yet: cannot be an input.
-    };
-    for input in inputs {
-        if let Ok(m) = std::fs::metadata(input)
-            && m.dev() == out.dev()
-            && m.ino() == out.ino()
-        {
-            return Err(WriteError::OutputIsInput {
-                path: path.to_path_buf(),
-            });
-        }
+    if inputs
+        .iter()
+        .any(|input| crate::sys::same_file(path, input))
+    {
+        return Err(WriteError::OutputIsInput {
+            path: path.to_path_buf(),
+        });
     }
     Ok(())
 }
 
 /// Bytes available to this user on the file system of `dir`, if the OS says.
 fn free_space(dir: &Path) -> Option<u64> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let c = CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `c` is a valid NUL-terminated path and `st` points to writable memory of the
-    // right type; statvfs initialises it when it returns 0.
-    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
-    if rc != 0 {
-        return None;
+    crate::sys::free_space(dir)
+}
+
+/// A finished piece of an output: (tensor index in the file, byte offset in its data, bytes).
+pub type Piece = (usize, usize, Vec<u8>);
+
+/// Pieces waiting for the writer at most: bounds the memory producers can run ahead with.
+const PIECES_IN_FLIGHT: usize = 4;
+
+/// Runs `produce` with a sender of pieces while one writer thread writes them into `out`,
+/// in the order they arrive. Returns `produce`'s result, or its error, or else the first
+/// write error (the writer keeps draining after an error so that no producer blocks).
+pub fn stream_pieces<T, E: From<WriteError>>(
+    out: &OutputFile,
+    produce: impl FnOnce(SyncSender<Piece>) -> Result<T, E>,
+) -> Result<T, E> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(PIECES_IN_FLIGHT);
+        let writer = scope.spawn(move || write_pieces(out, rx));
+        // `produce` owns the sender: when it returns, the channel closes and the writer ends.
+        let produced = produce(tx);
+        let written = writer.join().expect("the writer does not panic");
+        let value = produced?;
+        written?;
+        Ok(value)
+    })
+}
+
+fn write_pieces(out: &OutputFile, pieces: Receiver<Piece>) -> Result<(), WriteError> {
+    let mut result = Ok(());
+    for (index, offset, bytes) in pieces {
+        if result.is_ok() {
+            result = out.write_tensor_bytes(index, offset, &bytes);
+        }
     }
-    // SAFETY: initialised by the successful call above.
-    let st = unsafe { st.assume_init() };
-    // The field types differ between targets (u32 on some 32-bit ones).
-    #[allow(clippy::unnecessary_cast)]
-    Some(st.f_bavail as u64 * st.f_frsize as u64)
+    result
+}
+
+/// Writes a small file (a recipe, a report page) through a temporary sibling and a rename,
+/// so that a reader never sees half of it.
+pub fn write_small(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    crate::sys::make_readable(tmp.as_file())?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! `sim --metric asim` and the torch-compatible generator, against golden values made with
 //! a real PyTorch install by `fixtures/asim/make_goldens.py`.
 
-use ckpt_diff::torch_rng::{MathPath, TorchGenerator};
+use ckpt_diff::rng::torch::{MathPath, TorchGenerator};
 use sha2::{Digest, Sha256};
 
 fn fixture(name: &str) -> serde_json::Value {

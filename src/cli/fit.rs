@@ -340,7 +340,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         &recipes.greedy
     };
     if let Some(o) = &args.output {
-        crate::reports::html::write_atomic(o, recipe.as_bytes())
+        crate::writer::write_small(o, recipe.as_bytes())
             .with_context(|| format!("writing '{}'", o.display()))?;
     }
 

@@ -16,8 +16,8 @@ use super::plan::{MergePlan, Node};
 use crate::kernels;
 use crate::pass::{Absorb, EntryKind, Item, PassError, Plan, Slice, Visit};
 use crate::reader::dtype::{self, FloatFormat};
-use crate::synth::noise::{Stream, key_hash, mix};
-use crate::writer::OutputFile;
+use crate::rng::counter::{Stream, key_hash, mix};
+use crate::writer::{OutputFile, Piece};
 
 /// Elements evaluated at a time inside an item.
 pub const SUB: usize = 1 << 16;
@@ -66,9 +66,6 @@ enum State {
     Median(Vec<f64>),
 }
 
-/// A finished piece of output: (tensor index in the file, byte offset in it, bytes).
-pub type Piece = (usize, usize, Vec<u8>);
-
 /// The work of one merge: a [`Visit`] that computes output pieces and hands them to the
 /// writer thread (one writer: concurrent writes to one file contend on its lock).
 pub struct MergeWork<'a> {
@@ -78,21 +75,6 @@ pub struct MergeWork<'a> {
     pub outputs: HashMap<usize, OutputTensor>,
     pub out: &'a OutputFile,
     pub writer: std::sync::mpsc::SyncSender<Piece>,
-}
-
-/// Writes pieces as they arrive until every sender is gone; returns the first error (and
-/// keeps draining after one, so no worker blocks).
-pub fn write_pieces(
-    out: &OutputFile,
-    pieces: std::sync::mpsc::Receiver<Piece>,
-) -> Result<(), crate::writer::WriteError> {
-    let mut result = Ok(());
-    for (index, offset, bytes) in pieces {
-        if result.is_ok() {
-            result = out.write_tensor_bytes(index, offset, &bytes);
-        }
-    }
-    result
 }
 
 /// What a visit reports back: bytes written.

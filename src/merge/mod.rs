@@ -268,21 +268,17 @@ pub fn run(
                     })
                 })
                 .collect();
-            let (tx, rx) = std::sync::mpsc::sync_channel(4);
-            let out_ref = &output;
-            let writer = scope.spawn(move || engine::write_pieces(out_ref, rx));
-            let work = MergeWork {
-                plan: &merge,
-                precision: options.precision,
-                outputs,
-                out: &output,
-                writer: tx,
-            };
-            let pass_result = pass.run_items(&pass_plan, &items, &work, &mut count);
-            drop(work); // Closes the channel: the writer finishes.
-            let written = writer.join().expect("the writer does not panic");
-            pass_result?;
-            written?;
+            crate::writer::stream_pieces(&output, |tx| {
+                let work = MergeWork {
+                    plan: &merge,
+                    precision: options.precision,
+                    outputs,
+                    out: &output,
+                    writer: tx,
+                };
+                pass.run_items(&pass_plan, &items, &work, &mut count)
+                    .map_err(MergeError::from)
+            })?;
             Ok(handles
                 .into_iter()
                 .map(|h| h.join().expect("hashing does not panic"))

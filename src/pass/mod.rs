@@ -461,19 +461,7 @@ impl<'p> Pass<'p> {
 /// Whether reading `bytes` would take more than three quarters of physical memory: then
 /// passes hand their pages back as they go.
 pub fn reads_past_memory(bytes: u64) -> bool {
-    physical_memory().is_some_and(|ram| bytes > ram / 4 * 3)
-}
-
-/// Bytes of physical memory, if the OS says.
-fn physical_memory() -> Option<u64> {
-    // SAFETY: sysconf has no preconditions.
-    let (pages, size) = unsafe {
-        (
-            libc::sysconf(libc::_SC_PHYS_PAGES),
-            libc::sysconf(libc::_SC_PAGESIZE),
-        )
-    };
-    (pages > 0 && size > 0).then(|| pages as u64 * size as u64)
+    crate::sys::physical_memory().is_some_and(|ram| bytes > ram / 4 * 3)
 }
 
 /// The byte range of `item` in each model's file.

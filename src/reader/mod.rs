@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use memmap2::{Advice, Mmap, UncheckedAdvice};
+use memmap2::Mmap;
 use thiserror::Error;
 
 pub use dtype::Dtype;
@@ -172,7 +172,7 @@ impl RawFile {
     /// As [`Checkpoint::release`].
     pub fn release(&self, start: u64, end: u64) {
         if let Some(map) = &self.map {
-            release_range(map, start, end);
+            crate::sys::release_pages(map, start, end);
         }
     }
 }
@@ -329,17 +329,12 @@ impl Checkpoint {
     /// them again. Keeps resident memory bounded in long passes. Only whole pages inside
     /// the range are released.
     pub fn release(&self, start: u64, end: u64) {
-        release_range(&self.map, start, end);
+        crate::sys::release_pages(&self.map, start, end);
     }
 }
 
-/// Maps a whole file read-only, advised for a sequential read in huge pages. The crate's
-/// only `Mmap::map`.
-///
-/// Readahead helps the tensor-by-tensor pass. Huge pages: a cold read through this mapping
-/// fills the page cache with 2 MiB folios that later runs map with one entry each instead of
-/// faulting 64 KiB at a time (measured 0.25 s -> 0.16 s to read two SD1.5 files). Failure to
-/// advise is harmless.
+/// Maps a whole file read-only, advised for one sequential read (see
+/// [`crate::sys::advise_sequential`]). The crate's only `Mmap::map`.
 fn map_file(file: &File) -> std::io::Result<Mmap> {
     // SAFETY: the mapping is read-only and private to this process. The one hazard is
     // another process truncating or rewriting the file while it is mapped: reads then see
@@ -347,30 +342,8 @@ fn map_file(file: &File) -> std::io::Result<Mmap> {
     // refuses an output path equal to an input), and users are told not to edit files while
     // a command runs.
     let map = unsafe { Mmap::map(file)? };
-    let _ = map.advise(Advice::Sequential);
-    let _ = map.advise(Advice::HugePage);
+    crate::sys::advise_sequential(&map);
     Ok(map)
-}
-
-/// Drops the page-table entries of the whole pages inside `start..end` of a mapping.
-fn release_range(map: &Mmap, start: u64, end: u64) {
-    const PAGE: u64 = 4096;
-    let first = start.div_ceil(PAGE) * PAGE;
-    let last = (end / PAGE) * PAGE;
-    if last <= first || last > map.len() as u64 {
-        return;
-    }
-    // SAFETY: the mapping is private and read-only, so MADV_DONTNEED cannot discard data
-    // (there are no private changes); the bytes read back the same from the page cache.
-    // Slices of the mapping that other code still holds stay valid: the address range stays
-    // mapped and faults the pages back in on access.
-    let _ = unsafe {
-        map.unchecked_advise_range(
-            UncheckedAdvice::DontNeed,
-            first as usize,
-            (last - first) as usize,
-        )
-    };
 }
 
 #[cfg(test)]

@@ -151,8 +151,8 @@ impl Report {
     /// Writes `index.html` and `summary.md` into `dir` (the PNGs are already there).
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        write_atomic(&dir.join("index.html"), self.html().as_bytes())?;
-        write_atomic(&dir.join("summary.md"), self.markdown().as_bytes())
+        crate::writer::write_small(&dir.join("index.html"), self.html().as_bytes())?;
+        crate::writer::write_small(&dir.join("summary.md"), self.markdown().as_bytes())
     }
 }
 
@@ -161,22 +161,6 @@ fn strip_xml_header(svg: &str) -> &str {
         Some(i) => &svg[i..],
         None => svg,
     }
-}
-
-/// Writes a small file through a temporary sibling and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
-    use std::os::unix::fs::PermissionsExt;
-    tmp.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
-    tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -3,9 +3,9 @@
 
 use serde::Serialize;
 
-use super::noise::{Stream, key_hash};
 use super::{Profile, Synthetic, profile_from_blocks, rows};
 use crate::catalog::{Arch, Block, Component, Grouping};
+use crate::rng::counter::{Stream, key_hash};
 
 /// One member of a family.
 #[derive(Clone, Debug, Serialize)]

@@ -15,7 +15,6 @@
 //! integer tensors (`position_ids`) stay int64 with their exact values.
 
 pub mod family;
-pub mod noise;
 
 use rayon::prelude::*;
 use serde::Serialize;
@@ -27,8 +26,8 @@ use crate::kernels;
 use crate::pass::{PassError, Progress};
 use crate::reader::Dtype;
 use crate::reader::dtype::FloatFormat;
+use crate::rng::counter::{Stream, key_hash};
 use crate::writer::{OutputFile, TensorSpec, WriteError};
-use noise::{Stream, key_hash};
 
 /// The U-Net's input-channel variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

@@ -31,7 +31,7 @@ use serde::Serialize;
 use crate::catalog::{Arch, Block, canonical_key};
 use crate::reader::Checkpoint;
 use crate::reader::dtype::float_format;
-use crate::torch_rng::{MathPath, TorchGenerator};
+use crate::rng::torch::{MathPath, TorchGenerator};
 
 /// The seed of the original scripts and of wkpark's tables.
 pub const SEED: u64 = 114514;
