@@ -5,11 +5,13 @@
 //! * [`data`]: the SD1/SD2/SDXL layouts, compiled in;
 //! * [`detect`]: which architecture a file is, how sure, and which variant;
 //! * [`Grouping`]: the rows an analysis reports (U-Net blocks, then each text encoder, the
-//!   VAE, the rest), or groups by key prefix for layouts the catalog does not know.
+//!   VAE, the rest), or groups by key prefix for layouts the catalog does not know;
+//! * [`selector`]: the one language in which users choose rows (`OUT06..OUT11`, `te`, ...).
 
 pub mod blocks;
 pub mod data;
 pub mod detect;
+pub mod selector;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -17,6 +19,7 @@ use std::fmt;
 
 pub use blocks::{Block, Component, block_of, component_of};
 pub use detect::{Confidence, Detection, Variant, detect};
+pub use selector::{SelectError, Selector};
 
 /// An architecture in the catalog.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]

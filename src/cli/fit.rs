@@ -9,14 +9,14 @@ use serde_json::json;
 
 use super::Outcome;
 use super::common::{Global, Model, choose_grouping, open_all, print};
-use crate::catalog::{Arch, Block, Grouping};
+use crate::catalog::{Arch, Block, Grouping, Selector};
 use crate::gram::{GramSpec, gather};
 use crate::merge::plan::show;
 use crate::pass::progress::Bar;
 use crate::pass::{Pass, Plan};
 use crate::reports::{self, TextTable};
 use crate::views::fit::{
-    BASE, Coefs, FIRST_SOURCE, Objective, Op, Problem, START, Step, TARGET, expand, region_rows,
+    BASE, Coefs, FIRST_SOURCE, Objective, Op, Problem, START, Step, TARGET, expand,
 };
 
 #[derive(Debug, clap::Args)]
@@ -42,7 +42,8 @@ pub struct Args {
     /// Allowed alpha range, LO:HI.
     #[arg(long, default_value = "0:1")]
     bounds: String,
-    /// Rows whose similarity counts: out, in, mid, unet, te, vae or all (comma-separated).
+    /// Rows whose similarity counts, comma-separated: blocks (OUT03), ranges (IN00..IN05)
+    /// and groups (in, mid, out, unet, te, vae, base, all).
     #[arg(long, default_value = "unet")]
     region: String,
     /// mean: the mean of the block similarities (the published convention); flat: the
@@ -269,8 +270,8 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
                 .expect("a merge block")
         })
         .collect();
-    let mut region = region_rows(&groups, &args.region)
-        .map_err(anyhow::Error::msg)
+    let mut region = Selector::parse(&args.region)
+        .and_then(|s| s.rows(&grouping))
         .context("--region")?;
     let present: Vec<usize> = (0..groups.len())
         .filter(|&r| inner.rows[r].tensors > 0)

@@ -8,12 +8,12 @@ use super::Outcome;
 use super::common::{
     ArchArg, FormatArgs, Global, Model, choose_grouping, keys_regex, open_all, print,
 };
-use crate::catalog::Layout;
+use crate::catalog::{Layout, Selector};
 use crate::gram::{GramSpec, gather};
 use crate::pass::progress::Bar;
 use crate::pass::{Pass, Plan};
 use crate::reports::sim::ModelLine;
-use crate::views::sim::{RowFilter, report};
+use crate::views::sim::report;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -21,9 +21,10 @@ pub struct Args {
     a: PathBuf,
     /// Model B.
     b: PathBuf,
-    /// Rows to show: in, mid, out, unet, te, vae, other or all, comma-separated. Totals are
-    /// over the rows shown. With `--metric asim` also block names and ranges (OUT03..OUT10);
-    /// the random draws follow the selection, as in the original scripts.
+    /// Rows to show, comma-separated: blocks (IN04, M00, OUT11), ranges (OUT03..OUT10) and
+    /// groups (in, mid, out, unet, te, te1, te2, vae, other, base, all). Totals are over the
+    /// rows shown. With `--metric asim` the random draws follow the selection, as in the
+    /// original scripts.
     #[arg(long, default_value = "all", value_name = "SET")]
     blocks: String,
     /// cosine: the cosine of the weights, per block. asim: ASimilarity, the
@@ -74,21 +75,23 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     if args.seed.is_some() || args.like.is_some() || args.precision.is_some() {
         anyhow::bail!("--seed, --like and --precision go with --metric asim");
     }
-    let filter = RowFilter::parse(&args.blocks)
-        .map_err(anyhow::Error::msg)
-        .context("--blocks")?;
+    let selector = Selector::parse(&args.blocks).context("--blocks")?;
     let keys = keys_regex(args.keys.as_deref())?;
     let models = open_all(&[args.a.clone(), args.b.clone()])?;
     let refs: Vec<&Model> = models.iter().collect();
     let grouping = choose_grouping(&refs, args.arch, "sim")?;
+    // Layouts the catalog does not know have rows by key prefix: every one is shown.
+    let chosen = match grouping.layout() {
+        Layout::Generic => vec![true; grouping.groups().len()],
+        Layout::Known(_) => selector.rows(&grouping).context("--blocks")?,
+    };
     let plan = Plan::new(models.iter().map(|m| &m.ckpt).collect());
-    let generic = grouping.layout() == Layout::Generic;
     let entries: Vec<usize> = plan
         .entries()
         .iter()
         .enumerate()
         .filter(|(_, e)| keys.as_ref().is_none_or(|re| re.is_match(&e.key)))
-        .filter(|(_, e)| filter.keeps(&grouping.groups()[grouping.group_of(&e.key)], generic))
+        .filter(|(_, e)| chosen[grouping.group_of(&e.key)])
         .map(|(i, _)| i)
         .collect();
 
@@ -106,7 +109,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         &pass,
     )?;
     drop(bar);
-    let result = report(&plan, &grouping, &entries, &inner, filter);
+    let result = report(&plan, &grouping, &entries, &inner, &chosen);
     let lines: Vec<ModelLine> = models.iter().map(Model::line).collect();
     let text = crate::reports::sim::render(
         &lines,
@@ -164,7 +167,8 @@ fn run_asim(args: &Args, global: &Global) -> Result<Outcome> {
     let like = args.like.unwrap_or(asim::Like::Wkpark);
     let precision = args.precision.unwrap_or(asim::Precision::F32);
     let seed = args.seed.unwrap_or(like.default_seed());
-    let blocks = asim::select(arch, &args.blocks)
+    let selector = Selector::parse(&args.blocks).context("--blocks")?;
+    let blocks = asim::select(arch, &selector)
         .map_err(anyhow::Error::msg)
         .context("--blocks")?;
     let bar = Bar::counting("asim", "blocks", global.quiet);

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use super::recipe::{Arg, Expr, Recipe, Span, Weights};
-use crate::catalog::{Arch, Block, Component, GroupInfo, Grouping};
+use crate::catalog::{Arch, Block, GroupInfo, Grouping, Selector};
 
 /// Per-row coefficients, indexed like [`Grouping::groups`].
 pub type Profile = Vec<f64>;
@@ -686,43 +686,12 @@ impl Resolver<'_> {
                     _ => {
                         return err(
                             span,
-                            "`swap(A, B, te)`: name the component taken from B: unet, te, te1, te2 or vae",
+                            "`swap(A, B, te)`: name what is taken from B: a component (unet, te, te1, te2, vae) or blocks (OUT06..OUT11)",
                         );
                     }
                 };
-                let take: Vec<bool> = match comp.to_ascii_lowercase().as_str() {
-                    "unet" => self
-                        .groups
-                        .iter()
-                        .map(|g| g.component == Component::Unet)
-                        .collect(),
-                    "te" | "clip" => self
-                        .groups
-                        .iter()
-                        .map(|g| matches!(g.component, Component::Te1 | Component::Te2))
-                        .collect(),
-                    "te1" => self
-                        .groups
-                        .iter()
-                        .map(|g| g.component == Component::Te1)
-                        .collect(),
-                    "te2" => self
-                        .groups
-                        .iter()
-                        .map(|g| g.component == Component::Te2)
-                        .collect(),
-                    "vae" => self
-                        .groups
-                        .iter()
-                        .map(|g| g.component == Component::Vae)
-                        .collect(),
-                    other => {
-                        return err(
-                            span,
-                            format!("unknown component '{other}'; use unet, te, te1, te2 or vae"),
-                        );
-                    }
-                };
+                let taken = self.select(&comp, span)?;
+                let take: Vec<bool> = (0..self.rows()).map(|r| taken.contains(&r)).collect();
                 let wb: Profile = take.iter().map(|&t| if t { 1.0 } else { 0.0 }).collect();
                 let wa: Profile = wb.iter().map(|x| 1.0 - x).collect();
                 Ok(lin(vec![(a, wa), (b, wb)]))
@@ -904,94 +873,12 @@ impl Resolver<'_> {
         }
     }
 
-    /// The rows a selector names.
+    /// The rows a selector names (the catalog's one selector language).
     fn select(&self, sel: &str, span: Span) -> Result<Vec<usize>, PlanError> {
-        let order = self.arch.merge_blocks();
-        let rows_of_block = |b: Block| -> Vec<usize> {
-            self.groups
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| g.block.unwrap_or(Block::Base) == b)
-                .map(|(i, _)| i)
-                .collect()
-        };
-        let by_component = |pred: &dyn Fn(Component) -> bool| -> Vec<usize> {
-            self.groups
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| g.block.is_none() && pred(g.component))
-                .map(|(i, _)| i)
-                .collect()
-        };
-        let upper = sel.to_ascii_uppercase();
-        if let Some((a, b)) = upper.split_once("..") {
-            let (Some(a), Some(b)) = (Block::parse(a), Block::parse(b)) else {
-                return err(
-                    span,
-                    format!("'{sel}' is not a range of blocks like OUT06..OUT11"),
-                );
-            };
-            let (Some(i), Some(j)) = (
-                order.iter().position(|x| *x == a),
-                order.iter().position(|x| *x == b),
-            ) else {
-                return err(
-                    span,
-                    format!("'{sel}' names blocks {} does not have", self.arch.label()),
-                );
-            };
-            if i > j {
-                return err(span, format!("'{sel}' runs backwards"));
-            }
-            return Ok(order[i..=j]
-                .iter()
-                .flat_map(|b| rows_of_block(*b))
-                .collect());
-        }
-        let rows = match upper.as_str() {
-            "TE" | "CLIP" => by_component(&|c| matches!(c, Component::Te1 | Component::Te2)),
-            "TE1" => by_component(&|c| c == Component::Te1),
-            "TE2" => by_component(&|c| c == Component::Te2),
-            "VAE" => by_component(&|c| c == Component::Vae),
-            "OTHER" => by_component(&|c| c == Component::Other),
-            "UNET" => self
-                .groups
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| g.block.is_some())
-                .map(|(i, _)| i)
-                .collect(),
-            "IN" => self
-                .groups
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| matches!(g.block, Some(Block::In(_))))
-                .map(|(i, _)| i)
-                .collect(),
-            "OUT" => self
-                .groups
-                .iter()
-                .enumerate()
-                .filter(|(_, g)| matches!(g.block, Some(Block::Out(_))))
-                .map(|(i, _)| i)
-                .collect(),
-            _ => match Block::parse(&upper) {
-                Some(b) if order.contains(&b) => rows_of_block(b),
-                _ => {
-                    return err(
-                        span,
-                        format!(
-                            "'{sel}' is not a block of {} (BASE, IN00.., M00, OUT..), nor TE, TE1, TE2, VAE, UNET, IN, OUT",
-                            self.arch.label()
-                        ),
-                    );
-                }
-            },
-        };
-        if rows.is_empty() {
-            return err(span, format!("{} has no '{sel}'", self.arch.label()));
-        }
-        Ok(rows)
+        let rows = Selector::parse(sel)
+            .and_then(|s| s.rows(&Grouping::for_arch(self.arch)))
+            .map_err(|e| PlanError { span, message: e.0 })?;
+        Ok((0..rows.len()).filter(|&r| rows[r]).collect())
     }
 }
 
@@ -1057,6 +944,7 @@ fn find_option(options: &[(String, Arg, Span)], key: &str) -> Option<(Arg, Span)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::Component;
     use crate::merge::recipe::parse;
 
     fn plan(text: &str, arch: Arch) -> Result<MergePlan, PlanError> {

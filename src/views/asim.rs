@@ -28,7 +28,8 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 use serde::Serialize;
 
-use crate::catalog::{Arch, Block, canonical_key};
+use crate::catalog::selector::Term;
+use crate::catalog::{Arch, Block, Grouping, Selector, canonical_key};
 use crate::reader::Checkpoint;
 use crate::reader::dtype::float_format;
 use crate::rng::torch::{MathPath, TorchGenerator};
@@ -133,54 +134,38 @@ pub fn arch_of(ckpt: &Checkpoint) -> Option<Arch> {
         .find(|&arch| attention_blocks(arch).iter().all(has))
 }
 
-/// The blocks a `--blocks` list selects, in the scripts' order: `all`, `in`, `mid`, `out`,
-/// `unet`, block names (`OUT03`) and ranges (`OUT03..OUT10`), comma-separated. The random
-/// draws follow the selection, as in the scripts (OUT03 gets the first draw of an OUT-only
-/// run and the eighth of a full one).
-pub fn select(arch: Arch, spec: &str) -> Result<Vec<AsimBlock>, String> {
+/// The scored blocks a selector chooses, in model order. A block named alone must have a
+/// transformer to score; groups and ranges take the scored blocks they cover.
+pub fn select(arch: Arch, selector: &Selector) -> Result<Vec<AsimBlock>, String> {
     let all = attention_blocks(arch);
     let names: Vec<String> = all.iter().map(|b| b.block.to_string()).collect();
-    let mut keep = vec![false; all.len()];
-    let position = |name: &str| -> Result<usize, String> {
-        let up = name.to_ascii_uppercase().replace("MID", "M00");
-        names.iter().position(|n| *n == up).ok_or_else(|| {
-            format!(
-                "block '{name}' has no transformer to score; ASimilarity scores {}",
+    for (term, text) in selector.terms() {
+        if let Term::Block(b) = term
+            && !all.iter().any(|a| a.block == b)
+        {
+            return Err(format!(
+                "block '{text}' has no transformer to score; ASimilarity scores {}",
                 names.join(", ")
-            )
-        })
-    };
-    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        let lower = part.to_ascii_lowercase();
-        let range: Box<dyn Fn(&AsimBlock) -> bool> = match lower.as_str() {
-            "all" | "unet" => Box::new(|_| true),
-            "in" | "input" => Box::new(|b| matches!(b.block, Block::In(_))),
-            "mid" | "middle" | "m00" => Box::new(|b| b.block == Block::Mid),
-            "out" | "output" => Box::new(|b| matches!(b.block, Block::Out(_))),
-            _ => {
-                let (from, to) = match part.split_once("..") {
-                    Some((a, b)) => (position(a)?, position(b)?),
-                    None => (position(part)?, position(part)?),
-                };
-                if from > to {
-                    return Err(format!("'{part}': the range runs backwards"));
-                }
-                keep[from..=to].iter_mut().for_each(|k| *k = true);
-                continue;
-            }
-        };
-        for (k, b) in keep.iter_mut().zip(&all) {
-            *k |= range(b);
+            ));
         }
     }
+    let grouping = Grouping::for_arch(arch);
+    let rows = selector.rows(&grouping).map_err(|e| e.to_string())?;
     let chosen: Vec<AsimBlock> = all
         .into_iter()
-        .zip(keep)
-        .filter(|(_, k)| *k)
-        .map(|(b, _)| b)
+        .filter(|b| {
+            grouping
+                .groups()
+                .iter()
+                .zip(&rows)
+                .any(|(g, &c)| c && g.block == Some(b.block))
+        })
         .collect();
     if chosen.is_empty() {
-        return Err(format!("'{spec}' selects no block with a transformer"));
+        return Err(format!(
+            "'{selector}' selects no block with a transformer; ASimilarity scores {}",
+            names.join(", ")
+        ));
     }
     Ok(chosen)
 }
@@ -410,6 +395,10 @@ mod tests {
         blocks.iter().map(|b| b.block.to_string()).collect()
     }
 
+    fn select(arch: Arch, text: &str) -> Result<Vec<AsimBlock>, String> {
+        super::select(arch, &Selector::parse(text).map_err(|e| e.to_string())?)
+    }
+
     #[test]
     fn selections_follow_the_scripts_order() {
         assert_eq!(select(Arch::Sd1, "all").unwrap().len(), 16);
@@ -433,5 +422,16 @@ mod tests {
         );
         assert!(select(Arch::Sd1, "OUT05..OUT03").is_err());
         assert!(select(Arch::Sd1, "").is_err());
+        // Ranges and groups take the scored blocks they cover; alone, a text encoder
+        // covers none.
+        assert_eq!(
+            names(&select(Arch::Sd1, "IN00..IN03").unwrap()),
+            ["IN01", "IN02"]
+        );
+        assert!(
+            select(Arch::Sd1, "te")
+                .unwrap_err()
+                .contains("no block with a transformer")
+        );
     }
 }

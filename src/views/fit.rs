@@ -26,7 +26,7 @@
 use faer::{Mat, Side};
 use serde::Serialize;
 
-use crate::catalog::{Block, Component, GroupInfo};
+use crate::catalog::{Block, GroupInfo};
 use crate::gram::Gram;
 
 /// Model indices in the Gram: 0 base, 1 target, 2 start, 3.. sources.
@@ -607,32 +607,6 @@ pub fn solve_psd(g: &Mat<f64>, r: &[f64]) -> Vec<f64> {
         }
     }
     w
-}
-
-/// The rows that a region names: `out`, `in`, `mid`, `unet`, `te`, `vae`, `all`
-/// (comma-separated).
-pub fn region_rows(rows: &[GroupInfo], spec: &str) -> Result<Vec<bool>, String> {
-    let mut keep = vec![false; rows.len()];
-    for part in spec.split(',').map(|p| p.trim().to_ascii_lowercase()) {
-        for (r, g) in rows.iter().enumerate() {
-            let hit = match part.as_str() {
-                "out" => matches!(g.block, Some(Block::Out(_))),
-                "in" => matches!(g.block, Some(Block::In(_))),
-                "mid" => g.block == Some(Block::Mid),
-                "unet" => g.block.is_some(),
-                "te" => matches!(g.component, Component::Te1 | Component::Te2),
-                "vae" => g.component == Component::Vae,
-                "all" => g.component != Component::Other,
-                other => {
-                    return Err(format!(
-                        "unknown region '{other}'; use out, in, mid, unet, te, vae or all"
-                    ));
-                }
-            };
-            keep[r] |= hit;
-        }
-    }
-    Ok(keep)
 }
 
 #[cfg(test)]

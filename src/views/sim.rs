@@ -8,75 +8,9 @@
 
 use serde::Serialize;
 
-use crate::catalog::{Block, Component, GroupInfo, Grouping};
+use crate::catalog::{Block, Component, Grouping};
 use crate::gram::InnerProducts;
 use crate::pass::{EntryKind, Plan};
-
-/// Which rows to show.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct RowFilter {
-    pub input: bool,
-    pub mid: bool,
-    pub output: bool,
-    pub text_encoders: bool,
-    pub vae: bool,
-    pub other: bool,
-}
-
-impl RowFilter {
-    pub const ALL: RowFilter = RowFilter {
-        input: true,
-        mid: true,
-        output: true,
-        text_encoders: true,
-        vae: true,
-        other: true,
-    };
-
-    /// Parses a comma-separated list of `in`, `mid`, `out`, `unet`, `te`, `vae`, `other`,
-    /// `all`.
-    pub fn parse(s: &str) -> Result<RowFilter, String> {
-        let mut f = RowFilter::default();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-            match part.to_ascii_lowercase().as_str() {
-                "in" | "input" => f.input = true,
-                "mid" | "middle" | "m00" => f.mid = true,
-                "out" | "output" => f.output = true,
-                "unet" => {
-                    f.input = true;
-                    f.mid = true;
-                    f.output = true;
-                }
-                "te" | "text" | "clip" => f.text_encoders = true,
-                "vae" => f.vae = true,
-                "other" => f.other = true,
-                "all" => f = RowFilter::ALL,
-                other => {
-                    return Err(format!(
-                        "unknown block set '{other}'; use in, mid, out, unet, te, vae, other or all \
-                         (comma-separated)"
-                    ));
-                }
-            }
-        }
-        Ok(f)
-    }
-
-    /// Does this filter keep `group`? Generic layouts (rows by prefix) are always kept.
-    pub fn keeps(&self, group: &GroupInfo, generic: bool) -> bool {
-        if generic {
-            return true;
-        }
-        match (group.component, group.block) {
-            (Component::Unet, Some(Block::In(_))) => self.input,
-            (Component::Unet, Some(Block::Mid)) => self.mid,
-            (Component::Unet, Some(Block::Out(_))) => self.output,
-            (Component::Te1 | Component::Te2, _) => self.text_encoders,
-            (Component::Vae, _) => self.vae,
-            _ => self.other,
-        }
-    }
-}
 
 /// One row of the table.
 #[derive(Clone, Debug, Serialize)]
@@ -165,16 +99,15 @@ pub struct SimReport {
 
 /// Builds the report from the inner products of models 0 (A) and 1 (B).
 ///
-/// `entries` are the plan entries the user asked about (after `--keys` and `--blocks`);
-/// the notes cover those.
+/// `entries` are the plan entries the user asked about (after the key and row selection);
+/// the notes cover those. `chosen` says which rows to show, indexed like the grouping.
 pub fn report(
     plan: &Plan<'_>,
     grouping: &Grouping,
     entries: &[usize],
     inner: &InnerProducts,
-    filter: RowFilter,
+    chosen: &[bool],
 ) -> SimReport {
-    let generic = grouping.layout() == crate::catalog::Layout::Generic;
     let raw = |g: &crate::gram::Gram| match inner.center {
         Some(c) => g.uncentered(c),
         None => g.clone(),
@@ -183,7 +116,7 @@ pub fn report(
     let mut shown = Vec::new();
     for (r, group) in grouping.groups().iter().enumerate() {
         let sums = &inner.rows[r];
-        if sums.tensors == 0 || !filter.keeps(group, generic) {
+        if sums.tensors == 0 || !chosen[r] {
             continue;
         }
         shown.push(r);
