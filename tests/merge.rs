@@ -249,7 +249,7 @@ fn dare_matches_its_definition_and_is_reproducible() {
     check(&fam, &got, |key, x| {
         let keep = 0.3;
         let masks: Vec<_> = (0..2)
-            .map(|j| ckpt_diff::merge::engine::dare_stream(42, key, j))
+            .map(|j| ckpt_diff::merge::methods::dare::dare_stream(42, key, j))
             .collect();
         (0..x[0].len())
             .map(|i| {

@@ -12,6 +12,7 @@ use super::common::{Global, Model, choose_grouping, open_all, print};
 use crate::catalog::{Arch, Block, Grouping, Selector};
 use crate::gram::{GramSpec, gather};
 use crate::merge::plan::show;
+use crate::merge::recipe::writer::{Names, quote_path};
 use crate::pass::progress::Bar;
 use crate::pass::{Pass, Plan};
 use crate::reports::{self, TextTable};
@@ -91,57 +92,6 @@ fn distinct(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<usize>) {
         }
     }
     (files, phys)
-}
-
-/// A recipe name for a file: its stem made valid and unique.
-fn names(paths: &[&Path], taken: &[&str]) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for p in paths {
-        let name = crate::merge::recipe::name_for_file(p);
-        let mut candidate = name.clone();
-        let mut k = 2;
-        while out.contains(&candidate)
-            || taken.contains(&candidate.as_str())
-            || candidate.starts_with('S') && candidate[1..].parse::<usize>().is_ok()
-        {
-            candidate = format!("{name}_{k}");
-            k += 1;
-        }
-        out.push(candidate);
-    }
-    out
-}
-
-/// A model's path as a recipe binding: relative to the recipe's folder `dir` (where merge
-/// resolves it), so a recipe and its models can move together; absolute when they share
-/// no folder.
-fn quoted(p: &Path, dir: &Path) -> Result<String> {
-    let abs = std::fs::canonicalize(p).with_context(|| format!("'{}'", p.display()))?;
-    let rel = relative(&abs, dir).unwrap_or(abs);
-    let s = rel
-        .to_str()
-        .with_context(|| format!("'{}' is not UTF-8", p.display()))?;
-    if s.contains('"') {
-        bail!("'{s}': paths with '\"' cannot go in a recipe");
-    }
-    Ok(format!("\"{s}\""))
-}
-
-/// `path` relative to `dir` (both canonical), through at most two `..`.
-fn relative(path: &Path, dir: &Path) -> Option<PathBuf> {
-    let common = path
-        .components()
-        .zip(dir.components())
-        .take_while(|(a, b)| a == b)
-        .count();
-    let up = dir.components().count() - common;
-    if common <= 1 || up > 2 {
-        return None;
-    }
-    let mut out = PathBuf::new();
-    (0..up).for_each(|_| out.push(".."));
-    path.components().skip(common).for_each(|c| out.push(c));
-    Some(out)
 }
 
 /// Similarities near 100% differ in the fifth decimal: six are shown.
@@ -454,17 +404,21 @@ fn recipe_dir(args: &Args) -> Result<PathBuf> {
 /// weighted sum with per-block weights).
 fn recipes(args: &Args, start_path: &Path, target: &str, f: &Fitted) -> Result<Recipes> {
     let source_paths: Vec<&Path> = args.sources.iter().map(PathBuf::as_path).collect();
-    let source_names = names(&source_paths, &["base", "start", "alpha", "OUT"]);
+    let mut names = Names::reserving(&["base", "start", "alpha", "OUT"]);
+    let source_names: Vec<String> = source_paths.iter().map(|p| names.for_file(p)).collect();
     let dir = recipe_dir(args)?;
-    let mut bindings = format!("base = {}\n", quoted(&args.base, &dir)?);
+    let mut bindings = format!("base = {}\n", quote_path(&args.base, Some(&dir))?);
     let start_is_base =
         std::fs::canonicalize(start_path).ok() == std::fs::canonicalize(&args.base).ok();
     let start_name = if start_is_base { "base" } else { "start" }.to_string();
     if !start_is_base {
-        bindings.push_str(&format!("start = {}\n", quoted(start_path, &dir)?));
+        bindings.push_str(&format!(
+            "start = {}\n",
+            quote_path(start_path, Some(&dir))?
+        ));
     }
     for (n, p) in source_names.iter().zip(&args.sources) {
-        bindings.push_str(&format!("{n} = {}\n", quoted(p, &dir)?));
+        bindings.push_str(&format!("{n} = {}\n", quote_path(p, Some(&dir))?));
     }
     let header = |what: &str, obj: f64| {
         format!(

@@ -6,6 +6,7 @@ use anyhow::{Context, Result, bail};
 
 use super::Outcome;
 use super::common::{Global, print};
+use crate::merge::recipe::writer::{Names, quote_path};
 use crate::merge::{self, Missing, Options, Precision};
 use crate::pass::progress::Bar;
 use crate::reader::dtype::{FloatFormat, parse_user_float};
@@ -116,13 +117,9 @@ impl OutArgs {
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let (text, base_dir, out) = match args.shortcut {
         Some(Shortcut::Ws { a, b, alpha, out }) => {
-            let names = model_names(&[&a, &b]);
+            let (bindings, names) = bindings(&[&a, &b])?;
             let text = format!(
-                "{} = {}\n{} = {}\nOUT = {} x (1-alpha) + {} x alpha\n    alpha = {}\n",
-                names[0],
-                quote(&a)?,
-                names[1],
-                quote(&b)?,
+                "{bindings}OUT = {} x (1-alpha) + {} x alpha\n    alpha = {}\n",
                 names[0],
                 names[1],
                 alpha.trim()
@@ -136,15 +133,9 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
             alpha,
             out,
         }) => {
-            let names = model_names(&[&a, &b, &c]);
+            let (bindings, names) = bindings(&[&a, &b, &c])?;
             let text = format!(
-                "{} = {}\n{} = {}\n{} = {}\nOUT = {} + ({} - {}) x alpha\n    alpha = {}\n",
-                names[0],
-                quote(&a)?,
-                names[1],
-                quote(&b)?,
-                names[2],
-                quote(&c)?,
+                "{bindings}OUT = {} + ({} - {}) x alpha\n    alpha = {}\n",
                 names[0],
                 names[1],
                 names[2],
@@ -220,27 +211,16 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     Ok(Outcome::Ok)
 }
 
-/// Recipe names for the inputs: their file stems, made into valid names and unique.
-fn model_names(paths: &[&PathBuf]) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for (i, p) in paths.iter().enumerate() {
-        let mut name = crate::merge::recipe::name_for_file(p);
-        if names.contains(&name) || name == "OUT" || name == "alpha" {
-            name = format!("{name}_{}", (b'A' + i as u8) as char);
-        }
-        names.push(name);
+/// `NAME = "path"` lines for the inputs of a shortcut (absolute paths, so the recipe stands
+/// alone in the output's metadata), and the names.
+fn bindings(paths: &[&PathBuf]) -> Result<(String, Vec<String>)> {
+    let mut names = Names::reserving(&["OUT", "alpha"]);
+    let mut text = String::new();
+    let mut given = Vec::new();
+    for p in paths {
+        let name = names.for_file(p);
+        text.push_str(&format!("{name} = {}\n", quote_path(p, None)?));
+        given.push(name);
     }
-    names
-}
-
-/// A path as a quoted recipe string (absolute, so the recipe stands alone in metadata).
-fn quote(p: &Path) -> Result<String> {
-    let abs = std::path::absolute(p).with_context(|| format!("'{}'", p.display()))?;
-    let s = abs
-        .to_str()
-        .with_context(|| format!("'{}' is not UTF-8", p.display()))?;
-    if s.contains('"') {
-        bail!("'{s}': paths with '\"' cannot go in a recipe");
-    }
-    Ok(format!("\"{s}\""))
+    Ok((text, given))
 }

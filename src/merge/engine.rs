@@ -9,18 +9,19 @@
 //! median itself), then producing the output chunk by chunk. Memory per worker: a few
 //! chunk buffers and its item's output bytes, plus for TIES one f32 magnitude buffer and for
 //! the geometric median one f64 buffer of the tensor. One writer thread writes the pieces.
+//!
+//! The engine knows the graph's three kinds of node (inputs, linear combinations, registry
+//! methods), not any method: each method evaluates itself through
+//! [`NodeMethod`](super::methods::NodeMethod).
 
 use std::collections::HashMap;
 
+use super::methods::{Prepared, SUB, TensorInputs};
 use super::plan::{MergePlan, Node};
 use crate::kernels;
 use crate::pass::{Absorb, EntryKind, Item, PassError, Plan, Slice, Visit};
 use crate::reader::dtype::{self, FloatFormat};
-use crate::rng::counter::{Stream, key_hash, mix};
 use crate::writer::{OutputFile, Piece};
-
-/// Elements evaluated at a time inside an item.
-pub const SUB: usize = 1 << 16;
 
 /// Arithmetic precision of node results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,17 +54,6 @@ pub struct OutputTensor {
     pub source: Source,
     /// Index in the output file.
     pub out_index: usize,
-}
-
-/// Statistics a per-tensor node computed in its preparing sweeps.
-enum State {
-    None,
-    /// TIES: per model, the magnitude at or above which deltas are kept.
-    Thresholds(Vec<f32>),
-    /// Model Stock: the weight of the mean of the models.
-    StockT(f64),
-    /// The geometric median of the tensor.
-    Median(Vec<f64>),
 }
 
 /// The work of one merge: a [`Visit`] that computes output pieces and hands them to the
@@ -100,8 +90,29 @@ struct Ctx<'c> {
     row: usize,
     /// Element index (in the tensor) where the input slices start.
     origin: usize,
+    /// Element index where the item ends.
+    end: usize,
     inputs: &'c [Option<Slice<'c>>],
-    states: HashMap<usize, State>,
+    /// What each method node prepared for this item.
+    prepared: HashMap<usize, Prepared>,
+}
+
+impl TensorInputs for Ctx<'_> {
+    fn key(&self) -> &str {
+        self.key
+    }
+
+    fn row(&self) -> usize {
+        self.row
+    }
+
+    fn range(&self) -> std::ops::Range<usize> {
+        self.origin..self.end
+    }
+
+    fn values(&self, node: usize, start: usize, end: usize) -> Vec<f64> {
+        self.eval(node, start, end)
+    }
 }
 
 impl Visit for MergeWork<'_> {
@@ -134,10 +145,11 @@ impl Visit for MergeWork<'_> {
                     key,
                     row: *row,
                     origin: item.start,
+                    end: item.end,
                     inputs,
-                    states: HashMap::new(),
+                    prepared: HashMap::new(),
                 };
-                ctx.prepare(self.plan.output, item)?;
+                ctx.prepare(self.plan.output);
                 let size = format.size();
                 let mut bytes = vec![0u8; item.len() * size];
                 let mut values = vec![0.0f64; SUB.min(item.len())];
@@ -164,142 +176,20 @@ impl Ctx<'_> {
         v
     }
 
-    /// Runs the preparing sweeps of every per-tensor node under `node`, children first.
-    fn prepare(&mut self, node: usize, item: &Item) -> Result<(), PassError> {
-        if self.states.contains_key(&node) {
-            return Ok(());
+    /// Runs the preparing sweeps of every method node under `node` this row reads,
+    /// children first.
+    fn prepare(&mut self, node: usize) {
+        if self.prepared.contains_key(&node) {
+            return;
         }
-        for c in self.needed_children(node) {
-            self.prepare(c, item)?;
+        let plan = self.work.plan;
+        for c in plan.needed_children(&plan.nodes[node], self.row) {
+            self.prepare(c);
         }
-        let n = item.numel;
-        let state = match &self.work.plan.nodes[node] {
-            Node::Ties {
-                base, models, k, ..
-            } => {
-                let mut thresholds = Vec::with_capacity(models.len());
-                let mut mags = vec![0f32; n];
-                for &m in models {
-                    self.sweep(item, |ctx, s, e| {
-                        let (x, b) = (ctx.eval(m, s, e), ctx.eval(*base, s, e));
-                        for i in 0..e - s {
-                            mags[s - item.start + i] = (x[i] - b[i]).abs() as f32;
-                        }
-                    });
-                    thresholds.push(magnitude_threshold(&mut mags, *k));
-                }
-                State::Thresholds(thresholds)
-            }
-            Node::ModelStock { base, models } => {
-                let nm = models.len();
-                let mut gram = vec![0.0f64; nm * nm];
-                self.sweep(item, |ctx, s, e| {
-                    let b = ctx.eval(*base, s, e);
-                    let deltas: Vec<Vec<f64>> = models
-                        .iter()
-                        .map(|&m| {
-                            let mut d = ctx.eval(m, s, e);
-                            kernels::sub_assign(&mut d, &b);
-                            d
-                        })
-                        .collect();
-                    for i in 0..nm {
-                        for j in i..nm {
-                            gram[i * nm + j] += kernels::dot(&deltas[i], &deltas[j]);
-                        }
-                    }
-                });
-                State::StockT(stock_t(&gram, nm))
-            }
-            Node::GeoMedian {
-                models,
-                weights,
-                eps,
-                maxiter,
-            } => State::Median(self.geometric_median(item, models, weights, *eps, *maxiter)),
-            _ => State::None,
-        };
-        self.states.insert(node, state);
-        Ok(())
-    }
-
-    /// The children a node reads for this row (a linear node skips zero coefficients).
-    fn needed_children(&self, node: usize) -> Vec<usize> {
-        match &self.work.plan.nodes[node] {
-            Node::Linear(terms) => terms
-                .iter()
-                .filter(|(_, p)| p[self.row] != 0.0)
-                .map(|(n, _)| *n)
-                .collect(),
-            other => other.children(),
+        if let Node::Method { method, .. } = &plan.nodes[node] {
+            let prepared = method.prepare(self);
+            self.prepared.insert(node, prepared);
         }
-    }
-
-    /// Calls `f(ctx, start, end)` over the item in chunks of [`SUB`] elements.
-    fn sweep(&self, item: &Item, mut f: impl FnMut(&Self, usize, usize)) {
-        let mut s = item.start;
-        while s < item.end {
-            let e = (s + SUB).min(item.end);
-            f(self, s, e);
-            s = e;
-        }
-    }
-
-    fn geometric_median(
-        &self,
-        item: &Item,
-        models: &[usize],
-        weights: &[f64],
-        eps: f64,
-        maxiter: usize,
-    ) -> Vec<f64> {
-        let n = item.len();
-        let total: f64 = weights.iter().sum();
-        // Start from the weighted mean.
-        let mut z = vec![0.0f64; n];
-        self.sweep(item, |ctx, s, e| {
-            for (&m, &w) in models.iter().zip(weights) {
-                kernels::axpy(
-                    w / total,
-                    &ctx.eval(m, s, e),
-                    &mut z[s - item.start..e - item.start],
-                );
-            }
-        });
-        let mut objective = f64::INFINITY;
-        for _ in 0..maxiter {
-            // Distances from the current estimate.
-            let mut dist2 = vec![0.0f64; models.len()];
-            self.sweep(item, |ctx, s, e| {
-                let zc = &z[s - item.start..e - item.start];
-                for (d2, &m) in dist2.iter_mut().zip(models) {
-                    let mut x = ctx.eval(m, s, e);
-                    kernels::sub_assign(&mut x, zc);
-                    *d2 += kernels::norm_l2_sqr(&x);
-                }
-            });
-            let dist: Vec<f64> = dist2.iter().map(|d| d.sqrt()).collect();
-            let new_objective: f64 = dist.iter().zip(weights).map(|(d, w)| d * w).sum();
-            let coef: Vec<f64> = dist
-                .iter()
-                .zip(weights)
-                .map(|(d, w)| w / d.max(eps))
-                .collect();
-            let csum: f64 = coef.iter().sum();
-            // Weiszfeld step, in place: z <- Σ cᵢ xᵢ / Σ cᵢ.
-            self.sweep(item, |ctx, s, e| {
-                let zc = &mut z[s - item.start..e - item.start];
-                zc.iter_mut().for_each(|v| *v = 0.0);
-                for (&m, &c) in models.iter().zip(&coef) {
-                    kernels::axpy(c / csum, &ctx.eval(m, s, e), zc);
-                }
-            });
-            if (objective - new_objective).abs() <= 1e-12 * new_objective.max(f64::MIN_POSITIVE) {
-                break;
-            }
-            objective = new_objective;
-        }
-        z
     }
 
     /// The stored bytes of input `i` for tensor elements `start..end`, and their format.
@@ -321,9 +211,9 @@ impl Ctx<'_> {
                 kernels::to_f64(format, bytes, out);
                 return;
             }
-            Node::Linear(terms) => {
+            Node::Linear(combination) => {
                 let mut first = true;
-                for (n, p) in terms {
+                for (n, p) in &combination.terms {
                     let c = p[self.row];
                     if c == 0.0 {
                         continue;
@@ -371,183 +261,13 @@ impl Ctx<'_> {
                 self.eval_into(node, start, end, &mut acc);
                 return acc; // Already rounded.
             }
-            Node::Ties {
-                base,
-                models,
-                weights,
-                lambda,
-                ..
-            } => {
-                let Some(State::Thresholds(t)) = self.states.get(&node) else {
-                    unreachable!("prepared")
-                };
-                let b = self.eval(*base, start, end);
-                let deltas: Vec<Vec<f64>> = models
-                    .iter()
-                    .zip(t)
-                    .map(|(&m, &th)| {
-                        let mut d = self.eval(m, start, end);
-                        for (x, y) in d.iter_mut().zip(&b) {
-                            *x -= y;
-                            if ((*x).abs() as f32) < th {
-                                *x = 0.0;
-                            }
-                        }
-                        d
-                    })
-                    .collect();
-                let mut out = b;
-                for i in 0..len {
-                    out[i] += lambda * disjoint(deltas.iter().map(|d| d[i]), weights, true);
-                }
-                out
-            }
-            Node::Dare {
-                base,
-                models,
-                weights,
-                p,
-                seed,
-                lambda,
-                ties,
-            } => {
-                let b = self.eval(*base, start, end);
-                let keep = 1.0 - p;
-                let deltas: Vec<Vec<f64>> = models
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &m)| {
-                        let stream = dare_stream(*seed, self.key, j);
-                        let mut d = self.eval(m, start, end);
-                        for (i, (x, y)) in d.iter_mut().zip(&b).enumerate() {
-                            let kept = stream.uniform((start + i) as u64) < keep;
-                            *x = if kept { (*x - y) / keep } else { 0.0 };
-                        }
-                        d
-                    })
-                    .collect();
-                let mut out = b;
-                for i in 0..len {
-                    let merged = if *ties {
-                        disjoint(deltas.iter().map(|d| d[i]), weights, false)
-                    } else {
-                        deltas.iter().zip(weights).map(|(d, w)| w * d[i]).sum()
-                    };
-                    out[i] += lambda * merged;
-                }
-                out
-            }
-            Node::ModelStock { base, models } => {
-                let Some(State::StockT(t)) = self.states.get(&node) else {
-                    unreachable!("prepared")
-                };
-                let b = self.eval(*base, start, end);
-                let mut out: Vec<f64> = b.iter().map(|x| (1.0 - t) * x).collect();
-                let share = t / models.len() as f64;
-                for &m in models {
-                    kernels::axpy(share, &self.eval(m, start, end), &mut out);
-                }
-                out
-            }
-            Node::GeoMedian { .. } => {
-                let Some(State::Median(z)) = self.states.get(&node) else {
-                    unreachable!("prepared")
-                };
-                let at = start - self.origin;
-                z[at..at + len].to_vec()
-            }
-            Node::TrainDiff { a, b, c, alpha } => {
-                let (va, vb, vc) = (
-                    self.eval(*a, start, end),
-                    self.eval(*b, start, end),
-                    self.eval(*c, start, end),
-                );
-                let alpha = alpha[self.row];
-                (0..len)
-                    .map(|i| {
-                        let (x, y, z) = (va[i], vb[i], vc[i]);
-                        let denom = (y - x).abs() + (y - z).abs();
-                        let scale = if denom == 0.0 {
-                            0.0
-                        } else {
-                            1.8 * alpha * (y - x).abs() / denom
-                        };
-                        x + (y - z) * scale
-                    })
-                    .collect()
+            Node::Method { method, .. } => {
+                let prepared = &self.prepared[&node];
+                method.eval(self, prepared, start, end)
             }
         };
         self.round(v)
     }
-}
-
-/// TIES' disjoint merge of one element: the sign of Σ wᵢδᵢ (0 counts as +) is elected; the
-/// deltas that agree with it (non-zero, same sign) are summed weighted, then divided by
-/// their weights' sum when `mean`.
-pub fn disjoint(deltas: impl Iterator<Item = f64> + Clone, weights: &[f64], mean: bool) -> f64 {
-    let total: f64 = deltas.clone().zip(weights).map(|(d, w)| w * d).sum();
-    let positive = total >= 0.0;
-    let (mut sum, mut wsum) = (0.0, 0.0);
-    for (d, w) in deltas.zip(weights) {
-        if d != 0.0 && (d > 0.0) == positive {
-            sum += w * d;
-            wsum += w;
-        }
-    }
-    if !mean {
-        sum
-    } else if wsum == 0.0 {
-        0.0
-    } else {
-        sum / wsum
-    }
-}
-
-/// The magnitude threshold that keeps the top `k` fraction: the ⌈k·n⌉-th largest value
-/// (at least one element). Values at or above it are kept (ties at the threshold are all
-/// kept). Reorders `mags`.
-pub fn magnitude_threshold(mags: &mut [f32], k: f64) -> f32 {
-    if mags.is_empty() || k >= 1.0 {
-        return 0.0;
-    }
-    let keep = ((k * mags.len() as f64).ceil() as usize).clamp(1, mags.len());
-    let idx = mags.len() - keep;
-    let (_, t, _) = mags.select_nth_unstable_by(idx, f32::total_cmp);
-    *t
-}
-
-/// Model Stock's t from the task vectors' Gram matrix (row-major nm x nm, upper filled):
-/// t = N·cosθ / (1 + (N-1)·cosθ), cosθ the mean pairwise cosine (a zero delta counts as
-/// cosine 0); 0 (the base) when the denominator vanishes.
-pub fn stock_t(gram: &[f64], nm: usize) -> f64 {
-    let mut sum = 0.0;
-    let mut pairs = 0;
-    for i in 0..nm {
-        for j in i + 1..nm {
-            let (ii, jj, ij) = (gram[i * nm + i], gram[j * nm + j], gram[i * nm + j]);
-            sum += if ii == 0.0 || jj == 0.0 {
-                0.0
-            } else {
-                ij / (ii * jj).sqrt()
-            };
-            pairs += 1;
-        }
-    }
-    let cos = if pairs == 0 { 0.0 } else { sum / pairs as f64 };
-    let n = nm as f64;
-    let denom = 1.0 + (n - 1.0) * cos;
-    if denom.abs() < 1e-12 {
-        0.0
-    } else {
-        n * cos / denom
-    }
-}
-
-/// The random stream deciding which elements of model `j`'s delta DARE keeps for one
-/// tensor: keyed by seed, tensor name and model, so masks do not depend on thread count,
-/// order, or which other tensors exist, and same-shaped tensors get different masks.
-pub fn dare_stream(seed: u64, key: &str, model: usize) -> Stream {
-    Stream::new(seed, key_hash(key) ^ mix(0xda4e_0000 + model as u64))
 }
 
 /// Decides, for every entry of the pass plan, what the output holds.
@@ -569,46 +289,6 @@ pub enum Missing {
     Skip,
 }
 
-/// The inputs `node` reads for `row`, recursively.
-pub fn needed_inputs(plan: &MergePlan, node: usize, row: usize, out: &mut Vec<usize>) {
-    match &plan.nodes[node] {
-        Node::Input(i) => {
-            if !out.contains(i) {
-                out.push(*i);
-            }
-        }
-        Node::Linear(terms) => {
-            for (n, p) in terms {
-                if p[row] != 0.0 {
-                    needed_inputs(plan, *n, row, out);
-                }
-            }
-        }
-        other => {
-            for c in other.children() {
-                needed_inputs(plan, c, row, out);
-            }
-        }
-    }
-}
-
-/// Whether the graph under `node` has a per-tensor method for `row`.
-pub fn has_per_tensor(plan: &MergePlan, node: usize, row: usize) -> bool {
-    let n = &plan.nodes[node];
-    if n.per_tensor() {
-        return true;
-    }
-    match n {
-        Node::Linear(terms) => terms
-            .iter()
-            .any(|(c, p)| p[row] != 0.0 && has_per_tensor(plan, *c, row)),
-        other => other
-            .children()
-            .into_iter()
-            .any(|c| has_per_tensor(plan, c, row)),
-    }
-}
-
 /// The output decision for each pass-plan entry. `dtype` forces the output float format;
 /// otherwise each tensor keeps the format of the first needed input that has it.
 pub fn decide(
@@ -623,7 +303,7 @@ pub fn decide(
     for (e, entry) in pass_plan.entries().iter().enumerate() {
         let row = merge.grouping.group_of(&entry.key);
         let mut needed = Vec::new();
-        needed_inputs(merge, merge.output, row, &mut needed);
+        merge.needed_inputs(merge.output, row, &mut needed);
         needed.sort_unstable();
         let first_having = (0..pass_plan.models().len())
             .find(|&m| entry.sources[m].is_some())
@@ -657,7 +337,7 @@ pub fn decide(
             Some(Source::Merge {
                 row,
                 format,
-                per_tensor: has_per_tensor(merge, merge.output, row),
+                per_tensor: merge.has_per_tensor(merge.output, row),
             })
         } else {
             let reason = if needed.is_empty() {

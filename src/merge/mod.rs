@@ -6,13 +6,16 @@
 //!     --decide--> per-tensor sources --pass--> output chunks written in place --> rename
 //! ```
 //!
-//! * [`recipe`]: the language and its parser (errors at line and column);
+//! * [`recipe`]: the language: syntax tree, lexer, parser (errors at line and column), and
+//!   the writer of recipes ckpt-diff makes itself;
+//! * [`methods`]: the registry of merge methods, one module per method;
 //! * [`plan`]: resolution into linear combinations and method nodes;
 //! * [`engine`]: per-tensor evaluation inside the pass;
 //! * [`metadata`]: `sd_merge_recipe`, `sd_merge_models`, the recipe text.
 
 pub mod engine;
 pub mod metadata;
+pub mod methods;
 pub mod plan;
 pub mod recipe;
 
@@ -365,7 +368,7 @@ fn compact(merge: &mut MergePlan) {
     let rows = merge.grouping.groups().len();
     let mut used = Vec::new();
     for r in 0..rows {
-        engine::needed_inputs(merge, merge.output, r, &mut used);
+        merge.needed_inputs(merge.output, r, &mut used);
     }
     used.sort_unstable();
     let remap: HashMap<usize, usize> = used

@@ -1,0 +1,151 @@
+//! The linear methods: each is a per-row combination of its models, so a recipe of them
+//! collapses to one combination of the input files.
+
+use super::{Args, Build, Method, Opt, OptKind, Range, per_model_weights, plain};
+use crate::merge::plan::{Combination, Profile};
+
+const fn weight(name: &'static str, default: Option<f64>) -> Opt {
+    Opt {
+        name,
+        kind: OptKind::Weight,
+        default,
+        range: Range::ANY,
+        positional: true,
+    }
+}
+
+/// `ws(A, B, alpha)`: A·(1-α) + B·α, as `A x (1-alpha) + B x alpha`.
+pub const WS: Method = Method {
+    name: "ws",
+    aliases: &["weighted_sum"],
+    usage: "ws(A, B, alpha)",
+    models: (2, Some(2)),
+    options: &[weight("alpha", None)],
+    build: Build::Linear(ws),
+};
+
+fn ws(a: &Args<'_, Combination>) -> Result<Combination, String> {
+    let alpha = a.weight("alpha");
+    let one_minus: Profile = alpha.iter().map(|x| 1.0 - x).collect();
+    Ok(Combination::sum(&[
+        (&a.models[0], &one_minus),
+        (&a.models[1], alpha),
+    ]))
+}
+
+/// `ad(A, B, C, alpha=1)`: A + (B - C)·α.
+pub const AD: Method = Method {
+    name: "ad",
+    aliases: &["add_difference"],
+    usage: "ad(A, B, C, alpha=1)",
+    models: (3, Some(3)),
+    options: &[weight("alpha", Some(1.0))],
+    build: Build::Linear(ad),
+};
+
+fn ad(a: &Args<'_, Combination>) -> Result<Combination, String> {
+    let alpha = a.weight("alpha");
+    let neg: Profile = alpha.iter().map(|x| -x).collect();
+    Ok(Combination::sum(&[
+        (&a.models[0], &a.uniform(1.0)),
+        (&a.models[1], alpha),
+        (&a.models[2], &neg),
+    ]))
+}
+
+/// `triple_sum(A, B, C, alpha, beta)`: (1-α-β)·A + α·B + β·C (SuperMerger's Triple sum).
+pub const TRIPLE_SUM: Method = Method {
+    name: "triple_sum",
+    aliases: &[],
+    usage: "triple_sum(A, B, C, alpha, beta)",
+    models: (3, Some(3)),
+    options: &[weight("alpha", None), weight("beta", None)],
+    build: Build::Linear(triple_sum),
+};
+
+fn triple_sum(a: &Args<'_, Combination>) -> Result<Combination, String> {
+    let (alpha, beta) = (a.weight("alpha"), a.weight("beta"));
+    let rest: Profile = alpha.iter().zip(beta).map(|(x, y)| 1.0 - x - y).collect();
+    Ok(Combination::sum(&[
+        (&a.models[0], &rest),
+        (&a.models[1], alpha),
+        (&a.models[2], beta),
+    ]))
+}
+
+/// `sum_twice(A, B, C, alpha, beta)`: (1-β)·((1-α)·A + α·B) + β·C (SuperMerger's Sum twice).
+pub const SUM_TWICE: Method = Method {
+    name: "sum_twice",
+    aliases: &[],
+    usage: "sum_twice(A, B, C, alpha, beta)",
+    models: (3, Some(3)),
+    options: &[weight("alpha", None), weight("beta", None)],
+    build: Build::Linear(sum_twice),
+};
+
+fn sum_twice(a: &Args<'_, Combination>) -> Result<Combination, String> {
+    let (alpha, beta) = (a.weight("alpha"), a.weight("beta"));
+    let wa: Profile = alpha
+        .iter()
+        .zip(beta)
+        .map(|(x, y)| (1.0 - y) * (1.0 - x))
+        .collect();
+    let wb: Profile = alpha.iter().zip(beta).map(|(x, y)| (1.0 - y) * x).collect();
+    Ok(Combination::sum(&[
+        (&a.models[0], &wa),
+        (&a.models[1], &wb),
+        (&a.models[2], beta),
+    ]))
+}
+
+/// `avg(A, B, ..., weights=(...))`: Σ wᵢ·Mᵢ / Σ wᵢ, equal weights by default.
+pub const AVG: Method = Method {
+    name: "avg",
+    aliases: &["n_average", "average"],
+    usage: "avg(A, B, ..., weights=(1, 1, ...))",
+    models: (1, None),
+    options: &[per_model_weights(false)],
+    build: Build::Linear(avg),
+};
+
+fn avg(a: &Args<'_, Combination>) -> Result<Combination, String> {
+    let w = a.per_model("weights");
+    let total: f64 = w.iter().sum();
+    if total == 0.0 {
+        return Err("the weights sum to 0".into());
+    }
+    let shares: Vec<Profile> = w.iter().map(|x| a.uniform(x / total)).collect();
+    let parts: Vec<(&Combination, &[f64])> = a
+        .models
+        .iter()
+        .zip(&shares)
+        .map(|(m, s)| (m, s.as_slice()))
+        .collect();
+    Ok(Combination::sum(&parts))
+}
+
+/// `swap(A, B, te)`: A with B's rows where the selection says (a component, or blocks).
+pub const SWAP: Method = Method {
+    name: "swap",
+    aliases: &[],
+    usage: "swap(A, B, te): A with what the selection (unet, te, te1, te2, vae, OUT06..OUT11) names taken from B",
+    models: (2, Some(2)),
+    options: &[Opt {
+        positional: true,
+        ..plain("component", OptKind::Rows, None)
+    }],
+    build: Build::Linear(swap),
+};
+
+fn swap(a: &Args<'_, Combination>) -> Result<Combination, String> {
+    let wb: Profile = a
+        .selected_rows("component")
+        .iter()
+        .map(|&t| if t { 1.0 } else { 0.0 })
+        .collect();
+    let wa: Profile = wb.iter().map(|x| 1.0 - x).collect();
+    Ok(Combination::sum(&[
+        (&a.models[0], &wa),
+        (&a.models[1], &wb),
+    ]))
+}

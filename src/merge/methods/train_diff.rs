@@ -1,0 +1,58 @@
+//! SuperMerger's train difference: A + (B - C)·1.8·α·|B-A| / (|B-A| + |B-C|), element by
+//! element (0 where the denominator is 0): the difference B - C added where B moved away
+//! from A, scaled by how far it moved.
+
+use std::sync::Arc;
+
+use super::{Args, Build, BuiltNode, Method, NodeMethod, OptKind, Prepared, TensorInputs, plain};
+use crate::merge::plan::Profile;
+
+pub const TRAIN_DIFF: Method = Method {
+    name: "train_diff",
+    aliases: &["train_difference"],
+    usage: "train_diff(A, B, C, alpha=1): A + (B - C) where B differs from A",
+    models: (3, Some(3)),
+    options: &[plain("alpha", OptKind::Weight, Some(1.0))],
+    build: Build::Node(build),
+};
+
+fn build(a: &Args<'_, usize>) -> Result<BuiltNode, String> {
+    Ok(Arc::new(TrainDiff {
+        nodes: a.models.clone(),
+        alpha: a.weight("alpha").clone(),
+    }))
+}
+
+/// `nodes` are A, B, C.
+#[derive(Debug)]
+pub struct TrainDiff {
+    nodes: Vec<usize>,
+    alpha: Profile,
+}
+
+impl NodeMethod for TrainDiff {
+    fn children(&self) -> &[usize] {
+        &self.nodes
+    }
+
+    fn eval(&self, t: &dyn TensorInputs, _: &Prepared, start: usize, end: usize) -> Vec<f64> {
+        let (va, vb, vc) = (
+            t.values(self.nodes[0], start, end),
+            t.values(self.nodes[1], start, end),
+            t.values(self.nodes[2], start, end),
+        );
+        let alpha = self.alpha[t.row()];
+        (0..end - start)
+            .map(|i| {
+                let (x, y, z) = (va[i], vb[i], vc[i]);
+                let denom = (y - x).abs() + (y - z).abs();
+                let scale = if denom == 0.0 {
+                    0.0
+                } else {
+                    1.8 * alpha * (y - x).abs() / denom
+                };
+                x + (y - z) * scale
+            })
+            .collect()
+    }
+}
