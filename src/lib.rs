@@ -26,5 +26,6 @@ pub mod reports;
 pub mod rng;
 pub mod synth;
 pub mod sys;
+pub mod units;
 pub mod views;
 pub mod writer;

@@ -27,6 +27,8 @@ use crate::reader::dtype;
 /// Why an output could not be written.
 #[derive(Debug, Error)]
 pub enum WriteError {
+    #[error("'{}' exists", path.display())]
+    Exists { path: PathBuf },
     #[error("'{}' is also an input; ckpt-diff never writes over an input", path.display())]
     OutputIsInput { path: PathBuf },
     #[error(
@@ -272,6 +274,17 @@ fn refuse_input(path: &Path, inputs: &[&Path]) -> Result<(), WriteError> {
         .any(|input| crate::sys::same_file(path, input))
     {
         return Err(WriteError::OutputIsInput {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses an output that exists unless it may be replaced: checked before any work, so
+/// that a long pass is not lost to it.
+pub fn refuse_existing(path: &Path, overwrite: bool) -> Result<(), WriteError> {
+    if path.exists() && !overwrite {
+        return Err(WriteError::Exists {
             path: path.to_path_buf(),
         });
     }

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use super::data::{self, Role};
-use super::{Arch, Component, Layout, canonical_key, component_of};
+use super::{Arch, Component, Layout, canonical_key, component_of, is_ema};
 use crate::reader::Checkpoint;
 
 /// Scales tried for scaled-down test checkpoints (1 = real size).
@@ -179,7 +179,7 @@ pub fn detect(ckpt: &Checkpoint) -> Detection {
     let keys: Vec<(String, &[usize])> = ckpt
         .tensors()
         .iter()
-        .filter(|t| !t.name.starts_with("model_ema."))
+        .filter(|t| !is_ema(&t.name))
         .map(|t| (canonical_key(&t.name).into_owned(), t.shape.as_slice()))
         .collect();
     let considered = keys.len();
@@ -292,11 +292,7 @@ fn variants(ckpt: &Checkpoint, arch: Arch, scale: u32) -> Vec<Variant> {
         .iter()
         .map(|t| canonical_key(&t.name).into_owned())
         .collect();
-    if ckpt
-        .tensors()
-        .iter()
-        .any(|t| t.name.starts_with("model_ema."))
-    {
+    if ckpt.tensors().iter().any(|t| is_ema(&t.name)) {
         out.push(Variant::Ema);
     }
     let has_role = |role: Role| {

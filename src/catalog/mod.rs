@@ -4,6 +4,7 @@
 //! * [`blocks`]: the one table that maps a key to its component and merge block;
 //! * [`data`]: the SD1/SD2/SDXL layouts, compiled in;
 //! * [`detect`]: which architecture a file is, how sure, and which variant;
+//! * [`keys`]: what each key of a file is against its layout (EMA, missing, unknown, ...);
 //! * [`Grouping`]: the rows an analysis reports (U-Net blocks, then each text encoder, the
 //!   VAE, the rest), or groups by key prefix for layouts the catalog does not know;
 //! * [`selector`]: the one language in which users choose rows (`OUT06..OUT11`, `te`, ...).
@@ -11,6 +12,7 @@
 pub mod blocks;
 pub mod data;
 pub mod detect;
+pub mod keys;
 pub mod selector;
 
 use std::borrow::Cow;
@@ -19,6 +21,7 @@ use std::fmt;
 
 pub use blocks::{Block, Component, block_of, component_of};
 pub use detect::{Confidence, Detection, Variant, detect};
+pub use keys::{KeyCheck, is_ema};
 pub use selector::{SelectError, Selector};
 
 /// An architecture in the catalog.

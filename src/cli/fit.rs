@@ -174,9 +174,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         other => bail!("--objective: '{other}' is not mean or flat"),
     };
     for out in [&args.output, &args.apply].into_iter().flatten() {
-        if out.exists() && !args.force {
-            bail!("'{}' exists; pass --force to replace it", out.display());
-        }
+        crate::writer::refuse_existing(out, args.force)?;
     }
     let start_path = args.start.clone().unwrap_or_else(|| args.base.clone());
     let mut paths = vec![args.base.clone(), args.target.clone(), start_path.clone()];

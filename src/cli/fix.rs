@@ -1,4 +1,5 @@
 //! `ckpt-diff fix FILE -o OUT`: repairs what `validate` reports, then validates the result.
+//! Also the one place that says which option of `fix` repairs which finding.
 
 use std::path::PathBuf;
 
@@ -6,11 +7,12 @@ use anyhow::{Context, Result};
 
 use super::Outcome;
 use super::common::{Global, Model, print};
-use crate::fix::{Options, fix};
+use crate::fix::{Options, Unfixed, fix};
 use crate::pass::Pass;
 use crate::pass::progress::Bar;
 use crate::reader::dtype::{FloatFormat, parse_user_float};
-use crate::views::validate::validate;
+use crate::reports;
+use crate::views::validate::{Remedy, validate};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -45,6 +47,42 @@ pub struct Args {
     json: bool,
 }
 
+/// The `fix` command that repairs a finding (what `validate` prints after "to fix:").
+pub fn remedy(r: Remedy) -> String {
+    match r {
+        Remedy::StoreFloatsInOneFormat => "fix --dtype f16 (or bf16, f32) stores them all in one",
+        Remedy::StoreFloatsAsF16 => "fix --dtype f16",
+        Remedy::Rewrite => "fix rewrites the file without them",
+        Remedy::RewriteMetadata => "fix stores them as strings",
+        Remedy::PatchNonFinite => {
+            "fix --base BASE takes those values from BASE (without --base they become 0)"
+        }
+        Remedy::AddComponents => "fix --base FULL.safetensors copies them in",
+        Remedy::AddMissing => "fix --base BASE.safetensors copies them from a complete checkpoint",
+        Remedy::FillOptional => "fix --base BASE --fill-optional restores them",
+        Remedy::ReplaceShapes => {
+            "fix --base BASE.safetensors takes those tensors from a complete checkpoint"
+        }
+        Remedy::DropEma => "fix --drop-ema",
+        Remedy::DropUnknown => "fix --drop-junk",
+        Remedy::DropScheduler => "fix --drop-scheduler",
+        Remedy::InsertPositionIds => "fix inserts it (int64 0..76)",
+        Remedy::ResetPositionIds => "fix resets it to int64 0..76",
+        Remedy::RenameKeys => "fix renames them to the current names",
+    }
+    .to_string()
+}
+
+/// A problem `fix` left, and the option that would have repaired it.
+pub fn unfixed(u: &Unfixed) -> String {
+    match u {
+        Unfixed::WrongShape { key, shape } => {
+            format!("{key} has shape {shape:?}; give --base to replace it")
+        }
+        Unfixed::Missing { key } => format!("{key} is missing; give --base to add it"),
+    }
+}
+
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let model = Model::open(&args.file)?;
     let base = args.base.as_ref().map(|b| Model::open(b)).transpose()?;
@@ -59,7 +97,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let opts = Options {
         dtype,
         drop_ema: args.drop_ema,
-        drop_junk: args.drop_junk,
+        drop_unknown: args.drop_junk,
         drop_scheduler: args.drop_scheduler,
         fill_optional: args.fill_optional,
         overwrite: args.force,
@@ -80,21 +118,11 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         &fixed.detection,
         &Pass::new(&crate::pass::NoProgress),
     )?;
-    if args.json {
-        let v =
-            serde_json::json!({ "schema": 1, "command": "fix", "fix": report, "validate": after });
-        print(&(serde_json::to_string_pretty(&v)? + "\n"))?;
+    let text = if args.json {
+        reports::fix::document(&report, &after, &remedy, &unfixed)
     } else {
-        let mut s = format!("wrote {}\n", report.output);
-        for a in &report.actions {
-            s.push_str(&format!("  fixed: {a}\n"));
-        }
-        for u in &report.unfixed {
-            s.push_str(&format!("  not fixed: {u}\n"));
-        }
-        s.push_str("validation of the result:\n");
-        s.push_str(&super::validate::render(&after));
-        print(&s)?;
-    }
+        reports::fix::text(&report, &after, &remedy, &unfixed)
+    };
+    print(&text)?;
     Ok(Outcome::Exit(after.exit_code()))
 }

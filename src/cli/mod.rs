@@ -117,12 +117,20 @@ fn report_error(e: &anyhow::Error) -> ExitCode {
         "ckpt-diff: error: {}",
         crate::reports::sanitize(&format!("{e:#}"))
     );
-    let hint = e
-        .chain()
-        .find_map(|c| c.downcast_ref::<crate::reader::FileError>())
-        .and_then(|f| f.kind.hint());
-    if let Some(hint) = hint {
+    if let Some(hint) = e.chain().find_map(hint) {
         eprintln!("ckpt-diff: hint: {hint}");
     }
     ExitCode::from(2)
+}
+
+/// What to do about an error, where the CLI knows: the library's errors are typed and name
+/// no option; the options are this layer's.
+fn hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    if let Some(f) = e.downcast_ref::<crate::reader::FileError>() {
+        return f.kind.hint();
+    }
+    match e.downcast_ref::<crate::writer::WriteError>() {
+        Some(crate::writer::WriteError::Exists { .. }) => Some("pass --force to replace it"),
+        _ => None,
+    }
 }

@@ -9,8 +9,8 @@ use super::Outcome;
 use super::common::{Global, Model, print};
 use crate::pass::Pass;
 use crate::pass::progress::Bar;
-use crate::reports::{self, first_few};
-use crate::views::validate::{Severity, ValidateReport, validate};
+use crate::reports;
+use crate::views::validate::validate;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -22,47 +22,21 @@ pub struct Args {
     json: bool,
 }
 
-/// The text of one report.
-pub fn render(r: &ValidateReport) -> String {
-    let mut s = format!("{}\n  {}\n", reports::sanitize(&r.path), r.arch);
-    if r.findings.is_empty() {
-        s.push_str("  clean\n");
-    }
-    for f in &r.findings {
-        let tag = match f.severity {
-            Severity::Error => "error",
-            Severity::Warning => "warning",
-            Severity::Info => "info",
-        };
-        s.push_str(&format!("  {tag}: {}\n", reports::sanitize(&f.message)));
-        if !f.keys.is_empty() {
-            s.push_str(&format!("    {}\n", first_few(&f.keys, 4)));
-        }
-        if let Some(fix) = &f.fix {
-            s.push_str(&format!("    to fix: ckpt-diff {fix}\n"));
-        }
-    }
-    s
-}
-
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
-    let mut worst = 0u8;
-    let mut reports_out = Vec::new();
+    let mut results = Vec::new();
     for path in &args.files {
         let model = Model::open(path)?;
         let bar = Bar::new("checking", global.quiet);
         let r = validate(&model.ckpt, &model.detection, &Pass::new(&bar))?;
         drop(bar);
-        worst = worst.max(r.exit_code());
-        if args.json {
-            reports_out.push(serde_json::to_value(&r)?);
-        } else {
-            print(&render(&r))?;
+        if !args.json {
+            print(&reports::validate::text(&r, &super::fix::remedy))?;
         }
+        results.push(r);
     }
     if args.json {
-        let v = serde_json::json!({ "schema": 1, "command": "validate", "files": reports_out });
-        print(&(serde_json::to_string_pretty(&v)? + "\n"))?;
+        print(&reports::validate::document(&results, &super::fix::remedy))?;
     }
+    let worst = results.iter().map(|r| r.exit_code()).max().unwrap_or(0);
     Ok(Outcome::Exit(worst))
 }

@@ -118,12 +118,7 @@ pub fn run(
     options: &Options,
     progress: &dyn crate::pass::Progress,
 ) -> Result<Outcome, MergeError> {
-    if out.exists() && !options.overwrite {
-        return Err(MergeError::Inputs(format!(
-            "'{}' exists; pass --force to replace it",
-            out.display()
-        )));
-    }
+    crate::writer::refuse_existing(out, options.overwrite)?;
     // Open the files the steps mention, to learn the architecture.
     let mentioned = plan::referenced_inputs(recipe);
     let mut opened: HashMap<String, Opened> = HashMap::new();

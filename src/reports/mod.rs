@@ -3,10 +3,13 @@
 
 pub mod asim;
 pub mod chart;
+pub mod fix;
 pub mod html;
 pub mod inspect;
+pub mod json;
 pub mod l2;
 pub mod sim;
+pub mod validate;
 
 use comfy_table::{CellAlignment, ContentArrangement, Table, presets};
 
@@ -143,25 +146,7 @@ pub fn percent(x: f64) -> String {
     format!("{:.4}%", x * 100.0)
 }
 
-/// A parameter count: `859.52M`, `1.07B`, `1,234`.
-pub fn params(n: u64) -> String {
-    match n {
-        0..=9_999 => n.to_string(),
-        10_000..=999_999 => format!("{:.1}K", n as f64 / 1e3),
-        1_000_000..=999_999_999 => format!("{:.2}M", n as f64 / 1e6),
-        _ => format!("{:.2}B", n as f64 / 1e9),
-    }
-}
-
-/// A byte count in decimal units: `2.13 GB`.
-pub fn bytes(n: u64) -> String {
-    match n {
-        0..=999 => format!("{n} B"),
-        1_000..=999_999 => format!("{:.1} KB", n as f64 / 1e3),
-        1_000_000..=999_999_999 => format!("{:.1} MB", n as f64 / 1e6),
-        _ => format!("{:.2} GB", n as f64 / 1e9),
-    }
-}
+pub use crate::units::{bytes, params};
 
 /// At most `n` items of a list, then "... and K more".
 pub fn first_few(items: &[String], n: usize) -> String {

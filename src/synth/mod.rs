@@ -21,6 +21,7 @@ use serde::Serialize;
 
 use crate::catalog::data::{self, Role};
 use crate::catalog::detect::{CONV_IN, scaled_shape};
+use crate::catalog::keys::EMA_PREFIX;
 use crate::catalog::{Arch, Component, Grouping, canonical_key, component_of};
 use crate::kernels;
 use crate::pass::{PassError, Progress};
@@ -351,7 +352,7 @@ fn ema_source(key: &str) -> Option<String> {
         for k in &data::table(Arch::Sd1).keys {
             if let Some(rest) = k.name.strip_prefix("model.diffusion_model.") {
                 m.insert(
-                    format!("model_ema.diffusion_model{}", rest.replace('.', "")),
+                    format!("{EMA_PREFIX}diffusion_model{}", rest.replace('.', "")),
                     k.name.clone(),
                 );
             }

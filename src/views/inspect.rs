@@ -5,9 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::catalog::data;
-use crate::catalog::detect::{Detection, shape_matches};
-use crate::catalog::{Component, canonical_key, component_of};
+use crate::catalog::detect::Detection;
+use crate::catalog::{Component, KeyCheck, canonical_key, component_of};
 use crate::reader::{Checkpoint, dtype};
 
 #[derive(Clone, Debug, Serialize)]
@@ -121,36 +120,22 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
         di.bytes += bytes;
     }
 
-    let mut unknown_keys = Vec::new();
-    let mut missing_keys = Vec::new();
-    let mut shape_mismatches = Vec::new();
-    if let Some(a) = arch {
-        let table = data::table(a);
-        let names: std::collections::HashSet<String> = ckpt
-            .tensors()
-            .iter()
-            .map(|t| canonical_key(&t.name).into_owned())
-            .collect();
-        for t in ckpt.tensors() {
-            let key = canonical_key(&t.name);
-            match table.get(&key) {
-                None => unknown_keys.push(t.name.clone()),
-                Some(k) if !shape_matches(&k.name, &k.shape, &t.shape, det.scale) => {
-                    shape_mismatches.push(ShapeIssue {
-                        key: t.name.clone(),
-                        expected: crate::catalog::detect::scaled_shape(&k.shape, det.scale),
-                        actual: t.shape.clone(),
-                    })
-                }
-                Some(_) => {}
-            }
+    let (unknown_keys, missing_keys, shape_mismatches) = match arch {
+        Some(a) => {
+            let keys = KeyCheck::new(ckpt.tensors(), a, det.scale);
+            let shapes = keys
+                .wrong_shape
+                .into_iter()
+                .map(|w| ShapeIssue {
+                    key: w.name,
+                    expected: w.expected,
+                    actual: w.actual,
+                })
+                .collect();
+            (keys.unknown, keys.missing_required, shapes)
         }
-        for k in table.keys.iter().filter(|k| k.core && !k.optional) {
-            if components.contains_key(&component_of(&k.name)) && !names.contains(&k.name) {
-                missing_keys.push(k.name.clone());
-            }
-        }
-    }
+        None => Default::default(),
+    };
 
     let metadata = ckpt
         .metadata()

@@ -8,16 +8,15 @@
 //! text-encoder layers, `position_ids` in some savers) are never errors, so a usable pruned
 //! SDXL file is not reported broken.
 
-use std::collections::HashSet;
-
 use serde::Serialize;
 
-use crate::catalog::data::{self, Role};
-use crate::catalog::detect::{Variant, scaled_shape, shape_matches};
-use crate::catalog::{Arch, Component, Detection, Layout, canonical_key, component_of};
+use crate::catalog::data;
+use crate::catalog::detect::Variant;
+use crate::catalog::{Arch, Component, Detection, KeyCheck, Layout, canonical_key};
 use crate::pass::{Absorb, Item, Pass, PassError, Plan, Slice, Visit};
 use crate::reader::dtype::{self, FloatFormat, ValueKind};
 use crate::reader::{Checkpoint, Dtype};
+use crate::units;
 
 /// How bad a finding is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -28,24 +27,158 @@ pub enum Severity {
     Error,
 }
 
+/// What a finding is about: a stable id for scripts (`code`) and the key for `fix`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum FindingKind {
+    UnknownArchitecture,
+    MissingComponent,
+    MissingRequired,
+    Pruned,
+    WrongShape,
+    Ema,
+    UnexpectedKeys,
+    SchedulerBuffers,
+    PositionIdsMissing,
+    PositionIdsShape,
+    PositionIdsValues,
+    PositionIdsDtype,
+    OldClipNames,
+    Variant,
+    MixedDtypes,
+    WastefulDtype,
+    UnusedBytes,
+    MetadataNotString,
+    NonFinite,
+}
+
+impl FindingKind {
+    /// The id in `--json` output: `missing-required`, `nonfinite`, ...
+    pub fn code(self) -> &'static str {
+        match self {
+            FindingKind::UnknownArchitecture => "unknown-architecture",
+            FindingKind::MissingComponent => "missing-component",
+            FindingKind::MissingRequired => "missing-required",
+            FindingKind::Pruned => "pruned",
+            FindingKind::WrongShape => "wrong-shape",
+            FindingKind::Ema => "ema",
+            FindingKind::UnexpectedKeys => "unexpected-keys",
+            FindingKind::SchedulerBuffers => "scheduler-buffers",
+            FindingKind::PositionIdsMissing => "position-ids-missing",
+            FindingKind::PositionIdsShape => "position-ids-shape",
+            FindingKind::PositionIdsValues => "position-ids-values",
+            FindingKind::PositionIdsDtype => "position-ids-dtype",
+            FindingKind::OldClipNames => "old-clip-names",
+            FindingKind::Variant => "variant",
+            FindingKind::MixedDtypes => "mixed-dtypes",
+            FindingKind::WastefulDtype => "wasteful-dtype",
+            FindingKind::UnusedBytes => "unused-bytes",
+            FindingKind::MetadataNotString => "metadata-not-string",
+            FindingKind::NonFinite => "nonfinite",
+        }
+    }
+}
+
+/// What repairs a finding. Typed, so that the library names no command-line flag: the CLI
+/// says which `fix` option does it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum Remedy {
+    /// Store every float in one format.
+    StoreFloatsInOneFormat,
+    /// Store floats as fp16.
+    StoreFloatsAsF16,
+    /// Any rewrite of the file leaves them out.
+    Rewrite,
+    /// Any rewrite of the file stores them as strings.
+    RewriteMetadata,
+    /// Take the values from a base checkpoint, or 0 without one.
+    PatchNonFinite,
+    /// Copy the components in from a full checkpoint.
+    AddComponents,
+    /// Copy the keys from a complete checkpoint.
+    AddMissing,
+    /// Copy the optional keys from a complete checkpoint.
+    FillOptional,
+    /// Take the tensors from a complete checkpoint.
+    ReplaceShapes,
+    DropEma,
+    DropUnknown,
+    DropScheduler,
+    /// Insert `position_ids` as int64 0..76.
+    InsertPositionIds,
+    /// Reset `position_ids` to int64 0..76.
+    ResetPositionIds,
+    /// Write the keys under their current names.
+    RenameKeys,
+}
+
 /// One thing validation found.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Finding {
     pub severity: Severity,
-    /// A stable id: `missing-required`, `nonfinite`, `position-ids-values`, ...
-    pub code: &'static str,
+    pub kind: FindingKind,
     pub message: String,
-    /// The keys concerned (all of them).
+    /// The tensors concerned, as the file names them (missing keys: the layout's names).
     pub keys: Vec<String>,
-    /// How to fix it, when ckpt-diff can.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub fix: Option<String>,
+    /// Per key, what is wrong with it (`(3 NaN, 0 Inf)`, `[320, 9] (expected [320, 4])`),
+    /// where a finding says more than the name; else empty.
+    pub notes: Vec<String>,
+    /// Bytes the keys take in the file, where that is the point (EMA copies, unknown keys,
+    /// precision beyond fp16, unused bytes).
+    pub bytes: Option<u64>,
+    pub remedy: Option<Remedy>,
+}
+
+impl Finding {
+    fn new(severity: Severity, kind: FindingKind, message: String) -> Finding {
+        Finding {
+            severity,
+            kind,
+            message,
+            keys: Vec::new(),
+            notes: Vec::new(),
+            bytes: None,
+            remedy: None,
+        }
+    }
+
+    fn keys(mut self, keys: Vec<String>) -> Finding {
+        self.keys = keys;
+        self
+    }
+
+    fn notes(mut self, notes: Vec<String>) -> Finding {
+        self.notes = notes;
+        self
+    }
+
+    fn bytes(mut self, bytes: u64) -> Finding {
+        self.bytes = Some(bytes);
+        self
+    }
+
+    fn remedy(mut self, remedy: Remedy) -> Finding {
+        self.remedy = Some(remedy);
+        self
+    }
+
+    /// The keys with their notes: `name (3 NaN, 0 Inf)`.
+    pub fn annotated_keys(&self) -> Vec<String> {
+        if self.notes.is_empty() {
+            return self.keys.clone();
+        }
+        self.keys
+            .iter()
+            .zip(&self.notes)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect()
+    }
 }
 
 /// The verdict on one file.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct ValidateReport {
     pub path: String,
+    /// The detection summary.
     pub arch: String,
     pub findings: Vec<Finding>,
 }
@@ -62,6 +195,16 @@ impl ValidateReport {
             Some(Severity::Warning) => 1,
             _ => 0,
         }
+    }
+
+    /// The finding of a kind, if there is one.
+    pub fn finding(&self, kind: FindingKind) -> Option<&Finding> {
+        self.findings.iter().find(|f| f.kind == kind)
+    }
+
+    /// The keys of the finding of a kind (none when there is no such finding).
+    pub fn keys_of(&self, kind: FindingKind) -> &[String] {
+        self.finding(kind).map_or(&[], |f| &f.keys)
     }
 }
 
@@ -231,26 +374,6 @@ pub fn nonfinite_tensors(
         .collect())
 }
 
-fn finding(
-    severity: Severity,
-    code: &'static str,
-    message: String,
-    keys: Vec<String>,
-    fix: Option<&str>,
-) -> Finding {
-    Finding {
-        severity,
-        code,
-        message,
-        keys,
-        fix: fix.map(str::to_string),
-    }
-}
-
-fn human(n: u64) -> String {
-    crate::reports::bytes(n)
-}
-
 /// Validates `ckpt` (one data pass for NaN/Inf).
 pub fn validate(
     ckpt: &Checkpoint,
@@ -258,22 +381,16 @@ pub fn validate(
     pass: &Pass<'_>,
 ) -> Result<ValidateReport, PassError> {
     let mut f = Vec::new();
-    let names: HashSet<String> = ckpt
-        .tensors()
-        .iter()
-        .map(|t| canonical_key(&t.name).into_owned())
-        .collect();
-    let present: HashSet<Component> = names.iter().map(|n| component_of(n)).collect();
-
     match det.layout {
-        Layout::Generic => f.push(finding(
+        Layout::Generic => f.push(Finding::new(
             Severity::Warning,
-            "unknown-architecture",
+            FindingKind::UnknownArchitecture,
             "the architecture is not SD1, SD2 or SDXL: only generic checks were made".into(),
-            vec![],
-            None,
         )),
-        Layout::Known(arch) => catalog_checks(ckpt, det, arch, &names, &present, &mut f),
+        Layout::Known(arch) => {
+            let keys = KeyCheck::new(ckpt.tensors(), arch, det.scale);
+            catalog_checks(ckpt, det, arch, &keys, &mut f);
+        }
     }
 
     // Dtypes: mixed float formats, and bytes wasted on more precision than fp16.
@@ -298,17 +415,18 @@ pub fn validate(
                 )
             })
             .collect();
-        f.push(finding(
-            Severity::Warning,
-            "mixed-dtypes",
-            format!(
-                "float tensors are stored in {} formats: {}",
-                formats.len(),
-                counts.join(", ")
-            ),
-            vec![],
-            Some("fix --dtype f16 (or bf16, f32) stores them all in one"),
-        ));
+        f.push(
+            Finding::new(
+                Severity::Warning,
+                FindingKind::MixedDtypes,
+                format!(
+                    "float tensors are stored in {} formats: {}",
+                    formats.len(),
+                    counts.join(", ")
+                ),
+            )
+            .remedy(Remedy::StoreFloatsInOneFormat),
+        );
     }
     let wide: Vec<_> = float_tensors
         .iter()
@@ -319,58 +437,69 @@ pub fn validate(
         .map(|t| t.byte_len() as u64 - t.numel() as u64 * 2)
         .sum();
     if wasted > 0 && !wide.is_empty() {
-        f.push(finding(
-            Severity::Warning,
-            "wasteful-dtype",
-            format!(
-                "{} tensors are fp32/fp64: {} more than in fp16, which inference uses",
-                wide.len(),
-                human(wasted)
-            ),
-            vec![],
-            Some("fix --dtype f16"),
-        ));
+        f.push(
+            Finding::new(
+                Severity::Warning,
+                FindingKind::WastefulDtype,
+                format!(
+                    "{} tensors are fp32/fp64: {} more than in fp16, which inference uses",
+                    wide.len(),
+                    units::bytes(wasted)
+                ),
+            )
+            .bytes(wasted)
+            .remedy(Remedy::StoreFloatsAsF16),
+        );
     }
 
     // Header leftovers.
     if ckpt.gap_bytes() > 0 {
-        f.push(finding(
-            Severity::Warning,
-            "unused-bytes",
-            format!(
-                "{} of the data region belong to no tensor",
-                human(ckpt.gap_bytes())
-            ),
-            vec![],
-            Some("fix rewrites the file without them"),
-        ));
+        f.push(
+            Finding::new(
+                Severity::Warning,
+                FindingKind::UnusedBytes,
+                format!(
+                    "{} of the data region belong to no tensor",
+                    units::bytes(ckpt.gap_bytes())
+                ),
+            )
+            .bytes(ckpt.gap_bytes())
+            .remedy(Remedy::Rewrite),
+        );
     }
     if !ckpt.metadata_non_string().is_empty() {
-        f.push(finding(
-            Severity::Warning,
-            "metadata-not-string",
-            "metadata values that are not strings (the format requires strings; some loaders refuse the file)".into(),
-            ckpt.metadata_non_string().to_vec(),
-            Some("fix stores them as strings"),
-        ));
+        f.push(
+            Finding::new(
+                Severity::Warning,
+                FindingKind::MetadataNotString,
+                "metadata values that are not strings (the format requires strings; some loaders refuse the file)".into(),
+            )
+            .keys(ckpt.metadata_non_string().to_vec())
+            .remedy(Remedy::RewriteMetadata),
+        );
     }
 
     // Data: NaN and infinities.
     let bad = nonfinite_tensors(ckpt, pass)?;
     if !bad.is_empty() {
         let (nan, inf): (u64, u64) = bad.iter().fold((0, 0), |(a, b), (_, n, i)| (a + n, b + i));
-        f.push(finding(
-            Severity::Error,
-            "nonfinite",
-            format!(
-                "{} tensors hold NaN or infinite values ({nan} NaN, {inf} Inf)",
-                bad.len()
-            ),
-            bad.iter()
-                .map(|(k, n, i)| format!("{k} ({n} NaN, {i} Inf)"))
-                .collect(),
-            Some("fix --base BASE takes those values from BASE (without --base they become 0)"),
-        ));
+        f.push(
+            Finding::new(
+                Severity::Error,
+                FindingKind::NonFinite,
+                format!(
+                    "{} tensors hold NaN or infinite values ({nan} NaN, {inf} Inf)",
+                    bad.len()
+                ),
+            )
+            .keys(bad.iter().map(|(k, _, _)| k.clone()).collect())
+            .notes(
+                bad.iter()
+                    .map(|(_, n, i)| format!("({n} NaN, {i} Inf)"))
+                    .collect(),
+            )
+            .remedy(Remedy::PatchNonFinite),
+        );
     }
     f.sort_by_key(|x| std::cmp::Reverse(x.severity));
     Ok(ValidateReport {
@@ -380,178 +509,169 @@ pub fn validate(
     })
 }
 
+/// The bytes the named tensors take.
+fn bytes_of(ckpt: &Checkpoint, names: &[String]) -> u64 {
+    names
+        .iter()
+        .filter_map(|n| ckpt.get(n))
+        .map(|t| t.byte_len() as u64)
+        .sum()
+}
+
 fn catalog_checks(
     ckpt: &Checkpoint,
     det: &Detection,
     arch: Arch,
-    names: &HashSet<String>,
-    present: &HashSet<Component>,
+    keys: &KeyCheck,
     f: &mut Vec<Finding>,
 ) {
-    let table = data::table(arch);
     // Whole components absent: a component file, or a broken checkpoint.
-    let absent: Vec<Component> = arch
-        .components()
-        .iter()
-        .copied()
-        .filter(|c| !present.contains(c))
-        .collect();
-    if !absent.is_empty() {
-        let list: Vec<&str> = absent.iter().map(|c| c.id()).collect();
-        f.push(finding(
-            Severity::Warning,
-            "missing-component",
-            format!(
-                "no {} (a full {} checkpoint has them; fine for a component file)",
-                list.join(", "),
-                arch.label()
-            ),
-            vec![],
-            Some("fix --base FULL.safetensors copies them in"),
-        ));
+    if !keys.absent_components.is_empty() {
+        let list: Vec<&str> = keys.absent_components.iter().map(|c| c.id()).collect();
+        f.push(
+            Finding::new(
+                Severity::Warning,
+                FindingKind::MissingComponent,
+                format!(
+                    "no {} (a full {} checkpoint has them; fine for a component file)",
+                    list.join(", "),
+                    arch.label()
+                ),
+            )
+            .remedy(Remedy::AddComponents),
+        );
     }
-    // Keys missing from components that are present.
-    let mut required = Vec::new();
-    let mut optional = Vec::new();
-    for k in table
-        .keys
-        .iter()
-        .filter(|k| k.core && present.contains(&component_of(&k.name)) && !names.contains(&k.name))
-    {
-        if POSITION_IDS.contains(&k.name.as_str()) {
-            continue; // Its own finding below.
-        }
-        if k.optional {
-            optional.push(k.name.clone())
-        } else {
-            required.push(k.name.clone())
-        }
-    }
+    // Keys missing from components that are present (position_ids have their own finding).
+    let not_position_ids = |list: &[String]| -> Vec<String> {
+        list.iter()
+            .filter(|k| !is_position_ids(k))
+            .cloned()
+            .collect()
+    };
+    let required = not_position_ids(&keys.missing_required);
     if !required.is_empty() {
-        f.push(finding(
-            Severity::Error,
-            "missing-required",
-            format!(
-                "{} required keys are missing from components the file has",
-                required.len()
-            ),
-            required,
-            Some("fix --base BASE.safetensors copies them from a complete checkpoint"),
-        ));
+        f.push(
+            Finding::new(
+                Severity::Error,
+                FindingKind::MissingRequired,
+                format!(
+                    "{} required keys are missing from components the file has",
+                    required.len()
+                ),
+            )
+            .keys(required)
+            .remedy(Remedy::AddMissing),
+        );
     }
+    let optional = not_position_ids(&keys.missing_optional);
     if !optional.is_empty() {
-        f.push(finding(
-            Severity::Info,
-            "pruned",
-            format!(
-                "{} optional keys are absent (layers inference does not use, as pruned files drop them); the file is usable",
-                optional.len()
-            ),
-            optional,
-            Some("fix --base BASE --fill-optional restores them"),
-        ));
+        f.push(
+            Finding::new(
+                Severity::Info,
+                FindingKind::Pruned,
+                format!(
+                    "{} optional keys are absent (layers inference does not use, as pruned files drop them); the file is usable",
+                    optional.len()
+                ),
+            )
+            .keys(optional)
+            .remedy(Remedy::FillOptional),
+        );
     }
-    // Unexpected keys.
-    let mut ema = Vec::new();
-    let mut sched = Vec::new();
-    let mut junk = Vec::new();
-    let mut shapes = Vec::new();
-    let (mut ema_bytes, mut junk_bytes) = (0u64, 0u64);
-    for t in ckpt.tensors() {
-        let key = canonical_key(&t.name);
-        if t.name.starts_with("model_ema.") {
-            ema.push(t.name.clone());
-            ema_bytes += t.byte_len() as u64;
-            continue;
-        }
-        match table.get(&key) {
-            Some(k) if k.role == Role::Scheduler => sched.push(t.name.clone()),
-            Some(k) => {
-                if !shape_matches(&k.name, &k.shape, &t.shape, det.scale)
-                    && !POSITION_IDS.contains(&k.name.as_str())
-                {
-                    shapes.push(format!(
-                        "{} {:?} (expected {:?})",
-                        t.name,
-                        t.shape,
-                        scaled_shape(&k.shape, det.scale)
-                    ));
-                }
-            }
-            None => {
-                junk.push(t.name.clone());
-                junk_bytes += t.byte_len() as u64;
-            }
-        }
-    }
+    let shapes: Vec<_> = keys
+        .wrong_shape
+        .iter()
+        .filter(|w| !is_position_ids(&w.canonical))
+        .collect();
     if !shapes.is_empty() {
-        f.push(finding(
-            Severity::Error,
-            "wrong-shape",
-            format!(
-                "{} tensors have shapes {} does not have",
-                shapes.len(),
-                arch.label()
-            ),
-            shapes,
-            Some("fix --base BASE.safetensors takes those tensors from a complete checkpoint"),
-        ));
+        f.push(
+            Finding::new(
+                Severity::Error,
+                FindingKind::WrongShape,
+                format!(
+                    "{} tensors have shapes {} does not have",
+                    shapes.len(),
+                    arch.label()
+                ),
+            )
+            .keys(shapes.iter().map(|w| w.name.clone()).collect())
+            .notes(
+                shapes
+                    .iter()
+                    .map(|w| format!("{:?} (expected {:?})", w.actual, w.expected))
+                    .collect(),
+            )
+            .remedy(Remedy::ReplaceShapes),
+        );
     }
-    if !ema.is_empty() {
-        f.push(finding(
-            Severity::Warning,
-            "ema",
-            format!(
-                "{} EMA keys ({}): a second copy of the U-Net that inference does not load",
-                ema.len(),
-                human(ema_bytes)
-            ),
-            ema,
-            Some("fix --drop-ema"),
-        ));
+    if !keys.ema.is_empty() {
+        let bytes = bytes_of(ckpt, &keys.ema);
+        f.push(
+            Finding::new(
+                Severity::Warning,
+                FindingKind::Ema,
+                format!(
+                    "{} EMA keys ({}): a second copy of the U-Net that inference does not load",
+                    keys.ema.len(),
+                    units::bytes(bytes)
+                ),
+            )
+            .keys(keys.ema.clone())
+            .bytes(bytes)
+            .remedy(Remedy::DropEma),
+        );
     }
-    if !junk.is_empty() {
-        f.push(finding(
-            Severity::Warning,
-            "unexpected-keys",
-            format!(
-                "{} keys {} does not have ({})",
-                junk.len(),
-                arch.label(),
-                human(junk_bytes)
-            ),
-            junk,
-            Some("fix --drop-junk"),
-        ));
+    if !keys.unknown.is_empty() {
+        let bytes = bytes_of(ckpt, &keys.unknown);
+        f.push(
+            Finding::new(
+                Severity::Warning,
+                FindingKind::UnexpectedKeys,
+                format!(
+                    "{} keys {} does not have ({})",
+                    keys.unknown.len(),
+                    arch.label(),
+                    units::bytes(bytes)
+                ),
+            )
+            .keys(keys.unknown.clone())
+            .bytes(bytes)
+            .remedy(Remedy::DropUnknown),
+        );
     }
-    if !sched.is_empty() {
-        f.push(finding(
-            Severity::Info,
-            "scheduler-buffers",
-            format!(
-                "{} DDPM schedule buffers (harmless; loaders recompute them)",
-                sched.len()
-            ),
-            sched,
-            Some("fix --drop-scheduler"),
-        ));
+    if !keys.scheduler.is_empty() {
+        f.push(
+            Finding::new(
+                Severity::Info,
+                FindingKind::SchedulerBuffers,
+                format!(
+                    "{} DDPM schedule buffers (harmless; loaders recompute them)",
+                    keys.scheduler.len()
+                ),
+            )
+            .keys(keys.scheduler.clone())
+            .remedy(Remedy::DropScheduler),
+        );
     }
     // position_ids: only for a CLIP-L that is present.
+    let table = data::table(arch);
     if let Some(&key) = POSITION_IDS.iter().find(|k| table.get(k).is_some()) {
-        let te_present = present.contains(&Component::Te1) && arch != Arch::Sd2;
+        let te_present = keys.present.contains(&Component::Te1) && arch != Arch::Sd2;
         let stored = ckpt
             .tensors()
             .iter()
             .find(|t| canonical_key(&t.name) == key)
             .map(|t| t.name.clone());
         match (te_present, stored) {
-            (true, None) => f.push(finding(
-                Severity::Warning,
-                "position-ids-missing",
-                format!("{key} is missing: ComfyUI and recent transformers rebuild it, but the A1111 model toolkit and strict loaders fail"),
-                vec![key.to_string()],
-                Some("fix inserts it (int64 0..76)"),
-            )),
+            (true, None) => f.push(
+                Finding::new(
+                    Severity::Warning,
+                    FindingKind::PositionIdsMissing,
+                    format!("{key} is missing: ComfyUI and recent transformers rebuild it, but the A1111 model toolkit and strict loaders fail"),
+                )
+                .keys(vec![key.to_string()])
+                .remedy(Remedy::InsertPositionIds),
+            ),
             (_, Some(name)) => {
                 if let Some(p) = read_position_ids(ckpt, &name) {
                     position_findings(&p, f);
@@ -561,28 +681,36 @@ fn catalog_checks(
         }
     }
     for v in &det.variants {
-        let (code, severity) = match v {
-            Variant::OldClipNames => ("old-clip-names", Severity::Info),
+        let (kind, remedy) = match v {
+            Variant::OldClipNames => (FindingKind::OldClipNames, Some(Remedy::RenameKeys)),
             Variant::MissingComponents(_)
             | Variant::PrunedTextEncoders
             | Variant::Ema
             | Variant::Scheduler => continue,
-            _ => ("variant", Severity::Info),
+            _ => (FindingKind::Variant, None),
         };
-        let fix = (code == "old-clip-names").then_some("fix renames them to the current names");
-        f.push(finding(severity, code, v.describe(), vec![], fix));
+        let mut finding = Finding::new(Severity::Info, kind, v.describe());
+        finding.remedy = remedy;
+        f.push(finding);
     }
 }
 
+/// Whether a canonical key is a CLIP-L `position_ids`.
+pub fn is_position_ids(key: &str) -> bool {
+    POSITION_IDS.contains(&key)
+}
+
 fn position_findings(p: &PositionIds, f: &mut Vec<Finding>) {
-    let fix = Some("fix resets it to int64 0..76");
+    let found = |severity, kind, message| {
+        Finding::new(severity, kind, message)
+            .keys(vec![p.key.clone()])
+            .remedy(Remedy::ResetPositionIds)
+    };
     if p.shape != [1, 77] {
-        f.push(finding(
+        f.push(found(
             Severity::Error,
-            "position-ids-shape",
+            FindingKind::PositionIdsShape,
             format!("{} has shape {:?}; CLIP-L expects [1, 77]", p.key, p.shape),
-            vec![p.key.clone()],
-            fix,
         ));
         return;
     }
@@ -593,9 +721,9 @@ fn position_findings(p: &PositionIds, f: &mut Vec<Finding>) {
             .take(10)
             .map(|i| i.to_string())
             .collect();
-        f.push(finding(
+        f.push(found(
             Severity::Error,
-            "position-ids-values",
+            FindingKind::PositionIdsValues,
             format!(
                 "{} is broken: {} positions truncate (A1111, toolkit) and {} round (ComfyUI) to the wrong index (first: {}); prompt tokens lose their positions",
                 p.key,
@@ -603,16 +731,12 @@ fn position_findings(p: &PositionIds, f: &mut Vec<Finding>) {
                 p.rounded_wrong.len(),
                 first.join(", ")
             ),
-            vec![p.key.clone()],
-            fix,
         ));
     } else if !matches!(p.dtype.as_str(), "I64" | "I32") {
-        f.push(finding(
+        f.push(found(
             Severity::Warning,
-            "position-ids-dtype",
+            FindingKind::PositionIdsDtype,
             format!("{} is stored as {} (values are right, but a merge will drift them; loaders expect int64)", p.key, p.dtype),
-            vec![p.key.clone()],
-            fix,
         ));
     }
 }

@@ -1,0 +1,49 @@
+//! Text and JSON for `ckpt-diff fix`: what was done, what was left, and the validation of
+//! the result.
+//!
+//! JSON schema 1: `{"schema":1, "command":"fix", "fix":{"output", "actions":[...],
+//! "unfixed":[...]}, "validate":{...}}` (`validate` as one file of `validate --json`).
+
+use serde_json::json;
+
+use super::validate::RemedyText;
+use crate::fix::{FixReport, Unfixed};
+use crate::views::validate::ValidateReport;
+
+/// How the caller words a problem fix left (the CLI names the option that repairs it).
+pub type UnfixedText<'a> = &'a dyn Fn(&Unfixed) -> String;
+
+pub fn text(
+    report: &FixReport,
+    after: &ValidateReport,
+    remedy: RemedyText<'_>,
+    unfixed: UnfixedText<'_>,
+) -> String {
+    let mut s = format!("wrote {}\n", report.output);
+    for a in &report.actions {
+        s.push_str(&format!("  fixed: {a}\n"));
+    }
+    for u in &report.unfixed {
+        s.push_str(&format!("  not fixed: {}\n", unfixed(u)));
+    }
+    s.push_str("validation of the result:\n");
+    s.push_str(&super::validate::text(after, remedy));
+    s
+}
+
+pub fn document(
+    report: &FixReport,
+    after: &ValidateReport,
+    remedy: RemedyText<'_>,
+    unfixed: UnfixedText<'_>,
+) -> String {
+    let fix = json!({
+        "output": report.output,
+        "actions": report.actions,
+        "unfixed": report.unfixed.iter().map(unfixed).collect::<Vec<_>>(),
+    });
+    super::json::document(
+        "fix",
+        json!({ "fix": fix, "validate": super::validate::value(after, remedy) }),
+    )
+}
