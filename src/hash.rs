@@ -264,6 +264,42 @@ fn cache_store(key: &str, hash: &str) {
     }
 }
 
+/// A claim a file's metadata makes about its own hash.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Claim {
+    pub key: String,
+    pub claimed: String,
+    /// What the data hashes to, in the claim's own form.
+    pub actual: String,
+    pub holds: bool,
+}
+
+/// The hashes `ckpt`'s metadata claims for the file (kohya's `sshs_model_hash` is the full
+/// AutoV3, `modelspec.hash_sha256` is `0x` + AutoV3), checked against `h`.
+pub fn claims(ckpt: Option<&crate::reader::Checkpoint>, h: &FileHashes) -> Vec<Claim> {
+    let Some(c) = ckpt else { return Vec::new() };
+    let v3 = h.autov3.clone().unwrap_or_default();
+    let mut out = Vec::new();
+    if let Some(claimed) = c.metadata_value("sshs_model_hash") {
+        out.push(Claim {
+            key: "sshs_model_hash".into(),
+            claimed: claimed.into(),
+            actual: v3.clone(),
+            holds: claimed.eq_ignore_ascii_case(&v3),
+        });
+    }
+    if let Some(claimed) = c.metadata_value("modelspec.hash_sha256") {
+        let actual = format!("0x{v3}");
+        out.push(Claim {
+            key: "modelspec.hash_sha256".into(),
+            claimed: claimed.into(),
+            holds: claimed.eq_ignore_ascii_case(&actual),
+            actual,
+        });
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -95,6 +95,21 @@ pub fn open_all(paths: &[PathBuf]) -> Result<Vec<Model>> {
     paths.par_iter().map(|p| Model::open(p)).collect()
 }
 
+/// The inner products of `entries` of `plan`, in one pass with a progress bar labelled
+/// `what`.
+pub fn gather_inner(
+    plan: &crate::pass::Plan<'_>,
+    grouping: &Grouping,
+    entries: &[usize],
+    spec: crate::gram::GramSpec,
+    what: &str,
+    global: &Global,
+) -> Result<crate::gram::InnerProducts> {
+    let bar = crate::pass::progress::Bar::new(what, global.quiet);
+    let inner = crate::gram::gather(plan, grouping, entries, spec, &crate::pass::Pass::new(&bar))?;
+    Ok(inner)
+}
+
 /// `--arch` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ArchArg {

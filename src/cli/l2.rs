@@ -6,11 +6,10 @@ use anyhow::Result;
 
 use super::Outcome;
 use super::common::{
-    ArchArg, FormatArgs, Global, Model, choose_grouping, keys_regex, open_all, print,
+    ArchArg, FormatArgs, Global, Model, choose_grouping, gather_inner, keys_regex, open_all, print,
 };
-use crate::gram::{GramSpec, gather};
-use crate::pass::progress::Bar;
-use crate::pass::{Pass, Plan};
+use crate::gram::GramSpec;
+use crate::pass::Plan;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -52,19 +51,12 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         .filter(|(_, e)| keys.as_ref().is_none_or(|re| re.is_match(&e.key)))
         .map(|(i, _)| i)
         .collect();
-    let bar = Bar::new("reading", global.quiet);
-    let inner = gather(
-        &plan,
-        &grouping,
-        &entries,
-        GramSpec {
-            center: Some(0),
-            per_tensor: false,
-            distances: true,
-        },
-        &Pass::new(&bar),
-    )?;
-    drop(bar);
+    let spec = GramSpec {
+        center: Some(0),
+        per_tensor: false,
+        distances: true,
+    };
+    let inner = gather_inner(&plan, &grouping, &entries, spec, "reading", global)?;
     let names: Vec<String> = models.iter().map(|m| m.name()).collect();
     let report = crate::views::l2::report(names, &grouping, &inner);
     let base_line = format!("{} ({})", models[0].name(), models[0].describe());

@@ -166,48 +166,12 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let bar = Bar::new("merging", global.quiet);
     let outcome = merge::run(&recipe, &base_dir, &output, &options, &bar)?;
     drop(bar);
-    if out.json {
-        let mut v = serde_json::to_value(&outcome)?;
-        let obj = v.as_object_mut().expect("a struct");
-        obj.insert("schema".into(), 1.into());
-        obj.insert("command".into(), "merge".into());
-        print(&(serde_json::to_string_pretty(&v)? + "\n"))?;
+    print(&if out.json {
+        reports::merge::document(&outcome)
     } else {
-        let mut s = format!(
-            "wrote {} ({}, {}): {} tensors, {} merged\n",
-            outcome.output,
-            outcome.arch.label(),
-            reports::bytes(std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0)),
-            outcome.tensors,
-            outcome.merged
-        );
-        if let Some(c) = &outcome.coefficients {
-            s.push_str("coefficients (per block where they vary):\n");
-            for line in c.lines() {
-                s.push_str(&format!("  {line}\n"));
-            }
-        }
-        if !outcome.copied.is_empty() {
-            let items: Vec<String> = outcome
-                .copied
-                .iter()
-                .map(|(k, why)| format!("{k} ({why})"))
-                .collect();
-            s.push_str(&format!(
-                "copied unchanged ({}): {}\n",
-                items.len(),
-                reports::first_few(&items, 5)
-            ));
-        }
-        if !outcome.skipped.is_empty() {
-            s.push_str(&format!(
-                "left out ({}): {}\n",
-                outcome.skipped.len(),
-                reports::first_few(&outcome.skipped, 5)
-            ));
-        }
-        print(&s)?;
-    }
+        let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+        reports::merge::text(&outcome, size)
+    })?;
     Ok(Outcome::Ok)
 }
 

@@ -6,12 +6,12 @@ use anyhow::{Context, Result};
 
 use super::Outcome;
 use super::common::{
-    ArchArg, FormatArgs, Global, Model, choose_grouping, keys_regex, open_all, print,
+    ArchArg, FormatArgs, Global, Model, choose_grouping, gather_inner, keys_regex, open_all, print,
 };
 use crate::catalog::{Layout, Selector};
-use crate::gram::{GramSpec, gather};
+use crate::gram::GramSpec;
+use crate::pass::Plan;
 use crate::pass::progress::Bar;
-use crate::pass::{Pass, Plan};
 use crate::reports::sim::ModelLine;
 use crate::views::sim::report;
 
@@ -95,20 +95,11 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         .map(|(i, _)| i)
         .collect();
 
-    let bar = Bar::new("reading", global.quiet);
-    let pass = Pass::new(&bar);
-    let inner = gather(
-        &plan,
-        &grouping,
-        &entries,
-        GramSpec {
-            center: None,
-            per_tensor: args.per_tensor,
-            distances: false,
-        },
-        &pass,
-    )?;
-    drop(bar);
+    let spec = GramSpec {
+        per_tensor: args.per_tensor,
+        ..GramSpec::default()
+    };
+    let inner = gather_inner(&plan, &grouping, &entries, spec, "reading", global)?;
     let result = report(&plan, &grouping, &entries, &inner, &chosen);
     let lines: Vec<ModelLine> = models.iter().map(Model::line).collect();
     let text = crate::reports::sim::render(
@@ -138,32 +129,10 @@ fn run_asim(args: &Args, global: &Global) -> Result<Outcome> {
         );
     }
     let models = open_all(&[args.a.clone(), args.b.clone()])?;
-    let arch_of = |m: &Model| {
-        asim::arch_of(&m.ckpt).with_context(|| {
-            format!(
-                "'{}': no SD1, SD2 or SDXL self-attention weights \
-                 (transformer_blocks.0.attn1.to_q/k/v) in every scored block",
-                m.name()
-            )
-        })
-    };
-    // SD1 and SD2 share the scored keys: the detected architecture names the table when
-    // there is one, the keys alone decide otherwise (files holding only these weights).
-    let arch_of = |m: &Model| -> Result<crate::catalog::Arch> {
-        let by_keys = arch_of(m)?;
-        Ok(m.detection
-            .arch()
-            .filter(|a| asim::attention_blocks(*a) == asim::attention_blocks(by_keys))
-            .unwrap_or(by_keys))
-    };
-    let arch = arch_of(&models[0])?;
-    if asim::attention_blocks(arch_of(&models[1])?) != asim::attention_blocks(arch) {
-        anyhow::bail!(
-            "'{}' and '{}' have different U-Nets (SD1/SD2 vs SDXL attention blocks)",
-            models[0].name(),
-            models[1].name()
-        );
-    }
+    let arch = asim::scored_arch([
+        (&models[0].ckpt, models[0].detection.arch()),
+        (&models[1].ckpt, models[1].detection.arch()),
+    ])?;
     let like = args.like.unwrap_or(asim::Like::Wkpark);
     let precision = args.precision.unwrap_or(asim::Precision::F32);
     let seed = args.seed.unwrap_or(like.default_seed());

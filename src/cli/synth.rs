@@ -181,29 +181,15 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         } => {
             let seed = layout.seed;
             let layout = layout.layout()?;
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("creating '{}'", dir.display()))?;
-            let members = family::family(layout.arch, seed, finetunes, size);
-            let mut manifest = Vec::new();
-            for m in &members {
-                let path = dir.join(format!("{}.safetensors", m.name));
-                let bar = Bar::new(&m.name, global.quiet);
-                synth::write(
-                    &path,
-                    &layout,
-                    &m.model,
-                    &[("ckpt_diff.recipe".into(), m.recipe.clone())],
-                    &bar,
-                )?;
-                drop(bar);
-                manifest.push(serde_json::json!({ "name": m.name, "file": format!("{}.safetensors", m.name), "recipe": m.recipe, "model": m.model }));
-            }
-            let json = serde_json::json!({ "schema": 1, "layout": layout, "seed": seed, "members": manifest });
-            std::fs::write(
-                dir.join("family.json"),
-                serde_json::to_string_pretty(&json)? + "\n",
-            )
-            .with_context(|| format!("writing '{}'", dir.join("family.json").display()))?;
+            let bar = |name: &str| -> Box<dyn crate::pass::Progress> {
+                Box::new(Bar::new(name, global.quiet))
+            };
+            let members = family::write_family(&dir, &layout, seed, finetunes, size, &bar)?;
+            let json =
+                crate::reports::json::document("synth", family::manifest(&layout, seed, &members));
+            let path = dir.join("family.json");
+            crate::writer::write_small(&path, json.as_bytes())
+                .with_context(|| format!("writing '{}'", path.display()))?;
             if !global.quiet {
                 let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
                 print(&format!(

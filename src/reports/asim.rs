@@ -30,8 +30,6 @@ pub fn render(
     match format {
         Format::Json => {
             let v = json!({
-                "schema": 1,
-                "command": "sim",
                 "metric": "asim",
                 "arch": arch.id(),
                 "seed": seed,
@@ -40,7 +38,7 @@ pub fn render(
                 "rows": rows,
                 "total": total,
             });
-            serde_json::to_string_pretty(&v).expect("plain data") + "\n"
+            super::json::document("sim", v)
         }
         Format::Csv => table(rows, total, like).csv(),
         Format::Markdown | Format::Table => {

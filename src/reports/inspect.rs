@@ -1,6 +1,7 @@
 //! Text and JSON for `ckpt-diff inspect`.
 //!
-//! JSON schema 1: the [`InspectReport`] fields plus `"schema": 1, "command": "inspect"`.
+//! JSON schema 1: `"schema": 1, "command": "inspect"`, then the [`InspectReport`] fields in
+//! name order.
 
 use super::{Format, TextTable, bytes, first_few, params, sanitize};
 use crate::views::inspect::InspectReport;
@@ -8,13 +9,8 @@ use crate::views::inspect::InspectReport;
 pub fn render(r: &InspectReport, format: Format) -> String {
     if format == Format::Json {
         let mut v = serde_json::to_value(r).expect("plain data");
-        let obj = v.as_object_mut().expect("a struct");
-        obj.insert("schema".into(), 1.into());
-        obj.insert("command".into(), "inspect".into());
-        obj.sort_keys();
-        let mut s = serde_json::to_string_pretty(&v).expect("plain data");
-        s.push('\n');
-        return s;
+        v.as_object_mut().expect("a struct").sort_keys();
+        return super::json::document("inspect", v);
     }
     let md = format == Format::Markdown;
     let render = |t: &TextTable| match format {

@@ -119,13 +119,7 @@ pub fn tables(r: &L2Report) -> Vec<(String, TextTable)> {
 /// Renders for the terminal or for scripts.
 pub fn render(r: &L2Report, base_line: &str, format: Format) -> String {
     match format {
-        Format::Json => {
-            let mut v = serde_json::to_value(r).expect("plain data");
-            let obj = v.as_object_mut().expect("a struct");
-            obj.insert("schema".into(), 1.into());
-            obj.insert("command".into(), "l2".into());
-            serde_json::to_string_pretty(&v).expect("plain data") + "\n"
-        }
+        Format::Json => super::json::document("l2", r),
         Format::Csv => csv(r),
         Format::Table | Format::Markdown => {
             let mut s = format!("base: {base_line}\nmodels:\n");

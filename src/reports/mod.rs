@@ -3,11 +3,14 @@
 
 pub mod asim;
 pub mod chart;
+pub mod fit;
 pub mod fix;
+pub mod hash;
 pub mod html;
 pub mod inspect;
 pub mod json;
 pub mod l2;
+pub mod merge;
 pub mod sim;
 pub mod validate;
 

@@ -32,8 +32,6 @@ pub fn render(
     match format {
         Format::Json => {
             let value = serde_json::json!({
-                "schema": 1,
-                "command": "sim",
                 "metric": "cosine",
                 "layout": layout,
                 "models": models,
@@ -42,9 +40,7 @@ pub fn render(
                 "tensors": report.tensors,
                 "notes": report.notes,
             });
-            let mut s = serde_json::to_string_pretty(&value).expect("plain data");
-            s.push('\n');
-            s
+            super::json::document("sim", value)
         }
         Format::Csv => {
             let mut s = table(report, arch).csv();

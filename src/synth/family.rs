@@ -98,3 +98,42 @@ pub fn family(arch: Arch, seed: u64, finetunes: usize, size: f64) -> Vec<Member>
     }
     members
 }
+
+/// Writes the family of [`family`] into `dir` (created if needed): one file per member,
+/// named `<name>.safetensors`, with its recipe in its metadata (`ckpt_diff.recipe`).
+/// `progress` is asked for one reporter per member.
+pub fn write_family(
+    dir: &std::path::Path,
+    layout: &super::Layout,
+    seed: u64,
+    finetunes: usize,
+    size: f64,
+    progress: &dyn Fn(&str) -> Box<dyn crate::pass::Progress>,
+) -> Result<Vec<Member>, super::SynthError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| super::SynthError::Invalid(format!("'{}': {e}", dir.display())))?;
+    let members = family(layout.arch, seed, finetunes, size);
+    for m in &members {
+        super::write(
+            &dir.join(format!("{}.safetensors", m.name)),
+            layout,
+            &m.model,
+            &[("ckpt_diff.recipe".into(), m.recipe.clone())],
+            progress(&m.name).as_ref(),
+        )?;
+    }
+    Ok(members)
+}
+
+/// The manifest of a written family (`family.json`'s fields): the layout, the seed, and
+/// every member's file, recipe and coefficients.
+pub fn manifest(layout: &super::Layout, seed: u64, members: &[Member]) -> serde_json::Value {
+    let members: Vec<_> = members
+        .iter()
+        .map(|m| {
+            serde_json::json!({ "name": m.name, "file": format!("{}.safetensors", m.name),
+                                "recipe": m.recipe, "model": m.model })
+        })
+        .collect();
+    serde_json::json!({ "layout": layout, "seed": seed, "members": members })
+}

@@ -134,6 +134,35 @@ pub fn arch_of(ckpt: &Checkpoint) -> Option<Arch> {
         .find(|&arch| attention_blocks(arch).iter().all(has))
 }
 
+/// The architecture both files are scored in: the one whose attention weights each file
+/// has. SD1 and SD2 share the scored keys, so a file's detected architecture names the
+/// table when it agrees with the keys; the keys alone decide otherwise (files holding only
+/// these weights).
+pub fn scored_arch(files: [(&Checkpoint, Option<Arch>); 2]) -> Result<Arch, AsimError> {
+    let arch_of = |(ckpt, detected): (&Checkpoint, Option<Arch>)| {
+        let by_keys = arch_of(ckpt).ok_or_else(|| AsimError {
+            file: ckpt.display_name(),
+            problem: "no SD1, SD2 or SDXL self-attention weights \
+                      (transformer_blocks.0.attn1.to_q/k/v) in every scored block"
+                .into(),
+        })?;
+        Ok(detected
+            .filter(|a| attention_blocks(*a) == attention_blocks(by_keys))
+            .unwrap_or(by_keys))
+    };
+    let arch = arch_of(files[0])?;
+    if attention_blocks(arch_of(files[1])?) != attention_blocks(arch) {
+        return Err(AsimError {
+            file: files[1].0.display_name(),
+            problem: format!(
+                "its U-Net and that of '{}' are different U-Nets (SD1/SD2 vs SDXL attention blocks)",
+                files[0].0.display_name()
+            ),
+        });
+    }
+    Ok(arch)
+}
+
 /// The scored blocks a selector chooses, in model order. A block named alone must have a
 /// transformer to score; groups and ranges take the scored blocks they cover.
 pub fn select(arch: Arch, selector: &Selector) -> Result<Vec<AsimBlock>, String> {

@@ -1,27 +1,5 @@
-//! Finding the linear recipe that reproduces a target, from inner products alone.
-//!
-//! Every step of a linear recipe keeps the model in the affine span of the base B, the
-//! start S and the sources Mᵢ: with deltas τ = model − B, a model is C = B + Σₖ cₖ·τₖ (one
-//! coefficient vector per report row, since block weights differ by block). A weighted sum
-//! toward Mᵢ maps c to (1−α)·c + α·eᵢ; an add difference `(Mᵢ − B) x α` maps it to c + α·eᵢ.
-//! So the similarity of any candidate to the target T, in any row, follows from that row's
-//! Gram matrix of [B, τ_T, τ_S, τ₁..τₖ] (gathered once, centred on B):
-//!
-//! ⟨C, T⟩ = ⟨B,B⟩ + ⟨B,τ_T⟩ + Σₖ cₖ(⟨τₖ,B⟩ + ⟨τₖ,τ_T⟩),  ‖C‖² = ⟨B,B⟩ + 2Σₖ cₖ⟨τₖ,B⟩ + cᵀGc.
-//!
-//! * **Greedy** (what mergers do by hand): at each step try every model (the start and the
-//!   sources) with both operations, one α or one α per merge block; keep the steps that
-//!   raise the objective most; stop after `max_steps` or when the gain is under
-//!   `min_gain`. Each α comes from a bounded 1-D search (a grid, then golden-section
-//!   refinement), and when a step is added all earlier α are re-optimised with it
-//!   (coordinate ascent), so an early step is not locked in; a small beam keeps the best
-//!   few sequences at each depth.
-//! * **Global**: per merge block, the affine least-squares fit of τ_T by the deltas
-//!   (weights summing to 1 with the base's), solved from the normal equations G·w = r with
-//!   faer: the best any linear recipe of these models can do, and its recipe.
-//! * **Residuals**: per row, ‖τ_T − Σ wₖτₖ‖ / ‖τ_T‖ of the global fit: the part of the
-//!   target's change from the base that no linear recipe of these sources explains (extra
-//!   training, a missing source, a non-linear merge).
+//! The search itself: a [`Problem`] of per-row Grams, the greedy beam search over steps,
+//! the global best per block, and the residuals (see the parent module for the formulas).
 
 use faer::{Mat, Side};
 use serde::Serialize;

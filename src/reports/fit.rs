@@ -1,0 +1,362 @@
+//! What `ckpt-diff fit` prints and writes: the recipes it found, in the notation `merge`
+//! runs, the step table, the per-row table, and the JSON.
+//!
+//! JSON schema 1: `{"schema":1, "command":"fit", "models":{"base","target","start",
+//! "sources"}, "region", "objective", "rows":[labels], "blocks":[...], "start_objective",
+//! "steps":[{"source","op","expression","alpha","objective","rows"}], "greedy":{"objective",
+//! "coefficients" (per block), "rows"}, "global":{"objective","weights","base_weight","rows"},
+//! "residuals":[{"row","relative"}], "recipe", "seconds":{"pass","search"},
+//! "apply":null|{"predicted","measured","rows"}}`. Per-row arrays cover the rows the files
+//! have tensors in, in the order of `rows`.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::{TextTable, first_few};
+use crate::catalog::Block;
+use crate::merge::plan::show;
+use crate::merge::recipe::writer::{Names, QuoteError, quote_path};
+use crate::views::fit::{FitResult, Op, RECIPE_DIGITS, Step};
+
+/// A row whose relative residual is above this is reported as not explained.
+const UNEXPLAINED: f64 = 0.05;
+
+/// The files of a fit, by role, as given on the command line.
+pub struct Files<'a> {
+    pub base: &'a Path,
+    pub start: &'a Path,
+    pub sources: &'a [PathBuf],
+}
+
+/// How the fit was asked for, as the user wrote it (for headings).
+pub struct Asked<'a> {
+    pub region: &'a str,
+    pub objective: &'a str,
+}
+
+/// The display names of the files (file names).
+pub struct Labels {
+    pub base: String,
+    pub target: String,
+    pub start: String,
+    pub sources: Vec<String>,
+}
+
+/// The recipes as text, with the names they give the models.
+pub struct Recipes {
+    pub start_name: String,
+    pub source_names: Vec<String>,
+    /// One expression per greedy step.
+    pub expressions: Vec<String>,
+    /// One step per line, as mergers write them.
+    pub greedy: String,
+    /// One weighted sum with per-block weights.
+    pub global: String,
+}
+
+/// A clone built from the recipe and measured against the target.
+pub struct Applied<'a> {
+    pub output: &'a Path,
+    pub predicted: f64,
+    pub measured: f64,
+    pub rows: Vec<f64>,
+}
+
+/// Similarities near 100% differ in the fifth decimal: six are shown.
+fn pct(x: f64) -> String {
+    format!("{:.6}%", x * 100.0)
+}
+
+/// A weight as recipe text, to the recipe's decimals.
+fn number(x: f64) -> String {
+    let s = format!("{:.*}", RECIPE_DIGITS as usize, x);
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    if s == "-0" { "0".into() } else { s.to_string() }
+}
+
+/// Alphas as recipe text: one number, or the full block list in SuperMerger's order.
+fn alpha_text(alpha: &[f64]) -> String {
+    if alpha.len() == 1 {
+        number(alpha[0])
+    } else {
+        format!(
+            "({})",
+            alpha
+                .iter()
+                .map(|a| number(*a))
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+    }
+}
+
+/// The greedy and the global recipe, with paths relative to `dir` (the recipe's folder,
+/// canonical) where they can be.
+pub fn recipes(
+    f: &FitResult,
+    files: &Files<'_>,
+    target: &str,
+    asked: &Asked<'_>,
+    dir: &Path,
+) -> Result<Recipes, QuoteError> {
+    let mut names = Names::reserving(&["base", "start", "alpha", "OUT"]);
+    let source_names: Vec<String> = files.sources.iter().map(|p| names.for_file(p)).collect();
+    let mut bindings = format!("base = {}\n", quote_path(files.base, Some(dir))?);
+    let start_is_base =
+        std::fs::canonicalize(files.start).ok() == std::fs::canonicalize(files.base).ok();
+    let start_name = if start_is_base { "base" } else { "start" }.to_string();
+    if !start_is_base {
+        bindings.push_str(&format!(
+            "start = {}\n",
+            quote_path(files.start, Some(dir))?
+        ));
+    }
+    for (n, p) in source_names.iter().zip(files.sources) {
+        bindings.push_str(&format!("{n} = {}\n", quote_path(p, Some(dir))?));
+    }
+    let header = |what: &str, obj: f64| {
+        format!(
+            "# {what} by ckpt-diff fit: target {target}, region {}, objective {}; predicted {}\n",
+            asked.region,
+            asked.objective,
+            pct(obj)
+        )
+    };
+
+    let mut greedy = header("greedy steps", f.greedy_objective) + &bindings;
+    let mut previous = start_name.clone();
+    let mut expressions = Vec::new();
+    for (i, s) in f.steps.iter().enumerate() {
+        let name = format!("S{}", i + 1);
+        let src = if s.source == 0 {
+            &start_name
+        } else {
+            &source_names[s.source - 1]
+        };
+        let expr = match s.op {
+            Op::WeightedSum => format!("{previous} x (1-alpha) + {src} x alpha"),
+            Op::AddDifference => format!("{previous} + ({src} - base) x alpha"),
+        };
+        greedy.push_str(&format!(
+            "{name} = {expr}\n    alpha = {}\n",
+            alpha_text(&s.alpha)
+        ));
+        expressions.push(expr);
+        previous = name;
+    }
+    if f.steps.is_empty() {
+        greedy.push_str(&format!("OUT = {start_name} x 1\n"));
+    }
+
+    let mut global = header(
+        "global best (closest in angle, per block)",
+        f.global_objective,
+    ) + &bindings;
+    let mut terms = vec!["base x w_base".to_string()];
+    let mut params = format!("    w_base = {}\n", alpha_text(&f.global_base_weights()));
+    let mut model_names = vec![start_name.clone()];
+    model_names.extend(source_names.iter().cloned());
+    for (i, n) in model_names.iter().enumerate() {
+        let w: Vec<f64> = f.global_weights.iter().map(|b| b[i]).collect();
+        if w.iter().all(|x| *x == 0.0) {
+            continue;
+        }
+        terms.push(format!("{n} x w_{i}"));
+        params.push_str(&format!("    w_{i} = {}\n", alpha_text(&w)));
+    }
+    global.push_str(&format!("OUT = {}\n{params}", terms.join(" + ")));
+    Ok(Recipes {
+        start_name,
+        source_names,
+        expressions,
+        greedy,
+        global,
+    })
+}
+
+fn short_blocks(blocks: &[Block], alpha: &[f64]) -> String {
+    let parts: Vec<String> = blocks
+        .iter()
+        .zip(alpha)
+        .filter(|(_, a)| **a != 0.0)
+        .map(|(b, a)| format!("{b}={}", show(*a)))
+        .collect();
+    first_few(&parts, 4)
+}
+
+/// Everything a fit's report shows.
+pub struct Report<'a> {
+    pub result: &'a FitResult,
+    pub labels: &'a Labels,
+    pub asked: &'a Asked<'a>,
+    pub recipes: &'a Recipes,
+    /// The recipe chosen (greedy or global), as written.
+    pub recipe: &'a str,
+    /// Where the recipe was written, if it was.
+    pub written_to: Option<&'a Path>,
+    pub applied: Option<&'a Applied<'a>>,
+    pub pass_seconds: f64,
+}
+
+/// The step table, the per-row table (after each step, global best, residual), the rows no
+/// linear recipe explains, then where the recipe went and the clone's measurement.
+pub fn text(r: &Report<'_>) -> String {
+    let Report {
+        result: f,
+        labels,
+        asked,
+        recipes,
+        recipe,
+        written_to,
+        applied,
+        pass_seconds,
+    } = *r;
+    let mut s = format!(
+        "target {}; start {}; {} sources; region {}, objective {}\n\
+         read in {:.2} s; search in {:.3} s\n\n",
+        labels.target,
+        labels.start,
+        labels.sources.len(),
+        asked.region,
+        asked.objective,
+        pass_seconds,
+        f.search_seconds
+    );
+    let mut t = TextTable::new(
+        &["step", "expression", "alpha", "region similarity"],
+        &[false, false, false, true],
+    );
+    let start = format!("{}: {}", recipes.start_name, labels.start);
+    t.push(vec![
+        "0".into(),
+        start,
+        String::new(),
+        pct(f.start_objective),
+    ]);
+    for (i, (st, e)) in f.steps.iter().zip(&recipes.expressions).enumerate() {
+        let a = if st.alpha.len() == 1 {
+            show(st.alpha[0])
+        } else {
+            format!("per block: {}", short_blocks(&f.blocks, &st.alpha))
+        };
+        t.push(vec![format!("S{}", i + 1), e.clone(), a, pct(st.objective)]);
+    }
+    s.push_str(&t.terminal());
+    s.push_str(&format!(
+        "\nthe best any linear recipe of these models reaches: {} (the steps: {})\n\n",
+        pct(f.global_objective),
+        pct(f.greedy_objective)
+    ));
+
+    // Per row after each step, as the published step tables show them.
+    let mut head: Vec<String> = vec!["row".into(), "start".into()];
+    head.extend((1..=f.steps.len()).map(|i| format!("S{i}")));
+    head.extend(["global best".into(), "unexplained".into()]);
+    let mut rt = TextTable::labelled(head);
+    let mut worst: Vec<(f64, String)> = Vec::new();
+    for &r in &f.present {
+        let mut cells = vec![f.rows[r].clone(), pct(f.start_rows[r])];
+        cells.extend(f.steps.iter().map(|st| pct(st.rows[r])));
+        cells.extend([pct(f.global_rows[r]), pct(f.residuals[r])]);
+        rt.push(cells);
+        worst.push((f.residuals[r], f.rows[r].clone()));
+    }
+    s.push_str(&rt.terminal());
+    worst.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let flagged: Vec<String> = worst
+        .iter()
+        .filter(|(r, _)| *r > UNEXPLAINED)
+        .map(|(r, l)| format!("{l} ({})", pct(*r)))
+        .collect();
+    s.push_str(
+        "\nunexplained: the share of the target's change from the base that no linear recipe \
+         of these models reproduces (the global best's residual).\n",
+    );
+    if flagged.is_empty() {
+        s.push_str("every row is explained to within 5%\n");
+    } else {
+        s.push_str(&format!(
+            "not explained (over 5%: extra training, a missing source, or a non-linear merge): {}\n",
+            first_few(&flagged, 8)
+        ));
+    }
+    match written_to {
+        Some(o) => s.push_str(&format!(
+            "recipe written to {} (run it with: ckpt-diff merge {} -o clone.safetensors)\n",
+            o.display(),
+            o.display()
+        )),
+        None => s.push_str(&format!("\n{recipe}")),
+    }
+    if let Some(a) = applied {
+        s.push_str(&format!(
+            "clone written to {}: measured {} vs predicted {} (difference {:.2e})\n",
+            a.output.display(),
+            pct(a.measured),
+            pct(a.predicted),
+            (a.measured - a.predicted).abs()
+        ));
+    }
+    s
+}
+
+/// `fit --json`.
+pub fn document(r: &Report<'_>) -> String {
+    let Report {
+        result: f,
+        labels,
+        asked,
+        recipes,
+        recipe,
+        applied,
+        pass_seconds,
+        ..
+    } = *r;
+    let at = |v: &[f64]| -> Vec<f64> { f.present.iter().map(|&r| v[r]).collect() };
+    let source_name = |s: &Step| {
+        if s.source == 0 {
+            recipes.start_name.clone()
+        } else {
+            recipes.source_names[s.source - 1].clone()
+        }
+    };
+    let steps: Vec<_> = f
+        .steps
+        .iter()
+        .zip(&recipes.expressions)
+        .map(|(s, e)| {
+            json!({ "source": source_name(s), "op": s.op, "expression": e, "alpha": s.alpha,
+                    "objective": s.objective, "rows": at(&s.rows) })
+        })
+        .collect();
+    let residuals: Vec<_> = f
+        .present
+        .iter()
+        .map(|&r| json!({ "row": f.rows[r], "relative": f.residuals[r] }))
+        .collect();
+    super::json::document(
+        "fit",
+        json!({
+            "models": { "base": labels.base, "target": labels.target, "start": labels.start,
+                        "sources": labels.sources },
+            "region": asked.region,
+            "objective": f.objective,
+            "rows": f.present.iter().map(|&r| &f.rows[r]).collect::<Vec<_>>(),
+            "blocks": f.blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
+            "start_objective": f.start_objective,
+            "steps": steps,
+            "greedy": { "objective": f.greedy_objective,
+                        "coefficients": f.greedy_by_block(),
+                        "rows": at(&f.greedy_rows) },
+            "global": { "objective": f.global_objective, "weights": f.global_weights,
+                        "base_weight": f.global_base_weights(), "rows": at(&f.global_rows) },
+            "residuals": residuals,
+            "recipe": recipe,
+            "seconds": { "pass": pass_seconds, "search": f.search_seconds },
+            "apply": applied.map(|a| {
+                json!({ "predicted": a.predicted, "measured": a.measured, "rows": at(&a.rows) })
+            }),
+        }),
+    )
+}
