@@ -199,16 +199,31 @@ fn usage_errors_exit_2() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("sideways"));
 }
 
+/// Ctrl-C in the middle of writing: exit 130 and the temporary file is gone. The command
+/// holds at a known point (after its first written bytes, see `CKPT_DIFF_HOLD_AFTER_BYTES`)
+/// and says so; the signal comes then, not after a guessed delay.
+#[cfg(unix)]
 #[test]
 fn interrupt_exits_130_and_leaves_no_temporary_file() {
+    use std::io::{BufRead, BufReader};
     let d = Dir::new();
-    let out = d.path("big.safetensors");
-    // A full-size SDXL file takes seconds to write: interrupt it early.
+    let out = d.path("small.safetensors");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ckpt-diff"))
-        .args(["synth", "model", s(&out), "--arch", "sdxl", "-q"])
+        .args(["synth", "model", s(&out), "--scale", "16"])
+        .env("CKPT_DIFF_HOLD_AFTER_BYTES", "1")
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(400));
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut lines = stderr.lines();
+    let holding = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.contains(ckpt_diff::pass::progress::HOLDING));
+    assert!(holding, "the command never reached its hold point");
+    // The temporary file exists now, partly written.
+    let during: Vec<_> = std::fs::read_dir(d.dir.path()).unwrap().collect();
+    assert_eq!(during.len(), 1, "one temporary file while writing");
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
     let status = child.wait().unwrap();

@@ -295,6 +295,117 @@ fn dare_matches_its_definition_and_is_reproducible() {
     assert_ne!(a, run("2", "8"), "another seed gives another mask");
 }
 
+/// DARE checked without its random stream: every output element is either the base or the
+/// base plus the delta rescaled by 1/(1-p), nothing else; each tensor keeps 1-p of its
+/// elements within binomial bounds; and the masks of two same-shaped tensors, or of two
+/// seeds, agree only as often as independent coin flips do (p² + (1-p)²), where one mask
+/// reused would agree always.
+#[test]
+fn dare_masks_keep_their_share_independently() {
+    let fam = family(Arch::Sd1);
+    let keep = 0.3;
+    let ins = inputs(&fam);
+    // Per tensor, per element: Some(kept) where the delta is not zero.
+    let masks = |seed: u64| -> BTreeMap<String, Vec<Option<bool>>> {
+        let got = merged(
+            &fam,
+            &format!("OUT = dare(B, F1, p=0.7, seed={seed})\n"),
+            &[],
+        );
+        got.iter()
+            .filter_map(|(key, t)| Some((key, t.values.as_ref()?)))
+            .map(|(key, g)| {
+                let b = ins[0][key].values.as_ref().unwrap();
+                let f = ins[1][key].values.as_ref().unwrap();
+                let mask = (0..g.len())
+                    .map(|i| {
+                        let d = f[i] - b[i];
+                        if d == 0.0 {
+                            return None;
+                        }
+                        let close = |want: f64| (g[i] - want).abs() <= 1e-6 * want.abs().max(1.0);
+                        let kept = close(b[i] + d / keep);
+                        let dropped = close(b[i]);
+                        assert!(
+                            kept != dropped,
+                            "{key}[{i}] = {} is neither the base {} nor base + delta/(1-p) {}",
+                            g[i],
+                            b[i],
+                            b[i] + d / keep
+                        );
+                        Some(kept)
+                    })
+                    .collect();
+                (key.clone(), mask)
+            })
+            .collect()
+    };
+    let m42 = masks(42);
+    let (mut kept, mut decided) = (0usize, 0usize);
+    for (key, mask) in &m42 {
+        let k = mask.iter().filter(|m| **m == Some(true)).count();
+        let n = mask.iter().filter(|m| m.is_some()).count();
+        if n >= 1000 {
+            let sd = (keep * (1.0 - keep) / n as f64).sqrt();
+            let share = k as f64 / n as f64;
+            assert!(
+                (share - keep).abs() <= 6.0 * sd,
+                "{key}: kept {share} of {n}"
+            );
+        }
+        kept += k;
+        decided += n;
+    }
+    assert!(decided > 1_000_000, "only {decided} elements decided");
+    let share = kept as f64 / decided as f64;
+    assert!((share - keep).abs() < 0.002, "kept {share} overall");
+
+    // Agreement of two masks over the elements both decide.
+    let agreement = |a: &[Option<bool>], b: &[Option<bool>], tally: &mut (usize, usize)| {
+        for (x, y) in a.iter().zip(b) {
+            if let (Some(x), Some(y)) = (x, y) {
+                tally.0 += usize::from(x == y);
+                tally.1 += 1;
+            }
+        }
+    };
+    let independent = keep * keep + (1.0 - keep) * (1.0 - keep);
+    let assert_independent = |(same, n): (usize, usize), what: &str| {
+        let sd = (independent * (1.0 - independent) / n as f64).sqrt();
+        let rate = same as f64 / n as f64;
+        assert!(n > 100_000, "{what}: only {n} elements");
+        assert!(
+            (rate - independent).abs() <= 6.0 * sd,
+            "{what}: masks agree on {rate} of {n} elements, independent ones on {independent}"
+        );
+    };
+    // Tensors of one shape, side by side.
+    let mut by_shape: BTreeMap<Vec<usize>, Vec<&String>> = BTreeMap::new();
+    for key in m42.keys() {
+        by_shape
+            .entry(ins[0][key].shape.clone())
+            .or_default()
+            .push(key);
+    }
+    let mut tally = (0, 0);
+    for keys in by_shape.values() {
+        for pair in keys.windows(2) {
+            agreement(&m42[pair[0]], &m42[pair[1]], &mut tally);
+        }
+    }
+    assert_independent(tally, "same-shaped tensors");
+    // The same tensors under another seed.
+    let m7 = masks(7);
+    let mut tally = (0, 0);
+    for (key, mask) in &m42 {
+        agreement(mask, &m7[key], &mut tally);
+    }
+    assert_independent(tally, "seeds 42 and 7");
+    // The same seed: the same mask.
+    let again = masks(42);
+    assert!(m42 == again, "a seed must give the same masks every time");
+}
+
 #[test]
 fn model_stock_matches_its_closed_form() {
     for_both(|fam| {

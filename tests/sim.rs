@@ -222,6 +222,30 @@ fn blocks_and_keys_restrict_rows_and_totals() {
             .unwrap();
         assert_eq!(full["similarity"], r["similarity"]);
     }
+    // The one selector language: blocks, ranges and groups, rows as in the full table.
+    let picked = run_json(&["sim", s(&a), s(&b), "--blocks", "IN04,OUT03..OUT05,te,base"]);
+    let labels: Vec<&str> = picked["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(labels, ["IN04", "OUT03", "OUT04", "OUT05", "TE1", "VAE"]);
+    for r in picked["rows"].as_array().unwrap() {
+        let full = all["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["label"] == r["label"])
+            .unwrap();
+        assert_eq!(full["similarity"], r["similarity"]);
+    }
+    let (code, _, err) = run_code(&["sim", s(&a), s(&b), "--blocks", "OUT05..OUT03"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("--blocks") && err.contains("runs backwards"),
+        "{err}"
+    );
     let attn = run_json(&[
         "sim",
         s(&a),

@@ -38,6 +38,14 @@ pub fn layout(arch: Arch, scale: u32, dtype: FloatFormat) -> Layout {
     Layout::new(arch, scale, dtype)
 }
 
+/// Says, where the test output shows it, that part of a test was skipped. Written to the
+/// process's stderr directly: the test harness captures `eprintln!`, and a skip nobody sees
+/// passes for a pass.
+pub fn say_skipped(what: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr(), "SKIPPED {what}");
+}
+
 /// The binary under test.
 pub fn ckpt_diff() -> Command {
     let mut c = Command::cargo_bin("ckpt-diff").expect("binary");

@@ -28,7 +28,16 @@ impl Progress for NoProgress {
 /// when asked to be quiet.
 pub struct Bar {
     bar: ProgressBar,
+    hold: Option<u64>,
 }
+
+/// Hidden test hook: with `CKPT_DIFF_HOLD_AFTER_BYTES=N`, a command stops making progress
+/// once N bytes are done, says so on stderr, and waits until it is interrupted. The
+/// interrupt test sends Ctrl-C at exactly that point instead of after a guessed delay.
+const HOLD_ENV: &str = "CKPT_DIFF_HOLD_AFTER_BYTES";
+
+/// The message the hold prints (the test waits for it).
+pub const HOLDING: &str = "ckpt-diff: holding until interrupted";
 
 impl Bar {
     /// A bar labelled `what` ("reading", "merging", ...).
@@ -63,7 +72,21 @@ impl Bar {
         );
         bar.set_message(what.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
-        Bar { bar }
+        let hold = std::env::var(HOLD_ENV).ok().and_then(|v| v.parse().ok());
+        Bar { bar, hold }
+    }
+
+    /// The test hook (see [`HOLD_ENV`]): waits for an interrupt once `hold` bytes are done.
+    fn hold_if_asked(&self) {
+        let Some(after) = self.hold else { return };
+        if self.bar.position() < after {
+            return;
+        }
+        static SAID: std::sync::Once = std::sync::Once::new();
+        SAID.call_once(|| eprintln!("{HOLDING}"));
+        while !super::interrupted() {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
 }
 
@@ -75,6 +98,7 @@ impl Progress for Bar {
 
     fn advance(&self, bytes: u64) {
         self.bar.inc(bytes);
+        self.hold_if_asked();
     }
 
     fn finish(&self) {
