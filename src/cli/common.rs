@@ -89,6 +89,21 @@ pub fn keys_regex(keys: Option<&str>) -> Result<Option<regex::Regex>> {
         .context("--keys is not a valid regular expression")
 }
 
+/// The entries of `plan` whose canonical key `keys` matches (all without `keys`) and
+/// whose row `keep` keeps.
+pub fn entries_where(
+    plan: &crate::pass::Plan<'_>,
+    keys: Option<&regex::Regex>,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<usize> {
+    plan.entries()
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| keys.is_none_or(|re| re.is_match(&e.key)) && keep(&e.key))
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Opens every path, in parallel (header reads only).
 pub fn open_all(paths: &[PathBuf]) -> Result<Vec<Model>> {
     use rayon::prelude::*;

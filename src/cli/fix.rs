@@ -118,10 +118,16 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         &fixed.detection,
         &Pass::new(&crate::pass::NoProgress),
     )?;
+    let fixed = reports::fix::Fixed {
+        report: &report,
+        after: &after,
+        remedy: &remedy,
+        unfixed: &unfixed,
+    };
     let text = if args.json {
-        reports::fix::document(&report, &after, &remedy, &unfixed)
+        reports::fix::document(&fixed)
     } else {
-        reports::fix::text(&report, &after, &remedy, &unfixed)
+        reports::fix::text(&fixed)
     };
     print(&text)?;
     Ok(Outcome::Exit(after.exit_code()))

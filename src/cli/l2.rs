@@ -6,7 +6,8 @@ use anyhow::Result;
 
 use super::Outcome;
 use super::common::{
-    ArchArg, FormatArgs, Global, Model, choose_grouping, gather_inner, keys_regex, open_all, print,
+    ArchArg, FormatArgs, Global, Model, choose_grouping, entries_where, gather_inner, keys_regex,
+    open_all, print,
 };
 use crate::gram::GramSpec;
 use crate::pass::Plan;
@@ -44,13 +45,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let refs: Vec<&Model> = models.iter().collect();
     let grouping = choose_grouping(&refs, args.arch, "l2")?;
     let plan = Plan::new(models.iter().map(|m| &m.ckpt).collect());
-    let entries: Vec<usize> = plan
-        .entries()
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| keys.as_ref().is_none_or(|re| re.is_match(&e.key)))
-        .map(|(i, _)| i)
-        .collect();
+    let entries = entries_where(&plan, keys.as_ref(), |_| true);
     let spec = GramSpec {
         center: Some(0),
         per_tensor: false,

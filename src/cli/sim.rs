@@ -6,7 +6,8 @@ use anyhow::{Context, Result};
 
 use super::Outcome;
 use super::common::{
-    ArchArg, FormatArgs, Global, Model, choose_grouping, gather_inner, keys_regex, open_all, print,
+    ArchArg, FormatArgs, Global, Model, choose_grouping, entries_where, gather_inner, keys_regex,
+    open_all, print,
 };
 use crate::catalog::{Layout, Selector};
 use crate::gram::GramSpec;
@@ -86,14 +87,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         Layout::Known(_) => selector.rows(&grouping).context("--blocks")?,
     };
     let plan = Plan::new(models.iter().map(|m| &m.ckpt).collect());
-    let entries: Vec<usize> = plan
-        .entries()
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| keys.as_ref().is_none_or(|re| re.is_match(&e.key)))
-        .filter(|(_, e)| chosen[grouping.group_of(&e.key)])
-        .map(|(i, _)| i)
-        .collect();
+    let entries = entries_where(&plan, keys.as_ref(), |key| chosen[grouping.group_of(key)]);
 
     let spec = GramSpec {
         per_tensor: args.per_tensor,

@@ -107,6 +107,24 @@ pub fn gram2(a: &[f64], b: &[f64]) -> [f64; 3] {
     [dot(a, a), dot(a, b), dot(b, b)]
 }
 
+/// Adds to `out` the [`gram2`] of the stored elements from `from` on: the tail a SIMD loop
+/// leaves.
+pub fn add_gram2_tail(format: FloatFormat, a: &[u8], b: &[u8], from: usize, out: &mut [f64; 3]) {
+    let n = a.len() / format.size();
+    if from >= n {
+        return;
+    }
+    let size = format.size();
+    let mut ta = vec![0.0; n - from];
+    let mut tb = vec![0.0; n - from];
+    to_f64(format, &a[from * size..], &mut ta);
+    to_f64(format, &b[from * size..], &mut tb);
+    let [aa, ab, bb] = gram2(&ta, &tb);
+    out[0] += aa;
+    out[1] += ab;
+    out[2] += bb;
+}
+
 /// Decoding tables for the two FP8 formats (E4M3 "fn": no infinities, 0x7f/0xff are NaN;
 /// E5M2: IEEE-style with infinities).
 fn fp8_table(format: FloatFormat) -> &'static [f64; 256] {

@@ -277,16 +277,7 @@ pub unsafe fn gram2_stored(format: FloatFormat, a: &[u8], b: &[u8]) -> [f64; 3] 
         ))
     };
     let mut out = [sum(0), sum(1), sum(2)];
-    if i < n {
-        let mut ta = vec![0.0; n - i];
-        let mut tb = vec![0.0; n - i];
-        portable::to_f64(format, &a[i * size..], &mut ta);
-        portable::to_f64(format, &b[i * size..], &mut tb);
-        let [aa, ab, bb] = portable::gram2(&ta, &tb);
-        out[0] += aa;
-        out[1] += ab;
-        out[2] += bb;
-    }
+    portable::add_gram2_tail(format, a, b, i, &mut out);
     out
 }
 

@@ -88,16 +88,7 @@ macro_rules! gram2_body {
             _mm512_reduce_add_pd(_mm512_add_pd(acc[1], acc[4])),
             _mm512_reduce_add_pd(_mm512_add_pd(acc[2], acc[5])),
         ];
-        if i < n {
-            let mut ta = vec![0.0; n - i];
-            let mut tb = vec![0.0; n - i];
-            portable::to_f64(format, &a[i * size..], &mut ta);
-            portable::to_f64(format, &b[i * size..], &mut tb);
-            let [aa, ab, bb] = portable::gram2(&ta, &tb);
-            out[0] += aa;
-            out[1] += ab;
-            out[2] += bb;
-        }
+        portable::add_gram2_tail(format, a, b, i, &mut out);
         out
     }};
 }

@@ -97,21 +97,27 @@ struct Ctx<'c> {
     prepared: HashMap<usize, Prepared>,
 }
 
-impl TensorInputs for Ctx<'_> {
+/// What a method node sees: the item, and its model arguments' values.
+struct MethodInputs<'a, 'c> {
+    ctx: &'a Ctx<'c>,
+    children: &'a [usize],
+}
+
+impl TensorInputs for MethodInputs<'_, '_> {
     fn key(&self) -> &str {
-        self.key
+        self.ctx.key
     }
 
     fn row(&self) -> usize {
-        self.row
+        self.ctx.row
     }
 
     fn range(&self) -> std::ops::Range<usize> {
-        self.origin..self.end
+        self.ctx.origin..self.ctx.end
     }
 
-    fn values(&self, node: usize, start: usize, end: usize) -> Vec<f64> {
-        self.eval(node, start, end)
+    fn input(&self, arg: usize, start: usize, end: usize) -> Vec<f64> {
+        self.ctx.eval(self.children[arg], start, end)
     }
 }
 
@@ -186,8 +192,15 @@ impl Ctx<'_> {
         for c in plan.needed_children(&plan.nodes[node], self.row) {
             self.prepare(c);
         }
-        if let Node::Method { method, .. } = &plan.nodes[node] {
-            let prepared = method.prepare(self);
+        if let Node::Method {
+            method, children, ..
+        } = &plan.nodes[node]
+        {
+            let inputs = MethodInputs {
+                ctx: self,
+                children,
+            };
+            let prepared = method.prepare(&inputs);
             self.prepared.insert(node, prepared);
         }
     }
@@ -261,9 +274,14 @@ impl Ctx<'_> {
                 self.eval_into(node, start, end, &mut acc);
                 return acc; // Already rounded.
             }
-            Node::Method { method, .. } => {
-                let prepared = &self.prepared[&node];
-                method.eval(self, prepared, start, end)
+            Node::Method {
+                method, children, ..
+            } => {
+                let inputs = MethodInputs {
+                    ctx: self,
+                    children,
+                };
+                method.eval(&inputs, &self.prepared[&node], start, end)
             }
         };
         self.round(v)

@@ -303,16 +303,7 @@ pub fn text(r: &Report<'_>) -> String {
 
 /// `fit --json`.
 pub fn document(r: &Report<'_>) -> String {
-    let Report {
-        result: f,
-        labels,
-        asked,
-        recipes,
-        recipe,
-        applied,
-        pass_seconds,
-        ..
-    } = *r;
+    let (f, recipes) = (r.result, r.recipes);
     let at = |v: &[f64]| -> Vec<f64> { f.present.iter().map(|&r| v[r]).collect() };
     let source_name = |s: &Step| {
         if s.source == 0 {
@@ -338,9 +329,9 @@ pub fn document(r: &Report<'_>) -> String {
     super::json::document(
         "fit",
         json!({
-            "models": { "base": labels.base, "target": labels.target, "start": labels.start,
-                        "sources": labels.sources },
-            "region": asked.region,
+            "models": { "base": r.labels.base, "target": r.labels.target,
+                        "start": r.labels.start, "sources": r.labels.sources },
+            "region": r.asked.region,
             "objective": f.objective,
             "rows": f.present.iter().map(|&r| &f.rows[r]).collect::<Vec<_>>(),
             "blocks": f.blocks.iter().map(|b| b.to_string()).collect::<Vec<_>>(),
@@ -352,9 +343,9 @@ pub fn document(r: &Report<'_>) -> String {
             "global": { "objective": f.global_objective, "weights": f.global_weights,
                         "base_weight": f.global_base_weights(), "rows": at(&f.global_rows) },
             "residuals": residuals,
-            "recipe": recipe,
-            "seconds": { "pass": pass_seconds, "search": f.search_seconds },
-            "apply": applied.map(|a| {
+            "recipe": r.recipe,
+            "seconds": { "pass": r.pass_seconds, "search": f.search_seconds },
+            "apply": r.applied.map(|a| {
                 json!({ "predicted": a.predicted, "measured": a.measured, "rows": at(&a.rows) })
             }),
         }),

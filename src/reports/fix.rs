@@ -13,12 +13,21 @@ use crate::views::validate::ValidateReport;
 /// How the caller words a problem fix left (the CLI names the option that repairs it).
 pub type UnfixedText<'a> = &'a dyn Fn(&Unfixed) -> String;
 
-pub fn text(
-    report: &FixReport,
-    after: &ValidateReport,
-    remedy: RemedyText<'_>,
-    unfixed: UnfixedText<'_>,
-) -> String {
+/// A fix and the validation of its result, with the caller's wording of remedies.
+pub struct Fixed<'a> {
+    pub report: &'a FixReport,
+    pub after: &'a ValidateReport,
+    pub remedy: RemedyText<'a>,
+    pub unfixed: UnfixedText<'a>,
+}
+
+pub fn text(f: &Fixed<'_>) -> String {
+    let Fixed {
+        report,
+        after,
+        remedy,
+        unfixed,
+    } = *f;
     let mut s = format!("wrote {}\n", report.output);
     for a in &report.actions {
         s.push_str(&format!("  fixed: {a}\n"));
@@ -31,19 +40,12 @@ pub fn text(
     s
 }
 
-pub fn document(
-    report: &FixReport,
-    after: &ValidateReport,
-    remedy: RemedyText<'_>,
-    unfixed: UnfixedText<'_>,
-) -> String {
+pub fn document(f: &Fixed<'_>) -> String {
     let fix = json!({
-        "output": report.output,
-        "actions": report.actions,
-        "unfixed": report.unfixed.iter().map(unfixed).collect::<Vec<_>>(),
+        "output": f.report.output,
+        "actions": f.report.actions,
+        "unfixed": f.report.unfixed.iter().map(f.unfixed).collect::<Vec<_>>(),
     });
-    super::json::document(
-        "fix",
-        json!({ "fix": fix, "validate": super::validate::value(after, remedy) }),
-    )
+    let validate = super::validate::value(f.after, f.remedy);
+    super::json::document("fix", json!({ "fix": fix, "validate": validate }))
 }

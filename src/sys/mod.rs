@@ -20,6 +20,7 @@ pub mod unix;
 pub mod portable;
 
 use std::fs::File;
+use std::io;
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::OnceLock;
@@ -78,15 +79,10 @@ pub fn release_pages(map: &Mmap, start: u64, end: u64) -> bool {
     dispatch!(release_pages(map, start, end))
 }
 
-/// Writes all of `bytes` at `offset` of `file`, from any thread. `seek` serialises the
+/// Writes all of `bytes` at offset `at` of `file`, from any thread. `seek` serialises the
 /// portable path's seek-then-write (the Unix path writes positionally and ignores it).
-pub fn write_all_at(
-    file: &File,
-    seek: &Mutex<()>,
-    bytes: &[u8],
-    offset: u64,
-) -> std::io::Result<()> {
-    dispatch!(write_all_at(file, seek, bytes, offset))
+pub fn write_all_at(file: &File, seek: &Mutex<()>, bytes: &[u8], at: u64) -> io::Result<()> {
+    dispatch!(write_all_at(file, seek, bytes, at))
 }
 
 /// Makes a finished output readable like any other file (temporary files are created

@@ -2,6 +2,7 @@
 //! a no-op, and a write at an offset is a seek and a write under a lock.
 
 use std::fs::File;
+use std::io;
 use std::io::{Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::Mutex;
@@ -33,16 +34,11 @@ pub fn release_pages(_map: &Mmap, _start: u64, _end: u64) -> bool {
     false
 }
 
-pub fn write_all_at(
-    file: &File,
-    seek: &Mutex<()>,
-    bytes: &[u8],
-    offset: u64,
-) -> std::io::Result<()> {
+pub fn write_all_at(file: &File, seek: &Mutex<()>, bytes: &[u8], at: u64) -> io::Result<()> {
     // One seek-and-write at a time: the file position is shared by every thread.
     let _held = seek.lock().unwrap_or_else(|e| e.into_inner());
     let mut f = file;
-    f.seek(SeekFrom::Start(offset))?;
+    f.seek(SeekFrom::Start(at))?;
     f.write_all(bytes)
 }
 

@@ -2,6 +2,7 @@
 //! `madvise`, `sysconf`, file modes.
 
 use std::fs::File;
+use std::io;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Mutex;
@@ -74,13 +75,8 @@ pub fn release_pages(map: &Mmap, start: u64, end: u64) -> bool {
     .is_ok()
 }
 
-pub fn write_all_at(
-    file: &File,
-    _seek: &Mutex<()>,
-    bytes: &[u8],
-    offset: u64,
-) -> std::io::Result<()> {
-    file.write_all_at(bytes, offset)
+pub fn write_all_at(file: &File, _seek: &Mutex<()>, bytes: &[u8], at: u64) -> io::Result<()> {
+    file.write_all_at(bytes, at)
 }
 
 pub fn make_readable(file: &File) -> std::io::Result<()> {

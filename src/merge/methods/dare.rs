@@ -45,7 +45,10 @@ pub const DARE: Method = Method {
     usage: "dare(base, model, ..., p=0.9, seed=0, lambda=1, weights=(...))",
     models: (2, None),
     options: OPTIONS,
-    build: Build::Node(|a| build(a, false)),
+    build: Build::Node {
+        per_tensor: false,
+        build: |a| build(a, false),
+    },
 };
 
 pub const DARE_TIES: Method = Method {
@@ -54,12 +57,14 @@ pub const DARE_TIES: Method = Method {
     usage: "dare_ties(base, model, ..., p=0.9, seed=0, lambda=1, weights=(...))",
     models: (2, None),
     options: OPTIONS,
-    build: Build::Node(|a| build(a, true)),
+    build: Build::Node {
+        per_tensor: false,
+        build: |a| build(a, true),
+    },
 };
 
-fn build(a: &Args<'_, usize>, ties: bool) -> Result<BuiltNode, String> {
+fn build(a: &Args<'_>, ties: bool) -> Result<BuiltNode, String> {
     Ok(Arc::new(Dare {
-        nodes: a.models.clone(),
         weights: a.per_model("weights").to_vec(),
         p: a.scalar("p"),
         seed: a.scalar("seed") as u64,
@@ -68,10 +73,9 @@ fn build(a: &Args<'_, usize>, ties: bool) -> Result<BuiltNode, String> {
     }))
 }
 
-/// `nodes[0]` is the base, the rest the models.
+/// Argument 0 is the base, 1.. the models (one weight each).
 #[derive(Debug)]
 pub struct Dare {
-    nodes: Vec<usize>,
     weights: Vec<f64>,
     p: f64,
     seed: u64,
@@ -80,20 +84,13 @@ pub struct Dare {
 }
 
 impl NodeMethod for Dare {
-    fn children(&self) -> &[usize] {
-        &self.nodes
-    }
-
     fn eval(&self, t: &dyn TensorInputs, _: &Prepared, start: usize, end: usize) -> Vec<f64> {
-        let (base, models) = (self.nodes[0], &self.nodes[1..]);
-        let b = t.values(base, start, end);
+        let b = t.input(0, start, end);
         let keep = 1.0 - self.p;
-        let deltas: Vec<Vec<f64>> = models
-            .iter()
-            .enumerate()
-            .map(|(j, &m)| {
+        let deltas: Vec<Vec<f64>> = (0..self.weights.len())
+            .map(|j| {
                 let stream = dare_stream(self.seed, t.key(), j);
-                let mut d = t.values(m, start, end);
+                let mut d = t.input(j + 1, start, end);
                 for (i, (x, y)) in d.iter_mut().zip(&b).enumerate() {
                     let kept = stream.uniform((start + i) as u64) < keep;
                     *x = if kept { (*x - y) / keep } else { 0.0 };

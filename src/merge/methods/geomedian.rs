@@ -28,50 +28,41 @@ pub const GEOMEDIAN: Method = Method {
         },
         per_model_weights(false),
     ],
-    build: Build::Node(build),
+    build: Build::Node {
+        per_tensor: true,
+        build,
+    },
 };
 
-fn build(a: &Args<'_, usize>) -> Result<BuiltNode, String> {
+fn build(a: &Args<'_>) -> Result<BuiltNode, String> {
     Ok(Arc::new(GeoMedian {
-        models: a.models.clone(),
         weights: a.per_model("weights").to_vec(),
         eps: a.scalar("eps"),
         maxiter: a.scalar("maxiter") as usize,
     }))
 }
 
+/// One weight per model argument.
 #[derive(Debug)]
 pub struct GeoMedian {
-    models: Vec<usize>,
     weights: Vec<f64>,
     eps: f64,
     maxiter: usize,
 }
 
 impl NodeMethod for GeoMedian {
-    fn children(&self) -> &[usize] {
-        &self.models
-    }
-
-    fn per_tensor(&self) -> bool {
-        true
-    }
-
     /// The median of the whole range.
     fn prepare(&self, t: &dyn TensorInputs) -> Prepared {
         let origin = t.range().start;
         let n = t.range().len();
-        let (models, weights) = (&self.models, &self.weights);
+        let weights = &self.weights;
+        let models = 0..weights.len();
         let total: f64 = weights.iter().sum();
         // Start from the weighted mean.
         let mut z = vec![0.0f64; n];
         sweep(t, |s, e| {
-            for (&m, &w) in models.iter().zip(weights) {
-                kernels::axpy(
-                    w / total,
-                    &t.values(m, s, e),
-                    &mut z[s - origin..e - origin],
-                );
+            for (m, &w) in models.clone().zip(weights) {
+                kernels::axpy(w / total, &t.input(m, s, e), &mut z[s - origin..e - origin]);
             }
         });
         let mut objective = f64::INFINITY;
@@ -80,8 +71,8 @@ impl NodeMethod for GeoMedian {
             let mut dist2 = vec![0.0f64; models.len()];
             sweep(t, |s, e| {
                 let zc = &z[s - origin..e - origin];
-                for (d2, &m) in dist2.iter_mut().zip(models) {
-                    let mut x = t.values(m, s, e);
+                for (d2, m) in dist2.iter_mut().zip(models.clone()) {
+                    let mut x = t.input(m, s, e);
                     kernels::sub_assign(&mut x, zc);
                     *d2 += kernels::norm_l2_sqr(&x);
                 }
@@ -98,8 +89,8 @@ impl NodeMethod for GeoMedian {
             sweep(t, |s, e| {
                 let zc = &mut z[s - origin..e - origin];
                 zc.iter_mut().for_each(|v| *v = 0.0);
-                for (&m, &c) in models.iter().zip(&coef) {
-                    kernels::axpy(c / csum, &t.values(m, s, e), zc);
+                for (m, &c) in models.clone().zip(&coef) {
+                    kernels::axpy(c / csum, &t.input(m, s, e), zc);
                 }
             });
             if (objective - new_objective).abs() <= 1e-12 * new_objective.max(f64::MIN_POSITIVE) {
@@ -110,15 +101,8 @@ impl NodeMethod for GeoMedian {
         Box::new((origin, z))
     }
 
-    fn eval(
-        &self,
-        _: &dyn TensorInputs,
-        prepared: &Prepared,
-        start: usize,
-        end: usize,
-    ) -> Vec<f64> {
-        let (origin, z): &(usize, Vec<f64>) =
-            prepared.downcast_ref().expect("prepared by geomedian");
+    fn eval(&self, _: &dyn TensorInputs, state: &Prepared, start: usize, end: usize) -> Vec<f64> {
+        let (origin, z): &(usize, Vec<f64>) = state.downcast_ref().expect("prepared by geomedian");
         z[start - origin..end - origin].to_vec()
     }
 }

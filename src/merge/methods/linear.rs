@@ -24,13 +24,10 @@ pub const WS: Method = Method {
     build: Build::Linear(ws),
 };
 
-fn ws(a: &Args<'_, Combination>) -> Result<Combination, String> {
+fn ws(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
     let alpha = a.weight("alpha");
     let one_minus: Profile = alpha.iter().map(|x| 1.0 - x).collect();
-    Ok(Combination::sum(&[
-        (&a.models[0], &one_minus),
-        (&a.models[1], alpha),
-    ]))
+    Ok(Combination::sum(&[(&m[0], &one_minus), (&m[1], alpha)]))
 }
 
 /// `ad(A, B, C, alpha=1)`: A + (B - C)·α.
@@ -43,13 +40,13 @@ pub const AD: Method = Method {
     build: Build::Linear(ad),
 };
 
-fn ad(a: &Args<'_, Combination>) -> Result<Combination, String> {
+fn ad(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
     let alpha = a.weight("alpha");
     let neg: Profile = alpha.iter().map(|x| -x).collect();
     Ok(Combination::sum(&[
-        (&a.models[0], &a.uniform(1.0)),
-        (&a.models[1], alpha),
-        (&a.models[2], &neg),
+        (&m[0], &a.uniform(1.0)),
+        (&m[1], alpha),
+        (&m[2], &neg),
     ]))
 }
 
@@ -63,13 +60,13 @@ pub const TRIPLE_SUM: Method = Method {
     build: Build::Linear(triple_sum),
 };
 
-fn triple_sum(a: &Args<'_, Combination>) -> Result<Combination, String> {
+fn triple_sum(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
     let (alpha, beta) = (a.weight("alpha"), a.weight("beta"));
     let rest: Profile = alpha.iter().zip(beta).map(|(x, y)| 1.0 - x - y).collect();
     Ok(Combination::sum(&[
-        (&a.models[0], &rest),
-        (&a.models[1], alpha),
-        (&a.models[2], beta),
+        (&m[0], &rest),
+        (&m[1], alpha),
+        (&m[2], beta),
     ]))
 }
 
@@ -83,7 +80,7 @@ pub const SUM_TWICE: Method = Method {
     build: Build::Linear(sum_twice),
 };
 
-fn sum_twice(a: &Args<'_, Combination>) -> Result<Combination, String> {
+fn sum_twice(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
     let (alpha, beta) = (a.weight("alpha"), a.weight("beta"));
     let wa: Profile = alpha
         .iter()
@@ -92,9 +89,9 @@ fn sum_twice(a: &Args<'_, Combination>) -> Result<Combination, String> {
         .collect();
     let wb: Profile = alpha.iter().zip(beta).map(|(x, y)| (1.0 - y) * x).collect();
     Ok(Combination::sum(&[
-        (&a.models[0], &wa),
-        (&a.models[1], &wb),
-        (&a.models[2], beta),
+        (&m[0], &wa),
+        (&m[1], &wb),
+        (&m[2], beta),
     ]))
 }
 
@@ -108,15 +105,14 @@ pub const AVG: Method = Method {
     build: Build::Linear(avg),
 };
 
-fn avg(a: &Args<'_, Combination>) -> Result<Combination, String> {
+fn avg(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
     let w = a.per_model("weights");
     let total: f64 = w.iter().sum();
     if total == 0.0 {
         return Err("the weights sum to 0".into());
     }
     let shares: Vec<Profile> = w.iter().map(|x| a.uniform(x / total)).collect();
-    let parts: Vec<(&Combination, &[f64])> = a
-        .models
+    let parts: Vec<(&Combination, &[f64])> = m
         .iter()
         .zip(&shares)
         .map(|(m, s)| (m, s.as_slice()))
@@ -137,15 +133,12 @@ pub const SWAP: Method = Method {
     build: Build::Linear(swap),
 };
 
-fn swap(a: &Args<'_, Combination>) -> Result<Combination, String> {
+fn swap(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
     let wb: Profile = a
         .selected_rows("component")
         .iter()
         .map(|&t| if t { 1.0 } else { 0.0 })
         .collect();
     let wa: Profile = wb.iter().map(|x| 1.0 - x).collect();
-    Ok(Combination::sum(&[
-        (&a.models[0], &wa),
-        (&a.models[1], &wb),
-    ]))
+    Ok(Combination::sum(&[(&m[0], &wa), (&m[1], &wb)]))
 }

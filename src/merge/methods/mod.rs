@@ -5,8 +5,8 @@
 //! A method is either **linear** ([`Build::Linear`]: weighted sum, add difference, ...),
 //! whose result is a per-row linear combination of its models that the planner folds into
 //! the recipe's one combination of input files; or a **node** ([`Build::Node`]: TIES,
-//! DARE, ...), an operation of its own that the engine evaluates per tensor through the
-//! [`NodeMethod`] trait. The planner checks calls against the registry (arity, option
+//! DARE, ...), an operation of its own that the engine evaluates through the [`NodeMethod`]
+//! trait, element by element or (`per_tensor`) on whole tensors. The planner checks calls against the registry (arity, option
 //! names, kinds and ranges, defaults) before any file is read, so a builder receives only
 //! valid values.
 //!
@@ -44,9 +44,15 @@ pub struct Method {
 /// How a call becomes part of the graph.
 pub enum Build {
     /// The result as a combination of the models' combinations.
-    Linear(fn(&Args<'_, Combination>) -> Result<Combination, String>),
-    /// An operation of its own over the models' graph nodes.
-    Node(fn(&Args<'_, usize>) -> Result<BuiltNode, String>),
+    Linear(fn(&[Combination], &Args<'_>) -> Result<Combination, String>),
+    /// An operation of its own over the models, which it reads through [`TensorInputs`]
+    /// by argument position.
+    Node {
+        /// Needs a whole tensor before its first value (magnitude ranks, cosines,
+        /// iterations), as opposed to working element by element.
+        per_tensor: bool,
+        build: fn(&Args<'_>) -> Result<BuiltNode, String>,
+    },
 }
 
 /// What a node method's builder makes.
@@ -143,16 +149,16 @@ pub enum Value {
     Rows(Vec<bool>),
 }
 
-/// What a builder receives: the models (combinations for linear methods, graph nodes for
-/// node methods) and every option's value, defaults filled in.
-pub struct Args<'a, M> {
-    pub models: Vec<M>,
+/// What a builder receives besides the models: how many there are, and every option's
+/// value, defaults filled in.
+pub struct Args<'a> {
+    pub models: usize,
     /// Number of report rows (the length of every profile).
     pub rows: usize,
     pub values: &'a [(&'static str, Value)],
 }
 
-impl<M> Args<'_, M> {
+impl Args<'_> {
     fn value(&self, name: &str) -> &Value {
         self.values
             .iter()
@@ -210,8 +216,9 @@ pub trait TensorInputs {
     fn row(&self) -> usize;
     /// The element range being produced: the whole tensor for per-tensor methods.
     fn range(&self) -> std::ops::Range<usize>;
-    /// The values of graph node `node` over elements `start..end` (within [`Self::range`]).
-    fn values(&self, node: usize, start: usize, end: usize) -> Vec<f64>;
+    /// The values of the method's model argument `arg` (0: the first) over elements
+    /// `start..end` (within [`Self::range`]).
+    fn input(&self, arg: usize, start: usize, end: usize) -> Vec<f64>;
 }
 
 /// Calls `f(start, end)` over `t`'s range in chunks of at most [`SUB`] elements.
@@ -227,17 +234,8 @@ pub fn sweep(t: &dyn TensorInputs, mut f: impl FnMut(usize, usize)) {
 
 /// A merge operation the engine evaluates tensor by tensor.
 pub trait NodeMethod: fmt::Debug + Send + Sync {
-    /// The graph nodes it reads.
-    fn children(&self) -> &[usize];
-
-    /// Whether it needs the whole tensor before its first value (magnitude ranks, cosines,
-    /// iterations), as opposed to working element by element.
-    fn per_tensor(&self) -> bool {
-        false
-    }
-
-    /// Runs once per tensor (per work item), before any [`NodeMethod::eval`]: the
-    /// statistics over [`TensorInputs::range`] that `eval` needs.
+    /// Runs once per work item (the whole tensor for per-tensor methods), before any
+    /// [`NodeMethod::eval`]: the statistics over [`TensorInputs::range`] that `eval` needs.
     fn prepare(&self, _t: &dyn TensorInputs) -> Prepared {
         Box::new(())
     }
@@ -325,6 +323,13 @@ mod tests {
 
     #[test]
     fn names_are_unique() {
+        assert!(REGISTRY.iter().any(|m| matches!(
+            m.build,
+            Build::Node {
+                per_tensor: true,
+                ..
+            }
+        )));
         let mut all: Vec<&str> = REGISTRY
             .iter()
             .flat_map(|m| std::iter::once(m.name).chain(m.aliases.iter().copied()))

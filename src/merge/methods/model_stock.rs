@@ -14,41 +14,34 @@ pub const MODEL_STOCK: Method = Method {
     usage: "model_stock(base, model1, model2, ...)",
     models: (3, None),
     options: &[],
-    build: Build::Node(build),
+    build: Build::Node {
+        per_tensor: true,
+        build,
+    },
 };
 
-fn build(a: &Args<'_, usize>) -> Result<BuiltNode, String> {
+fn build(a: &Args<'_>) -> Result<BuiltNode, String> {
     Ok(Arc::new(ModelStock {
-        nodes: a.models.clone(),
+        models: a.models - 1,
     }))
 }
 
-/// `nodes[0]` is the base, the rest the models.
+/// Argument 0 is the base, 1..=`models` the models.
 #[derive(Debug)]
 pub struct ModelStock {
-    nodes: Vec<usize>,
+    models: usize,
 }
 
 impl NodeMethod for ModelStock {
-    fn children(&self) -> &[usize] {
-        &self.nodes
-    }
-
-    fn per_tensor(&self) -> bool {
-        true
-    }
-
     /// The weight of the models' mean.
     fn prepare(&self, t: &dyn TensorInputs) -> Prepared {
-        let (base, models) = (self.nodes[0], &self.nodes[1..]);
-        let nm = models.len();
+        let nm = self.models;
         let mut gram = vec![0.0f64; nm * nm];
         sweep(t, |s, e| {
-            let b = t.values(base, s, e);
-            let deltas: Vec<Vec<f64>> = models
-                .iter()
-                .map(|&m| {
-                    let mut d = t.values(m, s, e);
+            let b = t.input(0, s, e);
+            let deltas: Vec<Vec<f64>> = (1..=nm)
+                .map(|m| {
+                    let mut d = t.input(m, s, e);
                     kernels::sub_assign(&mut d, &b);
                     d
                 })
@@ -62,20 +55,13 @@ impl NodeMethod for ModelStock {
         Box::new(stock_t(&gram, nm))
     }
 
-    fn eval(
-        &self,
-        t: &dyn TensorInputs,
-        prepared: &Prepared,
-        start: usize,
-        end: usize,
-    ) -> Vec<f64> {
-        let stock: f64 = *prepared.downcast_ref().expect("prepared by Model Stock");
-        let (base, models) = (self.nodes[0], &self.nodes[1..]);
-        let b = t.values(base, start, end);
+    fn eval(&self, t: &dyn TensorInputs, state: &Prepared, start: usize, end: usize) -> Vec<f64> {
+        let stock: f64 = *state.downcast_ref().expect("prepared by Model Stock");
+        let b = t.input(0, start, end);
         let mut out: Vec<f64> = b.iter().map(|x| (1.0 - stock) * x).collect();
-        let share = stock / models.len() as f64;
-        for &m in models {
-            kernels::axpy(share, &t.values(m, start, end), &mut out);
+        let share = stock / self.models as f64;
+        for m in 1..=self.models {
+            kernels::axpy(share, &t.input(m, start, end), &mut out);
         }
         out
     }

@@ -31,45 +31,37 @@ pub const TIES: Method = Method {
         plain("lambda", OptKind::Scalar, Some(1.0)),
         per_model_weights(true),
     ],
-    build: Build::Node(build),
+    build: Build::Node {
+        per_tensor: true,
+        build,
+    },
 };
 
-fn build(a: &Args<'_, usize>) -> Result<BuiltNode, String> {
+fn build(a: &Args<'_>) -> Result<BuiltNode, String> {
     Ok(Arc::new(Ties {
-        nodes: a.models.clone(),
         weights: a.per_model("weights").to_vec(),
         k: a.scalar("k"),
         lambda: a.scalar("lambda"),
     }))
 }
 
-/// `nodes[0]` is the base, the rest the models.
+/// Argument 0 is the base, 1.. the models (one weight each).
 #[derive(Debug)]
 pub struct Ties {
-    nodes: Vec<usize>,
     weights: Vec<f64>,
     k: f64,
     lambda: f64,
 }
 
 impl NodeMethod for Ties {
-    fn children(&self) -> &[usize] {
-        &self.nodes
-    }
-
-    fn per_tensor(&self) -> bool {
-        true
-    }
-
     /// Per model, the magnitude at or above which its deltas are kept.
     fn prepare(&self, t: &dyn TensorInputs) -> Prepared {
         let origin = t.range().start;
-        let (base, models) = (self.nodes[0], &self.nodes[1..]);
-        let mut thresholds = Vec::with_capacity(models.len());
+        let mut thresholds = Vec::with_capacity(self.weights.len());
         let mut mags = vec![0f32; t.range().len()];
-        for &m in models {
+        for m in 1..=self.weights.len() {
             sweep(t, |s, e| {
-                let (x, b) = (t.values(m, s, e), t.values(base, s, e));
+                let (x, b) = (t.input(m, s, e), t.input(0, s, e));
                 for i in 0..e - s {
                     mags[s - origin + i] = (x[i] - b[i]).abs() as f32;
                 }
@@ -79,21 +71,13 @@ impl NodeMethod for Ties {
         Box::new(thresholds)
     }
 
-    fn eval(
-        &self,
-        t: &dyn TensorInputs,
-        prepared: &Prepared,
-        start: usize,
-        end: usize,
-    ) -> Vec<f64> {
-        let thresholds: &Vec<f32> = prepared.downcast_ref().expect("prepared by TIES");
-        let (base, models) = (self.nodes[0], &self.nodes[1..]);
-        let b = t.values(base, start, end);
-        let deltas: Vec<Vec<f64>> = models
-            .iter()
+    fn eval(&self, t: &dyn TensorInputs, state: &Prepared, start: usize, end: usize) -> Vec<f64> {
+        let thresholds: &Vec<f32> = state.downcast_ref().expect("prepared by TIES");
+        let b = t.input(0, start, end);
+        let deltas: Vec<Vec<f64>> = (1..=self.weights.len())
             .zip(thresholds)
-            .map(|(&m, &th)| {
-                let mut d = t.values(m, start, end);
+            .map(|(m, &th)| {
+                let mut d = t.input(m, start, end);
                 for (x, y) in d.iter_mut().zip(&b) {
                     *x -= y;
                     if ((*x).abs() as f32) < th {

@@ -13,33 +13,30 @@ pub const TRAIN_DIFF: Method = Method {
     usage: "train_diff(A, B, C, alpha=1): A + (B - C) where B differs from A",
     models: (3, Some(3)),
     options: &[plain("alpha", OptKind::Weight, Some(1.0))],
-    build: Build::Node(build),
+    build: Build::Node {
+        per_tensor: false,
+        build,
+    },
 };
 
-fn build(a: &Args<'_, usize>) -> Result<BuiltNode, String> {
+fn build(a: &Args<'_>) -> Result<BuiltNode, String> {
     Ok(Arc::new(TrainDiff {
-        nodes: a.models.clone(),
         alpha: a.weight("alpha").clone(),
     }))
 }
 
-/// `nodes` are A, B, C.
+/// The arguments are A, B, C.
 #[derive(Debug)]
 pub struct TrainDiff {
-    nodes: Vec<usize>,
     alpha: Profile,
 }
 
 impl NodeMethod for TrainDiff {
-    fn children(&self) -> &[usize] {
-        &self.nodes
-    }
-
     fn eval(&self, t: &dyn TensorInputs, _: &Prepared, start: usize, end: usize) -> Vec<f64> {
         let (va, vb, vc) = (
-            t.values(self.nodes[0], start, end),
-            t.values(self.nodes[1], start, end),
-            t.values(self.nodes[2], start, end),
+            t.input(0, start, end),
+            t.input(1, start, end),
+            t.input(2, start, end),
         );
         let alpha = self.alpha[t.row()];
         (0..end - start)

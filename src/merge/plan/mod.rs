@@ -52,9 +52,12 @@ pub enum Node {
     Input(usize),
     /// Σ profileᵢ(row) · nodeᵢ.
     Linear(Combination),
-    /// A method of the registry (TIES, DARE, ...).
+    /// A method of the registry (TIES, DARE, ...) over `children`, its model arguments in
+    /// order.
     Method {
         name: &'static str,
+        children: Vec<usize>,
+        per_tensor: bool,
         method: Arc<dyn NodeMethod>,
     },
 }
@@ -65,14 +68,20 @@ impl Node {
         match self {
             Node::Input(_) => Vec::new(),
             Node::Linear(c) => c.terms.iter().map(|(n, _)| *n).collect(),
-            Node::Method { method, .. } => method.children().to_vec(),
+            Node::Method { children, .. } => children.clone(),
         }
     }
 
     /// Needs a whole tensor at once (magnitude ranks, cosines, iterations), as opposed to
     /// working element by element.
     pub fn per_tensor(&self) -> bool {
-        matches!(self, Node::Method { method, .. } if method.per_tensor())
+        matches!(
+            self,
+            Node::Method {
+                per_tensor: true,
+                ..
+            }
+        )
     }
 
     /// Stays linear in its inputs (so `fit` can reason about it).

@@ -330,28 +330,32 @@ impl Resolver<'_> {
                     .map(|a| self.model_arg(a, si))
                     .collect::<Result<Vec<_>, _>>()?;
                 let values = self.option_values(method, rest, options, n_models, span, si)?;
-                let built = build(&Args {
-                    models,
+                let args = Args {
+                    models: n_models,
                     rows: self.rows(),
                     values: &values,
-                });
-                built.map(Value::Model).or_else(|m| err(span, m))
+                };
+                build(&models, &args)
+                    .map(Value::Model)
+                    .or_else(|m| err(span, m))
             }
-            Build::Node(build) => {
-                let mut nodes = Vec::with_capacity(n_models);
+            Build::Node { per_tensor, build } => {
+                let mut children = Vec::with_capacity(n_models);
                 for a in model_args {
                     let m = self.model_arg(a, si)?;
-                    nodes.push(self.node_of(m));
+                    children.push(self.node_of(m));
                 }
                 let values = self.option_values(method, rest, options, n_models, span, si)?;
-                let node = build(&Args {
-                    models: nodes,
+                let args = Args {
+                    models: n_models,
                     rows: self.rows(),
                     values: &values,
-                })
-                .or_else(|m| err(span, m))?;
+                };
+                let node = build(&args).or_else(|m| err(span, m))?;
                 self.nodes.push(Node::Method {
                     name: method.name,
+                    children,
+                    per_tensor,
                     method: node,
                 });
                 Ok(Value::Model(Combination::of(
