@@ -12,6 +12,18 @@ test:
 lint:
     cargo fmt --all -- --check
     cargo clippy --all-targets -- -D warnings
+    cargo check --features portable-io
+
+# The crate for Windows and macOS (needs `rustup target add x86_64-pc-windows-gnu
+# x86_64-apple-darwin`; blake3's C code is left out for the macOS check, which has no C
+# cross-compiler here).
+check-platforms:
+    cargo check --target x86_64-pc-windows-gnu
+    CARGO_FEATURE_PURE=1 cargo check --target x86_64-apple-darwin
+
+# The test suite on the portable file-system path (what Windows runs).
+test-portable:
+    CKPT_DIFF_IO=portable cargo test --locked
 
 # Release build.
 build:
