@@ -293,7 +293,8 @@ impl Visit for GramWork {
             return Ok(Partial::Integer(same));
         }
         let n = self.n;
-        // Two models of one format, uncentered: the fused kernel reads the bytes directly.
+        // Two models of one format, uncentered: the fused kernel reads the bytes directly
+        // (and scaled tensors' products take their scales after).
         if n == 2
             && self.center.is_none()
             && !self.distances
@@ -301,7 +302,13 @@ impl Visit for GramWork {
             && let Some(g) =
                 kernels::gram2_stored(formats[0].expect("float"), inputs[0].bytes, inputs[1].bytes)
         {
-            return Ok(Partial::Float(g.to_vec(), None));
+            let (sa, sb) = (inputs[0].scale, inputs[1].scale);
+            let g = if sa == 1.0 && sb == 1.0 {
+                g.to_vec()
+            } else {
+                vec![g[0] * sa * sa, g[1] * sa * sb, g[2] * sb * sb]
+            };
+            return Ok(Partial::Float(g, None));
         }
         let mut rows = vec![0.0f64; n * CHUNK];
         let mut gram = vec![0.0f64; packed_len(n)];
@@ -312,8 +319,11 @@ impl Visit for GramWork {
             for (m, (slice, format)) in inputs.iter().zip(&formats).enumerate() {
                 let format = format.expect("checked above");
                 let size = format.size();
-                let src = &slice.bytes[start * size..(start + len) * size];
-                kernels::to_f64(format, src, &mut rows[m * CHUNK..m * CHUNK + len]);
+                let part = Slice {
+                    bytes: &slice.bytes[start * size..(start + len) * size],
+                    ..*slice
+                };
+                part.values_into(&mut rows[m * CHUNK..m * CHUNK + len]);
             }
             if let Some(c) = self.center {
                 let (before, rest) = rows.split_at_mut(c * CHUNK);

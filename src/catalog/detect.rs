@@ -90,6 +90,19 @@ pub enum Variant {
     VPredMarkers,
     /// Components of a full checkpoint that the file lacks.
     MissingComponents(Vec<Component>),
+    /// The denoiser alone (the common Flux download).
+    DenoiserOnly,
+    /// The file's components are laid out alike in these other architectures too (a text
+    /// encoder or a VAE on its own), so it fits them as well.
+    AlsoFits(Vec<Arch>),
+    /// Flux.1 schnell: no guidance embedding.
+    FluxSchnell,
+    /// Flux.1 Fill (inpainting: 96 latent input channels).
+    FluxFill,
+    /// Flux.1 Canny or Depth (32 latent input channels).
+    FluxControl,
+    /// DiT keys without the `model.diffusion_model.` prefix (BFL's and Chroma's naming).
+    BareDiffuserKeys,
     /// A scaled-down test checkpoint (`ckpt-diff synth --scale S`).
     Scaled(u32),
 }
@@ -106,10 +119,24 @@ impl Variant {
             Variant::PrunedTextEncoders => {
                 "text encoders pruned to the layers inference uses (optional keys absent)".into()
             }
-            Variant::VPredMarkers => "v-prediction markers present".into(),
+            Variant::VPredMarkers => {
+                "v-prediction (markers v_pred, ztsnr or edm_vpred.* present: loaders run it as v-pred)"
+                    .into()
+            }
             Variant::MissingComponents(cs) => {
                 let names: Vec<&str> = cs.iter().map(|c| c.id()).collect();
                 format!("components absent: {}", names.join(", "))
+            }
+            Variant::DenoiserOnly => "the denoiser alone (no text encoders, no VAE)".into(),
+            Variant::AlsoFits(archs) => {
+                let names: Vec<&str> = archs.iter().map(|a| a.label()).collect();
+                format!("laid out as in {} too", names.join(", "))
+            }
+            Variant::FluxSchnell => "Flux.1 schnell (no guidance embedding)".into(),
+            Variant::FluxFill => "Flux.1 Fill (inpainting: 96 input channels)".into(),
+            Variant::FluxControl => "Flux.1 Canny or Depth (32 input channels)".into(),
+            Variant::BareDiffuserKeys => {
+                "diffuser keys without the model.diffusion_model. prefix (BFL's naming)".into()
             }
             Variant::Scaled(s) => format!("scaled-down test checkpoint (1/{s} of real widths)"),
         }
@@ -127,6 +154,12 @@ impl Variant {
             Variant::PrunedTextEncoders => "pruned-text-encoders".into(),
             Variant::VPredMarkers => "v-pred-markers".into(),
             Variant::MissingComponents(_) => "missing-components".into(),
+            Variant::DenoiserOnly => "denoiser-only".into(),
+            Variant::AlsoFits(_) => "also-fits".into(),
+            Variant::FluxSchnell => "flux-schnell".into(),
+            Variant::FluxFill => "flux-fill".into(),
+            Variant::FluxControl => "flux-control".into(),
+            Variant::BareDiffuserKeys => "bare-diffuser-keys".into(),
             Variant::Scaled(s) => format!("scaled-{s}"),
         }
     }
@@ -207,10 +240,24 @@ pub fn detect(ckpt: &Checkpoint) -> Detection {
         best.matched as f64 / considered as f64
     };
     let margin = best.matched - runner_up.map_or(0, |(_, n)| n);
-    let clear_winner = margin as f64 >= 0.02 * considered as f64;
+    // A layout that explains every key beats one that does not, by however few keys (SD3
+    // medium and SD3.5 medium differ in 26 of 1672).
+    let clear_winner =
+        margin as f64 >= 0.02 * considered as f64 || (best.matched == considered && margin > 0);
+    // A text encoder or a VAE on its own is laid out alike in several architectures: a tie
+    // among them is no doubt about what the file is.
+    let tied: Vec<Arch> = scores[1..]
+        .iter()
+        .filter(|s| s.matched == best.matched && s.matched > 0)
+        .map(|s| s.arch)
+        .collect();
+    let component_file =
+        !tied.is_empty() && keys.iter().all(|(k, _)| !component_of(k).is_denoiser());
     let level = if fraction >= 0.95 && clear_winner && best.shape_mismatches * 100 <= considered {
         Level::High
-    } else if fraction >= 0.6 && clear_winner {
+    } else if (fraction >= 0.95 && component_file) || (fraction >= 0.6 && clear_winner) {
+        // A text encoder alone fits every release that shares it: sure of the keys, not of
+        // the release.
         Level::Medium
     } else if fraction >= 0.2 && margin > 0 {
         Level::Low
@@ -232,7 +279,10 @@ pub fn detect(ckpt: &Checkpoint) -> Detection {
             variants: Vec::new(),
         };
     }
-    let variants = variants(ckpt, best.arch, best.scale);
+    let mut variants = variants(ckpt, best.arch, best.scale);
+    if component_file {
+        variants.push(Variant::AlsoFits(tied));
+    }
     Detection {
         layout: Layout::Known(best.arch),
         scale: best.scale,
@@ -261,25 +311,51 @@ fn score(arch: Arch, scale: u32, keys: &[(String, &[usize])]) -> Score {
     }
 }
 
-/// Does `actual` equal the catalog shape `expected` at this scale? The U-Net's first conv
-/// may have 4, 5, 8 or 9 input channels (base, depth, pix2pix, inpainting).
+/// Flux.1's input projection: 64 inputs (dev, schnell), 128 (Canny, Depth), 384 (Fill).
+pub const FLUX_IMG_IN: &str = "model.diffusion_model.img_in.weight";
+
+/// The widths a model's input layer may take in its variants: the U-Net's first conv has 4,
+/// 5, 8 or 9 input channels (base, depth, pix2pix, inpainting); Flux's `img_in` 64, 128 or
+/// 384 inputs (dev/schnell, Canny/Depth, Fill).
+fn input_widths(name: &str) -> &'static [usize] {
+    match name {
+        CONV_IN => &[4, 5, 8, 9],
+        FLUX_IMG_IN => &[64, 128, 384],
+        _ => &[],
+    }
+}
+
+/// Does `actual` equal the catalog shape `expected` at this scale? Input layers may take
+/// the widths of their model's variants ([`input_widths`]).
 pub fn shape_matches(name: &str, expected: &[usize], actual: &[usize], scale: u32) -> bool {
     if expected.len() != actual.len() {
         return false;
     }
+    let widths = input_widths(name);
     expected
         .iter()
         .zip(actual)
         .enumerate()
         .all(|(i, (&e, &a))| {
-            scaled_dim(e, scale) == a || (name == CONV_IN && i == 1 && matches!(a, 4 | 5 | 8 | 9))
+            scaled_dim(e, scale) == a
+                || (i == 1 && widths.iter().any(|&w| scaled_dim(w, scale) == a))
         })
 }
 
 fn variants(ckpt: &Checkpoint, arch: Arch, scale: u32) -> Vec<Variant> {
     let table = data::table(arch);
     let mut out = Vec::new();
-    if let Some(conv) = ckpt.get(CONV_IN).filter(|t| t.shape.len() == 4) {
+    let names: HashSet<String> = ckpt
+        .tensors()
+        .iter()
+        .map(|t| canonical_key(&t.name).into_owned())
+        .collect();
+    let stored = |key: &str| {
+        ckpt.tensors()
+            .iter()
+            .find(|t| canonical_key(&t.name) == key)
+    };
+    if let Some(conv) = stored(CONV_IN).filter(|t| t.shape.len() == 4) {
         match conv.shape[1] {
             9 => out.push(Variant::Inpainting),
             8 => out.push(Variant::Pix2Pix),
@@ -287,11 +363,26 @@ fn variants(ckpt: &Checkpoint, arch: Arch, scale: u32) -> Vec<Variant> {
             _ => {}
         }
     }
-    let names: HashSet<String> = ckpt
-        .tensors()
-        .iter()
-        .map(|t| canonical_key(&t.name).into_owned())
-        .collect();
+    if arch == Arch::Flux {
+        let diffuser = names.iter().any(|n| component_of(n) == Component::Diffuser);
+        if diffuser && !names.iter().any(|n| n.contains(".guidance_in.")) {
+            out.push(Variant::FluxSchnell);
+        }
+        if let Some(t) = stored(FLUX_IMG_IN).filter(|t| t.shape.len() == 2) {
+            if t.shape[1] == scaled_dim(384, scale) {
+                out.push(Variant::FluxFill);
+            } else if t.shape[1] == scaled_dim(128, scale) {
+                out.push(Variant::FluxControl);
+            }
+        }
+    }
+    if ckpt.tensors().iter().any(|t| {
+        super::blocks::DIT_ROOTS
+            .iter()
+            .any(|r| t.name.starts_with(r))
+    }) {
+        out.push(Variant::BareDiffuserKeys);
+    }
     if ckpt.tensors().iter().any(|t| is_ema(&t.name)) {
         out.push(Variant::Ema);
     }
@@ -332,6 +423,10 @@ fn variants(ckpt: &Checkpoint, arch: Arch, scale: u32) -> Vec<Variant> {
         .copied()
         .filter(|&c| !names.iter().any(|n| component_of(n) == c))
         .collect();
+    let denoiser = arch.denoiser();
+    if missing.len() + 1 == arch.components().len() && !missing.contains(&denoiser) {
+        out.push(Variant::DenoiserOnly);
+    }
     if !missing.is_empty() {
         out.push(Variant::MissingComponents(missing));
     }

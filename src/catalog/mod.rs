@@ -1,8 +1,9 @@
-//! Stable Diffusion architectures: their key layouts, the component and block of every key,
-//! and detection of a file's architecture and variant from names and shapes.
+//! The architectures users hold (SD1, SD2, SDXL, Flux.1, Chroma, SD3, SD3.5 medium and
+//! large): their key layouts, the component and block of every key, and detection of a
+//! file's architecture and variant from names and shapes.
 //!
 //! * [`blocks`]: the one table that maps a key to its component and merge block;
-//! * [`data`]: the SD1/SD2/SDXL layouts, compiled in;
+//! * [`data`]: the layouts, compiled in;
 //! * [`detect`]: which architecture a file is, how sure, and which variant;
 //! * [`keys`]: what each key of a file is against its layout (EMA, missing, unknown, ...);
 //! * [`Grouping`]: the rows an analysis reports (U-Net blocks, then each text encoder, the
@@ -19,14 +20,13 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
-pub use blocks::{Block, Component, block_of, component_of};
+pub use blocks::{Block, Blocks, Component, block_of, component_of};
 pub use detect::{Confidence, Detection, Variant, detect};
 pub use keys::{KeyCheck, is_ema};
 pub use selector::{SelectError, Selector};
 
 /// An architecture in the catalog.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Arch {
     /// Stable Diffusion 1.x, LDM single-file layout (CLIP-L text encoder).
     Sd1,
@@ -35,10 +35,36 @@ pub enum Arch {
     Sd2,
     /// SDXL base, SGM layout (CLIP-L + OpenCLIP bigG).
     Sdxl,
+    /// Flux.1 (dev, schnell, Fill/Canny/Depth), ComfyUI's single-file layout: the diffuser,
+    /// CLIP-L, T5-XXL and the 16-channel VAE.
+    Flux,
+    /// Chroma: Flux.1's blocks with one distilled modulation network, T5-XXL only.
+    Chroma,
+    /// SD3 medium (2B): 24 joint blocks, CLIP-L, CLIP-G, T5-XXL, a 16-channel VAE.
+    Sd3,
+    /// SD3.5 medium (MMDiT-X): 24 joint blocks, a second self-attention in blocks 0..12.
+    Sd35Medium,
+    /// SD3.5 large: 38 joint blocks.
+    Sd35Large,
+}
+
+impl serde::Serialize for Arch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.id())
+    }
 }
 
 impl Arch {
-    pub const ALL: [Arch; 3] = [Arch::Sd1, Arch::Sd2, Arch::Sdxl];
+    pub const ALL: [Arch; 8] = [
+        Arch::Sd1,
+        Arch::Sd2,
+        Arch::Sdxl,
+        Arch::Flux,
+        Arch::Chroma,
+        Arch::Sd3,
+        Arch::Sd35Medium,
+        Arch::Sd35Large,
+    ];
 
     /// Short id used on the command line and in JSON.
     pub fn id(self) -> &'static str {
@@ -46,6 +72,11 @@ impl Arch {
             Arch::Sd1 => "sd1",
             Arch::Sd2 => "sd2",
             Arch::Sdxl => "sdxl",
+            Arch::Flux => "flux",
+            Arch::Chroma => "chroma",
+            Arch::Sd3 => "sd3",
+            Arch::Sd35Medium => "sd35m",
+            Arch::Sd35Large => "sd35l",
         }
     }
 
@@ -54,6 +85,11 @@ impl Arch {
             "sd1" | "sd15" | "sd1.5" | "sd-v1" | "sd1-ldm" => Some(Arch::Sd1),
             "sd2" | "sd21" | "sd2.1" | "sd-v2" | "sd2-ldm" => Some(Arch::Sd2),
             "sdxl" | "sd-xl" | "sdxl-sgm" | "xl" => Some(Arch::Sdxl),
+            "flux" | "flux1" | "flux.1" | "flux-dev" | "flux-schnell" => Some(Arch::Flux),
+            "chroma" => Some(Arch::Chroma),
+            "sd3" | "sd3m" | "sd3-medium" => Some(Arch::Sd3),
+            "sd35m" | "sd3.5m" | "sd3.5-medium" | "sd35-medium" => Some(Arch::Sd35Medium),
+            "sd35l" | "sd3.5l" | "sd3.5-large" | "sd35-large" | "sd35" => Some(Arch::Sd35Large),
             _ => None,
         }
     }
@@ -64,20 +100,89 @@ impl Arch {
             Arch::Sd1 => "SD1 (LDM)",
             Arch::Sd2 => "SD2 (LDM)",
             Arch::Sdxl => "SDXL base (SGM)",
+            Arch::Flux => "Flux.1",
+            Arch::Chroma => "Chroma (Flux.1 blocks)",
+            Arch::Sd3 => "SD3 medium",
+            Arch::Sd35Medium => "SD3.5 medium",
+            Arch::Sd35Large => "SD3.5 large",
         }
     }
 
-    /// Number of U-Net input blocks, and of output blocks: 12 for SD1/SD2, 9 for SDXL.
-    pub fn depth(self) -> u8 {
+    /// The block structure of the denoiser.
+    pub fn blocks(self) -> Blocks {
         match self {
-            Arch::Sd1 | Arch::Sd2 => 12,
-            Arch::Sdxl => 9,
+            Arch::Sd1 | Arch::Sd2 => Blocks::Unet { depth: 12 },
+            Arch::Sdxl => Blocks::Unet { depth: 9 },
+            Arch::Flux | Arch::Chroma => Blocks::Flux {
+                double: 19,
+                single: 38,
+            },
+            Arch::Sd3 | Arch::Sd35Medium => Blocks::Mmdit { joint: 24 },
+            Arch::Sd35Large => Blocks::Mmdit { joint: 38 },
         }
     }
 
-    /// The merge blocks in SuperMerger's order (26 for SD1/SD2, 20 for SDXL).
+    /// Number of U-Net input blocks, and of output blocks: 12 for SD1/SD2, 9 for SDXL; 0
+    /// for DiTs.
+    pub fn depth(self) -> u8 {
+        match self.blocks() {
+            Blocks::Unet { depth } => depth,
+            _ => 0,
+        }
+    }
+
+    /// The merge blocks in the order block-weight lists give them: SuperMerger's for the
+    /// U-Net (26 for SD1/SD2, 20 for SDXL: `BASE, IN00.., M00, OUT..`) and for Flux (61:
+    /// `CLIP, T5, IN, D00..D18, S00..S37, OUT`); for SD3 ComfyUI's grouping after `BASE`
+    /// (`BASE, IN, J00.., OUT`: 27 for SD3/SD3.5 medium, 41 for SD3.5 large). Chroma has
+    /// no CLIP: `T5, IN, D00..D18, S00..S37, OUT` (60).
     pub fn merge_blocks(self) -> Vec<Block> {
-        Block::merge_order(self.depth())
+        match self.blocks() {
+            Blocks::Unet { depth } => Block::merge_order(depth),
+            Blocks::Flux { double, single } => {
+                let mut v = if self == Arch::Chroma {
+                    vec![Block::T5]
+                } else {
+                    vec![Block::Clip, Block::T5]
+                };
+                v.push(Block::Embed);
+                v.extend((0..double).map(Block::Double));
+                v.extend((0..single).map(Block::Single));
+                v.push(Block::Final);
+                v
+            }
+            Blocks::Mmdit { joint } => {
+                let mut v = vec![Block::Base, Block::Embed];
+                v.extend((0..joint).map(Block::Joint));
+                v.push(Block::Final);
+                v
+            }
+        }
+    }
+
+    /// The merge block a name denotes in this architecture (`OUT03`, `m00`, `D7`, and the
+    /// DiT's `IN`, `OUT`, `CLIP`, `T5`), if the architecture has it.
+    pub fn block_named(self, name: &str) -> Option<Block> {
+        let upper = name.trim().to_ascii_uppercase();
+        let order = self.merge_blocks();
+        if let Some(b) = Block::parse(&upper).filter(|b| order.contains(b)) {
+            return Some(b);
+        }
+        order.into_iter().find(|b| b.to_string() == upper)
+    }
+
+    /// The merge block whose weight applies to a row of `component` outside the denoiser:
+    /// `BASE` for SD and SD3, Flux's `CLIP` and `T5`; `None` where no weight applies
+    /// (Flux's VAE, as in SuperMerger: not merged by block weights).
+    pub fn weight_block_of(self, component: Component) -> Option<Block> {
+        match self.blocks() {
+            Blocks::Flux { .. } => match component {
+                Component::ClipL => Some(Block::Clip),
+                Component::T5xxl => Some(Block::T5),
+                _ => None,
+            },
+            _ => Some(Block::Base),
+        }
     }
 
     /// The components a full checkpoint of this architecture has.
@@ -90,7 +195,26 @@ impl Arch {
                 Component::Te2,
                 Component::Vae,
             ],
+            Arch::Flux => &[
+                Component::Diffuser,
+                Component::ClipL,
+                Component::T5xxl,
+                Component::Vae,
+            ],
+            Arch::Chroma => &[Component::Diffuser, Component::T5xxl, Component::Vae],
+            Arch::Sd3 | Arch::Sd35Medium | Arch::Sd35Large => &[
+                Component::Diffuser,
+                Component::ClipL,
+                Component::ClipG,
+                Component::T5xxl,
+                Component::Vae,
+            ],
         }
+    }
+
+    /// The denoiser's component (the U-Net or the DiT).
+    pub fn denoiser(self) -> Component {
+        self.components()[0]
     }
 
     /// What a component is in this architecture ("CLIP-L", "OpenCLIP-H", ...).
@@ -102,7 +226,18 @@ impl Arch {
             (_, Component::Te2) => "OpenCLIP ViT-bigG",
             (_, Component::Vae) => "VAE",
             (_, Component::Other) => "other",
+            (Arch::Chroma, Component::Diffuser) => "Chroma DiT",
+            (Arch::Flux, Component::Diffuser) => "Flux.1 DiT",
+            (_, Component::Diffuser) => "MMDiT",
+            (_, Component::ClipL) => "CLIP ViT-L",
+            (_, Component::ClipG) => "OpenCLIP ViT-bigG",
+            (_, Component::T5xxl) => "T5-XXL encoder",
         }
+    }
+
+    /// The block of a (canonical) key of the denoiser, if a rule covers it.
+    pub fn block_of(self, key: &str) -> Option<Block> {
+        blocks::denoiser_block(key, self.blocks())
     }
 }
 
@@ -119,6 +254,18 @@ impl fmt::Display for Arch {
 pub fn canonical_key(key: &str) -> Cow<'_, str> {
     if let Some(k) = data::aliases().get(key) {
         return Cow::Owned(k.clone());
+    }
+    // DiT diffusers saved on their own (BFL's Flux files, Chroma, ComfyUI's diffusion_models
+    // folder) name their keys without the single-file prefix.
+    if blocks::DIT_ROOTS.iter().any(|r| key.starts_with(r)) {
+        return Cow::Owned(format!("model.diffusion_model.{key}"));
+    }
+    // A T5-XXL encoder on its own (`t5xxl_fp16.safetensors`): transformers' names.
+    if key.starts_with("encoder.block.")
+        || key == "encoder.final_layer_norm.weight"
+        || key == "shared.weight"
+    {
+        return Cow::Owned(format!("text_encoders.t5xxl.transformer.{key}"));
     }
     // The layout data lists the old CLIP names for SD1 only; SDXL files saved by old
     // tools carry the same rename under the first embedder.
@@ -160,11 +307,14 @@ impl Layout {
 /// One report row.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroupInfo {
-    /// `IN00`, `M00`, `OUT11`, `TE1`, `TE2`, `VAE`, `OTHER`, or a key prefix.
+    /// `IN00`, `M00`, `OUT11`, `D03`, `TE1`, `CLIP_L`, `VAE`, `OTHER`, or a key prefix.
     pub label: String,
     pub component: Component,
-    /// The U-Net block, for U-Net rows.
+    /// The denoiser block, for denoiser rows.
     pub block: Option<Block>,
+    /// The entry of the block-weight list that weighs this row (`BASE` for SD's text
+    /// encoders, `CLIP` for Flux's), if one does.
+    pub weight_block: Option<Block>,
 }
 
 /// The rows an analysis reports, and the row of every key.
@@ -177,29 +327,32 @@ pub struct Grouping {
 }
 
 impl Grouping {
-    /// U-Net blocks in model order, then each text encoder, the VAE and the rest.
+    /// The denoiser's blocks in model order, then each other component, then the rest.
     pub fn for_arch(arch: Arch) -> Grouping {
         let mut groups: Vec<GroupInfo> = arch
             .merge_blocks()
             .into_iter()
-            .filter(|b| *b != Block::Base)
+            .filter(|b| b.in_denoiser())
             .map(|b| GroupInfo {
                 label: b.to_string(),
-                component: Component::Unet,
+                component: arch.denoiser(),
                 block: Some(b),
+                weight_block: Some(b),
             })
             .collect();
-        for &c in arch.components().iter().filter(|c| **c != Component::Unet) {
+        for &c in arch.components().iter().filter(|c| !c.is_denoiser()) {
             groups.push(GroupInfo {
                 label: c.id().to_uppercase(),
                 component: c,
                 block: None,
+                weight_block: arch.weight_block_of(c),
             });
         }
         groups.push(GroupInfo {
             label: "OTHER".into(),
             component: Component::Other,
             block: None,
+            weight_block: arch.weight_block_of(Component::Other),
         });
         Grouping {
             layout: Layout::Known(arch),
@@ -219,6 +372,7 @@ impl Grouping {
                 label: p.clone(),
                 component: component_of(p),
                 block: None,
+                weight_block: None,
             })
             .collect();
         let by_prefix = prefixes
@@ -247,8 +401,8 @@ impl Grouping {
             Layout::Generic => self.by_prefix[&generic_prefix(key)],
             Layout::Known(arch) => {
                 let component = component_of(key);
-                let wanted = if component == Component::Unet {
-                    match block_of(key, arch.depth()) {
+                let wanted = if component == arch.denoiser() {
+                    match arch.block_of(key) {
                         Some(b) => return self.index_of_block(b).unwrap_or(self.other()),
                         None => Component::Other,
                     }
@@ -275,6 +429,11 @@ impl Grouping {
 /// The generic row of a key: its dotted segments up to and including the first numeric
 /// one (`double_blocks.3`), at most four; or its first two segments.
 fn generic_prefix(key: &str) -> String {
+    // The denoiser's wrapper says nothing about the module: rows start below it.
+    const WRAPPER: &str = "model.diffusion_model.";
+    if let Some(rest) = key.strip_prefix(WRAPPER).filter(|r| !r.is_empty()) {
+        return format!("{WRAPPER}{}", generic_prefix(rest));
+    }
     let segments: Vec<&str> = key.split('.').collect();
     let last = segments.len().saturating_sub(1).max(1);
     let end = match segments

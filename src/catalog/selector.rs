@@ -1,20 +1,25 @@
 //! One language for choosing rows, parsed once and used everywhere a user names blocks:
 //! `sim --blocks`, ASimilarity's blocks, the keys of named merge weights
-//! (`{OUT06..OUT11: 0.15, BASE: 1}`), and `fit --region`.
+//! (`{OUT06..OUT11: 0.15, BASE: 1}`), `swap(A, B, ...)` and `fit --region`.
 //!
 //! ```text
 //! selector := term ("," term)*          a row is chosen when any term chooses it
 //! term     := block | block ".." block | group
-//! block    := BASE | IN00 .. | M00 (also MID) | OUT00 ..    a merge block of the architecture
-//! group    := IN | MID | OUT | UNET | TE | TE1 | TE2 | VAE | OTHER | ALL
+//! block    := a merge block of the architecture: BASE, IN00.., M00 (MID), OUT00.. for the
+//!             U-Net; CLIP, T5, IN, D00..D18, S00..S37, OUT for Flux.1; BASE, IN, J00.., OUT
+//!             for SD3
+//! group    := IN | MID | OUT | UNET (DIFFUSER) | TE | BASE | ALL | a component
+//!             (TE1, TE2, VAE, OTHER, CLIP_L, CLIP_G, T5XXL)
 //! ```
 //!
-//! Case does not matter. A range runs in SuperMerger's block order (`BASE, IN00.., M00,
-//! OUT..`). `BASE` is every row outside the U-Net (text encoders, VAE and the rest), as
-//! SuperMerger's `BASE` weight is; `IN`, `OUT` and `UNET` are the U-Net's input blocks,
-//! output blocks and all of its blocks; `TE` is every text encoder (`TE1` and `TE2`);
-//! `OTHER` holds EMA copies, schedule buffers and keys the catalog does not know; `ALL` is
-//! every row. Aliases: `INPUT`, `OUTPUT`, `MIDDLE`, `CLIP` and `TEXT`.
+//! Case does not matter. A name is the architecture's block when it has one of that name
+//! (Flux's `IN` is its input block), else a group (SD's `IN` is every input block). A range
+//! runs in the order of the architecture's block-weight list. `BASE` is every row outside
+//! the denoiser where the list has no `BASE` (Flux); `IN` and `OUT` are the denoiser's input
+//! and output blocks; `UNET` (or `DIFFUSER`) every denoiser block; `TE` every text encoder
+//! (aliases `CLIP` and `TEXT` where `CLIP` is not a block); `OTHER` the EMA copies, schedule
+//! buffers and keys the catalog does not know; `ALL` every row. Aliases: `INPUT`, `OUTPUT`,
+//! `MIDDLE`, `T5` (for `T5XXL` where it is not a block).
 //!
 //! ```
 //! use ckpt_diff::catalog::{Arch, Grouping, Selector};
@@ -25,7 +30,7 @@
 
 use std::fmt;
 
-use super::{Block, Component, GroupInfo, Grouping};
+use super::{Arch, Block, Component, GroupInfo, Grouping};
 
 /// A named set of rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,13 +38,13 @@ pub enum Group {
     In,
     Mid,
     Out,
-    Unet,
+    /// Every denoiser block.
+    Denoiser,
     /// Every text encoder.
     Te,
-    Te1,
-    Te2,
-    Vae,
-    Other,
+    /// Every row outside the denoiser.
+    Base,
+    Component(Component),
     All,
 }
 
@@ -49,40 +54,35 @@ impl Group {
             "IN" | "INPUT" => Group::In,
             "MID" | "MIDDLE" => Group::Mid,
             "OUT" | "OUTPUT" => Group::Out,
-            "UNET" => Group::Unet,
+            "UNET" | "DIFFUSER" => Group::Denoiser,
             "TE" | "CLIP" | "TEXT" => Group::Te,
-            "TE1" => Group::Te1,
-            "TE2" => Group::Te2,
-            "VAE" => Group::Vae,
-            "OTHER" => Group::Other,
+            "BASE" => Group::Base,
             "ALL" => Group::All,
-            _ => return None,
+            "T5" => Group::Component(Component::T5xxl),
+            other => Group::Component(Component::parse(other)?),
         })
     }
 
     fn contains(self, row: &GroupInfo) -> bool {
-        let component = |c: Component| row.block.is_none() && row.component == c;
         match self {
-            Group::In => matches!(row.block, Some(Block::In(_))),
+            Group::In => matches!(row.block, Some(Block::In(_) | Block::Embed)),
             Group::Mid => row.block == Some(Block::Mid),
-            Group::Out => matches!(row.block, Some(Block::Out(_))),
-            Group::Unet => row.block.is_some(),
-            Group::Te => component(Component::Te1) || component(Component::Te2),
-            Group::Te1 => component(Component::Te1),
-            Group::Te2 => component(Component::Te2),
-            Group::Vae => component(Component::Vae),
-            Group::Other => component(Component::Other),
+            Group::Out => matches!(row.block, Some(Block::Out(_) | Block::Final)),
+            Group::Denoiser => row.block.is_some(),
+            Group::Te => row.block.is_none() && row.component.is_text_encoder(),
+            Group::Base => row.block.is_none(),
+            Group::Component(c) => row.block.is_none() && row.component == c,
             Group::All => true,
         }
     }
 }
 
-/// One term of a selector.
+/// One term of a selector, resolved against an architecture.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Term {
-    /// One merge block (`BASE` is every row outside the U-Net).
+    /// One merge block.
     Block(Block),
-    /// Every block from the first to the second, in merge order.
+    /// Every block from the first to the second, in the block-weight list's order.
     Range(Block, Block),
     Group(Group),
 }
@@ -93,26 +93,66 @@ pub enum Term {
 #[error("{0}")]
 pub struct SelectError(pub String);
 
-const VOCABULARY: &str = "a block (BASE, IN00.., M00, OUT..), a range (OUT06..OUT11), or IN, MID, \
-                          OUT, UNET, TE, TE1, TE2, VAE, OTHER, ALL";
+const VOCABULARY: &str = "a block (BASE, IN00.., M00, OUT..; Flux: CLIP, T5, IN, D00.., S00.., OUT; \
+                          SD3: IN, J00.., OUT), a range (OUT06..OUT11), or IN, MID, OUT, UNET, TE, \
+                          BASE, ALL, a component (TE1, TE2, VAE, CLIP_L, CLIP_G, T5XXL, OTHER)";
 
-/// A parsed selector: its terms, in the order written.
+/// A parsed selector: its terms as written, resolved against an architecture by
+/// [`Selector::rows`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Selector {
-    terms: Vec<(Term, String)>,
+    /// Each term's text; a range as its two ends.
+    terms: Vec<(String, Option<String>)>,
 }
 
 impl Selector {
-    /// Parses comma-separated terms (see the module documentation).
+    /// Splits comma-separated terms and checks their form (see the module documentation);
+    /// names are checked against an architecture by [`Selector::rows`].
     pub fn parse(text: &str) -> Result<Selector, SelectError> {
-        let terms: Vec<(Term, String)> = text
-            .split(',')
-            .map(str::trim)
-            .filter(|t| !t.is_empty())
-            .map(|t| Ok((parse_term(t)?, t.to_string())))
-            .collect::<Result<_, SelectError>>()?;
+        let mut terms = Vec::new();
+        for t in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+            let term = match t.split_once("..") {
+                Some((a, b)) => {
+                    let (a, b) = (a.trim(), b.trim());
+                    if a.is_empty() || b.is_empty() || b.contains("..") {
+                        return Err(SelectError(format!(
+                            "'{t}' is not a range of blocks like OUT06..OUT11"
+                        )));
+                    }
+                    (a.to_string(), Some(b.to_string()))
+                }
+                None => (t.to_string(), None),
+            };
+            if !term
+                .0
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
+                return Err(SelectError(format!("'{t}' is not {VOCABULARY}")));
+            }
+            terms.push(term);
+        }
         if terms.is_empty() {
             return Err(SelectError(format!("nothing selected; name {VOCABULARY}")));
+        }
+        // Names are resolved per architecture later; a name no architecture has is wrong
+        // whatever the file (and layouts the catalog does not know never resolve names).
+        let numbered = |name: &str| {
+            let upper = name.to_ascii_uppercase();
+            let digits = upper.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+            let letters = &upper[..upper.len() - digits.len()];
+            !digits.is_empty()
+                && digits.chars().all(|c| c.is_ascii_digit())
+                && ["IN", "OUT", "M", "D", "S", "J"].contains(&letters)
+        };
+        for name in terms.iter().flat_map(|(a, b)| std::iter::once(a).chain(b)) {
+            if !numbered(name)
+                && !Arch::ALL
+                    .iter()
+                    .any(|arch| resolve(*arch, name, None, name).is_ok())
+            {
+                return Err(SelectError(format!("'{name}' is not {VOCABULARY}")));
+            }
         }
         Ok(Selector { terms })
     }
@@ -120,13 +160,22 @@ impl Selector {
     /// Every row.
     pub fn all() -> Selector {
         Selector {
-            terms: vec![(Term::Group(Group::All), "all".into())],
+            terms: vec![("all".into(), None)],
         }
     }
 
-    /// The terms with the text each was written as.
-    pub fn terms(&self) -> impl Iterator<Item = (Term, &str)> {
-        self.terms.iter().map(|(t, s)| (*t, s.as_str()))
+    /// The terms resolved for `arch`, with the text each was written as.
+    pub fn terms(&self, arch: Arch) -> Result<Vec<(Term, String)>, SelectError> {
+        self.terms
+            .iter()
+            .map(|(a, b)| {
+                let text = match b {
+                    Some(b) => format!("{a}..{b}"),
+                    None => a.clone(),
+                };
+                Ok((resolve(arch, a, b.as_deref(), &text)?, text))
+            })
+            .collect()
     }
 
     /// Which rows of `grouping` the selector chooses. Every term must choose at least one
@@ -138,34 +187,21 @@ impl Selector {
             ));
         };
         let order = arch.merge_blocks();
-        let position = |b: Block, text: &str| {
-            order.iter().position(|x| *x == b).ok_or_else(|| {
-                SelectError(format!(
-                    "'{text}' is not a block of {}: it has {}..{}",
-                    arch.label(),
-                    order[1],
-                    order[order.len() - 1]
-                ))
-            })
-        };
         let groups = grouping.groups();
-        let merge_block = |g: &GroupInfo| g.block.unwrap_or(Block::Base);
         let mut chosen = vec![false; groups.len()];
-        for (term, text) in &self.terms {
-            let hits: Vec<bool> = match *term {
-                Term::Block(b) => {
-                    position(b, text)?;
-                    groups.iter().map(|g| merge_block(g) == b).collect()
-                }
+        for (term, text) in self.terms(arch)? {
+            let hits: Vec<bool> = match term {
+                Term::Block(b) => groups.iter().map(|g| g.weight_block == Some(b)).collect(),
                 Term::Range(a, b) => {
-                    let (i, j) = (position(a, text)?, position(b, text)?);
+                    let at = |x: Block| order.iter().position(|y| *y == x).expect("resolved");
+                    let (i, j) = (at(a), at(b));
                     if i > j {
                         return Err(SelectError(format!("'{text}' runs backwards")));
                     }
                     let span = &order[i..=j];
                     groups
                         .iter()
-                        .map(|g| span.contains(&merge_block(g)))
+                        .map(|g| g.weight_block.is_some_and(|w| span.contains(&w)))
                         .collect()
                 }
                 Term::Group(group) => groups.iter().map(|g| group.contains(g)).collect(),
@@ -181,33 +217,59 @@ impl Selector {
 
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let texts: Vec<&str> = self.terms.iter().map(|(_, s)| s.as_str()).collect();
+        let texts: Vec<String> = self
+            .terms
+            .iter()
+            .map(|(a, b)| match b {
+                Some(b) => format!("{a}..{b}"),
+                None => a.clone(),
+            })
+            .collect();
         f.write_str(&texts.join(","))
     }
 }
 
-fn parse_term(text: &str) -> Result<Term, SelectError> {
-    let upper = text.to_ascii_uppercase();
-    if let Some((a, b)) = upper.split_once("..") {
-        return match (Block::parse(a), Block::parse(b)) {
-            (Some(a), Some(b)) => Ok(Term::Range(a, b)),
-            _ => Err(SelectError(format!(
-                "'{text}' is not a range of blocks like OUT06..OUT11"
-            ))),
+/// A term for `arch`: its block of that name, a range of its blocks, or a group.
+fn resolve(arch: Arch, a: &str, b: Option<&str>, text: &str) -> Result<Term, SelectError> {
+    let not_a_block = |name: &str| {
+        let order = arch.merge_blocks();
+        SelectError(format!(
+            "'{name}' is not a block of {}: it has {}..{}",
+            arch.label(),
+            order[0],
+            order[order.len() - 1]
+        ))
+    };
+    if let Some(b) = b {
+        let block = |name: &str| {
+            arch.block_named(name).ok_or_else(|| {
+                if Block::parse(name).is_some() {
+                    not_a_block(name)
+                } else {
+                    SelectError(format!(
+                        "'{text}' is not a range of blocks like OUT06..OUT11"
+                    ))
+                }
+            })
         };
+        return Ok(Term::Range(block(a)?, block(b)?));
     }
+    if let Some(block) = arch.block_named(a) {
+        return Ok(Term::Block(block));
+    }
+    let upper = a.to_ascii_uppercase();
     if let Some(group) = Group::parse(&upper) {
         return Ok(Term::Group(group));
     }
-    Block::parse(&upper)
-        .map(Term::Block)
-        .ok_or_else(|| SelectError(format!("'{text}' is not {VOCABULARY}")))
+    if Block::parse(&upper).is_some() {
+        return Err(not_a_block(a));
+    }
+    Err(SelectError(format!("'{a}' is not {VOCABULARY}")))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Arch;
 
     /// The labels of the rows `text` chooses.
     fn chosen(arch: Arch, text: &str) -> Vec<String> {
@@ -252,6 +314,28 @@ mod tests {
     }
 
     #[test]
+    fn dit_names() {
+        // Flux: IN, OUT, CLIP and T5 are blocks; BASE is the rows outside the diffuser.
+        assert_eq!(chosen(Arch::Flux, "IN"), labels("IN"));
+        assert_eq!(chosen(Arch::Flux, "clip"), labels("CLIP_L"));
+        assert_eq!(chosen(Arch::Flux, "t5"), labels("T5XXL"));
+        assert_eq!(chosen(Arch::Flux, "D17..S01"), labels("D17 D18 S00 S01"));
+        assert_eq!(chosen(Arch::Flux, "CLIP..IN"), labels("IN CLIP_L T5XXL"));
+        assert_eq!(chosen(Arch::Flux, "diffuser").len(), 1 + 19 + 38 + 1);
+        assert_eq!(chosen(Arch::Flux, "base"), labels("CLIP_L T5XXL VAE OTHER"));
+        assert_eq!(chosen(Arch::Flux, "te"), labels("CLIP_L T5XXL"));
+        assert_eq!(chosen(Arch::Flux, "vae"), labels("VAE"));
+        // SD3.5 large: BASE is a block of its list; IN and OUT are the embedders and the
+        // final layer.
+        assert_eq!(chosen(Arch::Sd35Large, "J36..OUT"), labels("J36 J37 OUT"));
+        assert_eq!(
+            chosen(Arch::Sd35Large, "BASE"),
+            labels("CLIP_L CLIP_G T5XXL VAE OTHER")
+        );
+        assert_eq!(chosen(Arch::Sd3, "in,out"), labels("IN OUT"));
+    }
+
+    #[test]
     fn errors_say_what_is_wrong() {
         let g = Grouping::for_arch(Arch::Sd1);
         let xl = Grouping::for_arch(Arch::Sdxl);
@@ -263,6 +347,8 @@ mod tests {
         assert!(e("OUT03..te", &g).contains("not a range"));
         assert!(e("te2", &g).contains("has no 'te2'"));
         assert!(e(" , ", &g).contains("nothing selected"));
+        assert!(e("D19", &Grouping::for_arch(Arch::Flux)).contains("not a block of Flux.1"));
+        assert!(e("J30", &Grouping::for_arch(Arch::Sd3)).contains("not a block of SD3"));
         let generic = Grouping::generic(["a.b"]);
         assert!(e("out", &generic).contains("architecture the catalog knows"));
     }
@@ -270,13 +356,16 @@ mod tests {
     #[test]
     fn keeps_the_written_terms() {
         let s = Selector::parse("IN03, OUT00..OUT02 ,te").unwrap();
-        let terms: Vec<(Term, &str)> = s.terms().collect();
-        assert_eq!(terms[0], (Term::Block(Block::In(3)), "IN03"));
+        let terms = s.terms(Arch::Sd1).unwrap();
+        assert_eq!(terms[0], (Term::Block(Block::In(3)), "IN03".to_string()));
         assert_eq!(
             terms[1],
-            (Term::Range(Block::Out(0), Block::Out(2)), "OUT00..OUT02")
+            (
+                Term::Range(Block::Out(0), Block::Out(2)),
+                "OUT00..OUT02".to_string()
+            )
         );
-        assert_eq!(terms[2], (Term::Group(Group::Te), "te"));
+        assert_eq!(terms[2], (Term::Group(Group::Te), "te".to_string()));
         assert_eq!(s.to_string(), "IN03,OUT00..OUT02,te");
     }
 }

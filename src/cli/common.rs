@@ -125,14 +125,34 @@ pub fn gather_inner(
     Ok(inner)
 }
 
-/// `--arch` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// `--arch` values: an architecture id, or `generic` for rows by key prefix (layouts the
+/// catalog does not know).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArchArg {
-    Sd1,
-    Sd2,
-    Sdxl,
-    /// Rows by key prefix, for layouts the catalog does not know.
+    Known(Arch),
     Generic,
+}
+
+/// clap's parser for `--arch`.
+pub fn parse_arch_arg(s: &str) -> std::result::Result<ArchArg, String> {
+    if s.eq_ignore_ascii_case("generic") {
+        return Ok(ArchArg::Generic);
+    }
+    Arch::parse(s).map(ArchArg::Known).ok_or_else(|| {
+        format!(
+            "unknown architecture '{s}'; use one of {}, or generic",
+            arch_ids()
+        )
+    })
+}
+
+/// The ids `--arch` takes, for messages.
+pub fn arch_ids() -> String {
+    Arch::ALL
+        .iter()
+        .map(|a| a.id())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The rows to report for `models`: their common architecture, or the forced one.
@@ -154,9 +174,7 @@ pub fn choose_grouping(
         Grouping::generic(keys.iter().map(String::as_str))
     };
     match forced {
-        Some(ArchArg::Sd1) => return Ok(Grouping::for_arch(Arch::Sd1)),
-        Some(ArchArg::Sd2) => return Ok(Grouping::for_arch(Arch::Sd2)),
-        Some(ArchArg::Sdxl) => return Ok(Grouping::for_arch(Arch::Sdxl)),
+        Some(ArchArg::Known(a)) => return Ok(Grouping::for_arch(a)),
         Some(ArchArg::Generic) => return Ok(generic(models)),
         None => {}
     }

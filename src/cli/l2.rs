@@ -7,7 +7,7 @@ use anyhow::Result;
 use super::Outcome;
 use super::common::{
     ArchArg, FormatArgs, Global, Model, choose_grouping, entries_where, gather_inner, keys_regex,
-    open_all, print,
+    open_all, parse_arch_arg, print,
 };
 use crate::gram::GramSpec;
 use crate::pass::Plan;
@@ -30,8 +30,9 @@ pub struct Args {
     /// Only keys matching this regular expression (canonical key names).
     #[arg(long, value_name = "REGEX")]
     keys: Option<String>,
-    /// Row layout; detected from the files by default.
-    #[arg(long, value_enum)]
+    /// Row layout (sd1, sd2, sdxl, flux, chroma, sd3, sd35m, sd35l, or generic for rows by
+    /// key prefix); detected from the files by default.
+    #[arg(long, value_parser = parse_arch_arg)]
     arch: Option<ArchArg>,
     #[command(flatten)]
     format: FormatArgs,

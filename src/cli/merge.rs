@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use super::Outcome;
 use super::common::{Global, print};
 use crate::merge::recipe::writer::{Names, quote_path};
-use crate::merge::{self, Missing, Options, Precision};
+use crate::merge::{self, Missing, Options, OutputFormat, Precision};
 use crate::pass::progress::Bar;
 use crate::reader::dtype::{FloatFormat, parse_user_float};
 use crate::reports;
@@ -55,7 +55,10 @@ struct OutArgs {
     /// Output file (.safetensors); refused if it is one of the inputs.
     #[arg(short, long, value_name = "OUT")]
     output: Option<PathBuf>,
-    /// Output float format: f16, bf16 or f32 (default: each tensor as in the first input).
+    /// Output float format: f16, bf16, f32, f64, f8_e4m3 or f8_e5m2 (values beyond the
+    /// format saturate), or scaled-fp8 (ComfyUI's: the denoiser's weight matrices in E4M3
+    /// with a fresh per-tensor scale). Default: each tensor as in the first input (a
+    /// scaled-fp8 input stays scaled fp8).
     #[arg(long)]
     dtype: Option<String>,
     /// Arithmetic precision: f64 (default) or f32 (node results rounded to f32).
@@ -78,21 +81,22 @@ struct OutArgs {
 
 impl OutArgs {
     fn options(&self) -> Result<Options> {
-        let dtype = match &self.dtype {
-            None => None,
-            Some(d) => Some(
-                parse_user_float(d)
-                    .filter(|f| {
-                        matches!(
-                            f,
-                            FloatFormat::F16
-                                | FloatFormat::BF16
-                                | FloatFormat::F32
-                                | FloatFormat::F64
-                        )
-                    })
-                    .with_context(|| format!("--dtype: '{d}' is not one of f16, bf16, f32, f64"))?,
-            ),
+        let output = match self
+            .dtype
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .as_deref()
+        {
+            None => OutputFormat::AsInputs,
+            Some("scaled-fp8" | "scaled_fp8" | "scaled-f8_e4m3" | "fp8-scaled") => {
+                OutputFormat::ScaledFp8(FloatFormat::F8E4M3)
+            }
+            Some("scaled-f8_e5m2") => OutputFormat::ScaledFp8(FloatFormat::F8E5M2),
+            Some(d) => OutputFormat::Float(parse_user_float(d).with_context(|| {
+                format!(
+                    "--dtype: '{d}' is not one of f16, bf16, f32, f64, f8_e4m3, f8_e5m2, scaled-fp8"
+                )
+            })?),
         };
         let precision = match self.precision.as_str() {
             "f64" | "fp64" | "float64" => Precision::F64,
@@ -105,7 +109,7 @@ impl OutArgs {
             other => bail!("--missing: '{other}' is not `first` or `skip`"),
         };
         Ok(Options {
-            dtype,
+            output,
             precision,
             missing,
             input_hashes: !self.no_input_hashes,

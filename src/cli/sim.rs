@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use super::Outcome;
 use super::common::{
     ArchArg, FormatArgs, Global, Model, choose_grouping, entries_where, gather_inner, keys_regex,
-    open_all, print,
+    open_all, parse_arch_arg, print,
 };
 use crate::catalog::{Layout, Selector};
 use crate::gram::GramSpec;
@@ -52,8 +52,9 @@ pub struct Args {
     /// Also list the similarity of every tensor.
     #[arg(long)]
     per_tensor: bool,
-    /// Row layout; detected from the files by default.
-    #[arg(long, value_enum)]
+    /// Row layout (sd1, sd2, sdxl, flux, chroma, sd3, sd35m, sd35l, or generic for rows by
+    /// key prefix); detected from the files by default.
+    #[arg(long, value_parser = parse_arch_arg)]
     arch: Option<ArchArg>,
     /// Also write a report folder (index.html, summary.md, a chart) here.
     #[arg(long, value_name = "DIR")]

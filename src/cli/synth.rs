@@ -9,7 +9,7 @@ use super::common::{Global, print};
 use crate::catalog::{Arch, Component};
 use crate::pass::progress::Bar;
 use crate::reader::dtype::{FloatFormat, parse_user_float};
-use crate::synth::{self, Layout, Synthetic, UnetVariant, family};
+use crate::synth::{self, Layout, Synthetic, Variant, family};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -46,22 +46,26 @@ enum What {
 
 #[derive(Debug, clap::Args)]
 struct LayoutArgs {
-    /// Architecture: sd1, sd2 or sdxl.
+    /// Architecture: sd1, sd2, sdxl, flux, chroma, sd3, sd35m or sd35l.
     #[arg(long, default_value = "sd1")]
     arch: String,
     /// Divide every dimension of 128 or more by this (1 = real size: 2 GB for SD1 fp16).
     #[arg(long, default_value_t = 1)]
     scale: u32,
-    /// Float dtype: f16, bf16 or f32.
+    /// Float dtype: f16, bf16, f32, f8_e4m3, f8_e5m2, or scaled-fp8 (ComfyUI's: the
+    /// diffuser's matrices in F8_E4M3 with a per-tensor scale_weight, the rest in BF16).
     #[arg(long, default_value = "f16")]
     dtype: String,
     /// Seed of the base weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// U-Net input variant: base, inpainting, pix2pix or depth.
+    /// Release variant: base; inpainting, pix2pix or depth (SD's U-Net input channels);
+    /// schnell, fill or control (Flux.1: no guidance embedding, Fill's or Canny/Depth's
+    /// wider img_in).
     #[arg(long, default_value = "base")]
     variant: String,
-    /// Components to write (comma-separated: unet, te1, te2, vae); default all.
+    /// Components to write (comma-separated: unet, te1, te2, vae for SD; diffuser, clip_l,
+    /// clip_g, t5xxl, vae for Flux and SD3); default all.
     #[arg(long, value_delimiter = ',')]
     components: Vec<String>,
     /// Add EMA weights (SD1 only).
@@ -89,40 +93,75 @@ struct LayoutArgs {
     /// Only the keys this regular expression finds (e.g. `attn1\.to_[qkv]`).
     #[arg(long, value_name = "REGEX")]
     keys: Option<String>,
+    /// Diffuser keys without `model.diffusion_model.` (Flux and SD3; BFL's own files).
+    #[arg(long)]
+    bare: bool,
 }
 
 impl LayoutArgs {
     fn layout(&self) -> Result<Layout> {
         let arch = Arch::parse(&self.arch).with_context(|| {
             format!(
-                "--arch: unknown architecture '{}'; use sd1, sd2 or sdxl",
-                self.arch
+                "--arch: unknown architecture '{}'; use one of {}",
+                self.arch,
+                super::common::arch_ids()
             )
         })?;
-        let dtype = parse_user_float(&self.dtype)
-            .filter(|f| matches!(f, FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32))
-            .with_context(|| format!("--dtype: '{}' is not one of f16, bf16, f32", self.dtype))?;
+        let (dtype, scaled_fp8) = if self.dtype.eq_ignore_ascii_case("scaled-fp8") {
+            (FloatFormat::F8E4M3, true)
+        } else {
+            let dtype = parse_user_float(&self.dtype)
+                .filter(|f| *f != FloatFormat::F64)
+                .with_context(|| {
+                    format!(
+                        "--dtype: '{}' is not one of f16, bf16, f32, f8_e4m3, f8_e5m2, scaled-fp8",
+                        self.dtype
+                    )
+                })?;
+            (dtype, false)
+        };
         if self.scale == 0 || !self.scale.is_power_of_two() || self.scale > 64 {
             bail!("--scale must be a power of two between 1 and 64");
         }
         let mut layout = Layout::new(arch, self.scale, dtype);
-        layout.variant = match self.variant.as_str() {
-            "base" => UnetVariant::Base,
-            "inpainting" | "inpaint" => UnetVariant::Inpainting,
-            "pix2pix" => UnetVariant::Pix2Pix,
-            "depth" => UnetVariant::Depth,
-            other => bail!(
-                "--variant: unknown variant '{other}'; use base, inpainting, pix2pix or depth"
-            ),
-        };
+        layout.scaled_fp8 = scaled_fp8;
+        layout.variant = Variant::NAMES
+            .iter()
+            .find(|(name, _)| *name == self.variant || (*name == "inpainting" && self.variant == "inpaint"))
+            .map(|(_, v)| *v)
+            .with_context(|| {
+                format!(
+                    "--variant: unknown variant '{}'; use base, inpainting, pix2pix, depth, schnell, fill or control",
+                    self.variant
+                )
+            })?;
+        if !layout.variant.applies_to(arch) {
+            bail!(
+                "--variant {}: {} has no such variant",
+                self.variant,
+                arch.label()
+            );
+        }
+        if self.bare && arch.denoiser() != Component::Diffuser {
+            bail!("--bare: {} keys always carry their prefix", arch.label());
+        }
+        layout.bare = self.bare;
         if !self.components.is_empty() {
             layout.components = self
                 .components
                 .iter()
                 .map(|c| {
                     Component::parse(c)
-                        .filter(|c| *c != Component::Other)
-                        .with_context(|| format!("--components: unknown component '{c}'"))
+                        .filter(|c| *c != Component::Other && arch.components().contains(c))
+                        .with_context(|| {
+                            let names: Vec<&str> =
+                                arch.components().iter().map(|c| c.id()).collect();
+                            format!(
+                                "--components: '{c}' is not a component of {}; use {}",
+                                arch.label(),
+                                names.join(", ")
+                            )
+                        })
                 })
                 .collect::<Result<_>>()?;
         }

@@ -11,7 +11,7 @@ pub mod plan;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use crate::catalog::{Detection, detect};
+use crate::catalog::{Detection, canonical_key, detect};
 use crate::kernels;
 use crate::pass::{Absorb, Item, Pass, PassError, Plan, Slice, Visit};
 use crate::reader::Checkpoint;
@@ -63,6 +63,7 @@ pub fn fix(
     let findings = validate(ckpt, det, pass)?;
     let input = plan::Input {
         tensors: ckpt.tensors(),
+        scaled_fp8: ckpt.scaled_fp8(),
         metadata: ckpt.metadata(),
         arch: det.arch(),
         scale: det.scale,
@@ -103,12 +104,22 @@ pub fn execute(
     // Each planned tensor: its index in the output, and the pass entry it is read from.
     let mut by_entry: HashMap<usize, Copy> = HashMap::new();
     let mut position_ids = Vec::new();
+    let mut quantization = Vec::new();
     for p in &planned.tensors {
         let index = file
             .index_of(&p.spec.name)
             .expect("every spec is in the file");
         match &p.source {
             Source::PositionIds => position_ids.push(index),
+            Source::Quantization => {
+                let hidden = ckpt
+                    .scaled_fp8()
+                    .into_iter()
+                    .flat_map(|q| &q.hidden)
+                    .find(|t| canonical_key(&t.name) == p.spec.name)
+                    .expect("planned from the file's scales");
+                quantization.push((index, ckpt.data(hidden).to_vec()));
+            }
             Source::Tensor {
                 origin,
                 cast,
@@ -139,6 +150,9 @@ pub fn execute(
     crate::writer::stream_pieces(&file, |tx| -> Result<(), FixError> {
         for &index in &position_ids {
             let bytes: Vec<u8> = (0..77i64).flat_map(|i| i.to_le_bytes()).collect();
+            let _ = tx.send((index, 0, bytes));
+        }
+        for (index, bytes) in quantization {
             let _ = tx.send((index, 0, bytes));
         }
         let work = Work {
@@ -193,7 +207,7 @@ impl Visit for Work<'_> {
         }
         let fin = dtype::float_format(src.dtype).expect("casts and patches are floats");
         let mut v = vec![0.0; item.len()];
-        kernels::to_f64(fin, src.bytes, &mut v);
+        src.values_into(&mut v);
         if o.patch_nonfinite {
             // The base's values where this one is not finite (the base is model 1), else 0.
             let base: Option<Vec<f64>> = inputs
@@ -203,11 +217,7 @@ impl Visit for Work<'_> {
                 .filter(|b| b.bytes.len() / dtype::bit_size(b.dtype) * 8 == item.len())
                 .map(|b| {
                     let mut bv = vec![0.0; item.len()];
-                    kernels::to_f64(
-                        dtype::float_format(b.dtype).expect("float"),
-                        b.bytes,
-                        &mut bv,
-                    );
+                    b.values_into(&mut bv);
                     bv
                 });
             for (i, x) in v.iter_mut().enumerate() {
@@ -221,12 +231,11 @@ impl Visit for Work<'_> {
             }
         }
         let fout = o.cast.unwrap_or(fin);
-        let max = match fout {
-            FloatFormat::F16 => 65504.0,
-            FloatFormat::BF16 => 3.3895313892515355e38,
-            FloatFormat::F32 => f32::MAX as f64,
-            _ => f64::MAX,
-        };
+        // Written back in the stored format, a scaled tensor keeps its scale.
+        if o.cast.is_none() && src.scale != 1.0 {
+            v.iter_mut().for_each(|x| *x /= src.scale);
+        }
+        let max = kernels::largest_finite(fout);
         for x in v.iter_mut() {
             *x = x.clamp(-max, max);
         }

@@ -16,6 +16,7 @@ use crate::catalog::data;
 use crate::catalog::detect::scaled_shape;
 use crate::catalog::{Arch, Component, canonical_key, component_of};
 use crate::reader::dtype::{self, FloatFormat};
+use crate::reader::quant::ScaledFp8;
 use crate::reader::{Dtype, TensorEntry};
 use crate::views::validate::{FindingKind, POSITION_IDS, ValidateReport, is_position_ids};
 use crate::writer::TensorSpec;
@@ -38,6 +39,8 @@ pub struct Options {
 /// The file being fixed, as the plan sees it.
 pub struct Input<'a> {
     pub tensors: &'a [TensorEntry],
+    /// The scaled-fp8 marker and scales, when the file is scaled.
+    pub scaled_fp8: Option<&'a ScaledFp8>,
     pub metadata: &'a [(String, String)],
     pub arch: Option<Arch>,
     pub scale: u32,
@@ -63,6 +66,8 @@ pub enum Source {
     },
     /// int64 0..76.
     PositionIds,
+    /// A scaled-fp8 marker or scale of the file, copied as it is.
+    Quantization,
 }
 
 /// One output tensor.
@@ -320,6 +325,26 @@ pub fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Options) -> F
             source: Source::PositionIds,
         });
     }
+    // Scaled fp8: kept with its scales, or dequantized when every float is cast.
+    if let Some(q) = file.scaled_fp8 {
+        if opts.dtype.is_some() {
+            out.actions.push(format!(
+                "dequantized the scaled fp8 weights ({} scales)",
+                q.scales.len()
+            ));
+        } else {
+            for t in &q.hidden {
+                out.tensors.push(Planned {
+                    spec: TensorSpec {
+                        name: canonical_key(&t.name).into_owned(),
+                        dtype: t.dtype,
+                        shape: t.shape.clone(),
+                    },
+                    source: Source::Quantization,
+                });
+            }
+        }
+    }
     if let Some(d) = opts.dtype {
         out.actions
             .push(format!("stored floats as {}", dtype::name(d.dtype())));
@@ -360,6 +385,7 @@ mod tests {
             shape: shape.to_vec(),
             begin: 0,
             end: 0,
+            scale: None,
         }
     }
 
@@ -410,6 +436,7 @@ mod tests {
         ]);
         let input = Input {
             tensors: &file,
+            scaled_fp8: None,
             metadata: &[
                 ("sshs_model_hash".into(), "x".into()),
                 ("k".into(), "v".into()),
@@ -472,6 +499,7 @@ mod tests {
         ]);
         let input = Input {
             tensors: &file,
+            scaled_fp8: None,
             metadata: &[],
             arch: Some(Arch::Sd1),
             scale: 1,
@@ -539,6 +567,7 @@ mod tests {
         let findings = report(vec![(FindingKind::Pruned, vec![key])]);
         let input = Input {
             tensors: &file,
+            scaled_fp8: None,
             metadata: &[],
             arch: Some(Arch::Sdxl),
             scale: 1,

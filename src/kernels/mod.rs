@@ -100,6 +100,16 @@ pub fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
     to_f64_at(level(), format, src, dst)
 }
 
+/// [`to_f64`] by the portable code whatever the CPU, for tests that compare the paths.
+pub fn portable_to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
+    assert_eq!(
+        src.len(),
+        dst.len() * format.size(),
+        "to_f64: length mismatch"
+    );
+    portable::to_f64(format, src, dst)
+}
+
 fn to_f64_at(level: Level, format: FloatFormat, src: &[u8], dst: &mut [f64]) {
     assert_eq!(
         src.len(),
@@ -114,6 +124,17 @@ fn to_f64_at(level: Level, format: FloatFormat, src: &[u8], dst: &mut [f64]) {
         // SAFETY: as above.
         Level::Avx2 => unsafe { x86::to_f64(format, src, dst) },
         _ => portable::to_f64(format, src, dst),
+    }
+}
+
+/// The largest finite value of a format: where saturating conversions clamp.
+pub fn largest_finite(format: FloatFormat) -> f64 {
+    match format {
+        FloatFormat::F16 => 65504.0,
+        FloatFormat::BF16 => 3.3895313892515355e38,
+        FloatFormat::F32 => f32::MAX as f64,
+        FloatFormat::F64 => f64::MAX,
+        FloatFormat::F8E4M3 | FloatFormat::F8E5M2 => portable::fp8_max(format),
     }
 }
 
@@ -629,6 +650,82 @@ mod tests {
             &mut two,
         );
         assert_eq!(u16::from_le_bytes(two), 0x3c01);
+    }
+
+    /// The encoder against the nearest-value search it replaced (every code's neighbourhood
+    /// and every midpoint between codes), and round trips of every code.
+    #[test]
+    fn fp8_round_matches_nearest_search() {
+        fn nearest(format: FloatFormat, x: f64) -> u8 {
+            let mut table = [0.0; 256];
+            let codes: Vec<u8> = (0..=255).collect();
+            to_f64(format, &codes, &mut table);
+            if x.is_nan() {
+                return if format == FloatFormat::F8E4M3 {
+                    0x7f
+                } else {
+                    0x7e
+                };
+            }
+            let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
+            let (mut best, mut err) = (0u8, f64::INFINITY);
+            for code in 0u8..0x80 {
+                let v = table[code as usize];
+                if !v.is_finite() {
+                    continue;
+                }
+                let e = (v - x.abs()).abs();
+                if e < err || (e == err && code % 2 == 0) {
+                    (best, err) = (code, e);
+                }
+            }
+            best | sign
+        }
+        for format in [FloatFormat::F8E4M3, FloatFormat::F8E5M2] {
+            let mut values = [0.0; 256];
+            let codes: Vec<u8> = (0..=255).collect();
+            to_f64(format, &codes, &mut values);
+            let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+            // Far beyond the largest value the search's errors all round to one number; the
+            // saturation is checked on its own below.
+            let mut probes = vec![0.0, -0.0, 1e-30, -1e-30];
+            for &v in &finite {
+                probes.extend([v, v * (1.0 + 1e-9), v * (1.0 - 1e-9)]);
+            }
+            let mut sorted = finite.clone();
+            sorted.sort_by(f64::total_cmp);
+            for w in sorted.windows(2) {
+                let mid = (w[0] + w[1]) / 2.0;
+                probes.extend([mid, mid + mid.abs() * 1e-12, mid - mid.abs() * 1e-12]);
+            }
+            for &x in &probes {
+                let (got, want) = (portable::fp8_round(format, x), nearest(format, x));
+                assert_eq!(got, want, "{format:?} {x:e}");
+            }
+            for (code, &v) in values.iter().enumerate() {
+                if v.is_finite() && !(v == 0.0 && code == 0x80) {
+                    assert_eq!(
+                        portable::fp8_round(format, v) as usize,
+                        code,
+                        "{format:?} {v}"
+                    );
+                }
+            }
+            // Saturation: an infinity becomes the largest finite code, never an infinity.
+            let max_code = if format == FloatFormat::F8E4M3 {
+                0x7e
+            } else {
+                0x7b
+            };
+            assert_eq!(portable::fp8_round(format, f64::INFINITY), max_code);
+            assert_eq!(
+                portable::fp8_round(format, f64::NEG_INFINITY),
+                0x80 | max_code
+            );
+            for big in [1e30, f64::MAX, portable::fp8_max(format) * 1.01] {
+                assert_eq!(portable::fp8_round(format, big), max_code);
+            }
+        }
     }
 
     #[test]

@@ -167,26 +167,57 @@ fn fp8_decode(e4m3: bool, b: u8) -> f64 {
     }
 }
 
-/// Nearest FP8 value (ties to the even code), saturating at the largest finite value.
-fn fp8_round(format: FloatFormat, x: f64) -> u8 {
+/// The largest finite value of an FP8 format: 448 (E4M3), 57344 (E5M2).
+pub fn fp8_max(format: FloatFormat) -> f64 {
+    match format {
+        FloatFormat::F8E4M3 => 448.0,
+        _ => 57344.0,
+    }
+}
+
+/// Nearest FP8 code (ties to the even code), saturating at the largest finite value (never
+/// an infinity); NaN stays NaN. `x` is taken exactly: no rounding through f32 first.
+pub fn fp8_round(format: FloatFormat, x: f64) -> u8 {
+    let (man_bits, bias, nan) = match format {
+        FloatFormat::F8E4M3 => (3i32, 7i32, 0x7fu8),
+        _ => (2, 15, 0x7e),
+    };
     if x.is_nan() {
-        return 0x7f;
+        return nan;
     }
-    let table = fp8_table(format);
     let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
-    let mag = x.abs();
-    let mut best = 0u8;
-    let mut best_err = f64::INFINITY;
-    for code in 0u8..0x80 {
-        let v = table[code as usize];
-        if !v.is_finite() {
-            continue;
-        }
-        let err = (v - mag).abs();
-        if err < best_err || (err == best_err && code % 2 == 0) {
-            best = code;
-            best_err = err;
-        }
+    let max = fp8_max(format);
+    let a = x.abs();
+    if a >= max {
+        return sign | fp8_max_code(format);
     }
-    best | sign
+    // The binade of `a`, clamped to the smallest normal one: below it the format is
+    // subnormal, with the step of that binade's lowest mantissa bit.
+    let min_exp = 1 - bias;
+    let exp = if a == 0.0 {
+        min_exp
+    } else {
+        (((a.to_bits() >> 52) & 0x7ff) as i32 - 1023).max(min_exp)
+    };
+    let step = 2f64.powi(exp - man_bits);
+    // a / step is exact (a power-of-two scaling); ties go to the even code.
+    let q = (a / step).round_ties_even() as u32;
+    let subnormal = exp == min_exp && a < 2f64.powi(min_exp);
+    let code = if subnormal {
+        // q in 0..=2^man_bits; 2^man_bits is the smallest normal, code 1 << man_bits.
+        q
+    } else {
+        // q in 2^man_bits..=2^(man_bits+1); the top carries into the next binade.
+        let field = (exp + bias) as u32;
+        (field << man_bits) + (q - (1 << man_bits))
+    };
+    sign | (code as u8).min(fp8_max_code(format))
+}
+
+/// The code of the largest finite value.
+fn fp8_max_code(format: FloatFormat) -> u8 {
+    match format {
+        FloatFormat::F8E4M3 => 0x7e,
+        _ => 0x7b,
+    }
 }

@@ -32,6 +32,21 @@ pub enum Precision {
     F64,
 }
 
+/// What float formats a merge writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// Each tensor as its first input stores it (a scaled-fp8 input gives a scaled-fp8
+    /// output, with a fresh scale).
+    #[default]
+    AsInputs,
+    /// Every merged float in this format (values beyond its range saturate).
+    Float(FloatFormat),
+    /// ComfyUI's scaled fp8 in this FP8 format for the denoiser's weight matrices (each
+    /// with a fresh per-tensor scale: its largest magnitude maps to the format's largest
+    /// value); every other float as its first input stores it, bf16 where that is fp8.
+    ScaledFp8(FloatFormat),
+}
+
 /// How one output tensor is made.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {
@@ -40,8 +55,11 @@ pub enum Source {
         row: usize,
         format: FloatFormat,
         per_tensor: bool,
+        /// Stored scaled: values divided by a per-tensor scale computed from the tensor
+        /// (written to its `scale_weight`).
+        scaled: bool,
     },
-    /// Copy the bytes of input `model` unchanged.
+    /// Copy the bytes of input `model` unchanged (with its scale, when it has one).
     Copy { model: usize },
 }
 
@@ -54,6 +72,33 @@ pub struct OutputTensor {
     pub source: Source,
     /// Index in the output file.
     pub out_index: usize,
+    /// The tensor's scale: computed (`Fresh`) or copied with its bytes (`Known`).
+    pub scale: OutputScale,
+    /// Index of its `scale_weight` in the output file, when it is scaled.
+    pub scale_index: Option<usize>,
+}
+
+/// Whether an output tensor is stored scaled.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OutputScale {
+    None,
+    /// Computed from the merged values.
+    Fresh,
+    /// The scale of the copied input tensor.
+    Known(f64),
+}
+
+/// The name of a scaled weight's scale: `X.weight` -> `X.scale_weight`.
+pub fn scale_name(weight: &str) -> String {
+    let layer = weight.strip_suffix(".weight").unwrap_or(weight);
+    format!("{layer}{}", crate::reader::quant::SCALE_WEIGHT)
+}
+
+/// Whether a tensor is one scaled fp8 quantizes: a weight matrix of the denoiser.
+fn quantizable(name: &str, shape: &[usize]) -> bool {
+    crate::catalog::component_of(name).is_denoiser()
+        && name.ends_with(".weight")
+        && shape.len() >= 2
 }
 
 /// The work of one merge: a [`Visit`] that computes output pieces and hands them to the
@@ -138,13 +183,28 @@ impl Visit for MergeWork<'_> {
             let _ = self.writer.send((out.out_index, offset, bytes));
             Ok(Written(n))
         };
+        let send_scale = |scale: f64| {
+            if let Some(index) = out.scale_index {
+                let _ = self
+                    .writer
+                    .send((index, 0, (scale as f32).to_le_bytes().to_vec()));
+            }
+        };
         match &out.source {
             Source::Copy { model } => {
                 let s = inputs[*model].expect("copied from a model that has the tensor");
+                if let (OutputScale::Known(scale), true) = (out.scale, item.is_first()) {
+                    send_scale(scale);
+                }
                 let bits = dtype::bit_size(spec.dtype);
                 send(item.start * bits / 8, s.bytes.to_vec())
             }
-            Source::Merge { row, format, .. } => {
+            Source::Merge {
+                row,
+                format,
+                scaled,
+                ..
+            } => {
                 let key = &plan.entries()[item.entry].key;
                 let mut ctx = Ctx {
                     work: self,
@@ -159,11 +219,43 @@ impl Visit for MergeWork<'_> {
                 let size = format.size();
                 let mut bytes = vec![0u8; item.len() * size];
                 let mut values = vec![0.0f64; SUB.min(item.len())];
+                // A scaled tensor (a whole-tensor item) is evaluated twice: once for its
+                // largest magnitude, which sets the scale, then to store it.
+                let scale = if *scaled {
+                    let mut amax = 0.0f64;
+                    let mut start = item.start;
+                    while start < item.end {
+                        let end = (start + SUB).min(item.end);
+                        let values = &mut values[..end - start];
+                        ctx.eval_into(self.plan.output, start, end, values);
+                        amax = values.iter().fold(amax, |m, v| m.max(v.abs()));
+                        start = end;
+                    }
+                    let s = amax / kernels::largest_finite(*format);
+                    // The stored scale is a finite, positive f32 (else readers refuse it or
+                    // get Inf·0): use that one for the division too. Past f32's range the
+                    // values saturate instead.
+                    let s = if s > 0.0 && !s.is_nan() {
+                        s.clamp(f32::MIN_POSITIVE as f64, f32::MAX as f64) as f32 as f64
+                    } else {
+                        1.0
+                    };
+                    send_scale(s);
+                    s
+                } else {
+                    1.0
+                };
+                let max = kernels::largest_finite(*format);
                 let mut start = item.start;
                 while start < item.end {
                     let end = (start + SUB).min(item.end);
                     let values = &mut values[..end - start];
                     ctx.eval_into(self.plan.output, start, end, values);
+                    if scale != 1.0 {
+                        values.iter_mut().for_each(|v| *v /= scale);
+                    }
+                    // Saturate: finite inputs never give an infinity (NaN stays NaN).
+                    values.iter_mut().for_each(|v| *v = v.clamp(-max, max));
                     let at = (start - item.start) * size;
                     kernels::from_f64(*format, values, &mut bytes[at..at + (end - start) * size]);
                     start = end;
@@ -205,13 +297,18 @@ impl Ctx<'_> {
         }
     }
 
-    /// The stored bytes of input `i` for tensor elements `start..end`, and their format.
-    fn stored(&self, i: usize, start: usize, end: usize) -> (FloatFormat, &[u8]) {
+    /// The stored bytes of input `i` for tensor elements `start..end`, their format, and
+    /// the scale that turns them into values.
+    fn stored(&self, i: usize, start: usize, end: usize) -> (FloatFormat, &[u8], f64) {
         let s = self.inputs[i].expect("an input the row needs is present");
         let format = dtype::float_format(s.dtype).expect("merged tensors are floats");
         let size = format.size();
         let at = start - self.origin;
-        (format, &s.bytes[at * size..(at + end - start) * size])
+        (
+            format,
+            &s.bytes[at * size..(at + end - start) * size],
+            s.scale,
+        )
     }
 
     /// Writes the values of `node` over tensor elements `start..end` into `out`. Linear
@@ -220,8 +317,11 @@ impl Ctx<'_> {
         let plan = self.work.plan;
         match &plan.nodes[node] {
             Node::Input(i) => {
-                let (format, bytes) = self.stored(*i, start, end);
+                let (format, bytes, scale) = self.stored(*i, start, end);
                 kernels::to_f64(format, bytes, out);
+                if scale != 1.0 {
+                    out.iter_mut().for_each(|x| *x *= scale);
+                }
                 return;
             }
             Node::Linear(combination) => {
@@ -232,8 +332,8 @@ impl Ctx<'_> {
                         continue;
                     }
                     if let Node::Input(i) = plan.nodes[*n] {
-                        let (format, bytes) = self.stored(i, start, end);
-                        kernels::axpy_stored(format, c, bytes, out, !first);
+                        let (format, bytes, scale) = self.stored(i, start, end);
+                        kernels::axpy_stored(format, c * scale, bytes, out, !first);
                     } else {
                         let v = self.eval(*n, start, end);
                         if first {
@@ -260,13 +360,9 @@ impl Ctx<'_> {
         let len = end - start;
         let plan = self.work.plan;
         let v = match &plan.nodes[node] {
-            Node::Input(i) => {
-                let s = self.inputs[*i].expect("an input the row needs is present");
-                let format = dtype::float_format(s.dtype).expect("merged tensors are floats");
-                let size = format.size();
-                let at = start - self.origin;
+            Node::Input(_) => {
                 let mut out = vec![0.0; len];
-                kernels::to_f64(format, &s.bytes[at * size..(at + len) * size], &mut out);
+                self.eval_into(node, start, end, &mut out);
                 return out; // Stored values need no rounding.
             }
             Node::Linear(_) => {
@@ -307,12 +403,11 @@ pub enum Missing {
     Skip,
 }
 
-/// The output decision for each pass-plan entry. `dtype` forces the output float format;
-/// otherwise each tensor keeps the format of the first needed input that has it.
+/// The output decision for each pass-plan entry, in the formats `output` asks for.
 pub fn decide(
     merge: &MergePlan,
     pass_plan: &Plan<'_>,
-    dtype_out: Option<FloatFormat>,
+    output: OutputFormat,
     missing: Missing,
 ) -> Decisions {
     let mut outputs = Vec::new();
@@ -350,12 +445,23 @@ pub fn decide(
             })
         } else if !needed.is_empty() && present && shapes_agree && all_floats_here {
             let first = tensor(needed[0]).expect("present");
-            let format =
-                dtype_out.unwrap_or_else(|| dtype::float_format(first.dtype).expect("float"));
+            let stored = dtype::float_format(first.dtype).expect("float");
+            let unscaled = |f: FloatFormat| match f {
+                FloatFormat::F8E4M3 | FloatFormat::F8E5M2 => FloatFormat::BF16,
+                other => other,
+            };
+            let (format, scaled) = match output {
+                OutputFormat::AsInputs => (stored, first.scale.is_some()),
+                OutputFormat::Float(f) => (f, false),
+                OutputFormat::ScaledFp8(f) if quantizable(&entry.key, &first.shape) => (f, true),
+                OutputFormat::ScaledFp8(_) => (unscaled(stored), false),
+            };
             Some(Source::Merge {
                 row,
                 format,
-                per_tensor: merge.has_per_tensor(merge.output, row),
+                // A scale needs the whole tensor before its first value is stored.
+                per_tensor: scaled || merge.has_per_tensor(merge.output, row),
+                scaled,
             })
         } else {
             let reason = if needed.is_empty() {
@@ -390,11 +496,20 @@ pub fn decide(
             }
         };
         if let Some(source) = source {
+            let scale = match &source {
+                Source::Merge { scaled: true, .. } => OutputScale::Fresh,
+                Source::Merge { .. } => OutputScale::None,
+                Source::Copy { model } => tensor(*model)
+                    .and_then(|t| t.scale)
+                    .map_or(OutputScale::None, OutputScale::Known),
+            };
             outputs.push(OutputTensor {
                 entry: e,
                 name: entry.key.clone(),
                 source,
                 out_index: usize::MAX,
+                scale,
+                scale_index: None,
             });
         }
     }

@@ -29,8 +29,8 @@ use crate::pass::{Pass, PassError, Plan};
 use crate::reader::dtype::{self, FloatFormat};
 use crate::reader::{Checkpoint, FileError};
 use crate::writer::{OutputFile, TensorSpec, WriteError};
-use engine::{MergeWork, Source, WriteCount};
-pub use engine::{Missing, Precision};
+use engine::{MergeWork, OutputScale, Source, WriteCount};
+pub use engine::{Missing, OutputFormat, Precision};
 use plan::MergePlan;
 use recipe::Recipe;
 
@@ -54,8 +54,8 @@ pub enum MergeError {
 /// How to merge.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// Output float format; `None` keeps each tensor's format from the first input.
-    pub dtype: Option<FloatFormat>,
+    /// The float formats of the output.
+    pub output: OutputFormat,
     pub precision: Precision,
     pub missing: Missing,
     /// Compute the inputs' SHA-256 for the provenance metadata (while merging).
@@ -67,7 +67,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            dtype: None,
+            output: OutputFormat::AsInputs,
             precision: Precision::F64,
             missing: Missing::First,
             input_hashes: true,
@@ -152,8 +152,8 @@ pub fn run(
     let pass_plan = Plan::new(models.iter().map(|m| &m.ckpt).collect());
 
     // What each output tensor is.
-    let decisions = engine::decide(&merge, &pass_plan, options.dtype, options.missing);
-    let specs: Vec<TensorSpec> = decisions
+    let decisions = engine::decide(&merge, &pass_plan, options.output, options.missing);
+    let mut specs: Vec<TensorSpec> = decisions
         .outputs
         .iter()
         .map(|o| {
@@ -183,6 +183,31 @@ pub fn run(
             }
         })
         .collect();
+    // Scaled tensors: each with its `scale_weight`, and the file with ComfyUI's marker.
+    let scaled: Vec<(&str, FloatFormat)> = decisions
+        .outputs
+        .iter()
+        .zip(&specs)
+        .filter(|(o, _)| o.scale != OutputScale::None)
+        .map(|(o, spec)| {
+            let format = dtype::float_format(spec.dtype).expect("a scaled float");
+            (o.name.as_str(), format)
+        })
+        .collect();
+    if let Some(&(_, format)) = scaled.first() {
+        specs.push(TensorSpec {
+            name: format!("model.diffusion_model.{}", crate::reader::quant::MARKER),
+            dtype: format.dtype(),
+            shape: vec![0],
+        });
+    }
+    for (name, _) in &scaled {
+        specs.push(TensorSpec {
+            name: engine::scale_name(name),
+            dtype: crate::reader::Dtype::F32,
+            shape: Vec::new(),
+        });
+    }
 
     // Provenance, with placeholders where the SHA-256 will go.
     let infos: Vec<metadata::InputInfo> = models
@@ -199,10 +224,11 @@ pub fn run(
             own_models: m.ckpt.metadata_value("sd_merge_models").map(str::to_string),
         })
         .collect();
-    let dtype_label = options
-        .dtype
-        .map(|f| dtype::name(f.dtype()))
-        .unwrap_or_else(|| "as first input".into());
+    let dtype_label = match options.output {
+        OutputFormat::AsInputs => "as first input".to_string(),
+        OutputFormat::Float(f) => dtype::name(f.dtype()),
+        OutputFormat::ScaledFp8(f) => format!("scaled {}", dtype::name(f.dtype())),
+    };
     let precision_label = if options.precision == Precision::F32 {
         "f32"
     } else {
@@ -217,6 +243,9 @@ pub fn run(
     let mut chunked = Vec::new();
     for mut o in decisions.outputs.iter().cloned() {
         o.out_index = output.index_of(&o.name).expect("every spec is in the file");
+        if o.scale != OutputScale::None {
+            o.scale_index = output.index_of(&engine::scale_name(&o.name));
+        }
         match o.source {
             Source::Merge {
                 per_tensor: true, ..

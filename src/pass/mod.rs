@@ -175,6 +175,20 @@ pub struct Slice<'a> {
     pub dtype: Dtype,
     /// The bytes of elements `start..end` of the tensor.
     pub bytes: &'a [u8],
+    /// The factor that turns stored values into the tensor's values (a scaled-fp8 layer's
+    /// scale; 1 for plain tensors). Visitors that read values must apply it.
+    pub scale: f64,
+}
+
+impl Slice<'_> {
+    /// The float values of the slice, scaled: `out[i] = stored[i] · scale`.
+    pub fn values_into(&self, out: &mut [f64]) {
+        let format = dtype::float_format(self.dtype).expect("values of a float slice");
+        crate::kernels::to_f64(format, self.bytes, out);
+        if self.scale != 1.0 {
+            out.iter_mut().for_each(|x| *x *= self.scale);
+        }
+    }
 }
 
 /// A unit of parallel work: elements `start..end` of one entry.
@@ -509,6 +523,7 @@ pub fn slices<'a>(plan: &Plan<'a>, item: &Item) -> Vec<Option<Slice<'a>>> {
             Some(Slice {
                 dtype: t.dtype,
                 bytes,
+                scale: t.scale.unwrap_or(1.0),
             })
         })
         .collect()

@@ -31,6 +31,9 @@ pub struct TensorEntry {
     /// Byte range inside the data region.
     pub begin: usize,
     pub end: usize,
+    /// The factor the stored values are multiplied by to give the weights (a scaled-fp8
+    /// layer's `scale_weight`, see [`super::quant`]); `None` for plain tensors.
+    pub scale: Option<f64>,
 }
 
 impl TensorEntry {
@@ -216,6 +219,7 @@ fn read_tensor(name: String, value: Value, data_len: u64) -> Result<TensorEntry,
         shape,
         begin: begin as usize,
         end: end as usize,
+        scale: None,
     })
 }
 

@@ -15,6 +15,7 @@
 
 pub mod dtype;
 pub mod header;
+pub mod quant;
 pub mod sniff;
 
 use std::collections::HashMap;
@@ -93,6 +94,13 @@ pub enum ReadError {
     ShapeOverflow { name: String },
     #[error("tensors '{first}' and '{second}' share bytes (overlapping data offsets)")]
     Overlap { first: String, second: String },
+    #[error(
+        "this file is quantized with bitsandbytes {format} (4-bit codes in uint8 blocks with \
+         per-block scales), which ckpt-diff cannot compute with"
+    )]
+    Bitsandbytes { format: &'static str },
+    #[error("the scaled-fp8 scale '{name}' is unusable: {reason}")]
+    BadScale { name: String, reason: String },
 }
 
 impl From<std::io::Error> for ReadError {
@@ -116,6 +124,10 @@ impl ReadError {
                 Some("download or copy the file again; an interrupted transfer leaves it short")
             }
             ReadError::Gguf => Some("ckpt-diff reads .safetensors checkpoints only"),
+            ReadError::Bitsandbytes { .. } => Some(
+                "use the model's bf16, fp16 or fp8 release instead (or dequantize the file with \
+                 bitsandbytes first); 4-bit blocks cannot be merged or compared weight by weight",
+            ),
             _ => None,
         }
     }
@@ -184,6 +196,8 @@ pub struct Checkpoint {
     data_start: usize,
     header: header::Header,
     index: HashMap<String, usize>,
+    /// The scaled-fp8 bookkeeping taken out of `header.tensors`, if the file is scaled.
+    scaled_fp8: Option<quant::ScaledFp8>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -228,7 +242,7 @@ impl Checkpoint {
             let header = header::parse(&map[8..data_start], file_len - data_start as u64)?;
             Ok((data_start, header))
         });
-        let (data_start, header) = match parsed {
+        let (data_start, mut header) = match parsed {
             Ok(parsed) => parsed,
             // The extension says pickle and the bytes are not safetensors: say that, not
             // "bad JSON". Older pickle protocols have no magic bytes to sniff.
@@ -237,6 +251,12 @@ impl Checkpoint {
             }
             Err(e) => return Err(e),
         };
+        if let Some(format) = quant::bitsandbytes(&header) {
+            return Err(ReadError::Bitsandbytes { format });
+        }
+        let scaled_fp8 = quant::split_scaled_fp8(&mut header, &map[data_start..]).map_err(
+            |quant::QuantProblem::BadScale { name, reason }| ReadError::BadScale { name, reason },
+        )?;
         let index = header
             .tensors
             .iter()
@@ -249,6 +269,7 @@ impl Checkpoint {
             data_start,
             header,
             index,
+            scaled_fp8,
         })
     }
 
@@ -265,7 +286,14 @@ impl Checkpoint {
             .unwrap_or_else(|| self.path.display().to_string())
     }
 
-    /// Tensors in the order of their data offsets (the order to read them in).
+    /// The scaled-fp8 bookkeeping (marker and scale tensors), when the file is scaled. Its
+    /// tensors are not in [`Checkpoint::tensors`]: their scales are on the weights.
+    pub fn scaled_fp8(&self) -> Option<&quant::ScaledFp8> {
+        self.scaled_fp8.as_ref()
+    }
+
+    /// Tensors in the order of their data offsets (the order to read them in); for a
+    /// scaled-fp8 file, its weights with their scales, without the marker and the scales.
     pub fn tensors(&self) -> &[TensorEntry] {
         &self.header.tensors
     }

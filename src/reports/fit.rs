@@ -153,17 +153,38 @@ pub fn recipes(
         "global best (closest in angle, per block)",
         f.global_objective,
     ) + &bindings;
+    // Rows no block entry weighs (Flux's VAE) would be zero in a sum of weighted terms:
+    // the start keeps them, by name.
+    let weights = |w: &[f64], keep: bool| -> String {
+        if f.unweighted.is_empty() {
+            return alpha_text(w);
+        }
+        let mut parts: Vec<String> = f
+            .blocks
+            .iter()
+            .zip(w)
+            .map(|(b, v)| format!("{b}: {}", number(*v)))
+            .collect();
+        if keep {
+            parts.extend(f.unweighted.iter().map(|row| format!("{row}: 1")));
+        }
+        format!("{{{}}}", parts.join(", "))
+    };
     let mut terms = vec!["base x w_base".to_string()];
-    let mut params = format!("    w_base = {}\n", alpha_text(&f.global_base_weights()));
+    let mut params = format!(
+        "    w_base = {}\n",
+        weights(&f.global_base_weights(), false)
+    );
     let mut model_names = vec![start_name.clone()];
     model_names.extend(source_names.iter().cloned());
     for (i, n) in model_names.iter().enumerate() {
         let w: Vec<f64> = f.global_weights.iter().map(|b| b[i]).collect();
-        if w.iter().all(|x| *x == 0.0) {
+        let keep = i == 0 && !f.unweighted.is_empty();
+        if w.iter().all(|x| *x == 0.0) && !keep {
             continue;
         }
         terms.push(format!("{n} x w_{i}"));
-        params.push_str(&format!("    w_{i} = {}\n", alpha_text(&w)));
+        params.push_str(&format!("    w_{i} = {}\n", weights(&w, keep)));
     }
     global.push_str(&format!("OUT = {}\n{params}", terms.join(" + ")));
     Ok(Recipes {

@@ -85,7 +85,7 @@ pub fn render(
 
 fn row_label(label: &str, component: Component, arch: Option<Arch>) -> String {
     match (component, arch) {
-        (Component::Te1 | Component::Te2, Some(a)) => {
+        (c, Some(a)) if c.is_text_encoder() => {
             format!("{label} ({})", a.component_label(component))
         }
         _ => label.to_string(),
@@ -116,7 +116,10 @@ fn table(report: &SimReport, arch: Option<Arch>) -> TextTable {
     }
     if let Some(f) = &totals.flat_unet {
         t.push(vec![
-            "U-Net, flattened".into(),
+            match arch.map(Arch::denoiser) {
+                Some(crate::catalog::Component::Diffuser) => "diffuser, flattened".into(),
+                _ => "U-Net, flattened".to_string(),
+            },
             percent(f.similarity),
             params(f.over),
             String::new(),

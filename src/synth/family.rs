@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use super::{Profile, Synthetic, profile_from_blocks, rows};
-use crate::catalog::{Arch, Block, Component, Grouping};
+use crate::catalog::{Arch, Block, Blocks, Component, Grouping};
 use crate::rng::counter::{Stream, key_hash};
 
 /// One member of a family.
@@ -29,12 +29,12 @@ pub fn finetune_profile(arch: Arch, seed: u64, i: usize, size: f64) -> Profile {
         .map(|(r, g)| {
             let u = stream.uniform(r as u64);
             match g.component {
-                Component::Unet => size * (0.25 + 1.5 * u),
-                Component::Te1 | Component::Te2 if i % 2 == 1 => 0.0,
-                Component::Te1 | Component::Te2 => size * (0.5 + u),
+                c if c.is_denoiser() => size * (0.25 + 1.5 * u),
+                c if c.is_text_encoder() && i % 2 == 1 => 0.0,
+                c if c.is_text_encoder() => size * (0.5 + u),
                 Component::Vae if i.is_multiple_of(3) => 2.0 * size,
                 Component::Vae => 0.0,
-                Component::Other => size,
+                _ => size,
             }
         })
         .collect()
@@ -71,18 +71,24 @@ pub fn family(arch: Arch, seed: u64, finetunes: usize, size: f64) -> Vec<Member>
             recipe: "ft1 x 0.5 + ft2 x 0.5".into(),
             model: Synthetic::lincomb(&[(vec![0.5; n], &fts[0]), (vec![0.5; n], &fts[1])]),
         });
+        // The first half of the denoiser 0.2, the middle 0.5, the second half 0.8.
         let alpha = |b: Block| match b {
-            Block::Base => 0.0,
-            Block::In(_) => 0.2,
+            Block::Base | Block::Clip | Block::T5 => 0.0,
+            Block::In(_) | Block::Embed | Block::Double(_) => 0.2,
+            Block::Joint(n) if n < 12 => 0.2,
             Block::Mid => 0.5,
-            Block::Out(_) => 0.8,
+            Block::Out(_) | Block::Final | Block::Single(_) | Block::Joint(_) => 0.8,
         };
         let a = profile_from_blocks(arch, alpha);
         let one_minus: Profile = a.iter().map(|x| 1.0 - x).collect();
+        let described = match arch.blocks() {
+            Blocks::Unet { .. } => "BASE 0, IN 0.2, M00 0.5, OUT 0.8",
+            Blocks::Flux { .. } => "CLIP and T5 0, IN and D00..D18 0.2, S00..S37 and OUT 0.8",
+            Blocks::Mmdit { .. } => "BASE 0, IN and J00..J11 0.2, J12.. and OUT 0.8",
+        };
         members.push(Member {
             name: "mbw-ft1-ft2".into(),
-            recipe: "ft1 x (1-alpha) + ft2 x alpha, alpha = BASE 0, IN 0.2, M00 0.5, OUT 0.8"
-                .into(),
+            recipe: format!("ft1 x (1-alpha) + ft2 x alpha, alpha = {described}"),
             model: Synthetic::lincomb(&[(one_minus, &fts[0]), (a, &fts[1])]),
         });
         let last = fts.len() - 1;

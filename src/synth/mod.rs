@@ -20,34 +20,76 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::catalog::data::{self, Role};
-use crate::catalog::detect::{CONV_IN, scaled_shape};
+use crate::catalog::detect::{CONV_IN, FLUX_IMG_IN, scaled_shape};
 use crate::catalog::keys::EMA_PREFIX;
 use crate::catalog::{Arch, Component, Grouping, canonical_key, component_of};
 use crate::kernels;
 use crate::pass::{PassError, Progress};
 use crate::reader::Dtype;
 use crate::reader::dtype::FloatFormat;
+use crate::reader::quant::{MARKER, SCALE_WEIGHT};
 use crate::rng::counter::{Stream, key_hash};
 use crate::writer::{OutputFile, TensorSpec, WriteError};
 
-/// The U-Net's input-channel variant.
+/// The release variant: the U-Net's input channels (SD), or Flux's guidance embedding and
+/// input width.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum UnetVariant {
+pub enum Variant {
     Base,
     Inpainting,
     Pix2Pix,
     Depth,
+    /// Flux.1 schnell: no `guidance_in`.
+    Schnell,
+    /// Flux.1 Fill: `img_in` reads 384 = 4·(16 latent + 16 masked-image + 64 mask) values.
+    Fill,
+    /// Flux.1 Canny/Depth: `img_in` reads 128 = 4·(16 latent + 16 control) values.
+    Control,
 }
 
-impl UnetVariant {
-    fn in_channels(self) -> usize {
+impl Variant {
+    /// `(variant name, the architectures it applies to)`, for the CLI.
+    pub const NAMES: [(&'static str, Variant); 7] = [
+        ("base", Variant::Base),
+        ("inpainting", Variant::Inpainting),
+        ("pix2pix", Variant::Pix2Pix),
+        ("depth", Variant::Depth),
+        ("schnell", Variant::Schnell),
+        ("fill", Variant::Fill),
+        ("control", Variant::Control),
+    ];
+
+    /// Whether `arch` has this variant.
+    pub fn applies_to(self, arch: Arch) -> bool {
         match self {
-            UnetVariant::Base => 4,
-            UnetVariant::Depth => 5,
-            UnetVariant::Pix2Pix => 8,
-            UnetVariant::Inpainting => 9,
+            Variant::Base => true,
+            Variant::Inpainting | Variant::Pix2Pix | Variant::Depth => {
+                matches!(arch, Arch::Sd1 | Arch::Sd2 | Arch::Sdxl)
+            }
+            Variant::Schnell | Variant::Fill | Variant::Control => arch == Arch::Flux,
         }
     }
+
+    fn in_channels(self) -> usize {
+        match self {
+            Variant::Depth => 5,
+            Variant::Pix2Pix => 8,
+            Variant::Inpainting => 9,
+            _ => 4,
+        }
+    }
+
+    fn flux_img_in(self) -> usize {
+        match self {
+            Variant::Fill => 384,
+            Variant::Control => 128,
+            _ => 64,
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// The layout of a synthetic file.
@@ -58,7 +100,7 @@ pub struct Layout {
     pub scale: u32,
     #[serde(serialize_with = "ser_format")]
     pub dtype: FloatFormat,
-    pub variant: UnetVariant,
+    pub variant: Variant,
     /// Components written (others are left out).
     pub components: Vec<Component>,
     pub ema: bool,
@@ -75,6 +117,13 @@ pub struct Layout {
     /// Only the keys this regular expression finds (e.g. just the attention weights an
     /// analysis reads, at full size).
     pub keys: Option<String>,
+    /// Diffuser keys without `model.diffusion_model.` (BFL's own Flux files).
+    #[serde(skip_serializing_if = "is_false")]
+    pub bare: bool,
+    /// ComfyUI's scaled FP8: the diffuser's matrices in `dtype` (an FP8 format) with a
+    /// per-tensor `scale_weight`, everything else in BF16, and the `scaled_fp8` marker.
+    #[serde(skip_serializing_if = "is_false")]
+    pub scaled_fp8: bool,
 }
 
 fn ser_format<S: serde::Serializer>(f: &FloatFormat, s: S) -> Result<S::Ok, S::Error> {
@@ -88,7 +137,7 @@ impl Layout {
             arch,
             scale,
             dtype,
-            variant: UnetVariant::Base,
+            variant: Variant::Base,
             components: arch.components().to_vec(),
             ema: false,
             scheduler: false,
@@ -98,6 +147,8 @@ impl Layout {
             position_ids: true,
             zero_data: false,
             keys: None,
+            bare: false,
+            scaled_fp8: false,
         }
     }
 }
@@ -188,12 +239,13 @@ pub fn uniform(arch: Arch, value: f64) -> Profile {
     vec![value; rows(arch)]
 }
 
-/// A profile from SuperMerger block weights: `BASE` applies to every non-U-Net row.
+/// A profile from block weights: each row takes the weight of its entry in the block list
+/// (`BASE` for SD's text encoders and VAE); rows no entry weighs (Flux's VAE) take `BASE`'s.
 pub fn profile_from_blocks(arch: Arch, weight: impl Fn(crate::catalog::Block) -> f64) -> Profile {
     Grouping::for_arch(arch)
         .groups()
         .iter()
-        .map(|g| weight(g.block.unwrap_or(crate::catalog::Block::Base)))
+        .map(|g| weight(g.weight_block.unwrap_or(crate::catalog::Block::Base)))
         .collect()
 }
 
@@ -206,7 +258,11 @@ enum Source {
         row: usize,
         mean: f64,
         std: f64,
+        /// Stored divided by this tensor's scale ([`fp8_scale`]): scaled FP8.
+        scaled: bool,
     },
+    /// The `scale_weight` of a scaled weight with these statistics.
+    Scale { row: usize, mean: f64, std: f64 },
     /// 0, 1, 2, ... as int64 (`position_ids`).
     Arange,
     /// DDPM schedule buffers, computed for the tensor's length.
@@ -262,11 +318,23 @@ fn plan_tensors(layout: &Layout) -> Vec<Planned> {
         {
             continue;
         }
+        if layout.variant == Variant::Schnell && k.name.contains(".guidance_in.") {
+            continue;
+        }
         let mut shape = scaled_shape(&k.shape, layout.scale);
         if k.name == CONV_IN {
             shape[1] = layout.variant.in_channels();
         }
+        if k.name == FLUX_IMG_IN {
+            shape[1] = layout.variant.flux_img_in();
+        }
         let mut name = k.name.clone();
+        if layout.bare && layout.arch.denoiser() == Component::Diffuser {
+            name = name
+                .strip_prefix("model.diffusion_model.")
+                .unwrap_or(&name)
+                .to_string();
+        }
         if layout.old_clip_names && matches!(k.role, Role::Txt) {
             if let Some(alias) = reverse_alias.get(k.name.as_str()) {
                 name = alias.to_string();
@@ -277,13 +345,78 @@ fn plan_tensors(layout: &Layout) -> Vec<Planned> {
                 name = format!("conditioner.embedders.0.transformer.{rest}");
             }
         }
-        let (dtype, source) = source_of(layout, &k.name, k.dtype, &shape, &grouping);
+        let (mut dtype, mut source) = source_of(layout, &k.name, k.dtype, &shape, &grouping);
+        if layout.scaled_fp8
+            && let Source::Float {
+                row,
+                mean,
+                std,
+                scaled,
+                ..
+            } = &mut source
+        {
+            let matrix = shape.len() == 2 && k.name.ends_with(".weight");
+            if matrix && component_of(&k.name).is_denoiser() {
+                *scaled = true;
+                let scale_name = format!("{}{SCALE_WEIGHT}", &name[..name.len() - 7]);
+                out.push(Planned {
+                    spec: TensorSpec {
+                        name: scale_name,
+                        dtype: Dtype::F32,
+                        shape: Vec::new(),
+                    },
+                    source: Source::Scale {
+                        row: *row,
+                        mean: *mean,
+                        std: *std,
+                    },
+                });
+            } else {
+                dtype = Dtype::BF16;
+            }
+        }
         out.push(Planned {
             spec: TensorSpec { name, dtype, shape },
             source,
         });
     }
+    if layout.scaled_fp8 {
+        let prefix = if layout.bare {
+            ""
+        } else {
+            "model.diffusion_model."
+        };
+        out.push(Planned {
+            spec: TensorSpec {
+                name: format!("{prefix}{MARKER}"),
+                dtype: layout.dtype.dtype(),
+                shape: vec![0],
+            },
+            source: Source::IntZeros,
+        });
+    }
     out
+}
+
+/// The largest |value| a weight of `row` with these statistics can take: the counter
+/// normal is a centred sum of four 16-bit uniforms, so |z| ≤ √12.
+fn bound(model: &Synthetic, row: usize, mean: f64, std: f64) -> f64 {
+    let z = 12f64.sqrt();
+    let b = model.base_coef[row].abs();
+    let deltas: f64 = model.deltas.iter().map(|(_, c)| c[row].abs()).sum();
+    b * (mean.abs() + std * z) + deltas * std * z
+}
+
+/// A scaled weight's `scale_weight`: its bound maps to the format's largest finite value,
+/// so no stored value saturates.
+fn fp8_scale(model: &Synthetic, layout: &Layout, row: usize, mean: f64, std: f64) -> f64 {
+    let bound = bound(model, row, mean, std);
+    if bound > 0.0 {
+        // Through f32, as stored, so that the weights are divided by the scale readers see.
+        (bound / kernels::largest_finite(layout.dtype)) as f32 as f64
+    } else {
+        1.0
+    }
 }
 
 fn source_of(
@@ -338,6 +471,7 @@ fn source_of(
             row,
             mean,
             std,
+            scaled: false,
         },
     )
 }
@@ -459,23 +593,33 @@ fn generate(
 ) -> Vec<u8> {
     let spec = &planned.spec;
     let n = end - start;
+    let format = crate::reader::dtype::float_format(spec.dtype).unwrap_or(layout.dtype);
     match &planned.source {
         Source::Arange => (start..end)
             .flat_map(|j| (j as i64).to_le_bytes())
             .collect(),
         Source::IntZeros => vec![0u8; n * crate::reader::dtype::bit_size(spec.dtype) / 8],
-        Source::Constant(v) => encode(layout.dtype, &vec![*v; n]),
+        Source::Constant(v) => encode(format, &vec![*v; n]),
         Source::Schedule(name) => {
             let len = spec.numel();
             let all = schedule(name, len);
-            encode(layout.dtype, &all[start..end])
+            encode(format, &all[start..end])
+        }
+        Source::Scale { row, mean, std } => {
+            encode(format, &[fp8_scale(model, layout, *row, *mean, *std)])
         }
         Source::Float {
             key_hash,
             row,
             mean,
             std,
+            scaled,
         } => {
+            let inverse = if *scaled {
+                1.0 / fp8_scale(model, layout, *row, *mean, *std)
+            } else {
+                1.0
+            };
             let base = Stream::new(model.base_seed, *key_hash);
             let deltas: Vec<(Stream, f64)> = model
                 .deltas
@@ -491,10 +635,10 @@ fn generate(
                     for (s, c) in &deltas {
                         x += c * s.normal(j);
                     }
-                    x
+                    x * inverse
                 })
                 .collect();
-            encode(layout.dtype, &values)
+            encode(format, &values)
         }
     }
 }

@@ -97,11 +97,12 @@ impl AsimBlock {
 /// The blocks with a transformer, in the scripts' order (IN, MID, OUT). SD1 and SD2: IN01,
 /// IN02, IN04, IN05, IN07, IN08, M00, OUT03..OUT11. SDXL (not in the original scripts; the
 /// same computation on its first transformer block): IN04, IN05, IN07, IN08, M00,
-/// OUT00..OUT05.
+/// OUT00..OUT05. None for DiTs: ASimilarity is defined on the U-Net's transformers.
 pub fn attention_blocks(arch: Arch) -> Vec<AsimBlock> {
     let (ins, outs): (Vec<u8>, Vec<u8>) = match arch {
         Arch::Sd1 | Arch::Sd2 => (vec![1, 2, 4, 5, 7, 8], (3..=11).collect()),
         Arch::Sdxl => (vec![4, 5, 7, 8], (0..=5).collect()),
+        _ => return Vec::new(),
     };
     let mut out: Vec<AsimBlock> = ins
         .iter()
@@ -168,7 +169,7 @@ pub fn scored_arch(files: [(&Checkpoint, Option<Arch>); 2]) -> Result<Arch, Asim
 pub fn select(arch: Arch, selector: &Selector) -> Result<Vec<AsimBlock>, String> {
     let all = attention_blocks(arch);
     let names: Vec<String> = all.iter().map(|b| b.block.to_string()).collect();
-    for (term, text) in selector.terms() {
+    for (term, text) in selector.terms(arch).map_err(|e| e.to_string())? {
         if let Term::Block(b) = term
             && !all.iter().any(|a| a.block == b)
         {
@@ -238,7 +239,8 @@ fn weight(ckpt: &Checkpoint, key: &str) -> Result<(usize, Vec<f32>), AsimError> 
     }
     let mut wide = vec![0.0f64; rows * cols];
     crate::kernels::to_f64(format, ckpt.data(t), &mut wide);
-    Ok((rows, wide.into_iter().map(|x| x as f32).collect()))
+    let scale = t.scale.unwrap_or(1.0);
+    Ok((rows, wide.into_iter().map(|x| (x * scale) as f32).collect()))
 }
 
 /// The float type the matrix products run in.

@@ -115,17 +115,19 @@ fn sigmoid_table() -> &'static [f64] {
     })
 }
 
-/// fp16 bit patterns of stored floats (rounded to nearest even; f16 stays as is).
-fn to_f16_bits(format: FloatFormat, bytes: &[u8]) -> Vec<u16> {
-    if format == FloatFormat::F16 {
-        return bytes
+/// fp16 bit patterns of a slice's values (rounded to nearest even; unscaled f16 stays as
+/// is; scaled values are scaled first).
+fn to_f16_bits(format: FloatFormat, s: &Slice<'_>) -> Vec<u16> {
+    if format == FloatFormat::F16 && s.scale == 1.0 {
+        return s
+            .bytes
             .chunks_exact(2)
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .collect();
     }
-    let n = bytes.len() / format.size();
+    let n = s.bytes.len() / format.size();
     let mut v = vec![0.0f64; n];
-    crate::kernels::to_f64(format, bytes, &mut v);
+    s.values_into(&mut v);
     let mut out = vec![0u8; n * 2];
     crate::kernels::from_f64(FloatFormat::F16, &v, &mut out);
     out.chunks_exact(2)
@@ -154,11 +156,19 @@ impl Visit for Work {
     ) -> Result<TensorResult, PassError> {
         let s = inputs[0].expect("one model");
         let key = &plan.entries()[item.entry].key;
-        let exact = *blake3::hash(s.bytes).as_bytes();
+        // A scaled tensor is its bytes and its scale: both go into its exact hash.
+        let exact = if s.scale == 1.0 {
+            *blake3::hash(s.bytes).as_bytes()
+        } else {
+            let mut h = blake3::Hasher::new();
+            h.update(s.bytes);
+            h.update(&s.scale.to_le_bytes());
+            *h.finalize().as_bytes()
+        };
         let (fp16, metric) = match dtype::float_format(s.dtype) {
             Some(format) => {
-                let bits = to_f16_bits(format, s.bytes);
-                let fp16 = if format == FloatFormat::F16 {
+                let bits = to_f16_bits(format, &s);
+                let fp16 = if format == FloatFormat::F16 && s.scale == 1.0 {
                     exact
                 } else {
                     let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();

@@ -171,7 +171,19 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
             scale: det.scale,
             summary: det.summary(),
         },
-        variants: det.variants.iter().map(|v| v.describe()).collect(),
+        variants: det
+            .variants
+            .iter()
+            .map(|v| v.describe())
+            .chain(ckpt.scaled_fp8().map(|q| {
+                format!(
+                    "scaled FP8 ({}): {} weights stored in {} with a per-tensor scale_weight, read dequantized",
+                    q.marker,
+                    q.scales.len(),
+                    crate::reader::dtype::name(q.format.dtype())
+                )
+            }))
+            .collect(),
         components: components.into_values().collect(),
         dtypes: dtypes.into_values().collect(),
         metadata,

@@ -135,12 +135,15 @@ pub fn report(models: Vec<String>, grouping: &Grouping, inner: &InnerProducts) -
         .collect();
 
     let mut scopes = Vec::new();
-    let components = [
-        Component::Unet,
-        Component::Te1,
-        Component::Te2,
-        Component::Vae,
-    ];
+    // One scope per component, in the architecture's order (every one the catalog has for
+    // layouts it does not know), then the whole file.
+    let components: Vec<Component> = match grouping.layout().arch() {
+        Some(arch) => arch.components().to_vec(),
+        None => Component::ALL
+            .into_iter()
+            .filter(|c| *c != Component::Other)
+            .collect(),
+    };
     let mut scope_rows: Vec<(String, Vec<usize>)> = components
         .iter()
         .map(|c| {

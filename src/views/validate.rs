@@ -45,6 +45,7 @@ pub enum FindingKind {
     OldClipNames,
     Variant,
     MixedDtypes,
+    ScaledFp8,
     WastefulDtype,
     UnusedBytes,
     MetadataNotString,
@@ -70,6 +71,7 @@ impl FindingKind {
             FindingKind::OldClipNames => "old-clip-names",
             FindingKind::Variant => "variant",
             FindingKind::MixedDtypes => "mixed-dtypes",
+            FindingKind::ScaledFp8 => "scaled-fp8",
             FindingKind::WastefulDtype => "wasteful-dtype",
             FindingKind::UnusedBytes => "unused-bytes",
             FindingKind::MetadataNotString => "metadata-not-string",
@@ -385,7 +387,9 @@ pub fn validate(
         Layout::Generic => f.push(Finding::new(
             Severity::Warning,
             FindingKind::UnknownArchitecture,
-            "the architecture is not SD1, SD2 or SDXL: only generic checks were made".into(),
+            "the architecture is none the catalog knows (SD1, SD2, SDXL, Flux.1, Chroma, SD3, \
+             SD3.5): only generic checks were made"
+                .into(),
         )),
         Layout::Known(arch) => {
             let keys = KeyCheck::new(ckpt.tensors(), arch, det.scale);
@@ -402,7 +406,21 @@ pub fn validate(
     let mut formats: Vec<String> = float_tensors.iter().map(|t| dtype::name(t.dtype)).collect();
     formats.sort();
     formats.dedup();
-    if formats.len() > 1 {
+    if let Some(q) = ckpt.scaled_fp8() {
+        f.push(Finding::new(
+            Severity::Info,
+            FindingKind::ScaledFp8,
+            format!(
+                "scaled FP8 (ComfyUI's {}): {} weights in {} with a per-tensor scale_weight; \
+                 every analysis reads them multiplied by their scale",
+                q.marker,
+                q.scales.len(),
+                dtype::name(q.format.dtype())
+            ),
+        ));
+    }
+    // A scaled-FP8 file keeps norms and biases wide on purpose.
+    if formats.len() > 1 && ckpt.scaled_fp8().is_none() {
         let counts: Vec<String> = formats
             .iter()
             .map(|d| {
@@ -563,7 +581,12 @@ fn catalog_checks(
             .remedy(Remedy::AddMissing),
         );
     }
-    let optional = not_position_ids(&keys.missing_optional);
+    // schnell is the release without a guidance embedding, not a pruned dev.
+    let schnell = det.variants.contains(&Variant::FluxSchnell);
+    let optional: Vec<String> = not_position_ids(&keys.missing_optional)
+        .into_iter()
+        .filter(|k| !(schnell && k.contains(".guidance_in.")))
+        .collect();
     if !optional.is_empty() {
         f.push(
             Finding::new(

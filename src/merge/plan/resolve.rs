@@ -476,11 +476,12 @@ impl Resolver<'_> {
                 }
                 let by_block: HashMap<Block, f64> =
                     order.iter().copied().zip(values.iter().copied()).collect();
+                // A row the list has no entry for (Flux's VAE) is not merged by it: 0.
                 Ok(self
                     .grouping
                     .groups()
                     .iter()
-                    .map(|g| by_block[&g.block.unwrap_or(Block::Base)])
+                    .map(|g| g.weight_block.map_or(0.0, |b| by_block[&b]))
                     .collect())
             }
             Weights::Named(entries) => {
@@ -582,7 +583,7 @@ mod tests {
                 Some(Block::In(n)) => (1 + n as usize) as f64 / 100.0,
                 Some(Block::Mid) => 0.13,
                 Some(Block::Out(n)) => (14 + n as usize) as f64 / 100.0,
-                Some(Block::Base) => unreachable!(),
+                Some(other) => unreachable!("{other} in an SD1 U-Net"),
             };
             assert_eq!(*v, want, "{}", g.label);
         }

@@ -73,7 +73,10 @@ pub struct FitResult {
     pub present: Vec<usize>,
     /// The merge blocks, in SuperMerger's order; steps' per-block α are indexed like them.
     pub blocks: Vec<Block>,
-    pub block_of_row: Vec<usize>,
+    /// Per row, its entry in `blocks` (`None`: no entry weighs it, as Flux's VAE).
+    pub block_of_row: Vec<Option<usize>>,
+    /// The rows no entry of the block list weighs (a recipe names them to keep them).
+    pub unweighted: Vec<String>,
     /// The rows in the objective (the asked region, present rows only).
     pub region: Vec<bool>,
     pub objective: Objective,
@@ -101,7 +104,7 @@ impl FitResult {
         (0..self.blocks.len())
             .map(|b| {
                 (0..self.rows.len())
-                    .find(|&r| self.block_of_row[r] == b)
+                    .find(|&r| self.block_of_row[r] == Some(b))
                     .map(|r| self.greedy[r].clone())
                     .unwrap_or_default()
             })
@@ -136,15 +139,22 @@ pub fn fit(
         .map(|r| expand(&r.gram, &spec.phys))
         .collect();
     let blocks = arch.merge_blocks();
-    let block_of_row: Vec<usize> = groups
+    let block_of_row: Vec<Option<usize>> = groups
         .iter()
         .map(|g| {
-            let block = g.block.unwrap_or(Block::Base);
-            blocks
-                .iter()
-                .position(|b| *b == block)
-                .expect("a merge block")
+            let block = g.weight_block?;
+            Some(
+                blocks
+                    .iter()
+                    .position(|b| *b == block)
+                    .expect("a merge block"),
+            )
         })
+        .collect();
+    let unweighted = groups
+        .iter()
+        .filter(|g| g.weight_block.is_none())
+        .map(|g| g.label.clone())
         .collect();
     let present: Vec<usize> = (0..groups.len())
         .filter(|&r| inner.rows[r].tensors > 0)
@@ -176,9 +186,11 @@ pub fn fit(
         .iter()
         .map(|w| w.iter().map(|x| (x * scale).round() / scale).collect())
         .collect();
+    let mut start_coefs = vec![0.0; spec.phys.len() - START];
+    start_coefs[0] = 1.0;
     let global_coefs: Coefs = block_of_row
         .iter()
-        .map(|&b| global_weights[b].clone())
+        .map(|b| b.map_or(start_coefs.clone(), |b| global_weights[b].clone()))
         .collect();
     let row_sim = |c: &Coefs| -> Vec<f64> {
         (0..groups.len())
@@ -201,6 +213,7 @@ pub fn fit(
         greedy,
         global_weights,
         block_of_row,
+        unweighted,
         region,
         objective: spec.objective,
         search_seconds: t0.elapsed().as_secs_f64(),

@@ -38,9 +38,10 @@ pub struct Problem<'a> {
     pub rows: &'a [GroupInfo],
     /// Per row, the Gram centred on the base (index 0).
     pub grams: &'a [Gram],
-    /// The merge blocks, in order; `block_of_row[r]` indexes it.
+    /// The merge blocks, in order; `block_of_row[r]` indexes it (`None`: no entry of the
+    /// block list weighs the row, as Flux's VAE; per-block α leave it as the start has it).
     pub blocks: Vec<Block>,
-    pub block_of_row: Vec<usize>,
+    pub block_of_row: Vec<Option<usize>>,
     /// Rows in the objective.
     pub region: Vec<bool>,
     pub objective: Objective,
@@ -146,7 +147,7 @@ impl Problem<'_> {
         let mut c = vec![0.0; self.k];
         c[0] = 1.0;
         for st in steps {
-            let a = st.alpha[self.alpha_index(r)];
+            let a = self.alpha_index(r).map_or(0.0, |i| st.alpha[i]);
             if st.op == Op::WeightedSum {
                 c.iter_mut().for_each(|x| *x *= 1.0 - a);
             }
@@ -155,12 +156,12 @@ impl Problem<'_> {
         c
     }
 
-    /// Which α of a step applies to row `r`.
-    fn alpha_index(&self, r: usize) -> usize {
+    /// Which α of a step applies to row `r` (none: the row keeps what it has).
+    fn alpha_index(&self, r: usize) -> Option<usize> {
         if self.per_block {
             self.block_of_row[r]
         } else {
-            0
+            Some(0)
         }
     }
 
@@ -206,7 +207,7 @@ impl Problem<'_> {
     /// bounded 1-D search on those closed-form curves.
     fn best_alpha(&self, steps: &mut [Planned], j: usize, slot: usize) -> Option<f64> {
         let affected: Vec<usize> = (0..self.rows.len())
-            .filter(|&r| self.alpha_index(r) == slot)
+            .filter(|&r| self.alpha_index(r) == Some(slot))
             .collect();
         if !affected.iter().any(|&r| self.region[r]) {
             return None;
@@ -230,8 +231,8 @@ impl Problem<'_> {
         let best = match self.objective {
             Objective::Flat => {
                 let mut total = lines.iter().fold(Line::default(), |acc, l| acc.plus(l));
-                for r in
-                    (0..self.rows.len()).filter(|&r| self.region[r] && self.alpha_index(r) != slot)
+                for r in (0..self.rows.len())
+                    .filter(|&r| self.region[r] && self.alpha_index(r) != Some(slot))
                 {
                     let c = self.replay_row(r, steps);
                     let (ct, cc, tt) = self.row_products(r, &c);
@@ -383,7 +384,7 @@ impl Problem<'_> {
         let mut weights = Vec::new();
         for b in 0..self.blocks.len() {
             let rows: Vec<usize> = (0..self.rows.len())
-                .filter(|&r| self.block_of_row[r] == b)
+                .filter(|&r| self.block_of_row[r] == Some(b))
                 .collect();
             let h = |i: usize, j: usize| -> f64 {
                 rows.iter()
@@ -419,8 +420,11 @@ impl Problem<'_> {
                 vec![0.0; k]
             });
         }
+        // A row no block weighs stays the start, as a recipe leaves it.
+        let mut start = vec![0.0; k];
+        start[0] = 1.0;
         let coefs = (0..self.rows.len())
-            .map(|r| weights[self.block_of_row[r]].clone())
+            .map(|r| self.block_of_row[r].map_or(start.clone(), |b| weights[b].clone()))
             .collect();
         (weights, coefs)
     }

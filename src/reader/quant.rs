@@ -1,0 +1,200 @@
+//! Quantized tensors inside safetensors files: what ckpt-diff reads, and what it refuses.
+//!
+//! **Scaled FP8** (ComfyUI's convention, `comfy/model_detection.py` and its fp8 ops): a
+//! marker tensor `<prefix>scaled_fp8` says the file is scaled; each FP8 weight `X.weight`
+//! then has a scalar `X.scale_weight`, and the weight is `X.weight · X.scale_weight`
+//! (`X.scale_input`, for FP8 matrix products at run time, says nothing about the weight).
+//! [`split_scaled_fp8`] attaches each scale to its weight ([`TensorEntry::scale`]) and takes
+//! the marker and the scale tensors out of the tensor list, so every analysis sees the
+//! weights and never the bookkeeping. A file read without its scales gives weights off by
+//! the scale: the white images of stable-diffusion.cpp PR #1898.
+//!
+//! **bitsandbytes NF4/FP4** (Forge's and SuperMerger's `flux.nf4` files): 4-bit codes packed
+//! in `uint8` with per-block `absmax` and a `quant_state.bitsandbytes__nf4` record. These
+//! are refused with a message that says what they are ([`bitsandbytes`]).
+
+use super::dtype::{self, FloatFormat};
+use super::header::{Header, TensorEntry};
+
+/// What a scaled-FP8 file holds besides its weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScaledFp8 {
+    /// The marker tensor's name (`model.diffusion_model.scaled_fp8`, `scaled_fp8`).
+    pub marker: String,
+    /// The FP8 format the marker names (ComfyUI reads its dtype; F32 means E4M3).
+    pub format: FloatFormat,
+    /// `X.scale_weight` tensors, each attached to `X.weight`.
+    pub scales: Vec<String>,
+    /// `X.scale_input` tensors (kept aside; they do not change the weights).
+    pub input_scales: Vec<String>,
+    /// The header entries of the marker and the scales, to copy them as they are.
+    pub hidden: Vec<TensorEntry>,
+}
+
+impl ScaledFp8 {
+    /// Every tensor the convention adds to the weights, in name order.
+    pub fn extra_tensors(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = std::iter::once(self.marker.as_str())
+            .chain(self.scales.iter().map(String::as_str))
+            .chain(self.input_scales.iter().map(String::as_str))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// Why quantized tensors cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QuantProblem {
+    /// A scale that is not one finite, positive float.
+    BadScale { name: String, reason: String },
+}
+
+/// The suffix that names a layer's weight scale.
+pub const SCALE_WEIGHT: &str = ".scale_weight";
+/// The suffix of a layer's input scale.
+pub const SCALE_INPUT: &str = ".scale_input";
+/// The marker's name without its prefix.
+pub const MARKER: &str = "scaled_fp8";
+
+/// Attaches scales to their FP8 weights and moves the marker and the scales out of
+/// `header.tensors`, when the file has the marker. `data` is the data region.
+pub fn split_scaled_fp8(
+    header: &mut Header,
+    data: &[u8],
+) -> Result<Option<ScaledFp8>, QuantProblem> {
+    let Some(marker) = header
+        .tensors
+        .iter()
+        .find(|t| t.name == MARKER || t.name.ends_with(&format!(".{MARKER}")))
+    else {
+        return Ok(None);
+    };
+    let format = match dtype::float_format(marker.dtype) {
+        Some(FloatFormat::F8E5M2) => FloatFormat::F8E5M2,
+        _ => FloatFormat::F8E4M3,
+    };
+    let mut found = ScaledFp8 {
+        marker: marker.name.clone(),
+        format,
+        scales: Vec::new(),
+        input_scales: Vec::new(),
+        hidden: Vec::new(),
+    };
+    let mut scale_of: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
+    for t in &header.tensors {
+        if let Some(layer) = t.name.strip_suffix(SCALE_WEIGHT) {
+            let value = scalar(t, data).map_err(|reason| QuantProblem::BadScale {
+                name: t.name.clone(),
+                reason,
+            })?;
+            scale_of.insert(format!("{layer}.weight"), value);
+            found.scales.push(t.name.clone());
+        } else if t.name.ends_with(SCALE_INPUT) {
+            found.input_scales.push(t.name.clone());
+        }
+    }
+    let extra: std::collections::HashSet<String> = found
+        .extra_tensors()
+        .into_iter()
+        .map(str::to_string)
+        .collect();
+    let (hidden, kept): (Vec<TensorEntry>, Vec<TensorEntry>) = header
+        .tensors
+        .drain(..)
+        .partition(|t| extra.contains(&t.name));
+    header.tensors = kept;
+    found.hidden = hidden;
+    for t in &mut header.tensors {
+        let fp8 = matches!(
+            dtype::float_format(t.dtype),
+            Some(FloatFormat::F8E4M3 | FloatFormat::F8E5M2)
+        );
+        if fp8 && let Some(&s) = scale_of.get(&t.name) {
+            t.scale = Some(s);
+        }
+    }
+    Ok(Some(found))
+}
+
+/// The value of a one-element float tensor.
+fn scalar(t: &TensorEntry, data: &[u8]) -> Result<f64, String> {
+    let format = dtype::float_format(t.dtype)
+        .ok_or_else(|| format!("it is {}, not a float", dtype::name(t.dtype)))?;
+    if t.numel() != 1 {
+        return Err(format!("it has {} values, not one", t.numel()));
+    }
+    let mut v = [0.0f64];
+    crate::kernels::to_f64(format, &data[t.begin..t.end], &mut v);
+    if !(v[0].is_finite() && v[0] > 0.0) {
+        return Err(format!(
+            "its value {} is not a finite positive number",
+            v[0]
+        ));
+    }
+    Ok(v[0])
+}
+
+/// The bitsandbytes 4-bit format a file is quantized with, if it is: `"NF4"` or `"FP4"`.
+pub fn bitsandbytes(header: &Header) -> Option<&'static str> {
+    header.tensors.iter().find_map(|t| {
+        if t.name.contains("bitsandbytes__nf4") {
+            Some("NF4")
+        } else if t.name.contains("bitsandbytes__fp4") {
+            Some("FP4")
+        } else {
+            None
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reader::Dtype;
+
+    fn t(name: &str, dtype: Dtype, shape: &[usize], begin: usize, end: usize) -> TensorEntry {
+        TensorEntry {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+            begin,
+            end,
+            scale: None,
+        }
+    }
+
+    #[test]
+    fn scales_attach_to_their_fp8_weights() {
+        let data: Vec<u8> = [0.5f32.to_le_bytes(), 2.0f32.to_le_bytes()].concat();
+        let mut h = Header {
+            tensors: vec![
+                t("m.scaled_fp8", Dtype::F8_E4M3, &[0], 8, 8),
+                t("m.a.weight", Dtype::F8_E4M3, &[2], 8, 8),
+                t("m.a.scale_weight", Dtype::F32, &[], 0, 4),
+                t("m.a.scale_input", Dtype::F32, &[], 4, 8),
+                t("m.a.bias", Dtype::BF16, &[2], 8, 8),
+            ],
+            ..Default::default()
+        };
+        let q = split_scaled_fp8(&mut h, &data).unwrap().unwrap();
+        assert_eq!(q.scales, ["m.a.scale_weight"]);
+        assert_eq!(q.input_scales, ["m.a.scale_input"]);
+        let names: Vec<&str> = h.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["m.a.weight", "m.a.bias"]);
+        assert_eq!(h.tensors[0].scale, Some(0.5));
+        assert_eq!(h.tensors[1].scale, None);
+    }
+
+    #[test]
+    fn no_marker_no_change_and_bad_scales_are_refused() {
+        let mut h = Header {
+            tensors: vec![t("a.scale_weight", Dtype::F32, &[], 0, 4)],
+            ..Default::default()
+        };
+        assert_eq!(split_scaled_fp8(&mut h, &0f32.to_le_bytes()), Ok(None));
+        h.tensors.push(t("scaled_fp8", Dtype::F32, &[0], 4, 4));
+        let e = split_scaled_fp8(&mut h, &0f32.to_le_bytes()).unwrap_err();
+        assert!(matches!(e, QuantProblem::BadScale { .. }));
+    }
+}
