@@ -234,3 +234,33 @@ fn interrupt_exits_130_and_leaves_no_temporary_file() {
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// Forge's NF4 Flux: 4-bit codes in uint8 with a bitsandbytes record; refused by name.
+#[test]
+fn test_bitsandbytes_nf4_refused() {
+    let d = Dir::new();
+    let p = file_with_header(
+        &d,
+        "flux1-dev-bnb-nf4.safetensors",
+        r#"{"model.diffusion_model.img_in.weight":{"dtype":"U8","shape":[4],"data_offsets":[0,4]},"model.diffusion_model.img_in.weight.absmax":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"model.diffusion_model.img_in.weight.quant_state.bitsandbytes__nf4":{"dtype":"U8","shape":[4],"data_offsets":[8,12]}}"#,
+        &[0; 12],
+    );
+    refused(&p, "bitsandbytes NF4");
+}
+
+/// A scaled-FP8 file whose scale is not a finite positive float would give wrong weights.
+#[test]
+fn test_bad_fp8_scale_refused() {
+    let d = Dir::new();
+    for (name, scale) in [("neg", -1.0f32), ("nan", f32::NAN), ("zero", 0.0)] {
+        let mut data = vec![0x38u8; 4];
+        data.extend(scale.to_le_bytes());
+        let p = file_with_header(
+            &d,
+            &format!("scaled-{name}.safetensors"),
+            r#"{"model.diffusion_model.scaled_fp8":{"dtype":"F8_E4M3","shape":[0],"data_offsets":[0,0]},"model.diffusion_model.img_in.weight":{"dtype":"F8_E4M3","shape":[2,2],"data_offsets":[0,4]},"model.diffusion_model.img_in.scale_weight":{"dtype":"F32","shape":[],"data_offsets":[4,8]}}"#,
+            &data,
+        );
+        refused(&p, "scale_weight");
+    }
+}

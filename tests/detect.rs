@@ -3,7 +3,7 @@
 
 use ckpt_diff::catalog::{Arch, Component};
 use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::{Layout, Synthetic, UnetVariant};
+use ckpt_diff::synth::{Layout, Synthetic, Variant};
 
 use crate::util::*;
 
@@ -68,10 +68,10 @@ fn sd2_unet_alone_is_told_from_sd1_by_shapes() {
 fn inpainting_and_pix2pix_unets() {
     let d = Dir::new();
     for (arch, variant, word) in [
-        (Arch::Sd1, UnetVariant::Inpainting, "inpainting"),
-        (Arch::Sd2, UnetVariant::Inpainting, "inpainting"),
-        (Arch::Sd1, UnetVariant::Pix2Pix, "pix2pix"),
-        (Arch::Sd2, UnetVariant::Depth, "depth"),
+        (Arch::Sd1, Variant::Inpainting, "inpainting"),
+        (Arch::Sd2, Variant::Inpainting, "inpainting"),
+        (Arch::Sd1, Variant::Pix2Pix, "pix2pix"),
+        (Arch::Sd2, Variant::Depth, "depth"),
     ] {
         let mut l = full(arch);
         l.variant = variant;
@@ -173,5 +173,174 @@ fn unknown_layouts_fall_back_to_prefix_rows() {
         .iter()
         .map(|r| r["label"].as_str().unwrap())
         .collect();
-    assert_eq!(labels, ["double_blocks.0", "double_blocks.1", "img_in"]);
+    // Bare DiT module names read as the canonical (ComfyUI) ones.
+    assert_eq!(
+        labels,
+        [
+            "model.diffusion_model.double_blocks.0",
+            "model.diffusion_model.double_blocks.1",
+            "model.diffusion_model.img_in"
+        ]
+    );
+}
+
+fn dit(arch: Arch, variant: Variant, components: &[Component], bare: bool) -> Layout {
+    let mut l = full(arch);
+    l.dtype = FloatFormat::BF16;
+    l.variant = variant;
+    if !components.is_empty() {
+        l.components = components.to_vec();
+    }
+    l.bare = bare;
+    l
+}
+
+/// Every Flux and SD3 release, whole and as the diffuser-only download, with ComfyUI's
+/// prefix and bare (BFL's naming): the architecture, a high confidence, every key known,
+/// and the variant named.
+#[test]
+fn full_shape_dit_releases() {
+    let d = Dir::new();
+    let diffuser = [Component::Diffuser];
+    let cases: Vec<(Layout, &str, Option<&str>)> = vec![
+        (dit(Arch::Flux, Variant::Base, &[], false), "flux", None),
+        (
+            dit(Arch::Flux, Variant::Schnell, &[], false),
+            "flux",
+            Some("schnell"),
+        ),
+        (
+            dit(Arch::Flux, Variant::Fill, &[], false),
+            "flux",
+            Some("Fill"),
+        ),
+        (
+            dit(Arch::Flux, Variant::Control, &[], false),
+            "flux",
+            Some("Canny or Depth"),
+        ),
+        (
+            dit(Arch::Flux, Variant::Base, &diffuser, true),
+            "flux",
+            Some("without the model.diffusion_model. prefix"),
+        ),
+        (
+            dit(Arch::Flux, Variant::Base, &diffuser, false),
+            "flux",
+            Some("denoiser alone"),
+        ),
+        (
+            dit(Arch::Flux, Variant::Schnell, &diffuser, true),
+            "flux",
+            Some("schnell"),
+        ),
+        (
+            dit(Arch::Flux, Variant::Fill, &diffuser, true),
+            "flux",
+            Some("Fill"),
+        ),
+        (dit(Arch::Chroma, Variant::Base, &[], false), "chroma", None),
+        (
+            dit(Arch::Chroma, Variant::Base, &diffuser, true),
+            "chroma",
+            Some("denoiser alone"),
+        ),
+        (dit(Arch::Sd3, Variant::Base, &[], false), "sd3", None),
+        (
+            dit(Arch::Sd3, Variant::Base, &diffuser, false),
+            "sd3",
+            Some("denoiser alone"),
+        ),
+        (
+            dit(Arch::Sd35Medium, Variant::Base, &[], false),
+            "sd35m",
+            None,
+        ),
+        (
+            dit(Arch::Sd35Medium, Variant::Base, &diffuser, true),
+            "sd35m",
+            Some("denoiser alone"),
+        ),
+        (
+            dit(Arch::Sd35Large, Variant::Base, &[], false),
+            "sd35l",
+            None,
+        ),
+        (
+            dit(Arch::Sd35Large, Variant::Base, &diffuser, true),
+            "sd35l",
+            Some("denoiser alone"),
+        ),
+    ];
+    for (i, (l, id, word)) in cases.iter().enumerate() {
+        let j = inspect(&d, &format!("{i}-{id}.safetensors"), l);
+        let what = format!("case {i} ({id}, {:?}, bare {})", l.variant, l.bare);
+        assert_eq!(j["arch"]["id"], *id, "{what}: {}", j["arch"]["summary"]);
+        assert_eq!(
+            j["arch"]["confidence"], "high",
+            "{what}: {}",
+            j["arch"]["summary"]
+        );
+        assert_eq!(j["arch"]["matched_keys"], j["tensors"], "{what}");
+        assert!(j["unknown_keys"].as_array().unwrap().is_empty(), "{what}");
+        assert!(j["missing_keys"].as_array().unwrap().is_empty(), "{what}");
+        assert!(
+            j["shape_mismatches"].as_array().unwrap().is_empty(),
+            "{what}"
+        );
+        let v = variants(&j);
+        match word {
+            Some(w) => assert!(v.iter().any(|x| x.contains(w)), "{what}: {v:?}"),
+            None => assert!(v.is_empty(), "{what}: {v:?}"),
+        }
+        // A dev file is no schnell, a base Flux no Fill.
+        if l.variant == Variant::Base {
+            assert!(
+                !v.iter()
+                    .any(|x| x.contains("schnell") || x.contains("Fill") || x.contains("Canny")),
+                "{what}: {v:?}"
+            );
+        }
+    }
+    // Flux.1 dev's transformer has 11,901,408,320 parameters (BFL's release).
+    let j = inspect(
+        &d,
+        "flux-dev-diffuser.safetensors",
+        &dit(Arch::Flux, Variant::Base, &diffuser, true),
+    );
+    assert_eq!(j["params"], 11_901_408_320u64);
+}
+
+/// A file with only a text encoder is recognised as one, and says it could belong to more
+/// than one release.
+#[test]
+fn text_encoder_alone() {
+    let d = Dir::new();
+    let j = inspect(
+        &d,
+        "t5.safetensors",
+        &dit(Arch::Flux, Variant::Base, &[Component::T5xxl], false),
+    );
+    let v = variants(&j);
+    assert_ne!(j["arch"]["confidence"], "none", "{}", j["arch"]["summary"]);
+    assert!(v.iter().any(|x| x.contains("components absent")), "{v:?}");
+    assert!(
+        v.iter()
+            .any(|x| x.contains("chroma") || x.contains("Chroma") || x.contains("SD3")),
+        "a T5-XXL alone fits Flux, Chroma and SD3 alike: {v:?}"
+    );
+}
+
+/// `validate` on a schnell file does not call the guidance embedding it never had pruned.
+#[test]
+fn schnell_is_not_a_pruned_dev() {
+    let d = Dir::new();
+    let p = d.model(
+        "schnell.safetensors",
+        &dit(Arch::Flux, Variant::Schnell, &[Component::Diffuser], true),
+        &Synthetic::base(Arch::Flux, 0),
+    );
+    let (_, text, _) = run_code(&["validate", s(&p), "--json"]);
+    assert!(!text.contains("guidance_in"), "{text}");
+    assert!(text.contains("schnell"), "{text}");
 }

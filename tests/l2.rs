@@ -14,7 +14,10 @@ use ckpt_diff::synth::{Layout, Synthetic, family, uniform};
 use crate::util::*;
 
 fn family_files(d: &Dir, arch: Arch, dtype: FloatFormat) -> Vec<PathBuf> {
-    let scale = if arch == Arch::Sdxl { 32 } else { 16 };
+    let scale = match arch {
+        Arch::Sd1 | Arch::Sd2 => 16,
+        _ => 32,
+    };
     let lay = layout(arch, scale, dtype);
     family::family(arch, 9, 3, 0.15)
         .iter()
@@ -30,8 +33,8 @@ struct Naive {
     row_base2: BTreeMap<String, f64>,
 }
 
-fn naive(files: &[PathBuf], depth: usize) -> Naive {
-    let maps: Vec<_> = files.iter().map(|p| reference_map(p)).collect();
+fn naive(files: &[PathBuf], arch: Arch) -> Naive {
+    let maps: Vec<_> = files.iter().map(|p| dequantized_map(p)).collect();
     let n = files.len();
     let mut out = Naive {
         dist2: BTreeMap::new(),
@@ -45,14 +48,8 @@ fn naive(files: &[PathBuf], depth: usize) -> Naive {
             .iter()
             .map(|m| m[key].values.as_ref().unwrap())
             .collect();
-        let row = reference_row(key, depth);
-        let comp = match row.as_str() {
-            "TE1" => "te1",
-            "TE2" => "te2",
-            "VAE" => "vae",
-            "OTHER" => "other",
-            _ => "unet",
-        };
+        let row = arch_row(arch, key);
+        let comp = row_component(arch, &row);
         for scope in [comp, "all"] {
             let d2 = out
                 .dist2
@@ -90,13 +87,13 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-300)
 }
 
-fn check_family(arch: Arch, dtype: FloatFormat) {
+pub fn check_family(arch: Arch, dtype: FloatFormat) {
     let d = Dir::new();
     let files = family_files(&d, arch, dtype);
     let mut args = vec!["l2", "--base", s(&files[0])];
     args.extend(files[1..].iter().map(|p| s(p)));
     let j = run_json(&args);
-    let want = naive(&files, arch.depth() as usize);
+    let want = naive(&files, arch);
     let n = files.len();
     for sc in j["scopes"].as_array().unwrap() {
         let name = sc["name"].as_str().unwrap();
@@ -375,4 +372,10 @@ fn sim_report() {
     );
     let (w, _, inked) = decode_png(&dir.join("similarity.png"));
     assert!(w >= 1000 && inked > 0.005);
+}
+
+#[test]
+fn flux_and_sd3_families_match_naive_computation() {
+    check_family(Arch::Flux, FloatFormat::BF16);
+    check_family(Arch::Sd3, FloatFormat::F8E4M3);
 }

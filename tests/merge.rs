@@ -20,7 +20,10 @@ struct Family {
 /// A base and three fine-tunes, F16, with some deltas sparse enough to disagree in sign.
 fn family(arch: Arch) -> Family {
     let dir = Dir::new();
-    let scale = if arch == Arch::Sdxl { 32 } else { 16 };
+    let scale = match arch {
+        Arch::Sd1 | Arch::Sd2 => 16,
+        _ => 32,
+    };
     let layout = layout(arch, scale, FloatFormat::F16);
     let base = Synthetic::base(arch, 11);
     let base_path = dir.model("base.safetensors", &layout, &base);
@@ -43,6 +46,16 @@ fn family(arch: Arch) -> Family {
 
 /// Runs a recipe (bindings B, F1, F2, F3 added) to an f32 output; returns its tensors.
 fn merged(fam: &Family, steps: &str, extra: &[&str]) -> BTreeMap<String, RefTensor> {
+    merged_as(fam, steps, "f32", extra)
+}
+
+/// [`merged`] to `dtype`; the tensors as the file means them (scaled FP8 dequantized).
+fn merged_as(
+    fam: &Family,
+    steps: &str,
+    dtype: &str,
+    extra: &[&str],
+) -> BTreeMap<String, RefTensor> {
     let text = format!(
         "B = \"{}\"\nF1 = \"{}\"\nF2 = \"{}\"\nF3 = \"{}\"\n{steps}",
         s(&fam.base),
@@ -59,14 +72,14 @@ fn merged(fam: &Family, steps: &str, extra: &[&str]) -> BTreeMap<String, RefTens
         "-o",
         s(&out),
         "--dtype",
-        "f32",
+        dtype,
         "--force",
         "--no-input-hashes",
         "-q",
     ];
     args.extend(extra);
     run_ok(&args);
-    reference_map(&out)
+    dequantized_map(&out)
 }
 
 /// The inputs as f64 per key: base, then the fine-tunes.
@@ -793,4 +806,173 @@ fn refusals_and_recipe_errors() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("one architecture"));
+}
+
+/// SuperMerger's Flux list (`BLOCKIDFLUX`), written out here: CLIP, T5, IN, D00..D18,
+/// S00..S37, OUT. The VAE has no entry and stays the first model's.
+#[test]
+fn flux_61_value_block_list() {
+    let fam = family(Arch::Flux);
+    let mut order = vec!["CLIP".to_string(), "T5".into(), "IN".into()];
+    order.extend((0..19).map(|i| format!("D{i:02}")));
+    order.extend((0..38).map(|i| format!("S{i:02}")));
+    order.push("OUT".into());
+    assert_eq!(order.len(), 61);
+    let alpha: Vec<f64> = (0..61).map(|i| (i as f64 + 1.0) / 64.0).collect();
+    let list: Vec<String> = alpha.iter().map(|a| a.to_string()).collect();
+    let got = merged(
+        &fam,
+        &format!(
+            "OUT = F1 x (1-alpha) + F2 x alpha\n    alpha = ({})\n",
+            list.join(",")
+        ),
+        &[],
+    );
+    check(&fam, &got, |key, x| {
+        let a = match reference_dit_block(key, true) {
+            Some(b) => alpha[order.iter().position(|o| *o == b).unwrap()],
+            None => 0.0,
+        };
+        (0..x[0].len())
+            .map(|i| (1.0 - a) * x[1][i] + a * x[2][i])
+            .collect()
+    });
+}
+
+/// The named form on SD3.5 large's 38 joint blocks; blocks it does not name take 0.
+#[test]
+fn sd35_named_block_weights() {
+    let fam = family(Arch::Sd35Large);
+    let got = merged(
+        &fam,
+        "OUT = F1 x (1-alpha) + F2 x alpha\n    alpha = {J00..J12: 0.25, J13..J37: 0.6, OUT: 1, IN: 0.1}\n",
+        &[],
+    );
+    check(&fam, &got, |key, x| {
+        let b = reference_dit_block(key, false).unwrap();
+        let a = match b.as_str() {
+            "IN" => 0.1,
+            "OUT" => 1.0,
+            "BASE" => 0.0,
+            j => {
+                let n: usize = j[1..].parse().unwrap();
+                if n <= 12 { 0.25 } else { 0.6 }
+            }
+        };
+        (0..x[0].len())
+            .map(|i| (1.0 - a) * x[1][i] + a * x[2][i])
+            .collect()
+    });
+}
+
+/// (value, code) of every finite FP8 code, decoded independently, by value.
+fn fp8_table(e4m3: bool) -> Vec<(f64, u8)> {
+    let mut t: Vec<(f64, u8)> = (0..=255u8)
+        .map(|c| (decode_fp8(c, e4m3), c))
+        .filter(|(v, _)| v.is_finite())
+        .collect();
+    t.sort_by(|a, b| a.0.total_cmp(&b.0));
+    t
+}
+
+/// The FP8 value nearest to `x` (ties to the even code), saturating at the largest finite
+/// value: the closest of the table's neighbours of `x`.
+fn nearest_in(table: &[(f64, u8)], x: f64) -> f64 {
+    let i = table.partition_point(|(v, _)| *v < x);
+    let mut best = (f64::INFINITY, 0.0, 0u8);
+    for &(v, code) in &table[i.saturating_sub(2)..(i + 2).min(table.len())] {
+        let d = (v - x).abs();
+        if d < best.0 || (d == best.0 && code & 1 == 0 && best.2 & 1 == 1) {
+            best = (d, v, code);
+        }
+    }
+    best.1
+}
+
+/// A merge written as plain FP8 reads back as the exact merge rounded to the nearest FP8
+/// value; written as scaled FP8, each matrix has a fresh scale (its largest magnitude over
+/// 448) and reads back within E4M3's precision.
+#[test]
+fn merges_to_fp8_round_trip() {
+    let fam = family(Arch::Flux);
+    // Weights with short binary fractions: the sum of F16 inputs is exact in f64, so a
+    // tie between two FP8 values is a true tie, rounded to the even code by both sides.
+    let recipe = "OUT = F1 x 0.625 + F2 x 0.375\n";
+    let exact = |x: &[&[f64]]| -> Vec<f64> {
+        (0..x[0].len())
+            .map(|i| 0.625 * x[1][i] + 0.375 * x[2][i])
+            .collect()
+    };
+    for (dtype, e4m3) in [("f8_e4m3", true), ("f8_e5m2", false)] {
+        let got = merged_as(&fam, recipe, dtype, &[]);
+        let table = fp8_table(e4m3);
+        check(&fam, &got, |_, x| {
+            exact(x).iter().map(|&w| nearest_in(&table, w)).collect()
+        });
+    }
+    let out = fam.dir.path("out.safetensors");
+    let got = merged_as(&fam, recipe, "scaled-fp8", &[]);
+    let raw = reference_map(&out);
+    let ins = inputs(&fam);
+    let mut scaled = 0;
+    for (key, t) in &got {
+        let Some(values) = &t.values else { continue };
+        let ops: Vec<&[f64]> = ins
+            .iter()
+            .map(|m| m[key].values.as_deref().unwrap())
+            .collect();
+        let want = exact(&ops);
+        let scale_key = format!("{}.scale_weight", key.trim_end_matches(".weight"));
+        let Some(scale) = raw.get(&scale_key) else {
+            // Not scaled: stored wide enough for the 1e-6 check of the other tests.
+            continue;
+        };
+        scaled += 1;
+        assert_eq!(raw[key].shape, t.shape);
+        let scale = scale.values.as_ref().unwrap()[0];
+        let amax = want.iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert!(
+            (scale - amax / 448.0).abs() <= 1e-6 * scale,
+            "{key}: scale {scale} vs amax/448 {}",
+            amax / 448.0
+        );
+        for (g, w) in values.iter().zip(&want) {
+            // Three mantissa bits: half a step is 2^-4 of the value; below 2^-6·scale the
+            // step is fixed (subnormals).
+            let tol = 2f64.powi(-4) * w.abs() + 2f64.powi(-10) * scale;
+            assert!((g - w).abs() <= tol, "{key}: {g} vs {w}");
+        }
+    }
+    assert!(scaled > 300, "only {scaled} scaled tensors");
+    assert!(raw.keys().any(|k| k.ends_with("scaled_fp8")), "the marker");
+}
+
+/// Finite inputs never give Inf or NaN: a recipe far past a format's range saturates at its
+/// largest finite value.
+#[test]
+fn out_of_range_merges_saturate() {
+    let fam = family(Arch::Flux);
+    for (dtype, max) in [
+        ("f16", 65504.0),
+        ("bf16", half::bf16::MAX.to_f64()),
+        ("f8_e4m3", 448.0),
+        ("f8_e5m2", 57344.0),
+        ("scaled-fp8", f64::INFINITY),
+    ] {
+        let got = merged_as(&fam, "OUT = ad(F1, F2, B, 1e300)\n", dtype, &[]);
+        let mut saturated = 0;
+        for (key, t) in &got {
+            let Some(v) = &t.values else { continue };
+            for x in v {
+                assert!(x.is_finite(), "{dtype} {key}: {x}");
+                assert!(x.abs() <= max, "{dtype} {key}: {x}");
+                if x.abs() == max {
+                    saturated += 1;
+                }
+            }
+        }
+        if max.is_finite() {
+            assert!(saturated > 1000, "{dtype}: {saturated} values at the limit");
+        }
+    }
 }

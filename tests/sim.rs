@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ckpt_diff::catalog::Arch;
 use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::{self, Synthetic, UnetVariant};
+use ckpt_diff::synth::{self, Synthetic, Variant};
 
 use crate::util::*;
 
@@ -21,14 +21,11 @@ fn cos(s: Sums) -> f64 {
 }
 
 /// Per-row sums by a straight loop over elements, in f64.
-fn naive(a: &Path, b: &Path, depth: usize) -> BTreeMap<String, Sums> {
-    let ta = read_reference(a);
-    let tb: BTreeMap<String, RefTensor> = read_reference(b)
-        .into_iter()
-        .map(|t| (t.name.clone(), t))
-        .collect();
+fn naive(a: &Path, b: &Path, arch: Arch) -> BTreeMap<String, Sums> {
+    let ta = dequantized_map(a);
+    let tb = dequantized_map(b);
     let mut rows: BTreeMap<String, Sums> = BTreeMap::new();
-    for x in &ta {
+    for x in ta.values() {
         let Some(y) = tb.get(&x.name) else { continue };
         let (Some(va), Some(vb)) = (&x.values, &y.values) else {
             continue;
@@ -36,7 +33,7 @@ fn naive(a: &Path, b: &Path, depth: usize) -> BTreeMap<String, Sums> {
         if x.shape != y.shape {
             continue;
         }
-        let s = rows.entry(reference_row(&x.name, depth)).or_default();
+        let s = rows.entry(arch_row(arch, &x.name)).or_default();
         for i in 0..va.len() {
             s.aa += va[i] * va[i];
             s.ab += va[i] * vb[i];
@@ -46,9 +43,8 @@ fn naive(a: &Path, b: &Path, depth: usize) -> BTreeMap<String, Sums> {
     rows
 }
 
-fn check_against_naive(a: &Path, b: &Path, arch: Arch) {
-    let depth = arch.depth() as usize;
-    let want = naive(a, b, depth);
+pub fn check_against_naive(a: &Path, b: &Path, arch: Arch) {
+    let want = naive(a, b, arch);
     let got = run_json(&["sim", s(a), s(b)]);
     let rows = got["rows"].as_array().unwrap();
     assert_eq!(
@@ -70,7 +66,7 @@ fn check_against_naive(a: &Path, b: &Path, arch: Arch) {
         all.aa += w.aa;
         all.ab += w.ab;
         all.bb += w.bb;
-        if row["component"] == "unet" {
+        if row["component"] == row_component(arch, "D00") {
             block_cos.push(cos(w));
             unet.aa += w.aa;
             unet.ab += w.ab;
@@ -85,7 +81,7 @@ fn check_against_naive(a: &Path, b: &Path, arch: Arch) {
     assert!((totals["flat_all"]["similarity"].as_f64().unwrap() - cos(all)).abs() <= 1e-9);
 }
 
-fn pair(
+pub fn pair(
     dir: &Dir,
     arch: Arch,
     scale: u32,
@@ -277,7 +273,7 @@ fn missing_keys_and_other_shapes_are_notes_not_errors() {
     );
     let mut partial = layout(Arch::Sd1, 16, FloatFormat::F16);
     partial.components = vec![ckpt_diff::catalog::Component::Unet];
-    partial.variant = UnetVariant::Inpainting;
+    partial.variant = Variant::Inpainting;
     let unet = d.model("unet.safetensors", &partial, &Synthetic::base(Arch::Sd1, 1));
     let json = run_json(&["sim", s(&full), s(&unet)]);
     let notes = &json["notes"];
@@ -348,4 +344,103 @@ fn table_markdown_and_csv_carry_the_same_numbers() {
         assert!(line.contains(&pct), "{flag:?}: {line} lacks {pct}");
     }
     let _ = synth::rows(Arch::Sd1);
+}
+
+#[test]
+fn flux_and_sd3_match_naive_loop() {
+    let d = Dir::new();
+    let (a, b) = pair(&d, Arch::Flux, 16, FloatFormat::BF16, FloatFormat::BF16);
+    check_against_naive(&a, &b, Arch::Flux);
+    let (a, b) = pair(
+        &d,
+        Arch::Sd35Medium,
+        32,
+        FloatFormat::F16,
+        FloatFormat::BF16,
+    );
+    check_against_naive(&a, &b, Arch::Sd35Medium);
+}
+
+/// FP8 weights, plain and scaled, read through the independent decoder (and, scaled, each
+/// weight times its `scale_weight`).
+#[test]
+fn fp8_files_match_naive_loop() {
+    let d = Dir::new();
+    let (a, b) = pair(
+        &d,
+        Arch::Chroma,
+        32,
+        FloatFormat::F8E4M3,
+        FloatFormat::F8E5M2,
+    );
+    check_against_naive(&a, &b, Arch::Chroma);
+    let mut scaled = layout(Arch::Flux, 16, FloatFormat::F8E4M3);
+    scaled.scaled_fp8 = true;
+    let base = Synthetic::base(Arch::Flux, 5);
+    let a = d.model("scaled.safetensors", &scaled, &base);
+    let b = d.model(
+        "bf16.safetensors",
+        &layout(Arch::Flux, 16, FloatFormat::BF16),
+        &base.plus_delta(50, synth::uniform(Arch::Flux, 0.2)),
+    );
+    check_against_naive(&a, &b, Arch::Flux);
+}
+
+/// A scaled-FP8 file and its twin dequantized here into BF16 give the same similarities
+/// and distances, within BF16's rounding.
+#[test]
+fn scaled_fp8_and_its_bf16_twin_agree() {
+    let d = Dir::new();
+    let mut scaled = layout(Arch::Flux, 16, FloatFormat::F8E4M3);
+    scaled.scaled_fp8 = true;
+    let base = Synthetic::base(Arch::Flux, 8);
+    let q = d.model("q.safetensors", &scaled, &base);
+    let other = d.model(
+        "other.safetensors",
+        &layout(Arch::Flux, 16, FloatFormat::BF16),
+        &base.plus_delta(80, synth::uniform(Arch::Flux, 0.3)),
+    );
+    let twin = d.path("twin.safetensors");
+    let values = dequantized_map(&q);
+    rewrite(&q, &twin, |tensors| {
+        tensors.retain(|t| values.contains_key(&t.name));
+        for t in tensors.iter_mut() {
+            if let Some(v) = &values[&t.name].values {
+                t.dtype = "BF16".into();
+                t.data = v
+                    .iter()
+                    .flat_map(|x| half::bf16::from_f64(*x).to_le_bytes())
+                    .collect();
+            }
+        }
+    });
+    let sq = run_json(&["sim", s(&q), s(&other)]);
+    let st = run_json(&["sim", s(&twin), s(&other)]);
+    let (rq, rt) = (
+        sq["rows"].as_array().unwrap(),
+        st["rows"].as_array().unwrap(),
+    );
+    assert_eq!(rq.len(), rt.len());
+    for (x, y) in rq.iter().zip(rt) {
+        assert_eq!(x["label"], y["label"]);
+        let (a, b) = (
+            x["similarity"].as_f64().unwrap(),
+            y["similarity"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() <= 1e-4, "{}: {a} vs {b}", x["label"]);
+    }
+    let lq = run_json(&["l2", "--base", s(&other), s(&q)]);
+    let lt = run_json(&["l2", "--base", s(&other), s(&twin)]);
+    let (fq, ft) = (
+        lq["from_base"][0].as_array().unwrap(),
+        lt["from_base"][0].as_array().unwrap(),
+    );
+    for (k, (a, b)) in fq.iter().zip(ft).enumerate() {
+        let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
+        // BF16 keeps 8 significant bits: each value moves by at most 2^-9 of itself.
+        assert!(
+            (a - b).abs() <= 2f64.powi(-8) * a.abs().max(b.abs()),
+            "l2 row {k}: {a} vs {b}"
+        );
+    }
 }

@@ -7,6 +7,7 @@ mod asim;
 mod bad_input;
 mod detect;
 mod fit;
+mod fp8;
 mod hash;
 mod l2;
 mod merge;

@@ -113,6 +113,8 @@ pub fn read_reference(path: &Path) -> Vec<RefTensor> {
                     .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
                     .collect(),
             ),
+            Dtype::F8_E4M3 => Some(data.iter().map(|&c| decode_fp8(c, true)).collect()),
+            Dtype::F8_E5M2 => Some(data.iter().map(|&c| decode_fp8(c, false)).collect()),
             _ => None,
         };
         out.push(RefTensor {
@@ -122,6 +124,131 @@ pub fn read_reference(path: &Path) -> Vec<RefTensor> {
         });
     }
     out
+}
+
+/// An FP8 code decoded from its bit fields, as the OCP FP8 spec defines them: E4M3 (the
+/// "FN" variant: bias 7, no infinities, S.1111.111 is NaN) and E5M2 (bias 15, IEEE-like:
+/// exponent 31 is infinity or NaN). Subnormals have exponent field 0.
+pub fn decode_fp8(code: u8, e4m3: bool) -> f64 {
+    let sign = if code & 0x80 != 0 { -1.0 } else { 1.0 };
+    let (mbits, bias, emax) = if e4m3 { (3, 7, 15) } else { (2, 15, 31) };
+    let e = ((code & 0x7f) >> mbits) as i32;
+    let m = (code & ((1 << mbits) - 1)) as f64;
+    let frac = m / (1 << mbits) as f64;
+    if e4m3 && e == emax && m == 7.0 {
+        return f64::NAN;
+    }
+    if !e4m3 && e == emax {
+        return if m == 0.0 {
+            sign * f64::INFINITY
+        } else {
+            f64::NAN
+        };
+    }
+    if e == 0 {
+        sign * frac * 2f64.powi(1 - bias)
+    } else {
+        sign * (1.0 + frac) * 2f64.powi(e - bias)
+    }
+}
+
+/// Tensors by name as a scaled-FP8 file means them, by ComfyUI's convention read
+/// independently: each `X.weight` times its scalar `X.scale_weight`; the marker and the
+/// scales themselves dropped.
+pub fn dequantized_map(path: &Path) -> std::collections::BTreeMap<String, RefTensor> {
+    let mut map = reference_map(path);
+    let scales: Vec<(String, f64)> = map
+        .iter()
+        .filter_map(|(k, t)| {
+            let layer = k.strip_suffix(".scale_weight")?;
+            Some((format!("{layer}.weight"), t.values.as_ref()?[0]))
+        })
+        .collect();
+    for (weight, scale) in scales {
+        let t = map.get_mut(&weight).expect("a weight for each scale");
+        for v in t.values.as_mut().unwrap() {
+            *v *= scale;
+        }
+    }
+    map.retain(|k, _| {
+        !k.ends_with(".scale_weight") && !k.ends_with(".scale_input") && !k.ends_with("scaled_fp8")
+    });
+    map
+}
+
+/// The report row of a Flux / SD3 key, from the layouts' naming (not from the catalog):
+/// numbered double, single and joint blocks; `final_layer` is OUT; the diffuser's other
+/// modules (embedders, Chroma's modulation network) are IN.
+pub fn reference_dit_row(key: &str) -> String {
+    if let Some(rest) = key.strip_prefix("model.diffusion_model.") {
+        let re =
+            regex::Regex::new(r"^(double_blocks|single_blocks|joint_blocks)\.(\d+)\.").unwrap();
+        if let Some(c) = re.captures(rest) {
+            let n: usize = c[2].parse().unwrap();
+            let letter = &c[1][..1].to_ascii_uppercase();
+            return format!("{letter}{n:02}");
+        }
+        return if rest.starts_with("final_layer.") {
+            "OUT".into()
+        } else {
+            "IN".into()
+        };
+    }
+    for (prefix, row) in [
+        ("text_encoders.clip_l.", "CLIP_L"),
+        ("text_encoders.clip_g.", "CLIP_G"),
+        ("text_encoders.t5xxl.", "T5XXL"),
+        ("vae.", "VAE"),
+        ("first_stage_model.", "VAE"),
+    ] {
+        if key.starts_with(prefix) {
+            return row.into();
+        }
+    }
+    "OTHER".into()
+}
+
+/// The merge block of a Flux / SD3 key: SuperMerger's Flux list weighs CLIP-L as `CLIP`
+/// and T5 as `T5` and leaves the VAE out; ComfyUI's SD3 nodes weigh everything outside the
+/// diffuser as one (`BASE`).
+pub fn reference_dit_block(key: &str, flux: bool) -> Option<String> {
+    let row = reference_dit_row(key);
+    if key.starts_with("model.diffusion_model.") {
+        return Some(row);
+    }
+    if flux {
+        match row.as_str() {
+            "CLIP_L" => Some("CLIP".into()),
+            "T5XXL" => Some("T5".into()),
+            _ => None,
+        }
+    } else {
+        Some("BASE".into())
+    }
+}
+
+/// The report row of a key of `arch`, by [`reference_row`] or [`reference_dit_row`].
+pub fn arch_row(arch: Arch, key: &str) -> String {
+    if arch.depth() > 0 {
+        reference_row(key, arch.depth() as usize)
+    } else {
+        reference_dit_row(key)
+    }
+}
+
+/// The component id of a report row (the denoiser's blocks are `unet` or `diffuser`).
+pub fn row_component(arch: Arch, row: &str) -> &'static str {
+    match row {
+        "TE1" => "te1",
+        "TE2" => "te2",
+        "CLIP_L" => "clip_l",
+        "CLIP_G" => "clip_g",
+        "T5XXL" => "t5xxl",
+        "VAE" => "vae",
+        "OTHER" => "other",
+        _ if arch.depth() > 0 => "unet",
+        _ => "diffuser",
+    }
 }
 
 /// The report row of a key, written from SuperMerger's rules without the catalog.
