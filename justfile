@@ -61,6 +61,11 @@ bench-hash:
 bench-peers:
     cargo bench --bench peers
 
+# sim and merge on full-size Flux.1 dev diffusers, FP8 and BF16 pairs (~60 GB of disk at
+# its peak, deleted at the end; writes reports/bench/flux.md).
+bench-flux:
+    cargo bench --bench flux_full
+
 # Delete the generated benchmark inputs (several GB).
 bench-clean:
     rm -rf target/bench-data

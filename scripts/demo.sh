@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: builds ckpt-diff, generates a family of SD1 checkpoints with the real key
 # layout (a base, three fine-tunes, three merges; 1/8 of the real widths so it takes
-# seconds), and runs the analyses on them. Outputs go to demo/ (the checkpoints) and
+# seconds), and runs the analyses on them; then a Flux.1 family, merged to BF16 and to
+# scaled FP8. Outputs go to demo/ (the checkpoints) and
 # reports/demo/ (what the commands printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -69,5 +70,21 @@ $bin fit --target "$data/sd1/demo-merge.safetensors" --base "$data/sd1/base.safe
 step "the clone's check: sim against the target, with a report"
 $bin sim "$data/sd1/clone.safetensors" "$data/sd1/demo-merge.safetensors" --report "$out/clone-check" \
     | tee "$out/clone-check.txt"
+
+step "Flux.1: a generated family (1/32 of the real widths), blocks IN, D00..D18, S00..S37, OUT"
+$bin synth family "$data/flux" --arch flux --scale 32 --seed 7 --finetunes 2 -q
+$bin inspect "$data/flux/ft1.safetensors" | tee "$out/flux-inspect.txt"
+$bin sim "$data/flux/base.safetensors" "$data/flux/ft1.safetensors" --blocks "IN, D00..D03, S34..S37, OUT, TE" \
+    | tee "$out/flux-sim.txt"
+
+step "Flux.1: a block-weighted merge written as BF16 and as ComfyUI's scaled FP8"
+$bin merge ws "$data/flux/ft1.safetensors" "$data/flux/ft2.safetensors" --alpha "{D00..D18: 0.3, S00..S37: 0.7}" \
+    --dtype bf16 -o "$data/flux/mbw-bf16.safetensors" --force | tee "$out/flux-merge.txt"
+$bin merge ws "$data/flux/ft1.safetensors" "$data/flux/ft2.safetensors" --alpha "{D00..D18: 0.3, S00..S37: 0.7}" \
+    --dtype scaled-fp8 -o "$data/flux/mbw-fp8.safetensors" --force -q > /dev/null
+$bin validate "$data/flux/mbw-fp8.safetensors" | tee -a "$out/flux-merge.txt"
+echo "the FP8 copy against the BF16 one (E4M3 keeps 4 significant bits):" | tee -a "$out/flux-merge.txt"
+$bin sim "$data/flux/mbw-bf16.safetensors" "$data/flux/mbw-fp8.safetensors" --blocks "D00..D02, S00..S02, OUT" \
+    | tee -a "$out/flux-merge.txt"
 
 step "done: outputs in $out/ (reports: $out/l2/index.html, $out/clone-check/index.html)"

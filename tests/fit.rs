@@ -15,6 +15,8 @@ const ARCH: Arch = Arch::Sd1;
 
 /// A base and four fine-tunes (F32, so the planted targets are exact to f32 rounding).
 struct Sources {
+    arch: Arch,
+    scale: u32,
     dir: Dir,
     base: Synthetic,
     fts: Vec<Synthetic>,
@@ -23,11 +25,15 @@ struct Sources {
 }
 
 fn sources() -> Sources {
+    sources_of(ARCH, 16)
+}
+
+fn sources_of(arch: Arch, scale: u32) -> Sources {
     let dir = Dir::new();
-    let lay = layout(ARCH, 16, FloatFormat::F32);
-    let base = Synthetic::base(ARCH, 21);
+    let lay = layout(arch, scale, FloatFormat::F32);
+    let base = Synthetic::base(arch, 21);
     let fts: Vec<Synthetic> = (1..=4)
-        .map(|i| base.plus_delta(500 + i as u64, family::finetune_profile(ARCH, 21, i, 0.2)))
+        .map(|i| base.plus_delta(500 + i as u64, family::finetune_profile(arch, 21, i, 0.2)))
         .collect();
     let base_path = dir.model("base.safetensors", &lay, &base);
     let ft_paths = fts
@@ -36,6 +42,8 @@ fn sources() -> Sources {
         .map(|(i, m)| dir.model(&format!("ft{}.safetensors", i + 1), &lay, m))
         .collect();
     Sources {
+        arch,
+        scale,
         dir,
         base,
         fts,
@@ -46,8 +54,11 @@ fn sources() -> Sources {
 
 impl Sources {
     fn target(&self, name: &str, model: &Synthetic) -> PathBuf {
-        self.dir
-            .model(name, &layout(ARCH, 16, FloatFormat::F32), model)
+        self.dir.model(
+            name,
+            &layout(self.arch, self.scale, FloatFormat::F32),
+            model,
+        )
     }
 
     /// `fit --target T --base base --start ft1 --sources ft2 ft3 ft4 <extra> --json`.
@@ -77,7 +88,11 @@ fn all(v: f64) -> Profile {
 
 /// Distinct per-block alphas in [lo, lo + 0.5): block weights a merger might use.
 fn per_block(lo: f64, salt: usize) -> Vec<f64> {
-    ARCH.merge_blocks()
+    per_block_of(ARCH, lo, salt)
+}
+
+fn per_block_of(arch: Arch, lo: f64, salt: usize) -> Vec<f64> {
+    arch.merge_blocks()
         .iter()
         .enumerate()
         .map(|(i, _)| lo + 0.5 * (((i * 7 + salt * 3) % 26) as f64 / 26.0))
@@ -85,9 +100,17 @@ fn per_block(lo: f64, salt: usize) -> Vec<f64> {
 }
 
 fn block_profile(alpha: &[f64]) -> Profile {
-    let blocks = ARCH.merge_blocks();
-    profile_from_blocks(ARCH, |b: Block| {
-        alpha[blocks.iter().position(|x| *x == b).unwrap()]
+    block_profile_of(ARCH, alpha)
+}
+
+/// Rows take their block's alpha; rows no list entry weighs (Flux's VAE) take 0.
+fn block_profile_of(arch: Arch, alpha: &[f64]) -> Profile {
+    let blocks = arch.merge_blocks();
+    profile_from_blocks(arch, |b: Block| {
+        blocks
+            .iter()
+            .position(|x| *x == b)
+            .map_or(0.0, |i| alpha[i])
     })
 }
 
@@ -100,7 +123,8 @@ fn weighted_sum(c: &Synthetic, m: &Synthetic, a: &Profile) -> Synthetic {
 /// C + (M - base) x a.
 fn add_difference(c: &Synthetic, m: &Synthetic, base: &Synthetic, a: &Profile) -> Synthetic {
     let minus: Profile = a.iter().map(|x| -x).collect();
-    Synthetic::lincomb(&[(all(1.0), c), (a.clone(), m), (minus, base)])
+    let one = vec![1.0; a.len()];
+    Synthetic::lincomb(&[(one, c), (a.clone(), m), (minus, base)])
 }
 
 fn floats(v: &serde_json::Value) -> Vec<f64> {
@@ -196,6 +220,45 @@ fn single_step_per_block_alphas_are_recovered() {
         assert_close(name, got[i], alpha[i], 1e-3);
     }
     assert!(steps[0]["objective"].as_f64().unwrap() >= 0.9999);
+}
+
+/// The same on Flux.1: 61 alphas in SuperMerger's Flux order come back.
+#[test]
+fn flux_per_block_alphas_are_recovered() {
+    let arch = Arch::Flux;
+    let src = sources_of(arch, 32);
+    let alpha = per_block_of(arch, 0.1, 2);
+    let target = add_difference(
+        &src.fts[0],
+        &src.fts[2],
+        &src.base,
+        &block_profile_of(arch, &alpha),
+    );
+    let t = src.target("t.safetensors", &target);
+    let v = src.fit(&t, &["--max-steps", "1", "--per-block", "--region", "all"]);
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps[0]["source"], "ft3");
+    assert_eq!(steps[0]["op"], "add_difference");
+    let got = floats(&steps[0]["alpha"]);
+    let names = blocks_in(&v);
+    assert_eq!(names.len(), 61);
+    assert_eq!((names[0].as_str(), names[60].as_str()), ("CLIP", "OUT"));
+    // A block ft3 did not train (its delta there is zero) leaves its alpha unobservable.
+    let delta = family::finetune_profile(arch, 21, 3, 0.2);
+    let rows = ckpt_diff::catalog::Grouping::for_arch(arch);
+    let mut checked = 0;
+    for (i, name) in names.iter().enumerate() {
+        let trained = rows
+            .groups()
+            .iter()
+            .zip(&delta)
+            .any(|(g, d)| g.weight_block.is_some_and(|b| b.to_string() == *name) && *d != 0.0);
+        if trained {
+            assert_close(name, got[i], alpha[i], 1e-3);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 59, "only {checked} blocks observable");
 }
 
 #[test]

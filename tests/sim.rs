@@ -444,3 +444,15 @@ fn scaled_fp8_and_its_bf16_twin_agree() {
         );
     }
 }
+
+#[test]
+fn asim_says_a_dit_has_no_unet_attention() {
+    let d = Dir::new();
+    let (a, b) = pair(&d, Arch::Flux, 32, FloatFormat::BF16, FloatFormat::BF16);
+    let (code, _, err) = run_code(&["sim", "--metric", "asim", s(&a), s(&b)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("Flux.1 has none") && err.contains("without --metric asim"),
+        "{err}"
+    );
+}

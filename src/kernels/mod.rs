@@ -698,6 +698,17 @@ mod tests {
                 let mid = (w[0] + w[1]) / 2.0;
                 probes.extend([mid, mid + mid.abs() * 1e-12, mid - mid.abs() * 1e-12]);
             }
+            // And values spread over every binade, subnormals and saturation included.
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            for _ in 0..20_000 {
+                state = state
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let frac = (state >> 11) as f64 / (1u64 << 53) as f64;
+                let exp = ((state >> 3) % 48) as i32 - 26;
+                let sign = if state & 1 == 1 { -1.0 } else { 1.0 };
+                probes.push(sign * (1.0 + frac) * 2f64.powi(exp));
+            }
             for &x in &probes {
                 let (got, want) = (portable::fp8_round(format, x), nearest(format, x));
                 assert_eq!(got, want, "{format:?} {x:e}");

@@ -176,42 +176,38 @@ pub fn fp8_max(format: FloatFormat) -> f64 {
 }
 
 /// Nearest FP8 code (ties to the even code), saturating at the largest finite value (never
-/// an infinity); NaN stays NaN. `x` is taken exactly: no rounding through f32 first.
+/// an infinity); NaN stays NaN.
+///
+/// `x` is first rounded to odd into f32: with 20 or more bits to spare, rounding that to
+/// nearest-even gives the code nearest to `x` itself (round-to-odd keeps "above or below the
+/// midpoint" intact), and the rest is integer work on the f32 bits: the slow part of a merge
+/// to FP8 was this function while it worked in f64 with `powi`.
 pub fn fp8_round(format: FloatFormat, x: f64) -> u8 {
-    let (man_bits, bias, nan) = match format {
-        FloatFormat::F8E4M3 => (3i32, 7i32, 0x7fu8),
-        _ => (2, 15, 0x7e),
+    // (mantissa bits, exponent bias, NaN code, largest finite code, 2^(bias - 1 + mantissa
+    // bits): the number of subnormal steps in one unit).
+    let (man_bits, bias, nan, max_code, subnormal_steps) = match format {
+        FloatFormat::F8E4M3 => (3u32, 7u32, 0x7fu8, 0x7eu32, 512.0f32),
+        _ => (2, 15, 0x7e, 0x7b, 65536.0),
     };
     if x.is_nan() {
         return nan;
     }
-    let sign = if x.is_sign_negative() { 0x80u8 } else { 0 };
-    let max = fp8_max(format);
-    let a = x.abs();
-    if a >= max {
-        return sign | fp8_max_code(format);
-    }
-    // The binade of `a`, clamped to the smallest normal one: below it the format is
-    // subnormal, with the step of that binade's lowest mantissa bit.
-    let min_exp = 1 - bias;
-    let exp = if a == 0.0 {
-        min_exp
+    let bits = f64_to_f32_odd(x).to_bits();
+    let sign = ((bits >> 24) & 0x80) as u8;
+    let a = bits & 0x7fff_ffff;
+    // f32 bits of the smallest normal FP8 value, 2^(1 - bias).
+    let min_normal = (127 + 1 - bias) << 23;
+    let code = if a < min_normal {
+        // Subnormal: a multiple of the step 2^(1 - bias - man_bits); the scaling is exact,
+        // and a count of 2^man_bits steps is the smallest normal's code.
+        (f32::from_bits(a) * subnormal_steps).round_ties_even() as u32
     } else {
-        (((a.to_bits() >> 52) & 0x7ff) as i32 - 1023).max(min_exp)
+        let drop = 23 - man_bits;
+        let rounded = a + ((1 << (drop - 1)) - 1) + ((a >> drop) & 1);
+        // A carry out of the mantissa moves to the next binade; past the top, saturate.
+        (rounded >> drop) - ((127 - bias) << man_bits)
     };
-    let step = 2f64.powi(exp - man_bits);
-    // a / step is exact (a power-of-two scaling); ties go to the even code.
-    let q = (a / step).round_ties_even() as u32;
-    let subnormal = exp == min_exp && a < 2f64.powi(min_exp);
-    let code = if subnormal {
-        // q in 0..=2^man_bits; 2^man_bits is the smallest normal, code 1 << man_bits.
-        q
-    } else {
-        // q in 2^man_bits..=2^(man_bits+1); the top carries into the next binade.
-        let field = (exp + bias) as u32;
-        (field << man_bits) + (q - (1 << man_bits))
-    };
-    sign | (code as u8).min(fp8_max_code(format))
+    sign | code.min(max_code) as u8
 }
 
 /// The code of the largest finite value.

@@ -141,6 +141,17 @@ pub fn arch_of(ckpt: &Checkpoint) -> Option<Arch> {
 /// these weights).
 pub fn scored_arch(files: [(&Checkpoint, Option<Arch>); 2]) -> Result<Arch, AsimError> {
     let arch_of = |(ckpt, detected): (&Checkpoint, Option<Arch>)| {
+        if let Some(a) = detected.filter(|a| a.depth() == 0) {
+            return Err(AsimError {
+                file: ckpt.display_name(),
+                problem: format!(
+                    "ASimilarity is defined on the U-Net's self-attention layers (SD1, SD2, \
+                     SDXL) and {} has none; the weight cosine (`sim` without --metric asim) \
+                     compares it block by block",
+                    a.label()
+                ),
+            });
+        }
         let by_keys = arch_of(ckpt).ok_or_else(|| AsimError {
             file: ckpt.display_name(),
             problem: "no SD1, SD2 or SDXL self-attention weights \

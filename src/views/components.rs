@@ -86,7 +86,10 @@ fn metric_part(arch: Option<Arch>, key: &str) -> Option<MetricPart> {
     let c = component_of(key);
     match (c, arch) {
         (Component::Unet, Some(Arch::Sd1 | Arch::Sd2)) => Some(MetricPart::Unet),
-        (Component::Vae, _) if key.contains("encoder.") || key.contains("decoder.") => {
+        // The toolkit's VAE baseline is SD's 4-channel VAE; Flux's and SD3's have 16.
+        (Component::Vae, None | Some(Arch::Sd1 | Arch::Sd2 | Arch::Sdxl))
+            if key.contains("encoder.") || key.contains("decoder.") =>
+        {
             Some(MetricPart::Vae)
         }
         (Component::Te1, Some(Arch::Sd1 | Arch::Sd2))

@@ -1,0 +1,199 @@
+//! `sim` and a two-input `merge` on full-size generated Flux.1 dev diffusers (BFL's
+//! diffuser-only files, bare keys): an F8_E4M3 pair (2 x 11.9 GB) and a BF16 pair
+//! (2 x 23.8 GB). Each figure stands beside the limit measured in the same run: memory
+//! bandwidth where the pair fits in the page cache, the disk's sequential read where it
+//! does not (this machine has 24 GiB: neither pair fits whole, see the page-cache column).
+//!
+//!     cargo bench --bench flux_full        # ~60 GB of disk at its peak, deleted at the end
+//!
+//! Writes reports/bench/flux.md. `CKPT_DIFF_BENCH_KEEP=1` keeps the generated inputs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use ckpt_diff::catalog::{Arch, Component};
+use ckpt_diff::pass::NoProgress;
+use ckpt_diff::reader::dtype::FloatFormat;
+use ckpt_diff::synth::{self, Layout, Synthetic};
+use common::*;
+
+fn diffuser(dtype: FloatFormat, name: &str, model: &Synthetic) -> PathBuf {
+    let path = data_dir().join(format!("flux-dev-{name}.safetensors"));
+    if !path.exists() {
+        let mut l = Layout::new(Arch::Flux, 1, dtype);
+        l.components = vec![Component::Diffuser];
+        l.bare = true;
+        eprintln!("generating {} ...", path.display());
+        let t = std::time::Instant::now();
+        synth::write(&path, &l, model, &[], &NoProgress).expect("synth");
+        eprintln!("  {:.0} s", t.elapsed().as_secs_f64());
+    }
+    path
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    ckpt_diff::sys::free_space(dir).unwrap_or(0)
+}
+
+/// Bytes of `paths` resident in the page cache (mincore over a fresh map).
+fn cached_bytes(paths: &[&Path]) -> u64 {
+    let page = 4096usize;
+    paths
+        .iter()
+        .map(|p| {
+            let f = std::fs::File::open(p).unwrap();
+            // SAFETY: a read-only map, only its residency queried.
+            let m = unsafe { memmap2::Mmap::map(&f).unwrap() };
+            let pages = m.len().div_ceil(page);
+            let mut vec = vec![0u8; pages];
+            // SAFETY: `vec` has one byte per page of the mapping.
+            let rc = unsafe {
+                libc::mincore(m.as_ptr() as *mut libc::c_void, m.len(), vec.as_mut_ptr())
+            };
+            assert_eq!(rc, 0);
+            vec.iter().filter(|b| *b & 1 == 1).count() as u64 * page as u64
+        })
+        .sum()
+}
+
+struct Row {
+    what: String,
+    secs: f64,
+    input: u64,
+    limit: (f64, &'static str),
+    anon: u64,
+    rss: u64,
+    cached: u64,
+}
+
+fn pair(rows: &mut Vec<Row>, dtype: FloatFormat, label: &str, out_dtype: &str, bandwidth: f64) {
+    let base = Synthetic::base(Arch::Flux, 1);
+    let ft = base.plus_delta(1001, synth::uniform(Arch::Flux, 0.1));
+    let a = diffuser(dtype, &format!("{label}-base"), &base);
+    let b = diffuser(dtype, &format!("{label}-ft"), &ft);
+    let input = std::fs::metadata(&a).unwrap().len() + std::fs::metadata(&b).unwrap().len();
+    let (sa, sb) = (a.to_str().unwrap(), b.to_str().unwrap());
+    // A BF16 output beside its 47.6 GB of inputs may not fit this machine's disk: then FP8.
+    let out_dtype = if out_dtype == "bf16" && free_bytes(&data_dir()) < input / 2 + 3_000_000_000 {
+        "f8_e4m3"
+    } else {
+        out_dtype
+    };
+    let ram = total_memory();
+    let fits = input < ram * 8 / 10;
+
+    // The disk's sequential read, from an evicted cache, in this run.
+    evict(&[&a, &b]);
+    let disk = mmap_read_rate_once(&[&a, &b]);
+    let limit = if fits {
+        (bandwidth, "memory bandwidth")
+    } else {
+        (disk, "disk sequential read (mmap, evicted cache)")
+    };
+
+    // sim from an evicted cache (the pair does not fit), then again as it stands.
+    evict(&[&a, &b]);
+    let (secs, rss, anon) = run_binary(&["sim", sa, sb, "--json"]);
+    rows.push(Row {
+        what: format!("sim, {label} pair, evicted cache"),
+        secs,
+        input,
+        limit,
+        anon,
+        rss,
+        cached: 0,
+    });
+    let cached = cached_bytes(&[&a, &b]);
+    let (secs, rss, anon) = run_binary(&["sim", sa, sb, "--json"]);
+    rows.push(Row {
+        what: format!("sim, {label} pair, again"),
+        secs,
+        input,
+        limit,
+        anon,
+        rss,
+        cached,
+    });
+
+    // merge: ws, output in `out_dtype`, input hashes off (they would read the pair twice).
+    let out = data_dir().join("flux-merged.safetensors");
+    let so = out.to_str().unwrap();
+    evict(&[&a, &b]);
+    let (secs, rss, anon) = run_binary(&[
+        "merge",
+        "ws",
+        sa,
+        sb,
+        "--alpha",
+        "0.5",
+        "-o",
+        so,
+        "--dtype",
+        out_dtype,
+        "--force",
+        "-q",
+        "--no-input-hashes",
+    ]);
+    let out_bytes = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+    let _ = std::fs::remove_file(&out);
+    rows.push(Row {
+        what: format!(
+            "merge ws 0.5, {label} pair -> {out_dtype} ({:.1} GB written)",
+            gb(out_bytes)
+        ),
+        secs,
+        input,
+        limit,
+        anon,
+        rss,
+        cached: 0,
+    });
+    eprintln!("disk read {disk:.2} GB/s; pair {:.1} GB", gb(input));
+    if std::env::var_os("CKPT_DIFF_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_file(&a);
+        let _ = std::fs::remove_file(&b);
+    }
+}
+
+fn total_memory() -> u64 {
+    ckpt_diff::sys::physical_memory().unwrap_or(0)
+}
+
+fn main() {
+    let bandwidth = memory_bandwidth();
+    let mut rows = Vec::new();
+    pair(&mut rows, FloatFormat::F8E4M3, "fp8", "f8_e4m3", bandwidth);
+    pair(&mut rows, FloatFormat::BF16, "bf16", "bf16", bandwidth);
+
+    let mut md = String::new();
+    md.push_str(&format!(
+        "## Flux.1 dev diffuser, full size, {} threads, {} kernels\n\n",
+        rayon::current_num_threads(),
+        ckpt_diff::kernels::level().name()
+    ));
+    md.push_str(&format!(
+        "memory bandwidth, same run: {bandwidth:.1} GB/s; RAM {:.1} GB\n\n",
+        gb(total_memory())
+    ));
+    md.push_str("| run | time | input GB/s | limit, same run | share of limit | peak anonymous RSS | peak RSS | cached before |\n");
+    md.push_str("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n");
+    for r in &rows {
+        let rate = gb(r.input) / r.secs;
+        md.push_str(&format!(
+            "| {} | {:.1} s | {rate:.2} | {:.2} GB/s ({}) | {:.0}% | {:.0} MB | {:.2} GB | {:.1} GB |\n",
+            r.what,
+            r.secs,
+            r.limit.0,
+            r.limit.1,
+            100.0 * rate / r.limit.0,
+            r.anon as f64 / 1e6,
+            gb(r.rss),
+            gb(r.cached),
+        ));
+    }
+    println!("{md}");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("flux.md"), md).unwrap();
+}
