@@ -83,9 +83,22 @@ impl OutputFile {
     /// creates the sized temporary file next to `path`.
     pub fn create(
         path: &Path,
+        tensors: Vec<TensorSpec>,
+        metadata: &[(String, String)],
+        inputs: &[&Path],
+    ) -> Result<OutputFile, WriteError> {
+        Self::create_sparse(path, tensors, metadata, inputs, None)
+    }
+
+    /// [`OutputFile::create`] for a file whose data is written only in part, the rest left
+    /// as the zeros of a sparse file (`synth --zeros`): free space is checked for the header
+    /// and `written` data bytes, not for the whole size.
+    pub fn create_sparse(
+        path: &Path,
         mut tensors: Vec<TensorSpec>,
         metadata: &[(String, String)],
         inputs: &[&Path],
+        written: Option<u64>,
     ) -> Result<OutputFile, WriteError> {
         refuse_input(path, inputs)?;
         tensors.sort_by(|a, b| {
@@ -110,12 +123,13 @@ impl OutputFile {
             _ => PathBuf::from("."),
         };
         // A file being replaced keeps its space until the rename, so it does not count.
+        let need = written.map_or(total_len, |w| 8 + header.len() as u64 + w);
         if let Some(free) = free_space(&dir)
-            && free < total_len
+            && free < need
         {
             return Err(WriteError::NoSpace {
                 path: path.to_path_buf(),
-                need: total_len,
+                need,
                 free,
             });
         }

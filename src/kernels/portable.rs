@@ -73,16 +73,13 @@ pub fn from_f64(format: FloatFormat, src: &[f64], dst: &mut [u8]) {
 /// f64 -> f32 rounding to odd (truncate, then set the last bit if inexact): the first
 /// step of a correctly rounded f64 -> f16/bf16 conversion.
 pub fn f64_to_f32_odd(x: f64) -> f32 {
+    // Without branches, so that loops over it vectorise: an inexact result steps towards
+    // zero if rounding went away from it, then sets its last bit.
     let nearest = x as f32;
     let back = nearest as f64;
-    if back == x {
-        return nearest;
-    }
-    let mut bits = nearest.to_bits();
-    if back.abs() > x.abs() {
-        bits -= 1;
-    }
-    f32::from_bits(bits | 1)
+    let inexact = back != x;
+    let bits = nearest.to_bits() - (inexact && back.abs() > x.abs()) as u32;
+    f32::from_bits(bits | inexact as u32)
 }
 
 /// Eight independent lanes summed in a fixed order. Plain multiply-add, not `mul_add`:
@@ -183,37 +180,30 @@ pub fn fp8_max(format: FloatFormat) -> f64 {
 /// midpoint" intact), and the rest is integer work on the f32 bits: the slow part of a merge
 /// to FP8 was this function while it worked in f64 with `powi`.
 pub fn fp8_round(format: FloatFormat, x: f64) -> u8 {
-    // (mantissa bits, exponent bias, NaN code, largest finite code, 2^(bias - 1 + mantissa
-    // bits): the number of subnormal steps in one unit).
-    let (man_bits, bias, nan, max_code, subnormal_steps) = match format {
-        FloatFormat::F8E4M3 => (3u32, 7u32, 0x7fu8, 0x7eu32, 512.0f32),
-        _ => (2, 15, 0x7e, 0x7b, 65536.0),
+    // (mantissa bits, exponent bias, NaN code, largest finite code, the f32 whose ulp is the
+    // subnormal step 2^(1 - bias - man_bits): adding it rounds to that step, ties to even).
+    let (man_bits, bias, nan, max_code, magic) = match format {
+        FloatFormat::F8E4M3 => (3u32, 7u32, 0x7fu8, 0x7eu32, 16384.0f32),
+        _ => (2, 15, 0x7e, 0x7b, 128.0),
     };
-    if x.is_nan() {
-        return nan;
-    }
     let bits = f64_to_f32_odd(x).to_bits();
     let sign = ((bits >> 24) & 0x80) as u8;
     let a = bits & 0x7fff_ffff;
+    // Subnormal: the count of steps, by the hardware's own rounding of the sum; 2^man_bits
+    // steps is the smallest normal's code, as it should be.
+    let subnormal = (f32::from_bits(a) + magic)
+        .to_bits()
+        .wrapping_sub(magic.to_bits());
+    // Normal: round the f32 mantissa to man_bits (a carry moves to the next binade), then
+    // rebias the exponent.
+    let drop = 23 - man_bits;
+    let rounded = a + ((1 << (drop - 1)) - 1) + ((a >> drop) & 1);
+    let normal = (rounded >> drop).wrapping_sub((127 - bias) << man_bits);
     // f32 bits of the smallest normal FP8 value, 2^(1 - bias).
-    let min_normal = (127 + 1 - bias) << 23;
-    let code = if a < min_normal {
-        // Subnormal: a multiple of the step 2^(1 - bias - man_bits); the scaling is exact,
-        // and a count of 2^man_bits steps is the smallest normal's code.
-        (f32::from_bits(a) * subnormal_steps).round_ties_even() as u32
+    let code = if a < (127 + 1 - bias) << 23 {
+        subnormal
     } else {
-        let drop = 23 - man_bits;
-        let rounded = a + ((1 << (drop - 1)) - 1) + ((a >> drop) & 1);
-        // A carry out of the mantissa moves to the next binade; past the top, saturate.
-        (rounded >> drop) - ((127 - bias) << man_bits)
+        normal.min(max_code)
     };
-    sign | code.min(max_code) as u8
-}
-
-/// The code of the largest finite value.
-fn fp8_max_code(format: FloatFormat) -> u8 {
-    match format {
-        FloatFormat::F8E4M3 => 0x7e,
-        _ => 0x7b,
-    }
+    if x.is_nan() { nan } else { sign | code as u8 }
 }

@@ -541,7 +541,15 @@ pub fn write(
     ];
     meta.extend(metadata.iter().cloned());
     let specs: Vec<TensorSpec> = planned.iter().map(|p| p.spec.clone()).collect();
-    let out = OutputFile::create(path, specs, &meta, &[])?;
+    // Zero weights are never written: the sparse file needs room for the rest only.
+    let written = layout.zero_data.then(|| {
+        planned
+            .iter()
+            .filter(|p| !matches!(p.source, Source::Float { .. }))
+            .map(|p| p.spec.byte_len() as u64)
+            .sum()
+    });
+    let out = OutputFile::create_sparse(path, specs, &meta, &[], written)?;
     let by_name: std::collections::HashMap<&str, &Planned> =
         planned.iter().map(|p| (p.spec.name.as_str(), p)).collect();
 
