@@ -94,27 +94,23 @@ fn pair(rows: &mut Vec<Row>, dtype: FloatFormat, label: &str, out_dtype: &str, b
 
     // sim from an evicted cache (the pair does not fit), then again as it stands.
     evict(&[&a, &b]);
-    let (secs, rss, anon) = run_binary(&["sim", sa, sb, "--json"]);
-    rows.push(Row {
-        what: format!("sim, {label} pair, evicted cache"),
-        secs,
-        input,
-        limit,
-        anon,
-        rss,
-        cached: 0,
-    });
-    let cached = cached_bytes(&[&a, &b]);
-    let (secs, rss, anon) = run_binary(&["sim", sa, sb, "--json"]);
-    rows.push(Row {
-        what: format!("sim, {label} pair, again"),
-        secs,
-        input,
-        limit,
-        anon,
-        rss,
-        cached,
-    });
+    for what in ["evicted cache", "again"] {
+        let cached = if what == "again" {
+            cached_bytes(&[&a, &b])
+        } else {
+            0
+        };
+        let (secs, rss, anon) = run_binary(&["sim", sa, sb, "--json"]);
+        rows.push(Row {
+            what: format!("sim, {label} pair, {what}"),
+            secs,
+            input,
+            limit,
+            anon,
+            rss,
+            cached,
+        });
+    }
 
     // merge: ws, output in `out_dtype`, input hashes off (they would read the pair twice).
     let out = data_dir().join("flux-merged.safetensors");

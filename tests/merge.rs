@@ -116,6 +116,13 @@ fn check(
     assert!(checked > 1000, "only {checked} tensors checked");
 }
 
+/// F1 x (1-a) + F2 x a, per element (inputs: base, F1, F2, ...).
+fn ws_of(x: &[&[f64]], a: f64) -> Vec<f64> {
+    (0..x[0].len())
+        .map(|i| (1.0 - a) * x[1][i] + a * x[2][i])
+        .collect()
+}
+
 fn for_both(f: impl Fn(&Family)) {
     for arch in [Arch::Sd1, Arch::Sdxl] {
         f(&family(arch));
@@ -188,9 +195,7 @@ fn block_weights_apply_exactly_to_their_blocks() {
                 .iter()
                 .position(|b| *b == block)
                 .unwrap_or_else(|| panic!("{key} -> {block}"))];
-            (0..x[0].len())
-                .map(|i| (1.0 - a) * x[1][i] + a * x[2][i])
-                .collect()
+            ws_of(x, a)
         });
     });
 }
@@ -833,9 +838,7 @@ fn flux_61_value_block_list() {
             Some(b) => alpha[order.iter().position(|o| *o == b).unwrap()],
             None => 0.0,
         };
-        (0..x[0].len())
-            .map(|i| (1.0 - a) * x[1][i] + a * x[2][i])
-            .collect()
+        ws_of(x, a)
     });
 }
 
@@ -859,9 +862,7 @@ fn sd35_named_block_weights() {
                 if n <= 12 { 0.25 } else { 0.6 }
             }
         };
-        (0..x[0].len())
-            .map(|i| (1.0 - a) * x[1][i] + a * x[2][i])
-            .collect()
+        ws_of(x, a)
     });
 }
 

@@ -361,6 +361,21 @@ fn flux_and_sd3_match_naive_loop() {
     check_against_naive(&a, &b, Arch::Sd35Medium);
 }
 
+/// A scaled-FP8 Flux base of `seed` and a BF16 fine-tune of it (delta of relative `size`).
+fn scaled_and_bf16(d: &Dir, seed: u64, size: f64) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut scaled = layout(Arch::Flux, 16, FloatFormat::F8E4M3);
+    scaled.scaled_fp8 = true;
+    let base = Synthetic::base(Arch::Flux, seed);
+    let q = d.model("scaled.safetensors", &scaled, &base);
+    let ft = base.plus_delta(seed * 10, synth::uniform(Arch::Flux, size));
+    let b = d.model(
+        "bf16.safetensors",
+        &layout(Arch::Flux, 16, FloatFormat::BF16),
+        &ft,
+    );
+    (q, b)
+}
+
 /// FP8 weights, plain and scaled, read through the independent decoder (and, scaled, each
 /// weight times its `scale_weight`).
 #[test]
@@ -374,15 +389,7 @@ fn fp8_files_match_naive_loop() {
         FloatFormat::F8E5M2,
     );
     check_against_naive(&a, &b, Arch::Chroma);
-    let mut scaled = layout(Arch::Flux, 16, FloatFormat::F8E4M3);
-    scaled.scaled_fp8 = true;
-    let base = Synthetic::base(Arch::Flux, 5);
-    let a = d.model("scaled.safetensors", &scaled, &base);
-    let b = d.model(
-        "bf16.safetensors",
-        &layout(Arch::Flux, 16, FloatFormat::BF16),
-        &base.plus_delta(50, synth::uniform(Arch::Flux, 0.2)),
-    );
+    let (a, b) = scaled_and_bf16(&d, 5, 0.2);
     check_against_naive(&a, &b, Arch::Flux);
 }
 
@@ -391,15 +398,7 @@ fn fp8_files_match_naive_loop() {
 #[test]
 fn scaled_fp8_and_its_bf16_twin_agree() {
     let d = Dir::new();
-    let mut scaled = layout(Arch::Flux, 16, FloatFormat::F8E4M3);
-    scaled.scaled_fp8 = true;
-    let base = Synthetic::base(Arch::Flux, 8);
-    let q = d.model("q.safetensors", &scaled, &base);
-    let other = d.model(
-        "other.safetensors",
-        &layout(Arch::Flux, 16, FloatFormat::BF16),
-        &base.plus_delta(80, synth::uniform(Arch::Flux, 0.3)),
-    );
+    let (q, other) = scaled_and_bf16(&d, 8, 0.3);
     let twin = d.path("twin.safetensors");
     let values = dequantized_map(&q);
     rewrite(&q, &twin, |tensors| {
