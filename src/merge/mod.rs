@@ -37,9 +37,10 @@ use recipe::Recipe;
 /// Why a merge did not happen.
 #[derive(Debug, Error)]
 pub enum MergeError {
-    #[error("recipe {0}")]
+    // The place and the problem are the source's message: `{:#}` prints the chain once.
+    #[error("recipe")]
     Parse(#[from] recipe::ParseError),
-    #[error("recipe {0}")]
+    #[error("recipe")]
     Plan(#[from] plan::PlanError),
     #[error(transparent)]
     Open(#[from] FileError),
