@@ -977,3 +977,50 @@ fn out_of_range_merges_saturate() {
         }
     }
 }
+
+/// An SDXL v-prediction model (NoobAI's markers `v_pred`, `ztsnr`, `edm_vpred.*`) merged
+/// with an eps model keeps the markers, with their values, whichever side carries them;
+/// the output reads as v-prediction.
+#[test]
+fn vpred_markers_survive_a_merge() {
+    let d = Dir::new();
+    let mut v = layout(Arch::Sdxl, 32, FloatFormat::F16);
+    v.vpred_markers = true;
+    let vpred = d.model("vpred.safetensors", &v, &Synthetic::base(Arch::Sdxl, 3));
+    let eps = d.model(
+        "eps.safetensors",
+        &layout(Arch::Sdxl, 32, FloatFormat::F16),
+        &Synthetic::base(Arch::Sdxl, 4),
+    );
+    let markers = [
+        "v_pred",
+        "ztsnr",
+        "edm_vpred.sigma_min",
+        "edm_vpred.sigma_max",
+    ];
+    let source = read_raw(&vpred).0;
+    for (i, (a, b)) in [(&vpred, &eps), (&eps, &vpred)].into_iter().enumerate() {
+        let out = d.path(&format!("m{i}.safetensors"));
+        run_ok(&[
+            "merge",
+            "ws",
+            s(a),
+            s(b),
+            "--alpha",
+            "0.5",
+            "-o",
+            s(&out),
+            "-q",
+            "--no-input-hashes",
+        ]);
+        let (tensors, _) = read_raw(&out);
+        for m in markers {
+            let got = tensors.iter().find(|t| t.name == m);
+            let want = source.iter().find(|t| t.name == m).unwrap();
+            let got = got.unwrap_or_else(|| panic!("merge {i}: {m} dropped"));
+            assert_eq!((&got.dtype, &got.data), (&want.dtype, &want.data), "{m}");
+        }
+        let j = run_json(&["inspect", s(&out)]);
+        assert!(j["variants"].to_string().contains("v-prediction"), "{j}");
+    }
+}
