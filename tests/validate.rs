@@ -17,11 +17,15 @@ struct Case {
 }
 
 fn case() -> Case {
+    case_of(Arch::Sd1)
+}
+
+fn case_of(arch: Arch) -> Case {
     let d = Dir::new();
     let base = d.model(
         "base.safetensors",
-        &layout(Arch::Sd1, 32, FloatFormat::F16),
-        &Synthetic::base(Arch::Sd1, 1),
+        &layout(arch, 32, FloatFormat::F16),
+        &Synthetic::base(arch, 1),
     );
     Case { d, base }
 }
@@ -392,4 +396,85 @@ fn missing_component_and_schedule_and_old_names() {
         "renamed to current names"
     );
     assert!(!names.contains_key("betas"));
+}
+
+/// Flux.1 and SD3.5: a missing block, a foreign key and a misshapen weight, each found
+/// against the architecture's layout and fixed.
+#[test]
+fn dit_missing_extra_and_misshapen_keys() {
+    for (arch, block, weight) in [
+        (
+            Arch::Flux,
+            "model.diffusion_model.single_blocks.7.",
+            "model.diffusion_model.double_blocks.3.img_attn.qkv.weight",
+        ),
+        (
+            Arch::Sd35Medium,
+            "model.diffusion_model.joint_blocks.5.",
+            "model.diffusion_model.joint_blocks.2.x_block.attn2.qkv.weight",
+        ),
+    ] {
+        let c = case_of(arch);
+        let (e, f) = findings(&c.base);
+        assert_eq!(e, 0, "{arch:?} clean: {f:#?}");
+        let bad = c.d.path("missing.safetensors");
+        rewrite(&c.base, &bad, |t| t.retain(|x| !x.name.starts_with(block)));
+        let out = found_and_fixed(
+            &c,
+            &bad,
+            "missing-required",
+            "error",
+            2,
+            &["--base", s(&c.base)],
+        );
+        let (a, b) = (reference_map(&out), reference_map(&c.base));
+        let k = b.keys().find(|k| k.starts_with(block)).unwrap();
+        assert_eq!(a[k].values, b[k].values, "{arch:?}: filled from the base");
+
+        let bad = c.d.path("junk.safetensors");
+        rewrite(&c.base, &bad, |t| {
+            t.push(RawTensor {
+                name: "lora_unet_double_blocks_0.alpha".into(),
+                dtype: "F32".into(),
+                shape: vec![],
+                data: 1f32.to_le_bytes().to_vec(),
+            });
+        });
+        found_and_fixed(&c, &bad, "unexpected-keys", "warning", 1, &["--drop-junk"]);
+
+        let bad = c.d.path("shape.safetensors");
+        rewrite(&c.base, &bad, |t| {
+            let x = t.iter_mut().find(|x| x.name == weight).unwrap();
+            x.shape = vec![x.shape.iter().product()];
+        });
+        found_and_fixed(&c, &bad, "wrong-shape", "error", 2, &["--base", s(&c.base)]);
+    }
+}
+
+/// `fix --dtype bf16` of a scaled-FP8 file stores each weight times its scale, and the
+/// scales and the marker go.
+#[test]
+fn scaled_fp8_fixed_to_bf16_is_dequantized() {
+    let d = Dir::new();
+    let mut l = layout(Arch::Flux, 32, FloatFormat::F8E4M3);
+    l.scaled_fp8 = true;
+    let q = d.model("q.safetensors", &l, &Synthetic::base(Arch::Flux, 2));
+    let out = d.path("bf16.safetensors");
+    let (code, stdout, stderr) = run_code(&["fix", s(&q), "-o", s(&out), "--dtype", "bf16"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let want = dequantized_map(&q);
+    let got = reference_map(&out);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "no scale or marker left"
+    );
+    for (k, w) in &want {
+        let (Some(g), Some(w)) = (&got[k].values, &w.values) else {
+            continue;
+        };
+        for (g, w) in g.iter().zip(w) {
+            assert_eq!(*g, half::bf16::from_f64(*w).to_f64(), "{k}");
+        }
+    }
 }
