@@ -89,21 +89,7 @@ fn clean_file_is_clean() {
 #[test]
 fn missing_required_keys() {
     let c = case();
-    let bad = c.d.path("missing.safetensors");
-    rewrite(&c.base, &bad, |t| {
-        t.retain(|x| !x.name.starts_with("first_stage_model.decoder.up.0."))
-    });
-    let out = found_and_fixed(
-        &c,
-        &bad,
-        "missing-required",
-        "error",
-        2,
-        &["--base", s(&c.base)],
-    );
-    let (a, b) = (reference_map(&out), reference_map(&c.base));
-    let k = "first_stage_model.decoder.up.0.block.0.conv1.weight";
-    assert_eq!(a[k].values, b[k].values, "filled from the base");
+    let bad = missing_found_and_fixed(&c, "first_stage_model.decoder.up.0.");
     // Without a base it cannot be fixed: fix says so and exits non-zero.
     let (code, stdout, _) = run_code(&["fix", s(&bad), "-o", s(&c.d.path("nobase.safetensors"))]);
     assert_eq!(code, 2);
@@ -128,33 +114,57 @@ fn ema_weights() {
     );
 }
 
-#[test]
-fn junk_keys() {
-    let c = case();
+/// The base without the keys under `prefix`: found, and filled from the base by
+/// `fix --base`. Returns the broken file.
+fn missing_found_and_fixed(c: &Case, prefix: &str) -> PathBuf {
+    let bad = c.d.path("missing.safetensors");
+    rewrite(&c.base, &bad, |t| t.retain(|x| !x.name.starts_with(prefix)));
+    let out = found_and_fixed(
+        c,
+        &bad,
+        "missing-required",
+        "error",
+        2,
+        &["--base", s(&c.base)],
+    );
+    let (a, b) = (reference_map(&out), reference_map(&c.base));
+    let k = b.keys().find(|k| k.starts_with(prefix)).unwrap();
+    assert_eq!(a[k].values, b[k].values, "{k}: filled from the base");
+    bad
+}
+
+/// The base with a foreign scalar `name` added: found, and dropped by `fix --drop-junk`.
+fn junk_found_and_fixed(c: &Case, name: &str) {
     let bad = c.d.path("junk.safetensors");
     rewrite(&c.base, &bad, |t| {
         t.push(RawTensor {
-            name: "lora_unet_down.alpha".into(),
+            name: name.into(),
             dtype: "F32".into(),
             shape: vec![],
             data: 1f32.to_le_bytes().to_vec(),
         });
     });
-    found_and_fixed(&c, &bad, "unexpected-keys", "warning", 1, &["--drop-junk"]);
+    found_and_fixed(c, &bad, "unexpected-keys", "warning", 1, &["--drop-junk"]);
+}
+
+/// The base with `weight` flattened: found, and restored from the base.
+fn flattened_found_and_fixed(c: &Case, weight: &str) {
+    let bad = c.d.path("shape.safetensors");
+    rewrite(&c.base, &bad, |t| {
+        let x = t.iter_mut().find(|x| x.name == weight).unwrap();
+        x.shape = vec![x.shape.iter().product()];
+    });
+    found_and_fixed(c, &bad, "wrong-shape", "error", 2, &["--base", s(&c.base)]);
+}
+
+#[test]
+fn junk_keys() {
+    junk_found_and_fixed(&case(), "lora_unet_down.alpha");
 }
 
 #[test]
 fn wrong_shapes() {
-    let c = case();
-    let bad = c.d.path("shape.safetensors");
-    rewrite(&c.base, &bad, |t| {
-        let x = t
-            .iter_mut()
-            .find(|x| x.name == "model.diffusion_model.out.2.weight")
-            .unwrap();
-        x.shape = vec![x.shape.iter().product()];
-    });
-    found_and_fixed(&c, &bad, "wrong-shape", "error", 2, &["--base", s(&c.base)]);
+    flattened_found_and_fixed(&case(), "model.diffusion_model.out.2.weight");
 }
 
 #[test]
@@ -417,37 +427,10 @@ fn dit_missing_extra_and_misshapen_keys() {
         let c = case_of(arch);
         let (e, f) = findings(&c.base);
         assert_eq!(e, 0, "{arch:?} clean: {f:#?}");
-        let bad = c.d.path("missing.safetensors");
-        rewrite(&c.base, &bad, |t| t.retain(|x| !x.name.starts_with(block)));
-        let out = found_and_fixed(
-            &c,
-            &bad,
-            "missing-required",
-            "error",
-            2,
-            &["--base", s(&c.base)],
-        );
-        let (a, b) = (reference_map(&out), reference_map(&c.base));
-        let k = b.keys().find(|k| k.starts_with(block)).unwrap();
-        assert_eq!(a[k].values, b[k].values, "{arch:?}: filled from the base");
+        missing_found_and_fixed(&c, block);
 
-        let bad = c.d.path("junk.safetensors");
-        rewrite(&c.base, &bad, |t| {
-            t.push(RawTensor {
-                name: "lora_unet_double_blocks_0.alpha".into(),
-                dtype: "F32".into(),
-                shape: vec![],
-                data: 1f32.to_le_bytes().to_vec(),
-            });
-        });
-        found_and_fixed(&c, &bad, "unexpected-keys", "warning", 1, &["--drop-junk"]);
-
-        let bad = c.d.path("shape.safetensors");
-        rewrite(&c.base, &bad, |t| {
-            let x = t.iter_mut().find(|x| x.name == weight).unwrap();
-            x.shape = vec![x.shape.iter().product()];
-        });
-        found_and_fixed(&c, &bad, "wrong-shape", "error", 2, &["--base", s(&c.base)]);
+        junk_found_and_fixed(&c, "lora_unet_double_blocks_0.alpha");
+        flattened_found_and_fixed(&c, weight);
     }
 }
 
