@@ -120,22 +120,40 @@ fn sigmoid_table() -> &'static [f64] {
 
 /// fp16 bit patterns of a slice's values (rounded to nearest even; unscaled f16 stays as
 /// is; scaled values are scaled first).
-fn to_f16_bits(format: FloatFormat, s: &Slice<'_>) -> Vec<u16> {
-    if format == FloatFormat::F16 && s.scale == 1.0 {
-        return s
-            .bytes
-            .chunks_exact(2)
-            .map(|c| u16::from_le_bytes([c[0], c[1]]))
-            .collect();
+/// The BLAKE3 of a tensor's fp16 form (`None` when that is its stored form, whose hash the
+/// caller has) and its toolkit-metric sum (when `metric`), streamed in chunks: a whole Flux
+/// matrix (66 M values) never becomes one buffer.
+fn fp16_form(format: FloatFormat, s: &Slice<'_>, metric: bool) -> (Option<[u8; 32]>, f64) {
+    const CHUNK: usize = 1 << 16;
+    let direct = format == FloatFormat::F16 && s.scale == 1.0;
+    let table = sigmoid_table();
+    let mut hasher = blake3::Hasher::new();
+    let mut sum = 0.0f64;
+    let mut values = vec![0.0f64; CHUNK];
+    let mut converted = vec![0u8; CHUNK * 2];
+    for chunk in s.bytes.chunks(CHUNK * format.size()) {
+        let n = chunk.len() / format.size();
+        let f16_bytes: &[u8] = if direct {
+            chunk
+        } else {
+            let part = Slice { bytes: chunk, ..*s };
+            part.values_into(&mut values[..n]);
+            crate::kernels::from_f64(FloatFormat::F16, &values[..n], &mut converted[..2 * n]);
+            &converted[..2 * n]
+        };
+        if !direct {
+            hasher.update(f16_bytes);
+        } else if !metric {
+            break;
+        }
+        if metric {
+            // One running sum in element order, as over the whole tensor at once.
+            sum = f16_bytes.chunks_exact(2).fold(sum, |acc, c| {
+                acc + table[u16::from_le_bytes([c[0], c[1]]) as usize]
+            });
+        }
     }
-    let n = s.bytes.len() / format.size();
-    let mut v = vec![0.0f64; n];
-    s.values_into(&mut v);
-    let mut out = vec![0u8; n * 2];
-    crate::kernels::from_f64(FloatFormat::F16, &v, &mut out);
-    out.chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .collect()
+    ((!direct).then(|| *hasher.finalize().as_bytes()), sum)
 }
 
 struct Work {
@@ -170,20 +188,8 @@ impl Visit for Work {
         };
         let (fp16, metric) = match dtype::float_format(s.dtype) {
             Some(format) => {
-                let bits = to_f16_bits(format, &s);
-                let fp16 = if format == FloatFormat::F16 && s.scale == 1.0 {
-                    exact
-                } else {
-                    let bytes: Vec<u8> = bits.iter().flat_map(|b| b.to_le_bytes()).collect();
-                    *blake3::hash(&bytes).as_bytes()
-                };
-                let metric = if metric_part(self.arch, key).is_some() {
-                    let t = sigmoid_table();
-                    bits.iter().map(|&b| t[b as usize]).sum()
-                } else {
-                    0.0
-                };
-                (fp16, metric)
+                let (fp16, metric) = fp16_form(format, &s, metric_part(self.arch, key).is_some());
+                (fp16.unwrap_or(exact), metric)
             }
             None => (exact, 0.0),
         };
