@@ -156,11 +156,77 @@ fn total_memory() -> u64 {
     ckpt_diff::sys::physical_memory().unwrap_or(0)
 }
 
+/// Every other command on full-size FP8 diffusers whose weights are the zeros of sparse
+/// files (the real header and sizes, no disk): time and peak anonymous memory, the bound
+/// that must hold whatever the model's size.
+fn every_command() -> String {
+    let sparse = |name: &str, seed: u64| {
+        let path = data_dir().join(format!("flux-dev-zeros-{name}.safetensors"));
+        if !path.exists() {
+            let mut l = Layout::new(Arch::Flux, 1, FloatFormat::F8E4M3);
+            l.components = vec![Component::Diffuser];
+            l.bare = true;
+            l.zero_data = true;
+            synth::write(
+                &path,
+                &l,
+                &Synthetic::base(Arch::Flux, seed),
+                &[],
+                &NoProgress,
+            )
+            .expect("synth");
+        }
+        path
+    };
+    let (a, b) = (sparse("a", 1), sparse("b", 2));
+    let out = data_dir().join("flux-zeros-out.safetensors");
+    let (sa, sb, so) = (
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let runs: Vec<(&str, Vec<&str>)> = vec![
+        ("inspect", vec!["inspect", sa]),
+        ("validate", vec!["validate", sa]),
+        ("hash --components", vec!["hash", "--components", sa]),
+        ("l2 --base A B", vec!["l2", "--base", sa, sb]),
+        (
+            "fit --target B --base A --sources A",
+            vec!["fit", "--target", sb, "--base", sa, "--sources", sa],
+        ),
+        (
+            "fix A --dtype bf16 (24 GB written)",
+            vec!["fix", sa, "-o", so, "--dtype", "bf16", "--force"],
+        ),
+    ];
+    let mut md = String::from(
+        "\n### Every command, full-size FP8 diffuser (sparse zero weights: no disk)\n\n\
+         | command | time | peak anonymous RSS |\n| --- | ---: | ---: |\n",
+    );
+    for (what, args) in runs {
+        let (secs, _, anon) = run_binary_status(&args);
+        let _ = std::fs::remove_file(&out);
+        md.push_str(&format!(
+            "| {what} | {secs:.1} s | {:.0} MB |\n",
+            anon as f64 / 1e6
+        ));
+    }
+    if std::env::var_os("CKPT_DIFF_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_file(&a);
+        let _ = std::fs::remove_file(&b);
+    }
+    md
+}
+
 fn main() {
     let bandwidth = memory_bandwidth();
     let mut rows = Vec::new();
-    pair(&mut rows, FloatFormat::F8E4M3, "fp8", "f8_e4m3", bandwidth);
-    pair(&mut rows, FloatFormat::BF16, "bf16", "bf16", bandwidth);
+    // `CKPT_DIFF_BENCH_ONLY=commands` runs the last table alone.
+    let only_commands = std::env::var("CKPT_DIFF_BENCH_ONLY").is_ok_and(|v| v == "commands");
+    if !only_commands {
+        pair(&mut rows, FloatFormat::F8E4M3, "fp8", "f8_e4m3", bandwidth);
+        pair(&mut rows, FloatFormat::BF16, "bf16", "bf16", bandwidth);
+    }
 
     let mut md = String::new();
     md.push_str(&format!(
@@ -188,8 +254,14 @@ fn main() {
             gb(r.cached),
         ));
     }
+    md.push_str(&every_command());
     println!("{md}");
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/bench");
     std::fs::create_dir_all(&dir).unwrap();
-    std::fs::write(dir.join("flux.md"), md).unwrap();
+    let name = if only_commands {
+        "flux-commands.md"
+    } else {
+        "flux.md"
+    };
+    std::fs::write(dir.join(name), md).unwrap();
 }

@@ -253,6 +253,15 @@ pub fn children_peak_rss() -> u64 {
 /// Runs the release binary with `args`; returns (seconds, peak RSS bytes, peak anonymous
 /// RSS bytes). Anonymous RSS leaves out mapped file pages (the page cache).
 pub fn run_binary(args: &[&str]) -> (f64, u64, u64) {
+    run_binary_exiting(args, 0)
+}
+
+/// [`run_binary`] for commands that may exit 1 (`validate` and `fix` with warnings).
+pub fn run_binary_status(args: &[&str]) -> (f64, u64, u64) {
+    run_binary_exiting(args, 1)
+}
+
+fn run_binary_exiting(args: &[&str], worst: i32) -> (f64, u64, u64) {
     let exe = env!("CARGO_BIN_EXE_ckpt-diff");
     let start = Instant::now();
     let mut child = std::process::Command::new(exe)
@@ -266,7 +275,11 @@ pub fn run_binary(args: &[&str]) -> (f64, u64, u64) {
     let mut peak_rss = 0u64;
     loop {
         if let Some(status) = child.try_wait().expect("wait") {
-            assert!(status.success(), "ckpt-diff {args:?} failed");
+            let code = status.code().unwrap_or(-1);
+            assert!(
+                (0..=worst).contains(&code),
+                "ckpt-diff {args:?} failed ({code})"
+            );
             break;
         }
         if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {

@@ -189,6 +189,15 @@ impl Absorb<()> for Ignore {
     }
 }
 
+/// Elements `start..end` of a slice.
+fn part<'a>(s: &Slice<'a>, start: usize, end: usize) -> Slice<'a> {
+    let size = dtype::bit_size(s.dtype) / 8;
+    Slice {
+        bytes: &s.bytes[start * size..end * size],
+        ..*s
+    }
+}
+
 impl Visit for Work<'_> {
     type Partial = ();
 
@@ -206,41 +215,43 @@ impl Visit for Work<'_> {
             return Ok(());
         }
         let fin = dtype::float_format(src.dtype).expect("casts and patches are floats");
-        let mut v = vec![0.0; item.len()];
-        src.values_into(&mut v);
-        if o.patch_nonfinite {
-            // The base's values where this one is not finite (the base is model 1), else 0.
-            let base: Option<Vec<f64>> = inputs
-                .get(1)
-                .copied()
-                .flatten()
-                .filter(|b| b.bytes.len() / dtype::bit_size(b.dtype) * 8 == item.len())
-                .map(|b| {
-                    let mut bv = vec![0.0; item.len()];
-                    b.values_into(&mut bv);
-                    bv
+        let fout = o.cast.unwrap_or(fin);
+        // The base's values where this one is not finite (the base is model 1), else 0.
+        let base = inputs.get(1).copied().flatten().filter(|b| {
+            o.patch_nonfinite && b.bytes.len() / dtype::bit_size(b.dtype) * 8 == item.len()
+        });
+        let max = kernels::largest_finite(fout);
+        let mut out = vec![0u8; item.len() * fout.size()];
+        // In sub-chunks: an item of FP8 values is 16 M of them, 128 MB as f64.
+        const SUB: usize = 1 << 16;
+        let mut v = vec![0.0; SUB.min(item.len())];
+        let mut bv = vec![0.0; if base.is_some() { v.len() } else { 0 }];
+        let mut start = 0;
+        while start < item.len() {
+            let end = (start + SUB).min(item.len());
+            let v = &mut v[..end - start];
+            part(&src, start, end).values_into(v);
+            if o.patch_nonfinite {
+                let bv = base.map(|b| {
+                    let bv = &mut bv[..end - start];
+                    part(&b, start, end).values_into(bv);
+                    &*bv
                 });
-            for (i, x) in v.iter_mut().enumerate() {
-                if !x.is_finite() {
-                    *x = base
-                        .as_ref()
-                        .map(|b| b[i])
-                        .filter(|y| y.is_finite())
-                        .unwrap_or(0.0);
+                for (i, x) in v.iter_mut().enumerate() {
+                    if !x.is_finite() {
+                        *x = bv.map(|b| b[i]).filter(|y| y.is_finite()).unwrap_or(0.0);
+                    }
                 }
             }
+            // Written back in the stored format, a scaled tensor keeps its scale.
+            if o.cast.is_none() && src.scale != 1.0 {
+                v.iter_mut().for_each(|x| *x /= src.scale);
+            }
+            v.iter_mut().for_each(|x| *x = x.clamp(-max, max));
+            let size = fout.size();
+            kernels::from_f64(fout, v, &mut out[start * size..end * size]);
+            start = end;
         }
-        let fout = o.cast.unwrap_or(fin);
-        // Written back in the stored format, a scaled tensor keeps its scale.
-        if o.cast.is_none() && src.scale != 1.0 {
-            v.iter_mut().for_each(|x| *x /= src.scale);
-        }
-        let max = kernels::largest_finite(fout);
-        for x in v.iter_mut() {
-            *x = x.clamp(-max, max);
-        }
-        let mut out = vec![0u8; v.len() * fout.size()];
-        kernels::from_f64(fout, &v, &mut out);
         let _ = self.writer.send((o.index, offset, out));
         Ok(())
     }
