@@ -228,7 +228,8 @@ enum BlockRule {
     JointNumbered,
 }
 
-const UNET_PREFIX: &str = "model.diffusion_model.";
+/// The prefix of every denoiser key in the single-file layouts (U-Net and DiT alike).
+pub const DENOISER_PREFIX: &str = "model.diffusion_model.";
 
 /// The U-Net convention, as data. Prefixes are disjoint.
 const UNET_TABLE: &[(&str, BlockRule)] = &[
@@ -264,35 +265,19 @@ const MMDIT_TABLE: &[(&str, BlockRule)] = &[
     ("final_layer.", BlockRule::Fixed(Block::Final)),
 ];
 
-/// The U-Net's own top-level names under `model.diffusion_model.`.
-const UNET_ROOTS: &[&str] = &[
-    "input_blocks.",
-    "middle_block.",
-    "output_blocks.",
-    "time_embed.",
-    "label_emb.",
-    "out.",
-];
+/// Whether a key (after [`DENOISER_PREFIX`]) is one of the U-Net's modules.
+fn is_unet_module(rest: &str) -> bool {
+    UNET_TABLE.iter().any(|(p, _)| rest.starts_with(p))
+}
 
-/// The diffuser prefixes of DiTs, which their original releases (BFL's Flux files, Chroma)
-/// store bare; [`crate::catalog::canonical_key`] adds `model.diffusion_model.` to them.
-pub const DIT_ROOTS: &[&str] = &[
-    "double_blocks.",
-    "single_blocks.",
-    "img_in.",
-    "txt_in.",
-    "time_in.",
-    "vector_in.",
-    "guidance_in.",
-    "distilled_guidance_layer.",
-    "final_layer.",
-    "joint_blocks.",
-    "pos_embed",
-    "x_embedder.",
-    "context_embedder.",
-    "y_embedder.",
-    "t_embedder.",
-];
+/// Whether a key is a DiT diffuser key stored bare, as the original releases (BFL's Flux
+/// files, Chroma) name them; [`crate::catalog::canonical_key`] adds [`DENOISER_PREFIX`].
+pub fn is_bare_dit_key(key: &str) -> bool {
+    FLUX_TABLE
+        .iter()
+        .chain(MMDIT_TABLE)
+        .any(|(p, _)| key.starts_with(p))
+}
 
 /// Component prefixes of the single-file layouts (the denoiser's is decided by what follows
 /// it, see [`component_of`]).
@@ -309,8 +294,8 @@ const COMPONENT_TABLE: &[(&str, Component)] = &[
 
 /// The component of a (canonical) key.
 pub fn component_of(key: &str) -> Component {
-    if let Some(rest) = key.strip_prefix(UNET_PREFIX) {
-        return if UNET_ROOTS.iter().any(|r| rest.starts_with(r)) {
+    if let Some(rest) = key.strip_prefix(DENOISER_PREFIX) {
+        return if is_unet_module(rest) {
             Component::Unet
         } else {
             Component::Diffuser
@@ -327,7 +312,7 @@ pub fn component_of(key: &str) -> Component {
 /// key no rule covers (or numbered past the architecture's blocks) and for keys outside
 /// the denoiser.
 pub fn denoiser_block(key: &str, blocks: Blocks) -> Option<Block> {
-    let rest = key.strip_prefix(UNET_PREFIX)?;
+    let rest = key.strip_prefix(DENOISER_PREFIX)?;
     let table = match blocks {
         Blocks::Unet { .. } => UNET_TABLE,
         Blocks::Flux { .. } => FLUX_TABLE,
@@ -359,7 +344,7 @@ pub fn denoiser_block(key: &str, blocks: Blocks) -> Option<Block> {
 /// blocks (12 for SD1/SD2, 9 for SDXL): its U-Net block, or `BASE` outside the U-Net.
 /// Returns `None` for a U-Net key that no rule covers.
 pub fn block_of(key: &str, depth: u8) -> Option<Block> {
-    if !key.starts_with(UNET_PREFIX) {
+    if !key.starts_with(DENOISER_PREFIX) {
         return Some(Block::Base);
     }
     denoiser_block(key, Blocks::Unet { depth })

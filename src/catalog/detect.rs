@@ -376,11 +376,11 @@ fn variants(ckpt: &Checkpoint, arch: Arch, scale: u32) -> Vec<Variant> {
             }
         }
     }
-    if ckpt.tensors().iter().any(|t| {
-        super::blocks::DIT_ROOTS
-            .iter()
-            .any(|r| t.name.starts_with(r))
-    }) {
+    if ckpt
+        .tensors()
+        .iter()
+        .any(|t| super::blocks::is_bare_dit_key(&t.name))
+    {
         out.push(Variant::BareDiffuserKeys);
     }
     if ckpt.tensors().iter().any(|t| is_ema(&t.name)) {

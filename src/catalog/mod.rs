@@ -20,7 +20,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
-pub use blocks::{Block, Blocks, Component, block_of, component_of};
+pub use blocks::{Block, Blocks, Component, DENOISER_PREFIX, block_of, component_of};
 pub use detect::{Confidence, Detection, Variant, detect};
 pub use keys::{KeyCheck, is_ema};
 pub use selector::{SelectError, Selector};
@@ -257,8 +257,8 @@ pub fn canonical_key(key: &str) -> Cow<'_, str> {
     }
     // DiT diffusers saved on their own (BFL's Flux files, Chroma, ComfyUI's diffusion_models
     // folder) name their keys without the single-file prefix.
-    if blocks::DIT_ROOTS.iter().any(|r| key.starts_with(r)) {
-        return Cow::Owned(format!("model.diffusion_model.{key}"));
+    if blocks::is_bare_dit_key(key) {
+        return Cow::Owned(format!("{DENOISER_PREFIX}{key}"));
     }
     // A T5-XXL encoder on its own (`t5xxl_fp16.safetensors`): transformers' names.
     if key.starts_with("encoder.block.")
@@ -430,9 +430,8 @@ impl Grouping {
 /// one (`double_blocks.3`), at most four; or its first two segments.
 fn generic_prefix(key: &str) -> String {
     // The denoiser's wrapper says nothing about the module: rows start below it.
-    const WRAPPER: &str = "model.diffusion_model.";
-    if let Some(rest) = key.strip_prefix(WRAPPER).filter(|r| !r.is_empty()) {
-        return format!("{WRAPPER}{}", generic_prefix(rest));
+    if let Some(rest) = key.strip_prefix(DENOISER_PREFIX).filter(|r| !r.is_empty()) {
+        return format!("{DENOISER_PREFIX}{}", generic_prefix(rest));
     }
     let segments: Vec<&str> = key.split('.').collect();
     let last = segments.len().saturating_sub(1).max(1);

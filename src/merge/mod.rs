@@ -197,7 +197,11 @@ pub fn run(
         .collect();
     if let Some(&(_, format)) = scaled.first() {
         specs.push(TensorSpec {
-            name: format!("model.diffusion_model.{}", crate::reader::quant::MARKER),
+            name: format!(
+                "{}{}",
+                crate::catalog::DENOISER_PREFIX,
+                crate::reader::quant::MARKER
+            ),
             dtype: format.dtype(),
             shape: vec![0],
         });

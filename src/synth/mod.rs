@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::catalog::data::{self, Role};
 use crate::catalog::detect::{CONV_IN, FLUX_IMG_IN, scaled_shape};
 use crate::catalog::keys::EMA_PREFIX;
-use crate::catalog::{Arch, Component, Grouping, canonical_key, component_of};
+use crate::catalog::{Arch, Component, DENOISER_PREFIX, Grouping, canonical_key, component_of};
 use crate::kernels;
 use crate::pass::{PassError, Progress};
 use crate::reader::Dtype;
@@ -331,7 +331,7 @@ fn plan_tensors(layout: &Layout) -> Vec<Planned> {
         let mut name = k.name.clone();
         if layout.bare && layout.arch.denoiser() == Component::Diffuser {
             name = name
-                .strip_prefix("model.diffusion_model.")
+                .strip_prefix(DENOISER_PREFIX)
                 .unwrap_or(&name)
                 .to_string();
         }
@@ -381,11 +381,7 @@ fn plan_tensors(layout: &Layout) -> Vec<Planned> {
         });
     }
     if layout.scaled_fp8 {
-        let prefix = if layout.bare {
-            ""
-        } else {
-            "model.diffusion_model."
-        };
+        let prefix = if layout.bare { "" } else { DENOISER_PREFIX };
         out.push(Planned {
             spec: TensorSpec {
                 name: format!("{prefix}{MARKER}"),
