@@ -137,16 +137,9 @@ impl Selector {
         }
         // Names are resolved per architecture later; a name no architecture has is wrong
         // whatever the file (and layouts the catalog does not know never resolve names).
-        let numbered = |name: &str| {
-            let upper = name.to_ascii_uppercase();
-            let digits = upper.trim_start_matches(|c: char| c.is_ascii_alphabetic());
-            let letters = &upper[..upper.len() - digits.len()];
-            !digits.is_empty()
-                && digits.chars().all(|c| c.is_ascii_digit())
-                && ["IN", "OUT", "M", "D", "S", "J"].contains(&letters)
-        };
+        // A block name of the right form (`D19`) is left to the architecture to refuse.
         for name in terms.iter().flat_map(|(a, b)| std::iter::once(a).chain(b)) {
-            if !numbered(name)
+            if Block::parse(name).is_none()
                 && !Arch::ALL
                     .iter()
                     .any(|arch| resolve(*arch, name, None, name).is_ok())
@@ -169,10 +162,7 @@ impl Selector {
         self.terms
             .iter()
             .map(|(a, b)| {
-                let text = match b {
-                    Some(b) => format!("{a}..{b}"),
-                    None => a.clone(),
-                };
+                let text = written(a, b);
                 Ok((resolve(arch, a, b.as_deref(), &text)?, text))
             })
             .collect()
@@ -217,15 +207,16 @@ impl Selector {
 
 impl fmt::Display for Selector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let texts: Vec<String> = self
-            .terms
-            .iter()
-            .map(|(a, b)| match b {
-                Some(b) => format!("{a}..{b}"),
-                None => a.clone(),
-            })
-            .collect();
+        let texts: Vec<String> = self.terms.iter().map(|(a, b)| written(a, b)).collect();
         f.write_str(&texts.join(","))
+    }
+}
+
+/// A term as written: a name, or a range's two ends.
+fn written(a: &str, b: &Option<String>) -> String {
+    match b {
+        Some(b) => format!("{a}..{b}"),
+        None => a.to_string(),
     }
 }
 
