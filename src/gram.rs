@@ -316,14 +316,10 @@ impl Visit for GramWork {
         let mut start = 0;
         while start < item.len() {
             let len = CHUNK.min(item.len() - start);
-            for (m, (slice, format)) in inputs.iter().zip(&formats).enumerate() {
-                let format = format.expect("checked above");
-                let size = format.size();
-                let part = Slice {
-                    bytes: &slice.bytes[start * size..(start + len) * size],
-                    ..*slice
-                };
-                part.values_into(&mut rows[m * CHUNK..m * CHUNK + len]);
+            for (m, slice) in inputs.iter().enumerate() {
+                slice
+                    .part(start, start + len)
+                    .values_into(&mut rows[m * CHUNK..m * CHUNK + len]);
             }
             if let Some(c) = self.center {
                 let (before, rest) = rows.split_at_mut(c * CHUNK);

@@ -189,15 +189,6 @@ impl Absorb<()> for Ignore {
     }
 }
 
-/// Elements `start..end` of a slice.
-fn part<'a>(s: &Slice<'a>, start: usize, end: usize) -> Slice<'a> {
-    let size = dtype::bit_size(s.dtype) / 8;
-    Slice {
-        bytes: &s.bytes[start * size..end * size],
-        ..*s
-    }
-}
-
 impl Visit for Work<'_> {
     type Partial = ();
 
@@ -230,11 +221,11 @@ impl Visit for Work<'_> {
         while start < item.len() {
             let end = (start + SUB).min(item.len());
             let v = &mut v[..end - start];
-            part(&src, start, end).values_into(v);
+            src.part(start, end).values_into(v);
             if o.patch_nonfinite {
                 let bv = base.map(|b| {
                     let bv = &mut bv[..end - start];
-                    part(&b, start, end).values_into(bv);
+                    b.part(start, end).values_into(bv);
                     &*bv
                 });
                 for (i, x) in v.iter_mut().enumerate() {

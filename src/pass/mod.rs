@@ -180,7 +180,16 @@ pub struct Slice<'a> {
     pub scale: f64,
 }
 
-impl Slice<'_> {
+impl<'a> Slice<'a> {
+    /// Elements `start..end` of the slice (indices relative to it).
+    pub fn part(&self, start: usize, end: usize) -> Slice<'a> {
+        let size = dtype::bit_size(self.dtype) / 8;
+        Slice {
+            bytes: &self.bytes[start * size..end * size],
+            ..*self
+        }
+    }
+
     /// The float values of the slice, scaled: `out[i] = stored[i] · scale`.
     pub fn values_into(&self, out: &mut [f64]) {
         let format = dtype::float_format(self.dtype).expect("values of a float slice");

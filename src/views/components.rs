@@ -118,34 +118,35 @@ fn sigmoid_table() -> &'static [f64] {
     })
 }
 
-/// fp16 bit patterns of a slice's values (rounded to nearest even; unscaled f16 stays as
-/// is; scaled values are scaled first).
 /// The BLAKE3 of a tensor's fp16 form (`None` when that is its stored form, whose hash the
 /// caller has) and its toolkit-metric sum (when `metric`), streamed in chunks: a whole Flux
 /// matrix (66 M values) never becomes one buffer.
 fn fp16_form(format: FloatFormat, s: &Slice<'_>, metric: bool) -> (Option<[u8; 32]>, f64) {
     const CHUNK: usize = 1 << 16;
+    // Stored as fp16 already (values rounded to nearest even otherwise; scaled ones scaled
+    // first).
     let direct = format == FloatFormat::F16 && s.scale == 1.0;
+    if direct && !metric {
+        return (None, 0.0);
+    }
     let table = sigmoid_table();
     let mut hasher = blake3::Hasher::new();
     let mut sum = 0.0f64;
     let mut values = vec![0.0f64; CHUNK];
     let mut converted = vec![0u8; CHUNK * 2];
-    for chunk in s.bytes.chunks(CHUNK * format.size()) {
-        let n = chunk.len() / format.size();
+    let n = s.bytes.len() / format.size();
+    for start in (0..n).step_by(CHUNK) {
+        let end = (start + CHUNK).min(n);
+        let part = s.part(start, end);
         let f16_bytes: &[u8] = if direct {
-            chunk
+            part.bytes
         } else {
-            let part = Slice { bytes: chunk, ..*s };
-            part.values_into(&mut values[..n]);
-            crate::kernels::from_f64(FloatFormat::F16, &values[..n], &mut converted[..2 * n]);
-            &converted[..2 * n]
+            let len = end - start;
+            part.values_into(&mut values[..len]);
+            crate::kernels::from_f64(FloatFormat::F16, &values[..len], &mut converted[..2 * len]);
+            hasher.update(&converted[..2 * len]);
+            &converted[..2 * len]
         };
-        if !direct {
-            hasher.update(f16_bytes);
-        } else if !metric {
-            break;
-        }
         if metric {
             // One running sum in element order, as over the whole tensor at once.
             sum = f16_bytes.chunks_exact(2).fold(sum, |acc, c| {
