@@ -11,7 +11,7 @@ pub mod plan;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
-use crate::catalog::{Detection, canonical_key, detect};
+use crate::catalog::{Detection, detect};
 use crate::kernels;
 use crate::pass::{Absorb, Item, Pass, PassError, Plan, Slice, Visit};
 use crate::reader::Checkpoint;
@@ -111,14 +111,9 @@ pub fn execute(
             .expect("every spec is in the file");
         match &p.source {
             Source::PositionIds => position_ids.push(index),
-            Source::Quantization => {
-                let hidden = ckpt
-                    .scaled_fp8()
-                    .into_iter()
-                    .flat_map(|q| &q.hidden)
-                    .find(|t| canonical_key(&t.name) == p.spec.name)
-                    .expect("planned from the file's scales");
-                quantization.push((index, ckpt.data(hidden).to_vec()));
+            Source::Quantization(i) => {
+                let q = ckpt.scaled_fp8().expect("planned from the file's scales");
+                quantization.push((index, ckpt.data(&q.hidden[*i]).to_vec()));
             }
             Source::Tensor {
                 origin,

@@ -66,8 +66,9 @@ pub enum Source {
     },
     /// int64 0..76.
     PositionIds,
-    /// A scaled-fp8 marker or scale of the file, copied as it is.
-    Quantization,
+    /// A scaled-fp8 marker or scale of the file (its index in
+    /// [`ScaledFp8::hidden`]), copied as it is.
+    Quantization(usize),
 }
 
 /// One output tensor.
@@ -330,17 +331,17 @@ pub fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Options) -> F
         if opts.dtype.is_some() {
             out.actions.push(format!(
                 "dequantized the scaled fp8 weights ({} scales)",
-                q.scales.len()
+                q.scaled_weights()
             ));
         } else {
-            for t in &q.hidden {
+            for (i, t) in q.hidden.iter().enumerate() {
                 out.tensors.push(Planned {
                     spec: TensorSpec {
                         name: canonical_key(&t.name).into_owned(),
                         dtype: t.dtype,
                         shape: t.shape.clone(),
                     },
-                    source: Source::Quantization,
+                    source: Source::Quantization(i),
                 });
             }
         }

@@ -88,12 +88,6 @@ pub enum OutputScale {
     Known(f64),
 }
 
-/// The name of a scaled weight's scale: `X.weight` -> `X.scale_weight`.
-pub fn scale_name(weight: &str) -> String {
-    let layer = weight.strip_suffix(".weight").unwrap_or(weight);
-    format!("{layer}{}", crate::reader::quant::SCALE_WEIGHT)
-}
-
 /// Whether a tensor is one scaled fp8 quantizes: a weight matrix of the denoiser.
 fn quantizable(name: &str, shape: &[usize]) -> bool {
     crate::catalog::component_of(name).is_denoiser()

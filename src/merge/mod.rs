@@ -208,7 +208,7 @@ pub fn run(
     }
     for (name, _) in &scaled {
         specs.push(TensorSpec {
-            name: engine::scale_name(name),
+            name: crate::reader::quant::scale_name(name),
             dtype: crate::reader::Dtype::F32,
             shape: Vec::new(),
         });
@@ -249,7 +249,7 @@ pub fn run(
     for mut o in decisions.outputs.iter().cloned() {
         o.out_index = output.index_of(&o.name).expect("every spec is in the file");
         if o.scale != OutputScale::None {
-            o.scale_index = output.index_of(&engine::scale_name(&o.name));
+            o.scale_index = output.index_of(&crate::reader::quant::scale_name(&o.name));
         }
         match o.source {
             Source::Merge {

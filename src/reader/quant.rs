@@ -23,24 +23,26 @@ pub struct ScaledFp8 {
     pub marker: String,
     /// The FP8 format the marker names (ComfyUI reads its dtype; F32 means E4M3).
     pub format: FloatFormat,
-    /// `X.scale_weight` tensors, each attached to `X.weight`.
-    pub scales: Vec<String>,
-    /// `X.scale_input` tensors (kept aside; they do not change the weights).
-    pub input_scales: Vec<String>,
-    /// The header entries of the marker and the scales, to copy them as they are.
+    /// The header entries of the marker, the `X.scale_weight`s (each attached to its
+    /// `X.weight`) and the `X.scale_input`s (which do not change the weights), in file
+    /// order: to copy them as they are.
     pub hidden: Vec<TensorEntry>,
 }
 
 impl ScaledFp8 {
-    /// Every tensor the convention adds to the weights, in name order.
-    pub fn extra_tensors(&self) -> Vec<&str> {
-        let mut v: Vec<&str> = std::iter::once(self.marker.as_str())
-            .chain(self.scales.iter().map(String::as_str))
-            .chain(self.input_scales.iter().map(String::as_str))
-            .collect();
-        v.sort_unstable();
-        v
+    /// How many weights carry a scale.
+    pub fn scaled_weights(&self) -> usize {
+        self.hidden
+            .iter()
+            .filter(|t| t.name.ends_with(SCALE_WEIGHT))
+            .count()
     }
+}
+
+/// The name of a weight's scale: `X.weight` -> `X.scale_weight`.
+pub fn scale_name(weight: &str) -> String {
+    let layer = weight.strip_suffix(".weight").unwrap_or(weight);
+    format!("{layer}{SCALE_WEIGHT}")
 }
 
 /// Why quantized tensors cannot be read.
@@ -74,13 +76,7 @@ pub fn split_scaled_fp8(
         Some(FloatFormat::F8E5M2) => FloatFormat::F8E5M2,
         _ => FloatFormat::F8E4M3,
     };
-    let mut found = ScaledFp8 {
-        marker: marker.name.clone(),
-        format,
-        scales: Vec::new(),
-        input_scales: Vec::new(),
-        hidden: Vec::new(),
-    };
+    let marker_name = marker.name.clone();
     let mut scale_of: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
     for t in &header.tensors {
         if let Some(layer) = t.name.strip_suffix(SCALE_WEIGHT) {
@@ -89,22 +85,18 @@ pub fn split_scaled_fp8(
                 reason,
             })?;
             scale_of.insert(format!("{layer}.weight"), value);
-            found.scales.push(t.name.clone());
-        } else if t.name.ends_with(SCALE_INPUT) {
-            found.input_scales.push(t.name.clone());
         }
     }
-    let extra: std::collections::HashSet<String> = found
-        .extra_tensors()
-        .into_iter()
-        .map(str::to_string)
-        .collect();
-    let (hidden, kept): (Vec<TensorEntry>, Vec<TensorEntry>) = header
-        .tensors
-        .drain(..)
-        .partition(|t| extra.contains(&t.name));
+    let (hidden, kept): (Vec<TensorEntry>, Vec<TensorEntry>) =
+        header.tensors.drain(..).partition(|t| {
+            t.name == marker_name || t.name.ends_with(SCALE_WEIGHT) || t.name.ends_with(SCALE_INPUT)
+        });
     header.tensors = kept;
-    found.hidden = hidden;
+    let found = ScaledFp8 {
+        marker: marker_name,
+        format,
+        hidden,
+    };
     for t in &mut header.tensors {
         let fp8 = matches!(
             dtype::float_format(t.dtype),
@@ -178,8 +170,12 @@ mod tests {
             ..Default::default()
         };
         let q = split_scaled_fp8(&mut h, &data).unwrap().unwrap();
-        assert_eq!(q.scales, ["m.a.scale_weight"]);
-        assert_eq!(q.input_scales, ["m.a.scale_input"]);
+        let hidden: Vec<&str> = q.hidden.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            hidden,
+            ["m.scaled_fp8", "m.a.scale_weight", "m.a.scale_input"]
+        );
+        assert_eq!(q.scaled_weights(), 1);
         let names: Vec<&str> = h.tensors.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["m.a.weight", "m.a.bias"]);
         assert_eq!(h.tensors[0].scale, Some(0.5));

@@ -27,7 +27,7 @@ use crate::kernels;
 use crate::pass::{PassError, Progress};
 use crate::reader::Dtype;
 use crate::reader::dtype::FloatFormat;
-use crate::reader::quant::{MARKER, SCALE_WEIGHT};
+use crate::reader::quant::{MARKER, scale_name};
 use crate::rng::counter::{Stream, key_hash};
 use crate::writer::{OutputFile, TensorSpec, WriteError};
 
@@ -358,10 +358,9 @@ fn plan_tensors(layout: &Layout) -> Vec<Planned> {
             let matrix = shape.len() == 2 && k.name.ends_with(".weight");
             if matrix && component_of(&k.name).is_denoiser() {
                 *scaled = true;
-                let scale_name = format!("{}{SCALE_WEIGHT}", &name[..name.len() - 7]);
                 out.push(Planned {
                     spec: TensorSpec {
-                        name: scale_name,
+                        name: scale_name(&name),
                         dtype: Dtype::F32,
                         shape: Vec::new(),
                     },

@@ -179,7 +179,7 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
                 format!(
                     "scaled FP8 ({}): {} weights stored in {} with a per-tensor scale_weight, read dequantized",
                     q.marker,
-                    q.scales.len(),
+                    q.scaled_weights(),
                     crate::reader::dtype::name(q.format.dtype())
                 )
             }))

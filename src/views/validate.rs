@@ -414,7 +414,7 @@ pub fn validate(
                 "scaled FP8 (ComfyUI's {}): {} weights in {} with a per-tensor scale_weight; \
                  every analysis reads them multiplied by their scale",
                 q.marker,
-                q.scales.len(),
+                q.scaled_weights(),
                 dtype::name(q.format.dtype())
             ),
         ));
