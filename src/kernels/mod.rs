@@ -138,6 +138,20 @@ pub fn largest_finite(format: FloatFormat) -> f64 {
     }
 }
 
+/// The scale a scaled-FP8 tensor whose largest magnitude is `amax` is stored with: `amax`
+/// maps to the format's largest finite value. The scale is stored as an f32, so it is
+/// rounded to one here (values are divided by the scale readers will multiply by) and
+/// kept finite and positive, or readers refuse it or get Inf·0; past f32's range the values
+/// saturate instead. 1 for an all-zero tensor.
+pub fn fp8_scale(amax: f64, format: FloatFormat) -> f64 {
+    let s = amax / largest_finite(format);
+    if s > 0.0 && !s.is_nan() {
+        s.clamp(f32::MIN_POSITIVE as f64, f32::MAX as f64) as f32 as f64
+    } else {
+        1.0
+    }
+}
+
 /// Converts f64 values to stored little-endian `format`, correctly rounded (to nearest,
 /// ties to even): `dst[i] = round(src[i])`.
 pub fn from_f64(format: FloatFormat, src: &[f64], dst: &mut [u8]) {

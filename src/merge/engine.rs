@@ -225,15 +225,7 @@ impl Visit for MergeWork<'_> {
                         amax = values.iter().fold(amax, |m, v| m.max(v.abs()));
                         start = end;
                     }
-                    let s = amax / kernels::largest_finite(*format);
-                    // The stored scale is a finite, positive f32 (else readers refuse it or
-                    // get Inf·0): use that one for the division too. Past f32's range the
-                    // values saturate instead.
-                    let s = if s > 0.0 && !s.is_nan() {
-                        s.clamp(f32::MIN_POSITIVE as f64, f32::MAX as f64) as f32 as f64
-                    } else {
-                        1.0
-                    };
+                    let s = kernels::fp8_scale(amax, *format);
                     send_scale(s);
                     s
                 } else {

@@ -405,13 +405,7 @@ fn bound(model: &Synthetic, row: usize, mean: f64, std: f64) -> f64 {
 /// A scaled weight's `scale_weight`: its bound maps to the format's largest finite value,
 /// so no stored value saturates.
 fn fp8_scale(model: &Synthetic, layout: &Layout, row: usize, mean: f64, std: f64) -> f64 {
-    let bound = bound(model, row, mean, std);
-    if bound > 0.0 {
-        // Through f32, as stored, so that the weights are divided by the scale readers see.
-        (bound / kernels::largest_finite(layout.dtype)) as f32 as f64
-    } else {
-        1.0
-    }
+    kernels::fp8_scale(bound(model, row, mean, std), layout.dtype)
 }
 
 fn source_of(
