@@ -127,12 +127,16 @@ impl LayoutArgs {
         layout.scaled_fp8 = scaled_fp8;
         layout.variant = Variant::NAMES
             .iter()
-            .find(|(name, _)| *name == self.variant || (*name == "inpainting" && self.variant == "inpaint"))
+            .find(|(name, _)| {
+                *name == self.variant || (*name == "inpainting" && self.variant == "inpaint")
+            })
             .map(|(_, v)| *v)
             .with_context(|| {
+                let names: Vec<&str> = Variant::NAMES.iter().map(|(n, _)| *n).collect();
                 format!(
-                    "--variant: unknown variant '{}'; use base, inpainting, pix2pix, depth, schnell, fill or control",
-                    self.variant
+                    "--variant: unknown variant '{}'; use {}",
+                    self.variant,
+                    names.join(", ")
                 )
             })?;
         if !layout.variant.applies_to(arch) {

@@ -48,7 +48,7 @@ pub enum Variant {
 }
 
 impl Variant {
-    /// `(variant name, the architectures it applies to)`, for the CLI.
+    /// Each variant with its command-line name.
     pub const NAMES: [(&'static str, Variant); 7] = [
         ("base", Variant::Base),
         ("inpainting", Variant::Inpainting),
