@@ -190,6 +190,18 @@ fn blocks_and_keys_restrict_rows_and_totals() {
     let (a, b) = pair(&d, Arch::Sd1, 16, FloatFormat::F16, FloatFormat::F16);
     let all = run_json(&["sim", s(&a), s(&b)]);
     let out = run_json(&["sim", s(&a), s(&b), "--blocks", "out"]);
+    // Every row a selection shows has its number in the full table.
+    let same_as_full = |chosen: &serde_json::Value| {
+        for r in chosen["rows"].as_array().unwrap() {
+            let full = all["rows"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["label"] == r["label"])
+                .unwrap();
+            assert_eq!(full["similarity"], r["similarity"]);
+        }
+    };
     let labels: Vec<&str> = out["rows"]
         .as_array()
         .unwrap()
@@ -209,15 +221,7 @@ fn blocks_and_keys_restrict_rows_and_totals() {
     let mean = sims.iter().sum::<f64>() / 12.0;
     assert!((out["totals"]["block_mean"]["similarity"].as_f64().unwrap() - mean).abs() < 1e-15);
     // The OUT rows are the same numbers as in the full table.
-    for r in out["rows"].as_array().unwrap() {
-        let full = all["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["label"] == r["label"])
-            .unwrap();
-        assert_eq!(full["similarity"], r["similarity"]);
-    }
+    same_as_full(&out);
     // The one selector language: blocks, ranges and groups, rows as in the full table.
     let picked = run_json(&["sim", s(&a), s(&b), "--blocks", "IN04,OUT03..OUT05,te,base"]);
     let labels: Vec<&str> = picked["rows"]
@@ -227,15 +231,7 @@ fn blocks_and_keys_restrict_rows_and_totals() {
         .map(|r| r["label"].as_str().unwrap())
         .collect();
     assert_eq!(labels, ["IN04", "OUT03", "OUT04", "OUT05", "TE1", "VAE"]);
-    for r in picked["rows"].as_array().unwrap() {
-        let full = all["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["label"] == r["label"])
-            .unwrap();
-        assert_eq!(full["similarity"], r["similarity"]);
-    }
+    same_as_full(&picked);
     let (code, _, err) = run_code(&["sim", s(&a), s(&b), "--blocks", "OUT05..OUT03"]);
     assert_eq!(code, 2);
     assert!(
