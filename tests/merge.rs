@@ -1024,3 +1024,38 @@ fn vpred_markers_survive_a_merge() {
         assert!(j["variants"].to_string().contains("v-prediction"), "{j}");
     }
 }
+
+/// Scaled FP8 scales linear layers only, as ComfyUI's scaled-fp8 operations do (they
+/// replace `Linear`; a conv stored scaled would load without its scale): an SD1 merge to
+/// scaled FP8 scales the U-Net's 2-D weights, and its convs stay wide and unscaled.
+#[test]
+fn scaled_fp8_scales_linear_weights_only() {
+    let fam = family(Arch::Sd1);
+    merged_as(&fam, "OUT = F1 x 0.5 + F2 x 0.5\n", "scaled-fp8", &[]);
+    let (tensors, _) = read_raw(&fam.dir.path("out.safetensors"));
+    let names: std::collections::HashSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    let (mut linear, mut conv) = (0, 0);
+    for t in &tensors {
+        if !t.name.starts_with("model.diffusion_model.") || !t.name.ends_with(".weight") {
+            continue;
+        }
+        let scale = format!("{}.scale_weight", t.name.trim_end_matches(".weight"));
+        match t.shape.len() {
+            2 => {
+                assert_eq!(t.dtype, "F8_E4M3", "{}", t.name);
+                assert!(names.contains(scale.as_str()), "{}", t.name);
+                linear += 1;
+            }
+            4 => {
+                assert_eq!(t.dtype, "F16", "{}", t.name);
+                assert!(!names.contains(scale.as_str()), "{} scaled", t.name);
+                conv += 1;
+            }
+            _ => {}
+        }
+    }
+    assert!(
+        linear > 50 && conv > 50,
+        "{linear} linear, {conv} conv weights"
+    );
+}

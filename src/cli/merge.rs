@@ -56,7 +56,7 @@ struct OutArgs {
     #[arg(short, long, value_name = "OUT")]
     output: Option<PathBuf>,
     /// Output float format: f16, bf16, f32, f64, f8_e4m3 or f8_e5m2 (values beyond the
-    /// format saturate), or scaled-fp8 (ComfyUI's: the denoiser's weight matrices in E4M3
+    /// format saturate), or scaled-fp8 (ComfyUI's: the denoiser's linear-layer weights in E4M3
     /// with a fresh per-tensor scale). Default: each tensor as in the first input (a
     /// scaled-fp8 input stays scaled fp8).
     #[arg(long)]

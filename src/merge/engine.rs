@@ -41,7 +41,7 @@ pub enum OutputFormat {
     AsInputs,
     /// Every merged float in this format (values beyond its range saturate).
     Float(FloatFormat),
-    /// ComfyUI's scaled fp8 in this FP8 format for the denoiser's weight matrices (each
+    /// ComfyUI's scaled fp8 in this FP8 format for the denoiser's linear weights (each
     /// with a fresh per-tensor scale: its largest magnitude maps to the format's largest
     /// value); every other float as its first input stores it, bf16 where that is fp8.
     ScaledFp8(FloatFormat),
@@ -86,13 +86,6 @@ pub enum OutputScale {
     Fresh,
     /// The scale of the copied input tensor.
     Known(f64),
-}
-
-/// Whether a tensor is one scaled fp8 quantizes: a weight matrix of the denoiser.
-fn quantizable(name: &str, shape: &[usize]) -> bool {
-    crate::catalog::component_of(name).is_denoiser()
-        && name.ends_with(".weight")
-        && shape.len() >= 2
 }
 
 /// The work of one merge: a [`Visit`] that computes output pieces and hands them to the
@@ -439,7 +432,11 @@ pub fn decide(
             let (format, scaled) = match output {
                 OutputFormat::AsInputs => (stored, first.scale.is_some()),
                 OutputFormat::Float(f) => (f, false),
-                OutputFormat::ScaledFp8(f) if quantizable(&entry.key, &first.shape) => (f, true),
+                OutputFormat::ScaledFp8(f)
+                    if crate::reader::quant::quantizable(&entry.key, &first.shape) =>
+                {
+                    (f, true)
+                }
                 OutputFormat::ScaledFp8(_) => (unscaled(stored), false),
             };
             Some(Source::Merge {

@@ -27,7 +27,7 @@ use crate::kernels;
 use crate::pass::{PassError, Progress};
 use crate::reader::Dtype;
 use crate::reader::dtype::FloatFormat;
-use crate::reader::quant::{MARKER, scale_name};
+use crate::reader::quant::{MARKER, quantizable, scale_name};
 use crate::rng::counter::{Stream, key_hash};
 use crate::writer::{OutputFile, TensorSpec, WriteError};
 
@@ -355,8 +355,7 @@ fn plan_tensors(layout: &Layout) -> Vec<Planned> {
                 ..
             } = &mut source
         {
-            let matrix = shape.len() == 2 && k.name.ends_with(".weight");
-            if matrix && component_of(&k.name).is_denoiser() {
+            if quantizable(&k.name, &shape) {
                 *scaled = true;
                 out.push(Planned {
                     spec: TensorSpec {
