@@ -49,7 +49,17 @@ pub struct Model {
 }
 
 impl Model {
+    /// Opens a checkpoint; a pickle that names dangerous globals gets a loud warning (its
+    /// tensors are still read: nothing in it is executed).
     pub fn open(path: &Path) -> Result<Model> {
+        let model = Self::open_unwarned(path)?;
+        warn_dangerous(&model.ckpt);
+        Ok(model)
+    }
+
+    /// Opens a checkpoint without the dangerous-pickle warning (`validate` reports it as an
+    /// error finding instead).
+    pub fn open_unwarned(path: &Path) -> Result<Model> {
         let ckpt = Checkpoint::open(path)?;
         let detection = detect(&ckpt);
         Ok(Model { ckpt, detection })
@@ -79,6 +89,24 @@ impl Model {
             path: self.ckpt.path().display().to_string(),
             detection: self.describe(),
         }
+    }
+}
+
+/// Prints the warning for a pickle with dangerous globals, to stderr.
+pub fn warn_dangerous(ckpt: &Checkpoint) {
+    let Some(p) = ckpt.pickle() else { return };
+    let names: Vec<String> = p
+        .dangerous()
+        .map(|g| format!("{} (byte {} of {})", g.dotted(), g.offset, p.stream))
+        .collect();
+    if !names.is_empty() {
+        eprintln!(
+            "WARNING: '{}' is a malicious or unsafe pickle: it calls {}. torch.load would run \
+             it; ckpt-diff executed nothing and reads only its tensors. Do not open this file \
+             with other tools; `ckpt-diff convert` makes a safe .safetensors copy.",
+            ckpt.path().display(),
+            names.join(", ")
+        );
     }
 }
 

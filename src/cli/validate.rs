@@ -25,7 +25,7 @@ pub struct Args {
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let mut results = Vec::new();
     for path in &args.files {
-        let model = Model::open(path)?;
+        let model = Model::open_unwarned(path)?;
         let bar = Bar::new("checking", global.quiet);
         let r = validate(&model.ckpt, &model.detection, &Pass::new(&bar))?;
         drop(bar);

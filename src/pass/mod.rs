@@ -487,31 +487,14 @@ pub fn reads_past_memory(bytes: u64) -> bool {
     crate::sys::physical_memory().is_some_and(|ram| bytes > ram / 4 * 3)
 }
 
-/// The byte range of `item` in each model's file.
-fn file_ranges<'a>(
-    plan: &'a Plan<'_>,
-    item: &'a Item,
-) -> impl Iterator<Item = (&'a Checkpoint, u64, u64)> + 'a {
-    let entry = &plan.entries()[item.entry];
-    plan.models()
-        .iter()
-        .enumerate()
-        .filter_map(move |(m, ckpt)| {
-            let t = plan.tensor(entry, m)?;
-            let bits = dtype::bit_size(t.dtype) as u64;
-            let base = ckpt.data_start() + t.begin as u64;
-            Some((
-                *ckpt,
-                base + item.start as u64 * bits / 8,
-                base + item.end as u64 * bits / 8,
-            ))
-        })
-}
-
-/// Releases the file pages an absorbed item read (see [`Checkpoint::release`]).
+/// Releases the file pages an absorbed item read (see [`Checkpoint::release_tensor`]).
 fn release(plan: &Plan<'_>, item: &Item) {
-    for (ckpt, start, end) in file_ranges(plan, item) {
-        ckpt.release(start, end);
+    let entry = &plan.entries()[item.entry];
+    for (m, ckpt) in plan.models().iter().enumerate() {
+        if let Some(t) = plan.tensor(entry, m) {
+            let bits = dtype::bit_size(t.dtype);
+            ckpt.release_tensor(t, item.start * bits / 8, item.end * bits / 8);
+        }
     }
 }
 

@@ -13,10 +13,14 @@
 //! # Ok::<(), ckpt_diff::reader::FileError>(())
 //! ```
 
+pub mod diffusers;
 pub mod dtype;
 pub mod header;
+pub mod pickle;
 pub mod quant;
 pub mod sniff;
+mod spill;
+pub mod torch;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -38,10 +42,14 @@ pub enum ReadError {
     #[error("this is a directory, not a checkpoint file")]
     IsDirectory,
     #[error(
-        "this is a PyTorch pickle checkpoint ({0}), not safetensors; ckpt-diff never \
-         unpickles files, because loading a pickle can run arbitrary code"
+        "this is a pickle file ({0}) that is not a torch checkpoint ckpt-diff can read; it was \
+         not executed"
     )]
     Pickle(&'static str),
+    #[error("this PyTorch checkpoint is unreadable: {0}")]
+    Torch(#[from] torch::TorchError),
+    #[error("{0}")]
+    Folder(String),
     #[error("this is a GGUF file, not safetensors")]
     Gguf,
     #[error("the file is {len} bytes long, too short for a safetensors file")]
@@ -114,9 +122,12 @@ impl ReadError {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             ReadError::Pickle(_) => Some(
-                "convert it to .safetensors in a sandbox you trust (for example with \
-                 `safetensors.torch.save_file` or the A1111 model toolkit), then run ckpt-diff on \
-                 the .safetensors file",
+                "ckpt-diff reads torch.save checkpoints (zip and legacy) and safetensors; other \
+                 pickles are not model files",
+            ),
+            ReadError::Torch(_) => Some(
+                "download or copy the file again; if it loads in PyTorch, please report it with \
+                 the message above",
             ),
             ReadError::TooShort { .. }
             | ReadError::HeaderPastEnd { .. }
@@ -189,28 +200,102 @@ impl RawFile {
     }
 }
 
-/// An open, checked safetensors file.
+/// The kind of input a [`Checkpoint`] was read from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Container {
+    Safetensors,
+    /// A torch zip (`PREFIX/data.pkl`) or legacy pickle checkpoint.
+    Torch(torch::Container),
+    /// A diffusers folder (`model_index.json`, `unet/`, `text_encoder/`, `vae/`).
+    Diffusers,
+    /// A sharded safetensors model (`*.safetensors.index.json` and its parts).
+    Sharded,
+}
+
+impl Container {
+    pub fn id(&self) -> &'static str {
+        match self {
+            Container::Safetensors => "safetensors",
+            Container::Torch(t) => t.id(),
+            Container::Diffusers => "diffusers",
+            Container::Sharded => "sharded",
+        }
+    }
+
+    /// Whether the input is one file whose bytes are the model (so file hashes apply).
+    pub fn is_one_file(&self) -> bool {
+        matches!(self, Container::Safetensors | Container::Torch(_))
+    }
+}
+
+/// What the pickle of a torch checkpoint held besides tensors.
+#[derive(Clone, Debug, Default)]
+pub struct PickleInfo {
+    /// The pickle member or stream the offsets below count in.
+    pub stream: String,
+    pub globals: Vec<pickle::GlobalUse>,
+    /// Top-level entries outside the state dict (optimizer states, callbacks, ...).
+    pub other: Vec<torch::OtherEntry>,
+    /// Where the state dict sat ("" for the top level).
+    pub state_dict_at: String,
+    pub big_endian: bool,
+    /// Tensors copied out of place (non-contiguous views, big-endian or compressed storages).
+    pub copied: usize,
+}
+
+impl PickleInfo {
+    pub fn dangerous(&self) -> impl Iterator<Item = &pickle::GlobalUse> {
+        self.globals
+            .iter()
+            .filter(|g| g.verdict == pickle::Verdict::Dangerous)
+    }
+}
+
+/// A mapped byte region tensors point into. Tensor offsets ([`TensorEntry::begin`]) are
+/// positions in one address space that the sources tile, so a checkpoint made of several
+/// files (or with tensors copied to a spill file) keeps the one-slice view of a tensor.
+struct Source {
+    map: Mmap,
+    /// Where the region starts in the tensors' address space.
+    at: usize,
+    /// Where the region starts in `map`.
+    start: usize,
+    len: usize,
+}
+
+/// An open, checked checkpoint: a safetensors file, a torch checkpoint, a diffusers folder
+/// or a sharded model, behind one tensor view.
 pub struct Checkpoint {
     path: PathBuf,
-    map: Mmap,
+    container: Container,
+    sources: Vec<Source>,
+    /// The whole input file, for file hashes (single-file inputs only).
+    file: Option<usize>,
     data_start: usize,
     header: header::Header,
     index: HashMap<String, usize>,
     /// The scaled-fp8 bookkeeping taken out of `header.tensors`, if the file is scaled.
     scaled_fp8: Option<quant::ScaledFp8>,
+    pickle: Option<PickleInfo>,
+    /// Notes on how a folder or sharded model was assembled.
+    notes: Vec<String>,
 }
 
 impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Checkpoint")
             .field("path", &self.path)
+            .field("container", &self.container)
             .field("tensors", &self.header.tensors.len())
             .finish()
     }
 }
 
 impl Checkpoint {
-    /// Opens and checks `path`. Nothing is read beyond the header until a view is used.
+    /// Opens and checks `path`: a safetensors file, a torch checkpoint (never executed), a
+    /// diffusers folder, or a sharded model's folder or `*.index.json`. Nothing is read
+    /// beyond headers and pickles until a view is used, except tensors that cannot be used in
+    /// place (see [`PickleInfo::copied`]), which are copied once to an unnamed temporary file.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint, FileError> {
         let path = path.as_ref();
         Self::open_inner(path).map_err(|kind| FileError {
@@ -220,11 +305,14 @@ impl Checkpoint {
     }
 
     fn open_inner(path: &Path) -> Result<Checkpoint, ReadError> {
+        if path.is_dir() {
+            return diffusers::open_folder(path);
+        }
+        if diffusers::is_shard_index(path) {
+            return diffusers::open_sharded(path);
+        }
         let file = File::open(path)?;
         let meta = file.metadata()?;
-        if meta.is_dir() {
-            return Err(ReadError::IsDirectory);
-        }
         let file_len = meta.len();
         if file_len < 8 {
             return Err(ReadError::TooShort { len: file_len });
@@ -232,8 +320,8 @@ impl Checkpoint {
         let map = map_file(&file)?;
 
         match sniff::sniff(&map[..map.len().min(16)]) {
-            Sniffed::TorchZip => return Err(ReadError::Pickle("zip container")),
-            Sniffed::Pickle => return Err(ReadError::Pickle("bare pickle stream")),
+            Sniffed::TorchZip => return Self::open_torch(path, map, true),
+            Sniffed::Pickle => return Self::open_torch(path, map, false),
             Sniffed::Gguf => return Err(ReadError::Gguf),
             Sniffed::Other => {}
         }
@@ -242,35 +330,159 @@ impl Checkpoint {
             let header = header::parse(&map[8..data_start], file_len - data_start as u64)?;
             Ok((data_start, header))
         });
-        let (data_start, mut header) = match parsed {
+        let (data_start, header) = match parsed {
             Ok(parsed) => parsed,
             // The extension says pickle and the bytes are not safetensors: say that, not
-            // "bad JSON". Older pickle protocols have no magic bytes to sniff.
+            // "bad JSON". Protocols 0 and 1 have no magic bytes to sniff.
             Err(_) if sniff::has_pickle_extension(path) => {
-                return Err(ReadError::Pickle("by its extension"));
+                return Err(ReadError::Pickle("by its extension, and not a torch file"));
             }
             Err(e) => return Err(e),
         };
+        let len = map.len() - data_start;
+        let sources = vec![Source {
+            map,
+            at: 0,
+            start: data_start,
+            len,
+        }];
+        Self::assemble(path, Container::Safetensors, sources, Some(0), data_start, header)
+    }
+
+    /// Builds the checkpoint from its sources: checks quantization, splits scaled fp8.
+    fn assemble(
+        path: &Path,
+        container: Container,
+        sources: Vec<Source>,
+        file: Option<usize>,
+        data_start: usize,
+        mut header: header::Header,
+    ) -> Result<Checkpoint, ReadError> {
         if let Some(format) = quant::bitsandbytes(&header) {
             return Err(ReadError::Bitsandbytes { format });
         }
-        let scaled_fp8 = quant::split_scaled_fp8(&mut header, &map[data_start..]).map_err(
-            |quant::QuantProblem::BadScale { name, reason }| ReadError::BadScale { name, reason },
-        )?;
-        let index = header
+        let mut ckpt = Checkpoint {
+            path: path.to_path_buf(),
+            container,
+            sources,
+            file,
+            data_start,
+            header: header::Header::default(),
+            index: HashMap::new(),
+            scaled_fp8: None,
+            pickle: None,
+            notes: Vec::new(),
+        };
+        // The scale split reads scale tensors through the one view.
+        let scaled = {
+            let c = &ckpt;
+            let view = move |t: &TensorEntry| -> &[u8] { c.data(t) };
+            quant::split_scaled_fp8(&mut header, &view)
+        };
+        ckpt.scaled_fp8 = scaled.map_err(|quant::QuantProblem::BadScale { name, reason }| {
+            ReadError::BadScale { name, reason }
+        })?;
+        ckpt.index = header
             .tensors
             .iter()
             .enumerate()
             .map(|(i, t)| (t.name.clone(), i))
             .collect();
-        Ok(Checkpoint {
-            path: path.to_path_buf(),
+        ckpt.header = header;
+        Ok(ckpt)
+    }
+
+    fn open_torch(path: &Path, map: Mmap, zip: bool) -> Result<Checkpoint, ReadError> {
+        let t = torch::read(&map, zip)?;
+        let file_len = map.len();
+        let mut spill = spill::Spill::new(file_len);
+        let mut tensors = Vec::with_capacity(t.tensors.len());
+        let mut copied = 0;
+        // Compressed storages are decompressed once each, for the tensors that use them.
+        let mut decompressed: HashMap<usize, Vec<u8>> = HashMap::new();
+        for tensor in &t.tensors {
+            let storage = &t.storages[tensor.storage];
+            let esize = dtype::bit_size(tensor.dtype) / 8;
+            let bytes = tensor.numel() * esize;
+            let in_place = match &storage.bytes {
+                torch::StorageBytes::InPlace { begin, .. }
+                    if tensor.is_contiguous() && (!t.big_endian || esize == 1) =>
+                {
+                    Some(begin + tensor.offset * esize)
+                }
+                _ => None,
+            };
+            let begin = match in_place {
+                Some(b) => b,
+                None => {
+                    copied += 1;
+                    let src: &[u8] = match &storage.bytes {
+                        torch::StorageBytes::InPlace { begin, len } => &map[*begin..begin + len],
+                        torch::StorageBytes::Compressed { member, len } => {
+                            if !decompressed.contains_key(&tensor.storage) {
+                                let b = torch::decompress(&map, member, *len)?;
+                                decompressed.insert(tensor.storage, b);
+                            }
+                            &decompressed[&tensor.storage]
+                        }
+                    };
+                    spill.gather(&spill::View {
+                        bytes: src,
+                        esize,
+                        shape: &tensor.shape,
+                        stride: &tensor.stride,
+                        offset: tensor.offset,
+                        swap: t.big_endian,
+                    })?
+                }
+            };
+            tensors.push(TensorEntry {
+                name: tensor.name.clone(),
+                dtype: tensor.dtype,
+                shape: tensor.shape.clone(),
+                begin,
+                end: begin + bytes,
+                scale: None,
+            });
+        }
+        drop(decompressed);
+        tensors.sort_by_key(|t| (t.begin, t.end));
+        let mut header = header::Header {
+            tensors,
+            ..Default::default()
+        };
+        for (k, v) in &t.metadata {
+            header.metadata.push((format!("ckpt_diff.{k}"), v.clone()));
+        }
+        let mut sources = vec![Source {
             map,
-            data_start,
-            header,
-            index,
-            scaled_fp8,
-        })
+            at: 0,
+            start: 0,
+            len: file_len,
+        }];
+        if let Some((at, map)) = spill.finish()? {
+            let len = map.len();
+            sources.push(Source {
+                map,
+                at,
+                start: 0,
+                len,
+            });
+        }
+        let stream = match &t.container {
+            torch::Container::Zip { pickle } => pickle.clone(),
+            torch::Container::Legacy => "the file".to_string(),
+        };
+        let mut ckpt = Self::assemble(path, Container::Torch(t.container), sources, Some(0), 0, header)?;
+        ckpt.pickle = Some(PickleInfo {
+            stream,
+            globals: t.globals,
+            other: t.other,
+            state_dict_at: t.state_dict_at,
+            big_endian: t.big_endian,
+            copied,
+        });
+        Ok(ckpt)
     }
 
     /// The path the file was opened with.
@@ -284,6 +496,21 @@ impl Checkpoint {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| self.path.display().to_string())
+    }
+
+    /// What kind of input this is.
+    pub fn container(&self) -> &Container {
+        &self.container
+    }
+
+    /// For a torch checkpoint: the globals its pickle names and what else it held.
+    pub fn pickle(&self) -> Option<&PickleInfo> {
+        self.pickle.as_ref()
+    }
+
+    /// How a folder or sharded model was put together (files read, tensors renamed).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
     }
 
     /// The scaled-fp8 bookkeeping (marker and scale tensors), when the file is scaled. Its
@@ -303,12 +530,20 @@ impl Checkpoint {
         self.index.get(name).map(|&i| &self.header.tensors[i])
     }
 
-    /// The bytes of a tensor of this file (zero-copy, unaligned, little-endian).
-    pub fn data(&self, t: &TensorEntry) -> &[u8] {
-        &self.map[self.data_start + t.begin..self.data_start + t.end]
+    fn source_of(&self, at: usize) -> &Source {
+        let i = self.sources.partition_point(|s| s.at <= at).saturating_sub(1);
+        &self.sources[i]
     }
 
-    /// `__metadata__` entries in file order.
+    /// The bytes of a tensor of this file (zero-copy, unaligned, little-endian).
+    pub fn data(&self, t: &TensorEntry) -> &[u8] {
+        let s = self.source_of(t.begin);
+        let from = s.start + (t.begin - s.at);
+        &s.map[from..from + (t.end - t.begin)]
+    }
+
+    /// `__metadata__` entries in file order (for a torch checkpoint, its scalar top-level
+    /// entries such as `epoch` and `global_step`, as `ckpt_diff.*`).
     pub fn metadata(&self) -> &[(String, String)] {
         &self.header.metadata
     }
@@ -327,29 +562,36 @@ impl Checkpoint {
         &self.header.metadata_non_string
     }
 
-    /// Bytes of the data region that no tensor covers.
+    /// Bytes of the data region that no tensor covers (safetensors files).
     pub fn gap_bytes(&self) -> u64 {
         self.header.gap_bytes
     }
 
-    /// Size of the file in bytes.
+    /// Size of the input in bytes (all files of a folder or sharded model).
     pub fn file_len(&self) -> u64 {
-        self.map.len() as u64
+        match self.file {
+            Some(i) => self.sources[i].map.len() as u64,
+            None => self.sources.iter().map(|s| s.len as u64).sum(),
+        }
     }
 
-    /// Size of the JSON header (the `N` of the length prefix).
+    /// Size of the JSON header (the `N` of the length prefix); 0 for other containers.
     pub fn header_len(&self) -> u64 {
-        self.data_start as u64 - 8
+        (self.data_start as u64).saturating_sub(8)
     }
 
-    /// Offset of the data region in the file (`8 + N`).
+    /// Offset of the data region in the file (`8 + N`); 0 for other containers.
     pub fn data_start(&self) -> u64 {
         self.data_start as u64
     }
 
-    /// The whole file, for hashing.
+    /// The whole file, for hashing; empty for folders and sharded models, which are not one
+    /// file.
     pub fn bytes(&self) -> &[u8] {
-        &self.map
+        match self.file {
+            Some(i) => &self.sources[i].map,
+            None => &[],
+        }
     }
 
     /// Tells the kernel this process is done with the file bytes `start..end` for now:
@@ -357,7 +599,16 @@ impl Checkpoint {
     /// them again. Keeps resident memory bounded in long passes. Only whole pages inside
     /// the range are released.
     pub fn release(&self, start: u64, end: u64) {
-        crate::sys::release_pages(&self.map, start, end);
+        if let Some(i) = self.file {
+            crate::sys::release_pages(&self.sources[i].map, start, end);
+        }
+    }
+
+    /// As [`Checkpoint::release`], for the bytes `start..end` of tensor `t`'s data.
+    pub fn release_tensor(&self, t: &TensorEntry, start: usize, end: usize) {
+        let s = self.source_of(t.begin);
+        let from = (s.start + (t.begin - s.at)) as u64;
+        crate::sys::release_pages(&s.map, from + start as u64, from + end as u64);
     }
 }
 

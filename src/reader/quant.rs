@@ -70,9 +70,9 @@ pub const MARKER: &str = "scaled_fp8";
 
 /// Attaches scales to their FP8 weights and moves the marker and the scales out of
 /// `header.tensors`, when the file has the marker. `data` is the data region.
-pub fn split_scaled_fp8(
+pub fn split_scaled_fp8<'d>(
     header: &mut Header,
-    data: &[u8],
+    data: &dyn Fn(&TensorEntry) -> &'d [u8],
 ) -> Result<Option<ScaledFp8>, QuantProblem> {
     let Some(marker) = header
         .tensors
@@ -119,14 +119,14 @@ pub fn split_scaled_fp8(
 }
 
 /// The value of a one-element float tensor.
-fn scalar(t: &TensorEntry, data: &[u8]) -> Result<f64, String> {
+fn scalar<'d>(t: &TensorEntry, data: &dyn Fn(&TensorEntry) -> &'d [u8]) -> Result<f64, String> {
     let format = dtype::float_format(t.dtype)
         .ok_or_else(|| format!("it is {}, not a float", dtype::name(t.dtype)))?;
     if t.numel() != 1 {
         return Err(format!("it has {} values, not one", t.numel()));
     }
     let mut v = [0.0f64];
-    crate::kernels::to_f64(format, &data[t.begin..t.end], &mut v);
+    crate::kernels::to_f64(format, data(t), &mut v);
     if !(v[0].is_finite() && v[0] > 0.0) {
         return Err(format!(
             "its value {} is not a finite positive number",
@@ -178,7 +178,7 @@ mod tests {
             ],
             ..Default::default()
         };
-        let q = split_scaled_fp8(&mut h, &data).unwrap().unwrap();
+        let q = split_scaled_fp8(&mut h, &|t: &TensorEntry| &data[t.begin..t.end]).unwrap().unwrap();
         let hidden: Vec<&str> = q.hidden.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             hidden,
@@ -191,15 +191,17 @@ mod tests {
         assert_eq!(h.tensors[1].scale, None);
     }
 
+    const ZERO: [u8; 4] = [0; 4];
+
     #[test]
     fn no_marker_no_change_and_bad_scales_are_refused() {
         let mut h = Header {
             tensors: vec![t("a.scale_weight", Dtype::F32, &[], 0, 4)],
             ..Default::default()
         };
-        assert_eq!(split_scaled_fp8(&mut h, &0f32.to_le_bytes()), Ok(None));
+        assert_eq!(split_scaled_fp8(&mut h, &|t: &TensorEntry| &ZERO[t.begin..t.end]), Ok(None));
         h.tensors.push(t("scaled_fp8", Dtype::F32, &[0], 4, 4));
-        let e = split_scaled_fp8(&mut h, &0f32.to_le_bytes()).unwrap_err();
+        let e = split_scaled_fp8(&mut h, &|t: &TensorEntry| &ZERO[t.begin..t.end]).unwrap_err();
         assert!(matches!(e, QuantProblem::BadScale { .. }));
     }
 }

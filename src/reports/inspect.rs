@@ -6,6 +6,55 @@
 use super::{Format, TextTable, bytes, first_few, params, sanitize};
 use crate::views::inspect::InspectReport;
 
+/// The pickle part: where the state dict was, what else the file held, and every global
+/// with its verdict.
+fn pickle_text(p: &crate::views::inspect::PickleReport, render: &dyn Fn(&TextTable) -> String) -> String {
+    use crate::reader::pickle::Verdict;
+    let mut s = String::new();
+    let at = if p.state_dict_at.is_empty() {
+        "the top level".to_string()
+    } else {
+        format!("'{}'", sanitize(&p.state_dict_at))
+    };
+    s.push_str(&format!(
+        "pickle:        read without executing anything; state dict at {at}{}{}\n",
+        if p.big_endian { "; big-endian storages" } else { "" },
+        if p.copied_tensors > 0 {
+            format!("; {} tensors copied out of place", p.copied_tensors)
+        } else {
+            String::new()
+        }
+    ));
+    for o in &p.other_entries {
+        s.push_str(&format!(
+            "not weights:   {} ({}), left out of any output\n",
+            sanitize(&o.key),
+            sanitize(&o.what)
+        ));
+    }
+    let dangerous = p.globals.iter().filter(|g| g.verdict == Verdict::Dangerous).count();
+    if dangerous > 0 {
+        s.push_str(&format!(
+            "DANGER:        {dangerous} dangerous globals: torch.load would run them (ckpt-diff did not)\n"
+        ));
+    }
+    let mut t = TextTable::new(
+        &["global", "verdict", "uses", &format!("first at byte (of {})", sanitize(&p.stream))],
+        &[false, false, true, true],
+    );
+    for g in &p.globals {
+        t.push(vec![
+            sanitize(&g.dotted()),
+            g.verdict.id().to_string(),
+            g.count.to_string(),
+            g.offset.to_string(),
+        ]);
+    }
+    s.push('\n');
+    s.push_str(&render(&t));
+    s
+}
+
 pub fn render(r: &InspectReport, format: Format) -> String {
     if format == Format::Json {
         let mut v = serde_json::to_value(r).expect("plain data");
@@ -27,9 +76,18 @@ pub fn render(r: &InspectReport, format: Format) -> String {
         params(r.params),
         bytes(r.header_bytes)
     ));
+    if r.container != "safetensors" {
+        s.push_str(&format!("container:     {}\n", r.container));
+    }
+    for a in &r.assembled {
+        s.push_str(&format!("assembled:     {}\n", sanitize(a)));
+    }
     s.push_str(&format!("architecture:  {}\n", r.arch.summary));
     for v in &r.variants {
         s.push_str(&format!("variant:       {v}\n"));
+    }
+    if let Some(p) = &r.pickle {
+        s.push_str(&pickle_text(p, &render));
     }
     s.push('\n');
     let mut t = TextTable::new(

@@ -57,9 +57,32 @@ pub struct ShapeIssue {
     pub actual: Vec<usize>,
 }
 
+/// What a torch checkpoint's pickle held besides tensors.
+#[derive(Clone, Debug, Serialize)]
+pub struct PickleReport {
+    /// Where offsets count from (`archive/data.pkl`, or the file for a legacy checkpoint).
+    pub stream: String,
+    /// Every global the pickle names, with its verdict, like a pickle scanner's.
+    pub globals: Vec<crate::reader::pickle::GlobalUse>,
+    /// Top-level entries outside the state dict (never written by `convert` or `fix`).
+    pub other_entries: Vec<crate::reader::torch::OtherEntry>,
+    /// Where the state dict was ("" for the top level).
+    pub state_dict_at: String,
+    pub big_endian: bool,
+    /// Tensors that could not be used in place and were copied once.
+    pub copied_tensors: usize,
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct InspectReport {
     pub path: String,
+    /// `safetensors`, `torch-zip`, `torch-legacy`, `diffusers` or `sharded`.
+    pub container: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pickle: Option<PickleReport>,
+    /// How a folder or sharded model was assembled.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub assembled: Vec<String>,
     pub file_bytes: u64,
     pub header_bytes: u64,
     pub tensors: usize,
@@ -154,6 +177,16 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
     let c = &det.confidence;
     InspectReport {
         path: ckpt.path().display().to_string(),
+        container: ckpt.container().id().to_string(),
+        pickle: ckpt.pickle().map(|p| PickleReport {
+            stream: p.stream.clone(),
+            globals: p.globals.clone(),
+            other_entries: p.other.clone(),
+            state_dict_at: p.state_dict_at.clone(),
+            big_endian: p.big_endian,
+            copied_tensors: p.copied,
+        }),
+        assembled: ckpt.notes().to_vec(),
         file_bytes: ckpt.file_len(),
         header_bytes: ckpt.header_len(),
         tensors: ckpt.tensors().len(),

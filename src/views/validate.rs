@@ -50,6 +50,12 @@ pub enum FindingKind {
     UnusedBytes,
     MetadataNotString,
     NonFinite,
+    /// A torch pickle: what it held and how it was read.
+    Pickle,
+    /// The pickle names globals that are neither data nor known danger.
+    PickleInertGlobals,
+    /// The pickle names globals that would reach the OS under `torch.load`.
+    PickleDangerous,
 }
 
 impl FindingKind {
@@ -76,6 +82,9 @@ impl FindingKind {
             FindingKind::UnusedBytes => "unused-bytes",
             FindingKind::MetadataNotString => "metadata-not-string",
             FindingKind::NonFinite => "nonfinite",
+            FindingKind::Pickle => "pickle",
+            FindingKind::PickleInertGlobals => "pickle-inert-globals",
+            FindingKind::PickleDangerous => "pickle-dangerous",
         }
     }
 }
@@ -376,6 +385,73 @@ pub fn nonfinite_tensors(
         .collect())
 }
 
+/// What a torch checkpoint's pickle says: how it was read, and the globals it names.
+fn pickle_checks(ckpt: &Checkpoint, p: &crate::reader::PickleInfo, f: &mut Vec<Finding>) {
+    use crate::reader::pickle::Verdict;
+    let at = if p.state_dict_at.is_empty() {
+        "at the top level".to_string()
+    } else {
+        format!("under '{}'", p.state_dict_at)
+    };
+    let mut message = format!(
+        "a PyTorch checkpoint ({}), read without executing its pickle: {} tensors {at}",
+        ckpt.container().id(),
+        ckpt.tensors().len()
+    );
+    if p.copied > 0 {
+        message.push_str(&format!(
+            "; {} tensors could not be used in place (strided views, big-endian or compressed \
+             storages) and were copied",
+            p.copied
+        ));
+    }
+    if !p.other.is_empty() {
+        message.push_str("; left out of any output: ");
+        let others: Vec<String> = p.other.iter().map(|o| format!("{} ({})", o.key, o.what)).collect();
+        message.push_str(&others.join(", "));
+    }
+    f.push(Finding::new(Severity::Info, FindingKind::Pickle, message).remedy(Remedy::Rewrite));
+    let listed = |v: Verdict| -> Vec<String> {
+        p.globals
+            .iter()
+            .filter(|g| g.verdict == v)
+            .map(|g| format!("{} (byte {} of {})", g.dotted(), g.offset, p.stream))
+            .collect()
+    };
+    let inert = listed(Verdict::InertUnknown);
+    if !inert.is_empty() {
+        f.push(
+            Finding::new(
+                Severity::Warning,
+                FindingKind::PickleInertGlobals,
+                format!(
+                    "the pickle names {} globals that are neither data nor tensors; ckpt-diff \
+                     never calls them, but torch.load would import and run them",
+                    inert.len()
+                ),
+            )
+            .keys(inert),
+        );
+    }
+    let dangerous = listed(Verdict::Dangerous);
+    if !dangerous.is_empty() {
+        f.push(
+            Finding::new(
+                Severity::Error,
+                FindingKind::PickleDangerous,
+                format!(
+                    "DANGEROUS: the pickle calls {}; torch.load (and every tool built on it) \
+                     would run it. ckpt-diff executed nothing; its tensors are readable, and \
+                     `ckpt-diff convert` writes them to a safe .safetensors file",
+                    dangerous.join(", ")
+                ),
+            )
+            .keys(dangerous)
+            .remedy(Remedy::Rewrite),
+        );
+    }
+}
+
 /// Validates `ckpt` (one data pass for NaN/Inf).
 pub fn validate(
     ckpt: &Checkpoint,
@@ -383,6 +459,9 @@ pub fn validate(
     pass: &Pass<'_>,
 ) -> Result<ValidateReport, PassError> {
     let mut f = Vec::new();
+    if let Some(p) = ckpt.pickle() {
+        pickle_checks(ckpt, p, &mut f);
+    }
     match det.layout {
         Layout::Generic => f.push(Finding::new(
             Severity::Warning,
