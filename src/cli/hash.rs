@@ -11,7 +11,7 @@ use super::common::{Global, print};
 use crate::hash::file_hashes;
 use crate::pass::Pass;
 use crate::pass::progress::Bar;
-use crate::reader::{Checkpoint, RawFile};
+use crate::reader::{Checkpoint, Container, RawFile};
 use crate::reports;
 
 #[derive(Debug, clap::Args)]
@@ -32,12 +32,30 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let mut all_hold = true;
     let mut files = Vec::new();
     for path in &args.files {
-        let raw = RawFile::open(path)?;
         let ckpt = Checkpoint::open(path).ok();
-        let bar = Bar::new("hashing", global.quiet);
-        let h = file_hashes(&raw, &bar);
-        drop(bar);
-        let claims = crate::hash::claims(ckpt.as_ref(), &h);
+        let container = ckpt
+            .as_ref()
+            .map(|c| c.container().clone())
+            .filter(|c| *c != Container::Safetensors);
+        let several = container.as_ref().is_some_and(|c| !c.is_one_file());
+        if several && !args.components {
+            anyhow::bail!(
+                "'{}' is a model of several files, which has no file hash: hash each file, or \
+                 give --components for its component hashes",
+                path.display()
+            );
+        }
+        let h = if several {
+            None
+        } else {
+            let raw = RawFile::open(path)?;
+            let bar = Bar::new("hashing", global.quiet);
+            Some(file_hashes(&raw, &bar))
+        };
+        let claims = match &h {
+            Some(h) => crate::hash::claims(ckpt.as_ref(), h),
+            None => Vec::new(),
+        };
         all_hold &= claims.iter().all(|c| c.holds);
         let components = match (&ckpt, args.components) {
             (Some(c), true) => {
@@ -51,6 +69,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         files.push(reports::hash::FileReport {
             path: path.display().to_string(),
             hashes: h,
+            container: container.map(|c| c.id().to_string()),
             claims,
             legacy_claim: ckpt.is_some_and(|c| c.metadata_value("sshs_legacy_hash").is_some()),
             components,

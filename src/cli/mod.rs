@@ -6,6 +6,7 @@
 
 mod common;
 mod fit;
+mod convert;
 mod fix;
 mod hash;
 mod inspect;
@@ -53,6 +54,9 @@ enum Command {
     Validate(validate::Args),
     /// Repair what validate reports, into a new file.
     Fix(fix::Args),
+    /// Convert torch checkpoints (read without executing them), diffusers folders and
+    /// sharded models to single .safetensors files.
+    Convert(convert::Args),
     /// Find the linear recipe that reproduces a target from candidate sources.
     Fit(fit::Args),
     /// Write synthetic checkpoints with real SD1/SD2/SDXL key layouts (test data).
@@ -89,6 +93,7 @@ pub fn run() -> ExitCode {
         Command::Hash(args) => hash::run(args, &global),
         Command::Validate(args) => validate::run(args, &global),
         Command::Fix(args) => fix::run(args, &global),
+        Command::Convert(args) => convert::run(args, &global),
         Command::Fit(args) => fit::run(args, &global),
     };
     match result {

@@ -78,6 +78,58 @@ pub fn fix(
     })
 }
 
+/// Converts `ckpt` (any container) to one safetensors file `out`: every tensor as stored
+/// (or cast to `opts.dtype`), less what the drop options name; nothing else is repaired.
+/// Metadata: the input's (a torch checkpoint's `epoch`, `global_step`... as `ckpt_diff.*`),
+/// plus `ckpt_diff.converted_from` (the container) and the actions taken.
+pub fn convert(
+    ckpt: &Checkpoint,
+    det: &Detection,
+    out: &Path,
+    opts: &Options,
+    pass: &Pass<'_>,
+) -> Result<FixReport, FixError> {
+    crate::writer::refuse_existing(out, opts.overwrite)?;
+    let findings = crate::views::validate::validate_header(ckpt, det);
+    let input = plan::Input {
+        tensors: ckpt.tensors(),
+        scaled_fp8: ckpt.scaled_fp8(),
+        metadata: ckpt.metadata(),
+        arch: det.arch(),
+        scale: det.scale,
+        findings: &findings,
+    };
+    let mut planned = plan::conversion(&input, opts);
+    planned.metadata.push((
+        "ckpt_diff.converted_from".into(),
+        ckpt.container().id().to_string(),
+    ));
+    if !planned.actions.is_empty() {
+        planned.metadata.push((
+            "ckpt_diff.converted".into(),
+            serde_json::to_string(&planned.actions).expect("strings"),
+        ));
+    }
+    execute(&planned, ckpt, None, out, pass)?;
+    let mut actions = vec![format!(
+        "wrote {} tensors from the {} input",
+        planned.tensors.len(),
+        ckpt.container().id()
+    )];
+    actions.extend(planned.actions);
+    if let Some(p) = ckpt.pickle()
+        && !p.other.is_empty()
+    {
+        let keys: Vec<&str> = p.other.iter().map(|o| o.key.as_str()).collect();
+        actions.push(format!("left out what is not weights: {}", keys.join(", ")));
+    }
+    Ok(FixReport {
+        output: out.display().to_string(),
+        actions,
+        unfixed: planned.unfixed,
+    })
+}
+
 /// Writes `planned` into `out`: every tensor from its source, in one pass over the file
 /// (model 0) and the base (model 1).
 pub fn execute(

@@ -374,6 +374,91 @@ pub fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Options) -> F
     out
 }
 
+/// What `convert` writes: every tensor of `file` under its name, as stored or cast to
+/// `opts.dtype`, less what the drop options name (from the header findings). Unlike
+/// [`plan`], nothing is repaired: a conversion changes the container, not the weights.
+pub fn conversion(file: &Input<'_>, opts: &Options) -> FixPlan {
+    let findings = file.findings;
+    let raw_set = |kind: FindingKind| -> HashSet<&str> {
+        findings.keys_of(kind).iter().map(String::as_str).collect()
+    };
+    let (ema, unknown, scheduler) = (
+        raw_set(FindingKind::Ema),
+        raw_set(FindingKind::UnexpectedKeys),
+        raw_set(FindingKind::SchedulerBuffers),
+    );
+    let mut out = FixPlan {
+        tensors: Vec::new(),
+        metadata: Vec::new(),
+        actions: Vec::new(),
+        unfixed: Vec::new(),
+    };
+    let mut dropped: BTreeMap<usize, (&str, usize)> = BTreeMap::new();
+    let mut seen = HashSet::new();
+    let mut renamed = 0;
+    for t in file.tensors {
+        let drop = if opts.drop_ema && ema.contains(t.name.as_str()) {
+            Some((0, "EMA"))
+        } else if opts.drop_scheduler && scheduler.contains(t.name.as_str()) {
+            Some((1, "schedule buffer"))
+        } else if opts.drop_unknown && unknown.contains(t.name.as_str()) {
+            Some((2, "unknown key"))
+        } else {
+            None
+        };
+        if let Some((order, why)) = drop {
+            dropped.entry(order).or_insert((why, 0)).1 += 1;
+            continue;
+        }
+        // Written under the canonical name (what every reader expects), each name once.
+        let key = canonical_key(&t.name).into_owned();
+        if key != t.name {
+            renamed += 1;
+        }
+        if seen.insert(key.clone()) {
+            out.tensors
+                .push(take(&key, t, Origin::File, opts.dtype, false));
+        }
+    }
+    if renamed > 0 {
+        out.actions
+            .push(format!("renamed {renamed} keys to their current names"));
+    }
+    if let Some(q) = file.scaled_fp8 {
+        if opts.dtype.is_some() {
+            out.actions.push(format!(
+                "dequantized the scaled fp8 weights ({} scales)",
+                q.scaled_weights()
+            ));
+        } else {
+            for (i, t) in q.hidden.iter().enumerate() {
+                out.tensors.push(Planned {
+                    spec: TensorSpec {
+                        name: canonical_key(&t.name).into_owned(),
+                        dtype: t.dtype,
+                        shape: t.shape.clone(),
+                    },
+                    source: Source::Quantization(i),
+                });
+            }
+        }
+    }
+    for (why, n) in dropped.values() {
+        out.actions.push(format!("dropped {n} {why} keys"));
+    }
+    if let Some(d) = opts.dtype {
+        out.actions
+            .push(format!("stored floats as {}", dtype::name(d.dtype())));
+    }
+    out.metadata = file
+        .metadata
+        .iter()
+        .filter(|(k, _)| !STALE_METADATA.contains(&k.as_str()))
+        .cloned()
+        .collect();
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

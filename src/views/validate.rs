@@ -458,6 +458,36 @@ pub fn validate(
     det: &Detection,
     pass: &Pass<'_>,
 ) -> Result<ValidateReport, PassError> {
+    let mut report = validate_header(ckpt, det);
+    let f = &mut report.findings;
+    // Data: NaN and infinities.
+    let bad = nonfinite_tensors(ckpt, pass)?;
+    if !bad.is_empty() {
+        let (nan, inf): (u64, u64) = bad.iter().fold((0, 0), |(a, b), (_, n, i)| (a + n, b + i));
+        f.push(
+            Finding::new(
+                Severity::Error,
+                FindingKind::NonFinite,
+                format!(
+                    "{} tensors hold NaN or infinite values ({nan} NaN, {inf} Inf)",
+                    bad.len()
+                ),
+            )
+            .keys(bad.iter().map(|(k, _, _)| k.clone()).collect())
+            .notes(
+                bad.iter()
+                    .map(|(_, n, i)| format!("({n} NaN, {i} Inf)"))
+                    .collect(),
+            )
+            .remedy(Remedy::PatchNonFinite),
+        );
+    }
+    f.sort_by_key(|x| std::cmp::Reverse(x.severity));
+    Ok(report)
+}
+
+/// The findings that need no tensor data (everything but NaN and infinities).
+pub fn validate_header(ckpt: &Checkpoint, det: &Detection) -> ValidateReport {
     let mut f = Vec::new();
     if let Some(p) = ckpt.pickle() {
         pickle_checks(ckpt, p, &mut f);
@@ -576,34 +606,12 @@ pub fn validate(
         );
     }
 
-    // Data: NaN and infinities.
-    let bad = nonfinite_tensors(ckpt, pass)?;
-    if !bad.is_empty() {
-        let (nan, inf): (u64, u64) = bad.iter().fold((0, 0), |(a, b), (_, n, i)| (a + n, b + i));
-        f.push(
-            Finding::new(
-                Severity::Error,
-                FindingKind::NonFinite,
-                format!(
-                    "{} tensors hold NaN or infinite values ({nan} NaN, {inf} Inf)",
-                    bad.len()
-                ),
-            )
-            .keys(bad.iter().map(|(k, _, _)| k.clone()).collect())
-            .notes(
-                bad.iter()
-                    .map(|(_, n, i)| format!("({n} NaN, {i} Inf)"))
-                    .collect(),
-            )
-            .remedy(Remedy::PatchNonFinite),
-        );
-    }
     f.sort_by_key(|x| std::cmp::Reverse(x.severity));
-    Ok(ValidateReport {
+    ValidateReport {
         path: ckpt.path().display().to_string(),
         arch: det.summary(),
         findings: f,
-    })
+    }
 }
 
 /// The bytes the named tensors take.

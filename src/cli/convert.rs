@@ -1,0 +1,133 @@
+//! `ckpt-diff convert IN... -o OUT | --out-dir DIR`: any input ckpt-diff reads (torch
+//! checkpoints, diffusers folders, sharded models, safetensors) to one `.safetensors` file
+//! each, streamed, with `fix`'s drop options.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::Outcome;
+use super::common::{Global, Model, print};
+use crate::fix::{FixReport, Options, convert};
+use crate::pass::Pass;
+use crate::pass::progress::Bar;
+use crate::reader::dtype::{FloatFormat, parse_user_float};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Inputs: .ckpt/.pt/.pth/.bin torch checkpoints (never executed), diffusers folders,
+    /// sharded models (folder or *.index.json), .safetensors.
+    #[arg(required = true)]
+    inputs: Vec<PathBuf>,
+    /// Output file (one input only).
+    #[arg(short, long, conflicts_with = "out_dir")]
+    output: Option<PathBuf>,
+    /// Output folder: each input becomes DIR/NAME.safetensors.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Store floats as f16, bf16 or f32 (values beyond the range are clamped).
+    #[arg(long)]
+    dtype: Option<String>,
+    /// Leave out the EMA copy of the U-Net.
+    #[arg(long)]
+    drop_ema: bool,
+    /// Leave out keys the architecture does not have.
+    #[arg(long)]
+    drop_junk: bool,
+    /// Leave out DDPM schedule buffers.
+    #[arg(long)]
+    drop_scheduler: bool,
+    /// Replace outputs that exist.
+    #[arg(long, short)]
+    force: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `DIR/NAME.safetensors` for an input file or folder.
+fn output_in(dir: &Path, input: &Path) -> PathBuf {
+    let name = if input.is_dir() {
+        input.file_name()
+    } else {
+        input.file_stem()
+    };
+    let mut stem = name
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    // `model.safetensors.index.json` -> `model`.
+    for suffix in [".safetensors.index", ".bin.index", ".index"] {
+        if let Some(s) = stem.strip_suffix(suffix) {
+            stem = s.to_string();
+        }
+    }
+    dir.join(format!("{stem}.safetensors"))
+}
+
+pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+    let outputs: Vec<PathBuf> = match (&args.output, &args.out_dir) {
+        (Some(o), None) => {
+            if args.inputs.len() != 1 {
+                bail!(
+                    "-o names one output but {} inputs were given; use --out-dir DIR",
+                    args.inputs.len()
+                );
+            }
+            vec![o.clone()]
+        }
+        (None, Some(d)) => {
+            std::fs::create_dir_all(d)
+                .with_context(|| format!("cannot create the folder '{}'", d.display()))?;
+            args.inputs.iter().map(|i| output_in(d, i)).collect()
+        }
+        _ => bail!("give -o OUT (one input) or --out-dir DIR"),
+    };
+    let dtype = match &args.dtype {
+        None => None,
+        Some(d) => Some(
+            parse_user_float(d)
+                .filter(|f| matches!(f, FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32))
+                .with_context(|| format!("--dtype: '{d}' is not one of f16, bf16, f32"))?,
+        ),
+    };
+    let opts = Options {
+        dtype,
+        drop_ema: args.drop_ema,
+        drop_unknown: args.drop_junk,
+        drop_scheduler: args.drop_scheduler,
+        fill_optional: false,
+        overwrite: args.force,
+    };
+    let mut reports: Vec<FixReport> = Vec::new();
+    for (input, output) in args.inputs.iter().zip(&outputs) {
+        let model = Model::open(input)?;
+        let bar = Bar::new(&model.name(), global.quiet);
+        let r = convert(&model.ckpt, &model.detection, output, &opts, &Pass::new(&bar))
+            .with_context(|| format!("converting '{}'", input.display()))?;
+        drop(bar);
+        reports.push(r);
+    }
+    let text = if args.json {
+        crate::reports::json::document(
+            "convert",
+            serde_json::json!({
+                "converted": args.inputs.iter().zip(&reports).map(|(i, r)| serde_json::json!({
+                    "input": i.display().to_string(),
+                    "output": r.output,
+                    "actions": r.actions,
+                })).collect::<Vec<_>>()
+            }),
+        )
+    } else {
+        let mut s = String::new();
+        for (i, r) in args.inputs.iter().zip(&reports) {
+            s.push_str(&format!("{} -> {}\n", i.display(), r.output));
+            for a in &r.actions {
+                s.push_str(&format!("  {a}\n"));
+            }
+        }
+        crate::reports::sanitize(&s)
+    };
+    print(&text)?;
+    Ok(Outcome::Ok)
+}
