@@ -13,4 +13,5 @@ mod l2;
 mod merge;
 mod props;
 mod sim;
+mod torch;
 mod validate;

@@ -114,6 +114,7 @@ impl OutArgs {
             missing,
             input_hashes: !self.no_input_hashes,
             overwrite: self.force,
+            on_open: super::common::warn_dangerous,
         })
     }
 }

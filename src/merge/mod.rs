@@ -63,6 +63,9 @@ pub struct Options {
     pub input_hashes: bool,
     /// Replace an existing output file.
     pub overwrite: bool,
+    /// Called with each input once it is open, before any tensor is read (the CLI warns
+    /// about dangerous pickles there).
+    pub on_open: fn(&Checkpoint),
 }
 
 impl Default for Options {
@@ -73,6 +76,7 @@ impl Default for Options {
             missing: Missing::First,
             input_hashes: true,
             overwrite: false,
+            on_open: |_| {},
         }
     }
 }
@@ -127,6 +131,7 @@ pub fn run(
         let b = &recipe.bindings[i];
         let path = resolve_path(base_dir, &b.path);
         let ckpt = Checkpoint::open(&path)?;
+        (options.on_open)(&ckpt);
         let detection = detect(&ckpt);
         opened.insert(
             b.name.clone(),
