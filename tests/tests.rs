@@ -6,6 +6,7 @@ mod util;
 mod asim;
 mod bad_input;
 mod detect;
+mod diffusers;
 mod fit;
 mod fp8;
 mod hash;

@@ -52,7 +52,12 @@ fn test_every_tensor_equals_torch_load() {
         assert_eq!(tensors.len(), want_t.len(), "{name}");
         for t in &tensors {
             let w = &want_t[&t.name];
-            assert_eq!(t.dtype, safetensors_dtype(w["dtype"].as_str().unwrap()), "{name} {}", t.name);
+            assert_eq!(
+                t.dtype,
+                safetensors_dtype(w["dtype"].as_str().unwrap()),
+                "{name} {}",
+                t.name
+            );
             let shape: Vec<usize> = w["shape"]
                 .as_array()
                 .unwrap()
@@ -97,7 +102,10 @@ fn same(a: &serde_json::Value, b: &serde_json::Value, at: &str) {
     match (a, b) {
         (V::Number(x), V::Number(y)) if x.is_f64() || y.is_f64() => {
             let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
-            assert!((x - y).abs() <= 1e-12 * x.abs().max(1.0), "{at}: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-12 * x.abs().max(1.0),
+                "{at}: {x} vs {y}"
+            );
         }
         (V::Array(x), V::Array(y)) if x.iter().all(|v| v.is_string()) => {
             let mut x: Vec<String> = x.iter().map(|v| v.to_string()).collect();
@@ -136,7 +144,16 @@ fn test_commands_agree_on_ckpt_and_converted() {
     // zip ckpt, and a generated one of another seed.
     let other = dir.path("other.safetensors");
     run_ok(&[
-        "synth", "model", "-q", "--scale", "64", "--dtype", "f32", "--seed", "9", "--ema",
+        "synth",
+        "model",
+        "-q",
+        "--scale",
+        "64",
+        "--dtype",
+        "f32",
+        "--seed",
+        "9",
+        "--ema",
         s(&other),
     ]);
     let strip = |mut v: serde_json::Value| {
@@ -144,7 +161,18 @@ fn test_commands_agree_on_ckpt_and_converted() {
         fn walk(v: &mut serde_json::Value) {
             match v {
                 serde_json::Value::Object(m) => {
-                    for k in ["path", "name", "a", "b", "file", "models", "container", "pickle", "header_bytes", "file_bytes"] {
+                    for k in [
+                        "path",
+                        "name",
+                        "a",
+                        "b",
+                        "file",
+                        "models",
+                        "container",
+                        "pickle",
+                        "header_bytes",
+                        "file_bytes",
+                    ] {
                         m.remove(k);
                     }
                     for (_, x) in m.iter_mut() {
@@ -165,16 +193,27 @@ fn test_commands_agree_on_ckpt_and_converted() {
     ] {
         let with = |p: &Path| -> Vec<String> {
             args.iter()
-                .map(|a| if *a == "{}" { s(p).to_string() } else { a.to_string() })
+                .map(|a| {
+                    if *a == "{}" {
+                        s(p).to_string()
+                    } else {
+                        a.to_string()
+                    }
+                })
                 .collect()
         };
         let a = with(&ckpt);
         let b = with(&st);
         let a: Vec<&str> = a.iter().map(String::as_str).collect();
         let b: Vec<&str> = b.iter().map(String::as_str).collect();
-        same(&strip(run_json(&a)), &strip(run_json(&b)), &format!("{args:?}"));
+        same(
+            &strip(run_json(&a)),
+            &strip(run_json(&b)),
+            &format!("{args:?}"),
+        );
     }
-    let comps = |p: &Path| run_json(&["hash", "--components", s(p)])["files"][0]["components"].clone();
+    let comps =
+        |p: &Path| run_json(&["hash", "--components", s(p)])["files"][0]["components"].clone();
     assert_eq!(comps(&ckpt), comps(&st));
     let findings = |p: &Path| {
         let (_, out, _) = run_code(&["validate", s(p), "--json"]);
@@ -197,8 +236,28 @@ fn test_commands_agree_on_ckpt_and_converted() {
     // A merge with the ckpt as input writes the same tensors as with the safetensors.
     let m1 = dir.path("m1.safetensors");
     let m2 = dir.path("m2.safetensors");
-    run_ok(&["merge", "ws", s(&ckpt), s(&other), "--alpha", "0.3", "-o", s(&m1), "-q"]);
-    run_ok(&["merge", "ws", s(&st), s(&other), "--alpha", "0.3", "-o", s(&m2), "-q"]);
+    run_ok(&[
+        "merge",
+        "ws",
+        s(&ckpt),
+        s(&other),
+        "--alpha",
+        "0.3",
+        "-o",
+        s(&m1),
+        "-q",
+    ]);
+    run_ok(&[
+        "merge",
+        "ws",
+        s(&st),
+        s(&other),
+        "--alpha",
+        "0.3",
+        "-o",
+        s(&m2),
+        "-q",
+    ]);
     let (t1, _) = read_raw(&m1);
     let (t2, _) = read_raw(&m2);
     assert_eq!(t1.len(), t2.len());
@@ -208,7 +267,14 @@ fn test_commands_agree_on_ckpt_and_converted() {
     // fit takes a ckpt as target and as source.
     let fit = |target: &Path| {
         let v = run_json(&[
-            "fit", "--target", s(&m1), "--base", s(&other), "--sources", s(target), "-q",
+            "fit",
+            "--target",
+            s(&m1),
+            "--base",
+            s(&other),
+            "--sources",
+            s(target),
+            "-q",
         ]);
         strip(v["steps"].clone())
     };
@@ -230,28 +296,37 @@ fn test_malicious_pickles_never_run() {
         let place = format!("{global} (byte {}", want["offset"]);
         let (code, out, err) = run_code(&["validate", s(&path)]);
         assert_eq!(code, 2, "{name}: {out}{err}");
-        assert!(out.contains("DANGEROUS") && out.contains(&place), "{name}: {out}");
+        assert!(
+            out.contains("DANGEROUS") && out.contains(&place),
+            "{name}: {out}"
+        );
         // Elsewhere a loud warning, and the tensors are still readable.
         let (code, _, err) = run_code(&["inspect", s(&path)]);
         assert_eq!(code, 0, "{name}: {err}");
-        assert!(err.contains("WARNING") && err.contains(&place), "{name}: {err}");
+        assert!(
+            err.contains("WARNING") && err.contains(&place),
+            "{name}: {err}"
+        );
         let out = dir.path(&format!("{name}.safetensors"));
         let (code, _, err) = run_code(&["convert", s(&path), "-o", s(&out), "-q"]);
         assert_eq!(code, 0, "{name}: {err}");
         let v = run_json(&["inspect", s(&path)]);
-        let listed = v["pickle"]["globals"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|x| {
-                format!("{}.{}", x["module"].as_str().unwrap(), x["name"].as_str().unwrap())
-                    == global
-                    && x["verdict"] == "dangerous"
-                    && x["offset"] == want["offset"]
-            });
+        let listed = v["pickle"]["globals"].as_array().unwrap().iter().any(|x| {
+            format!(
+                "{}.{}",
+                x["module"].as_str().unwrap(),
+                x["name"].as_str().unwrap()
+            ) == global
+                && x["verdict"] == "dangerous"
+                && x["offset"] == want["offset"]
+        });
         assert!(listed, "{name}: {v}");
     }
-    assert!(!marker.exists(), "a payload ran: {} exists", marker.display());
+    assert!(
+        !marker.exists(),
+        "a payload ran: {} exists",
+        marker.display()
+    );
 }
 
 /// Damaged torch files are errors that name the file and say what is wrong, never panics.

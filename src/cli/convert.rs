@@ -102,8 +102,14 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     for (input, output) in args.inputs.iter().zip(&outputs) {
         let model = Model::open(input)?;
         let bar = Bar::new(&model.name(), global.quiet);
-        let r = convert(&model.ckpt, &model.detection, output, &opts, &Pass::new(&bar))
-            .with_context(|| format!("converting '{}'", input.display()))?;
+        let r = convert(
+            &model.ckpt,
+            &model.detection,
+            output,
+            &opts,
+            &Pass::new(&bar),
+        )
+        .with_context(|| format!("converting '{}'", input.display()))?;
         drop(bar);
         reports.push(r);
     }

@@ -5,8 +5,8 @@
 //! not hold); 2 usage, input or I/O error; 130 interrupted (temporary files removed).
 
 mod common;
-mod fit;
 mod convert;
+mod fit;
 mod fix;
 mod hash;
 mod inspect;

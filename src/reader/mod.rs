@@ -346,7 +346,14 @@ impl Checkpoint {
             start: data_start,
             len,
         }];
-        Self::assemble(path, Container::Safetensors, sources, Some(0), data_start, header)
+        Self::assemble(
+            path,
+            Container::Safetensors,
+            sources,
+            Some(0),
+            data_start,
+            header,
+        )
     }
 
     /// Builds the checkpoint from its sources: checks quantization, splits scaled fp8.
@@ -419,9 +426,10 @@ impl Checkpoint {
                     let src: &[u8] = match &storage.bytes {
                         torch::StorageBytes::InPlace { begin, len } => &map[*begin..begin + len],
                         torch::StorageBytes::Compressed { member, len } => {
-                            if !decompressed.contains_key(&tensor.storage) {
-                                let b = torch::decompress(&map, member, *len)?;
-                                decompressed.insert(tensor.storage, b);
+                            if let std::collections::hash_map::Entry::Vacant(e) =
+                                decompressed.entry(tensor.storage)
+                            {
+                                e.insert(torch::decompress(&map, member, *len)?);
                             }
                             &decompressed[&tensor.storage]
                         }
@@ -473,7 +481,14 @@ impl Checkpoint {
             torch::Container::Zip { pickle } => pickle.clone(),
             torch::Container::Legacy => "the file".to_string(),
         };
-        let mut ckpt = Self::assemble(path, Container::Torch(t.container), sources, Some(0), 0, header)?;
+        let mut ckpt = Self::assemble(
+            path,
+            Container::Torch(t.container),
+            sources,
+            Some(0),
+            0,
+            header,
+        )?;
         ckpt.pickle = Some(PickleInfo {
             stream,
             globals: t.globals,
@@ -531,7 +546,10 @@ impl Checkpoint {
     }
 
     fn source_of(&self, at: usize) -> &Source {
-        let i = self.sources.partition_point(|s| s.at <= at).saturating_sub(1);
+        let i = self
+            .sources
+            .partition_point(|s| s.at <= at)
+            .saturating_sub(1);
         &self.sources[i]
     }
 

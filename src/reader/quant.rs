@@ -178,7 +178,9 @@ mod tests {
             ],
             ..Default::default()
         };
-        let q = split_scaled_fp8(&mut h, &|t: &TensorEntry| &data[t.begin..t.end]).unwrap().unwrap();
+        let q = split_scaled_fp8(&mut h, &|t: &TensorEntry| &data[t.begin..t.end])
+            .unwrap()
+            .unwrap();
         let hidden: Vec<&str> = q.hidden.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(
             hidden,
@@ -199,7 +201,10 @@ mod tests {
             tensors: vec![t("a.scale_weight", Dtype::F32, &[], 0, 4)],
             ..Default::default()
         };
-        assert_eq!(split_scaled_fp8(&mut h, &|t: &TensorEntry| &ZERO[t.begin..t.end]), Ok(None));
+        assert_eq!(
+            split_scaled_fp8(&mut h, &|t: &TensorEntry| &ZERO[t.begin..t.end]),
+            Ok(None)
+        );
         h.tensors.push(t("scaled_fp8", Dtype::F32, &[0], 4, 4));
         let e = split_scaled_fp8(&mut h, &|t: &TensorEntry| &ZERO[t.begin..t.end]).unwrap_err();
         assert!(matches!(e, QuantProblem::BadScale { .. }));

@@ -120,7 +120,9 @@ impl Spill {
         if self.written == 0 {
             return Ok(None);
         }
-        let file = out.into_inner().map_err(|e| ReadError::Io(e.into_error()))?;
+        let file = out
+            .into_inner()
+            .map_err(|e| ReadError::Io(e.into_error()))?;
         // SAFETY: the file is unnamed, private to this process and never written again.
         let map = unsafe { Mmap::map(&file)? };
         Ok(Some((self.at, map)))
@@ -151,7 +153,10 @@ mod tests {
             offset: 0,
             swap: false,
         });
-        let got: Vec<u16> = t.chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+        let got: Vec<u16> = t
+            .chunks(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
         assert_eq!(got, [0, 3, 1, 4, 2, 5]);
         // An offset view of one row, byte-swapped.
         let t = gathered(View {
@@ -162,7 +167,10 @@ mod tests {
             offset: 3,
             swap: true,
         });
-        let got: Vec<u16> = t.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+        let got: Vec<u16> = t
+            .chunks(2)
+            .map(|c| u16::from_be_bytes([c[0], c[1]]))
+            .collect();
         assert_eq!(got, [3, 4, 5]);
     }
 }

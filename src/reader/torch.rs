@@ -45,7 +45,8 @@ pub enum StorageBytes {
 }
 
 impl StorageBytes {
-    pub fn len(&self) -> usize {
+    /// Bytes of the storage.
+    pub fn byte_len(&self) -> usize {
         match self {
             StorageBytes::InPlace { len, .. } | StorageBytes::Compressed { len, .. } => *len,
         }
@@ -190,29 +191,34 @@ fn read_zip(bytes: &[u8]) -> Result<TorchFile, TorchError> {
             )));
         }
         if stored {
-            let end = start.checked_add(csize).filter(|&e| e <= bytes.len() as u64);
+            let end = start
+                .checked_add(csize)
+                .filter(|&e| e <= bytes.len() as u64);
             return match end {
                 Some(end) => Ok(bytes[start as usize..end as usize].to_vec()),
-                None => Err(TorchError::Zip(format!("member {name} runs past the file's end"))),
+                None => Err(TorchError::Zip(format!(
+                    "member {name} runs past the file's end"
+                ))),
             };
         }
         let mut out = Vec::new();
         let f = archive.by_index(i).map_err(zip_err)?;
         f.take(limit + 1).read_to_end(&mut out).map_err(zip_err)?;
         if out.len() as u64 != size {
-            return Err(TorchError::Zip(format!("member {name} does not decompress to its size")));
+            return Err(TorchError::Zip(format!(
+                "member {name} does not decompress to its size"
+            )));
         }
         Ok(out)
     };
     let pkl = read_member(&mut archive, &pickle_name, MAX_PICKLE_BYTES)?;
 
     // Offsets count in the member, as pickletools and scanners give them.
-    let p = pickle::parse(&pkl, 0, pickle::Limits::default()).map_err(|source| {
-        TorchError::Pickle {
+    let p =
+        pickle::parse(&pkl, 0, pickle::Limits::default()).map_err(|source| TorchError::Pickle {
             member: pickle_name.clone(),
             source,
-        }
-    })?;
+        })?;
     let big_endian = match members.get(&format!("{prefix}byteorder")) {
         Some(_) => {
             let b = read_member(&mut archive, &format!("{prefix}byteorder"), 16)?;
@@ -235,7 +241,9 @@ fn read_zip(bytes: &[u8]) -> Result<TorchFile, TorchError> {
             return layout(format!("storage {key} has no member {name} in the zip"));
         };
         if stored {
-            let end = start.checked_add(csize).filter(|&e| e <= bytes.len() as u64);
+            let end = start
+                .checked_add(csize)
+                .filter(|&e| e <= bytes.len() as u64);
             if end.is_none() {
                 return layout(format!(
                     "storage member {name} runs past the end of the file: the file is truncated"
@@ -252,9 +260,13 @@ fn read_zip(bytes: &[u8]) -> Result<TorchFile, TorchError> {
             })
         }
     };
-    let mut f = build(&p, &locate, Container::Zip {
-        pickle: pickle_name,
-    })?;
+    let mut f = build(
+        &p,
+        &locate,
+        Container::Zip {
+            pickle: pickle_name,
+        },
+    )?;
     f.big_endian = big_endian;
     Ok(f)
 }
@@ -266,7 +278,9 @@ pub fn decompress(bytes: &[u8], member: &str, len: usize) -> Result<Vec<u8>, Tor
     let mut out = Vec::with_capacity(len.min(1 << 30));
     f.take(len as u64).read_to_end(&mut out).map_err(zip_err)?;
     if out.len() != len {
-        return Err(TorchError::Zip(format!("member {member} does not decompress to its size")));
+        return Err(TorchError::Zip(format!(
+            "member {member} does not decompress to its size"
+        )));
     }
     Ok(out)
 }
@@ -323,7 +337,9 @@ fn read_legacy(bytes: &[u8]) -> Result<TorchFile, TorchError> {
     let mut places: HashMap<String, (usize, usize)> = HashMap::new();
     for key in &key_list {
         let Some(&dtype) = sizes.get(key) else {
-            return layout(format!("storage {key} is listed but no tensor names its type"));
+            return layout(format!(
+                "storage {key} is listed but no tensor names its type"
+            ));
         };
         let Some(count) = bytes.get(at..at + 8) else {
             return layout(format!(
@@ -332,7 +348,9 @@ fn read_legacy(bytes: &[u8]) -> Result<TorchFile, TorchError> {
         };
         let numel = u64::from_le_bytes(count.try_into().expect("8"));
         let esize = (super::dtype::bit_size(dtype) / 8) as u64;
-        let len = numel.checked_mul(esize).filter(|&l| l <= (bytes.len() - at - 8) as u64);
+        let len = numel
+            .checked_mul(esize)
+            .filter(|&l| l <= (bytes.len() - at - 8) as u64);
         let Some(len) = len else {
             return layout(format!(
                 "storage {key} says {numel} elements, more than the file holds: the file is \
@@ -387,8 +405,9 @@ fn persistent_storage(p: &Pickle, pid: Id) -> Result<PersistentStorage, TorchErr
     let Some(g) = p.global(items[1]) else {
         return layout("a storage reference has no storage type");
     };
-    let dtype = storage_dtype(&g.module, &g.name)
-        .ok_or_else(|| TorchError::Layout(format!("storage type {} is not supported", g.dotted())))?;
+    let dtype = storage_dtype(&g.module, &g.name).ok_or_else(|| {
+        TorchError::Layout(format!("storage type {} is not supported", g.dotted()))
+    })?;
     let key = match p.node(items[2]) {
         Node::Str(s) => s.clone(),
         Node::Int(i) => i.to_string(),
@@ -439,7 +458,13 @@ fn storage_dtype(module: &str, name: &str) -> Option<Dtype> {
 }
 
 /// Keys a state dict sits under, most common first.
-const STATE_DICT_KEYS: &[&str] = &["state_dict", "model", "module", "params", "model_state_dict"];
+const STATE_DICT_KEYS: &[&str] = &[
+    "state_dict",
+    "model",
+    "module",
+    "params",
+    "model_state_dict",
+];
 
 /// Deepest nesting followed when naming tensors of nested dicts.
 const MAX_DEPTH: usize = 16;
@@ -490,9 +515,8 @@ fn build(p: &Pickle, locate: &Locate<'_>, container: Container) -> Result<TorchF
         let Node::PersId(pid) = p.node(t.storage) else {
             return layout(format!("tensor '{name}' has no storage reference"));
         };
-        let s = persistent_storage(p, *pid).map_err(|e| {
-            TorchError::Layout(format!("tensor '{name}': {e}"))
-        })?;
+        let s = persistent_storage(p, *pid)
+            .map_err(|e| TorchError::Layout(format!("tensor '{name}': {e}")))?;
         let (key, extra_offset) = match &s.view {
             // A legacy view names its bytes inside the root storage.
             Some((_, off)) => (s.key.clone(), *off),
@@ -511,7 +535,11 @@ fn build(p: &Pickle, locate: &Locate<'_>, container: Container) -> Result<TorchF
                 storages.len() - 1
             }
         };
-        let to_usize = |v: &[u64]| v.iter().map(|&x| usize::try_from(x).ok()).collect::<Option<Vec<_>>>();
+        let to_usize = |v: &[u64]| {
+            v.iter()
+                .map(|&x| usize::try_from(x).ok())
+                .collect::<Option<Vec<_>>>()
+        };
         let (Some(shape), Some(stride), Ok(offset)) = (
             to_usize(&t.shape),
             to_usize(&t.stride),
@@ -573,7 +601,11 @@ fn scalar_text(p: &Pickle, v: Id) -> String {
 
 fn count_tensors(p: &Pickle, dict: Id) -> usize {
     p.dict(dict)
-        .map(|d| d.iter().filter(|(_, v)| matches!(p.node(*v), Node::Tensor(_))).count())
+        .map(|d| {
+            d.iter()
+                .filter(|(_, v)| matches!(p.node(*v), Node::Tensor(_)))
+                .count()
+        })
         .unwrap_or(0)
 }
 
@@ -604,7 +636,10 @@ fn check_bounds(t: &Tensor, s: &Storage) -> Result<(), TorchError> {
     let esize = super::dtype::bit_size(t.dtype) / 8;
     let numel: Option<usize> = t.shape.iter().try_fold(1usize, |a, &n| a.checked_mul(n));
     let Some(numel) = numel else {
-        return layout(format!("tensor '{}' has a shape whose size overflows", t.name));
+        return layout(format!(
+            "tensor '{}' has a shape whose size overflows",
+            t.name
+        ));
     };
     if numel == 0 {
         return Ok(());
@@ -614,16 +649,20 @@ fn check_bounds(t: &Tensor, s: &Storage) -> Result<(), TorchError> {
         .shape
         .iter()
         .zip(&t.stride)
-        .try_fold(t.offset, |a, (&n, &s)| a.checked_add((n - 1).checked_mul(s)?));
-    let end = last.and_then(|l| l.checked_add(1)).and_then(|e| e.checked_mul(esize));
+        .try_fold(t.offset, |a, (&n, &s)| {
+            a.checked_add((n - 1).checked_mul(s)?)
+        });
+    let end = last
+        .and_then(|l| l.checked_add(1))
+        .and_then(|e| e.checked_mul(esize));
     match end {
-        Some(end) if end <= s.bytes.len() => Ok(()),
+        Some(end) if end <= s.bytes.byte_len() => Ok(()),
         _ => layout(format!(
             "tensor '{}' reaches past the end of its storage {} ({} bytes): the file is \
              damaged or truncated",
             t.name,
             s.key,
-            s.bytes.len()
+            s.bytes.byte_len()
         )),
     }
 }

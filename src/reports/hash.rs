@@ -28,7 +28,10 @@ pub fn document(files: &[FileReport]) -> String {
     let files: Vec<_> = files
         .iter()
         .map(|f| {
-            let torch = f.container.as_deref().is_some_and(|c| c.starts_with("torch"));
+            let torch = f
+                .container
+                .as_deref()
+                .is_some_and(|c| c.starts_with("torch"));
             let mut hashes = serde_json::to_value(&f.hashes).expect("plain data");
             if torch && let Some(h) = hashes.as_object_mut() {
                 // Civitai defines AutoV3 for safetensors only.
@@ -77,7 +80,10 @@ fn file_text(f: &FileReport) -> String {
     ]);
     t.push(vec!["AutoV2".into(), up(&h.autov2), "whole file".into()]);
     t.push(vec!["SHA256".into(), up(&h.sha256), "whole file".into()]);
-    let torch = f.container.as_deref().is_some_and(|c| c.starts_with("torch"));
+    let torch = f
+        .container
+        .as_deref()
+        .is_some_and(|c| c.starts_with("torch"));
     match &h.autov3 {
         _ if torch => t.push(vec![
             "AutoV3".into(),
@@ -129,7 +135,7 @@ fn file_text(f: &FileReport) -> String {
 
 fn components_text(r: &Components) -> String {
     let mut s = String::new();
-        let mut ct = TextTable::new(
+    let mut ct = TextTable::new(
         &[
             "component",
             "tensors",
@@ -161,4 +167,3 @@ fn components_text(r: &Components) -> String {
     ));
     s
 }
-

@@ -8,7 +8,10 @@ use crate::views::inspect::InspectReport;
 
 /// The pickle part: where the state dict was, what else the file held, and every global
 /// with its verdict.
-fn pickle_text(p: &crate::views::inspect::PickleReport, render: &dyn Fn(&TextTable) -> String) -> String {
+fn pickle_text(
+    p: &crate::views::inspect::PickleReport,
+    render: &dyn Fn(&TextTable) -> String,
+) -> String {
     use crate::reader::pickle::Verdict;
     let mut s = String::new();
     let at = if p.state_dict_at.is_empty() {
@@ -18,7 +21,11 @@ fn pickle_text(p: &crate::views::inspect::PickleReport, render: &dyn Fn(&TextTab
     };
     s.push_str(&format!(
         "pickle:        read without executing anything; state dict at {at}{}{}\n",
-        if p.big_endian { "; big-endian storages" } else { "" },
+        if p.big_endian {
+            "; big-endian storages"
+        } else {
+            ""
+        },
         if p.copied_tensors > 0 {
             format!("; {} tensors copied out of place", p.copied_tensors)
         } else {
@@ -32,14 +39,23 @@ fn pickle_text(p: &crate::views::inspect::PickleReport, render: &dyn Fn(&TextTab
             sanitize(&o.what)
         ));
     }
-    let dangerous = p.globals.iter().filter(|g| g.verdict == Verdict::Dangerous).count();
+    let dangerous = p
+        .globals
+        .iter()
+        .filter(|g| g.verdict == Verdict::Dangerous)
+        .count();
     if dangerous > 0 {
         s.push_str(&format!(
             "DANGER:        {dangerous} dangerous globals: torch.load would run them (ckpt-diff did not)\n"
         ));
     }
     let mut t = TextTable::new(
-        &["global", "verdict", "uses", &format!("first at byte (of {})", sanitize(&p.stream))],
+        &[
+            "global",
+            "verdict",
+            "uses",
+            &format!("first at byte (of {})", sanitize(&p.stream)),
+        ],
         &[false, false, true, true],
     );
     for g in &p.globals {

@@ -407,7 +407,11 @@ fn pickle_checks(ckpt: &Checkpoint, p: &crate::reader::PickleInfo, f: &mut Vec<F
     }
     if !p.other.is_empty() {
         message.push_str("; left out of any output: ");
-        let others: Vec<String> = p.other.iter().map(|o| format!("{} ({})", o.key, o.what)).collect();
+        let others: Vec<String> = p
+            .other
+            .iter()
+            .map(|o| format!("{} ({})", o.key, o.what))
+            .collect();
         message.push_str(&others.join(", "));
     }
     f.push(Finding::new(Severity::Info, FindingKind::Pickle, message).remedy(Remedy::Rewrite));

@@ -179,8 +179,14 @@ mod tests {
         assert_eq!(verdict("os.path", "join"), Verdict::Dangerous);
         assert_eq!(verdict("__builtin__", "eval"), Verdict::Dangerous);
         assert_eq!(verdict("builtins", "exec"), Verdict::Dangerous);
-        assert_eq!(verdict("torch.storage", "_load_from_bytes"), Verdict::Dangerous);
-        assert_eq!(verdict("torch._utils", "_rebuild_tensor_v2"), Verdict::Tensor);
+        assert_eq!(
+            verdict("torch.storage", "_load_from_bytes"),
+            Verdict::Dangerous
+        );
+        assert_eq!(
+            verdict("torch._utils", "_rebuild_tensor_v2"),
+            Verdict::Tensor
+        );
         assert_eq!(verdict("torch", "HalfStorage"), Verdict::Tensor);
         assert_eq!(verdict("collections", "OrderedDict"), Verdict::Data);
         // "ossify" is not "os".

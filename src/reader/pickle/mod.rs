@@ -498,7 +498,9 @@ impl<'a> Machine<'a> {
                         "00" => Node::Bool(false),
                         _ => match l.trim().parse::<i64>() {
                             Ok(i) => Node::Int(i),
-                            Err(_) => return self.fail(format!("INT argument {l:?} is not a number")),
+                            Err(_) => {
+                                return self.fail(format!("INT argument {l:?} is not a number"));
+                            }
                         },
                     };
                     self.push_new(node)?;
@@ -520,8 +522,12 @@ impl<'a> Machine<'a> {
                     let digits = l.trim_end_matches('L');
                     let node = match digits.parse::<i64>() {
                         Ok(i) => Node::Int(i),
-                        Err(_) if !digits.is_empty()
-                            && digits.trim_start_matches('-').bytes().all(|b| b.is_ascii_digit()) =>
+                        Err(_)
+                            if !digits.is_empty()
+                                && digits
+                                    .trim_start_matches('-')
+                                    .bytes()
+                                    .all(|b| b.is_ascii_digit()) =>
                         {
                             Node::BigInt(digits.as_bytes().to_vec())
                         }
@@ -548,7 +554,9 @@ impl<'a> Machine<'a> {
                     let l = self.line_str()?;
                     match l.trim().parse::<f64>() {
                         Ok(x) => self.push_new(Node::Float(x))?,
-                        Err(_) => return self.fail(format!("FLOAT argument {l:?} is not a number")),
+                        Err(_) => {
+                            return self.fail(format!("FLOAT argument {l:?} is not a number"));
+                        }
                     }
                 }
                 b'G' => {
@@ -926,7 +934,8 @@ impl<'a> Machine<'a> {
             Node::Tuple(v) | Node::List(v) => v.iter().map(|&i| int(i)).collect::<Option<Vec<_>>>(),
             _ => None,
         };
-        let (Some(offset), Some(shape), Some(stride)) = (int(args[1]), ints(args[2]), ints(args[3]))
+        let (Some(offset), Some(shape), Some(stride)) =
+            (int(args[1]), ints(args[2]), ints(args[3]))
         else {
             return self.fail("a tensor record has a malformed offset, size or stride");
         };
@@ -979,7 +988,9 @@ fn numpy_scalar(nodes: &[Node], args: &[Id]) -> Node {
     match code {
         "i8" | "int64" => le(8).map(|b| Node::Int(i64::from_le_bytes(b))),
         "u8" | "uint64" => le(8).map(|b| Node::Int(u64::from_le_bytes(b) as i64)),
-        "i4" | "int32" => le(4).map(|b| Node::Int(i32::from_le_bytes(b[..4].try_into().unwrap()) as i64)),
+        "i4" | "int32" => {
+            le(4).map(|b| Node::Int(i32::from_le_bytes(b[..4].try_into().unwrap()) as i64))
+        }
         "f8" | "float64" => le(8).map(|b| Node::Float(f64::from_le_bytes(b))),
         "f4" | "float32" => {
             le(4).map(|b| Node::Float(f32::from_le_bytes(b[..4].try_into().unwrap()) as f64))

@@ -43,7 +43,11 @@ fn test_every_protocol_builds_the_same_value() {
         assert_eq!(p.node(b[1]), &Node::Int(-3));
         assert!(matches!(p.node(b[2]), Node::BigInt(_)), "protocol {proto}");
         let c = p.get(p.root, "c").unwrap();
-        assert_eq!(p.node(p.get(c, "k").unwrap()), &Node::Int(7), "protocol {proto}");
+        assert_eq!(
+            p.node(p.get(c, "k").unwrap()),
+            &Node::Int(7),
+            "protocol {proto}"
+        );
         // OrderedDict is data; `_codecs.encode` (how protocols < 3 write bytes) too.
         assert!(p.globals.iter().all(|g| g.verdict == Verdict::Data));
     }
