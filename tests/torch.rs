@@ -43,7 +43,7 @@ fn test_every_tensor_equals_torch_load() {
     let g = goldens();
     let dir = Dir::new();
     let files = g["files"].as_object().unwrap();
-    assert_eq!(files.len(), 8);
+    assert_eq!(files.len(), 10);
     for (name, want) in files {
         let out = dir.path(&format!("{name}.safetensors"));
         run_ok(&["convert", s(&fixture(name)), "-o", s(&out), "-q"]);

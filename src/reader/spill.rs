@@ -123,8 +123,8 @@ impl Spill {
         let file = out
             .into_inner()
             .map_err(|e| ReadError::Io(e.into_error()))?;
-        // SAFETY: the file is unnamed, private to this process and never written again.
-        let map = unsafe { Mmap::map(&file)? };
+        // The file is unnamed, private to this process and never written again.
+        let map = super::map_file(&file)?;
         Ok(Some((self.at, map)))
     }
 }
