@@ -52,6 +52,11 @@ bench-l2:
 bench-fit:
     cargo bench --bench fit_full
 
+# `convert` of a full-size SD1 fp32 .ckpt with EMA beside a plain copy and PyTorch (needs
+# target/bench-venv: benches/peers/setup.sh target/bench-venv).
+bench-convert:
+    cargo bench --bench convert_full
+
 # `hash` on a full-size SDXL fp16 file beside each algorithm alone.
 bench-hash:
     cargo bench --bench hash_full

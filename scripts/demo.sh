@@ -87,4 +87,14 @@ echo "the FP8 copy against the BF16 one (E4M3 keeps 4 significant bits):" | tee 
 $bin sim "$data/flux/mbw-bf16.safetensors" "$data/flux/mbw-fp8.safetensors" --blocks "D00..D02, S00..S02, OUT" \
     | tee -a "$out/flux-merge.txt"
 
+step "PyTorch .ckpt files, read without executing them (fixtures made by torch.save)"
+ckpt=fixtures/torch/sd1-zip-f32.ckpt
+$bin inspect "$ckpt" | tee "$out/ckpt-inspect.txt"
+$bin convert "$ckpt" fixtures/torch/sd1-legacy-f16.ckpt --out-dir "$data/converted" --drop-ema --force \
+    | tee "$out/ckpt-convert.txt"
+$bin sim "$ckpt" "$data/converted/sd1-legacy-f16.safetensors" --blocks "IN00..IN02, OUT09..OUT11, TE1, VAE" \
+    | tee -a "$out/ckpt-convert.txt"
+echo "a malicious pickle (os.system through REDUCE, nested in the state dict):" | tee "$out/ckpt-evil.txt"
+$bin validate fixtures/torch/evil-reduce-nested.ckpt 2>&1 | tee -a "$out/ckpt-evil.txt" || true
+
 step "done: outputs in $out/ (reports: $out/l2/index.html, $out/clone-check/index.html)"

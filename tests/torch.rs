@@ -43,7 +43,7 @@ fn test_every_tensor_equals_torch_load() {
     let g = goldens();
     let dir = Dir::new();
     let files = g["files"].as_object().unwrap();
-    assert_eq!(files.len(), 10);
+    assert_eq!(files.len(), 11);
     for (name, want) in files {
         let out = dir.path(&format!("{name}.safetensors"));
         run_ok(&["convert", s(&fixture(name)), "-o", s(&out), "-q"]);
@@ -343,4 +343,28 @@ fn test_damaged_torch_files_are_clear_errors() {
             assert!(err.contains(s(&p)) && !err.contains("panicked"), "{err}");
         }
     }
+}
+
+/// A real checkpoint's pickle is far below the interpreter's limits: a few values per
+/// tensor, so even a model of 10^5 tensors stays three orders of magnitude under them.
+#[test]
+fn test_real_pickles_are_far_below_the_limits() {
+    use ckpt_diff::reader::pickle::{Limits, parse};
+    let bytes = std::fs::read(fixture("sd1-zip-f32.ckpt")).unwrap();
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+    let mut pkl = Vec::new();
+    std::io::Read::read_to_end(&mut zip.by_name("sd1-zip-f32/data.pkl").unwrap(), &mut pkl)
+        .unwrap();
+    let p = parse(&pkl, 0, Limits::default()).unwrap();
+    let tensors = goldens()["files"]["sd1-zip-f32.ckpt"]["tensors"]
+        .as_object()
+        .unwrap()
+        .len();
+    let per_tensor = p.nodes.len() as f64 / tensors as f64;
+    eprintln!(
+        "{} values for {tensors} tensors ({per_tensor:.1} each)",
+        p.nodes.len()
+    );
+    assert!(per_tensor < 24.0, "{per_tensor} values per tensor");
+    assert!(24 * 100_000 < Limits::default().max_nodes);
 }

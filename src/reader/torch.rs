@@ -466,6 +466,9 @@ const STATE_DICT_KEYS: &[&str] = &[
     "model_state_dict",
 ];
 
+/// Top-level keys of EMA weights kept beside the state dict.
+const EMA_KEYS: &[&str] = &["state_dict_ema", "ema_state_dict", "model_ema", "ema"];
+
 /// Deepest nesting followed when naming tensors of nested dicts.
 const MAX_DEPTH: usize = 16;
 
@@ -504,11 +507,29 @@ fn build(p: &Pickle, locate: &Locate<'_>, container: Container) -> Result<TorchF
 
     let mut named: Vec<(String, Id)> = Vec::new();
     collect(p, at, "", 0, &mut named);
+    // Some trainers keep the EMA weights beside the state dict: read them as the EMA copy
+    // LDM files carry inside it (`model_ema.` + the name).
+    let mut ema_keys: Vec<&str> = Vec::new();
+    if at != p.root {
+        for key in EMA_KEYS {
+            if let Some(v) = p.get(p.root, key)
+                && count_tensors(p, v) > 0
+            {
+                collect(p, v, "model_ema", 0, &mut named);
+                ema_keys.push(key);
+            }
+        }
+    }
 
     let mut storages: Vec<Storage> = Vec::new();
     let mut storage_index: HashMap<String, usize> = HashMap::new();
     let mut tensors = Vec::with_capacity(named.len());
+    let mut seen = std::collections::HashSet::new();
     for (name, id) in named {
+        // A name is read once (the state dict's copy first).
+        if !seen.insert(name.clone()) {
+            continue;
+        }
         let Node::Tensor(t) = p.node(id) else {
             continue;
         };
@@ -566,7 +587,8 @@ fn build(p: &Pickle, locate: &Locate<'_>, container: Container) -> Result<TorchF
     {
         for &(k, v) in top {
             let Some(key) = p.as_str(k) else { continue };
-            if !path.is_empty() && path.split('.').next() == Some(key) {
+            if (!path.is_empty() && path.split('.').next() == Some(key)) || ema_keys.contains(&key)
+            {
                 continue;
             }
             match p.node(v) {

@@ -23,8 +23,8 @@ pub use globals::Verdict;
 /// Index of a value in [`Pickle::nodes`].
 pub type Id = u32;
 
-/// Bounds on what one pickle may build. Real SD checkpoints stay far below them (an SDXL
-/// `data.pkl` with EMA builds about 60 000 nodes); the bounds keep a crafted file from
+/// Bounds on what one pickle may build. Real SD checkpoints stay far below them (an SD1
+/// `data.pkl` with EMA builds about 30 000 nodes, 16 per tensor); the bounds keep a crafted file from
 /// exhausting memory: at most about `max_nodes x 48 bytes + max_items x 8 + max_bytes`
 /// (under 1 GiB with the defaults).
 #[derive(Clone, Copy, Debug)]

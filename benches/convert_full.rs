@@ -1,0 +1,170 @@
+//! `ckpt-diff convert` of a full-size SD1 fp32 `.ckpt` with EMA (made by PyTorch's
+//! `torch.save`, nested under `state_dict` as SD's training code saved it) beside one plain
+//! copy of the same bytes and beside PyTorch's `torch.load` + `safetensors.torch.save_file`,
+//! measured in the same run, warm page cache. Writes reports/bench/convert.md.
+//!
+//!     cargo bench --bench convert_full     # needs target/bench-venv (benches/peers/setup.sh)
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ckpt_diff::catalog::Arch;
+use ckpt_diff::pass::NoProgress;
+use ckpt_diff::reader::dtype::FloatFormat;
+use ckpt_diff::synth::{self, Layout, Synthetic};
+use common::*;
+
+fn python() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-venv/bin/python")
+}
+
+fn peer_script() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("benches/peers/ckpt_torch.py")
+}
+
+/// The full-size SD1 fp32 checkpoint with EMA and schedule buffers, as safetensors and as
+/// the `.ckpt` torch.save makes of it (both kept in the bench folder between runs).
+fn inputs() -> (PathBuf, PathBuf) {
+    let dir = data_dir();
+    let st = dir.join("sd1-f32-ema.safetensors");
+    if !st.exists() {
+        eprintln!("generating {} ...", st.display());
+        let mut layout = Layout::new(Arch::Sd1, 1, FloatFormat::F32);
+        layout.ema = true;
+        layout.scheduler = true;
+        synth::write(
+            &st,
+            &layout,
+            &Synthetic::base(Arch::Sd1, 1),
+            &[],
+            &NoProgress,
+        )
+        .unwrap();
+    }
+    let ckpt = dir.join("sd1-f32-ema.ckpt");
+    if !ckpt.exists() {
+        eprintln!("torch.save {} ...", ckpt.display());
+        run_measured(&python(), &[s(&peer_script()), "make", s(&st), s(&ckpt)]);
+    }
+    (st, ckpt)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// One plain copy of `src` into `dst` (8 MiB reads and writes, then fsync): the floor for
+/// any conversion that writes the same bytes.
+fn plain_copy(src: &Path, dst: &Path) -> f64 {
+    use std::io::Read;
+    let t = Instant::now();
+    let mut r = std::fs::File::open(src).unwrap();
+    let mut w = std::fs::File::create(dst).unwrap();
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        w.write_all(&buf[..n]).unwrap();
+    }
+    w.sync_all().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(dst);
+    secs
+}
+
+fn main() {
+    let (st, ckpt) = inputs();
+    let size = std::fs::metadata(&ckpt).unwrap().len();
+    let out = data_dir().join("convert-out.safetensors");
+    let _ = std::fs::remove_file(&out);
+    warm(&[&ckpt]);
+    let copy = plain_copy(&ckpt, &out);
+    let exe = PathBuf::from(env!("CARGO_BIN_EXE_ckpt-diff"));
+    let ours = run_measured(&exe, &["convert", s(&ckpt), "-o", s(&out), "-q", "-f"]);
+    let out_size = std::fs::metadata(&out).unwrap().len();
+    let _ = std::fs::remove_file(&out);
+    warm(&[&ckpt]);
+    let no_ema = run_measured(
+        &exe,
+        &["convert", s(&ckpt), "-o", s(&out), "-q", "-f", "--drop-ema"],
+    );
+    let no_ema_size = std::fs::metadata(&out).unwrap().len();
+    let _ = std::fs::remove_file(&out);
+    warm(&[&ckpt]);
+    let torch = run_measured(
+        &python(),
+        &[s(&peer_script()), "convert", s(&ckpt), s(&out)],
+    );
+    let _ = std::fs::remove_file(&out);
+    let write_rate = disk_write_rate(&data_dir());
+
+    let mut md = String::new();
+    md.push_str(&format!(
+        "# `convert`: a full-size SD1 fp32 `.ckpt` with EMA ({:.2} GB)\n\n\
+         `cargo bench --bench convert_full`, warm page cache, this machine's disk writing \
+         {write_rate:.2} GB/s with fsync in the same run. The `.ckpt` is `torch.save` of a \
+         generated SD1 checkpoint (EMA and schedule buffers) nested under `state_dict`.\n\n\
+         | what | seconds | GB/s (input) | peak anonymous memory | peak RSS |\n\
+         |---|---|---|---|---|\n",
+        gb(size)
+    ));
+    let row = |md: &mut String, what: &str, secs: f64, anon: Option<u64>, rss: Option<u64>| {
+        let mb = |b: Option<u64>| b.map_or("-".into(), |b| format!("{:.0} MB", b as f64 / 1e6));
+        md.push_str(&format!(
+            "| {what} | {secs:.1} | {:.2} | {} | {} |\n",
+            gb(size) / secs,
+            mb(anon),
+            mb(rss)
+        ));
+    };
+    row(
+        &mut md,
+        "plain copy of the same bytes (read, write, fsync)",
+        copy,
+        None,
+        None,
+    );
+    row(
+        &mut md,
+        &format!("ckpt-diff convert ({:.2} GB written)", gb(out_size)),
+        ours.secs,
+        Some(ours.peak_anon),
+        Some(ours.peak_rss),
+    );
+    row(
+        &mut md,
+        &format!(
+            "ckpt-diff convert --drop-ema ({:.2} GB written)",
+            gb(no_ema_size)
+        ),
+        no_ema.secs,
+        Some(no_ema.peak_anon),
+        Some(no_ema.peak_rss),
+    );
+    row(
+        &mut md,
+        "PyTorch 2.5.1: torch.load + safetensors save_file",
+        torch.secs,
+        Some(torch.peak_anon),
+        Some(torch.peak_rss),
+    );
+    md.push_str(
+        "\nckpt-diff maps the `.ckpt` and streams its tensors (stored uncompressed in the zip, \
+         so read in place) into the output; its anonymous memory is the pickle's values and \
+         the write buffers, whatever the file size. PyTorch loads every tensor into memory \
+         first.\n",
+    );
+    print!("{md}");
+    let report = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/bench/convert.md");
+    std::fs::write(report, &md).unwrap();
+    // The inputs are 15 GB: delete them unless asked to keep them.
+    if std::env::var_os("CKPT_DIFF_BENCH_KEEP").is_none() {
+        let _ = std::fs::remove_file(&st);
+        let _ = std::fs::remove_file(&ckpt);
+    }
+}
