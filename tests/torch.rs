@@ -264,6 +264,19 @@ fn test_commands_agree_on_ckpt_and_converted() {
     for (a, b) in t1.iter().zip(&t2) {
         assert_eq!((&a.name, &a.shape, &a.data), (&b.name, &b.shape, &b.data));
     }
+    // fix reads a ckpt as it reads the safetensors.
+    let f1 = dir.path("f1.safetensors");
+    let f2 = dir.path("f2.safetensors");
+    for (input, out) in [(&ckpt, &f1), (&st, &f2)] {
+        let (code, _, err) = run_code(&["fix", s(input), "-o", s(out), "--drop-ema", "-q"]);
+        assert!(code <= 1, "{err}");
+    }
+    let (t1, _) = read_raw(&f1);
+    let (t2, _) = read_raw(&f2);
+    assert_eq!(t1.len(), t2.len());
+    for (a, b) in t1.iter().zip(&t2) {
+        assert_eq!((&a.name, &a.shape, &a.data), (&b.name, &b.shape, &b.data));
+    }
     // fit takes a ckpt as target and as source.
     let fit = |target: &Path| {
         let v = run_json(&[
