@@ -69,6 +69,7 @@ pub fn remedy(r: Remedy) -> String {
         Remedy::InsertPositionIds => "fix inserts it (int64 0..76)",
         Remedy::ResetPositionIds => "fix resets it to int64 0..76",
         Remedy::RenameKeys => "fix renames them to the current names",
+        Remedy::Convert => "convert FILE -o OUT.safetensors writes its tensors as safetensors",
     }
     .to_string()
 }

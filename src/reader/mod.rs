@@ -41,11 +41,6 @@ pub enum ReadError {
     Io(std::io::Error),
     #[error("this is a directory, not a checkpoint file")]
     IsDirectory,
-    #[error(
-        "this is a pickle file ({0}) that is not a torch checkpoint ckpt-diff can read; it was \
-         not executed"
-    )]
-    Pickle(&'static str),
     #[error("this PyTorch checkpoint is unreadable: {0}")]
     Torch(#[from] torch::TorchError),
     #[error("{0}")]
@@ -121,10 +116,6 @@ impl ReadError {
     /// A sentence that tells the user what to do about it, when there is one.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            ReadError::Pickle(_) => Some(
-                "ckpt-diff reads torch.save checkpoints (zip and legacy) and safetensors; other \
-                 pickles are not model files",
-            ),
             ReadError::Torch(_) => Some(
                 "download or copy the file again; if it loads in PyTorch, please report it with \
                  the message above",
@@ -335,7 +326,7 @@ impl Checkpoint {
             // The extension says pickle and the bytes are not safetensors: say that, not
             // "bad JSON". Protocols 0 and 1 have no magic bytes to sniff.
             Err(_) if sniff::has_pickle_extension(path) => {
-                return Err(ReadError::Pickle("by its extension, and not a torch file"));
+                return Self::open_torch(path, map, false);
             }
             Err(e) => return Err(e),
         };
@@ -678,14 +669,18 @@ mod tests {
     }
 
     #[test]
-    fn test_pickle_is_refused() {
+    fn test_damaged_torch_zip_and_foreign_pickle_are_errors() {
         let (_d, p) = write(
             b"PK\x03\x04\x14\x00\x00\x00\x08\x00archive/data.pkl",
             "ckpt",
         );
         let e = Checkpoint::open(&p).unwrap_err();
-        assert!(matches!(e.kind, ReadError::Pickle(_)));
-        assert!(e.to_string().contains("never unpickles"));
+        assert!(matches!(e.kind, ReadError::Torch(_)), "{e}");
+        assert!(e.to_string().contains("zip"), "{e}");
+        // A pickle of something else than a torch checkpoint: never executed, refused.
+        let (_d, p) = write(b"\x80\x02}q\x00X\x01\x00\x00\x00aK\x01s.", "pkl");
+        let e = Checkpoint::open(&p).unwrap_err();
+        assert!(e.to_string().contains("not a torch checkpoint"), "{e}");
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub enum Remedy {
     ResetPositionIds,
     /// Write the keys under their current names.
     RenameKeys,
+    /// Write the checkpoint as safetensors (`convert`).
+    Convert,
 }
 
 /// One thing validation found.
@@ -414,7 +416,7 @@ fn pickle_checks(ckpt: &Checkpoint, p: &crate::reader::PickleInfo, f: &mut Vec<F
             .collect();
         message.push_str(&others.join(", "));
     }
-    f.push(Finding::new(Severity::Info, FindingKind::Pickle, message).remedy(Remedy::Rewrite));
+    f.push(Finding::new(Severity::Info, FindingKind::Pickle, message).remedy(Remedy::Convert));
     let listed = |v: Verdict| -> Vec<String> {
         p.globals
             .iter()
@@ -451,7 +453,7 @@ fn pickle_checks(ckpt: &Checkpoint, p: &crate::reader::PickleInfo, f: &mut Vec<F
                 ),
             )
             .keys(dangerous)
-            .remedy(Remedy::Rewrite),
+            .remedy(Remedy::Convert),
         );
     }
 }

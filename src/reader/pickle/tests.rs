@@ -61,9 +61,9 @@ fn test_reduce_of_os_system_is_recorded_not_run() {
     let g = &p.globals[0];
     assert_eq!((g.module.as_str(), g.name.as_str()), ("posix", "system"));
     assert_eq!(g.verdict, Verdict::Dangerous);
-    // The GLOBAL opcode sits at byte 17 of the stream; offsets count from `base`.
-    assert_eq!(bytes[17], b'c');
-    assert_eq!(g.offset, 117);
+    // The GLOBAL opcode sits at byte 13 of the stream; offsets count from `base`.
+    assert_eq!(bytes[13], b'c');
+    assert_eq!(g.offset, 113);
     let w = p.get(p.root, "w").unwrap();
     let Node::Object { class, args, .. } = p.node(w) else {
         panic!("{:?}", p.node(w));
