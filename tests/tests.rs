@@ -11,6 +11,7 @@ mod fit;
 mod fp8;
 mod hash;
 mod l2;
+mod lineage;
 mod merge;
 mod props;
 mod sim;

@@ -9,8 +9,10 @@ mod convert;
 mod fit;
 mod fix;
 mod hash;
+mod index;
 mod inspect;
 mod l2;
+mod lineage;
 mod merge;
 mod sim;
 mod synth;
@@ -59,6 +61,11 @@ enum Command {
     Convert(convert::Args),
     /// Find the linear recipe that reproduces a target from candidate sources.
     Fit(fit::Args),
+    /// The lineage index of a model library: `index add PATH...`, `ls`, `rm`, `stats`.
+    Index(index::Args),
+    /// What a checkpoint was made of, from the index (exact matches, nearest models, a
+    /// recipe with error bars); `--verify` checks it on the weights.
+    Lineage(lineage::Args),
     /// Write synthetic checkpoints with real SD1/SD2/SDXL key layouts (test data).
     Synth(synth::Args),
 }
@@ -95,6 +102,8 @@ pub fn run() -> ExitCode {
         Command::Fix(args) => fix::run(args, &global),
         Command::Convert(args) => convert::run(args, &global),
         Command::Fit(args) => fit::run(args, &global),
+        Command::Index(args) => index::run(args, &global),
+        Command::Lineage(args) => lineage::run(args, &global),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -10,6 +10,7 @@ pub mod html;
 pub mod inspect;
 pub mod json;
 pub mod l2;
+pub mod lineage;
 pub mod merge;
 pub mod sim;
 pub mod validate;

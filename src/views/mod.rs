@@ -6,6 +6,7 @@ pub mod components;
 pub mod fit;
 pub mod inspect;
 pub mod l2;
+pub mod lineage;
 pub mod mds;
 pub mod sim;
 pub mod validate;

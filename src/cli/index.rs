@@ -1,0 +1,178 @@
+//! `ckpt-diff index add|ls|rm|stats`: the lineage index of a model library.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::Outcome;
+use super::common::{Global, Model, print};
+use crate::catalog::Grouping;
+use crate::index::{Index, NewEntry};
+use crate::pass::progress::Bar;
+use crate::pass::{Pass, Plan};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+    /// The index database (default: ~/.cache/ckpt-diff/index.sqlite).
+    #[arg(long, global = true)]
+    index: Option<PathBuf>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Fingerprint models into the index (one pass each; unchanged files are skipped).
+    Add {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// List the indexed models.
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove models by name or path.
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Models, architectures and bytes per model.
+    Stats {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// The index the options name.
+pub fn open_index(path: Option<&Path>) -> Result<Index> {
+    let p = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(crate::index::default_path);
+    Ok(Index::open(&p)?)
+}
+
+/// Size and modification time (seconds) of a file, or of every file in a folder.
+fn stamp(path: &Path) -> Result<(u64, i64)> {
+    let meta = std::fs::metadata(path).with_context(|| format!("'{}'", path.display()))?;
+    let secs = |m: &std::fs::Metadata| {
+        m.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64)
+    };
+    if !meta.is_dir() {
+        return Ok((meta.len(), secs(&meta)));
+    }
+    let (mut bytes, mut latest) = (0u64, 0i64);
+    for e in std::fs::read_dir(path)?.flatten() {
+        let (b, t) = stamp(&e.path())?;
+        bytes += b;
+        latest = latest.max(t);
+    }
+    Ok((bytes, latest))
+}
+
+/// Fingerprints one model (file hashes, component hashes, the sketch).
+pub fn fingerprint_entry(path: &Path, quiet: bool) -> Result<NewEntry> {
+    let model = Model::open(path)?;
+    let (bytes, mtime) = stamp(path)?;
+    let hashes = if model.ckpt.container().is_one_file() {
+        let raw = crate::reader::RawFile::open(path)?;
+        let bar = Bar::new("hashing", quiet);
+        Some(crate::hash::file_hashes(&raw, &bar))
+    } else {
+        None
+    };
+    let bar = Bar::new("components", quiet);
+    let comps =
+        crate::views::components::components(&model.ckpt, &model.detection, &Pass::new(&bar))?;
+    drop(bar);
+    let plan = Plan::new(vec![&model.ckpt]);
+    let grouping = match model.detection.arch() {
+        Some(a) => Grouping::for_arch(a),
+        None => Grouping::generic(plan.entries().iter().map(|e| e.key.as_str())),
+    };
+    let bar = Bar::new("sketching", quiet);
+    let fingerprint =
+        crate::sketch::fingerprint(&plan, &grouping, crate::sketch::SEED, &Pass::new(&bar))?;
+    drop(bar);
+    let torch = !matches!(
+        model.ckpt.container(),
+        crate::reader::Container::Safetensors
+    );
+    Ok(NewEntry {
+        path: std::path::absolute(path)?.display().to_string(),
+        name: model.name().trim_end_matches(".safetensors").to_string(),
+        bytes,
+        mtime,
+        sha256: hashes.as_ref().map(|h| h.sha256.clone()),
+        autov2: hashes.as_ref().map(|h| h.autov2.clone()),
+        autov3: hashes
+            .as_ref()
+            .and_then(|h| if torch { None } else { h.autov3.clone() }),
+        blake3: hashes.as_ref().map(|h| h.blake3.clone()),
+        arch: model.detection.layout.id().to_string(),
+        scale: model.detection.scale,
+        container: model.ckpt.container().id().to_string(),
+        components: comps
+            .components
+            .iter()
+            .map(|c| {
+                (
+                    c.component.id().to_string(),
+                    c.exact.clone(),
+                    c.fp16.clone(),
+                )
+            })
+            .collect(),
+        fingerprint,
+    })
+}
+
+pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+    let mut index = open_index(args.index.as_deref())?;
+    match args.command {
+        Command::Add { paths } => {
+            let mut out = String::new();
+            for p in &paths {
+                let abs = std::path::absolute(p)?.display().to_string();
+                let (bytes, mtime) = stamp(p)?;
+                if index.unchanged(&abs, bytes, mtime)? {
+                    out.push_str(&format!("unchanged  {}\n", p.display()));
+                    continue;
+                }
+                let e = fingerprint_entry(p, global.quiet)?;
+                index.add(&e)?;
+                out.push_str(&format!(
+                    "added      {} ({}, {} rows)\n",
+                    p.display(),
+                    e.arch,
+                    e.fingerprint.rows.len()
+                ));
+            }
+            print(&crate::reports::sanitize(&out))?;
+        }
+        Command::Ls { json } => {
+            let entries = index.entries()?;
+            print(&crate::reports::lineage::list(&entries, json))?;
+        }
+        Command::Rm { names } => {
+            let mut out = String::new();
+            for n in &names {
+                let k = index.remove(n)?;
+                out.push_str(&format!("removed {k} entries named {n}\n"));
+            }
+            print(&crate::reports::sanitize(&out))?;
+        }
+        Command::Stats { json } => {
+            let entries = index.entries()?;
+            print(&crate::reports::lineage::stats(
+                &entries,
+                index.file_bytes(),
+                json,
+            ))?;
+        }
+    }
+    Ok(Outcome::Ok)
+}

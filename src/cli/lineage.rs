@@ -1,0 +1,149 @@
+//! `ckpt-diff lineage TARGET`: what a checkpoint was made of, from the index; `--verify`
+//! reads the parents and measures the recipe exactly.
+
+use std::path::PathBuf;
+
+use anyhow::{Result, bail};
+
+use super::Outcome;
+use super::common::{Global, Model, print};
+use super::index::{fingerprint_entry, open_index};
+use crate::views::lineage::{Known, lineage, medoid};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The checkpoint to explain (read once; it need not be indexed).
+    target: PathBuf,
+    /// The base deltas are taken from: an indexed name or path, or a file (default: the
+    /// indexed model at the centre of the others).
+    #[arg(long)]
+    base: Option<String>,
+    /// Nearest models shown per row.
+    #[arg(long, default_value_t = 3)]
+    top: usize,
+    /// Read the parents and the base, fit the recipe exactly and measure the clone.
+    #[arg(long)]
+    verify: bool,
+    /// The index database (default: ~/.cache/ckpt-diff/index.sqlite).
+    #[arg(long)]
+    index: Option<PathBuf>,
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+    let index = open_index(args.index.as_deref())?;
+    let target = fingerprint_entry(&args.target, global.quiet)?;
+    let entries = index.entries()?;
+    // Exact matches: the file, then components.
+    let mut matches = Vec::new();
+    for e in &entries {
+        if e.path == target.path {
+            continue;
+        }
+        if target.sha256.is_some() && e.sha256 == target.sha256 {
+            matches.push(format!("the file is byte-identical to {}", e.name));
+        }
+        for (c, exact, fp16) in &target.components {
+            for (c2, e2, f2) in &e.components {
+                if c == c2 && exact == e2 {
+                    matches.push(format!("the {c} is byte-identical to {}'s", e.name));
+                } else if c == c2 && fp16 == f2 {
+                    matches.push(format!("the {c} equals {}'s in fp16 form", e.name));
+                }
+            }
+        }
+    }
+    // Candidates: same architecture and scale, not the target itself.
+    let same: Vec<&crate::index::Entry> = entries
+        .iter()
+        .filter(|e| e.arch == target.arch && e.scale == target.scale && e.path != target.path)
+        .filter(|e| target.sha256.is_none() || e.sha256 != target.sha256)
+        .collect();
+    let mut fps = Vec::with_capacity(same.len() + 1);
+    for e in &same {
+        fps.push(index.fingerprint(e.id)?);
+    }
+    let mut names: Vec<String> = same.iter().map(|e| e.name.clone()).collect();
+    let mut paths: Vec<String> = same.iter().map(|e| e.path.clone()).collect();
+    let base = match &args.base {
+        Some(b) => match same.iter().position(|e| e.name == *b || e.path == *b) {
+            Some(i) => i,
+            None => {
+                let p = PathBuf::from(b);
+                if !p.exists() {
+                    bail!("--base '{b}' is neither an indexed model nor a file");
+                }
+                let e = fingerprint_entry(&p, global.quiet)?;
+                fps.push(e.fingerprint);
+                names.push(e.name);
+                paths.push(e.path);
+                fps.len() - 1
+            }
+        },
+        None => {
+            let known: Vec<Known<'_>> = names
+                .iter()
+                .zip(&fps)
+                .map(|(n, f)| Known {
+                    name: n,
+                    fingerprint: f,
+                })
+                .collect();
+            if known.len() < 2 {
+                bail!(
+                    "the index holds {} models of this architecture and scale ({}); add the \
+                     candidate parents with `ckpt-diff index add`",
+                    known.len(),
+                    target.arch
+                );
+            }
+            medoid(&known)
+        }
+    };
+    let known: Vec<Known<'_>> = names
+        .iter()
+        .zip(&fps)
+        .map(|(n, f)| Known {
+            name: n,
+            fingerprint: f,
+        })
+        .collect();
+    let mut report = lineage(&target.fingerprint, &known, base);
+    for n in &mut report.nearest {
+        n.models.truncate(args.top);
+    }
+    let verified = if args.verify && !report.parents.is_empty() {
+        let parent_paths: Vec<PathBuf> = report
+            .parents
+            .iter()
+            .map(|p| PathBuf::from(&paths[names.iter().position(|n| n == p).expect("a candidate")]))
+            .collect();
+        let mut models = vec![
+            Model::open(&args.target)?,
+            Model::open(&PathBuf::from(&paths[base]))?,
+        ];
+        for p in &parent_paths {
+            models.push(Model::open(p)?);
+        }
+        let bar = crate::pass::progress::Bar::new("verifying", global.quiet);
+        let ckpts: Vec<&crate::reader::Checkpoint> = models.iter().map(|m| &m.ckpt).collect();
+        let v = crate::views::lineage::verify(&ckpts, &report, &crate::pass::Pass::new(&bar))?;
+        drop(bar);
+        Some(v)
+    } else {
+        None
+    };
+    let doc = crate::reports::lineage::Document {
+        target: args.target.display().to_string(),
+        matches,
+        report: &report,
+        verified: verified.as_ref(),
+    };
+    print(&if args.json {
+        crate::reports::lineage::json(&doc)
+    } else {
+        crate::reports::lineage::text(&doc)
+    })?;
+    Ok(Outcome::Ok)
+}
