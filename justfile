@@ -16,7 +16,8 @@ lint:
 
 # The crate for Windows and macOS (needs `rustup target add x86_64-pc-windows-gnu
 # x86_64-apple-darwin`; blake3's C code is left out for the macOS check, which has no C
-# cross-compiler here).
+# cross-compiler here). Since the lineage index (rusqlite's bundled SQLite, C code) these
+# need a C cross-compiler for the target (mingw-w64 for Windows).
 check-platforms:
     cargo check --target x86_64-pc-windows-gnu
     CARGO_FEATURE_PURE=1 cargo check --target x86_64-apple-darwin
