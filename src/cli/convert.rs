@@ -11,7 +11,6 @@ use super::common::{Global, Model, print};
 use crate::fix::{FixReport, Options, convert};
 use crate::pass::Pass;
 use crate::pass::progress::Bar;
-use crate::reader::dtype::{FloatFormat, parse_user_float};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -82,14 +81,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         }
         _ => bail!("give -o OUT (one input) or --out-dir DIR"),
     };
-    let dtype = match &args.dtype {
-        None => None,
-        Some(d) => Some(
-            parse_user_float(d)
-                .filter(|f| matches!(f, FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32))
-                .with_context(|| format!("--dtype: '{d}' is not one of f16, bf16, f32"))?,
-        ),
-    };
+    let dtype = super::fix::rewrite_dtype(args.dtype.as_deref())?;
     let opts = Options {
         dtype,
         drop_ema: args.drop_ema,

@@ -74,6 +74,17 @@ pub fn remedy(r: Remedy) -> String {
     .to_string()
 }
 
+/// The `--dtype` of a rewrite (`fix`, `convert`): f16, bf16 or f32.
+pub fn rewrite_dtype(dtype: Option<&str>) -> Result<Option<FloatFormat>> {
+    dtype
+        .map(|d| {
+            parse_user_float(d)
+                .filter(|f| matches!(f, FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32))
+                .with_context(|| format!("--dtype: '{d}' is not one of f16, bf16, f32"))
+        })
+        .transpose()
+}
+
 /// A problem `fix` left, and the option that would have repaired it.
 pub fn unfixed(u: &Unfixed) -> String {
     match u {
@@ -87,14 +98,7 @@ pub fn unfixed(u: &Unfixed) -> String {
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let model = Model::open(&args.file)?;
     let base = args.base.as_ref().map(|b| Model::open(b)).transpose()?;
-    let dtype = match &args.dtype {
-        None => None,
-        Some(d) => Some(
-            parse_user_float(d)
-                .filter(|f| matches!(f, FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32))
-                .with_context(|| format!("--dtype: '{d}' is not one of f16, bf16, f32"))?,
-        ),
-    };
+    let dtype = rewrite_dtype(args.dtype.as_deref())?;
     let opts = Options {
         dtype,
         drop_ema: args.drop_ema,

@@ -141,6 +141,48 @@ fn take(
     }
 }
 
+/// The scaled-fp8 marker and scales of `file`: copied as they are, or (when every float is
+/// cast) dropped because the weights are written dequantized.
+fn scaled_fp8(file: &Input<'_>, opts: &Options, out: &mut FixPlan) {
+    let Some(q) = file.scaled_fp8 else { return };
+    if opts.dtype.is_some() {
+        out.actions.push(format!(
+            "dequantized the scaled fp8 weights ({} scales)",
+            q.scaled_weights()
+        ));
+        return;
+    }
+    for (i, t) in q.hidden.iter().enumerate() {
+        out.tensors.push(Planned {
+            spec: TensorSpec {
+                name: canonical_key(&t.name).into_owned(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+            },
+            source: Source::Quantization(i),
+        });
+    }
+}
+
+/// Which drop option leaves tensor `name` out, with its report order and wording.
+fn dropped_as(
+    opts: &Options,
+    ema: &HashSet<&str>,
+    scheduler: &HashSet<&str>,
+    unknown: &HashSet<&str>,
+    name: &str,
+) -> Option<(usize, &'static str)> {
+    if opts.drop_ema && ema.contains(name) {
+        Some((0, "EMA"))
+    } else if opts.drop_scheduler && scheduler.contains(name) {
+        Some((1, "schedule buffer"))
+    } else if opts.drop_unknown && unknown.contains(name) {
+        Some((2, "unknown key"))
+    } else {
+        None
+    }
+}
+
 /// Decides the output of `fix` for `file`, with `base` to take tensors from.
 pub fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Options) -> FixPlan {
     let findings = file.findings;
@@ -187,15 +229,7 @@ pub fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Options) -> F
         if t.name != *key {
             renamed += 1;
         }
-        let drop = if opts.drop_ema && ema.contains(t.name.as_str()) {
-            Some((0, "EMA"))
-        } else if opts.drop_scheduler && scheduler.contains(t.name.as_str()) {
-            Some((1, "schedule buffer"))
-        } else if opts.drop_unknown && unknown.contains(t.name.as_str()) {
-            Some((2, "unknown key"))
-        } else {
-            None
-        };
+        let drop = dropped_as(opts, &ema, &scheduler, &unknown, &t.name);
         if let Some((order, why)) = drop {
             dropped.entry(order).or_insert((why, 0)).1 += 1;
             continue;
@@ -327,25 +361,7 @@ pub fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Options) -> F
         });
     }
     // Scaled fp8: kept with its scales, or dequantized when every float is cast.
-    if let Some(q) = file.scaled_fp8 {
-        if opts.dtype.is_some() {
-            out.actions.push(format!(
-                "dequantized the scaled fp8 weights ({} scales)",
-                q.scaled_weights()
-            ));
-        } else {
-            for (i, t) in q.hidden.iter().enumerate() {
-                out.tensors.push(Planned {
-                    spec: TensorSpec {
-                        name: canonical_key(&t.name).into_owned(),
-                        dtype: t.dtype,
-                        shape: t.shape.clone(),
-                    },
-                    source: Source::Quantization(i),
-                });
-            }
-        }
-    }
+    scaled_fp8(file, opts, &mut out);
     if let Some(d) = opts.dtype {
         out.actions
             .push(format!("stored floats as {}", dtype::name(d.dtype())));
@@ -397,15 +413,7 @@ pub fn conversion(file: &Input<'_>, opts: &Options) -> FixPlan {
     let mut seen = HashSet::new();
     let mut renamed = 0;
     for t in file.tensors {
-        let drop = if opts.drop_ema && ema.contains(t.name.as_str()) {
-            Some((0, "EMA"))
-        } else if opts.drop_scheduler && scheduler.contains(t.name.as_str()) {
-            Some((1, "schedule buffer"))
-        } else if opts.drop_unknown && unknown.contains(t.name.as_str()) {
-            Some((2, "unknown key"))
-        } else {
-            None
-        };
+        let drop = dropped_as(opts, &ema, &scheduler, &unknown, &t.name);
         if let Some((order, why)) = drop {
             dropped.entry(order).or_insert((why, 0)).1 += 1;
             continue;
@@ -424,25 +432,7 @@ pub fn conversion(file: &Input<'_>, opts: &Options) -> FixPlan {
         out.actions
             .push(format!("renamed {renamed} keys to their current names"));
     }
-    if let Some(q) = file.scaled_fp8 {
-        if opts.dtype.is_some() {
-            out.actions.push(format!(
-                "dequantized the scaled fp8 weights ({} scales)",
-                q.scaled_weights()
-            ));
-        } else {
-            for (i, t) in q.hidden.iter().enumerate() {
-                out.tensors.push(Planned {
-                    spec: TensorSpec {
-                        name: canonical_key(&t.name).into_owned(),
-                        dtype: t.dtype,
-                        shape: t.shape.clone(),
-                    },
-                    source: Source::Quantization(i),
-                });
-            }
-        }
-    }
+    scaled_fp8(file, opts, &mut out);
     for (why, n) in dropped.values() {
         out.actions.push(format!("dropped {n} {why} keys"));
     }
