@@ -8,8 +8,8 @@ use super::Outcome;
 use super::common::{Global, Model, print};
 use crate::catalog::Grouping;
 use crate::index::{Index, NewEntry};
+use crate::pass::Pass;
 use crate::pass::progress::Bar;
-use crate::pass::{Pass, Plan};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -73,29 +73,37 @@ fn stamp(path: &Path) -> Result<(u64, i64)> {
     Ok((bytes, latest))
 }
 
-/// Fingerprints one model (file hashes, component hashes, the sketch).
+/// Fingerprints one model: file hashes, component hashes and the sketch, in one read (the
+/// file hashes stream the mapped file on their own threads while the pass visits its
+/// tensors, so each page comes from the disk once).
 pub fn fingerprint_entry(path: &Path, quiet: bool) -> Result<NewEntry> {
     let model = Model::open(path)?;
     let (bytes, mtime) = stamp(path)?;
-    let hashes = if model.ckpt.container().is_one_file() {
-        let raw = crate::reader::RawFile::open(path)?;
-        let bar = Bar::new("hashing", quiet);
-        Some(crate::hash::file_hashes(&raw, &bar))
+    let raw = if model.ckpt.container().is_one_file() {
+        Some(crate::reader::RawFile::open(path)?)
     } else {
         None
     };
-    let bar = Bar::new("components", quiet);
-    let comps =
-        crate::views::components::components(&model.ckpt, &model.detection, &Pass::new(&bar))?;
-    drop(bar);
-    let plan = Plan::new(vec![&model.ckpt]);
     let grouping = match model.detection.arch() {
         Some(a) => Grouping::for_arch(a),
-        None => Grouping::generic(plan.entries().iter().map(|e| e.key.as_str())),
+        None => Grouping::generic(model.ckpt.tensors().iter().map(|t| t.name.as_str())),
     };
-    let bar = Bar::new("sketching", quiet);
-    let fingerprint =
-        crate::sketch::fingerprint(&plan, &grouping, crate::sketch::SEED, &Pass::new(&bar))?;
+    let bar = Bar::new("fingerprinting", quiet);
+    let (hashes, got) = std::thread::scope(|scope| {
+        let hashes = raw.as_ref().map(|raw| {
+            scope.spawn(|| crate::hash::file_hashes(raw, &crate::pass::progress::NoProgress))
+        });
+        let got = crate::views::fingerprint::fingerprint(
+            &model.ckpt,
+            &model.detection,
+            &grouping,
+            crate::sketch::SEED,
+            &Pass::new(&bar),
+        );
+        let hashes = hashes.map(|h| h.join().expect("hashing does not panic"));
+        (hashes, got)
+    });
+    let (comps, fingerprint) = got?;
     drop(bar);
     let torch = !matches!(
         model.ckpt.container(),

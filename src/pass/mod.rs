@@ -181,6 +181,15 @@ pub struct Slice<'a> {
 }
 
 impl<'a> Slice<'a> {
+    /// Its element count.
+    pub fn len(&self) -> usize {
+        self.bytes.len() * 8 / dtype::bit_size(self.dtype)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
     /// Elements `start..end` of the slice (indices relative to it).
     pub fn part(&self, start: usize, end: usize) -> Slice<'a> {
         let size = dtype::bit_size(self.dtype) / 8;

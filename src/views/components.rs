@@ -161,55 +161,75 @@ struct Work {
     arch: Option<Arch>,
 }
 
-struct TensorResult {
+/// One tensor's part of the component hashes and the toolkit metric.
+pub struct TensorHashes {
     exact: [u8; 32],
     fp16: [u8; 32],
     metric: f64,
 }
 
+/// Hashes one whole tensor (`key` as the plan spells it) for [`combine`].
+pub fn hash_tensor(arch: Option<Arch>, key: &str, s: &Slice<'_>) -> TensorHashes {
+    // A scaled tensor is its bytes and its scale: both go into its exact hash.
+    let exact = if s.scale == 1.0 {
+        *blake3::hash(s.bytes).as_bytes()
+    } else {
+        let mut h = blake3::Hasher::new();
+        h.update(s.bytes);
+        h.update(&s.scale.to_le_bytes());
+        *h.finalize().as_bytes()
+    };
+    let (fp16, metric) = match dtype::float_format(s.dtype) {
+        Some(format) => {
+            let (fp16, metric) = fp16_form(format, s, metric_part(arch, key).is_some());
+            (fp16.unwrap_or(exact), metric)
+        }
+        None => (exact, 0.0),
+    };
+    TensorHashes {
+        exact,
+        fp16,
+        metric,
+    }
+}
+
 impl Visit for Work {
-    type Partial = TensorResult;
+    type Partial = TensorHashes;
 
     fn visit(
         &self,
         plan: &Plan<'_>,
         item: &Item,
         inputs: &[Option<Slice<'_>>],
-    ) -> Result<TensorResult, PassError> {
+    ) -> Result<TensorHashes, PassError> {
         let s = inputs[0].expect("one model");
-        let key = &plan.entries()[item.entry].key;
-        // A scaled tensor is its bytes and its scale: both go into its exact hash.
-        let exact = if s.scale == 1.0 {
-            *blake3::hash(s.bytes).as_bytes()
-        } else {
-            let mut h = blake3::Hasher::new();
-            h.update(s.bytes);
-            h.update(&s.scale.to_le_bytes());
-            *h.finalize().as_bytes()
-        };
-        let (fp16, metric) = match dtype::float_format(s.dtype) {
-            Some(format) => {
-                let (fp16, metric) = fp16_form(format, &s, metric_part(self.arch, key).is_some());
-                (fp16.unwrap_or(exact), metric)
-            }
-            None => (exact, 0.0),
-        };
-        Ok(TensorResult {
-            exact,
-            fp16,
-            metric,
-        })
+        Ok(hash_tensor(self.arch, &plan.entries()[item.entry].key, &s))
     }
 }
 
 #[derive(Default)]
-struct Collected(BTreeMap<usize, TensorResult>);
+struct Collected(BTreeMap<usize, TensorHashes>);
 
-impl Absorb<TensorResult> for Collected {
-    fn absorb(&mut self, _: &Plan<'_>, item: &Item, r: TensorResult) -> Result<(), PassError> {
+impl Absorb<TensorHashes> for Collected {
+    fn absorb(&mut self, _: &Plan<'_>, item: &Item, r: TensorHashes) -> Result<(), PassError> {
         self.0.insert(item.entry, r);
         Ok(())
     }
+}
+
+/// One item per whole tensor of model 0: each is hashed in one stream.
+pub fn whole_items(plan: &Plan<'_>) -> Vec<Item> {
+    (0..plan.entries().len())
+        .map(|e| {
+            let numel: usize = plan.shape(&plan.entries()[e]).iter().product();
+            Item {
+                entry: e,
+                start: 0,
+                end: numel,
+                numel,
+            }
+        })
+        .collect()
 }
 
 /// Component hashes and the toolkit metric of `ckpt`, in one pass over its tensors.
@@ -219,30 +239,25 @@ pub fn components(
     pass: &Pass<'_>,
 ) -> Result<Components, PassError> {
     let plan = Plan::new(vec![ckpt]);
-    let entries: Vec<usize> = (0..plan.entries().len()).collect();
-    // Whole tensors: each is hashed in one stream.
-    let items: Vec<Item> = entries
-        .iter()
-        .map(|&e| {
-            let numel: usize = plan.shape(&plan.entries()[e]).iter().product();
-            Item {
-                entry: e,
-                start: 0,
-                end: numel,
-                numel,
-            }
-        })
-        .collect();
+    let items = whole_items(&plan);
     let mut got = Collected::default();
     pass.run_items(&plan, &items, &Work { arch: det.arch() }, &mut got)?;
+    Ok(combine(&plan, det, &got.0))
+}
 
+/// The components of `plan`'s model 0 from every tensor's [`hash_tensor`], by entry.
+pub fn combine(
+    plan: &Plan<'_>,
+    det: &Detection,
+    got: &BTreeMap<usize, TensorHashes>,
+) -> Components {
     // Combine per component in name order.
     let mut per: BTreeMap<Component, Vec<(String, usize)>> = BTreeMap::new();
     let mut metric = [0.0f64; 3];
     for (e, entry) in plan.entries().iter().enumerate() {
         let key = canonical_key(&entry.key).into_owned();
         if let Some(part) = metric_part(det.arch(), &key) {
-            metric[part as usize] += got.0[&e].metric;
+            metric[part as usize] += got[&e].metric;
         }
         if key.ends_with("position_ids") {
             continue;
@@ -261,7 +276,7 @@ pub fn components(
         for (name, e) in &tensors {
             let t = plan.tensor(&plan.entries()[*e], 0).expect("its own tensor");
             let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
-            let r = &got.0[e];
+            let r = &got[e];
             let fp16_dtype = if dtype::float_format(t.dtype).is_some() {
                 "F16".to_string()
             } else {
@@ -289,10 +304,10 @@ pub fn components(
             fp16: fp16.finalize().to_hex().to_string(),
         });
     }
-    Ok(Components {
+    Components {
         components,
         metric: toolkit_metric(det.arch(), metric),
-    })
+    }
 }
 
 /// Baseline sum and scale of each metric part (toolkit-metric-constants.tsv).

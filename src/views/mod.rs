@@ -3,6 +3,7 @@
 
 pub mod asim;
 pub mod components;
+pub mod fingerprint;
 pub mod fit;
 pub mod inspect;
 pub mod l2;
