@@ -68,6 +68,9 @@ pub struct NewEntry {
     pub scale: u32,
     pub container: String,
     pub components: Vec<(String, String, String)>,
+    /// The model toolkit's known components this model's metric matches ("the SD-v1 CLIP");
+    /// shown by `lineage`, not stored.
+    pub toolkit_matches: Vec<String>,
     pub fingerprint: Fingerprint,
 }
 
@@ -351,6 +354,7 @@ mod tests {
             scale: 8,
             container: "safetensors".into(),
             components: vec![("unet".into(), "x".into(), "y".into())],
+            toolkit_matches: Vec::new(),
             fingerprint: fp.clone(),
         };
         let id = ix.add(&e).unwrap();

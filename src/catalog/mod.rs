@@ -14,6 +14,7 @@ pub mod blocks;
 pub mod data;
 pub mod detect;
 pub mod keys;
+pub mod releases;
 pub mod selector;
 
 use std::borrow::Cow;

@@ -134,6 +134,7 @@ pub fn fingerprint_entry(path: &Path, quiet: bool) -> Result<NewEntry> {
                 )
             })
             .collect(),
+        toolkit_matches: comps.metric.matches.clone(),
         fingerprint,
     })
 }

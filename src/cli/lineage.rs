@@ -8,7 +8,8 @@ use anyhow::{Result, bail};
 use super::Outcome;
 use super::common::{Global, Model, print};
 use super::index::{fingerprint_entry, open_index};
-use crate::views::lineage::{Known, lineage, medoid};
+use crate::catalog::releases;
+use crate::views::lineage::{CentreScan, Known, Shortlist, lineage};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -31,12 +32,22 @@ pub struct Args {
     json: bool,
 }
 
+/// Fingerprints held at once while the index is streamed: the shortlist a recipe is fitted
+/// from (each is `rows x 4096 x 8` bytes, under 1 MB).
+const SHORTLIST: usize = 48;
+
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let index = open_index(args.index.as_deref())?;
     let target = fingerprint_entry(&args.target, global.quiet)?;
     let entries = index.entries()?;
-    // Exact matches: the file, then components.
+    // Exact matches: official releases, the toolkit's known components, files, components.
     let mut matches = Vec::new();
+    if let Some(r) = target.sha256.as_deref().and_then(releases::by_sha256) {
+        matches.push(format!("the file is the official {} ({})", r.name, r.file));
+    }
+    for m in &target.toolkit_matches {
+        matches.push(format!("{m} (by the model toolkit's known metric)"));
+    }
     for e in &entries {
         if e.path == target.path {
             continue;
@@ -60,55 +71,97 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         .filter(|e| e.arch == target.arch && e.scale == target.scale && e.path != target.path)
         .filter(|e| target.sha256.is_none() || e.sha256 != target.sha256)
         .collect();
-    let mut fps = Vec::with_capacity(same.len() + 1);
-    for e in &same {
-        fps.push(index.fingerprint(e.id)?);
-    }
-    let mut names: Vec<String> = same.iter().map(|e| e.name.clone()).collect();
-    let mut paths: Vec<String> = same.iter().map(|e| e.path.clone()).collect();
-    let base = match &args.base {
+    // The base: as given, else an indexed official release of this architecture, else the
+    // indexed model at the centre of the others.
+    let official = || {
+        same.iter().position(|e| {
+            e.sha256
+                .as_deref()
+                .and_then(releases::by_sha256)
+                .is_some_and(|r| r.arch == target.arch)
+        })
+    };
+    let (base_name, base_path, base_fp, base_at) = match &args.base {
         Some(b) => match same.iter().position(|e| e.name == *b || e.path == *b) {
-            Some(i) => i,
+            Some(i) => (
+                same[i].name.clone(),
+                same[i].path.clone(),
+                index.fingerprint(same[i].id)?,
+                Some(i),
+            ),
             None => {
                 let p = PathBuf::from(b);
                 if !p.exists() {
-                    bail!("--base '{b}' is neither an indexed model nor a file");
+                    bail!(
+                        "--base '{b}' is neither an indexed model (see `ckpt-diff index ls`) \
+                         nor a file"
+                    );
                 }
                 let e = fingerprint_entry(&p, global.quiet)?;
-                fps.push(e.fingerprint);
-                names.push(e.name);
-                paths.push(e.path);
-                fps.len() - 1
+                (e.name, e.path, e.fingerprint, None)
             }
         },
         None => {
-            let known: Vec<Known<'_>> = names
-                .iter()
-                .zip(&fps)
-                .map(|(n, f)| Known {
-                    name: n,
-                    fingerprint: f,
-                })
-                .collect();
-            if known.len() < 2 {
+            if same.len() < 2 {
                 bail!(
                     "the index holds {} models of this architecture and scale ({}); add the \
                      candidate parents with `ckpt-diff index add`",
-                    known.len(),
+                    same.len(),
                     target.arch
                 );
             }
-            medoid(&known)
+            let i = match official() {
+                Some(i) => i,
+                None => {
+                    let mut scan = CentreScan::new(index.fingerprint(same[0].id)?);
+                    for e in &same {
+                        scan.add(&index.fingerprint(e.id)?);
+                    }
+                    let mut best = (f64::INFINITY, 0);
+                    for (i, e) in same.iter().enumerate() {
+                        let s = scan.score(&index.fingerprint(e.id)?);
+                        if s < best.0 {
+                            best = (s, i);
+                        }
+                    }
+                    best.1
+                }
+            };
+            (
+                same[i].name.clone(),
+                same[i].path.clone(),
+                index.fingerprint(same[i].id)?,
+                Some(i),
+            )
         }
     };
-    let known: Vec<Known<'_>> = names
-        .iter()
-        .zip(&fps)
-        .map(|(n, f)| Known {
+    let mut shortlist = Shortlist::new(&target.fingerprint, &base_fp, SHORTLIST);
+    for (i, e) in same.iter().enumerate() {
+        if Some(i) != base_at {
+            shortlist.offer(&e.name, index.fingerprint(e.id)?);
+        }
+    }
+    let mut names = vec![base_name];
+    let mut paths = vec![base_path];
+    for (_, n, _) in &shortlist.kept {
+        paths.push(
+            same.iter()
+                .find(|e| e.name == *n)
+                .expect("listed")
+                .path
+                .clone(),
+        );
+        names.push(n.clone());
+    }
+    let known: Vec<Known<'_>> = std::iter::once(&base_fp)
+        .chain(shortlist.kept.iter().map(|k| &k.2))
+        .zip(&names)
+        .map(|(f, n)| Known {
             name: n,
             fingerprint: f,
         })
         .collect();
+    let base = 0;
     let mut report = lineage(&target.fingerprint, &known, base);
     for n in &mut report.nearest {
         n.models.truncate(args.top);

@@ -435,35 +435,89 @@ pub fn verify(
     })
 }
 
-/// The index of the model at the centre of the others: the smallest sum of estimated
-/// squared distances (a base sits at the centre of its fine-tunes).
-pub fn medoid(known: &[Known<'_>]) -> usize {
-    let dist2 = |a: &Fingerprint, b: &Fingerprint| -> f64 {
-        a.rows
+/// The model at the centre of the others (a base sits at the centre of its fine-tunes): the
+/// smallest sum of squared sketch distances to all, found in two streamed scans with
+/// `O(1)` fingerprints in memory. With `y = x - pivot`,
+/// `sum_j |y_i - y_j|^2 = n |y_i|^2 - 2 <y_i, sum_j y_j> + sum_j |y_j|^2`; taking deltas from
+/// a pivot first keeps the terms at the scale of the differences, not of the weights.
+pub struct CentreScan {
+    pivot: Fingerprint,
+    sum: Vec<Vec<f64>>,
+    sum_sq: f64,
+    n: usize,
+}
+
+impl CentreScan {
+    pub fn new(pivot: Fingerprint) -> CentreScan {
+        let sum = pivot
+            .rows
             .iter()
-            .zip(&b.rows)
-            .map(|(x, y)| {
-                x.sketch
-                    .iter()
-                    .zip(&y.sketch)
-                    .map(|(p, q)| (p - q) * (p - q))
-                    .sum::<f64>()
-            })
-            .sum()
-    };
-    (0..known.len())
-        .min_by(|&i, &j| {
-            let si: f64 = known
-                .iter()
-                .map(|k| dist2(known[i].fingerprint, k.fingerprint))
-                .sum();
-            let sj: f64 = known
-                .iter()
-                .map(|k| dist2(known[j].fingerprint, k.fingerprint))
-                .sum();
-            si.total_cmp(&sj)
-        })
-        .unwrap_or(0)
+            .map(|r| vec![0.0; r.sketch.len()])
+            .collect();
+        CentreScan {
+            pivot,
+            sum,
+            sum_sq: 0.0,
+            n: 0,
+        }
+    }
+
+    /// First scan: every model once.
+    pub fn add(&mut self, fp: &Fingerprint) {
+        for (s, y) in self.sum.iter_mut().zip(delta(fp, &self.pivot)) {
+            self.sum_sq += inner(&y, &y);
+            for (a, b) in s.iter_mut().zip(&y) {
+                *a += b;
+            }
+        }
+        self.n += 1;
+    }
+
+    /// Second scan: a model's sum of squared distances to all (the smallest is the centre).
+    pub fn score(&self, fp: &Fingerprint) -> f64 {
+        let mut out = self.sum_sq;
+        for (s, y) in self.sum.iter().zip(delta(fp, &self.pivot)) {
+            out += self.n as f64 * inner(&y, &y) - 2.0 * inner(&y, s);
+        }
+        out
+    }
+}
+
+/// The `keep` models nearest the target by whole-delta cosine, offered one at a time so only
+/// `keep` fingerprints are held (the index is streamed past it).
+pub struct Shortlist<'a> {
+    target: Vec<Vec<f64>>,
+    base: &'a Fingerprint,
+    keep: usize,
+    /// (cosine, name, fingerprint), best first.
+    pub kept: Vec<(f64, String, Fingerprint)>,
+}
+
+impl<'a> Shortlist<'a> {
+    pub fn new(target: &Fingerprint, base: &'a Fingerprint, keep: usize) -> Shortlist<'a> {
+        Shortlist {
+            target: delta(target, base),
+            base,
+            keep,
+            kept: Vec::new(),
+        }
+    }
+
+    pub fn offer(&mut self, name: &str, fp: Fingerprint) {
+        let d = delta(&fp, self.base);
+        let (mut tt, mut td, mut dd) = (0.0, 0.0, 0.0);
+        for (a, b) in self.target.iter().zip(&d) {
+            tt += inner(a, a);
+            td += inner(a, b);
+            dd += inner(b, b);
+        }
+        let c = crate::gram::cosine(tt, td, dd);
+        let at = self.kept.partition_point(|k| k.0 >= c);
+        if at < self.keep {
+            self.kept.insert(at, (c, name.to_string(), fp));
+            self.kept.truncate(self.keep);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -484,6 +538,74 @@ mod tests {
         // A negative least-squares solution is clipped to 0.
         let w = nnls(&[vec![1.0]], &[-2.0]);
         assert_eq!(w, vec![0.0]);
+    }
+
+    fn random_fp(seed: u64, rows: usize) -> Fingerprint {
+        let st = crate::rng::counter::Stream::new(seed, 1);
+        Fingerprint {
+            rows: (0..rows)
+                .map(|r| crate::sketch::RowSketch {
+                    label: format!("IN{r:02}"),
+                    component: "unet".into(),
+                    params: 1,
+                    norm2: 1.0,
+                    sketch: (0..BUCKETS)
+                        .map(|b| 10.0 + st.uniform((r * BUCKETS + b) as u64))
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn test_centre_scan_equals_the_pairwise_sums() {
+        let fps: Vec<Fingerprint> = (0..7).map(|s| random_fp(s, 3)).collect();
+        // The naive definition: every pair's squared sketch distance.
+        let naive: Vec<f64> = fps
+            .iter()
+            .map(|a| {
+                fps.iter()
+                    .map(|b| {
+                        a.rows
+                            .iter()
+                            .zip(&b.rows)
+                            .flat_map(|(x, y)| x.sketch.iter().zip(&y.sketch))
+                            .map(|(p, q)| (p - q) * (p - q))
+                            .sum::<f64>()
+                    })
+                    .sum()
+            })
+            .collect();
+        let mut scan = CentreScan::new(fps[3].clone());
+        fps.iter().for_each(|f| scan.add(f));
+        for (f, want) in fps.iter().zip(&naive) {
+            let got = scan.score(f);
+            assert!((got - want).abs() <= 1e-9 * want, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn test_shortlist_keeps_the_nearest() {
+        let base = random_fp(0, 2);
+        let target = random_fp(1, 2);
+        let mut all = Vec::new();
+        let mut sl = Shortlist::new(&target, &base, 3);
+        for s in 2..12 {
+            let fp = random_fp(s, 2);
+            let d = delta(&fp, &base);
+            let t = delta(&target, &base);
+            let c = crate::gram::cosine(
+                t.iter().map(|x| inner(x, x)).sum(),
+                t.iter().zip(&d).map(|(x, y)| inner(x, y)).sum(),
+                d.iter().map(|x| inner(x, x)).sum(),
+            );
+            all.push((c, format!("m{s}")));
+            sl.offer(&format!("m{s}"), fp);
+        }
+        all.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let want: Vec<&str> = all[..3].iter().map(|x| x.1.as_str()).collect();
+        let got: Vec<&str> = sl.kept.iter().map(|x| x.1.as_str()).collect();
+        assert_eq!(got, want);
     }
 
     #[test]
