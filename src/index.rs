@@ -14,7 +14,8 @@ use rusqlite::{Connection, OptionalExtension, params};
 use crate::sketch::{BUCKETS, Fingerprint, RowSketch};
 
 /// The database schema version this build reads and writes.
-const SCHEMA: i64 = 1;
+/// 2: the multiply-add-shift element hash (fingerprints of schema 1 hash differently).
+const SCHEMA: i64 = 2;
 
 /// Why the index cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -24,7 +25,11 @@ pub enum IndexError {
         path: PathBuf,
         source: rusqlite::Error,
     },
-    #[error("the index '{path}' has schema {found}, this ckpt-diff reads schema {SCHEMA}")]
+    #[error(
+        "the index '{path}' has schema {found}, this ckpt-diff reads schema {SCHEMA}: its \
+         fingerprints cannot be compared with new ones; delete it (or use --index NEW) and \
+         run `ckpt-diff index add` on the models again"
+    )]
     Schema { path: PathBuf, found: i64 },
     #[error("cannot create the index folder '{path}': {source}")]
     Folder {

@@ -41,9 +41,26 @@ fn test_lineage_names_planted_parents_and_leaves_fine_tunes_unexplained() {
         "--base",
         "base",
         "--verify",
+        "--report",
+        s(&dir.path("report")),
         "-q",
     ]);
     assert_eq!(v["is_merge"], true);
+    // The HTML family tree: both parents under the target, with their planted weights per
+    // group on the edges, and the 50/50 merge greyed as left out.
+    let html = std::fs::read_to_string(dir.path("report").join("index.html")).unwrap();
+    let svg = &html[html.find("<svg").unwrap()..html.find("</svg>").unwrap()];
+    for want in [
+        "mbw-ft1-ft2.safetensors",
+        ">ft1<",
+        ">ft2<",
+        ">base<",
+        "ws-ft1-ft2",
+    ] {
+        assert!(svg.contains(want), "{want} not in the tree");
+    }
+    assert!(svg.contains("IN 0.80 · M 0.50 · OUT 0.20"), "ft1's weights");
+    assert!(svg.contains("IN 0.20 · M 0.50 · OUT 0.80"), "ft2's weights");
     let mut parents: Vec<&str> = v["parents"]
         .as_array()
         .unwrap()
@@ -192,10 +209,14 @@ fn test_lineage_over_forty_planted_models() {
             }
             let terms: Vec<String> = (0..k).map(|i| format!("P{i} x w{i}")).collect();
             recipe.push_str(&format!("OUT = {}\n", terms.join(" + ")));
-            for i in 0..k {
+            for (i, ((a, b), (c, d))) in weights[0]
+                .iter()
+                .zip(&weights[1])
+                .zip(weights[2].iter().zip(&weights[3]))
+                .enumerate()
+            {
                 recipe.push_str(&format!(
-                    "    w{i} = {{IN: {}, M00: {}, OUT: {}, BASE: {}}}\n",
-                    weights[0][i], weights[1][i], weights[2][i], weights[3][i]
+                    "    w{i} = {{IN: {a}, M00: {b}, OUT: {c}, BASE: {d}}}\n"
                 ));
             }
             let rp = fam.join(format!("{name}.recipe"));

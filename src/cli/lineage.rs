@@ -30,6 +30,9 @@ pub struct Args {
     index: Option<PathBuf>,
     #[arg(long)]
     json: bool,
+    /// Also write a report folder (index.html with the family tree, summary.md) here.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
 }
 
 /// Fingerprints held at once while the index is streamed: the shortlist a recipe is fitted
@@ -198,5 +201,11 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     } else {
         crate::reports::lineage::text(&doc)
     })?;
+    if let Some(dir) = &args.report {
+        crate::reports::lineage::write_report(&doc, dir)?;
+        if !global.quiet {
+            eprintln!("report: {}", dir.join("index.html").display());
+        }
+    }
     Ok(Outcome::Ok)
 }

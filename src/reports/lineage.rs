@@ -181,3 +181,212 @@ pub fn stats(entries: &[Entry], db_bytes: u64, as_json: bool) -> String {
         bytes(per_model)
     )
 }
+
+/// The family tree as an SVG: the target on top, its parents in the middle (each edge
+/// labelled with the parent's weight per group), the base they are deltas from at the
+/// bottom, and the candidates left out as merges of the others at the side, greyed.
+pub fn family_tree(d: &Document<'_>) -> String {
+    use super::html::escape;
+    let r = d.report;
+    let parents: Vec<&String> = r.parents.iter().collect();
+    let box_w = 200.0;
+    let gap = 40.0;
+    let n = parents.len().max(1) as f64;
+    let side = if r.merges_left_out.is_empty() {
+        0.0
+    } else {
+        240.0
+    };
+    let width = (n * (box_w + gap) + gap).max(box_w + 2.0 * gap) + side;
+    let tree_w = width - side;
+    let (top, mid, bottom) = (30.0, 190.0, 330.0);
+    let height = bottom + 80.0;
+    let mut s = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" \
+         viewBox=\"0 0 {width:.0} {height:.0}\" font-family=\"sans-serif\" font-size=\"12\">\n"
+    );
+    let node = |s: &mut String, x: f64, y: f64, label: &str, sub: &str, fill: &str| {
+        s.push_str(&format!(
+            "<rect x=\"{:.1}\" y=\"{y:.1}\" width=\"{box_w}\" height=\"44\" rx=\"6\" \
+             fill=\"{fill}\" stroke=\"#555\"/>\
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" font-weight=\"bold\">{}</text>\
+             <text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#444\">{}</text>\n",
+            x - box_w / 2.0,
+            y + 18.0,
+            escape(label),
+            y + 35.0,
+            escape(sub)
+        ));
+    };
+    let cx = tree_w / 2.0;
+    let target_name = std::path::Path::new(&d.target)
+        .file_name()
+        .map_or(d.target.clone(), |f| f.to_string_lossy().into_owned());
+    let verdict = if r.is_merge {
+        format!("a merge: {} explained", pct(r.explained))
+    } else {
+        format!("unexplained: {} explained", pct(r.explained))
+    };
+    node(&mut s, cx, top, &target_name, &verdict, "#fde9c9");
+    let xs: Vec<f64> = (0..parents.len())
+        .map(|i| {
+            gap + box_w / 2.0 + i as f64 * (box_w + gap) + (tree_w - n * (box_w + gap) - gap) / 2.0
+        })
+        .collect();
+    for (p, &x) in parents.iter().zip(&xs) {
+        // The parent's weight per group, as the sketches fitted it.
+        let w: Vec<String> = r
+            .groups
+            .iter()
+            .filter_map(|g| {
+                g.weights
+                    .iter()
+                    .find(|(name, _, _)| name == *p)
+                    .filter(|(_, w, _)| *w > 0.005)
+                    .map(|(_, w, _)| format!("{} {w:.2}", g.group))
+            })
+            .collect();
+        s.push_str(&format!(
+            "<line x1=\"{cx:.1}\" y1=\"{:.1}\" x2=\"{x:.1}\" y2=\"{mid:.1}\" stroke=\"#1f77b4\" \
+             stroke-width=\"2\"/>\n",
+            top + 44.0
+        ));
+        for (k, chunk) in w.chunks(3).enumerate() {
+            s.push_str(&format!(
+                "<text x=\"{x:.1}\" y=\"{:.1}\" text-anchor=\"middle\" fill=\"#1f77b4\">{}</text>\n",
+                mid - 40.0 + 14.0 * k as f64 - 14.0 * (w.len().div_ceil(3) as f64 - 1.0),
+                escape(&chunk.join(" · "))
+            ));
+        }
+        node(&mut s, x, mid, p, "parent", "#dbe9f6");
+        s.push_str(&format!(
+            "<line x1=\"{x:.1}\" y1=\"{:.1}\" x2=\"{cx:.1}\" y2=\"{bottom:.1}\" stroke=\"#999\" \
+             stroke-dasharray=\"4 3\"/>\n",
+            mid + 44.0
+        ));
+    }
+    node(
+        &mut s,
+        cx,
+        bottom,
+        &r.base,
+        "base (deltas are taken from it)",
+        "#eeeeee",
+    );
+    if !r.merges_left_out.is_empty() {
+        let x0 = tree_w + 20.0;
+        s.push_str(&format!(
+            "<text x=\"{x0:.1}\" y=\"{:.1}\" fill=\"#777\">left out as merges of the others:</text>\n",
+            mid - 10.0
+        ));
+        for (i, m) in r.merges_left_out.iter().enumerate().take(12) {
+            s.push_str(&format!(
+                "<text x=\"{x0:.1}\" y=\"{:.1}\" fill=\"#777\">{}</text>\n",
+                mid + 8.0 + 16.0 * i as f64,
+                escape(m)
+            ));
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
+
+/// The report folder: `index.html` with the family tree, the matches, the recipe, the
+/// nearest models and the verification; `summary.md` with the same tables.
+pub fn write_report(d: &Document<'_>, dir: &std::path::Path) -> std::io::Result<()> {
+    use super::html::{Part, Report, Section};
+    let r = d.report;
+    let mut recipe = TextTable::new(
+        &["group", "model", "weight", "± 3σ"],
+        &[false, false, true, true],
+    );
+    for g in &r.groups {
+        for (n, w, e) in g.weights.iter().filter(|(_, w, _)| *w > 0.005) {
+            recipe.push(vec![
+                g.group.clone(),
+                n.clone(),
+                format!("{w:.3}"),
+                format!("{e:.3}"),
+            ]);
+        }
+    }
+    let mut explained = TextTable::new(&["group", "explained"], &[false, true]);
+    for g in &r.groups {
+        explained.push(vec![g.group.clone(), pct(g.explained)]);
+    }
+    let mut nearest = TextTable::new(&["row", "nearest by delta cosine"], &[false, false]);
+    for n in &r.nearest {
+        let m: Vec<String> = n
+            .models
+            .iter()
+            .map(|(x, c)| format!("{x} {c:.3}"))
+            .collect();
+        nearest.push(vec![n.row.clone(), m.join(", ")]);
+    }
+    let mut sections = vec![Section {
+        heading: "Family tree".into(),
+        parts: vec![
+            Part::Chart(super::chart::Chart {
+                title: format!(
+                    "{}: parents and their fitted weights per group, deltas from {}",
+                    d.target, r.base
+                ),
+                svg: family_tree(d),
+                png: None,
+            }),
+            Part::Text(if r.is_merge {
+                format!(
+                    "A merge of indexed models: {} explain {} of its delta from {}.",
+                    r.parents.join(", "),
+                    pct(r.explained),
+                    r.base
+                )
+            } else {
+                format!(
+                    "Unexplained: the indexed models explain only {} of its delta from {} (a \
+                     fine-tune, or a merge of models not in the index).",
+                    pct(r.explained),
+                    r.base
+                )
+            }),
+        ],
+    }];
+    if !d.matches.is_empty() {
+        sections.push(Section {
+            heading: "Exact matches".into(),
+            parts: d.matches.iter().map(|m| Part::Text(m.clone())).collect(),
+        });
+    }
+    sections.push(Section {
+        heading: "Recipe from the sketches".into(),
+        parts: vec![Part::Table(recipe), Part::Table(explained)],
+    });
+    sections.push(Section {
+        heading: "Nearest indexed models per row".into(),
+        parts: vec![Part::Table(nearest)],
+    });
+    if let Some(v) = d.verified {
+        let mut t = TextTable::new(&["row", "clone similarity"], &[false, true]);
+        for (row, sim) in &v.rows {
+            t.push(vec![row.clone(), format!("{:.4}%", 100.0 * sim)]);
+        }
+        sections.push(Section {
+            heading: "Verified on the weights".into(),
+            parts: vec![
+                Part::Text(format!(
+                    "The clone's similarity: {:.4}% (mean of {} rows), lowest row {:.4}%.",
+                    100.0 * v.mean,
+                    v.rows.len(),
+                    100.0 * v.lowest
+                )),
+                Part::Table(t),
+            ],
+        });
+    }
+    Report {
+        title: format!("Lineage of {}", d.target),
+        command: super::html::command_line(),
+        sections,
+    }
+    .write(dir)
+}
