@@ -304,3 +304,66 @@ fn test_lineage_over_forty_planted_models() {
     assert_eq!(recall, 1.0);
     assert!(precision >= 0.95, "precision {precision}");
 }
+
+/// `index export --parquet`, read back by DuckDB and compared record by record with the index
+/// as Python's sqlite3 reads it (tests/oracle/parquet.py).
+#[test]
+fn test_parquet_export_matches_the_index_in_duckdb() {
+    let dir = Dir::new();
+    let fam = dir.path("fam");
+    run_ok(&[
+        "synth",
+        "family",
+        s(&fam),
+        "--scale",
+        "32",
+        "--finetunes",
+        "2",
+        "-q",
+    ]);
+    let ix = dir.path("ix.sqlite");
+    let mut args = vec!["index", "--index", s(&ix), "add", "-q"];
+    let files: Vec<String> = ["base", "ft1", "ft2", "ws-ft1-ft2"]
+        .iter()
+        .map(|n| s(&fam.join(format!("{n}.safetensors"))).to_string())
+        .collect();
+    args.extend(files.iter().map(String::as_str));
+    run_ok(&args);
+    let pq = dir.path("ix.parquet");
+    let out = run_ok(&[
+        "index",
+        "--index",
+        s(&ix),
+        "export",
+        "--parquet",
+        s(&pq),
+        "-q",
+    ]);
+    assert!(out.contains("records"), "{out}");
+    let python = std::env::var("CKPT_DIFF_PYTHON").unwrap_or_else(|_| "python3".into());
+    let oracle = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/parquet.py");
+    let o = std::process::Command::new(&python)
+        .args([s(&oracle), s(&ix), s(&pq)])
+        .output()
+        .unwrap_or_else(|e| panic!("the Python oracle ({python}) could not run: {e}"));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    if v["duckdb"] == false {
+        assert!(
+            std::env::var("CKPT_DIFF_REQUIRE_PY_DUCKDB").is_err(),
+            "the Python duckdb module is required but missing"
+        );
+        crate::util::say_skipped(
+            "test_parquet_export_matches_the_index_in_duckdb (Python's duckdb module is not installed; .ci/run installs it)",
+        );
+        return;
+    }
+    assert_eq!(v["mismatches"], 0, "{v}");
+    assert_eq!(v["records"], v["want"]);
+    assert!(v["records"].as_u64().unwrap() >= 4 * 20, "{v}");
+    let (a, b) = (
+        v["dot_sql"].as_f64().unwrap(),
+        v["dot_direct"].as_f64().unwrap(),
+    );
+    assert!((a - b).abs() <= 1e-9 * b.abs().max(1.0), "{a} vs {b}");
+}

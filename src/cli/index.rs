@@ -37,6 +37,13 @@ enum Command {
         #[arg(required = true)]
         names: Vec<String>,
     },
+    /// Export the index as one Parquet table (one record per model and row, the sketch as a
+    /// list of doubles) for DuckDB, Spark or pandas.
+    Export {
+        /// The Parquet file to write.
+        #[arg(long, value_name = "FILE")]
+        parquet: PathBuf,
+    },
     /// Models, architectures and bytes per model.
     Stats {
         #[arg(long)]
@@ -173,6 +180,36 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
                 out.push_str(&format!("removed {k} entries named {n}\n"));
             }
             print(&crate::reports::sanitize(&out))?;
+        }
+        Command::Export { parquet } => {
+            if parquet.exists() && !global.quiet {
+                eprintln!("replacing '{}'", parquet.display());
+            }
+            let entries = index.entries()?;
+            let dir = parquet
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let tmp = tempfile::NamedTempFile::new_in(dir)
+                .with_context(|| format!("cannot write in '{}'", dir.display()))?;
+            let bar = Bar::counting("exporting", "models", global.quiet);
+            crate::pass::Progress::start(&bar, entries.len() as u64);
+            let mut it = entries.into_iter();
+            let records =
+                crate::reports::parquet::write(std::io::BufWriter::new(tmp.as_file()), || {
+                    let e = it.next()?;
+                    crate::pass::Progress::advance(&bar, 1);
+                    Some(index.fingerprint(e.id).map(|fp| (e, fp)))
+                })
+                .with_context(|| format!("exporting to '{}'", parquet.display()))?;
+            drop(bar);
+            tmp.as_file().sync_all()?;
+            crate::sys::make_readable(tmp.as_file())?;
+            tmp.persist(&parquet).map_err(|e| e.error)?;
+            print(&crate::reports::sanitize(&format!(
+                "wrote {} ({records} records: one per model and row)\n",
+                parquet.display()
+            )))?;
         }
         Command::Stats { json } => {
             let entries = index.entries()?;

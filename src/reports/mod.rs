@@ -12,6 +12,7 @@ pub mod json;
 pub mod l2;
 pub mod lineage;
 pub mod merge;
+pub mod parquet;
 pub mod sim;
 pub mod validate;
 
