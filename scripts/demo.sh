@@ -97,4 +97,13 @@ $bin sim "$ckpt" "$data/converted/sd1-legacy-f16.safetensors" --blocks "IN00..IN
 echo "a malicious pickle (os.system through REDUCE, nested in the state dict):" | tee "$out/ckpt-evil.txt"
 $bin validate fixtures/torch/evil-reduce-nested.ckpt 2>&1 | tee -a "$out/ckpt-evil.txt" || true
 
-step "done: outputs in $out/ (reports: $out/l2/index.html, $out/clone-check/index.html)"
+step "where did a checkpoint come from?  ckpt-diff index add, ckpt-diff lineage"
+rm -f "$data/index.sqlite"
+$bin index --index "$data/index.sqlite" add "$data"/sd1/{base,ft1,ft2,ft3,ws-ft1-ft2,ad-ft1-ft3}.safetensors -q \
+    | tee "$out/index-add.txt"
+$bin index --index "$data/index.sqlite" stats | tee -a "$out/index-add.txt"
+$bin lineage "$data/sd1/mbw-ft1-ft2.safetensors" --index "$data/index.sqlite" --base base --verify \
+    --report "$out/lineage" -q | tee "$out/lineage.txt"
+$bin index --index "$data/index.sqlite" export --parquet "$data/index.parquet" -q | tee -a "$out/index-add.txt"
+
+step "done: outputs in $out/ (reports: $out/l2/index.html, $out/clone-check/index.html, $out/lineage/index.html)"
