@@ -691,15 +691,7 @@ fn combine(
             sources.push(src);
         }
     }
-    if let Some((at, map)) = spill.finish()? {
-        let len = map.len();
-        sources.push(Source {
-            map,
-            at,
-            start: 0,
-            len,
-        });
-    }
+    spill.finish_into(&mut sources)?;
     sources.sort_by_key(|s| s.at);
     let header = Header {
         tensors,

@@ -459,15 +459,7 @@ impl Checkpoint {
             start: 0,
             len: file_len,
         }];
-        if let Some((at, map)) = spill.finish()? {
-            let len = map.len();
-            sources.push(Source {
-                map,
-                at,
-                start: 0,
-                len,
-            });
-        }
+        spill.finish_into(&mut sources)?;
         let stream = match &t.container {
             torch::Container::Zip { pickle } => pickle.clone(),
             torch::Container::Legacy => "the file".to_string(),

@@ -112,6 +112,20 @@ impl Spill {
         Ok(begin)
     }
 
+    /// Maps what was written (if anything) and adds it to `sources`, at its address.
+    pub(super) fn finish_into(self, sources: &mut Vec<super::Source>) -> Result<(), ReadError> {
+        if let Some((at, map)) = self.finish()? {
+            let len = map.len();
+            sources.push(super::Source {
+                map,
+                at,
+                start: 0,
+                len,
+            });
+        }
+        Ok(())
+    }
+
     /// The spill's address and mapping, if anything was written.
     pub fn finish(self) -> Result<Option<(usize, Mmap)>, ReadError> {
         let Some(out) = self.out else {
