@@ -7,16 +7,17 @@
 //! It is linear: `S(a - base) = S(a) - S(base)`, so the sketch of a delta from any base
 //! chosen at query time is a difference of stored sketches. `<S(a), S(b)>` estimates `<a, b>`
 //! without bias, with variance `(|a|^2 |b|^2 + <a,b>^2 - 2 sum_i a_i^2 b_i^2) / K`, at most
-//! `(|a|^2 |b|^2 + <a,b>^2) / K` ([`inner_std_bound`]): with `K = 4096`, a cosine is known to
-//! about +-0.022 x sqrt(1 + cos^2) (one standard deviation).
+//! `(|a|^2 |b|^2 + <a,b>^2) / K` ([`inner_std_bound`]): with `K = 4096`, an inner product
+//! divided by the exact norms is known to about +-0.016 x sqrt(1 + cos^2) (one standard
+//! deviation).
 //!
-//! Sketching costs one hash and one add per weight, in the one parallel pass; results are
-//! absorbed in plan order, so the fingerprint does not depend on the thread count.
+//! Sketching costs three table lookups and one add per weight ([`ElementHash`]), inside the
+//! one pass of `views::fingerprint`; [`Rows`] absorbs the parts in plan order, so the
+//! fingerprint does not depend on the thread count.
 
 use crate::catalog::Grouping;
-use crate::pass::{Absorb, Item, Pass, PassError, Plan, Slice, Visit};
+use crate::pass::{Plan, Slice};
 use crate::reader::dtype;
-use crate::rng::counter::key_hash;
 
 /// Buckets per row.
 pub const BUCKETS: usize = 4096;
@@ -105,32 +106,20 @@ impl ElementHash {
         let mut i = 0usize;
         while i < values.len() {
             let at = first + i as u64;
-            let high = self.high(at);
+            // A run never crosses a multiple of 256 (nor so 2^32): the high bytes and the
+            // folded-in high word are the same for all of it.
             let run = (256 - (at & 255) as usize).min(values.len() - i);
-            let low0 = (at & 255) as usize;
-            if at >> 32 != 0 {
-                // Folded indices: the low byte mixes with the high word, element by element.
-                for (j, &x) in values[i..i + run].iter().enumerate() {
-                    let (b, s) = self.bucket(at + j as u64);
-                    sketch[b] += s * x;
-                    norm2 += x * x;
-                }
-            } else {
-                for (j, &x) in values[i..i + run].iter().enumerate() {
-                    let (b, s) = Self::split(self.tables[0][low0 + j] ^ high);
-                    sketch[b] += s * x;
-                    norm2 += x * x;
-                }
+            let high = self.high(at);
+            let (low0, fold) = ((at & 255) as usize, ((at >> 32) & 255) as usize);
+            for (j, &x) in values[i..i + run].iter().enumerate() {
+                let (b, s) = Self::split(self.tables[0][(low0 + j) ^ fold] ^ high);
+                sketch[b] += s * x;
+                norm2 += x * x;
             }
             i += run;
         }
         norm2
     }
-}
-
-/// Bucket and sign of element `index` of the tensor whose key hashes to `key`.
-pub fn bucket(seed: u64, key: u64, index: u64) -> (usize, f64) {
-    ElementHash::new(seed, key).bucket(index)
 }
 
 /// The sketch estimate of `<a, b>` from two sketches.
@@ -207,80 +196,6 @@ pub fn sketched(plan: &Plan<'_>, entry: usize) -> bool {
         .is_some_and(|t| dtype::float_format(t.dtype).is_some())
 }
 
-/// Fingerprints model 0 of `plan` by the rows of `grouping`, in one pass.
-pub fn fingerprint(
-    plan: &Plan<'_>,
-    grouping: &Grouping,
-    seed: u64,
-    pass: &Pass<'_>,
-) -> Result<Fingerprint, PassError> {
-    let entries: Vec<usize> = (0..plan.entries().len())
-        .filter(|&e| sketched(plan, e))
-        .collect();
-    let row_of: Vec<usize> = plan
-        .entries()
-        .iter()
-        .map(|e| grouping.group_of(&e.key))
-        .collect();
-    let keys: Vec<u64> = plan.entries().iter().map(|e| key_hash(&e.key)).collect();
-    let mut sums = Sums {
-        row_of: &row_of,
-        rows: Rows::new(grouping),
-    };
-    pass.run(plan, &entries, &Work { keys: &keys, seed }, &mut sums)?;
-    Ok(sums.rows.finish())
-}
-
-struct Work<'a> {
-    keys: &'a [u64],
-    seed: u64,
-}
-
-/// One item's contribution: its squared norm and the buckets it touched.
-struct Partial {
-    norm2: f64,
-    sketch: Vec<f64>,
-}
-
-impl Visit for Work<'_> {
-    type Partial = Partial;
-
-    fn visit(
-        &self,
-        _plan: &Plan<'_>,
-        item: &Item,
-        inputs: &[Option<Slice<'_>>],
-    ) -> Result<Partial, PassError> {
-        let slice = inputs[0].expect("planned from this model");
-        let mut sketch = vec![0.0f64; BUCKETS];
-        let norm2 = sketch_slice(
-            self.seed,
-            self.keys[item.entry],
-            item.start as u64,
-            &slice,
-            &mut sketch,
-        );
-        Ok(Partial { norm2, sketch })
-    }
-}
-
-struct Sums<'a> {
-    row_of: &'a [usize],
-    rows: Rows,
-}
-
-impl Absorb<Partial> for Sums<'_> {
-    fn absorb(&mut self, _plan: &Plan<'_>, item: &Item, p: Partial) -> Result<(), PassError> {
-        self.rows.add(
-            self.row_of[item.entry],
-            item.len() as u64,
-            p.norm2,
-            &p.sketch,
-        );
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,8 +205,9 @@ mod tests {
         let mut count = vec![0u32; BUCKETS];
         let mut plus = 0;
         let n = 400_000u64;
+        let h = ElementHash::new(SEED, 7);
         for i in 0..n {
-            let (b, s) = bucket(SEED, 7, i);
+            let (b, s) = h.bucket(i);
             count[b] += 1;
             plus += (s > 0.0) as u64;
         }
