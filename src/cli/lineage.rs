@@ -141,20 +141,14 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let mut shortlist = Shortlist::new(&target.fingerprint, &base_fp, SHORTLIST);
     for (i, e) in same.iter().enumerate() {
         if Some(i) != base_at {
-            shortlist.offer(&e.name, index.fingerprint(e.id)?);
+            shortlist.offer(i, index.fingerprint(e.id)?);
         }
     }
     let mut names = vec![base_name];
     let mut paths = vec![base_path];
-    for (_, n, _) in &shortlist.kept {
-        paths.push(
-            same.iter()
-                .find(|e| e.name == *n)
-                .expect("listed")
-                .path
-                .clone(),
-        );
-        names.push(n.clone());
+    for &(_, i, _) in &shortlist.kept {
+        names.push(same[i].name.clone());
+        paths.push(same[i].path.clone());
     }
     let known: Vec<Known<'_>> = std::iter::once(&base_fp)
         .chain(shortlist.kept.iter().map(|k| &k.2))

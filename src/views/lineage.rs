@@ -221,6 +221,17 @@ fn explained_by(gp: &GroupProducts, c: &[Vec<f64>], others: &[&Vec<Vec<f64>>]) -
     if total == 0.0 { 0.0 } else { 1.0 - res / total }
 }
 
+/// Cosine of two whole deltas (all rows together) from their row sketches.
+fn whole_cosine(a: &[Vec<f64>], b: &[Vec<f64>]) -> f64 {
+    let (mut aa, mut ab, mut bb) = (0.0, 0.0, 0.0);
+    for (x, y) in a.iter().zip(b) {
+        aa += inner(x, x);
+        ab += inner(x, y);
+        bb += inner(y, y);
+    }
+    crate::gram::cosine(aa, ab, bb)
+}
+
 /// Delta cosine of two rows' sketches.
 fn cosine(a: &[f64], b: &[f64]) -> f64 {
     crate::gram::cosine(inner(a, a), inner(a, b), inner(b, b))
@@ -260,17 +271,9 @@ pub fn lineage(target: &Fingerprint, known: &[Known<'_>], base: usize) -> Lineag
         })
         .collect();
     // Candidates: the nearest by whole-delta cosine.
-    let whole = |d: &Vec<Vec<f64>>| -> f64 {
-        let (mut tt, mut td, mut dd) = (0.0, 0.0, 0.0);
-        for (a, b) in dt.iter().zip(d) {
-            tt += inner(a, a);
-            td += inner(a, b);
-            dd += inner(b, b);
-        }
-        crate::gram::cosine(tt, td, dd)
-    };
+    let whole: Vec<f64> = deltas.iter().map(|d| whole_cosine(&dt, d)).collect();
     let mut order: Vec<usize> = (0..others.len()).collect();
-    order.sort_by(|&a, &b| whole(&deltas[b]).total_cmp(&whole(&deltas[a])));
+    order.sort_by(|&a, &b| whole[b].total_cmp(&whole[a]));
     order.truncate(MAX_CANDIDATES);
     // Leave out candidates that the other candidates explain (merges of them).
     let mut kept: Vec<usize> = Vec::new();
@@ -483,14 +486,15 @@ impl CentreScan {
     }
 }
 
-/// The `keep` models nearest the target by whole-delta cosine, offered one at a time so only
-/// `keep` fingerprints are held (the index is streamed past it).
+/// The `keep` models nearest the target by whole-delta cosine, offered one at a time (with
+/// the caller's id for each) so only `keep` fingerprints are held (the index is streamed
+/// past it).
 pub struct Shortlist<'a> {
     target: Vec<Vec<f64>>,
     base: &'a Fingerprint,
     keep: usize,
-    /// (cosine, name, fingerprint), best first.
-    pub kept: Vec<(f64, String, Fingerprint)>,
+    /// (cosine, id, fingerprint), best first.
+    pub kept: Vec<(f64, usize, Fingerprint)>,
 }
 
 impl<'a> Shortlist<'a> {
@@ -503,18 +507,11 @@ impl<'a> Shortlist<'a> {
         }
     }
 
-    pub fn offer(&mut self, name: &str, fp: Fingerprint) {
-        let d = delta(&fp, self.base);
-        let (mut tt, mut td, mut dd) = (0.0, 0.0, 0.0);
-        for (a, b) in self.target.iter().zip(&d) {
-            tt += inner(a, a);
-            td += inner(a, b);
-            dd += inner(b, b);
-        }
-        let c = crate::gram::cosine(tt, td, dd);
+    pub fn offer(&mut self, id: usize, fp: Fingerprint) {
+        let c = whole_cosine(&self.target, &delta(&fp, self.base));
         let at = self.kept.partition_point(|k| k.0 >= c);
         if at < self.keep {
-            self.kept.insert(at, (c, name.to_string(), fp));
+            self.kept.insert(at, (c, id, fp));
             self.kept.truncate(self.keep);
         }
     }
@@ -599,12 +596,12 @@ mod tests {
                 t.iter().zip(&d).map(|(x, y)| inner(x, y)).sum(),
                 d.iter().map(|x| inner(x, x)).sum(),
             );
-            all.push((c, format!("m{s}")));
-            sl.offer(&format!("m{s}"), fp);
+            all.push((c, s as usize));
+            sl.offer(s as usize, fp);
         }
         all.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let want: Vec<&str> = all[..3].iter().map(|x| x.1.as_str()).collect();
-        let got: Vec<&str> = sl.kept.iter().map(|x| x.1.as_str()).collect();
+        let want: Vec<usize> = all[..3].iter().map(|x| x.1).collect();
+        let got: Vec<usize> = sl.kept.iter().map(|x| x.1).collect();
         assert_eq!(got, want);
     }
 
