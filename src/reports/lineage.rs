@@ -31,6 +31,43 @@ fn pct(x: f64) -> String {
     format!("{:.2}%", 100.0 * x)
 }
 
+/// The nearest indexed models per row.
+fn nearest_table(r: &LineageReport) -> TextTable {
+    let mut t = TextTable::new(&["row", "nearest by delta cosine"], &[false, false]);
+    for n in &r.nearest {
+        let m: Vec<String> = n
+            .models
+            .iter()
+            .map(|(name, c)| format!("{} {:.3}", sanitize(name), c))
+            .collect();
+        t.push(vec![n.row.clone(), m.join(", ")]);
+    }
+    t
+}
+
+/// What the target is, in one sentence: a merge of which parents, or unexplained.
+fn verdict(r: &LineageReport) -> String {
+    if r.is_merge {
+        format!(
+            "a merge of indexed models: {} explain {} of its delta from {}",
+            r.parents
+                .iter()
+                .map(|p| sanitize(p))
+                .collect::<Vec<_>>()
+                .join(", "),
+            pct(r.explained),
+            sanitize(&r.base)
+        )
+    } else {
+        format!(
+            "unexplained: the indexed models explain only {} of its delta from {} (a \
+             fine-tune, or a merge of models not in the index)",
+            pct(r.explained),
+            sanitize(&r.base)
+        )
+    }
+}
+
 pub fn text(d: &Document<'_>) -> String {
     let r = d.report;
     let mut s = format!(
@@ -42,16 +79,7 @@ pub fn text(d: &Document<'_>) -> String {
         s.push_str(&format!("exact: {}\n", sanitize(m)));
     }
     s.push('\n');
-    let mut t = TextTable::new(&["row", "nearest by delta cosine"], &[false, false]);
-    for n in &r.nearest {
-        let m: Vec<String> = n
-            .models
-            .iter()
-            .map(|(name, c)| format!("{} {:.3}", sanitize(name), c))
-            .collect();
-        t.push(vec![n.row.clone(), m.join(", ")]);
-    }
-    s.push_str(&t.terminal());
+    s.push_str(&nearest_table(r).terminal());
     s.push('\n');
     let mut t = TextTable::new(
         &[
@@ -77,25 +105,8 @@ pub fn text(d: &Document<'_>) -> String {
     }
     s.push_str(&t.terminal());
     s.push('\n');
-    if r.is_merge {
-        s.push_str(&format!(
-            "a merge of indexed models: {} explain {} of its delta from {}\n",
-            r.parents
-                .iter()
-                .map(|p| sanitize(p))
-                .collect::<Vec<_>>()
-                .join(", "),
-            pct(r.explained),
-            sanitize(&r.base)
-        ));
-    } else {
-        s.push_str(&format!(
-            "unexplained: the indexed models explain only {} of its delta from {} (a \
-             fine-tune, or a merge of models not in the index)\n",
-            pct(r.explained),
-            sanitize(&r.base)
-        ));
-    }
+    s.push_str(&verdict(r));
+    s.push('\n');
     if !r.merges_left_out.is_empty() {
         s.push_str(&format!(
             "left out as merges of the others: {}\n",
@@ -314,15 +325,6 @@ pub fn write_report(d: &Document<'_>, dir: &std::path::Path) -> std::io::Result<
     for g in &r.groups {
         explained.push(vec![g.group.clone(), pct(g.explained)]);
     }
-    let mut nearest = TextTable::new(&["row", "nearest by delta cosine"], &[false, false]);
-    for n in &r.nearest {
-        let m: Vec<String> = n
-            .models
-            .iter()
-            .map(|(x, c)| format!("{x} {c:.3}"))
-            .collect();
-        nearest.push(vec![n.row.clone(), m.join(", ")]);
-    }
     let mut sections = vec![Section {
         heading: "Family tree".into(),
         parts: vec![
@@ -334,21 +336,7 @@ pub fn write_report(d: &Document<'_>, dir: &std::path::Path) -> std::io::Result<
                 svg: family_tree(d),
                 png: None,
             }),
-            Part::Text(if r.is_merge {
-                format!(
-                    "A merge of indexed models: {} explain {} of its delta from {}.",
-                    r.parents.join(", "),
-                    pct(r.explained),
-                    r.base
-                )
-            } else {
-                format!(
-                    "Unexplained: the indexed models explain only {} of its delta from {} (a \
-                     fine-tune, or a merge of models not in the index).",
-                    pct(r.explained),
-                    r.base
-                )
-            }),
+            Part::Text(verdict(r)),
         ],
     }];
     if !d.matches.is_empty() {
@@ -363,7 +351,7 @@ pub fn write_report(d: &Document<'_>, dir: &std::path::Path) -> std::io::Result<
     });
     sections.push(Section {
         heading: "Nearest indexed models per row".into(),
-        parts: vec![Part::Table(nearest)],
+        parts: vec![Part::Table(nearest_table(r))],
     });
     if let Some(v) = d.verified {
         let mut t = TextTable::new(&["row", "clone similarity"], &[false, true]);

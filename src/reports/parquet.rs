@@ -58,7 +58,8 @@ fn schema() -> Type {
         .expect("a valid schema")
 }
 
-/// One model's part of a row group.
+/// The columns of one row group.
+#[derive(Default)]
 struct Batch {
     model: Vec<i64>,
     path: Vec<ByteArray>,
@@ -81,29 +82,6 @@ struct Batch {
 }
 
 impl Batch {
-    fn new() -> Batch {
-        Batch {
-            model: Vec::new(),
-            path: Vec::new(),
-            name: Vec::new(),
-            arch: Vec::new(),
-            scale: Vec::new(),
-            sha256: Vec::new(),
-            sha256_def: Vec::new(),
-            row: Vec::new(),
-            label: Vec::new(),
-            component: Vec::new(),
-            params: Vec::new(),
-            norm2: Vec::new(),
-            seed: Vec::new(),
-            buckets: Vec::new(),
-            sketch: Vec::new(),
-            sketch_def: Vec::new(),
-            sketch_rep: Vec::new(),
-            models: 0,
-        }
-    }
-
     fn push(&mut self, e: &Entry, fp: &Fingerprint) {
         for (i, r) in fp.rows.iter().enumerate() {
             self.model.push(e.id);
@@ -148,7 +126,7 @@ where
     let mut writer = SerializedFileWriter::new(out, Arc::new(schema()), props)?;
     let mut records = 0u64;
     loop {
-        let mut batch = Batch::new();
+        let mut batch = Batch::default();
         while batch.models < MODELS_PER_GROUP {
             match next() {
                 Some(got) => {
