@@ -349,15 +349,35 @@ fn write_pieces(out: &OutputFile, pieces: Receiver<Piece>) -> Result<(), WriteEr
 /// so that a reader never sees half of it.
 pub fn write_small(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
+    through_sibling(path, false, |mut f: &File| f.write_all(bytes))
+}
+
+/// Writes a file of any size through a temporary sibling: `write` streams into it, then it is
+/// synced and renamed into place, so an interrupted export leaves the old file (or none).
+pub fn write_streamed<T, E: From<std::io::Error>>(
+    path: &Path,
+    write: impl FnOnce(&File) -> Result<T, E>,
+) -> Result<T, E> {
+    through_sibling(path, true, write)
+}
+
+fn through_sibling<T, E: From<std::io::Error>>(
+    path: &Path,
+    sync: bool,
+    write: impl FnOnce(&File) -> Result<T, E>,
+) -> Result<T, E> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    tmp.write_all(bytes)?;
+    let tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let out = write(tmp.as_file())?;
+    if sync {
+        tmp.as_file().sync_all()?;
+    }
     crate::sys::make_readable(tmp.as_file())?;
     tmp.persist(path).map_err(|e| e.error)?;
-    Ok(())
+    Ok(out)
 }
 
 #[cfg(test)]

@@ -186,26 +186,21 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
                 eprintln!("replacing '{}'", parquet.display());
             }
             let entries = index.entries()?;
-            let dir = parquet
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let tmp = tempfile::NamedTempFile::new_in(dir)
-                .with_context(|| format!("cannot write in '{}'", dir.display()))?;
             let bar = Bar::counting("exporting", "models", global.quiet);
             crate::pass::Progress::start(&bar, entries.len() as u64);
             let mut it = entries.into_iter();
-            let records =
-                crate::reports::parquet::write(std::io::BufWriter::new(tmp.as_file()), || {
+            let records = crate::writer::write_streamed(&parquet, |file| -> Result<u64> {
+                let mut out = std::io::BufWriter::new(file);
+                let records = crate::reports::parquet::write(&mut out, || {
                     let e = it.next()?;
                     crate::pass::Progress::advance(&bar, 1);
                     Some(index.fingerprint(e.id).map(|fp| (e, fp)))
-                })
-                .with_context(|| format!("exporting to '{}'", parquet.display()))?;
+                })?;
+                std::io::Write::flush(&mut out)?;
+                Ok(records)
+            })
+            .with_context(|| format!("exporting to '{}'", parquet.display()))?;
             drop(bar);
-            tmp.as_file().sync_all()?;
-            crate::sys::make_readable(tmp.as_file())?;
-            tmp.persist(&parquet).map_err(|e| e.error)?;
             print(&crate::reports::sanitize(&format!(
                 "wrote {} ({records} records: one per model and row)\n",
                 parquet.display()
