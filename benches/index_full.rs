@@ -13,8 +13,9 @@ use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
 use ckpt_diff::catalog::Arch;
-use ckpt_diff::index::{Index, NewEntry};
+use ckpt_diff::index::{Entry, Index, NewEntry};
 use ckpt_diff::reader::dtype::FloatFormat;
+use ckpt_diff::sketch::Fingerprint;
 use common::*;
 
 fn s(p: &Path) -> &str {
@@ -30,9 +31,10 @@ fn noise(state: &mut u64) -> f64 {
     (x >> 11) as f64 / (1u64 << 53) as f64 - 0.5
 }
 
-/// Grows the index at `ix` to `n` entries with copies of entry `template` (same arch and
-/// scale), each plus its own random delta of a tenth of the template's bucket size.
-fn grow(ix: &Path, template: &NewEntry, n: usize) {
+/// Grows the index at `ix` to `n` entries with copies of `template` (its arch, scale and
+/// size) whose fingerprint is `fp` plus each copy's own random delta of a tenth of the
+/// template's bucket size.
+fn grow(ix: &Path, template: &Entry, fp: &Fingerprint, n: usize) {
     let mut index = Index::open(ix).unwrap();
     let have = index.entries().unwrap().len();
     let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ have as u64;
@@ -40,14 +42,18 @@ fn grow(ix: &Path, template: &NewEntry, n: usize) {
         let mut e = NewEntry {
             path: format!("/generated/m{i}.safetensors"),
             name: format!("generated-{i}"),
+            bytes: template.bytes,
+            mtime: 0,
             sha256: None,
             autov2: None,
             autov3: None,
             blake3: None,
+            arch: template.arch.clone(),
+            scale: template.scale,
+            container: template.container.clone(),
             components: Vec::new(),
             toolkit_matches: Vec::new(),
-            fingerprint: template.fingerprint.clone(),
-            ..clone_meta(template)
+            fingerprint: fp.clone(),
         };
         for r in &mut e.fingerprint.rows {
             let scale = (r.norm2 / r.sketch.len() as f64).sqrt() * 0.1;
@@ -56,25 +62,6 @@ fn grow(ix: &Path, template: &NewEntry, n: usize) {
                 .for_each(|x| *x += scale * noise(&mut state));
         }
         index.add(&e).unwrap();
-    }
-}
-
-fn clone_meta(t: &NewEntry) -> NewEntry {
-    NewEntry {
-        path: String::new(),
-        name: String::new(),
-        bytes: t.bytes,
-        mtime: t.mtime,
-        sha256: None,
-        autov2: None,
-        autov3: None,
-        blake3: None,
-        arch: t.arch.clone(),
-        scale: t.scale,
-        container: t.container.clone(),
-        components: Vec::new(),
-        toolkit_matches: Vec::new(),
-        fingerprint: ckpt_diff::sketch::Fingerprint { rows: Vec::new() },
     }
 }
 
@@ -150,26 +137,8 @@ fn main() {
     .unwrap();
     // Queries.
     let index = Index::open(&ix).unwrap();
-    let first = &index.entries().unwrap()[0];
-    let template = NewEntry {
-        fingerprint: index.fingerprint(first.id).unwrap(),
-        ..clone_meta(&NewEntry {
-            path: String::new(),
-            name: String::new(),
-            bytes: first.bytes,
-            mtime: 0,
-            sha256: None,
-            autov2: None,
-            autov3: None,
-            blake3: None,
-            arch: first.arch.clone(),
-            scale: first.scale,
-            container: first.container.clone(),
-            components: Vec::new(),
-            toolkit_matches: Vec::new(),
-            fingerprint: ckpt_diff::sketch::Fingerprint { rows: Vec::new() },
-        })
-    };
+    let first = index.entries().unwrap().swap_remove(0);
+    let first_fp = index.fingerprint(first.id).unwrap();
     drop(index);
     // The target's own fingerprinting (one read of 2.1 GB) is part of every query.
     let target = s(refs[0]);
@@ -188,7 +157,7 @@ fn main() {
     .unwrap();
     writeln!(out, "| ---: | ---: | ---: | ---: | ---: |").unwrap();
     for n in [1000usize, 10_000] {
-        grow(&ix, &template, n);
+        grow(&ix, &first, &first_fp, n);
         let size = std::fs::metadata(&ix).unwrap().len();
         let base = "generated-10";
         let (with_base, _, anon) = run_binary(&[
