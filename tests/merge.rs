@@ -10,15 +10,15 @@ use ckpt_diff::synth::{Synthetic, family};
 
 use crate::util::*;
 
-struct Family {
-    dir: Dir,
-    arch: Arch,
-    base: PathBuf,
-    fts: Vec<PathBuf>,
+pub(crate) struct Family {
+    pub dir: Dir,
+    pub arch: Arch,
+    pub base: PathBuf,
+    pub fts: Vec<PathBuf>,
 }
 
 /// A base and three fine-tunes, F16, with some deltas sparse enough to disagree in sign.
-fn family(arch: Arch) -> Family {
+pub(crate) fn family(arch: Arch) -> Family {
     let dir = Dir::new();
     let scale = match arch {
         Arch::Sd1 | Arch::Sd2 => 16,
@@ -45,7 +45,7 @@ fn family(arch: Arch) -> Family {
 }
 
 /// Runs a recipe (bindings B, F1, F2, F3 added) to an f32 output; returns its tensors.
-fn merged(fam: &Family, steps: &str, extra: &[&str]) -> BTreeMap<String, RefTensor> {
+pub(crate) fn merged(fam: &Family, steps: &str, extra: &[&str]) -> BTreeMap<String, RefTensor> {
     merged_as(fam, steps, "f32", extra)
 }
 
@@ -83,14 +83,14 @@ fn merged_as(
 }
 
 /// The inputs as f64 per key: base, then the fine-tunes.
-fn inputs(fam: &Family) -> Vec<BTreeMap<String, RefTensor>> {
+pub(crate) fn inputs(fam: &Family) -> Vec<BTreeMap<String, RefTensor>> {
     std::iter::once(&fam.base)
         .chain(&fam.fts)
         .map(|p| reference_map(p))
         .collect()
 }
 
-fn check(
+pub(crate) fn check(
     fam: &Family,
     got: &BTreeMap<String, RefTensor>,
     want: impl Fn(&str, &[&[f64]]) -> Vec<f64>,

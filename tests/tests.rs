@@ -15,5 +15,6 @@ mod lineage;
 mod merge;
 mod props;
 mod sim;
+mod ties;
 mod torch;
 mod validate;

@@ -119,6 +119,7 @@ impl Absorb<Written> for WriteCount {
 struct Ctx<'c> {
     work: &'c MergeWork<'c>,
     key: &'c str,
+    shape: &'c [usize],
     row: usize,
     /// Element index (in the tensor) where the input slices start.
     origin: usize,
@@ -142,6 +143,10 @@ impl TensorInputs for MethodInputs<'_, '_> {
 
     fn row(&self) -> usize {
         self.ctx.row
+    }
+
+    fn shape(&self) -> &[usize] {
+        self.ctx.shape
     }
 
     fn range(&self) -> std::ops::Range<usize> {
@@ -196,6 +201,7 @@ impl Visit for MergeWork<'_> {
                 let mut ctx = Ctx {
                     work: self,
                     key,
+                    shape: plan.shape(&plan.entries()[item.entry]),
                     row: *row,
                     origin: item.start,
                     end: item.end,

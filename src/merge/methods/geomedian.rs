@@ -54,50 +54,9 @@ impl NodeMethod for GeoMedian {
     /// The median of the whole range.
     fn prepare(&self, t: &dyn TensorInputs) -> Prepared {
         let origin = t.range().start;
-        let n = t.range().len();
-        let weights = &self.weights;
-        let models = 0..weights.len();
-        let total: f64 = weights.iter().sum();
-        // Start from the weighted mean.
-        let mut z = vec![0.0f64; n];
-        sweep(t, |s, e| {
-            for (m, &w) in models.clone().zip(weights) {
-                kernels::axpy(w / total, &t.input(m, s, e), &mut z[s - origin..e - origin]);
-            }
+        let z = weiszfeld(t, &self.weights, self.eps, self.maxiter, 1e-12, |m, s, e| {
+            t.input(m, s, e)
         });
-        let mut objective = f64::INFINITY;
-        for _ in 0..self.maxiter {
-            // Distances from the current estimate.
-            let mut dist2 = vec![0.0f64; models.len()];
-            sweep(t, |s, e| {
-                let zc = &z[s - origin..e - origin];
-                for (d2, m) in dist2.iter_mut().zip(models.clone()) {
-                    let mut x = t.input(m, s, e);
-                    kernels::sub_assign(&mut x, zc);
-                    *d2 += kernels::norm_l2_sqr(&x);
-                }
-            });
-            let dist: Vec<f64> = dist2.iter().map(|d| d.sqrt()).collect();
-            let new_objective: f64 = dist.iter().zip(weights).map(|(d, w)| d * w).sum();
-            let coef: Vec<f64> = dist
-                .iter()
-                .zip(weights)
-                .map(|(d, w)| w / d.max(self.eps))
-                .collect();
-            let csum: f64 = coef.iter().sum();
-            // Weiszfeld step, in place: z <- Σ cᵢ xᵢ / Σ cᵢ.
-            sweep(t, |s, e| {
-                let zc = &mut z[s - origin..e - origin];
-                zc.iter_mut().for_each(|v| *v = 0.0);
-                for (m, &c) in models.clone().zip(&coef) {
-                    kernels::axpy(c / csum, &t.input(m, s, e), zc);
-                }
-            });
-            if (objective - new_objective).abs() <= 1e-12 * new_objective.max(f64::MIN_POSITIVE) {
-                break;
-            }
-            objective = new_objective;
-        }
         Box::new((origin, z))
     }
 
@@ -105,4 +64,63 @@ impl NodeMethod for GeoMedian {
         let (origin, z): &(usize, Vec<f64>) = state.downcast_ref().expect("prepared by geomedian");
         z[start - origin..end - origin].to_vec()
     }
+}
+
+/// The weighted geometric median of `weights.len()` points over `t`'s range, point `i`'s
+/// values over `s..e` given by `point(i, s, e)`: Weiszfeld's iterations from the weighted
+/// mean, zᵗ⁺¹ = Σ cᵢxᵢ / Σ cᵢ with cᵢ = wᵢ / max(‖xᵢ − zᵗ‖, eps), stopping after `maxiter`
+/// steps or when the objective Σ wᵢ‖xᵢ − z‖ changes by at most `ftol` relative (sd-mecha's
+/// rule). Each step is two sweeps of the points (distances, then the new estimate); the
+/// only buffer is the estimate itself, one f64 per element.
+pub fn weiszfeld(
+    t: &dyn TensorInputs,
+    weights: &[f64],
+    eps: f64,
+    maxiter: usize,
+    ftol: f64,
+    point: impl Fn(usize, usize, usize) -> Vec<f64>,
+) -> Vec<f64> {
+    let origin = t.range().start;
+    let n = t.range().len();
+    let total: f64 = weights.iter().sum();
+    let mut z = vec![0.0f64; n];
+    sweep(t, |s, e| {
+        for (m, &w) in weights.iter().enumerate() {
+            kernels::axpy(w / total, &point(m, s, e), &mut z[s - origin..e - origin]);
+        }
+    });
+    let distances = |z: &[f64]| -> Vec<f64> {
+        let mut d2 = vec![0.0f64; weights.len()];
+        sweep(t, |s, e| {
+            let zc = &z[s - origin..e - origin];
+            for (m, acc) in d2.iter_mut().enumerate() {
+                *acc += kernels::dist2(&point(m, s, e), zc);
+            }
+        });
+        d2.into_iter().map(f64::sqrt).collect()
+    };
+    let objective = |d: &[f64]| -> f64 { d.iter().zip(weights).map(|(d, w)| d * w).sum() };
+    let mut dist = distances(&z);
+    let mut value = objective(&dist);
+    for _ in 0..maxiter {
+        let coef: Vec<f64> = dist
+            .iter()
+            .zip(weights)
+            .map(|(d, w)| w / d.max(eps))
+            .collect();
+        let csum: f64 = coef.iter().sum();
+        sweep(t, |s, e| {
+            let zc = &mut z[s - origin..e - origin];
+            zc.fill(0.0);
+            for (m, &c) in coef.iter().enumerate() {
+                kernels::axpy(c / csum, &point(m, s, e), zc);
+            }
+        });
+        dist = distances(&z);
+        let previous = std::mem::replace(&mut value, objective(&dist));
+        if (previous - value).abs() <= ftol * value {
+            break;
+        }
+    }
+    z
 }

@@ -81,7 +81,12 @@ pub enum OptKind {
     PerModel { skip_first: bool },
     /// A selection of rows (`te`, `OUT06..OUT11`): the catalog's selector.
     Rows,
+    /// One of these words (`vote=count`); its value and default are the word's index.
+    Choice(&'static [&'static str]),
 }
+
+/// The words of a yes/no option (`rescale=false`); 0 and 1 are accepted too.
+pub const BOOL: &[&str] = &["false", "true"];
 
 /// The values an option of kind [`OptKind::Scalar`] may take.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -199,6 +204,11 @@ impl Args<'_> {
         }
     }
 
+    /// A [`OptKind::Choice`] option: the index of the word given.
+    pub fn choice(&self, name: &str) -> usize {
+        self.scalar(name) as usize
+    }
+
     /// `v` on every row.
     pub fn uniform(&self, v: f64) -> Profile {
         vec![v; self.rows]
@@ -214,6 +224,8 @@ pub trait TensorInputs {
     fn key(&self) -> &str;
     /// Its report row (to pick per-block weights).
     fn row(&self) -> usize;
+    /// Its shape.
+    fn shape(&self) -> &[usize];
     /// The element range being produced: the whole tensor for per-tensor methods.
     fn range(&self) -> std::ops::Range<usize>;
     /// The values of the method's model argument `arg` (0: the first) over elements
@@ -254,6 +266,7 @@ pub static REGISTRY: &[Method] = &[
     linear::AVG,
     linear::SWAP,
     ties::TIES,
+    ties::TGMD,
     dare::DARE,
     dare::DARE_TIES,
     model_stock::MODEL_STOCK,

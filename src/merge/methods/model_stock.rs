@@ -83,7 +83,13 @@ pub fn stock_t(gram: &[f64], nm: usize) -> f64 {
         }
     }
     let cos = if pairs == 0 { 0.0 } else { sum / pairs as f64 };
-    let n = nm as f64;
+    stock_factor(cos, nm)
+}
+
+/// Model Stock's t = N·cosθ / (1 + (N−1)·cosθ) for `n` models whose task vectors have mean
+/// pairwise cosine `cos`; 0 when the denominator vanishes.
+pub fn stock_factor(cos: f64, n: usize) -> f64 {
+    let n = n as f64;
     let denom = 1.0 + (n - 1.0) * cos;
     if denom.abs() < 1e-12 {
         0.0

@@ -397,7 +397,7 @@ impl Resolver<'_> {
                         );
                     }
                     (Some(d), OptKind::Weight) => OptValue::Weight(self.uniform(d)),
-                    (Some(d), OptKind::Scalar) => OptValue::Scalar(d),
+                    (Some(d), OptKind::Scalar | OptKind::Choice(_)) => OptValue::Scalar(d),
                     (Some(d), OptKind::PerModel { skip_first }) => {
                         OptValue::PerModel(vec![d; n_models - usize::from(skip_first)])
                     }
@@ -435,6 +435,26 @@ impl Resolver<'_> {
             OptKind::PerModel { skip_first } => {
                 let n = n_models - usize::from(skip_first);
                 OptValue::PerModel(list_arg(arg, at, n)?)
+            }
+            OptKind::Choice(words) => {
+                let index = match arg {
+                    Arg::Expr(Expr::Name(n, _)) => words.iter().position(|w| w == n),
+                    Arg::Expr(Expr::Number(v, _)) | Arg::Weights(Weights::Scalar(v))
+                        if words == methods::BOOL && (*v == 0.0 || *v == 1.0) =>
+                    {
+                        Some(*v as usize)
+                    }
+                    _ => None,
+                };
+                match index {
+                    Some(i) => OptValue::Scalar(i as f64),
+                    None => {
+                        return err(
+                            at,
+                            format!("`{}` is one of: {}", opt.name, words.join(", ")),
+                        );
+                    }
+                }
             }
             OptKind::Rows => {
                 let text = match arg {
