@@ -211,7 +211,7 @@ fn component_swap_takes_the_component_whole() {
 }
 
 /// TIES as the paper and mergekit describe it, written out per element with a full sort.
-fn ties_reference(x: &[&[f64]], k: f64, weights: &[f64], lambda: f64) -> Vec<f64> {
+pub(crate) fn ties_reference(x: &[&[f64]], k: f64, weights: &[f64], lambda: f64) -> Vec<f64> {
     let n = x[0].len();
     let deltas: Vec<Vec<f64>> = x[1..]
         .iter()

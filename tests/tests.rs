@@ -14,6 +14,7 @@ mod l2;
 mod lineage;
 mod merge;
 mod props;
+mod recipes;
 mod sim;
 mod ties;
 mod torch;

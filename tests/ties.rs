@@ -23,14 +23,33 @@ fn fixtures() -> PathBuf {
 fn mecha_inputs(dir: &Dir) -> Vec<PathBuf> {
     let mut paths = vec![dir.path("base.safetensors")];
     run_ok(&[
-        "synth", "model", "--arch", "sd1", "--scale", "16", "--seed", "1", s(&paths[0]), "-q",
+        "synth",
+        "model",
+        "--arch",
+        "sd1",
+        "--scale",
+        "16",
+        "--seed",
+        "1",
+        s(&paths[0]),
+        "-q",
     ]);
     for i in 1..=4 {
         let p = dir.path(&format!("m{i}.safetensors"));
         let delta = format!("{}:0.3", 10 + i);
         run_ok(&[
-            "synth", "model", "--arch", "sd1", "--scale", "16", "--seed", "1", "--delta", &delta,
-            s(&p), "-q",
+            "synth",
+            "model",
+            "--arch",
+            "sd1",
+            "--scale",
+            "16",
+            "--seed",
+            "1",
+            "--delta",
+            &delta,
+            s(&p),
+            "-q",
         ]);
         paths.push(p);
     }
@@ -103,11 +122,19 @@ fn ties_like_sd_mecha_equals_sd_mecha() {
             let recipe = dir.path("t.recipe");
             std::fs::write(&recipe, text).unwrap();
             let ours = dir.path(&format!("ours-{combine}-{vote}.safetensors"));
-            run_ok(&["merge", s(&recipe), "-o", s(&ours), "--no-input-hashes", "-q"]);
+            run_ok(&[
+                "merge",
+                s(&recipe),
+                "-o",
+                s(&ours),
+                "--no-input-hashes",
+                "-q",
+            ]);
             let theirs = match &python {
                 Some(py) => {
                     let out = dir.path(&format!("mecha-{combine}-{vote}.safetensors"));
-                    let script = format!("{}/tests/oracle/ties_mecha.py", env!("CARGO_MANIFEST_DIR"));
+                    let script =
+                        format!("{}/tests/oracle/ties_mecha.py", env!("CARGO_MANIFEST_DIR"));
                     let mut args: Vec<String> = vec![script, s(&out).into()];
                     args.extend(paths.iter().map(|p| s(p).to_string()));
                     args.extend(
@@ -133,7 +160,10 @@ fn ties_like_sd_mecha_equals_sd_mecha() {
                 compared += 1;
             }
             // The merge moved most weights: a run that copied the base would fail here.
-            assert!(changed > 100, "{combine}/{vote}: sd-mecha changed only {changed}");
+            assert!(
+                changed > 100,
+                "{combine}/{vote}: sd-mecha changed only {changed}"
+            );
         }
     }
     assert!(compared >= 6 * 9, "only {compared} tensors compared");
@@ -176,7 +206,13 @@ fn filter(deltas: &[Vec<f64>], w: &[f64], count: bool) -> Vec<Vec<f64>> {
         let total: f64 = deltas
             .iter()
             .zip(w)
-            .map(|(d, w)| if count { w * d[i].signum() * (d[i] != 0.0) as u8 as f64 } else { w * d[i] })
+            .map(|(d, w)| {
+                if count {
+                    w * d[i].signum() * (d[i] != 0.0) as u8 as f64
+                } else {
+                    w * d[i]
+                }
+            })
             .sum();
         let elected = if total >= 0.0 { 1.0 } else { -1.0 };
         for d in out.iter_mut() {
@@ -213,7 +249,12 @@ fn ties_stock_and_count_vote_follow_their_definitions() {
         (0..x[0].len())
             .map(|e| {
                 let num: f64 = g.iter().zip(&w).map(|(d, w)| w * d[e]).sum();
-                let den: f64 = g.iter().zip(&w).filter(|(d, _)| d[e] != 0.0).map(|(_, w)| w).sum();
+                let den: f64 = g
+                    .iter()
+                    .zip(&w)
+                    .filter(|(d, _)| d[e] != 0.0)
+                    .map(|(_, w)| w)
+                    .sum();
                 x[0][e] + 0.8 * t * if den == 0.0 { 0.0 } else { num / den }
             })
             .collect()
@@ -279,12 +320,18 @@ fn ties_dropout_matches_its_definition() {
                     .collect()
             })
             .collect();
-        let views: Vec<&[f64]> = std::iter::once(x[0]).chain(dropped.iter().map(|v| v.as_slice())).collect();
+        let views: Vec<&[f64]> = std::iter::once(x[0])
+            .chain(dropped.iter().map(|v| v.as_slice()))
+            .collect();
         let g = filter(&top_k(&views, 0.5), &[1.0; 3], false);
         (0..x[0].len())
             .map(|e| {
                 let kept: Vec<f64> = g.iter().map(|d| d[e]).filter(|v| *v != 0.0).collect();
-                let mean = if kept.is_empty() { 0.0 } else { kept.iter().sum::<f64>() / kept.len() as f64 };
+                let mean = if kept.is_empty() {
+                    0.0
+                } else {
+                    kept.iter().sum::<f64>() / kept.len() as f64
+                };
                 x[0][e] + mean / (1.0 - p)
             })
             .collect()
@@ -335,18 +382,32 @@ fn tgmd_drop_keeps_its_share_and_della_shifts_it_by_rank() {
                 }
             }
         }
-        (hi as f64 / n_hi as f64, lo as f64 / n_lo as f64, n_hi + n_lo)
+        (
+            hi as f64 / n_hi as f64,
+            lo as f64 / n_lo as f64,
+            n_hi + n_lo,
+        )
     };
     // One model: the median of one point is the point, so TGMD is the dropped delta.
     let (hi, lo, n) = kept_by_half("OUT = tgmd(B, F1, drop=0.3, seed=5)\n");
     let sigma = (0.7 * 0.3 / (n as f64 / 2.0)).sqrt();
     assert!(n > 100_000, "only {n} elements");
     for share in [hi, lo] {
-        assert!((share - 0.7).abs() < 5.0 * sigma, "kept {share}, want 0.7 ± {}", 5.0 * sigma);
+        assert!(
+            (share - 0.7).abs() < 5.0 * sigma,
+            "kept {share}, want 0.7 ± {}",
+            5.0 * sigma
+        );
     }
     let (hi, lo, _) = kept_by_half("OUT = tgmd(B, F1, drop=0.3, della_eps=0.4, seed=5)\n");
-    assert!((hi - (0.7 + 0.1)).abs() < 5.0 * sigma, "larger half kept {hi}, want 0.8");
-    assert!((lo - (0.7 - 0.1)).abs() < 5.0 * sigma, "smaller half kept {lo}, want 0.6");
+    assert!(
+        (hi - (0.7 + 0.1)).abs() < 5.0 * sigma,
+        "larger half kept {hi}, want 0.8"
+    );
+    assert!(
+        (lo - (0.7 - 0.1)).abs() < 5.0 * sigma,
+        "smaller half kept {lo}, want 0.6"
+    );
 }
 
 #[test]
@@ -360,10 +421,19 @@ fn ties_options_are_checked_before_reading() {
         )
     };
     for (steps, want) in [
-        ("OUT = ties(B, F1, vote=loudest)\n", "`vote` is one of: magnitude, count"),
-        ("OUT = ties(B, F1, combine=avg)\n", "`combine` is one of: mean, stock, median"),
+        (
+            "OUT = ties(B, F1, vote=loudest)\n",
+            "`vote` is one of: magnitude, count",
+        ),
+        (
+            "OUT = ties(B, F1, combine=avg)\n",
+            "`combine` is one of: mean, stock, median",
+        ),
         ("OUT = ties(B, F1, della_eps=0.1)\n", "give `drop` too"),
-        ("OUT = tgmd(B, F1, drop=1)\n", "`drop` (the drop probability) must be in [0, 1)"),
+        (
+            "OUT = tgmd(B, F1, drop=1)\n",
+            "`drop` (the drop probability) must be in [0, 1)",
+        ),
     ] {
         let recipe = fam.dir.path("bad.recipe");
         std::fs::write(&recipe, text(steps)).unwrap();

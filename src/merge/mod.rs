@@ -124,6 +124,7 @@ pub fn run(
     progress: &dyn crate::pass::Progress,
 ) -> Result<Outcome, MergeError> {
     crate::writer::refuse_existing(out, options.overwrite)?;
+    let recipe = &recipe::expand_lists(recipe, base_dir)?;
     // Open the files the steps mention, to learn the architecture.
     let mentioned = plan::referenced_inputs(recipe);
     let mut opened: HashMap<String, Opened> = HashMap::new();

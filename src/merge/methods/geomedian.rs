@@ -54,9 +54,14 @@ impl NodeMethod for GeoMedian {
     /// The median of the whole range.
     fn prepare(&self, t: &dyn TensorInputs) -> Prepared {
         let origin = t.range().start;
-        let z = weiszfeld(t, &self.weights, self.eps, self.maxiter, 1e-12, |m, s, e| {
-            t.input(m, s, e)
-        });
+        let z = weiszfeld(
+            t,
+            &self.weights,
+            self.eps,
+            self.maxiter,
+            1e-12,
+            |m, s, e| t.input(m, s, e),
+        );
         Box::new((origin, z))
     }
 

@@ -36,8 +36,8 @@ use std::sync::Arc;
 use super::geomedian::weiszfeld;
 use super::model_stock::stock_factor;
 use super::{
-    Args, BOOL, Build, BuiltNode, Method, NodeMethod, Opt, OptKind, Prepared, Range,
-    TensorInputs, per_model_weights, plain, sweep,
+    Args, BOOL, Build, BuiltNode, Method, NodeMethod, Opt, OptKind, Prepared, Range, TensorInputs,
+    per_model_weights, plain, sweep,
 };
 use crate::merge::methods::dare::dare_stream;
 
@@ -228,7 +228,10 @@ enum Stock {
     /// One t for the tensor.
     Tensor(f64),
     /// One t per row of the last axis (`last` elements each).
-    Rows { last: usize, t: Vec<f64> },
+    Rows {
+        last: usize,
+        t: Vec<f64>,
+    },
 }
 
 impl Ties {
@@ -237,7 +240,14 @@ impl Ties {
     }
 
     /// Model `i`'s delta over `s..e`, dropped and cut to its top k (before the vote).
-    fn delta(&self, t: &dyn TensorInputs, st: &State, i: usize, s: usize, base: &[f64]) -> Vec<f64> {
+    fn delta(
+        &self,
+        t: &dyn TensorInputs,
+        st: &State,
+        i: usize,
+        s: usize,
+        base: &[f64],
+    ) -> Vec<f64> {
         let e = s + base.len();
         let mut d = t.input(i + 1, s, e);
         for (x, b) in d.iter_mut().zip(base) {
@@ -324,8 +334,18 @@ impl Ties {
     }
 
     /// Model `i`'s filtered delta (zero where it disagrees with the elected sign).
-    fn filtered(&self, t: &dyn TensorInputs, st: &State, i: usize, s: usize, base: &[f64]) -> Vec<f64> {
-        let signs = st.signs.as_ref().expect("signs are stored for stock and median");
+    fn filtered(
+        &self,
+        t: &dyn TensorInputs,
+        st: &State,
+        i: usize,
+        s: usize,
+        base: &[f64],
+    ) -> Vec<f64> {
+        let signs = st
+            .signs
+            .as_ref()
+            .expect("signs are stored for stock and median");
         let mut d = self.delta(t, st, i, s, base);
         for (j, x) in d.iter_mut().enumerate() {
             if !self.agrees(*x, signs[s - st.origin + j]) {
@@ -435,7 +455,9 @@ impl Ties {
                     f64::NAN
                 } else {
                     (0..n - 1)
-                        .map(|i| crate::kernels::dot(seg(i), seg(i + 1)) / (norms[i] * norms[i + 1]))
+                        .map(|i| {
+                            crate::kernels::dot(seg(i), seg(i + 1)) / (norms[i] * norms[i + 1])
+                        })
                         .sum::<f64>()
                         / (n - 1) as f64
                 };
@@ -509,17 +531,10 @@ impl NodeMethod for Ties {
                     self.weights.clone()
                 };
                 let st_ref = &st;
-                let z = weiszfeld(
-                    t,
-                    &weights,
-                    self.eps,
-                    self.maxiter,
-                    self.ftol,
-                    |i, s, e| {
-                        let base = t.input(0, s, e);
-                        self.filtered(t, st_ref, i, s, &base)
-                    },
-                );
+                let z = weiszfeld(t, &weights, self.eps, self.maxiter, self.ftol, |i, s, e| {
+                    let base = t.input(0, s, e);
+                    self.filtered(t, st_ref, i, s, &base)
+                });
                 st.median = Some(z);
             }
         }

@@ -194,6 +194,7 @@ pub fn referenced_inputs(recipe: &Recipe) -> Vec<usize> {
                     }
                 }
             }
+            Expr::Components(parts, _) => parts.iter().for_each(|(_, e, _)| walk(e, out)),
             Expr::Number(..) => {}
         }
     }

@@ -119,6 +119,15 @@ impl Resolver<'_> {
         if let Some(&node) = self.input_nodes.get(n) {
             return Ok(Value::Model(Combination::of(node, self.rows())));
         }
+        if let Some(list) = self.recipe.lists.iter().find(|l| l.name == n) {
+            return err(
+                span,
+                format!(
+                    "'{n}' is a list of {} models: use it as a call's argument, such as `avg({n})`",
+                    list.members.len()
+                ),
+            );
+        }
         if self.recipe.steps.iter().skip(si).any(|s| s.name == n) {
             return err(
                 span,
@@ -230,7 +239,41 @@ impl Resolver<'_> {
                 options,
                 span,
             } => self.call(name, args, options, *span, si),
+            Expr::Components(parts, _) => self.components(parts, si),
         }
+    }
+
+    /// `{SELECTOR: model, ...}`: each part's model on the rows its selector names. A row two
+    /// parts name is an error; a row no part names has no input (the merge takes it from
+    /// the first input that has it, and lists it).
+    fn components(
+        &mut self,
+        parts: &[(String, Expr, Span)],
+        si: usize,
+    ) -> Result<Value, PlanError> {
+        let mut owner: Vec<Option<&str>> = vec![None; self.rows()];
+        let mut out = Combination::default();
+        for (selector, e, span) in parts {
+            let rows = self.select(selector, *span)?;
+            for &r in &rows {
+                if let Some(first) = owner[r] {
+                    return err(
+                        *span,
+                        format!(
+                            "{} is given by both `{first}` and `{selector}`; name each row once",
+                            self.grouping.groups()[r].label
+                        ),
+                    );
+                }
+                owner[r] = Some(selector);
+            }
+            let model = self.model_arg(e, si)?;
+            let mask: Profile = (0..self.rows())
+                .map(|r| if rows.contains(&r) { 1.0 } else { 0.0 })
+                .collect();
+            out.add_scaled(&model, &mask);
+        }
+        Ok(Value::Model(out))
     }
 
     fn model_arg(&mut self, e: &Expr, si: usize) -> Result<Combination, PlanError> {

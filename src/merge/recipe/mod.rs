@@ -85,6 +85,9 @@ pub enum Expr {
         options: Vec<(String, Arg, Span)>,
         span: Span,
     },
+    /// A component-wise model `{UNET: avg(unets), TE1: ..., VAE: base}`: each selector's rows
+    /// (components, blocks, ranges) from its own expression.
+    Components(Vec<(String, Expr, Span)>, Span),
 }
 
 /// A `key=value` option of a call.
@@ -103,7 +106,7 @@ impl Expr {
             | Expr::Add(_, _, s)
             | Expr::Sub(_, _, s)
             | Expr::Mul(_, _, s) => *s,
-            Expr::Call { span, .. } => *span,
+            Expr::Call { span, .. } | Expr::Components(_, span) => *span,
         }
     }
 }
@@ -125,6 +128,25 @@ pub struct Step {
     pub span: Span,
 }
 
+/// `NAME = glob("pattern")` or `NAME = list("file")`: a list of models, used inside a call
+/// (`avg(NAME)`), where it stands for its members in order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelList {
+    pub name: String,
+    pub source: ListSource,
+    pub span: Span,
+    /// The bindings it stands for (filled by [`expand_lists`]).
+    pub members: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ListSource {
+    /// Files matching a pattern (`*`, `?`, `[...]`, `**`), relative to the recipe.
+    Glob(String),
+    /// A text file with one model path per line (`#` comments), relative to that file.
+    File(String),
+}
+
 /// A top-level `NAME = <parameter>`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Global {
@@ -142,6 +164,7 @@ pub struct Recipe {
     pub bindings: Vec<Binding>,
     pub steps: Vec<Step>,
     pub globals: Vec<Global>,
+    pub lists: Vec<ModelList>,
 }
 
 impl Recipe {
@@ -158,6 +181,7 @@ pub fn parse(text: &str) -> Result<Recipe, ParseError> {
         bindings: Vec::new(),
         steps: Vec::new(),
         globals: Vec::new(),
+        lists: Vec::new(),
     };
     for (i, raw) in text.lines().enumerate() {
         let line = i + 1;
@@ -201,6 +225,15 @@ pub fn parse(text: &str) -> Result<Recipe, ParseError> {
             step.params.push((name.to_string(), weights, name_span));
             continue;
         }
+        if let Some(source) = as_list(rhs) {
+            recipe.lists.push(ModelList {
+                name: name.to_string(),
+                source,
+                span: name_span,
+                members: Vec::new(),
+            });
+            continue;
+        }
         if let Some(path) = as_path(rhs) {
             recipe.bindings.push(Binding {
                 name: name.to_string(),
@@ -210,14 +243,20 @@ pub fn parse(text: &str) -> Result<Recipe, ParseError> {
             continue;
         }
         if looks_like_weights(rhs) {
-            let weights = parser.weights_to_end()?;
-            recipe.globals.push(Global {
-                name: name.to_string(),
-                weights,
-                span: name_span,
-                before_step: recipe.steps.len(),
-            });
-            continue;
+            match parser.weights_to_end() {
+                Ok(weights) => {
+                    recipe.globals.push(Global {
+                        name: name.to_string(),
+                        weights,
+                        span: name_span,
+                        before_step: recipe.steps.len(),
+                    });
+                    continue;
+                }
+                // `{UNET: model, ...}` is a component-wise step, not named weights.
+                Err(e) if !rhs.starts_with('{') => return Err(e),
+                Err(_) => parser = Parser::new(rhs, line, rhs_col),
+            }
         }
         let expr = parser.expr_to_end()?;
         recipe.steps.push(Step {
@@ -279,6 +318,122 @@ fn as_path(rhs: &str) -> Option<String> {
     .any(|e| lower.ends_with(e));
     let single_token = !rhs.contains(char::is_whitespace);
     (single_token && (ext || rhs.contains('/') || rhs.starts_with('~'))).then(|| rhs.to_string())
+}
+
+/// `glob("pattern")` or `list("file")`.
+fn as_list(rhs: &str) -> Option<ListSource> {
+    let (kind, rest) = if let Some(r) = rhs.strip_prefix("glob(") {
+        (0, r)
+    } else if let Some(r) = rhs.strip_prefix("list(") {
+        (1, r)
+    } else {
+        return None;
+    };
+    let inner = rest.strip_suffix(')')?.trim();
+    let text = inner.strip_prefix('"')?.strip_suffix('"')?.to_string();
+    Some(if kind == 0 {
+        ListSource::Glob(text)
+    } else {
+        ListSource::File(text)
+    })
+}
+
+/// Resolves each model list (`glob`, `list`) against `base_dir` into bindings named
+/// `NAME[1]`, `NAME[2]`, ... and puts its members in place of its name wherever it is a
+/// call's argument. Matches are sorted, so a glob gives the same order everywhere.
+pub fn expand_lists(recipe: &Recipe, base_dir: &std::path::Path) -> Result<Recipe, ParseError> {
+    let mut out = recipe.clone();
+    for list in &mut out.lists {
+        let paths: Vec<String> = match &list.source {
+            ListSource::Glob(pattern) => {
+                let full = if std::path::Path::new(pattern).is_absolute() {
+                    pattern.clone()
+                } else {
+                    base_dir.join(pattern).to_string_lossy().into_owned()
+                };
+                let entries = glob::glob(&full).map_err(|e| ParseError {
+                    span: list.span,
+                    message: format!("'{pattern}' is not a valid pattern: {e}"),
+                })?;
+                let mut found: Vec<String> = entries
+                    .filter_map(Result::ok)
+                    .filter(|p| p.is_file())
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .collect();
+                found.sort();
+                found
+            }
+            ListSource::File(file) => {
+                let path = base_dir.join(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| ParseError {
+                    span: list.span,
+                    message: format!("cannot read the model list '{}': {e}", path.display()),
+                })?;
+                let dir = path.parent().map(|p| p.to_path_buf()).unwrap_or_default();
+                text.lines()
+                    .map(|l| strip_comment(l).trim())
+                    .filter(|l| !l.is_empty())
+                    .map(|l| {
+                        let l = l.trim_matches('"');
+                        if std::path::Path::new(l).is_absolute() {
+                            l.to_string()
+                        } else {
+                            dir.join(l).to_string_lossy().into_owned()
+                        }
+                    })
+                    .collect()
+            }
+        };
+        if paths.is_empty() {
+            let what = match &list.source {
+                ListSource::Glob(p) => format!("the pattern '{p}' matches no file"),
+                ListSource::File(f) => format!("the model list '{f}' names no file"),
+            };
+            return err(list.span, format!("'{}' is empty: {what}", list.name));
+        }
+        for (i, p) in paths.into_iter().enumerate() {
+            let name = format!("{}[{}]", list.name, i + 1);
+            out.bindings.push(Binding {
+                name: name.clone(),
+                path: p,
+                span: list.span,
+            });
+            list.members.push(name);
+        }
+    }
+    let lists = out.lists.clone();
+    for step in &mut out.steps {
+        expand_in(&mut step.expr, &lists);
+    }
+    Ok(out)
+}
+
+fn expand_in(e: &mut Expr, lists: &[ModelList]) {
+    match e {
+        Expr::Number(..) | Expr::Name(..) => {}
+        Expr::Neg(a, _) => expand_in(a, lists),
+        Expr::Add(a, b, _) | Expr::Sub(a, b, _) | Expr::Mul(a, b, _) => {
+            expand_in(a, lists);
+            expand_in(b, lists);
+        }
+        Expr::Call { args, .. } => {
+            let mut expanded = Vec::with_capacity(args.len());
+            for mut a in std::mem::take(args) {
+                match &a {
+                    Expr::Name(n, s) if lists.iter().any(|l| &l.name == n) => {
+                        let list = lists.iter().find(|l| &l.name == n).expect("found");
+                        expanded.extend(list.members.iter().map(|m| Expr::Name(m.clone(), *s)));
+                    }
+                    _ => {
+                        expand_in(&mut a, lists);
+                        expanded.push(a);
+                    }
+                }
+            }
+            *args = expanded;
+        }
+        Expr::Components(parts, _) => parts.iter_mut().for_each(|(_, e, _)| expand_in(e, lists)),
+    }
 }
 
 /// A top-level right-hand side that is a parameter, not an expression: a number, a named

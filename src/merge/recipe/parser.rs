@@ -112,6 +112,7 @@ impl Parser {
                 self.expect(&Tok::RParen, "')'")?;
                 Ok(e)
             }
+            Some((Tok::LBrace, s)) => self.components(s),
             Some((Tok::Name(n), s)) => {
                 if !is_name(&n) {
                     return err(s, format!("unexpected '{n}'"));
@@ -138,6 +139,51 @@ impl Parser {
                 "expected a model, a number or '(' (the expression ends early)",
             ),
         }
+    }
+
+    /// `{SELECTOR: expr, ...}` after its '{'.
+    fn components(&mut self, span: Span) -> Result<Expr, ParseError> {
+        let mut parts = Vec::new();
+        loop {
+            if self.eat(&Tok::RBrace) {
+                break;
+            }
+            let at = self.span();
+            let selector = self.selector()?;
+            self.expect(&Tok::Colon, "':'")?;
+            parts.push((selector, self.expr()?, at));
+            if self.eat(&Tok::Comma) {
+                continue;
+            }
+            self.expect(&Tok::RBrace, "',' or '}'")?;
+            break;
+        }
+        if parts.is_empty() {
+            return err(
+                span,
+                "a component-wise model names at least one component: `{UNET: A, TE: B}`",
+            );
+        }
+        Ok(Expr::Components(parts, span))
+    }
+
+    /// A selector: a name, or a range `OUT06..OUT11`.
+    fn selector(&mut self) -> Result<String, ParseError> {
+        let span = self.span();
+        let Some((Tok::Name(first), _)) = self.next() else {
+            return err(
+                span,
+                "expected a block (BASE, IN00, M00, OUT11), a component (UNET, TE1, TE2, VAE) or a range (OUT06..OUT11)",
+            );
+        };
+        if self.eat(&Tok::DotDot) {
+            let s2 = self.span();
+            let Some((Tok::Name(last), _)) = self.next() else {
+                return err(s2, "expected the end of the range");
+            };
+            return Ok(format!("{first}..{last}"));
+        }
+        Ok(first)
     }
 
     fn call(&mut self, name: String, span: Span) -> Result<Expr, ParseError> {
@@ -230,20 +276,7 @@ impl Parser {
             }
             loop {
                 let span = self.span();
-                let Some((Tok::Name(first), _)) = self.next() else {
-                    return err(
-                        span,
-                        "expected a block (BASE, IN00, M00, OUT11), a component (TE1, TE2, VAE) or a range (OUT06..OUT11)",
-                    );
-                };
-                let mut selector = first;
-                if self.eat(&Tok::DotDot) {
-                    let s2 = self.span();
-                    let Some((Tok::Name(last), _)) = self.next() else {
-                        return err(s2, "expected the end of the range");
-                    };
-                    selector = format!("{selector}..{last}");
-                }
+                let selector = self.selector()?;
                 self.expect(&Tok::Colon, "':'")?;
                 let v = self.signed_number()?;
                 named.push((selector, v, span));
