@@ -206,10 +206,7 @@ pub fn sha256_cached_only(path: &Path) -> Option<String> {
 }
 
 fn cache_file() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("ckpt-diff").join("sha256.tsv"))
+    Some(crate::sys::cache_dir().join("sha256.tsv"))
 }
 
 /// `path<TAB>size<TAB>mtime_ns`.

@@ -88,12 +88,7 @@ pub struct Index {
 /// `$XDG_CACHE_HOME/ckpt-diff/index.sqlite`, else `~/.cache/ckpt-diff/index.sqlite` (the
 /// user profile's `AppData/Local` on Windows).
 pub fn default_path() -> PathBuf {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("LOCALAPPDATA").map(PathBuf::from))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    base.join("ckpt-diff").join("index.sqlite")
+    crate::sys::cache_dir().join("index.sqlite")
 }
 
 impl Index {

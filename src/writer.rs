@@ -282,7 +282,7 @@ fn layout(tensors: &[TensorSpec], metadata: &[(String, String)]) -> (Vec<u8>, Ve
     (header, offsets, at)
 }
 
-fn refuse_input(path: &Path, inputs: &[&Path]) -> Result<(), WriteError> {
+pub fn refuse_input(path: &Path, inputs: &[&Path]) -> Result<(), WriteError> {
     if inputs
         .iter()
         .any(|input| crate::sys::same_file(path, input))

@@ -85,3 +85,163 @@ fn recipe_lists_and_components_report_their_mistakes() {
         assert!(!out.exists(), "{steps}");
     }
 }
+
+/// `--dry-run` reports every problem of every input at once (a missing file, a truncated
+/// one, another architecture, an output that exists), exits non-zero and writes nothing;
+/// keys missing from one input are listed as copied.
+#[test]
+fn dry_run_reports_every_input_problem_at_once() {
+    let fam = family(Arch::Sd1);
+    let xl = family(Arch::Sdxl);
+    let cut = fam.dir.path("cut.safetensors");
+    let bytes = std::fs::read(&fam.fts[1]).unwrap();
+    std::fs::write(&cut, &bytes[..bytes.len() * 3 / 4]).unwrap();
+    let lacking = fam.dir.path("lacking.safetensors");
+    rewrite(&fam.fts[2], &lacking, |ts| {
+        ts.retain(|t| !t.name.contains("output_blocks.11.1.proj_out"))
+    });
+    let out = fam.dir.path("exists.safetensors");
+    std::fs::write(&out, b"keep me").unwrap();
+    let recipe = fam.dir.path("r.recipe");
+    let good = format!(
+        "B = \"{}\"\nF1 = \"{}\"\nL = \"{}\"\nOUT = ties(B, F1, L)\n",
+        s(&fam.base),
+        s(&fam.fts[0]),
+        s(&lacking)
+    );
+    std::fs::write(
+        &recipe,
+        format!(
+            "B = \"{}\"\nF1 = \"{}\"\nGONE = \"{}\"\nCUT = \"{}\"\nXL = \"{}\"\nOUT = avg(B, F1, GONE, CUT, XL)\n",
+            s(&fam.base),
+            s(&fam.fts[0]),
+            s(&fam.dir.path("gone.safetensors")),
+            s(&cut),
+            s(&xl.fts[0])
+        ),
+    )
+    .unwrap();
+    let (code, stdout, err) = run_code(&["merge", s(&recipe), "-o", s(&out), "--dry-run"]);
+    assert_ne!(code, 0);
+    for want in [
+        "4 problems found before reading any tensor data",
+        "exists.safetensors' exists: pass --force",
+        "'GONE'",
+        "No such file",
+        "'CUT'",
+        "truncated",
+        "B, F1 are SD1 (LDM) at 1/16 width; XL is SDXL base (SGM) at 1/32 width",
+    ] {
+        assert!(err.contains(want), "missing '{want}' in:\n{err}");
+    }
+    assert!(stdout.contains("problem: "), "{stdout}");
+    assert_eq!(std::fs::read(&out).unwrap(), b"keep me");
+
+    // A plan that can run: every component, the keys one input lacks, and JSON.
+    std::fs::write(&recipe, good).unwrap();
+    let fresh = fam.dir.path("fresh.safetensors");
+    let plan = run_json(&["merge", s(&recipe), "-o", s(&fresh), "--dry-run"]);
+    assert!(!fresh.exists(), "a dry run wrote its output");
+    let comps: Vec<&str> = plan["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["component"].as_str().unwrap())
+        .collect();
+    assert_eq!(comps, ["UNET", "TE1", "VAE"], "{plan}");
+    let copied = plan["copied"].as_array().unwrap();
+    assert!(
+        copied
+            .iter()
+            .any(|c| c[0].as_str().unwrap().contains("proj_out")
+                && c[1].as_str().unwrap().contains("missing from L")),
+        "{plan}"
+    );
+    assert!(plan["memory"]["anonymous"].as_u64().unwrap() > 0);
+    assert!(plan["output_bytes"].as_u64().unwrap() > plan["read_bytes"].as_u64().unwrap() / 4);
+}
+
+/// A dry run reads no tensor data: after dropping the inputs from the page cache, it leaves
+/// almost none of their pages resident (`fincore`), where reading them makes all resident.
+#[cfg(target_os = "linux")]
+#[test]
+fn dry_run_reads_no_tensor_data() {
+    use std::os::fd::AsRawFd;
+    let has_fincore = std::process::Command::new("fincore")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_fincore {
+        say_skipped("dry_run_reads_no_tensor_data (no fincore)");
+        return;
+    }
+    let dir = Dir::new();
+    let mut paths = Vec::new();
+    for (i, delta) in [None, Some("5:0.2"), Some("6:0.2")].iter().enumerate() {
+        let p = dir.path(&format!("m{i}.safetensors"));
+        let mut args = vec![
+            "synth",
+            "model",
+            "--arch",
+            "sd1",
+            "--scale",
+            "4",
+            "--seed",
+            "2",
+            s(&p),
+            "-q",
+        ];
+        if let Some(d) = delta {
+            args.extend(["--delta", d]);
+        }
+        run_ok(&args);
+        paths.push(p);
+    }
+    let resident = |p: &std::path::Path| -> u64 {
+        let o = std::process::Command::new("fincore")
+            .args(["--bytes", "--noheadings", "--output", "RES"])
+            .arg(p)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).trim().parse().unwrap()
+    };
+    let evict = |p: &std::path::Path| {
+        let f = std::fs::File::open(p).unwrap();
+        // SAFETY: a valid open descriptor; advice only.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    };
+    let size = std::fs::metadata(&paths[1]).unwrap().len();
+    evict(&paths[1]);
+    let _ = std::fs::read(&paths[1]).unwrap();
+    if resident(&paths[1]) < size / 2 {
+        say_skipped("dry_run_reads_no_tensor_data (the page cache does not report residency here)");
+        return;
+    }
+    let recipe = dir.path("r.recipe");
+    std::fs::write(
+        &recipe,
+        format!(
+            "B = \"{}\"\nF1 = \"{}\"\nF2 = \"{}\"\nOUT = tgmd(B, F1, F2)\n",
+            s(&paths[0]),
+            s(&paths[1]),
+            s(&paths[2])
+        ),
+    )
+    .unwrap();
+    paths.iter().for_each(|p| evict(p));
+    run_ok(&[
+        "merge",
+        s(&recipe),
+        "-o",
+        s(&dir.path("out.safetensors")),
+        "--dry-run",
+    ]);
+    for p in &paths {
+        let r = resident(p);
+        assert!(
+            r < size / 10,
+            "{}: {r} of {size} bytes resident after a dry run",
+            p.display()
+        );
+    }
+}

@@ -77,6 +77,10 @@ struct OutArgs {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Open and check every input, print the plan (what each component reads, memory,
+    /// output size, predicted time) and stop: no tensor is read, nothing is written.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 impl OutArgs {
@@ -115,6 +119,8 @@ impl OutArgs {
             input_hashes: !self.no_input_hashes,
             overwrite: self.force,
             on_open: super::common::warn_dangerous,
+            on_plan: |_| {},
+            dry_run: self.dry_run,
         })
     }
 }
@@ -166,11 +172,36 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         .output
         .clone()
         .context("name the output file with -o OUT.safetensors")?;
-    let options = out.options()?;
+    let mut options = out.options()?;
+    if !global.quiet && !out.dry_run {
+        // The plan goes to stderr before the pass; stdout keeps the summary.
+        options.on_plan = |plan| eprint!("{}", reports::merge::plan_text(plan));
+    }
     let recipe = merge::recipe::parse(&text).context("in the recipe")?;
-    let bar = Bar::new("merging", global.quiet);
-    let outcome = merge::run(&recipe, &base_dir, &output, &options, &bar)?;
+    let bar = Bar::new("merging", global.quiet || out.dry_run);
+    let outcome = match merge::run(&recipe, &base_dir, &output, &options, &bar) {
+        Ok(o) => o,
+        Err(merge::MergeError::Preflight(plan)) => {
+            drop(bar);
+            // The plan as far as it got, then the problems as the error.
+            if out.json {
+                print(&reports::merge::plan_document(&plan))?;
+            } else if out.dry_run {
+                print(&reports::merge::plan_text(&plan))?;
+            }
+            bail!("{}", plan.problems_text());
+        }
+        Err(e) => return Err(e.into()),
+    };
     drop(bar);
+    if outcome.dry_run {
+        print(&if out.json {
+            reports::merge::plan_document(&outcome.plan)
+        } else {
+            reports::merge::plan_text(&outcome.plan)
+        })?;
+        return Ok(Outcome::Ok);
+    }
     print(&if out.json {
         reports::merge::document(&outcome)
     } else {

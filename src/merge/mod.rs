@@ -17,6 +17,7 @@ pub mod engine;
 pub mod metadata;
 pub mod methods;
 pub mod plan;
+pub mod preflight;
 pub mod recipe;
 
 use std::collections::HashMap;
@@ -50,6 +51,9 @@ pub enum MergeError {
     Write(#[from] WriteError),
     #[error(transparent)]
     Pass(#[from] PassError),
+    /// Problems found before the pass (all of them), with the plan as far as it got.
+    #[error("{}", .0.problems_text())]
+    Preflight(Box<preflight::Preflight>),
 }
 
 /// How to merge.
@@ -66,6 +70,10 @@ pub struct Options {
     /// Called with each input once it is open, before any tensor is read (the CLI warns
     /// about dangerous pickles there).
     pub on_open: fn(&Checkpoint),
+    /// Called with the plan once every check passed, before the pass.
+    pub on_plan: fn(&preflight::Preflight),
+    /// Stop after the plan: open and check everything, read no tensor, write nothing.
+    pub dry_run: bool,
 }
 
 impl Default for Options {
@@ -77,6 +85,8 @@ impl Default for Options {
             input_hashes: true,
             overwrite: false,
             on_open: |_| {},
+            on_plan: |_| {},
+            dry_run: false,
         }
     }
 }
@@ -96,6 +106,12 @@ pub struct Outcome {
     pub coefficients: Option<String>,
     /// The inputs' SHA-256 (null when not computed).
     pub inputs: Vec<(String, Option<String>)>,
+    /// The plan shown before the pass.
+    pub plan: preflight::Preflight,
+    /// Only planned (`--dry-run`): nothing was read or written.
+    pub dry_run: bool,
+    /// Seconds the pass took (0 for a dry run).
+    pub seconds: f64,
 }
 
 /// An input model, opened.
@@ -123,28 +139,64 @@ pub fn run(
     options: &Options,
     progress: &dyn crate::pass::Progress,
 ) -> Result<Outcome, MergeError> {
-    crate::writer::refuse_existing(out, options.overwrite)?;
+    let mut problems = Vec::new();
+    if let Err(e) = crate::writer::refuse_existing(out, options.overwrite) {
+        problems.push(format!(
+            "{e}: pass --force to replace it, or choose another -o"
+        ));
+    }
     let recipe = &recipe::expand_lists(recipe, base_dir)?;
-    // Open the files the steps mention, to learn the architecture.
+    // Open every file the steps mention (all of them, to report every problem at once),
+    // to learn the architecture.
     let mentioned = plan::referenced_inputs(recipe);
     let mut opened: HashMap<String, Opened> = HashMap::new();
+    let mut planned = Vec::new();
+    let mut unopened = 0;
     for &i in &mentioned {
         let b = &recipe.bindings[i];
         let path = resolve_path(base_dir, &b.path);
-        let ckpt = Checkpoint::open(&path)?;
-        (options.on_open)(&ckpt);
-        let detection = detect(&ckpt);
-        opened.insert(
-            b.name.clone(),
-            Opened {
-                name: b.name.clone(),
-                path,
-                ckpt,
-                detection,
-            },
-        );
+        match Checkpoint::open(&path) {
+            Ok(ckpt) => {
+                (options.on_open)(&ckpt);
+                let detection = detect(&ckpt);
+                planned.push(preflight::PlannedInput {
+                    name: b.name.clone(),
+                    path: path.display().to_string(),
+                    bytes: ckpt.bytes().len() as u64,
+                    arch: match detection.layout {
+                        Layout::Known(a) => a.label().to_string(),
+                        Layout::Generic => "unknown".into(),
+                    },
+                });
+                opened.insert(
+                    b.name.clone(),
+                    Opened {
+                        name: b.name.clone(),
+                        path,
+                        ckpt,
+                        detection,
+                    },
+                );
+            }
+            Err(e) => {
+                unopened += 1;
+                problems.push(format!("'{}': {:#}", b.name, anyhow::Error::new(e)));
+            }
+        }
     }
-    let arch = common_arch(recipe, &opened)?;
+    let arch = match common_arch(recipe, &opened) {
+        Ok(a) => Some(a),
+        Err(mut more) => {
+            problems.append(&mut more);
+            None
+        }
+    };
+    // Without every input open there is no plan to make; report what was found so far.
+    let Some(arch) = arch.filter(|_| unopened == 0) else {
+        return Err(MergeError::Preflight(Box::new(
+            preflight::Preflight::failed(out, planned, problems),
+        )));
+    };
     let mut merge = plan::resolve(recipe, arch)?;
     compact(&mut merge);
     let models: Vec<&Opened> = merge
@@ -247,6 +299,76 @@ pub fn run(
     };
     let meta = metadata::build(&recipe.text, &infos, &dtype_label, precision_label);
     let input_paths: Vec<&Path> = models.iter().map(|m| m.path.as_path()).collect();
+
+    // The plan, and the checks of the output's place, before any tensor is read.
+    let mut plan_view = preflight::Preflight {
+        output: out.display().to_string(),
+        arch: Some(arch.label().to_string()),
+        inputs: planned,
+        ..Default::default()
+    };
+    if let Err(e) = crate::writer::refuse_input(out, &input_paths) {
+        problems.push(format!("{e}"));
+    }
+    let data: u64 = specs.iter().map(|t| t.byte_len() as u64).sum();
+    let header = recipe.text.len() as u64 * 2 + 160 * specs.len() as u64 + 4096;
+    preflight::describe(
+        &mut plan_view,
+        &merge,
+        &pass_plan,
+        &decisions,
+        data + header,
+    );
+    let dir = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        problems.push(format!(
+            "the output's folder '{}' does not exist: create it or choose another -o",
+            dir.display()
+        ));
+    } else {
+        plan_view.free_bytes = crate::sys::free_space(&dir);
+        if let Some(free) = plan_view.free_bytes
+            && free < plan_view.output_bytes
+        {
+            problems.push(format!(
+                "not enough free space in '{}': the output needs {} bytes and {free} are free; \
+                 free some space or write elsewhere",
+                dir.display(),
+                plan_view.output_bytes
+            ));
+        }
+    }
+    if !problems.is_empty() {
+        plan_view.problems = problems;
+        return Err(MergeError::Preflight(Box::new(plan_view)));
+    }
+    (options.on_plan)(&plan_view);
+    let outcome = |bytes: u64, seconds: f64, inputs, plan| Outcome {
+        output: out.display().to_string(),
+        arch,
+        tensors: decisions.outputs.len(),
+        merged: decisions
+            .outputs
+            .iter()
+            .filter(|o| matches!(o.source, Source::Merge { .. }))
+            .count(),
+        copied: decisions.copied.clone(),
+        skipped: decisions.skipped.clone(),
+        bytes,
+        coefficients: merge.is_linear().then(|| merge.to_string()),
+        inputs,
+        plan,
+        dry_run: options.dry_run,
+        seconds,
+    };
+    if options.dry_run {
+        let inputs = models.iter().map(|m| (m.name.clone(), None)).collect();
+        return Ok(outcome(0, 0.0, inputs, plan_view));
+    }
+    let started = std::time::Instant::now();
     let mut output = OutputFile::create(out, specs, &meta, &input_paths)?;
 
     let mut outputs = HashMap::new();
@@ -328,26 +450,14 @@ pub fn run(
         }
     }
     output.finish()?;
-
-    Ok(Outcome {
-        output: out.display().to_string(),
-        arch,
-        tensors: decisions.outputs.len(),
-        merged: decisions
-            .outputs
-            .iter()
-            .filter(|o| matches!(o.source, Source::Merge { .. }))
-            .count(),
-        copied: decisions.copied,
-        skipped: decisions.skipped,
-        bytes: count.bytes,
-        coefficients: merge.is_linear().then(|| merge.to_string()),
-        inputs: models
-            .iter()
-            .zip(hashes)
-            .map(|(m, h)| (m.name.clone(), h))
-            .collect(),
-    })
+    let seconds = started.elapsed().as_secs_f64();
+    preflight::rates::record(&plan_view.kind, plan_view.read_bytes, seconds);
+    let inputs = models
+        .iter()
+        .zip(hashes)
+        .map(|(m, h)| (m.name.clone(), h))
+        .collect();
+    Ok(outcome(count.bytes, seconds, inputs, plan_view))
 }
 
 /// A path from a recipe, relative to the recipe's folder unless absolute (`~/` expands).
@@ -365,37 +475,60 @@ pub fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
     }
 }
 
-/// The one architecture every opened input has.
-fn common_arch(recipe: &Recipe, opened: &HashMap<String, Opened>) -> Result<Arch, MergeError> {
-    let mut seen: Option<(&Opened, Arch, u32)> = None;
+/// The one architecture every opened input has, or every input that does not share it.
+fn common_arch(recipe: &Recipe, opened: &HashMap<String, Opened>) -> Result<Arch, Vec<String>> {
+    let mut problems = Vec::new();
+    // (architecture, scale) -> the inputs of it, in binding order.
+    let mut kinds: Vec<((Arch, u32), Vec<&str>)> = Vec::new();
     for b in &recipe.bindings {
         let Some(m) = opened.get(&b.name) else {
             continue;
         };
         let Layout::Known(arch) = m.detection.layout else {
-            return Err(MergeError::Inputs(format!(
-                "'{}' ({}) is not an SD1, SD2 or SDXL checkpoint ckpt-diff recognises; merges need one architecture \
-                 to map block weights",
+            problems.push(format!(
+                "'{}' ({}) is not a checkpoint of an architecture ckpt-diff recognises (SD1, SD2, \
+                 SDXL, Flux.1, SD3); merges need one architecture to map block weights",
                 m.name,
                 m.path.display()
-            )));
+            ));
+            continue;
         };
-        match seen {
-            None => seen = Some((m, arch, m.detection.scale)),
-            Some((first, a, s)) if a != arch || s != m.detection.scale => {
-                return Err(MergeError::Inputs(format!(
-                    "'{}' is {} and '{}' is {}; a recipe merges checkpoints of one architecture",
-                    first.name,
-                    a.label(),
-                    m.name,
-                    arch.label()
-                )));
-            }
-            _ => {}
+        let kind = (arch, m.detection.scale);
+        match kinds.iter_mut().find(|(k, _)| *k == kind) {
+            Some((_, names)) => names.push(&m.name),
+            None => kinds.push((kind, vec![&m.name])),
         }
     }
-    seen.map(|(_, a, _)| a)
-        .ok_or_else(|| MergeError::Inputs("the recipe uses no model file".into()))
+    if kinds.len() > 1 {
+        let parts: Vec<String> = kinds
+            .iter()
+            .map(|((a, scale), names)| {
+                let width = if *scale > 1 {
+                    format!(" at 1/{scale} width")
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{} {} {}{width}",
+                    names.join(", "),
+                    if names.len() == 1 { "is" } else { "are" },
+                    a.label()
+                )
+            })
+            .collect();
+        problems.push(format!(
+            "a recipe merges checkpoints of one architecture, but {}: leave out the others or \
+             merge each architecture in its own recipe",
+            parts.join("; ")
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    kinds
+        .first()
+        .map(|((a, _), _)| *a)
+        .ok_or_else(|| vec!["the recipe uses no model file".to_string()])
 }
 
 /// Drops the inputs the output does not depend on, renumbering the rest.

@@ -4,8 +4,9 @@
 //! as [key, why] pairs, `skipped`, `bytes`, `coefficients`, `inputs` as [name, sha256]
 //! pairs) after `"schema": 1, "command": "merge"`.
 
-use super::{bytes, first_few};
+use super::{TextTable, bytes, first_few};
 use crate::merge::Outcome;
+use crate::merge::preflight::Preflight;
 
 /// The summary: what was written, the per-block coefficients of a linear recipe, and the
 /// keys copied or left out. `file_bytes` is the output's size on disk.
@@ -49,4 +50,109 @@ pub fn text(outcome: &Outcome, file_bytes: u64) -> String {
 /// `merge --json`.
 pub fn document(outcome: &Outcome) -> String {
     super::json::document("merge", outcome)
+}
+
+/// The plan shown before a pass (`merge --dry-run` prints only this): the inputs, what each
+/// component reads, sizes, memory, the predicted time, and any problem.
+pub fn plan_text(plan: &Preflight) -> String {
+    let total: u64 = plan.inputs.iter().map(|i| i.bytes).sum();
+    let mut s = format!(
+        "plan: {} from {} input{} ({}){}\n",
+        plan.output,
+        plan.inputs.len(),
+        if plan.inputs.len() == 1 { "" } else { "s" },
+        bytes(total),
+        plan.arch
+            .as_ref()
+            .map(|a| format!(", {a}"))
+            .unwrap_or_default()
+    );
+    if !plan.components.is_empty() {
+        let mut t = TextTable::new(
+            &["component", "reads", "method", "merged", "copied"],
+            &[false, false, false, true, true],
+        );
+        for c in &plan.components {
+            let reads = if c.reads.len() > 6 {
+                format!(
+                    "{} inputs: {}, ..., {}",
+                    c.reads.len(),
+                    c.reads[0],
+                    c.reads[c.reads.len() - 1]
+                )
+            } else if c.reads.is_empty() {
+                "-".into()
+            } else {
+                c.reads.join(", ")
+            };
+            t.push(vec![
+                c.component.clone(),
+                reads,
+                c.methods.join(", "),
+                c.merged.to_string(),
+                c.copied.to_string(),
+            ]);
+        }
+        s.push_str(&t.terminal());
+        s.push('\n');
+        s.push_str(&format!(
+            "output: {}{}; reads {} of tensors\n",
+            bytes(plan.output_bytes),
+            plan.free_bytes
+                .map(|f| format!(" ({} free there)", bytes(f)))
+                .unwrap_or_default(),
+            bytes(plan.read_bytes)
+        ));
+        let m = &plan.memory;
+        s.push_str(&format!(
+            "memory: at most {} anonymous on {} thread{}{}; {} of input pages mapped at once\n",
+            bytes(m.anonymous),
+            m.threads,
+            if m.threads == 1 { "" } else { "s" },
+            m.largest_whole
+                .as_ref()
+                .map(|k| format!(" (largest tensor taken whole: {k})"))
+                .unwrap_or_default(),
+            bytes(m.mapped)
+        ));
+        s.push_str(&match (plan.predicted_seconds, &plan.rate) {
+            (Some(secs), Some((rate, kind))) => format!(
+                "time: about {} (at {}/s, this machine's last {kind} merge)\n",
+                crate::units::duration(secs),
+                bytes(*rate as u64)
+            ),
+            _ => format!(
+                "time: not predicted yet (this machine has measured no {} merge; this one will be recorded)\n",
+                plan.kind
+            ),
+        });
+    }
+    if !plan.copied.is_empty() {
+        let items: Vec<String> = plan
+            .copied
+            .iter()
+            .map(|(k, why)| format!("{k} ({why})"))
+            .collect();
+        s.push_str(&format!(
+            "copied unchanged ({}): {}\n",
+            items.len(),
+            first_few(&items, 5)
+        ));
+    }
+    if !plan.skipped.is_empty() {
+        s.push_str(&format!(
+            "left out ({}): {}\n",
+            plan.skipped.len(),
+            first_few(&plan.skipped, 5)
+        ));
+    }
+    for p in &plan.problems {
+        s.push_str(&format!("problem: {p}\n"));
+    }
+    s
+}
+
+/// `merge --dry-run --json`: the [`Preflight`] fields.
+pub fn plan_document(plan: &Preflight) -> String {
+    super::json::document("merge-plan", plan)
 }

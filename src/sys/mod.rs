@@ -50,6 +50,18 @@ macro_rules! dispatch {
     }};
 }
 
+/// ckpt-diff's cache folder: `$XDG_CACHE_HOME/ckpt-diff`, else `%LOCALAPPDATA%/ckpt-diff`
+/// on Windows, else `~/.cache/ckpt-diff` (the current folder when none is known).
+pub fn cache_dir() -> std::path::PathBuf {
+    use std::path::PathBuf;
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("LOCALAPPDATA").map(PathBuf::from))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("ckpt-diff")
+}
+
 /// Bytes available to this user on the file system that holds `dir`, if the OS says.
 pub fn free_space(dir: &Path) -> Option<u64> {
     dispatch!(free_space(dir))

@@ -51,6 +51,10 @@ pub struct GeoMedian {
 }
 
 impl NodeMethod for GeoMedian {
+    fn bits_per_element(&self, _: usize) -> usize {
+        64
+    }
+
     /// The median of the whole range.
     fn prepare(&self, t: &dyn TensorInputs) -> Prepared {
         let origin = t.range().start;

@@ -252,6 +252,12 @@ pub trait NodeMethod: fmt::Debug + Send + Sync {
         Box::new(())
     }
 
+    /// Bits the method keeps per element of a tensor it merges whole (for the memory the
+    /// plan states), with `models` inputs.
+    fn bits_per_element(&self, _models: usize) -> usize {
+        0
+    }
+
     /// The method's values over elements `start..end`.
     fn eval(&self, t: &dyn TensorInputs, prepared: &Prepared, start: usize, end: usize)
     -> Vec<f64>;

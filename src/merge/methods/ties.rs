@@ -481,6 +481,25 @@ fn sign(x: f64) -> i8 {
 }
 
 impl NodeMethod for Ties {
+    /// f32 magnitudes (top-k), the elected sign (stock, median), the f64 median, and with
+    /// DELLA one bit per model plus the rank order (8 bytes) while it is built.
+    fn bits_per_element(&self, models: usize) -> usize {
+        let mut bits = 0;
+        if self.k < 1.0 {
+            bits += 32;
+        }
+        if self.combine != Combine::Mean {
+            bits += 8;
+        }
+        if self.combine == Combine::Median {
+            bits += 64;
+        }
+        if self.drop > 0.0 && self.della_eps != 0.0 {
+            bits += models + 64;
+        }
+        bits
+    }
+
     fn prepare(&self, t: &dyn TensorInputs) -> Prepared {
         let range = t.range();
         let origin = range.start;

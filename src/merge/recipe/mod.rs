@@ -475,7 +475,65 @@ mod tests {
                 parts.extend(options.iter().map(|(k, _, _)| format!("{k}=..")));
                 format!("{name}({})", parts.join(", "))
             }
+            Expr::Components(parts, _) => {
+                let parts: Vec<String> = parts
+                    .iter()
+                    .map(|(sel, e, _)| format!("{sel}: {}", shape(e)))
+                    .collect();
+                format!("{{{}}}", parts.join(", "))
+            }
         }
+    }
+
+    #[test]
+    fn component_wise_steps_and_model_lists() {
+        let r = parse(
+            "base = b.safetensors\n\
+             unets = glob(\"xl/*.safetensors\")\n\
+             clips = list(\"clips.txt\")\n\
+             alpha = {OUT06..OUT11: 0.15}\n\
+             OUT = {UNET: avg(unets), TE1: ties(base, clips, k=0.5), OUT06..OUT11: base x 0.5, VAE: base}\n",
+        )
+        .unwrap();
+        assert_eq!(r.globals.len(), 1, "named weights stay a parameter");
+        assert_eq!(
+            r.lists.iter().map(|l| l.source.clone()).collect::<Vec<_>>(),
+            [
+                ListSource::Glob("xl/*.safetensors".into()),
+                ListSource::File("clips.txt".into())
+            ]
+        );
+        assert_eq!(
+            shape(&r.steps[0].expr),
+            "{UNET: avg(unets), TE1: ties(base, clips, k=..), OUT06..OUT11: (base * 0.5), VAE: base}"
+        );
+        // Lists expand in place of their name, in sorted order, into bindings.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("xl")).unwrap();
+        for n in ["b2", "a1", "c3"] {
+            std::fs::write(dir.path().join(format!("xl/{n}.safetensors")), b"").unwrap();
+        }
+        std::fs::write(
+            dir.path().join("clips.txt"),
+            "# two\nxl/c3.safetensors\nxl/a1.safetensors\n",
+        )
+        .unwrap();
+        let x = expand_lists(&r, dir.path()).unwrap();
+        assert_eq!(
+            shape(&x.steps[0].expr),
+            "{UNET: avg(unets[1], unets[2], unets[3]), TE1: ties(base, clips[1], clips[2], k=..), OUT06..OUT11: (base * 0.5), VAE: base}"
+        );
+        let path_of = |n: &str| {
+            x.bindings
+                .iter()
+                .find(|b| b.name == n)
+                .unwrap()
+                .path
+                .clone()
+        };
+        assert!(path_of("unets[1]").ends_with("xl/a1.safetensors"));
+        assert!(path_of("unets[3]").ends_with("xl/c3.safetensors"));
+        assert!(path_of("clips[1]").ends_with("xl/c3.safetensors"));
     }
 
     #[test]
