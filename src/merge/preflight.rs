@@ -9,7 +9,7 @@
 //! * a streamed item: its 8 MiB of output and (N + 2) chunks of 64 Ki f64 (the inputs'
 //!   values being combined), and
 //! * the largest tensor a per-tensor method merges: its output bytes, the method's own
-//!   buffers per element ([`NodeMethod::bits_per_element`](super::methods::NodeMethod::bits_per_element)), and the chunks;
+//!   buffers per element ([`NodeMethod::buffer_bytes`](super::methods::NodeMethod::buffer_bytes)), and the chunks;
 //!
 //! plus four finished pieces waiting for the writer. Nothing grows with the number of
 //! tensors; with N inputs only the chunks (and DELLA's bits) do. The inputs' pages are
@@ -236,7 +236,7 @@ fn method_names(
         }
         Node::Method { name, method, .. } => {
             out.push((*name).to_string());
-            *buffers += method.bits_per_element(merge.inputs.len()) as u64 * numel / 8;
+            *buffers += method.buffer_bytes(numel as usize, merge.inputs.len());
         }
     }
     for c in merge.needed_children(n, row) {

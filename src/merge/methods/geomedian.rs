@@ -51,8 +51,8 @@ pub struct GeoMedian {
 }
 
 impl NodeMethod for GeoMedian {
-    fn bits_per_element(&self, _: usize) -> usize {
-        64
+    fn buffer_bytes(&self, numel: usize, _: usize) -> u64 {
+        8 * numel as u64
     }
 
     /// The median of the whole range.

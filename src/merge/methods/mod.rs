@@ -252,9 +252,9 @@ pub trait NodeMethod: fmt::Debug + Send + Sync {
         Box::new(())
     }
 
-    /// Bits the method keeps per element of a tensor it merges whole (for the memory the
-    /// plan states), with `models` inputs.
-    fn bits_per_element(&self, _models: usize) -> usize {
+    /// Bytes the method keeps while it merges a tensor of `numel` elements whole, with
+    /// `models` inputs (for the memory the plan states).
+    fn buffer_bytes(&self, _numel: usize, _models: usize) -> u64 {
         0
     }
 

@@ -69,6 +69,10 @@ const fn positive(name: &'static str, default: f64) -> Opt {
     }
 }
 
+/// The most the geometric median keeps of the filtered deltas (N × the tensor in f32) to
+/// spare recomputing them on each of its sweeps.
+pub const MEDIAN_CACHE_BYTES: usize = 1 << 30;
+
 pub const VOTES: &[&str] = &["magnitude", "count"];
 pub const COMBINES: &[&str] = &["mean", "stock", "median"];
 pub const LIKES: &[&str] = &["ckpt-diff", "sd-mecha"];
@@ -481,23 +485,31 @@ fn sign(x: f64) -> i8 {
 }
 
 impl NodeMethod for Ties {
-    /// f32 magnitudes (top-k), the elected sign (stock, median), the f64 median, and with
-    /// DELLA one bit per model plus the rank order (8 bytes) while it is built.
-    fn bits_per_element(&self, models: usize) -> usize {
-        let mut bits = 0;
+    /// f32 magnitudes (top-k), the elected sign (stock, median), the f64 median and its
+    /// f32 copy of the filtered deltas while that fits its cap, and with DELLA one bit per
+    /// model plus the rank order (8 bytes) while it is built.
+    fn buffer_bytes(&self, numel: usize, models: usize) -> u64 {
+        let n = numel as u64;
+        let mut bytes = 0;
         if self.k < 1.0 {
-            bits += 32;
+            bytes += 4 * n;
         }
         if self.combine != Combine::Mean {
-            bits += 8;
+            bytes += n;
         }
         if self.combine == Combine::Median {
-            bits += 64;
+            let cache = 4 * n * models as u64;
+            bytes += 8 * n
+                + if cache <= MEDIAN_CACHE_BYTES as u64 {
+                    cache
+                } else {
+                    0
+                };
         }
         if self.drop > 0.0 && self.della_eps != 0.0 {
-            bits += models + 64;
+            bytes += n * models as u64 / 8 + 8 * n;
         }
-        bits
+        bytes
     }
 
     fn prepare(&self, t: &dyn TensorInputs) -> Prepared {
@@ -550,10 +562,44 @@ impl NodeMethod for Ties {
                     self.weights.clone()
                 };
                 let st_ref = &st;
-                let z = weiszfeld(t, &weights, self.eps, self.maxiter, self.ftol, |i, s, e| {
-                    let base = t.input(0, s, e);
-                    self.filtered(t, st_ref, i, s, &base)
-                });
+                let n = range.len();
+                // Weiszfeld sweeps the filtered deltas twice a step; when they fit the
+                // budget they are kept as f32 (exact for fp16 and bf16 inputs, whose
+                // differences need at most 24 bits when the two are close), else each sweep
+                // recomputes them from the mapped inputs.
+                let cache: Option<Vec<f32>> =
+                    (self.models() * n * 4 <= MEDIAN_CACHE_BYTES).then(|| {
+                        let mut c = vec![0f32; self.models() * n];
+                        sweep(t, |s, e| {
+                            let base = t.input(0, s, e);
+                            for i in 0..self.models() {
+                                let g = self.filtered(t, st_ref, i, s, &base);
+                                let at = i * n + s - origin;
+                                for (c, v) in c[at..at + e - s].iter_mut().zip(&g) {
+                                    *c = *v as f32;
+                                }
+                            }
+                        });
+                        c
+                    });
+                let z =
+                    weiszfeld(
+                        t,
+                        &weights,
+                        self.eps,
+                        self.maxiter,
+                        self.ftol,
+                        |i, s, e| match &cache {
+                            Some(c) => c[i * n + s - origin..i * n + e - origin]
+                                .iter()
+                                .map(|&v| v as f64)
+                                .collect(),
+                            None => {
+                                let base = t.input(0, s, e);
+                                self.filtered(t, st_ref, i, s, &base)
+                            }
+                        },
+                    );
                 st.median = Some(z);
             }
         }
