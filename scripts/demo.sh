@@ -106,4 +106,17 @@ $bin lineage "$data/sd1/mbw-ft1-ft2.safetensors" --index "$data/index.sqlite" --
     --report "$out/lineage" -q | tee "$out/lineage.txt"
 $bin index --index "$data/index.sqlite" export --parquet "$data/index.parquet" -q | tee -a "$out/index-add.txt"
 
+step "many models: a component-wise recipe over a glob, TGMD (AstolfoMix-XL's method), the plan first"
+cat > "$data/sd1/many.recipe" <<'RECIPE'
+base = base.safetensors
+fts  = glob("ft*.safetensors")
+OUT  = {UNET: tgmd(base, fts, seed=7), TE: avg(fts), VAE: base}
+RECIPE
+$bin merge "$data/sd1/many.recipe" -o "$data/sd1/many.safetensors" --force --dry-run | tee "$out/many-plan.txt"
+$bin merge "$data/sd1/many.recipe" -o "$data/sd1/many.safetensors" --force -q | tee "$out/many.txt"
+echo "a dry run that finds problems (a missing input, an existing output), all at once:" | tee -a "$out/many-plan.txt"
+printf 'base = base.safetensors\nft1 = ft1.safetensors\nlost = lost.safetensors\nOUT = ties(base, ft1, lost)\n' \
+    > "$data/sd1/broken.recipe"
+$bin merge "$data/sd1/broken.recipe" -o "$data/sd1/many.safetensors" --dry-run 2>&1 | tee -a "$out/many-plan.txt" || true
+
 step "done: outputs in $out/ (reports: $out/l2/index.html, $out/clone-check/index.html, $out/lineage/index.html)"

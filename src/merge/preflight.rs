@@ -193,8 +193,13 @@ pub fn describe(
         }
     }
     for cp in by_component.values_mut() {
-        if cp.methods.is_empty() && cp.merged == 0 {
-            cp.methods.push("copied".into());
+        if cp.methods.is_empty() {
+            let what = if cp.merged == 0 {
+                "copied"
+            } else {
+                "one input as is"
+            };
+            cp.methods.push(what.into());
         }
     }
     pf.components = by_component.into_values().collect();
@@ -211,9 +216,13 @@ pub fn describe(
         largest_whole: largest_whole.map(|(_, k)| k),
     };
     pf.kind = kind(merge);
-    if let Some(rate) = rates::lookup(&pf.kind) {
+    // The rate of the same kind; else, as a lower bound, a linear merge's (the read alone).
+    let known = rates::lookup(&pf.kind)
+        .map(|r| (r, pf.kind.clone()))
+        .or_else(|| rates::lookup("linear").map(|r| (r, "linear".to_string())));
+    if let Some((rate, kind)) = known {
         pf.predicted_seconds = Some(read_bytes as f64 / rate);
-        pf.rate = Some((rate, pf.kind.clone()));
+        pf.rate = Some((rate, kind));
     }
 }
 
@@ -229,8 +238,17 @@ fn method_names(
     let n = &merge.nodes[node];
     match n {
         Node::Input(_) => {}
-        Node::Linear(_) => {
-            if !out.iter().any(|m| m == "linear") {
+        // A combination that only passes one model through (a component-wise step's
+        // selection) is not a method of its own.
+        Node::Linear(c) => {
+            let terms: Vec<f64> = c
+                .terms
+                .iter()
+                .map(|(_, p)| p[row])
+                .filter(|v| *v != 0.0)
+                .collect();
+            let passes = terms.len() == 1 && terms[0] == 1.0;
+            if !passes && !out.iter().any(|m| m == "linear") {
                 out.push("linear".into());
             }
         }

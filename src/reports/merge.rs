@@ -2,7 +2,11 @@
 //!
 //! JSON schema 1: the [`Outcome`] fields (`output`, `arch`, `tensors`, `merged`, `copied`
 //! as [key, why] pairs, `skipped`, `bytes`, `coefficients`, `inputs` as [name, sha256]
-//! pairs) after `"schema": 1, "command": "merge"`.
+//! pairs, `plan` as below, `dry_run`, `seconds`) after `"schema": 1, "command": "merge"`.
+//! `merge --dry-run --json` prints the plan alone (`"command": "merge-plan"`): the
+//! [`Preflight`] fields (`output`, `arch`, `inputs`, `components` with what each reads and by
+//! which methods, `copied`, `skipped`, `output_bytes`, `free_bytes`, `read_bytes`, `memory`,
+//! `predicted_seconds`, `rate`, `kind`, `problems`).
 
 use super::{TextTable, bytes, first_few};
 use crate::merge::Outcome;
@@ -116,10 +120,16 @@ pub fn plan_text(plan: &Preflight) -> String {
             bytes(m.mapped)
         ));
         s.push_str(&match (plan.predicted_seconds, &plan.rate) {
-            (Some(secs), Some((rate, kind))) => format!(
+            (Some(secs), Some((rate, kind))) if *kind == plan.kind => format!(
                 "time: about {} (at {}/s, this machine's last {kind} merge)\n",
                 crate::units::duration(secs),
                 bytes(*rate as u64)
+            ),
+            (Some(secs), Some((rate, kind))) => format!(
+                "time: at least {} (the read alone at {}/s, this machine's last {kind} merge; no {} merge measured yet)\n",
+                crate::units::duration(secs),
+                bytes(*rate as u64),
+                plan.kind
             ),
             _ => format!(
                 "time: not predicted yet (this machine has measured no {} merge; this one will be recorded)\n",

@@ -343,6 +343,9 @@ fn as_list(rhs: &str) -> Option<ListSource> {
 /// call's argument. Matches are sorted, so a glob gives the same order everywhere.
 pub fn expand_lists(recipe: &Recipe, base_dir: &std::path::Path) -> Result<Recipe, ParseError> {
     let mut out = recipe.clone();
+    // Members are bound by absolute path: a path found under a relative folder already
+    // holds that folder, and bindings are resolved against it again.
+    let base_dir = &std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
     for list in &mut out.lists {
         let paths: Vec<String> = match &list.source {
             ListSource::Glob(pattern) => {
