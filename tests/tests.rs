@@ -12,6 +12,7 @@ mod fp8;
 mod hash;
 mod l2;
 mod lineage;
+mod lora;
 mod merge;
 mod props;
 mod recipes;

@@ -14,6 +14,7 @@ pub mod blocks;
 pub mod data;
 pub mod detect;
 pub mod keys;
+pub mod lora;
 pub mod releases;
 pub mod selector;
 

@@ -22,6 +22,19 @@ pub fn run(args: Args, _global: &Global) -> Result<Outcome> {
     let mut reports_json = Vec::new();
     for (i, path) in args.files.iter().enumerate() {
         let model = Model::open(path)?;
+        if let Some(lora) = crate::views::lora::read(&model.ckpt) {
+            if format == Format::Json {
+                reports_json.push(serde_json::from_str::<serde_json::Value>(
+                    &reports::lora::document(&lora),
+                )?);
+            } else {
+                if i > 0 {
+                    print("\n")?;
+                }
+                print(&reports::lora::text(&lora))?;
+            }
+            continue;
+        }
         let report = crate::views::inspect::inspect(&model.ckpt, &model.detection);
         if format == Format::Json {
             reports_json.push(serde_json::from_str::<serde_json::Value>(

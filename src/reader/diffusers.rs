@@ -126,7 +126,7 @@ fn component_file(dir: &Path) -> Option<PathBuf> {
 
 /// The architecture of a diffusers folder.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Family {
+pub(crate) enum Family {
     Sd1,
     Sd2,
     Sdxl,
@@ -251,7 +251,7 @@ struct Mapped {
 }
 
 /// `(diffusers prefix, single-file prefix)` pairs of the U-Net, most specific first.
-fn unet_prefixes(family: Family) -> Vec<(String, String)> {
+pub(crate) fn unet_prefixes(family: Family) -> Vec<(String, String)> {
     let mut m = Vec::new();
     // Levels, and which levels' down and up blocks have attentions.
     type Has = fn(usize) -> bool;
@@ -303,7 +303,7 @@ fn unet_prefixes(family: Family) -> Vec<(String, String)> {
     m
 }
 
-const UNET_FIXED: [(&str, &str); 13] = [
+pub(crate) const UNET_FIXED: [(&str, &str); 13] = [
     ("time_embedding.linear_1.", "time_embed.0."),
     ("time_embedding.linear_2.", "time_embed.2."),
     ("add_embedding.linear_1.", "label_emb.0.0."),
@@ -319,30 +319,35 @@ const UNET_FIXED: [(&str, &str); 13] = [
     ("conv_shortcut.", "skip_connection."),
 ];
 
+/// A diffusers U-Net name (`down_blocks.1.attentions.0.proj_in.weight`) as the single file
+/// names it after `model.diffusion_model.` (`input_blocks.4.1.proj_in.weight`).
+pub(crate) fn unet_name(name: &str, prefixes: &[(String, String)]) -> Option<String> {
+    UNET_FIXED[..7]
+        .iter()
+        .find_map(|(hf, sd)| name.strip_prefix(hf).map(|rest| format!("{sd}{rest}")))
+        .or_else(|| {
+            prefixes.iter().find_map(|(hf, sd)| {
+                let rest = name.strip_prefix(hf.as_str())?;
+                // Inside a resnet the part names differ too.
+                let rest = if hf.contains("resnets") {
+                    UNET_FIXED[7..13]
+                        .iter()
+                        .find_map(|(h, s)| rest.strip_prefix(h).map(|r| format!("{s}{r}")))
+                        .unwrap_or_else(|| rest.to_string())
+                } else {
+                    rest.to_string()
+                };
+                Some(format!("{sd}{rest}"))
+            })
+        })
+}
+
 fn map_unet(names: &[&str], family: Family, part: usize, _c: &Checkpoint) -> Mapped {
     let prefixes = unet_prefixes(family);
     let mut outs = Vec::new();
     let mut unmapped = Vec::new();
     for &name in names {
-        let mapped = UNET_FIXED[..7]
-            .iter()
-            .find_map(|(hf, sd)| name.strip_prefix(hf).map(|rest| format!("{sd}{rest}")))
-            .or_else(|| {
-                prefixes.iter().find_map(|(hf, sd)| {
-                    let rest = name.strip_prefix(hf.as_str())?;
-                    // Inside a resnet the part names differ too.
-                    let rest = if hf.contains("resnets") {
-                        UNET_FIXED[7..13]
-                            .iter()
-                            .find_map(|(h, s)| rest.strip_prefix(h).map(|r| format!("{s}{r}")))
-                            .unwrap_or_else(|| rest.to_string())
-                    } else {
-                        rest.to_string()
-                    };
-                    Some(format!("{sd}{rest}"))
-                })
-            });
-        match mapped {
+        match unet_name(name, &prefixes) {
             Some(m) => outs.push(Out::Same {
                 part,
                 name: name.to_string(),

@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod json;
 pub mod l2;
 pub mod lineage;
+pub mod lora;
 pub mod merge;
 pub mod parquet;
 pub mod sim;

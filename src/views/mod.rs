@@ -8,6 +8,7 @@ pub mod fit;
 pub mod inspect;
 pub mod l2;
 pub mod lineage;
+pub mod lora;
 pub mod mds;
 pub mod sim;
 pub mod validate;

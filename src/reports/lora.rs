@@ -1,0 +1,66 @@
+//! `inspect` on a LoRA file: the network, the base architecture, ranks and alphas, the
+//! blocks touched, modules that patch nothing known, and kohya's training metadata.
+//!
+//! JSON schema 1 (`"command": "inspect-lora"`): the [`LoraReport`] fields, `modules` each
+//! with `stem`, `kind`, `rank`, `alpha`, `target` (the checkpoint key) and `block`.
+
+use super::{TextTable, bytes, first_few};
+use crate::views::lora::LoraReport;
+
+pub fn text(r: &LoraReport) -> String {
+    let mut s = format!(
+        "{} ({}): {} LoRA for {}, {} modules\n",
+        r.file,
+        bytes(r.bytes),
+        r.network,
+        r.arch.map_or("an unknown architecture", |a| a.label()),
+        r.modules.len()
+    );
+    let list = |v: &[(String, usize)]| -> String {
+        v.iter()
+            .map(|(x, n)| format!("{x} ({n})"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let ranks: Vec<(String, usize)> = r.ranks.iter().map(|(k, n)| (k.to_string(), *n)).collect();
+    let alphas: Vec<(String, usize)> = r.alphas.iter().map(|(k, n)| (format!("{k}"), *n)).collect();
+    s.push_str(&format!(
+        "rank: {}\n",
+        if ranks.is_empty() {
+            "-".into()
+        } else {
+            list(&ranks)
+        }
+    ));
+    s.push_str(&format!(
+        "alpha: {}\n",
+        if alphas.is_empty() {
+            "-".into()
+        } else {
+            list(&alphas)
+        }
+    ));
+    if !r.blocks.is_empty() {
+        let mut t = TextTable::new(&["block", "modules"], &[false, true]);
+        for (b, n) in &r.blocks {
+            t.push(vec![b.clone(), n.to_string()]);
+        }
+        s.push_str(&t.terminal());
+        s.push('\n');
+    }
+    if !r.unknown.is_empty() {
+        s.push_str(&format!(
+            "modules that patch no key of this architecture ({}): {}\n",
+            r.unknown.len(),
+            first_few(&r.unknown, 5)
+        ));
+    }
+    for (k, v) in &r.training {
+        s.push_str(&format!("{k}: {v}\n"));
+    }
+    s
+}
+
+pub fn document(r: &LoraReport) -> String {
+    super::json::document("inspect-lora", r)
+}

@@ -1,0 +1,182 @@
+//! LoRA files: each module mapped to the checkpoint key it patches and to its block, for
+//! kohya's naming rules, checked against pairs written out here from those rules (not from
+//! the code's table); unknown modules reported; `inspect` on a LoRA.
+
+use crate::util::*;
+
+fn f16_bytes(n: usize, v: f32) -> Vec<u8> {
+    (0..n)
+        .flat_map(|_| half::f16::from_f32(v).to_le_bytes())
+        .collect()
+}
+
+/// A kohya module: down [rank, in(, k, k)], up [out, rank(, 1, 1)], alpha.
+fn module(
+    stem: &str,
+    rank: usize,
+    inp: usize,
+    out: usize,
+    kernel: usize,
+    alpha: f32,
+) -> Vec<RawTensor> {
+    let (down, up) = if kernel > 0 {
+        (vec![rank, inp, kernel, kernel], vec![out, rank, 1, 1])
+    } else {
+        (vec![rank, inp], vec![out, rank])
+    };
+    vec![
+        RawTensor {
+            name: format!("{stem}.lora_down.weight"),
+            dtype: "F16".into(),
+            data: f16_bytes(down.iter().product(), 0.01),
+            shape: down,
+        },
+        RawTensor {
+            name: format!("{stem}.lora_up.weight"),
+            dtype: "F16".into(),
+            data: f16_bytes(up.iter().product(), 0.0),
+            shape: up,
+        },
+        RawTensor {
+            name: format!("{stem}.alpha"),
+            dtype: "F32".into(),
+            shape: vec![],
+            data: alpha.to_le_bytes().to_vec(),
+        },
+    ]
+}
+
+/// (kohya stem, the key it patches, its block), by the naming rule: `lora_unet_` + the
+/// layer's module path with `.` as `_`; SD1 in diffusers paths (down_blocks.1.attentions.0 is
+/// input_blocks.4.1; up_blocks.3.attentions.2 is output_blocks.11.1; resnet conv1 is
+/// in_layers.2), SDXL in the single-file paths sd-scripts' SDXL U-Net has.
+const SD1: &[(&str, &str, &str)] = &[
+    (
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q",
+        "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight",
+        "IN04",
+    ),
+    (
+        "lora_unet_up_blocks_3_attentions_2_proj_out",
+        "model.diffusion_model.output_blocks.11.1.proj_out.weight",
+        "OUT11",
+    ),
+    (
+        "lora_unet_mid_block_attentions_0_transformer_blocks_0_ff_net_0_proj",
+        "model.diffusion_model.middle_block.1.transformer_blocks.0.ff.net.0.proj.weight",
+        "M00",
+    ),
+    (
+        "lora_unet_down_blocks_0_resnets_1_conv1",
+        "model.diffusion_model.input_blocks.2.0.in_layers.2.weight",
+        "IN02",
+    ),
+    (
+        "lora_te_text_model_encoder_layers_11_self_attn_v_proj",
+        "cond_stage_model.transformer.text_model.encoder.layers.11.self_attn.v_proj.weight",
+        "TE1",
+    ),
+];
+
+const SDXL: &[(&str, &str, &str)] = &[
+    (
+        "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q",
+        "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight",
+        "IN04",
+    ),
+    (
+        "lora_unet_output_blocks_2_1_transformer_blocks_9_attn2_to_k",
+        "model.diffusion_model.output_blocks.2.1.transformer_blocks.9.attn2.to_k.weight",
+        "OUT02",
+    ),
+    (
+        "lora_unet_middle_block_1_proj_in",
+        "model.diffusion_model.middle_block.1.proj_in.weight",
+        "M00",
+    ),
+    // The same layer in diffusers paths (down_blocks.1.attentions.0 is input_blocks.4.1).
+    (
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_1_attn1_to_out_0",
+        "model.diffusion_model.input_blocks.4.1.transformer_blocks.1.attn1.to_out.0.weight",
+        "IN04",
+    ),
+    (
+        "lora_te1_text_model_encoder_layers_3_mlp_fc2",
+        "conditioner.embedders.0.transformer.text_model.encoder.layers.3.mlp.fc2.weight",
+        "TE1",
+    ),
+];
+
+#[test]
+fn kohya_modules_map_to_their_keys_and_blocks() {
+    let dir = Dir::new();
+    for (arch, pairs, label) in [("SD1 (LDM)", SD1, "sd1"), ("SDXL base (SGM)", SDXL, "sdxl")] {
+        let mut tensors = Vec::new();
+        for (i, (stem, _, _)) in pairs.iter().enumerate() {
+            // One LoCon module (a 3x3 down) and mixed ranks.
+            let kernel = if stem.contains("resnets_1_conv1") {
+                3
+            } else {
+                0
+            };
+            tensors.extend(module(stem, 4 + 4 * (i % 2), 8, 8, kernel, 2.0));
+        }
+        tensors.extend(module(
+            "lora_unet_not_a_layer_of_any_model",
+            4,
+            8,
+            8,
+            0,
+            4.0,
+        ));
+        let path = dir.path(&format!("{label}.safetensors"));
+        write_raw(
+            &path,
+            &tensors,
+            &[
+                ("ss_network_module", "networks.lora"),
+                ("ss_resolution", "(1024, 1024)"),
+                (
+                    "ss_tag_frequency",
+                    r#"{"10_astolfo": {"astolfo": 40, " 1boy": 38, "pink hair": 12}}"#,
+                ),
+            ],
+            0,
+        );
+        let v = run_json(&["inspect", s(&path)]);
+        assert_eq!(v["arch"], label, "{v}");
+        let modules = v["modules"].as_array().unwrap();
+        assert_eq!(modules.len(), pairs.len() + 1, "{v}");
+        for (stem, key, block) in pairs.iter() {
+            let m = modules
+                .iter()
+                .find(|m| m["stem"] == *stem)
+                .unwrap_or_else(|| panic!("{stem} missing"));
+            assert_eq!(m["target"], *key, "{stem}");
+            assert_eq!(m["block"], *block, "{stem}");
+            assert_eq!(m["alpha"], 2.0, "{stem}");
+        }
+        assert_eq!(
+            v["unknown"],
+            serde_json::json!(["lora_unet_not_a_layer_of_any_model"]),
+            "{label}"
+        );
+        let text = run_ok(&["inspect", s(&path)]);
+        assert!(text.contains(arch), "{text}");
+        assert!(text.contains("rank: 4 (4), 8 (2)"), "{text}");
+        assert!(
+            text.contains("3 tags; most frequent: astolfo (40), 1boy (38), pink hair (12)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("modules that patch no key of this architecture (1)"),
+            "{text}"
+        );
+        if label == "sd1" {
+            assert!(
+                text.contains("LoRA+LoCon") || text.contains("LoCon+LoRA"),
+                "{text}"
+            );
+        }
+    }
+}
