@@ -80,6 +80,26 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let selector = Selector::parse(&args.blocks).context("--blocks")?;
     let keys = keys_regex(args.keys.as_deref())?;
     let models = open_all(&[args.a.clone(), args.b.clone()])?;
+    // Two LoRA files: their weight changes compared from the factors.
+    let loras: Vec<_> = models
+        .iter()
+        .map(|m| crate::views::lora::read(&m.ckpt))
+        .collect();
+    if let [Some(la), Some(lb)] = &loras[..] {
+        let r = crate::views::lora::similarity(&models[0].ckpt, la, &models[1].ckpt, lb);
+        print(&if args.format.format() == crate::reports::Format::Json {
+            crate::reports::lora::sim_document(&r)
+        } else {
+            crate::reports::lora::sim_text(&r)
+        })?;
+        return Ok(Outcome::Ok);
+    }
+    if loras.iter().any(Option::is_some) {
+        anyhow::bail!(
+            "one input is a LoRA and the other a checkpoint; `sim` compares two LoRAs or two \
+             checkpoints (a LoRA against a checkpoint's delta is not supported yet)"
+        );
+    }
     let refs: Vec<&Model> = models.iter().collect();
     let grouping = choose_grouping(&refs, args.arch, "sim")?;
     // Layouts the catalog does not know have rows by key prefix: every one is shown.

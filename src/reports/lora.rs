@@ -9,7 +9,7 @@ use crate::views::lora::LoraReport;
 
 pub fn text(r: &LoraReport) -> String {
     let mut s = format!(
-        "{} ({}): {} LoRA for {}, {} modules\n",
+        "{} ({}): a {} file for {}, {} modules\n",
         r.file,
         bytes(r.bytes),
         r.network,
@@ -63,4 +63,39 @@ pub fn text(r: &LoraReport) -> String {
 
 pub fn document(r: &LoraReport) -> String {
     super::json::document("inspect-lora", r)
+}
+
+/// `sim` of two LoRA files: cosine of their weight changes per block.
+pub fn sim_text(r: &crate::views::lora::LoraSim) -> String {
+    let mut s = format!(
+        "{} vs {}: cosine of the weight changes (LoRA factors, not materialised)\n",
+        r.a, r.b
+    );
+    let mut t = TextTable::new(
+        &["block", "cosine", "‖ΔW‖ a", "‖ΔW‖ b", "shared modules"],
+        &[false, true, true, true, true],
+    );
+    for row in r.rows.iter().chain(std::iter::once(&r.total)) {
+        t.push(vec![
+            row.block.clone(),
+            format!("{:.6}", row.cosine),
+            format!("{:.6}", row.norm2_a.sqrt()),
+            format!("{:.6}", row.norm2_b.sqrt()),
+            row.shared.to_string(),
+        ]);
+    }
+    s.push_str(&t.terminal());
+    s.push('\n');
+    if !r.skipped.is_empty() {
+        s.push_str(&format!(
+            "not compared ({}): {}\n",
+            r.skipped.len(),
+            first_few(&r.skipped, 5)
+        ));
+    }
+    s
+}
+
+pub fn sim_document(r: &crate::views::lora::LoraSim) -> String {
+    super::json::document("sim-lora", r)
 }

@@ -255,3 +255,176 @@ fn training(ckpt: &Checkpoint) -> Vec<(String, String)> {
     }
     out
 }
+
+/// The cosine similarity of two LoRAs' weight changes, per block and in total, without
+/// materialising any ΔW: for modules ΔW = s·B·A (B the up factor out×r, A the down factor
+/// r×(in·k·k), s = alpha/rank), ⟨ΔW₁, ΔW₂⟩ = s₁s₂·Σ (B₁ᵀB₂) ⊙ (A₁A₂ᵀ), r₁×r₂ products
+/// instead of out×in.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoraSim {
+    pub a: String,
+    pub b: String,
+    pub rows: Vec<SimRow>,
+    pub total: SimRow,
+    /// Modules not compared (a network other than LoRA/LoCon, or factors of unlike shapes).
+    pub skipped: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SimRow {
+    pub block: String,
+    /// ⟨ΔW_a, ΔW_b⟩ summed over the block's modules.
+    pub inner: f64,
+    pub norm2_a: f64,
+    pub norm2_b: f64,
+    /// inner / √(norm2_a·norm2_b); 0 when either is 0.
+    pub cosine: f64,
+    /// Modules of the block in both files.
+    pub shared: usize,
+}
+
+/// A LoRA/LoCon module's factors as f64: (B out×r, A r×cols, r, cols, s).
+struct Factors {
+    up: Vec<f64>,
+    down: Vec<f64>,
+    rank: usize,
+    rows: usize,
+    cols: usize,
+    scale: f64,
+}
+
+fn factors(ckpt: &Checkpoint, m: &LoraModule) -> Option<Factors> {
+    if !matches!(m.kind, "LoRA" | "LoCon") {
+        return None;
+    }
+    let get = |suffix: &str| -> Option<(Vec<usize>, Vec<f64>)> {
+        let t = ckpt.get(&format!("{}{suffix}", m.stem))?;
+        let format = dtype::float_format(t.dtype)?;
+        let mut v = vec![0.0f64; t.shape.iter().product()];
+        crate::kernels::to_f64(format, ckpt.data(t), &mut v);
+        Some((t.shape.clone(), v))
+    };
+    if ckpt.get(&format!("{}.lora_mid.weight", m.stem)).is_some() {
+        return None; // Tucker-decomposed convolutions: not handled yet.
+    }
+    let (ds, down) = get(".lora_down.weight")?;
+    let (us, up) = get(".lora_up.weight")?;
+    let rank = *ds.first()?;
+    let cols: usize = ds[1..].iter().product();
+    let rows = *us.first()?;
+    if us.get(1) != Some(&rank) || us[2..].iter().product::<usize>() != 1 || rank == 0 {
+        return None;
+    }
+    Some(Factors {
+        up,
+        down,
+        rank,
+        rows,
+        cols,
+        scale: m.alpha.unwrap_or(rank as f64) / rank as f64,
+    })
+}
+
+/// ⟨s₁B₁A₁, s₂B₂A₂⟩ = s₁s₂ Σᵢⱼ (B₁ᵀB₂)ᵢⱼ (A₁A₂ᵀ)ᵢⱼ.
+fn factor_inner(x: &Factors, y: &Factors) -> Option<f64> {
+    if x.rows != y.rows || x.cols != y.cols {
+        return None;
+    }
+    let mut sum = 0.0;
+    for i in 0..x.rank {
+        for j in 0..y.rank {
+            let bb: f64 = (0..x.rows)
+                .map(|o| x.up[o * x.rank + i] * y.up[o * y.rank + j])
+                .sum();
+            let aa = crate::kernels::dot(
+                &x.down[i * x.cols..(i + 1) * x.cols],
+                &y.down[j * y.cols..(j + 1) * y.cols],
+            );
+            sum += bb * aa;
+        }
+    }
+    Some(x.scale * y.scale * sum)
+}
+
+pub fn similarity(a: &Checkpoint, ra: &LoraReport, b: &Checkpoint, rb: &LoraReport) -> LoraSim {
+    let arch = ra.arch.or(rb.arch);
+    let grouping = arch.map(Grouping::for_arch);
+    let order = |block: &str| {
+        grouping
+            .as_ref()
+            .and_then(|g| g.groups().iter().position(|x| x.label == block))
+            .unwrap_or(usize::MAX)
+    };
+    let mut rows: BTreeMap<(usize, String), SimRow> = BTreeMap::new();
+    let mut skipped = Vec::new();
+    let by_target = |r: &LoraReport| -> BTreeMap<String, LoraModule> {
+        r.modules
+            .iter()
+            .filter_map(|m| m.target.clone().map(|t| (t, m.clone())))
+            .collect()
+    };
+    let (ma, mb) = (by_target(ra), by_target(rb));
+    let mut targets: Vec<&String> = ma.keys().chain(mb.keys()).collect();
+    targets.sort();
+    targets.dedup();
+    for target in targets {
+        let (x, y) = (ma.get(target), mb.get(target));
+        let block = x.or(y).and_then(|m| m.block.clone()).unwrap_or_default();
+        let row = rows
+            .entry((order(&block), block.clone()))
+            .or_insert_with(|| SimRow {
+                block: block.clone(),
+                ..Default::default()
+            });
+        let fx = x.map(|m| (m, factors(a, m)));
+        let fy = y.map(|m| (m, factors(b, m)));
+        for (m, f) in fx.iter().chain(fy.iter()) {
+            if f.is_none() {
+                skipped.push(m.stem.clone());
+            }
+        }
+        let fx = fx.and_then(|(_, f)| f);
+        let fy = fy.and_then(|(_, f)| f);
+        if let Some(f) = &fx {
+            row.norm2_a += factor_inner(f, f).unwrap_or(0.0);
+        }
+        if let Some(f) = &fy {
+            row.norm2_b += factor_inner(f, f).unwrap_or(0.0);
+        }
+        if let (Some(f), Some(g)) = (&fx, &fy) {
+            match factor_inner(f, g) {
+                Some(v) => {
+                    row.inner += v;
+                    row.shared += 1;
+                }
+                None => skipped.push(format!("{target} (factors of unlike shapes)")),
+            }
+        }
+    }
+    let cos = |r: &mut SimRow| {
+        let d = (r.norm2_a * r.norm2_b).sqrt();
+        r.cosine = if d > 0.0 { r.inner / d } else { 0.0 };
+    };
+    let mut total = SimRow {
+        block: "total".into(),
+        ..Default::default()
+    };
+    let mut out: Vec<SimRow> = rows.into_values().collect();
+    for r in &mut out {
+        total.inner += r.inner;
+        total.norm2_a += r.norm2_a;
+        total.norm2_b += r.norm2_b;
+        total.shared += r.shared;
+        cos(r);
+    }
+    cos(&mut total);
+    skipped.sort();
+    skipped.dedup();
+    LoraSim {
+        a: ra.file.clone(),
+        b: rb.file.clone(),
+        rows: out,
+        total,
+        skipped,
+    }
+}
