@@ -3,7 +3,7 @@
 //! JSON schema 1: `"schema": 1, "command": "inspect"`, then the [`InspectReport`] fields in
 //! name order.
 
-use super::{Format, TextTable, bytes, first_few, params, sanitize};
+use super::{Format, TextTable, bytes, listed, params, sanitize};
 use crate::views::inspect::InspectReport;
 
 /// The pickle part: where the state dict was, what else the file held, and every global
@@ -174,33 +174,18 @@ pub fn render(r: &InspectReport, format: Format) -> String {
             ));
         }
     }
-    if !r.unknown_keys.is_empty() {
-        s.push_str(&format!(
-            "keys not in the {} catalog ({}): {}\n",
-            r.arch.id,
-            r.unknown_keys.len(),
-            first_few(&r.unknown_keys, 8)
-        ));
-    }
-    if !r.missing_keys.is_empty() {
-        s.push_str(&format!(
-            "required keys missing ({}): {}\n",
-            r.missing_keys.len(),
-            first_few(&r.missing_keys, 8)
-        ));
-    }
-    if !r.shape_mismatches.is_empty() {
-        let items: Vec<String> = r
-            .shape_mismatches
-            .iter()
-            .map(|m| format!("{} {:?} (expected {:?})", m.key, m.actual, m.expected))
-            .collect();
-        s.push_str(&format!(
-            "shapes unlike the catalog ({}): {}\n",
-            items.len(),
-            first_few(&items, 5)
-        ));
-    }
+    s.push_str(&listed(
+        &format!("keys not in the {} catalog", r.arch.id),
+        &r.unknown_keys,
+        8,
+    ));
+    s.push_str(&listed("required keys missing", &r.missing_keys, 8));
+    let mismatches: Vec<String> = r
+        .shape_mismatches
+        .iter()
+        .map(|m| format!("{} {:?} (expected {:?})", m.key, m.actual, m.expected))
+        .collect();
+    s.push_str(&listed("shapes unlike the catalog", &mismatches, 5));
     if r.gap_bytes > 0 {
         s.push_str(&format!(
             "unused bytes in the data region: {}\n",

@@ -4,7 +4,7 @@
 //! JSON schema 1 (`"command": "inspect-lora"`): the [`LoraReport`] fields, `modules` each
 //! with `stem`, `kind`, `rank`, `alpha`, `target` (the checkpoint key) and `block`.
 
-use super::{TextTable, bytes, first_few};
+use super::{TextTable, bytes, listed};
 use crate::views::lora::LoraReport;
 
 pub fn text(r: &LoraReport) -> String {
@@ -48,13 +48,11 @@ pub fn text(r: &LoraReport) -> String {
         s.push_str(&t.terminal());
         s.push('\n');
     }
-    if !r.unknown.is_empty() {
-        s.push_str(&format!(
-            "modules that patch no key of this architecture ({}): {}\n",
-            r.unknown.len(),
-            first_few(&r.unknown, 5)
-        ));
-    }
+    s.push_str(&listed(
+        "modules that patch no key of this architecture",
+        &r.unknown,
+        5,
+    ));
     for (k, v) in &r.training {
         s.push_str(&format!("{k}: {v}\n"));
     }
@@ -86,13 +84,7 @@ pub fn sim_text(r: &crate::views::lora::LoraSim) -> String {
     }
     s.push_str(&t.terminal());
     s.push('\n');
-    if !r.skipped.is_empty() {
-        s.push_str(&format!(
-            "not compared ({}): {}\n",
-            r.skipped.len(),
-            first_few(&r.skipped, 5)
-        ));
-    }
+    s.push_str(&listed("not compared", &r.skipped, 5));
     s
 }
 

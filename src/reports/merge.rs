@@ -8,7 +8,7 @@
 //! which methods, `copied`, `skipped`, `output_bytes`, `free_bytes`, `read_bytes`, `memory`,
 //! `predicted_seconds`, `rate`, `kind`, `problems`).
 
-use super::{TextTable, bytes, first_few};
+use super::{TextTable, bytes, listed};
 use crate::merge::Outcome;
 use crate::merge::preflight::Preflight;
 
@@ -29,26 +29,18 @@ pub fn text(outcome: &Outcome, file_bytes: u64) -> String {
             s.push_str(&format!("  {line}\n"));
         }
     }
-    if !outcome.copied.is_empty() {
-        let items: Vec<String> = outcome
-            .copied
-            .iter()
-            .map(|(k, why)| format!("{k} ({why})"))
-            .collect();
-        s.push_str(&format!(
-            "copied unchanged ({}): {}\n",
-            items.len(),
-            first_few(&items, 5)
-        ));
-    }
-    if !outcome.skipped.is_empty() {
-        s.push_str(&format!(
-            "left out ({}): {}\n",
-            outcome.skipped.len(),
-            first_few(&outcome.skipped, 5)
-        ));
-    }
+    s.push_str(&copied_and_skipped(&outcome.copied, &outcome.skipped));
     s
+}
+
+/// The keys copied unchanged (with why) and left out, as both the plan and the summary
+/// list them.
+fn copied_and_skipped(copied: &[(String, String)], skipped: &[String]) -> String {
+    let items: Vec<String> = copied
+        .iter()
+        .map(|(k, why)| format!("{k} ({why})"))
+        .collect();
+    listed("copied unchanged", &items, 5) + &listed("left out", skipped, 5)
 }
 
 /// `merge --json`.
@@ -137,25 +129,7 @@ pub fn plan_text(plan: &Preflight) -> String {
             ),
         });
     }
-    if !plan.copied.is_empty() {
-        let items: Vec<String> = plan
-            .copied
-            .iter()
-            .map(|(k, why)| format!("{k} ({why})"))
-            .collect();
-        s.push_str(&format!(
-            "copied unchanged ({}): {}\n",
-            items.len(),
-            first_few(&items, 5)
-        ));
-    }
-    if !plan.skipped.is_empty() {
-        s.push_str(&format!(
-            "left out ({}): {}\n",
-            plan.skipped.len(),
-            first_few(&plan.skipped, 5)
-        ));
-    }
+    s.push_str(&copied_and_skipped(&plan.copied, &plan.skipped));
     for p in &plan.problems {
         s.push_str(&format!("problem: {p}\n"));
     }

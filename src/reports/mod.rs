@@ -154,6 +154,14 @@ pub fn percent(x: f64) -> String {
 
 pub use crate::units::{bytes, params};
 
+/// `label (count): the first n items` and a newline, or nothing for an empty list.
+pub fn listed(label: &str, items: &[String], n: usize) -> String {
+    if items.is_empty() {
+        return String::new();
+    }
+    format!("{label} ({}): {}\n", items.len(), first_few(items, n))
+}
+
 /// At most `n` items of a list, then "... and K more".
 pub fn first_few(items: &[String], n: usize) -> String {
     let mut s = items
