@@ -11,30 +11,14 @@
 use std::sync::Arc;
 
 use super::{
-    Args, Build, BuiltNode, Method, NodeMethod, Opt, OptKind, Prepared, Range, TensorInputs,
-    disjoint, per_model_weights, plain,
+    Args, Build, BuiltNode, Method, NodeMethod, Opt, OptKind, Prepared, TensorInputs, count,
+    disjoint, drop_probability, per_model_weights, plain,
 };
 use crate::rng::counter::{Stream, key_hash, mix};
 
 const OPTIONS: &[Opt] = &[
-    Opt {
-        range: Range {
-            min: Some((0.0, true)),
-            max: Some((1.0, false)),
-            integer: false,
-            meaning: "the drop probability",
-        },
-        ..plain("p", OptKind::Scalar, Some(0.9))
-    },
-    Opt {
-        range: Range {
-            min: Some((0.0, true)),
-            max: None,
-            integer: true,
-            meaning: "",
-        },
-        ..plain("seed", OptKind::Scalar, Some(0.0))
-    },
+    drop_probability("p", 0.9),
+    count("seed", 0.0),
     plain("lambda", OptKind::Scalar, Some(1.0)),
     per_model_weights(true),
 ];

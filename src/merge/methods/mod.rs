@@ -314,6 +314,63 @@ pub const fn plain(name: &'static str, kind: OptKind, default: Option<f64>) -> O
     }
 }
 
+/// A fraction in (0, 1] (`k`, the share of each delta kept).
+pub const fn fraction(name: &'static str, default: f64, meaning: &'static str) -> Opt {
+    Opt {
+        range: Range {
+            min: Some((0.0, false)),
+            max: Some((1.0, true)),
+            integer: false,
+            meaning,
+        },
+        ..plain(name, OptKind::Scalar, Some(default))
+    }
+}
+
+/// A drop probability in [0, 1).
+pub const fn drop_probability(name: &'static str, default: f64) -> Opt {
+    Opt {
+        range: Range {
+            min: Some((0.0, true)),
+            max: Some((1.0, false)),
+            integer: false,
+            meaning: "the drop probability",
+        },
+        ..plain(name, OptKind::Scalar, Some(default))
+    }
+}
+
+/// A non-negative integer (`seed`, `maxiter`).
+pub const fn count(name: &'static str, default: f64) -> Opt {
+    Opt {
+        range: Range {
+            min: Some((0.0, true)),
+            max: None,
+            integer: true,
+            meaning: "",
+        },
+        ..plain(name, OptKind::Scalar, Some(default))
+    }
+}
+
+/// A non-negative number (`eps`, `ftol`).
+pub const fn non_negative(name: &'static str, default: f64) -> Opt {
+    Opt {
+        range: Range {
+            min: Some((0.0, true)),
+            max: None,
+            integer: false,
+            meaning: "",
+        },
+        ..plain(name, OptKind::Scalar, Some(default))
+    }
+}
+
+/// One of `choices`, the `default`-th by default.
+pub const fn choice(name: &'static str, choices: &'static [&'static str], default: usize) -> Opt {
+    plain(name, OptKind::Choice(choices), Some(default as f64))
+}
+
 /// The TIES merge of one element: the sign of Σ wᵢδᵢ (0 counts as +) is elected; the deltas
 /// that agree with it (non-zero, same sign) are summed weighted, then divided by their
 /// weights' sum when `mean`. Shared by TIES and DARE-TIES.

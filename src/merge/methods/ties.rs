@@ -36,38 +36,10 @@ use std::sync::Arc;
 use super::geomedian::weiszfeld;
 use super::model_stock::stock_factor;
 use super::{
-    Args, BOOL, Build, BuiltNode, Method, NodeMethod, Opt, OptKind, Prepared, Range, TensorInputs,
-    per_model_weights, plain, sweep,
+    Args, BOOL, Build, BuiltNode, Method, NodeMethod, OptKind, Prepared, TensorInputs, choice,
+    count, drop_probability, fraction, non_negative, per_model_weights, plain, sweep,
 };
 use crate::merge::methods::dare::dare_stream;
-
-const fn fraction(name: &'static str, default: f64, meaning: &'static str) -> Opt {
-    Opt {
-        range: Range {
-            min: Some((0.0, false)),
-            max: Some((1.0, true)),
-            integer: false,
-            meaning,
-        },
-        ..plain(name, OptKind::Scalar, Some(default))
-    }
-}
-
-const fn choice(name: &'static str, choices: &'static [&'static str], default: usize) -> Opt {
-    plain(name, OptKind::Choice(choices), Some(default as f64))
-}
-
-const fn positive(name: &'static str, default: f64) -> Opt {
-    Opt {
-        range: Range {
-            min: Some((0.0, true)),
-            max: None,
-            integer: false,
-            meaning: "",
-        },
-        ..plain(name, OptKind::Scalar, Some(default))
-    }
-}
 
 /// The most the geometric median keeps of the filtered deltas (N × the tensor in f32) to
 /// spare recomputing them on each of its sweeps.
@@ -86,38 +58,14 @@ macro_rules! ties_options {
             per_model_weights(true),
             choice("vote", VOTES, $vote),
             choice("combine", COMBINES, $combine),
-            Opt {
-                range: Range {
-                    min: Some((0.0, true)),
-                    max: Some((1.0, false)),
-                    integer: false,
-                    meaning: "the drop probability",
-                },
-                ..plain("drop", OptKind::Scalar, Some($drop))
-            },
+            drop_probability("drop", $drop),
             plain("della_eps", OptKind::Scalar, Some(0.0)),
             choice("rescale", BOOL, $rescale),
-            Opt {
-                range: Range {
-                    min: Some((0.0, true)),
-                    max: None,
-                    integer: true,
-                    meaning: "",
-                },
-                ..plain("seed", OptKind::Scalar, Some(0.0))
-            },
-            positive("eps", 1e-6),
-            Opt {
-                range: Range {
-                    min: Some((0.0, true)),
-                    max: None,
-                    integer: true,
-                    meaning: "",
-                },
-                ..plain("maxiter", OptKind::Scalar, Some(100.0))
-            },
-            positive("ftol", $ftol),
-            positive("cos_eps", 1e-6),
+            count("seed", 0.0),
+            non_negative("eps", 1e-6),
+            count("maxiter", 100.0),
+            non_negative("ftol", $ftol),
+            non_negative("cos_eps", 1e-6),
             choice("like", LIKES, 0),
         ]
     };
