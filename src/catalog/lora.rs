@@ -25,7 +25,7 @@ use std::sync::OnceLock;
 
 use super::Arch;
 use super::data::{Role, table};
-use crate::reader::diffusers::{Family, UNET_FIXED, unet_prefixes};
+use crate::reader::diffusers::{Family, unet_prefixes, unet_rename};
 
 /// The checkpoint key a kohya module stem patches (`lora_unet_..._to_q` →
 /// `model.diffusion_model....to_q.weight`), for `arch` (SD1, SD2, SDXL).
@@ -58,6 +58,7 @@ fn build(arch: Arch) -> (HashMap<String, String>, Vec<String>) {
         Arch::Sdxl => &[("conditioner.embedders.0.transformer.", "lora_te1_")],
         _ => &[],
     };
+    let prefixes = unet_prefixes(family);
     let mut m: HashMap<String, String> = HashMap::new();
     let mut clashes = Vec::new();
     let mut add = |stem: String, key: &str| {
@@ -75,7 +76,7 @@ fn build(arch: Arch) -> (HashMap<String, String>, Vec<String>) {
             && let Some(rest) = path.strip_prefix(UNET)
         {
             add(format!("lora_unet_{}", rest.replace('.', "_")), &k.name);
-            if let Some(hf) = to_diffusers(&format!("{rest}."), family) {
+            if let Some(hf) = unet_rename(&format!("{rest}."), &prefixes, false) {
                 let hf = hf.trim_end_matches('.');
                 add(format!("lora_unet_{}", hf.replace('.', "_")), &k.name);
             }
@@ -89,36 +90,12 @@ fn build(arch: Arch) -> (HashMap<String, String>, Vec<String>) {
     (m, clashes)
 }
 
-/// A single-file U-Net path (after `model.diffusion_model.`, ending in `.`) as diffusers
-/// names it: the inverse of the renaming `reader::diffusers` applies to diffusers folders.
-fn to_diffusers(rest: &str, family: Family) -> Option<String> {
-    if let Some(hf) = UNET_FIXED[..7]
-        .iter()
-        .find_map(|(hf, sd)| rest.strip_prefix(sd).map(|r| format!("{hf}{r}")))
-    {
-        return Some(hf);
-    }
-    unet_prefixes(family).iter().find_map(|(hf, sd)| {
-        let inner = rest.strip_prefix(sd.as_str())?;
-        let inner = if hf.contains("resnets") {
-            UNET_FIXED[7..13]
-                .iter()
-                .find_map(|(h, s)| inner.strip_prefix(s).map(|r| format!("{h}{r}")))
-                .unwrap_or_else(|| inner.to_string())
-        } else {
-            inner.to_string()
-        };
-        Some(format!("{hf}{inner}"))
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reader::diffusers::unet_name;
 
     /// Every U-Net key written as diffusers names it reads back as itself through the
-    /// diffusers reader's renaming (which tests/diffusers.rs checks against diffusers'
+    /// diffusers reader's renaming read forwards (which tests/diffusers.rs checks against diffusers'
     /// converter), and no two keys share a LoRA name.
     #[test]
     fn diffusers_paths_invert_the_readers_renaming() {
@@ -133,9 +110,13 @@ mod tests {
                 let Some(rest) = k.name.strip_prefix(UNET) else {
                     continue;
                 };
-                let hf = to_diffusers(rest, family)
+                let hf = unet_rename(rest, &prefixes, false)
                     .unwrap_or_else(|| panic!("{arch:?}: {} has no diffusers name", k.name));
-                assert_eq!(unet_name(&hf, &prefixes).as_deref(), Some(rest), "{hf}");
+                assert_eq!(
+                    unet_rename(&hf, &prefixes, true).as_deref(),
+                    Some(rest),
+                    "{hf}"
+                );
                 n += 1;
             }
             assert!(n > 600, "{arch:?}: only {n} U-Net keys");

@@ -303,7 +303,7 @@ pub(crate) fn unet_prefixes(family: Family) -> Vec<(String, String)> {
     m
 }
 
-pub(crate) const UNET_FIXED: [(&str, &str); 13] = [
+const UNET_FIXED: [(&str, &str); 13] = [
     ("time_embedding.linear_1.", "time_embed.0."),
     ("time_embedding.linear_2.", "time_embed.2."),
     ("add_embedding.linear_1.", "label_emb.0.0."),
@@ -320,24 +320,39 @@ pub(crate) const UNET_FIXED: [(&str, &str); 13] = [
 ];
 
 /// A diffusers U-Net name (`down_blocks.1.attentions.0.proj_in.weight`) as the single file
-/// names it after `model.diffusion_model.` (`input_blocks.4.1.proj_in.weight`).
-pub(crate) fn unet_name(name: &str, prefixes: &[(String, String)]) -> Option<String> {
+/// names it after `model.diffusion_model.` (`input_blocks.4.1.proj_in.weight`), or, with
+/// `to_single` false, the other way: one table read in either direction.
+pub(crate) fn unet_rename(
+    name: &str,
+    prefixes: &[(String, String)],
+    to_single: bool,
+) -> Option<String> {
+    fn side<'a>(to_single: bool, hf: &'a str, sd: &'a str) -> (&'a str, &'a str) {
+        if to_single { (hf, sd) } else { (sd, hf) }
+    }
     UNET_FIXED[..7]
         .iter()
-        .find_map(|(hf, sd)| name.strip_prefix(hf).map(|rest| format!("{sd}{rest}")))
+        .find_map(|(hf, sd)| {
+            let (from, to) = side(to_single, hf, sd);
+            name.strip_prefix(from).map(|rest| format!("{to}{rest}"))
+        })
         .or_else(|| {
             prefixes.iter().find_map(|(hf, sd)| {
-                let rest = name.strip_prefix(hf.as_str())?;
+                let (from, to) = side(to_single, hf, sd);
+                let rest = name.strip_prefix(from)?;
                 // Inside a resnet the part names differ too.
                 let rest = if hf.contains("resnets") {
                     UNET_FIXED[7..13]
                         .iter()
-                        .find_map(|(h, s)| rest.strip_prefix(h).map(|r| format!("{s}{r}")))
+                        .find_map(|(h, s)| {
+                            let (f, t) = side(to_single, h, s);
+                            rest.strip_prefix(f).map(|r| format!("{t}{r}"))
+                        })
                         .unwrap_or_else(|| rest.to_string())
                 } else {
                     rest.to_string()
                 };
-                Some(format!("{sd}{rest}"))
+                Some(format!("{to}{rest}"))
             })
         })
 }
@@ -347,7 +362,7 @@ fn map_unet(names: &[&str], family: Family, part: usize, _c: &Checkpoint) -> Map
     let mut outs = Vec::new();
     let mut unmapped = Vec::new();
     for &name in names {
-        match unet_name(name, &prefixes) {
+        match unet_rename(name, &prefixes, true) {
             Some(m) => outs.push(Out::Same {
                 part,
                 name: name.to_string(),
