@@ -126,6 +126,7 @@ fn build(a: &Args<'_>) -> Result<BuiltNode, String> {
         ftol: a.scalar("ftol"),
         cos_eps: a.scalar("cos_eps"),
         mecha: a.choice("like") == 1,
+        median_cache: MEDIAN_CACHE_BYTES,
     }))
 }
 
@@ -160,6 +161,8 @@ pub struct Ties {
     cos_eps: f64,
     /// sd-mecha's conventions (see the module's table).
     mecha: bool,
+    /// [`MEDIAN_CACHE_BYTES`] (a field so that tests take the other path too).
+    median_cache: usize,
 }
 
 /// What [`Ties::prepare`] gathers over a tensor.
@@ -516,7 +519,7 @@ impl NodeMethod for Ties {
                 // differences need at most 24 bits when the two are close), else each sweep
                 // recomputes them from the mapped inputs.
                 let cache: Option<Vec<f32>> =
-                    (self.models() * n * 4 <= MEDIAN_CACHE_BYTES).then(|| {
+                    (self.models() * n * 4 <= self.median_cache).then(|| {
                         let mut c = vec![0f32; self.models() * n];
                         sweep(t, |s, e| {
                             let base = t.input(0, s, e);
@@ -530,6 +533,9 @@ impl NodeMethod for Ties {
                         });
                         c
                     });
+                // Weiszfeld asks for every model's chunk in turn: the base's values are
+                // decoded once per chunk, not once per model.
+                let base = std::cell::RefCell::new((usize::MAX, Vec::new()));
                 let z =
                     weiszfeld(
                         t,
@@ -543,8 +549,11 @@ impl NodeMethod for Ties {
                                 .map(|&v| v as f64)
                                 .collect(),
                             None => {
-                                let base = t.input(0, s, e);
-                                self.filtered(t, st_ref, i, s, &base)
+                                let mut b = base.borrow_mut();
+                                if b.0 != s {
+                                    *b = (s, t.input(0, s, e));
+                                }
+                                self.filtered(t, st_ref, i, s, &b.1)
                             }
                         },
                     );
@@ -617,4 +626,75 @@ pub fn mecha_threshold(mags: &mut [f32], k: f64) -> f32 {
     let kth = (((1.0 - k) * mags.len() as f64) as usize).max(1);
     let (_, t, _) = mags.select_nth_unstable_by(kth.min(mags.len()) - 1, f32::total_cmp);
     *t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tensor of `inputs[0]` (the base) and the models, over several chunks.
+    struct Fake {
+        inputs: Vec<Vec<f64>>,
+    }
+
+    impl TensorInputs for Fake {
+        fn key(&self) -> &str {
+            "t.weight"
+        }
+        fn row(&self) -> usize {
+            0
+        }
+        fn shape(&self) -> &[usize] {
+            &[]
+        }
+        fn range(&self) -> std::ops::Range<usize> {
+            0..self.inputs[0].len()
+        }
+        fn input(&self, arg: usize, start: usize, end: usize) -> Vec<f64> {
+            self.inputs[arg][start..end].to_vec()
+        }
+    }
+
+    /// The median with the filtered deltas kept in f32 and recomputed on every sweep: the
+    /// same estimate, to the f32 rounding of the kept copy.
+    #[test]
+    fn median_without_its_cache_is_the_same_median() {
+        let n = 3 * super::super::SUB + 17;
+        let stream = crate::rng::counter::Stream::new(3, 7);
+        let inputs: Vec<Vec<f64>> = (0..5)
+            .map(|m| (0..n).map(|j| stream.normal((m * n + j) as u64)).collect())
+            .collect();
+        let t = Fake { inputs };
+        let ties = |cache: usize| Ties {
+            weights: vec![1.0, 2.0, 1.0, 0.5],
+            k: 0.5,
+            lambda: 1.0,
+            vote: Vote::Magnitude,
+            combine: Combine::Median,
+            drop: 0.2,
+            della_eps: 0.0,
+            rescale: true,
+            seed: 1,
+            eps: 1e-6,
+            maxiter: 50,
+            ftol: 1e-15,
+            cos_eps: 1e-6,
+            mecha: false,
+            median_cache: cache,
+        };
+        let (cached, direct) = (ties(usize::MAX), ties(0));
+        let (a, b) = (cached.prepare(&t), direct.prepare(&t));
+        let (a, b) = (cached.eval(&t, &a, 0, n), direct.eval(&t, &b, 0, n));
+        let scale = a.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (j, (x, y)) in a.iter().zip(&b).enumerate() {
+            assert!(
+                (x - y).abs() <= 1e-5 * scale,
+                "[{j}]: cached {x}, recomputed {y}"
+            );
+        }
+        assert!(
+            a.iter().zip(&t.inputs[0]).any(|(x, b)| x != b),
+            "the median moved nothing"
+        );
+    }
 }
