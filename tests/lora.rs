@@ -4,48 +4,6 @@
 
 use crate::util::*;
 
-fn f16_bytes(n: usize, v: f32) -> Vec<u8> {
-    (0..n)
-        .flat_map(|_| half::f16::from_f32(v).to_le_bytes())
-        .collect()
-}
-
-/// A kohya module: down [rank, in(, k, k)], up [out, rank(, 1, 1)], alpha.
-fn module(
-    stem: &str,
-    rank: usize,
-    inp: usize,
-    out: usize,
-    kernel: usize,
-    alpha: f32,
-) -> Vec<RawTensor> {
-    let (down, up) = if kernel > 0 {
-        (vec![rank, inp, kernel, kernel], vec![out, rank, 1, 1])
-    } else {
-        (vec![rank, inp], vec![out, rank])
-    };
-    vec![
-        RawTensor {
-            name: format!("{stem}.lora_down.weight"),
-            dtype: "F16".into(),
-            data: f16_bytes(down.iter().product(), 0.01),
-            shape: down,
-        },
-        RawTensor {
-            name: format!("{stem}.lora_up.weight"),
-            dtype: "F16".into(),
-            data: f16_bytes(up.iter().product(), 0.0),
-            shape: up,
-        },
-        RawTensor {
-            name: format!("{stem}.alpha"),
-            dtype: "F32".into(),
-            shape: vec![],
-            data: alpha.to_le_bytes().to_vec(),
-        },
-    ]
-}
-
 /// (kohya stem, the key it patches, its block), by the naming rule: `lora_unet_` + the
 /// layer's module path with `.` as `_`; SD1 in diffusers paths (down_blocks.1.attentions.0 is
 /// input_blocks.4.1; up_blocks.3.attentions.2 is output_blocks.11.1; resnet conv1 is
@@ -119,16 +77,27 @@ fn kohya_modules_map_to_their_keys_and_blocks() {
             } else {
                 0
             };
-            tensors.extend(module(stem, 4 + 4 * (i % 2), 8, 8, kernel, 2.0));
+            let m = Lora {
+                stem,
+                rank: 4 + 4 * (i % 2),
+                inp: 8,
+                out: 8,
+                kernel,
+                alpha: 2.0,
+                seed: i as u64,
+            };
+            tensors.extend(m.tensors());
         }
-        tensors.extend(module(
-            "lora_unet_not_a_layer_of_any_model",
-            4,
-            8,
-            8,
-            0,
-            4.0,
-        ));
+        let unknown = Lora {
+            stem: "lora_unet_not_a_layer_of_any_model",
+            rank: 4,
+            inp: 8,
+            out: 8,
+            kernel: 0,
+            alpha: 4.0,
+            seed: 99,
+        };
+        tensors.extend(unknown.tensors());
         let path = dir.path(&format!("{label}.safetensors"));
         write_raw(
             &path,

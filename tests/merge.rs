@@ -210,10 +210,11 @@ fn component_swap_takes_the_component_whole() {
     });
 }
 
-/// TIES as the paper and mergekit describe it, written out per element with a full sort.
-pub(crate) fn ties_reference(x: &[&[f64]], k: f64, weights: &[f64], lambda: f64) -> Vec<f64> {
+/// The deltas of models 1.. against model 0, each cut to its top-k (ckpt-diff's rule: the
+/// ⌈k·n⌉ largest, by a full sort).
+pub(crate) fn top_k(x: &[&[f64]], k: f64) -> Vec<Vec<f64>> {
     let n = x[0].len();
-    let deltas: Vec<Vec<f64>> = x[1..]
+    x[1..]
         .iter()
         .map(|m| {
             let d: Vec<f64> = (0..n).map(|i| m[i] - x[0][i]).collect();
@@ -225,18 +226,49 @@ pub(crate) fn ties_reference(x: &[&[f64]], k: f64, weights: &[f64], lambda: f64)
                 .map(|&v| if (v.abs() as f32) >= t { v } else { 0.0 })
                 .collect()
         })
-        .collect();
-    (0..n)
-        .map(|i| {
-            let sum: f64 = deltas.iter().zip(weights).map(|(d, w)| w * d[i]).sum();
-            let sign = if sum >= 0.0 { 1.0 } else { -1.0 };
-            let (mut num, mut den) = (0.0, 0.0);
-            for (d, w) in deltas.iter().zip(weights) {
-                if d[i] != 0.0 && d[i].signum() == sign {
-                    num += w * d[i];
-                    den += w;
+        .collect()
+}
+
+/// The filtered deltas: each zeroed where its sign is not the elected one (Σ wᵢ·sign(δᵢ)
+/// for a count vote, Σ wᵢδᵢ for magnitude; a sum of 0 elects +).
+pub(crate) fn filter(deltas: &[Vec<f64>], w: &[f64], count: bool) -> Vec<Vec<f64>> {
+    let n = deltas[0].len();
+    let mut out = deltas.to_vec();
+    for i in 0..n {
+        let total: f64 = deltas
+            .iter()
+            .zip(w)
+            .map(|(d, w)| {
+                if count {
+                    w * d[i].signum() * (d[i] != 0.0) as u8 as f64
+                } else {
+                    w * d[i]
                 }
+            })
+            .sum();
+        let elected = if total >= 0.0 { 1.0 } else { -1.0 };
+        for d in out.iter_mut() {
+            if !(d[i] != 0.0 && d[i].signum() == elected) {
+                d[i] = 0.0;
             }
+        }
+    }
+    out
+}
+
+/// TIES as the paper and mergekit describe it, written out per element with a full sort:
+/// the top-k deltas, the sign of their weighted sum elected, the agreeing ones averaged.
+pub(crate) fn ties_reference(x: &[&[f64]], k: f64, weights: &[f64], lambda: f64) -> Vec<f64> {
+    let g = filter(&top_k(x, k), weights, false);
+    (0..x[0].len())
+        .map(|i| {
+            let num: f64 = g.iter().zip(weights).map(|(d, w)| w * d[i]).sum();
+            let den: f64 = g
+                .iter()
+                .zip(weights)
+                .filter(|(d, _)| d[i] != 0.0)
+                .map(|(_, w)| w)
+                .sum();
             x[0][i] + lambda * if den == 0.0 { 0.0 } else { num / den }
         })
         .collect()
@@ -717,7 +749,7 @@ fn integers_missing_keys_and_provenance() {
     assert_eq!(json["skipped"].as_array().unwrap().len(), 248);
 }
 
-fn sha256_of(p: &Path) -> String {
+pub(crate) fn sha256_of(p: &Path) -> String {
     use sha2::Digest;
     let d = sha2::Sha256::digest(std::fs::read(p).unwrap());
     d.iter().map(|b| format!("{b:02x}")).collect()

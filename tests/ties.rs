@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use ckpt_diff::catalog::Arch;
 use ckpt_diff::merge::methods::dare::dare_stream;
 
-use crate::merge::{check, family, inputs, merged};
+use crate::merge::{check, family, filter, inputs, merged, sha256_of, top_k};
 use crate::util::*;
 
 const COMBINES: [&str; 3] = ["mean", "stock", "median"];
@@ -100,7 +100,7 @@ fn ties_like_sd_mecha_equals_sd_mecha() {
         let recorded = std::fs::read_to_string(fixtures().join("inputs.sha256")).unwrap();
         for p in &paths {
             let name = p.file_name().unwrap().to_str().unwrap();
-            let line = format!("{}  {name}", sha256_hex(p));
+            let line = format!("{}  {name}", sha256_of(p));
             assert!(
                 recorded.lines().any(|l| l == line),
                 "{name} is not the input the goldens were made from; regenerate them with \
@@ -167,61 +167,6 @@ fn ties_like_sd_mecha_equals_sd_mecha() {
         }
     }
     assert!(compared >= 6 * 9, "only {compared} tensors compared");
-}
-
-fn sha256_hex(p: &std::path::Path) -> String {
-    use sha2::{Digest, Sha256};
-    let bytes = std::fs::read(p).unwrap();
-    Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// The deltas of models 1.. against model 0, each cut to its top-k (ckpt-diff's rule: the
-/// ⌈k·n⌉ largest, by a full sort).
-fn top_k(x: &[&[f64]], k: f64) -> Vec<Vec<f64>> {
-    let n = x[0].len();
-    x[1..]
-        .iter()
-        .map(|m| {
-            let d: Vec<f64> = (0..n).map(|i| m[i] - x[0][i]).collect();
-            let mut mags: Vec<f32> = d.iter().map(|v| v.abs() as f32).collect();
-            mags.sort_by(|a, b| b.total_cmp(a));
-            let keep = ((k * n as f64).ceil() as usize).clamp(1, n);
-            let t = if k >= 1.0 { 0.0 } else { mags[keep - 1] };
-            d.iter()
-                .map(|&v| if (v.abs() as f32) >= t { v } else { 0.0 })
-                .collect()
-        })
-        .collect()
-}
-
-/// The filtered deltas: each zeroed where its sign is not the elected one (Σ wᵢ·sign(δᵢ)
-/// for a count vote, Σ wᵢδᵢ for magnitude; a sum of 0 elects +).
-fn filter(deltas: &[Vec<f64>], w: &[f64], count: bool) -> Vec<Vec<f64>> {
-    let n = deltas[0].len();
-    let mut out = deltas.to_vec();
-    for i in 0..n {
-        let total: f64 = deltas
-            .iter()
-            .zip(w)
-            .map(|(d, w)| {
-                if count {
-                    w * d[i].signum() * (d[i] != 0.0) as u8 as f64
-                } else {
-                    w * d[i]
-                }
-            })
-            .sum();
-        let elected = if total >= 0.0 { 1.0 } else { -1.0 };
-        for d in out.iter_mut() {
-            if !(d[i] != 0.0 && d[i].signum() == elected) {
-                d[i] = 0.0;
-            }
-        }
-    }
-    out
 }
 
 #[test]
