@@ -64,20 +64,22 @@ fn recipe(dir: &Path, name: &str, base: &Path, models: &[PathBuf]) -> PathBuf {
     r
 }
 
+/// `ckpt-diff merge RECIPE -o OUT --force` with `extra`, measured.
+fn run_merge(recipe: &Path, out: &Path, extra: &[&str]) -> Measured {
+    let mut args = vec![
+        "merge",
+        recipe.to_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--force",
+    ];
+    args.extend(extra);
+    run_measured(Path::new(env!("CARGO_BIN_EXE_ckpt-diff")), &args)
+}
+
 /// The plan's numbers: (anonymous bound, mapped bound, read bytes).
 fn plan(recipe: &Path, out: &Path) -> (u64, u64, u64) {
-    let m = run_measured(
-        Path::new(env!("CARGO_BIN_EXE_ckpt-diff")),
-        &[
-            "merge",
-            recipe.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--dry-run",
-            "--json",
-            "--force",
-        ],
-    );
+    let m = run_merge(recipe, out, &["--dry-run", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&m.stdout).unwrap();
     (
         v["memory"]["anonymous"].as_u64().unwrap(),
@@ -87,18 +89,7 @@ fn plan(recipe: &Path, out: &Path) -> (u64, u64, u64) {
 }
 
 fn merge(recipe: &Path, out: &Path) -> Measured {
-    let m = run_measured(
-        Path::new(env!("CARGO_BIN_EXE_ckpt-diff")),
-        &[
-            "merge",
-            recipe.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--force",
-            "-q",
-            "--no-input-hashes",
-        ],
-    );
+    let m = run_merge(recipe, out, &["-q", "--no-input-hashes"]);
     let _ = std::fs::remove_file(out);
     m
 }
