@@ -20,6 +20,7 @@ pub mod gram;
 pub mod hash;
 pub mod index;
 pub mod kernels;
+pub mod lora;
 pub mod merge;
 pub mod pass;
 pub mod reader;

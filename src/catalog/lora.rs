@@ -1,89 +1,321 @@
-//! LoRA module names → the checkpoint key each patches, for kohya's dialect (LoRA, LoCon,
-//! and LyCORIS's LoHa/LoKr, which use the same module names).
+//! LoRA module names → the checkpoint key (and, for fused projections, the rows of it) each
+//! patches, for the dialects in use: kohya's (LoRA, LoCon, and LyCORIS's LoHa/LoKr, which use
+//! the same module names), diffusers/PEFT's dotted names, and for Flux also XLabs'.
 //!
-//! kohya names a module `lora_unet_<path>` or `lora_te[12]_<path>`, where `<path>` is the
+//! kohya names a module `lora_unet_<path>` or `lora_te[123]_<path>`, where `<path>` is the
 //! patched layer's module path with `.` written `_`. Two U-Net paths are in use:
 //! * the single-file (LDM/SGM) path: `lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q`
 //!   for `model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight`
-//!   (sd-scripts' SDXL U-Net has the original layout; ComfyUI's `model_lora_keys_unet` maps
-//!   them from the model's own keys);
+//!   (sd-scripts' SDXL U-Net has the original layout, its Flux networks use BFL's
+//!   `double_blocks_0_img_attn_qkv`; ComfyUI's `model_lora_keys_unet` maps them from the
+//!   model's own keys);
 //! * the diffusers path: `lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q`
 //!   for the same layer (sd-scripts' SD1/SD2 networks, and SDXL files from diffusers-side
 //!   trainers), through the diffusers → single-file renaming of `reader::diffusers`.
 //!
-//! Text encoders: `lora_te_` (SD1) and `lora_te1_` (SDXL's CLIP-L) are HF CLIP paths under
-//! the single file's prefix. Underscores inside names (`to_q`, `proj_in`) make the path
-//! ambiguous to split, so the table is built the other way: every weight key of the
-//! architecture's catalog, written as kohya writes it.
+//! diffusers/PEFT write the diffusers path with its dots, under `unet.`, `text_encoder.`,
+//! `text_encoder_2.` or (Flux) `transformer.`; ComfyUI-style files write the single-file path
+//! under `diffusion_model.`.
 //!
-//! Not mapped yet (their modules are reported as unknown, never dropped): OpenCLIP text
-//! encoders (SD2, SDXL's `lora_te2_`), whose q/k/v LoRAs patch row slices of a fused
-//! `in_proj_weight`, and the Flux/SD3 dialects.
+//! Text encoders: `lora_te_` (SD1, SD2) and `lora_te1_`/`lora_te2_` (SDXL; Flux's CLIP-L is
+//! `lora_te1_`, its T5 `lora_te3_`) are HF paths under the single file's prefix. OpenCLIP
+//! towers (SD2, SDXL's second) fuse HF's `q_proj`/`k_proj`/`v_proj` into one
+//! `attn.in_proj_weight`, so those modules patch a third of its rows each.
+//!
+//! Flux's fused projections are patched by row ranges too: diffusers' split `to_q/to_k/to_v`
+//! are the thirds of `img_attn.qkv`, and a single block's `to_q/to_k/to_v/proj_mlp` are the
+//! rows of `linear1` (3 × hidden, then the MLP), as diffusers'
+//! `_convert_sd_scripts_to_ai_toolkit` splits them. XLabs names a double block's
+//! `processor.{qkv,proj}_lora{1,2}` (1: image stream, 2: text stream) and a single block's
+//! `processor.qkv_lora`/`proj_lora`, which diffusers' `_convert_xlabs_flux_lora_to_diffusers`
+//! maps to `norm.linear` (the modulation) and `proj_out` (`linear2`).
+//!
+//! Underscores inside names (`to_q`, `proj_in`) make kohya's path ambiguous to split, so the
+//! table is built the other way: every weight key of the architecture's catalog, written as
+//! each dialect writes it.
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use super::Arch;
 use super::data::{Role, table};
-use crate::reader::diffusers::{Family, unet_prefixes, unet_rename};
+use crate::reader::diffusers::{Family, openclip_layer, unet_prefixes, unet_rename};
 
-/// The checkpoint key a kohya module stem patches (`lora_unet_..._to_q` →
-/// `model.diffusion_model....to_q.weight`), for `arch` (SD1, SD2, SDXL).
-pub fn target(arch: Arch, stem: &str) -> Option<&'static str> {
-    let family = match arch {
-        Arch::Sd1 => 0,
-        Arch::Sd2 => 1,
-        Arch::Sdxl => 2,
-        _ => return None,
-    };
-    static TABLES: [OnceLock<HashMap<String, String>>; 3] =
-        [OnceLock::new(), OnceLock::new(), OnceLock::new()];
-    TABLES[family]
-        .get_or_init(|| build(arch).0)
-        .get(stem)
-        .map(String::as_str)
+/// What a LoRA module patches: a key of the checkpoint, whole or some of its rows.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+pub struct Target {
+    pub key: String,
+    /// Rows `start..end` of the key's first dimension; `None`: all of it.
+    pub rows: Option<(usize, usize)>,
+}
+
+/// The architectures a LoRA may be for, in the order detection prefers on a tie.
+pub const ARCHS: [Arch; 4] = [Arch::Sd1, Arch::Sdxl, Arch::Sd2, Arch::Flux];
+
+/// What a module stem (`lora_unet_..._to_q`, `unet.down_blocks....to_q`,
+/// `double_blocks.0.processor.qkv_lora1`) patches in `arch` (SD1, SD2, SDXL, Flux).
+pub fn target(arch: Arch, stem: &str) -> Option<&'static Target> {
+    let family = ARCHS.iter().position(|&a| a == arch)?;
+    static TABLES: [OnceLock<HashMap<String, Target>>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
+    TABLES[family].get_or_init(|| build(arch).0).get(stem)
+}
+
+/// The kohya stem of a module that patches `key` (rows `rows`), for writing LoRAs: the
+/// single-file path for the denoiser (what sd-scripts' SDXL and Flux networks write, and
+/// what every loader maps), the HF path for text encoders.
+pub fn kohya_stem(arch: Arch, t: &Target) -> Option<String> {
+    let family = ARCHS.iter().position(|&a| a == arch)?;
+    static STEMS: [OnceLock<HashMap<Target, String>>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
+    let stems = STEMS[family].get_or_init(|| {
+        let mut m: HashMap<Target, String> = HashMap::new();
+        let (table, _) = build(arch);
+        let mut all: Vec<(String, Target)> = table.into_iter().collect();
+        // Shortest first, then by name: the LDM form of a U-Net path wins over the
+        // diffusers one only when shorter; either loads. Deterministic either way.
+        all.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.cmp(&b.0)));
+        for (stem, target) in all {
+            if stem.starts_with("lora_") {
+                m.entry(target).or_insert(stem);
+            }
+        }
+        m
+    });
+    stems.get(t).cloned()
 }
 
 const UNET: &str = "model.diffusion_model.";
 
-/// The table, and any name two keys would share (none: kohya's names are unambiguous).
-fn build(arch: Arch) -> (HashMap<String, String>, Vec<String>) {
+/// Flux's diffusers names for a BFL block path (`double_blocks.0.img_attn.qkv`), with the
+/// row split of fused projections as (name, share of rows) — shares in units of `hidden`
+/// (the key's input width), `None` for the rest of the rows.
+fn flux_diffusers(path: &str) -> Vec<(String, Option<usize>)> {
+    let whole = |n: &str| vec![(n.to_string(), None)];
+    let split = |names: &[&str]| -> Vec<(String, Option<usize>)> {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.to_string(), Some(i)))
+            .collect()
+    };
+    if let Some(rest) = path.strip_prefix("double_blocks.") {
+        let (n, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        let b = format!("transformer_blocks.{n}");
+        let at = |s: &str| format!("{b}.{s}");
+        return match tail {
+            "img_attn.qkv" => split(&[&at("attn.to_q"), &at("attn.to_k"), &at("attn.to_v")]),
+            "txt_attn.qkv" => split(&[
+                &at("attn.add_q_proj"),
+                &at("attn.add_k_proj"),
+                &at("attn.add_v_proj"),
+            ]),
+            "img_attn.proj" => whole(&at("attn.to_out.0")),
+            "txt_attn.proj" => whole(&at("attn.to_add_out")),
+            "img_mlp.0" => whole(&at("ff.net.0.proj")),
+            "img_mlp.2" => whole(&at("ff.net.2")),
+            "txt_mlp.0" => whole(&at("ff_context.net.0.proj")),
+            "txt_mlp.2" => whole(&at("ff_context.net.2")),
+            "img_mod.lin" => whole(&at("norm1.linear")),
+            "txt_mod.lin" => whole(&at("norm1_context.linear")),
+            _ => Vec::new(),
+        };
+    }
+    if let Some(rest) = path.strip_prefix("single_blocks.") {
+        let (n, tail) = rest.split_once('.').unwrap_or((rest, ""));
+        let b = format!("single_transformer_blocks.{n}");
+        let at = |s: &str| format!("{b}.{s}");
+        return match tail {
+            "linear1" => {
+                let mut v = split(&[&at("attn.to_q"), &at("attn.to_k"), &at("attn.to_v")]);
+                v.push((at("proj_mlp"), None));
+                v
+            }
+            "linear2" => whole(&at("proj_out")),
+            "modulation.lin" => whole(&at("norm.linear")),
+            _ => Vec::new(),
+        };
+    }
+    match path {
+        "img_in" => whole("x_embedder"),
+        "txt_in" => whole("context_embedder"),
+        "time_in.in_layer" => whole("time_text_embed.timestep_embedder.linear_1"),
+        "time_in.out_layer" => whole("time_text_embed.timestep_embedder.linear_2"),
+        "vector_in.in_layer" => whole("time_text_embed.text_embedder.linear_1"),
+        "vector_in.out_layer" => whole("time_text_embed.text_embedder.linear_2"),
+        "guidance_in.in_layer" => whole("time_text_embed.guidance_embedder.linear_1"),
+        "guidance_in.out_layer" => whole("time_text_embed.guidance_embedder.linear_2"),
+        "final_layer.linear" => whole("proj_out"),
+        // `norm_out.linear` holds final_layer.adaLN_modulation.1's halves swapped: not a
+        // row range, so not mapped (such modules are listed as unknown).
+        _ => Vec::new(),
+    }
+}
+
+/// XLabs' names for a BFL block path.
+fn flux_xlabs(path: &str) -> Vec<String> {
+    let (blocks, rest) = match path.split_once('.') {
+        Some((b @ ("double_blocks" | "single_blocks"), r)) => (b, r),
+        _ => return Vec::new(),
+    };
+    let (n, tail) = rest.split_once('.').unwrap_or((rest, ""));
+    let p = |s: &str| vec![format!("{blocks}.{n}.processor.{s}")];
+    match (blocks, tail) {
+        ("double_blocks", "img_attn.qkv") => p("qkv_lora1"),
+        ("double_blocks", "img_attn.proj") => p("proj_lora1"),
+        ("double_blocks", "txt_attn.qkv") => p("qkv_lora2"),
+        ("double_blocks", "txt_attn.proj") => p("proj_lora2"),
+        ("single_blocks", "modulation.lin") => p("qkv_lora"),
+        ("single_blocks", "linear2") => p("proj_lora"),
+        _ => Vec::new(),
+    }
+}
+
+/// The table, and any name two targets would share (none: the dialects are unambiguous).
+fn build(arch: Arch) -> (HashMap<String, Target>, Vec<String>) {
     let family = match arch {
         Arch::Sdxl => Family::Sdxl,
         Arch::Sd2 => Family::Sd2,
         _ => Family::Sd1,
     };
-    let te: &[(&str, &str)] = match arch {
-        Arch::Sd1 => &[("cond_stage_model.transformer.", "lora_te_")],
-        Arch::Sdxl => &[("conditioner.embedders.0.transformer.", "lora_te1_")],
+    // (single-file prefix, kohya prefix, PEFT prefix, OpenCLIP) of each text encoder.
+    let te: &[(&str, &str, &str, bool)] = match arch {
+        Arch::Sd1 => &[(
+            "cond_stage_model.transformer.",
+            "lora_te_",
+            "text_encoder.",
+            false,
+        )],
+        Arch::Sd2 => &[("cond_stage_model.model.", "lora_te_", "text_encoder.", true)],
+        Arch::Sdxl => &[
+            (
+                "conditioner.embedders.0.transformer.",
+                "lora_te1_",
+                "text_encoder.",
+                false,
+            ),
+            (
+                "conditioner.embedders.1.model.",
+                "lora_te2_",
+                "text_encoder_2.",
+                true,
+            ),
+        ],
+        Arch::Flux => &[
+            (
+                "text_encoders.clip_l.transformer.",
+                "lora_te1_",
+                "text_encoder.",
+                false,
+            ),
+            (
+                "text_encoders.t5xxl.transformer.",
+                "lora_te3_",
+                "text_encoder_2.",
+                false,
+            ),
+        ],
         _ => &[],
     };
     let prefixes = unet_prefixes(family);
-    let mut m: HashMap<String, String> = HashMap::new();
+    let keys = &table(arch).keys;
+    let shape_of: HashMap<&str, &[usize]> = keys
+        .iter()
+        .map(|k| (k.name.as_str(), k.shape.as_slice()))
+        .collect();
+    let mut m: HashMap<String, Target> = HashMap::new();
     let mut clashes = Vec::new();
-    let mut add = |stem: String, key: &str| {
-        if let Some(old) = m.insert(stem.clone(), key.to_string())
-            && old != key
+    let mut add = |stem: String, key: &str, rows: Option<(usize, usize)>| {
+        let t = Target {
+            key: key.to_string(),
+            rows,
+        };
+        if let Some(old) = m.insert(stem.clone(), t.clone())
+            && old != t
         {
             clashes.push(stem);
         }
     };
-    for k in &table(arch).keys {
+    let kohya = |prefix: &str, path: &str| format!("{prefix}{}", path.replace('.', "_"));
+    for k in keys {
         let Some(path) = k.name.strip_suffix(".weight") else {
             continue;
         };
         if k.role == Role::Denoiser
             && let Some(rest) = path.strip_prefix(UNET)
         {
-            add(format!("lora_unet_{}", rest.replace('.', "_")), &k.name);
-            if let Some(hf) = unet_rename(&format!("{rest}."), &prefixes, false) {
+            add(kohya("lora_unet_", rest), &k.name, None);
+            add(format!("diffusion_model.{rest}"), &k.name, None);
+            if arch == Arch::Flux {
+                let hidden = k.shape.get(1).copied().unwrap_or(0);
+                let rows = k.shape.first().copied().unwrap_or(0);
+                for (name, share) in flux_diffusers(rest) {
+                    let range = match share {
+                        Some(i) => (i * hidden, (i + 1) * hidden),
+                        None if name.ends_with("proj_mlp") => (3 * hidden, rows),
+                        None => (0, rows),
+                    };
+                    let range = (range != (0, rows)).then_some(range);
+                    add(format!("transformer.{name}"), &k.name, range);
+                    add(kohya("lora_transformer_", &name), &k.name, range);
+                }
+                for name in flux_xlabs(rest) {
+                    add(name, &k.name, None);
+                }
+            } else if let Some(hf) = unet_rename(&format!("{rest}."), &prefixes, false) {
                 let hf = hf.trim_end_matches('.');
-                add(format!("lora_unet_{}", hf.replace('.', "_")), &k.name);
+                add(kohya("lora_unet_", hf), &k.name, None);
+                add(format!("unet.{hf}"), &k.name, None);
             }
         }
-        for (prefix, lora) in te {
-            if let Some(rest) = path.strip_prefix(prefix) {
-                add(format!("{lora}{}", rest.replace('.', "_")), &k.name);
+        for &(prefix, lora, peft, openclip) in te {
+            let Some(rest) = path.strip_prefix(prefix) else {
+                continue;
+            };
+            if !openclip {
+                add(kohya(lora, rest), &k.name, None);
+                add(format!("{peft}{rest}"), &k.name, None);
+            }
+        }
+    }
+    // OpenCLIP towers: each HF layer name through the diffusers reader's renaming.
+    for &(prefix, lora, peft, openclip) in te {
+        if !openclip {
+            continue;
+        }
+        for n in 0.. {
+            let probe = format!("{prefix}transformer.resblocks.{n}.attn.in_proj_weight");
+            if !shape_of.contains_key(probe.as_str()) {
+                break;
+            }
+            for hf in [
+                "self_attn.q_proj.weight",
+                "self_attn.k_proj.weight",
+                "self_attn.v_proj.weight",
+                "self_attn.out_proj.weight",
+                "mlp.fc1.weight",
+                "mlp.fc2.weight",
+            ] {
+                let (tail, third) = openclip_layer(hf);
+                let key = format!("{prefix}transformer.resblocks.{n}.{tail}");
+                let Some(shape) = shape_of.get(key.as_str()) else {
+                    continue;
+                };
+                let rows = third.map(|i| {
+                    let d = shape[0] / 3;
+                    (i * d, (i + 1) * d)
+                });
+                let path = format!("text_model.encoder.layers.{n}.{}", &hf[..hf.len() - 7]);
+                add(kohya(lora, &path), &key, rows);
+                add(format!("{peft}{path}"), &key, rows);
             }
         }
     }

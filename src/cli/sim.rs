@@ -83,7 +83,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     // Two LoRA files: their weight changes compared from the factors.
     let loras: Vec<_> = models
         .iter()
-        .map(|m| crate::views::lora::read(&m.ckpt))
+        .map(|m| crate::lora::Network::read(&m.ckpt))
         .collect();
     if let [Some(la), Some(lb)] = &loras[..] {
         let r = crate::views::lora::similarity(&models[0].ckpt, la, &models[1].ckpt, lb);

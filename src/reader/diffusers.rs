@@ -393,6 +393,24 @@ fn map_clip_l(names: &[&str], prefix: &str, part: usize) -> Mapped {
     Mapped { outs, unmapped }
 }
 
+/// An HF CLIP encoder layer's tensor name (after `encoder.layers.N.`) as OpenCLIP names it
+/// under `transformer.resblocks.N.`, and for the split attention projections which third
+/// (q, k, v) of the fused `attn.in_proj_weight`/`in_proj_bias` rows it is.
+pub(crate) fn openclip_layer(tail: &str) -> (String, Option<usize>) {
+    for (which, p) in ["q_proj.", "k_proj.", "v_proj."].iter().enumerate() {
+        if let Some(what) = tail.strip_prefix(&format!("self_attn.{p}")) {
+            return (format!("attn.in_proj_{what}"), Some(which));
+        }
+    }
+    let tail = tail
+        .replacen("self_attn.out_proj.", "attn.out_proj.", 1)
+        .replacen("mlp.fc1.", "mlp.c_fc.", 1)
+        .replacen("mlp.fc2.", "mlp.c_proj.", 1)
+        .replacen("layer_norm1.", "ln_1.", 1)
+        .replacen("layer_norm2.", "ln_2.", 1);
+    (tail, None)
+}
+
 /// HF CLIP names of an OpenCLIP text tower back to OpenCLIP's.
 fn map_openclip(
     names: &[&str],
@@ -423,11 +441,9 @@ fn map_openclip(
                 unmapped.push(name.into());
                 continue;
             };
-            let split = ["q_proj.", "k_proj.", "v_proj."]
-                .iter()
-                .position(|p| tail.starts_with(&format!("self_attn.{p}")));
+            let (tail, split) = openclip_layer(tail);
             if let Some(which) = split {
-                let kind = if tail.ends_with(".bias") {
+                let kind = if tail.ends_with("_bias") {
                     "bias"
                 } else {
                     "weight"
@@ -435,12 +451,6 @@ fn map_openclip(
                 qkv.entry((n, kind)).or_default()[which] = Some(name.into());
                 continue;
             }
-            let tail = tail
-                .replacen("self_attn.out_proj.", "attn.out_proj.", 1)
-                .replacen("mlp.fc1.", "mlp.c_fc.", 1)
-                .replacen("mlp.fc2.", "mlp.c_proj.", 1)
-                .replacen("layer_norm1.", "ln_1.", 1)
-                .replacen("layer_norm2.", "ln_2.", 1);
             outs.push(Out::Same {
                 part,
                 name: name.into(),

@@ -1,18 +1,15 @@
-//! What a LoRA file holds: its network type, the base architecture, every module with the
+//! What a LoRA file holds (its network type, the base architecture, every module with the
 //! checkpoint key it patches, its block, rank and alpha, and the training metadata kohya
-//! writes (`ss_*`). Modules whose name maps to no key are listed, never dropped.
-//!
-//! A module is the tensors sharing a stem before their role suffix: `.lora_down.weight`,
-//! `.lora_up.weight`, `.alpha` (LoRA; LoCon when the down weight is a k×k convolution),
-//! `.hada_w1_a` ... (LoHa), `.lokr_w1` ... (LoKr). The rank is the down weight's first
-//! dimension (LoHa: `hada_w1_b`'s; LoKr: none when its factors are full), and alpha defaults
-//! to the rank when the file has none (kohya's rule: scale alpha/rank = 1).
+//! writes), and how LoRAs compare with each other and with a checkpoint's change from a
+//! base. The modules are read by [`crate::lora`]; those whose name maps to no key are listed,
+//! never dropped.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::catalog::{Arch, Grouping, lora};
+use crate::catalog::{Arch, Grouping};
+use crate::lora::{Delta, Module, Network};
 use crate::reader::Checkpoint;
 use crate::reader::dtype;
 
@@ -45,122 +42,43 @@ pub struct LoraModule {
     pub alpha: Option<f64>,
     /// The checkpoint key it patches.
     pub target: Option<String>,
+    /// The rows of that key, for a projection fused in it (q, k, v of `in_proj_weight`).
+    pub rows: Option<(usize, usize)>,
     /// The report row (block or component) of that key.
     pub block: Option<String>,
+    /// Why its weight change is not computed (Tucker convolutions, DoRA).
+    pub not_computed: Option<&'static str>,
 }
-
-/// Suffixes of each network's tensors, and the network they mark.
-const ROLES: &[(&str, &str)] = &[
-    (".lora_down.weight", "LoRA"),
-    (".lora_up.weight", "LoRA"),
-    (".lora_mid.weight", "LoRA"),
-    (".alpha", ""),
-    (".hada_w1_a", "LoHa"),
-    (".hada_w1_b", "LoHa"),
-    (".hada_w2_a", "LoHa"),
-    (".hada_w2_b", "LoHa"),
-    (".hada_t1", "LoHa"),
-    (".hada_t2", "LoHa"),
-    (".lokr_w1", "LoKr"),
-    (".lokr_w1_a", "LoKr"),
-    (".lokr_w1_b", "LoKr"),
-    (".lokr_w2", "LoKr"),
-    (".lokr_w2_a", "LoKr"),
-    (".lokr_w2_b", "LoKr"),
-    (".lokr_t2", "LoKr"),
-];
 
 /// The file as a LoRA, if most of its tensors are LoRA module tensors.
 pub fn read(ckpt: &Checkpoint) -> Option<LoraReport> {
-    let mut stems: BTreeMap<String, Vec<(&str, &crate::reader::header::TensorEntry)>> =
-        BTreeMap::new();
-    let mut other = 0usize;
-    for t in ckpt.tensors() {
-        match ROLES.iter().find(|(suffix, _)| t.name.ends_with(suffix)) {
-            Some((suffix, _)) => stems
-                .entry(t.name[..t.name.len() - suffix.len()].to_string())
-                .or_default()
-                .push((suffix, t)),
-            None => other += 1,
-        }
-    }
-    if stems.is_empty() || other > stems.len() {
-        return None;
-    }
-    // The architecture whose table names the most stems.
-    let arch = [Arch::Sd1, Arch::Sdxl, Arch::Sd2]
-        .into_iter()
-        .map(|a| {
-            (
-                stems
-                    .keys()
-                    .filter(|s| lora::target(a, s).is_some())
-                    .count(),
-                a,
-            )
-        })
-        .filter(|(n, _)| *n > 0)
-        .max_by_key(|(n, _)| *n)
-        .map(|(_, a)| a);
+    let net = Network::read(ckpt)?;
+    Some(report(ckpt, &net))
+}
+
+/// The report of a network read from `ckpt`.
+pub fn report(ckpt: &Checkpoint, net: &Network) -> LoraReport {
+    let arch = net.arch;
     let grouping = arch.map(Grouping::for_arch);
-    let mut modules = Vec::new();
-    let mut unknown = Vec::new();
-    let mut kinds: Vec<&str> = Vec::new();
-    for (stem, parts) in &stems {
-        let part = |s: &str| parts.iter().find(|(x, _)| *x == s).map(|(_, t)| *t);
-        let kind = if let Some(down) = part(".lora_down.weight") {
-            if down.shape.len() == 4 && down.shape[2] * down.shape[3] > 1 {
-                "LoCon"
-            } else {
-                "LoRA"
-            }
-        } else if part(".hada_w1_a").is_some() {
-            "LoHa"
-        } else if parts.iter().any(|(s, _)| s.starts_with(".lokr")) {
-            "LoKr"
-        } else {
-            "alpha only"
-        };
-        if !kinds.contains(&kind) {
-            kinds.push(kind);
-        }
-        let rank = match kind {
-            "LoRA" | "LoCon" => part(".lora_down.weight").and_then(|t| t.shape.first().copied()),
-            "LoHa" => part(".hada_w1_b").and_then(|t| t.shape.first().copied()),
-            "LoKr" => part(".lokr_w2_b")
-                .or(part(".lokr_w1_b"))
-                .and_then(|t| t.shape.first().copied()),
-            _ => None,
-        };
-        let alpha = part(".alpha")
-            .and_then(|t| scalar(ckpt, t))
-            .or(rank.map(|r| r as f64));
-        let target = arch.and_then(|a| lora::target(a, stem)).map(str::to_string);
-        let block = match (&target, &grouping) {
-            (Some(key), Some(g)) => Some(g.groups()[g.group_of(key)].label.clone()),
-            _ => None,
-        };
-        if target.is_none() {
-            unknown.push(stem.clone());
-        }
-        modules.push(LoraModule {
-            stem: stem.clone(),
-            kind,
-            rank,
-            alpha,
-            target,
-            block,
-        });
-    }
+    let modules: Vec<LoraModule> = net
+        .modules
+        .iter()
+        .map(|m| LoraModule {
+            stem: m.stem.clone(),
+            kind: m.kind.label(),
+            rank: m.rank,
+            alpha: m.alpha,
+            target: m.target.as_ref().map(|t| t.key.clone()),
+            rows: m.target.as_ref().and_then(|t| t.rows),
+            block: m.block.clone(),
+            not_computed: m.not_computed,
+        })
+        .collect();
+    let unknown = net.unknown().map(|m| m.stem.clone()).collect();
     let mut blocks: Vec<(String, usize, usize)> = Vec::new();
-    if let Some(g) = &grouping {
-        for m in &modules {
-            if let Some(b) = &m.block {
-                let order = g
-                    .groups()
-                    .iter()
-                    .position(|x| &x.label == b)
-                    .unwrap_or(usize::MAX);
+    if grouping.is_some() {
+        for m in &net.modules {
+            if let (Some(b), Some(order)) = (&m.block, m.row) {
                 match blocks.iter_mut().find(|(x, _, _)| x == b) {
                     Some((_, _, n)) => *n += 1,
                     None => blocks.push((b.clone(), order, 1)),
@@ -181,10 +99,10 @@ pub fn read(ckpt: &Checkpoint) -> Option<LoraReport> {
         }
     }
     alphas.sort_by(|a, b| a.0.total_cmp(&b.0));
-    Some(LoraReport {
+    LoraReport {
         file: ckpt.display_name(),
         bytes: ckpt.file_len(),
-        network: kinds.join("+"),
+        network: net.network(),
         arch,
         modules,
         unknown,
@@ -192,19 +110,7 @@ pub fn read(ckpt: &Checkpoint) -> Option<LoraReport> {
         ranks: ranks.into_iter().collect(),
         alphas,
         training: training(ckpt),
-    })
-}
-
-/// A one-element float tensor's value.
-fn scalar(ckpt: &Checkpoint, t: &crate::reader::header::TensorEntry) -> Option<f64> {
-    let format = dtype::float_format(t.dtype)?;
-    let bytes = ckpt.data(t);
-    if bytes.len() != format.size() {
-        return None;
     }
-    let mut v = [0.0f64];
-    crate::kernels::to_f64(format, bytes, &mut v);
-    Some(v[0])
 }
 
 /// kohya's `ss_*` metadata: the values people look for, the tag frequencies summarised.
@@ -283,124 +189,156 @@ pub struct SimRow {
     pub shared: usize,
 }
 
-/// A LoRA/LoCon module's factors as f64: (B out×r, A r×cols, r, cols, s).
-struct Factors {
-    up: Vec<f64>,
-    down: Vec<f64>,
-    rank: usize,
-    rows: usize,
-    cols: usize,
-    scale: f64,
-}
-
-fn factors(ckpt: &Checkpoint, m: &LoraModule) -> Option<Factors> {
-    if !matches!(m.kind, "LoRA" | "LoCon") {
-        return None;
-    }
-    let get = |suffix: &str| -> Option<(Vec<usize>, Vec<f64>)> {
-        let t = ckpt.get(&format!("{}{suffix}", m.stem))?;
-        let format = dtype::float_format(t.dtype)?;
-        let mut v = vec![0.0f64; t.shape.iter().product()];
-        crate::kernels::to_f64(format, ckpt.data(t), &mut v);
-        Some((t.shape.clone(), v))
-    };
-    if ckpt.get(&format!("{}.lora_mid.weight", m.stem)).is_some() {
-        return None; // Tucker-decomposed convolutions: not handled yet.
-    }
-    let (ds, down) = get(".lora_down.weight")?;
-    let (us, up) = get(".lora_up.weight")?;
-    let rank = *ds.first()?;
-    let cols: usize = ds[1..].iter().product();
-    let rows = *us.first()?;
-    if us.get(1) != Some(&rank) || us[2..].iter().product::<usize>() != 1 || rank == 0 {
-        return None;
-    }
-    Some(Factors {
-        up,
-        down,
-        rank,
-        rows,
-        cols,
-        scale: m.alpha.unwrap_or(rank as f64) / rank as f64,
-    })
-}
-
-/// ⟨s₁B₁A₁, s₂B₂A₂⟩ = s₁s₂ Σᵢⱼ (B₁ᵀB₂)ᵢⱼ (A₁A₂ᵀ)ᵢⱼ.
-fn factor_inner(x: &Factors, y: &Factors) -> Option<f64> {
+/// ⟨ΔW_x, ΔW_y⟩ of two modules' changes to the same target. Two low-rank forms use
+/// s₁s₂ Σᵢⱼ (B₁ᵀB₂)ᵢⱼ (A₁A₂ᵀ)ᵢⱼ, r₁×r₂ products instead of out×in; any other pair (LoHa,
+/// LoKr) materialises the module's ΔW, which is as large as its target.
+fn module_inner(x: &Delta, y: &Delta) -> Option<f64> {
     if x.rows != y.rows || x.cols != y.cols {
         return None;
     }
-    let mut sum = 0.0;
-    for i in 0..x.rank {
-        for j in 0..y.rank {
-            let bb: f64 = (0..x.rows)
-                .map(|o| x.up[o * x.rank + i] * y.up[o * y.rank + j])
-                .sum();
-            let aa = crate::kernels::dot(
-                &x.down[i * x.cols..(i + 1) * x.cols],
-                &y.down[j * y.cols..(j + 1) * y.cols],
-            );
-            sum += bb * aa;
+    if let (Some((bx, ax)), Some((by, ay))) = (x.low_rank(), y.low_rank()) {
+        let mut sum = 0.0;
+        for i in 0..bx.cols {
+            for j in 0..by.cols {
+                let bb: f64 = (0..bx.rows)
+                    .map(|o| bx.data[o * bx.cols + i] * by.data[o * by.cols + j])
+                    .sum();
+                sum += bb * crate::kernels::dot(ax.row(i), ay.row(j));
+            }
         }
+        return Some(x.scale * y.scale * sum);
     }
-    Some(x.scale * y.scale * sum)
+    Some(crate::kernels::dot(&x.full(), &y.full()))
 }
 
-pub fn similarity(a: &Checkpoint, ra: &LoraReport, b: &Checkpoint, rb: &LoraReport) -> LoraSim {
-    let arch = ra.arch.or(rb.arch);
-    let grouping = arch.map(Grouping::for_arch);
-    let order = |block: &str| {
-        grouping
-            .as_ref()
-            .and_then(|g| g.groups().iter().position(|x| x.label == block))
-            .unwrap_or(usize::MAX)
-    };
+pub fn similarity(a: &Checkpoint, ra: &Network, b: &Checkpoint, rb: &Network) -> LoraSim {
     let mut rows: BTreeMap<(usize, String), SimRow> = BTreeMap::new();
     let mut skipped = Vec::new();
-    let by_target = |r: &LoraReport| -> BTreeMap<String, LoraModule> {
+    let by_target = |r: &Network| -> BTreeMap<(String, Option<(usize, usize)>), Module> {
         r.modules
             .iter()
-            .filter_map(|m| m.target.clone().map(|t| (t, m.clone())))
+            .filter_map(|m| m.target.clone().map(|t| ((t.key, t.rows), m.clone())))
             .collect()
     };
     let (ma, mb) = (by_target(ra), by_target(rb));
-    let mut targets: Vec<&String> = ma.keys().chain(mb.keys()).collect();
+    let mut targets: Vec<&(String, Option<(usize, usize)>)> = ma.keys().chain(mb.keys()).collect();
     targets.sort();
     targets.dedup();
     for target in targets {
         let (x, y) = (ma.get(target), mb.get(target));
-        let block = x.or(y).and_then(|m| m.block.clone()).unwrap_or_default();
+        let m = x.or(y).expect("in one of them");
+        let block = m.block.clone().unwrap_or_default();
         let row = rows
-            .entry((order(&block), block.clone()))
+            .entry((m.row.unwrap_or(usize::MAX), block.clone()))
             .or_insert_with(|| SimRow {
                 block: block.clone(),
                 ..Default::default()
             });
-        let fx = x.map(|m| (m, factors(a, m)));
-        let fy = y.map(|m| (m, factors(b, m)));
-        for (m, f) in fx.iter().chain(fy.iter()) {
-            if f.is_none() {
-                skipped.push(m.stem.clone());
-            }
-        }
-        let fx = fx.and_then(|(_, f)| f);
-        let fy = fy.and_then(|(_, f)| f);
+        let mut delta = |ckpt: &Checkpoint, m: Option<&Module>| -> Option<Delta> {
+            let m = m?;
+            Delta::of(ckpt, m).map_err(|e| skipped.push(e)).ok()
+        };
+        let fx = delta(a, x);
+        let fy = delta(b, y);
         if let Some(f) = &fx {
-            row.norm2_a += factor_inner(f, f).unwrap_or(0.0);
+            row.norm2_a += module_inner(f, f).unwrap_or(0.0);
         }
         if let Some(f) = &fy {
-            row.norm2_b += factor_inner(f, f).unwrap_or(0.0);
+            row.norm2_b += module_inner(f, f).unwrap_or(0.0);
         }
         if let (Some(f), Some(g)) = (&fx, &fy) {
-            match factor_inner(f, g) {
+            match module_inner(f, g) {
                 Some(v) => {
                     row.inner += v;
                     row.shared += 1;
                 }
-                None => skipped.push(format!("{target} (factors of unlike shapes)")),
+                None => skipped.push(format!("{} (factors of unlike shapes)", target.0)),
             }
         }
     }
+    finish(a.display_name(), b.display_name(), rows, skipped)
+}
+
+/// A LoRA against a checkpoint's change from a base (`tuned − base`), per block: for each
+/// module, ⟨s·B·A, D⟩ = s·Σₒ Σₖ B[o,k]·⟨A[k,:], D[o,:]⟩ over D's rows as they are read, so
+/// neither ΔW nor D is held whole. Only the keys the LoRA patches are compared: the
+/// checkpoint's change elsewhere is not in the norm.
+pub fn against_delta(
+    lora: &Checkpoint,
+    net: &Network,
+    tuned: &Checkpoint,
+    base: &Checkpoint,
+) -> LoraSim {
+    let mut rows: BTreeMap<(usize, String), SimRow> = BTreeMap::new();
+    let mut skipped = Vec::new();
+    for m in &net.modules {
+        let Some(t) = &m.target else { continue };
+        let d = match Delta::of(lora, m) {
+            Ok(d) => d,
+            Err(e) => {
+                skipped.push(e);
+                continue;
+            }
+        };
+        let (Some(tt), Some(tb)) = (tuned.get(&t.key), base.get(&t.key)) else {
+            skipped.push(format!("{}: {} is not in both checkpoints", m.stem, t.key));
+            continue;
+        };
+        if tt.shape != tb.shape {
+            skipped.push(format!("{}: the checkpoints' shapes differ", t.key));
+            continue;
+        }
+        if let Err(e) = crate::lora::check_shape(m, &d, &tt.shape) {
+            skipped.push(e);
+            continue;
+        }
+        let (Some(ft), Some(fb)) = (dtype::float_format(tt.dtype), dtype::float_format(tb.dtype))
+        else {
+            skipped.push(format!("{}: not a float tensor", t.key));
+            continue;
+        };
+        let block = m.block.clone().unwrap_or_default();
+        let row = rows
+            .entry((m.row.unwrap_or(usize::MAX), block.clone()))
+            .or_insert_with(|| SimRow {
+                block,
+                ..Default::default()
+            });
+        let cols = d.cols;
+        let (lo, _) = t.rows.unwrap_or((0, d.rows));
+        let (mut vt, mut vb) = (vec![0.0; cols], vec![0.0; cols]);
+        let mut dw = vec![0.0; cols];
+        let (bt, bb) = (tuned.data(tt), base.data(tb));
+        for o in 0..d.rows {
+            let at = (lo + o) * cols;
+            crate::kernels::to_f64(ft, &bt[at * ft.size()..(at + cols) * ft.size()], &mut vt);
+            crate::kernels::to_f64(fb, &bb[at * fb.size()..(at + cols) * fb.size()], &mut vb);
+            let (st, sb) = (tt.scale.unwrap_or(1.0), tb.scale.unwrap_or(1.0));
+            vt.iter_mut()
+                .zip(&vb)
+                .for_each(|(x, y)| *x = *x * st - y * sb);
+            dw.fill(0.0);
+            d.add_into(1.0, o * cols, (o + 1) * cols, &mut dw);
+            row.inner += crate::kernels::dot(&dw, &vt);
+            row.norm2_b += crate::kernels::dot(&vt, &vt);
+        }
+        row.norm2_a += module_inner(&d, &d).unwrap_or(0.0);
+        row.shared += 1;
+    }
+    finish(
+        lora.display_name(),
+        format!("{} − {}", tuned.display_name(), base.display_name()),
+        rows,
+        skipped,
+    )
+}
+
+fn finish(
+    a: String,
+    b: String,
+    rows: BTreeMap<(usize, String), SimRow>,
+    mut skipped: Vec<String>,
+) -> LoraSim {
     let cos = |r: &mut SimRow| {
         let d = (r.norm2_a * r.norm2_b).sqrt();
         r.cosine = if d > 0.0 { r.inner / d } else { 0.0 };
@@ -421,8 +359,8 @@ pub fn similarity(a: &Checkpoint, ra: &LoraReport, b: &Checkpoint, rb: &LoraRepo
     skipped.sort();
     skipped.dedup();
     LoraSim {
-        a: ra.file.clone(),
-        b: rb.file.clone(),
+        a,
+        b,
         rows: out,
         total,
         skipped,
