@@ -370,3 +370,388 @@ fn lora_sim_equals_the_cosine_of_the_materialised_changes() {
     let (code, _, err) = run_code(&["sim", s(&pa), s(&dir.path("missing.safetensors"))]);
     assert_ne!(code, 0, "{err}");
 }
+
+/// f16 values of `shape` from the LCG, as raw little-endian bytes and as the f32 they are.
+fn f16_tensor(name: String, shape: Vec<usize>, seed: u64, amp: f32) -> (RawTensor, Vec<f32>) {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = noise(seed, n)
+        .iter()
+        .map(|x| half::f16::from_f32(x * amp).to_f32())
+        .collect();
+    let data = v
+        .iter()
+        .flat_map(|x| half::f16::from_f32(*x).to_le_bytes())
+        .collect();
+    (
+        RawTensor {
+            name,
+            dtype: "F16".into(),
+            shape,
+            data,
+        },
+        v,
+    )
+}
+
+fn alpha_tensor(stem: &str, alpha: f32) -> RawTensor {
+    RawTensor {
+        name: format!("{stem}.alpha"),
+        dtype: "F32".into(),
+        shape: vec![],
+        data: alpha.to_le_bytes().to_vec(),
+    }
+}
+
+/// (a×k) · (k×b) in f32, the naive triple loop.
+fn matmul(a: &[f32], b: &[f32], rows: usize, k: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * cols];
+    for i in 0..rows {
+        for j in 0..cols {
+            let mut s = 0f32;
+            for t in 0..k {
+                s += a[i * k + t] * b[t * cols + j];
+            }
+            out[i * cols + j] = s;
+        }
+    }
+    out
+}
+
+/// One module of each network type for a generated SD1 at 1/8 width, with its ΔW
+/// materialised in f32 from the formulas (LoRA/LoCon: α/r·up·down; LoHa:
+/// α/r·(w1a·w1b)⊙(w2a·w2b); LoKr: α/r·(w1 ⊗ w2a·w2b)), keyed by the checkpoint key it
+/// patches (named by kohya's rule, see the SD1 table above).
+fn every_network(
+    shapes: &std::collections::BTreeMap<String, Vec<usize>>,
+    seed: u64,
+) -> (Vec<RawTensor>, Vec<(String, Vec<f32>)>) {
+    let mut tensors = Vec::new();
+    let mut deltas = Vec::new();
+    let key = |k: &str| format!("model.diffusion_model.{k}.weight");
+    // LoRA on IN04's attn1.to_q.
+    let stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";
+    let k = key("input_blocks.4.1.transformer_blocks.0.attn1.to_q");
+    let (o, i) = (shapes[&k][0], shapes[&k][1]);
+    let r = 4;
+    let (td, d) = f16_tensor(format!("{stem}.lora_down.weight"), vec![r, i], seed, 1.0);
+    let (tu, u) = f16_tensor(format!("{stem}.lora_up.weight"), vec![o, r], seed + 1, 1.0);
+    tensors.extend([td, tu, alpha_tensor(stem, 2.0)]);
+    let w = matmul(&u, &d, o, r, i);
+    deltas.push((k, w.iter().map(|x| x * 2.0 / r as f32).collect()));
+    // LoCon: a 3x3 down on IN02's resnet conv1 (input_blocks.2.0.in_layers.2), 1x1 up.
+    let stem = "lora_unet_down_blocks_0_resnets_1_conv1";
+    let k = key("input_blocks.2.0.in_layers.2");
+    let s = &shapes[&k];
+    let (o, cols) = (s[0], s[1] * s[2] * s[3]);
+    let r = 3;
+    let (td, d) = f16_tensor(
+        format!("{stem}.lora_down.weight"),
+        vec![r, s[1], 3, 3],
+        seed + 2,
+        1.0,
+    );
+    let (tu, u) = f16_tensor(
+        format!("{stem}.lora_up.weight"),
+        vec![o, r, 1, 1],
+        seed + 3,
+        1.0,
+    );
+    tensors.extend([td, tu, alpha_tensor(stem, 1.5)]);
+    let w = matmul(&u, &d, o, r, cols);
+    deltas.push((k, w.iter().map(|x| x * 1.5 / r as f32).collect()));
+    // LoHa on OUT11's proj_out (a 1x1 convolution: w1b is r × in).
+    let stem = "lora_unet_up_blocks_3_attentions_2_proj_out";
+    let k = key("output_blocks.11.1.proj_out");
+    let s = &shapes[&k];
+    let (o, cols) = (s[0], s[1..].iter().product::<usize>());
+    let r = 2;
+    let (a1, va1) = f16_tensor(format!("{stem}.hada_w1_a"), vec![o, r], seed + 4, 1.0);
+    let (b1, vb1) = f16_tensor(format!("{stem}.hada_w1_b"), vec![r, cols], seed + 5, 1.0);
+    let (a2, va2) = f16_tensor(format!("{stem}.hada_w2_a"), vec![o, r], seed + 6, 1.0);
+    let (b2, vb2) = f16_tensor(format!("{stem}.hada_w2_b"), vec![r, cols], seed + 7, 1.0);
+    tensors.extend([a1, b1, a2, b2, alpha_tensor(stem, 1.0)]);
+    let (p1, p2) = (
+        matmul(&va1, &vb1, o, r, cols),
+        matmul(&va2, &vb2, o, r, cols),
+    );
+    deltas.push((
+        k,
+        p1.iter()
+            .zip(&p2)
+            .map(|(x, y)| x * y * 1.0 / r as f32)
+            .collect(),
+    ));
+    // LoKr on the text encoder's last v_proj: w1 full (4×4), w2 = w2a·w2b (rank 3).
+    let stem = "lora_te_text_model_encoder_layers_11_self_attn_v_proj";
+    let k = "cond_stage_model.transformer.text_model.encoder.layers.11.self_attn.v_proj.weight"
+        .to_string();
+    let (o, i) = (shapes[&k][0], shapes[&k][1]);
+    let (a, b) = (4, 4);
+    let (c, dd) = (o / a, i / b);
+    let r = 3;
+    let (w1, v1) = f16_tensor(format!("{stem}.lokr_w1"), vec![a, b], seed + 8, 1.0);
+    let (w2a, v2a) = f16_tensor(format!("{stem}.lokr_w2_a"), vec![c, r], seed + 9, 1.0);
+    let (w2b, v2b) = f16_tensor(format!("{stem}.lokr_w2_b"), vec![r, dd], seed + 10, 1.0);
+    tensors.extend([w1, w2a, w2b, alpha_tensor(stem, 6.0)]);
+    let w2 = matmul(&v2a, &v2b, c, r, dd);
+    let mut kron = vec![0f32; o * i];
+    for p in 0..a {
+        for q in 0..b {
+            for x in 0..c {
+                for y in 0..dd {
+                    kron[(p * c + x) * i + q * dd + y] =
+                        v1[p * b + q] * w2[x * dd + y] * 6.0 / r as f32;
+                }
+            }
+        }
+    }
+    deltas.push((k, kron));
+    (tensors, deltas)
+}
+
+/// |got − want| within one f16 step at `want`'s magnitude (the output is rounded once; the
+/// reference's f32 products may round the other way).
+fn within_f16_step(got: f64, want: f64) -> bool {
+    let step = if want.abs() < 6.1e-5 {
+        2f64.powi(-24)
+    } else {
+        2f64.powi(want.abs().log2().floor() as i32 - 10)
+    };
+    (got - want).abs() <= step
+}
+
+fn shapes_of(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<usize>> {
+    read_reference(path)
+        .into_iter()
+        .map(|t| (t.name, t.shape))
+        .collect()
+}
+
+#[test]
+fn bake_equals_the_materialised_change_for_every_network_type() {
+    use ckpt_diff::catalog::Arch;
+    use ckpt_diff::reader::dtype::FloatFormat;
+    use ckpt_diff::synth::Synthetic;
+    let dir = Dir::new();
+    let base = dir.model(
+        "base.safetensors",
+        &layout(Arch::Sd1, 8, FloatFormat::F16),
+        &Synthetic::base(Arch::Sd1, 3),
+    );
+    let (mut tensors, deltas) = every_network(&shapes_of(&base), 40);
+    // A module no SD1 key has: listed as not baked, never dropped silently.
+    let (td, _) = f16_tensor(
+        "lora_unet_not_a_layer.lora_down.weight".into(),
+        vec![2, 8],
+        1,
+        1.0,
+    );
+    let (tu, _) = f16_tensor(
+        "lora_unet_not_a_layer.lora_up.weight".into(),
+        vec![8, 2],
+        2,
+        1.0,
+    );
+    tensors.extend([td, tu]);
+    let lora = dir.path("every.safetensors");
+    write_raw(&lora, &tensors, &[], 0);
+    // LoRA Block Weight's 17 values (BASE, IN01, IN02, IN04, IN05, IN07, IN08, M00,
+    // OUT03..OUT11): BASE 0.25, IN02 0.5, IN04 0.75, OUT11 1.25.
+    let lbw = "0.25,1,0.5,0.75,1,1,1,1,1,1,1,1,1,1,1,1,1.25";
+    let strength = |key: &str| {
+        if key.starts_with("cond_stage_model") {
+            0.25
+        } else if key.contains("input_blocks.2.") {
+            0.5
+        } else if key.contains("input_blocks.4.") {
+            0.75
+        } else {
+            1.25
+        }
+    };
+    let recipe = dir.path("bake.recipe");
+    std::fs::write(
+        &recipe,
+        format!(
+            "M = \"{}\"\nL = \"{}\"\nOUT = M + lora(L, strength=({lbw})) x 0.8\n",
+            s(&base),
+            s(&lora)
+        ),
+    )
+    .unwrap();
+    let out = dir.path("out.safetensors");
+    let text = run_ok(&["merge", s(&recipe), "-o", s(&out), "--dry-run"]);
+    assert!(text.contains("LoRA 'L' (LoRA+LoCon+LoHa+LoKr"), "{text}");
+    assert!(text.contains("4 of 5 modules baked"), "{text}");
+    assert!(text.contains("lora_unet_not_a_layer"), "{text}");
+    run_ok(&["merge", s(&recipe), "-o", s(&out), "-q"]);
+    let model = reference_map(&base);
+    let got = reference_map(&out);
+    assert_eq!(model.len(), got.len());
+    for (key, t) in &model {
+        let (Some(g), Some(m)) = (got[key].values.as_ref(), t.values.as_ref()) else {
+            continue; // position_ids
+        };
+        match deltas.iter().find(|(k, _)| k == key) {
+            Some((_, d)) => {
+                let c = 0.8 * strength(key);
+                let mut changed = 0;
+                for (idx, ((g, m), d)) in g.iter().zip(m).zip(d).enumerate() {
+                    let want = m + c * *d as f64;
+                    assert!(
+                        within_f16_step(*g, want),
+                        "{key}[{idx}]: {g} vs {want} (model {m}, ΔW {d})"
+                    );
+                    changed += usize::from(g != m);
+                }
+                assert!(changed > g.len() / 2, "{key}: only {changed} changed");
+            }
+            None => assert_eq!(g, m, "{key} is patched by no module: unchanged"),
+        }
+    }
+}
+
+#[test]
+fn twenty_loras_in_one_pass_equal_twenty_bakes_one_at_a_time() {
+    use ckpt_diff::catalog::Arch;
+    use ckpt_diff::reader::dtype::FloatFormat;
+    use ckpt_diff::synth::Synthetic;
+    let dir = Dir::new();
+    let base = dir.model(
+        "base.safetensors",
+        &layout(Arch::Sd1, 8, FloatFormat::F32),
+        &Synthetic::base(Arch::Sd1, 5),
+    );
+    let shapes = shapes_of(&base);
+    let mut paths = Vec::new();
+    let mut all_deltas = Vec::new();
+    for n in 0..20u64 {
+        let (tensors, deltas) = every_network(&shapes, 100 * n);
+        all_deltas.push(deltas);
+        let p = dir.path(&format!("l{n}.safetensors"));
+        write_raw(&p, &tensors, &[], 0);
+        paths.push(p);
+    }
+    let strength =
+        |n: usize| 0.05 * (n as f64 + 1.0) * if n.is_multiple_of(3) { -1.0 } else { 1.0 };
+    // One pass, f32 output.
+    let mut binds = format!("M = \"{}\"\n", s(&base));
+    let mut expr = "M".to_string();
+    for (n, p) in paths.iter().enumerate() {
+        binds.push_str(&format!("L{n} = \"{}\"\n", s(p)));
+        expr.push_str(&format!(" + lora(L{n}) x {}", strength(n)));
+    }
+    let recipe = dir.path("all.recipe");
+    std::fs::write(&recipe, format!("{binds}OUT = {expr}\n")).unwrap();
+    let once = dir.path("once.safetensors");
+    run_ok(&["merge", s(&recipe), "-o", s(&once), "-q", "--dtype", "f32"]);
+    // Twenty passes, each baking one LoRA into the last one's f32 output.
+    let mut prev = base.clone();
+    for (n, p) in paths.iter().enumerate() {
+        let r = dir.path(&format!("step{n}.recipe"));
+        std::fs::write(
+            &r,
+            format!(
+                "M = \"{}\"\nL = \"{}\"\nOUT = M + lora(L) x {}\n",
+                s(&prev),
+                s(p),
+                strength(n)
+            ),
+        )
+        .unwrap();
+        let o = dir.path(&format!("step{n}.safetensors"));
+        run_ok(&["merge", s(&r), "-o", s(&o), "-q", "--dtype", "f32"]);
+        prev = o;
+    }
+    let (a, b) = (reference_map(&once), reference_map(&prev));
+    let base_map = reference_map(&base);
+    let mut patched = 0;
+    for (key, t) in &a {
+        let (Some(x), Some(y)) = (t.values.as_ref(), b[key].values.as_ref()) else {
+            continue;
+        };
+        let m = base_map[key].values.clone().unwrap();
+        for (i, (x, y)) in x.iter().zip(y).enumerate() {
+            // Twenty f32 roundings against one, each at most an f32 step of the running
+            // value, which never exceeds |model| + Σ|strength·ΔW|.
+            let reach: f64 = m[i].abs()
+                + all_deltas
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(n, ds)| {
+                        ds.iter()
+                            .find(|(k, _)| k == key)
+                            .map(|(_, d)| (strength(n) * d[i] as f64).abs())
+                    })
+                    .sum::<f64>();
+            assert!(
+                (x - y).abs() <= 21.0 * f32::EPSILON as f64 * reach,
+                "{key}: {x} vs {y}"
+            );
+        }
+        patched += usize::from(x != &base_map[key].values.clone().unwrap());
+    }
+    assert_eq!(
+        patched, 4,
+        "the four patched keys, and no other, differ from the model"
+    );
+}
+
+#[test]
+fn lora_bake_errors_name_the_file_and_the_fix() {
+    use ckpt_diff::catalog::Arch;
+    use ckpt_diff::reader::dtype::FloatFormat;
+    use ckpt_diff::synth::Synthetic;
+    let dir = Dir::new();
+    let sd1 = dir.model(
+        "sd1.safetensors",
+        &layout(Arch::Sd1, 8, FloatFormat::F16),
+        &Synthetic::base(Arch::Sd1, 3),
+    );
+    let (tensors, _) = every_network(&shapes_of(&sd1), 1);
+    let lora = dir.path("l.safetensors");
+    write_raw(&lora, &tensors, &[], 0);
+    // The same module names with factors of another width (a LoRA for a wider model).
+    let wide = dir.path("wide.safetensors");
+    let mut big: Vec<RawTensor> = Vec::new();
+    for t in &tensors {
+        let mut t = RawTensor {
+            name: t.name.clone(),
+            dtype: t.dtype.clone(),
+            shape: t.shape.clone(),
+            data: t.data.clone(),
+        };
+        if t.name.contains("to_q.lora_down") {
+            t.shape[1] *= 2;
+            t.data = [t.data.clone(), t.data.clone()].concat();
+        }
+        big.push(t);
+    }
+    write_raw(&wide, &big, &[], 0);
+    let out = dir.path("o.safetensors");
+    for (steps, want) in [
+        (
+            "OUT = M + L",
+            "is a LoRA file, not a model: bake it with `lora(L)`",
+        ),
+        ("OUT = M + lora(M)", "is a checkpoint, not a LoRA file"),
+        ("OUT = M + lora(W)", "do not fit the model"),
+        ("OUT = M + lora(L, strength=(1,2,3))", "block weights given"),
+    ] {
+        let recipe = dir.path("r.recipe");
+        std::fs::write(
+            &recipe,
+            format!(
+                "M = \"{}\"\nL = \"{}\"\nW = \"{}\"\n{steps}\n",
+                s(&sd1),
+                s(&lora),
+                s(&wide)
+            ),
+        )
+        .unwrap();
+        let (code, _, err) = run_code(&["merge", s(&recipe), "-o", s(&out), "-q"]);
+        assert_ne!(code, 0, "{steps}");
+        assert!(err.contains(want), "{steps}: {err}");
+        assert!(!out.exists(), "{steps}");
+    }
+}

@@ -255,15 +255,20 @@ impl Network {
         self.modules.iter().filter(|m| m.target.is_none())
     }
 
-    /// The network types present, in order of first appearance (`LoRA+LoHa`).
+    /// The network types present, in a fixed order (`LoRA+LoHa`).
     pub fn network(&self) -> String {
-        let mut kinds: Vec<&str> = Vec::new();
-        for m in &self.modules {
-            if !kinds.contains(&m.kind.label()) {
-                kinds.push(m.kind.label());
-            }
-        }
-        kinds.join("+")
+        [
+            Kind::LoRA,
+            Kind::LoCon,
+            Kind::LoHa,
+            Kind::LoKr,
+            Kind::Incomplete,
+        ]
+        .into_iter()
+        .filter(|k| self.modules.iter().any(|m| m.kind == *k))
+        .map(Kind::label)
+        .collect::<Vec<_>>()
+        .join("+")
     }
 }
 
@@ -521,18 +526,21 @@ impl Delta {
     }
 }
 
-/// Whether `m`'s ΔW fits the key it patches, whose shape is `shape`: the error says why not.
-pub fn check_shape(m: &Module, d: &Delta, shape: &[usize]) -> Result<(), String> {
+/// Whether a ΔW of `rows`×`cols` from `m` fits the key it patches, whose shape is `shape`:
+/// the error says why not.
+pub fn check_shape(
+    m: &Module,
+    (rows, cols): (usize, usize),
+    shape: &[usize],
+) -> Result<(), String> {
     let t = m.target.as_ref().expect("a mapped module");
-    let rows = shape.first().copied().unwrap_or(1);
-    let cols: usize = shape.iter().skip(1).product();
-    let (lo, hi) = t.rows.unwrap_or((0, rows));
-    if hi > rows || d.rows != hi - lo || d.cols != cols {
+    let key_rows = shape.first().copied().unwrap_or(1);
+    let key_cols: usize = shape.iter().skip(1).product();
+    let (lo, hi) = t.rows.unwrap_or((0, key_rows));
+    if hi > key_rows || rows != hi - lo || cols != key_cols {
         return Err(format!(
-            "{} changes a {}×{} matrix but {}{} is {:?}",
+            "{} changes a {rows}×{cols} matrix but {}{} is {:?}",
             m.stem,
-            d.rows,
-            d.cols,
             t.key,
             t.rows
                 .map(|(a, b)| format!(" rows {a}..{b}"))
@@ -541,4 +549,77 @@ pub fn check_shape(m: &Module, d: &Delta, shape: &[usize]) -> Result<(), String>
         ));
     }
     Ok(())
+}
+
+/// A LoRA file a recipe bakes: the file, opened, and its modules mapped to the model's
+/// architecture.
+pub struct LoraFile {
+    /// The recipe's name for it.
+    pub name: String,
+    pub ckpt: Checkpoint,
+    pub net: Network,
+}
+
+impl std::fmt::Debug for LoraFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "LoraFile({})", self.name)
+    }
+}
+
+/// The (rows, columns) of `m`'s ΔW from its tensors' shapes alone (no data read), or why its
+/// factors do not fit each other.
+pub fn dims(ckpt: &Checkpoint, m: &Module) -> Result<(usize, usize), String> {
+    if let Some(why) = m.not_computed {
+        return Err(format!("{} is {why}", m.stem));
+    }
+    let shape = |role: &str| -> Option<&[usize]> {
+        m.part(role)
+            .and_then(|n| ckpt.get(n))
+            .map(|t| t.shape.as_slice())
+    };
+    let need = |role: &str| -> Result<&[usize], String> {
+        shape(role).ok_or_else(|| format!("{} has no {role} tensor", m.stem))
+    };
+    let rest = |s: &[usize]| -> usize { s.iter().skip(1).product() };
+    let first = |s: &[usize]| -> usize { s.first().copied().unwrap_or(0) };
+    let bad = || format!("{}: its factors' shapes do not fit each other", m.stem);
+    match m.kind {
+        Kind::LoRA | Kind::LoCon => {
+            let (down, up) = (need("down")?, need("up")?);
+            if up.get(1) != down.first() || up.iter().skip(2).product::<usize>() != 1 {
+                return Err(bad());
+            }
+            Ok((first(up), rest(down)))
+        }
+        Kind::LoHa => {
+            let (a1, b1) = (need("hada_w1_a")?, need("hada_w1_b")?);
+            let (a2, b2) = (need("hada_w2_a")?, need("hada_w2_b")?);
+            if a1.get(1) != b1.first()
+                || a2.get(1) != b2.first()
+                || first(a1) != first(a2)
+                || rest(b1) != rest(b2)
+            {
+                return Err(bad());
+            }
+            Ok((first(a1), rest(b1)))
+        }
+        Kind::LoKr => {
+            let side = |w: &str, a: &str, b: &str| -> Result<(usize, usize), String> {
+                match shape(w) {
+                    Some(s) => Ok((first(s), rest(s))),
+                    None => {
+                        let (sa, sb) = (need(a)?, need(b)?);
+                        if sa.get(1) != sb.first() {
+                            return Err(bad());
+                        }
+                        Ok((first(sa), rest(sb)))
+                    }
+                }
+            };
+            let (r1, c1) = side("lokr_w1", "lokr_w1_a", "lokr_w1_b")?;
+            let (r2, c2) = side("lokr_w2", "lokr_w2_a", "lokr_w2_b")?;
+            Ok((r1 * r2, c1 * c2))
+        }
+        Kind::Incomplete => Err(format!("{} has no factors", m.stem)),
+    }
 }

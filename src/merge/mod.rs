@@ -25,7 +25,10 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use std::sync::Arc;
+
 use crate::catalog::{Arch, Detection, Layout, detect};
+use crate::lora::LoraFile;
 use crate::pass::{Pass, PassError, Plan};
 use crate::reader::dtype::{self, FloatFormat};
 use crate::reader::{Checkpoint, FileError};
@@ -150,12 +153,22 @@ pub fn run(
     // to learn the architecture.
     let mentioned = plan::referenced_inputs(recipe);
     let mut opened: HashMap<String, Opened> = HashMap::new();
+    let mut lora_files = Vec::new();
     let mut planned = Vec::new();
     let mut unopened = 0;
     for &i in &mentioned {
         let b = &recipe.bindings[i];
         let path = resolve_path(base_dir, &b.path);
         match Checkpoint::open(&path) {
+            Ok(ckpt) if crate::lora::Network::read(&ckpt).is_some() => {
+                planned.push(preflight::PlannedInput {
+                    name: b.name.clone(),
+                    path: path.display().to_string(),
+                    bytes: ckpt.bytes().len() as u64,
+                    arch: "LoRA".into(),
+                });
+                lora_files.push((b.name.clone(), path, ckpt));
+            }
             Ok(ckpt) => {
                 (options.on_open)(&ckpt);
                 let detection = detect(&ckpt);
@@ -197,7 +210,25 @@ pub fn run(
             preflight::Preflight::failed(out, planned, problems),
         )));
     };
-    let mut merge = plan::resolve(recipe, arch)?;
+    // LoRAs, their modules mapped to the models' architecture.
+    let mut loras: HashMap<String, Arc<LoraFile>> = HashMap::new();
+    let mut lora_paths: Vec<PathBuf> = Vec::new();
+    for (name, path, ckpt) in lora_files {
+        lora_paths.push(path.clone());
+        let own = crate::lora::Network::read(&ckpt).and_then(|n| n.arch);
+        if let Some(own) = own.filter(|&a| a != arch) {
+            problems.push(format!(
+                "'{name}' ({}) is a LoRA for {} but the models are {}: bake it into a model of \
+                 its architecture",
+                path.display(),
+                own.label(),
+                arch.label()
+            ));
+        }
+        let net = crate::lora::Network::read_for(&ckpt, Some(arch)).expect("read above");
+        loras.insert(name.clone(), Arc::new(LoraFile { name, ckpt, net }));
+    }
+    let mut merge = plan::resolve_with(recipe, arch, &loras)?;
     compact(&mut merge);
     let models: Vec<&Opened> = merge
         .inputs
@@ -307,9 +338,12 @@ pub fn run(
         inputs: planned,
         ..Default::default()
     };
-    if let Err(e) = crate::writer::refuse_input(out, &input_paths) {
+    let mut guarded: Vec<&Path> = input_paths.clone();
+    guarded.extend(lora_paths.iter().map(PathBuf::as_path));
+    if let Err(e) = crate::writer::refuse_input(out, &guarded) {
         problems.push(format!("{e}"));
     }
+    plan_view.loras = preflight::check_loras(&loras, &pass_plan, &decisions, &mut problems);
     let data: u64 = specs.iter().map(|t| t.byte_len() as u64).sum();
     let header = recipe.text.len() as u64 * 2 + 160 * specs.len() as u64 + 4096;
     preflight::describe(

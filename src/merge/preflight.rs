@@ -16,14 +16,16 @@
 //! mapped, not copied: while a tensor is merged its N stored copies are resident as page
 //! cache, which the OS reclaims under pressure (reported as `mapped`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::engine::{Decisions, Source};
 use super::methods::SUB;
 use super::plan::{MergePlan, Node};
+use crate::lora::LoraFile;
 use crate::pass::Plan;
 
 /// What the merge will do, or why it will not.
@@ -50,8 +52,22 @@ pub struct Preflight {
     pub rate: Option<(f64, String)>,
     /// The kind of merge, as rates are recorded: `linear` or the methods' names.
     pub kind: String,
+    /// The LoRAs baked, and which of their modules are not.
+    pub loras: Vec<PlannedLora>,
     /// Everything that stops the merge, each with what to do.
     pub problems: Vec<String>,
+}
+
+/// A LoRA file a recipe bakes.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PlannedLora {
+    pub name: String,
+    pub network: String,
+    pub modules: usize,
+    /// Modules whose change goes into the output.
+    pub baked: usize,
+    /// (module, why not).
+    pub not_baked: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -108,6 +124,76 @@ impl Preflight {
         }
         s
     }
+}
+
+/// Checks every module of every LoRA against the model before the pass: a module whose
+/// factors do not fit the key it patches is a problem (a LoRA for another model); one whose
+/// name maps to no key, whose key the models lack or whose key is copied rather than
+/// merged is listed as not baked.
+pub fn check_loras(
+    loras: &HashMap<String, Arc<LoraFile>>,
+    pass_plan: &Plan<'_>,
+    decisions: &Decisions,
+    problems: &mut Vec<String>,
+) -> Vec<PlannedLora> {
+    let shapes: HashMap<&str, &[usize]> = pass_plan
+        .entries()
+        .iter()
+        .map(|e| (e.key.as_str(), pass_plan.shape(e)))
+        .collect();
+    let merged: HashMap<&str, bool> = decisions
+        .outputs
+        .iter()
+        .map(|o| (o.name.as_str(), matches!(o.source, Source::Merge { .. })))
+        .collect();
+    let mut names: Vec<&String> = loras.keys().collect();
+    names.sort();
+    let mut out = Vec::new();
+    for name in names {
+        let f = &loras[name];
+        let mut planned = PlannedLora {
+            name: name.clone(),
+            network: f.net.network(),
+            modules: f.net.modules.len(),
+            ..Default::default()
+        };
+        let mut misfits = Vec::new();
+        for m in &f.net.modules {
+            let Some(t) = &m.target else {
+                planned.not_baked.push((
+                    m.stem.clone(),
+                    "its name patches no key of this architecture".into(),
+                ));
+                continue;
+            };
+            let Some(shape) = shapes.get(t.key.as_str()) else {
+                planned
+                    .not_baked
+                    .push((m.stem.clone(), format!("the models have no {}", t.key)));
+                continue;
+            };
+            match crate::lora::dims(&f.ckpt, m).and_then(|d| crate::lora::check_shape(m, d, shape))
+            {
+                Err(e) if m.not_computed.is_some() => planned.not_baked.push((m.stem.clone(), e)),
+                Err(e) => misfits.push(e),
+                Ok(()) if merged.get(t.key.as_str()) != Some(&true) => planned
+                    .not_baked
+                    .push((m.stem.clone(), format!("{} is copied, not merged", t.key))),
+                Ok(()) => planned.baked += 1,
+            }
+        }
+        if !misfits.is_empty() {
+            problems.push(format!(
+                "'{name}': {} of its modules do not fit the model ({}{}); is it a LoRA for \
+                 another model?",
+                misfits.len(),
+                misfits[0],
+                if misfits.len() > 1 { ", ..." } else { "" }
+            ));
+        }
+        out.push(planned);
+    }
+    out
 }
 
 /// Fills the plan of a merge that resolved: components, sizes, memory, time.

@@ -91,6 +91,18 @@ pub fn plan_text(plan: &Preflight) -> String {
         }
         s.push_str(&t.terminal());
         s.push('\n');
+        for l in &plan.loras {
+            s.push_str(&format!(
+                "LoRA '{}' ({}): {} of {} modules baked\n",
+                l.name, l.network, l.baked, l.modules
+            ));
+            let not: Vec<String> = l
+                .not_baked
+                .iter()
+                .map(|(m, why)| format!("{m} ({why})"))
+                .collect();
+            s.push_str(&listed("  not baked", &not, 3));
+        }
         s.push_str(&format!(
             "output: {}{}; reads {} of tensors\n",
             bytes(plan.output_bytes),

@@ -288,7 +288,7 @@ pub fn against_delta(
             skipped.push(format!("{}: the checkpoints' shapes differ", t.key));
             continue;
         }
-        if let Err(e) = crate::lora::check_shape(m, &d, &tt.shape) {
+        if let Err(e) = crate::lora::check_shape(m, (d.rows, d.cols), &tt.shape) {
             skipped.push(e);
             continue;
         }

@@ -16,6 +16,7 @@
 pub mod dare;
 pub mod geomedian;
 pub mod linear;
+pub mod lora;
 pub mod model_stock;
 pub mod ties;
 pub mod train_diff;
@@ -53,6 +54,9 @@ pub enum Build {
         per_tensor: bool,
         build: fn(&Args<'_>) -> Result<BuiltNode, String>,
     },
+    /// A LoRA file's weight change ([`lora`]): its first argument names a LoRA file, not a
+    /// model; it reads no model input.
+    Lora(fn(Arc<crate::lora::LoraFile>, &Args<'_>) -> Result<BuiltNode, String>),
 }
 
 /// What a node method's builder makes.
@@ -278,6 +282,7 @@ pub static REGISTRY: &[Method] = &[
     model_stock::MODEL_STOCK,
     geomedian::GEOMEDIAN,
     train_diff::TRAIN_DIFF,
+    lora::LORA,
 ];
 
 /// The method called `name` (or one of its aliases).

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 pub use display::{show, show_profile};
 pub use linear::{Combination, Profile};
-pub use resolve::resolve;
+pub use resolve::{resolve, resolve_with};
 
 use super::methods::NodeMethod;
 use super::recipe::{Arg, Expr, Recipe, Span};

@@ -4,9 +4,11 @@
 //! method registry and built by it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use super::{Combination, Input, MergePlan, Node, PlanError, Profile, err};
 use crate::catalog::{Arch, Block, Grouping, Selector};
+use crate::lora::LoraFile;
 use crate::merge::methods::{self, Args, Build, Method, Opt, OptKind, Value as OptValue};
 use crate::merge::recipe::{Arg, Expr, Recipe, Span, Weights};
 
@@ -25,11 +27,25 @@ struct Resolver<'r> {
     /// Binding name -> node.
     input_nodes: HashMap<String, usize>,
     steps: HashMap<String, Combination>,
+    /// Bindings that are LoRA files, for `lora(...)`.
+    loras: &'r HashMap<String, Arc<LoraFile>>,
+    /// Block-weight lists may take LoRA Block Weight's shorter forms (inside `lora`).
+    lbw_forms: bool,
 }
 
 /// Resolves `recipe` for `arch`: the graph the engine evaluates, or the first error with
 /// its place.
 pub fn resolve(recipe: &Recipe, arch: Arch) -> Result<MergePlan, PlanError> {
+    resolve_with(recipe, arch, &HashMap::new())
+}
+
+/// As [`resolve`], with the bindings that are LoRA files (baked by `lora(...)`, never read as
+/// models).
+pub fn resolve_with(
+    recipe: &Recipe,
+    arch: Arch,
+    loras: &HashMap<String, Arc<LoraFile>>,
+) -> Result<MergePlan, PlanError> {
     let mut r = Resolver {
         recipe,
         arch,
@@ -37,11 +53,17 @@ pub fn resolve(recipe: &Recipe, arch: Arch) -> Result<MergePlan, PlanError> {
         nodes: Vec::new(),
         input_nodes: HashMap::new(),
         steps: HashMap::new(),
+        loras,
+        lbw_forms: false,
     };
     let mut inputs = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     for b in &recipe.bindings {
-        if r.input_nodes.contains_key(&b.name) {
+        if !seen.insert(&b.name) {
             return err(b.span, format!("'{}' is bound twice", b.name));
+        }
+        if loras.contains_key(&b.name) {
+            continue;
         }
         r.nodes.push(Node::Input(inputs.len()));
         r.input_nodes.insert(b.name.clone(), r.nodes.len() - 1);
@@ -118,6 +140,14 @@ impl Resolver<'_> {
         }
         if let Some(&node) = self.input_nodes.get(n) {
             return Ok(Value::Model(Combination::of(node, self.rows())));
+        }
+        if self.loras.contains_key(n) {
+            return err(
+                span,
+                format!(
+                    "'{n}' is a LoRA file, not a model: bake it with `lora({n})`, such as `model + lora({n}) x 0.8`"
+                ),
+            );
         }
         if let Some(list) = self.recipe.lists.iter().find(|l| l.name == n) {
             return err(
@@ -346,6 +376,9 @@ impl Resolver<'_> {
                 );
             }
         }
+        if let Build::Lora(build) = method.build {
+            return self.lora_call(method, build, args, options, span, si);
+        }
         let positional: Vec<&Opt> = method.options.iter().filter(|o| o.positional).collect();
         let (lo, most_models) = method.models;
         let hi = most_models.map(|m| m + positional.len());
@@ -406,7 +439,81 @@ impl Resolver<'_> {
                     self.rows(),
                 )))
             }
+            Build::Lora(_) => unreachable!("handled above"),
         }
+    }
+
+    /// `lora(FILE, strength)`: FILE names a LoRA binding; the rest are the options.
+    fn lora_call(
+        &mut self,
+        method: &'static Method,
+        build: fn(Arc<LoraFile>, &Args<'_>) -> Result<methods::BuiltNode, String>,
+        args: &[Expr],
+        options: &[(String, Arg, Span)],
+        span: Span,
+        si: usize,
+    ) -> Result<Value, PlanError> {
+        let Some((first, rest)) = args.split_first() else {
+            return err(span, format!("`lora` needs a LoRA file: {}", method.usage));
+        };
+        if rest.len() > 1 {
+            return err(
+                span,
+                format!(
+                    "`lora` takes 1 or 2 arguments, found {}: {}",
+                    args.len(),
+                    method.usage
+                ),
+            );
+        }
+        let file = match first {
+            Expr::Name(n, s) => match self.loras.get(n) {
+                Some(f) => f.clone(),
+                None if self.input_nodes.contains_key(n) => {
+                    return err(
+                        *s,
+                        format!("'{n}' is a checkpoint, not a LoRA file: `lora` bakes LoRA files"),
+                    );
+                }
+                None => {
+                    return err(
+                        *s,
+                        format!(
+                            "'{n}' is not a bound file: bind it first (`{n} = my-lora.safetensors`)"
+                        ),
+                    );
+                }
+            },
+            other => {
+                return err(
+                    other.span(),
+                    format!(
+                        "`lora`'s first argument names a LoRA file: {}",
+                        method.usage
+                    ),
+                );
+            }
+        };
+        self.lbw_forms = true;
+        let values = self.option_values(method, rest, options, 0, span, si);
+        self.lbw_forms = false;
+        let values = values?;
+        let args = Args {
+            models: 0,
+            rows: self.rows(),
+            values: &values,
+        };
+        let node = build(file, &args).or_else(|m| err(span, m))?;
+        self.nodes.push(Node::Method {
+            name: method.name,
+            children: Vec::new(),
+            per_tensor: false,
+            method: node,
+        });
+        Ok(Value::Model(Combination::of(
+            self.nodes.len() - 1,
+            self.rows(),
+        )))
     }
 
     /// Every option's value: given after the models (positional options, in order), as
@@ -524,6 +631,20 @@ impl Resolver<'_> {
         match w {
             Weights::Scalar(v) => Ok(self.uniform(*v)),
             Weights::List(values) => {
+                if let Some(lbw) = self.lbw_order(values.len()) {
+                    let by_block: HashMap<Block, f64> =
+                        lbw.iter().copied().zip(values.iter().copied()).collect();
+                    return Ok(self
+                        .grouping
+                        .groups()
+                        .iter()
+                        .map(|g| {
+                            g.weight_block
+                                .and_then(|b| by_block.get(&b).copied())
+                                .unwrap_or(0.0)
+                        })
+                        .collect());
+                }
                 if values.len() != order.len() {
                     let names: Vec<String> = order.iter().map(|b| b.to_string()).collect();
                     return err(
@@ -557,6 +678,26 @@ impl Resolver<'_> {
                 Ok(p)
             }
         }
+    }
+
+    /// LoRA Block Weight's short orders (its `BLOCKID17` for SD1/SD2, `BLOCKID12` for SDXL:
+    /// the blocks with attention layers), where they apply and have `n` values.
+    fn lbw_order(&self, n: usize) -> Option<Vec<Block>> {
+        if !self.lbw_forms {
+            return None;
+        }
+        let names: &[&str] = match (self.arch, n) {
+            (Arch::Sd1 | Arch::Sd2, 17) => &[
+                "BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", "OUT03", "OUT04",
+                "OUT05", "OUT06", "OUT07", "OUT08", "OUT09", "OUT10", "OUT11",
+            ],
+            (Arch::Sdxl, 12) => &[
+                "BASE", "IN04", "IN05", "IN07", "IN08", "M00", "OUT00", "OUT01", "OUT02", "OUT03",
+                "OUT04", "OUT05",
+            ],
+            _ => return None,
+        };
+        names.iter().map(|b| self.arch.block_named(b)).collect()
     }
 
     /// The rows a selector names (the catalog's one selector language).
