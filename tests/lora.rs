@@ -755,3 +755,191 @@ fn lora_bake_errors_name_the_file_and_the_fix() {
         assert!(!out.exists(), "{steps}");
     }
 }
+
+/// k orthonormal columns of length n (Gram-Schmidt on the LCG's noise), column-major.
+fn orthonormal(n: usize, k: usize, seed: u64) -> Vec<Vec<f64>> {
+    let mut cols: Vec<Vec<f64>> = Vec::new();
+    for j in 0..k {
+        let mut v: Vec<f64> = noise(seed + j as u64, n)
+            .iter()
+            .map(|x| *x as f64)
+            .collect();
+        for _ in 0..2 {
+            for c in &cols {
+                let d: f64 = v.iter().zip(c).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(c).for_each(|(a, b)| *a -= d * b);
+            }
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        cols.push(v);
+    }
+    cols
+}
+
+/// A tuned SD1 (f32, 1/8 width) whose change from its base is planted: on IN04's to_q
+/// ΔW = Σ σᵢ uᵢvᵢᵀ with σᵢ = 2·0.7ⁱ, on the text encoder a change below kohya's
+/// `--min_diff`, nowhere else.
+fn planted_pair(dir: &Dir) -> (std::path::PathBuf, std::path::PathBuf, Vec<f64>, String) {
+    use ckpt_diff::catalog::Arch;
+    use ckpt_diff::reader::dtype::FloatFormat;
+    use ckpt_diff::synth::Synthetic;
+    let base = dir.model(
+        "base.safetensors",
+        &layout(Arch::Sd1, 8, FloatFormat::F32),
+        &Synthetic::base(Arch::Sd1, 9),
+    );
+    let key = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight";
+    let te = "cond_stage_model.transformer.text_model.encoder.layers.3.mlp.fc1.weight";
+    let tuned = dir.path("tuned.safetensors");
+    let shapes = shapes_of(&base);
+    let (m, n) = (shapes[key][0], shapes[key][1]);
+    let k = m.min(n);
+    let sigma: Vec<f64> = (0..k).map(|i| 2.0 * 0.7f64.powi(i as i32)).collect();
+    let (u, v) = (orthonormal(m, k, 1000), orthonormal(n, k, 5000));
+    rewrite(&base, &tuned, |ts| {
+        for t in ts.iter_mut() {
+            let add = |t: &mut RawTensor, f: &dyn Fn(usize, usize) -> f64| {
+                let cols = t.shape[1];
+                let mut vals: Vec<f32> = t
+                    .data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                    .collect();
+                for (idx, x) in vals.iter_mut().enumerate() {
+                    *x = (*x as f64 + f(idx / cols, idx % cols)) as f32;
+                }
+                t.data = vals.iter().flat_map(|x| x.to_le_bytes()).collect();
+            };
+            if t.name == key {
+                add(t, &|i, j| {
+                    (0..k).map(|r| sigma[r] * u[r][i] * v[r][j]).sum()
+                });
+            } else if t.name == te {
+                add(t, &|i, j| if i == j { 0.004 } else { 0.0 });
+            }
+        }
+    });
+    (base, tuned, sigma, key.to_string())
+}
+
+#[test]
+fn extract_keeps_the_eckart_young_optimum_and_bakes_back_to_it() {
+    let dir = Dir::new();
+    let (base, tuned, sigma, key) = planted_pair(&dir);
+    let total: f64 = sigma.iter().map(|s| s * s).sum();
+    let lora = dir.path("x.safetensors");
+    let v = run_json(&[
+        "lora",
+        "extract",
+        s(&tuned),
+        "--base",
+        s(&base),
+        "--rank",
+        "8",
+        "--clamp-quantile",
+        "1",
+        "--dtype",
+        "f32",
+        "-o",
+        s(&lora),
+        "-q",
+    ]);
+    let stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";
+    let m = v["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["stem"] == stem)
+        .unwrap_or_else(|| panic!("{v}"));
+    let optimum: f64 = sigma[..8].iter().map(|s| s * s).sum::<f64>() / total;
+    let got = m["retained"].as_f64().unwrap() / m["energy"].as_f64().unwrap();
+    assert!(
+        (got - optimum).abs() <= 1e-4 * optimum,
+        "retained {got} vs Eckart-Young {optimum}"
+    );
+    assert!((m["energy"].as_f64().unwrap() - total).abs() <= 1e-5 * total);
+    // The text encoder's change is below --min-diff: left out whole, as kohya does.
+    assert_eq!(
+        v["text_encoders_skipped"],
+        serde_json::json!(["TE1"]),
+        "{v}"
+    );
+    assert!(
+        !v["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["stem"].as_str().unwrap().starts_with("lora_te")),
+    );
+    // The file as loaders read it: kohya's names, rank 8, alpha 8, its metadata.
+    let text = run_ok(&["inspect", s(&lora)]);
+    assert!(text.contains("rank: 8 ("), "{text}");
+    assert!(text.contains("ss_network_module: networks.lora"), "{text}");
+    let (tensors, meta) = read_raw(&lora);
+    assert!(
+        tensors
+            .iter()
+            .any(|t| t.name == format!("{stem}.lora_up.weight") && t.shape == vec![80, 8])
+    );
+    assert!(
+        meta.iter()
+            .any(|(k, v)| k == "ss_base_model_version" && v == "sd_v1")
+    );
+    // bake(extract(T)) is as far from T as the optimum allows: ‖T − bake‖² = Σᵢ≥8 σᵢ².
+    let recipe = dir.path("b.recipe");
+    std::fs::write(
+        &recipe,
+        format!(
+            "B = \"{}\"\nL = \"{}\"\nOUT = B + lora(L)\n",
+            s(&base),
+            s(&lora)
+        ),
+    )
+    .unwrap();
+    let baked = dir.path("baked.safetensors");
+    run_ok(&["merge", s(&recipe), "-o", s(&baked), "-q", "--dtype", "f32"]);
+    let (t, b) = (reference_map(&tuned), reference_map(&baked));
+    let (tv, bv) = (
+        t[&key].values.as_ref().unwrap(),
+        b[&key].values.as_ref().unwrap(),
+    );
+    let resid: f64 = tv.iter().zip(bv).map(|(x, y)| (x - y) * (x - y)).sum();
+    let tail: f64 = sigma[8..].iter().map(|s| s * s).sum();
+    assert!(
+        (resid - tail).abs() <= 1e-3 * tail,
+        "‖T − bake‖² {resid} vs the optimum's {tail}"
+    );
+    // --rank auto: the smallest rank reaching 90% of the energy.
+    let auto = dir.path("auto.safetensors");
+    let v = run_json(&[
+        "lora",
+        "extract",
+        s(&tuned),
+        "--base",
+        s(&base),
+        "--rank",
+        "auto",
+        "--energy",
+        "0.9",
+        "-o",
+        s(&auto),
+        "-q",
+    ]);
+    let mut acc = 0.0;
+    let want = sigma
+        .iter()
+        .position(|x| {
+            acc += x * x;
+            acc >= 0.9 * total
+        })
+        .unwrap()
+        + 1;
+    let m = v["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["stem"] == stem)
+        .unwrap();
+    assert_eq!(m["rank"].as_u64().unwrap() as usize, want, "{m}");
+}

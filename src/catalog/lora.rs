@@ -45,8 +45,53 @@ use crate::reader::diffusers::{Family, openclip_layer, unet_prefixes, unet_renam
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 pub struct Target {
     pub key: String,
-    /// Rows `start..end` of the key's first dimension; `None`: all of it.
-    pub rows: Option<(usize, usize)>,
+    /// Which rows of the key's first dimension; `None`: all of it.
+    pub rows: Option<Rows>,
+}
+
+/// Rows of a fused projection, by rule rather than number, so that they hold at any width
+/// (the generated test models are narrower than the real ones).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Rows {
+    /// The i-th third (q, k, v of a fused `in_proj_weight` or `qkv`).
+    Third(usize),
+    /// Rows i·h..(i+1)·h, h the key's input width (Flux single blocks' q, k, v in `linear1`).
+    Hidden(usize),
+    /// Rows from i·h to the end (the MLP part of `linear1`).
+    AfterHidden(usize),
+}
+
+impl Rows {
+    /// The row range in a key of `shape`.
+    pub fn range(self, shape: &[usize]) -> (usize, usize) {
+        let rows = shape.first().copied().unwrap_or(0);
+        let h = shape.get(1).copied().unwrap_or(0);
+        match self {
+            Rows::Third(i) => (i * rows / 3, (i + 1) * rows / 3),
+            Rows::Hidden(i) => (i * h, (i + 1) * h),
+            Rows::AfterHidden(i) => (i * h, rows),
+        }
+    }
+}
+
+impl Target {
+    /// The rows it patches in a key of `shape`.
+    pub fn row_range(&self, shape: &[usize]) -> (usize, usize) {
+        self.rows
+            .map_or((0, shape.first().copied().unwrap_or(0)), |r| r.range(shape))
+    }
+}
+
+/// The targets of `arch` that are slices of `key`.
+pub fn slices_of(arch: Arch, key: &str) -> Vec<Target> {
+    let mut v: Vec<Target> = build(arch)
+        .0
+        .into_values()
+        .filter(|t| t.key == key && t.rows.is_some())
+        .collect();
+    v.sort_by_key(|t| t.rows);
+    v.dedup();
+    v
 }
 
 /// The architectures a LoRA may be for, in the order detection prefers on a tie.
@@ -65,32 +110,142 @@ pub fn target(arch: Arch, stem: &str) -> Option<&'static Target> {
     TABLES[family].get_or_init(|| build(arch).0).get(stem)
 }
 
-/// The kohya stem of a module that patches `key` (rows `rows`), for writing LoRAs: the
-/// single-file path for the denoiser (what sd-scripts' SDXL and Flux networks write, and
-/// what every loader maps), the HF path for text encoders.
-pub fn kohya_stem(arch: Arch, t: &Target) -> Option<String> {
-    let family = ARCHS.iter().position(|&a| a == arch)?;
-    static STEMS: [OnceLock<HashMap<Target, String>>; 4] = [
+/// Every name a module patching `t` may have in `arch`, in the dialects this table knows
+/// (kohya's `lora_unet_`/`lora_te*_` in both U-Net paths, PEFT's dotted names, XLabs').
+pub fn names_of(arch: Arch, t: &Target) -> &'static [String] {
+    let family = ARCHS.iter().position(|&a| a == arch);
+    static NAMES: [OnceLock<HashMap<Target, Vec<String>>>; 4] = [
         OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
         OnceLock::new(),
     ];
-    let stems = STEMS[family].get_or_init(|| {
-        let mut m: HashMap<Target, String> = HashMap::new();
-        let (table, _) = build(arch);
-        let mut all: Vec<(String, Target)> = table.into_iter().collect();
-        // Shortest first, then by name: the LDM form of a U-Net path wins over the
-        // diffusers one only when shorter; either loads. Deterministic either way.
-        all.sort_by(|a, b| a.0.len().cmp(&b.0.len()).then_with(|| a.0.cmp(&b.0)));
-        for (stem, target) in all {
-            if stem.starts_with("lora_") {
-                m.entry(target).or_insert(stem);
-            }
+    let Some(family) = family else {
+        return &[];
+    };
+    let names = NAMES[family].get_or_init(|| {
+        let mut m: HashMap<Target, Vec<String>> = HashMap::new();
+        for (stem, target) in build(arch).0 {
+            m.entry(target).or_default().push(stem);
+        }
+        // What sd-scripts writes first (see `extractable`), then shortest, then by name.
+        let written: HashMap<Target, String> = extractable(arch)
+            .into_iter()
+            .map(|e| (e.target, e.stem))
+            .collect();
+        for (t, v) in m.iter_mut() {
+            v.sort_by(|a, b| {
+                let first = |s: &String| written.get(t) != Some(s);
+                first(a)
+                    .cmp(&first(b))
+                    .then(a.len().cmp(&b.len()))
+                    .then_with(|| a.cmp(b))
+            });
         }
         m
     });
-    stems.get(t).cloned()
+    names.get(t).map_or(&[], Vec::as_slice)
+}
+
+/// A layer LoRA extraction writes a module for, as kohya's `extract_lora_from_models.py`
+/// chooses them.
+#[derive(Clone, Debug)]
+pub struct Extractable {
+    /// The module name written: what sd-scripts' networks write for the architecture (the
+    /// diffusers U-Net path for SD1/SD2, the single-file path for SDXL and Flux; HF paths
+    /// for text encoders).
+    pub stem: String,
+    pub target: Target,
+    /// A part of a ResNet block, down- or upsampler (3×3 convolutions, `time_emb_proj`,
+    /// `conv_shortcut`): kohya extracts those only when a convolution rank is given.
+    pub resnet: bool,
+    /// In a text encoder (kohya skips an encoder whose change is below `--min_diff`).
+    pub text_encoder: bool,
+}
+
+/// Every layer extraction may write for `arch`, in catalog order: the U-Net's transformer
+/// linears and 1×1 convolutions (`Transformer2DModel`), its ResNet parts, and the text
+/// encoders' attention and MLP linears (`CLIPAttention`, `CLIPMLP`; OpenCLIP's fused
+/// q/k/v as three modules); for Flux the double and single blocks' weights, as
+/// `flux_extract_lora.py` takes them. Which of them have a matrix to factor is decided by
+/// the model's shapes.
+pub fn extractable(arch: Arch) -> Vec<Extractable> {
+    let (names, _) = build(arch);
+    let family = match arch {
+        Arch::Sdxl => Family::Sdxl,
+        Arch::Sd2 => Family::Sd2,
+        _ => Family::Sd1,
+    };
+    let prefixes = unet_prefixes(family);
+    let mut by_target: HashMap<&Target, Vec<&str>> = HashMap::new();
+    for (stem, t) in &names {
+        by_target.entry(t).or_default().push(stem);
+    }
+    let mut out = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for k in &table(arch).keys {
+        let Some(path) = k.name.strip_suffix(".weight") else {
+            continue;
+        };
+        if k.shape.len() < 2 {
+            continue;
+        }
+        if k.role == Role::Denoiser
+            && let Some(rest) = path.strip_prefix(UNET)
+        {
+            let ldm = format!("lora_unet_{}", rest.replace('.', "_"));
+            let (stem, resnet) = if arch == Arch::Flux {
+                if !(rest.starts_with("double_blocks.") || rest.starts_with("single_blocks.")) {
+                    continue;
+                }
+                (ldm, false)
+            } else {
+                let Some(hf) = unet_rename(&format!("{rest}."), &prefixes, false) else {
+                    continue;
+                };
+                let hf = hf.trim_end_matches('.');
+                let resnet = hf.contains(".resnets.") || hf.contains("samplers.");
+                if !resnet && !hf.contains(".attentions.") {
+                    continue;
+                }
+                let diffusers = format!("lora_unet_{}", hf.replace('.', "_"));
+                (if arch == Arch::Sdxl { ldm } else { diffusers }, resnet)
+            };
+            out.push(Extractable {
+                stem,
+                target: Target {
+                    key: k.name.clone(),
+                    rows: None,
+                },
+                resnet,
+                text_encoder: false,
+            });
+            continue;
+        }
+        if arch == Arch::Flux {
+            continue;
+        }
+        // Text encoders: the kohya stems of this key (three for a fused in_proj).
+        let mut stems: Vec<(&Target, &str)> = by_target
+            .iter()
+            .filter(|(t, _)| t.key == k.name)
+            .flat_map(|(t, v)| v.iter().map(move |s| (*t, *s)))
+            .filter(|(_, s)| s.starts_with("lora_te"))
+            .filter(|(_, s)| s.contains("_self_attn_") || s.contains("_mlp_"))
+            .collect();
+        stems.sort_by_key(|(t, _)| t.rows);
+        for (t, stem) in stems {
+            if seen.insert(stem.to_string()) {
+                out.push(Extractable {
+                    stem: stem.to_string(),
+                    target: t.clone(),
+                    resnet: false,
+                    text_encoder: true,
+                });
+            }
+        }
+    }
+    out
 }
 
 const UNET: &str = "model.diffusion_model.";
@@ -233,7 +388,7 @@ fn build(arch: Arch) -> (HashMap<String, Target>, Vec<String>) {
         .collect();
     let mut m: HashMap<String, Target> = HashMap::new();
     let mut clashes = Vec::new();
-    let mut add = |stem: String, key: &str, rows: Option<(usize, usize)>| {
+    let mut add = |stem: String, key: &str, rows: Option<Rows>| {
         let t = Target {
             key: key.to_string(),
             rows,
@@ -255,15 +410,14 @@ fn build(arch: Arch) -> (HashMap<String, Target>, Vec<String>) {
             add(kohya("lora_unet_", rest), &k.name, None);
             add(format!("diffusion_model.{rest}"), &k.name, None);
             if arch == Arch::Flux {
-                let hidden = k.shape.get(1).copied().unwrap_or(0);
-                let rows = k.shape.first().copied().unwrap_or(0);
+                let single = rest.starts_with("single_blocks.");
                 for (name, share) in flux_diffusers(rest) {
                     let range = match share {
-                        Some(i) => (i * hidden, (i + 1) * hidden),
-                        None if name.ends_with("proj_mlp") => (3 * hidden, rows),
-                        None => (0, rows),
+                        Some(i) if single => Some(Rows::Hidden(i)),
+                        Some(i) => Some(Rows::Third(i)),
+                        None if name.ends_with("proj_mlp") => Some(Rows::AfterHidden(3)),
+                        None => None,
                     };
-                    let range = (range != (0, rows)).then_some(range);
                     add(format!("transformer.{name}"), &k.name, range);
                     add(kohya("lora_transformer_", &name), &k.name, range);
                 }
@@ -306,13 +460,10 @@ fn build(arch: Arch) -> (HashMap<String, Target>, Vec<String>) {
             ] {
                 let (tail, third) = openclip_layer(hf);
                 let key = format!("{prefix}transformer.resblocks.{n}.{tail}");
-                let Some(shape) = shape_of.get(key.as_str()) else {
+                if !shape_of.contains_key(key.as_str()) {
                     continue;
-                };
-                let rows = third.map(|i| {
-                    let d = shape[0] / 3;
-                    (i * d, (i + 1) * d)
-                });
+                }
+                let rows = third.map(Rows::Third);
                 let path = format!("text_model.encoder.layers.{n}.{}", &hf[..hf.len() - 7]);
                 add(kohya(lora, &path), &key, rows);
                 add(format!("{peft}{path}"), &key, rows);

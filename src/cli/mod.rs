@@ -13,6 +13,7 @@ mod index;
 mod inspect;
 mod l2;
 mod lineage;
+mod lora;
 mod merge;
 mod sim;
 mod synth;
@@ -66,6 +67,9 @@ enum Command {
     /// What a checkpoint was made of, from the index (exact matches, nearest models, a
     /// recipe with error bars); `--verify` checks it on the weights.
     Lineage(lineage::Args),
+    /// LoRAs: `lora extract TUNED --base BASE`, `lora merge L1:0.7 L2:0.5`, `lora convert`.
+    /// (`inspect`, `sim` and `l2` read LoRAs too; recipes bake them with `lora(FILE)`.)
+    Lora(lora::Args),
     /// Write synthetic checkpoints with real SD1/SD2/SDXL key layouts (test data).
     Synth(synth::Args),
 }
@@ -104,6 +108,7 @@ pub fn run() -> ExitCode {
         Command::Fit(args) => fit::run(args, &global),
         Command::Index(args) => index::run(args, &global),
         Command::Lineage(args) => lineage::run(args, &global),
+        Command::Lora(args) => lora::run(args, &global),
     };
     match result {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,

@@ -17,6 +17,7 @@
 //! (`lora_mid`, `hada_t1`, `lokr_t2`) and DoRA's `dora_scale` are recognised and listed as
 //! not computable rather than computed wrongly.
 
+pub mod extract;
 pub mod svd;
 pub mod write;
 
@@ -536,14 +537,14 @@ pub fn check_shape(
     let t = m.target.as_ref().expect("a mapped module");
     let key_rows = shape.first().copied().unwrap_or(1);
     let key_cols: usize = shape.iter().skip(1).product();
-    let (lo, hi) = t.rows.unwrap_or((0, key_rows));
+    let (lo, hi) = t.row_range(shape);
     if hi > key_rows || rows != hi - lo || cols != key_cols {
         return Err(format!(
             "{} changes a {rows}×{cols} matrix but {}{} is {:?}",
             m.stem,
             t.key,
             t.rows
-                .map(|(a, b)| format!(" rows {a}..{b}"))
+                .map(|_| format!(" rows {lo}..{hi}"))
                 .unwrap_or_default(),
             shape
         ));

@@ -91,3 +91,83 @@ pub fn sim_text(r: &crate::views::lora::LoraSim) -> String {
 pub fn sim_document(r: &crate::views::lora::LoraSim) -> String {
     super::json::document("sim-lora", r)
 }
+
+/// `lora extract`: the energy each block keeps, the ranks, what was left out.
+pub fn extract_text(r: &crate::lora::extract::Extraction) -> String {
+    let mut ranks: std::collections::BTreeMap<usize, usize> = Default::default();
+    for m in &r.modules {
+        *ranks.entry(m.rank).or_default() += 1;
+    }
+    let ranks: Vec<String> = ranks.iter().map(|(k, n)| format!("{k} ({n})")).collect();
+    let mut s = format!(
+        "{}: {} modules of {} ({}) in {:.1} s; rank: {}\n",
+        r.output,
+        r.modules.len(),
+        r.arch,
+        bytes(r.bytes),
+        r.seconds,
+        ranks.join(", ")
+    );
+    let mut t = TextTable::new(
+        &["block", "modules", "energy kept", "‖ΔW‖"],
+        &[false, true, true, true],
+    );
+    for b in &r.blocks {
+        t.push(vec![
+            b.block.clone(),
+            b.modules.to_string(),
+            format!("{:.2}%", 100.0 * b.share),
+            format!("{:.4}", b.energy.sqrt()),
+        ]);
+    }
+    s.push_str(&t.terminal());
+    s.push('\n');
+    s.push_str(&listed(
+        "text encoders left out (their largest change is at most --min-diff)",
+        &r.text_encoders_skipped,
+        3,
+    ));
+    s.push_str(&listed(
+        "modules whose largest change is at most --min-diff",
+        &r.below_min_diff,
+        5,
+    ));
+    let skipped: Vec<String> = r
+        .skipped
+        .iter()
+        .map(|(m, why)| format!("{m} ({why})"))
+        .collect();
+    s.push_str(&listed("not extracted", &skipped, 3));
+    s
+}
+
+pub fn extract_document(r: &crate::lora::extract::Extraction) -> String {
+    super::json::document("lora-extract", r)
+}
+
+/// `lora merge` and `lora convert`: what was written, and what was not.
+pub fn written_text(r: &crate::lora::write::Written) -> String {
+    let ranks: Vec<String> = r.ranks.iter().map(|(k, n)| format!("{k} ({n})")).collect();
+    let mut s = format!(
+        "{}: {} modules{} ({}); rank: {}\n",
+        r.output,
+        r.modules,
+        r.arch
+            .as_ref()
+            .map(|a| format!(" for {a}"))
+            .unwrap_or_default(),
+        bytes(r.bytes),
+        ranks.join(", ")
+    );
+    let not: Vec<String> = r
+        .not_written
+        .iter()
+        .map(|(m, why)| format!("{m} ({why})"))
+        .collect();
+    s.push_str(&listed("not written", &not, 5));
+    s
+}
+
+pub fn written_document(r: &crate::lora::write::Written) -> String {
+    super::json::document("lora-write", r)
+}

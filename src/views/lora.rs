@@ -43,7 +43,7 @@ pub struct LoraModule {
     /// The checkpoint key it patches.
     pub target: Option<String>,
     /// The rows of that key, for a projection fused in it (q, k, v of `in_proj_weight`).
-    pub rows: Option<(usize, usize)>,
+    pub rows: Option<crate::catalog::lora::Rows>,
     /// The report row (block or component) of that key.
     pub block: Option<String>,
     /// Why its weight change is not computed (Tucker convolutions, DoRA).
@@ -214,14 +214,16 @@ fn module_inner(x: &Delta, y: &Delta) -> Option<f64> {
 pub fn similarity(a: &Checkpoint, ra: &Network, b: &Checkpoint, rb: &Network) -> LoraSim {
     let mut rows: BTreeMap<(usize, String), SimRow> = BTreeMap::new();
     let mut skipped = Vec::new();
-    let by_target = |r: &Network| -> BTreeMap<(String, Option<(usize, usize)>), Module> {
-        r.modules
-            .iter()
-            .filter_map(|m| m.target.clone().map(|t| ((t.key, t.rows), m.clone())))
-            .collect()
-    };
+    let by_target =
+        |r: &Network| -> BTreeMap<(String, Option<crate::catalog::lora::Rows>), Module> {
+            r.modules
+                .iter()
+                .filter_map(|m| m.target.clone().map(|t| ((t.key, t.rows), m.clone())))
+                .collect()
+        };
     let (ma, mb) = (by_target(ra), by_target(rb));
-    let mut targets: Vec<&(String, Option<(usize, usize)>)> = ma.keys().chain(mb.keys()).collect();
+    let mut targets: Vec<&(String, Option<crate::catalog::lora::Rows>)> =
+        ma.keys().chain(mb.keys()).collect();
     targets.sort();
     targets.dedup();
     for target in targets {
@@ -305,7 +307,7 @@ pub fn against_delta(
                 ..Default::default()
             });
         let cols = d.cols;
-        let (lo, _) = t.rows.unwrap_or((0, d.rows));
+        let (lo, _) = t.row_range(&tt.shape);
         let (mut vt, mut vb) = (vec![0.0; cols], vec![0.0; cols]);
         let mut dw = vec![0.0; cols];
         let (bt, bb) = (tuned.data(tt), base.data(tb));

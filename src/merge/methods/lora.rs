@@ -75,6 +75,7 @@ type Patches = Vec<(usize, Delta)>;
 impl NodeMethod for Bake {
     fn prepare(&self, t: &dyn TensorInputs) -> Prepared {
         let mut patches: Patches = Vec::new();
+        let t_shape = t.shape();
         if self.strength[t.row()] != 0.0
             && let Some(modules) = self.by_key.get(t.key())
         {
@@ -82,7 +83,7 @@ impl NodeMethod for Bake {
                 let m = &self.file.net.modules[i];
                 // The plan checked every module's shapes against the model before the pass.
                 if let Ok(d) = Delta::of(&self.file.ckpt, m) {
-                    let lo = m.target.as_ref().and_then(|t| t.rows).map_or(0, |r| r.0);
+                    let lo = m.target.as_ref().map_or(0, |t| t.row_range(t_shape).0);
                     patches.push((lo, d));
                 }
             }

@@ -1,0 +1,312 @@
+//! `ckpt-diff lora extract|merge|convert`: LoRAs from the difference of two checkpoints, LoRAs
+//! merged into one, and LoRAs rewritten in another dialect. (Baking LoRAs into a model is a
+//! recipe term, `lora(FILE, strength)`, of `merge`.)
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use super::Outcome;
+use super::common::{Global, Model, print};
+use crate::catalog::{Arch, Layout};
+use crate::lora::svd::RankRule;
+use crate::pass::progress::Bar;
+use crate::reader::dtype::{FloatFormat, parse_user_float};
+
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// A LoRA from TUNED − BASE: per module the truncated SVD of the difference.
+    Extract(ExtractArgs),
+    /// LoRAs merged into one: re-ranked by SVD of the summed change, or concatenated.
+    Merge(MergeArgs),
+    /// A LoRA rewritten in another key dialect (kohya, peft).
+    Convert(ConvertArgs),
+}
+
+/// A rank: a number, or `auto` (the smallest reaching `--energy`).
+fn rank_rule(text: &str, energy: f64, max: Option<usize>) -> Result<RankRule> {
+    if text == "auto" {
+        if !(energy > 0.0 && energy <= 1.0) {
+            bail!("--energy is a share of the change's energy, in (0, 1]; got {energy}");
+        }
+        return Ok(RankRule::Energy {
+            share: energy,
+            max: max.unwrap_or(usize::MAX),
+        });
+    }
+    match text.parse::<usize>() {
+        Ok(r) if r > 0 => Ok(RankRule::Fixed(r)),
+        _ => bail!("a rank is a positive number or `auto`; got '{text}'"),
+    }
+}
+
+fn lora_format(dtype: &str) -> Result<FloatFormat> {
+    match parse_user_float(dtype) {
+        Some(f @ (FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32)) => Ok(f),
+        _ => bail!("--dtype: a LoRA is stored in f16, bf16 or f32; got '{dtype}'"),
+    }
+}
+
+fn arch_of(m: &Model, path: &Path) -> Result<Arch> {
+    match m.detection.layout {
+        Layout::Known(a) if crate::catalog::lora::ARCHS.contains(&a) => Ok(a),
+        Layout::Known(a) => bail!(
+            "{}: {} has no LoRA name table yet (SD1, SD2, SDXL and Flux.1 do)",
+            path.display(),
+            a.label()
+        ),
+        Layout::Generic => bail!(
+            "{}: not a checkpoint of an architecture ckpt-diff recognises",
+            path.display()
+        ),
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ExtractArgs {
+    /// The fine-tuned (or merged) checkpoint.
+    tuned: PathBuf,
+    /// The checkpoint it was made from.
+    #[arg(long)]
+    base: PathBuf,
+    /// Rank of linear layers and 1×1 convolutions, or `auto`: per module the smallest rank
+    /// whose singular values hold `--energy` of the change.
+    #[arg(long, default_value = "4")]
+    rank: String,
+    /// Rank of 3×3 convolutions (a LoCon); without it ResNet layers are not extracted, as
+    /// kohya's script does.
+    #[arg(long)]
+    conv_rank: Option<String>,
+    /// With `auto`: the share of ‖ΔW‖² each module keeps.
+    #[arg(long, default_value_t = 0.9)]
+    energy: f64,
+    /// With `auto`: the largest rank any module gets.
+    #[arg(long)]
+    max_rank: Option<usize>,
+    /// Clamp both factors at this quantile of their values (kohya's 0.99); 1 turns it off.
+    #[arg(long, default_value_t = 0.99)]
+    clamp_quantile: f64,
+    /// A text encoder whose largest change is at most this is not extracted; U-Net modules
+    /// below it are listed.
+    #[arg(long, default_value_t = 0.01)]
+    min_diff: f64,
+    /// The factors' format: f16, bf16 or f32.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    /// Seed of the SVD's random sketch.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+    /// Replace OUT if it exists.
+    #[arg(long, short)]
+    force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+    match args.command {
+        Command::Extract(a) => extract(a, global),
+        Command::Merge(a) => merge(a, global),
+        Command::Convert(a) => convert(a, global),
+    }
+}
+
+fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
+    crate::writer::refuse_existing(&a.output, a.force)?;
+    if !(a.clamp_quantile > 0.0 && a.clamp_quantile <= 1.0) {
+        bail!("--clamp-quantile is in (0, 1]; got {}", a.clamp_quantile);
+    }
+    let rank = rank_rule(&a.rank, a.energy, a.max_rank).context("--rank")?;
+    let conv_rank = a
+        .conv_rank
+        .as_deref()
+        .map(|r| rank_rule(r, a.energy, a.max_rank))
+        .transpose()
+        .context("--conv-rank")?;
+    let format = lora_format(&a.dtype)?;
+    let tuned = Model::open(&a.tuned)?;
+    let base = Model::open(&a.base)?;
+    let arch = arch_of(&tuned, &a.tuned)?;
+    let base_arch = arch_of(&base, &a.base)?;
+    if arch != base_arch {
+        bail!(
+            "{} is {} but --base {} is {}: extract from a model and its own base",
+            a.tuned.display(),
+            arch.label(),
+            a.base.display(),
+            base_arch.label()
+        );
+    }
+    let opts = crate::lora::extract::Options {
+        rank,
+        conv_rank,
+        clamp_quantile: a.clamp_quantile,
+        min_diff: a.min_diff,
+        format,
+        seed: a.seed,
+        tuned_name: tuned.ckpt.display_name(),
+        base_name: base.ckpt.display_name(),
+    };
+    let bar = Bar::new("extracting", global.quiet);
+    let r = crate::lora::extract::extract(
+        &tuned.ckpt,
+        &base.ckpt,
+        arch,
+        &opts,
+        &a.output,
+        &[a.tuned.as_path(), a.base.as_path()],
+        &bar,
+    )?;
+    drop(bar);
+    print(&if a.json {
+        crate::reports::lora::extract_document(&r)
+    } else {
+        crate::reports::lora::extract_text(&r)
+    })?;
+    Ok(Outcome::Ok)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MergeArgs {
+    /// LoRA files with their ratios: `a.safetensors:0.7 b.safetensors:0.5` (ratio 1 when
+    /// left out).
+    #[arg(required = true)]
+    inputs: Vec<String>,
+    /// Re-rank every module to this rank by SVD of the summed change (`auto`: by
+    /// `--energy`), as kohya's `svd_merge_lora.py`; any mix of ranks, alphas and LyCORIS
+    /// types.
+    #[arg(long)]
+    rank: Option<String>,
+    /// Rank of 3×3 convolutions (default: `--rank`).
+    #[arg(long)]
+    conv_rank: Option<String>,
+    /// Concatenate the factors instead: exact, the ranks add up (LoRA and LoCon only).
+    #[arg(long, conflicts_with_all = ["rank", "conv_rank"])]
+    concat: bool,
+    /// With `auto`: the share of ‖ΔW‖² each module keeps.
+    #[arg(long, default_value_t = 0.9)]
+    energy: f64,
+    /// With `--rank`: clamp the factors at this quantile (svd_merge_lora's 0.99); 1: off.
+    #[arg(long, default_value_t = 0.99)]
+    clamp_quantile: f64,
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+    #[arg(long, short)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConvertArgs {
+    /// The LoRA to rewrite.
+    input: PathBuf,
+    /// The dialect to write: `kohya` (lora_unet_/lora_te_ names, lora_down/lora_up/alpha)
+    /// or `peft` (diffusers' unet./text_encoder./transformer. names, lora_A/lora_B, the
+    /// scale folded into lora_B).
+    #[arg(long)]
+    to: crate::lora::write::Dialect,
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+    #[arg(long, short)]
+    force: bool,
+    #[arg(long)]
+    json: bool,
+}
+
+/// Opens a LoRA file, or says what it is instead.
+fn open_lora(path: &Path) -> Result<(crate::reader::Checkpoint, crate::lora::Network)> {
+    let ckpt = crate::reader::Checkpoint::open(path)?;
+    let net = crate::lora::Network::read(&ckpt).with_context(|| {
+        format!(
+            "{} is not a LoRA file (its tensors are not LoRA module tensors)",
+            path.display()
+        )
+    })?;
+    Ok((ckpt, net))
+}
+
+fn merge(a: MergeArgs, global: &Global) -> Result<Outcome> {
+    crate::writer::refuse_existing(&a.output, a.force)?;
+    let format = lora_format(&a.dtype)?;
+    let mut files = Vec::new();
+    for spec in &a.inputs {
+        // `path:ratio`, the ratio after the last colon when it parses (Windows paths have
+        // colons of their own).
+        let (path, ratio) = match spec.rsplit_once(':') {
+            Some((p, r)) if r.parse::<f64>().is_ok() && !p.is_empty() => {
+                (PathBuf::from(p), r.parse::<f64>().expect("checked"))
+            }
+            _ => (PathBuf::from(spec), 1.0),
+        };
+        let (ckpt, net) = open_lora(&path)?;
+        files.push((path, ratio, ckpt, net));
+    }
+    let how = if a.concat {
+        crate::lora::write::MergeHow::Concat
+    } else {
+        let rank =
+            rank_rule(a.rank.as_deref().unwrap_or("auto"), a.energy, None).context("--rank")?;
+        let conv = a
+            .conv_rank
+            .as_deref()
+            .map(|r| rank_rule(r, a.energy, None))
+            .transpose()
+            .context("--conv-rank")?
+            .unwrap_or(rank);
+        if a.rank.is_none() {
+            bail!(
+                "give --rank R (or --rank auto) to re-rank by SVD, or --concat to join the factors"
+            );
+        }
+        crate::lora::write::MergeHow::Svd {
+            rank,
+            conv_rank: conv,
+            clamp_quantile: a.clamp_quantile,
+        }
+    };
+    let inputs: Vec<&Path> = files.iter().map(|f| f.0.as_path()).collect();
+    let sources: Vec<crate::lora::write::Source<'_>> = files
+        .iter()
+        .map(|(_, ratio, ckpt, net)| crate::lora::write::Source {
+            ckpt,
+            net,
+            ratio: *ratio,
+        })
+        .collect();
+    let _quiet = global.quiet;
+    let r = crate::lora::write::merge(&sources, &how, format, &a.output, &inputs)?;
+    print(&if a.json {
+        crate::reports::lora::written_document(&r)
+    } else {
+        crate::reports::lora::written_text(&r)
+    })?;
+    Ok(Outcome::Ok)
+}
+
+fn convert(a: ConvertArgs, _global: &Global) -> Result<Outcome> {
+    crate::writer::refuse_existing(&a.output, a.force)?;
+    let format = lora_format(&a.dtype)?;
+    let (ckpt, net) = open_lora(&a.input)?;
+    let r =
+        crate::lora::write::convert(&ckpt, &net, a.to, format, &a.output, &[a.input.as_path()])?;
+    print(&if a.json {
+        crate::reports::lora::written_document(&r)
+    } else {
+        crate::reports::lora::written_text(&r)
+    })?;
+    Ok(Outcome::Ok)
+}
