@@ -943,3 +943,543 @@ fn extract_keeps_the_eckart_young_optimum_and_bakes_back_to_it() {
         .unwrap();
     assert_eq!(m["rank"].as_u64().unwrap() as usize, want, "{m}");
 }
+
+/// A low-rank module under any dialect's suffixes: its tensors, and ΔW = s·up·down
+/// materialised in f32 (s = alpha/rank, or 1 without alpha).
+#[allow(clippy::too_many_arguments)]
+fn low_rank(
+    stem: &str,
+    (down_sfx, up_sfx): (&str, &str),
+    rank: usize,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+    alpha: Option<f32>,
+) -> (Vec<RawTensor>, Vec<f32>) {
+    let (td, d) = f16_tensor(format!("{stem}{down_sfx}"), vec![rank, cols], seed, 1.0);
+    let (tu, u) = f16_tensor(format!("{stem}{up_sfx}"), vec![rows, rank], seed + 1, 1.0);
+    let mut ts = vec![td, tu];
+    if let Some(a) = alpha {
+        ts.push(alpha_tensor(stem, a));
+    }
+    let s = alpha.map_or(1.0, |a| a / rank as f32);
+    let w = matmul(&u, &d, rows, rank, cols);
+    (ts, w.iter().map(|x| x * s).collect())
+}
+
+const KOHYA: (&str, &str) = (".lora_down.weight", ".lora_up.weight");
+const PEFT: (&str, &str) = (".lora_A.weight", ".lora_B.weight");
+const XLABS: (&str, &str) = (".down.weight", ".up.weight");
+
+/// A module to bake: stem, suffixes, the key it patches, its rows in a key of a shape.
+type Planted<'a> = (
+    &'a str,
+    (&'a str, &'a str),
+    &'a str,
+    fn(&[usize]) -> (usize, usize),
+);
+
+/// Bakes `modules` (stem, suffixes, the key, its rows as a rule of the naming convention)
+/// into `base` and checks each patched row range against model + ΔW, every other row and
+/// key unchanged.
+fn bake_and_check(dir: &Dir, base: &std::path::Path, modules: &[Planted<'_>]) -> serde_json::Value {
+    let shapes = shapes_of(base);
+    let mut tensors = Vec::new();
+    let mut want: Vec<(String, (usize, usize), Vec<f32>)> = Vec::new();
+    for (i, (stem, sfx, key, rows)) in modules.iter().enumerate() {
+        let shape = &shapes[*key];
+        let (lo, hi) = rows(shape);
+        let cols: usize = shape[1..].iter().product();
+        let (ts, d) = low_rank(
+            stem,
+            *sfx,
+            2 + i % 3,
+            hi - lo,
+            cols,
+            7 * i as u64 + 3,
+            Some(1.5),
+        );
+        tensors.extend(ts);
+        want.push((key.to_string(), (lo, hi), d));
+    }
+    let lora = dir.path("dialects.safetensors");
+    write_raw(&lora, &tensors, &[], 0);
+    let recipe = dir.path("d.recipe");
+    std::fs::write(
+        &recipe,
+        format!(
+            "M = \"{}\"\nL = \"{}\"\nOUT = M + lora(L)\n",
+            s(base),
+            s(&lora)
+        ),
+    )
+    .unwrap();
+    let out = dir.path("d.safetensors");
+    run_ok(&["merge", s(&recipe), "-o", s(&out), "-q", "--dtype", "f32"]);
+    let (m, g) = (reference_map(base), reference_map(&out));
+    for (key, t) in &m {
+        let (Some(mv), Some(gv)) = (t.values.as_ref(), g[key].values.as_ref()) else {
+            continue;
+        };
+        let cols: usize = t.shape.iter().skip(1).product();
+        let mut expect = mv.clone();
+        for (k, (lo, _), d) in want.iter().filter(|(k, _, _)| k == key) {
+            let _ = k;
+            for (idx, dv) in d.iter().enumerate() {
+                expect[lo * cols + idx] += *dv as f64;
+            }
+        }
+        for (idx, (e, x)) in expect.iter().zip(gv).enumerate() {
+            assert!(
+                (e - x).abs() <= 1e-6 * e.abs().max(1.0),
+                "{key}[{idx}] (row {}): {x} vs {e}",
+                idx / cols.max(1)
+            );
+        }
+    }
+    run_json(&["inspect", s(&lora)])
+}
+
+fn third(i: usize) -> impl Fn(&[usize]) -> (usize, usize) {
+    move |s: &[usize]| (i * s[0] / 3, (i + 1) * s[0] / 3)
+}
+
+/// Flux's three dialects, by their naming rules: kohya writes BFL's block paths with `_`
+/// (`lora_unet_double_blocks_3_img_mlp_0`); diffusers/ai-toolkit split the fused
+/// projections (`transformer_blocks.N.attn.to_k` is the second third of
+/// `double_blocks.N.img_attn.qkv`; a single block's `attn.to_v` and `proj_mlp` are rows
+/// 2h..3h and 3h.. of `linear1`, h its input width: diffusers' `_convert_sd_scripts_to_ai_toolkit`
+/// dims [3072, 3072, 3072, 12288]); XLabs names a double block's `processor.proj_lora2` for
+/// `txt_attn.proj`. Baked into a generated Flux at 1/32 width, each patches its rows.
+#[test]
+fn flux_dialects_patch_their_rows() {
+    use ckpt_diff::catalog::{Arch, Component};
+    use ckpt_diff::reader::dtype::FloatFormat;
+    use ckpt_diff::synth::Synthetic;
+    let dir = Dir::new();
+    let mut l = layout(Arch::Flux, 32, FloatFormat::F32);
+    l.components = vec![Component::Diffuser];
+    let base = dir.model("flux.safetensors", &l, &Synthetic::base(Arch::Flux, 2));
+    let d = |k: &str| format!("model.diffusion_model.{k}.weight");
+    let (qkv0, lin1, proj2, mlp3) = (
+        d("double_blocks.0.img_attn.qkv"),
+        d("single_blocks.1.linear1"),
+        d("double_blocks.2.txt_attn.proj"),
+        d("double_blocks.3.img_mlp.0"),
+    );
+    let whole: fn(&[usize]) -> (usize, usize) = |s| (0, s[0]);
+    let to_k: fn(&[usize]) -> (usize, usize) = |s| third(1)(s);
+    let to_v: fn(&[usize]) -> (usize, usize) = |s| (2 * s[1], 3 * s[1]);
+    let mlp: fn(&[usize]) -> (usize, usize) = |s| (3 * s[1], s[0]);
+    let v = bake_and_check(
+        &dir,
+        &base,
+        &[
+            (
+                "transformer.transformer_blocks.0.attn.to_k",
+                PEFT,
+                &qkv0,
+                to_k,
+            ),
+            (
+                "transformer.single_transformer_blocks.1.attn.to_v",
+                PEFT,
+                &lin1,
+                to_v,
+            ),
+            (
+                "transformer.single_transformer_blocks.1.proj_mlp",
+                PEFT,
+                &lin1,
+                mlp,
+            ),
+            ("double_blocks.2.processor.proj_lora2", XLABS, &proj2, whole),
+            ("lora_unet_double_blocks_3_img_mlp_0", KOHYA, &mlp3, whole),
+        ],
+    );
+    assert!(
+        v["arch"].as_str().unwrap().contains("flux") || v["arch"] == "Flux",
+        "{v}"
+    );
+    for m in v["modules"].as_array().unwrap() {
+        let key = m["target"].as_str().unwrap_or_else(|| panic!("{m}"));
+        assert_eq!(
+            m["block"].as_str(),
+            reference_dit_block(key, true).as_deref(),
+            "{m}"
+        );
+    }
+}
+
+/// OpenCLIP towers (SD2's `lora_te_`, SDXL's `lora_te2_`) fuse HF's q/k/v into
+/// `attn.in_proj_weight`, rows q, k, v (diffusers' convert_diffusers_to_original_stable_diffusion
+/// stacks them in that order), and rename `mlp.fc1` to `mlp.c_fc`. Baked into a generated SD2,
+/// the k module patches the middle third; PEFT's dotted names map like kohya's.
+#[test]
+fn openclip_modules_patch_thirds_of_in_proj() {
+    use ckpt_diff::catalog::Arch;
+    use ckpt_diff::reader::dtype::FloatFormat;
+    use ckpt_diff::synth::Synthetic;
+    let dir = Dir::new();
+    let base = dir.model(
+        "sd2.safetensors",
+        &layout(Arch::Sd2, 8, FloatFormat::F32),
+        &Synthetic::base(Arch::Sd2, 4),
+    );
+    let in_proj = "cond_stage_model.model.transformer.resblocks.5.attn.in_proj_weight";
+    let c_fc = "cond_stage_model.model.transformer.resblocks.2.mlp.c_fc.weight";
+    let attn = "model.diffusion_model.output_blocks.5.1.transformer_blocks.0.attn2.to_v.weight";
+    let whole: fn(&[usize]) -> (usize, usize) = |s| (0, s[0]);
+    let k_third: fn(&[usize]) -> (usize, usize) = |s| third(1)(s);
+    let q_third: fn(&[usize]) -> (usize, usize) = |s| third(0)(s);
+    let v = bake_and_check(
+        &dir,
+        &base,
+        &[
+            (
+                "lora_te_text_model_encoder_layers_5_self_attn_k_proj",
+                KOHYA,
+                in_proj,
+                k_third,
+            ),
+            (
+                "text_encoder.text_model.encoder.layers.5.self_attn.q_proj",
+                PEFT,
+                in_proj,
+                q_third,
+            ),
+            (
+                "lora_te_text_model_encoder_layers_2_mlp_fc1",
+                KOHYA,
+                c_fc,
+                whole,
+            ),
+            // up_blocks.1.attentions.2 is output_blocks.5.1 (levels of three, attentions at 1).
+            (
+                "unet.up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_v",
+                PEFT,
+                attn,
+                whole,
+            ),
+        ],
+    );
+    assert_eq!(v["unknown"], serde_json::json!([]), "{v}");
+    // SDXL's second encoder by the same rule, read by inspect.
+    let sdxl = [
+        (
+            "lora_te2_text_model_encoder_layers_7_self_attn_v_proj",
+            "conditioner.embedders.1.model.transformer.resblocks.7.attn.in_proj_weight",
+            "TE2",
+        ),
+        (
+            "text_encoder_2.text_model.encoder.layers.0.mlp.fc2",
+            "conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_proj.weight",
+            "TE2",
+        ),
+        (
+            "unet.down_blocks.2.attentions.1.transformer_blocks.3.attn1.to_q",
+            "model.diffusion_model.input_blocks.8.1.transformer_blocks.3.attn1.to_q.weight",
+            "IN08",
+        ),
+    ];
+    let mut ts = Vec::new();
+    for (i, (stem, _, _)) in sdxl.iter().enumerate() {
+        let sfx = if stem.starts_with("lora_") {
+            KOHYA
+        } else {
+            PEFT
+        };
+        ts.extend(low_rank(stem, sfx, 2, 8, 8, i as u64, None).0);
+    }
+    let p = dir.path("sdxl.safetensors");
+    write_raw(&p, &ts, &[], 0);
+    let v = run_json(&["inspect", s(&p)]);
+    for (stem, key, block) in sdxl {
+        let m = v["modules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["stem"] == stem)
+            .unwrap_or_else(|| panic!("{stem}: {v}"));
+        assert_eq!(m["target"], key, "{stem}");
+        assert_eq!(m["block"], block, "{stem}");
+    }
+    let v_mod = v["modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["stem"] == sdxl[0].0)
+        .unwrap();
+    assert_eq!(v_mod["rows"], serde_json::json!({"Third": 2}));
+}
+
+/// Every low-rank module of a LoRA file materialised from its raw tensors (kohya or PEFT
+/// suffixes; scale α/r, 1 without α): stem → (rows, cols, ΔW).
+fn materialise(
+    path: &std::path::Path,
+) -> std::collections::BTreeMap<String, (usize, usize, Vec<f64>)> {
+    let (tensors, _) = read_raw(path);
+    let vals = |t: &RawTensor| -> Vec<f64> {
+        match t.dtype.as_str() {
+            "F32" => t
+                .data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()) as f64)
+                .collect(),
+            "F16" => t
+                .data
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64())
+                .collect(),
+            d => panic!("{d}"),
+        }
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for (down_sfx, up_sfx) in [KOHYA, PEFT] {
+        for d in tensors.iter().filter(|t| t.name.ends_with(down_sfx)) {
+            let stem = &d.name[..d.name.len() - down_sfx.len()];
+            let u = tensors
+                .iter()
+                .find(|t| t.name == format!("{stem}{up_sfx}"))
+                .unwrap();
+            let r = d.shape[0];
+            let cols: usize = d.shape[1..].iter().product();
+            let rows = u.shape[0];
+            let s = tensors
+                .iter()
+                .find(|t| t.name == format!("{stem}.alpha"))
+                .map_or(1.0, |a| vals(a)[0] / r as f64);
+            let (dv, uv) = (vals(d), vals(u));
+            let mut w = vec![0.0; rows * cols];
+            for o in 0..rows {
+                for j in 0..cols {
+                    w[o * cols + j] = s
+                        * (0..r)
+                            .map(|k| uv[o * r + k] * dv[k * cols + j])
+                            .sum::<f64>();
+                }
+            }
+            out.insert(stem.to_string(), (rows, cols, w));
+        }
+    }
+    out
+}
+
+fn close(a: &[f64], b: &[f64], tol: f64) -> bool {
+    let scale = a.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-12);
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol * scale)
+}
+
+#[test]
+fn lora_merge_concat_is_exact_and_svd_re_ranks_the_sum() {
+    let dir = Dir::new();
+    let q = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";
+    let conv = "lora_unet_down_blocks_0_resnets_1_conv1";
+    let mk = |name: &str, ls: &[Lora]| {
+        let p = dir.path(name);
+        let ts: Vec<RawTensor> = ls.iter().flat_map(Lora::tensors).collect();
+        write_raw(&p, &ts, &[], 0);
+        p
+    };
+    let a = [
+        Lora {
+            stem: q,
+            rank: 4,
+            inp: 40,
+            out: 40,
+            kernel: 0,
+            alpha: 2.0,
+            seed: 1,
+        },
+        Lora {
+            stem: conv,
+            rank: 2,
+            inp: 20,
+            out: 20,
+            kernel: 3,
+            alpha: 1.0,
+            seed: 3,
+        },
+    ];
+    let b = [Lora {
+        stem: q,
+        rank: 8,
+        inp: 40,
+        out: 40,
+        kernel: 0,
+        alpha: 1.0,
+        seed: 5,
+    }];
+    let (pa, pb) = (mk("a.safetensors", &a), mk("b.safetensors", &b));
+    let want_q: Vec<f64> = a[0]
+        .delta()
+        .iter()
+        .zip(b[0].delta())
+        .map(|(x, y)| 0.7 * x - 0.5 * y)
+        .collect();
+    let want_conv: Vec<f64> = a[1].delta().iter().map(|x| 0.7 * x).collect();
+    let cat = dir.path("cat.safetensors");
+    let arg = |p: &std::path::Path, r: &str| format!("{}:{r}", s(p));
+    run_ok(&[
+        "lora",
+        "merge",
+        &arg(&pa, "0.7"),
+        &arg(&pb, "-0.5"),
+        "--concat",
+        "--dtype",
+        "f32",
+        "-o",
+        s(&cat),
+        "-q",
+    ]);
+    let got = materialise(&cat);
+    assert!(close(&got[q].2, &want_q, 1e-6), "concat: {q}");
+    assert!(close(&got[conv].2, &want_conv, 1e-6), "concat: {conv}");
+    // Ranks add up: 4 + 8.
+    let (ts, _) = read_raw(&cat);
+    let down = ts
+        .iter()
+        .find(|t| t.name == format!("{q}.lora_down.weight"))
+        .unwrap();
+    assert_eq!(down.shape, vec![12, 40]);
+    let conv_down = ts
+        .iter()
+        .find(|t| t.name == format!("{conv}.lora_down.weight"))
+        .unwrap();
+    assert_eq!(
+        conv_down.shape,
+        vec![2, 20, 3, 3],
+        "a LoCon stays a 3x3 convolution"
+    );
+    // Re-ranked at a rank holding the whole sum (4 + 8): the same change.
+    let svd = dir.path("svd.safetensors");
+    run_ok(&[
+        "lora",
+        "merge",
+        &arg(&pa, "0.7"),
+        &arg(&pb, "-0.5"),
+        "--rank",
+        "12",
+        "--clamp-quantile",
+        "1",
+        "--dtype",
+        "f32",
+        "-o",
+        s(&svd),
+        "-q",
+    ]);
+    let got = materialise(&svd);
+    assert!(close(&got[q].2, &want_q, 1e-5), "svd: {q}");
+    // At rank 2 it is the sum's best rank-2 approximation: its residual is what the sum's
+    // singular values beyond 2 hold, ‖S‖² − ‖S₂‖², checked against a rank-12 fit's energy.
+    let r2 = dir.path("r2.safetensors");
+    run_ok(&[
+        "lora",
+        "merge",
+        &arg(&pa, "0.7"),
+        &arg(&pb, "-0.5"),
+        "--rank",
+        "2",
+        "--clamp-quantile",
+        "1",
+        "--dtype",
+        "f32",
+        "-o",
+        s(&r2),
+        "-q",
+    ]);
+    let got2 = materialise(&r2);
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>();
+    // Best approximation ⇔ the residual is orthogonal to it.
+    let resid: Vec<f64> = want_q.iter().zip(&got2[q].2).map(|(x, y)| x - y).collect();
+    assert!(dot(&resid, &got2[q].2).abs() <= 1e-5 * dot(&want_q, &want_q));
+    // A LoRA and a checkpoint are not merged.
+    let (code, _, err) = run_code(&[
+        "lora",
+        "merge",
+        s(&pa),
+        "--concat",
+        "-o",
+        s(&dir.path("x.safetensors")),
+        s(&dir.path("none.safetensors")),
+    ]);
+    assert_ne!(code, 0, "{err}");
+}
+
+/// kohya's Flux module for the fused `img_attn.qkv` becomes diffusers' three (`to_q`, `to_k`,
+/// `to_v`: the down factor shared, the up factor cut by rows, as diffusers' converter does)
+/// and back into one; the change stays the same throughout.
+#[test]
+fn lora_convert_splits_and_fuses_flux_projections() {
+    let dir = Dir::new();
+    let fused = "lora_unet_double_blocks_0_img_attn_qkv";
+    let (ts, d) = low_rank(fused, KOHYA, 4, 9216, 3072 / 32, 11, Some(2.0));
+    // A narrow input width keeps the file small; the rows are Flux's 3 × 3072.
+    let (ts2, d2) = low_rank(
+        "lora_unet_single_blocks_2_linear2",
+        KOHYA,
+        2,
+        3072,
+        64,
+        13,
+        None,
+    );
+    let src = dir.path("kohya.safetensors");
+    write_raw(&src, &[ts, ts2].concat(), &[], 0);
+    let peft = dir.path("peft.safetensors");
+    let out = run_ok(&[
+        "lora",
+        "convert",
+        s(&src),
+        "--to",
+        "peft",
+        "--dtype",
+        "f32",
+        "-o",
+        s(&peft),
+        "-q",
+    ]);
+    let got = materialise(&peft);
+    for (i, part) in ["to_q", "to_k", "to_v"].iter().enumerate() {
+        let stem = format!("transformer.transformer_blocks.0.attn.{part}");
+        let (rows, cols, w) = got.get(&stem).unwrap_or_else(|| panic!("{stem}: {out}"));
+        assert_eq!((*rows, *cols), (3072, 96));
+        let want: Vec<f64> = d[i * 3072 * 96..(i + 1) * 3072 * 96]
+            .iter()
+            .map(|x| *x as f64)
+            .collect();
+        assert!(close(w, &want, 1e-6), "{stem}");
+    }
+    let d2: Vec<f64> = d2.iter().map(|x| *x as f64).collect();
+    assert!(close(
+        &got["transformer.single_transformer_blocks.2.proj_out"].2,
+        &d2,
+        1e-6
+    ));
+    let back = dir.path("back.safetensors");
+    run_ok(&[
+        "lora",
+        "convert",
+        s(&peft),
+        "--to",
+        "kohya",
+        "--dtype",
+        "f32",
+        "-o",
+        s(&back),
+        "-q",
+    ]);
+    let got = materialise(&back);
+    let d: Vec<f64> = d.iter().map(|x| *x as f64).collect();
+    assert!(close(&got[fused].2, &d, 1e-6), "fused again");
+    let (ts, _) = read_raw(&back);
+    let down = ts
+        .iter()
+        .find(|t| t.name == format!("{fused}.lora_down.weight"))
+        .unwrap();
+    assert_eq!(
+        down.shape,
+        vec![12, 96],
+        "three rank-4 slices make one rank-12 module"
+    );
+}

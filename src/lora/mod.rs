@@ -164,23 +164,27 @@ impl Network {
         if stems.is_empty() || other > stems.len() {
             return None;
         }
+        // SD1 and SD2 share every module name (their layers differ in width only), so
+        // kohya's `ss_v2` or `ss_base_model_version` decides between them when present.
+        let v2 = ckpt
+            .metadata_value("ss_v2")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+            || ckpt
+                .metadata_value("ss_base_model_version")
+                .is_some_and(|v| v.starts_with("sd_v2"));
         let arch = arch.or_else(|| {
-            lora::ARCHS
-                .into_iter()
-                .map(|a| {
-                    let n = stems
-                        .keys()
-                        .filter(|s| lora::target(a, s).is_some())
-                        .count();
-                    (n, a)
-                })
-                .filter(|(n, _)| *n > 0)
-                // The first of the most: max_by_key keeps the last of equals.
-                .fold(None, |best: Option<(usize, Arch)>, x| match best {
-                    Some(b) if b.0 >= x.0 => Some(b),
-                    _ => Some(x),
-                })
-                .map(|(_, a)| a)
+            let counts = stem_counts(stems.keys().map(String::as_str));
+            let best = counts.iter().map(|(n, _)| *n).max().filter(|&n| n > 0)?;
+            let tied: Vec<Arch> = counts
+                .iter()
+                .filter(|(n, _)| *n == best)
+                .map(|(_, a)| *a)
+                .collect();
+            Some(if v2 && tied.contains(&Arch::Sd2) {
+                Arch::Sd2
+            } else {
+                tied[0]
+            })
         });
         let grouping = arch.map(Grouping::for_arch);
         let modules = stems
@@ -270,6 +274,33 @@ impl Network {
         .map(Kind::label)
         .collect::<Vec<_>>()
         .join("+")
+    }
+}
+
+/// How many of `stems` each architecture's name table maps, in [`lora::ARCHS`] order.
+pub fn stem_counts<'a>(stems: impl Iterator<Item = &'a str> + Clone) -> Vec<(usize, Arch)> {
+    lora::ARCHS
+        .into_iter()
+        .map(|a| {
+            (
+                stems
+                    .clone()
+                    .filter(|s| lora::target(a, s).is_some())
+                    .count(),
+                a,
+            )
+        })
+        .collect()
+}
+
+impl Network {
+    /// Another architecture whose names fit this network's modules better than `arch`'s,
+    /// if there is one.
+    pub fn better_fit_than(&self, arch: Arch) -> Option<Arch> {
+        let counts = stem_counts(self.modules.iter().map(|m| m.stem.as_str()));
+        let of = |a: Arch| counts.iter().find(|(_, x)| *x == a).map_or(0, |(n, _)| *n);
+        let (n, best) = counts.iter().copied().max_by_key(|(n, _)| *n)?;
+        (n > of(arch)).then_some(best)
     }
 }
 

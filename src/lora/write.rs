@@ -42,7 +42,9 @@ pub enum Dialect {
 impl Dialect {
     fn accepts(self, name: &str) -> bool {
         match self {
-            Dialect::Kohya => name.starts_with("lora_"),
+            // `lora_transformer_` (diffusers paths kohya-style, some trainers' Flux files)
+            // is read, not written: sd-scripts writes Flux's BFL paths.
+            Dialect::Kohya => name.starts_with("lora_unet_") || name.starts_with("lora_te"),
             Dialect::Peft => ["unet.", "text_encoder.", "text_encoder_2.", "transformer."]
                 .iter()
                 .any(|p| name.starts_with(p)),

@@ -215,8 +215,9 @@ pub fn run(
     let mut lora_paths: Vec<PathBuf> = Vec::new();
     for (name, path, ckpt) in lora_files {
         lora_paths.push(path.clone());
-        let own = crate::lora::Network::read(&ckpt).and_then(|n| n.arch);
-        if let Some(own) = own.filter(|&a| a != arch) {
+        // Named for another architecture (SD1 and SD2 share names: their shapes decide).
+        let own = crate::lora::Network::read(&ckpt).and_then(|n| n.better_fit_than(arch));
+        if let Some(own) = own {
             problems.push(format!(
                 "'{name}' ({}) is a LoRA for {} but the models are {}: bake it into a model of \
                  its architecture",
