@@ -1483,3 +1483,147 @@ fn lora_convert_splits_and_fuses_flux_projections() {
         "three rank-4 slices make one rank-12 module"
     );
 }
+
+/// A LoRA against a checkpoint's change from its base, and LoRAs' `l2`, both against the
+/// materialised matrices: cosine = ⟨ΔW, T − B⟩ / (‖ΔW‖·‖T − B‖) over the keys the LoRA patches,
+/// ‖ΔW‖ per block, ‖ΔW_a − ΔW_b‖.
+#[test]
+fn lora_against_a_checkpoint_delta_and_l2_of_loras() {
+    use ckpt_diff::catalog::Arch;
+    use ckpt_diff::reader::dtype::FloatFormat;
+    use ckpt_diff::synth::Synthetic;
+    let dir = Dir::new();
+    let base = dir.model(
+        "b.safetensors",
+        &layout(Arch::Sd1, 8, FloatFormat::F32),
+        &Synthetic::base(Arch::Sd1, 6),
+    );
+    let shapes = shapes_of(&base);
+    let q_key = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight";
+    let c_key = "model.diffusion_model.input_blocks.2.0.in_layers.2.weight";
+    let q = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";
+    let conv = "lora_unet_down_blocks_0_resnets_1_conv1";
+    let (qo, qi) = (shapes[q_key][0], shapes[q_key][1]);
+    let (co, ci) = (shapes[c_key][0], shapes[c_key][1]);
+    let la = [
+        Lora {
+            stem: q,
+            rank: 4,
+            inp: qi,
+            out: qo,
+            kernel: 0,
+            alpha: 2.0,
+            seed: 21,
+        },
+        Lora {
+            stem: conv,
+            rank: 2,
+            inp: ci,
+            out: co,
+            kernel: 3,
+            alpha: 1.0,
+            seed: 23,
+        },
+    ];
+    let lb = [Lora {
+        stem: q,
+        rank: 2,
+        inp: qi,
+        out: qo,
+        kernel: 0,
+        alpha: 2.0,
+        seed: 25,
+    }];
+    let mk = |name: &str, ls: &[Lora]| {
+        let p = dir.path(name);
+        write_raw(
+            &p,
+            &ls.iter().flat_map(Lora::tensors).collect::<Vec<_>>(),
+            &[],
+            0,
+        );
+        p
+    };
+    let (pa, pb) = (mk("la.safetensors", &la), mk("lb.safetensors", &lb));
+    // The tuned model: twice A's change on to_q, noise on the conv, noise elsewhere too
+    // (outside the LoRA's keys, so outside the comparison).
+    let tuned = dir.path("t.safetensors");
+    let dq = la[0].delta();
+    rewrite(&base, &tuned, |ts| {
+        for t in ts.iter_mut() {
+            if t.dtype != "F32" {
+                continue;
+            }
+            let mut v: Vec<f32> = t
+                .data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect();
+            let extra = noise(t.name.len() as u64, v.len());
+            for (i, x) in v.iter_mut().enumerate() {
+                *x += if t.name == q_key {
+                    2.0 * dq[i] as f32
+                } else {
+                    0.01 * extra[i]
+                };
+            }
+            t.data = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        }
+    });
+    let (bm, tm) = (reference_map(&base), reference_map(&tuned));
+    let change = |k: &str| -> Vec<f64> {
+        let (b, t) = (
+            bm[k].values.as_ref().unwrap(),
+            tm[k].values.as_ref().unwrap(),
+        );
+        t.iter().zip(b).map(|(x, y)| x - y).collect()
+    };
+    let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>();
+    let v = run_json(&["sim", s(&pa), s(&tuned), "--base", s(&base)]);
+    for (block, key, l) in [("IN04", q_key, &la[0]), ("IN02", c_key, &la[1])] {
+        let (d, c) = (l.delta(), change(key));
+        let want = dot(&d, &c) / (dot(&d, &d) * dot(&c, &c)).sqrt();
+        let row = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["block"] == block)
+            .unwrap();
+        let got = row["cosine"].as_f64().unwrap();
+        assert!((got - want).abs() <= 1e-9, "{block}: {got} vs {want}");
+    }
+    let in04 = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["block"] == "IN04")
+        .unwrap();
+    assert!(in04["cosine"].as_f64().unwrap() > 0.999_999);
+    let (code, _, err) = run_code(&["sim", s(&pa), s(&tuned)]);
+    assert_ne!(code, 0);
+    assert!(err.contains("--base"), "{err}");
+    // l2 of two LoRAs.
+    let v = run_json(&["l2", "--base", s(&base), s(&pa), s(&pb)]);
+    let (da, db) = (la[0].delta(), lb[0].delta());
+    let rows = v["rows"].as_array().unwrap();
+    let in04 = rows.iter().find(|r| r[0] == "IN04").unwrap();
+    assert!(
+        (in04[1][0].as_f64().unwrap() - dot(&da, &da).sqrt()).abs() <= 1e-9 * dot(&da, &da).sqrt()
+    );
+    assert!(
+        (in04[1][1].as_f64().unwrap() - dot(&db, &db).sqrt()).abs() <= 1e-9 * dot(&db, &db).sqrt()
+    );
+    let dc = la[1].delta();
+    let diff: f64 = da
+        .iter()
+        .zip(&db)
+        .map(|(x, y)| (x - y) * (x - y))
+        .sum::<f64>()
+        + dot(&dc, &dc);
+    let got = v["pairwise"][0][1].as_f64().unwrap();
+    assert!(
+        (got - diff.sqrt()).abs() <= 1e-9 * diff.sqrt(),
+        "{got} vs {}",
+        diff.sqrt()
+    );
+}

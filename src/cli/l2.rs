@@ -43,6 +43,31 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let mut paths = vec![args.base.clone()];
     paths.extend(args.models.iter().cloned());
     let models = open_all(&paths)?;
+    // LoRAs: their distance from any base they are baked into is ‖ΔW‖, from the factors.
+    let nets: Vec<Option<crate::lora::Network>> = models[1..]
+        .iter()
+        .map(|m| crate::lora::Network::read(&m.ckpt))
+        .collect();
+    if nets.iter().all(Option::is_some) {
+        let pairs: Vec<(&crate::reader::Checkpoint, &crate::lora::Network)> = models[1..]
+            .iter()
+            .zip(&nets)
+            .map(|(m, n)| (&m.ckpt, n.as_ref().expect("all")))
+            .collect();
+        let r = crate::views::lora::distances(&pairs);
+        print(&if args.format.format() == crate::reports::Format::Json {
+            crate::reports::lora::l2_document(&r)
+        } else {
+            crate::reports::lora::l2_text(&r)
+        })?;
+        return Ok(Outcome::Ok);
+    }
+    if nets.iter().any(Option::is_some) {
+        anyhow::bail!(
+            "`l2` places either checkpoints or LoRAs relative to the base, not both: run it \
+             once for each"
+        );
+    }
     let refs: Vec<&Model> = models.iter().collect();
     let grouping = choose_grouping(&refs, args.arch, "l2")?;
     let plan = Plan::new(models.iter().map(|m| &m.ckpt).collect());

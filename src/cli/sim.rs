@@ -56,6 +56,10 @@ pub struct Args {
     /// key prefix); detected from the files by default.
     #[arg(long, value_parser = parse_arch_arg)]
     arch: Option<ArchArg>,
+    /// With a LoRA and a checkpoint: the checkpoint's base. The LoRA's change is compared
+    /// with the checkpoint's change from it, on the keys the LoRA patches.
+    #[arg(long)]
+    base: Option<PathBuf>,
     /// Also write a report folder (index.html, summary.md, a chart) here.
     #[arg(long, value_name = "DIR")]
     report: Option<std::path::PathBuf>,
@@ -94,11 +98,30 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         })?;
         return Ok(Outcome::Ok);
     }
-    if loras.iter().any(Option::is_some) {
-        anyhow::bail!(
-            "one input is a LoRA and the other a checkpoint; `sim` compares two LoRAs or two \
-             checkpoints (a LoRA against a checkpoint's delta is not supported yet)"
+    if let Some(i) = loras.iter().position(Option::is_some) {
+        let Some(base) = &args.base else {
+            anyhow::bail!(
+                "one input is a LoRA and the other a checkpoint: give the checkpoint's base \
+                 with --base to compare the LoRA with the checkpoint's change from it"
+            );
+        };
+        let base = Model::open(base)?;
+        let net = loras[i].as_ref().expect("found");
+        let r = crate::views::lora::against_delta(
+            &models[i].ckpt,
+            net,
+            &models[1 - i].ckpt,
+            &base.ckpt,
         );
+        print(&if args.format.format() == crate::reports::Format::Json {
+            crate::reports::lora::sim_document(&r)
+        } else {
+            crate::reports::lora::sim_text(&r)
+        })?;
+        return Ok(Outcome::Ok);
+    }
+    if args.base.is_some() {
+        anyhow::bail!("--base goes with a LoRA compared with a checkpoint's change");
     }
     let refs: Vec<&Model> = models.iter().collect();
     let grouping = choose_grouping(&refs, args.arch, "sim")?;

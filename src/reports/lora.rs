@@ -171,3 +171,41 @@ pub fn written_text(r: &crate::lora::write::Written) -> String {
 pub fn written_document(r: &crate::lora::write::Written) -> String {
     super::json::document("lora-write", r)
 }
+
+/// `l2` of LoRAs: ‖ΔW‖ per block, and the distances between them.
+pub fn l2_text(r: &crate::views::lora::LoraDistances) -> String {
+    let mut s = String::from(
+        "LoRAs: ‖ΔW‖ per block at strength 1 (the L2 distance from any model they are baked into)\n",
+    );
+    let mut head = vec!["block"];
+    head.extend(r.names.iter().map(String::as_str));
+    let right: Vec<bool> = (0..head.len()).map(|i| i > 0).collect();
+    let mut t = TextTable::new(&head, &right);
+    for (b, v) in r
+        .rows
+        .iter()
+        .chain(std::iter::once(&("total".to_string(), r.total.clone())))
+    {
+        let mut row = vec![b.clone()];
+        row.extend(v.iter().map(|x| format!("{x:.6}")));
+        t.push(row);
+    }
+    s.push_str(&t.terminal());
+    s.push('\n');
+    if r.names.len() > 1 {
+        let mut t = TextTable::new(&head, &right);
+        for (i, name) in r.names.iter().enumerate() {
+            let mut row = vec![name.clone()];
+            row.extend(r.pairwise[i].iter().map(|x| format!("{x:.6}")));
+            t.push(row);
+        }
+        s.push_str("‖ΔW_a − ΔW_b‖:\n");
+        s.push_str(&t.terminal());
+        s.push('\n');
+    }
+    s
+}
+
+pub fn l2_document(r: &crate::views::lora::LoraDistances) -> String {
+    super::json::document("l2-lora", r)
+}

@@ -368,3 +368,54 @@ fn finish(
         skipped,
     }
 }
+
+/// `l2` of LoRAs: each one's ‖ΔW‖ per block (its L2 distance from any model it is baked
+/// into at strength 1) and, between every two, ‖ΔW_a − ΔW_b‖ = √(‖a‖² + ‖b‖² − 2⟨a, b⟩), all
+/// from the factors.
+#[derive(Clone, Debug, Serialize)]
+pub struct LoraDistances {
+    pub names: Vec<String>,
+    /// (block, ‖ΔW‖ of each LoRA there), in model order.
+    pub rows: Vec<(String, Vec<f64>)>,
+    pub total: Vec<f64>,
+    /// ‖ΔW_a − ΔW_b‖ over every block, a×b.
+    pub pairwise: Vec<Vec<f64>>,
+}
+
+pub fn distances(loras: &[(&Checkpoint, &Network)]) -> LoraDistances {
+    let n = loras.len();
+    let names: Vec<String> = loras.iter().map(|(c, _)| c.display_name()).collect();
+    let mut blocks: BTreeMap<(usize, String), Vec<f64>> = BTreeMap::new();
+    let mut norm2 = vec![0.0; n];
+    for (i, (c, net)) in loras.iter().enumerate() {
+        // A LoRA against itself: the norms, per block.
+        let s = similarity(c, net, c, net);
+        for r in &s.rows {
+            let order = net
+                .modules
+                .iter()
+                .find(|m| m.block.as_deref() == Some(&r.block))
+                .and_then(|m| m.row)
+                .unwrap_or(usize::MAX);
+            blocks
+                .entry((order, r.block.clone()))
+                .or_insert_with(|| vec![0.0; n])[i] = r.norm2_a.sqrt();
+        }
+        norm2[i] = s.total.norm2_a;
+    }
+    let mut pairwise = vec![vec![0.0; n]; n];
+    for a in 0..n {
+        for b in a + 1..n {
+            let s = similarity(loras[a].0, loras[a].1, loras[b].0, loras[b].1);
+            let d = (norm2[a] + norm2[b] - 2.0 * s.total.inner).max(0.0).sqrt();
+            pairwise[a][b] = d;
+            pairwise[b][a] = d;
+        }
+    }
+    LoraDistances {
+        names,
+        rows: blocks.into_iter().map(|((_, b), v)| (b, v)).collect(),
+        total: norm2.iter().map(|x| x.sqrt()).collect(),
+        pairwise,
+    }
+}
