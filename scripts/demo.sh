@@ -119,4 +119,26 @@ printf 'base = base.safetensors\nft1 = ft1.safetensors\nlost = lost.safetensors\
     > "$data/sd1/broken.recipe"
 $bin merge "$data/sd1/broken.recipe" -o "$data/sd1/many.safetensors" --dry-run 2>&1 | tee -a "$out/many-plan.txt" || true
 
+step "LoRAs: extract one from a fine-tune, inspect it, compare it with the change it came from, bake it back, merge and convert"
+$bin lora extract "$data/sd1/ft1.safetensors" --base "$data/sd1/base.safetensors" --rank 16 \
+    -o "$data/sd1/ft1-r16.safetensors" --force -q | tee "$out/lora-extract.txt"
+$bin lora extract "$data/sd1/ft2.safetensors" --base "$data/sd1/base.safetensors" --rank auto --energy 0.5 \
+    --max-rank 32 -o "$data/sd1/ft2-auto.safetensors" --force -q | tee -a "$out/lora-extract.txt"
+$bin inspect "$data/sd1/ft1-r16.safetensors" | tee "$out/lora-inspect.txt"
+$bin sim "$data/sd1/ft1-r16.safetensors" "$data/sd1/ft1.safetensors" --base "$data/sd1/base.safetensors" \
+    | tee "$out/lora-sim.txt"
+$bin l2 --base "$data/sd1/base.safetensors" "$data/sd1/ft1-r16.safetensors" "$data/sd1/ft2-auto.safetensors" \
+    | tee -a "$out/lora-sim.txt"
+cat > "$data/sd1/bake.recipe" <<'RECIPE'
+base = base.safetensors
+l1   = ft1-r16.safetensors
+l2   = ft2-auto.safetensors
+OUT  = base + lora(l1) x 0.8 + lora(l2, strength=(0.5,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,0)) x 0.5
+RECIPE
+$bin merge "$data/sd1/bake.recipe" -o "$data/sd1/baked.safetensors" --force 2>&1 | tee "$out/lora-bake.txt"
+$bin lora merge "$data/sd1/ft1-r16.safetensors:0.7" "$data/sd1/ft2-auto.safetensors:0.3" --rank 8 \
+    -o "$data/sd1/merged-r8.safetensors" --force | tee "$out/lora-merge.txt"
+$bin lora convert "$data/sd1/ft1-r16.safetensors" --to peft -o "$data/sd1/ft1-peft.safetensors" --force \
+    | tee -a "$out/lora-merge.txt"
+
 step "done: outputs in $out/ (reports: $out/l2/index.html, $out/clone-check/index.html, $out/lineage/index.html)"

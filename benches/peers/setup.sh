@@ -9,4 +9,13 @@ python3 -m venv "$venv"
 "$venv/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu torch==2.5.1 \
     || "$venv/bin/pip" install -q torch==2.5.1
 "$venv/bin/pip" install -q -r "$here/requirements.txt"
+# torchvision matching torch, from the same index (sd-scripts' library imports it).
+"$venv/bin/pip" install -q --index-url https://download.pytorch.org/whl/cpu torchvision==0.20.1 \
+    || "$venv/bin/pip" install -q torchvision==0.20.1
+# kohya's sd-scripts for the LoRA extraction peer, next to the venv (target/sd-scripts).
+scripts="$(dirname "$venv")/sd-scripts"
+if [ ! -d "$scripts" ]; then
+    git clone -q --depth 1 https://github.com/kohya-ss/sd-scripts "$scripts" \
+        || echo "sd-scripts: not cloned (no network); bench lora_full runs without kohya's script"
+fi
 "$venv/bin/python" -c "import torch, sd_mecha, blake3, safetensors; print('peers:', 'torch', torch.__version__, 'sd-mecha', sd_mecha.__version__ if hasattr(sd_mecha, '__version__') else '1.1.8')"

@@ -82,16 +82,61 @@ impl Target {
     }
 }
 
-/// The targets of `arch` that are slices of `key`.
+/// The targets of `arch` that are slices of `key`, in row order.
 pub fn slices_of(arch: Arch, key: &str) -> Vec<Target> {
-    let mut v: Vec<Target> = build(arch)
-        .0
-        .into_values()
+    let Some(t) = tables(arch) else {
+        return Vec::new();
+    };
+    let mut v: Vec<Target> = t
+        .by_target
+        .keys()
         .filter(|t| t.key == key && t.rows.is_some())
+        .cloned()
         .collect();
     v.sort_by_key(|t| t.rows);
-    v.dedup();
     v
+}
+
+/// An architecture's names both ways, built once.
+struct Tables {
+    by_stem: HashMap<String, Target>,
+    /// Every name of a target, what sd-scripts writes first (see [`extractable`]), then
+    /// shortest, then by name.
+    by_target: HashMap<Target, Vec<String>>,
+}
+
+fn tables(arch: Arch) -> Option<&'static Tables> {
+    let family = ARCHS.iter().position(|&a| a == arch)?;
+    static TABLES: [OnceLock<Tables>; 4] = [
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+        OnceLock::new(),
+    ];
+    Some(TABLES[family].get_or_init(|| {
+        let by_stem = build(arch).0;
+        let mut by_target: HashMap<Target, Vec<String>> = HashMap::new();
+        for (stem, target) in &by_stem {
+            by_target
+                .entry(target.clone())
+                .or_default()
+                .push(stem.clone());
+        }
+        let written: HashMap<Target, String> = extractable(arch)
+            .into_iter()
+            .map(|e| (e.target, e.stem))
+            .collect();
+        for (t, v) in by_target.iter_mut() {
+            v.sort_by(|a, b| {
+                let later = |s: &String| written.get(t) != Some(s);
+                later(a)
+                    .cmp(&later(b))
+                    .then(a.len().cmp(&b.len()))
+                    .then_with(|| a.cmp(b))
+            });
+        }
+        Tables { by_stem, by_target }
+    }))
 }
 
 /// The architectures a LoRA may be for, in the order detection prefers on a tie.
@@ -100,51 +145,16 @@ pub const ARCHS: [Arch; 4] = [Arch::Sd1, Arch::Sdxl, Arch::Sd2, Arch::Flux];
 /// What a module stem (`lora_unet_..._to_q`, `unet.down_blocks....to_q`,
 /// `double_blocks.0.processor.qkv_lora1`) patches in `arch` (SD1, SD2, SDXL, Flux).
 pub fn target(arch: Arch, stem: &str) -> Option<&'static Target> {
-    let family = ARCHS.iter().position(|&a| a == arch)?;
-    static TABLES: [OnceLock<HashMap<String, Target>>; 4] = [
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-    ];
-    TABLES[family].get_or_init(|| build(arch).0).get(stem)
+    tables(arch)?.by_stem.get(stem)
 }
 
 /// Every name a module patching `t` may have in `arch`, in the dialects this table knows
-/// (kohya's `lora_unet_`/`lora_te*_` in both U-Net paths, PEFT's dotted names, XLabs').
+/// (kohya's `lora_unet_`/`lora_te*_` in both U-Net paths, PEFT's dotted names, XLabs'),
+/// what sd-scripts writes first.
 pub fn names_of(arch: Arch, t: &Target) -> &'static [String] {
-    let family = ARCHS.iter().position(|&a| a == arch);
-    static NAMES: [OnceLock<HashMap<Target, Vec<String>>>; 4] = [
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-    ];
-    let Some(family) = family else {
-        return &[];
-    };
-    let names = NAMES[family].get_or_init(|| {
-        let mut m: HashMap<Target, Vec<String>> = HashMap::new();
-        for (stem, target) in build(arch).0 {
-            m.entry(target).or_default().push(stem);
-        }
-        // What sd-scripts writes first (see `extractable`), then shortest, then by name.
-        let written: HashMap<Target, String> = extractable(arch)
-            .into_iter()
-            .map(|e| (e.target, e.stem))
-            .collect();
-        for (t, v) in m.iter_mut() {
-            v.sort_by(|a, b| {
-                let first = |s: &String| written.get(t) != Some(s);
-                first(a)
-                    .cmp(&first(b))
-                    .then(a.len().cmp(&b.len()))
-                    .then_with(|| a.cmp(b))
-            });
-        }
-        m
-    });
-    names.get(t).map_or(&[], Vec::as_slice)
+    tables(arch)
+        .and_then(|x| x.by_target.get(t))
+        .map_or(&[], Vec::as_slice)
 }
 
 /// A layer LoRA extraction writes a module for, as kohya's `extract_lora_from_models.py`

@@ -99,6 +99,10 @@ pub struct ExtractArgs {
     /// The factors' format: f16, bf16 or f32.
     #[arg(long, default_value = "f16")]
     dtype: String,
+    /// Krylov iterations of the truncated SVD: more keep more of the optimum's energy on
+    /// flat spectra, each costing about one more pass over the module's matrix.
+    #[arg(long, default_value_t = crate::lora::svd::ITERATIONS)]
+    iterations: usize,
     /// Seed of the SVD's random sketch.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -152,6 +156,7 @@ fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
         clamp_quantile: a.clamp_quantile,
         min_diff: a.min_diff,
         format,
+        iterations: a.iterations,
         seed: a.seed,
         tuned_name: tuned.ckpt.display_name(),
         base_name: base.ckpt.display_name(),

@@ -3,7 +3,8 @@
 //! full one (see [`super::svd`]).
 //!
 //! Per module (the layers [`crate::catalog::lora::extractable`] lists, ResNet parts only
-//! with a convolution rank): ΔW = tuned − base in f64, flattened to out × (in·k·k); its
+//! with a convolution rank): ΔW = tuned − base (differences in f64, held in f32 as kohya's
+//! `float()` holds them), flattened to out × (in·k·k); its
 //! leading r triplets U·diag(σ)·Vᵀ; `lora_up` = U·diag(σ), `lora_down` = Vᵀ, both clamped
 //! at ±q where q is the `clamp_quantile` quantile of their values together (torch's
 //! `quantile`, linear interpolation, of the signed values, as kohya's code computes it);
@@ -11,8 +12,8 @@
 //! `min_diff` is left out whole, as kohya does.
 //!
 //! Memory: the finished factors, encoded (the output's size), plus per worker thread one
-//! module's ΔW in f64 and its sketches (for SDXL's largest, a 1280 × 11520 convolution,
-//! 118 MB).
+//! module's ΔW in f32 and its sketches (for SDXL's largest linear, 10240 × 1280, 52 MB,
+//! and a basis of 518 columns as tall).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -21,7 +22,7 @@ use faer::Mat;
 use rayon::prelude::*;
 use serde::Serialize;
 
-use super::svd::{self, RankRule};
+use super::svd::{self, RankRule, Real};
 use super::write::{Dialect, Tensors, factors_of};
 use crate::catalog::lora::{Extractable, extractable};
 use crate::catalog::{Arch, Grouping};
@@ -40,6 +41,8 @@ pub struct Options {
     pub min_diff: f64,
     /// The factors' float format.
     pub format: FloatFormat,
+    /// Krylov iterations of the SVD ([`svd::ITERATIONS`] by default).
+    pub iterations: usize,
     pub seed: u64,
     /// Metadata values: the files' names.
     pub tuned_name: String,
@@ -91,7 +94,7 @@ fn delta(
     tuned: &Checkpoint,
     base: &Checkpoint,
     ex: &Extractable,
-) -> Result<(Mat<f64>, Vec<usize>, f64), String> {
+) -> Result<(Mat<Real>, Vec<usize>, f64), String> {
     let key = &ex.target.key;
     let (Some(t), Some(b)) = (tuned.get(key), base.get(key)) else {
         return Err(format!("{key} is not in both checkpoints"));
@@ -111,7 +114,7 @@ fn delta(
     let (bt, bb) = (tuned.data(t), base.data(b));
     let (st, sb) = (t.scale.unwrap_or(1.0), b.scale.unwrap_or(1.0));
     let (mut vt, mut vb) = (vec![0.0; cols], vec![0.0; cols]);
-    let mut d = Mat::<f64>::zeros(hi - lo, cols);
+    let mut d = Mat::<Real>::zeros(hi - lo, cols);
     let mut max_abs = 0.0f64;
     for r in lo..hi {
         let at = r * cols;
@@ -120,7 +123,7 @@ fn delta(
         for j in 0..cols {
             let x = vt[j] * st - vb[j] * sb;
             max_abs = max_abs.max(x.abs());
-            d[(r - lo, j)] = x;
+            d[(r - lo, j)] = x as Real;
         }
     }
     let mut shape = t.shape.clone();
@@ -153,7 +156,7 @@ struct Done {
 
 fn factor(
     ex: &Extractable,
-    d: Mat<f64>,
+    d: Mat<Real>,
     shape: &[usize],
     max_abs: f64,
     rule: RankRule,
@@ -161,7 +164,7 @@ fn factor(
     block: String,
 ) -> Result<Done, String> {
     let key_hash = crate::rng::counter::key_hash(&ex.stem);
-    let (t, energy) = svd::truncate(d.as_ref(), rule, opts.seed ^ key_hash)?;
+    let (t, energy) = svd::truncate(d.as_ref(), rule, opts.iterations, opts.seed ^ key_hash)?;
     let r = t.s.len();
     let m = d.nrows();
     drop(d);

@@ -315,19 +315,19 @@ pub fn merge(
                 conv_rank,
                 clamp_quantile,
             } => {
-                let mut sum = faer::Mat::<f64>::zeros(rows, cols);
+                let mut sum = faer::Mat::<svd::Real>::zeros(rows, cols);
                 for (ratio, _, d) in &deltas {
                     let full = d.full();
                     for o in 0..rows {
                         for j in 0..cols {
-                            sum[(o, j)] += ratio * full[o * cols + j];
+                            sum[(o, j)] += (ratio * full[o * cols + j]) as svd::Real;
                         }
                     }
                 }
                 let is_kxk = kernel.as_ref().is_some_and(|k| k[1] * k[2] > 1);
                 let rule = if is_kxk { *conv_rank } else { *rank };
                 let seed = crate::rng::counter::key_hash(&name);
-                let (tr, _) = svd::truncate(sum.as_ref(), rule, seed)
+                let (tr, _) = svd::truncate(sum.as_ref(), rule, svd::ITERATIONS, seed)
                     .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
                 let (up, down) = factors_of(&tr, *clamp_quantile);
                 let r = tr.s.len();
@@ -381,13 +381,13 @@ pub fn factors_of(t: &svd::Truncated, clamp_quantile: f64) -> (Vec<f64>, Vec<f64
     let mut up = Vec::with_capacity(m * r);
     for i in 0..m {
         for k in 0..r {
-            up.push(t.u[(i, k)] * t.s[k]);
+            up.push(t.u[(i, k)] as f64 * t.s[k]);
         }
     }
     let mut down = Vec::with_capacity(r * n);
     for k in 0..r {
         for j in 0..n {
-            down.push(t.v[(j, k)]);
+            down.push(t.v[(j, k)] as f64);
         }
     }
     if clamp_quantile < 1.0 {

@@ -316,6 +316,11 @@ impl Ctx<'_> {
                     if c == 0.0 {
                         continue;
                     }
+                    if let Node::Method { method, .. } = &plan.nodes[*n]
+                        && !method.touches(self.key, self.row)
+                    {
+                        continue;
+                    }
                     if let Node::Input(i) = plan.nodes[*n] {
                         let (format, bytes, scale) = self.stored(i, start, end);
                         kernels::axpy_stored(format, c * scale, bytes, out, !first);

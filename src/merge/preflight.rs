@@ -265,6 +265,12 @@ pub fn describe(
                         cp.methods.push(m);
                     }
                 }
+                if !*per_tensor {
+                    // A streamed item: its output, the chunks, and the methods' buffers (a
+                    // LoRA's decoded factors).
+                    let need = (8u64 << 20) + (needed.len() as u64 + 2) * chunk + buffers;
+                    per_thread = per_thread.max(need);
+                }
                 if *per_tensor {
                     let out = numel * format.size() as u64;
                     let need = out + buffers + (needed.len() as u64 + 2) * chunk;

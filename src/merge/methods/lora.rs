@@ -91,8 +91,13 @@ impl NodeMethod for Bake {
         Box::new(patches)
     }
 
+    fn touches(&self, key: &str, row: usize) -> bool {
+        self.strength[row] != 0.0 && self.by_key.contains_key(key)
+    }
+
     fn buffer_bytes(&self, _numel: usize, _models: usize) -> u64 {
-        self.largest
+        // The factors, the chunk it returns, and the block of rows a product fills.
+        self.largest + 2 * (super::SUB as u64 * 8)
     }
 
     fn eval(

@@ -262,6 +262,12 @@ pub trait NodeMethod: fmt::Debug + Send + Sync {
         0
     }
 
+    /// Whether the method's value for tensor `key` may be non-zero; a linear combination
+    /// skips terms that are 0 throughout (a LoRA on the many tensors it does not patch).
+    fn touches(&self, _key: &str, _row: usize) -> bool {
+        true
+    }
+
     /// The method's values over elements `start..end`.
     fn eval(&self, t: &dyn TensorInputs, prepared: &Prepared, start: usize, end: usize)
     -> Vec<f64>;

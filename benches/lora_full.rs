@@ -1,0 +1,349 @@
+//! LoRAs at full size: extraction (rank 64) from an SD1.5 and an SDXL fp16 pair, beside
+//! kohya's `extract_lora_from_models.py` (PyTorch on the CPU) on the same pair; and 20 SDXL
+//! rank-32 LoRAs baked into a full-size SDXL in one pass, beside a plain two-input merge.
+//!
+//!     cargo bench --bench lora_full        (writes reports/bench/lora.md)
+//!
+//! The pairs are generated (a base and a fine-tune of it whose change has per-block
+//! sizes); kohya's script runs from `target/sd-scripts` in `target/bench-venv`
+//! (`benches/peers/setup.sh` makes both). Both sides write fp16 LoRAs of the same modules
+//! (no convolutions); their kept energy is compared through `ckpt-diff l2` of the two
+//! LoRAs (‖ΔW‖ at strength 1, from the factors). `CKPT_DIFF_BENCH_KOHYA=0` skips kohya,
+//! `CKPT_DIFF_BENCH_KOHYA_SDXL=0` only on SDXL (it holds both models in memory: 14 GB in
+//! fp16); `CKPT_DIFF_BENCH_ONLY=sd1|sdxl|bake` runs one part.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use ckpt_diff::catalog::Arch;
+use ckpt_diff::catalog::data::table;
+use ckpt_diff::catalog::lora::extractable;
+use ckpt_diff::lora::write::{Dialect, Tensors};
+use ckpt_diff::reader::dtype::FloatFormat;
+use common::*;
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_ckpt-diff"))
+}
+
+fn venv_python() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-venv/bin/python");
+    p.exists().then_some(p)
+}
+
+fn sd_scripts() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/sd-scripts");
+    p.join("networks/extract_lora_from_models.py")
+        .exists()
+        .then_some(p)
+}
+
+/// kohya's script on the pair, measured (its peak RSS: it holds no file mapped).
+fn kohya(base: &Path, tuned: &Path, out: &Path, sdxl: bool) -> Option<Measured> {
+    let (py, dir) = (venv_python()?, sd_scripts()?);
+    let script = dir.join("networks/extract_lora_from_models.py");
+    let mut args = vec![
+        script.to_str().unwrap().to_string(),
+        "--model_org".into(),
+        base.to_str().unwrap().into(),
+        "--model_tuned".into(),
+        tuned.to_str().unwrap().into(),
+        "--save_to".into(),
+        out.to_str().unwrap().into(),
+        "--dim".into(),
+        "64".into(),
+        "--device".into(),
+        "cpu".into(),
+        "--save_precision".into(),
+        "fp16".into(),
+    ];
+    if sdxl {
+        // Without it the two SDXL models load in fp32: 27 GB, more than this machine has.
+        args.extend(["--sdxl".into(), "--load_precision".into(), "fp16".into()]);
+    }
+    // SAFETY (env): set before the child starts, read by it only.
+    unsafe {
+        std::env::set_var(
+            "PYTHONPATH",
+            format!("{}:{}", dir.display(), dir.join("networks").display()),
+        );
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Some(run_measured(&py, &refs))
+}
+
+/// ‖ΔW‖ of each LoRA file at strength 1 (total over blocks), by `ckpt-diff l2`.
+fn norms(base: &Path, loras: &[&Path]) -> Vec<f64> {
+    let mut args = vec!["l2", "--base", base.to_str().unwrap(), "--json"];
+    args.extend(loras.iter().map(|p| p.to_str().unwrap()));
+    let m = run_measured(bin(), &args);
+    let v: serde_json::Value = serde_json::from_str(&m.stdout).unwrap();
+    v["total"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn extract_pair(arch: Arch, label: &str, report: &mut String) {
+    let base = model(arch, FloatFormat::F16, 1, 0.0);
+    let tuned = finetune(arch, FloatFormat::F16, 1);
+    let dir = data_dir();
+    let ours = dir.join(format!("{label}-ours.safetensors"));
+    let theirs = dir.join(format!("{label}-kohya.safetensors"));
+    let input = std::fs::metadata(&base).unwrap().len() * 2;
+    warm(&[&base, &tuned]);
+    eprintln!("{label}: ckpt-diff lora extract --rank 64 ...");
+    let m = run_measured(
+        bin(),
+        &[
+            "lora",
+            "extract",
+            tuned.to_str().unwrap(),
+            "--base",
+            base.to_str().unwrap(),
+            "--rank",
+            "64",
+            "-o",
+            ours.to_str().unwrap(),
+            "--force",
+            "-q",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&m.stdout).unwrap();
+    let modules = v["modules"].as_array().unwrap();
+    let energy: f64 = modules.iter().map(|x| x["energy"].as_f64().unwrap()).sum();
+    let retained: f64 = modules
+        .iter()
+        .map(|x| x["retained"].as_f64().unwrap())
+        .sum();
+    writeln!(
+        report,
+        "### {label} fp16 pair ({:.1} GB read), rank 64\n\n\
+         | tool | time | peak anonymous | peak RSS | modules | ‖ΔW‖ of the LoRA |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: |",
+        input as f64 / 1e9
+    )
+    .unwrap();
+    let run_kohya = std::env::var("CKPT_DIFF_BENCH_KOHYA").as_deref() != Ok("0")
+        && (arch != Arch::Sdxl
+            || std::env::var("CKPT_DIFF_BENCH_KOHYA_SDXL").as_deref() != Ok("0"));
+    let k = if run_kohya {
+        eprintln!("{label}: kohya's extract_lora_from_models.py --dim 64 (PyTorch CPU) ...");
+        kohya(&base, &tuned, &theirs, arch == Arch::Sdxl)
+    } else {
+        None
+    };
+    let paths: Vec<&Path> = if k.is_some() {
+        vec![&ours, &theirs]
+    } else {
+        vec![&ours]
+    };
+    let n = norms(&base, &paths);
+    writeln!(
+        report,
+        "| ckpt-diff | {:.1} s | {:.0} MB | {:.0} MB | {} | {:.4} |",
+        m.secs,
+        m.peak_anon as f64 / 1e6,
+        m.peak_rss as f64 / 1e6,
+        modules.len(),
+        n[0]
+    )
+    .unwrap();
+    match &k {
+        Some(k) => {
+            writeln!(
+                report,
+                "| kohya `extract_lora_from_models.py` | {:.1} s | {:.0} MB | {:.0} MB | | {:.4} |\n\n\
+                 ckpt-diff is **{:.1}×** faster. Energy kept (Σσ² of the kept ranks over ‖ΔW‖², \
+                 before the clamp): {:.4}% by ckpt-diff's report; the two LoRAs' norms compare \
+                 the kept energy after the clamp and fp16 rounding.\n",
+                k.secs,
+                k.peak_anon as f64 / 1e6,
+                k.peak_rss as f64 / 1e6,
+                n[1],
+                k.secs / m.secs,
+                100.0 * retained / energy
+            )
+            .unwrap();
+        }
+        None => writeln!(
+            report,
+            "\nkohya's script: not run (no target/bench-venv or target/sd-scripts, or \
+             CKPT_DIFF_BENCH_KOHYA_SDXL=0). Energy kept: {:.4}%.\n",
+            100.0 * retained / energy
+        )
+        .unwrap(),
+    }
+    let _ = std::fs::remove_file(&ours);
+    let _ = std::fs::remove_file(&theirs);
+}
+
+/// A rank-32 SDXL LoRA of every module kohya's networks train (the U-Net's transformer
+/// layers, both text encoders' attention and MLP), random factors of a realistic size.
+fn sdxl_lora(path: &Path, seed: u64) {
+    if path.exists() {
+        return;
+    }
+    let keys = &table(Arch::Sdxl).keys;
+    let stream = ckpt_diff::rng::counter::Stream::new(seed, 77);
+    let mut t = Tensors::default();
+    let mut at = 0u64;
+    for ex in extractable(Arch::Sdxl).into_iter().filter(|e| !e.resnet) {
+        let k = keys.iter().find(|k| k.name == ex.target.key).unwrap();
+        let rows = ex.target.row_range(&k.shape);
+        let rows = rows.1 - rows.0;
+        let cols: usize = k.shape[1..].iter().product();
+        let r = 32;
+        let mut draw = |n: usize, s: f64| -> Vec<f64> {
+            let v = (0..n).map(|i| s * stream.normal(at + i as u64)).collect();
+            at += n as u64;
+            v
+        };
+        let down = draw(r * cols, 1.0 / (cols as f64).sqrt());
+        let up = draw(rows * r, 1e-3);
+        let kernel = (k.shape.len() == 4).then(|| &k.shape[1..]);
+        t.module(
+            &ex.stem,
+            Dialect::Kohya,
+            FloatFormat::F16,
+            &up,
+            &down,
+            rows,
+            r,
+            kernel,
+            Some(16.0),
+        );
+    }
+    t.write(path, &[("ss_network_dim".into(), "32".into())], &[])
+        .expect("write LoRA");
+}
+
+fn bake(report: &mut String) {
+    let dir = data_dir().join("lora-bake");
+    std::fs::create_dir_all(&dir).unwrap();
+    let base = model(Arch::Sdxl, FloatFormat::F16, 1, 0.0);
+    let other = finetune(Arch::Sdxl, FloatFormat::F16, 1);
+    eprintln!("generating 20 SDXL rank-32 LoRAs ...");
+    let loras: Vec<PathBuf> = (0..20)
+        .map(|i| {
+            let p = dir.join(format!("l{i:02}.safetensors"));
+            sdxl_lora(&p, i);
+            p
+        })
+        .collect();
+    let lora_bytes: u64 = loras
+        .iter()
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    let mut recipe = format!("M = \"{}\"\n", base.display());
+    let mut expr = "M".to_string();
+    for (i, p) in loras.iter().enumerate() {
+        recipe.push_str(&format!("L{i} = \"{}\"\n", p.display()));
+        expr.push_str(&format!(" + lora(L{i}) x 0.05"));
+    }
+    recipe.push_str(&format!("OUT = {expr}\n"));
+    let r = dir.join("bake.recipe");
+    std::fs::write(&r, recipe).unwrap();
+    let out = dir.join("out.safetensors");
+    let plan = run_measured(
+        bin(),
+        &[
+            "merge",
+            r.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--force",
+            "--dry-run",
+            "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
+    let bound = v["memory"]["anonymous"].as_u64().unwrap();
+    let mut paths: Vec<&Path> = vec![&base, &other];
+    paths.extend(loras.iter().map(PathBuf::as_path));
+    warm(&paths);
+    eprintln!("baking 20 LoRAs in one pass ...");
+    let baked = run_measured(
+        bin(),
+        &[
+            "merge",
+            r.to_str().unwrap(),
+            "-o",
+            out.to_str().unwrap(),
+            "--force",
+            "-q",
+            "--no-input-hashes",
+        ],
+    );
+    let _ = std::fs::remove_file(&out);
+    warm(&paths);
+    eprintln!("plain two-input merge ...");
+    let plain = run_measured(
+        bin(),
+        &[
+            "merge",
+            "ws",
+            base.to_str().unwrap(),
+            other.to_str().unwrap(),
+            "--alpha",
+            "0.5",
+            "-o",
+            out.to_str().unwrap(),
+            "--force",
+            "-q",
+            "--no-input-hashes",
+        ],
+    );
+    let _ = std::fs::remove_file(&out);
+    writeln!(
+        report,
+        "### 20 SDXL rank-32 LoRAs baked into a full-size SDXL fp16, one pass\n\n\
+         The LoRAs: {:.2} GB together, every U-Net transformer layer and both text encoders' \
+         attention and MLP (kohya's SDXL network), alpha 16.\n\n\
+         | merge | time | peak anonymous | plan's bound |\n| --- | ---: | ---: | ---: |\n\
+         | `M + lora(L0) x 0.05 + ... + lora(L19) x 0.05` | {:.1} s | {:.0} MB | {:.0} MB |\n\
+         | `ws(M, F, 0.5)` (two checkpoints) | {:.1} s | {:.0} MB | |\n\n\
+         Twenty one-at-a-time bakes would read and write the model twenty times: at the plain \
+         merge's rate, about {:.0} s.\n",
+        lora_bytes as f64 / 1e9,
+        baked.secs,
+        baked.peak_anon as f64 / 1e6,
+        bound as f64 / 1e6,
+        plain.secs,
+        plain.peak_anon as f64 / 1e6,
+        20.0 * plain.secs
+    )
+    .unwrap();
+    for p in &loras {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+fn main() {
+    let threads = rayon::current_num_threads();
+    let mut report = format!("## LoRA extraction and baking, full size, {threads} threads\n\n");
+    let only = std::env::var("CKPT_DIFF_BENCH_ONLY").unwrap_or_default();
+    if only.is_empty() || only == "sd1" {
+        extract_pair(Arch::Sd1, "SD1.5", &mut report);
+    }
+    if only.is_empty() || only == "sdxl" {
+        extract_pair(Arch::Sdxl, "SDXL", &mut report);
+    }
+    if only.is_empty() || only == "bake" {
+        bake(&mut report);
+    }
+    print!("{report}");
+    let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/bench/lora.md");
+    let name = if only.is_empty() {
+        out
+    } else {
+        out.with_file_name(format!("lora-{only}.md"))
+    };
+    std::fs::write(&name, report).unwrap();
+    eprintln!("wrote {}", name.display());
+}
