@@ -371,6 +371,21 @@ fn lora_sim_equals_the_cosine_of_the_materialised_changes() {
     assert_ne!(code, 0, "{err}");
 }
 
+/// A generated checkpoint of `arch` at 1/8 width.
+fn generated(
+    dir: &Dir,
+    name: &str,
+    arch: ckpt_diff::catalog::Arch,
+    dtype: ckpt_diff::reader::dtype::FloatFormat,
+    seed: u64,
+) -> std::path::PathBuf {
+    dir.model(
+        name,
+        &layout(arch, 8, dtype),
+        &ckpt_diff::synth::Synthetic::base(arch, seed),
+    )
+}
+
 /// f16 values of `shape` from the LCG, as raw little-endian bytes and as the f32 they are.
 fn f16_tensor(name: String, shape: Vec<usize>, seed: u64, amp: f32) -> (RawTensor, Vec<f32>) {
     let n: usize = shape.iter().product();
@@ -531,13 +546,8 @@ fn shapes_of(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u
 fn bake_equals_the_materialised_change_for_every_network_type() {
     use ckpt_diff::catalog::Arch;
     use ckpt_diff::reader::dtype::FloatFormat;
-    use ckpt_diff::synth::Synthetic;
     let dir = Dir::new();
-    let base = dir.model(
-        "base.safetensors",
-        &layout(Arch::Sd1, 8, FloatFormat::F16),
-        &Synthetic::base(Arch::Sd1, 3),
-    );
+    let base = generated(&dir, "base.safetensors", Arch::Sd1, FloatFormat::F16, 3);
     let (mut tensors, deltas) = every_network(&shapes_of(&base), 40);
     // A module no SD1 key has: listed as not baked, never dropped silently.
     let (td, _) = f16_tensor(
@@ -615,13 +625,8 @@ fn bake_equals_the_materialised_change_for_every_network_type() {
 fn twenty_loras_in_one_pass_equal_twenty_bakes_one_at_a_time() {
     use ckpt_diff::catalog::Arch;
     use ckpt_diff::reader::dtype::FloatFormat;
-    use ckpt_diff::synth::Synthetic;
     let dir = Dir::new();
-    let base = dir.model(
-        "base.safetensors",
-        &layout(Arch::Sd1, 8, FloatFormat::F32),
-        &Synthetic::base(Arch::Sd1, 5),
-    );
+    let base = generated(&dir, "base.safetensors", Arch::Sd1, FloatFormat::F32, 5);
     let shapes = shapes_of(&base);
     let mut paths = Vec::new();
     let mut all_deltas = Vec::new();
@@ -701,13 +706,8 @@ fn twenty_loras_in_one_pass_equal_twenty_bakes_one_at_a_time() {
 fn lora_bake_errors_name_the_file_and_the_fix() {
     use ckpt_diff::catalog::Arch;
     use ckpt_diff::reader::dtype::FloatFormat;
-    use ckpt_diff::synth::Synthetic;
     let dir = Dir::new();
-    let sd1 = dir.model(
-        "sd1.safetensors",
-        &layout(Arch::Sd1, 8, FloatFormat::F16),
-        &Synthetic::base(Arch::Sd1, 3),
-    );
+    let sd1 = generated(&dir, "sd1.safetensors", Arch::Sd1, FloatFormat::F16, 3);
     let (tensors, _) = every_network(&shapes_of(&sd1), 1);
     let lora = dir.path("l.safetensors");
     write_raw(&lora, &tensors, &[], 0);
@@ -783,12 +783,7 @@ fn orthonormal(n: usize, k: usize, seed: u64) -> Vec<Vec<f64>> {
 fn planted_pair(dir: &Dir) -> (std::path::PathBuf, std::path::PathBuf, Vec<f64>, String) {
     use ckpt_diff::catalog::Arch;
     use ckpt_diff::reader::dtype::FloatFormat;
-    use ckpt_diff::synth::Synthetic;
-    let base = dir.model(
-        "base.safetensors",
-        &layout(Arch::Sd1, 8, FloatFormat::F32),
-        &Synthetic::base(Arch::Sd1, 9),
-    );
+    let base = generated(dir, "base.safetensors", Arch::Sd1, FloatFormat::F32, 9);
     let key = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight";
     let te = "cond_stage_model.transformer.text_model.encoder.layers.3.mlp.fc1.weight";
     let tuned = dir.path("tuned.safetensors");
@@ -1119,13 +1114,8 @@ fn flux_dialects_patch_their_rows() {
 fn openclip_modules_patch_thirds_of_in_proj() {
     use ckpt_diff::catalog::Arch;
     use ckpt_diff::reader::dtype::FloatFormat;
-    use ckpt_diff::synth::Synthetic;
     let dir = Dir::new();
-    let base = dir.model(
-        "sd2.safetensors",
-        &layout(Arch::Sd2, 8, FloatFormat::F32),
-        &Synthetic::base(Arch::Sd2, 4),
-    );
+    let base = generated(&dir, "sd2.safetensors", Arch::Sd2, FloatFormat::F32, 4);
     let in_proj = "cond_stage_model.model.transformer.resblocks.5.attn.in_proj_weight";
     let c_fc = "cond_stage_model.model.transformer.resblocks.2.mlp.c_fc.weight";
     let attn = "model.diffusion_model.output_blocks.5.1.transformer_blocks.0.attn2.to_v.weight";
@@ -1491,13 +1481,8 @@ fn lora_convert_splits_and_fuses_flux_projections() {
 fn lora_against_a_checkpoint_delta_and_l2_of_loras() {
     use ckpt_diff::catalog::Arch;
     use ckpt_diff::reader::dtype::FloatFormat;
-    use ckpt_diff::synth::Synthetic;
     let dir = Dir::new();
-    let base = dir.model(
-        "b.safetensors",
-        &layout(Arch::Sd1, 8, FloatFormat::F32),
-        &Synthetic::base(Arch::Sd1, 6),
-    );
+    let base = generated(&dir, "b.safetensors", Arch::Sd1, FloatFormat::F32, 6);
     let shapes = shapes_of(&base);
     let q_key = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight";
     let c_key = "model.diffusion_model.input_blocks.2.0.in_layers.2.weight";

@@ -68,6 +68,20 @@ fn arch_of(m: &Model, path: &Path) -> Result<Arch> {
     }
 }
 
+/// Where a LoRA command writes, and how it reports.
+#[derive(Debug, clap::Args)]
+struct OutArgs {
+    /// The LoRA file to write.
+    #[arg(short, long, value_name = "OUT")]
+    output: PathBuf,
+    /// Replace OUT if it exists.
+    #[arg(long, short)]
+    force: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ExtractArgs {
     /// The fine-tuned (or merged) checkpoint.
@@ -106,14 +120,8 @@ pub struct ExtractArgs {
     /// Seed of the SVD's random sketch.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    #[arg(short, long, value_name = "OUT")]
-    output: PathBuf,
-    /// Replace OUT if it exists.
-    #[arg(long, short)]
-    force: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutArgs,
 }
 
 pub fn run(args: Args, global: &Global) -> Result<Outcome> {
@@ -125,7 +133,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
 }
 
 fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
-    crate::writer::refuse_existing(&a.output, a.force)?;
+    crate::writer::refuse_existing(&a.out.output, a.out.force)?;
     if !(a.clamp_quantile > 0.0 && a.clamp_quantile <= 1.0) {
         bail!("--clamp-quantile is in (0, 1]; got {}", a.clamp_quantile);
     }
@@ -167,12 +175,12 @@ fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
         &base.ckpt,
         arch,
         &opts,
-        &a.output,
+        &a.out.output,
         &[a.tuned.as_path(), a.base.as_path()],
         &bar,
     )?;
     drop(bar);
-    print(&if a.json {
+    print(&if a.out.json {
         crate::reports::lora::extract_document(&r)
     } else {
         crate::reports::lora::extract_text(&r)
@@ -205,12 +213,8 @@ pub struct MergeArgs {
     clamp_quantile: f64,
     #[arg(long, default_value = "f16")]
     dtype: String,
-    #[arg(short, long, value_name = "OUT")]
-    output: PathBuf,
-    #[arg(long, short)]
-    force: bool,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -224,12 +228,8 @@ pub struct ConvertArgs {
     to: crate::lora::write::Dialect,
     #[arg(long, default_value = "f16")]
     dtype: String,
-    #[arg(short, long, value_name = "OUT")]
-    output: PathBuf,
-    #[arg(long, short)]
-    force: bool,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    out: OutArgs,
 }
 
 /// Opens a LoRA file, or says what it is instead.
@@ -245,7 +245,7 @@ fn open_lora(path: &Path) -> Result<(crate::reader::Checkpoint, crate::lora::Net
 }
 
 fn merge(a: MergeArgs, global: &Global) -> Result<Outcome> {
-    crate::writer::refuse_existing(&a.output, a.force)?;
+    crate::writer::refuse_existing(&a.out.output, a.out.force)?;
     let format = lora_format(&a.dtype)?;
     let mut files = Vec::new();
     for spec in &a.inputs {
@@ -293,8 +293,8 @@ fn merge(a: MergeArgs, global: &Global) -> Result<Outcome> {
         })
         .collect();
     let _quiet = global.quiet;
-    let r = crate::lora::write::merge(&sources, &how, format, &a.output, &inputs)?;
-    print(&if a.json {
+    let r = crate::lora::write::merge(&sources, &how, format, &a.out.output, &inputs)?;
+    print(&if a.out.json {
         crate::reports::lora::written_document(&r)
     } else {
         crate::reports::lora::written_text(&r)
@@ -303,12 +303,18 @@ fn merge(a: MergeArgs, global: &Global) -> Result<Outcome> {
 }
 
 fn convert(a: ConvertArgs, _global: &Global) -> Result<Outcome> {
-    crate::writer::refuse_existing(&a.output, a.force)?;
+    crate::writer::refuse_existing(&a.out.output, a.out.force)?;
     let format = lora_format(&a.dtype)?;
     let (ckpt, net) = open_lora(&a.input)?;
-    let r =
-        crate::lora::write::convert(&ckpt, &net, a.to, format, &a.output, &[a.input.as_path()])?;
-    print(&if a.json {
+    let r = crate::lora::write::convert(
+        &ckpt,
+        &net,
+        a.to,
+        format,
+        &a.out.output,
+        &[a.input.as_path()],
+    )?;
+    print(&if a.out.json {
         crate::reports::lora::written_document(&r)
     } else {
         crate::reports::lora::written_text(&r)

@@ -91,12 +91,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         .collect();
     if let [Some(la), Some(lb)] = &loras[..] {
         let r = crate::views::lora::similarity(&models[0].ckpt, la, &models[1].ckpt, lb);
-        print(&if args.format.format() == crate::reports::Format::Json {
-            crate::reports::lora::sim_document(&r)
-        } else {
-            crate::reports::lora::sim_text(&r)
-        })?;
-        return Ok(Outcome::Ok);
+        return print_lora_sim(&r, &args.format);
     }
     if let Some(i) = loras.iter().position(Option::is_some) {
         let Some(base) = &args.base else {
@@ -113,12 +108,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
             &models[1 - i].ckpt,
             &base.ckpt,
         );
-        print(&if args.format.format() == crate::reports::Format::Json {
-            crate::reports::lora::sim_document(&r)
-        } else {
-            crate::reports::lora::sim_text(&r)
-        })?;
-        return Ok(Outcome::Ok);
+        return print_lora_sim(&r, &args.format);
     }
     if args.base.is_some() {
         anyhow::bail!("--base goes with a LoRA compared with a checkpoint's change");
@@ -154,6 +144,16 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
             eprintln!("report: {}", dir.join("index.html").display());
         }
     }
+    Ok(Outcome::Ok)
+}
+
+/// A LoRA comparison, as a table or JSON.
+fn print_lora_sim(r: &crate::views::lora::LoraSim, format: &FormatArgs) -> Result<Outcome> {
+    print(&if format.format() == crate::reports::Format::Json {
+        crate::reports::lora::sim_document(r)
+    } else {
+        crate::reports::lora::sim_text(r)
+    })?;
     Ok(Outcome::Ok)
 }
 
