@@ -122,7 +122,7 @@ fn tables(arch: Arch) -> Option<&'static Tables> {
                 .or_default()
                 .push(stem.clone());
         }
-        let written: HashMap<Target, String> = extractable(arch)
+        let written: HashMap<Target, String> = extractable_in(arch, &by_target)
             .into_iter()
             .map(|e| (e.target, e.stem))
             .collect();
@@ -180,17 +180,18 @@ pub struct Extractable {
 /// `flux_extract_lora.py` takes them. Which of them have a matrix to factor is decided by
 /// the model's shapes.
 pub fn extractable(arch: Arch) -> Vec<Extractable> {
-    let (names, _) = build(arch);
+    tables(arch).map_or_else(Vec::new, |t| extractable_in(arch, &t.by_target))
+}
+
+/// [`extractable`] from the names of every target (the table is being built when
+/// [`tables`] asks, so it passes them).
+fn extractable_in(arch: Arch, by_target: &HashMap<Target, Vec<String>>) -> Vec<Extractable> {
     let family = match arch {
         Arch::Sdxl => Family::Sdxl,
         Arch::Sd2 => Family::Sd2,
         _ => Family::Sd1,
     };
     let prefixes = unet_prefixes(family);
-    let mut by_target: HashMap<&Target, Vec<&str>> = HashMap::new();
-    for (stem, t) in &names {
-        by_target.entry(t).or_default().push(stem);
-    }
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for k in &table(arch).keys {
@@ -239,7 +240,7 @@ pub fn extractable(arch: Arch) -> Vec<Extractable> {
         let mut stems: Vec<(&Target, &str)> = by_target
             .iter()
             .filter(|(t, _)| t.key == k.name)
-            .flat_map(|(t, v)| v.iter().map(move |s| (*t, *s)))
+            .flat_map(|(t, v)| v.iter().map(move |s| (t, s.as_str())))
             .filter(|(_, s)| s.starts_with("lora_te"))
             .filter(|(_, s)| s.contains("_self_attn_") || s.contains("_mlp_"))
             .collect();

@@ -244,7 +244,7 @@ fn open_lora(path: &Path) -> Result<(crate::reader::Checkpoint, crate::lora::Net
     Ok((ckpt, net))
 }
 
-fn merge(a: MergeArgs, global: &Global) -> Result<Outcome> {
+fn merge(a: MergeArgs, _global: &Global) -> Result<Outcome> {
     crate::writer::refuse_existing(&a.out.output, a.out.force)?;
     let format = lora_format(&a.dtype)?;
     let mut files = Vec::new();
@@ -292,7 +292,6 @@ fn merge(a: MergeArgs, global: &Global) -> Result<Outcome> {
             ratio: *ratio,
         })
         .collect();
-    let _quiet = global.quiet;
     let r = crate::lora::write::merge(&sources, &how, format, &a.out.output, &inputs)?;
     print(&if a.out.json {
         crate::reports::lora::written_document(&r)

@@ -137,8 +137,6 @@ pub struct Network {
     /// The architecture whose keys the most modules patch.
     pub arch: Option<Arch>,
     pub modules: Vec<Module>,
-    /// Tensors of the file that belong to no module (counted, for the "is it a LoRA" test).
-    pub other_tensors: usize,
 }
 
 impl Network {
@@ -248,11 +246,7 @@ impl Network {
                 m
             })
             .collect();
-        Some(Network {
-            arch,
-            modules,
-            other_tensors: other,
-        })
+        Some(Network { arch, modules })
     }
 
     /// Modules whose name maps to no key.

@@ -160,14 +160,14 @@ pub fn run(
         let b = &recipe.bindings[i];
         let path = resolve_path(base_dir, &b.path);
         match Checkpoint::open(&path) {
-            Ok(ckpt) if crate::lora::Network::read(&ckpt).is_some() => {
+            Ok(ckpt) if let Some(net) = crate::lora::Network::read(&ckpt) => {
                 planned.push(preflight::PlannedInput {
                     name: b.name.clone(),
                     path: path.display().to_string(),
                     bytes: ckpt.bytes().len() as u64,
                     arch: "LoRA".into(),
                 });
-                lora_files.push((b.name.clone(), path, ckpt));
+                lora_files.push((b.name.clone(), path, ckpt, net));
             }
             Ok(ckpt) => {
                 (options.on_open)(&ckpt);
@@ -213,11 +213,10 @@ pub fn run(
     // LoRAs, their modules mapped to the models' architecture.
     let mut loras: HashMap<String, Arc<LoraFile>> = HashMap::new();
     let mut lora_paths: Vec<PathBuf> = Vec::new();
-    for (name, path, ckpt) in lora_files {
+    for (name, path, ckpt, own) in lora_files {
         lora_paths.push(path.clone());
         // Named for another architecture (SD1 and SD2 share names: their shapes decide).
-        let own = crate::lora::Network::read(&ckpt).and_then(|n| n.better_fit_than(arch));
-        if let Some(own) = own {
+        if let Some(own) = own.better_fit_than(arch) {
             problems.push(format!(
                 "'{name}' ({}) is a LoRA for {} but the models are {}: bake it into a model of \
                  its architecture",
