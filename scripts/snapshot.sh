@@ -20,7 +20,7 @@ cd "$work"
 export XDG_CACHE_HOME="$work/cache"
 
 # Timings vary from run to run; everything else must not.
-untime() { sed -E 's/[0-9]+\.[0-9]+ s\b/T s/g; s/"(pass|search)": [0-9.e-]+/"\1": T/g'; }
+untime() { sed -E 's/[0-9]+\.[0-9]+ s\b/T s/g; s/"(pass|search|seconds)": [0-9.e-]+/"\1": T/g; s#at [0-9.]+ [KMG]B/s#at R#g; s/\(([0-9.]+) [KMGT]B free there\)/(F free there)/; s/"(free_bytes|predicted_seconds)": [0-9.e-]+/"\1": F/' | perl -0pe 's/"rate": \[\n\s*[0-9.e+-]+,/"rate": [ R,/g'; }
 rec() {
   local name=$1 code=0; shift
   "$bin" "$@" > "$work/stdout" 2>&1 || code=$?
@@ -102,4 +102,118 @@ sum sd1/parts-fixed.safetensors parts-fix
 rec parts-fix-nobase.json fix sd1/parts.safetensors -o sd1/parts-fixed2.safetensors --json
 rec synth-family.txt synth family fam2 --arch sd2 --scale 16 --finetunes 2
 cp fam2/family.json "$out/sd2-family.json"
+
+# --- Beyond SD1/SDXL: every command's help, the other architectures, torch files, LoRAs,
+# the index and lineage, component-wise recipes, reports and refusals.
+rec help.txt --help
+for c in sim l2 inspect hash validate fix merge fit convert lora index lineage synth; do
+  rec help-$c.txt $c --help
+done
+rec help-merge-ws.txt merge ws --help
+for c in extract merge convert; do rec help-lora-$c.txt lora $c --help; done
+for c in add ls rm export stats; do rec help-index-$c.txt index $c --help; done
+for c in model family; do rec help-synth-$c.txt synth $c --help; done
+
+"$bin" synth family flux --arch flux --scale 32 --seed 7 --finetunes 2 -q
+rec flux-inspect.txt inspect flux/ft1.safetensors
+rec flux-inspect.json inspect flux/ft1.safetensors --json
+rec flux-sim.txt sim flux/base.safetensors flux/ft1.safetensors --blocks "IN, D00..D03, S34..S37, OUT, TE"
+rec flux-merge.txt merge ws flux/ft1.safetensors flux/ft2.safetensors --alpha "{D00..D18: 0.3, S00..S37: 0.7}" --dtype bf16 -o flux/mbw-bf16.safetensors --no-input-hashes
+sum flux/mbw-bf16.safetensors flux-merge-bf16
+rec flux-merge-fp8.txt merge ws flux/ft1.safetensors flux/ft2.safetensors --alpha "{D00..D18: 0.3, S00..S37: 0.7}" --dtype scaled-fp8 -o flux/mbw-fp8.safetensors --no-input-hashes
+sum flux/mbw-fp8.safetensors flux-merge-fp8
+rec flux-fp8-validate.txt validate flux/mbw-fp8.safetensors
+rec flux-fp8-inspect.json inspect flux/mbw-fp8.safetensors --json
+rec flux-fp8-sim.txt sim flux/mbw-bf16.safetensors flux/mbw-fp8.safetensors --blocks "D00..D02, S00..S02, OUT"
+rec flux-l2.txt l2 --base flux/base.safetensors flux/ft1.safetensors flux/ft2.safetensors flux/mbw-fp8.safetensors
+rec flux-hash.txt hash flux/ft1.safetensors --components
+rec flux-convert.txt convert flux/mbw-fp8.safetensors -o flux/conv.safetensors --dtype f16
+sum flux/conv.safetensors flux-convert
+for a in sd2 chroma sd3 sd35m sd35l; do
+  "$bin" synth model $a.safetensors --arch $a --scale 32 --seed 3 -q
+  "$bin" synth model $a-2.safetensors --arch $a --scale 32 --seed 3 --delta 5:0.1 -q
+  rec $a-inspect.json inspect $a.safetensors --json
+  rec $a-sim.txt sim $a.safetensors $a-2.safetensors
+  rec $a-validate.txt validate $a.safetensors
+done
+"$bin" synth model flux-bare.safetensors --arch flux --scale 32 --bare --variant schnell -q
+rec flux-bare-inspect.txt inspect flux-bare.safetensors
+"$bin" synth model sd1-inpaint.safetensors --arch sd1 --scale 16 --variant inpainting -q
+rec sd1-inpaint-inspect.txt inspect sd1-inpaint.safetensors
+"$bin" synth model sd1-f8.safetensors --arch sd1 --scale 16 --dtype f8_e4m3 -q
+rec sd1-f8-inspect.txt inspect sd1-f8.safetensors
+
+fx=$(dirname "$bin")/../../fixtures/torch
+fx=$(realpath "$fx")
+rec ckpt-inspect.txt inspect $fx/sd1-zip-f32.ckpt
+rec ckpt-inspect.json inspect $fx/sd1-legacy-bf16.ckpt --json
+rec ckpt-validate.txt validate $fx/ema-beside.ckpt
+mkdir -p conv
+rec ckpt-convert.txt convert $fx/sd1-zip-f32.ckpt $fx/sd1-legacy-f16.ckpt --out-dir conv --drop-ema
+for f in conv/*.safetensors; do sum $f ckpt-convert-$(basename $f); done
+rec ckpt-sim.txt sim $fx/sd1-zip-f32.ckpt conv/sd1-legacy-f16.safetensors --blocks "IN00..IN02, OUT09..OUT11, TE1, VAE"
+rec ckpt-evil.txt validate $fx/evil-reduce-nested.ckpt
+rec ckpt-evil-inspect.txt inspect $fx/evil-exec.ckpt
+rec ckpt-hash.txt hash $fx/tiny-zip.ckpt
+
+rec idx-add.txt index --index idx.sqlite add sd1/base.safetensors sd1/ft1.safetensors sd1/ft2.safetensors sd1/ft3.safetensors sd1/ws-ft1-ft2.safetensors sd1/ad-ft1-ft3.safetensors -q
+rec idx-stats.txt index --index idx.sqlite stats
+rec idx-stats.json index --index idx.sqlite stats --json
+rec lineage.txt lineage sd1/mbw-ft1-ft2.safetensors --index idx.sqlite --base base --verify -q
+rec lineage.json lineage sd1/mbw-ft1-ft2.safetensors --index idx.sqlite --base base --json -q
+rec idx-rm.txt index --index idx.sqlite rm ft3
+
+printf 'base = base.safetensors\nfts  = glob("ft*.safetensors")\nOUT  = {UNET: tgmd(base, fts, seed=7), TE: avg(fts), VAE: base}\n' > sd1/many.recipe
+rec many-plan.txt merge sd1/many.recipe -o sd1/many.safetensors --dry-run
+rec many.json merge sd1/many.recipe -o sd1/many.safetensors --no-input-hashes --json
+sum sd1/many.safetensors many
+printf 'base = base.safetensors\nft1 = ft1.safetensors\nlost = lost.safetensors\nOUT = ties(base, ft1, lost)\n' > sd1/broken.recipe
+rec broken-plan.txt merge sd1/broken.recipe -o sd1/many.safetensors --dry-run
+
+rec lora-extract.txt lora extract sd1/ft1.safetensors --base sd1/base.safetensors --rank 16 -o sd1/ft1-r16.safetensors -q
+sum sd1/ft1-r16.safetensors lora-extract
+rec lora-extract2.json lora extract sd1/ft2.safetensors --base sd1/base.safetensors --rank auto --energy 0.5 --max-rank 32 --conv-rank 4 -o sd1/ft2-auto.safetensors -q --json
+sum sd1/ft2-auto.safetensors lora-extract2
+rec lora-inspect.txt inspect sd1/ft1-r16.safetensors
+rec lora-inspect.json inspect sd1/ft2-auto.safetensors --json
+rec lora-sim.txt sim sd1/ft1-r16.safetensors sd1/ft1.safetensors --base sd1/base.safetensors
+rec lora-sim2.txt sim sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors
+rec lora-l2.txt l2 --base sd1/base.safetensors sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors
+printf 'base = base.safetensors\nl1 = ft1-r16.safetensors\nl2 = ft2-auto.safetensors\nOUT = base + lora(l1) x 0.8 + lora(l2, strength=(0.5,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,0)) x 0.5\n' > sd1/bake.recipe
+rec lora-bake.txt merge sd1/bake.recipe -o sd1/baked.safetensors --no-input-hashes
+sum sd1/baked.safetensors lora-bake
+rec lora-merge.txt lora merge sd1/ft1-r16.safetensors:0.7 sd1/ft2-auto.safetensors:0.3 --rank 8 -o sd1/merged-r8.safetensors
+sum sd1/merged-r8.safetensors lora-merge
+rec lora-concat.json lora merge sd1/ft1-r16.safetensors sd1/ft1-r16.safetensors:0.5 --concat -o sd1/concat.safetensors --json
+sum sd1/concat.safetensors lora-concat
+rec lora-convert.txt lora convert sd1/ft1-r16.safetensors --to peft -o sd1/ft1-peft.safetensors
+sum sd1/ft1-peft.safetensors lora-convert
+rec lora-peft-inspect.txt inspect sd1/ft1-peft.safetensors
+rec lora-xl-extract.txt lora extract xl/ft1.safetensors --base xl/base.safetensors --rank 8 -o xl/ft1-r8.safetensors -q
+sum xl/ft1-r8.safetensors lora-xl-extract
+rec lora-flux-extract.txt lora extract flux/ft1.safetensors --base flux/base.safetensors --rank 4 -o flux/ft1-r4.safetensors -q
+sum flux/ft1-r4.safetensors lora-flux-extract
+rec lora-flux-convert.txt lora convert flux/ft1-r4.safetensors --to peft -o flux/ft1-peft.safetensors
+sum flux/ft1-peft.safetensors lora-flux-convert
+rec lora-flux-inspect.txt inspect flux/ft1-peft.safetensors
+
+rec sim-report.txt sim sd1/ft2.safetensors sd1/mbw-ft1-ft2.safetensors --report rep-sim
+sum rep-sim/summary.md sim-report-summary
+rec l2-report.txt l2 --base sd1/base.safetensors sd1/ft1.safetensors sd1/ft2.safetensors sd1/ft3.safetensors --report rep-l2
+sum rep-l2/summary.md l2-report-summary
+
+# Refusals: each names the file and the problem.
+printf 'not a checkpoint' > junk.safetensors
+rec bad-junk.txt inspect junk.safetensors
+head -c 1000 sd1/base.safetensors > trunc.safetensors
+rec bad-trunc.txt sim trunc.safetensors sd1/base.safetensors
+printf 'GGUF\x03\x00\x00\x00' > m.gguf
+rec bad-gguf.txt inspect m.gguf
+rec bad-missing.txt hash nothere.safetensors
+rec bad-arch.txt sim sd1/base.safetensors xl/base.safetensors
+rec bad-recipe.txt merge sd1/bake.recipe -o sd1/base.safetensors
+printf 'A = ft1.safetensors\nOUT = ties(A, k=2)\n' > sd1/badopt.recipe
+rec bad-option.txt merge sd1/badopt.recipe -o x.safetensors --dry-run
+rec bad-flag.txt sim --metric asim --csv --seed 3 sd1/base.safetensors sd1/ft1.safetensors --like wkpark
+rec bad-flag2.txt sim --seed 3 sd1/base.safetensors sd1/ft1.safetensors
 echo "snapshot in $out"
