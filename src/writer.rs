@@ -24,6 +24,15 @@ use thiserror::Error;
 use crate::reader::Dtype;
 use crate::reader::dtype;
 
+/// Whether scaled FP8 stores a tensor scaled: a 2-D `.weight` of the denoiser, the weight
+/// of a linear layer. ComfyUI's scaled-fp8 operations replace `Linear` only; a conv or a
+/// norm stored scaled would load without its scale.
+pub fn quantizable(name: &str, shape: &[usize]) -> bool {
+    crate::catalog::component_of(name).is_denoiser()
+        && name.ends_with(".weight")
+        && shape.len() == 2
+}
+
 /// Why an output could not be written.
 #[derive(Debug, Error)]
 pub enum WriteError {

@@ -174,6 +174,23 @@ fn keep(t: Truncated, r: usize) -> Truncated {
     }
 }
 
+/// The `q` quantile of `values` with linear interpolation between order statistics, as
+/// `torch.quantile` computes it.
+pub fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() {
+        return 0.0;
+    }
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let (i, frac) = (pos.floor() as usize, pos.fract());
+    if i + 1 < v.len() {
+        v[i] + frac * (v[i + 1] - v[i])
+    } else {
+        v[i]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -392,7 +392,7 @@ pub fn factors_of(t: &svd::Truncated, clamp_quantile: f64) -> (Vec<f64>, Vec<f64
     }
     if clamp_quantile < 1.0 {
         let all: Vec<f64> = up.iter().chain(&down).copied().collect();
-        let hi = super::extract::quantile(&all, clamp_quantile);
+        let hi = svd::quantile(&all, clamp_quantile);
         for x in up.iter_mut().chain(down.iter_mut()) {
             *x = x.clamp(-hi, hi);
         }

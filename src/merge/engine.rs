@@ -444,7 +444,7 @@ pub fn decide(
                 OutputFormat::AsInputs => (stored, first.scale.is_some()),
                 OutputFormat::Float(f) => (f, false),
                 OutputFormat::ScaledFp8(f)
-                    if crate::reader::quant::quantizable(&entry.key, &first.shape) =>
+                    if crate::writer::quantizable(&entry.key, &first.shape) =>
                 {
                     (f, true)
                 }

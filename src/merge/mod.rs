@@ -14,6 +14,7 @@
 //! * [`metadata`]: `sd_merge_recipe`, `sd_merge_models`, the recipe text.
 
 pub mod engine;
+pub mod linear;
 pub mod metadata;
 pub mod methods;
 pub mod plan;

@@ -4,6 +4,9 @@
 //! which of them ckpt-diff reads as floats (and how), which it keeps as integers, and
 //! which it can only carry along byte for byte.
 
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
 pub use safetensors::Dtype;
 
 /// How the values of a tensor are read.
@@ -39,6 +42,39 @@ impl FloatFormat {
         }
     }
 
+    /// Decodes little-endian values of this format into `dst` (one per element of `src`),
+    /// exactly: the reference every SIMD conversion of the kernels is tested against.
+    pub fn decode_into(self, src: &[u8], dst: &mut [f64]) {
+        match self {
+            FloatFormat::F16 => {
+                for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                    *d = f16::from_le_bytes([c[0], c[1]]).to_f64();
+                }
+            }
+            FloatFormat::BF16 => {
+                for (d, c) in dst.iter_mut().zip(src.chunks_exact(2)) {
+                    *d = bf16::from_le_bytes([c[0], c[1]]).to_f64();
+                }
+            }
+            FloatFormat::F32 => {
+                for (d, c) in dst.iter_mut().zip(src.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64;
+                }
+            }
+            FloatFormat::F64 => {
+                for (d, c) in dst.iter_mut().zip(src.chunks_exact(8)) {
+                    *d = f64::from_le_bytes(c.try_into().expect("8 bytes"));
+                }
+            }
+            FloatFormat::F8E4M3 | FloatFormat::F8E5M2 => {
+                let table = fp8_table(self);
+                for (d, &b) in dst.iter_mut().zip(src) {
+                    *d = table[b as usize];
+                }
+            }
+        }
+    }
+
     /// The safetensors dtype of this format.
     pub fn dtype(self) -> Dtype {
         match self {
@@ -49,6 +85,48 @@ impl FloatFormat {
             FloatFormat::F8E4M3 => Dtype::F8_E4M3,
             FloatFormat::F8E5M2 => Dtype::F8_E5M2,
         }
+    }
+}
+
+/// Decoding tables for the two FP8 formats (E4M3 "fn": no infinities, 0x7f/0xff are NaN;
+/// E5M2: IEEE-style with infinities).
+fn fp8_table(format: FloatFormat) -> &'static [f64; 256] {
+    static E4M3: OnceLock<[f64; 256]> = OnceLock::new();
+    static E5M2: OnceLock<[f64; 256]> = OnceLock::new();
+    let build = |e4m3: bool| {
+        let mut t = [0.0; 256];
+        for (b, v) in t.iter_mut().enumerate() {
+            *v = fp8_decode(e4m3, b as u8);
+        }
+        t
+    };
+    match format {
+        FloatFormat::F8E4M3 => E4M3.get_or_init(|| build(true)),
+        _ => E5M2.get_or_init(|| build(false)),
+    }
+}
+
+fn fp8_decode(e4m3: bool, b: u8) -> f64 {
+    let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+    let (exp_bits, man_bits, bias) = if e4m3 { (4, 3, 7) } else { (5, 2, 15) };
+    let exp = ((b >> man_bits) & ((1 << exp_bits) - 1)) as i32;
+    let man = (b & ((1 << man_bits) - 1)) as f64;
+    let max_exp = (1 << exp_bits) - 1;
+    let scale = (1u32 << man_bits) as f64;
+    if e4m3 && exp == max_exp && man as u8 == 7 {
+        return f64::NAN;
+    }
+    if !e4m3 && exp == max_exp {
+        return if man == 0.0 {
+            sign * f64::INFINITY
+        } else {
+            f64::NAN
+        };
+    }
+    if exp == 0 {
+        sign * man / scale * 2f64.powi(1 - bias)
+    } else {
+        sign * (1.0 + man / scale) * 2f64.powi(exp - bias)
     }
 }
 

@@ -39,15 +39,6 @@ impl ScaledFp8 {
     }
 }
 
-/// Whether scaled FP8 stores a tensor scaled: a 2-D `.weight` of the denoiser, the weight
-/// of a linear layer. ComfyUI's scaled-fp8 operations replace `Linear` only; a conv or a
-/// norm stored scaled would load without its scale.
-pub fn quantizable(name: &str, shape: &[usize]) -> bool {
-    crate::catalog::component_of(name).is_denoiser()
-        && name.ends_with(".weight")
-        && shape.len() == 2
-}
-
 /// The name of a weight's scale: `X.weight` -> `X.scale_weight`.
 pub fn scale_name(weight: &str) -> String {
     let layer = weight.strip_suffix(".weight").unwrap_or(weight);
@@ -126,7 +117,7 @@ fn scalar<'d>(t: &TensorEntry, data: &dyn Fn(&TensorEntry) -> &'d [u8]) -> Resul
         return Err(format!("it has {} values, not one", t.numel()));
     }
     let mut v = [0.0f64];
-    crate::kernels::to_f64(format, data(t), &mut v);
+    format.decode_into(data(t), &mut v);
     if !(v[0].is_finite() && v[0] > 0.0) {
         return Err(format!(
             "its value {} is not a finite positive number",

@@ -27,8 +27,9 @@ use crate::kernels;
 use crate::pass::{PassError, Progress};
 use crate::reader::Dtype;
 use crate::reader::dtype::FloatFormat;
-use crate::reader::quant::{MARKER, quantizable, scale_name};
+use crate::reader::quant::{MARKER, scale_name};
 use crate::rng::counter::{Stream, key_hash};
+use crate::writer::quantizable;
 use crate::writer::{OutputFile, TensorSpec, WriteError};
 
 /// The release variant: the U-Net's input channels (SD), or Flux's guidance embedding and

@@ -2,7 +2,7 @@
 //! collapses to one combination of the input files.
 
 use super::{Args, Build, Method, Opt, OptKind, Range, per_model_weights, plain};
-use crate::merge::plan::{Combination, Profile};
+use crate::merge::linear::{Combination, Profile};
 
 const fn weight(name: &'static str, default: Option<f64>) -> Opt {
     Opt {

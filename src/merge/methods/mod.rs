@@ -25,7 +25,7 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
-use super::plan::{Combination, Profile};
+use super::linear::{Combination, Profile};
 
 /// Elements a method evaluates at a time.
 pub const SUB: usize = 1 << 16;

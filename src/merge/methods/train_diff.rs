@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::{Args, Build, BuiltNode, Method, NodeMethod, OptKind, Prepared, TensorInputs, plain};
-use crate::merge::plan::Profile;
+use crate::merge::linear::Profile;
 
 pub const TRAIN_DIFF: Method = Method {
     name: "train_diff",

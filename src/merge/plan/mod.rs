@@ -17,13 +17,12 @@
 //! catalog's selectors (`{OUT06..OUT11: 0.15, TE: 1}`).
 
 pub mod display;
-pub mod linear;
 pub mod resolve;
 
 use std::sync::Arc;
 
+pub use super::linear::{Combination, Profile};
 pub use display::{show, show_profile};
-pub use linear::{Combination, Profile};
 pub use resolve::{resolve, resolve_with};
 
 use super::methods::NodeMethod;
