@@ -149,25 +149,6 @@ pub fn legacy_hash(file: &[u8]) -> String {
     sha256_hex(&file[start..end])[..8].to_string()
 }
 
-/// SHA-256 of a whole file, from the cache when the file has not changed.
-pub fn sha256_file_cached(path: &Path, bytes: &[u8]) -> String {
-    let key = cache_key(path);
-    if let Some(k) = &key
-        && let Some(h) = cache_lookup(k)
-    {
-        return h;
-    }
-    let mut hasher = Sha256::new();
-    for chunk in bytes.chunks(8 << 20) {
-        hasher.update(chunk);
-    }
-    let h = hex(&hasher.finalize());
-    if let Some(k) = key {
-        cache_store(&k, &h);
-    }
-    h
-}
-
 /// SHA-256 of a checkpoint's whole file (from the cache when unchanged), reading its
 /// mapping; with `release`, hands each hashed stretch of pages back as it goes.
 pub fn sha256_checkpoint_cached(

@@ -126,15 +126,6 @@ struct Opened {
     detection: Detection,
 }
 
-/// Reads and parses a recipe file.
-pub fn read_recipe(path: &Path) -> Result<Recipe, MergeError> {
-    let text = std::fs::read_to_string(path).map_err(|e| FileError {
-        path: path.to_path_buf(),
-        kind: e.into(),
-    })?;
-    Ok(recipe::parse(&text)?)
-}
-
 /// Runs `recipe` (paths relative to `base_dir`) into `out`.
 pub fn run(
     recipe: &Recipe,

@@ -499,14 +499,6 @@ fn statistics(key: &str, shape: &[usize]) -> (f64, f64) {
     }
 }
 
-/// Bytes of the file [`write`] would produce (data only).
-pub fn data_bytes(layout: &Layout) -> u64 {
-    plan_tensors(layout)
-        .iter()
-        .map(|p| p.spec.byte_len() as u64)
-        .sum()
-}
-
 /// Writes `model` with `layout` to `path` (atomically), with `metadata` added to the
 /// generator's own.
 pub fn write(
