@@ -39,7 +39,7 @@ use std::sync::OnceLock;
 
 use super::Arch;
 use super::data::{Role, table};
-use crate::reader::diffusers::{Family, openclip_layer, unet_prefixes, unet_rename};
+use super::diffusers::{Family, openclip_layer, unet_prefixes, unet_rename};
 
 /// What a LoRA module patches: a key of the checkpoint, whole or some of its rows.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]

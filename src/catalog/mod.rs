@@ -13,6 +13,7 @@
 pub mod blocks;
 pub mod data;
 pub mod detect;
+pub mod diffusers;
 pub mod keys;
 pub mod lora;
 pub mod releases;

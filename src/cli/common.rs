@@ -60,7 +60,7 @@ impl Model {
     /// Opens a checkpoint without the dangerous-pickle warning (`validate` reports it as an
     /// error finding instead).
     pub fn open_unwarned(path: &Path) -> Result<Model> {
-        let ckpt = Checkpoint::open(path)?;
+        let ckpt = crate::catalog::diffusers::open(path)?;
         let detection = detect(&ckpt);
         Ok(Model { ckpt, detection })
     }

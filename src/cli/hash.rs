@@ -11,7 +11,7 @@ use super::common::{Global, print};
 use crate::hash::file_hashes;
 use crate::pass::Pass;
 use crate::pass::progress::Bar;
-use crate::reader::{Checkpoint, Container, RawFile};
+use crate::reader::{Provenance, RawFile};
 use crate::reports;
 
 #[derive(Debug, clap::Args)]
@@ -32,11 +32,11 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let mut all_hold = true;
     let mut files = Vec::new();
     for path in &args.files {
-        let ckpt = Checkpoint::open(path).ok();
+        let ckpt = crate::catalog::diffusers::open(path).ok();
         let container = ckpt
             .as_ref()
-            .map(|c| c.container().clone())
-            .filter(|c| *c != Container::Safetensors);
+            .map(|c| c.provenance().clone())
+            .filter(|p| !matches!(p, Provenance::Safetensors { .. }));
         let several = container.as_ref().is_some_and(|c| !c.is_one_file());
         if several && !args.components {
             anyhow::bail!(

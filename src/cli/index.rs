@@ -86,7 +86,7 @@ fn stamp(path: &Path) -> Result<(u64, i64)> {
 pub fn fingerprint_entry(path: &Path, quiet: bool) -> Result<NewEntry> {
     let model = Model::open(path)?;
     let (bytes, mtime) = stamp(path)?;
-    let raw = if model.ckpt.container().is_one_file() {
+    let raw = if model.ckpt.provenance().is_one_file() {
         Some(crate::reader::RawFile::open(path)?)
     } else {
         None
@@ -113,8 +113,8 @@ pub fn fingerprint_entry(path: &Path, quiet: bool) -> Result<NewEntry> {
     let (comps, fingerprint) = got?;
     drop(bar);
     let torch = !matches!(
-        model.ckpt.container(),
-        crate::reader::Container::Safetensors
+        model.ckpt.provenance(),
+        crate::reader::Provenance::Safetensors { .. }
     );
     Ok(NewEntry {
         path: std::path::absolute(path)?.display().to_string(),
@@ -129,7 +129,7 @@ pub fn fingerprint_entry(path: &Path, quiet: bool) -> Result<NewEntry> {
         blake3: hashes.as_ref().map(|h| h.blake3.clone()),
         arch: model.detection.layout.id().to_string(),
         scale: model.detection.scale,
-        container: model.ckpt.container().id().to_string(),
+        container: model.ckpt.provenance().id().to_string(),
         components: comps
             .components
             .iter()

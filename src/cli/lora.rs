@@ -234,7 +234,7 @@ pub struct ConvertArgs {
 
 /// Opens a LoRA file, or says what it is instead.
 fn open_lora(path: &Path) -> Result<(crate::reader::Checkpoint, crate::lora::Network)> {
-    let ckpt = crate::reader::Checkpoint::open(path)?;
+    let ckpt = crate::catalog::diffusers::open(path)?;
     let net = crate::lora::Network::read(&ckpt).with_context(|| {
         format!(
             "{} is not a LoRA file (its tensors are not LoRA module tensors)",

@@ -148,6 +148,9 @@ fn hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     if let Some(f) = e.downcast_ref::<crate::reader::FileError>() {
         return f.kind.hint();
     }
+    if let Some(crate::catalog::diffusers::OpenError::File(f)) = e.downcast_ref() {
+        return f.kind.hint();
+    }
     match e.downcast_ref::<crate::writer::WriteError>() {
         Some(crate::writer::WriteError::Exists { .. }) => Some("pass --force to replace it"),
         _ => None,

@@ -102,7 +102,7 @@ pub fn convert(
     let mut planned = plan::conversion(&input, opts);
     planned.metadata.push((
         "ckpt_diff.converted_from".into(),
-        ckpt.container().id().to_string(),
+        ckpt.provenance().id().to_string(),
     ));
     if !planned.actions.is_empty() {
         planned.metadata.push((
@@ -114,7 +114,7 @@ pub fn convert(
     let mut actions = vec![format!(
         "wrote {} tensors from the {} input",
         planned.tensors.len(),
-        ckpt.container().id()
+        ckpt.provenance().id()
     )];
     actions.extend(planned.actions);
     if let Some(p) = ckpt.pickle()

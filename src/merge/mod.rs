@@ -151,7 +151,7 @@ pub fn run(
     for &i in &mentioned {
         let b = &recipe.bindings[i];
         let path = resolve_path(base_dir, &b.path);
-        match Checkpoint::open(&path) {
+        match crate::catalog::diffusers::open(&path) {
             Ok(ckpt) if let Some(net) = crate::lora::Network::read(&ckpt) => {
                 planned.push(preflight::PlannedInput {
                     name: b.name.clone(),

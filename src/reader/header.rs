@@ -15,38 +15,12 @@ use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
 use super::ReadError;
-use super::dtype::{self, Dtype};
+use super::dtype;
+pub use super::layout::TensorEntry;
 
 /// Largest header accepted, the same bound as the safetensors crate (100 MB). Real SDXL
 /// headers are about 300 KB.
 pub const MAX_HEADER_LEN: u64 = 100_000_000;
-
-/// One tensor as the header declares it, offsets already checked against the file.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TensorEntry {
-    /// The name exactly as written in the file.
-    pub name: String,
-    pub dtype: Dtype,
-    pub shape: Vec<usize>,
-    /// Byte range inside the data region.
-    pub begin: usize,
-    pub end: usize,
-    /// The factor the stored values are multiplied by to give the weights (a scaled-fp8
-    /// layer's `scale_weight`, see [`super::quant`]); `None` for plain tensors.
-    pub scale: Option<f64>,
-}
-
-impl TensorEntry {
-    /// Number of elements (1 for a scalar, 0 for an empty tensor).
-    pub fn numel(&self) -> usize {
-        self.shape.iter().product()
-    }
-
-    /// Number of bytes in the data region.
-    pub fn byte_len(&self) -> usize {
-        self.end - self.begin
-    }
-}
 
 /// A parsed, checked header.
 #[derive(Debug, Default)]

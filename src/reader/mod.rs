@@ -13,11 +13,13 @@
 //! # Ok::<(), ckpt_diff::reader::FileError>(())
 //! ```
 
-pub mod diffusers;
 pub mod dtype;
 pub mod header;
+pub mod layout;
 pub mod pickle;
 pub mod quant;
+pub mod safetensors;
+pub mod sharded;
 pub mod sniff;
 mod spill;
 pub mod torch;
@@ -30,7 +32,8 @@ use memmap2::Mmap;
 use thiserror::Error;
 
 pub use dtype::Dtype;
-pub use header::TensorEntry;
+use layout::Source;
+pub use layout::{Layout, PickleInfo, Piece, Provenance, TensorEntry, assemble};
 use sniff::Sniffed;
 
 /// What is wrong with a file, without its path (see [`FileError`]).
@@ -43,8 +46,31 @@ pub enum ReadError {
     IsDirectory,
     #[error("this PyTorch checkpoint is unreadable: {0}")]
     Torch(#[from] torch::TorchError),
+    #[error("the shard index is not valid JSON: {reason}")]
+    ShardIndexNotJson { reason: String },
+    #[error("the shard index has no \"weight_map\" object")]
+    ShardIndexNoWeightMap,
+    #[error("a weight_map value is not a file name")]
+    ShardIndexBadEntry,
+    #[error("the shard index names '{name}', not a file beside it")]
+    ShardPartElsewhere { name: String },
+    #[error("the shard index lists no tensors")]
+    ShardIndexEmpty,
+    #[error("the folder holds several *.index.json files: name the one to read")]
+    SeveralShardIndexes,
+    /// A file of a model made of several (a shard, a component of a folder).
     #[error("{0}")]
-    Folder(String),
+    Part(Box<FileError>),
+    #[error("tensor '{name}' is not in its file")]
+    NotInPart { name: String },
+    #[error("tensor '{name}' cannot take shape {shape:?}")]
+    CannotReshape { name: String, shape: Vec<usize> },
+    #[error("{names} do not have one dtype and shape, so they cannot be fused")]
+    CannotStack { names: String },
+    #[error("tensor '{name}' is not a matrix")]
+    NotAMatrix { name: String },
+    #[error("two tensors of the folder map to '{name}'")]
+    TwoMapToOne { name: String },
     #[error("this is a GGUF file, not safetensors")]
     Gguf,
     #[error("the file is {len} bytes long, too short for a safetensors file")]
@@ -191,296 +217,101 @@ impl RawFile {
     }
 }
 
-/// The kind of input a [`Checkpoint`] was read from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Container {
-    Safetensors,
-    /// A torch zip (`PREFIX/data.pkl`) or legacy pickle checkpoint.
-    Torch(torch::Container),
-    /// A diffusers folder (`model_index.json`, `unet/`, `text_encoder/`, `vae/`).
-    Diffusers,
-    /// A sharded safetensors model (`*.safetensors.index.json` and its parts).
-    Sharded,
-}
-
-impl Container {
-    pub fn id(&self) -> &'static str {
-        match self {
-            Container::Safetensors => "safetensors",
-            Container::Torch(t) => t.id(),
-            Container::Diffusers => "diffusers",
-            Container::Sharded => "sharded",
-        }
-    }
-
-    /// Whether the input is one file whose bytes are the model (so file hashes apply).
-    pub fn is_one_file(&self) -> bool {
-        matches!(self, Container::Safetensors | Container::Torch(_))
-    }
-}
-
-/// What the pickle of a torch checkpoint held besides tensors.
-#[derive(Clone, Debug, Default)]
-pub struct PickleInfo {
-    /// The pickle member or stream the offsets below count in.
-    pub stream: String,
-    pub globals: Vec<pickle::GlobalUse>,
-    /// Top-level entries outside the state dict (optimizer states, callbacks, ...).
-    pub other: Vec<torch::OtherEntry>,
-    /// Where the state dict sat ("" for the top level).
-    pub state_dict_at: String,
-    pub big_endian: bool,
-    /// Tensors copied out of place (non-contiguous views, big-endian or compressed storages).
-    pub copied: usize,
-}
-
-impl PickleInfo {
-    pub fn dangerous(&self) -> impl Iterator<Item = &pickle::GlobalUse> {
-        self.globals
-            .iter()
-            .filter(|g| g.verdict == pickle::Verdict::Dangerous)
-    }
-}
-
-/// A mapped byte region tensors point into. Tensor offsets ([`TensorEntry::begin`]) are
-/// positions in one address space that the sources tile, so a checkpoint made of several
-/// files (or with tensors copied to a spill file) keeps the one-slice view of a tensor.
-struct Source {
-    map: Mmap,
-    /// Where the region starts in the tensors' address space.
-    at: usize,
-    /// Where the region starts in `map`.
-    start: usize,
-    len: usize,
-}
-
-/// An open, checked checkpoint: a safetensors file, a torch checkpoint, a diffusers folder
-/// or a sharded model, behind one tensor view.
+/// An open, checked checkpoint: a safetensors file, a torch checkpoint, a sharded model,
+/// or any other [`Layout`], behind one tensor view.
 pub struct Checkpoint {
     path: PathBuf,
-    container: Container,
-    sources: Vec<Source>,
-    /// The whole input file, for file hashes (single-file inputs only).
-    file: Option<usize>,
-    data_start: usize,
-    header: header::Header,
+    layout: Layout,
     index: HashMap<String, usize>,
-    /// The scaled-fp8 bookkeeping taken out of `header.tensors`, if the file is scaled.
+    /// The scaled-fp8 bookkeeping taken out of the tensors, if the file is scaled.
     scaled_fp8: Option<quant::ScaledFp8>,
-    pickle: Option<PickleInfo>,
-    /// Notes on how a folder or sharded model was assembled.
-    notes: Vec<String>,
 }
 
 impl std::fmt::Debug for Checkpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Checkpoint")
             .field("path", &self.path)
-            .field("container", &self.container)
-            .field("tensors", &self.header.tensors.len())
+            .field("provenance", &self.layout.provenance.id())
+            .field("tensors", &self.layout.tensors.len())
             .finish()
     }
 }
 
-impl Checkpoint {
-    /// Opens and checks `path`: a safetensors file, a torch checkpoint (never executed), a
-    /// diffusers folder, or a sharded model's folder or `*.index.json`. Nothing is read
-    /// beyond headers and pickles until a view is used, except tensors that cannot be used in
-    /// place (see [`PickleInfo::copied`]), which are copied once to an unnamed temporary file.
-    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint, FileError> {
-        let path = path.as_ref();
-        Self::open_inner(path).map_err(|kind| FileError {
-            path: path.to_path_buf(),
-            kind,
-        })
+/// Opens and checks `path`: a safetensors file, a torch checkpoint (never executed), or a
+/// sharded model's folder or `*.index.json`. Nothing is read beyond headers and pickles
+/// until a view is used, except tensors that cannot be used in place (see
+/// [`PickleInfo::copied`]), which are copied once to an unnamed temporary file.
+pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint, FileError> {
+    let path = path.as_ref();
+    let wrap = |kind| FileError {
+        path: path.to_path_buf(),
+        kind,
+    };
+    let layout = if path.is_dir() {
+        sharded::index_in(path).and_then(|index| sharded::layout(&index))
+    } else if sharded::is_shard_index(path) {
+        sharded::layout(path)
+    } else {
+        file_layout(path)
+    };
+    Checkpoint::from_layout(path, layout.map_err(wrap)?).map_err(wrap)
+}
+
+/// The layout of one file, by what its first bytes say it is: the format dispatch.
+pub fn file_layout(path: &Path) -> Result<Layout, ReadError> {
+    let file = File::open(path)?;
+    let file_len = file.metadata()?.len();
+    if file_len < 8 {
+        return Err(ReadError::TooShort { len: file_len });
     }
-
-    fn open_inner(path: &Path) -> Result<Checkpoint, ReadError> {
-        if path.is_dir() {
-            return diffusers::open_folder(path);
-        }
-        if diffusers::is_shard_index(path) {
-            return diffusers::open_sharded(path);
-        }
-        let file = File::open(path)?;
-        let meta = file.metadata()?;
-        let file_len = meta.len();
-        if file_len < 8 {
-            return Err(ReadError::TooShort { len: file_len });
-        }
-        let map = map_file(&file)?;
-
-        match sniff::sniff(&map[..map.len().min(16)]) {
-            Sniffed::TorchZip => return Self::open_torch(path, map, true),
-            Sniffed::Pickle => return Self::open_torch(path, map, false),
-            Sniffed::Gguf => return Err(ReadError::Gguf),
-            Sniffed::Other => {}
-        }
-        let parsed = header::header_len(file_len, &map[..8]).and_then(|n| {
-            let data_start = 8 + n as usize;
-            let header = header::parse(&map[8..data_start], file_len - data_start as u64)?;
-            Ok((data_start, header))
-        });
-        let (data_start, header) = match parsed {
-            Ok(parsed) => parsed,
+    let map = map_file(&file)?;
+    match sniff::sniff(&map[..map.len().min(16)]) {
+        Sniffed::TorchZip => torch::layout(map, true),
+        Sniffed::Pickle => torch::layout(map, false),
+        Sniffed::Gguf => Err(ReadError::Gguf),
+        Sniffed::Other => match safetensors::parse(&map) {
+            Ok(parsed) => Ok(safetensors::layout(map, parsed)),
             // The extension says pickle and the bytes are not safetensors: say that, not
             // "bad JSON". Protocols 0 and 1 have no magic bytes to sniff.
-            Err(_) if sniff::has_pickle_extension(path) => {
-                return Self::open_torch(path, map, false);
-            }
-            Err(e) => return Err(e),
-        };
-        let len = map.len() - data_start;
-        let sources = vec![Source {
-            map,
-            at: 0,
-            start: data_start,
-            len,
-        }];
-        Self::assemble(
-            path,
-            Container::Safetensors,
-            sources,
-            Some(0),
-            data_start,
-            header,
-        )
+            Err(_) if sniff::has_pickle_extension(path) => torch::layout(map, false),
+            Err(e) => Err(e),
+        },
+    }
+}
+
+impl Checkpoint {
+    /// [`open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint, FileError> {
+        open(path)
     }
 
-    /// Builds the checkpoint from its sources: checks quantization, splits scaled fp8.
-    fn assemble(
-        path: &Path,
-        container: Container,
-        sources: Vec<Source>,
-        file: Option<usize>,
-        data_start: usize,
-        mut header: header::Header,
-    ) -> Result<Checkpoint, ReadError> {
-        if let Some(format) = quant::bitsandbytes(&header) {
+    /// The checkpoint of a layout read from `path`: checks its quantization (refusing what
+    /// cannot be read exactly) and attaches scaled-fp8 scales to their weights.
+    pub fn from_layout(path: &Path, mut layout: Layout) -> Result<Checkpoint, ReadError> {
+        if let Some(format) = quant::bitsandbytes(&layout.tensors) {
             return Err(ReadError::Bitsandbytes { format });
         }
-        let mut ckpt = Checkpoint {
-            path: path.to_path_buf(),
-            container,
-            sources,
-            file,
-            data_start,
-            header: header::Header::default(),
-            index: HashMap::new(),
-            scaled_fp8: None,
-            pickle: None,
-            notes: Vec::new(),
-        };
-        // The scale split reads scale tensors through the one view.
-        let scaled = {
-            let c = &ckpt;
-            let view = move |t: &TensorEntry| -> &[u8] { c.data(t) };
-            quant::split_scaled_fp8(&mut header, &view)
-        };
-        ckpt.scaled_fp8 = scaled.map_err(|quant::QuantProblem::BadScale { name, reason }| {
-            ReadError::BadScale { name, reason }
-        })?;
-        ckpt.index = header
+        let scaled_fp8 = {
+            let sources = &layout.sources;
+            let view =
+                move |t: &TensorEntry| -> &[u8] { layout::source_of(sources, t.begin).bytes_of(t) };
+            quant::split_scaled_fp8(&mut layout.tensors, &view)
+        }
+        .map_err(
+            |quant::QuantProblem::BadScale { name, reason }| ReadError::BadScale { name, reason },
+        )?;
+        let index = layout
             .tensors
             .iter()
             .enumerate()
             .map(|(i, t)| (t.name.clone(), i))
             .collect();
-        ckpt.header = header;
-        Ok(ckpt)
-    }
-
-    fn open_torch(path: &Path, map: Mmap, zip: bool) -> Result<Checkpoint, ReadError> {
-        let t = torch::read(&map, zip)?;
-        let file_len = map.len();
-        let mut spill = spill::Spill::new(file_len);
-        let mut tensors = Vec::with_capacity(t.tensors.len());
-        let mut copied = 0;
-        // Compressed storages are decompressed once each, for the tensors that use them.
-        let mut decompressed: HashMap<usize, Vec<u8>> = HashMap::new();
-        for tensor in &t.tensors {
-            let storage = &t.storages[tensor.storage];
-            let esize = dtype::bit_size(tensor.dtype) / 8;
-            let bytes = tensor.numel() * esize;
-            let in_place = match &storage.bytes {
-                torch::StorageBytes::InPlace { begin, .. }
-                    if tensor.is_contiguous() && (!t.big_endian || esize == 1) =>
-                {
-                    Some(begin + tensor.offset * esize)
-                }
-                _ => None,
-            };
-            let begin = match in_place {
-                Some(b) => b,
-                None => {
-                    copied += 1;
-                    let src: &[u8] = match &storage.bytes {
-                        torch::StorageBytes::InPlace { begin, len } => &map[*begin..begin + len],
-                        torch::StorageBytes::Compressed { member, len } => {
-                            if let std::collections::hash_map::Entry::Vacant(e) =
-                                decompressed.entry(tensor.storage)
-                            {
-                                e.insert(torch::decompress(&map, member, *len)?);
-                            }
-                            &decompressed[&tensor.storage]
-                        }
-                    };
-                    spill.gather(&spill::View {
-                        bytes: src,
-                        esize,
-                        shape: &tensor.shape,
-                        stride: &tensor.stride,
-                        offset: tensor.offset,
-                        swap: t.big_endian,
-                    })?
-                }
-            };
-            tensors.push(TensorEntry {
-                name: tensor.name.clone(),
-                dtype: tensor.dtype,
-                shape: tensor.shape.clone(),
-                begin,
-                end: begin + bytes,
-                scale: None,
-            });
-        }
-        drop(decompressed);
-        tensors.sort_by_key(|t| (t.begin, t.end));
-        let mut header = header::Header {
-            tensors,
-            ..Default::default()
-        };
-        for (k, v) in &t.metadata {
-            header.metadata.push((format!("ckpt_diff.{k}"), v.clone()));
-        }
-        let mut sources = vec![Source {
-            map,
-            at: 0,
-            start: 0,
-            len: file_len,
-        }];
-        spill.finish_into(&mut sources)?;
-        let stream = match &t.container {
-            torch::Container::Zip { pickle } => pickle.clone(),
-            torch::Container::Legacy => "the file".to_string(),
-        };
-        let mut ckpt = Self::assemble(
-            path,
-            Container::Torch(t.container),
-            sources,
-            Some(0),
-            0,
-            header,
-        )?;
-        ckpt.pickle = Some(PickleInfo {
-            stream,
-            globals: t.globals,
-            other: t.other,
-            state_dict_at: t.state_dict_at,
-            big_endian: t.big_endian,
-            copied,
-        });
-        Ok(ckpt)
+        Ok(Checkpoint {
+            path: path.to_path_buf(),
+            layout,
+            index,
+            scaled_fp8,
+        })
     }
 
     /// The path the file was opened with.
@@ -496,19 +327,22 @@ impl Checkpoint {
             .unwrap_or_else(|| self.path.display().to_string())
     }
 
-    /// What kind of input this is.
-    pub fn container(&self) -> &Container {
-        &self.container
+    /// What kind of input this is, with the facts only its format has.
+    pub fn provenance(&self) -> &Provenance {
+        &self.layout.provenance
     }
 
     /// For a torch checkpoint: the globals its pickle names and what else it held.
     pub fn pickle(&self) -> Option<&PickleInfo> {
-        self.pickle.as_ref()
+        match &self.layout.provenance {
+            Provenance::Torch(p) => Some(p),
+            _ => None,
+        }
     }
 
     /// How a folder or sharded model was put together (files read, tensors renamed).
     pub fn notes(&self) -> &[String] {
-        &self.notes
+        &self.layout.notes
     }
 
     /// The scaled-fp8 bookkeeping (marker and scale tensors), when the file is scaled. Its
@@ -520,38 +354,32 @@ impl Checkpoint {
     /// Tensors in the order of their data offsets (the order to read them in); for a
     /// scaled-fp8 file, its weights with their scales, without the marker and the scales.
     pub fn tensors(&self) -> &[TensorEntry] {
-        &self.header.tensors
+        &self.layout.tensors
     }
 
     /// The tensor named `name` exactly as written in the file.
     pub fn get(&self, name: &str) -> Option<&TensorEntry> {
-        self.index.get(name).map(|&i| &self.header.tensors[i])
+        self.index.get(name).map(|&i| &self.layout.tensors[i])
     }
 
     fn source_of(&self, at: usize) -> &Source {
-        let i = self
-            .sources
-            .partition_point(|s| s.at <= at)
-            .saturating_sub(1);
-        &self.sources[i]
+        self.layout.source_of(at)
     }
 
     /// The bytes of a tensor of this file (zero-copy, unaligned, little-endian).
     pub fn data(&self, t: &TensorEntry) -> &[u8] {
-        let s = self.source_of(t.begin);
-        let from = s.start + (t.begin - s.at);
-        &s.map[from..from + (t.end - t.begin)]
+        self.source_of(t.begin).bytes_of(t)
     }
 
-    /// `__metadata__` entries in file order (for a torch checkpoint, its scalar top-level
-    /// entries such as `epoch` and `global_step`, as `ckpt_diff.*`).
+    /// Metadata entries in file order (safetensors' `__metadata__`; for a torch checkpoint,
+    /// its scalar top-level entries such as `epoch` and `global_step`, as `ckpt_diff.*`).
     pub fn metadata(&self) -> &[(String, String)] {
-        &self.header.metadata
+        &self.layout.metadata
     }
 
     /// One metadata value.
     pub fn metadata_value(&self, key: &str) -> Option<&str> {
-        self.header
+        self.layout
             .metadata
             .iter()
             .find(|(k, _)| k == key)
@@ -560,37 +388,44 @@ impl Checkpoint {
 
     /// Metadata keys whose values were not strings (the format requires strings).
     pub fn metadata_non_string(&self) -> &[String] {
-        &self.header.metadata_non_string
+        match &self.layout.provenance {
+            Provenance::Safetensors {
+                metadata_non_string,
+                ..
+            } => metadata_non_string,
+            _ => &[],
+        }
     }
 
     /// Bytes of the data region that no tensor covers (safetensors files).
     pub fn gap_bytes(&self) -> u64 {
-        self.header.gap_bytes
+        match self.layout.provenance {
+            Provenance::Safetensors { gap_bytes, .. } => gap_bytes,
+            _ => 0,
+        }
+    }
+
+    /// Size of the JSON header (the `N` of the length prefix); 0 for other formats.
+    pub fn header_len(&self) -> u64 {
+        match self.layout.provenance {
+            Provenance::Safetensors { header_len, .. } => header_len,
+            _ => 0,
+        }
     }
 
     /// Size of the input in bytes (all files of a folder or sharded model).
     pub fn file_len(&self) -> u64 {
-        match self.file {
-            Some(i) => self.sources[i].map.len() as u64,
-            None => self.sources.iter().map(|s| s.len as u64).sum(),
+        match self.layout.file {
+            Some(i) => self.layout.sources[i].map.len() as u64,
+            None => self.layout.sources.iter().map(|s| s.len as u64).sum(),
         }
-    }
-
-    /// Size of the JSON header (the `N` of the length prefix); 0 for other containers.
-    pub fn header_len(&self) -> u64 {
-        (self.data_start as u64).saturating_sub(8)
-    }
-
-    /// Offset of the data region in the file (`8 + N`); 0 for other containers.
-    pub fn data_start(&self) -> u64 {
-        self.data_start as u64
     }
 
     /// The whole file, for hashing; empty for folders and sharded models, which are not one
     /// file.
     pub fn bytes(&self) -> &[u8] {
-        match self.file {
-            Some(i) => &self.sources[i].map,
+        match self.layout.file {
+            Some(i) => &self.layout.sources[i].map,
             None => &[],
         }
     }
@@ -600,8 +435,8 @@ impl Checkpoint {
     /// them again. Keeps resident memory bounded in long passes. Only whole pages inside
     /// the range are released.
     pub fn release(&self, start: u64, end: u64) {
-        if let Some(i) = self.file {
-            crate::sys::release_pages(&self.sources[i].map, start, end);
+        if let Some(i) = self.layout.file {
+            crate::sys::release_pages(&self.layout.sources[i].map, start, end);
         }
     }
 

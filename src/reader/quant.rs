@@ -14,7 +14,7 @@
 //! are refused with a message that says what they are ([`bitsandbytes`]).
 
 use super::dtype::{self, FloatFormat};
-use super::header::{Header, TensorEntry};
+use super::layout::TensorEntry;
 
 /// What a scaled-FP8 file holds besides its weights.
 #[derive(Clone, Debug, PartialEq)]
@@ -60,13 +60,12 @@ pub const SCALE_INPUT: &str = ".scale_input";
 pub const MARKER: &str = "scaled_fp8";
 
 /// Attaches scales to their FP8 weights and moves the marker and the scales out of
-/// `header.tensors`, when the file has the marker. `data` is the data region.
+/// `tensors`, when the file has the marker. `data` gives a tensor's bytes.
 pub fn split_scaled_fp8<'d>(
-    header: &mut Header,
+    tensors: &mut Vec<TensorEntry>,
     data: &dyn Fn(&TensorEntry) -> &'d [u8],
 ) -> Result<Option<ScaledFp8>, QuantProblem> {
-    let Some(marker) = header
-        .tensors
+    let Some(marker) = tensors
         .iter()
         .find(|t| t.name == MARKER || t.name.ends_with(&format!(".{MARKER}")))
     else {
@@ -78,7 +77,7 @@ pub fn split_scaled_fp8<'d>(
     };
     let marker_name = marker.name.clone();
     let mut scale_of: std::collections::HashMap<String, f64> = std::collections::HashMap::new();
-    for t in &header.tensors {
+    for t in tensors.iter() {
         if let Some(layer) = t.name.strip_suffix(SCALE_WEIGHT) {
             let value = scalar(t, data).map_err(|reason| QuantProblem::BadScale {
                 name: t.name.clone(),
@@ -87,17 +86,16 @@ pub fn split_scaled_fp8<'d>(
             scale_of.insert(format!("{layer}.weight"), value);
         }
     }
-    let (hidden, kept): (Vec<TensorEntry>, Vec<TensorEntry>) =
-        header.tensors.drain(..).partition(|t| {
-            t.name == marker_name || t.name.ends_with(SCALE_WEIGHT) || t.name.ends_with(SCALE_INPUT)
-        });
-    header.tensors = kept;
+    let (hidden, kept): (Vec<TensorEntry>, Vec<TensorEntry>) = tensors.drain(..).partition(|t| {
+        t.name == marker_name || t.name.ends_with(SCALE_WEIGHT) || t.name.ends_with(SCALE_INPUT)
+    });
+    *tensors = kept;
     let found = ScaledFp8 {
         marker: marker_name,
         format,
         hidden,
     };
-    for t in &mut header.tensors {
+    for t in tensors.iter_mut() {
         let fp8 = matches!(
             dtype::float_format(t.dtype),
             Some(FloatFormat::F8E4M3 | FloatFormat::F8E5M2)
@@ -128,8 +126,8 @@ fn scalar<'d>(t: &TensorEntry, data: &dyn Fn(&TensorEntry) -> &'d [u8]) -> Resul
 }
 
 /// The bitsandbytes 4-bit format a file is quantized with, if it is: `"NF4"` or `"FP4"`.
-pub fn bitsandbytes(header: &Header) -> Option<&'static str> {
-    header.tensors.iter().find_map(|t| {
+pub fn bitsandbytes(tensors: &[TensorEntry]) -> Option<&'static str> {
+    tensors.iter().find_map(|t| {
         if t.name.contains("bitsandbytes__nf4") {
             Some("NF4")
         } else if t.name.contains("bitsandbytes__fp4") {
@@ -159,16 +157,13 @@ mod tests {
     #[test]
     fn scales_attach_to_their_fp8_weights() {
         let data: Vec<u8> = [0.5f32.to_le_bytes(), 2.0f32.to_le_bytes()].concat();
-        let mut h = Header {
-            tensors: vec![
-                t("m.scaled_fp8", Dtype::F8_E4M3, &[0], 8, 8),
-                t("m.a.weight", Dtype::F8_E4M3, &[2], 8, 8),
-                t("m.a.scale_weight", Dtype::F32, &[], 0, 4),
-                t("m.a.scale_input", Dtype::F32, &[], 4, 8),
-                t("m.a.bias", Dtype::BF16, &[2], 8, 8),
-            ],
-            ..Default::default()
-        };
+        let mut h = vec![
+            t("m.scaled_fp8", Dtype::F8_E4M3, &[0], 8, 8),
+            t("m.a.weight", Dtype::F8_E4M3, &[2], 8, 8),
+            t("m.a.scale_weight", Dtype::F32, &[], 0, 4),
+            t("m.a.scale_input", Dtype::F32, &[], 4, 8),
+            t("m.a.bias", Dtype::BF16, &[2], 8, 8),
+        ];
         let q = split_scaled_fp8(&mut h, &|t: &TensorEntry| &data[t.begin..t.end])
             .unwrap()
             .unwrap();
@@ -178,25 +173,22 @@ mod tests {
             ["m.scaled_fp8", "m.a.scale_weight", "m.a.scale_input"]
         );
         assert_eq!(q.scaled_weights(), 1);
-        let names: Vec<&str> = h.tensors.iter().map(|t| t.name.as_str()).collect();
+        let names: Vec<&str> = h.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["m.a.weight", "m.a.bias"]);
-        assert_eq!(h.tensors[0].scale, Some(0.5));
-        assert_eq!(h.tensors[1].scale, None);
+        assert_eq!(h[0].scale, Some(0.5));
+        assert_eq!(h[1].scale, None);
     }
 
     const ZERO: [u8; 4] = [0; 4];
 
     #[test]
     fn no_marker_no_change_and_bad_scales_are_refused() {
-        let mut h = Header {
-            tensors: vec![t("a.scale_weight", Dtype::F32, &[], 0, 4)],
-            ..Default::default()
-        };
+        let mut h = vec![t("a.scale_weight", Dtype::F32, &[], 0, 4)];
         assert_eq!(
             split_scaled_fp8(&mut h, &|t: &TensorEntry| &ZERO[t.begin..t.end]),
             Ok(None)
         );
-        h.tensors.push(t("scaled_fp8", Dtype::F32, &[0], 4, 4));
+        h.push(t("scaled_fp8", Dtype::F32, &[0], 4, 4));
         let e = split_scaled_fp8(&mut h, &|t: &TensorEntry| &ZERO[t.begin..t.end]).unwrap_err();
         assert!(matches!(e, QuantProblem::BadScale { .. }));
     }

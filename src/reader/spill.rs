@@ -113,15 +113,13 @@ impl Spill {
     }
 
     /// Maps what was written (if anything) and adds it to `sources`, at its address.
-    pub(super) fn finish_into(self, sources: &mut Vec<super::Source>) -> Result<(), ReadError> {
+    pub(super) fn finish_into(
+        self,
+        sources: &mut Vec<super::layout::Source>,
+    ) -> Result<(), ReadError> {
         if let Some((at, map)) = self.finish()? {
             let len = map.len();
-            sources.push(super::Source {
-                map,
-                at,
-                start: 0,
-                len,
-            });
+            sources.push(super::layout::Source::new(map, at, 0, len));
         }
         Ok(())
     }

@@ -129,7 +129,7 @@ pub enum TorchError {
     Layout(String),
 }
 
-fn layout<T>(what: impl Into<String>) -> Result<T, TorchError> {
+fn malformed<T>(what: impl Into<String>) -> Result<T, TorchError> {
     Err(TorchError::Layout(what.into()))
 }
 
@@ -226,7 +226,7 @@ fn read_zip(bytes: &[u8]) -> Result<TorchFile, TorchError> {
                 b"little" => false,
                 b"big" => true,
                 other => {
-                    return layout(format!(
+                    return malformed(format!(
                         "its byteorder member says {:?}, neither little nor big",
                         String::from_utf8_lossy(other)
                     ));
@@ -238,14 +238,14 @@ fn read_zip(bytes: &[u8]) -> Result<TorchFile, TorchError> {
     let locate = |key: &str, _numel: u64, _dtype: Dtype| -> Result<StorageBytes, TorchError> {
         let name = format!("{prefix}data/{key}");
         let Some(&(_, start, csize, size, stored)) = members.get(&name) else {
-            return layout(format!("storage {key} has no member {name} in the zip"));
+            return malformed(format!("storage {key} has no member {name} in the zip"));
         };
         if stored {
             let end = start
                 .checked_add(csize)
                 .filter(|&e| e <= bytes.len() as u64);
             if end.is_none() {
-                return layout(format!(
+                return malformed(format!(
                     "storage member {name} runs past the end of the file: the file is truncated"
                 ));
             }
@@ -304,14 +304,14 @@ fn read_legacy(bytes: &[u8]) -> Result<TorchFile, TorchError> {
     };
     let (magic, _) = next("the magic number")?;
     if magic.node(magic.root) != &Node::BigInt(LEGACY_MAGIC.to_vec()) {
-        return layout(
+        return malformed(
             "it is a pickle but not a torch checkpoint (no torch magic number): ckpt-diff reads \
              torch.save files only",
         );
     }
     let (version, _) = next("the protocol version")?;
     if version.as_int(version.root) != Some(1001) {
-        return layout(format!(
+        return malformed(format!(
             "its legacy protocol version is {}, not 1001",
             version.describe(version.root)
         ));
@@ -324,7 +324,7 @@ fn read_legacy(bytes: &[u8]) -> Result<TorchFile, TorchError> {
     let (data, _) = next("the data pickle")?;
     let (keys, _) = next("the storage key list")?;
     let Some(key_ids) = keys.items(keys.root) else {
-        return layout("its storage key list is not a list");
+        return malformed("its storage key list is not a list");
     };
     let key_list: Vec<String> = key_ids
         .iter()
@@ -337,12 +337,12 @@ fn read_legacy(bytes: &[u8]) -> Result<TorchFile, TorchError> {
     let mut places: HashMap<String, (usize, usize)> = HashMap::new();
     for key in &key_list {
         let Some(&dtype) = sizes.get(key) else {
-            return layout(format!(
+            return malformed(format!(
                 "storage {key} is listed but no tensor names its type"
             ));
         };
         let Some(count) = bytes.get(at..at + 8) else {
-            return layout(format!(
+            return malformed(format!(
                 "storage {key} starts past the end of the file: the file is truncated"
             ));
         };
@@ -352,7 +352,7 @@ fn read_legacy(bytes: &[u8]) -> Result<TorchFile, TorchError> {
             .checked_mul(esize)
             .filter(|&l| l <= (bytes.len() - at - 8) as u64);
         let Some(len) = len else {
-            return layout(format!(
+            return malformed(format!(
                 "storage {key} says {numel} elements, more than the file holds: the file is \
                  truncated"
             ));
@@ -362,7 +362,7 @@ fn read_legacy(bytes: &[u8]) -> Result<TorchFile, TorchError> {
     }
     let locate = |key: &str, _numel: u64, _dtype: Dtype| match places.get(key) {
         Some(&(begin, len)) => Ok(StorageBytes::InPlace { begin, len }),
-        None => layout(format!("storage {key} is not in the storage key list")),
+        None => malformed(format!("storage {key} is not in the storage key list")),
     };
     let mut f = build(&data, &locate, Container::Legacy)?;
     f.big_endian = big_endian;
@@ -394,16 +394,16 @@ struct PersistentStorage {
 
 fn persistent_storage(p: &Pickle, pid: Id) -> Result<PersistentStorage, TorchError> {
     let Some(items) = p.items(pid) else {
-        return layout(format!(
+        return malformed(format!(
             "a storage reference is {}, not a tuple",
             p.describe(pid)
         ));
     };
     if items.len() < 5 || p.as_str(items[0]) != Some("storage") {
-        return layout("a storage reference is not ('storage', type, key, location, numel)");
+        return malformed("a storage reference is not ('storage', type, key, location, numel)");
     }
     let Some(g) = p.global(items[1]) else {
-        return layout("a storage reference has no storage type");
+        return malformed("a storage reference has no storage type");
     };
     let dtype = storage_dtype(&g.module, &g.name).ok_or_else(|| {
         TorchError::Layout(format!("storage type {} is not supported", g.dotted()))
@@ -411,7 +411,7 @@ fn persistent_storage(p: &Pickle, pid: Id) -> Result<PersistentStorage, TorchErr
     let key = match p.node(items[2]) {
         Node::Str(s) => s.clone(),
         Node::Int(i) => i.to_string(),
-        _ => return layout("a storage key is not a string"),
+        _ => return malformed("a storage key is not a string"),
     };
     let numel = p
         .as_int(items[4])
@@ -424,7 +424,7 @@ fn persistent_storage(p: &Pickle, pid: Id) -> Result<PersistentStorage, TorchErr
             let off = p.as_int(v[1]).filter(|&o| o >= 0);
             match (vk, off) {
                 (Some(vk), Some(off)) => Some((vk, off as u64)),
-                _ => return layout(format!("storage {key} has a malformed view")),
+                _ => return malformed(format!("storage {key} has a malformed view")),
             }
         }
         _ => None,
@@ -499,7 +499,7 @@ fn build(p: &Pickle, locate: &Locate<'_>, container: Container) -> Result<TorchF
         }
     }
     if p.dict(at).is_none() {
-        return layout(format!(
+        return malformed(format!(
             "it holds {}, not a state dict of tensors",
             p.describe(p.root)
         ));
@@ -534,7 +534,7 @@ fn build(p: &Pickle, locate: &Locate<'_>, container: Container) -> Result<TorchF
             continue;
         };
         let Node::PersId(pid) = p.node(t.storage) else {
-            return layout(format!("tensor '{name}' has no storage reference"));
+            return malformed(format!("tensor '{name}' has no storage reference"));
         };
         let s = persistent_storage(p, *pid)
             .map_err(|e| TorchError::Layout(format!("tensor '{name}': {e}")))?;
@@ -566,7 +566,7 @@ fn build(p: &Pickle, locate: &Locate<'_>, container: Container) -> Result<TorchF
             to_usize(&t.stride),
             usize::try_from(t.offset + extra_offset),
         ) else {
-            return layout(format!("tensor '{name}' has a size that overflows"));
+            return malformed(format!("tensor '{name}' has a size that overflows"));
         };
         let tensor = Tensor {
             name: name.clone(),
@@ -658,7 +658,7 @@ fn check_bounds(t: &Tensor, s: &Storage) -> Result<(), TorchError> {
     let esize = super::dtype::bit_size(t.dtype) / 8;
     let numel: Option<usize> = t.shape.iter().try_fold(1usize, |a, &n| a.checked_mul(n));
     let Some(numel) = numel else {
-        return layout(format!(
+        return malformed(format!(
             "tensor '{}' has a shape whose size overflows",
             t.name
         ));
@@ -679,7 +679,7 @@ fn check_bounds(t: &Tensor, s: &Storage) -> Result<(), TorchError> {
         .and_then(|e| e.checked_mul(esize));
     match end {
         Some(end) if end <= s.bytes.byte_len() => Ok(()),
-        _ => layout(format!(
+        _ => malformed(format!(
             "tensor '{}' reaches past the end of its storage {} ({} bytes): the file is \
              damaged or truncated",
             t.name,
@@ -687,6 +687,95 @@ fn check_bounds(t: &Tensor, s: &Storage) -> Result<(), TorchError> {
             s.bytes.byte_len()
         )),
     }
+}
+
+/// The layout of a mapped torch checkpoint (`zip`: the zip container, else a bare pickle
+/// stream). Tensors that cannot be viewed in place are copied once (see [`super::spill`]).
+pub fn layout(map: memmap2::Mmap, zip: bool) -> Result<super::Layout, super::ReadError> {
+    use super::layout::{Layout, PickleInfo, Provenance, Source, TensorEntry};
+    use super::{dtype, spill};
+    let t = read(&map, zip)?;
+    let file_len = map.len();
+    let mut spill = spill::Spill::new(file_len);
+    let mut tensors = Vec::with_capacity(t.tensors.len());
+    let mut copied = 0;
+    // Compressed storages are decompressed once each, for the tensors that use them.
+    let mut decompressed: HashMap<usize, Vec<u8>> = HashMap::new();
+    for tensor in &t.tensors {
+        let storage = &t.storages[tensor.storage];
+        let esize = dtype::bit_size(tensor.dtype) / 8;
+        let bytes = tensor.numel() * esize;
+        let in_place = match &storage.bytes {
+            StorageBytes::InPlace { begin, .. }
+                if tensor.is_contiguous() && (!t.big_endian || esize == 1) =>
+            {
+                Some(begin + tensor.offset * esize)
+            }
+            _ => None,
+        };
+        let begin = match in_place {
+            Some(b) => b,
+            None => {
+                copied += 1;
+                let src: &[u8] = match &storage.bytes {
+                    StorageBytes::InPlace { begin, len } => &map[*begin..begin + len],
+                    StorageBytes::Compressed { member, len } => {
+                        if let std::collections::hash_map::Entry::Vacant(e) =
+                            decompressed.entry(tensor.storage)
+                        {
+                            e.insert(decompress(&map, member, *len)?);
+                        }
+                        &decompressed[&tensor.storage]
+                    }
+                };
+                spill.gather(&spill::View {
+                    bytes: src,
+                    esize,
+                    shape: &tensor.shape,
+                    stride: &tensor.stride,
+                    offset: tensor.offset,
+                    swap: t.big_endian,
+                })?
+            }
+        };
+        tensors.push(TensorEntry {
+            name: tensor.name.clone(),
+            dtype: tensor.dtype,
+            shape: tensor.shape.clone(),
+            begin,
+            end: begin + bytes,
+            scale: None,
+        });
+    }
+    drop(decompressed);
+    tensors.sort_by_key(|t| (t.begin, t.end));
+    let metadata = t
+        .metadata
+        .iter()
+        .map(|(k, v)| (format!("ckpt_diff.{k}"), v.clone()))
+        .collect();
+    let mut sources = vec![Source::new(map, 0, 0, file_len)];
+    spill.finish_into(&mut sources)?;
+    let stream = match &t.container {
+        Container::Zip { pickle } => pickle.clone(),
+        Container::Legacy => "the file".to_string(),
+    };
+    Ok(Layout {
+        sources,
+        file: Some(0),
+        tensors,
+        metadata,
+        provenance: Provenance::Torch(PickleInfo {
+            container: t.container,
+            stream,
+            globals: t.globals,
+            other: t.other,
+            state_dict_at: t.state_dict_at,
+            big_endian: t.big_endian,
+            copied,
+        }),
+        notes: Vec::new(),
+    })
 }
 
 #[cfg(test)]

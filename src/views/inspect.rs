@@ -177,7 +177,7 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
     let c = &det.confidence;
     InspectReport {
         path: ckpt.path().display().to_string(),
-        container: ckpt.container().id().to_string(),
+        container: ckpt.provenance().id().to_string(),
         pickle: ckpt.pickle().map(|p| PickleReport {
             stream: p.stream.clone(),
             globals: p.globals.clone(),

@@ -397,7 +397,7 @@ fn pickle_checks(ckpt: &Checkpoint, p: &crate::reader::PickleInfo, f: &mut Vec<F
     };
     let mut message = format!(
         "a PyTorch checkpoint ({}), read without executing its pickle: {} tensors {at}",
-        ckpt.container().id(),
+        ckpt.provenance().id(),
         ckpt.tensors().len()
     );
     if p.copied > 0 {

@@ -1,5 +1,6 @@
-//! Models in several files read as one checkpoint: diffusers folders (SD1, SD2, SDXL) under
-//! the single-file key names, and sharded safetensors (`*.index.json` and its parts).
+//! Diffusers folders (SD1, SD2, SDXL) read as one checkpoint under the single-file key
+//! names: each component's file is read by the reader, and the renamed, fused and
+//! transposed tensors are put together by [`crate::reader::assemble`].
 //!
 //! The renaming follows diffusers' `convert_diffusers_to_original_stable_diffusion.py` and
 //! `convert_diffusers_to_original_sdxl.py` (which sd-mecha's `sdxl-diffusers_unet_only` and
@@ -18,88 +19,56 @@
 //!   to `mid`, attention `to_q/to_k/to_v/to_out.0/group_norm` (or the older
 //!   `query/key/value/proj_attn`) to `q/k/v/proj_out/norm`, their 2-D weights as 1x1 convs.
 //!
-//! Tensors that need fusing or transposing are copied once (see [`super::spill`]); all
-//! others are read in place from their files.
+//! Tensors that need fusing or transposing are copied once; all others are read in place
+//! from their files.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
-use super::header::{Header, TensorEntry};
-use super::spill::{Spill, View};
-use super::{Checkpoint, Container, ReadError, Source, dtype};
+use thiserror::Error;
 
-/// Whether `path` names a shard index (`*.safetensors.index.json`).
-pub fn is_shard_index(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.ends_with(".index.json"))
+use crate::reader::{
+    Checkpoint, FileError, Layout, Piece, Provenance, ReadError, TensorEntry, assemble, file_layout,
+};
+
+/// Why a diffusers folder cannot be read.
+#[derive(Debug, Error)]
+pub enum PipelineError {
+    #[error(
+        "{component}/ has no diffusion_pytorch_model.safetensors, model.safetensors or .bin file"
+    )]
+    NoWeights { component: &'static str },
+    #[error(transparent)]
+    Read(#[from] ReadError),
 }
 
-fn folder_err(what: impl Into<String>) -> ReadError {
-    ReadError::Folder(what.into())
+/// Why an input cannot be opened: the reader's errors, and a diffusers folder's.
+#[derive(Debug, Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error("'{}': {kind}", path.display())]
+    Pipeline { path: PathBuf, kind: PipelineError },
 }
 
-/// A sharded model: the index's `weight_map` names, for each tensor, the part holding it.
-pub fn open_sharded(index: &Path) -> Result<Checkpoint, ReadError> {
-    let parts = shard_parts(index)?;
-    let opened = parts
+/// Opens any input: a diffusers folder (renamed to the single-file layout here), or what the
+/// reader opens (a safetensors or torch file, a sharded model).
+pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint, OpenError> {
+    let path = path.as_ref();
+    if path.is_dir() && is_pipeline(path) {
+        return open_pipeline(path).map_err(|kind| OpenError::Pipeline {
+            path: path.to_path_buf(),
+            kind,
+        });
+    }
+    Ok(crate::reader::open(path)?)
+}
+
+/// Whether a folder is a diffusers pipeline (it has `unet/`, `vae/` or `text_encoder/`).
+pub fn is_pipeline(dir: &Path) -> bool {
+    ["unet", "vae", "text_encoder"]
         .iter()
-        .map(|p| Checkpoint::open(p).map_err(|e| folder_err(e.to_string())))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut plan = Vec::new();
-    for c in &opened {
-        for t in c.tensors() {
-            plan.push(Out::Same {
-                part: plan_part(&opened, c),
-                name: t.name.clone(),
-                as_name: t.name.clone(),
-                shape: None,
-            });
-        }
-    }
-    let notes = vec![format!(
-        "{} shards listed by {}",
-        parts.len(),
-        index.display()
-    )];
-    combine(index, Container::Sharded, opened, plan, notes)
-}
-
-fn plan_part(all: &[Checkpoint], c: &Checkpoint) -> usize {
-    all.iter()
-        .position(|x| std::ptr::eq(x, c))
-        .expect("one of them")
-}
-
-/// The part files an index names, in order, each once.
-fn shard_parts(index: &Path) -> Result<Vec<PathBuf>, ReadError> {
-    let text = std::fs::read_to_string(index)?;
-    let v: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| folder_err(format!("the shard index is not valid JSON: {e}")))?;
-    let Some(map) = v.get("weight_map").and_then(|m| m.as_object()) else {
-        return Err(folder_err("the shard index has no \"weight_map\" object"));
-    };
-    let dir = index.parent().unwrap_or(Path::new("."));
-    let mut parts: Vec<PathBuf> = Vec::new();
-    for file in map.values() {
-        let Some(f) = file.as_str() else {
-            return Err(folder_err("a weight_map value is not a file name"));
-        };
-        // A part is a file beside the index, never a path elsewhere.
-        if f.contains('/') || f.contains('\\') || f == ".." {
-            return Err(folder_err(format!(
-                "the shard index names '{f}', not a file beside it"
-            )));
-        }
-        let p = dir.join(f);
-        if !parts.contains(&p) {
-            parts.push(p);
-        }
-    }
-    if parts.is_empty() {
-        return Err(folder_err("the shard index lists no tensors"));
-    }
-    Ok(parts)
+        .any(|c| dir.join(c).is_dir())
 }
 
 /// The weights file of one diffusers component folder (`unet/`, `vae/`, ...).
@@ -132,23 +101,10 @@ pub(crate) enum Family {
     Sdxl,
 }
 
-/// A folder: a diffusers pipeline (`unet/` and friends), or a sharded model.
-pub fn open_folder(dir: &Path) -> Result<Checkpoint, ReadError> {
+/// A diffusers pipeline: `unet/`, `text_encoder/`, `text_encoder_2/`, `vae/`.
+fn open_pipeline(dir: &Path) -> Result<Checkpoint, PipelineError> {
     let has = |c: &str| dir.join(c).is_dir();
-    if !has("unet") && !has("vae") && !has("text_encoder") {
-        let indexes: Vec<PathBuf> = std::fs::read_dir(dir)?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| is_shard_index(p))
-            .collect();
-        return match indexes.as_slice() {
-            [one] => open_sharded(one),
-            [] => Err(ReadError::IsDirectory),
-            _ => Err(folder_err(
-                "the folder holds several *.index.json files: name the one to read",
-            )),
-        };
-    }
-    let mut opened = Vec::new();
+    let mut opened: Vec<Layout> = Vec::new();
     let mut which: Vec<&'static str> = Vec::new();
     let mut notes = Vec::new();
     for c in ["unet", "text_encoder", "text_encoder_2", "vae"] {
@@ -156,16 +112,19 @@ pub fn open_folder(dir: &Path) -> Result<Checkpoint, ReadError> {
             continue;
         }
         let Some(file) = component_file(&dir.join(c)) else {
-            return Err(folder_err(format!(
-                "{c}/ has no diffusion_pytorch_model.safetensors, model.safetensors or .bin file"
-            )));
+            return Err(PipelineError::NoWeights { component: c });
         };
-        let ckpt = Checkpoint::open(&file).map_err(|e| folder_err(e.to_string()))?;
+        let layout = file_layout(&file).map_err(|kind| {
+            ReadError::Part(Box::new(FileError {
+                path: file.clone(),
+                kind,
+            }))
+        })?;
         notes.push(format!(
             "{c}/ from {}",
             file.file_name().unwrap_or_default().to_string_lossy()
         ));
-        opened.push(ckpt);
+        opened.push(layout);
         which.push(c);
     }
     let family = if which.contains(&"text_encoder_2") {
@@ -173,7 +132,7 @@ pub fn open_folder(dir: &Path) -> Result<Checkpoint, ReadError> {
     } else {
         // OpenCLIP-H (SD2) has 23 layers in diffusers' text encoder, CLIP-L (SD1) 12.
         let te = which.iter().position(|c| *c == "text_encoder");
-        let layers = te.map(|i| layer_count(&opened[i])).unwrap_or(0);
+        let layers = te.map(|i| layer_count(&opened[i].tensors)).unwrap_or(0);
         if layers > 12 {
             Family::Sd2
         } else {
@@ -182,19 +141,17 @@ pub fn open_folder(dir: &Path) -> Result<Checkpoint, ReadError> {
     };
     let mut plan = Vec::new();
     let mut unmapped: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (part, (c, ckpt)) in which.iter().zip(&opened).enumerate() {
-        let names: Vec<&str> = ckpt.tensors().iter().map(|t| t.name.as_str()).collect();
+    for (part, (c, layout)) in which.iter().zip(&opened).enumerate() {
+        let names: Vec<&str> = layout.tensors.iter().map(|t| t.name.as_str()).collect();
         let mapped = match *c {
-            "unet" => map_unet(&names, family, part, ckpt),
+            "unet" => map_unet(&names, family, part),
             "text_encoder" => match family {
-                Family::Sd2 => map_openclip(&names, "cond_stage_model.model.", part, ckpt, false),
+                Family::Sd2 => map_openclip(&names, "cond_stage_model.model.", part, false),
                 Family::Sd1 => map_clip_l(&names, "cond_stage_model.transformer.", part),
                 Family::Sdxl => map_clip_l(&names, "conditioner.embedders.0.transformer.", part),
             },
-            "text_encoder_2" => {
-                map_openclip(&names, "conditioner.embedders.1.model.", part, ckpt, true)
-            }
-            _ => map_vae(&names, part, ckpt),
+            "text_encoder_2" => map_openclip(&names, "conditioner.embedders.1.model.", part, true),
+            _ => map_vae(&layout.tensors, part),
         };
         plan.extend(mapped.outs);
         if !mapped.unmapped.is_empty() {
@@ -208,11 +165,17 @@ pub fn open_folder(dir: &Path) -> Result<Checkpoint, ReadError> {
             names.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
         ));
     }
-    combine(dir, Container::Diffusers, opened, plan, notes)
+    let layout = assemble(
+        opened,
+        plan,
+        Provenance::Assembled { kind: "diffusers" },
+        notes,
+    )?;
+    Ok(Checkpoint::from_layout(dir, layout)?)
 }
 
-fn layer_count(ckpt: &Checkpoint) -> usize {
-    ckpt.tensors()
+fn layer_count(tensors: &[TensorEntry]) -> usize {
+    tensors
         .iter()
         .filter_map(|t| {
             let rest = t.name.strip_prefix("text_model.encoder.layers.")?;
@@ -222,31 +185,8 @@ fn layer_count(ckpt: &Checkpoint) -> usize {
         .map_or(0, |m| m + 1)
 }
 
-/// One output tensor of a combined checkpoint.
-enum Out {
-    /// A part's tensor under another name (and shape), read in place.
-    Same {
-        part: usize,
-        name: String,
-        as_name: String,
-        shape: Option<Vec<usize>>,
-    },
-    /// Several tensors of a part stacked along the first dimension (q, k, v -> in_proj).
-    Stack {
-        part: usize,
-        names: Vec<String>,
-        as_name: String,
-    },
-    /// A part's 2-D tensor transposed.
-    Transpose {
-        part: usize,
-        name: String,
-        as_name: String,
-    },
-}
-
 struct Mapped {
-    outs: Vec<Out>,
+    outs: Vec<Piece>,
     unmapped: Vec<String>,
 }
 
@@ -357,13 +297,13 @@ pub(crate) fn unet_rename(
         })
 }
 
-fn map_unet(names: &[&str], family: Family, part: usize, _c: &Checkpoint) -> Mapped {
+fn map_unet(names: &[&str], family: Family, part: usize) -> Mapped {
     let prefixes = unet_prefixes(family);
     let mut outs = Vec::new();
     let mut unmapped = Vec::new();
     for &name in names {
         match unet_rename(name, &prefixes, true) {
-            Some(m) => outs.push(Out::Same {
+            Some(m) => outs.push(Piece::Same {
                 part,
                 name: name.to_string(),
                 as_name: format!("model.diffusion_model.{m}"),
@@ -380,7 +320,7 @@ fn map_clip_l(names: &[&str], prefix: &str, part: usize) -> Mapped {
     let mut unmapped = Vec::new();
     for &name in names {
         if name.starts_with("text_model.") {
-            outs.push(Out::Same {
+            outs.push(Piece::Same {
                 part,
                 name: name.to_string(),
                 as_name: format!("{prefix}{name}"),
@@ -412,19 +352,13 @@ pub(crate) fn openclip_layer(tail: &str) -> (String, Option<usize>) {
 }
 
 /// HF CLIP names of an OpenCLIP text tower back to OpenCLIP's.
-fn map_openclip(
-    names: &[&str],
-    prefix: &str,
-    part: usize,
-    _c: &Checkpoint,
-    projection: bool,
-) -> Mapped {
+fn map_openclip(names: &[&str], prefix: &str, part: usize, projection: bool) -> Mapped {
     let mut outs = Vec::new();
     let mut unmapped = Vec::new();
     let mut qkv: BTreeMap<(usize, &str), [Option<String>; 3]> = BTreeMap::new();
     for &name in names {
         if name == "text_projection.weight" && projection {
-            outs.push(Out::Transpose {
+            outs.push(Piece::Transpose {
                 part,
                 name: name.into(),
                 as_name: format!("{prefix}text_projection"),
@@ -451,7 +385,7 @@ fn map_openclip(
                 qkv.entry((n, kind)).or_default()[which] = Some(name.into());
                 continue;
             }
-            outs.push(Out::Same {
+            outs.push(Piece::Same {
                 part,
                 name: name.into(),
                 as_name: format!("{prefix}transformer.resblocks.{n}.{tail}"),
@@ -472,7 +406,7 @@ fn map_openclip(
                 continue;
             }
         };
-        outs.push(Out::Same {
+        outs.push(Piece::Same {
             part,
             name: name.into(),
             as_name: format!("{prefix}{as_name}"),
@@ -486,7 +420,7 @@ fn map_openclip(
             "in_proj_weight"
         };
         match parts {
-            [Some(q), Some(k), Some(v)] => outs.push(Out::Stack {
+            [Some(q), Some(k), Some(v)] => outs.push(Piece::Stack {
                 part,
                 names: vec![q, k, v],
                 as_name: format!("{prefix}transformer.resblocks.{n}.attn.{suffix}"),
@@ -497,7 +431,11 @@ fn map_openclip(
     Mapped { outs, unmapped }
 }
 
-fn map_vae(names: &[&str], part: usize, c: &Checkpoint) -> Mapped {
+fn map_vae(tensors: &[TensorEntry], part: usize) -> Mapped {
+    let shape_of: HashMap<&str, &[usize]> = tensors
+        .iter()
+        .map(|t| (t.name.as_str(), t.shape.as_slice()))
+        .collect();
     let mut m: Vec<(String, String)> = Vec::new();
     for i in 0..4 {
         for j in 0..2 {
@@ -548,7 +486,7 @@ fn map_vae(names: &[&str], part: usize, c: &Checkpoint) -> Mapped {
     ];
     let mut outs = Vec::new();
     let mut unmapped = Vec::new();
-    for &name in names {
+    for name in tensors.iter().map(|t| t.name.as_str()) {
         let hit = m
             .iter()
             .find_map(|(hf, sd)| name.strip_prefix(hf.as_str()).map(|r| (hf, sd, r)));
@@ -578,11 +516,11 @@ fn map_vae(names: &[&str], part: usize, c: &Checkpoint) -> Mapped {
             }
         };
         // Attention projections are linear in diffusers and 1x1 convolutions in the file.
-        let shape = c
+        let shape = shape_of
             .get(name)
-            .filter(|t| attention && t.shape.len() == 2)
-            .map(|t| vec![t.shape[0], t.shape[1], 1, 1]);
-        outs.push(Out::Same {
+            .filter(|s| attention && s.len() == 2)
+            .map(|s| vec![s[0], s[1], 1, 1]);
+        outs.push(Piece::Same {
             part,
             name: name.into(),
             as_name: format!("first_stage_model.{as_name}"),
@@ -590,144 +528,4 @@ fn map_vae(names: &[&str], part: usize, c: &Checkpoint) -> Mapped {
         });
     }
     Mapped { outs, unmapped }
-}
-
-/// Builds one checkpoint from the parts' sources and the plan.
-fn combine(
-    path: &Path,
-    container: Container,
-    parts: Vec<Checkpoint>,
-    plan: Vec<Out>,
-    notes: Vec<String>,
-) -> Result<Checkpoint, ReadError> {
-    // Every part's sources, shifted so that the address spaces follow each other.
-    let mut shift = Vec::with_capacity(parts.len());
-    let mut at = 0usize;
-    for p in &parts {
-        shift.push(at);
-        let end = p.sources.iter().map(|s| s.at + s.len).max().unwrap_or(0);
-        at += end;
-    }
-    let mut spill = Spill::new(at);
-    let mut tensors: Vec<TensorEntry> = Vec::with_capacity(plan.len());
-    let mut seen: HashMap<String, ()> = HashMap::new();
-    let tensor = |part: usize, name: &str| -> Result<&TensorEntry, ReadError> {
-        parts[part]
-            .get(name)
-            .ok_or_else(|| folder_err(format!("tensor '{name}' is not in its file")))
-    };
-    for out in &plan {
-        let entry = match out {
-            Out::Same {
-                part,
-                name,
-                as_name,
-                shape,
-            } => {
-                let t = tensor(*part, name)?;
-                if let Some(s) = shape
-                    && s.iter().product::<usize>() != t.numel()
-                {
-                    return Err(folder_err(format!(
-                        "tensor '{name}' cannot take shape {s:?}"
-                    )));
-                }
-                TensorEntry {
-                    name: as_name.clone(),
-                    dtype: t.dtype,
-                    shape: shape.clone().unwrap_or_else(|| t.shape.clone()),
-                    begin: t.begin + shift[*part],
-                    end: t.end + shift[*part],
-                    scale: t.scale,
-                }
-            }
-            Out::Stack {
-                part,
-                names,
-                as_name,
-            } => {
-                let ts = names
-                    .iter()
-                    .map(|n| tensor(*part, n))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let first = ts[0];
-                let same = ts
-                    .iter()
-                    .all(|t| t.dtype == first.dtype && t.shape == first.shape);
-                if !same || first.shape.is_empty() {
-                    return Err(folder_err(format!(
-                        "{} do not have one dtype and shape, so they cannot be fused",
-                        names.join(", ")
-                    )));
-                }
-                let begin = spill.append(parts[*part].data(ts[0]))?;
-                for t in &ts[1..] {
-                    spill.append(parts[*part].data(t))?;
-                }
-                let mut shape = first.shape.clone();
-                shape[0] *= ts.len();
-                let bytes = ts.iter().map(|t| t.byte_len()).sum::<usize>();
-                TensorEntry {
-                    name: as_name.clone(),
-                    dtype: first.dtype,
-                    shape,
-                    begin,
-                    end: begin + bytes,
-                    scale: None,
-                }
-            }
-            Out::Transpose {
-                part,
-                name,
-                as_name,
-            } => {
-                let t = tensor(*part, name)?;
-                if t.shape.len() != 2 {
-                    return Err(folder_err(format!("tensor '{name}' is not a matrix")));
-                }
-                let esize = dtype::bit_size(t.dtype) / 8;
-                let (rows, cols) = (t.shape[0], t.shape[1]);
-                let begin = spill.gather(&View {
-                    bytes: parts[*part].data(t),
-                    esize,
-                    shape: &[cols, rows],
-                    stride: &[1, cols],
-                    offset: 0,
-                    swap: false,
-                })?;
-                TensorEntry {
-                    name: as_name.clone(),
-                    dtype: t.dtype,
-                    shape: vec![cols, rows],
-                    begin,
-                    end: begin + t.byte_len(),
-                    scale: None,
-                }
-            }
-        };
-        if seen.insert(entry.name.clone(), ()).is_some() {
-            return Err(folder_err(format!(
-                "two tensors of the folder map to '{}'",
-                entry.name
-            )));
-        }
-        tensors.push(entry);
-    }
-    tensors.sort_by_key(|t| (t.begin, t.end));
-    let mut sources: Vec<Source> = Vec::new();
-    for (p, s) in parts.into_iter().zip(&shift) {
-        for mut src in p.sources {
-            src.at += s;
-            sources.push(src);
-        }
-    }
-    spill.finish_into(&mut sources)?;
-    sources.sort_by_key(|s| s.at);
-    let header = Header {
-        tensors,
-        ..Default::default()
-    };
-    let mut ckpt = Checkpoint::assemble(path, container, sources, None, 0, header)?;
-    ckpt.notes = notes;
-    Ok(ckpt)
 }
