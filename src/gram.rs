@@ -302,7 +302,7 @@ impl Visit for GramWork {
             && let Some(g) =
                 kernels::gram2_stored(formats[0].expect("float"), inputs[0].bytes, inputs[1].bytes)
         {
-            let (sa, sb) = (inputs[0].scale, inputs[1].scale);
+            let (sa, sb) = (inputs[0].encoding.scale(), inputs[1].encoding.scale());
             let g = if sa == 1.0 && sb == 1.0 {
                 g.to_vec()
             } else {

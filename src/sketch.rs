@@ -241,7 +241,7 @@ mod tests {
         let slice = Slice {
             dtype: crate::reader::Dtype::F64,
             bytes: &bytes,
-            scale: 1.0,
+            encoding: Default::default(),
         };
         let mut sk = vec![0.0; BUCKETS];
         let n2 = sketch_slice(seed, key, 0, &slice, &mut sk);

@@ -282,8 +282,11 @@ impl Visit for Work<'_> {
                 }
             }
             // Written back in the stored format, a scaled tensor keeps its scale.
-            if o.cast.is_none() && src.scale != 1.0 {
-                v.iter_mut().for_each(|x| *x /= src.scale);
+            if o.cast.is_none()
+                && let crate::reader::Encoding::Scaled(s) = src.encoding
+                && s != 1.0
+            {
+                v.iter_mut().for_each(|x| *x /= s);
             }
             v.iter_mut().for_each(|x| *x = x.clamp(-max, max));
             let size = fout.size();

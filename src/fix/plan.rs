@@ -461,7 +461,7 @@ mod tests {
             shape: shape.to_vec(),
             begin: 0,
             end: 0,
-            scale: None,
+            encoding: Default::default(),
         }
     }
 

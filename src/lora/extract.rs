@@ -26,6 +26,7 @@ use super::svd::{self, RankRule, Real};
 use super::write::{Dialect, Tensors, factors_of};
 use crate::catalog::lora::{Extractable, extractable};
 use crate::catalog::{Arch, Grouping};
+use crate::pass::Slice;
 use crate::reader::Checkpoint;
 use crate::reader::dtype::{self, FloatFormat};
 
@@ -102,26 +103,25 @@ fn delta(
     if t.shape != b.shape {
         return Err(format!("{key}: {:?} against {:?}", t.shape, b.shape));
     }
-    let (Some(ft), Some(fb)) = (dtype::float_format(t.dtype), dtype::float_format(b.dtype)) else {
+    if dtype::float_format(t.dtype).is_none() || dtype::float_format(b.dtype).is_none() {
         return Err(format!("{key} is not a float tensor"));
-    };
+    }
     let rows = t.shape[0];
     let cols: usize = t.shape[1..].iter().product();
     let (lo, hi) = ex.target.row_range(&t.shape);
     if hi > rows {
         return Err(format!("{key} has {rows} rows, fewer than {hi}"));
     }
-    let (bt, bb) = (tuned.data(t), base.data(b));
-    let (st, sb) = (t.scale.unwrap_or(1.0), b.scale.unwrap_or(1.0));
-    let (mut vt, mut vb) = (vec![0.0; cols], vec![0.0; cols]);
+    let (st, sb) = (Slice::of(tuned, t), Slice::of(base, b));
+    let (mut vt, mut vb) = (vec![0.0f64; cols], vec![0.0f64; cols]);
     let mut d = Mat::<Real>::zeros(hi - lo, cols);
     let mut max_abs = 0.0f64;
     for r in lo..hi {
         let at = r * cols;
-        crate::kernels::to_f64(ft, &bt[at * ft.size()..(at + cols) * ft.size()], &mut vt);
-        crate::kernels::to_f64(fb, &bb[at * fb.size()..(at + cols) * fb.size()], &mut vb);
+        st.part(at, at + cols).values_into(&mut vt);
+        sb.part(at, at + cols).values_into(&mut vb);
         for j in 0..cols {
-            let x = vt[j] * st - vb[j] * sb;
+            let x = vt[j] - vb[j];
             max_abs = max_abs.max(x.abs());
             d[(r - lo, j)] = x as Real;
         }

@@ -321,10 +321,7 @@ fn decode(ckpt: &Checkpoint, name: &str) -> Result<(Vec<usize>, Vec<f64>), Strin
         return Err(format!("{name}: its bytes do not match its shape"));
     }
     let mut v = vec![0.0f64; n];
-    crate::kernels::to_f64(format, bytes, &mut v);
-    if let Some(s) = t.scale {
-        v.iter_mut().for_each(|x| *x *= s);
-    }
+    crate::pass::Slice::of(ckpt, t).values_into(&mut v);
     Ok((t.shape.clone(), v))
 }
 

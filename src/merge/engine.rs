@@ -20,6 +20,7 @@ use super::methods::{Prepared, SUB, TensorInputs};
 use super::plan::{MergePlan, Node};
 use crate::kernels;
 use crate::pass::{Absorb, EntryKind, Item, PassError, Plan, Slice, Visit};
+use crate::reader::Encoding;
 use crate::reader::dtype::{self, FloatFormat};
 use crate::writer::{OutputFile, Piece};
 
@@ -292,7 +293,7 @@ impl Ctx<'_> {
         (
             format,
             &s.bytes[at * size..(at + end - start) * size],
-            s.scale,
+            s.encoding.scale(),
         )
     }
 
@@ -441,7 +442,7 @@ pub fn decide(
                 other => other,
             };
             let (format, scaled) = match output {
-                OutputFormat::AsInputs => (stored, first.scale.is_some()),
+                OutputFormat::AsInputs => (stored, !first.encoding.is_plain()),
                 OutputFormat::Float(f) => (f, false),
                 OutputFormat::ScaledFp8(f)
                     if crate::writer::quantizable(&entry.key, &first.shape) =>
@@ -493,9 +494,12 @@ pub fn decide(
             let scale = match &source {
                 Source::Merge { scaled: true, .. } => OutputScale::Fresh,
                 Source::Merge { .. } => OutputScale::None,
-                Source::Copy { model } => tensor(*model)
-                    .and_then(|t| t.scale)
-                    .map_or(OutputScale::None, OutputScale::Known),
+                Source::Copy { model } => {
+                    tensor(*model).map_or(OutputScale::None, |t| match t.encoding {
+                        Encoding::Scaled(s) => OutputScale::Known(s),
+                        Encoding::Plain => OutputScale::None,
+                    })
+                }
             };
             outputs.push(OutputTensor {
                 entry: e,

@@ -26,7 +26,7 @@ use thiserror::Error;
 
 use crate::catalog::canonical_key;
 use crate::reader::dtype::{self, ValueKind};
-use crate::reader::{Checkpoint, Dtype, TensorEntry};
+use crate::reader::{Checkpoint, Dtype, Encoding, TensorEntry};
 pub use progress::{NoProgress, Progress};
 
 /// Why a pass stopped early.
@@ -175,9 +175,9 @@ pub struct Slice<'a> {
     pub dtype: Dtype,
     /// The bytes of elements `start..end` of the tensor.
     pub bytes: &'a [u8],
-    /// The factor that turns stored values into the tensor's values (a scaled-fp8 layer's
-    /// scale; 1 for plain tensors). Visitors that read values must apply it.
-    pub scale: f64,
+    /// How the stored values give the tensor's values. Visitors read values through
+    /// [`Slice::values_into`], the one place that decodes them.
+    pub encoding: Encoding,
 }
 
 impl<'a> Slice<'a> {
@@ -199,12 +199,23 @@ impl<'a> Slice<'a> {
         }
     }
 
-    /// The float values of the slice, scaled: `out[i] = stored[i] · scale`.
+    /// A whole tensor of `ckpt`.
+    pub fn of(ckpt: &'a Checkpoint, t: &TensorEntry) -> Slice<'a> {
+        Slice {
+            dtype: t.dtype,
+            bytes: ckpt.data(t),
+            encoding: t.encoding,
+        }
+    }
+
+    /// The float values of the slice, decoded: `out[i] = stored[i] · scale` for a scaled
+    /// tensor.
     pub fn values_into(&self, out: &mut [f64]) {
         let format = dtype::float_format(self.dtype).expect("values of a float slice");
         crate::kernels::to_f64(format, self.bytes, out);
-        if self.scale != 1.0 {
-            out.iter_mut().for_each(|x| *x *= self.scale);
+        match self.encoding {
+            Encoding::Plain => {}
+            Encoding::Scaled(s) => out.iter_mut().for_each(|x| *x *= s),
         }
     }
 }
@@ -524,7 +535,7 @@ pub fn slices<'a>(plan: &Plan<'a>, item: &Item) -> Vec<Option<Slice<'a>>> {
             Some(Slice {
                 dtype: t.dtype,
                 bytes,
-                scale: t.scale.unwrap_or(1.0),
+                encoding: t.encoding,
             })
         })
         .collect()

@@ -193,7 +193,7 @@ fn read_tensor(name: String, value: Value, data_len: u64) -> Result<TensorEntry,
         shape,
         begin: begin as usize,
         end: end as usize,
-        scale: None,
+        encoding: Default::default(),
     })
 }
 

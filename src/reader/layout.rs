@@ -28,9 +28,36 @@ pub struct TensorEntry {
     /// Byte range in the layout's address space (see [`Source`]).
     pub begin: usize,
     pub end: usize,
-    /// The factor the stored values are multiplied by to give the weights (a scaled-fp8
-    /// layer's `scale_weight`, see [`super::quant`]); `None` for plain tensors.
-    pub scale: Option<f64>,
+    /// How the stored values give the tensor's values.
+    pub encoding: Encoding,
+}
+
+/// How a tensor's stored values give its values: a property of the tensor, whatever the
+/// format. Every reader of values decodes through one place (`pass::Slice::values_into`);
+/// fast paths that work on stored bytes take [`Encoding::scale`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub enum Encoding {
+    /// As the dtype stores them.
+    #[default]
+    Plain,
+    /// The stored values times one factor for the whole tensor: a scaled-fp8 layer's
+    /// `scale_weight` (see [`super::quant`]).
+    Scaled(f64),
+}
+
+impl Encoding {
+    /// The factor that turns every stored value into its value (1 for plain tensors).
+    pub fn scale(self) -> f64 {
+        match self {
+            Encoding::Plain => 1.0,
+            Encoding::Scaled(s) => s,
+        }
+    }
+
+    /// Whether the stored values are the values.
+    pub fn is_plain(self) -> bool {
+        self == Encoding::Plain
+    }
 }
 
 impl TensorEntry {
@@ -251,7 +278,7 @@ pub fn assemble(
                     shape: shape.clone().unwrap_or_else(|| t.shape.clone()),
                     begin: t.begin + shift[*part],
                     end: t.end + shift[*part],
-                    scale: t.scale,
+                    encoding: t.encoding,
                 }
             }
             Piece::Stack {
@@ -285,7 +312,7 @@ pub fn assemble(
                     shape,
                     begin,
                     end: begin + bytes,
-                    scale: None,
+                    encoding: Encoding::Plain,
                 }
             }
             Piece::Transpose {
@@ -313,7 +340,7 @@ pub fn assemble(
                     shape: vec![cols, rows],
                     begin,
                     end: begin + t.byte_len(),
-                    scale: None,
+                    encoding: Encoding::Plain,
                 }
             }
         };

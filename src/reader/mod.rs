@@ -33,7 +33,7 @@ use thiserror::Error;
 
 pub use dtype::Dtype;
 use layout::Source;
-pub use layout::{Layout, PickleInfo, Piece, Provenance, TensorEntry, assemble};
+pub use layout::{Encoding, Layout, PickleInfo, Piece, Provenance, TensorEntry, assemble};
 use sniff::Sniffed;
 
 /// What is wrong with a file, without its path (see [`FileError`]).

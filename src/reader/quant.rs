@@ -101,7 +101,7 @@ pub fn split_scaled_fp8<'d>(
             Some(FloatFormat::F8E4M3 | FloatFormat::F8E5M2)
         );
         if fp8 && let Some(&s) = scale_of.get(&t.name) {
-            t.scale = Some(s);
+            t.encoding = super::layout::Encoding::Scaled(s);
         }
     }
     Ok(Some(found))
@@ -150,7 +150,7 @@ mod tests {
             shape: shape.to_vec(),
             begin,
             end,
-            scale: None,
+            encoding: Default::default(),
         }
     }
 
@@ -175,8 +175,8 @@ mod tests {
         assert_eq!(q.scaled_weights(), 1);
         let names: Vec<&str> = h.iter().map(|t| t.name.as_str()).collect();
         assert_eq!(names, ["m.a.weight", "m.a.bias"]);
-        assert_eq!(h[0].scale, Some(0.5));
-        assert_eq!(h[1].scale, None);
+        assert_eq!(h[0].encoding, super::super::layout::Encoding::Scaled(0.5));
+        assert!(h[1].encoding.is_plain());
     }
 
     const ZERO: [u8; 4] = [0; 4];

@@ -744,7 +744,7 @@ pub fn layout(map: memmap2::Mmap, zip: bool) -> Result<super::Layout, super::Rea
             shape: tensor.shape.clone(),
             begin,
             end: begin + bytes,
-            scale: None,
+            encoding: Default::default(),
         });
     }
     drop(decompressed);

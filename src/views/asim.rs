@@ -239,7 +239,7 @@ fn weight(ckpt: &Checkpoint, key: &str) -> Result<(usize, Vec<f32>), AsimError> 
         .iter()
         .find(|t| canonical_key(&t.name) == key)
         .ok_or_else(|| err(format!("no tensor {key}, which ASimilarity reads")))?;
-    let format = float_format(t.dtype)
+    float_format(t.dtype)
         .ok_or_else(|| err(format!("{key} is {:?}, not a float tensor", t.dtype)))?;
     let (rows, cols) = match t.shape[..] {
         [r, c] | [r, c, 1, 1] => (r, c),
@@ -249,9 +249,8 @@ fn weight(ckpt: &Checkpoint, key: &str) -> Result<(usize, Vec<f32>), AsimError> 
         return Err(err(format!("{key} has shape {:?}, not C x C", t.shape)));
     }
     let mut wide = vec![0.0f64; rows * cols];
-    crate::kernels::to_f64(format, ckpt.data(t), &mut wide);
-    let scale = t.scale.unwrap_or(1.0);
-    Ok((rows, wide.into_iter().map(|x| (x * scale) as f32).collect()))
+    crate::pass::Slice::of(ckpt, t).values_into(&mut wide);
+    Ok((rows, wide.into_iter().map(|x| x as f32).collect()))
 }
 
 /// The float type the matrix products run in.

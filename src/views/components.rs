@@ -125,7 +125,7 @@ fn fp16_form(format: FloatFormat, s: &Slice<'_>, metric: bool) -> (Option<[u8; 3
     const CHUNK: usize = 1 << 16;
     // Stored as fp16 already (values rounded to nearest even otherwise; scaled ones scaled
     // first).
-    let direct = format == FloatFormat::F16 && s.scale == 1.0;
+    let direct = format == FloatFormat::F16 && s.encoding.is_plain();
     if direct && !metric {
         return (None, 0.0);
     }
@@ -171,12 +171,12 @@ pub struct TensorHashes {
 /// Hashes one whole tensor (`key` as the plan spells it) for [`combine`].
 pub fn hash_tensor(arch: Option<Arch>, key: &str, s: &Slice<'_>) -> TensorHashes {
     // A scaled tensor is its bytes and its scale: both go into its exact hash.
-    let exact = if s.scale == 1.0 {
+    let exact = if s.encoding.is_plain() {
         *blake3::hash(s.bytes).as_bytes()
     } else {
         let mut h = blake3::Hasher::new();
         h.update(s.bytes);
-        h.update(&s.scale.to_le_bytes());
+        h.update(&s.encoding.scale().to_le_bytes());
         *h.finalize().as_bytes()
     };
     let (fp16, metric) = match dtype::float_format(s.dtype) {

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::catalog::{Arch, Grouping};
 use crate::lora::{Delta, Module, Network};
+use crate::pass::Slice;
 use crate::reader::Checkpoint;
 use crate::reader::dtype;
 
@@ -294,11 +295,10 @@ pub fn against_delta(
             skipped.push(e);
             continue;
         }
-        let (Some(ft), Some(fb)) = (dtype::float_format(tt.dtype), dtype::float_format(tb.dtype))
-        else {
+        if dtype::float_format(tt.dtype).is_none() || dtype::float_format(tb.dtype).is_none() {
             skipped.push(format!("{}: not a float tensor", t.key));
             continue;
-        };
+        }
         let block = m.block.clone().unwrap_or_default();
         let row = rows
             .entry((m.row.unwrap_or(usize::MAX), block.clone()))
@@ -310,15 +310,12 @@ pub fn against_delta(
         let (lo, _) = t.row_range(&tt.shape);
         let (mut vt, mut vb) = (vec![0.0; cols], vec![0.0; cols]);
         let mut dw = vec![0.0; cols];
-        let (bt, bb) = (tuned.data(tt), base.data(tb));
+        let (st, sb) = (Slice::of(tuned, tt), Slice::of(base, tb));
         for o in 0..d.rows {
             let at = (lo + o) * cols;
-            crate::kernels::to_f64(ft, &bt[at * ft.size()..(at + cols) * ft.size()], &mut vt);
-            crate::kernels::to_f64(fb, &bb[at * fb.size()..(at + cols) * fb.size()], &mut vb);
-            let (st, sb) = (tt.scale.unwrap_or(1.0), tb.scale.unwrap_or(1.0));
-            vt.iter_mut()
-                .zip(&vb)
-                .for_each(|(x, y)| *x = *x * st - y * sb);
+            st.part(at, at + cols).values_into(&mut vt);
+            sb.part(at, at + cols).values_into(&mut vb);
+            vt.iter_mut().zip(&vb).for_each(|(x, y)| *x -= y);
             dw.fill(0.0);
             d.add_into(1.0, o * cols, (o + 1) * cols, &mut dw);
             row.inner += crate::kernels::dot(&dw, &vt);
