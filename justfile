@@ -6,12 +6,12 @@ demo:
 
 # Run every test (the command CI runs).
 test:
-    cargo test --locked
+    cargo test --workspace --locked
 
 # Format and lint as CI expects.
 lint:
     cargo fmt --all -- --check
-    cargo clippy --all-targets -- -D warnings
+    cargo clippy --workspace --all-targets -- -D warnings
     cargo check --features portable-io
 
 # The crate for Windows and macOS (needs `rustup target add x86_64-pc-windows-gnu
@@ -19,12 +19,12 @@ lint:
 # cross-compiler here). `--no-default-features` leaves out SQLite's bundled C source for the
 # same reason; `cargo check` links nothing, so every line of Rust is still checked.
 check-platforms:
-    cargo check --target x86_64-pc-windows-gnu --no-default-features
-    CARGO_FEATURE_PURE=1 cargo check --target x86_64-apple-darwin --no-default-features
+    cargo check --workspace --target x86_64-pc-windows-gnu --no-default-features
+    CARGO_FEATURE_PURE=1 cargo check --workspace --target x86_64-apple-darwin --no-default-features
 
 # The test suite on the portable file-system path (what Windows runs).
 test-portable:
-    CKPT_DIFF_IO=portable cargo test --locked
+    CKPT_DIFF_IO=portable cargo test --workspace --locked
 
 # Release build.
 build:

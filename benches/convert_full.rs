@@ -11,10 +11,10 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::pass::NoProgress;
-use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::{self, Layout, Synthetic};
+use ckpt_core::catalog::Arch;
+use ckpt_core::pass::NoProgress;
+use ckpt_ops::synth::{self, Layout, Synthetic};
+use ckpt_read::dtype::FloatFormat;
 use common::*;
 
 fn python() -> PathBuf {

@@ -10,9 +10,9 @@ mod common;
 
 use std::path::Path;
 
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::{Synthetic, uniform};
+use ckpt_core::catalog::Arch;
+use ckpt_ops::synth::{Synthetic, uniform};
+use ckpt_read::dtype::FloatFormat;
 use common::*;
 
 fn main() {

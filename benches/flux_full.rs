@@ -12,10 +12,10 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use ckpt_diff::catalog::{Arch, Component};
-use ckpt_diff::pass::NoProgress;
-use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::{self, Layout, Synthetic};
+use ckpt_core::catalog::{Arch, Component};
+use ckpt_core::pass::NoProgress;
+use ckpt_ops::synth::{self, Layout, Synthetic};
+use ckpt_read::dtype::FloatFormat;
 use common::*;
 
 fn diffuser(dtype: FloatFormat, name: &str, model: &Synthetic) -> PathBuf {
@@ -33,7 +33,7 @@ fn diffuser(dtype: FloatFormat, name: &str, model: &Synthetic) -> PathBuf {
 }
 
 fn free_bytes(dir: &Path) -> u64 {
-    ckpt_diff::sys::free_space(dir).unwrap_or(0)
+    ckpt_read::sys::free_space(dir).unwrap_or(0)
 }
 
 /// Bytes of `paths` resident in the page cache (mincore over a fresh map).
@@ -153,7 +153,7 @@ fn pair(rows: &mut Vec<Row>, dtype: FloatFormat, label: &str, out_dtype: &str, b
 }
 
 fn total_memory() -> u64 {
-    ckpt_diff::sys::physical_memory().unwrap_or(0)
+    ckpt_read::sys::physical_memory().unwrap_or(0)
 }
 
 /// Every other command on full-size FP8 diffusers whose weights are the zeros of sparse
@@ -232,7 +232,7 @@ fn main() {
     md.push_str(&format!(
         "## Flux.1 dev diffuser, full size, {} threads, {} kernels\n\n",
         rayon::current_num_threads(),
-        ckpt_diff::kernels::level().name()
+        ckpt_core::kernels::level().name()
     ));
     md.push_str(&format!(
         "memory bandwidth, same run: {bandwidth:.1} GB/s; RAM {:.1} GB\n\n",

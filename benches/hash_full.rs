@@ -7,9 +7,9 @@ mod common;
 
 use std::time::Instant;
 
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::reader::RawFile;
-use ckpt_diff::reader::dtype::FloatFormat;
+use ckpt_core::catalog::Arch;
+use ckpt_read::RawFile;
+use ckpt_read::dtype::FloatFormat;
 use common::*;
 use sha2::Digest;
 
@@ -24,7 +24,7 @@ fn main() {
     warm(&[&p]);
     let file = RawFile::open(&p).unwrap();
     let data = file.bytes();
-    let v3_from = ckpt_diff::hash::autov3_start(data).unwrap() as usize;
+    let v3_from = ckpt_ops::hash::autov3_start(data).unwrap() as usize;
     let size = gb(data.len() as u64);
     let alone = [
         (

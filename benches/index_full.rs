@@ -12,10 +12,10 @@ mod common;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::index::{Entry, Index, NewEntry};
-use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::sketch::Fingerprint;
+use ckpt_core::catalog::Arch;
+use ckpt_ops::index::{Entry, Index, NewEntry};
+use ckpt_ops::sketch::Fingerprint;
+use ckpt_read::dtype::FloatFormat;
 use common::*;
 
 fn s(p: &Path) -> &str {

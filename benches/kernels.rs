@@ -5,8 +5,8 @@
 //! The data (1 MiB per operand) stays in L2, so these are compute ceilings; the full-size
 //! benchmarks (`sim_full`) show what memory allows.
 
-use ckpt_diff::kernels;
-use ckpt_diff::reader::dtype::FloatFormat;
+use ckpt_core::kernels;
+use ckpt_read::dtype::FloatFormat;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 fn stored(format: FloatFormat, n: usize, seed: u64) -> Vec<u8> {
@@ -21,7 +21,7 @@ fn stored(format: FloatFormat, n: usize, seed: u64) -> Vec<u8> {
 fn bench(c: &mut Criterion) {
     let n = 512 * 1024;
     for format in [FloatFormat::F16, FloatFormat::BF16, FloatFormat::F32] {
-        let name = ckpt_diff::reader::dtype::name(format.dtype());
+        let name = ckpt_read::dtype::name(format.dtype());
         let (a, b) = (stored(format, n, 7919), stored(format, n, 104_729));
         let mut g = c.benchmark_group(format!("{name} {} KiB x 2", a.len() >> 10));
         g.throughput(Throughput::Bytes(2 * a.len() as u64));

@@ -5,8 +5,8 @@
 
 mod common;
 
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::reader::dtype::FloatFormat;
+use ckpt_core::catalog::Arch;
+use ckpt_read::dtype::FloatFormat;
 use common::*;
 
 fn main() {

@@ -17,11 +17,11 @@ mod common;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::catalog::data::table;
-use ckpt_diff::catalog::lora::extractable;
-use ckpt_diff::lora::write::{Dialect, Tensors};
-use ckpt_diff::reader::dtype::FloatFormat;
+use ckpt_core::catalog::Arch;
+use ckpt_core::catalog::data::table;
+use ckpt_core::catalog::lora::extractable;
+use ckpt_ops::lora::write::{Dialect, Tensors};
+use ckpt_read::dtype::FloatFormat;
 use common::*;
 
 fn bin() -> &'static Path {
@@ -190,7 +190,7 @@ fn sdxl_lora(path: &Path, seed: u64) {
         return;
     }
     let keys = &table(Arch::Sdxl).keys;
-    let stream = ckpt_diff::rng::counter::Stream::new(seed, 77);
+    let stream = ckpt_core::rng::counter::Stream::new(seed, 77);
     let mut t = Tensors::default();
     let mut at = 0u64;
     for ex in extractable(Arch::Sdxl).into_iter().filter(|e| !e.resnet) {

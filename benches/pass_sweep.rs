@@ -1,11 +1,11 @@
 //! Tuning aid: the in-process pass over two full-size SD1.5 files for several item and
 //! window sizes. `cargo bench --bench pass_sweep`
 mod common;
-use ckpt_diff::catalog::{Arch, Grouping};
-use ckpt_diff::gram::{GramSpec, gather};
-use ckpt_diff::pass::{NoProgress, Pass, Plan};
-use ckpt_diff::reader::Checkpoint;
-use ckpt_diff::reader::dtype::FloatFormat;
+use ckpt_core::catalog::{Arch, Grouping};
+use ckpt_core::gram::{GramSpec, gather};
+use ckpt_core::pass::{NoProgress, Pass, Plan};
+use ckpt_read::Checkpoint;
+use ckpt_read::dtype::FloatFormat;
 use common::*;
 fn main() {
     let a = model(Arch::Sd1, FloatFormat::F16, 1, 0.0);

@@ -20,9 +20,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::reader::Checkpoint;
-use ckpt_diff::reader::dtype::{FloatFormat, float_format};
+use ckpt_core::catalog::Arch;
+use ckpt_read::Checkpoint;
+use ckpt_read::dtype::{FloatFormat, float_format};
 use common::*;
 use rayon::prelude::*;
 use serde_json::{Value, json};
@@ -255,7 +255,7 @@ fn compare_outputs(ours: &Path, peer: &Path) -> String {
             let (ft, fu) = (float_format(t.dtype)?, float_format(u.dtype)?);
             let to = |f: FloatFormat, bytes: &[u8], n: usize| {
                 let mut v = vec![0.0f64; n];
-                ckpt_diff::kernels::to_f64(f, bytes, &mut v);
+                ckpt_core::kernels::to_f64(f, bytes, &mut v);
                 v
             };
             let n = t.numel();
@@ -404,7 +404,7 @@ fn main() {
         let bytes = size(&[a]);
         warm(&[a]);
         let sha_alone = {
-            let file = ckpt_diff::reader::RawFile::open(a).unwrap();
+            let file = ckpt_read::RawFile::open(a).unwrap();
             median_secs(runs(), || {
                 std::hint::black_box(sha2::Sha256::digest(file.bytes()));
             })

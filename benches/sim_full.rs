@@ -9,11 +9,11 @@
 
 mod common;
 
-use ckpt_diff::catalog::{Arch, Grouping};
-use ckpt_diff::gram::{GramSpec, gather};
-use ckpt_diff::pass::{NoProgress, Pass, Plan};
-use ckpt_diff::reader::Checkpoint;
-use ckpt_diff::reader::dtype::FloatFormat;
+use ckpt_core::catalog::{Arch, Grouping};
+use ckpt_core::gram::{GramSpec, gather};
+use ckpt_core::pass::{NoProgress, Pass, Plan};
+use ckpt_read::Checkpoint;
+use ckpt_read::dtype::FloatFormat;
 use common::*;
 
 fn main() {
@@ -55,7 +55,7 @@ fn main() {
         gather(&plan, &grouping, &all, GramSpec::default(), &pass).unwrap();
     });
 
-    let kernels = ckpt_diff::kernels::level().name();
+    let kernels = ckpt_core::kernels::level().name();
     println!(
         "## sim, SD1.5 fp16 x 2 ({:.2} GB), warm page cache, {} threads, {kernels} kernels\n",
         gb(input),

@@ -1,3 +1,8 @@
+//! The `ckpt-diff` command: arguments, a view or an operation, a report.
+
+mod cli;
+mod reports;
+
 fn main() -> std::process::ExitCode {
-    ckpt_diff::cli::run()
+    cli::run()
 }

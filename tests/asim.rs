@@ -1,7 +1,7 @@
 //! `sim --metric asim` and the torch-compatible generator, against golden values made with
 //! a real PyTorch install by `fixtures/asim/make_goldens.py`.
 
-use ckpt_diff::rng::torch::{MathPath, TorchGenerator};
+use ckpt_core::rng::torch::{MathPath, TorchGenerator};
 use sha2::{Digest, Sha256};
 
 fn fixture(name: &str) -> serde_json::Value {
@@ -42,7 +42,7 @@ fn check_randn(capability: &str, path: MathPath) {
             "seed {seed}, n {n}: last values"
         );
         let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let sha = ckpt_diff::hash::hex(&Sha256::digest(&bytes));
+        let sha = ckpt_ops::hash::hex(&Sha256::digest(&bytes));
         assert_eq!(
             sha,
             d["sha256"].as_str().unwrap(),

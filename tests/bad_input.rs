@@ -217,7 +217,7 @@ fn interrupt_exits_130_and_leaves_no_temporary_file() {
     let holding = lines
         .by_ref()
         .map_while(Result::ok)
-        .any(|l| l.contains(ckpt_diff::pass::progress::HOLDING));
+        .any(|l| l.contains(ckpt_core::pass::progress::HOLDING));
     assert!(holding, "the command never reached its hold point");
     // The temporary file exists now, partly written.
     let during: Vec<_> = std::fs::read_dir(d.dir.path()).unwrap().collect();

@@ -1,9 +1,9 @@
 //! Architecture detection on full-shape generated checkpoints (sparse zero-weight files:
 //! the header is the real one, the data costs no disk).
 
-use ckpt_diff::catalog::{Arch, Component};
-use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::{Layout, Synthetic, Variant};
+use ckpt_core::catalog::{Arch, Component};
+use ckpt_ops::synth::{Layout, Synthetic, Variant};
+use ckpt_read::dtype::FloatFormat;
 
 use crate::util::*;
 

@@ -5,9 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ckpt_diff::catalog::{Arch, Block};
-use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::{Profile, Synthetic, family, profile_from_blocks, uniform};
+use ckpt_core::catalog::{Arch, Block};
+use ckpt_ops::synth::{Profile, Synthetic, family, profile_from_blocks, uniform};
+use ckpt_read::dtype::FloatFormat;
 
 use crate::util::*;
 
@@ -245,7 +245,7 @@ fn flux_per_block_alphas_are_recovered() {
     assert_eq!((names[0].as_str(), names[60].as_str()), ("CLIP", "OUT"));
     // A block ft3 did not train (its delta there is zero) leaves its alpha unobservable.
     let delta = family::finetune_profile(arch, 21, 3, 0.2);
-    let rows = ckpt_diff::catalog::Grouping::for_arch(arch);
+    let rows = ckpt_core::catalog::Grouping::for_arch(arch);
     let mut checked = 0;
     for (i, name) in names.iter().enumerate() {
         let trained = rows

@@ -1,9 +1,9 @@
 //! FP8 read exactly: every code of both formats, through the reader, against the bit-field
 //! decoder in `util` (written from the OCP FP8 definition, not from the kernels).
 
-use ckpt_diff::kernels;
-use ckpt_diff::reader::Checkpoint;
-use ckpt_diff::reader::dtype::float_format;
+use ckpt_core::kernels;
+use ckpt_read::Checkpoint;
+use ckpt_read::dtype::float_format;
 
 use crate::util::*;
 

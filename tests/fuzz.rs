@@ -8,8 +8,8 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use ckpt_diff::reader::pickle::{self, Limits};
-use ckpt_diff::reader::torch::{self, StorageBytes};
+use ckpt_read::pickle::{self, Limits};
+use ckpt_read::torch::{self, StorageBytes};
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
 

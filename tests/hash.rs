@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::Synthetic;
+use ckpt_core::catalog::Arch;
+use ckpt_ops::synth::Synthetic;
+use ckpt_read::dtype::FloatFormat;
 use sha2::Digest;
 
 use crate::util::*;

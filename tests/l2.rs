@@ -7,9 +7,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::{Layout, Synthetic, family, uniform};
+use ckpt_core::catalog::Arch;
+use ckpt_ops::synth::{Layout, Synthetic, family, uniform};
+use ckpt_read::dtype::FloatFormat;
 
 use crate::util::*;
 

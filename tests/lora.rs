@@ -375,14 +375,14 @@ fn lora_sim_equals_the_cosine_of_the_materialised_changes() {
 fn generated(
     dir: &Dir,
     name: &str,
-    arch: ckpt_diff::catalog::Arch,
-    dtype: ckpt_diff::reader::dtype::FloatFormat,
+    arch: ckpt_core::catalog::Arch,
+    dtype: ckpt_read::dtype::FloatFormat,
     seed: u64,
 ) -> std::path::PathBuf {
     dir.model(
         name,
         &layout(arch, 8, dtype),
-        &ckpt_diff::synth::Synthetic::base(arch, seed),
+        &ckpt_ops::synth::Synthetic::base(arch, seed),
     )
 }
 
@@ -544,8 +544,8 @@ fn shapes_of(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u
 
 #[test]
 fn bake_equals_the_materialised_change_for_every_network_type() {
-    use ckpt_diff::catalog::Arch;
-    use ckpt_diff::reader::dtype::FloatFormat;
+    use ckpt_core::catalog::Arch;
+    use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
     let base = generated(&dir, "base.safetensors", Arch::Sd1, FloatFormat::F16, 3);
     let (mut tensors, deltas) = every_network(&shapes_of(&base), 40);
@@ -623,8 +623,8 @@ fn bake_equals_the_materialised_change_for_every_network_type() {
 
 #[test]
 fn twenty_loras_in_one_pass_equal_twenty_bakes_one_at_a_time() {
-    use ckpt_diff::catalog::Arch;
-    use ckpt_diff::reader::dtype::FloatFormat;
+    use ckpt_core::catalog::Arch;
+    use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
     let base = generated(&dir, "base.safetensors", Arch::Sd1, FloatFormat::F32, 5);
     let shapes = shapes_of(&base);
@@ -704,8 +704,8 @@ fn twenty_loras_in_one_pass_equal_twenty_bakes_one_at_a_time() {
 
 #[test]
 fn lora_bake_errors_name_the_file_and_the_fix() {
-    use ckpt_diff::catalog::Arch;
-    use ckpt_diff::reader::dtype::FloatFormat;
+    use ckpt_core::catalog::Arch;
+    use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
     let sd1 = generated(&dir, "sd1.safetensors", Arch::Sd1, FloatFormat::F16, 3);
     let (tensors, _) = every_network(&shapes_of(&sd1), 1);
@@ -781,8 +781,8 @@ fn orthonormal(n: usize, k: usize, seed: u64) -> Vec<Vec<f64>> {
 /// ΔW = Σ σᵢ uᵢvᵢᵀ with σᵢ = 2·0.7ⁱ, on the text encoder a change below kohya's
 /// `--min_diff`, nowhere else.
 fn planted_pair(dir: &Dir) -> (std::path::PathBuf, std::path::PathBuf, Vec<f64>, String) {
-    use ckpt_diff::catalog::Arch;
-    use ckpt_diff::reader::dtype::FloatFormat;
+    use ckpt_core::catalog::Arch;
+    use ckpt_read::dtype::FloatFormat;
     let base = generated(dir, "base.safetensors", Arch::Sd1, FloatFormat::F32, 9);
     let key = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight";
     let te = "cond_stage_model.transformer.text_model.encoder.layers.3.mlp.fc1.weight";
@@ -1048,9 +1048,9 @@ fn third(i: usize) -> impl Fn(&[usize]) -> (usize, usize) {
 /// `txt_attn.proj`. Baked into a generated Flux at 1/32 width, each patches its rows.
 #[test]
 fn flux_dialects_patch_their_rows() {
-    use ckpt_diff::catalog::{Arch, Component};
-    use ckpt_diff::reader::dtype::FloatFormat;
-    use ckpt_diff::synth::Synthetic;
+    use ckpt_core::catalog::{Arch, Component};
+    use ckpt_ops::synth::Synthetic;
+    use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
     let mut l = layout(Arch::Flux, 32, FloatFormat::F32);
     l.components = vec![Component::Diffuser];
@@ -1112,8 +1112,8 @@ fn flux_dialects_patch_their_rows() {
 /// the k module patches the middle third; PEFT's dotted names map like kohya's.
 #[test]
 fn openclip_modules_patch_thirds_of_in_proj() {
-    use ckpt_diff::catalog::Arch;
-    use ckpt_diff::reader::dtype::FloatFormat;
+    use ckpt_core::catalog::Arch;
+    use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
     let base = generated(&dir, "sd2.safetensors", Arch::Sd2, FloatFormat::F32, 4);
     let in_proj = "cond_stage_model.model.transformer.resblocks.5.attn.in_proj_weight";
@@ -1479,8 +1479,8 @@ fn lora_convert_splits_and_fuses_flux_projections() {
 /// ‖ΔW‖ per block, ‖ΔW_a − ΔW_b‖.
 #[test]
 fn lora_against_a_checkpoint_delta_and_l2_of_loras() {
-    use ckpt_diff::catalog::Arch;
-    use ckpt_diff::reader::dtype::FloatFormat;
+    use ckpt_core::catalog::Arch;
+    use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
     let base = generated(&dir, "b.safetensors", Arch::Sd1, FloatFormat::F32, 6);
     let shapes = shapes_of(&base);

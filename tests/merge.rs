@@ -4,9 +4,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::{Synthetic, family};
+use ckpt_core::catalog::Arch;
+use ckpt_ops::synth::{Synthetic, family};
+use ckpt_read::dtype::FloatFormat;
 
 use crate::util::*;
 
@@ -299,7 +299,7 @@ fn dare_matches_its_definition_and_is_reproducible() {
     check(&fam, &got, |key, x| {
         let keep = 0.3;
         let masks: Vec<_> = (0..2)
-            .map(|j| ckpt_diff::merge::methods::dare::dare_stream(42, key, j))
+            .map(|j| ckpt_ops::merge::methods::dare::dare_stream(42, key, j))
             .collect();
         (0..x[0].len())
             .map(|i| {
@@ -658,12 +658,12 @@ fn integers_missing_keys_and_provenance() {
     let full = d.model(
         "full.safetensors",
         &layout(arch, 32, FloatFormat::F16),
-        &base.plus_delta(9, ckpt_diff::synth::uniform(arch, 0.1)),
+        &base.plus_delta(9, ckpt_ops::synth::uniform(arch, 0.1)),
     );
     let mut no_vae = layout(arch, 32, FloatFormat::BF16);
     no_vae.components = vec![
-        ckpt_diff::catalog::Component::Unet,
-        ckpt_diff::catalog::Component::Te1,
+        ckpt_core::catalog::Component::Unet,
+        ckpt_core::catalog::Component::Te1,
     ];
     let partial = d.model("partial.safetensors", &no_vae, &base);
     let out = d.path("m.safetensors");
@@ -683,11 +683,11 @@ fn integers_missing_keys_and_provenance() {
     let vae = "first_stage_model.decoder.conv_in.weight";
     assert_eq!(o[vae].values, f[vae].values);
     // position_ids stay int64 0..76.
-    let c = ckpt_diff::reader::Checkpoint::open(&out).unwrap();
+    let c = ckpt_read::Checkpoint::open(&out).unwrap();
     let pos = c
         .get("cond_stage_model.transformer.text_model.embeddings.position_ids")
         .unwrap();
-    assert_eq!(pos.dtype, ckpt_diff::reader::Dtype::I64);
+    assert_eq!(pos.dtype, ckpt_read::Dtype::I64);
     let ids: Vec<i64> = c
         .data(pos)
         .chunks(8)
@@ -697,7 +697,7 @@ fn integers_missing_keys_and_provenance() {
     // Output dtype follows the first input by default.
     assert_eq!(
         c.get("model.diffusion_model.out.2.weight").unwrap().dtype,
-        ckpt_diff::reader::Dtype::F16
+        ckpt_read::Dtype::F16
     );
     // Provenance: the inputs' SHA-256 (checked with an independent hasher) and the recipe.
     let models: serde_json::Value =
@@ -724,7 +724,7 @@ fn integers_missing_keys_and_provenance() {
         s(&out2),
         "-q",
     ]);
-    let c2 = ckpt_diff::reader::Checkpoint::open(&out2).unwrap();
+    let c2 = ckpt_read::Checkpoint::open(&out2).unwrap();
     let models2: serde_json::Value =
         serde_json::from_str(c2.metadata_value("sd_merge_models").unwrap()).unwrap();
     assert!(

@@ -1,11 +1,11 @@
 //! Property tests: no byte sequence makes the reader or the pass panic, and what the writer
 //! writes the reader reads back.
 
-use ckpt_diff::catalog::Grouping;
-use ckpt_diff::gram::{GramSpec, gather};
-use ckpt_diff::pass::{NoProgress, Pass, Plan};
-use ckpt_diff::reader::{Checkpoint, Dtype};
-use ckpt_diff::writer::{OutputFile, TensorSpec};
+use ckpt_core::catalog::Grouping;
+use ckpt_core::gram::{GramSpec, gather};
+use ckpt_core::pass::{NoProgress, Pass, Plan};
+use ckpt_core::writer::{OutputFile, TensorSpec};
+use ckpt_read::{Checkpoint, Dtype};
 use proptest::prelude::*;
 
 /// Opens `bytes` as a file; if it opens, runs a full inner-product pass over it.
@@ -17,7 +17,7 @@ fn open_and_read(bytes: &[u8]) {
     for t in c.tensors() {
         assert_eq!(c.data(t).len(), t.byte_len());
     }
-    let _ = ckpt_diff::catalog::detect(&c);
+    let _ = ckpt_core::catalog::detect(&c);
     let plan = Plan::new(vec![&c, &c]);
     let keys: Vec<String> = plan.entries().iter().map(|e| e.key.clone()).collect();
     let grouping = Grouping::generic(keys.iter().map(String::as_str));

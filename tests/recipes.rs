@@ -2,7 +2,7 @@
 //! model lists (`glob(...)`, `list(...)`), checked against per-element references of each
 //! component's merge.
 
-use ckpt_diff::catalog::Arch;
+use ckpt_core::catalog::Arch;
 
 use crate::merge::{check, family, merged, ties_reference};
 use crate::util::*;

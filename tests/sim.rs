@@ -3,9 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::{self, Synthetic, Variant};
+use ckpt_core::catalog::Arch;
+use ckpt_ops::synth::{self, Synthetic, Variant};
+use ckpt_read::dtype::FloatFormat;
 
 use crate::util::*;
 
@@ -91,7 +91,7 @@ pub fn pair(
     let base = Synthetic::base(arch, 7);
     let ft = base.plus_delta(
         70,
-        ckpt_diff::synth::family::finetune_profile(arch, 7, 2, 0.15),
+        ckpt_ops::synth::family::finetune_profile(arch, 7, 2, 0.15),
     );
     let a = dir.model("a.safetensors", &layout(arch, scale, fa), &base);
     let b = dir.model("b.safetensors", &layout(arch, scale, fb), &ft);
@@ -268,7 +268,7 @@ fn missing_keys_and_other_shapes_are_notes_not_errors() {
         &Synthetic::base(Arch::Sd1, 1),
     );
     let mut partial = layout(Arch::Sd1, 16, FloatFormat::F16);
-    partial.components = vec![ckpt_diff::catalog::Component::Unet];
+    partial.components = vec![ckpt_core::catalog::Component::Unet];
     partial.variant = Variant::Inpainting;
     let unet = d.model("unet.safetensors", &partial, &Synthetic::base(Arch::Sd1, 1));
     let json = run_json(&["sim", s(&full), s(&unet)]);

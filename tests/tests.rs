@@ -14,6 +14,7 @@ mod l2;
 mod lineage;
 mod lora;
 mod merge;
+mod pass;
 mod props;
 mod recipes;
 mod sim;

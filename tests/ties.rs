@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::merge::methods::dare::dare_stream;
+use ckpt_core::catalog::Arch;
+use ckpt_ops::merge::methods::dare::dare_stream;
 
 use crate::merge::{check, family, filter, inputs, merged, sha256_of, top_k};
 use crate::util::*;

@@ -362,7 +362,7 @@ fn test_damaged_torch_files_are_clear_errors() {
 /// tensor, so even a model of 10^5 tensors stays three orders of magnitude under them.
 #[test]
 fn test_real_pickles_are_far_below_the_limits() {
-    use ckpt_diff::reader::pickle::{Limits, parse};
+    use ckpt_read::pickle::{Limits, parse};
     let bytes = std::fs::read(fixture("sd1-zip-f32.ckpt")).unwrap();
     let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
     let mut pkl = Vec::new();

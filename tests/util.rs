@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 
 use assert_cmd::Command;
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::pass::NoProgress;
-use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::{self, Layout, Synthetic};
+use ckpt_core::catalog::Arch;
+use ckpt_core::pass::NoProgress;
+use ckpt_ops::synth::{self, Layout, Synthetic};
+use ckpt_read::dtype::FloatFormat;
 
 pub struct Dir {
     pub dir: tempfile::TempDir,

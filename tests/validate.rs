@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use ckpt_diff::catalog::{Arch, Component};
-use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::{Layout, Synthetic};
+use ckpt_core::catalog::{Arch, Component};
+use ckpt_ops::synth::{Layout, Synthetic};
+use ckpt_read::dtype::FloatFormat;
 
 use crate::util::*;
 
@@ -253,11 +253,11 @@ fn with_position_ids(
 }
 
 fn assert_ids_fixed(p: &Path) {
-    let c = ckpt_diff::reader::Checkpoint::open(p).unwrap();
+    let c = ckpt_read::Checkpoint::open(p).unwrap();
     let t = c.get(POS).unwrap();
     assert_eq!(
         (t.dtype, t.shape.clone()),
-        (ckpt_diff::reader::Dtype::I64, vec![1, 77])
+        (ckpt_read::Dtype::I64, vec![1, 77])
     );
     let ids: Vec<i64> = c
         .data(t)

@@ -6,10 +6,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ckpt_diff::catalog::Arch;
-use ckpt_diff::pass::NoProgress;
-use ckpt_diff::reader::dtype::FloatFormat;
-use ckpt_diff::synth::{self, Layout, Synthetic};
+use ckpt_core::catalog::Arch;
+use ckpt_core::pass::NoProgress;
+use ckpt_ops::synth::{self, Layout, Synthetic};
+use ckpt_read::dtype::FloatFormat;
 
 /// Where full-size inputs live between runs: `$CKPT_DIFF_BENCH_DIR`, else
 /// `target/bench-data` (kept so repeated runs do not regenerate gigabytes).
@@ -46,7 +46,7 @@ pub fn finetune(arch: Arch, dtype: FloatFormat, k: usize) -> PathBuf {
 pub fn finetune_model(arch: Arch, k: usize) -> Synthetic {
     Synthetic::base(arch, 1).plus_delta(
         2000 + k as u64,
-        ckpt_diff::synth::family::finetune_profile(arch, 1, k, 0.1),
+        ckpt_ops::synth::family::finetune_profile(arch, 1, k, 0.1),
     )
 }
 
@@ -77,7 +77,7 @@ fn prefix(arch: Arch, dtype: FloatFormat) -> String {
     format!(
         "{}-{}",
         arch.id(),
-        ckpt_diff::reader::dtype::name(dtype.dtype()).to_lowercase()
+        ckpt_read::dtype::name(dtype.dtype()).to_lowercase()
     )
 }
 

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::catalog::{Arch, Detection, Grouping, Layout, detect};
-use crate::reader::Checkpoint;
 use crate::reports::Format;
+use ckpt_core::catalog::{Arch, Detection, Grouping, Layout, detect};
+use ckpt_read::Checkpoint;
 
 /// Options every command sees.
 pub struct Global {
@@ -60,7 +60,7 @@ impl Model {
     /// Opens a checkpoint without the dangerous-pickle warning (`validate` reports it as an
     /// error finding instead).
     pub fn open_unwarned(path: &Path) -> Result<Model> {
-        let ckpt = crate::catalog::diffusers::open(path)?;
+        let ckpt = ckpt_core::catalog::diffusers::open(path)?;
         let detection = detect(&ckpt);
         Ok(Model { ckpt, detection })
     }
@@ -120,7 +120,7 @@ pub fn keys_regex(keys: Option<&str>) -> Result<Option<regex::Regex>> {
 /// The entries of `plan` whose canonical key `keys` matches (all without `keys`) and
 /// whose row `keep` keeps.
 pub fn entries_where(
-    plan: &crate::pass::Plan<'_>,
+    plan: &ckpt_core::pass::Plan<'_>,
     keys: Option<&regex::Regex>,
     keep: impl Fn(&str) -> bool,
 ) -> Vec<usize> {
@@ -141,15 +141,21 @@ pub fn open_all(paths: &[PathBuf]) -> Result<Vec<Model>> {
 /// The inner products of `entries` of `plan`, in one pass with a progress bar labelled
 /// `what`.
 pub fn gather_inner(
-    plan: &crate::pass::Plan<'_>,
+    plan: &ckpt_core::pass::Plan<'_>,
     grouping: &Grouping,
     entries: &[usize],
-    spec: crate::gram::GramSpec,
+    spec: ckpt_core::gram::GramSpec,
     what: &str,
     global: &Global,
-) -> Result<crate::gram::InnerProducts> {
-    let bar = crate::pass::progress::Bar::new(what, global.quiet);
-    let inner = crate::gram::gather(plan, grouping, entries, spec, &crate::pass::Pass::new(&bar))?;
+) -> Result<ckpt_core::gram::InnerProducts> {
+    let bar = ckpt_core::pass::progress::Bar::new(what, global.quiet);
+    let inner = ckpt_core::gram::gather(
+        plan,
+        grouping,
+        entries,
+        spec,
+        &ckpt_core::pass::Pass::new(&bar),
+    )?;
     Ok(inner)
 }
 
@@ -196,7 +202,7 @@ pub fn choose_grouping(
                 m.ckpt
                     .tensors()
                     .iter()
-                    .map(|t| crate::catalog::canonical_key(&t.name).into_owned())
+                    .map(|t| ckpt_core::catalog::canonical_key(&t.name).into_owned())
             })
             .collect();
         Grouping::generic(keys.iter().map(String::as_str))

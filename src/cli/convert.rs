@@ -8,9 +8,9 @@ use anyhow::{Context, Result, bail};
 
 use super::Outcome;
 use super::common::{Global, Model, print};
-use crate::fix::{FixReport, Options, convert};
-use crate::pass::Pass;
-use crate::pass::progress::Bar;
+use ckpt_core::pass::Pass;
+use ckpt_core::pass::progress::Bar;
+use ckpt_ops::fix::{FixReport, Options, convert};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -8,12 +8,12 @@ use anyhow::{Context, Result, bail};
 
 use super::Outcome;
 use super::common::{Global, Model, choose_grouping, gather_inner, open_all, print};
-use crate::catalog::{Grouping, Selector};
-use crate::gram::{GramSpec, InnerProducts};
-use crate::pass::Plan;
-use crate::pass::progress::Bar;
 use crate::reports::fit::{Applied, Asked, Files, Labels, Report};
-use crate::views::fit::{
+use ckpt_core::catalog::{Grouping, Selector};
+use ckpt_core::gram::{GramSpec, InnerProducts};
+use ckpt_core::pass::Plan;
+use ckpt_core::pass::progress::Bar;
+use ckpt_ops::views::fit::{
     BASE, FIRST_SOURCE, FitError, FitSpec, Objective, START, TARGET, fit, measure,
 };
 
@@ -123,7 +123,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         other => bail!("--objective: '{other}' is not mean or flat"),
     };
     for out in [&args.output, &args.apply].into_iter().flatten() {
-        crate::writer::refuse_existing(out, args.force)?;
+        ckpt_core::writer::refuse_existing(out, args.force)?;
     }
     let start_path = args.start.clone().unwrap_or_else(|| args.base.clone());
     let mut paths = vec![args.base.clone(), args.target.clone(), start_path.clone()];
@@ -178,22 +178,22 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         false => (&recipes.greedy, result.greedy_objective),
     };
     if let Some(o) = &args.output {
-        crate::writer::write_small(o, recipe.as_bytes())
+        ckpt_core::writer::write_small(o, recipe.as_bytes())
             .with_context(|| format!("writing '{}'", o.display()))?;
     }
 
     // The clone, built and measured.
     let applied = match &args.apply {
         Some(out) => {
-            let parsed = crate::merge::recipe::parse(recipe).context("the fitted recipe")?;
+            let parsed = ckpt_ops::merge::recipe::parse(recipe).context("the fitted recipe")?;
             // Existing files were refused (or --force given) before the pass.
-            let options = crate::merge::Options {
+            let options = ckpt_ops::merge::Options {
                 overwrite: true,
                 input_hashes: false,
                 ..Default::default()
             };
             let bar = Bar::new("merging", global.quiet);
-            crate::merge::run(&parsed, &dir, out, &options, &bar)?;
+            ckpt_ops::merge::run(&parsed, &dir, out, &options, &bar)?;
             drop(bar);
             let pair = open_all(&[out.clone(), args.target.clone()])?;
             let inner = pass(&pair, &grouping, "measuring", false, global)?;

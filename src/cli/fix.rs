@@ -7,12 +7,12 @@ use anyhow::{Context, Result};
 
 use super::Outcome;
 use super::common::{Global, Model, print};
-use crate::fix::{Options, Unfixed, fix};
-use crate::pass::Pass;
-use crate::pass::progress::Bar;
-use crate::reader::dtype::{FloatFormat, parse_user_float};
 use crate::reports;
-use crate::views::validate::{Remedy, validate};
+use ckpt_core::pass::Pass;
+use ckpt_core::pass::progress::Bar;
+use ckpt_ops::fix::{Options, Unfixed, fix};
+use ckpt_ops::views::validate::{Remedy, validate};
+use ckpt_read::dtype::{FloatFormat, parse_user_float};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -121,7 +121,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let after = validate(
         &fixed.ckpt,
         &fixed.detection,
-        &Pass::new(&crate::pass::NoProgress),
+        &Pass::new(&ckpt_core::pass::NoProgress),
     )?;
     let fixed = reports::fix::Fixed {
         report: &report,

@@ -8,11 +8,11 @@ use anyhow::Result;
 
 use super::Outcome;
 use super::common::{Global, print};
-use crate::hash::file_hashes;
-use crate::pass::Pass;
-use crate::pass::progress::Bar;
-use crate::reader::{Provenance, RawFile};
 use crate::reports;
+use ckpt_core::pass::Pass;
+use ckpt_core::pass::progress::Bar;
+use ckpt_ops::hash::file_hashes;
+use ckpt_read::{Provenance, RawFile};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -32,7 +32,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     let mut all_hold = true;
     let mut files = Vec::new();
     for path in &args.files {
-        let ckpt = crate::catalog::diffusers::open(path).ok();
+        let ckpt = ckpt_core::catalog::diffusers::open(path).ok();
         let container = ckpt
             .as_ref()
             .map(|c| c.provenance().clone())
@@ -53,15 +53,15 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
             Some(file_hashes(&raw, &bar))
         };
         let claims = match &h {
-            Some(h) => crate::hash::claims(ckpt.as_ref(), h),
+            Some(h) => ckpt_ops::hash::claims(ckpt.as_ref(), h),
             None => Vec::new(),
         };
         all_hold &= claims.iter().all(|c| c.holds);
         let components = match (&ckpt, args.components) {
             (Some(c), true) => {
-                let det = crate::catalog::detect(c);
+                let det = ckpt_core::catalog::detect(c);
                 let bar = Bar::new("components", global.quiet);
-                let r = crate::views::components::components(c, &det, &Pass::new(&bar))?;
+                let r = ckpt_ops::views::components::components(c, &det, &Pass::new(&bar))?;
                 Some(r)
             }
             _ => None,

@@ -6,10 +6,10 @@ use anyhow::{Context, Result};
 
 use super::Outcome;
 use super::common::{Global, Model, print};
-use crate::catalog::Grouping;
-use crate::index::{Index, NewEntry};
-use crate::pass::Pass;
-use crate::pass::progress::Bar;
+use ckpt_core::catalog::Grouping;
+use ckpt_core::pass::Pass;
+use ckpt_core::pass::progress::Bar;
+use ckpt_ops::index::{Index, NewEntry};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -55,7 +55,7 @@ enum Command {
 pub fn open_index(path: Option<&Path>) -> Result<Index> {
     let p = path
         .map(Path::to_path_buf)
-        .unwrap_or_else(crate::index::default_path);
+        .unwrap_or_else(ckpt_ops::index::default_path);
     Ok(Index::open(&p)?)
 }
 
@@ -87,7 +87,7 @@ pub fn fingerprint_entry(path: &Path, quiet: bool) -> Result<NewEntry> {
     let model = Model::open(path)?;
     let (bytes, mtime) = stamp(path)?;
     let raw = if model.ckpt.provenance().is_one_file() {
-        Some(crate::reader::RawFile::open(path)?)
+        Some(ckpt_read::RawFile::open(path)?)
     } else {
         None
     };
@@ -98,13 +98,13 @@ pub fn fingerprint_entry(path: &Path, quiet: bool) -> Result<NewEntry> {
     let bar = Bar::new("fingerprinting", quiet);
     let (hashes, got) = std::thread::scope(|scope| {
         let hashes = raw.as_ref().map(|raw| {
-            scope.spawn(|| crate::hash::file_hashes(raw, &crate::pass::progress::NoProgress))
+            scope.spawn(|| ckpt_ops::hash::file_hashes(raw, &ckpt_core::pass::progress::NoProgress))
         });
-        let got = crate::views::fingerprint::fingerprint(
+        let got = ckpt_ops::views::fingerprint::fingerprint(
             &model.ckpt,
             &model.detection,
             &grouping,
-            crate::sketch::SEED,
+            ckpt_ops::sketch::SEED,
             &Pass::new(&bar),
         );
         let hashes = hashes.map(|h| h.join().expect("hashing does not panic"));
@@ -114,7 +114,7 @@ pub fn fingerprint_entry(path: &Path, quiet: bool) -> Result<NewEntry> {
     drop(bar);
     let torch = !matches!(
         model.ckpt.provenance(),
-        crate::reader::Provenance::Safetensors { .. }
+        ckpt_read::Provenance::Safetensors { .. }
     );
     Ok(NewEntry {
         path: std::path::absolute(path)?.display().to_string(),
@@ -187,13 +187,13 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
             }
             let entries = index.entries()?;
             let bar = Bar::counting("exporting", "models", global.quiet);
-            crate::pass::Progress::start(&bar, entries.len() as u64);
+            ckpt_core::pass::Progress::start(&bar, entries.len() as u64);
             let mut it = entries.into_iter();
-            let records = crate::writer::write_streamed(&parquet, |file| -> Result<u64> {
+            let records = ckpt_core::writer::write_streamed(&parquet, |file| -> Result<u64> {
                 let mut out = std::io::BufWriter::new(file);
                 let records = crate::reports::parquet::write(&mut out, || {
                     let e = it.next()?;
-                    crate::pass::Progress::advance(&bar, 1);
+                    ckpt_core::pass::Progress::advance(&bar, 1);
                     Some(index.fingerprint(e.id).map(|fp| (e, fp)))
                 })?;
                 std::io::Write::flush(&mut out)?;

@@ -22,7 +22,7 @@ pub fn run(args: Args, _global: &Global) -> Result<Outcome> {
     let mut reports_json = Vec::new();
     for (i, path) in args.files.iter().enumerate() {
         let model = Model::open(path)?;
-        if let Some(lora) = crate::views::lora::read(&model.ckpt) {
+        if let Some(lora) = ckpt_ops::views::lora::read(&model.ckpt) {
             if format == Format::Json {
                 reports_json.push(serde_json::from_str::<serde_json::Value>(
                     &reports::lora::document(&lora),
@@ -35,7 +35,7 @@ pub fn run(args: Args, _global: &Global) -> Result<Outcome> {
             }
             continue;
         }
-        let report = crate::views::inspect::inspect(&model.ckpt, &model.detection);
+        let report = ckpt_ops::views::inspect::inspect(&model.ckpt, &model.detection);
         if format == Format::Json {
             reports_json.push(serde_json::from_str::<serde_json::Value>(
                 &reports::inspect::render(&report, Format::Json),

@@ -9,8 +9,8 @@ use super::common::{
     ArchArg, FormatArgs, Global, Model, choose_grouping, entries_where, gather_inner, keys_regex,
     open_all, parse_arch_arg, print,
 };
-use crate::gram::GramSpec;
-use crate::pass::Plan;
+use ckpt_core::gram::GramSpec;
+use ckpt_core::pass::Plan;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -44,17 +44,17 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     paths.extend(args.models.iter().cloned());
     let models = open_all(&paths)?;
     // LoRAs: their distance from any base they are baked into is ‖ΔW‖, from the factors.
-    let nets: Vec<Option<crate::lora::Network>> = models[1..]
+    let nets: Vec<Option<ckpt_ops::lora::Network>> = models[1..]
         .iter()
-        .map(|m| crate::lora::Network::read(&m.ckpt))
+        .map(|m| ckpt_ops::lora::Network::read(&m.ckpt))
         .collect();
     if nets.iter().all(Option::is_some) {
-        let pairs: Vec<(&crate::reader::Checkpoint, &crate::lora::Network)> = models[1..]
+        let pairs: Vec<(&ckpt_read::Checkpoint, &ckpt_ops::lora::Network)> = models[1..]
             .iter()
             .zip(&nets)
             .map(|(m, n)| (&m.ckpt, n.as_ref().expect("all")))
             .collect();
-        let r = crate::views::lora::distances(&pairs);
+        let r = ckpt_ops::views::lora::distances(&pairs);
         print(&if args.format.format() == crate::reports::Format::Json {
             crate::reports::lora::l2_document(&r)
         } else {
@@ -79,7 +79,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     };
     let inner = gather_inner(&plan, &grouping, &entries, spec, "reading", global)?;
     let names: Vec<String> = models.iter().map(|m| m.name()).collect();
-    let report = crate::views::l2::report(names, &grouping, &inner);
+    let report = ckpt_ops::views::l2::report(names, &grouping, &inner);
     let base_line = format!("{} ({})", models[0].name(), models[0].describe());
     print(&crate::reports::l2::render(
         &report,

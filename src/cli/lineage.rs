@@ -8,8 +8,8 @@ use anyhow::{Result, bail};
 use super::Outcome;
 use super::common::{Global, Model, print};
 use super::index::{fingerprint_entry, open_index};
-use crate::catalog::releases;
-use crate::views::lineage::{CentreScan, Known, Shortlist, lineage};
+use ckpt_core::catalog::releases;
+use ckpt_ops::views::lineage::{CentreScan, Known, Shortlist, lineage};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -69,7 +69,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         }
     }
     // Candidates: same architecture and scale, not the target itself.
-    let same: Vec<&crate::index::Entry> = entries
+    let same: Vec<&ckpt_ops::index::Entry> = entries
         .iter()
         .filter(|e| e.arch == target.arch && e.scale == target.scale && e.path != target.path)
         .filter(|e| target.sha256.is_none() || e.sha256 != target.sha256)
@@ -176,9 +176,10 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         for p in &parent_paths {
             models.push(Model::open(p)?);
         }
-        let bar = crate::pass::progress::Bar::new("verifying", global.quiet);
-        let ckpts: Vec<&crate::reader::Checkpoint> = models.iter().map(|m| &m.ckpt).collect();
-        let v = crate::views::lineage::verify(&ckpts, &report, &crate::pass::Pass::new(&bar))?;
+        let bar = ckpt_core::pass::progress::Bar::new("verifying", global.quiet);
+        let ckpts: Vec<&ckpt_read::Checkpoint> = models.iter().map(|m| &m.ckpt).collect();
+        let v =
+            ckpt_ops::views::lineage::verify(&ckpts, &report, &ckpt_core::pass::Pass::new(&bar))?;
         drop(bar);
         Some(v)
     } else {

@@ -8,10 +8,10 @@ use anyhow::{Context, Result, bail};
 
 use super::Outcome;
 use super::common::{Global, Model, print};
-use crate::catalog::{Arch, Layout};
-use crate::lora::svd::RankRule;
-use crate::pass::progress::Bar;
-use crate::reader::dtype::{FloatFormat, parse_user_float};
+use ckpt_core::catalog::{Arch, Layout};
+use ckpt_core::pass::progress::Bar;
+use ckpt_ops::lora::svd::RankRule;
+use ckpt_read::dtype::{FloatFormat, parse_user_float};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -55,7 +55,7 @@ fn lora_format(dtype: &str) -> Result<FloatFormat> {
 
 fn arch_of(m: &Model, path: &Path) -> Result<Arch> {
     match m.detection.layout {
-        Layout::Known(a) if crate::catalog::lora::ARCHS.contains(&a) => Ok(a),
+        Layout::Known(a) if ckpt_core::catalog::lora::ARCHS.contains(&a) => Ok(a),
         Layout::Known(a) => bail!(
             "{}: {} has no LoRA name table yet (SD1, SD2, SDXL and Flux.1 do)",
             path.display(),
@@ -115,7 +115,7 @@ pub struct ExtractArgs {
     dtype: String,
     /// Krylov iterations of the truncated SVD: more keep more of the optimum's energy on
     /// flat spectra, each costing about one more pass over the module's matrix.
-    #[arg(long, default_value_t = crate::lora::svd::ITERATIONS)]
+    #[arg(long, default_value_t = ckpt_ops::lora::svd::ITERATIONS)]
     iterations: usize,
     /// Seed of the SVD's random sketch.
     #[arg(long, default_value_t = 0)]
@@ -133,7 +133,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
 }
 
 fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
-    crate::writer::refuse_existing(&a.out.output, a.out.force)?;
+    ckpt_core::writer::refuse_existing(&a.out.output, a.out.force)?;
     if !(a.clamp_quantile > 0.0 && a.clamp_quantile <= 1.0) {
         bail!("--clamp-quantile is in (0, 1]; got {}", a.clamp_quantile);
     }
@@ -158,7 +158,7 @@ fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
             base_arch.label()
         );
     }
-    let opts = crate::lora::extract::Options {
+    let opts = ckpt_ops::lora::extract::Options {
         rank,
         conv_rank,
         clamp_quantile: a.clamp_quantile,
@@ -170,7 +170,7 @@ fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
         base_name: base.ckpt.display_name(),
     };
     let bar = Bar::new("extracting", global.quiet);
-    let r = crate::lora::extract::extract(
+    let r = ckpt_ops::lora::extract::extract(
         &tuned.ckpt,
         &base.ckpt,
         arch,
@@ -225,7 +225,7 @@ pub struct ConvertArgs {
     /// or `peft` (diffusers' unet./text_encoder./transformer. names, lora_A/lora_B, the
     /// scale folded into lora_B).
     #[arg(long)]
-    to: crate::lora::write::Dialect,
+    to: ckpt_ops::lora::write::Dialect,
     #[arg(long, default_value = "f16")]
     dtype: String,
     #[command(flatten)]
@@ -233,9 +233,9 @@ pub struct ConvertArgs {
 }
 
 /// Opens a LoRA file, or says what it is instead.
-fn open_lora(path: &Path) -> Result<(crate::reader::Checkpoint, crate::lora::Network)> {
-    let ckpt = crate::catalog::diffusers::open(path)?;
-    let net = crate::lora::Network::read(&ckpt).with_context(|| {
+fn open_lora(path: &Path) -> Result<(ckpt_read::Checkpoint, ckpt_ops::lora::Network)> {
+    let ckpt = ckpt_core::catalog::diffusers::open(path)?;
+    let net = ckpt_ops::lora::Network::read(&ckpt).with_context(|| {
         format!(
             "{} is not a LoRA file (its tensors are not LoRA module tensors)",
             path.display()
@@ -245,7 +245,7 @@ fn open_lora(path: &Path) -> Result<(crate::reader::Checkpoint, crate::lora::Net
 }
 
 fn merge(a: MergeArgs, _global: &Global) -> Result<Outcome> {
-    crate::writer::refuse_existing(&a.out.output, a.out.force)?;
+    ckpt_core::writer::refuse_existing(&a.out.output, a.out.force)?;
     let format = lora_format(&a.dtype)?;
     let mut files = Vec::new();
     for spec in &a.inputs {
@@ -261,7 +261,7 @@ fn merge(a: MergeArgs, _global: &Global) -> Result<Outcome> {
         files.push((path, ratio, ckpt, net));
     }
     let how = if a.concat {
-        crate::lora::write::MergeHow::Concat
+        ckpt_ops::lora::write::MergeHow::Concat
     } else {
         let rank =
             rank_rule(a.rank.as_deref().unwrap_or("auto"), a.energy, None).context("--rank")?;
@@ -277,22 +277,22 @@ fn merge(a: MergeArgs, _global: &Global) -> Result<Outcome> {
                 "give --rank R (or --rank auto) to re-rank by SVD, or --concat to join the factors"
             );
         }
-        crate::lora::write::MergeHow::Svd {
+        ckpt_ops::lora::write::MergeHow::Svd {
             rank,
             conv_rank: conv,
             clamp_quantile: a.clamp_quantile,
         }
     };
     let inputs: Vec<&Path> = files.iter().map(|f| f.0.as_path()).collect();
-    let sources: Vec<crate::lora::write::Source<'_>> = files
+    let sources: Vec<ckpt_ops::lora::write::Source<'_>> = files
         .iter()
-        .map(|(_, ratio, ckpt, net)| crate::lora::write::Source {
+        .map(|(_, ratio, ckpt, net)| ckpt_ops::lora::write::Source {
             ckpt,
             net,
             ratio: *ratio,
         })
         .collect();
-    let r = crate::lora::write::merge(&sources, &how, format, &a.out.output, &inputs)?;
+    let r = ckpt_ops::lora::write::merge(&sources, &how, format, &a.out.output, &inputs)?;
     print(&if a.out.json {
         crate::reports::lora::written_document(&r)
     } else {
@@ -302,10 +302,10 @@ fn merge(a: MergeArgs, _global: &Global) -> Result<Outcome> {
 }
 
 fn convert(a: ConvertArgs, _global: &Global) -> Result<Outcome> {
-    crate::writer::refuse_existing(&a.out.output, a.out.force)?;
+    ckpt_core::writer::refuse_existing(&a.out.output, a.out.force)?;
     let format = lora_format(&a.dtype)?;
     let (ckpt, net) = open_lora(&a.input)?;
-    let r = crate::lora::write::convert(
+    let r = ckpt_ops::lora::write::convert(
         &ckpt,
         &net,
         a.to,

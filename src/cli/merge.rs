@@ -6,11 +6,11 @@ use anyhow::{Context, Result, bail};
 
 use super::Outcome;
 use super::common::{Global, print};
-use crate::merge::recipe::writer::{Names, quote_path};
-use crate::merge::{self, Missing, Options, OutputFormat, Precision};
-use crate::pass::progress::Bar;
-use crate::reader::dtype::{FloatFormat, parse_user_float};
 use crate::reports;
+use ckpt_core::pass::progress::Bar;
+use ckpt_ops::merge::recipe::writer::{Names, quote_path};
+use ckpt_ops::merge::{self, Missing, Options, OutputFormat, Precision};
+use ckpt_read::dtype::{FloatFormat, parse_user_float};
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]

@@ -86,7 +86,7 @@ pub enum Outcome {
 /// Parses arguments, runs the command, prints errors; returns the exit code.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    let _ = ctrlc::set_handler(crate::pass::interrupt);
+    let _ = ctrlc::set_handler(ckpt_core::pass::interrupt);
     if let Some(n) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
@@ -119,9 +119,13 @@ pub fn run() -> ExitCode {
 }
 
 fn report_error(e: &anyhow::Error) -> ExitCode {
-    if crate::pass::interrupted()
-        || e.chain()
-            .any(|c| matches!(c.downcast_ref(), Some(crate::pass::PassError::Interrupted)))
+    if ckpt_core::pass::interrupted()
+        || e.chain().any(|c| {
+            matches!(
+                c.downcast_ref(),
+                Some(ckpt_core::pass::PassError::Interrupted)
+            )
+        })
     {
         eprintln!("ckpt-diff: interrupted; nothing was written");
         return ExitCode::from(130);
@@ -145,14 +149,14 @@ fn report_error(e: &anyhow::Error) -> ExitCode {
 /// What to do about an error, where the CLI knows: the library's errors are typed and name
 /// no option; the options are this layer's.
 fn hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
-    if let Some(f) = e.downcast_ref::<crate::reader::FileError>() {
+    if let Some(f) = e.downcast_ref::<ckpt_read::FileError>() {
         return f.kind.hint();
     }
-    if let Some(crate::catalog::diffusers::OpenError::File(f)) = e.downcast_ref() {
+    if let Some(ckpt_core::catalog::diffusers::OpenError::File(f)) = e.downcast_ref() {
         return f.kind.hint();
     }
-    match e.downcast_ref::<crate::writer::WriteError>() {
-        Some(crate::writer::WriteError::Exists { .. }) => Some("pass --force to replace it"),
+    match e.downcast_ref::<ckpt_core::writer::WriteError>() {
+        Some(ckpt_core::writer::WriteError::Exists { .. }) => Some("pass --force to replace it"),
         _ => None,
     }
 }

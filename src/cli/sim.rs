@@ -9,12 +9,12 @@ use super::common::{
     ArchArg, FormatArgs, Global, Model, choose_grouping, entries_where, gather_inner, keys_regex,
     open_all, parse_arch_arg, print,
 };
-use crate::catalog::{Layout, Selector};
-use crate::gram::GramSpec;
-use crate::pass::Plan;
-use crate::pass::progress::Bar;
 use crate::reports::sim::ModelLine;
-use crate::views::sim::report;
+use ckpt_core::catalog::{Layout, Selector};
+use ckpt_core::gram::GramSpec;
+use ckpt_core::pass::Plan;
+use ckpt_core::pass::progress::Bar;
+use ckpt_ops::views::sim::report;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -36,12 +36,12 @@ pub struct Args {
     /// draws, default seed and rounding).
     /// [default: wkpark]
     #[arg(long, value_enum)]
-    like: Option<crate::views::asim::Like>,
+    like: Option<ckpt_ops::views::asim::Like>,
     /// With `--metric asim`: f32 computes as PyTorch does; f64 gives the exact value of the
     /// same computation (identical on every machine).
     /// [default: f32]
     #[arg(long, value_enum)]
-    precision: Option<crate::views::asim::Precision>,
+    precision: Option<ckpt_ops::views::asim::Precision>,
     /// With `--metric asim`: seed of the random input (default 114514 like wkpark's scripts,
     /// 2244096 like SuperMerger).
     #[arg(long)]
@@ -87,10 +87,10 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
     // Two LoRA files: their weight changes compared from the factors.
     let loras: Vec<_> = models
         .iter()
-        .map(|m| crate::lora::Network::read(&m.ckpt))
+        .map(|m| ckpt_ops::lora::Network::read(&m.ckpt))
         .collect();
     if let [Some(la), Some(lb)] = &loras[..] {
-        let r = crate::views::lora::similarity(&models[0].ckpt, la, &models[1].ckpt, lb);
+        let r = ckpt_ops::views::lora::similarity(&models[0].ckpt, la, &models[1].ckpt, lb);
         return print_lora_sim(&r, &args.format);
     }
     if let Some(i) = loras.iter().position(Option::is_some) {
@@ -102,7 +102,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         };
         let base = Model::open(base)?;
         let net = loras[i].as_ref().expect("found");
-        let r = crate::views::lora::against_delta(
+        let r = ckpt_ops::views::lora::against_delta(
             &models[i].ckpt,
             net,
             &models[1 - i].ckpt,
@@ -148,7 +148,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
 }
 
 /// A LoRA comparison, as a table or JSON.
-fn print_lora_sim(r: &crate::views::lora::LoraSim, format: &FormatArgs) -> Result<Outcome> {
+fn print_lora_sim(r: &ckpt_ops::views::lora::LoraSim, format: &FormatArgs) -> Result<Outcome> {
     print(&if format.format() == crate::reports::Format::Json {
         crate::reports::lora::sim_document(r)
     } else {
@@ -159,7 +159,7 @@ fn print_lora_sim(r: &crate::views::lora::LoraSim, format: &FormatArgs) -> Resul
 
 /// `sim --metric asim`.
 fn run_asim(args: &Args, global: &Global) -> Result<Outcome> {
-    use crate::views::asim;
+    use ckpt_ops::views::asim;
     if args.keys.is_some() || args.per_tensor || args.report.is_some() || args.arch.is_some() {
         anyhow::bail!(
             "--keys, --per-tensor, --report and --arch go with --metric cosine; \
@@ -179,7 +179,7 @@ fn run_asim(args: &Args, global: &Global) -> Result<Outcome> {
         .map_err(anyhow::Error::msg)
         .context("--blocks")?;
     let bar = Bar::counting("asim", "blocks", global.quiet);
-    crate::pass::progress::Progress::start(&bar, blocks.len() as u64);
+    ckpt_core::pass::progress::Progress::start(&bar, blocks.len() as u64);
     let rows = asim::asim(
         &models[0].ckpt,
         &models[1].ckpt,
@@ -187,7 +187,7 @@ fn run_asim(args: &Args, global: &Global) -> Result<Outcome> {
         seed,
         like,
         precision,
-        |_| crate::pass::progress::Progress::advance(&bar, 1),
+        |_| ckpt_core::pass::progress::Progress::advance(&bar, 1),
     )?;
     drop(bar);
     let lines: Vec<ModelLine> = models.iter().map(Model::line).collect();

@@ -6,10 +6,10 @@ use anyhow::{Context, Result, bail};
 
 use super::Outcome;
 use super::common::{Global, print};
-use crate::catalog::{Arch, Component};
-use crate::pass::progress::Bar;
-use crate::reader::dtype::{FloatFormat, parse_user_float};
-use crate::synth::{self, Layout, Synthetic, Variant, family};
+use ckpt_core::catalog::{Arch, Component};
+use ckpt_core::pass::progress::Bar;
+use ckpt_ops::synth::{self, Layout, Synthetic, Variant, family};
+use ckpt_read::dtype::{FloatFormat, parse_user_float};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -224,14 +224,14 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         } => {
             let seed = layout.seed;
             let layout = layout.layout()?;
-            let bar = |name: &str| -> Box<dyn crate::pass::Progress> {
+            let bar = |name: &str| -> Box<dyn ckpt_core::pass::Progress> {
                 Box::new(Bar::new(name, global.quiet))
             };
             let members = family::write_family(&dir, &layout, seed, finetunes, size, &bar)?;
             let json =
                 crate::reports::json::document("synth", family::manifest(&layout, seed, &members));
             let path = dir.join("family.json");
-            crate::writer::write_small(&path, json.as_bytes())
+            ckpt_core::writer::write_small(&path, json.as_bytes())
                 .with_context(|| format!("writing '{}'", path.display()))?;
             if !global.quiet {
                 let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();

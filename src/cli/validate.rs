@@ -7,10 +7,10 @@ use anyhow::Result;
 
 use super::Outcome;
 use super::common::{Global, Model, print};
-use crate::pass::Pass;
-use crate::pass::progress::Bar;
 use crate::reports;
-use crate::views::validate::validate;
+use ckpt_core::pass::Pass;
+use ckpt_core::pass::progress::Bar;
+use ckpt_ops::views::validate::validate;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {

@@ -4,9 +4,9 @@
 use serde_json::json;
 
 use super::{Format, TextTable, sanitize};
-use crate::catalog::Arch;
 use crate::reports::sim::ModelLine;
-use crate::views::asim::{AsimRow, Like};
+use ckpt_core::catalog::Arch;
+use ckpt_ops::views::asim::{AsimRow, Like};
 
 /// The plain mean of the blocks' similarities (the scripts' "total").
 pub fn total(rows: &[AsimRow]) -> f64 {

@@ -14,10 +14,10 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::{TextTable, first_few};
-use crate::catalog::Block;
-use crate::merge::plan::show;
-use crate::merge::recipe::writer::{Names, QuoteError, quote_path};
-use crate::views::fit::{FitResult, Op, RECIPE_DIGITS, Step};
+use ckpt_core::catalog::Block;
+use ckpt_ops::merge::plan::show;
+use ckpt_ops::merge::recipe::writer::{Names, QuoteError, quote_path};
+use ckpt_ops::views::fit::{FitResult, Op, RECIPE_DIGITS, Step};
 
 /// A row whose relative residual is above this is reported as not explained.
 const UNEXPLAINED: f64 = 0.05;

@@ -7,8 +7,8 @@
 use serde_json::json;
 
 use super::validate::RemedyText;
-use crate::fix::{FixReport, Unfixed};
-use crate::views::validate::ValidateReport;
+use ckpt_ops::fix::{FixReport, Unfixed};
+use ckpt_ops::views::validate::ValidateReport;
 
 /// How the caller words a problem fix left (the CLI names the option that repairs it).
 pub type UnfixedText<'a> = &'a dyn Fn(&Unfixed) -> String;

@@ -6,8 +6,8 @@
 use serde_json::json;
 
 use super::{TextTable, bytes, params, sanitize};
-use crate::hash::{Claim, FileHashes};
-use crate::views::components::Components;
+use ckpt_ops::hash::{Claim, FileHashes};
+use ckpt_ops::views::components::Components;
 
 /// One file's hashes and what its metadata claims.
 pub struct FileReport {

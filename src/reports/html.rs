@@ -151,8 +151,8 @@ impl Report {
     /// Writes `index.html` and `summary.md` into `dir` (the PNGs are already there).
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
-        crate::writer::write_small(&dir.join("index.html"), self.html().as_bytes())?;
-        crate::writer::write_small(&dir.join("summary.md"), self.markdown().as_bytes())
+        ckpt_core::writer::write_small(&dir.join("index.html"), self.html().as_bytes())?;
+        ckpt_core::writer::write_small(&dir.join("summary.md"), self.markdown().as_bytes())
     }
 }
 

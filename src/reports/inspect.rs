@@ -4,15 +4,15 @@
 //! name order.
 
 use super::{Format, TextTable, bytes, listed, params, sanitize};
-use crate::views::inspect::InspectReport;
+use ckpt_ops::views::inspect::InspectReport;
 
 /// The pickle part: where the state dict was, what else the file held, and every global
 /// with its verdict.
 fn pickle_text(
-    p: &crate::views::inspect::PickleReport,
+    p: &ckpt_ops::views::inspect::PickleReport,
     render: &dyn Fn(&TextTable) -> String,
 ) -> String {
-    use crate::reader::pickle::Verdict;
+    use ckpt_read::pickle::Verdict;
     let mut s = String::new();
     let at = if p.state_dict_at.is_empty() {
         "the top level".to_string()

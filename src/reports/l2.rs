@@ -15,7 +15,7 @@ use std::path::Path;
 use super::chart::{self, ChartError};
 use super::html::{Part, Report, Section};
 use super::{Format, TextTable, params};
-use crate::views::l2::L2Report;
+use ckpt_ops::views::l2::L2Report;
 
 /// Four significant digits, plain where readable.
 pub fn sig(x: f64) -> String {

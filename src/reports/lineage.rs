@@ -8,8 +8,8 @@
 use serde_json::json;
 
 use super::{TextTable, bytes, sanitize};
-use crate::index::Entry;
-use crate::views::lineage::{LineageReport, Verified};
+use ckpt_ops::index::Entry;
+use ckpt_ops::views::lineage::{LineageReport, Verified};
 
 pub struct Document<'a> {
     pub target: String,

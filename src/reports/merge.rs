@@ -9,8 +9,8 @@
 //! `predicted_seconds`, `rate`, `kind`, `problems`).
 
 use super::{TextTable, bytes, listed};
-use crate::merge::Outcome;
-use crate::merge::preflight::Preflight;
+use ckpt_ops::merge::Outcome;
+use ckpt_ops::merge::preflight::Preflight;
 
 /// The summary: what was written, the per-block coefficients of a linear recipe, and the
 /// keys copied or left out. `file_bytes` is the output's size on disk.
@@ -126,12 +126,12 @@ pub fn plan_text(plan: &Preflight) -> String {
         s.push_str(&match (plan.predicted_seconds, &plan.rate) {
             (Some(secs), Some((rate, kind))) if *kind == plan.kind => format!(
                 "time: about {} (at {}/s, this machine's last {kind} merge)\n",
-                crate::units::duration(secs),
+                ckpt_core::units::duration(secs),
                 bytes(*rate as u64)
             ),
             (Some(secs), Some((rate, kind))) => format!(
                 "time: at least {} (the read alone at {}/s, this machine's last {kind} merge; no {} merge measured yet)\n",
-                crate::units::duration(secs),
+                ckpt_core::units::duration(secs),
                 bytes(*rate as u64),
                 plan.kind
             ),

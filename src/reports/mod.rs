@@ -152,7 +152,7 @@ pub fn percent(x: f64) -> String {
     format!("{:.4}%", x * 100.0)
 }
 
-pub use crate::units::{bytes, params};
+pub use ckpt_core::units::{bytes, params};
 
 /// `label (count): the first n items` and a newline, or nothing for an empty list.
 pub fn listed(label: &str, items: &[String], n: usize) -> String {

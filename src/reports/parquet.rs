@@ -19,8 +19,8 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
 
-use crate::index::Entry;
-use crate::sketch::Fingerprint;
+use ckpt_ops::index::Entry;
+use ckpt_ops::sketch::Fingerprint;
 
 /// Models per row group.
 pub const MODELS_PER_GROUP: usize = 32;
@@ -101,7 +101,7 @@ impl Batch {
             self.component.push(r.component.as_str().into());
             self.params.push(r.params as i64);
             self.norm2.push(r.norm2);
-            self.seed.push(crate::sketch::SEED as i64);
+            self.seed.push(ckpt_ops::sketch::SEED as i64);
             self.buckets.push(r.sketch.len() as i32);
             for (j, x) in r.sketch.iter().enumerate() {
                 self.sketch.push(*x);

@@ -10,8 +10,8 @@
 use serde::Serialize;
 
 use super::{Format, TextTable, first_few, params, percent};
-use crate::catalog::{Arch, Component};
-use crate::views::sim::SimReport;
+use ckpt_core::catalog::{Arch, Component};
+use ckpt_ops::views::sim::SimReport;
 
 /// A compared file, as the report names it.
 #[derive(Clone, Debug, Serialize)]
@@ -117,7 +117,7 @@ fn table(report: &SimReport, arch: Option<Arch>) -> TextTable {
     if let Some(f) = &totals.flat_unet {
         t.push(vec![
             match arch.map(Arch::denoiser) {
-                Some(crate::catalog::Component::Diffuser) => "diffuser, flattened".into(),
+                Some(ckpt_core::catalog::Component::Diffuser) => "diffuser, flattened".into(),
                 _ => "U-Net, flattened".to_string(),
             },
             percent(f.similarity),

@@ -8,7 +8,7 @@
 use serde_json::{Value, json};
 
 use super::{first_few, sanitize};
-use crate::views::validate::{Finding, Remedy, Severity, ValidateReport};
+use ckpt_ops::views::validate::{Finding, Remedy, Severity, ValidateReport};
 
 /// How the caller words a remedy (the CLI, which knows its own options).
 pub type RemedyText<'a> = &'a dyn Fn(Remedy) -> String;

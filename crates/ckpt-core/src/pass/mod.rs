@@ -1,0 +1,542 @@
+//! The engine: one parallel read of N checkpoints, tensor by tensor, feeding a visitor.
+//!
+//! A [`Plan`] lines up the union of the (canonical) keys of N open checkpoints. A [`Pass`]
+//! splits the chosen entries into work items (element ranges of about 16 MiB of input),
+//! runs [`Visit::visit`] on them in parallel on the rayon pool, and hands each result to
+//! [`Absorb::absorb`] **in plan order**. So sums come out the same
+//! whatever the thread count, memory holds only the results of a bounded stretch of items,
+//! and no lock is taken in the inner loop.
+//!
+//! ```no_run
+//! use ckpt_core::pass::{Pass, Plan};
+//! use ckpt_read::Checkpoint;
+//! let a = Checkpoint::open("a.safetensors")?;
+//! let b = Checkpoint::open("b.safetensors")?;
+//! let plan = Plan::new(vec![&a, &b]);
+//! println!("{} keys", plan.entries().len());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+pub mod progress;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use thiserror::Error;
+
+use crate::catalog::canonical_key;
+use ckpt_read::dtype::{self, ValueKind};
+use ckpt_read::{Checkpoint, Dtype, Encoding, TensorEntry};
+pub use progress::{NoProgress, Progress};
+
+/// Why a pass stopped early.
+#[derive(Debug, Error)]
+pub enum PassError {
+    #[error("interrupted")]
+    Interrupted,
+    #[error("tensor '{key}': {message}")]
+    Tensor { key: String, message: String },
+    #[error("writing '{path}': {source}")]
+    Write {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks every running pass to stop at its next item (the Ctrl-C handler calls this).
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// True once [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// One key of the union, and where each model holds it.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// The canonical key (aliases resolved).
+    pub key: String,
+    /// Per model: the index of the tensor in that checkpoint's [`Checkpoint::tensors`].
+    pub sources: Vec<Option<usize>>,
+}
+
+/// How the models' tensors for one key relate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    /// In every model, same shape, all floats: inner products are defined.
+    Float,
+    /// In every model, same shape, all integers (e.g. `position_ids`): compared exactly.
+    Integer,
+    /// In every model with one shape, but of types ckpt-diff does not compute with.
+    Opaque,
+    /// In every model with the same shape, but floats in some and integers in others.
+    MixedKinds,
+    /// Missing from at least one model.
+    Missing,
+    /// Shapes differ between models.
+    ShapeMismatch,
+}
+
+/// The union of the keys of N checkpoints, in reading order.
+pub struct Plan<'m> {
+    models: Vec<&'m Checkpoint>,
+    entries: Vec<Entry>,
+    /// Raw names that resolved to a canonical key another tensor of the same file already
+    /// had (the file holds both spellings); the first one by offset is used.
+    pub shadowed: Vec<(usize, String)>,
+}
+
+impl<'m> Plan<'m> {
+    /// Lines up the keys of `models`. Entries are ordered by the first model that has them,
+    /// then by data offset, so the pass reads each file front to back.
+    pub fn new(models: Vec<&'m Checkpoint>) -> Plan<'m> {
+        let n = models.len();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut shadowed = Vec::new();
+        for (m, ckpt) in models.iter().enumerate() {
+            for (t, tensor) in ckpt.tensors().iter().enumerate() {
+                let key = canonical_key(&tensor.name).into_owned();
+                let e = *index.entry(key.clone()).or_insert_with(|| {
+                    entries.push(Entry {
+                        key,
+                        sources: vec![None; n],
+                    });
+                    entries.len() - 1
+                });
+                if entries[e].sources[m].is_some() {
+                    shadowed.push((m, tensor.name.clone()));
+                } else {
+                    entries[e].sources[m] = Some(t);
+                }
+            }
+        }
+        Plan {
+            models,
+            entries,
+            shadowed,
+        }
+    }
+
+    pub fn models(&self) -> &[&'m Checkpoint] {
+        &self.models
+    }
+
+    pub fn entries(&self) -> &[Entry] {
+        &self.entries
+    }
+
+    /// The tensor of `entry` in model `m`, if it has it.
+    pub fn tensor(&self, entry: &Entry, m: usize) -> Option<&'m TensorEntry> {
+        entry.sources[m].map(|t| &self.models[m].tensors()[t])
+    }
+
+    /// The shape of `entry` in the first model that has it.
+    pub fn shape(&self, entry: &Entry) -> &'m [usize] {
+        (0..self.models.len())
+            .find_map(|m| self.tensor(entry, m))
+            .map(|t| t.shape.as_slice())
+            .unwrap_or(&[])
+    }
+
+    /// How the models' tensors for `entry` relate.
+    pub fn kind(&self, entry: &Entry) -> EntryKind {
+        let tensors: Vec<Option<&TensorEntry>> = (0..self.models.len())
+            .map(|m| self.tensor(entry, m))
+            .collect();
+        if tensors.iter().any(Option::is_none) {
+            return EntryKind::Missing;
+        }
+        let tensors: Vec<&TensorEntry> = tensors.into_iter().flatten().collect();
+        if tensors.windows(2).any(|w| w[0].shape != w[1].shape) {
+            return EntryKind::ShapeMismatch;
+        }
+        let kinds: Vec<ValueKind> = tensors.iter().map(|t| dtype::value_kind(t.dtype)).collect();
+        if kinds.iter().all(|k| matches!(k, ValueKind::Float(_))) {
+            EntryKind::Float
+        } else if kinds.iter().all(|k| *k == ValueKind::Integer) {
+            EntryKind::Integer
+        } else if kinds.contains(&ValueKind::Opaque) {
+            EntryKind::Opaque
+        } else {
+            EntryKind::MixedKinds
+        }
+    }
+}
+
+/// A slice of elements of one model's tensor.
+#[derive(Clone, Copy, Debug)]
+pub struct Slice<'a> {
+    pub dtype: Dtype,
+    /// The bytes of elements `start..end` of the tensor.
+    pub bytes: &'a [u8],
+    /// How the stored values give the tensor's values. Visitors read values through
+    /// [`Slice::values_into`], the one place that decodes them.
+    pub encoding: Encoding,
+}
+
+impl<'a> Slice<'a> {
+    /// Its element count.
+    pub fn len(&self) -> usize {
+        self.bytes.len() * 8 / dtype::bit_size(self.dtype)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Elements `start..end` of the slice (indices relative to it).
+    pub fn part(&self, start: usize, end: usize) -> Slice<'a> {
+        let size = dtype::bit_size(self.dtype) / 8;
+        Slice {
+            bytes: &self.bytes[start * size..end * size],
+            ..*self
+        }
+    }
+
+    /// A whole tensor of `ckpt`.
+    pub fn of(ckpt: &'a Checkpoint, t: &TensorEntry) -> Slice<'a> {
+        Slice {
+            dtype: t.dtype,
+            bytes: ckpt.data(t),
+            encoding: t.encoding,
+        }
+    }
+
+    /// The float values of the slice, decoded: `out[i] = stored[i] · scale` for a scaled
+    /// tensor.
+    pub fn values_into(&self, out: &mut [f64]) {
+        let format = dtype::float_format(self.dtype).expect("values of a float slice");
+        crate::kernels::to_f64(format, self.bytes, out);
+        match self.encoding {
+            Encoding::Plain => {}
+            Encoding::Scaled(s) => out.iter_mut().for_each(|x| *x *= s),
+        }
+    }
+}
+
+/// A unit of parallel work: elements `start..end` of one entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Item {
+    /// Index into [`Plan::entries`].
+    pub entry: usize,
+    pub start: usize,
+    pub end: usize,
+    /// Element count of the whole tensor (so visitors know the first and last item).
+    pub numel: usize,
+}
+
+impl Item {
+    pub fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    /// True for the item that starts the tensor.
+    pub fn is_first(&self) -> bool {
+        self.start == 0
+    }
+}
+
+/// The work a pass does on each item, on worker threads.
+///
+/// `visit` only reads `&self`; it runs once per item, items taken in plan order by
+/// whichever worker is free. An `Err` stops the pass.
+pub trait Visit: Sync {
+    type Partial: Send;
+
+    fn visit(
+        &self,
+        plan: &Plan<'_>,
+        item: &Item,
+        inputs: &[Option<Slice<'_>>],
+    ) -> Result<Self::Partial, PassError>;
+}
+
+/// What receives the results, strictly in plan order, one at a time (on whichever worker
+/// finished the oldest item). An `Err` stops the pass (items already in flight finish;
+/// their results are dropped).
+pub trait Absorb<P> {
+    fn absorb(&mut self, plan: &Plan<'_>, item: &Item, partial: P) -> Result<(), PassError>;
+}
+
+/// Runs visitors over plans. Holds no state between runs.
+pub struct Pass<'p> {
+    progress: &'p dyn Progress,
+    item_bytes: usize,
+    ahead_bytes: usize,
+    release: Release,
+}
+
+/// Whether a pass hands back the file pages it has read (see [`Checkpoint::release`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// When the pass reads more than three quarters of physical memory: then the page
+    /// cache cannot hold the inputs beside everything else, and unmapped pages are cheaper
+    /// for the kernel to reclaim. Below that, releasing only costs time: the page-table
+    /// teardown took two SDXL files from 0.57 s to 0.68 s.
+    Auto,
+    Always,
+    Never,
+}
+
+impl<'p> Pass<'p> {
+    /// A pass reporting to `progress`.
+    pub fn new(progress: &'p dyn Progress) -> Pass<'p> {
+        Pass {
+            progress,
+            item_bytes: 16 << 20,
+            ahead_bytes: 256 << 20,
+            release: Release::Auto,
+        }
+    }
+
+    /// Bytes of input per work item (default 16 MiB); smaller values are for tests.
+    pub fn item_bytes(mut self, bytes: usize) -> Self {
+        self.item_bytes = bytes.max(1);
+        self
+    }
+
+    /// How far (in input bytes) workers may run ahead of the oldest result not yet
+    /// absorbed (default 256 MiB): bounds the results held in memory.
+    pub fn ahead_bytes(mut self, bytes: usize) -> Self {
+        self.ahead_bytes = bytes.max(1);
+        self
+    }
+
+    /// When to hand back read pages (default [`Release::Auto`]).
+    pub fn release(mut self, release: Release) -> Self {
+        self.release = release;
+        self
+    }
+
+    /// The work items for `entries` of `plan`, in plan order.
+    pub fn items(&self, plan: &Plan<'_>, entries: &[usize]) -> Vec<Item> {
+        let mut items = Vec::new();
+        for &e in entries {
+            let entry = &plan.entries()[e];
+            let numel: usize = plan.shape(entry).iter().product();
+            let bytes_per_elem: usize = (0..plan.models().len())
+                .filter_map(|m| plan.tensor(entry, m))
+                .map(|t| dtype::bit_size(t.dtype).div_ceil(8))
+                .sum::<usize>()
+                .max(1);
+            let step = (self.item_bytes / bytes_per_elem).max(crate::kernels::CHUNK);
+            let step = step / crate::kernels::CHUNK * crate::kernels::CHUNK;
+            if numel == 0 {
+                items.push(Item {
+                    entry: e,
+                    start: 0,
+                    end: 0,
+                    numel,
+                });
+                continue;
+            }
+            let mut start = 0;
+            while start < numel {
+                let end = (start + step).min(numel);
+                items.push(Item {
+                    entry: e,
+                    start,
+                    end,
+                    numel,
+                });
+                start = end;
+            }
+        }
+        items
+    }
+
+    /// Bytes a run over `items` reads from all models.
+    pub fn input_bytes(plan: &Plan<'_>, items: &[Item]) -> u64 {
+        items
+            .iter()
+            .map(|it| Self::item_input_bytes(plan, it))
+            .sum()
+    }
+
+    fn item_input_bytes(plan: &Plan<'_>, item: &Item) -> u64 {
+        let entry = &plan.entries()[item.entry];
+        (0..plan.models().len())
+            .filter_map(|m| plan.tensor(entry, m))
+            .map(|t| (item.len() * dtype::bit_size(t.dtype) / 8) as u64)
+            .sum()
+    }
+
+    /// Visits `entries` of `plan`: in parallel, absorbed in order.
+    pub fn run<V: Visit, A: Absorb<V::Partial> + Send>(
+        &self,
+        plan: &Plan<'_>,
+        entries: &[usize],
+        visit: &V,
+        absorb: &mut A,
+    ) -> Result<(), PassError> {
+        let items = self.items(plan, entries);
+        self.run_items(plan, &items, visit, absorb)
+    }
+
+    /// Visits the given items (from [`Pass::items`]).
+    ///
+    /// One rayon task per thread takes items in order from a shared counter. A finished
+    /// result goes into an in-order queue; whichever task finishes the oldest pending item
+    /// absorbs every result that is now next in line (a lock per item, never in the inner
+    /// loop). A task waits while its item starts more than `ahead_bytes` past the oldest
+    /// unabsorbed one, so memory stays bounded and every file is read front to back. The
+    /// oldest item is always being computed by a task that is not waiting, so this cannot
+    /// deadlock, also when called from inside a rayon pool. There is no barrier between
+    /// batches: a slow item delays the absorbing, not the other workers.
+    pub fn run_items<V: Visit, A: Absorb<V::Partial> + Send>(
+        &self,
+        plan: &Plan<'_>,
+        items: &[Item],
+        visit: &V,
+        absorb: &mut A,
+    ) -> Result<(), PassError> {
+        use std::collections::BTreeMap;
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::{Condvar, Mutex};
+
+        let sizes: Vec<u64> = items
+            .iter()
+            .map(|it| Self::item_input_bytes(plan, it))
+            .collect();
+        // starts[i]: input bytes before item i.
+        let mut starts = Vec::with_capacity(items.len() + 1);
+        let mut at = 0u64;
+        for s in &sizes {
+            starts.push(at);
+            at += s;
+        }
+        starts.push(at);
+        self.progress.start(at);
+        let release_pages = match self.release {
+            Release::Always => true,
+            Release::Never => false,
+            Release::Auto => reads_past_memory(at),
+        };
+
+        struct Queue<'a, A, P> {
+            absorb: &'a mut A,
+            /// Results that finished before their turn.
+            early: BTreeMap<usize, Result<P, PassError>>,
+            /// The oldest item not yet absorbed.
+            want: usize,
+            outcome: Result<(), PassError>,
+        }
+        let queue = Mutex::new(Queue {
+            absorb,
+            early: BTreeMap::new(),
+            want: 0,
+            outcome: Ok(()),
+        });
+        let moved = Condvar::new();
+        let next = AtomicUsize::new(0);
+        let stop = AtomicBool::new(false);
+        let ahead = self.ahead_bytes as u64;
+
+        rayon::scope(|scope| {
+            for _ in 0..rayon::current_num_threads() {
+                scope.spawn(|_| {
+                    loop {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= items.len() {
+                            return;
+                        }
+                        {
+                            let mut q = queue.lock().expect("never poisoned: no panics while held");
+                            while i > q.want
+                                && starts[i] - starts[q.want] > ahead
+                                && !stop.load(Ordering::Relaxed)
+                            {
+                                q = moved.wait(q).expect("never poisoned");
+                            }
+                        }
+                        let result = if interrupted() {
+                            Err(PassError::Interrupted)
+                        } else {
+                            visit.visit(plan, &items[i], &slices(plan, &items[i]))
+                        };
+                        let mut q = queue.lock().expect("never poisoned");
+                        q.early.insert(i, result);
+                        while q.outcome.is_ok() {
+                            let want = q.want;
+                            let Some(r) = q.early.remove(&want) else {
+                                break;
+                            };
+                            match r.and_then(|p| q.absorb.absorb(plan, &items[want], p)) {
+                                Ok(()) => {
+                                    self.progress.advance(sizes[want]);
+                                    if release_pages {
+                                        release(plan, &items[want]);
+                                    }
+                                    q.want += 1;
+                                }
+                                Err(e) => {
+                                    q.outcome = Err(e);
+                                    stop.store(true, Ordering::Relaxed);
+                                }
+                            }
+                        }
+                        drop(q);
+                        moved.notify_all();
+                    }
+                });
+            }
+        });
+        let queue = queue.into_inner().expect("never poisoned");
+        queue.outcome?;
+        self.progress.finish();
+        Ok(())
+    }
+}
+
+/// Whether reading `bytes` would take more than three quarters of physical memory: then
+/// passes hand their pages back as they go.
+pub fn reads_past_memory(bytes: u64) -> bool {
+    ckpt_read::sys::physical_memory().is_some_and(|ram| bytes > ram / 4 * 3)
+}
+
+/// Releases the file pages an absorbed item read (see [`Checkpoint::release_tensor`]).
+fn release(plan: &Plan<'_>, item: &Item) {
+    let entry = &plan.entries()[item.entry];
+    for (m, ckpt) in plan.models().iter().enumerate() {
+        if let Some(t) = plan.tensor(entry, m) {
+            let bits = dtype::bit_size(t.dtype);
+            ckpt.release_tensor(t, item.start * bits / 8, item.end * bits / 8);
+        }
+    }
+}
+
+/// The input slices of one item: per model, the bytes of the element range.
+pub fn slices<'a>(plan: &Plan<'a>, item: &Item) -> Vec<Option<Slice<'a>>> {
+    let entry = &plan.entries()[item.entry];
+    (0..plan.models().len())
+        .map(|m| {
+            let t = plan.tensor(entry, m)?;
+            let numel = t.numel();
+            if item.end > numel {
+                // Shape differs from the plan's: visitors that read it asked for trouble.
+                return None;
+            }
+            let bits = dtype::bit_size(t.dtype);
+            let data = plan.models()[m].data(t);
+            let bytes = &data[item.start * bits / 8..item.end * bits / 8];
+            Some(Slice {
+                dtype: t.dtype,
+                bytes,
+                encoding: t.encoding,
+            })
+        })
+        .collect()
+}

@@ -1,0 +1,299 @@
+//! Repairs what `validate` reports, into a new file (inputs are never written).
+//!
+//! Three steps: [`validate`] the file (one pass, for NaN and infinities), [`plan::plan`]
+//! what to write from the findings and the options (pure), then [`execute`] the plan (one
+//! pass over the file and the base, written through a temporary file and a rename).
+//! Integer tensors keep their dtype; casts clamp values beyond the target's range to its
+//! largest finite value instead of turning them into infinities.
+
+pub mod plan;
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+
+use crate::views::validate::validate;
+use ckpt_core::catalog::{Detection, detect};
+use ckpt_core::kernels;
+use ckpt_core::pass::{Absorb, Item, Pass, PassError, Plan, Slice, Visit};
+use ckpt_core::writer::{OutputFile, Piece, WriteError};
+use ckpt_read::Checkpoint;
+use ckpt_read::dtype::{self, FloatFormat};
+pub use plan::{FixPlan, Options, Origin, Source, Unfixed};
+
+/// Why a fix failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FixError {
+    #[error("the base '{base}' is not {arch} like the file")]
+    BaseMismatch { base: String, arch: &'static str },
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error(transparent)]
+    Pass(#[from] PassError),
+}
+
+/// What was done.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct FixReport {
+    pub output: String,
+    pub actions: Vec<String>,
+    /// Problems left as they were (no base to take them from).
+    pub unfixed: Vec<Unfixed>,
+}
+
+/// Validates `ckpt`, plans its repair and writes it to `out`, taking missing or broken
+/// tensors from `base`.
+pub fn fix(
+    ckpt: &Checkpoint,
+    det: &Detection,
+    base: Option<&Checkpoint>,
+    out: &Path,
+    opts: &Options,
+    pass: &Pass<'_>,
+) -> Result<FixReport, FixError> {
+    ckpt_core::writer::refuse_existing(out, opts.overwrite)?;
+    if let (Some(b), Some(a)) = (base, det.arch()) {
+        let bd = detect(b);
+        if bd.arch() != Some(a) || bd.scale != det.scale {
+            return Err(FixError::BaseMismatch {
+                base: b.display_name(),
+                arch: a.label(),
+            });
+        }
+    }
+    let findings = validate(ckpt, det, pass)?;
+    let input = plan::Input {
+        tensors: ckpt.tensors(),
+        scaled_fp8: ckpt.scaled_fp8(),
+        metadata: ckpt.metadata(),
+        arch: det.arch(),
+        scale: det.scale,
+        findings: &findings,
+    };
+    let planned = plan::plan(&input, base.map(|b| b.tensors()), opts);
+    execute(&planned, ckpt, base, out, pass)?;
+    Ok(FixReport {
+        output: out.display().to_string(),
+        actions: planned.actions,
+        unfixed: planned.unfixed,
+    })
+}
+
+/// Converts `ckpt` (any container) to one safetensors file `out`: every tensor as stored
+/// (or cast to `opts.dtype`), less what the drop options name; nothing else is repaired.
+/// Metadata: the input's (a torch checkpoint's `epoch`, `global_step`... as `ckpt_diff.*`),
+/// plus `ckpt_diff.converted_from` (the container) and the actions taken.
+pub fn convert(
+    ckpt: &Checkpoint,
+    det: &Detection,
+    out: &Path,
+    opts: &Options,
+    pass: &Pass<'_>,
+) -> Result<FixReport, FixError> {
+    ckpt_core::writer::refuse_existing(out, opts.overwrite)?;
+    let findings = crate::views::validate::validate_header(ckpt, det);
+    let input = plan::Input {
+        tensors: ckpt.tensors(),
+        scaled_fp8: ckpt.scaled_fp8(),
+        metadata: ckpt.metadata(),
+        arch: det.arch(),
+        scale: det.scale,
+        findings: &findings,
+    };
+    let mut planned = plan::conversion(&input, opts);
+    planned.metadata.push((
+        "ckpt_diff.converted_from".into(),
+        ckpt.provenance().id().to_string(),
+    ));
+    if !planned.actions.is_empty() {
+        planned.metadata.push((
+            "ckpt_diff.converted".into(),
+            serde_json::to_string(&planned.actions).expect("strings"),
+        ));
+    }
+    execute(&planned, ckpt, None, out, pass)?;
+    let mut actions = vec![format!(
+        "wrote {} tensors from the {} input",
+        planned.tensors.len(),
+        ckpt.provenance().id()
+    )];
+    actions.extend(planned.actions);
+    if let Some(p) = ckpt.pickle()
+        && !p.other.is_empty()
+    {
+        let keys: Vec<&str> = p.other.iter().map(|o| o.key.as_str()).collect();
+        actions.push(format!("left out what is not weights: {}", keys.join(", ")));
+    }
+    Ok(FixReport {
+        output: out.display().to_string(),
+        actions,
+        unfixed: planned.unfixed,
+    })
+}
+
+/// Writes `planned` into `out`: every tensor from its source, in one pass over the file
+/// (model 0) and the base (model 1).
+pub fn execute(
+    planned: &FixPlan,
+    ckpt: &Checkpoint,
+    base: Option<&Checkpoint>,
+    out: &Path,
+    pass: &Pass<'_>,
+) -> Result<(), FixError> {
+    let mut models = vec![ckpt];
+    models.extend(base);
+    let plan = Plan::new(models);
+    let entry_of: HashMap<&str, usize> = plan
+        .entries()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.key.as_str(), i))
+        .collect();
+    let specs = planned.tensors.iter().map(|p| p.spec.clone()).collect();
+    let mut inputs: Vec<&Path> = vec![ckpt.path()];
+    inputs.extend(base.map(|b| b.path()));
+    let file = OutputFile::create(out, specs, &planned.metadata, &inputs)?;
+
+    // Each planned tensor: its index in the output, and the pass entry it is read from.
+    let mut by_entry: HashMap<usize, Copy> = HashMap::new();
+    let mut position_ids = Vec::new();
+    let mut quantization = Vec::new();
+    for p in &planned.tensors {
+        let index = file
+            .index_of(&p.spec.name)
+            .expect("every spec is in the file");
+        match &p.source {
+            Source::PositionIds => position_ids.push(index),
+            Source::Quantization(i) => {
+                let q = ckpt.scaled_fp8().expect("planned from the file's scales");
+                quantization.push((index, ckpt.data(&q.hidden[*i]).to_vec()));
+            }
+            Source::Tensor {
+                origin,
+                cast,
+                patch_nonfinite,
+            } => {
+                let entry = entry_of[p.spec.name.as_str()];
+                let copy = Copy {
+                    index,
+                    model: match origin {
+                        Origin::File => 0,
+                        Origin::Base => 1,
+                    },
+                    cast: *cast,
+                    patch_nonfinite: *patch_nonfinite,
+                    dtype: p.spec.dtype,
+                };
+                by_entry.insert(entry, copy);
+            }
+        }
+    }
+    let entries: Vec<usize> = by_entry
+        .keys()
+        .copied()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let items: Vec<Item> = pass.items(&plan, &entries);
+    ckpt_core::writer::stream_pieces(&file, |tx| -> Result<(), FixError> {
+        for &index in &position_ids {
+            let bytes: Vec<u8> = (0..77i64).flat_map(|i| i.to_le_bytes()).collect();
+            let _ = tx.send((index, 0, bytes));
+        }
+        for (index, bytes) in quantization {
+            let _ = tx.send((index, 0, bytes));
+        }
+        let work = Work {
+            copies: &by_entry,
+            writer: tx,
+        };
+        Ok(pass.run_items(&plan, &items, &work, &mut Ignore)?)
+    })?;
+    file.finish()?;
+    Ok(())
+}
+
+/// How one output tensor is made from a model's tensor.
+#[derive(Clone, Copy, Debug)]
+struct Copy {
+    /// Its index in the output file.
+    index: usize,
+    model: usize,
+    cast: Option<FloatFormat>,
+    patch_nonfinite: bool,
+    dtype: ckpt_read::Dtype,
+}
+
+struct Work<'a> {
+    copies: &'a HashMap<usize, Copy>,
+    writer: std::sync::mpsc::SyncSender<Piece>,
+}
+
+struct Ignore;
+
+impl Absorb<()> for Ignore {
+    fn absorb(&mut self, _: &Plan<'_>, _: &Item, _: ()) -> Result<(), PassError> {
+        Ok(())
+    }
+}
+
+impl Visit for Work<'_> {
+    type Partial = ();
+
+    fn visit(
+        &self,
+        _: &Plan<'_>,
+        item: &Item,
+        inputs: &[Option<Slice<'_>>],
+    ) -> Result<(), PassError> {
+        let o = &self.copies[&item.entry];
+        let src = inputs[o.model].expect("the source has the tensor");
+        let offset = item.start * dtype::bit_size(o.dtype) / 8;
+        if o.cast.is_none() && !o.patch_nonfinite {
+            let _ = self.writer.send((o.index, offset, src.bytes.to_vec()));
+            return Ok(());
+        }
+        let fin = dtype::float_format(src.dtype).expect("casts and patches are floats");
+        let fout = o.cast.unwrap_or(fin);
+        // The base's values where this one is not finite (the base is model 1), else 0.
+        let base = inputs.get(1).copied().flatten().filter(|b| {
+            o.patch_nonfinite && b.bytes.len() / dtype::bit_size(b.dtype) * 8 == item.len()
+        });
+        let max = kernels::largest_finite(fout);
+        let mut out = vec![0u8; item.len() * fout.size()];
+        // In sub-chunks: an item of FP8 values is 16 M of them, 128 MB as f64.
+        const SUB: usize = 1 << 16;
+        let mut v = vec![0.0; SUB.min(item.len())];
+        let mut bv = vec![0.0; if base.is_some() { v.len() } else { 0 }];
+        let mut start = 0;
+        while start < item.len() {
+            let end = (start + SUB).min(item.len());
+            let v = &mut v[..end - start];
+            src.part(start, end).values_into(v);
+            if o.patch_nonfinite {
+                let bv = base.map(|b| {
+                    let bv = &mut bv[..end - start];
+                    b.part(start, end).values_into(bv);
+                    &*bv
+                });
+                for (i, x) in v.iter_mut().enumerate() {
+                    if !x.is_finite() {
+                        *x = bv.map(|b| b[i]).filter(|y| y.is_finite()).unwrap_or(0.0);
+                    }
+                }
+            }
+            // Written back in the stored format, a scaled tensor keeps its scale.
+            if o.cast.is_none()
+                && let ckpt_read::Encoding::Scaled(s) = src.encoding
+                && s != 1.0
+            {
+                v.iter_mut().for_each(|x| *x /= s);
+            }
+            v.iter_mut().for_each(|x| *x = x.clamp(-max, max));
+            let size = fout.size();
+            kernels::from_f64(fout, v, &mut out[start * size..end * size]);
+            start = end;
+        }
+        let _ = self.writer.send((o.index, offset, out));
+        Ok(())
+    }
+}

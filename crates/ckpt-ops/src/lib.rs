@@ -1,0 +1,18 @@
+//! ckpt-diff's views and operations: each turns one pass over its inputs into a plain
+//! result that the command line renders. Nothing here prints.
+//!
+//! * [`views`]: similarity, L2 maps, fitting, validation, inspection, component hashes;
+//! * [`merge`]: the recipe language, its plan and the streamed merge;
+//! * [`lora`]: LoRA networks read, baked, extracted, merged and converted;
+//! * [`fix`]: repairs planned from validation's findings;
+//! * [`hash`], [`sketch`], [`index`]: file hashes, fingerprints and the lineage index;
+//! * [`synth`]: synthetic checkpoints with the real layouts (test data).
+
+pub mod fix;
+pub mod hash;
+pub mod index;
+pub mod lora;
+pub mod merge;
+pub mod sketch;
+pub mod synth;
+pub mod views;

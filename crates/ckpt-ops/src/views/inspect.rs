@@ -1,0 +1,287 @@
+//! What a checkpoint is: architecture and variant, components, dtypes, sizes, metadata, and
+//! the keys the catalog does not expect. Reads the header only.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use ckpt_core::catalog::detect::Detection;
+use ckpt_core::catalog::{Component, KeyCheck, canonical_key, component_of};
+use ckpt_read::{Checkpoint, dtype};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ArchInfo {
+    /// `sd1`, `sd2`, `sdxl` or `unknown`.
+    pub id: String,
+    pub label: String,
+    pub confidence: String,
+    pub matched_keys: usize,
+    pub considered_keys: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runner_up: Option<(String, usize)>,
+    pub scale: u32,
+    pub summary: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ComponentInfo {
+    pub component: Component,
+    pub label: String,
+    pub tensors: usize,
+    pub params: u64,
+    pub bytes: u64,
+    /// dtype -> tensor count.
+    pub dtypes: BTreeMap<String, usize>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DtypeInfo {
+    pub dtype: String,
+    pub tensors: usize,
+    pub params: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct MetadataEntry {
+    pub key: String,
+    /// The value, cut to 300 characters.
+    pub value: String,
+    pub bytes: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ShapeIssue {
+    pub key: String,
+    pub expected: Vec<usize>,
+    pub actual: Vec<usize>,
+}
+
+/// What a torch checkpoint's pickle held besides tensors.
+#[derive(Clone, Debug, Serialize)]
+pub struct PickleReport {
+    /// Where offsets count from (`archive/data.pkl`, or the file for a legacy checkpoint).
+    pub stream: String,
+    /// Every global the pickle names, with its verdict, like a pickle scanner's.
+    pub globals: Vec<ckpt_read::pickle::GlobalUse>,
+    /// Top-level entries outside the state dict (never written by `convert` or `fix`).
+    pub other_entries: Vec<ckpt_read::torch::OtherEntry>,
+    /// Where the state dict was ("" for the top level).
+    pub state_dict_at: String,
+    pub big_endian: bool,
+    /// Tensors that could not be used in place and were copied once.
+    pub copied_tensors: usize,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct InspectReport {
+    pub path: String,
+    /// `safetensors`, `torch-zip`, `torch-legacy`, `diffusers` or `sharded`.
+    pub container: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pickle: Option<PickleReport>,
+    /// How a folder or sharded model was assembled.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub assembled: Vec<String>,
+    pub file_bytes: u64,
+    pub header_bytes: u64,
+    pub tensors: usize,
+    pub params: u64,
+    pub arch: ArchInfo,
+    pub variants: Vec<String>,
+    pub components: Vec<ComponentInfo>,
+    pub dtypes: Vec<DtypeInfo>,
+    pub metadata: Vec<MetadataEntry>,
+    /// Keys the detected architecture's catalog does not list.
+    pub unknown_keys: Vec<String>,
+    /// Required (non-optional, core) catalog keys the file lacks, for the components it has.
+    pub missing_keys: Vec<String>,
+    pub shape_mismatches: Vec<ShapeIssue>,
+    /// Data-region bytes no tensor covers.
+    pub gap_bytes: u64,
+    /// The merge recipe a merger recorded: ckpt-diff's recipe text, or the A1111 /
+    /// SuperMerger `sd_merge_recipe` summarised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub merge_recipe: Option<String>,
+    /// Models the file was merged from (`sd_merge_models`: name and SHA-256), ancestors
+    /// included.
+    pub merged_from: Vec<(String, String)>,
+}
+
+pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
+    let mut components: BTreeMap<Component, ComponentInfo> = BTreeMap::new();
+    let mut dtypes: BTreeMap<String, DtypeInfo> = BTreeMap::new();
+    let arch = det.arch();
+    for t in ckpt.tensors() {
+        let c = component_of(&canonical_key(&t.name));
+        let numel = t.numel() as u64;
+        let bytes = t.byte_len() as u64;
+        let d = dtype::name(t.dtype);
+        let info = components.entry(c).or_insert_with(|| ComponentInfo {
+            component: c,
+            label: arch
+                .map(|a| a.component_label(c))
+                .unwrap_or(c.id())
+                .to_string(),
+            tensors: 0,
+            params: 0,
+            bytes: 0,
+            dtypes: BTreeMap::new(),
+        });
+        info.tensors += 1;
+        info.params += numel;
+        info.bytes += bytes;
+        *info.dtypes.entry(d.clone()).or_default() += 1;
+        let di = dtypes.entry(d.clone()).or_insert_with(|| DtypeInfo {
+            dtype: d,
+            tensors: 0,
+            params: 0,
+            bytes: 0,
+        });
+        di.tensors += 1;
+        di.params += numel;
+        di.bytes += bytes;
+    }
+
+    let (unknown_keys, missing_keys, shape_mismatches) = match arch {
+        Some(a) => {
+            let keys = KeyCheck::new(ckpt.tensors(), a, det.scale);
+            let shapes = keys
+                .wrong_shape
+                .into_iter()
+                .map(|w| ShapeIssue {
+                    key: w.name,
+                    expected: w.expected,
+                    actual: w.actual,
+                })
+                .collect();
+            (keys.unknown, keys.missing_required, shapes)
+        }
+        None => Default::default(),
+    };
+
+    let metadata = ckpt
+        .metadata()
+        .iter()
+        .map(|(k, v)| MetadataEntry {
+            key: k.clone(),
+            value: if v.chars().count() > 300 {
+                format!("{}…", v.chars().take(300).collect::<String>())
+            } else {
+                v.clone()
+            },
+            bytes: v.len(),
+        })
+        .collect();
+
+    let c = &det.confidence;
+    InspectReport {
+        path: ckpt.path().display().to_string(),
+        container: ckpt.provenance().id().to_string(),
+        pickle: ckpt.pickle().map(|p| PickleReport {
+            stream: p.stream.clone(),
+            globals: p.globals.clone(),
+            other_entries: p.other.clone(),
+            state_dict_at: p.state_dict_at.clone(),
+            big_endian: p.big_endian,
+            copied_tensors: p.copied,
+        }),
+        assembled: ckpt.notes().to_vec(),
+        file_bytes: ckpt.file_len(),
+        header_bytes: ckpt.header_len(),
+        tensors: ckpt.tensors().len(),
+        params: ckpt.tensors().iter().map(|t| t.numel() as u64).sum(),
+        arch: ArchInfo {
+            id: det.layout.id().to_string(),
+            label: arch
+                .map(|a| a.label())
+                .unwrap_or("unknown layout")
+                .to_string(),
+            confidence: c.level.id().to_string(),
+            matched_keys: c.matched,
+            considered_keys: c.considered,
+            runner_up: c.runner_up.map(|(a, n)| (a.id().to_string(), n)),
+            scale: det.scale,
+            summary: det.summary(),
+        },
+        variants: det
+            .variants
+            .iter()
+            .map(|v| v.describe())
+            .chain(ckpt.scaled_fp8().map(|q| {
+                format!(
+                    "scaled FP8 ({}): {} weights stored in {} with a per-tensor scale_weight, read dequantized",
+                    q.marker,
+                    q.scaled_weights(),
+                    ckpt_read::dtype::name(q.format.dtype())
+                )
+            }))
+            .collect(),
+        components: components.into_values().collect(),
+        dtypes: dtypes.into_values().collect(),
+        metadata,
+        unknown_keys,
+        missing_keys,
+        shape_mismatches,
+        gap_bytes: ckpt.gap_bytes(),
+        merge_recipe: merge_recipe(ckpt),
+        merged_from: merged_from(ckpt),
+    }
+}
+
+/// The recorded recipe: ckpt-diff's own text, or a summary of an `sd_merge_recipe`.
+fn merge_recipe(ckpt: &Checkpoint) -> Option<String> {
+    if let Some(text) = ckpt.metadata_value("ckpt_diff.recipe") {
+        return Some(text.trim_end().to_string());
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(ckpt.metadata_value("sd_merge_recipe")?).ok()?;
+    let get = |k: &str| {
+        v.get(k).map(|x| {
+            x.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| x.to_string())
+        })
+    };
+    let mut parts = Vec::new();
+    for key in [
+        "type",
+        "interp_method",
+        "mode",
+        "multiplier",
+        "base_alpha",
+        "weights_alpha",
+        "calcmode",
+        "model_a",
+        "model_b",
+        "model_c",
+        "primary_model_hash",
+        "secondary_model_hash",
+        "tertiary_model_hash",
+    ] {
+        if let Some(val) = get(key).filter(|x| x != "null" && !x.is_empty()) {
+            parts.push(format!("{key}: {val}"));
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("\n"))
+}
+
+fn merged_from(ckpt: &Checkpoint) -> Vec<(String, String)> {
+    let Some(text) = ckpt.metadata_value("sd_merge_models") else {
+        return Vec::new();
+    };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(text) else {
+        return Vec::new();
+    };
+    map.iter()
+        .map(|(hash, v)| {
+            (
+                v.get("name")
+                    .and_then(|n| n.as_str())
+                    .unwrap_or("?")
+                    .to_string(),
+                hash.clone(),
+            )
+        })
+        .collect()
+}
