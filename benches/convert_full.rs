@@ -5,6 +5,9 @@
 //!
 //!     cargo bench --bench convert_full     # needs target/bench-venv (benches/peers/setup.sh)
 
+// Tests and benchmarks report what they measure, and signal the binary through libc.
+#![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
+
 mod common;
 
 use std::io::Write;
@@ -41,6 +44,7 @@ fn inputs() -> (PathBuf, PathBuf) {
             &Synthetic::base(Arch::Sd1, 1),
             &[],
             &NoProgress,
+            &Default::default(),
         )
         .unwrap();
     }
@@ -163,7 +167,7 @@ fn main() {
     let report = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/bench/convert.md");
     std::fs::write(report, &md).unwrap();
     // The inputs are 15 GB: delete them unless asked to keep them.
-    if std::env::var_os("CKPT_DIFF_BENCH_KEEP").is_none() {
+    if std::env::var_os(ckpt_read::env::BENCH_KEEP.name).is_none() {
         let _ = std::fs::remove_file(&st);
         let _ = std::fs::remove_file(&ckpt);
     }

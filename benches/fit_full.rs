@@ -6,6 +6,9 @@
 //! The target is planted: S1 = ft1 x 0.6 + ft2 x 0.4; S2 = S1 + (ft5 - base) x 0.3, so the
 //! run also shows the recipe coming back at full size.
 
+// Tests and benchmarks report what they measure, and signal the binary through libc.
+#![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
+
 mod common;
 
 use std::path::Path;

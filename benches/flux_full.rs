@@ -8,6 +8,9 @@
 //!
 //! Writes reports/bench/flux.md. `CKPT_DIFF_BENCH_KEEP=1` keeps the generated inputs.
 
+// Tests and benchmarks report what they measure, and signal the binary through libc.
+#![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -26,7 +29,7 @@ fn diffuser(dtype: FloatFormat, name: &str, model: &Synthetic) -> PathBuf {
         l.bare = true;
         eprintln!("generating {} ...", path.display());
         let t = std::time::Instant::now();
-        synth::write(&path, &l, model, &[], &NoProgress).expect("synth");
+        synth::write(&path, &l, model, &[], &NoProgress, &Default::default()).expect("synth");
         eprintln!("  {:.0} s", t.elapsed().as_secs_f64());
     }
     path
@@ -146,7 +149,7 @@ fn pair(rows: &mut Vec<Row>, dtype: FloatFormat, label: &str, out_dtype: &str, b
         cached: 0,
     });
     eprintln!("disk read {disk:.2} GB/s; pair {:.1} GB", gb(input));
-    if std::env::var_os("CKPT_DIFF_BENCH_KEEP").is_none() {
+    if std::env::var_os(ckpt_read::env::BENCH_KEEP.name).is_none() {
         let _ = std::fs::remove_file(&a);
         let _ = std::fs::remove_file(&b);
     }
@@ -173,6 +176,7 @@ fn every_command() -> String {
                 &Synthetic::base(Arch::Flux, seed),
                 &[],
                 &NoProgress,
+                &Default::default(),
             )
             .expect("synth");
         }
@@ -211,7 +215,7 @@ fn every_command() -> String {
             anon as f64 / 1e6
         ));
     }
-    if std::env::var_os("CKPT_DIFF_BENCH_KEEP").is_none() {
+    if std::env::var_os(ckpt_read::env::BENCH_KEEP.name).is_none() {
         let _ = std::fs::remove_file(&a);
         let _ = std::fs::remove_file(&b);
     }
@@ -222,7 +226,8 @@ fn main() {
     let bandwidth = memory_bandwidth();
     let mut rows = Vec::new();
     // `CKPT_DIFF_BENCH_ONLY=commands` runs the last table alone.
-    let only_commands = std::env::var("CKPT_DIFF_BENCH_ONLY").is_ok_and(|v| v == "commands");
+    let only_commands =
+        std::env::var(ckpt_read::env::BENCH_ONLY.name).is_ok_and(|v| v == "commands");
     if !only_commands {
         pair(&mut rows, FloatFormat::F8E4M3, "fp8", "f8_e4m3", bandwidth);
         pair(&mut rows, FloatFormat::BF16, "bf16", "bf16", bandwidth);

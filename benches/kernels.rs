@@ -5,6 +5,9 @@
 //! The data (1 MiB per operand) stays in L2, so these are compute ceilings; the full-size
 //! benchmarks (`sim_full`) show what memory allows.
 
+// Tests and benchmarks report what they measure, and signal the binary through libc.
+#![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
+
 use ckpt_core::kernels;
 use ckpt_read::dtype::FloatFormat;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};

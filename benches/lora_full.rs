@@ -12,6 +12,9 @@
 //! `CKPT_DIFF_BENCH_KOHYA_SDXL=0` only on SDXL (it holds both models in memory: 14 GB in
 //! fp16); `CKPT_DIFF_BENCH_ONLY=sd1|sdxl|bake` runs one part.
 
+// Tests and benchmarks report what they measure, and signal the binary through libc.
+#![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
+
 mod common;
 
 use std::fmt::Write as _;
@@ -129,9 +132,9 @@ fn extract_pair(arch: Arch, label: &str, report: &mut String) {
         input as f64 / 1e9
     )
     .unwrap();
-    let run_kohya = std::env::var("CKPT_DIFF_BENCH_KOHYA").as_deref() != Ok("0")
+    let run_kohya = std::env::var(ckpt_read::env::BENCH_KOHYA.name).as_deref() != Ok("0")
         && (arch != Arch::Sdxl
-            || std::env::var("CKPT_DIFF_BENCH_KOHYA_SDXL").as_deref() != Ok("0"));
+            || std::env::var(ckpt_read::env::BENCH_KOHYA_SDXL.name).as_deref() != Ok("0"));
     let k = if run_kohya {
         eprintln!("{label}: kohya's extract_lora_from_models.py --dim 64 (PyTorch CPU) ...");
         kohya(&base, &tuned, &theirs, arch == Arch::Sdxl)
@@ -327,7 +330,7 @@ fn bake(report: &mut String) {
 fn main() {
     let threads = rayon::current_num_threads();
     let mut report = format!("## LoRA extraction and baking, full size, {threads} threads\n\n");
-    let only = std::env::var("CKPT_DIFF_BENCH_ONLY").unwrap_or_default();
+    let only = std::env::var(ckpt_read::env::BENCH_ONLY.name).unwrap_or_default();
     if only.is_empty() || only == "sd1" {
         extract_pair(Arch::Sd1, "SD1.5", &mut report);
     }

@@ -9,6 +9,9 @@
 //!   They have the real layout and sizes, so memory behaves as with real files, but need no
 //!   disk (140 GB of real files would not fit on this machine).
 
+// Tests and benchmarks report what they measure, and signal the binary through libc.
+#![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
+
 mod common;
 
 use ckpt_core::catalog::Arch;
@@ -55,7 +58,15 @@ fn main() {
             if !p.exists() {
                 let mut l = Layout::new(Arch::Sdxl, 1, FloatFormat::F16);
                 l.zero_data = true;
-                synth::write(&p, &l, &Synthetic::base(Arch::Sdxl, i), &[], &NoProgress).unwrap();
+                synth::write(
+                    &p,
+                    &l,
+                    &Synthetic::base(Arch::Sdxl, i),
+                    &[],
+                    &NoProgress,
+                    &Default::default(),
+                )
+                .unwrap();
             }
             p
         })

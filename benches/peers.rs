@@ -16,6 +16,9 @@
 //! runs per measurement; the median time is reported, and the largest peak memory. The
 //! table goes to `reports/bench/peers.md` (and `.json`).
 
+// Tests and benchmarks report what they measure, and signal the binary through libc.
+#![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -96,7 +99,7 @@ struct Comparison {
 }
 
 fn runs() -> usize {
-    std::env::var("CKPT_DIFF_BENCH_RUNS")
+    std::env::var(ckpt_read::env::BENCH_RUNS.name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3)
@@ -149,7 +152,7 @@ fn peers_dir() -> PathBuf {
 
 /// The Python interpreter with the peers installed (set up on first use).
 fn python() -> PathBuf {
-    if let Some(p) = std::env::var_os("CKPT_DIFF_BENCH_PYTHON") {
+    if let Some(p) = std::env::var_os(ckpt_read::env::BENCH_PYTHON.name) {
         return PathBuf::from(p);
     }
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-venv");
@@ -500,7 +503,7 @@ fn main() {
     }
 
     report(&rows, &machine);
-    if std::env::var_os("CKPT_DIFF_BENCH_KEEP").is_none() {
+    if std::env::var_os(ckpt_read::env::BENCH_KEEP.name).is_none() {
         for p in &made {
             let _ = std::fs::remove_file(p);
             eprintln!("removed {}", p.display());

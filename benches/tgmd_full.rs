@@ -16,6 +16,9 @@
 //! geometric median of the filtered deltas, 10% dropped without rescale, 100 Weiszfeld
 //! steps at most, ftol 1e-20), float16 output.
 
+// Tests and benchmarks report what they measure, and signal the binary through libc.
+#![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
+
 mod common;
 
 use std::fmt::Write as _;
@@ -38,7 +41,7 @@ fn reduced(dir: &Path, k: usize) -> PathBuf {
             finetune_model(Arch::Sdxl, k)
         };
         let layout = Layout::new(Arch::Sdxl, REDUCED, FloatFormat::F16);
-        synth::write(&p, &layout, &model, &[], &NoProgress).expect("synth");
+        synth::write(&p, &layout, &model, &[], &NoProgress, &Default::default()).expect("synth");
     }
     p
 }
@@ -177,6 +180,7 @@ fn main() {
                     &Synthetic::base(Arch::Sdxl, i as u64),
                     &[],
                     &NoProgress,
+                    &Default::default(),
                 )
                 .unwrap();
             }

@@ -208,7 +208,7 @@ fn interrupt_exits_130_and_leaves_no_temporary_file() {
     let out = d.path("small.safetensors");
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_ckpt-diff"))
         .args(["synth", "model", s(&out), "--scale", "16"])
-        .env("CKPT_DIFF_HOLD_AFTER_BYTES", "1")
+        .env(ckpt_read::env::HOLD_AFTER_BYTES.name, "1")
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -217,7 +217,7 @@ fn interrupt_exits_130_and_leaves_no_temporary_file() {
     let holding = lines
         .by_ref()
         .map_while(Result::ok)
-        .any(|l| l.contains(ckpt_core::pass::progress::HOLDING));
+        .any(|l| l.contains(ckpt_core::pass::HOLDING));
     assert!(holding, "the command never reached its hold point");
     // The temporary file exists now, partly written.
     let during: Vec<_> = std::fs::read_dir(d.dir.path()).unwrap().collect();
@@ -260,5 +260,21 @@ fn test_bad_fp8_scale_refused() {
             &data,
         );
         refused(&p, "scale_weight");
+    }
+}
+
+/// Every environment variable `ckpt_read::env` declares is on the docs page that lists them.
+#[test]
+fn every_environment_variable_is_documented() {
+    let page = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/environment.md"),
+    )
+    .expect("docs/environment.md");
+    for v in ckpt_read::env::ALL {
+        assert!(
+            page.contains(&format!("| `{}` |", v.name)),
+            "docs/environment.md does not list {}",
+            v.name
+        );
     }
 }

@@ -4,6 +4,9 @@
 //! A test binary of its own, so that its counting allocator sees this test only. Cases:
 //! `PROPTEST_CASES` (default 100 000, split over the seeds).
 
+// Tests and benchmarks report what they measure, and signal the binary through libc.
+#![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -85,7 +85,7 @@ fn hex_le(v: u32) -> String {
 
 #[test]
 fn hashes_match_python_hashlib_zlib_blake3() {
-    let python = std::env::var("CKPT_DIFF_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = std::env::var(ckpt_read::env::PYTHON.name).unwrap_or_else(|_| "python3".into());
     let oracle = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/hashes.py");
     let d = Dir::new();
     let fs = files(&d);
@@ -125,7 +125,7 @@ fn hashes_match_python_hashlib_zlib_blake3() {
     if !blake3_checked {
         // CI installs the blake3 module (.ci/run); say so when it is missing here.
         assert!(
-            std::env::var("CKPT_DIFF_REQUIRE_PY_BLAKE3").is_err(),
+            std::env::var(ckpt_read::env::REQUIRE_PY_BLAKE3.name).is_err(),
             "the Python blake3 module is required but missing"
         );
         crate::util::say_skipped(

@@ -87,7 +87,7 @@ fn close(a: f64, b: f64, rel: f64) -> bool {
     (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-300)
 }
 
-pub fn check_family(arch: Arch, dtype: FloatFormat) {
+pub(crate) fn check_family(arch: Arch, dtype: FloatFormat) {
     let d = Dir::new();
     let files = family_files(&d, arch, dtype);
     let mut args = vec!["l2", "--base", s(&files[0])];

@@ -340,7 +340,7 @@ fn test_parquet_export_matches_the_index_in_duckdb() {
         "-q",
     ]);
     assert!(out.contains("records"), "{out}");
-    let python = std::env::var("CKPT_DIFF_PYTHON").unwrap_or_else(|_| "python3".into());
+    let python = std::env::var(ckpt_read::env::PYTHON.name).unwrap_or_else(|_| "python3".into());
     let oracle = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/parquet.py");
     let o = std::process::Command::new(&python)
         .args([s(&oracle), s(&ix), s(&pq)])
@@ -350,7 +350,7 @@ fn test_parquet_export_matches_the_index_in_duckdb() {
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     if v["duckdb"] == false {
         assert!(
-            std::env::var("CKPT_DIFF_REQUIRE_PY_DUCKDB").is_err(),
+            std::env::var(ckpt_read::env::REQUIRE_PY_DUCKDB.name).is_err(),
             "the Python duckdb module is required but missing"
         );
         crate::util::say_skipped(

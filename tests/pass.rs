@@ -13,13 +13,14 @@ fn two_models(dir: &tempfile::TempDir) -> (Checkpoint, Checkpoint) {
     let a = dir.path().join("a.safetensors");
     let b = dir.path().join("b.safetensors");
     let base = Synthetic::base(Arch::Sd1, 5);
-    synth::write(&a, &layout, &base, &[], &NoProgress).unwrap();
+    synth::write(&a, &layout, &base, &[], &NoProgress, &Default::default()).unwrap();
     synth::write(
         &b,
         &layout,
         &base.plus_delta(9, synth::uniform(Arch::Sd1, 0.2)),
         &[],
         &NoProgress,
+        &Default::default(),
     )
     .unwrap();
     (Checkpoint::open(&a).unwrap(), Checkpoint::open(&b).unwrap())

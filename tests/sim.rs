@@ -43,7 +43,7 @@ fn naive(a: &Path, b: &Path, arch: Arch) -> BTreeMap<String, Sums> {
     rows
 }
 
-pub fn check_against_naive(a: &Path, b: &Path, arch: Arch) {
+pub(crate) fn check_against_naive(a: &Path, b: &Path, arch: Arch) {
     let want = naive(a, b, arch);
     let got = run_json(&["sim", s(a), s(b)]);
     let rows = got["rows"].as_array().unwrap();
@@ -81,7 +81,7 @@ pub fn check_against_naive(a: &Path, b: &Path, arch: Arch) {
     assert!((totals["flat_all"]["similarity"].as_f64().unwrap() - cos(all)).abs() <= 1e-9);
 }
 
-pub fn pair(
+pub(crate) fn pair(
     dir: &Dir,
     arch: Arch,
     scale: u32,
@@ -134,7 +134,7 @@ fn portable_kernels_agree() {
     let (a, b) = pair(&d, Arch::Sd1, 16, FloatFormat::BF16, FloatFormat::F32);
     let fast = run_json(&["sim", s(&a), s(&b)]);
     let out = ckpt_diff()
-        .env("CKPT_DIFF_KERNELS", "portable")
+        .env(ckpt_read::env::KERNELS.name, "portable")
         .args(["sim", s(&a), s(&b), "--json"])
         .output()
         .unwrap();

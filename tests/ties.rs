@@ -59,11 +59,11 @@ fn mecha_inputs(dir: &Dir) -> Vec<PathBuf> {
 /// A Python with sd-mecha: $CKPT_DIFF_MECHA_PYTHON (`none`: use the goldens), else the
 /// bench environment's.
 fn mecha_python() -> Option<String> {
-    if std::env::var("CKPT_DIFF_MECHA_PYTHON").is_ok_and(|v| v == "none") {
+    if std::env::var(ckpt_read::env::MECHA_PYTHON.name).is_ok_and(|v| v == "none") {
         return None;
     }
     let candidates = [
-        std::env::var("CKPT_DIFF_MECHA_PYTHON").ok(),
+        std::env::var(ckpt_read::env::MECHA_PYTHON.name).ok(),
         Some(format!(
             "{}/target/bench-venv/bin/python",
             env!("CARGO_MANIFEST_DIR")

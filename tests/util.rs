@@ -11,50 +11,51 @@ use ckpt_core::pass::NoProgress;
 use ckpt_ops::synth::{self, Layout, Synthetic};
 use ckpt_read::dtype::FloatFormat;
 
-pub struct Dir {
+pub(crate) struct Dir {
     pub dir: tempfile::TempDir,
 }
 
 impl Dir {
-    pub fn new() -> Dir {
+    pub(crate) fn new() -> Dir {
         Dir {
             dir: tempfile::tempdir().expect("temp dir"),
         }
     }
 
-    pub fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// Writes a synthetic model and returns its path.
-    pub fn model(&self, name: &str, layout: &Layout, model: &Synthetic) -> PathBuf {
+    pub(crate) fn model(&self, name: &str, layout: &Layout, model: &Synthetic) -> PathBuf {
         let p = self.path(name);
-        synth::write(&p, layout, model, &[], &NoProgress).expect("synth write");
+        synth::write(&p, layout, model, &[], &NoProgress, &Default::default())
+            .expect("synth write");
         p
     }
 }
 
-pub fn layout(arch: Arch, scale: u32, dtype: FloatFormat) -> Layout {
+pub(crate) fn layout(arch: Arch, scale: u32, dtype: FloatFormat) -> Layout {
     Layout::new(arch, scale, dtype)
 }
 
 /// Says, where the test output shows it, that part of a test was skipped. Written to the
 /// process's stderr directly: the test harness captures `eprintln!`, and a skip nobody sees
 /// passes for a pass.
-pub fn say_skipped(what: &str) {
+pub(crate) fn say_skipped(what: &str) {
     use std::io::Write;
     let _ = writeln!(std::io::stderr(), "SKIPPED {what}");
 }
 
 /// The binary under test.
-pub fn ckpt_diff() -> Command {
+pub(crate) fn ckpt_diff() -> Command {
     let mut c = Command::cargo_bin("ckpt-diff").expect("binary");
-    c.env_remove("CKPT_DIFF_KERNELS");
+    c.env_remove(ckpt_read::env::KERNELS.name);
     c
 }
 
 /// Runs the binary, expects success, returns stdout.
-pub fn run_ok(args: &[&str]) -> String {
+pub(crate) fn run_ok(args: &[&str]) -> String {
     let out = ckpt_diff().args(args).output().expect("run");
     assert!(
         out.status.success(),
@@ -65,18 +66,18 @@ pub fn run_ok(args: &[&str]) -> String {
 }
 
 /// Runs the binary with `--json` appended and parses stdout.
-pub fn run_json(args: &[&str]) -> serde_json::Value {
+pub(crate) fn run_json(args: &[&str]) -> serde_json::Value {
     let mut a = args.to_vec();
     a.push("--json");
     serde_json::from_str(&run_ok(&a)).expect("JSON output")
 }
 
-pub fn s(p: &Path) -> &str {
+pub(crate) fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")
 }
 
 /// A float tensor read independently of ckpt-diff's reader and kernels.
-pub struct RefTensor {
+pub(crate) struct RefTensor {
     pub name: String,
     pub shape: Vec<usize>,
     /// `None` for integer tensors.
@@ -85,7 +86,7 @@ pub struct RefTensor {
 
 /// Reads every tensor with the `safetensors` crate and converts floats element by element
 /// with `half`.
-pub fn read_reference(path: &Path) -> Vec<RefTensor> {
+pub(crate) fn read_reference(path: &Path) -> Vec<RefTensor> {
     use safetensors::{Dtype, SafeTensors};
     let bytes = std::fs::read(path).expect("read");
     let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
@@ -129,7 +130,7 @@ pub fn read_reference(path: &Path) -> Vec<RefTensor> {
 /// An FP8 code decoded from its bit fields, as the OCP FP8 spec defines them: E4M3 (the
 /// "FN" variant: bias 7, no infinities, S.1111.111 is NaN) and E5M2 (bias 15, IEEE-like:
 /// exponent 31 is infinity or NaN). Subnormals have exponent field 0.
-pub fn decode_fp8(code: u8, e4m3: bool) -> f64 {
+pub(crate) fn decode_fp8(code: u8, e4m3: bool) -> f64 {
     let sign = if code & 0x80 != 0 { -1.0 } else { 1.0 };
     let (mbits, bias, emax) = if e4m3 { (3, 7, 15) } else { (2, 15, 31) };
     let e = ((code & 0x7f) >> mbits) as i32;
@@ -155,7 +156,7 @@ pub fn decode_fp8(code: u8, e4m3: bool) -> f64 {
 /// Tensors by name as a scaled-FP8 file means them, by ComfyUI's convention read
 /// independently: each `X.weight` times its scalar `X.scale_weight`; the marker and the
 /// scales themselves dropped.
-pub fn dequantized_map(path: &Path) -> std::collections::BTreeMap<String, RefTensor> {
+pub(crate) fn dequantized_map(path: &Path) -> std::collections::BTreeMap<String, RefTensor> {
     let mut map = reference_map(path);
     let scales: Vec<(String, f64)> = map
         .iter()
@@ -179,7 +180,7 @@ pub fn dequantized_map(path: &Path) -> std::collections::BTreeMap<String, RefTen
 /// The report row of a Flux / SD3 key, from the layouts' naming (not from the catalog):
 /// numbered double, single and joint blocks; `final_layer` is OUT; the diffuser's other
 /// modules (embedders, Chroma's modulation network) are IN.
-pub fn reference_dit_row(key: &str) -> String {
+pub(crate) fn reference_dit_row(key: &str) -> String {
     if let Some(rest) = key.strip_prefix("model.diffusion_model.") {
         let re =
             regex::Regex::new(r"^(double_blocks|single_blocks|joint_blocks)\.(\d+)\.").unwrap();
@@ -211,7 +212,7 @@ pub fn reference_dit_row(key: &str) -> String {
 /// The merge block of a Flux / SD3 key: SuperMerger's Flux list weighs CLIP-L as `CLIP`
 /// and T5 as `T5` and leaves the VAE out; ComfyUI's SD3 nodes weigh everything outside the
 /// diffuser as one (`BASE`).
-pub fn reference_dit_block(key: &str, flux: bool) -> Option<String> {
+pub(crate) fn reference_dit_block(key: &str, flux: bool) -> Option<String> {
     let row = reference_dit_row(key);
     if key.starts_with("model.diffusion_model.") {
         return Some(row);
@@ -228,7 +229,7 @@ pub fn reference_dit_block(key: &str, flux: bool) -> Option<String> {
 }
 
 /// The report row of a key of `arch`, by [`reference_row`] or [`reference_dit_row`].
-pub fn arch_row(arch: Arch, key: &str) -> String {
+pub(crate) fn arch_row(arch: Arch, key: &str) -> String {
     if arch.depth() > 0 {
         reference_row(key, arch.depth() as usize)
     } else {
@@ -237,7 +238,7 @@ pub fn arch_row(arch: Arch, key: &str) -> String {
 }
 
 /// The component id of a report row (the denoiser's blocks are `unet` or `diffuser`).
-pub fn row_component(arch: Arch, row: &str) -> &'static str {
+pub(crate) fn row_component(arch: Arch, row: &str) -> &'static str {
     match row {
         "TE1" => "te1",
         "TE2" => "te2",
@@ -252,7 +253,7 @@ pub fn row_component(arch: Arch, row: &str) -> &'static str {
 }
 
 /// The report row of a key, written from SuperMerger's rules without the catalog.
-pub fn reference_row(key: &str, depth: usize) -> String {
+pub(crate) fn reference_row(key: &str, depth: usize) -> String {
     if let Some(rest) = key.strip_prefix("model.diffusion_model.") {
         if rest.starts_with("time_embed.") || rest.starts_with("label_emb.") {
             return "IN00".into();
@@ -281,7 +282,7 @@ pub fn reference_row(key: &str, depth: usize) -> String {
 }
 
 /// The merge block of a key for block weights: its report row, or `BASE` outside the U-Net.
-pub fn reference_block(key: &str, depth: usize) -> String {
+pub(crate) fn reference_block(key: &str, depth: usize) -> String {
     let row = reference_row(key, depth);
     if key.starts_with("model.diffusion_model.") {
         row
@@ -291,7 +292,7 @@ pub fn reference_block(key: &str, depth: usize) -> String {
 }
 
 /// Tensors by name, read independently.
-pub fn reference_map(path: &Path) -> std::collections::BTreeMap<String, RefTensor> {
+pub(crate) fn reference_map(path: &Path) -> std::collections::BTreeMap<String, RefTensor> {
     read_reference(path)
         .into_iter()
         .map(|t| (t.name.clone(), t))
@@ -300,7 +301,7 @@ pub fn reference_map(path: &Path) -> std::collections::BTreeMap<String, RefTenso
 
 /// A tensor to write with [`write_raw`].
 #[derive(Clone, Debug)]
-pub struct RawTensor {
+pub(crate) struct RawTensor {
     pub name: String,
     pub dtype: String,
     pub shape: Vec<usize>,
@@ -309,7 +310,7 @@ pub struct RawTensor {
 
 /// Writes a safetensors file by hand, tensors in the given order (independent of the
 /// project's writer), with optional metadata and header padding.
-pub fn write_raw(
+pub(crate) fn write_raw(
     path: &Path,
     tensors: &[RawTensor],
     metadata: &[(&str, &str)],
@@ -351,7 +352,7 @@ pub fn write_raw(
 
 /// Every tensor of a file as [`RawTensor`]s (read with the `safetensors` crate), in name
 /// order, with the metadata.
-pub fn read_raw(path: &Path) -> (Vec<RawTensor>, Vec<(String, String)>) {
+pub(crate) fn read_raw(path: &Path) -> (Vec<RawTensor>, Vec<(String, String)>) {
     let bytes = std::fs::read(path).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
@@ -377,7 +378,7 @@ pub fn read_raw(path: &Path) -> (Vec<RawTensor>, Vec<(String, String)>) {
 }
 
 /// Rewrites `src` into `dst` after `edit` changes the tensor list.
-pub fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<RawTensor>)) {
+pub(crate) fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<RawTensor>)) {
     let (mut tensors, metadata) = read_raw(src);
     edit(&mut tensors);
     let meta: Vec<(&str, &str)> = metadata
@@ -388,7 +389,7 @@ pub fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<RawTensor>)) {
 }
 
 /// Runs the binary and returns (exit code, stdout, stderr).
-pub fn run_code(args: &[&str]) -> (i32, String, String) {
+pub(crate) fn run_code(args: &[&str]) -> (i32, String, String) {
     let out = ckpt_diff().args(args).output().expect("run");
     (
         out.status.code().unwrap_or(-1),

@@ -13,8 +13,8 @@ use ckpt_read::dtype::FloatFormat;
 
 /// Where full-size inputs live between runs: `$CKPT_DIFF_BENCH_DIR`, else
 /// `target/bench-data` (kept so repeated runs do not regenerate gigabytes).
-pub fn data_dir() -> PathBuf {
-    let dir = std::env::var_os("CKPT_DIFF_BENCH_DIR")
+pub(crate) fn data_dir() -> PathBuf {
+    let dir = std::env::var_os(ckpt_read::env::BENCH_DIR.name)
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-data"));
     std::fs::create_dir_all(&dir).expect("bench data dir");
@@ -23,7 +23,7 @@ pub fn data_dir() -> PathBuf {
 
 /// A full-size generated checkpoint (created once): the base of `seed`, plus a delta of
 /// `delta` (relative size) with seed `seed + 1000` when `delta > 0`.
-pub fn model(arch: Arch, dtype: FloatFormat, seed: u64, delta: f64) -> PathBuf {
+pub(crate) fn model(arch: Arch, dtype: FloatFormat, seed: u64, delta: f64) -> PathBuf {
     generated(arch, dtype, &format!("s{seed}-d{delta}"), || {
         let m = Synthetic::base(arch, seed);
         if delta > 0.0 {
@@ -36,14 +36,14 @@ pub fn model(arch: Arch, dtype: FloatFormat, seed: u64, delta: f64) -> PathBuf {
 
 /// A full-size generated fine-tune of the base of seed 1 (created once): fine-tune `k`
 /// has its own delta direction and per-block sizes, as real fine-tunes do.
-pub fn finetune(arch: Arch, dtype: FloatFormat, k: usize) -> PathBuf {
+pub(crate) fn finetune(arch: Arch, dtype: FloatFormat, k: usize) -> PathBuf {
     generated(arch, dtype, &format!("s1-ft{k}"), || {
         finetune_model(arch, k)
     })
 }
 
 /// The synthetic model of [`finetune`].
-pub fn finetune_model(arch: Arch, k: usize) -> Synthetic {
+pub(crate) fn finetune_model(arch: Arch, k: usize) -> Synthetic {
     Synthetic::base(arch, 1).plus_delta(
         2000 + k as u64,
         ckpt_ops::synth::family::finetune_profile(arch, 1, k, 0.1),
@@ -52,7 +52,7 @@ pub fn finetune_model(arch: Arch, k: usize) -> Synthetic {
 
 /// A full-size checkpoint of a synthetic model built by `make` (created once) under
 /// `name`.
-pub fn generated(
+pub(crate) fn generated(
     arch: Arch,
     dtype: FloatFormat,
     name: &str,
@@ -67,6 +67,7 @@ pub fn generated(
             &make(),
             &[],
             &NoProgress,
+            &Default::default(),
         )
         .expect("synth");
     }
@@ -82,7 +83,7 @@ fn prefix(arch: Arch, dtype: FloatFormat) -> String {
 }
 
 /// Drops `paths` from the page cache (their pages are clean: the files were synced).
-pub fn evict(paths: &[&Path]) {
+pub(crate) fn evict(paths: &[&Path]) {
     use std::os::unix::io::AsRawFd;
     for p in paths {
         let f = std::fs::File::open(p).expect("open");
@@ -92,7 +93,7 @@ pub fn evict(paths: &[&Path]) {
 }
 
 /// Reads every byte of `paths` once so they sit in the page cache.
-pub fn warm(paths: &[&Path]) {
+pub(crate) fn warm(paths: &[&Path]) {
     use std::io::Read;
     let mut buf = vec![0u8; 8 << 20];
     for p in paths {
@@ -102,7 +103,7 @@ pub fn warm(paths: &[&Path]) {
 }
 
 /// Median of `runs` timings of `f`, in seconds.
-pub fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
+pub(crate) fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
     let mut t: Vec<f64> = (0..runs)
         .map(|_| {
             let s = Instant::now();
@@ -116,7 +117,7 @@ pub fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
 
 /// Memory read bandwidth of this machine in GB/s: the best of several sums over a 2 GiB
 /// buffer (far larger than the caches) on all threads, with the widest SIMD the CPU has.
-pub fn memory_bandwidth() -> f64 {
+pub(crate) fn memory_bandwidth() -> f64 {
     use rayon::prelude::*;
     let n = 2usize << 30;
     let buf = vec![1u8; n];
@@ -196,14 +197,14 @@ unsafe fn sum_avx2(x: &[u8]) -> u64 {
 
 /// Bytes per second of reading `paths` through a memory map, all threads, no computing:
 /// the ceiling for any mmap-based pass on this machine (page faults included). Best of 3.
-pub fn mmap_read_rate(paths: &[&Path]) -> f64 {
+pub(crate) fn mmap_read_rate(paths: &[&Path]) -> f64 {
     (0..3)
         .map(|_| mmap_read_rate_once(paths))
         .fold(0.0, f64::max)
 }
 
 /// One timed read of `paths` through memory maps (GB/s); from disk if they are not cached.
-pub fn mmap_read_rate_once(paths: &[&Path]) -> f64 {
+pub(crate) fn mmap_read_rate_once(paths: &[&Path]) -> f64 {
     use rayon::prelude::*;
     let files: Vec<std::fs::File> = paths
         .iter()
@@ -241,7 +242,7 @@ pub fn mmap_read_rate_once(paths: &[&Path]) -> f64 {
 }
 
 /// Peak resident memory of finished child processes (ru_maxrss of RUSAGE_CHILDREN), bytes.
-pub fn children_peak_rss() -> u64 {
+pub(crate) fn children_peak_rss() -> u64 {
     let mut ru = std::mem::MaybeUninit::<libc::rusage>::uninit();
     // SAFETY: getrusage fills the struct when it returns 0.
     let rc = unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, ru.as_mut_ptr()) };
@@ -252,12 +253,12 @@ pub fn children_peak_rss() -> u64 {
 
 /// Runs the release binary with `args`; returns (seconds, peak RSS bytes, peak anonymous
 /// RSS bytes). Anonymous RSS leaves out mapped file pages (the page cache).
-pub fn run_binary(args: &[&str]) -> (f64, u64, u64) {
+pub(crate) fn run_binary(args: &[&str]) -> (f64, u64, u64) {
     run_binary_exiting(args, 0)
 }
 
 /// [`run_binary`] for commands that may exit 1 (`validate` and `fix` with warnings).
-pub fn run_binary_status(args: &[&str]) -> (f64, u64, u64) {
+pub(crate) fn run_binary_status(args: &[&str]) -> (f64, u64, u64) {
     run_binary_exiting(args, 1)
 }
 
@@ -299,18 +300,18 @@ fn run_binary_exiting(args: &[&str], worst: i32) -> (f64, u64, u64) {
     (start.elapsed().as_secs_f64(), peak_rss, peak_anon)
 }
 
-pub fn gb(bytes: u64) -> f64 {
+pub(crate) fn gb(bytes: u64) -> f64 {
     bytes as f64 / 1e9
 }
 
 /// Sequential write speed with fsync into `dir` (2 GiB), as a merge's output sees it, GB/s.
-pub fn disk_write_rate(dir: &Path) -> f64 {
+pub(crate) fn disk_write_rate(dir: &Path) -> f64 {
     disk_write_rate_of(dir, 2 << 30)
 }
 
 /// Sequential write speed with fsync of `bytes` (rounded to 8 MiB writes) into `dir`, GB/s.
 /// A virtual disk's speed moves from minute to minute; measure beside what it limits.
-pub fn disk_write_rate_of(dir: &Path, bytes: u64) -> f64 {
+pub(crate) fn disk_write_rate_of(dir: &Path, bytes: u64) -> f64 {
     use std::io::Write;
     let p = dir.join("write-test.bin");
     let buf = vec![0x5au8; 8 << 20];
@@ -330,7 +331,7 @@ pub fn disk_write_rate_of(dir: &Path, bytes: u64) -> f64 {
 
 /// One run of a program: wall time, peak RSS (the kernel's own count, `ru_maxrss`), peak
 /// anonymous RSS (polled every 5 ms: memory that is not mapped file pages), stdout.
-pub struct Measured {
+pub(crate) struct Measured {
     pub secs: f64,
     pub peak_rss: u64,
     pub peak_anon: u64,
@@ -340,7 +341,7 @@ pub struct Measured {
 /// Runs `program args` to completion and measures it; panics with its stderr if it fails.
 // The child is reaped by `wait4` below, which also returns its resource usage.
 #[allow(clippy::zombie_processes)]
-pub fn run_measured(program: &Path, args: &[&str]) -> Measured {
+pub(crate) fn run_measured(program: &Path, args: &[&str]) -> Measured {
     use std::io::Read;
     let start = Instant::now();
     use std::os::unix::process::CommandExt;

@@ -10,13 +10,25 @@ use ckpt_core::catalog::{Arch, Detection, Grouping, Layout, detect};
 use ckpt_read::Checkpoint;
 
 /// Options every command sees.
-pub struct Global {
+pub(super) struct Global {
     pub quiet: bool,
+    /// Set by the Ctrl-C handler: every pass the command runs stops on it.
+    pub cancel: ckpt_core::pass::Cancel,
+}
+
+impl Global {
+    /// A pass reporting to `progress` that stops on Ctrl-C.
+    pub(super) fn pass<'p>(
+        &self,
+        progress: &'p dyn ckpt_core::pass::Progress,
+    ) -> ckpt_core::pass::Pass<'p> {
+        ckpt_core::pass::Pass::new(progress).cancel_on(&self.cancel)
+    }
 }
 
 /// `--json`, `--csv`, `--markdown`.
 #[derive(Debug, Clone, clap::Args)]
-pub struct FormatArgs {
+pub(super) struct FormatArgs {
     /// Print JSON (schema in the README) instead of a table.
     #[arg(long, group = "format")]
     pub json: bool,
@@ -29,7 +41,7 @@ pub struct FormatArgs {
 }
 
 impl FormatArgs {
-    pub fn format(&self) -> Format {
+    pub(super) fn format(&self) -> Format {
         if self.json {
             Format::Json
         } else if self.csv {
@@ -43,7 +55,7 @@ impl FormatArgs {
 }
 
 /// An open checkpoint and what it is.
-pub struct Model {
+pub(super) struct Model {
     pub ckpt: Checkpoint,
     pub detection: Detection,
 }
@@ -51,7 +63,7 @@ pub struct Model {
 impl Model {
     /// Opens a checkpoint; a pickle that names dangerous globals gets a loud warning (its
     /// tensors are still read: nothing in it is executed).
-    pub fn open(path: &Path) -> Result<Model> {
+    pub(super) fn open(path: &Path) -> Result<Model> {
         let model = Self::open_unwarned(path)?;
         warn_dangerous(&model.ckpt);
         Ok(model)
@@ -59,18 +71,18 @@ impl Model {
 
     /// Opens a checkpoint without the dangerous-pickle warning (`validate` reports it as an
     /// error finding instead).
-    pub fn open_unwarned(path: &Path) -> Result<Model> {
+    pub(super) fn open_unwarned(path: &Path) -> Result<Model> {
         let ckpt = ckpt_core::catalog::diffusers::open(path)?;
         let detection = detect(&ckpt);
         Ok(Model { ckpt, detection })
     }
 
-    pub fn name(&self) -> String {
+    pub(super) fn name(&self) -> String {
         self.ckpt.display_name()
     }
 
     /// "SD1 (LDM), high confidence" for headings.
-    pub fn describe(&self) -> String {
+    pub(super) fn describe(&self) -> String {
         let d = &self.detection;
         let mut s = match d.layout {
             Layout::Known(a) => format!("{}, {} confidence", a.label(), d.confidence.level.id()),
@@ -83,7 +95,7 @@ impl Model {
     }
 
     /// The file as a comparison report heads it.
-    pub fn line(&self) -> crate::reports::sim::ModelLine {
+    pub(super) fn line(&self) -> crate::reports::sim::ModelLine {
         crate::reports::sim::ModelLine {
             name: self.name(),
             path: self.ckpt.path().display().to_string(),
@@ -93,7 +105,7 @@ impl Model {
 }
 
 /// Prints the warning for a pickle with dangerous globals, to stderr.
-pub fn warn_dangerous(ckpt: &Checkpoint) {
+pub(super) fn warn_dangerous(ckpt: &Checkpoint) {
     let Some(p) = ckpt.pickle() else { return };
     let names: Vec<String> = p
         .dangerous()
@@ -111,7 +123,7 @@ pub fn warn_dangerous(ckpt: &Checkpoint) {
 }
 
 /// The `--keys` regular expression, if given.
-pub fn keys_regex(keys: Option<&str>) -> Result<Option<regex::Regex>> {
+pub(super) fn keys_regex(keys: Option<&str>) -> Result<Option<regex::Regex>> {
     keys.map(regex::Regex::new)
         .transpose()
         .context("--keys is not a valid regular expression")
@@ -119,7 +131,7 @@ pub fn keys_regex(keys: Option<&str>) -> Result<Option<regex::Regex>> {
 
 /// The entries of `plan` whose canonical key `keys` matches (all without `keys`) and
 /// whose row `keep` keeps.
-pub fn entries_where(
+pub(super) fn entries_where(
     plan: &ckpt_core::pass::Plan<'_>,
     keys: Option<&regex::Regex>,
     keep: impl Fn(&str) -> bool,
@@ -133,14 +145,14 @@ pub fn entries_where(
 }
 
 /// Opens every path, in parallel (header reads only).
-pub fn open_all(paths: &[PathBuf]) -> Result<Vec<Model>> {
+pub(super) fn open_all(paths: &[PathBuf]) -> Result<Vec<Model>> {
     use rayon::prelude::*;
     paths.par_iter().map(|p| Model::open(p)).collect()
 }
 
 /// The inner products of `entries` of `plan`, in one pass with a progress bar labelled
 /// `what`.
-pub fn gather_inner(
+pub(super) fn gather_inner(
     plan: &ckpt_core::pass::Plan<'_>,
     grouping: &Grouping,
     entries: &[usize],
@@ -148,27 +160,21 @@ pub fn gather_inner(
     what: &str,
     global: &Global,
 ) -> Result<ckpt_core::gram::InnerProducts> {
-    let bar = ckpt_core::pass::progress::Bar::new(what, global.quiet);
-    let inner = ckpt_core::gram::gather(
-        plan,
-        grouping,
-        entries,
-        spec,
-        &ckpt_core::pass::Pass::new(&bar),
-    )?;
+    let bar = super::progress::Bar::new(what, global.quiet);
+    let inner = ckpt_core::gram::gather(plan, grouping, entries, spec, &global.pass(&bar))?;
     Ok(inner)
 }
 
 /// `--arch` values: an architecture id, or `generic` for rows by key prefix (layouts the
 /// catalog does not know).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ArchArg {
+pub(super) enum ArchArg {
     Known(Arch),
     Generic,
 }
 
 /// clap's parser for `--arch`.
-pub fn parse_arch_arg(s: &str) -> std::result::Result<ArchArg, String> {
+pub(super) fn parse_arch_arg(s: &str) -> std::result::Result<ArchArg, String> {
     if s.eq_ignore_ascii_case("generic") {
         return Ok(ArchArg::Generic);
     }
@@ -181,7 +187,7 @@ pub fn parse_arch_arg(s: &str) -> std::result::Result<ArchArg, String> {
 }
 
 /// The ids `--arch` takes, for messages.
-pub fn arch_ids() -> String {
+pub(super) fn arch_ids() -> String {
     Arch::ALL
         .iter()
         .map(|a| a.id())
@@ -190,7 +196,7 @@ pub fn arch_ids() -> String {
 }
 
 /// The rows to report for `models`: their common architecture, or the forced one.
-pub fn choose_grouping(
+pub(super) fn choose_grouping(
     models: &[&Model],
     forced: Option<ArchArg>,
     command: &str,
@@ -254,7 +260,7 @@ fn describe_layout(l: Layout) -> &'static str {
 }
 
 /// Writes a command's output to stdout; a closed pipe is not an error.
-pub fn print(text: &str) -> Result<()> {
+pub(super) fn print(text: &str) -> Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),

@@ -8,12 +8,11 @@ use anyhow::{Context, Result, bail};
 
 use super::Outcome;
 use super::common::{Global, Model, print};
-use ckpt_core::pass::Pass;
-use ckpt_core::pass::progress::Bar;
+use super::progress::Bar;
 use ckpt_ops::fix::{FixReport, Options, convert};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Inputs: .ckpt/.pt/.pth/.bin torch checkpoints (never executed), diffusers folders,
     /// sharded models (folder or *.index.json), .safetensors.
     #[arg(required = true)]
@@ -63,7 +62,7 @@ fn output_in(dir: &Path, input: &Path) -> PathBuf {
     dir.join(format!("{stem}.safetensors"))
 }
 
-pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let outputs: Vec<PathBuf> = match (&args.output, &args.out_dir) {
         (Some(o), None) => {
             if args.inputs.len() != 1 {
@@ -99,7 +98,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
             &model.detection,
             output,
             &opts,
-            &Pass::new(&bar),
+            &global.pass(&bar),
         )
         .with_context(|| format!("converting '{}'", input.display()))?;
         drop(bar);

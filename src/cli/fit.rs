@@ -8,17 +8,17 @@ use anyhow::{Context, Result, bail};
 
 use super::Outcome;
 use super::common::{Global, Model, choose_grouping, gather_inner, open_all, print};
+use super::progress::Bar;
 use crate::reports::fit::{Applied, Asked, Files, Labels, Report};
 use ckpt_core::catalog::{Grouping, Selector};
 use ckpt_core::gram::{GramSpec, InnerProducts};
 use ckpt_core::pass::Plan;
-use ckpt_core::pass::progress::Bar;
 use ckpt_ops::views::fit::{
     BASE, FIRST_SOURCE, FitError, FitSpec, Objective, START, TARGET, fit, measure,
 };
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// The checkpoint to reproduce.
     #[arg(long)]
     target: PathBuf,
@@ -115,7 +115,7 @@ fn pass(
     gather_inner(&plan, grouping, &all, spec, what, global)
 }
 
-pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let bounds = parse_bounds(&args.bounds)?;
     let objective = match args.objective.as_str() {
         "mean" => Objective::Mean,
@@ -190,6 +190,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
             let options = ckpt_ops::merge::Options {
                 overwrite: true,
                 input_hashes: false,
+                cancel: global.cancel.clone(),
                 ..Default::default()
             };
             let bar = Bar::new("merging", global.quiet);

@@ -7,15 +7,14 @@ use anyhow::{Context, Result};
 
 use super::Outcome;
 use super::common::{Global, Model, print};
+use super::progress::Bar;
 use crate::reports;
-use ckpt_core::pass::Pass;
-use ckpt_core::pass::progress::Bar;
 use ckpt_ops::fix::{Options, Unfixed, fix};
 use ckpt_ops::views::validate::{Remedy, validate};
 use ckpt_read::dtype::{FloatFormat, parse_user_float};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// The checkpoint to repair (never modified).
     file: PathBuf,
     /// Output file.
@@ -48,7 +47,7 @@ pub struct Args {
 }
 
 /// The `fix` command that repairs a finding (what `validate` prints after "to fix:").
-pub fn remedy(r: Remedy) -> String {
+pub(super) fn remedy(r: Remedy) -> String {
     match r {
         Remedy::StoreFloatsInOneFormat => "fix --dtype f16 (or bf16, f32) stores them all in one",
         Remedy::StoreFloatsAsF16 => "fix --dtype f16",
@@ -75,7 +74,7 @@ pub fn remedy(r: Remedy) -> String {
 }
 
 /// The `--dtype` of a rewrite (`fix`, `convert`): f16, bf16 or f32.
-pub fn rewrite_dtype(dtype: Option<&str>) -> Result<Option<FloatFormat>> {
+pub(super) fn rewrite_dtype(dtype: Option<&str>) -> Result<Option<FloatFormat>> {
     dtype
         .map(|d| {
             parse_user_float(d)
@@ -86,7 +85,7 @@ pub fn rewrite_dtype(dtype: Option<&str>) -> Result<Option<FloatFormat>> {
 }
 
 /// A problem `fix` left, and the option that would have repaired it.
-pub fn unfixed(u: &Unfixed) -> String {
+pub(super) fn unfixed(u: &Unfixed) -> String {
     match u {
         Unfixed::WrongShape { key, shape } => {
             format!("{key} has shape {shape:?}; give --base to replace it")
@@ -95,7 +94,7 @@ pub fn unfixed(u: &Unfixed) -> String {
     }
 }
 
-pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let model = Model::open(&args.file)?;
     let base = args.base.as_ref().map(|b| Model::open(b)).transpose()?;
     let dtype = rewrite_dtype(args.dtype.as_deref())?;
@@ -114,14 +113,14 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         base.as_ref().map(|b| &b.ckpt),
         &args.output,
         &opts,
-        &Pass::new(&bar),
+        &global.pass(&bar),
     )?;
     drop(bar);
     let fixed = Model::open(&args.output)?;
     let after = validate(
         &fixed.ckpt,
         &fixed.detection,
-        &Pass::new(&ckpt_core::pass::NoProgress),
+        &global.pass(&ckpt_core::pass::NoProgress),
     )?;
     let fixed = reports::fix::Fixed {
         report: &report,

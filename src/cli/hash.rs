@@ -8,14 +8,13 @@ use anyhow::Result;
 
 use super::Outcome;
 use super::common::{Global, print};
+use super::progress::Bar;
 use crate::reports;
-use ckpt_core::pass::Pass;
-use ckpt_core::pass::progress::Bar;
 use ckpt_ops::hash::file_hashes;
 use ckpt_read::{Provenance, RawFile};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Files to hash (any file; safetensors files also get their claims checked).
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -28,7 +27,7 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let mut all_hold = true;
     let mut files = Vec::new();
     for path in &args.files {
@@ -61,7 +60,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
             (Some(c), true) => {
                 let det = ckpt_core::catalog::detect(c);
                 let bar = Bar::new("components", global.quiet);
-                let r = ckpt_ops::views::components::components(c, &det, &Pass::new(&bar))?;
+                let r = ckpt_ops::views::components::components(c, &det, &global.pass(&bar))?;
                 Some(r)
             }
             _ => None,

@@ -6,13 +6,12 @@ use anyhow::{Context, Result};
 
 use super::Outcome;
 use super::common::{Global, Model, print};
+use super::progress::Bar;
 use ckpt_core::catalog::Grouping;
-use ckpt_core::pass::Pass;
-use ckpt_core::pass::progress::Bar;
 use ckpt_ops::index::{Index, NewEntry};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(subcommand)]
     command: Command,
     /// The index database (default: ~/.cache/ckpt-diff/index.sqlite).
@@ -52,7 +51,7 @@ enum Command {
 }
 
 /// The index the options name.
-pub fn open_index(path: Option<&Path>) -> Result<Index> {
+pub(super) fn open_index(path: Option<&Path>) -> Result<Index> {
     let p = path
         .map(Path::to_path_buf)
         .unwrap_or_else(ckpt_ops::index::default_path);
@@ -83,7 +82,7 @@ fn stamp(path: &Path) -> Result<(u64, i64)> {
 /// Fingerprints one model: file hashes, component hashes and the sketch, in one read (the
 /// file hashes stream the mapped file on their own threads while the pass visits its
 /// tensors, so each page comes from the disk once).
-pub fn fingerprint_entry(path: &Path, quiet: bool) -> Result<NewEntry> {
+pub(super) fn fingerprint_entry(path: &Path, global: &Global) -> Result<NewEntry> {
     let model = Model::open(path)?;
     let (bytes, mtime) = stamp(path)?;
     let raw = if model.ckpt.provenance().is_one_file() {
@@ -95,7 +94,7 @@ pub fn fingerprint_entry(path: &Path, quiet: bool) -> Result<NewEntry> {
         Some(a) => Grouping::for_arch(a),
         None => Grouping::generic(model.ckpt.tensors().iter().map(|t| t.name.as_str())),
     };
-    let bar = Bar::new("fingerprinting", quiet);
+    let bar = Bar::new("fingerprinting", global.quiet);
     let (hashes, got) = std::thread::scope(|scope| {
         let hashes = raw.as_ref().map(|raw| {
             scope.spawn(|| ckpt_ops::hash::file_hashes(raw, &ckpt_core::pass::progress::NoProgress))
@@ -105,7 +104,7 @@ pub fn fingerprint_entry(path: &Path, quiet: bool) -> Result<NewEntry> {
             &model.detection,
             &grouping,
             ckpt_ops::sketch::SEED,
-            &Pass::new(&bar),
+            &global.pass(&bar),
         );
         let hashes = hashes.map(|h| h.join().expect("hashing does not panic"));
         (hashes, got)
@@ -146,7 +145,7 @@ pub fn fingerprint_entry(path: &Path, quiet: bool) -> Result<NewEntry> {
     })
 }
 
-pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let mut index = open_index(args.index.as_deref())?;
     match args.command {
         Command::Add { paths } => {
@@ -158,7 +157,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
                     out.push_str(&format!("unchanged  {}\n", p.display()));
                     continue;
                 }
-                let e = fingerprint_entry(p, global.quiet)?;
+                let e = fingerprint_entry(p, global)?;
                 index.add(&e)?;
                 out.push_str(&format!(
                     "added      {} ({}, {} rows)\n",

@@ -9,7 +9,7 @@ use super::common::{FormatArgs, Global, Model, print};
 use crate::reports::{self, Format};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Checkpoints to describe (.safetensors).
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -17,7 +17,7 @@ pub struct Args {
     format: FormatArgs,
 }
 
-pub fn run(args: Args, _global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, _global: &Global) -> Result<Outcome> {
     let format = args.format.format();
     let mut reports_json = Vec::new();
     for (i, path) in args.files.iter().enumerate() {

@@ -13,7 +13,7 @@ use ckpt_core::gram::GramSpec;
 use ckpt_core::pass::Plan;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// The reference model (usually the SD base the others were trained or merged from).
     #[arg(long)]
     base: PathBuf,
@@ -38,7 +38,7 @@ pub struct Args {
     format: FormatArgs,
 }
 
-pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let keys = keys_regex(args.keys.as_deref())?;
     let mut paths = vec![args.base.clone()];
     paths.extend(args.models.iter().cloned());

@@ -12,7 +12,7 @@ use ckpt_core::catalog::releases;
 use ckpt_ops::views::lineage::{CentreScan, Known, Shortlist, lineage};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// The checkpoint to explain (read once; it need not be indexed).
     target: PathBuf,
     /// The base deltas are taken from: an indexed name or path, or a file (default: the
@@ -39,9 +39,9 @@ pub struct Args {
 /// from (each is `rows x 4096 x 8` bytes, under 1 MB).
 const SHORTLIST: usize = 48;
 
-pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let index = open_index(args.index.as_deref())?;
-    let target = fingerprint_entry(&args.target, global.quiet)?;
+    let target = fingerprint_entry(&args.target, global)?;
     let entries = index.entries()?;
     // Exact matches: official releases, the toolkit's known components, files, components.
     let mut matches = Vec::new();
@@ -100,7 +100,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
                          nor a file"
                     );
                 }
-                let e = fingerprint_entry(&p, global.quiet)?;
+                let e = fingerprint_entry(&p, global)?;
                 (e.name, e.path, e.fingerprint, None)
             }
         },
@@ -176,10 +176,9 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         for p in &parent_paths {
             models.push(Model::open(p)?);
         }
-        let bar = ckpt_core::pass::progress::Bar::new("verifying", global.quiet);
+        let bar = super::progress::Bar::new("verifying", global.quiet);
         let ckpts: Vec<&ckpt_read::Checkpoint> = models.iter().map(|m| &m.ckpt).collect();
-        let v =
-            ckpt_ops::views::lineage::verify(&ckpts, &report, &ckpt_core::pass::Pass::new(&bar))?;
+        let v = ckpt_ops::views::lineage::verify(&ckpts, &report, &global.pass(&bar))?;
         drop(bar);
         Some(v)
     } else {

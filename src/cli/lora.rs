@@ -8,13 +8,13 @@ use anyhow::{Context, Result, bail};
 
 use super::Outcome;
 use super::common::{Global, Model, print};
+use super::progress::Bar;
 use ckpt_core::catalog::{Arch, Layout};
-use ckpt_core::pass::progress::Bar;
 use ckpt_ops::lora::svd::RankRule;
 use ckpt_read::dtype::{FloatFormat, parse_user_float};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(subcommand)]
     command: Command,
 }
@@ -83,7 +83,7 @@ struct OutArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ExtractArgs {
+pub(super) struct ExtractArgs {
     /// The fine-tuned (or merged) checkpoint.
     tuned: PathBuf,
     /// The checkpoint it was made from.
@@ -124,7 +124,7 @@ pub struct ExtractArgs {
     out: OutArgs,
 }
 
-pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     match args.command {
         Command::Extract(a) => extract(a, global),
         Command::Merge(a) => merge(a, global),
@@ -189,7 +189,7 @@ fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct MergeArgs {
+pub(super) struct MergeArgs {
     /// LoRA files with their ratios: `a.safetensors:0.7 b.safetensors:0.5` (ratio 1 when
     /// left out).
     #[arg(required = true)]
@@ -218,7 +218,7 @@ pub struct MergeArgs {
 }
 
 #[derive(Debug, clap::Args)]
-pub struct ConvertArgs {
+pub(super) struct ConvertArgs {
     /// The LoRA to rewrite.
     input: PathBuf,
     /// The dialect to write: `kohya` (lora_unet_/lora_te_ names, lora_down/lora_up/alpha)

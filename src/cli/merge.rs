@@ -6,15 +6,15 @@ use anyhow::{Context, Result, bail};
 
 use super::Outcome;
 use super::common::{Global, print};
+use super::progress::Bar;
 use crate::reports;
-use ckpt_core::pass::progress::Bar;
 use ckpt_ops::merge::recipe::writer::{Names, quote_path};
 use ckpt_ops::merge::{self, Missing, Options, OutputFormat, Precision};
 use ckpt_read::dtype::{FloatFormat, parse_user_float};
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-pub struct Args {
+pub(super) struct Args {
     #[command(subcommand)]
     shortcut: Option<Shortcut>,
     /// Recipe file (the notation of published recipes; see the README).
@@ -121,11 +121,12 @@ impl OutArgs {
             on_open: super::common::warn_dangerous,
             on_plan: |_| {},
             dry_run: self.dry_run,
+            cancel: Default::default(),
         })
     }
 }
 
-pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let (text, base_dir, out) = match args.shortcut {
         Some(Shortcut::Ws { a, b, alpha, out }) => {
             let (bindings, names) = bindings(&[&a, &b])?;
@@ -173,6 +174,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
         .clone()
         .context("name the output file with -o OUT.safetensors")?;
     let mut options = out.options()?;
+    options.cancel = global.cancel.clone();
     if !global.quiet && !out.dry_run {
         // The plan goes to stderr before the pass; stdout keeps the summary.
         options.on_plan = |plan| eprint!("{}", reports::merge::plan_text(plan));

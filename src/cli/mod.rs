@@ -15,6 +15,7 @@ mod l2;
 mod lineage;
 mod lora;
 mod merge;
+mod progress;
 mod sim;
 mod synth;
 mod validate;
@@ -29,7 +30,7 @@ Exit codes: 0 success; 1 a check found something; 2 usage, input or I/O error; 1
 /// Analyze, diff and merge Stable Diffusion checkpoints (.safetensors).
 #[derive(Debug, Parser)]
 #[command(name = "ckpt-diff", version, about, after_help = EXIT_CODES)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
     /// Hide progress bars (they are hidden anyway when stderr is not a terminal).
@@ -75,7 +76,7 @@ enum Command {
 }
 
 /// What a subcommand reports back to `main`.
-pub enum Outcome {
+pub(crate) enum Outcome {
     Ok,
     /// A check found something worth a non-zero exit (code 1).
     Findings,
@@ -84,9 +85,11 @@ pub enum Outcome {
 }
 
 /// Parses arguments, runs the command, prints errors; returns the exit code.
-pub fn run() -> ExitCode {
+pub(crate) fn run() -> ExitCode {
     let cli = Cli::parse();
-    let _ = ctrlc::set_handler(ckpt_core::pass::interrupt);
+    let cancel = ckpt_core::pass::Cancel::new();
+    let on_interrupt = cancel.clone();
+    let _ = ctrlc::set_handler(move || on_interrupt.cancel());
     if let Some(n) = cli.threads
         && let Err(e) = rayon::ThreadPoolBuilder::new()
             .num_threads(n.max(1))
@@ -94,7 +97,10 @@ pub fn run() -> ExitCode {
     {
         eprintln!("ckpt-diff: warning: could not set {n} threads: {e}");
     }
-    let global = common::Global { quiet: cli.quiet };
+    let global = common::Global {
+        quiet: cli.quiet,
+        cancel,
+    };
     let result = match cli.command {
         Command::Sim(args) => sim::run(args, &global),
         Command::Inspect(args) => inspect::run(args, &global),
@@ -114,12 +120,12 @@ pub fn run() -> ExitCode {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Findings) => ExitCode::from(1),
         Ok(Outcome::Exit(code)) => ExitCode::from(code),
-        Err(e) => report_error(&e),
+        Err(e) => report_error(&e, &global.cancel),
     }
 }
 
-fn report_error(e: &anyhow::Error) -> ExitCode {
-    if ckpt_core::pass::interrupted()
+fn report_error(e: &anyhow::Error, cancel: &ckpt_core::pass::Cancel) -> ExitCode {
+    if cancel.is_cancelled()
         || e.chain().any(|c| {
             matches!(
                 c.downcast_ref(),

@@ -9,15 +9,15 @@ use super::common::{
     ArchArg, FormatArgs, Global, Model, choose_grouping, entries_where, gather_inner, keys_regex,
     open_all, parse_arch_arg, print,
 };
+use super::progress::Bar;
 use crate::reports::sim::ModelLine;
 use ckpt_core::catalog::{Layout, Selector};
 use ckpt_core::gram::GramSpec;
 use ckpt_core::pass::Plan;
-use ckpt_core::pass::progress::Bar;
 use ckpt_ops::views::sim::report;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Model A, the reference.
     a: PathBuf,
     /// Model B.
@@ -69,12 +69,12 @@ pub struct Args {
 
 /// What `sim` measures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Metric {
+pub(super) enum Metric {
     Cosine,
     Asim,
 }
 
-pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     if args.metric == Metric::Asim {
         return run_asim(&args, global);
     }

@@ -6,13 +6,13 @@ use anyhow::{Context, Result, bail};
 
 use super::Outcome;
 use super::common::{Global, print};
+use super::progress::Bar;
 use ckpt_core::catalog::{Arch, Component};
-use ckpt_core::pass::progress::Bar;
 use ckpt_ops::synth::{self, Layout, Synthetic, Variant, family};
 use ckpt_read::dtype::{FloatFormat, parse_user_float};
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     #[command(subcommand)]
     what: What,
 }
@@ -187,7 +187,7 @@ impl LayoutArgs {
     }
 }
 
-pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     match args.what {
         What::Model { out, layout, delta } => {
             let seed = layout.seed;
@@ -206,7 +206,7 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
                 model = model.plus_delta(s, synth::uniform(layout.arch, size));
             }
             let bar = Bar::new("writing", global.quiet);
-            synth::write(&out, &layout, &model, &[], &bar)?;
+            synth::write(&out, &layout, &model, &[], &bar, &global.cancel)?;
             drop(bar);
             if !global.quiet {
                 eprintln!(
@@ -227,7 +227,8 @@ pub fn run(args: Args, global: &Global) -> Result<Outcome> {
             let bar = |name: &str| -> Box<dyn ckpt_core::pass::Progress> {
                 Box::new(Bar::new(name, global.quiet))
             };
-            let members = family::write_family(&dir, &layout, seed, finetunes, size, &bar)?;
+            let members =
+                family::write_family(&dir, &layout, seed, finetunes, size, &bar, &global.cancel)?;
             let json =
                 crate::reports::json::document("synth", family::manifest(&layout, seed, &members));
             let path = dir.join("family.json");

@@ -7,13 +7,12 @@ use anyhow::Result;
 
 use super::Outcome;
 use super::common::{Global, Model, print};
+use super::progress::Bar;
 use crate::reports;
-use ckpt_core::pass::Pass;
-use ckpt_core::pass::progress::Bar;
 use ckpt_ops::views::validate::validate;
 
 #[derive(Debug, clap::Args)]
-pub struct Args {
+pub(super) struct Args {
     /// Checkpoints to check.
     #[arg(required = true)]
     files: Vec<PathBuf>,
@@ -22,12 +21,12 @@ pub struct Args {
     json: bool,
 }
 
-pub fn run(args: Args, global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let mut results = Vec::new();
     for path in &args.files {
         let model = Model::open_unwarned(path)?;
         let bar = Bar::new("checking", global.quiet);
-        let r = validate(&model.ckpt, &model.detection, &Pass::new(&bar))?;
+        let r = validate(&model.ckpt, &model.detection, &global.pass(&bar))?;
         drop(bar);
         if !args.json {
             print(&reports::validate::text(&r, &super::fix::remedy))?;

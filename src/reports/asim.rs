@@ -9,16 +9,16 @@ use ckpt_core::catalog::Arch;
 use ckpt_ops::views::asim::{AsimRow, Like};
 
 /// The plain mean of the blocks' similarities (the scripts' "total").
-pub fn total(rows: &[AsimRow]) -> f64 {
+pub(crate) fn total(rows: &[AsimRow]) -> f64 {
     rows.iter().map(|r| r.similarity).sum::<f64>() / rows.len().max(1) as f64
 }
 
 /// A similarity as the scripts print it (`%.4f%`; SuperMerger rounds to 3 decimals).
-pub fn percent(x: f64, like: Like) -> String {
+pub(crate) fn percent(x: f64, like: Like) -> String {
     format!("{:.*}%", like.decimals(), 100.0 * x)
 }
 
-pub fn render(
+pub(crate) fn render(
     models: &[ModelLine],
     arch: Arch,
     seed: u64,

@@ -13,7 +13,7 @@ use plotters::style::FontStyle;
 /// A drawing error, as text (plotters' error types are generic over the backend).
 #[derive(Debug, thiserror::Error)]
 #[error("drawing '{what}': {message}")]
-pub struct ChartError {
+pub(crate) struct ChartError {
     pub what: String,
     pub message: String,
 }
@@ -38,14 +38,14 @@ fn fonts() {
 }
 
 /// One drawn chart: its SVG text and where its PNG went.
-pub struct Chart {
+pub(crate) struct Chart {
     pub title: String,
     pub svg: String,
     pub png: Option<std::path::PathBuf>,
 }
 
 /// A categorical colour for series `i` (Tableau 10, then a golden-angle hue walk).
-pub fn color(i: usize) -> RGBColor {
+pub(crate) fn color(i: usize) -> RGBColor {
     const T10: [(u8, u8, u8); 10] = [
         (31, 119, 180),
         (255, 127, 14),
@@ -87,7 +87,7 @@ fn hsl(h: f64, s: f64, l: f64) -> (u8, u8, u8) {
 }
 
 /// Viridis, t in [0, 1].
-pub fn viridis(t: f64) -> RGBColor {
+pub(crate) fn viridis(t: f64) -> RGBColor {
     const V: [(f64, f64, f64); 9] = [
         (68.0, 1.0, 84.0),
         (71.0, 44.0, 122.0),
@@ -180,7 +180,7 @@ macro_rules! mesh_and_lines {
 }
 
 /// Lines over categories: one series per model, with markers; `log` for a log y axis.
-pub fn lines(
+pub(crate) fn lines(
     title: &str,
     x_labels: &[String],
     series: &[(String, Vec<f64>)],
@@ -289,7 +289,7 @@ fn render_both(
 
 /// A heat map: rows x columns of values with a viridis colour bar; values are written in
 /// the cells when they fit.
-pub fn heatmap(
+pub(crate) fn heatmap(
     title: &str,
     row_labels: &[String],
     col_labels: &[String],
@@ -413,7 +413,7 @@ pub fn heatmap(
 
 /// A 2-D map: points marked with short labels (`marks`, explained in the legend next to
 /// `names`); axes in the distances' units.
-pub fn map(
+pub(crate) fn map(
     title: &str,
     marks: &[String],
     names: &[String],

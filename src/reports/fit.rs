@@ -23,20 +23,20 @@ use ckpt_ops::views::fit::{FitResult, Op, RECIPE_DIGITS, Step};
 const UNEXPLAINED: f64 = 0.05;
 
 /// The files of a fit, by role, as given on the command line.
-pub struct Files<'a> {
+pub(crate) struct Files<'a> {
     pub base: &'a Path,
     pub start: &'a Path,
     pub sources: &'a [PathBuf],
 }
 
 /// How the fit was asked for, as the user wrote it (for headings).
-pub struct Asked<'a> {
+pub(crate) struct Asked<'a> {
     pub region: &'a str,
     pub objective: &'a str,
 }
 
 /// The display names of the files (file names).
-pub struct Labels {
+pub(crate) struct Labels {
     pub base: String,
     pub target: String,
     pub start: String,
@@ -44,7 +44,7 @@ pub struct Labels {
 }
 
 /// The recipes as text, with the names they give the models.
-pub struct Recipes {
+pub(crate) struct Recipes {
     pub start_name: String,
     pub source_names: Vec<String>,
     /// One expression per greedy step.
@@ -56,7 +56,7 @@ pub struct Recipes {
 }
 
 /// A clone built from the recipe and measured against the target.
-pub struct Applied<'a> {
+pub(crate) struct Applied<'a> {
     pub output: &'a Path,
     pub predicted: f64,
     pub measured: f64,
@@ -93,7 +93,7 @@ fn alpha_text(alpha: &[f64]) -> String {
 
 /// The greedy and the global recipe, with paths relative to `dir` (the recipe's folder,
 /// canonical) where they can be.
-pub fn recipes(
+pub(crate) fn recipes(
     f: &FitResult,
     files: &Files<'_>,
     target: &str,
@@ -207,7 +207,7 @@ fn short_blocks(blocks: &[Block], alpha: &[f64]) -> String {
 }
 
 /// Everything a fit's report shows.
-pub struct Report<'a> {
+pub(crate) struct Report<'a> {
     pub result: &'a FitResult,
     pub labels: &'a Labels,
     pub asked: &'a Asked<'a>,
@@ -222,7 +222,7 @@ pub struct Report<'a> {
 
 /// The step table, the per-row table (after each step, global best, residual), the rows no
 /// linear recipe explains, then where the recipe went and the clone's measurement.
-pub fn text(r: &Report<'_>) -> String {
+pub(crate) fn text(r: &Report<'_>) -> String {
     let Report {
         result: f,
         labels,
@@ -323,7 +323,7 @@ pub fn text(r: &Report<'_>) -> String {
 }
 
 /// `fit --json`.
-pub fn document(r: &Report<'_>) -> String {
+pub(crate) fn document(r: &Report<'_>) -> String {
     let (f, recipes) = (r.result, r.recipes);
     let at = |v: &[f64]| -> Vec<f64> { f.present.iter().map(|&r| v[r]).collect() };
     let source_name = |s: &Step| {

@@ -11,17 +11,17 @@ use ckpt_ops::fix::{FixReport, Unfixed};
 use ckpt_ops::views::validate::ValidateReport;
 
 /// How the caller words a problem fix left (the CLI names the option that repairs it).
-pub type UnfixedText<'a> = &'a dyn Fn(&Unfixed) -> String;
+pub(crate) type UnfixedText<'a> = &'a dyn Fn(&Unfixed) -> String;
 
 /// A fix and the validation of its result, with the caller's wording of remedies.
-pub struct Fixed<'a> {
+pub(crate) struct Fixed<'a> {
     pub report: &'a FixReport,
     pub after: &'a ValidateReport,
     pub remedy: RemedyText<'a>,
     pub unfixed: UnfixedText<'a>,
 }
 
-pub fn text(f: &Fixed<'_>) -> String {
+pub(crate) fn text(f: &Fixed<'_>) -> String {
     let Fixed {
         report,
         after,
@@ -40,7 +40,7 @@ pub fn text(f: &Fixed<'_>) -> String {
     s
 }
 
-pub fn document(f: &Fixed<'_>) -> String {
+pub(crate) fn document(f: &Fixed<'_>) -> String {
     let fix = json!({
         "output": f.report.output,
         "actions": f.report.actions,

@@ -10,7 +10,7 @@ use ckpt_ops::hash::{Claim, FileHashes};
 use ckpt_ops::views::components::Components;
 
 /// One file's hashes and what its metadata claims.
-pub struct FileReport {
+pub(crate) struct FileReport {
     pub path: String,
     /// `None` for a folder or sharded model (several files).
     pub hashes: Option<FileHashes>,
@@ -24,7 +24,7 @@ pub struct FileReport {
 }
 
 /// `hash --json`.
-pub fn document(files: &[FileReport]) -> String {
+pub(crate) fn document(files: &[FileReport]) -> String {
     let files: Vec<_> = files
         .iter()
         .map(|f| {
@@ -46,7 +46,7 @@ pub fn document(files: &[FileReport]) -> String {
 }
 
 /// The tables, one file after another.
-pub fn text(files: &[FileReport]) -> String {
+pub(crate) fn text(files: &[FileReport]) -> String {
     let texts: Vec<String> = files.iter().map(file_text).collect();
     texts.join("\n")
 }

@@ -9,20 +9,20 @@ use super::TextTable;
 use super::chart::Chart;
 
 /// A piece of a section.
-pub enum Part {
+pub(crate) enum Part {
     Text(String),
     Table(TextTable),
     Chart(Chart),
 }
 
 /// A headed section.
-pub struct Section {
+pub(crate) struct Section {
     pub heading: String,
     pub parts: Vec<Part>,
 }
 
 /// A whole report.
-pub struct Report {
+pub(crate) struct Report {
     pub title: String,
     /// The command line that produced it.
     pub command: String,
@@ -30,7 +30,7 @@ pub struct Report {
 }
 
 /// HTML-escapes untrusted text (file names, metadata).
-pub fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
@@ -39,7 +39,7 @@ pub fn escape(s: &str) -> String {
 }
 
 /// The command line, quoted so it can be pasted.
-pub fn command_line() -> String {
+pub(crate) fn command_line() -> String {
     std::env::args()
         .map(|a| {
             if a.chars()
@@ -63,7 +63,7 @@ figure{margin:1em 0;overflow-x:auto}figcaption{color:#555;font-size:0.9em}svg{ma
 
 impl Report {
     /// The page.
-    pub fn html(&self) -> String {
+    pub(crate) fn html(&self) -> String {
         let mut h = String::new();
         let _ = write!(
             h,
@@ -120,7 +120,7 @@ impl Report {
     }
 
     /// The Markdown summary (charts as links to their PNG files).
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let mut m = format!(
             "# {}\n\nMade with `{}` (ckpt-diff {}).\n",
             self.title,
@@ -149,7 +149,7 @@ impl Report {
     }
 
     /// Writes `index.html` and `summary.md` into `dir` (the PNGs are already there).
-    pub fn write(&self, dir: &Path) -> std::io::Result<()> {
+    pub(crate) fn write(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         ckpt_core::writer::write_small(&dir.join("index.html"), self.html().as_bytes())?;
         ckpt_core::writer::write_small(&dir.join("summary.md"), self.markdown().as_bytes())

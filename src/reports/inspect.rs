@@ -71,7 +71,7 @@ fn pickle_text(
     s
 }
 
-pub fn render(r: &InspectReport, format: Format) -> String {
+pub(crate) fn render(r: &InspectReport, format: Format) -> String {
     if format == Format::Json {
         let mut v = serde_json::to_value(r).expect("plain data");
         v.as_object_mut().expect("a struct").sort_keys();

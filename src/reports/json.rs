@@ -6,10 +6,10 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 /// The version of every command's JSON.
-pub const SCHEMA: u64 = 1;
+pub(crate) const SCHEMA: u64 = 1;
 
 /// `body`'s fields (it must serialize to an object) after `schema` and `command`.
-pub fn envelope(command: &str, body: impl Serialize) -> Value {
+pub(crate) fn envelope(command: &str, body: impl Serialize) -> Value {
     let mut out = Map::new();
     out.insert("schema".into(), SCHEMA.into());
     out.insert("command".into(), command.into());
@@ -27,7 +27,7 @@ pub fn envelope(command: &str, body: impl Serialize) -> Value {
 }
 
 /// The envelope, pretty-printed with a final newline: what `--json` prints.
-pub fn document(command: &str, body: impl Serialize) -> String {
+pub(crate) fn document(command: &str, body: impl Serialize) -> String {
     let mut s = serde_json::to_string_pretty(&envelope(command, body)).expect("plain data");
     s.push('\n');
     s

@@ -18,7 +18,7 @@ use super::{Format, TextTable, params};
 use ckpt_ops::views::l2::L2Report;
 
 /// Four significant digits, plain where readable.
-pub fn sig(x: f64) -> String {
+pub(crate) fn sig(x: f64) -> String {
     if !x.is_finite() {
         return "n/a".into();
     }
@@ -43,7 +43,7 @@ fn pct(x: f64) -> String {
 }
 
 /// The tables shown on a terminal and in the report.
-pub fn tables(r: &L2Report) -> Vec<(String, TextTable)> {
+pub(crate) fn tables(r: &L2Report) -> Vec<(String, TextTable)> {
     let models = &r.models[1..];
     let mut out = Vec::new();
     // Per scope, distance from the base.
@@ -117,7 +117,7 @@ pub fn tables(r: &L2Report) -> Vec<(String, TextTable)> {
 }
 
 /// Renders for the terminal or for scripts.
-pub fn render(r: &L2Report, base_line: &str, format: Format) -> String {
+pub(crate) fn render(r: &L2Report, base_line: &str, format: Format) -> String {
     match format {
         Format::Json => super::json::document("l2", r),
         Format::Csv => csv(r),
@@ -210,7 +210,7 @@ fn csv(r: &L2Report) -> String {
 }
 
 /// Writes the report folder: charts (PNG + inline SVG), tables, `index.html`, `summary.md`.
-pub fn write_report(
+pub(crate) fn write_report(
     r: &L2Report,
     dir: &Path,
     base_line: &str,

@@ -11,14 +11,14 @@ use super::{TextTable, bytes, sanitize};
 use ckpt_ops::index::Entry;
 use ckpt_ops::views::lineage::{LineageReport, Verified};
 
-pub struct Document<'a> {
+pub(crate) struct Document<'a> {
     pub target: String,
     pub matches: Vec<String>,
     pub report: &'a LineageReport,
     pub verified: Option<&'a Verified>,
 }
 
-pub fn json(d: &Document<'_>) -> String {
+pub(crate) fn json(d: &Document<'_>) -> String {
     let mut v = serde_json::to_value(d.report).expect("plain data");
     let o = v.as_object_mut().expect("a struct");
     o.insert("target".into(), json!(d.target));
@@ -68,7 +68,7 @@ fn verdict(r: &LineageReport) -> String {
     }
 }
 
-pub fn text(d: &Document<'_>) -> String {
+pub(crate) fn text(d: &Document<'_>) -> String {
     let r = d.report;
     let mut s = format!(
         "target {}; deltas from {}\n",
@@ -136,7 +136,7 @@ pub fn text(d: &Document<'_>) -> String {
     s
 }
 
-pub fn list(entries: &[Entry], as_json: bool) -> String {
+pub(crate) fn list(entries: &[Entry], as_json: bool) -> String {
     if as_json {
         return super::json::document("index", json!({ "models": entries }));
     }
@@ -166,7 +166,7 @@ pub fn list(entries: &[Entry], as_json: bool) -> String {
     t.terminal()
 }
 
-pub fn stats(entries: &[Entry], db_bytes: u64, as_json: bool) -> String {
+pub(crate) fn stats(entries: &[Entry], db_bytes: u64, as_json: bool) -> String {
     let mut by_arch: std::collections::BTreeMap<&str, usize> = Default::default();
     for e in entries {
         *by_arch.entry(e.arch.as_str()).or_default() += 1;
@@ -196,7 +196,7 @@ pub fn stats(entries: &[Entry], db_bytes: u64, as_json: bool) -> String {
 /// The family tree as an SVG: the target on top, its parents in the middle (each edge
 /// labelled with the parent's weight per group), the base they are deltas from at the
 /// bottom, and the candidates left out as merges of the others at the side, greyed.
-pub fn family_tree(d: &Document<'_>) -> String {
+pub(crate) fn family_tree(d: &Document<'_>) -> String {
     use super::html::escape;
     let r = d.report;
     let parents: Vec<&String> = r.parents.iter().collect();
@@ -304,7 +304,7 @@ pub fn family_tree(d: &Document<'_>) -> String {
 
 /// The report folder: `index.html` with the family tree, the matches, the recipe, the
 /// nearest models and the verification; `summary.md` with the same tables.
-pub fn write_report(d: &Document<'_>, dir: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn write_report(d: &Document<'_>, dir: &std::path::Path) -> std::io::Result<()> {
     use super::html::{Part, Report, Section};
     let r = d.report;
     let mut recipe = TextTable::new(

@@ -7,7 +7,7 @@
 use super::{TextTable, bytes, listed};
 use ckpt_ops::views::lora::LoraReport;
 
-pub fn text(r: &LoraReport) -> String {
+pub(crate) fn text(r: &LoraReport) -> String {
     let mut s = format!(
         "{} ({}): a {} file for {}, {} modules\n",
         r.file,
@@ -59,12 +59,12 @@ pub fn text(r: &LoraReport) -> String {
     s
 }
 
-pub fn document(r: &LoraReport) -> String {
+pub(crate) fn document(r: &LoraReport) -> String {
     super::json::document("inspect-lora", r)
 }
 
 /// `sim` of two LoRA files: cosine of their weight changes per block.
-pub fn sim_text(r: &ckpt_ops::views::lora::LoraSim) -> String {
+pub(crate) fn sim_text(r: &ckpt_ops::views::lora::LoraSim) -> String {
     let mut s = format!(
         "{} vs {}: cosine of the weight changes (LoRA factors, not materialised)\n",
         r.a, r.b
@@ -88,12 +88,12 @@ pub fn sim_text(r: &ckpt_ops::views::lora::LoraSim) -> String {
     s
 }
 
-pub fn sim_document(r: &ckpt_ops::views::lora::LoraSim) -> String {
+pub(crate) fn sim_document(r: &ckpt_ops::views::lora::LoraSim) -> String {
     super::json::document("sim-lora", r)
 }
 
 /// `lora extract`: the energy each block keeps, the ranks, what was left out.
-pub fn extract_text(r: &ckpt_ops::lora::extract::Extraction) -> String {
+pub(crate) fn extract_text(r: &ckpt_ops::lora::extract::Extraction) -> String {
     let mut ranks: std::collections::BTreeMap<usize, usize> = Default::default();
     for m in &r.modules {
         *ranks.entry(m.rank).or_default() += 1;
@@ -141,12 +141,12 @@ pub fn extract_text(r: &ckpt_ops::lora::extract::Extraction) -> String {
     s
 }
 
-pub fn extract_document(r: &ckpt_ops::lora::extract::Extraction) -> String {
+pub(crate) fn extract_document(r: &ckpt_ops::lora::extract::Extraction) -> String {
     super::json::document("lora-extract", r)
 }
 
 /// `lora merge` and `lora convert`: what was written, and what was not.
-pub fn written_text(r: &ckpt_ops::lora::write::Written) -> String {
+pub(crate) fn written_text(r: &ckpt_ops::lora::write::Written) -> String {
     let ranks: Vec<String> = r.ranks.iter().map(|(k, n)| format!("{k} ({n})")).collect();
     let mut s = format!(
         "{}: {} modules{} ({}); rank: {}\n",
@@ -168,12 +168,12 @@ pub fn written_text(r: &ckpt_ops::lora::write::Written) -> String {
     s
 }
 
-pub fn written_document(r: &ckpt_ops::lora::write::Written) -> String {
+pub(crate) fn written_document(r: &ckpt_ops::lora::write::Written) -> String {
     super::json::document("lora-write", r)
 }
 
 /// `l2` of LoRAs: ‖ΔW‖ per block, and the distances between them.
-pub fn l2_text(r: &ckpt_ops::views::lora::LoraDistances) -> String {
+pub(crate) fn l2_text(r: &ckpt_ops::views::lora::LoraDistances) -> String {
     let mut s = String::from(
         "LoRAs: ‖ΔW‖ per block at strength 1 (the L2 distance from any model they are baked into)\n",
     );
@@ -206,6 +206,6 @@ pub fn l2_text(r: &ckpt_ops::views::lora::LoraDistances) -> String {
     s
 }
 
-pub fn l2_document(r: &ckpt_ops::views::lora::LoraDistances) -> String {
+pub(crate) fn l2_document(r: &ckpt_ops::views::lora::LoraDistances) -> String {
     super::json::document("l2-lora", r)
 }

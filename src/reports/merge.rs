@@ -14,7 +14,7 @@ use ckpt_ops::merge::preflight::Preflight;
 
 /// The summary: what was written, the per-block coefficients of a linear recipe, and the
 /// keys copied or left out. `file_bytes` is the output's size on disk.
-pub fn text(outcome: &Outcome, file_bytes: u64) -> String {
+pub(crate) fn text(outcome: &Outcome, file_bytes: u64) -> String {
     let mut s = format!(
         "wrote {} ({}, {}): {} tensors, {} merged\n",
         outcome.output,
@@ -44,13 +44,13 @@ fn copied_and_skipped(copied: &[(String, String)], skipped: &[String]) -> String
 }
 
 /// `merge --json`.
-pub fn document(outcome: &Outcome) -> String {
+pub(crate) fn document(outcome: &Outcome) -> String {
     super::json::document("merge", outcome)
 }
 
 /// The plan shown before a pass (`merge --dry-run` prints only this): the inputs, what each
 /// component reads, sizes, memory, the predicted time, and any problem.
-pub fn plan_text(plan: &Preflight) -> String {
+pub(crate) fn plan_text(plan: &Preflight) -> String {
     let total: u64 = plan.inputs.iter().map(|i| i.bytes).sum();
     let mut s = format!(
         "plan: {} from {} input{} ({}){}\n",
@@ -149,6 +149,6 @@ pub fn plan_text(plan: &Preflight) -> String {
 }
 
 /// `merge --dry-run --json`: the [`Preflight`] fields.
-pub fn plan_document(plan: &Preflight) -> String {
+pub(crate) fn plan_document(plan: &Preflight) -> String {
     super::json::document("merge-plan", plan)
 }

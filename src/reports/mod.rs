@@ -1,27 +1,27 @@
 //! Renders results for people and scripts: terminal tables (comfy-table), Markdown, CSV and
 //! JSON. Views build plain structs; only this module and the CLI turn them into text.
 
-pub mod asim;
-pub mod chart;
-pub mod fit;
-pub mod fix;
-pub mod hash;
-pub mod html;
-pub mod inspect;
-pub mod json;
-pub mod l2;
-pub mod lineage;
-pub mod lora;
-pub mod merge;
-pub mod parquet;
-pub mod sim;
-pub mod validate;
+pub(crate) mod asim;
+pub(crate) mod chart;
+pub(crate) mod fit;
+pub(crate) mod fix;
+pub(crate) mod hash;
+pub(crate) mod html;
+pub(crate) mod inspect;
+pub(crate) mod json;
+pub(crate) mod l2;
+pub(crate) mod lineage;
+pub(crate) mod lora;
+pub(crate) mod merge;
+pub(crate) mod parquet;
+pub(crate) mod sim;
+pub(crate) mod validate;
 
 use comfy_table::{CellAlignment, ContentArrangement, Table, presets};
 
 /// The output format the user asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Format {
+pub(crate) enum Format {
     Table,
     Markdown,
     Csv,
@@ -30,7 +30,7 @@ pub enum Format {
 
 /// A table independent of its rendering.
 #[derive(Clone, Debug, Default)]
-pub struct TextTable {
+pub(crate) struct TextTable {
     pub header: Vec<String>,
     pub rows: Vec<Vec<String>>,
     /// Columns aligned to the right (numbers).
@@ -38,7 +38,7 @@ pub struct TextTable {
 }
 
 impl TextTable {
-    pub fn new(header: &[&str], right: &[bool]) -> TextTable {
+    pub(crate) fn new(header: &[&str], right: &[bool]) -> TextTable {
         TextTable {
             header: header.iter().map(|s| s.to_string()).collect(),
             rows: Vec::new(),
@@ -48,7 +48,7 @@ impl TextTable {
 
     /// A table of labelled rows: the first column left-aligned, every other one (numbers)
     /// right-aligned.
-    pub fn labelled(header: Vec<String>) -> TextTable {
+    pub(crate) fn labelled(header: Vec<String>) -> TextTable {
         TextTable {
             right: (0..header.len()).map(|i| i > 0).collect(),
             header,
@@ -56,12 +56,12 @@ impl TextTable {
         }
     }
 
-    pub fn push(&mut self, row: Vec<String>) {
+    pub(crate) fn push(&mut self, row: Vec<String>) {
         self.rows.push(row);
     }
 
     /// Box-drawn table for a terminal.
-    pub fn terminal(&self) -> String {
+    pub(crate) fn terminal(&self) -> String {
         let mut t = Table::new();
         t.load_style(presets::UTF8_FULL_CONDENSED);
         t.set_content_arrangement(ContentArrangement::Disabled);
@@ -78,7 +78,7 @@ impl TextTable {
     }
 
     /// GitHub-flavoured Markdown.
-    pub fn markdown(&self) -> String {
+    pub(crate) fn markdown(&self) -> String {
         let esc = |s: &str| sanitize(s).replace('|', "\\|");
         let mut out = format!(
             "| {} |\n",
@@ -107,7 +107,7 @@ impl TextTable {
     }
 
     /// RFC 4180 CSV.
-    pub fn csv(&self) -> String {
+    pub(crate) fn csv(&self) -> String {
         let field = |s: &str| {
             if s.contains([',', '"', '\n', '\r']) {
                 format!("\"{}\"", s.replace('"', "\"\""))
@@ -128,7 +128,7 @@ impl TextTable {
 
 /// Makes untrusted text (tensor names, metadata) safe for a terminal: control characters
 /// and bidirectional overrides become `\u{..}` escapes.
-pub fn sanitize(s: &str) -> String {
+pub(crate) fn sanitize(s: &str) -> String {
     let bad = |c: char| {
         c.is_control() && c != '\n'
             || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
@@ -148,14 +148,14 @@ pub fn sanitize(s: &str) -> String {
 }
 
 /// A fraction as a percentage with 4 decimals, the published precision: `99.4821%`.
-pub fn percent(x: f64) -> String {
+pub(crate) fn percent(x: f64) -> String {
     format!("{:.4}%", x * 100.0)
 }
 
-pub use ckpt_core::units::{bytes, params};
+pub(crate) use ckpt_core::units::{bytes, params};
 
 /// `label (count): the first n items` and a newline, or nothing for an empty list.
-pub fn listed(label: &str, items: &[String], n: usize) -> String {
+pub(crate) fn listed(label: &str, items: &[String], n: usize) -> String {
     if items.is_empty() {
         return String::new();
     }
@@ -163,7 +163,7 @@ pub fn listed(label: &str, items: &[String], n: usize) -> String {
 }
 
 /// At most `n` items of a list, then "... and K more".
-pub fn first_few(items: &[String], n: usize) -> String {
+pub(crate) fn first_few(items: &[String], n: usize) -> String {
     let mut s = items
         .iter()
         .take(n)

@@ -23,7 +23,7 @@ use ckpt_ops::index::Entry;
 use ckpt_ops::sketch::Fingerprint;
 
 /// Models per row group.
-pub const MODELS_PER_GROUP: usize = 32;
+pub(crate) const MODELS_PER_GROUP: usize = 32;
 
 fn schema() -> Type {
     let field = |name: &str, t: Physical, rep: Repetition, utf8: bool| {
@@ -115,7 +115,7 @@ impl Batch {
 
 /// Writes the models `next` yields (entry and fingerprint, in order) as Parquet into `out`;
 /// returns the number of records (model rows) written.
-pub fn write<W, E>(
+pub(crate) fn write<W, E>(
     out: W,
     mut next: impl FnMut() -> Option<Result<(Entry, Fingerprint), E>>,
 ) -> Result<u64, ExportError<E>>
@@ -195,7 +195,7 @@ where
 
 /// Why an export failed: the Parquet writer, or reading the index.
 #[derive(Debug, thiserror::Error)]
-pub enum ExportError<E> {
+pub(crate) enum ExportError<E> {
     #[error("writing Parquet: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("{0}")]

@@ -15,14 +15,14 @@ use ckpt_ops::views::sim::SimReport;
 
 /// A compared file, as the report names it.
 #[derive(Clone, Debug, Serialize)]
-pub struct ModelLine {
+pub(crate) struct ModelLine {
     pub name: String,
     pub path: String,
     pub detection: String,
 }
 
 /// Renders a comparison of A and B.
-pub fn render(
+pub(crate) fn render(
     models: &[ModelLine],
     layout: &str,
     arch: Option<Arch>,
@@ -205,7 +205,7 @@ fn notes(report: &SimReport) -> String {
 }
 
 /// Writes a report folder for a comparison: the table, a per-block chart, notes.
-pub fn write_report(
+pub(crate) fn write_report(
     models: &[ModelLine],
     arch: Option<Arch>,
     report: &SimReport,

@@ -11,7 +11,7 @@ use super::{first_few, sanitize};
 use ckpt_ops::views::validate::{Finding, Remedy, Severity, ValidateReport};
 
 /// How the caller words a remedy (the CLI, which knows its own options).
-pub type RemedyText<'a> = &'a dyn Fn(Remedy) -> String;
+pub(crate) type RemedyText<'a> = &'a dyn Fn(Remedy) -> String;
 
 fn tag(s: Severity) -> &'static str {
     match s {
@@ -22,7 +22,7 @@ fn tag(s: Severity) -> &'static str {
 }
 
 /// The text of one report.
-pub fn text(r: &ValidateReport, remedy: RemedyText<'_>) -> String {
+pub(crate) fn text(r: &ValidateReport, remedy: RemedyText<'_>) -> String {
     let mut s = format!("{}\n  {}\n", sanitize(&r.path), r.arch);
     if r.findings.is_empty() {
         s.push_str("  clean\n");
@@ -58,7 +58,7 @@ fn finding(f: &Finding, remedy: RemedyText<'_>) -> Value {
 }
 
 /// One report as JSON.
-pub fn value(r: &ValidateReport, remedy: RemedyText<'_>) -> Value {
+pub(crate) fn value(r: &ValidateReport, remedy: RemedyText<'_>) -> Value {
     json!({
         "path": r.path,
         "arch": r.arch,
@@ -67,7 +67,7 @@ pub fn value(r: &ValidateReport, remedy: RemedyText<'_>) -> Value {
 }
 
 /// Every file's report, as `validate --json` prints them.
-pub fn document(reports: &[ValidateReport], remedy: RemedyText<'_>) -> String {
+pub(crate) fn document(reports: &[ValidateReport], remedy: RemedyText<'_>) -> String {
     let files: Vec<Value> = reports.iter().map(|r| value(r, remedy)).collect();
     super::json::document("validate", json!({ "files": files }))
 }

@@ -75,7 +75,7 @@ impl TensorEntry {
 /// A mapped byte region tensors point into. Tensor offsets ([`TensorEntry::begin`]) are
 /// positions in one address space that the sources tile, so a checkpoint made of several
 /// files (or with tensors copied to a spill file) keeps the one-slice view of a tensor.
-pub struct Source {
+pub(crate) struct Source {
     pub(super) map: Mmap,
     /// Where the region starts in the tensors' address space.
     pub(super) at: usize,

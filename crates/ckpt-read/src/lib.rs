@@ -14,13 +14,14 @@
 //! ```
 
 pub mod dtype;
+pub mod env;
 pub mod header;
-pub mod layout;
+pub(crate) mod layout;
 pub mod pickle;
 pub mod quant;
-pub mod safetensors;
-pub mod sharded;
-pub mod sniff;
+pub(crate) mod safetensors;
+pub(crate) mod sharded;
+pub(crate) mod sniff;
 mod spill;
 pub mod sys;
 pub mod torch;
@@ -451,6 +452,8 @@ impl Checkpoint {
 
 /// Maps a whole file read-only, advised for one sequential read (see
 /// [`crate::sys::advise_sequential`]). The crate's only `Mmap::map`.
+// The crate's one `Mmap::map`, with its SAFETY note below.
+#[allow(unsafe_code)]
 fn map_file(file: &File) -> std::io::Result<Mmap> {
     // SAFETY: the mapping is read-only and private to this process. The one hazard is
     // another process truncating or rewriting the file while it is mapped: reads then see

@@ -8,13 +8,13 @@ use super::header::{self, Header};
 use super::layout::{Layout, Provenance, Source};
 
 /// A checked header and its length.
-pub struct Parsed {
+pub(crate) struct Parsed {
     header_len: u64,
     header: Header,
 }
 
 /// Reads and checks the header of a mapped file.
-pub fn parse(map: &[u8]) -> Result<Parsed, ReadError> {
+pub(crate) fn parse(map: &[u8]) -> Result<Parsed, ReadError> {
     let file_len = map.len() as u64;
     let n = header::header_len(file_len, &map[..map.len().min(8)])?;
     let data_start = 8 + n as usize;
@@ -26,7 +26,7 @@ pub fn parse(map: &[u8]) -> Result<Parsed, ReadError> {
 }
 
 /// The layout of a mapped safetensors file whose header [`parse`] checked.
-pub fn layout(map: Mmap, parsed: Parsed) -> Layout {
+pub(crate) fn layout(map: Mmap, parsed: Parsed) -> Layout {
     let data_start = 8 + parsed.header_len as usize;
     let len = map.len() - data_start;
     let header = parsed.header;

@@ -8,14 +8,14 @@ use super::layout::{self, Layout, Piece, Provenance};
 use super::{FileError, ReadError};
 
 /// Whether `path` names a shard index (`*.safetensors.index.json`).
-pub fn is_shard_index(path: &Path) -> bool {
+pub(crate) fn is_shard_index(path: &Path) -> bool {
     path.file_name()
         .and_then(|n| n.to_str())
         .is_some_and(|n| n.ends_with(".index.json"))
 }
 
 /// The shard index in a folder: its only `*.index.json`.
-pub fn index_in(dir: &Path) -> Result<PathBuf, ReadError> {
+pub(crate) fn index_in(dir: &Path) -> Result<PathBuf, ReadError> {
     let mut indexes: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| is_shard_index(p))
@@ -28,7 +28,7 @@ pub fn index_in(dir: &Path) -> Result<PathBuf, ReadError> {
 }
 
 /// The layout of a sharded model, from its index.
-pub fn layout(index: &Path) -> Result<Layout, ReadError> {
+pub(crate) fn layout(index: &Path) -> Result<Layout, ReadError> {
     let paths = parts(index)?;
     let parts = paths
         .iter()

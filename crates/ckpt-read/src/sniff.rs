@@ -3,7 +3,7 @@
 
 /// What the first bytes of a file say it is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sniffed {
+pub(crate) enum Sniffed {
     /// A PyTorch checkpoint in the zip container (`torch.save` since 1.6): a pickle inside.
     TorchZip,
     /// A bare pickle stream (legacy `torch.save`, many `.ckpt` files).
@@ -15,7 +15,7 @@ pub enum Sniffed {
 }
 
 /// Looks at the first bytes of a file.
-pub fn sniff(head: &[u8]) -> Sniffed {
+pub(crate) fn sniff(head: &[u8]) -> Sniffed {
     if head.starts_with(b"PK\x03\x04") {
         return Sniffed::TorchZip;
     }
@@ -35,7 +35,7 @@ pub fn sniff(head: &[u8]) -> Sniffed {
 }
 
 /// True when the extension says "pickle" whatever the bytes say.
-pub fn has_pickle_extension(path: &std::path::Path) -> bool {
+pub(crate) fn has_pickle_extension(path: &std::path::Path) -> bool {
     matches!(
         path.extension()
             .and_then(|e| e.to_str())

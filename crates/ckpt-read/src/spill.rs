@@ -11,7 +11,7 @@ use memmap2::Mmap;
 use super::ReadError;
 
 /// A strided view of elements in `bytes`, as torch describes a tensor.
-pub struct View<'a> {
+pub(crate) struct View<'a> {
     pub bytes: &'a [u8],
     /// Bytes per element.
     pub esize: usize,
@@ -23,7 +23,7 @@ pub struct View<'a> {
     pub swap: bool,
 }
 
-pub struct Spill {
+pub(crate) struct Spill {
     /// Where the spill starts in the checkpoint's tensor address space.
     at: usize,
     out: Option<BufWriter<std::fs::File>>,
@@ -32,7 +32,7 @@ pub struct Spill {
 
 impl Spill {
     /// A spill whose bytes will follow address `at` (past every other source).
-    pub fn new(at: usize) -> Spill {
+    pub(crate) fn new(at: usize) -> Spill {
         Spill {
             at,
             out: None,
@@ -48,7 +48,7 @@ impl Spill {
     }
 
     /// Appends the view's elements in row-major order; returns their address.
-    pub fn gather(&mut self, v: &View<'_>) -> Result<usize, ReadError> {
+    pub(crate) fn gather(&mut self, v: &View<'_>) -> Result<usize, ReadError> {
         let begin = self.at + self.written;
         let numel: usize = v.shape.iter().product();
         if numel == 0 {
@@ -103,7 +103,7 @@ impl Spill {
     }
 
     /// Appends bytes as they are; returns their address.
-    pub fn append(&mut self, bytes: &[u8]) -> Result<usize, ReadError> {
+    pub(crate) fn append(&mut self, bytes: &[u8]) -> Result<usize, ReadError> {
         let begin = self.at + self.written;
         if !bytes.is_empty() {
             self.writer()?.write_all(bytes)?;
@@ -125,7 +125,7 @@ impl Spill {
     }
 
     /// The spill's address and mapping, if anything was written.
-    pub fn finish(self) -> Result<Option<(usize, Mmap)>, ReadError> {
+    pub(crate) fn finish(self) -> Result<Option<(usize, Mmap)>, ReadError> {
         let Some(out) = self.out else {
             return Ok(None);
         };

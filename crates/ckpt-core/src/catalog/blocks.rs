@@ -272,7 +272,7 @@ fn is_unet_module(rest: &str) -> bool {
 
 /// Whether a key is a DiT diffuser key stored bare, as the original releases (BFL's Flux
 /// files, Chroma) name them; [`crate::catalog::canonical_key`] adds [`DENOISER_PREFIX`].
-pub fn is_bare_dit_key(key: &str) -> bool {
+pub(crate) fn is_bare_dit_key(key: &str) -> bool {
     FLUX_TABLE
         .iter()
         .chain(MMDIT_TABLE)
@@ -311,7 +311,7 @@ pub fn component_of(key: &str) -> Component {
 /// The block of a (canonical) denoiser key for a denoiser of this structure; `None` for a
 /// key no rule covers (or numbered past the architecture's blocks) and for keys outside
 /// the denoiser.
-pub fn denoiser_block(key: &str, blocks: Blocks) -> Option<Block> {
+pub(crate) fn denoiser_block(key: &str, blocks: Blocks) -> Option<Block> {
     let rest = key.strip_prefix(DENOISER_PREFIX)?;
     let table = match blocks {
         Blocks::Unet { .. } => UNET_TABLE,

@@ -10,7 +10,7 @@
 //!   VAE, the rest), or groups by key prefix for layouts the catalog does not know;
 //! * [`selector`]: the one language in which users choose rows (`OUT06..OUT11`, `te`, ...).
 
-pub mod blocks;
+pub(crate) mod blocks;
 pub mod data;
 pub mod detect;
 pub mod diffusers;

@@ -83,10 +83,10 @@ pub fn level() -> Level {
         let best = *available_levels()
             .last()
             .expect("portable is always available");
-        let cap = match std::env::var("CKPT_DIFF_KERNELS").as_deref() {
-            Ok("portable") => Level::Portable,
-            Ok("avx2") => Level::Avx2,
-            Ok("avx512") => Level::Avx512,
+        let cap = match ckpt_read::env::KERNELS.get().as_deref() {
+            Some("portable") => Level::Portable,
+            Some("avx2") => Level::Avx2,
+            Some("avx512") => Level::Avx512,
             _ => Level::Avx512,
         };
         best.min(cap)

@@ -4,11 +4,11 @@ use half::{bf16, f16};
 
 use ckpt_read::dtype::FloatFormat;
 
-pub fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
+pub(super) fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
     format.decode_into(src, dst)
 }
 
-pub fn from_f64(format: FloatFormat, src: &[f64], dst: &mut [u8]) {
+pub(super) fn from_f64(format: FloatFormat, src: &[f64], dst: &mut [u8]) {
     match format {
         // Not `f16::from_f64`: it drops the low 32 mantissa bits before rounding, so it
         // misrounds values just above a tie. Round to odd in f32 first, then to nearest.
@@ -42,7 +42,7 @@ pub fn from_f64(format: FloatFormat, src: &[f64], dst: &mut [u8]) {
 
 /// f64 -> f32 rounding to odd (truncate, then set the last bit if inexact): the first
 /// step of a correctly rounded f64 -> f16/bf16 conversion.
-pub fn f64_to_f32_odd(x: f64) -> f32 {
+pub(super) fn f64_to_f32_odd(x: f64) -> f32 {
     // Without branches, so that loops over it vectorise: an inexact result steps towards
     // zero if rounding went away from it, then sets its last bit.
     let nearest = x as f32;
@@ -55,7 +55,7 @@ pub fn f64_to_f32_odd(x: f64) -> f32 {
 /// Eight independent lanes summed in a fixed order. Plain multiply-add, not `mul_add`:
 /// without hardware FMA that is a slow libm call. (Products of stored f16/bf16/f32 values
 /// are exact in f64 either way.)
-pub fn dot(a: &[f64], b: &[f64]) -> f64 {
+pub(super) fn dot(a: &[f64], b: &[f64]) -> f64 {
     let mut lanes = [0.0f64; 8];
     let split = a.len() / 8 * 8;
     for (ca, cb) in a[..split].chunks_exact(8).zip(b[..split].chunks_exact(8)) {
@@ -70,13 +70,19 @@ pub fn dot(a: &[f64], b: &[f64]) -> f64 {
     s
 }
 
-pub fn gram2(a: &[f64], b: &[f64]) -> [f64; 3] {
+pub(super) fn gram2(a: &[f64], b: &[f64]) -> [f64; 3] {
     [dot(a, a), dot(a, b), dot(b, b)]
 }
 
 /// Adds to `out` the [`gram2`] of the stored elements from `from` on: the tail a SIMD loop
 /// leaves.
-pub fn add_gram2_tail(format: FloatFormat, a: &[u8], b: &[u8], from: usize, out: &mut [f64; 3]) {
+pub(super) fn add_gram2_tail(
+    format: FloatFormat,
+    a: &[u8],
+    b: &[u8],
+    from: usize,
+    out: &mut [f64; 3],
+) {
     let n = a.len() / format.size();
     if from >= n {
         return;
@@ -93,7 +99,7 @@ pub fn add_gram2_tail(format: FloatFormat, a: &[u8], b: &[u8], from: usize, out:
 }
 
 /// The largest finite value of an FP8 format: 448 (E4M3), 57344 (E5M2).
-pub fn fp8_max(format: FloatFormat) -> f64 {
+pub(super) fn fp8_max(format: FloatFormat) -> f64 {
     match format {
         FloatFormat::F8E4M3 => 448.0,
         _ => 57344.0,
@@ -107,7 +113,7 @@ pub fn fp8_max(format: FloatFormat) -> f64 {
 /// nearest-even gives the code nearest to `x` itself (round-to-odd keeps "above or below the
 /// midpoint" intact), and the rest is integer work on the f32 bits: the slow part of a merge
 /// to FP8 was this function while it worked in f64 with `powi`.
-pub fn fp8_round(format: FloatFormat, x: f64) -> u8 {
+pub(super) fn fp8_round(format: FloatFormat, x: f64) -> u8 {
     // (mantissa bits, exponent bias, NaN code, largest finite code, the f32 whose ulp is the
     // subnormal step 2^(1 - bias - man_bits): adding it rounds to that step, ties to even).
     let (man_bits, bias, nan, max_code, magic) = match format {

@@ -12,7 +12,7 @@ use ckpt_read::dtype::FloatFormat;
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `src.len() == dst.len() * format.size()`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
+pub(super) unsafe fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
     let n = dst.len();
     let s = src.as_ptr();
     let d = dst.as_mut_ptr();
@@ -88,7 +88,7 @@ unsafe fn f64x4_to_f32_odd(x: __m256d) -> __m128i {
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C; `dst.len() == src.len() * format.size()`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn from_f64(format: FloatFormat, src: &[f64], dst: &mut [u8]) {
+pub(super) unsafe fn from_f64(format: FloatFormat, src: &[f64], dst: &mut [u8]) {
     let n = src.len();
     let s = src.as_ptr();
     let d = dst.as_mut_ptr();
@@ -150,7 +150,7 @@ unsafe fn f32_bits_to_bf16(bits: __m128i) -> __m128i {
 /// # Safety
 /// The CPU must support AVX2 and FMA; `a.len() == b.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot(a: &[f64], b: &[f64]) -> f64 {
+pub(super) unsafe fn dot(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len();
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
     let mut acc = [_mm256_setzero_pd(); 4];
@@ -177,7 +177,7 @@ pub unsafe fn dot(a: &[f64], b: &[f64]) -> f64 {
 /// # Safety
 /// The CPU must support AVX2 and FMA; `a.len() == b.len()`.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gram2(a: &[f64], b: &[f64]) -> [f64; 3] {
+pub(super) unsafe fn gram2(a: &[f64], b: &[f64]) -> [f64; 3] {
     let n = a.len();
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
     let z = _mm256_setzero_pd();
@@ -243,7 +243,7 @@ unsafe fn load8_as_f64(format: FloatFormat, p: *const u8) -> (__m256d, __m256d) 
 /// The CPU must support AVX2, FMA and F16C; `a` and `b` hold the same number of elements of
 /// `format`, which is F16, BF16 or F32.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn gram2_stored(format: FloatFormat, a: &[u8], b: &[u8]) -> [f64; 3] {
+pub(super) unsafe fn gram2_stored(format: FloatFormat, a: &[u8], b: &[u8]) -> [f64; 3] {
     let size = format.size();
     let n = a.len() / size;
     let (pa, pb) = (a.as_ptr(), b.as_ptr());

@@ -98,7 +98,7 @@ macro_rules! gram2_body {
 /// # Safety
 /// The CPU must support AVX-512 F, DQ, BW, VL and F16C; same element count in `a` and `b`.
 #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,f16c")]
-pub unsafe fn gram2_stored(format: FloatFormat, a: &[u8], b: &[u8]) -> [f64; 3] {
+pub(super) unsafe fn gram2_stored(format: FloatFormat, a: &[u8], b: &[u8]) -> [f64; 3] {
     // One loop per format, so the format test stays out of the loop.
     match format {
         FloatFormat::F16 => gram2_body!(FloatFormat::F16, a, b, load8_f16),
@@ -112,7 +112,7 @@ pub unsafe fn gram2_stored(format: FloatFormat, a: &[u8], b: &[u8]) -> [f64; 3] 
 /// # Safety
 /// As for [`gram2_stored`]; `src.len() == dst.len() * format.size()`.
 #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,f16c")]
-pub unsafe fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
+pub(super) unsafe fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
     let n = dst.len();
     let size = format.size();
     let mut i = 0;
@@ -140,7 +140,13 @@ pub unsafe fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
 /// # Safety
 /// As for [`gram2_stored`]; `x.len() == y.len() * format.size()`.
 #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,f16c")]
-pub unsafe fn axpy_stored(format: FloatFormat, c: f64, x: &[u8], y: &mut [f64], accumulate: bool) {
+pub(super) unsafe fn axpy_stored(
+    format: FloatFormat,
+    c: f64,
+    x: &[u8],
+    y: &mut [f64],
+    accumulate: bool,
+) {
     let n = y.len();
     let size = format.size();
     let vc = _mm512_set1_pd(c);
@@ -175,7 +181,7 @@ pub unsafe fn axpy_stored(format: FloatFormat, c: f64, x: &[u8], y: &mut [f64], 
 /// # Safety
 /// The CPU must support AVX-512 F; `a.len() == b.len()`.
 #[target_feature(enable = "avx512f")]
-pub unsafe fn dot(a: &[f64], b: &[f64]) -> f64 {
+pub(super) unsafe fn dot(a: &[f64], b: &[f64]) -> f64 {
     let n = a.len();
     let mut acc = [_mm512_setzero_pd(); 4];
     let mut i = 0;

@@ -20,6 +20,7 @@
 pub mod progress;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use thiserror::Error;
@@ -44,16 +45,27 @@ pub enum PassError {
     },
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// A request to stop: the caller keeps a clone (the command line sets it from its Ctrl-C
+/// handler) and every [`Pass`] given it stops at its next item, with
+/// [`PassError::Interrupted`].
+#[derive(Clone, Debug, Default)]
+pub struct Cancel(Arc<AtomicBool>);
 
-/// Asks every running pass to stop at its next item (the Ctrl-C handler calls this).
-pub fn interrupt() {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
+impl Cancel {
+    /// A token nobody has cancelled yet.
+    pub fn new() -> Cancel {
+        Cancel::default()
+    }
 
-/// True once [`interrupt`] was called.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
+    /// Asks every pass holding this token to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether [`Cancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 /// One key of the union, and where each model holds it.
@@ -271,6 +283,7 @@ pub trait Absorb<P> {
 /// Runs visitors over plans. Holds no state between runs.
 pub struct Pass<'p> {
     progress: &'p dyn Progress,
+    cancel: Cancel,
     item_bytes: usize,
     ahead_bytes: usize,
     release: Release,
@@ -289,14 +302,26 @@ pub enum Release {
 }
 
 impl<'p> Pass<'p> {
-    /// A pass reporting to `progress`.
+    /// A pass reporting to `progress`, which nothing cancels (see [`Pass::cancel_on`]).
     pub fn new(progress: &'p dyn Progress) -> Pass<'p> {
         Pass {
             progress,
+            cancel: Cancel::new(),
             item_bytes: 16 << 20,
             ahead_bytes: 256 << 20,
             release: Release::Auto,
         }
+    }
+
+    /// Stops at the next item once `cancel` is cancelled.
+    pub fn cancel_on(mut self, cancel: &Cancel) -> Self {
+        self.cancel = cancel.clone();
+        self
+    }
+
+    /// The token this pass stops on.
+    pub fn cancel_token(&self) -> &Cancel {
+        &self.cancel
     }
 
     /// Bytes of input per work item (default 16 MiB); smaller values are for tests.
@@ -462,7 +487,7 @@ impl<'p> Pass<'p> {
                                 q = moved.wait(q).expect("never poisoned");
                             }
                         }
-                        let result = if interrupted() {
+                        let result = if self.cancel.is_cancelled() {
                             Err(PassError::Interrupted)
                         } else {
                             visit.visit(plan, &items[i], &slices(plan, &items[i]))
@@ -477,6 +502,7 @@ impl<'p> Pass<'p> {
                             match r.and_then(|p| q.absorb.absorb(plan, &items[want], p)) {
                                 Ok(()) => {
                                     self.progress.advance(sizes[want]);
+                                    test_hold(starts[want + 1], &self.cancel);
                                     if release_pages {
                                         release(plan, &items[want]);
                                     }
@@ -540,3 +566,47 @@ pub fn slices<'a>(plan: &Plan<'a>, item: &Item) -> Vec<Option<Slice<'a>>> {
         })
         .collect()
 }
+
+/// The test suite's hold point (see [`ckpt_read::env::HOLD_AFTER_BYTES`]): with the
+/// `test-hooks` feature and `CKPT_DIFF_HOLD_AFTER_BYTES=N` set, once `done` reaches N bytes
+/// this says so on stderr and waits until `cancel` is cancelled, so the interrupt test sends
+/// Ctrl-C at exactly that point instead of after a guessed delay. Without the feature
+/// (release builds) it does nothing. Long work that is not a pass calls it as it advances.
+#[inline]
+pub fn test_hold(done: u64, cancel: &Cancel) {
+    #[cfg(feature = "test-hooks")]
+    test_hooks::hold(done, cancel);
+    #[cfg(not(feature = "test-hooks"))]
+    let _ = (done, cancel);
+}
+
+/// Hooks the test suite needs in the binary it runs, compiled only with the `test-hooks`
+/// feature (which `cargo test` turns on through a dev-dependency; releases leave it out).
+#[cfg(feature = "test-hooks")]
+mod test_hooks {
+    /// What the hold prints (the interrupt test waits for it).
+    pub const HOLDING: &str = "ckpt-diff: holding until interrupted";
+
+    /// See [`super::test_hold`].
+    pub(super) fn hold(done: u64, cancel: &super::Cancel) {
+        let Some(after) = ckpt_read::env::HOLD_AFTER_BYTES
+            .get()
+            .and_then(|v| v.parse::<u64>().ok())
+        else {
+            return;
+        };
+        if done < after {
+            return;
+        }
+        static SAID: std::sync::Once = std::sync::Once::new();
+        // The hook talks to the test that runs the binary, on stderr.
+        #[allow(clippy::print_stderr)]
+        SAID.call_once(|| eprintln!("{HOLDING}"));
+        while !cancel.is_cancelled() {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+pub use test_hooks::HOLDING;

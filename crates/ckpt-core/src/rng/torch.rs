@@ -123,7 +123,7 @@ mod cephes {
     const MIN_NORM_POS: f32 = f32::from_bits(0x0080_0000);
 
     /// ln(x) for x > 0 (x ≤ 0 gives NaN, as the original's invalid mask).
-    pub fn log(x: f32) -> f32 {
+    pub(super) fn log(x: f32) -> f32 {
         if x <= 0.0 {
             return f32::NAN;
         }
@@ -162,7 +162,7 @@ mod cephes {
     const SIGN: u32 = 0x8000_0000;
 
     /// (sin x, cos x).
-    pub fn sincos(x: f32) -> (f32, f32) {
+    pub(super) fn sincos(x: f32) -> (f32, f32) {
         let mut sign_sin = x.to_bits() & SIGN;
         let mut x = x.abs();
         // The octant, rounded up to even.

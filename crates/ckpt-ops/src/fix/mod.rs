@@ -6,7 +6,7 @@
 //! Integer tensors keep their dtype; casts clamp values beyond the target's range to its
 //! largest finite value instead of turning them into infinities.
 
-pub mod plan;
+pub(crate) mod plan;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;

@@ -37,7 +37,7 @@ pub struct Options {
 }
 
 /// The file being fixed, as the plan sees it.
-pub struct Input<'a> {
+pub(crate) struct Input<'a> {
     pub tensors: &'a [TensorEntry],
     /// The scaled-fp8 marker and scales, when the file is scaled.
     pub scaled_fp8: Option<&'a ScaledFp8>,
@@ -184,7 +184,7 @@ fn dropped_as(
 }
 
 /// Decides the output of `fix` for `file`, with `base` to take tensors from.
-pub fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Options) -> FixPlan {
+pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Options) -> FixPlan {
     let findings = file.findings;
     let canonical_set = |kind: FindingKind| -> HashSet<String> {
         findings
@@ -393,7 +393,7 @@ pub fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Options) -> F
 /// What `convert` writes: every tensor of `file` under its name, as stored or cast to
 /// `opts.dtype`, less what the drop options name (from the header findings). Unlike
 /// [`plan`], nothing is repaired: a conversion changes the container, not the weights.
-pub fn conversion(file: &Input<'_>, opts: &Options) -> FixPlan {
+pub(crate) fn conversion(file: &Input<'_>, opts: &Options) -> FixPlan {
     let findings = file.findings;
     let raw_set = |kind: FindingKind| -> HashSet<&str> {
         findings.keys_of(kind).iter().map(String::as_str).collect()

@@ -91,7 +91,7 @@ pub enum OutputScale {
 
 /// The work of one merge: a [`Visit`] that computes output pieces and hands them to the
 /// writer thread (one writer: concurrent writes to one file contend on its lock).
-pub struct MergeWork<'a> {
+pub(crate) struct MergeWork<'a> {
     pub plan: &'a MergePlan,
     pub precision: Precision,
     /// By pass-plan entry.
@@ -101,11 +101,11 @@ pub struct MergeWork<'a> {
 }
 
 /// What a visit reports back: bytes written.
-pub struct Written(pub u64);
+pub(crate) struct Written(pub u64);
 
 /// Counts bytes written (the pass absorbs in order; nothing else to do).
 #[derive(Default)]
-pub struct WriteCount {
+pub(crate) struct WriteCount {
     pub bytes: u64,
 }
 
@@ -395,7 +395,7 @@ pub enum Missing {
 }
 
 /// The output decision for each pass-plan entry, in the formats `output` asks for.
-pub fn decide(
+pub(crate) fn decide(
     merge: &MergePlan,
     pass_plan: &Plan<'_>,
     output: OutputFormat,

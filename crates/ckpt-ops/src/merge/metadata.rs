@@ -15,7 +15,7 @@
 use serde_json::{Map, Value, json};
 
 /// What the metadata says about one input.
-pub struct InputInfo {
+pub(crate) struct InputInfo {
     pub name: String,
     pub file: String,
     /// The file's SHA-256, or a same-length placeholder, or `None` when not computed.
@@ -27,12 +27,12 @@ pub struct InputInfo {
 }
 
 /// A placeholder as long as a SHA-256 hex digest, unique per input.
-pub fn placeholder(i: usize) -> String {
+pub(crate) fn placeholder(i: usize) -> String {
     format!("{:@<64}", format!("@@ckpt-diff-sha256-of-input-{i}"))
 }
 
 /// The metadata entries, in a fixed order.
-pub fn build(
+pub(crate) fn build(
     recipe_text: &str,
     inputs: &[InputInfo],
     dtype: &str,

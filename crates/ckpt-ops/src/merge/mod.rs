@@ -13,9 +13,9 @@
 //! * [`engine`]: per-tensor evaluation inside the pass;
 //! * [`metadata`]: `sd_merge_recipe`, `sd_merge_models`, the recipe text.
 
-pub mod engine;
-pub mod linear;
-pub mod metadata;
+pub(crate) mod engine;
+pub(crate) mod linear;
+pub(crate) mod metadata;
 pub mod methods;
 pub mod plan;
 pub mod preflight;
@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use crate::lora::LoraFile;
 use ckpt_core::catalog::{Arch, Detection, Layout, detect};
-use ckpt_core::pass::{Pass, PassError, Plan};
+use ckpt_core::pass::{Cancel, Pass, PassError, Plan};
 use ckpt_core::writer::{OutputFile, TensorSpec, WriteError};
 use ckpt_read::dtype::{self, FloatFormat};
 use ckpt_read::{Checkpoint, FileError};
@@ -78,6 +78,8 @@ pub struct Options {
     pub on_plan: fn(&preflight::Preflight),
     /// Stop after the plan: open and check everything, read no tensor, write nothing.
     pub dry_run: bool,
+    /// Stops the merge at its next tensor piece once cancelled (nothing is written).
+    pub cancel: Cancel,
 }
 
 impl Default for Options {
@@ -91,6 +93,7 @@ impl Default for Options {
             on_open: |_| {},
             on_plan: |_| {},
             dry_run: false,
+            cancel: Cancel::new(),
         }
     }
 }
@@ -414,7 +417,9 @@ pub fn run(
         outputs.insert(o.entry, o);
     }
     // Items: per-tensor methods take whole tensors; everything else streams in pieces.
-    let mut pass = Pass::new(progress).item_bytes(8 << 20);
+    let mut pass = Pass::new(progress)
+        .cancel_on(&options.cancel)
+        .item_bytes(8 << 20);
     let mut items = pass.items(&pass_plan, &chunked);
     for &e in &whole {
         let numel: usize = pass_plan.shape(&pass_plan.entries()[e]).iter().product();
@@ -489,7 +494,7 @@ pub fn run(
 /// A path from a recipe, relative to the recipe's folder unless absolute (`~/` expands).
 pub fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
     if let Some(rest) = p.strip_prefix("~/")
-        && let Some(home) = std::env::var_os("HOME")
+        && let Some(home) = ckpt_read::env::HOME.get_os()
     {
         return PathBuf::from(home).join(rest);
     }

@@ -376,7 +376,7 @@ fn kind(merge: &MergePlan) -> String {
 /// The input-bytes-per-second rates earlier merges measured on this machine, by kind, in
 /// `merge-rates.tsv` in ckpt-diff's cache folder (`kind<TAB>bytes per second`). The last
 /// merge of a kind replaces its rate.
-pub mod rates {
+pub(crate) mod rates {
     use super::*;
 
     fn file() -> PathBuf {
@@ -394,7 +394,7 @@ pub mod rates {
             .collect()
     }
 
-    pub fn lookup(kind: &str) -> Option<f64> {
+    pub(crate) fn lookup(kind: &str) -> Option<f64> {
         read()
             .into_iter()
             .find(|(k, _)| k == kind)
@@ -403,7 +403,7 @@ pub mod rates {
     }
 
     /// Records a measured rate; a failure to write is not the merge's failure.
-    pub fn record(kind: &str, bytes: u64, seconds: f64) {
+    pub(crate) fn record(kind: &str, bytes: u64, seconds: f64) {
         if bytes < (64 << 20) || seconds <= 0.0 {
             return; // Too small to say anything about the machine.
         }

@@ -115,6 +115,7 @@ pub fn write_family(
     finetunes: usize,
     size: f64,
     progress: &dyn Fn(&str) -> Box<dyn ckpt_core::pass::Progress>,
+    cancel: &ckpt_core::pass::Cancel,
 ) -> Result<Vec<Member>, super::SynthError> {
     std::fs::create_dir_all(dir)
         .map_err(|e| super::SynthError::Invalid(format!("'{}': {e}", dir.display())))?;
@@ -126,6 +127,7 @@ pub fn write_family(
             &m.model,
             &[("ckpt_diff.recipe".into(), m.recipe.clone())],
             progress(&m.name).as_ref(),
+            cancel,
         )?;
     }
     Ok(members)

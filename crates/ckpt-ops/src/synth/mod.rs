@@ -24,7 +24,7 @@ use ckpt_core::catalog::detect::{CONV_IN, FLUX_IMG_IN, scaled_shape};
 use ckpt_core::catalog::keys::EMA_PREFIX;
 use ckpt_core::catalog::{Arch, Component, DENOISER_PREFIX, Grouping, canonical_key, component_of};
 use ckpt_core::kernels;
-use ckpt_core::pass::{PassError, Progress};
+use ckpt_core::pass::{Cancel, PassError, Progress};
 use ckpt_core::rng::counter::{Stream, key_hash};
 use ckpt_core::writer::quantizable;
 use ckpt_core::writer::{OutputFile, TensorSpec, WriteError};
@@ -510,6 +510,7 @@ pub fn write(
     model: &Synthetic,
     metadata: &[(String, String)],
     progress: &dyn Progress,
+    cancel: &Cancel,
 ) -> Result<(), SynthError> {
     assert_eq!(
         layout.arch, model.arch,
@@ -553,10 +554,11 @@ pub fn write(
     }
     let total: u64 = out.tensors().iter().map(|t| t.byte_len() as u64).sum();
     progress.start(total);
+    let done = std::sync::atomic::AtomicU64::new(0);
     items
         .par_iter()
         .try_for_each(|&(i, start, end)| -> Result<(), SynthError> {
-            if ckpt_core::pass::interrupted() {
+            if cancel.is_cancelled() {
                 return Err(SynthError::Pass(PassError::Interrupted));
             }
             let spec = &out.tensors()[i];
@@ -568,6 +570,9 @@ pub fn write(
                 &bytes,
             )?;
             progress.advance(bytes.len() as u64);
+            let n = bytes.len() as u64;
+            let so_far = done.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n;
+            ckpt_core::pass::test_hold(so_far, cancel);
             Ok(())
         })?;
     progress.finish();
@@ -706,6 +711,7 @@ mod tests {
             &Synthetic::base(Arch::Sd1, 1),
             &[],
             &ckpt_core::pass::NoProgress,
+            &Default::default(),
         )
         .unwrap();
         let c = Checkpoint::open(&path).unwrap();

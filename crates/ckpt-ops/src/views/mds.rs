@@ -22,7 +22,7 @@ pub struct Mds {
 }
 
 /// Maps the points whose pairwise distances are `d` (symmetric, zero diagonal).
-pub fn classical_mds(d: &[Vec<f64>]) -> Mds {
+pub(crate) fn classical_mds(d: &[Vec<f64>]) -> Mds {
     let n = d.len();
     if n < 2 {
         return Mds {

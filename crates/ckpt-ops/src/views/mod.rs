@@ -9,6 +9,6 @@ pub mod inspect;
 pub mod l2;
 pub mod lineage;
 pub mod lora;
-pub mod mds;
+pub(crate) mod mds;
 pub mod sim;
 pub mod validate;

@@ -33,7 +33,7 @@ impl Verdict {
 
 /// The globals the interpreter gives a meaning to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Constructor {
+pub(crate) enum Constructor {
     OrderedDict,
     Set,
     RebuildTensor,
@@ -45,7 +45,7 @@ pub enum Constructor {
 }
 
 /// The data constructor `module.name` is, if any.
-pub fn constructor(module: &str, name: &str) -> Option<Constructor> {
+pub(crate) fn constructor(module: &str, name: &str) -> Option<Constructor> {
     use Constructor as C;
     Some(match (module, name) {
         ("collections", "OrderedDict") => C::OrderedDict,
@@ -135,7 +135,7 @@ const DANGEROUS_GLOBALS: &[(&str, &str)] = &[
 ];
 
 /// The verdict on global `module.name`.
-pub fn verdict(module: &str, name: &str) -> Verdict {
+pub(crate) fn verdict(module: &str, name: &str) -> Verdict {
     let module_norm = match module {
         "__builtin__" | "__builtins__" => "builtins",
         m => m,

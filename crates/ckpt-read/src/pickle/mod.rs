@@ -13,7 +13,7 @@
 //! instead of copying it (no exponential blow-up), and cycles cost nothing. Every structure a
 //! crafted file could grow is bounded by [`Limits`].
 
-pub mod globals;
+pub(crate) mod globals;
 
 use std::collections::HashMap;
 use std::fmt;

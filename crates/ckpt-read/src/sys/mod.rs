@@ -14,7 +14,9 @@
 //! at run time (CI runs the whole test suite a second time that way), and the `portable-io`
 //! feature compiles the Unix path out altogether (`cargo check --features portable-io`).
 
+// libc calls (statvfs, sysconf, madvise, pwrite) are unsafe FFI; each says why it is sound.
 #[cfg(all(unix, not(feature = "portable-io")))]
+#[allow(unsafe_code)]
 pub mod unix;
 
 pub mod portable;
@@ -33,7 +35,9 @@ pub fn portable_io() -> bool {
     static PORTABLE: OnceLock<bool> = OnceLock::new();
     *PORTABLE.get_or_init(|| {
         !cfg!(all(unix, not(feature = "portable-io")))
-            || std::env::var("CKPT_DIFF_IO").is_ok_and(|v| v.eq_ignore_ascii_case("portable"))
+            || crate::env::IO
+                .get()
+                .is_some_and(|v| v.eq_ignore_ascii_case("portable"))
     })
 }
 
@@ -53,11 +57,13 @@ macro_rules! dispatch {
 /// ckpt-diff's cache folder: `$XDG_CACHE_HOME/ckpt-diff`, else `%LOCALAPPDATA%/ckpt-diff`
 /// on Windows, else `~/.cache/ckpt-diff` (the current folder when none is known).
 pub fn cache_dir() -> std::path::PathBuf {
+    use crate::env;
     use std::path::PathBuf;
-    std::env::var_os("XDG_CACHE_HOME")
+    env::XDG_CACHE_HOME
+        .get_os()
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("LOCALAPPDATA").map(PathBuf::from))
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .or_else(|| env::LOCALAPPDATA.get_os().map(PathBuf::from))
+        .or_else(|| env::HOME.get_os().map(|h| PathBuf::from(h).join(".cache")))
         .unwrap_or_else(|| PathBuf::from("."))
         .join("ckpt-diff")
 }

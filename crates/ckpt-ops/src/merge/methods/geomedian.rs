@@ -10,7 +10,7 @@ use super::{
 };
 use ckpt_core::kernels;
 
-pub const GEOMEDIAN: Method = Method {
+pub(crate) const GEOMEDIAN: Method = Method {
     name: "geomedian",
     aliases: &["geometric_median"],
     usage: "geomedian(model, ..., eps=1e-6, maxiter=100, weights=(...))",
@@ -44,7 +44,7 @@ fn build(a: &Args<'_>) -> Result<BuiltNode, String> {
 
 /// One weight per model argument.
 #[derive(Debug)]
-pub struct GeoMedian {
+pub(crate) struct GeoMedian {
     weights: Vec<f64>,
     eps: f64,
     maxiter: usize,
@@ -81,7 +81,7 @@ impl NodeMethod for GeoMedian {
 /// steps or when the objective Σ wᵢ‖xᵢ − z‖ changes by at most `ftol` relative (sd-mecha's
 /// rule). Each step is two sweeps of the points (distances, then the new estimate); the
 /// only buffer is the estimate itself, one f64 per element.
-pub fn weiszfeld(
+pub(crate) fn weiszfeld(
     t: &dyn TensorInputs,
     weights: &[f64],
     eps: f64,

@@ -15,7 +15,7 @@ const fn weight(name: &'static str, default: Option<f64>) -> Opt {
 }
 
 /// `ws(A, B, alpha)`: A·(1-α) + B·α, as `A x (1-alpha) + B x alpha`.
-pub const WS: Method = Method {
+pub(crate) const WS: Method = Method {
     name: "ws",
     aliases: &["weighted_sum"],
     usage: "ws(A, B, alpha)",
@@ -31,7 +31,7 @@ fn ws(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
 }
 
 /// `ad(A, B, C, alpha=1)`: A + (B - C)·α.
-pub const AD: Method = Method {
+pub(crate) const AD: Method = Method {
     name: "ad",
     aliases: &["add_difference"],
     usage: "ad(A, B, C, alpha=1)",
@@ -51,7 +51,7 @@ fn ad(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
 }
 
 /// `triple_sum(A, B, C, alpha, beta)`: (1-α-β)·A + α·B + β·C (SuperMerger's Triple sum).
-pub const TRIPLE_SUM: Method = Method {
+pub(crate) const TRIPLE_SUM: Method = Method {
     name: "triple_sum",
     aliases: &[],
     usage: "triple_sum(A, B, C, alpha, beta)",
@@ -71,7 +71,7 @@ fn triple_sum(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
 }
 
 /// `sum_twice(A, B, C, alpha, beta)`: (1-β)·((1-α)·A + α·B) + β·C (SuperMerger's Sum twice).
-pub const SUM_TWICE: Method = Method {
+pub(crate) const SUM_TWICE: Method = Method {
     name: "sum_twice",
     aliases: &[],
     usage: "sum_twice(A, B, C, alpha, beta)",
@@ -96,7 +96,7 @@ fn sum_twice(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
 }
 
 /// `avg(A, B, ..., weights=(...))`: Σ wᵢ·Mᵢ / Σ wᵢ, equal weights by default.
-pub const AVG: Method = Method {
+pub(crate) const AVG: Method = Method {
     name: "avg",
     aliases: &["n_average", "average"],
     usage: "avg(A, B, ..., weights=(1, 1, ...))",
@@ -121,7 +121,7 @@ fn avg(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
 }
 
 /// `swap(A, B, te)`: A with B's rows where the selection says (a component, or blocks).
-pub const SWAP: Method = Method {
+pub(crate) const SWAP: Method = Method {
     name: "swap",
     aliases: &[],
     usage: "swap(A, B, te): A with what the selection (unet, te, te1, te2, vae, OUT06..OUT11) names taken from B",

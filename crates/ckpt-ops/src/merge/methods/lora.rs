@@ -18,7 +18,7 @@ use super::{
 };
 use crate::lora::{Delta, LoraFile};
 
-pub const LORA: Method = Method {
+pub(crate) const LORA: Method = Method {
     name: "lora",
     aliases: &[],
     usage: "lora(FILE, strength=1), FILE a LoRA bound by name (`L = my-lora.safetensors`)",

@@ -14,12 +14,12 @@
 //! entry in [`REGISTRY`].
 
 pub mod dare;
-pub mod geomedian;
-pub mod linear;
-pub mod lora;
-pub mod model_stock;
-pub mod ties;
-pub mod train_diff;
+pub(crate) mod geomedian;
+pub(crate) mod linear;
+pub(crate) mod lora;
+pub(crate) mod model_stock;
+pub(crate) mod ties;
+pub(crate) mod train_diff;
 
 use std::any::Any;
 use std::fmt;

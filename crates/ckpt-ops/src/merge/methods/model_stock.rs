@@ -8,7 +8,7 @@ use std::sync::Arc;
 use super::{Args, Build, BuiltNode, Method, NodeMethod, Prepared, TensorInputs, sweep};
 use ckpt_core::kernels;
 
-pub const MODEL_STOCK: Method = Method {
+pub(crate) const MODEL_STOCK: Method = Method {
     name: "model_stock",
     aliases: &[],
     usage: "model_stock(base, model1, model2, ...)",
@@ -28,7 +28,7 @@ fn build(a: &Args<'_>) -> Result<BuiltNode, String> {
 
 /// Argument 0 is the base, 1..=`models` the models.
 #[derive(Debug)]
-pub struct ModelStock {
+pub(crate) struct ModelStock {
     models: usize,
 }
 
@@ -68,7 +68,7 @@ impl NodeMethod for ModelStock {
 }
 
 /// Model Stock's t from the task vectors' Gram matrix (row-major nm x nm, upper filled).
-pub fn stock_t(gram: &[f64], nm: usize) -> f64 {
+pub(crate) fn stock_t(gram: &[f64], nm: usize) -> f64 {
     let mut sum = 0.0;
     let mut pairs = 0;
     for i in 0..nm {
@@ -88,7 +88,7 @@ pub fn stock_t(gram: &[f64], nm: usize) -> f64 {
 
 /// Model Stock's t = N·cosθ / (1 + (N−1)·cosθ) for `n` models whose task vectors have mean
 /// pairwise cosine `cos`; 0 when the denominator vanishes.
-pub fn stock_factor(cos: f64, n: usize) -> f64 {
+pub(crate) fn stock_factor(cos: f64, n: usize) -> f64 {
     let n = n as f64;
     let denom = 1.0 + (n - 1.0) * cos;
     if denom.abs() < 1e-12 {

@@ -43,11 +43,11 @@ use crate::merge::methods::dare::dare_stream;
 
 /// The most the geometric median keeps of the filtered deltas (N × the tensor in f32) to
 /// spare recomputing them on each of its sweeps.
-pub const MEDIAN_CACHE_BYTES: usize = 1 << 30;
+pub(crate) const MEDIAN_CACHE_BYTES: usize = 1 << 30;
 
-pub const VOTES: &[&str] = &["magnitude", "count"];
-pub const COMBINES: &[&str] = &["mean", "stock", "median"];
-pub const LIKES: &[&str] = &["ckpt-diff", "sd-mecha"];
+pub(crate) const VOTES: &[&str] = &["magnitude", "count"];
+pub(crate) const COMBINES: &[&str] = &["mean", "stock", "median"];
+pub(crate) const LIKES: &[&str] = &["ckpt-diff", "sd-mecha"];
 
 /// The options of `ties` and `tgmd`, with the defaults given.
 macro_rules! ties_options {
@@ -71,7 +71,7 @@ macro_rules! ties_options {
     };
 }
 
-pub const TIES: Method = Method {
+pub(crate) const TIES: Method = Method {
     name: "ties",
     aliases: &[],
     usage: "ties(base, model, ..., k=1, lambda=1, weights=(...), vote=magnitude|count, \
@@ -88,7 +88,7 @@ pub const TIES: Method = Method {
 /// AstolfoMix-XL's TGMD ("TIES-GeoMedian with DROP", its 116-model recipe x116a-24060702):
 /// no top-k (k=1), the sign elected by magnitude, the geometric median of the filtered
 /// deltas, 10% dropped without rescale, Weiszfeld with eps 1e-6, 100 steps, ftol 1e-20.
-pub const TGMD: Method = Method {
+pub(crate) const TGMD: Method = Method {
     name: "tgmd",
     aliases: &[],
     usage: "tgmd(base, model, ...): ties with k=1, vote=magnitude, combine=median, drop=0.1, \
@@ -131,13 +131,13 @@ fn build(a: &Args<'_>) -> Result<BuiltNode, String> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Vote {
+pub(crate) enum Vote {
     Magnitude,
     Count,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Combine {
+pub(crate) enum Combine {
     Mean,
     Stock,
     Median,
@@ -145,7 +145,7 @@ pub enum Combine {
 
 /// Argument 0 is the base, 1.. the models (one weight each).
 #[derive(Debug)]
-pub struct Ties {
+pub(crate) struct Ties {
     weights: Vec<f64>,
     k: f64,
     lambda: f64,
@@ -611,7 +611,7 @@ impl NodeMethod for Ties {
 /// The magnitude threshold that keeps the top `k` fraction: the ⌈k·n⌉-th largest value
 /// (at least one element). Values at or above it are kept (ties at the threshold are all
 /// kept). Reorders `mags`.
-pub fn magnitude_threshold(mags: &mut [f32], k: f64) -> f32 {
+pub(crate) fn magnitude_threshold(mags: &mut [f32], k: f64) -> f32 {
     if mags.is_empty() || k >= 1.0 {
         return 0.0;
     }
@@ -623,7 +623,7 @@ pub fn magnitude_threshold(mags: &mut [f32], k: f64) -> f32 {
 
 /// sd-mecha's threshold (`filter_top_k`): the max(⌊(1−k)·n⌋, 1)-th smallest magnitude;
 /// values at or above it are kept. Reorders `mags`.
-pub fn mecha_threshold(mags: &mut [f32], k: f64) -> f32 {
+pub(crate) fn mecha_threshold(mags: &mut [f32], k: f64) -> f32 {
     if mags.is_empty() {
         return 0.0;
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{Args, Build, BuiltNode, Method, NodeMethod, OptKind, Prepared, TensorInputs, plain};
 use crate::merge::linear::Profile;
 
-pub const TRAIN_DIFF: Method = Method {
+pub(crate) const TRAIN_DIFF: Method = Method {
     name: "train_diff",
     aliases: &["train_difference"],
     usage: "train_diff(A, B, C, alpha=1): A + (B - C) where B differs from A",
@@ -27,7 +27,7 @@ fn build(a: &Args<'_>) -> Result<BuiltNode, String> {
 
 /// The arguments are A, B, C.
 #[derive(Debug)]
-pub struct TrainDiff {
+pub(crate) struct TrainDiff {
     alpha: Profile,
 }
 

@@ -16,8 +16,8 @@
 //! every row outside the U-Net (text encoders, VAE, extras). The named form takes the
 //! catalog's selectors (`{OUT06..OUT11: 0.15, TE: 1}`).
 
-pub mod display;
-pub mod resolve;
+pub(crate) mod display;
+pub(crate) mod resolve;
 
 use std::sync::Arc;
 

@@ -5,7 +5,7 @@ use super::Span;
 
 /// A token of an expression or a parameter.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Tok {
+pub(crate) enum Tok {
     Num(f64),
     Name(String),
     Plus,
@@ -25,7 +25,7 @@ pub enum Tok {
 
 /// The tokens of `s`, which starts at `line`, column `col0`. Never fails: a character that
 /// fits nothing becomes a one-character name, which the parser reports in context.
-pub fn lex(s: &str, line: usize, col0: usize) -> Vec<(Tok, Span)> {
+pub(crate) fn lex(s: &str, line: usize, col0: usize) -> Vec<(Tok, Span)> {
     let mut toks = Vec::new();
     let chars: Vec<char> = s.chars().collect();
     let mut i = 0;
@@ -139,7 +139,7 @@ fn name_continues(chars: &[char], i: usize) -> bool {
 }
 
 /// A token as error messages name it.
-pub fn describe(t: &Tok) -> String {
+pub(crate) fn describe(t: &Tok) -> String {
     match t {
         Tok::Num(v) => format!("the number {v}"),
         Tok::Name(n) => format!("'{n}'"),

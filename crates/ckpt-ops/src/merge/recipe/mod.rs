@@ -24,8 +24,8 @@
 //! * Function calls (`ties(...)`, `dare(...)`, ...) take models and `key=value` options.
 //! * `#` starts a comment.
 
-pub mod lexer;
-pub mod parser;
+pub(crate) mod lexer;
+pub(crate) mod parser;
 pub mod writer;
 
 use std::fmt;

@@ -6,7 +6,7 @@ use super::lexer::{Tok, describe, lex};
 use super::{Arg, Expr, ParseError, Span, Weights, err, is_name};
 
 /// A cursor over the tokens of one right-hand side.
-pub struct Parser {
+pub(crate) struct Parser {
     toks: Vec<(Tok, Span)>,
     pos: usize,
     end: Span,
@@ -14,7 +14,7 @@ pub struct Parser {
 
 impl Parser {
     /// The parser of `s`, which starts at `line`, column `col`.
-    pub fn new(s: &str, line: usize, col: usize) -> Parser {
+    pub(crate) fn new(s: &str, line: usize, col: usize) -> Parser {
         Parser {
             toks: lex(s, line, col),
             pos: 0,
@@ -62,7 +62,7 @@ impl Parser {
     }
 
     /// A whole expression, up to the end of the text.
-    pub fn expr_to_end(&mut self) -> Result<Expr, ParseError> {
+    pub(crate) fn expr_to_end(&mut self) -> Result<Expr, ParseError> {
         let e = self.expr()?;
         if !self.at_end() {
             return err(
@@ -251,7 +251,7 @@ impl Parser {
     }
 
     /// A whole parameter value, up to the end of the text.
-    pub fn weights_to_end(&mut self) -> Result<Weights, ParseError> {
+    pub(crate) fn weights_to_end(&mut self) -> Result<Weights, ParseError> {
         let w = self.weights_value()?;
         if !self.at_end() {
             return err(self.span(), "unexpected text after the value");
