@@ -14,7 +14,6 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ckpt_core::catalog::Arch;
 use ckpt_core::pass::NoProgress;
 use ckpt_ops::synth::{self, Layout, Synthetic};
 use ckpt_read::dtype::FloatFormat;
@@ -35,13 +34,13 @@ fn inputs() -> (PathBuf, PathBuf) {
     let st = dir.join("sd1-f32-ema.safetensors");
     if !st.exists() {
         eprintln!("generating {} ...", st.display());
-        let mut layout = Layout::new(Arch::Sd1, 1, FloatFormat::F32);
+        let mut layout = Layout::new(arch("sd1"), 1, FloatFormat::F32);
         layout.ema = true;
         layout.scheduler = true;
         synth::write(
             &st,
             &layout,
-            &Synthetic::base(Arch::Sd1, 1),
+            &Synthetic::base(arch("sd1"), 1),
             &[],
             &NoProgress,
             &Default::default(),

@@ -13,13 +13,12 @@ mod common;
 
 use std::path::Path;
 
-use ckpt_core::catalog::Arch;
 use ckpt_ops::synth::{Synthetic, uniform};
 use ckpt_read::dtype::FloatFormat;
 use common::*;
 
 fn main() {
-    let (arch, f16) = (Arch::Sd1, FloatFormat::F16);
+    let (arch, f16) = (arch("sd1"), FloatFormat::F16);
     let base = model(arch, f16, 1, 0.0);
     let sources: Vec<_> = (1..=8).map(|k| finetune(arch, f16, k)).collect();
     let target = generated(arch, f16, "fit-target", || {

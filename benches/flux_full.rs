@@ -15,7 +15,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use ckpt_core::catalog::{Arch, Component};
+use ckpt_core::catalog::Component;
 use ckpt_core::pass::NoProgress;
 use ckpt_ops::synth::{self, Layout, Synthetic};
 use ckpt_read::dtype::FloatFormat;
@@ -24,8 +24,8 @@ use common::*;
 fn diffuser(dtype: FloatFormat, name: &str, model: &Synthetic) -> PathBuf {
     let path = data_dir().join(format!("flux-dev-{name}.safetensors"));
     if !path.exists() {
-        let mut l = Layout::new(Arch::Flux, 1, dtype);
-        l.components = vec![Component::Diffuser];
+        let mut l = Layout::new(arch("flux"), 1, dtype);
+        l.components = vec![Component::named("diffuser").unwrap()];
         l.bare = true;
         eprintln!("generating {} ...", path.display());
         let t = std::time::Instant::now();
@@ -71,8 +71,8 @@ struct Row {
 }
 
 fn pair(rows: &mut Vec<Row>, dtype: FloatFormat, label: &str, out_dtype: &str, bandwidth: f64) {
-    let base = Synthetic::base(Arch::Flux, 1);
-    let ft = base.plus_delta(1001, synth::uniform(Arch::Flux, 0.1));
+    let base = Synthetic::base(arch("flux"), 1);
+    let ft = base.plus_delta(1001, synth::uniform(arch("flux"), 0.1));
     let a = diffuser(dtype, &format!("{label}-base"), &base);
     let b = diffuser(dtype, &format!("{label}-ft"), &ft);
     let input = std::fs::metadata(&a).unwrap().len() + std::fs::metadata(&b).unwrap().len();
@@ -166,14 +166,14 @@ fn every_command() -> String {
     let sparse = |name: &str, seed: u64| {
         let path = data_dir().join(format!("flux-dev-zeros-{name}.safetensors"));
         if !path.exists() {
-            let mut l = Layout::new(Arch::Flux, 1, FloatFormat::F8E4M3);
-            l.components = vec![Component::Diffuser];
+            let mut l = Layout::new(arch("flux"), 1, FloatFormat::F8E4M3);
+            l.components = vec![Component::named("diffuser").unwrap()];
             l.bare = true;
             l.zero_data = true;
             synth::write(
                 &path,
                 &l,
-                &Synthetic::base(Arch::Flux, seed),
+                &Synthetic::base(arch("flux"), seed),
                 &[],
                 &NoProgress,
                 &Default::default(),

@@ -10,7 +10,6 @@ mod common;
 
 use std::time::Instant;
 
-use ckpt_core::catalog::Arch;
 use ckpt_read::RawFile;
 use ckpt_read::dtype::FloatFormat;
 use common::*;
@@ -23,7 +22,7 @@ fn time(f: impl FnOnce()) -> f64 {
 }
 
 fn main() {
-    let p = model(Arch::Sdxl, FloatFormat::F16, 1, 0.0);
+    let p = model(arch("sdxl"), FloatFormat::F16, 1, 0.0);
     warm(&[&p]);
     let file = RawFile::open(&p).unwrap();
     let data = file.bytes();

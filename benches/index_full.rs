@@ -15,7 +15,6 @@ mod common;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use ckpt_core::catalog::Arch;
 use ckpt_ops::index::{Entry, Index, NewEntry};
 use ckpt_ops::sketch::Fingerprint;
 use ckpt_read::dtype::FloatFormat;
@@ -70,7 +69,7 @@ fn grow(ix: &Path, template: &Entry, fp: &Fingerprint, n: usize) {
 
 fn main() {
     let paths: Vec<PathBuf> = (1..=8)
-        .map(|k| finetune(Arch::Sd1, FloatFormat::F16, k))
+        .map(|k| finetune(arch("sd1"), FloatFormat::F16, k))
         .collect();
     let refs: Vec<&Path> = paths.iter().map(PathBuf::as_path).collect();
     let bytes: u64 = refs

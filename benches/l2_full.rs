@@ -8,14 +8,13 @@
 
 mod common;
 
-use ckpt_core::catalog::Arch;
 use ckpt_read::dtype::FloatFormat;
 use common::*;
 
 fn main() {
-    let base = model(Arch::Sd1, FloatFormat::F16, 1, 0.0);
+    let base = model(arch("sd1"), FloatFormat::F16, 1, 0.0);
     let others: Vec<_> = (1..=8)
-        .map(|k| finetune(Arch::Sd1, FloatFormat::F16, k))
+        .map(|k| finetune(arch("sd1"), FloatFormat::F16, k))
         .collect();
     let mut paths = vec![base.clone()];
     paths.extend(others.iter().cloned());

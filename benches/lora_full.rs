@@ -133,11 +133,11 @@ fn extract_pair(arch: Arch, label: &str, report: &mut String) {
     )
     .unwrap();
     let run_kohya = std::env::var(ckpt_read::env::BENCH_KOHYA.name).as_deref() != Ok("0")
-        && (arch != Arch::Sdxl
+        && (arch.id() != "sdxl"
             || std::env::var(ckpt_read::env::BENCH_KOHYA_SDXL.name).as_deref() != Ok("0"));
     let k = if run_kohya {
         eprintln!("{label}: kohya's extract_lora_from_models.py --dim 64 (PyTorch CPU) ...");
-        kohya(&base, &tuned, &theirs, arch == Arch::Sdxl)
+        kohya(&base, &tuned, &theirs, arch.id() == "sdxl")
     } else {
         None
     };
@@ -192,11 +192,11 @@ fn sdxl_lora(path: &Path, seed: u64) {
     if path.exists() {
         return;
     }
-    let keys = &table(Arch::Sdxl).keys;
+    let keys = &table(arch("sdxl")).keys;
     let stream = ckpt_core::rng::counter::Stream::new(seed, 77);
     let mut t = Tensors::default();
     let mut at = 0u64;
-    for ex in extractable(Arch::Sdxl).into_iter().filter(|e| !e.resnet) {
+    for ex in extractable(arch("sdxl")).into_iter().filter(|e| !e.resnet) {
         let k = keys.iter().find(|k| k.name == ex.target.key).unwrap();
         let rows = ex.target.row_range(&k.shape);
         let rows = rows.1 - rows.0;
@@ -229,8 +229,8 @@ fn sdxl_lora(path: &Path, seed: u64) {
 fn bake(report: &mut String) {
     let dir = data_dir().join("lora-bake");
     std::fs::create_dir_all(&dir).unwrap();
-    let base = model(Arch::Sdxl, FloatFormat::F16, 1, 0.0);
-    let other = finetune(Arch::Sdxl, FloatFormat::F16, 1);
+    let base = model(arch("sdxl"), FloatFormat::F16, 1, 0.0);
+    let other = finetune(arch("sdxl"), FloatFormat::F16, 1);
     eprintln!("generating 20 SDXL rank-32 LoRAs ...");
     let loras: Vec<PathBuf> = (0..20)
         .map(|i| {
@@ -332,10 +332,10 @@ fn main() {
     let mut report = format!("## LoRA extraction and baking, full size, {threads} threads\n\n");
     let only = std::env::var(ckpt_read::env::BENCH_ONLY.name).unwrap_or_default();
     if only.is_empty() || only == "sd1" {
-        extract_pair(Arch::Sd1, "SD1.5", &mut report);
+        extract_pair(arch("sd1"), "SD1.5", &mut report);
     }
     if only.is_empty() || only == "sdxl" {
-        extract_pair(Arch::Sdxl, "SDXL", &mut report);
+        extract_pair(arch("sdxl"), "SDXL", &mut report);
     }
     if only.is_empty() || only == "bake" {
         bake(&mut report);

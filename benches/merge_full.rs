@@ -14,15 +14,14 @@
 
 mod common;
 
-use ckpt_core::catalog::Arch;
 use ckpt_core::pass::NoProgress;
 use ckpt_ops::synth::{self, Layout, Synthetic};
 use ckpt_read::dtype::FloatFormat;
 use common::*;
 
 fn main() {
-    let a = model(Arch::Sdxl, FloatFormat::F16, 1, 0.0);
-    let b = model(Arch::Sdxl, FloatFormat::F16, 1, 0.1);
+    let a = model(arch("sdxl"), FloatFormat::F16, 1, 0.0);
+    let b = model(arch("sdxl"), FloatFormat::F16, 1, 0.1);
     let dir = data_dir();
     let out = dir.join("merged.safetensors");
     let in_bytes = std::fs::metadata(&a).unwrap().len() * 2;
@@ -56,12 +55,12 @@ fn main() {
         .map(|i| {
             let p = dir.join(format!("sdxl-zeros-{i}.safetensors"));
             if !p.exists() {
-                let mut l = Layout::new(Arch::Sdxl, 1, FloatFormat::F16);
+                let mut l = Layout::new(arch("sdxl"), 1, FloatFormat::F16);
                 l.zero_data = true;
                 synth::write(
                     &p,
                     &l,
-                    &Synthetic::base(Arch::Sdxl, i),
+                    &Synthetic::base(arch("sdxl"), i),
                     &[],
                     &NoProgress,
                     &Default::default(),

@@ -4,20 +4,20 @@
 // Tests and benchmarks report what they measure, and signal the binary through libc.
 #![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
 mod common;
-use ckpt_core::catalog::{Arch, Grouping};
+use ckpt_core::catalog::Grouping;
 use ckpt_core::gram::{GramSpec, gather};
 use ckpt_core::pass::{NoProgress, Pass, Plan};
 use ckpt_read::Checkpoint;
 use ckpt_read::dtype::FloatFormat;
 use common::*;
 fn main() {
-    let a = model(Arch::Sd1, FloatFormat::F16, 1, 0.0);
-    let b = model(Arch::Sd1, FloatFormat::F16, 1, 0.1);
+    let a = model(arch("sd1"), FloatFormat::F16, 1, 0.0);
+    let b = model(arch("sd1"), FloatFormat::F16, 1, 0.1);
     warm(&[&a, &b]);
     let input = gb(std::fs::metadata(&a).unwrap().len() * 2);
     let (ca, cb) = (Checkpoint::open(&a).unwrap(), Checkpoint::open(&b).unwrap());
     let plan = Plan::new(vec![&ca, &cb]);
-    let grouping = Grouping::for_arch(Arch::Sd1);
+    let grouping = Grouping::for_arch(arch("sd1"));
     let all: Vec<usize> = (0..plan.entries().len()).collect();
     for item in [1usize << 20, 4 << 20, 16 << 20] {
         for window in [16usize << 20, 64 << 20, 256 << 20, 1 << 40] {

@@ -374,8 +374,8 @@ fn main() {
     let mut made = Vec::new();
     let script = |name: &str| peers_dir().join(name).to_str().unwrap().to_string();
 
-    for arch in [Arch::Sd1, Arch::Sdxl] {
-        let label = if arch == Arch::Sd1 { "SD1.5" } else { "SDXL" };
+    for arch in [arch("sd1"), arch("sdxl")] {
+        let label = if arch.id() == "sd1" { "SD1.5" } else { "SDXL" };
         let inp = inputs(arch);
         made.extend(inp.made.iter().cloned());
         let (a, b, c) = (inp.a.as_path(), inp.b.as_path(), inp.c.as_path());

@@ -12,7 +12,7 @@
 
 mod common;
 
-use ckpt_core::catalog::{Arch, Grouping};
+use ckpt_core::catalog::Grouping;
 use ckpt_core::gram::{GramSpec, gather};
 use ckpt_core::pass::{NoProgress, Pass, Plan};
 use ckpt_read::Checkpoint;
@@ -20,8 +20,8 @@ use ckpt_read::dtype::FloatFormat;
 use common::*;
 
 fn main() {
-    let a = model(Arch::Sd1, FloatFormat::F16, 1, 0.0);
-    let b = model(Arch::Sd1, FloatFormat::F16, 1, 0.1);
+    let a = model(arch("sd1"), FloatFormat::F16, 1, 0.0);
+    let b = model(arch("sd1"), FloatFormat::F16, 1, 0.1);
     let input = std::fs::metadata(&a).unwrap().len() + std::fs::metadata(&b).unwrap().len();
     let (sa, sb) = (a.to_str().unwrap(), b.to_str().unwrap());
 
@@ -43,7 +43,7 @@ fn main() {
     // The pass alone, in process.
     let (ca, cb) = (Checkpoint::open(&a).unwrap(), Checkpoint::open(&b).unwrap());
     let plan = Plan::new(vec![&ca, &cb]);
-    let grouping = Grouping::for_arch(Arch::Sd1);
+    let grouping = Grouping::for_arch(arch("sd1"));
     let all: Vec<usize> = (0..plan.entries().len()).collect();
     let pass = Pass::new(&NoProgress);
     let in_process = median_secs(7, || {

@@ -24,7 +24,6 @@ mod common;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use ckpt_core::catalog::Arch;
 use ckpt_core::pass::NoProgress;
 use ckpt_ops::synth::{self, Layout, Synthetic};
 use ckpt_read::dtype::FloatFormat;
@@ -36,11 +35,11 @@ fn reduced(dir: &Path, k: usize) -> PathBuf {
     let p = dir.join(format!("m{k:03}.safetensors"));
     if !p.exists() {
         let model = if k == 0 {
-            Synthetic::base(Arch::Sdxl, 1)
+            Synthetic::base(arch("sdxl"), 1)
         } else {
-            finetune_model(Arch::Sdxl, k)
+            finetune_model(arch("sdxl"), k)
         };
-        let layout = Layout::new(Arch::Sdxl, REDUCED, FloatFormat::F16);
+        let layout = Layout::new(arch("sdxl"), REDUCED, FloatFormat::F16);
         synth::write(&p, &layout, &model, &[], &NoProgress, &Default::default()).expect("synth");
     }
     p
@@ -172,12 +171,12 @@ fn main() {
         .map(|i| {
             let p = zdir.join(format!("z{i:03}.safetensors"));
             if !p.exists() {
-                let mut l = Layout::new(Arch::Sdxl, 1, FloatFormat::F16);
+                let mut l = Layout::new(arch("sdxl"), 1, FloatFormat::F16);
                 l.zero_data = true;
                 synth::write(
                     &p,
                     &l,
-                    &Synthetic::base(Arch::Sdxl, i as u64),
+                    &Synthetic::base(arch("sdxl"), i as u64),
                     &[],
                     &NoProgress,
                     &Default::default(),
@@ -203,9 +202,9 @@ fn main() {
 
     // Full size: a base and 5 fine-tunes.
     eprintln!("generating the full-size inputs ...");
-    let fbase = model(Arch::Sdxl, FloatFormat::F16, 1, 0.0);
+    let fbase = model(arch("sdxl"), FloatFormat::F16, 1, 0.0);
     let fts: Vec<PathBuf> = (1..=5)
-        .map(|k| finetune(Arch::Sdxl, FloatFormat::F16, k))
+        .map(|k| finetune(arch("sdxl"), FloatFormat::F16, k))
         .collect();
     let fdir = data.join("tgmd-full");
     std::fs::create_dir_all(&fdir).unwrap();

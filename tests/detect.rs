@@ -31,9 +31,9 @@ fn variants(j: &serde_json::Value) -> Vec<String> {
 fn full_shape_architectures() {
     let d = Dir::new();
     for (arch, id, params) in [
-        (Arch::Sd1, "sd1", 1_066_235_384u64),
-        (Arch::Sd2, "sd2", 1_303_597_228),
-        (Arch::Sdxl, "sdxl", 3_468_837_945),
+        (arch("sd1"), "sd1", 1_066_235_384u64),
+        (arch("sd2"), "sd2", 1_303_597_228),
+        (arch("sdxl"), "sdxl", 3_468_837_945),
     ] {
         let j = inspect(&d, &format!("{id}.safetensors"), &full(arch));
         assert_eq!(j["arch"]["id"], id);
@@ -54,9 +54,9 @@ fn full_shape_architectures() {
 #[test]
 fn sd2_unet_alone_is_told_from_sd1_by_shapes() {
     let d = Dir::new();
-    for (arch, id) in [(Arch::Sd1, "sd1"), (Arch::Sd2, "sd2")] {
+    for (arch, id) in [(arch("sd1"), "sd1"), (arch("sd2"), "sd2")] {
         let mut l = full(arch);
-        l.components = vec![Component::Unet];
+        l.components = vec![Component::named("unet").unwrap()];
         let j = inspect(&d, &format!("{id}-unet.safetensors"), &l);
         assert_eq!(j["arch"]["id"], id, "{}", j["arch"]["summary"]);
         assert_ne!(j["arch"]["confidence"], "none");
@@ -68,10 +68,10 @@ fn sd2_unet_alone_is_told_from_sd1_by_shapes() {
 fn inpainting_and_pix2pix_unets() {
     let d = Dir::new();
     for (arch, variant, word) in [
-        (Arch::Sd1, Variant::Inpainting, "inpainting"),
-        (Arch::Sd2, Variant::Inpainting, "inpainting"),
-        (Arch::Sd1, Variant::Pix2Pix, "pix2pix"),
-        (Arch::Sd2, Variant::Depth, "depth"),
+        (arch("sd1"), variant("inpainting"), "inpainting"),
+        (arch("sd2"), variant("inpainting"), "inpainting"),
+        (arch("sd1"), variant("pix2pix"), "pix2pix"),
+        (arch("sd2"), variant("depth"), "depth"),
     ] {
         let mut l = full(arch);
         l.variant = variant;
@@ -90,7 +90,7 @@ fn inpainting_and_pix2pix_unets() {
 #[test]
 fn old_clip_key_names() {
     let d = Dir::new();
-    for arch in [Arch::Sd1, Arch::Sdxl] {
+    for arch in [arch("sd1"), arch("sdxl")] {
         let mut l = full(arch);
         l.old_clip_names = true;
         let j = inspect(&d, &format!("old-{}.safetensors", arch.id()), &l);
@@ -111,7 +111,7 @@ fn old_clip_key_names() {
 #[test]
 fn extras_and_pruned_text_encoders() {
     let d = Dir::new();
-    let mut l = full(Arch::Sd1);
+    let mut l = full(arch("sd1"));
     l.ema = true;
     l.scheduler = true;
     let j = inspect(&d, "ema.safetensors", &l);
@@ -122,7 +122,7 @@ fn extras_and_pruned_text_encoders() {
         "{v:?}"
     );
 
-    let mut l = full(Arch::Sdxl);
+    let mut l = full(arch("sdxl"));
     l.prune_text_encoders = true;
     l.vpred_markers = true;
     let j = inspect(&d, "pruned.safetensors", &l);
@@ -145,7 +145,7 @@ fn scaled_test_checkpoints_say_so() {
     let j = inspect(
         &d,
         "small.safetensors",
-        &layout(Arch::Sdxl, 32, FloatFormat::BF16),
+        &layout(arch("sdxl"), 32, FloatFormat::BF16),
     );
     assert_eq!(j["arch"]["id"], "sdxl");
     assert_eq!(j["arch"]["scale"], 32);
@@ -201,73 +201,77 @@ fn dit(arch: Arch, variant: Variant, components: &[Component], bare: bool) -> La
 #[test]
 fn full_shape_dit_releases() {
     let d = Dir::new();
-    let diffuser = [Component::Diffuser];
+    let diffuser = [Component::named("diffuser").unwrap()];
     let cases: Vec<(Layout, &str, Option<&str>)> = vec![
-        (dit(Arch::Flux, Variant::Base, &[], false), "flux", None),
+        (dit(arch("flux"), variant("base"), &[], false), "flux", None),
         (
-            dit(Arch::Flux, Variant::Schnell, &[], false),
+            dit(arch("flux"), variant("schnell"), &[], false),
             "flux",
             Some("schnell"),
         ),
         (
-            dit(Arch::Flux, Variant::Fill, &[], false),
+            dit(arch("flux"), variant("fill"), &[], false),
             "flux",
             Some("Fill"),
         ),
         (
-            dit(Arch::Flux, Variant::Control, &[], false),
+            dit(arch("flux"), variant("control"), &[], false),
             "flux",
             Some("Canny or Depth"),
         ),
         (
-            dit(Arch::Flux, Variant::Base, &diffuser, true),
+            dit(arch("flux"), variant("base"), &diffuser, true),
             "flux",
             Some("without the model.diffusion_model. prefix"),
         ),
         (
-            dit(Arch::Flux, Variant::Base, &diffuser, false),
+            dit(arch("flux"), variant("base"), &diffuser, false),
             "flux",
             Some("denoiser alone"),
         ),
         (
-            dit(Arch::Flux, Variant::Schnell, &diffuser, true),
+            dit(arch("flux"), variant("schnell"), &diffuser, true),
             "flux",
             Some("schnell"),
         ),
         (
-            dit(Arch::Flux, Variant::Fill, &diffuser, true),
+            dit(arch("flux"), variant("fill"), &diffuser, true),
             "flux",
             Some("Fill"),
         ),
-        (dit(Arch::Chroma, Variant::Base, &[], false), "chroma", None),
         (
-            dit(Arch::Chroma, Variant::Base, &diffuser, true),
+            dit(arch("chroma"), variant("base"), &[], false),
+            "chroma",
+            None,
+        ),
+        (
+            dit(arch("chroma"), variant("base"), &diffuser, true),
             "chroma",
             Some("denoiser alone"),
         ),
-        (dit(Arch::Sd3, Variant::Base, &[], false), "sd3", None),
+        (dit(arch("sd3"), variant("base"), &[], false), "sd3", None),
         (
-            dit(Arch::Sd3, Variant::Base, &diffuser, false),
+            dit(arch("sd3"), variant("base"), &diffuser, false),
             "sd3",
             Some("denoiser alone"),
         ),
         (
-            dit(Arch::Sd35Medium, Variant::Base, &[], false),
+            dit(arch("sd35m"), variant("base"), &[], false),
             "sd35m",
             None,
         ),
         (
-            dit(Arch::Sd35Medium, Variant::Base, &diffuser, true),
+            dit(arch("sd35m"), variant("base"), &diffuser, true),
             "sd35m",
             Some("denoiser alone"),
         ),
         (
-            dit(Arch::Sd35Large, Variant::Base, &[], false),
+            dit(arch("sd35l"), variant("base"), &[], false),
             "sd35l",
             None,
         ),
         (
-            dit(Arch::Sd35Large, Variant::Base, &diffuser, true),
+            dit(arch("sd35l"), variant("base"), &diffuser, true),
             "sd35l",
             Some("denoiser alone"),
         ),
@@ -294,7 +298,7 @@ fn full_shape_dit_releases() {
             None => assert!(v.is_empty(), "{what}: {v:?}"),
         }
         // A dev file is no schnell, a base Flux no Fill.
-        if l.variant == Variant::Base {
+        if l.variant == variant("base") {
             assert!(
                 !v.iter()
                     .any(|x| x.contains("schnell") || x.contains("Fill") || x.contains("Canny")),
@@ -306,7 +310,7 @@ fn full_shape_dit_releases() {
     let j = inspect(
         &d,
         "flux-dev-diffuser.safetensors",
-        &dit(Arch::Flux, Variant::Base, &diffuser, true),
+        &dit(arch("flux"), variant("base"), &diffuser, true),
     );
     assert_eq!(j["params"], 11_901_408_320u64);
 }
@@ -319,7 +323,12 @@ fn text_encoder_alone() {
     let j = inspect(
         &d,
         "t5.safetensors",
-        &dit(Arch::Flux, Variant::Base, &[Component::T5xxl], false),
+        &dit(
+            arch("flux"),
+            variant("base"),
+            &[Component::named("t5xxl").unwrap()],
+            false,
+        ),
     );
     let v = variants(&j);
     assert_ne!(j["arch"]["confidence"], "none", "{}", j["arch"]["summary"]);
@@ -337,8 +346,13 @@ fn schnell_is_not_a_pruned_dev() {
     let d = Dir::new();
     let p = d.model(
         "schnell.safetensors",
-        &dit(Arch::Flux, Variant::Schnell, &[Component::Diffuser], true),
-        &Synthetic::base(Arch::Flux, 0),
+        &dit(
+            arch("flux"),
+            variant("schnell"),
+            &[Component::named("diffuser").unwrap()],
+            true,
+        ),
+        &Synthetic::base(arch("flux"), 0),
     );
     let (_, text, _) = run_code(&["validate", s(&p), "--json"]);
     assert!(!text.contains("guidance_in"), "{text}");

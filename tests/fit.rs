@@ -11,7 +11,10 @@ use ckpt_read::dtype::FloatFormat;
 
 use crate::util::*;
 
-const ARCH: Arch = Arch::Sd1;
+/// The architecture most tests fit.
+fn sd1() -> Arch {
+    arch("sd1")
+}
 
 /// A base and four fine-tunes (F32, so the planted targets are exact to f32 rounding).
 struct Sources {
@@ -25,7 +28,7 @@ struct Sources {
 }
 
 fn sources() -> Sources {
-    sources_of(ARCH, 16)
+    sources_of(sd1(), 16)
 }
 
 fn sources_of(arch: Arch, scale: u32) -> Sources {
@@ -83,12 +86,12 @@ impl Sources {
 
 /// A profile with the same value on every row.
 fn all(v: f64) -> Profile {
-    uniform(ARCH, v)
+    uniform(sd1(), v)
 }
 
 /// Distinct per-block alphas in [lo, lo + 0.5): block weights a merger might use.
 fn per_block(lo: f64, salt: usize) -> Vec<f64> {
-    per_block_of(ARCH, lo, salt)
+    per_block_of(sd1(), lo, salt)
 }
 
 fn per_block_of(arch: Arch, lo: f64, salt: usize) -> Vec<f64> {
@@ -100,7 +103,7 @@ fn per_block_of(arch: Arch, lo: f64, salt: usize) -> Vec<f64> {
 }
 
 fn block_profile(alpha: &[f64]) -> Profile {
-    block_profile_of(ARCH, alpha)
+    block_profile_of(sd1(), alpha)
 }
 
 /// Rows take their block's alpha; rows no list entry weighs (Flux's VAE) take 0.
@@ -225,7 +228,7 @@ fn single_step_per_block_alphas_are_recovered() {
 /// The same on Flux.1: 61 alphas in SuperMerger's Flux order come back.
 #[test]
 fn flux_per_block_alphas_are_recovered() {
-    let arch = Arch::Flux;
+    let arch = arch("flux");
     let src = sources_of(arch, 32);
     let alpha = per_block_of(arch, 0.1, 2);
     let target = add_difference(
@@ -450,7 +453,7 @@ fn noise_lands_in_the_residual_report() {
     let planted = weighted_sum(&src.fts[0], &src.fts[2], &block_profile(&a));
     // Extra training in IN04 and OUT07 only, as large as a fine-tune's change.
     let noised = ["IN04", "OUT07"];
-    let noise = profile_from_blocks(ARCH, |b| {
+    let noise = profile_from_blocks(sd1(), |b| {
         if noised.contains(&b.to_string().as_str()) {
             0.2
         } else {
@@ -621,8 +624,8 @@ fn refuses_existing_outputs_and_mixed_architectures() {
 
     let xl = src.dir.model(
         "xl.safetensors",
-        &layout(Arch::Sdxl, 32, FloatFormat::F16),
-        &Synthetic::base(Arch::Sdxl, 1),
+        &layout(arch("sdxl"), 32, FloatFormat::F16),
+        &Synthetic::base(arch("sdxl"), 1),
     );
     let (code, _, err) = run_code(&[
         "fit",

@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 
-use ckpt_core::catalog::Arch;
 use ckpt_ops::synth::Synthetic;
 use ckpt_read::dtype::FloatFormat;
 use sha2::Digest;
@@ -21,13 +20,13 @@ fn sha(b: &[u8]) -> String {
 fn files(d: &Dir) -> Vec<PathBuf> {
     let small = d.model(
         "small.safetensors",
-        &layout(Arch::Sd1, 64, FloatFormat::F16),
-        &Synthetic::base(Arch::Sd1, 1),
+        &layout(arch("sd1"), 64, FloatFormat::F16),
+        &Synthetic::base(arch("sd1"), 1),
     );
     let normal = d.model(
         "normal.safetensors",
-        &layout(Arch::Sd1, 16, FloatFormat::BF16),
-        &Synthetic::base(Arch::Sd1, 2),
+        &layout(arch("sd1"), 16, FloatFormat::BF16),
+        &Synthetic::base(arch("sd1"), 2),
     );
     let big_header = d.path("big-header.safetensors");
     let long = "x".repeat(3 << 20);
@@ -176,8 +175,8 @@ fn metadata_claims_are_checked() {
     let d = Dir::new();
     let src = d.model(
         "m.safetensors",
-        &layout(Arch::Sd1, 64, FloatFormat::F16),
-        &Synthetic::base(Arch::Sd1, 3),
+        &layout(arch("sd1"), 64, FloatFormat::F16),
+        &Synthetic::base(arch("sd1"), 3),
     );
     let (tensors, _) = read_raw(&src);
     // Our own writer of the same tensors gives the data region; its AutoV3 is what to claim.
@@ -217,8 +216,8 @@ fn component_hashes_ignore_names_and_order_and_fp16_form_ignores_precision() {
     let d = Dir::new();
     let a = d.model(
         "a.safetensors",
-        &layout(Arch::Sd1, 32, FloatFormat::F32),
-        &Synthetic::base(Arch::Sd1, 4),
+        &layout(arch("sd1"), 32, FloatFormat::F32),
+        &Synthetic::base(arch("sd1"), 4),
     );
     let (tensors, _) = read_raw(&a);
     // Twin 1: tensors in reverse order, text encoder under the old key names.
@@ -313,8 +312,8 @@ fn toolkit_metric_matches_its_definition() {
     let d = Dir::new();
     let p = d.model(
         "m.safetensors",
-        &layout(Arch::Sd1, 32, FloatFormat::BF16),
-        &Synthetic::base(Arch::Sd1, 6),
+        &layout(arch("sd1"), 32, FloatFormat::BF16),
+        &Synthetic::base(arch("sd1"), 6),
     );
     // The toolkit's rule, written out: sigmoid - 0.5 of fp16-rounded values; U-Net: all
     // of it; VAE: encoder./decoder. keys; CLIP: mlp. keys, not .23.
@@ -362,8 +361,8 @@ fn toolkit_metric_matches_its_definition() {
     // SDXL: the toolkit covers neither its U-Net nor its CLIPs.
     let xl = d.model(
         "xl.safetensors",
-        &layout(Arch::Sdxl, 32, FloatFormat::F16),
-        &Synthetic::base(Arch::Sdxl, 6),
+        &layout(arch("sdxl"), 32, FloatFormat::F16),
+        &Synthetic::base(arch("sdxl"), 6),
     );
     let m = component_hashes(&xl)["metric"]["display"]
         .as_str()

@@ -14,8 +14,8 @@ use ckpt_read::dtype::FloatFormat;
 use crate::util::*;
 
 fn family_files(d: &Dir, arch: Arch, dtype: FloatFormat) -> Vec<PathBuf> {
-    let scale = match arch {
-        Arch::Sd1 | Arch::Sd2 => 16,
+    let scale = match arch.id() {
+        "sd1" | "sd2" => 16,
         _ => 32,
     };
     let lay = layout(arch, scale, dtype);
@@ -150,12 +150,12 @@ pub(crate) fn check_family(arch: Arch, dtype: FloatFormat) {
 
 #[test]
 fn sd1_family_matches_naive_computation() {
-    check_family(Arch::Sd1, FloatFormat::F16);
+    check_family(arch("sd1"), FloatFormat::F16);
 }
 
 #[test]
 fn sdxl_family_matches_naive_computation() {
-    check_family(Arch::Sdxl, FloatFormat::BF16);
+    check_family(arch("sdxl"), FloatFormat::BF16);
 }
 
 /// A model that differs from the base in one element: the distance is that difference,
@@ -166,8 +166,8 @@ fn one_element_apart_is_measured_exactly() {
         let d = Dir::new();
         let base = d.model(
             "base.safetensors",
-            &layout(Arch::Sdxl, 32, dtype),
-            &Synthetic::base(Arch::Sdxl, 1),
+            &layout(arch("sdxl"), 32, dtype),
+            &Synthetic::base(arch("sdxl"), 1),
         );
         let twin = d.path("twin.safetensors");
         let key = "model.diffusion_model.middle_block.1.proj_in.weight";
@@ -218,7 +218,7 @@ fn one_element_apart_is_measured_exactly() {
 #[test]
 fn mds_reproduces_a_planar_family() {
     let d = Dir::new();
-    let arch = Arch::Sd1;
+    let arch = arch("sd1");
     let lay: Layout = layout(arch, 32, FloatFormat::F64);
     let base = Synthetic::base(arch, 2);
     let points = [
@@ -293,7 +293,7 @@ fn decode_png(p: &Path) -> (u32, u32, f64) {
 #[test]
 fn report_with_charts() {
     let d = Dir::new();
-    let files = family_files(&d, Arch::Sd1, FloatFormat::F16);
+    let files = family_files(&d, arch("sd1"), FloatFormat::F16);
     let dir = d.path("report");
     let mut args = vec!["l2", "--base", s(&files[0]), "--report", s(&dir)];
     args.extend(files[1..].iter().map(|p| s(p)));
@@ -328,7 +328,7 @@ fn report_with_charts() {
 #[test]
 fn fifty_models_stay_legible() {
     let d = Dir::new();
-    let arch = Arch::Sd1;
+    let arch = arch("sd1");
     let lay = layout(arch, 64, FloatFormat::F16);
     let base = Synthetic::base(arch, 3);
     let mut files = vec![d.model("base.safetensors", &lay, &base)];
@@ -362,7 +362,7 @@ fn fifty_models_stay_legible() {
 #[test]
 fn sim_report() {
     let d = Dir::new();
-    let files = family_files(&d, Arch::Sd1, FloatFormat::F16);
+    let files = family_files(&d, arch("sd1"), FloatFormat::F16);
     let dir = d.path("sim");
     run_ok(&["sim", s(&files[1]), s(&files[2]), "--report", s(&dir), "-q"]);
     assert!(
@@ -376,6 +376,6 @@ fn sim_report() {
 
 #[test]
 fn flux_and_sd3_families_match_naive_computation() {
-    check_family(Arch::Flux, FloatFormat::BF16);
-    check_family(Arch::Sd3, FloatFormat::F8E4M3);
+    check_family(arch("flux"), FloatFormat::BF16);
+    check_family(arch("sd3"), FloatFormat::F8E4M3);
 }

@@ -544,10 +544,9 @@ fn shapes_of(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u
 
 #[test]
 fn bake_equals_the_materialised_change_for_every_network_type() {
-    use ckpt_core::catalog::Arch;
     use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
-    let base = generated(&dir, "base.safetensors", Arch::Sd1, FloatFormat::F16, 3);
+    let base = generated(&dir, "base.safetensors", arch("sd1"), FloatFormat::F16, 3);
     let (mut tensors, deltas) = every_network(&shapes_of(&base), 40);
     // A module no SD1 key has: listed as not baked, never dropped silently.
     let (td, _) = f16_tensor(
@@ -623,10 +622,9 @@ fn bake_equals_the_materialised_change_for_every_network_type() {
 
 #[test]
 fn twenty_loras_in_one_pass_equal_twenty_bakes_one_at_a_time() {
-    use ckpt_core::catalog::Arch;
     use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
-    let base = generated(&dir, "base.safetensors", Arch::Sd1, FloatFormat::F32, 5);
+    let base = generated(&dir, "base.safetensors", arch("sd1"), FloatFormat::F32, 5);
     let shapes = shapes_of(&base);
     let mut paths = Vec::new();
     let mut all_deltas = Vec::new();
@@ -704,10 +702,9 @@ fn twenty_loras_in_one_pass_equal_twenty_bakes_one_at_a_time() {
 
 #[test]
 fn lora_bake_errors_name_the_file_and_the_fix() {
-    use ckpt_core::catalog::Arch;
     use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
-    let sd1 = generated(&dir, "sd1.safetensors", Arch::Sd1, FloatFormat::F16, 3);
+    let sd1 = generated(&dir, "sd1.safetensors", arch("sd1"), FloatFormat::F16, 3);
     let (tensors, _) = every_network(&shapes_of(&sd1), 1);
     let lora = dir.path("l.safetensors");
     write_raw(&lora, &tensors, &[], 0);
@@ -781,9 +778,8 @@ fn orthonormal(n: usize, k: usize, seed: u64) -> Vec<Vec<f64>> {
 /// ΔW = Σ σᵢ uᵢvᵢᵀ with σᵢ = 2·0.7ⁱ, on the text encoder a change below kohya's
 /// `--min_diff`, nowhere else.
 fn planted_pair(dir: &Dir) -> (std::path::PathBuf, std::path::PathBuf, Vec<f64>, String) {
-    use ckpt_core::catalog::Arch;
     use ckpt_read::dtype::FloatFormat;
-    let base = generated(dir, "base.safetensors", Arch::Sd1, FloatFormat::F32, 9);
+    let base = generated(dir, "base.safetensors", arch("sd1"), FloatFormat::F32, 9);
     let key = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight";
     let te = "cond_stage_model.transformer.text_model.encoder.layers.3.mlp.fc1.weight";
     let tuned = dir.path("tuned.safetensors");
@@ -1048,13 +1044,13 @@ fn third(i: usize) -> impl Fn(&[usize]) -> (usize, usize) {
 /// `txt_attn.proj`. Baked into a generated Flux at 1/32 width, each patches its rows.
 #[test]
 fn flux_dialects_patch_their_rows() {
-    use ckpt_core::catalog::{Arch, Component};
+    use ckpt_core::catalog::Component;
     use ckpt_ops::synth::Synthetic;
     use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
-    let mut l = layout(Arch::Flux, 32, FloatFormat::F32);
-    l.components = vec![Component::Diffuser];
-    let base = dir.model("flux.safetensors", &l, &Synthetic::base(Arch::Flux, 2));
+    let mut l = layout(arch("flux"), 32, FloatFormat::F32);
+    l.components = vec![Component::named("diffuser").unwrap()];
+    let base = dir.model("flux.safetensors", &l, &Synthetic::base(arch("flux"), 2));
     let d = |k: &str| format!("model.diffusion_model.{k}.weight");
     let (qkv0, lin1, proj2, mlp3) = (
         d("double_blocks.0.img_attn.qkv"),
@@ -1112,10 +1108,9 @@ fn flux_dialects_patch_their_rows() {
 /// the k module patches the middle third; PEFT's dotted names map like kohya's.
 #[test]
 fn openclip_modules_patch_thirds_of_in_proj() {
-    use ckpt_core::catalog::Arch;
     use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
-    let base = generated(&dir, "sd2.safetensors", Arch::Sd2, FloatFormat::F32, 4);
+    let base = generated(&dir, "sd2.safetensors", arch("sd2"), FloatFormat::F32, 4);
     let in_proj = "cond_stage_model.model.transformer.resblocks.5.attn.in_proj_weight";
     let c_fc = "cond_stage_model.model.transformer.resblocks.2.mlp.c_fc.weight";
     let attn = "model.diffusion_model.output_blocks.5.1.transformer_blocks.0.attn2.to_v.weight";
@@ -1479,10 +1474,9 @@ fn lora_convert_splits_and_fuses_flux_projections() {
 /// ‖ΔW‖ per block, ‖ΔW_a − ΔW_b‖.
 #[test]
 fn lora_against_a_checkpoint_delta_and_l2_of_loras() {
-    use ckpt_core::catalog::Arch;
     use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
-    let base = generated(&dir, "b.safetensors", Arch::Sd1, FloatFormat::F32, 6);
+    let base = generated(&dir, "b.safetensors", arch("sd1"), FloatFormat::F32, 6);
     let shapes = shapes_of(&base);
     let q_key = "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight";
     let c_key = "model.diffusion_model.input_blocks.2.0.in_layers.2.weight";

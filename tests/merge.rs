@@ -20,8 +20,8 @@ pub(crate) struct Family {
 /// A base and three fine-tunes, F16, with some deltas sparse enough to disagree in sign.
 pub(crate) fn family(arch: Arch) -> Family {
     let dir = Dir::new();
-    let scale = match arch {
-        Arch::Sd1 | Arch::Sd2 => 16,
+    let scale = match arch.id() {
+        "sd1" | "sd2" => 16,
         _ => 32,
     };
     let layout = layout(arch, scale, FloatFormat::F16);
@@ -124,7 +124,7 @@ fn ws_of(x: &[&[f64]], a: f64) -> Vec<f64> {
 }
 
 fn for_both(f: impl Fn(&Family)) {
-    for arch in [Arch::Sd1, Arch::Sdxl] {
+    for arch in [arch("sd1"), arch("sdxl")] {
         f(&family(arch));
     }
 }
@@ -188,7 +188,7 @@ fn block_weights_apply_exactly_to_their_blocks() {
             ),
             &[],
         );
-        let depth = fam.arch.depth() as usize;
+        let depth = unet_depth(fam.arch);
         check(fam, &got, |key, x| {
             let block = reference_block(key, depth);
             let a = alpha[order
@@ -202,7 +202,7 @@ fn block_weights_apply_exactly_to_their_blocks() {
 
 #[test]
 fn component_swap_takes_the_component_whole() {
-    let fam = family(Arch::Sdxl);
+    let fam = family(arch("sdxl"));
     let got = merged(&fam, "OUT = swap(F1, F2, te)\n", &[]);
     check(&fam, &got, |key, x| {
         let te = key.starts_with("conditioner.embedders.");
@@ -290,7 +290,7 @@ fn ties_matches_its_definition() {
 
 #[test]
 fn dare_matches_its_definition_and_is_reproducible() {
-    let fam = family(Arch::Sd1);
+    let fam = family(arch("sd1"));
     let got = merged(
         &fam,
         "OUT = dare(B, F1, F2, p=0.7, seed=42, weights=(0.6, 0.4))\n",
@@ -352,7 +352,7 @@ fn dare_matches_its_definition_and_is_reproducible() {
 /// reused would agree always.
 #[test]
 fn dare_masks_keep_their_share_independently() {
-    let fam = family(Arch::Sd1);
+    let fam = family(arch("sd1"));
     let keep = 0.3;
     let ins = inputs(&fam);
     // Per tensor, per element: Some(kept) where the delta is not zero.
@@ -491,7 +491,7 @@ fn model_stock_matches_its_closed_form() {
 
 #[test]
 fn geometric_median_matches_weiszfeld() {
-    let fam = family(Arch::Sd1);
+    let fam = family(arch("sd1"));
     let got = merged(&fam, "OUT = geomedian(F1, F2, F3, B)\n", &[]);
     check(&fam, &got, |_, x| {
         let n = x[0].len();
@@ -522,7 +522,7 @@ fn geometric_median_matches_weiszfeld() {
 
 #[test]
 fn train_difference_matches_supermerger() {
-    let fam = family(Arch::Sd1);
+    let fam = family(arch("sd1"));
     let got = merged(&fam, "OUT = train_diff(F1, F2, B, alpha=0.5)\n", &[]);
     check(&fam, &got, |_, x| {
         (0..x[0].len())
@@ -541,7 +541,7 @@ fn train_difference_matches_supermerger() {
 #[test]
 fn blessingmix_in_one_pass_equals_its_steps() {
     let d = Dir::new();
-    let arch = Arch::Sd1;
+    let arch = arch("sd1");
     let lay = layout(arch, 16, FloatFormat::F16);
     let base = Synthetic::base(arch, 3);
     let names = [
@@ -653,7 +653,7 @@ fn blessingmix_in_one_pass_equals_its_steps() {
 #[test]
 fn integers_missing_keys_and_provenance() {
     let d = Dir::new();
-    let arch = Arch::Sd1;
+    let arch = arch("sd1");
     let base = Synthetic::base(arch, 5);
     let full = d.model(
         "full.safetensors",
@@ -662,8 +662,8 @@ fn integers_missing_keys_and_provenance() {
     );
     let mut no_vae = layout(arch, 32, FloatFormat::BF16);
     no_vae.components = vec![
-        ckpt_core::catalog::Component::Unet,
-        ckpt_core::catalog::Component::Te1,
+        ckpt_core::catalog::Component::named("unet").unwrap(),
+        ckpt_core::catalog::Component::named("te1").unwrap(),
     ];
     let partial = d.model("partial.safetensors", &no_vae, &base);
     let out = d.path("m.safetensors");
@@ -760,13 +760,13 @@ fn refusals_and_recipe_errors() {
     let d = Dir::new();
     let a = d.model(
         "a.safetensors",
-        &layout(Arch::Sd1, 32, FloatFormat::F16),
-        &Synthetic::base(Arch::Sd1, 1),
+        &layout(arch("sd1"), 32, FloatFormat::F16),
+        &Synthetic::base(arch("sd1"), 1),
     );
     let b = d.model(
         "b.safetensors",
-        &layout(Arch::Sd1, 32, FloatFormat::F16),
-        &Synthetic::base(Arch::Sd1, 2),
+        &layout(arch("sd1"), 32, FloatFormat::F16),
+        &Synthetic::base(arch("sd1"), 2),
     );
     // The output may not be an input, even with --force.
     let out = ckpt_diff()
@@ -825,8 +825,8 @@ fn refusals_and_recipe_errors() {
     // Different architectures.
     let xl = d.model(
         "xl.safetensors",
-        &layout(Arch::Sdxl, 32, FloatFormat::F16),
-        &Synthetic::base(Arch::Sdxl, 1),
+        &layout(arch("sdxl"), 32, FloatFormat::F16),
+        &Synthetic::base(arch("sdxl"), 1),
     );
     let out = ckpt_diff()
         .args([
@@ -849,7 +849,7 @@ fn refusals_and_recipe_errors() {
 /// S00..S37, OUT. The VAE has no entry and stays the first model's.
 #[test]
 fn flux_61_value_block_list() {
-    let fam = family(Arch::Flux);
+    let fam = family(arch("flux"));
     let mut order = vec!["CLIP".to_string(), "T5".into(), "IN".into()];
     order.extend((0..19).map(|i| format!("D{i:02}")));
     order.extend((0..38).map(|i| format!("S{i:02}")));
@@ -877,7 +877,7 @@ fn flux_61_value_block_list() {
 /// The named form on SD3.5 large's 38 joint blocks; blocks it does not name take 0.
 #[test]
 fn sd35_named_block_weights() {
-    let fam = family(Arch::Sd35Large);
+    let fam = family(arch("sd35l"));
     let got = merged(
         &fam,
         "OUT = F1 x (1-alpha) + F2 x alpha\n    alpha = {J00..J12: 0.25, J13..J37: 0.6, OUT: 1, IN: 0.1}\n",
@@ -927,7 +927,7 @@ fn nearest_in(table: &[(f64, u8)], x: f64) -> f64 {
 /// 448) and reads back within E4M3's precision.
 #[test]
 fn merges_to_fp8_round_trip() {
-    let fam = family(Arch::Flux);
+    let fam = family(arch("flux"));
     // Weights with short binary fractions: the sum of F16 inputs is exact in f64, so a
     // tie between two FP8 values is a true tie, rounded to the even code by both sides.
     let recipe = "OUT = F1 x 0.625 + F2 x 0.375\n";
@@ -984,7 +984,7 @@ fn merges_to_fp8_round_trip() {
 /// largest finite value.
 #[test]
 fn out_of_range_merges_saturate() {
-    let fam = family(Arch::Flux);
+    let fam = family(arch("flux"));
     for (dtype, max) in [
         ("f16", 65504.0),
         ("bf16", half::bf16::MAX.to_f64()),
@@ -1016,13 +1016,13 @@ fn out_of_range_merges_saturate() {
 #[test]
 fn vpred_markers_survive_a_merge() {
     let d = Dir::new();
-    let mut v = layout(Arch::Sdxl, 32, FloatFormat::F16);
+    let mut v = layout(arch("sdxl"), 32, FloatFormat::F16);
     v.vpred_markers = true;
-    let vpred = d.model("vpred.safetensors", &v, &Synthetic::base(Arch::Sdxl, 3));
+    let vpred = d.model("vpred.safetensors", &v, &Synthetic::base(arch("sdxl"), 3));
     let eps = d.model(
         "eps.safetensors",
-        &layout(Arch::Sdxl, 32, FloatFormat::F16),
-        &Synthetic::base(Arch::Sdxl, 4),
+        &layout(arch("sdxl"), 32, FloatFormat::F16),
+        &Synthetic::base(arch("sdxl"), 4),
     );
     let markers = [
         "v_pred",
@@ -1062,7 +1062,7 @@ fn vpred_markers_survive_a_merge() {
 /// scaled FP8 scales the U-Net's 2-D weights, and its convs stay wide and unscaled.
 #[test]
 fn scaled_fp8_scales_linear_weights_only() {
-    let fam = family(Arch::Sd1);
+    let fam = family(arch("sd1"));
     merged_as(&fam, "OUT = F1 x 0.5 + F2 x 0.5\n", "scaled-fp8", &[]);
     let (tensors, _) = read_raw(&fam.dir.path("out.safetensors"));
     let names: std::collections::HashSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();

@@ -1,7 +1,8 @@
 //! The pass: sums that do not depend on the thread count or on page release, and an error
 //! that stops the pass with everything before it absorbed in order.
 
-use ckpt_core::catalog::{Arch, Grouping};
+use crate::util::arch;
+use ckpt_core::catalog::Grouping;
 use ckpt_core::gram::{GramSpec, InnerProducts, gather};
 use ckpt_core::pass::{Absorb, Item, NoProgress, Pass, PassError, Plan, Release, Slice, Visit};
 use ckpt_ops::synth::{self, Layout, Synthetic};
@@ -9,15 +10,15 @@ use ckpt_read::Checkpoint;
 use ckpt_read::dtype::FloatFormat;
 
 fn two_models(dir: &tempfile::TempDir) -> (Checkpoint, Checkpoint) {
-    let layout = Layout::new(Arch::Sd1, 32, FloatFormat::BF16);
+    let layout = Layout::new(arch("sd1"), 32, FloatFormat::BF16);
     let a = dir.path().join("a.safetensors");
     let b = dir.path().join("b.safetensors");
-    let base = Synthetic::base(Arch::Sd1, 5);
+    let base = Synthetic::base(arch("sd1"), 5);
     synth::write(&a, &layout, &base, &[], &NoProgress, &Default::default()).unwrap();
     synth::write(
         &b,
         &layout,
-        &base.plus_delta(9, synth::uniform(Arch::Sd1, 0.2)),
+        &base.plus_delta(9, synth::uniform(arch("sd1"), 0.2)),
         &[],
         &NoProgress,
         &Default::default(),
@@ -35,7 +36,7 @@ fn run(plan: &Plan<'_>, threads: usize, pass: Pass<'_>, center: Option<usize>) -
     pool.install(|| {
         gather(
             plan,
-            &Grouping::for_arch(Arch::Sd1),
+            &Grouping::for_arch(arch("sd1")),
             &all,
             GramSpec {
                 center,

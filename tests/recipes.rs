@@ -2,8 +2,6 @@
 //! model lists (`glob(...)`, `list(...)`), checked against per-element references of each
 //! component's merge.
 
-use ckpt_core::catalog::Arch;
-
 use crate::merge::{check, family, merged, ties_reference};
 use crate::util::*;
 
@@ -24,7 +22,7 @@ fn component(key: &str) -> &'static str {
 
 #[test]
 fn a_component_wise_recipe_equals_each_components_merge() {
-    let fam = family(Arch::Sdxl);
+    let fam = family(arch("sdxl"));
     std::fs::write(
         fam.dir.path("clips.txt"),
         "# TE1 donors\nft1.safetensors\n\nft2.safetensors\n",
@@ -55,7 +53,7 @@ fn a_component_wise_recipe_equals_each_components_merge() {
 
 #[test]
 fn recipe_lists_and_components_report_their_mistakes() {
-    let fam = family(Arch::Sd1);
+    let fam = family(arch("sd1"));
     let binds = format!("B = \"{}\"\nF1 = \"{}\"\n", s(&fam.base), s(&fam.fts[0]));
     for (steps, want) in [
         (
@@ -91,8 +89,8 @@ fn recipe_lists_and_components_report_their_mistakes() {
 /// keys missing from one input are listed as copied.
 #[test]
 fn dry_run_reports_every_input_problem_at_once() {
-    let fam = family(Arch::Sd1);
-    let xl = family(Arch::Sdxl);
+    let fam = family(arch("sd1"));
+    let xl = family(arch("sdxl"));
     let cut = fam.dir.path("cut.safetensors");
     let bytes = std::fs::read(&fam.fts[1]).unwrap();
     std::fs::write(&cut, &bytes[..bytes.len() * 3 / 4]).unwrap();

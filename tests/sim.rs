@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use ckpt_core::catalog::Arch;
-use ckpt_ops::synth::{self, Synthetic, Variant};
+use ckpt_ops::synth::{self, Synthetic};
 use ckpt_read::dtype::FloatFormat;
 
 use crate::util::*;
@@ -101,37 +101,37 @@ pub(crate) fn pair(
 #[test]
 fn sd1_f16_matches_naive_loop() {
     let d = Dir::new();
-    let (a, b) = pair(&d, Arch::Sd1, 16, FloatFormat::F16, FloatFormat::F16);
-    check_against_naive(&a, &b, Arch::Sd1);
+    let (a, b) = pair(&d, arch("sd1"), 16, FloatFormat::F16, FloatFormat::F16);
+    check_against_naive(&a, &b, arch("sd1"));
 }
 
 #[test]
 fn sd2_bf16_matches_naive_loop() {
     let d = Dir::new();
-    let (a, b) = pair(&d, Arch::Sd2, 16, FloatFormat::BF16, FloatFormat::BF16);
-    check_against_naive(&a, &b, Arch::Sd2);
+    let (a, b) = pair(&d, arch("sd2"), 16, FloatFormat::BF16, FloatFormat::BF16);
+    check_against_naive(&a, &b, arch("sd2"));
 }
 
 #[test]
 fn sdxl_f32_matches_naive_loop() {
     let d = Dir::new();
-    let (a, b) = pair(&d, Arch::Sdxl, 32, FloatFormat::F32, FloatFormat::F32);
-    check_against_naive(&a, &b, Arch::Sdxl);
+    let (a, b) = pair(&d, arch("sdxl"), 32, FloatFormat::F32, FloatFormat::F32);
+    check_against_naive(&a, &b, arch("sdxl"));
 }
 
 #[test]
 fn mixed_dtypes_match_naive_loop() {
     let d = Dir::new();
-    let (a, b) = pair(&d, Arch::Sd1, 16, FloatFormat::F16, FloatFormat::F32);
-    check_against_naive(&a, &b, Arch::Sd1);
-    let (a, b) = pair(&d, Arch::Sdxl, 32, FloatFormat::BF16, FloatFormat::F16);
-    check_against_naive(&a, &b, Arch::Sdxl);
+    let (a, b) = pair(&d, arch("sd1"), 16, FloatFormat::F16, FloatFormat::F32);
+    check_against_naive(&a, &b, arch("sd1"));
+    let (a, b) = pair(&d, arch("sdxl"), 32, FloatFormat::BF16, FloatFormat::F16);
+    check_against_naive(&a, &b, arch("sdxl"));
 }
 
 #[test]
 fn portable_kernels_agree() {
     let d = Dir::new();
-    let (a, b) = pair(&d, Arch::Sd1, 16, FloatFormat::BF16, FloatFormat::F32);
+    let (a, b) = pair(&d, arch("sd1"), 16, FloatFormat::BF16, FloatFormat::F32);
     let fast = run_json(&["sim", s(&a), s(&b)]);
     let out = ckpt_diff()
         .env(ckpt_read::env::KERNELS.name, "portable")
@@ -158,8 +158,8 @@ fn a_model_is_identical_to_itself() {
     let d = Dir::new();
     let m = d.model(
         "m.safetensors",
-        &layout(Arch::Sdxl, 32, FloatFormat::F16),
-        &Synthetic::base(Arch::Sdxl, 3),
+        &layout(arch("sdxl"), 32, FloatFormat::F16),
+        &Synthetic::base(arch("sdxl"), 3),
     );
     let text = run_ok(&["sim", s(&m), s(&m)]);
     let percentages: Vec<&str> = text
@@ -177,7 +177,7 @@ fn a_model_is_identical_to_itself() {
 #[test]
 fn similarity_is_symmetric() {
     let d = Dir::new();
-    let (a, b) = pair(&d, Arch::Sd1, 16, FloatFormat::F16, FloatFormat::BF16);
+    let (a, b) = pair(&d, arch("sd1"), 16, FloatFormat::F16, FloatFormat::BF16);
     let ab = run_json(&["sim", s(&a), s(&b)]);
     let ba = run_json(&["sim", s(&b), s(&a)]);
     assert_eq!(ab["rows"], ba["rows"]);
@@ -187,7 +187,7 @@ fn similarity_is_symmetric() {
 #[test]
 fn blocks_and_keys_restrict_rows_and_totals() {
     let d = Dir::new();
-    let (a, b) = pair(&d, Arch::Sd1, 16, FloatFormat::F16, FloatFormat::F16);
+    let (a, b) = pair(&d, arch("sd1"), 16, FloatFormat::F16, FloatFormat::F16);
     let all = run_json(&["sim", s(&a), s(&b)]);
     let out = run_json(&["sim", s(&a), s(&b), "--blocks", "out"]);
     // Every row a selection shows has its number in the full table.
@@ -264,13 +264,17 @@ fn missing_keys_and_other_shapes_are_notes_not_errors() {
     let d = Dir::new();
     let full = d.model(
         "full.safetensors",
-        &layout(Arch::Sd1, 16, FloatFormat::F16),
-        &Synthetic::base(Arch::Sd1, 1),
+        &layout(arch("sd1"), 16, FloatFormat::F16),
+        &Synthetic::base(arch("sd1"), 1),
     );
-    let mut partial = layout(Arch::Sd1, 16, FloatFormat::F16);
-    partial.components = vec![ckpt_core::catalog::Component::Unet];
-    partial.variant = Variant::Inpainting;
-    let unet = d.model("unet.safetensors", &partial, &Synthetic::base(Arch::Sd1, 1));
+    let mut partial = layout(arch("sd1"), 16, FloatFormat::F16);
+    partial.components = vec![ckpt_core::catalog::Component::named("unet").unwrap()];
+    partial.variant = variant("inpainting");
+    let unet = d.model(
+        "unet.safetensors",
+        &partial,
+        &Synthetic::base(arch("sd1"), 1),
+    );
     let json = run_json(&["sim", s(&full), s(&unet)]);
     let notes = &json["notes"];
     assert_eq!(notes["only_in_a"].as_array().unwrap().len(), 197 + 248);
@@ -296,13 +300,13 @@ fn different_architectures_are_a_clear_error() {
     let d = Dir::new();
     let sd1 = d.model(
         "sd1.safetensors",
-        &layout(Arch::Sd1, 32, FloatFormat::F16),
-        &Synthetic::base(Arch::Sd1, 1),
+        &layout(arch("sd1"), 32, FloatFormat::F16),
+        &Synthetic::base(arch("sd1"), 1),
     );
     let xl = d.model(
         "xl.safetensors",
-        &layout(Arch::Sdxl, 32, FloatFormat::F16),
-        &Synthetic::base(Arch::Sdxl, 1),
+        &layout(arch("sdxl"), 32, FloatFormat::F16),
+        &Synthetic::base(arch("sdxl"), 1),
     );
     let out = ckpt_diff().args(["sim", s(&sd1), s(&xl)]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
@@ -320,7 +324,7 @@ fn different_architectures_are_a_clear_error() {
 #[test]
 fn table_markdown_and_csv_carry_the_same_numbers() {
     let d = Dir::new();
-    let (a, b) = pair(&d, Arch::Sd1, 32, FloatFormat::F16, FloatFormat::F16);
+    let (a, b) = pair(&d, arch("sd1"), 32, FloatFormat::F16, FloatFormat::F16);
     let json = run_json(&["sim", s(&a), s(&b)]);
     let out09 = json["rows"]
         .as_array()
@@ -339,34 +343,28 @@ fn table_markdown_and_csv_carry_the_same_numbers() {
             .unwrap_or_else(|| panic!("{text}"));
         assert!(line.contains(&pct), "{flag:?}: {line} lacks {pct}");
     }
-    let _ = synth::rows(Arch::Sd1);
+    let _ = synth::rows(arch("sd1"));
 }
 
 #[test]
 fn flux_and_sd3_match_naive_loop() {
     let d = Dir::new();
-    let (a, b) = pair(&d, Arch::Flux, 16, FloatFormat::BF16, FloatFormat::BF16);
-    check_against_naive(&a, &b, Arch::Flux);
-    let (a, b) = pair(
-        &d,
-        Arch::Sd35Medium,
-        32,
-        FloatFormat::F16,
-        FloatFormat::BF16,
-    );
-    check_against_naive(&a, &b, Arch::Sd35Medium);
+    let (a, b) = pair(&d, arch("flux"), 16, FloatFormat::BF16, FloatFormat::BF16);
+    check_against_naive(&a, &b, arch("flux"));
+    let (a, b) = pair(&d, arch("sd35m"), 32, FloatFormat::F16, FloatFormat::BF16);
+    check_against_naive(&a, &b, arch("sd35m"));
 }
 
 /// A scaled-FP8 Flux base of `seed` and a BF16 fine-tune of it (delta of relative `size`).
 fn scaled_and_bf16(d: &Dir, seed: u64, size: f64) -> (std::path::PathBuf, std::path::PathBuf) {
-    let mut scaled = layout(Arch::Flux, 16, FloatFormat::F8E4M3);
+    let mut scaled = layout(arch("flux"), 16, FloatFormat::F8E4M3);
     scaled.scaled_fp8 = true;
-    let base = Synthetic::base(Arch::Flux, seed);
+    let base = Synthetic::base(arch("flux"), seed);
     let q = d.model("scaled.safetensors", &scaled, &base);
-    let ft = base.plus_delta(seed * 10, synth::uniform(Arch::Flux, size));
+    let ft = base.plus_delta(seed * 10, synth::uniform(arch("flux"), size));
     let b = d.model(
         "bf16.safetensors",
-        &layout(Arch::Flux, 16, FloatFormat::BF16),
+        &layout(arch("flux"), 16, FloatFormat::BF16),
         &ft,
     );
     (q, b)
@@ -379,14 +377,14 @@ fn fp8_files_match_naive_loop() {
     let d = Dir::new();
     let (a, b) = pair(
         &d,
-        Arch::Chroma,
+        arch("chroma"),
         32,
         FloatFormat::F8E4M3,
         FloatFormat::F8E5M2,
     );
-    check_against_naive(&a, &b, Arch::Chroma);
+    check_against_naive(&a, &b, arch("chroma"));
     let (a, b) = scaled_and_bf16(&d, 5, 0.2);
-    check_against_naive(&a, &b, Arch::Flux);
+    check_against_naive(&a, &b, arch("flux"));
 }
 
 /// A scaled-FP8 file and its twin dequantized here into BF16 give the same similarities
@@ -443,7 +441,7 @@ fn scaled_fp8_and_its_bf16_twin_agree() {
 #[test]
 fn asim_says_a_dit_has_no_unet_attention() {
     let d = Dir::new();
-    let (a, b) = pair(&d, Arch::Flux, 32, FloatFormat::BF16, FloatFormat::BF16);
+    let (a, b) = pair(&d, arch("flux"), 32, FloatFormat::BF16, FloatFormat::BF16);
     let (code, _, err) = run_code(&["sim", "--metric", "asim", s(&a), s(&b)]);
     assert_eq!(code, 2, "{err}");
     assert!(

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 
-use ckpt_core::catalog::Arch;
 use ckpt_ops::merge::methods::dare::dare_stream;
 
 use crate::merge::{check, family, filter, inputs, merged, sha256_of, top_k};
@@ -171,7 +170,7 @@ fn ties_like_sd_mecha_equals_sd_mecha() {
 
 #[test]
 fn ties_stock_and_count_vote_follow_their_definitions() {
-    let fam = family(Arch::Sd1);
+    let fam = family(arch("sd1"));
     let w = [1.0, 0.5, 2.0];
     let got = merged(
         &fam,
@@ -208,7 +207,7 @@ fn ties_stock_and_count_vote_follow_their_definitions() {
 
 #[test]
 fn ties_median_is_the_weiszfeld_median_of_the_filtered_deltas() {
-    let fam = family(Arch::Sd1);
+    let fam = family(arch("sd1"));
     let w = [1.0, 2.0, 1.0];
     let got = merged(
         &fam,
@@ -242,7 +241,7 @@ fn ties_median_is_the_weiszfeld_median_of_the_filtered_deltas() {
 
 #[test]
 fn ties_dropout_matches_its_definition() {
-    let fam = family(Arch::Sd1);
+    let fam = family(arch("sd1"));
     let (p, seed) = (0.6, 9u64);
     let got = merged(
         &fam,
@@ -289,7 +288,7 @@ fn ties_dropout_matches_its_definition() {
 /// (the mean shift of each half: ±(1/4)·ε).
 #[test]
 fn tgmd_drop_keeps_its_share_and_della_shifts_it_by_rank() {
-    let fam = family(Arch::Sd1);
+    let fam = family(arch("sd1"));
     let ins = inputs(&fam);
     let kept_by_half = |recipe: &str| -> (f64, f64, usize) {
         let got = merged(&fam, recipe, &[]);
@@ -357,7 +356,7 @@ fn tgmd_drop_keeps_its_share_and_della_shifts_it_by_rank() {
 
 #[test]
 fn ties_options_are_checked_before_reading() {
-    let fam = family(Arch::Sd1);
+    let fam = family(arch("sd1"));
     let text = |steps: &str| {
         format!(
             "B = \"{}\"\nF1 = \"{}\"\n{steps}",

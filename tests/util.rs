@@ -35,6 +35,11 @@ impl Dir {
     }
 }
 
+/// The architecture `id` (tests name architectures by their catalog ids).
+pub(crate) fn arch(id: &str) -> Arch {
+    Arch::parse(id).unwrap_or_else(|| panic!("no architecture {id}"))
+}
+
 pub(crate) fn layout(arch: Arch, scale: u32, dtype: FloatFormat) -> Layout {
     Layout::new(arch, scale, dtype)
 }
@@ -228,10 +233,28 @@ pub(crate) fn reference_dit_block(key: &str, flux: bool) -> Option<String> {
     }
 }
 
+/// The U-Net's input and output blocks (12 for SD1/SD2, 9 for SDXL), 0 for DiTs: the
+/// reference's own knowledge, not the catalog's.
+pub(crate) fn unet_depth(arch: Arch) -> usize {
+    match arch.id() {
+        "sd1" | "sd2" => 12,
+        "sdxl" => 9,
+        _ => 0,
+    }
+}
+
+/// The release variant `synth --variant` calls `word`, in whichever architecture has it.
+pub(crate) fn variant(word: &str) -> ckpt_ops::synth::Variant {
+    Arch::all()
+        .iter()
+        .find_map(|&a| ckpt_ops::synth::Variant::named(a, word))
+        .unwrap_or_else(|| panic!("no variant {word}"))
+}
+
 /// The report row of a key of `arch`, by [`reference_row`] or [`reference_dit_row`].
 pub(crate) fn arch_row(arch: Arch, key: &str) -> String {
-    if arch.depth() > 0 {
-        reference_row(key, arch.depth() as usize)
+    if unet_depth(arch) > 0 {
+        reference_row(key, unet_depth(arch))
     } else {
         reference_dit_row(key)
     }
@@ -247,7 +270,7 @@ pub(crate) fn row_component(arch: Arch, row: &str) -> &'static str {
         "T5XXL" => "t5xxl",
         "VAE" => "vae",
         "OTHER" => "other",
-        _ if arch.depth() > 0 => "unet",
+        _ if unet_depth(arch) > 0 => "unet",
         _ => "diffuser",
     }
 }

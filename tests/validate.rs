@@ -17,7 +17,7 @@ struct Case {
 }
 
 fn case() -> Case {
-    case_of(Arch::Sd1)
+    case_of(arch("sd1"))
 }
 
 fn case_of(arch: Arch) -> Case {
@@ -102,10 +102,10 @@ fn missing_required_keys() {
 #[test]
 fn ema_weights() {
     let c = case();
-    let mut l = layout(Arch::Sd1, 32, FloatFormat::F16);
+    let mut l = layout(arch("sd1"), 32, FloatFormat::F16);
     l.ema = true;
     let bad =
-        c.d.model("ema.safetensors", &l, &Synthetic::base(Arch::Sd1, 1));
+        c.d.model("ema.safetensors", &l, &Synthetic::base(arch("sd1"), 1));
     let out = found_and_fixed(&c, &bad, "ema", "warning", 1, &["--drop-ema"]);
     assert!(
         !reference_map(&out)
@@ -194,8 +194,8 @@ fn mixed_and_wasteful_dtypes() {
     assert!(a.iter().all(|(k, t)| t.values == b[k].values));
     let wide = c.d.model(
         "f32.safetensors",
-        &layout(Arch::Sd1, 32, FloatFormat::F32),
-        &Synthetic::base(Arch::Sd1, 1),
+        &layout(arch("sd1"), 32, FloatFormat::F32),
+        &Synthetic::base(arch("sd1"), 1),
     );
     found_and_fixed(
         &c,
@@ -342,13 +342,13 @@ fn pruned_sdxl_is_usable_not_broken() {
     let d = Dir::new();
     let full = d.model(
         "full.safetensors",
-        &layout(Arch::Sdxl, 32, FloatFormat::F16),
-        &Synthetic::base(Arch::Sdxl, 2),
+        &layout(arch("sdxl"), 32, FloatFormat::F16),
+        &Synthetic::base(arch("sdxl"), 2),
     );
-    let mut l: Layout = layout(Arch::Sdxl, 32, FloatFormat::F16);
+    let mut l: Layout = layout(arch("sdxl"), 32, FloatFormat::F16);
     l.prune_text_encoders = true;
     l.vpred_markers = true;
-    let pruned = d.model("pruned.safetensors", &l, &Synthetic::base(Arch::Sdxl, 2));
+    let pruned = d.model("pruned.safetensors", &l, &Synthetic::base(arch("sdxl"), 2));
     let (e, f) = findings(&pruned);
     assert_eq!(
         e, 0,
@@ -379,12 +379,15 @@ fn pruned_sdxl_is_usable_not_broken() {
 #[test]
 fn missing_component_and_schedule_and_old_names() {
     let c = case();
-    let mut l = layout(Arch::Sd1, 32, FloatFormat::F16);
-    l.components = vec![Component::Unet, Component::Te1];
+    let mut l = layout(arch("sd1"), 32, FloatFormat::F16);
+    l.components = vec![
+        Component::named("unet").unwrap(),
+        Component::named("te1").unwrap(),
+    ];
     l.scheduler = true;
     l.old_clip_names = true;
     let p =
-        c.d.model("partial.safetensors", &l, &Synthetic::base(Arch::Sd1, 1));
+        c.d.model("partial.safetensors", &l, &Synthetic::base(arch("sd1"), 1));
     let (e, f) = findings(&p);
     assert_eq!(e, 1, "{f:#?}");
     assert!(
@@ -414,12 +417,12 @@ fn missing_component_and_schedule_and_old_names() {
 fn dit_missing_extra_and_misshapen_keys() {
     for (arch, block, weight) in [
         (
-            Arch::Flux,
+            arch("flux"),
             "model.diffusion_model.single_blocks.7.",
             "model.diffusion_model.double_blocks.3.img_attn.qkv.weight",
         ),
         (
-            Arch::Sd35Medium,
+            arch("sd35m"),
             "model.diffusion_model.joint_blocks.5.",
             "model.diffusion_model.joint_blocks.2.x_block.attn2.qkv.weight",
         ),
@@ -439,9 +442,9 @@ fn dit_missing_extra_and_misshapen_keys() {
 #[test]
 fn scaled_fp8_fixed_to_bf16_is_dequantized() {
     let d = Dir::new();
-    let mut l = layout(Arch::Flux, 32, FloatFormat::F8E4M3);
+    let mut l = layout(arch("flux"), 32, FloatFormat::F8E4M3);
     l.scaled_fp8 = true;
-    let q = d.model("q.safetensors", &l, &Synthetic::base(Arch::Flux, 2));
+    let q = d.model("q.safetensors", &l, &Synthetic::base(arch("flux"), 2));
     let out = d.path("bf16.safetensors");
     let (code, stdout, stderr) = run_code(&["fix", s(&q), "-o", s(&out), "--dtype", "bf16"]);
     assert_eq!(code, 0, "{stdout}{stderr}");

@@ -410,3 +410,9 @@ pub(crate) fn run_measured(program: &Path, args: &[&str]) -> Measured {
         stdout,
     }
 }
+
+/// The architecture `id` (benchmarks name architectures by their catalog ids).
+#[allow(dead_code)]
+pub(crate) fn arch(id: &str) -> ckpt_core::catalog::Arch {
+    ckpt_core::catalog::Arch::parse(id).unwrap_or_else(|| panic!("no architecture {id}"))
+}

@@ -188,11 +188,24 @@ pub(super) fn parse_arch_arg(s: &str) -> std::result::Result<ArchArg, String> {
 
 /// The ids `--arch` takes, for messages.
 pub(super) fn arch_ids() -> String {
-    Arch::ALL
-        .iter()
-        .map(|a| a.id())
-        .collect::<Vec<_>>()
-        .join(", ")
+    Arch::ids()
+}
+
+/// The help of a `--arch` that picks the rows (generated from the catalog).
+pub(super) fn arch_rows_help() -> String {
+    format!(
+        "Row layout ({}, or generic for rows by key prefix); detected from the files by default",
+        Arch::ids()
+    )
+}
+
+/// The help of a `--arch` that names the architecture to write (generated from the catalog).
+pub(super) fn arch_help() -> String {
+    let ids: Vec<&str> = Arch::all().iter().map(|a| a.id()).collect();
+    match ids.split_last() {
+        Some((last, rest)) => format!("Architecture: {} or {last}", rest.join(", ")),
+        None => "Architecture".into(),
+    }
 }
 
 /// The rows to report for `models`: their common architecture, or the forced one.

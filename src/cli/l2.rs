@@ -30,9 +30,7 @@ pub(super) struct Args {
     /// Only keys matching this regular expression (canonical key names).
     #[arg(long, value_name = "REGEX")]
     keys: Option<String>,
-    /// Row layout (sd1, sd2, sdxl, flux, chroma, sd3, sd35m, sd35l, or generic for rows by
-    /// key prefix); detected from the files by default.
-    #[arg(long, value_parser = parse_arch_arg)]
+    #[arg(long, value_parser = parse_arch_arg, help = super::common::arch_rows_help())]
     arch: Option<ArchArg>,
     #[command(flatten)]
     format: FormatArgs,

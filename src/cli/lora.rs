@@ -55,11 +55,16 @@ fn lora_format(dtype: &str) -> Result<FloatFormat> {
 
 fn arch_of(m: &Model, path: &Path) -> Result<Arch> {
     match m.detection.layout {
-        Layout::Known(a) if ckpt_core::catalog::lora::ARCHS.contains(&a) => Ok(a),
+        Layout::Known(a) if ckpt_core::catalog::lora::archs().contains(&a) => Ok(a),
         Layout::Known(a) => bail!(
-            "{}: {} has no LoRA name table yet (SD1, SD2, SDXL and Flux.1 do)",
+            "{}: {} has no LoRA name table yet ({} do)",
             path.display(),
-            a.label()
+            a.label(),
+            ckpt_core::catalog::lora::archs()
+                .iter()
+                .map(|a| a.label())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
         Layout::Generic => bail!(
             "{}: not a checkpoint of an architecture ckpt-diff recognises",

@@ -52,9 +52,7 @@ pub(super) struct Args {
     /// Also list the similarity of every tensor.
     #[arg(long)]
     per_tensor: bool,
-    /// Row layout (sd1, sd2, sdxl, flux, chroma, sd3, sd35m, sd35l, or generic for rows by
-    /// key prefix); detected from the files by default.
-    #[arg(long, value_parser = parse_arch_arg)]
+    #[arg(long, value_parser = parse_arch_arg, help = super::common::arch_rows_help())]
     arch: Option<ArchArg>,
     /// With a LoRA and a checkpoint: the checkpoint's base. The LoRA's change is compared
     /// with the checkpoint's change from it, on the keys the LoRA patches.

@@ -46,8 +46,7 @@ enum What {
 
 #[derive(Debug, clap::Args)]
 struct LayoutArgs {
-    /// Architecture: sd1, sd2, sdxl, flux, chroma, sd3, sd35m or sd35l.
-    #[arg(long, default_value = "sd1")]
+    #[arg(long, default_value = "sd1", help = super::common::arch_help())]
     arch: String,
     /// Divide every dimension of 128 or more by this (1 = real size: 2 GB for SD1 fp16).
     #[arg(long, default_value_t = 1)]
@@ -125,28 +124,25 @@ impl LayoutArgs {
         }
         let mut layout = Layout::new(arch, self.scale, dtype);
         layout.scaled_fp8 = scaled_fp8;
-        layout.variant = Variant::NAMES
-            .iter()
-            .find(|(name, _)| {
-                *name == self.variant || (*name == "inpainting" && self.variant == "inpaint")
-            })
-            .map(|(_, v)| *v)
-            .with_context(|| {
-                let names: Vec<&str> = Variant::NAMES.iter().map(|(n, _)| *n).collect();
-                format!(
-                    "--variant: unknown variant '{}'; use {}",
+        layout.variant = match Variant::named(arch, &self.variant) {
+            Some(v) => v,
+            None if Arch::all()
+                .iter()
+                .any(|&a| Variant::named(a, &self.variant).is_some()) =>
+            {
+                bail!(
+                    "--variant {}: {} has no such variant",
                     self.variant,
-                    names.join(", ")
+                    arch.label()
                 )
-            })?;
-        if !layout.variant.applies_to(arch) {
-            bail!(
-                "--variant {}: {} has no such variant",
+            }
+            None => bail!(
+                "--variant: unknown variant '{}'; use {}",
                 self.variant,
-                arch.label()
-            );
-        }
-        if self.bare && arch.denoiser() != Component::Diffuser {
+                Variant::names().join(", ")
+            ),
+        };
+        if self.bare && !arch.bare_layout() {
             bail!("--bare: {} keys always carry their prefix", arch.label());
         }
         layout.bare = self.bare;
@@ -156,7 +152,7 @@ impl LayoutArgs {
                 .iter()
                 .map(|c| {
                     Component::parse(c)
-                        .filter(|c| *c != Component::Other && arch.components().contains(c))
+                        .filter(|c| *c != Component::other() && arch.components().contains(c))
                         .with_context(|| {
                             let names: Vec<&str> =
                                 arch.components().iter().map(|c| c.id()).collect();
@@ -169,8 +165,8 @@ impl LayoutArgs {
                 })
                 .collect::<Result<_>>()?;
         }
-        if self.ema && arch != Arch::Sd1 {
-            bail!("--ema: the catalog lists EMA keys for SD1 only");
+        if self.ema && !arch.has_ema() {
+            bail!("--ema: the catalog lists no EMA keys for {}", arch.label());
         }
         layout.ema = self.ema;
         layout.scheduler = self.scheduler;

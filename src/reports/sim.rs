@@ -116,8 +116,9 @@ fn table(report: &SimReport, arch: Option<Arch>) -> TextTable {
     }
     if let Some(f) = &totals.flat_unet {
         t.push(vec![
+            // A DiT's denoiser is named by its id; the U-Net by its label.
             match arch.map(Arch::denoiser) {
-                Some(ckpt_core::catalog::Component::Diffuser) => "diffuser, flattened".into(),
+                Some(c) if c.id() != "unet" => format!("{}, flattened", c.id()),
                 _ => "U-Net, flattened".to_string(),
             },
             percent(f.similarity),

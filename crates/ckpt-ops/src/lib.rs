@@ -16,3 +16,9 @@ pub mod merge;
 pub mod sketch;
 pub mod synth;
 pub mod views;
+
+/// The architecture `id` (tests name architectures by their catalog ids).
+#[cfg(test)]
+pub(crate) fn arch(id: &str) -> ckpt_core::catalog::Arch {
+    ckpt_core::catalog::Arch::parse(id).unwrap_or_else(|| panic!("no architecture {id}"))
+}

@@ -211,8 +211,8 @@ pub enum Piece {
         as_name: String,
         shape: Option<Vec<usize>>,
     },
-    /// Several tensors of a part, of one dtype and shape, stacked along the first
-    /// dimension (copied once).
+    /// Several tensors of a part, of one dtype and the same shape after the first
+    /// dimension, stacked along the first dimension (copied once).
     Stack {
         part: usize,
         names: Vec<String>,
@@ -220,6 +220,14 @@ pub enum Piece {
     },
     /// A part's 2-D tensor transposed (copied once).
     Transpose {
+        part: usize,
+        name: String,
+        as_name: String,
+    },
+    /// A part's tensor with the two halves of its first dimension swapped (copied once):
+    /// diffusers stores some modulations as (shift, scale) where the original has (scale,
+    /// shift).
+    SwapHalves {
         part: usize,
         name: String,
         as_name: String,
@@ -291,9 +299,11 @@ pub fn assemble(
                     .map(|n| tensor(*part, n))
                     .collect::<Result<Vec<_>, _>>()?;
                 let first = ts[0];
-                let same = ts
-                    .iter()
-                    .all(|t| t.dtype == first.dtype && t.shape == first.shape);
+                let same = ts.iter().all(|t| {
+                    t.dtype == first.dtype
+                        && !t.shape.is_empty()
+                        && t.shape[1..] == first.shape.get(1..).unwrap_or(&[])[..]
+                });
                 if !same || first.shape.is_empty() {
                     return Err(ReadError::CannotStack {
                         names: names.join(", "),
@@ -304,7 +314,7 @@ pub fn assemble(
                     spill.append(parts[*part].data(t))?;
                 }
                 let mut shape = first.shape.clone();
-                shape[0] *= ts.len();
+                shape[0] = ts.iter().map(|t| t.shape[0]).sum();
                 let bytes = ts.iter().map(|t| t.byte_len()).sum::<usize>();
                 TensorEntry {
                     name: as_name.clone(),
@@ -338,6 +348,29 @@ pub fn assemble(
                     name: as_name.clone(),
                     dtype: t.dtype,
                     shape: vec![cols, rows],
+                    begin,
+                    end: begin + t.byte_len(),
+                    encoding: Encoding::Plain,
+                }
+            }
+            Piece::SwapHalves {
+                part,
+                name,
+                as_name,
+            } => {
+                let t = tensor(*part, name)?;
+                let rows = t.shape.first().copied().unwrap_or(0);
+                if rows % 2 != 0 {
+                    return Err(ReadError::CannotSwapHalves { name: name.clone() });
+                }
+                let bytes = parts[*part].data(t);
+                let half = bytes.len() / 2;
+                let begin = spill.append(&bytes[half..])?;
+                spill.append(&bytes[..half])?;
+                TensorEntry {
+                    name: as_name.clone(),
+                    dtype: t.dtype,
+                    shape: t.shape.clone(),
                     begin,
                     end: begin + t.byte_len(),
                     encoding: Encoding::Plain,

@@ -71,6 +71,8 @@ pub enum ReadError {
     CannotStack { names: String },
     #[error("tensor '{name}' is not a matrix")]
     NotAMatrix { name: String },
+    #[error("tensor '{name}' has an odd first dimension: its halves cannot be swapped")]
+    CannotSwapHalves { name: String },
     #[error("two tensors of the folder map to '{name}'")]
     TwoMapToOne { name: String },
     #[error("this is a GGUF file, not safetensors")]

@@ -32,9 +32,6 @@ pub fn scaled_shape(shape: &[usize], scale: u32) -> Vec<usize> {
     shape.iter().map(|&d| scaled_dim(d, scale)).collect()
 }
 
-/// The U-Net's first conv: its input channels mark inpainting (9), pix2pix (8), depth (5).
-pub const CONV_IN: &str = "model.diffusion_model.input_blocks.0.0.weight";
-
 /// How sure detection is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Level {
@@ -72,12 +69,12 @@ pub struct Confidence {
 /// A variant or property of a checkpoint worth naming.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Variant {
-    /// U-Net with 9 input channels.
-    Inpainting,
-    /// U-Net with 8 input channels (instruct-pix2pix).
-    Pix2Pix,
-    /// SD2 depth U-Net (5 input channels).
-    Depth,
+    /// A release variant the architecture's spec names (`[[variants]]`: SD's inpainting,
+    /// pix2pix and depth U-Nets by their input channels, Flux.1 schnell, Fill, Canny/Depth).
+    Release {
+        id: &'static str,
+        describe: &'static str,
+    },
     /// `model_ema.*` weights present.
     Ema,
     /// DDPM schedule buffers present.
@@ -95,12 +92,6 @@ pub enum Variant {
     /// The file's components are laid out alike in these other architectures too (a text
     /// encoder or a VAE on its own), so it fits them as well.
     AlsoFits(Vec<Arch>),
-    /// Flux.1 schnell: no guidance embedding.
-    FluxSchnell,
-    /// Flux.1 Fill (inpainting: 96 latent input channels).
-    FluxFill,
-    /// Flux.1 Canny or Depth (32 latent input channels).
-    FluxControl,
     /// DiT keys without the `model.diffusion_model.` prefix (BFL's and Chroma's naming).
     BareDiffuserKeys,
     /// A scaled-down test checkpoint (`ckpt-diff synth --scale S`).
@@ -110,9 +101,7 @@ pub enum Variant {
 impl Variant {
     pub fn describe(&self) -> String {
         match self {
-            Variant::Inpainting => "inpainting U-Net (9 input channels)".into(),
-            Variant::Pix2Pix => "instruct-pix2pix U-Net (8 input channels)".into(),
-            Variant::Depth => "depth U-Net (5 input channels)".into(),
+            Variant::Release { describe, .. } => describe.to_string(),
             Variant::Ema => "EMA weights present (model_ema.*)".into(),
             Variant::Scheduler => "scheduler buffers present".into(),
             Variant::OldClipNames => "text encoder uses the old key names (no text_model.)".into(),
@@ -132,9 +121,6 @@ impl Variant {
                 let names: Vec<&str> = archs.iter().map(|a| a.label()).collect();
                 format!("laid out as in {} too", names.join(", "))
             }
-            Variant::FluxSchnell => "Flux.1 schnell (no guidance embedding)".into(),
-            Variant::FluxFill => "Flux.1 Fill (inpainting: 96 input channels)".into(),
-            Variant::FluxControl => "Flux.1 Canny or Depth (32 input channels)".into(),
             Variant::BareDiffuserKeys => {
                 "diffuser keys without the model.diffusion_model. prefix (BFL's naming)".into()
             }
@@ -145,9 +131,7 @@ impl Variant {
     /// Short id for JSON.
     pub fn id(&self) -> String {
         match self {
-            Variant::Inpainting => "inpainting".into(),
-            Variant::Pix2Pix => "pix2pix".into(),
-            Variant::Depth => "depth".into(),
+            Variant::Release { id, .. } => id.to_string(),
             Variant::Ema => "ema".into(),
             Variant::Scheduler => "scheduler".into(),
             Variant::OldClipNames => "old-clip-names".into(),
@@ -156,9 +140,6 @@ impl Variant {
             Variant::MissingComponents(_) => "missing-components".into(),
             Variant::DenoiserOnly => "denoiser-only".into(),
             Variant::AlsoFits(_) => "also-fits".into(),
-            Variant::FluxSchnell => "flux-schnell".into(),
-            Variant::FluxFill => "flux-fill".into(),
-            Variant::FluxControl => "flux-control".into(),
             Variant::BareDiffuserKeys => "bare-diffuser-keys".into(),
             Variant::Scaled(s) => format!("scaled-{s}"),
         }
@@ -217,7 +198,7 @@ pub fn detect(ckpt: &Checkpoint) -> Detection {
         .collect();
     let considered = keys.len();
 
-    let mut scores: Vec<Score> = Arch::ALL
+    let mut scores: Vec<Score> = Arch::all()
         .iter()
         .map(|&arch| {
             SCALES
@@ -227,6 +208,20 @@ pub fn detect(ckpt: &Checkpoint) -> Detection {
                 .expect("at least one scale")
         })
         .collect();
+    // A marker is a key only its architecture has (FLUX.2's shared modulation, which
+    // Flux.1 lacks): a file with every marker of some architectures is one of them.
+    let names: HashSet<&str> = keys.iter().map(|(k, _)| k.as_str()).collect();
+    let marked: Vec<Arch> = Arch::all()
+        .iter()
+        .copied()
+        .filter(|a| {
+            let m = &a.info().spec.markers;
+            !m.is_empty() && m.iter().all(|k| names.contains(k.as_str()))
+        })
+        .collect();
+    if !marked.is_empty() {
+        scores.retain(|s| marked.contains(&s.arch));
+    }
     scores.sort_by_key(|s| std::cmp::Reverse(s.matched));
     let best = &scores[0];
     let runner_up = scores
@@ -311,18 +306,17 @@ fn score(arch: Arch, scale: u32, keys: &[(String, &[usize])]) -> Score {
     }
 }
 
-/// Flux.1's input projection: 64 inputs (dev, schnell), 128 (Canny, Depth), 384 (Fill).
-pub const FLUX_IMG_IN: &str = "model.diffusion_model.img_in.weight";
-
-/// The widths a model's input layer may take in its variants: the U-Net's first conv has 4,
-/// 5, 8 or 9 input channels (base, depth, pix2pix, inpainting); Flux's `img_in` 64, 128 or
-/// 384 inputs (dev/schnell, Canny/Depth, Fill).
-fn input_widths(name: &str) -> &'static [usize] {
-    match name {
-        CONV_IN => &[4, 5, 8, 9],
-        FLUX_IMG_IN => &[64, 128, 384],
-        _ => &[],
-    }
+/// The widths the spec's variants give a key (the U-Net's first conv has 5, 8 or 9 input
+/// channels in the depth, pix2pix and inpainting variants; Flux's `img_in` 128 or 384 in
+/// Canny/Depth and Fill), as (dimension, widths); any architecture's variants count.
+fn input_widths(name: &str) -> Vec<(usize, usize)> {
+    Arch::all()
+        .iter()
+        .flat_map(|a| &a.info().spec.variants)
+        .filter_map(|v| v.width.as_ref())
+        .filter(|w| w.key == name)
+        .map(|w| (w.dim, w.value))
+        .collect()
 }
 
 /// Does `actual` equal the catalog shape `expected` at this scale? Input layers may take
@@ -331,6 +325,13 @@ pub fn shape_matches(name: &str, expected: &[usize], actual: &[usize], scale: u3
     if expected.len() != actual.len() {
         return false;
     }
+    if expected
+        .iter()
+        .zip(actual)
+        .all(|(&e, &a)| scaled_dim(e, scale) == a)
+    {
+        return true;
+    }
     let widths = input_widths(name);
     expected
         .iter()
@@ -338,7 +339,9 @@ pub fn shape_matches(name: &str, expected: &[usize], actual: &[usize], scale: u3
         .enumerate()
         .all(|(i, (&e, &a))| {
             scaled_dim(e, scale) == a
-                || (i == 1 && widths.iter().any(|&w| scaled_dim(w, scale) == a))
+                || widths
+                    .iter()
+                    .any(|&(dim, w)| dim == i && scaled_dim(w, scale) == a)
         })
 }
 
@@ -355,25 +358,22 @@ fn variants(ckpt: &Checkpoint, arch: Arch, scale: u32) -> Vec<Variant> {
             .iter()
             .find(|t| canonical_key(&t.name) == key)
     };
-    if let Some(conv) = stored(CONV_IN).filter(|t| t.shape.len() == 4) {
-        match conv.shape[1] {
-            9 => out.push(Variant::Inpainting),
-            8 => out.push(Variant::Pix2Pix),
-            5 => out.push(Variant::Depth),
-            _ => {}
-        }
-    }
-    if arch == Arch::Flux {
-        let diffuser = names.iter().any(|n| component_of(n) == Component::Diffuser);
-        if diffuser && !names.iter().any(|n| n.contains(".guidance_in.")) {
-            out.push(Variant::FluxSchnell);
-        }
-        if let Some(t) = stored(FLUX_IMG_IN).filter(|t| t.shape.len() == 2) {
-            if t.shape[1] == scaled_dim(384, scale) {
-                out.push(Variant::FluxFill);
-            } else if t.shape[1] == scaled_dim(128, scale) {
-                out.push(Variant::FluxControl);
+    let denoiser = names.iter().any(|n| component_of(n) == arch.denoiser());
+    for v in &arch.info().spec.variants {
+        let found = match (&v.width, &v.absent) {
+            (Some(w), _) => stored(&w.key).is_some_and(|t| {
+                t.shape.len() > w.dim && t.shape[w.dim] == scaled_dim(w.value, scale)
+            }),
+            (None, Some(prefix)) => {
+                denoiser && !names.iter().any(|n| n.starts_with(prefix.as_str()))
             }
+            (None, None) => false,
+        };
+        if found {
+            out.push(Variant::Release {
+                id: &v.id,
+                describe: &v.describe,
+            });
         }
     }
     if ckpt
@@ -396,8 +396,7 @@ fn variants(ckpt: &Checkpoint, arch: Arch, scale: u32) -> Vec<Variant> {
         out.push(Variant::Scheduler);
     }
     if ckpt.tensors().iter().any(|t| {
-        matches!(component_of(&t.name), Component::Te1 | Component::Te2)
-            && canonical_key(&t.name) != t.name.as_str()
+        component_of(&t.name).is_text_encoder() && canonical_key(&t.name) != t.name.as_str()
     }) {
         out.push(Variant::OldClipNames);
     }
@@ -450,6 +449,7 @@ mod tests {
 
     #[test]
     fn conv_in_channels_are_a_variant_not_a_mismatch() {
+        const CONV_IN: &str = "model.diffusion_model.input_blocks.0.0.weight";
         assert!(shape_matches(CONV_IN, &[320, 4, 3, 3], &[320, 9, 3, 3], 1));
         assert!(!shape_matches(CONV_IN, &[320, 4, 3, 3], &[320, 7, 3, 3], 1));
         assert!(!shape_matches("x", &[320, 4, 3, 3], &[320, 9, 3, 3], 1));

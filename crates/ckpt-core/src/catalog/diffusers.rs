@@ -27,6 +27,9 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use super::Arch;
+use super::lora::Rows;
+use super::spec::{DiffusersSpec, FolderMarker, FolderSpec, ModuleRule, RowSplit, UnetSpec};
 use ckpt_read::{
     Checkpoint, FileError, Layout, Piece, Provenance, ReadError, TensorEntry, assemble, file_layout,
 };
@@ -37,7 +40,15 @@ pub enum PipelineError {
     #[error(
         "{component}/ has no diffusion_pytorch_model.safetensors, model.safetensors or .bin file"
     )]
-    NoWeights { component: &'static str },
+    NoWeights { component: String },
+    #[error("the folder is not a diffusers pipeline of an architecture ckpt-diff knows")]
+    Unknown,
+    /// A mistake in the catalog's data (a bug of this build).
+    #[error("catalog data: {arch}: {what}")]
+    Spec {
+        arch: &'static str,
+        what: &'static str,
+    },
     #[error(transparent)]
     Read(#[from] ReadError),
 }
@@ -64,11 +75,27 @@ pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint, OpenError> {
     Ok(ckpt_read::open(path)?)
 }
 
-/// Whether a folder is a diffusers pipeline (it has `unet/`, `vae/` or `text_encoder/`).
+/// Whether a folder is a diffusers pipeline: it has a component folder some architecture's
+/// spec reads (`[diffusers] folders`; a `text_encoder_2/` alone is not one).
 pub fn is_pipeline(dir: &Path) -> bool {
-    ["unet", "vae", "text_encoder"]
+    specs().iter().any(|(_, d)| {
+        d.folders
+            .iter()
+            .any(|f| f.folder != "text_encoder_2" && dir.join(&f.folder).is_dir())
+    })
+}
+
+/// The architectures that read diffusers pipelines, in the order they are tried.
+fn specs() -> Vec<(Arch, &'static DiffusersSpec)> {
+    let mut v: Vec<(Arch, &'static DiffusersSpec)> = Arch::all()
         .iter()
-        .any(|c| dir.join(c).is_dir())
+        .filter_map(|&a| {
+            let d = a.info().spec.diffusers.as_ref()?;
+            (!d.folders.is_empty()).then_some((a, d))
+        })
+        .collect();
+    v.sort_by_key(|(_, d)| d.priority.unwrap_or(u32::MAX));
+    v
 }
 
 /// The weights file of one diffusers component folder (`unet/`, `vae/`, ...).
@@ -93,26 +120,26 @@ fn component_file(dir: &Path) -> Option<PathBuf> {
     None
 }
 
-/// The architecture of a diffusers folder.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Family {
-    Sd1,
-    Sd2,
-    Sdxl,
+/// The folders of a pipeline, each read once, in the order they are asked for.
+struct Folders<'a> {
+    dir: &'a Path,
+    read: Vec<(String, PathBuf, Layout)>,
 }
 
-/// A diffusers pipeline: `unet/`, `text_encoder/`, `text_encoder_2/`, `vae/`.
-fn open_pipeline(dir: &Path) -> Result<Checkpoint, PipelineError> {
-    let has = |c: &str| dir.join(c).is_dir();
-    let mut opened: Vec<Layout> = Vec::new();
-    let mut which: Vec<&'static str> = Vec::new();
-    let mut notes = Vec::new();
-    for c in ["unet", "text_encoder", "text_encoder_2", "vae"] {
-        if !has(c) {
-            continue;
+impl Folders<'_> {
+    /// The layout of `folder/`'s weights (`None` when the folder is not there).
+    fn get(&mut self, folder: &str) -> Result<Option<&Layout>, PipelineError> {
+        if let Some(i) = self.read.iter().position(|(f, _, _)| f == folder) {
+            return Ok(Some(&self.read[i].2));
         }
-        let Some(file) = component_file(&dir.join(c)) else {
-            return Err(PipelineError::NoWeights { component: c });
+        let path = self.dir.join(folder);
+        if !path.is_dir() {
+            return Ok(None);
+        }
+        let Some(file) = component_file(&path) else {
+            return Err(PipelineError::NoWeights {
+                component: folder.to_string(),
+            });
         };
         let layout = file_layout(&file).map_err(|kind| {
             ReadError::Part(Box::new(FileError {
@@ -120,42 +147,90 @@ fn open_pipeline(dir: &Path) -> Result<Checkpoint, PipelineError> {
                 kind,
             }))
         })?;
-        notes.push(format!(
-            "{c}/ from {}",
-            file.file_name().unwrap_or_default().to_string_lossy()
-        ));
-        opened.push(layout);
-        which.push(c);
+        self.read.push((folder.to_string(), file, layout));
+        Ok(Some(&self.read.last().expect("just pushed").2))
     }
-    let family = if which.contains(&"text_encoder_2") {
-        Family::Sdxl
-    } else {
-        // OpenCLIP-H (SD2) has 23 layers in diffusers' text encoder, CLIP-L (SD1) 12.
-        let te = which.iter().position(|c| *c == "text_encoder");
-        let layers = te.map(|i| layer_count(&opened[i].tensors)).unwrap_or(0);
-        if layers > 12 {
-            Family::Sd2
-        } else {
-            Family::Sd1
-        }
+
+    /// Whether the pipeline has what a spec's marker asks for.
+    fn has(&mut self, m: &FolderMarker) -> Result<bool, PipelineError> {
+        Ok(match (self.get(&m.folder)?, &m.prefix) {
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(l), Some(p)) => l.tensors.iter().any(|t| t.name.starts_with(p.as_str())),
+        })
+    }
+}
+
+/// A diffusers pipeline (`unet/`, `text_encoder/`, `transformer/`, `vae/`, ...): the first
+/// architecture whose markers it has, its folders renamed as that architecture's spec says.
+fn open_pipeline(dir: &Path) -> Result<Checkpoint, PipelineError> {
+    let mut folders = Folders {
+        dir,
+        read: Vec::new(),
     };
+    let mut chosen = None;
+    for (arch, spec) in specs() {
+        let mut all = true;
+        for m in &spec.markers {
+            all &= folders.has(m)?;
+        }
+        if all {
+            chosen = Some((arch, spec));
+            break;
+        }
+    }
+    let Some((arch, spec)) = chosen else {
+        return Err(PipelineError::Unknown);
+    };
+    let mut parts: Vec<(&FolderSpec, PathBuf, Layout)> = Vec::new();
+    for f in &spec.folders {
+        if folders.get(&f.folder)?.is_none() {
+            continue;
+        }
+        let i = folders
+            .read
+            .iter()
+            .position(|(name, _, _)| *name == f.folder)
+            .expect("just read");
+        let (_, file, layout) = folders.read.swap_remove(i);
+        parts.push((f, file, layout));
+    }
+    let mut notes: Vec<String> = parts
+        .iter()
+        .map(|(f, file, _)| {
+            format!(
+                "{}/ from {}",
+                f.folder,
+                file.file_name().unwrap_or_default().to_string_lossy()
+            )
+        })
+        .collect();
     let mut plan = Vec::new();
     let mut unmapped: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for (part, (c, layout)) in which.iter().zip(&opened).enumerate() {
+    for (part, (f, _, layout)) in parts.iter().enumerate() {
         let names: Vec<&str> = layout.tensors.iter().map(|t| t.name.as_str()).collect();
-        let mapped = match *c {
-            "unet" => map_unet(&names, family, part),
-            "text_encoder" => match family {
-                Family::Sd2 => map_openclip(&names, "cond_stage_model.model.", part, false),
-                Family::Sd1 => map_clip_l(&names, "cond_stage_model.transformer.", part),
-                Family::Sdxl => map_clip_l(&names, "conditioner.embedders.0.transformer.", part),
-            },
-            "text_encoder_2" => map_openclip(&names, "conditioner.embedders.1.model.", part, true),
-            _ => map_vae(&layout.tensors, part),
+        let mapped = match f.names.as_str() {
+            "ldm-unet" => {
+                let unet = spec.unet.as_ref().ok_or(PipelineError::Spec {
+                    arch: arch.id(),
+                    what: "`ldm-unet` names without [diffusers] unet",
+                })?;
+                map_unet(&names, unet, &f.under, part)
+            }
+            "clip" => map_clip_l(&names, &f.under, part),
+            "openclip" => map_openclip(&names, &f.under, part, f.projection),
+            "ldm-vae" => map_vae(&layout.tensors, &f.under, part),
+            "modules" => map_modules(&layout.tensors, &spec.modules, &f.under, part),
+            _ => {
+                return Err(PipelineError::Spec {
+                    arch: arch.id(),
+                    what: "a folder's `names` is not ldm-unet, clip, openclip, ldm-vae or modules",
+                });
+            }
         };
         plan.extend(mapped.outs);
         if !mapped.unmapped.is_empty() {
-            unmapped.insert(c, mapped.unmapped);
+            unmapped.insert(f.folder.as_str(), mapped.unmapped);
         }
     }
     for (c, names) in &unmapped {
@@ -165,8 +240,9 @@ fn open_pipeline(dir: &Path) -> Result<Checkpoint, PipelineError> {
             names.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
         ));
     }
+    let layouts = parts.into_iter().map(|(_, _, l)| l).collect();
     let layout = assemble(
-        opened,
+        layouts,
         plan,
         Provenance::Assembled { kind: "diffusers" },
         notes,
@@ -174,31 +250,18 @@ fn open_pipeline(dir: &Path) -> Result<Checkpoint, PipelineError> {
     Ok(Checkpoint::from_layout(dir, layout)?)
 }
 
-fn layer_count(tensors: &[TensorEntry]) -> usize {
-    tensors
-        .iter()
-        .filter_map(|t| {
-            let rest = t.name.strip_prefix("text_model.encoder.layers.")?;
-            rest.split('.').next()?.parse::<usize>().ok()
-        })
-        .max()
-        .map_or(0, |m| m + 1)
-}
-
 struct Mapped {
     outs: Vec<Piece>,
     unmapped: Vec<String>,
 }
 
-/// `(diffusers prefix, single-file prefix)` pairs of the U-Net, most specific first.
-pub(crate) fn unet_prefixes(family: Family) -> Vec<(String, String)> {
+/// `(diffusers prefix, single-file prefix)` pairs of an LDM U-Net of this structure (its
+/// levels, and which levels' down and up blocks have attentions), most specific first.
+pub(crate) fn unet_prefixes(unet: &UnetSpec) -> Vec<(String, String)> {
     let mut m = Vec::new();
-    // Levels, and which levels' down and up blocks have attentions.
-    type Has = fn(usize) -> bool;
-    let (levels, down_attn, up_attn): (usize, Has, Has) = match family {
-        Family::Sdxl => (3, |i| i > 0, |i| i < 2),
-        _ => (4, |i| i < 3, |i| i > 0),
-    };
+    let levels = unet.levels;
+    let down_attn = |i: usize| unet.down_attention.contains(&i);
+    let up_attn = |i: usize| unet.up_attention.contains(&i);
     for i in 0..levels {
         for j in 0..2 {
             m.push((
@@ -297,8 +360,8 @@ pub(crate) fn unet_rename(
         })
 }
 
-fn map_unet(names: &[&str], family: Family, part: usize) -> Mapped {
-    let prefixes = unet_prefixes(family);
+fn map_unet(names: &[&str], unet: &UnetSpec, under: &str, part: usize) -> Mapped {
+    let prefixes = unet_prefixes(unet);
     let mut outs = Vec::new();
     let mut unmapped = Vec::new();
     for &name in names {
@@ -306,7 +369,7 @@ fn map_unet(names: &[&str], family: Family, part: usize) -> Mapped {
             Some(m) => outs.push(Piece::Same {
                 part,
                 name: name.to_string(),
-                as_name: format!("model.diffusion_model.{m}"),
+                as_name: format!("{under}{m}"),
                 shape: None,
             }),
             None => unmapped.push(name.to_string()),
@@ -431,7 +494,7 @@ fn map_openclip(names: &[&str], prefix: &str, part: usize, projection: bool) -> 
     Mapped { outs, unmapped }
 }
 
-fn map_vae(tensors: &[TensorEntry], part: usize) -> Mapped {
+fn map_vae(tensors: &[TensorEntry], under: &str, part: usize) -> Mapped {
     let shape_of: HashMap<&str, &[usize]> = tensors
         .iter()
         .map(|t| (t.name.as_str(), t.shape.as_slice()))
@@ -523,9 +586,203 @@ fn map_vae(tensors: &[TensorEntry], part: usize) -> Mapped {
         outs.push(Piece::Same {
             part,
             name: name.into(),
-            as_name: format!("first_stage_model.{as_name}"),
+            as_name: format!("{under}{as_name}"),
             shape,
         });
     }
     Mapped { outs, unmapped }
+}
+
+/// `pattern` (with at most one `{n}`) against a module path: `Some(n)` (`Some("")` for a
+/// pattern without a number) when it matches.
+fn match_pattern<'a>(pattern: &str, path: &'a str) -> Option<&'a str> {
+    match pattern.split_once("{n}") {
+        None => (pattern == path).then_some(""),
+        Some((pre, post)) => {
+            let n = path.strip_prefix(pre)?.strip_suffix(post)?;
+            (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(n)
+        }
+    }
+}
+
+/// `pattern` with its `{n}` filled in.
+fn fill(pattern: &str, n: &str) -> String {
+    pattern.replace("{n}", n)
+}
+
+/// The share of the rows of a fused module that part `i` of `parts` is.
+fn part_rows(split: Option<RowSplit>, i: usize, parts: usize) -> Option<Rows> {
+    match split? {
+        RowSplit::Thirds => Some(Rows::Third(i)),
+        RowSplit::Hidden if i + 1 < parts => Some(Rows::Hidden(i)),
+        RowSplit::Hidden => Some(Rows::AfterHidden(i)),
+    }
+}
+
+/// Diffusers' names of a single-file module path (`double_blocks.0.img_attn.qkv`, after
+/// `model.diffusion_model.`) by the spec's module rules, with the rows of a fused module
+/// each name has (`None`: all of them). Modules whose halves diffusers swaps have no rows to
+/// name and are left out.
+pub(crate) fn module_names(rules: &[ModuleRule], path: &str) -> Vec<(String, Option<Rows>)> {
+    for r in rules {
+        let Some(n) = match_pattern(&r.module, path) else {
+            continue;
+        };
+        if r.swap_halves {
+            return Vec::new();
+        }
+        return r
+            .names
+            .iter()
+            .enumerate()
+            .map(|(i, name)| (fill(name, n), part_rows(r.rows, i, r.names.len())))
+            .collect();
+    }
+    Vec::new()
+}
+
+/// A diffusers DiT's tensors under the single file's names, by the spec's module rules:
+/// renamed in place, split projections stacked back into their fused module, swapped halves
+/// swapped back.
+fn map_modules(tensors: &[TensorEntry], rules: &[ModuleRule], under: &str, part: usize) -> Mapped {
+    let mut outs = Vec::new();
+    let mut unmapped = Vec::new();
+    // (rule, number, parameter) -> the tensor of each of the rule's names.
+    let mut fused: BTreeMap<(usize, String, String), Vec<Option<String>>> = BTreeMap::new();
+    for t in tensors {
+        let found = t.name.rsplit_once('.').and_then(|(module, param)| {
+            rules.iter().enumerate().find_map(|(r, rule)| {
+                rule.names
+                    .iter()
+                    .enumerate()
+                    .find_map(|(j, name)| match_pattern(name, module).map(|n| (r, j, n, param)))
+            })
+        });
+        let Some((r, j, n, param)) = found else {
+            unmapped.push(t.name.clone());
+            continue;
+        };
+        let rule = &rules[r];
+        // The single file's parameter name (`scale` where diffusers says `weight`).
+        let param = rule
+            .params
+            .iter()
+            .find(|(_, theirs)| theirs.as_str() == param)
+            .map_or(param, |(ours, _)| ours.as_str());
+        let as_name = format!("{under}{}.{param}", fill(&rule.module, n));
+        if rule.names.len() == 1 {
+            outs.push(if rule.swap_halves {
+                Piece::SwapHalves {
+                    part,
+                    name: t.name.clone(),
+                    as_name,
+                }
+            } else {
+                Piece::Same {
+                    part,
+                    name: t.name.clone(),
+                    as_name,
+                    shape: None,
+                }
+            });
+            continue;
+        }
+        fused
+            .entry((r, n.to_string(), param.to_string()))
+            .or_insert_with(|| vec![None; rule.names.len()])[j] = Some(t.name.clone());
+    }
+    for ((r, n, param), names) in fused {
+        if names.iter().all(Option::is_some) {
+            outs.push(Piece::Stack {
+                part,
+                names: names.into_iter().flatten().collect(),
+                as_name: format!("{under}{}.{param}", fill(&rules[r].module, &n)),
+            });
+        } else {
+            unmapped.extend(names.into_iter().flatten());
+        }
+    }
+    Mapped { outs, unmapped }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flux_rules() -> &'static [ModuleRule] {
+        let flux = Arch::parse("flux").unwrap();
+        &flux.info().spec.diffusers.as_ref().unwrap().modules
+    }
+
+    /// Flux.1's module rules name each fused projection's parts with their rows, and read
+    /// back: diffusers' names of a double block become the fused `qkv` again.
+    #[test]
+    fn module_rules_split_and_join() {
+        let names = module_names(flux_rules(), "single_blocks.3.linear1");
+        assert_eq!(
+            names,
+            [
+                (
+                    "single_transformer_blocks.3.attn.to_q".into(),
+                    Some(Rows::Hidden(0))
+                ),
+                (
+                    "single_transformer_blocks.3.attn.to_k".into(),
+                    Some(Rows::Hidden(1))
+                ),
+                (
+                    "single_transformer_blocks.3.attn.to_v".into(),
+                    Some(Rows::Hidden(2))
+                ),
+                (
+                    "single_transformer_blocks.3.proj_mlp".into(),
+                    Some(Rows::AfterHidden(3))
+                ),
+            ]
+        );
+        assert_eq!(
+            module_names(flux_rules(), "img_in"),
+            [("x_embedder".into(), None)]
+        );
+        assert!(module_names(flux_rules(), "double_blocks.x.img_attn.qkv").is_empty());
+        let t = |name: &str| TensorEntry {
+            name: name.into(),
+            dtype: ckpt_read::Dtype::F16,
+            shape: vec![6, 2],
+            begin: 0,
+            end: 24,
+            encoding: Default::default(),
+        };
+        let tensors = [
+            t("transformer_blocks.1.attn.to_k.weight"),
+            t("transformer_blocks.1.attn.to_q.weight"),
+            t("transformer_blocks.1.attn.to_v.weight"),
+            t("x_embedder.bias"),
+            t("transformer_blocks.1.attn.to_q.bias"),
+            t("pos_embed.freqs"),
+        ];
+        let m = map_modules(&tensors, flux_rules(), "model.diffusion_model.", 0);
+        let outs: Vec<String> = m
+            .outs
+            .iter()
+            .map(|p| match p {
+                Piece::Same { as_name, .. } => format!("same {as_name}"),
+                Piece::Stack { names, as_name, .. } => format!("stack {as_name} <- {names:?}"),
+                _ => "other".into(),
+            })
+            .collect();
+        assert_eq!(
+            outs,
+            [
+                "same model.diffusion_model.img_in.bias",
+                "stack model.diffusion_model.double_blocks.1.img_attn.qkv.weight <- \
+                 [\"transformer_blocks.1.attn.to_q.weight\", \"transformer_blocks.1.attn.to_k.weight\", \
+                 \"transformer_blocks.1.attn.to_v.weight\"]",
+            ]
+        );
+        assert_eq!(
+            m.unmapped,
+            ["pos_embed.freqs", "transformer_blocks.1.attn.to_q.bias"]
+        );
+    }
 }

@@ -116,6 +116,7 @@ impl KeyCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::arch;
     use ckpt_read::Dtype;
 
     fn entry(name: &str, shape: &[usize]) -> TensorEntry {
@@ -144,14 +145,14 @@ mod tests {
                 &[77, 768],
             ),
         ];
-        let c = KeyCheck::new(&file, Arch::Sd1, 1);
+        let c = KeyCheck::new(&file, arch("sd1"), 1);
         assert_eq!(c.ema.len(), 2);
         assert_eq!(c.scheduler, ["betas"]);
         assert_eq!(c.unknown, ["lora_unet_down.weight"]);
         assert_eq!(c.wrong_shape.len(), 1);
         assert_eq!(c.wrong_shape[0].expected, [4, 320, 3, 3]);
         assert_eq!(c.old_names.len(), 1);
-        assert_eq!(c.absent_components, [Component::Vae]);
+        assert_eq!(c.absent_components, [Component::named("vae").unwrap()]);
         // The U-Net and CLIP-L are present: everything else of them is missing.
         assert_eq!(c.missing_required.len(), 686 - 2 + 197 - 1 - 1);
         assert_eq!(
@@ -159,7 +160,7 @@ mod tests {
             ["cond_stage_model.transformer.text_model.embeddings.position_ids"]
         );
         // An SDXL EMA copy is EMA too, though the SDXL layout lists no EMA keys.
-        let xl = KeyCheck::new(&[entry("model_ema.decay", &[])], Arch::Sdxl, 1);
+        let xl = KeyCheck::new(&[entry("model_ema.decay", &[])], arch("sdxl"), 1);
         assert_eq!((xl.ema.len(), xl.unknown.len()), (1, 0));
     }
 }

@@ -37,9 +37,10 @@
 use std::collections::HashMap;
 use std::sync::OnceLock;
 
-use super::Arch;
 use super::data::{Role, table};
-use super::diffusers::{Family, openclip_layer, unet_prefixes, unet_rename};
+use super::diffusers::{module_names, openclip_layer, unet_prefixes, unet_rename};
+use super::spec::{ExtractNames, LoraSpec};
+use super::{Arch, DENOISER_PREFIX};
 
 /// What a LoRA module patches: a key of the checkpoint, whole or some of its rows.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -106,14 +107,10 @@ struct Tables {
 }
 
 fn tables(arch: Arch) -> Option<&'static Tables> {
-    let family = ARCHS.iter().position(|&a| a == arch)?;
-    static TABLES: [OnceLock<Tables>; 4] = [
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-        OnceLock::new(),
-    ];
-    Some(TABLES[family].get_or_init(|| {
+    spec(arch)?;
+    static TABLES: OnceLock<Vec<OnceLock<Tables>>> = OnceLock::new();
+    let slots = TABLES.get_or_init(|| Arch::all().iter().map(|_| OnceLock::new()).collect());
+    Some(slots[arch.0 as usize].get_or_init(|| {
         let by_stem = build(arch).0;
         let mut by_target: HashMap<Target, Vec<String>> = HashMap::new();
         for (stem, target) in &by_stem {
@@ -139,8 +136,38 @@ fn tables(arch: Arch) -> Option<&'static Tables> {
     }))
 }
 
-/// The architectures a LoRA may be for, in the order detection prefers on a tie.
-pub const ARCHS: [Arch; 4] = [Arch::Sd1, Arch::Sdxl, Arch::Sd2, Arch::Flux];
+/// The architecture's LoRA spec, if LoRAs are read for it.
+fn spec(arch: Arch) -> Option<&'static LoraSpec> {
+    arch.info().spec.lora.as_ref()
+}
+
+/// The architectures a LoRA may be for, in the order detection prefers on a tie (their
+/// specs' `[lora] order`).
+pub fn archs() -> Vec<Arch> {
+    let mut v: Vec<Arch> = Arch::all()
+        .iter()
+        .copied()
+        .filter(|&a| spec(a).is_some())
+        .collect();
+    v.sort_by_key(|&a| spec(a).map_or(0, |l| l.order));
+    v
+}
+
+/// Whether a LoRA file's metadata says it is for `arch` (kohya's `ss_v2` and
+/// `ss_base_model_version` tell SD2 from SD1, whose module names are the same): the spec's
+/// `prefer_when`, which decides a tie.
+pub fn preferred_by(arch: Arch, metadata: &dyn Fn(&str) -> Option<String>) -> bool {
+    spec(arch).is_some_and(|l| {
+        l.prefer_when.iter().any(|t| {
+            metadata(&t.key).is_some_and(|v| {
+                t.equals.as_ref().is_none_or(|e| v.eq_ignore_ascii_case(e))
+                    && t.starts_with
+                        .as_ref()
+                        .is_none_or(|p| v.starts_with(p.as_str()))
+            })
+        })
+    })
+}
 
 /// What a module stem (`lora_unet_..._to_q`, `unet.down_blocks....to_q`,
 /// `double_blocks.0.processor.qkv_lora1`) patches in `arch` (SD1, SD2, SDXL, Flux).
@@ -186,12 +213,10 @@ pub fn extractable(arch: Arch) -> Vec<Extractable> {
 /// [`extractable`] from the names of every target (the table is being built when
 /// [`tables`] asks, so it passes them).
 fn extractable_in(arch: Arch, by_target: &HashMap<Target, Vec<String>>) -> Vec<Extractable> {
-    let family = match arch {
-        Arch::Sdxl => Family::Sdxl,
-        Arch::Sd2 => Family::Sd2,
-        _ => Family::Sd1,
+    let Some(lora) = spec(arch) else {
+        return Vec::new();
     };
-    let prefixes = unet_prefixes(family);
+    let prefixes = unet_names(arch);
     let mut out = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for k in &table(arch).keys {
@@ -202,25 +227,36 @@ fn extractable_in(arch: Arch, by_target: &HashMap<Target, Vec<String>>) -> Vec<E
             continue;
         }
         if k.role == Role::Denoiser
-            && let Some(rest) = path.strip_prefix(UNET)
+            && let Some(rest) = path.strip_prefix(DENOISER_PREFIX)
         {
+            if !lora.extract_only.is_empty()
+                && !lora
+                    .extract_only
+                    .iter()
+                    .any(|p| rest.starts_with(p.as_str()))
+            {
+                continue;
+            }
             let ldm = format!("lora_unet_{}", rest.replace('.', "_"));
-            let (stem, resnet) = if arch == Arch::Flux {
-                if !(rest.starts_with("double_blocks.") || rest.starts_with("single_blocks.")) {
-                    continue;
+            // An LDM U-Net: kohya takes its transformers, and its ResNet parts with a
+            // convolution rank (told by their diffusers names).
+            let (stem, resnet) = match &prefixes {
+                None => (ldm, false),
+                Some(prefixes) => {
+                    let Some(hf) = unet_rename(&format!("{rest}."), prefixes, false) else {
+                        continue;
+                    };
+                    let hf = hf.trim_end_matches('.');
+                    let resnet = hf.contains(".resnets.") || hf.contains("samplers.");
+                    if !resnet && !hf.contains(".attentions.") {
+                        continue;
+                    }
+                    let diffusers = format!("lora_unet_{}", hf.replace('.', "_"));
+                    match lora.extract {
+                        ExtractNames::Diffusers => (diffusers, resnet),
+                        ExtractNames::Single => (ldm, resnet),
+                    }
                 }
-                (ldm, false)
-            } else {
-                let Some(hf) = unet_rename(&format!("{rest}."), &prefixes, false) else {
-                    continue;
-                };
-                let hf = hf.trim_end_matches('.');
-                let resnet = hf.contains(".resnets.") || hf.contains("samplers.");
-                if !resnet && !hf.contains(".attentions.") {
-                    continue;
-                }
-                let diffusers = format!("lora_unet_{}", hf.replace('.', "_"));
-                (if arch == Arch::Sdxl { ldm } else { diffusers }, resnet)
             };
             out.push(Extractable {
                 stem,
@@ -233,7 +269,7 @@ fn extractable_in(arch: Arch, by_target: &HashMap<Target, Vec<String>>) -> Vec<E
             });
             continue;
         }
-        if arch == Arch::Flux {
+        if !lora.extract_only.is_empty() {
             continue;
         }
         // Text encoders: the kohya stems of this key (three for a fused in_proj).
@@ -259,139 +295,35 @@ fn extractable_in(arch: Arch, by_target: &HashMap<Target, Vec<String>>) -> Vec<E
     out
 }
 
-const UNET: &str = "model.diffusion_model.";
-
-/// Flux's diffusers names for a BFL block path (`double_blocks.0.img_attn.qkv`), with the
-/// row split of fused projections as (name, share of rows) — shares in units of `hidden`
-/// (the key's input width), `None` for the rest of the rows.
-fn flux_diffusers(path: &str) -> Vec<(String, Option<usize>)> {
-    let whole = |n: &str| vec![(n.to_string(), None)];
-    let split = |names: &[&str]| -> Vec<(String, Option<usize>)> {
-        names
-            .iter()
-            .enumerate()
-            .map(|(i, n)| (n.to_string(), Some(i)))
-            .collect()
-    };
-    if let Some(rest) = path.strip_prefix("double_blocks.") {
-        let (n, tail) = rest.split_once('.').unwrap_or((rest, ""));
-        let b = format!("transformer_blocks.{n}");
-        let at = |s: &str| format!("{b}.{s}");
-        return match tail {
-            "img_attn.qkv" => split(&[&at("attn.to_q"), &at("attn.to_k"), &at("attn.to_v")]),
-            "txt_attn.qkv" => split(&[
-                &at("attn.add_q_proj"),
-                &at("attn.add_k_proj"),
-                &at("attn.add_v_proj"),
-            ]),
-            "img_attn.proj" => whole(&at("attn.to_out.0")),
-            "txt_attn.proj" => whole(&at("attn.to_add_out")),
-            "img_mlp.0" => whole(&at("ff.net.0.proj")),
-            "img_mlp.2" => whole(&at("ff.net.2")),
-            "txt_mlp.0" => whole(&at("ff_context.net.0.proj")),
-            "txt_mlp.2" => whole(&at("ff_context.net.2")),
-            "img_mod.lin" => whole(&at("norm1.linear")),
-            "txt_mod.lin" => whole(&at("norm1_context.linear")),
-            _ => Vec::new(),
-        };
-    }
-    if let Some(rest) = path.strip_prefix("single_blocks.") {
-        let (n, tail) = rest.split_once('.').unwrap_or((rest, ""));
-        let b = format!("single_transformer_blocks.{n}");
-        let at = |s: &str| format!("{b}.{s}");
-        return match tail {
-            "linear1" => {
-                let mut v = split(&[&at("attn.to_q"), &at("attn.to_k"), &at("attn.to_v")]);
-                v.push((at("proj_mlp"), None));
-                v
-            }
-            "linear2" => whole(&at("proj_out")),
-            "modulation.lin" => whole(&at("norm.linear")),
-            _ => Vec::new(),
-        };
-    }
-    match path {
-        "img_in" => whole("x_embedder"),
-        "txt_in" => whole("context_embedder"),
-        "time_in.in_layer" => whole("time_text_embed.timestep_embedder.linear_1"),
-        "time_in.out_layer" => whole("time_text_embed.timestep_embedder.linear_2"),
-        "vector_in.in_layer" => whole("time_text_embed.text_embedder.linear_1"),
-        "vector_in.out_layer" => whole("time_text_embed.text_embedder.linear_2"),
-        "guidance_in.in_layer" => whole("time_text_embed.guidance_embedder.linear_1"),
-        "guidance_in.out_layer" => whole("time_text_embed.guidance_embedder.linear_2"),
-        "final_layer.linear" => whole("proj_out"),
-        // `norm_out.linear` holds final_layer.adaLN_modulation.1's halves swapped: not a
-        // row range, so not mapped (such modules are listed as unknown).
-        _ => Vec::new(),
-    }
+/// The diffusers renaming of the architecture's LDM U-Net, if it has one.
+fn unet_names(arch: Arch) -> Option<Vec<(String, String)>> {
+    let unet = arch.info().spec.diffusers.as_ref()?.unet.as_ref()?;
+    Some(unet_prefixes(unet))
 }
 
-/// XLabs' names for a BFL block path.
-fn flux_xlabs(path: &str) -> Vec<String> {
-    let (blocks, rest) = match path.split_once('.') {
-        Some((b @ ("double_blocks" | "single_blocks"), r)) => (b, r),
-        _ => return Vec::new(),
-    };
-    let (n, tail) = rest.split_once('.').unwrap_or((rest, ""));
-    let p = |s: &str| vec![format!("{blocks}.{n}.processor.{s}")];
-    match (blocks, tail) {
-        ("double_blocks", "img_attn.qkv") => p("qkv_lora1"),
-        ("double_blocks", "img_attn.proj") => p("proj_lora1"),
-        ("double_blocks", "txt_attn.qkv") => p("qkv_lora2"),
-        ("double_blocks", "txt_attn.proj") => p("proj_lora2"),
-        ("single_blocks", "modulation.lin") => p("qkv_lora"),
-        ("single_blocks", "linear2") => p("proj_lora"),
-        _ => Vec::new(),
+/// The name `pattern` (with at most one `{n}`) gives a module path, if it matches.
+fn pattern_name(module: &str, name: &str, path: &str) -> Option<String> {
+    match module.split_once("{n}") {
+        None => (module == path).then(|| name.to_string()),
+        Some((pre, post)) => {
+            let n = path.strip_prefix(pre)?.strip_suffix(post)?;
+            (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then(|| name.replace("{n}", n))
+        }
     }
 }
 
 /// The table, and any name two targets would share (none: the dialects are unambiguous).
 fn build(arch: Arch) -> (HashMap<String, Target>, Vec<String>) {
-    let family = match arch {
-        Arch::Sdxl => Family::Sdxl,
-        Arch::Sd2 => Family::Sd2,
-        _ => Family::Sd1,
+    let Some(lora) = spec(arch) else {
+        return (HashMap::new(), Vec::new());
     };
-    // (single-file prefix, kohya prefix, PEFT prefix, OpenCLIP) of each text encoder.
-    let te: &[(&str, &str, &str, bool)] = match arch {
-        Arch::Sd1 => &[(
-            "cond_stage_model.transformer.",
-            "lora_te_",
-            "text_encoder.",
-            false,
-        )],
-        Arch::Sd2 => &[("cond_stage_model.model.", "lora_te_", "text_encoder.", true)],
-        Arch::Sdxl => &[
-            (
-                "conditioner.embedders.0.transformer.",
-                "lora_te1_",
-                "text_encoder.",
-                false,
-            ),
-            (
-                "conditioner.embedders.1.model.",
-                "lora_te2_",
-                "text_encoder_2.",
-                true,
-            ),
-        ],
-        Arch::Flux => &[
-            (
-                "text_encoders.clip_l.transformer.",
-                "lora_te1_",
-                "text_encoder.",
-                false,
-            ),
-            (
-                "text_encoders.t5xxl.transformer.",
-                "lora_te3_",
-                "text_encoder_2.",
-                false,
-            ),
-        ],
-        _ => &[],
-    };
-    let prefixes = unet_prefixes(family);
+    let modules = arch
+        .info()
+        .spec
+        .diffusers
+        .as_ref()
+        .map_or(&[][..], |d| d.modules.as_slice());
+    let prefixes = unet_names(arch);
     let keys = &table(arch).keys;
     let shape_of: HashMap<&str, &[usize]> = keys
         .iter()
@@ -416,46 +348,44 @@ fn build(arch: Arch) -> (HashMap<String, Target>, Vec<String>) {
             continue;
         };
         if k.role == Role::Denoiser
-            && let Some(rest) = path.strip_prefix(UNET)
+            && let Some(rest) = path.strip_prefix(DENOISER_PREFIX)
         {
             add(kohya("lora_unet_", rest), &k.name, None);
             add(format!("diffusion_model.{rest}"), &k.name, None);
-            if arch == Arch::Flux {
-                let single = rest.starts_with("single_blocks.");
-                for (name, share) in flux_diffusers(rest) {
-                    let range = match share {
-                        Some(i) if single => Some(Rows::Hidden(i)),
-                        Some(i) => Some(Rows::Third(i)),
-                        None if name.ends_with("proj_mlp") => Some(Rows::AfterHidden(3)),
-                        None => None,
-                    };
-                    add(format!("transformer.{name}"), &k.name, range);
-                    add(kohya("lora_transformer_", &name), &k.name, range);
+            if let Some(names) = &lora.diffusers {
+                for (name, rows) in module_names(modules, rest) {
+                    add(format!("{}{name}", names.peft), &k.name, rows);
+                    add(kohya(&names.kohya, &name), &k.name, rows);
                 }
-                for name in flux_xlabs(rest) {
-                    add(name, &k.name, None);
-                }
-            } else if let Some(hf) = unet_rename(&format!("{rest}."), &prefixes, false) {
+            } else if let Some(prefixes) = &prefixes
+                && let Some(hf) = unet_rename(&format!("{rest}."), prefixes, false)
+            {
                 let hf = hf.trim_end_matches('.');
                 add(kohya("lora_unet_", hf), &k.name, None);
                 add(format!("unet.{hf}"), &k.name, None);
             }
+            for n in &lora.names {
+                if let Some(name) = pattern_name(&n.module, &n.name, rest) {
+                    add(name, &k.name, None);
+                }
+            }
         }
-        for &(prefix, lora, peft, openclip) in te {
-            let Some(rest) = path.strip_prefix(prefix) else {
+        for te in &lora.text_encoders {
+            let Some(rest) = path.strip_prefix(te.under.as_str()) else {
                 continue;
             };
-            if !openclip {
-                add(kohya(lora, rest), &k.name, None);
-                add(format!("{peft}{rest}"), &k.name, None);
+            if !te.openclip {
+                add(kohya(&te.kohya, rest), &k.name, None);
+                add(format!("{}{rest}", te.peft), &k.name, None);
             }
         }
     }
     // OpenCLIP towers: each HF layer name through the diffusers reader's renaming.
-    for &(prefix, lora, peft, openclip) in te {
-        if !openclip {
+    for te in &lora.text_encoders {
+        if !te.openclip {
             continue;
         }
+        let (prefix, lora, peft) = (te.under.as_str(), te.kohya.as_str(), te.peft.as_str());
         for n in 0.. {
             let probe = format!("{prefix}transformer.resblocks.{n}.attn.in_proj_weight");
             if !shape_of.contains_key(probe.as_str()) {
@@ -489,19 +419,22 @@ mod tests {
     use super::*;
 
     /// Every U-Net key written as diffusers names it reads back as itself through the
-    /// diffusers reader's renaming read forwards (which tests/diffusers.rs checks against diffusers'
-    /// converter), and no two keys share a LoRA name.
+    /// diffusers reader's renaming read forwards (which tests/diffusers.rs checks against
+    /// diffusers' converter), and no two keys of any architecture share a LoRA name.
     #[test]
     fn diffusers_paths_invert_the_readers_renaming() {
-        for (arch, family) in [
-            (Arch::Sd1, Family::Sd1),
-            (Arch::Sd2, Family::Sd2),
-            (Arch::Sdxl, Family::Sdxl),
-        ] {
-            let prefixes = unet_prefixes(family);
+        for &arch in Arch::all() {
+            let (m, clashes) = build(arch);
+            assert!(
+                clashes.is_empty(),
+                "{arch:?}: names two keys share: {clashes:?}"
+            );
+            let Some(prefixes) = unet_names(arch) else {
+                continue;
+            };
             let mut n = 0;
             for k in &table(arch).keys {
-                let Some(rest) = k.name.strip_prefix(UNET) else {
+                let Some(rest) = k.name.strip_prefix(DENOISER_PREFIX) else {
                     continue;
                 };
                 let hf = unet_rename(rest, &prefixes, false)
@@ -514,12 +447,11 @@ mod tests {
                 n += 1;
             }
             assert!(n > 600, "{arch:?}: only {n} U-Net keys");
-            let (m, clashes) = build(arch);
-            assert!(
-                clashes.is_empty(),
-                "{arch:?}: names two keys share: {clashes:?}"
-            );
             assert!(m.len() > n, "{arch:?}: {} names for {n} keys", m.len());
         }
+        assert_eq!(
+            archs().iter().map(|a| a.id()).collect::<Vec<_>>(),
+            ["sd1", "sdxl", "sd2", "flux"]
+        );
     }
 }

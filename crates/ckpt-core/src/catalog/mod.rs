@@ -1,55 +1,46 @@
-//! The architectures users hold (SD1, SD2, SDXL, Flux.1, Chroma, SD3, SD3.5 medium and
-//! large): their key layouts, the component and block of every key, and detection of a
-//! file's architecture and variant from names and shapes.
+//! The architectures users hold, as data: one spec per architecture
+//! (`data/archs/<id>.toml`: its names, components, blocks and block-weight lists, variants,
+//! LoRA and diffusers names) beside its key layout (the TSVs), and the components of
+//! single-file checkpoints (`data/components.toml`). Every layer asks the catalog; no code
+//! outside it names an architecture. Adding one is adding its data files (ARCHITECTURE.md).
 //!
 //! * [`blocks`]: the one table that maps a key to its component and merge block;
-//! * [`data`]: the layouts, compiled in;
+//! * [`data`]: the key layouts;
 //! * [`detect`]: which architecture a file is, how sure, and which variant;
 //! * [`keys`]: what each key of a file is against its layout (EMA, missing, unknown, ...);
-//! * [`Grouping`]: the rows an analysis reports (U-Net blocks, then each text encoder, the
-//!   VAE, the rest), or groups by key prefix for layouts the catalog does not know;
-//! * [`selector`]: the one language in which users choose rows (`OUT06..OUT11`, `te`, ...).
+//! * [`Grouping`]: the rows an analysis reports (denoiser blocks, then each other component,
+//!   then the rest), or groups by key prefix for layouts the catalog does not know;
+//! * [`selector`]: the one language in which users choose rows (`OUT06..OUT11`, `te`, ...);
+//! * [`lora`], [`diffusers`]: the names other tools give an architecture's modules.
 
-pub(crate) mod blocks;
+pub mod blocks;
 pub mod data;
 pub mod detect;
 pub mod diffusers;
 pub mod keys;
 pub mod lora;
+pub(crate) mod registry;
 pub mod releases;
 pub mod selector;
+pub(crate) mod spec;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 
-pub use blocks::{Block, Blocks, Component, DENOISER_PREFIX, block_of, component_of};
+pub use blocks::{Block, Component, component_of};
 pub use detect::{Confidence, Detection, Variant, detect};
 pub use keys::{KeyCheck, is_ema};
 pub use selector::{SelectError, Selector};
 
-/// An architecture in the catalog.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Arch {
-    /// Stable Diffusion 1.x, LDM single-file layout (CLIP-L text encoder).
-    Sd1,
-    /// Stable Diffusion 2.x, LDM layout (OpenCLIP ViT-H text encoder). Same U-Net key names
-    /// as SD1; told apart by shapes.
-    Sd2,
-    /// SDXL base, SGM layout (CLIP-L + OpenCLIP bigG).
-    Sdxl,
-    /// Flux.1 (dev, schnell, Fill/Canny/Depth), ComfyUI's single-file layout: the diffuser,
-    /// CLIP-L, T5-XXL and the 16-channel VAE.
-    Flux,
-    /// Chroma: Flux.1's blocks with one distilled modulation network, T5-XXL only.
-    Chroma,
-    /// SD3 medium (2B): 24 joint blocks, CLIP-L, CLIP-G, T5-XXL, a 16-channel VAE.
-    Sd3,
-    /// SD3.5 medium (MMDiT-X): 24 joint blocks, a second self-attention in blocks 0..12.
-    Sd35Medium,
-    /// SD3.5 large: 38 joint blocks.
-    Sd35Large,
-}
+use registry::{ArchInfo, registry};
+
+/// The prefix of every denoiser key in the single-file layouts (U-Net and DiT alike).
+pub const DENOISER_PREFIX: &str = "model.diffusion_model.";
+
+/// An architecture in the catalog (an index into its specs, in their `order`).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Arch(pub(crate) u16);
 
 impl serde::Serialize for Arch {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -57,162 +48,118 @@ impl serde::Serialize for Arch {
     }
 }
 
+impl fmt::Debug for Arch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.id())
+    }
+}
+
+/// The LoRA metadata standards' names of an architecture (`ss_base_model_version`,
+/// `modelspec.architecture`).
+#[derive(Clone, Copy, Debug)]
+pub struct ModelSpec {
+    pub ss_base_model_version: &'static str,
+    pub architecture: &'static str,
+    pub ss_v2: bool,
+}
+
+/// The parts of the A1111 model toolkit's metric an architecture has: the U-Net's, the
+/// VAE's, the text encoder's (with the names of its constants and known values).
+#[derive(Clone, Copy, Debug)]
+pub struct ToolkitParts {
+    pub unet: bool,
+    pub vae: bool,
+    pub clip: Option<(&'static str, &'static str)>,
+}
+
+/// A release variant of an architecture (SD's inpainting U-Net, Flux.1 Fill, ...), as its spec
+/// names it.
+#[derive(Clone, Copy, Debug)]
+pub struct ReleaseVariant {
+    /// The id in JSON (`inpainting`, `flux-fill`).
+    pub id: &'static str,
+    /// Its name (`Inpainting`, `Fill`).
+    pub name: &'static str,
+    /// The name `synth --variant` takes, and others it accepts.
+    pub synth: &'static str,
+    pub aliases: &'static [String],
+    pub describe: &'static str,
+    /// It widens an input: (key, dimension, width).
+    pub width: Option<(&'static str, usize, usize)>,
+    /// It has no keys under this prefix.
+    pub absent: Option<&'static str>,
+}
+
 impl Arch {
-    pub const ALL: [Arch; 8] = [
-        Arch::Sd1,
-        Arch::Sd2,
-        Arch::Sdxl,
-        Arch::Flux,
-        Arch::Chroma,
-        Arch::Sd3,
-        Arch::Sd35Medium,
-        Arch::Sd35Large,
-    ];
+    pub(crate) fn info(self) -> &'static ArchInfo {
+        &registry().archs[self.0 as usize]
+    }
+
+    /// Every architecture, in the catalog's order.
+    pub fn all() -> &'static [Arch] {
+        &registry().all
+    }
 
     /// Short id used on the command line and in JSON.
     pub fn id(self) -> &'static str {
-        match self {
-            Arch::Sd1 => "sd1",
-            Arch::Sd2 => "sd2",
-            Arch::Sdxl => "sdxl",
-            Arch::Flux => "flux",
-            Arch::Chroma => "chroma",
-            Arch::Sd3 => "sd3",
-            Arch::Sd35Medium => "sd35m",
-            Arch::Sd35Large => "sd35l",
-        }
+        &self.info().spec.id
     }
 
+    /// The architecture called `s` (its id or an alias, any case).
     pub fn parse(s: &str) -> Option<Arch> {
-        match s.to_ascii_lowercase().as_str() {
-            "sd1" | "sd15" | "sd1.5" | "sd-v1" | "sd1-ldm" => Some(Arch::Sd1),
-            "sd2" | "sd21" | "sd2.1" | "sd-v2" | "sd2-ldm" => Some(Arch::Sd2),
-            "sdxl" | "sd-xl" | "sdxl-sgm" | "xl" => Some(Arch::Sdxl),
-            "flux" | "flux1" | "flux.1" | "flux-dev" | "flux-schnell" => Some(Arch::Flux),
-            "chroma" => Some(Arch::Chroma),
-            "sd3" | "sd3m" | "sd3-medium" => Some(Arch::Sd3),
-            "sd35m" | "sd3.5m" | "sd3.5-medium" | "sd35-medium" => Some(Arch::Sd35Medium),
-            "sd35l" | "sd3.5l" | "sd3.5-large" | "sd35-large" | "sd35" => Some(Arch::Sd35Large),
-            _ => None,
-        }
+        let s = s.to_ascii_lowercase();
+        Arch::all().iter().copied().find(|a| {
+            let spec = &a.info().spec;
+            spec.id == s || spec.aliases.iter().any(|x| x.eq_ignore_ascii_case(&s))
+        })
     }
 
     /// Human name.
     pub fn label(self) -> &'static str {
-        match self {
-            Arch::Sd1 => "SD1 (LDM)",
-            Arch::Sd2 => "SD2 (LDM)",
-            Arch::Sdxl => "SDXL base (SGM)",
-            Arch::Flux => "Flux.1",
-            Arch::Chroma => "Chroma (Flux.1 blocks)",
-            Arch::Sd3 => "SD3 medium",
-            Arch::Sd35Medium => "SD3.5 medium",
-            Arch::Sd35Large => "SD3.5 large",
-        }
+        &self.info().spec.label
     }
 
-    /// The block structure of the denoiser.
-    pub fn blocks(self) -> Blocks {
-        match self {
-            Arch::Sd1 | Arch::Sd2 => Blocks::Unet { depth: 12 },
-            Arch::Sdxl => Blocks::Unet { depth: 9 },
-            Arch::Flux | Arch::Chroma => Blocks::Flux {
-                double: 19,
-                single: 38,
-            },
-            Arch::Sd3 | Arch::Sd35Medium => Blocks::Mmdit { joint: 24 },
-            Arch::Sd35Large => Blocks::Mmdit { joint: 38 },
-        }
-    }
-
-    /// Number of U-Net input blocks, and of output blocks: 12 for SD1/SD2, 9 for SDXL; 0
-    /// for DiTs.
-    pub fn depth(self) -> u8 {
-        match self.blocks() {
-            Blocks::Unet { depth } => depth,
-            _ => 0,
-        }
-    }
-
-    /// The merge blocks in the order block-weight lists give them: SuperMerger's for the
-    /// U-Net (26 for SD1/SD2, 20 for SDXL: `BASE, IN00.., M00, OUT..`) and for Flux (61:
-    /// `CLIP, T5, IN, D00..D18, S00..S37, OUT`); for SD3 ComfyUI's grouping after `BASE`
-    /// (`BASE, IN, J00.., OUT`: 27 for SD3/SD3.5 medium, 41 for SD3.5 large). Chroma has
-    /// no CLIP: `T5, IN, D00..D18, S00..S37, OUT` (60).
-    pub fn merge_blocks(self) -> Vec<Block> {
-        match self.blocks() {
-            Blocks::Unet { depth } => Block::merge_order(depth),
-            Blocks::Flux { double, single } => {
-                let mut v = if self == Arch::Chroma {
-                    vec![Block::T5]
-                } else {
-                    vec![Block::Clip, Block::T5]
-                };
-                v.push(Block::Embed);
-                v.extend((0..double).map(Block::Double));
-                v.extend((0..single).map(Block::Single));
-                v.push(Block::Final);
-                v
-            }
-            Blocks::Mmdit { joint } => {
-                let mut v = vec![Block::Base, Block::Embed];
-                v.extend((0..joint).map(Block::Joint));
-                v.push(Block::Final);
-                v
-            }
-        }
+    /// The merge blocks in the order block-weight lists give them (the spec's
+    /// `[weights] order`): SuperMerger's for the U-Net (26 for SD1/SD2, 20 for SDXL) and for
+    /// Flux (61), ComfyUI's grouping after `BASE` for SD3.
+    pub fn merge_blocks(self) -> &'static [Block] {
+        &self.info().order
     }
 
     /// The merge block a name denotes in this architecture (`OUT03`, `m00`, `D7`, and the
     /// DiT's `IN`, `OUT`, `CLIP`, `T5`), if the architecture has it.
     pub fn block_named(self, name: &str) -> Option<Block> {
+        let info = self.info();
         let upper = name.trim().to_ascii_uppercase();
-        let order = self.merge_blocks();
-        if let Some(b) = Block::parse(&upper).filter(|b| order.contains(b)) {
-            return Some(b);
-        }
-        order.into_iter().find(|b| b.to_string() == upper)
+        let upper = info
+            .spec
+            .blocks
+            .aliases
+            .get(&upper)
+            .cloned()
+            .unwrap_or(upper);
+        let found = |label: &str| info.order.iter().copied().find(|b| b.label() == label);
+        found(&upper).or_else(|| {
+            let (series, n) = registry::split_number(&upper)?;
+            found(&format!("{series}{n:02}"))
+        })
     }
 
     /// The merge block whose weight applies to a row of `component` outside the denoiser:
-    /// `BASE` for SD and SD3, Flux's `CLIP` and `T5`; `None` where no weight applies
-    /// (Flux's VAE, as in SuperMerger: not merged by block weights).
+    /// what the spec gives the component (`BASE` for SD and SD3, Flux's `CLIP` and `T5`),
+    /// else its `other` weight; `None` where no weight applies (Flux's VAE, as in
+    /// SuperMerger: not merged by block weights).
     pub fn weight_block_of(self, component: Component) -> Option<Block> {
-        match self.blocks() {
-            Blocks::Flux { .. } => match component {
-                Component::ClipL => Some(Block::Clip),
-                Component::T5xxl => Some(Block::T5),
-                _ => None,
-            },
-            _ => Some(Block::Base),
-        }
+        let info = self.info();
+        info.components
+            .iter()
+            .find(|(c, _, _)| *c == component)
+            .map_or(info.other_weight, |(_, _, w)| *w)
     }
 
-    /// The components a full checkpoint of this architecture has.
+    /// The components a full checkpoint of this architecture has, the denoiser first.
     pub fn components(self) -> &'static [Component] {
-        match self {
-            Arch::Sd1 | Arch::Sd2 => &[Component::Unet, Component::Te1, Component::Vae],
-            Arch::Sdxl => &[
-                Component::Unet,
-                Component::Te1,
-                Component::Te2,
-                Component::Vae,
-            ],
-            Arch::Flux => &[
-                Component::Diffuser,
-                Component::ClipL,
-                Component::T5xxl,
-                Component::Vae,
-            ],
-            Arch::Chroma => &[Component::Diffuser, Component::T5xxl, Component::Vae],
-            Arch::Sd3 | Arch::Sd35Medium | Arch::Sd35Large => &[
-                Component::Diffuser,
-                Component::ClipL,
-                Component::ClipG,
-                Component::T5xxl,
-                Component::Vae,
-            ],
-        }
+        &self.info().component_ids
     }
 
     /// The denoiser's component (the U-Net or the DiT).
@@ -220,28 +167,126 @@ impl Arch {
         self.components()[0]
     }
 
-    /// What a component is in this architecture ("CLIP-L", "OpenCLIP-H", ...).
+    /// What a component is in this architecture ("CLIP ViT-L", "OpenCLIP ViT-H", ...).
     pub fn component_label(self, c: Component) -> &'static str {
-        match (self, c) {
-            (_, Component::Unet) => "U-Net",
-            (Arch::Sd2, Component::Te1) => "OpenCLIP ViT-H",
-            (_, Component::Te1) => "CLIP ViT-L",
-            (_, Component::Te2) => "OpenCLIP ViT-bigG",
-            (_, Component::Vae) => "VAE",
-            (_, Component::Other) => "other",
-            (Arch::Chroma, Component::Diffuser) => "Chroma DiT",
-            (Arch::Flux, Component::Diffuser) => "Flux.1 DiT",
-            (_, Component::Diffuser) => "MMDiT",
-            (_, Component::ClipL) => "CLIP ViT-L",
-            (_, Component::ClipG) => "OpenCLIP ViT-bigG",
-            (_, Component::T5xxl) => "T5-XXL encoder",
-        }
+        self.info()
+            .components
+            .iter()
+            .find(|(x, label, _)| *x == c && !label.is_empty())
+            .map_or_else(|| c.label(), |(_, label, _)| label.as_str())
     }
 
     /// The block of a (canonical) key of the denoiser, if a rule covers it.
     pub fn block_of(self, key: &str) -> Option<Block> {
-        blocks::denoiser_block(key, self.blocks())
+        blocks::denoiser_block(self, key)
     }
+
+    /// Whether `b` is one of the denoiser's blocks (not `BASE`, `CLIP`, `T5`).
+    pub fn is_denoiser_block(self, b: Block) -> bool {
+        self.info().denoiser_blocks.contains(&b)
+    }
+
+    /// LoRA Block Weight's short lists for this architecture (each the blocks its values
+    /// weigh, in order).
+    pub fn lbw_orders(self) -> &'static [Vec<Block>] {
+        &self.info().lbw
+    }
+
+    /// The names the LoRA metadata standards give this architecture, if they have one.
+    pub fn modelspec(self) -> Option<ModelSpec> {
+        self.info().spec.modelspec.as_ref().map(|m| ModelSpec {
+            ss_base_model_version: &m.ss_base_model_version,
+            architecture: &m.architecture,
+            ss_v2: m.ss_v2,
+        })
+    }
+
+    /// ASimilarity's blocks (the spec's `[asim]`), each with the module of its first
+    /// transformer; empty where ASimilarity is not defined (DiTs).
+    pub fn asim_blocks(self) -> Vec<(Block, String)> {
+        let Some(asim) = &self.info().spec.asim else {
+            return Vec::new();
+        };
+        let list = registry::expand_list(&asim.blocks).expect("checked when the catalog loads");
+        list.iter()
+            .map(|label| {
+                let module = match asim.modules.get(label.as_str()) {
+                    Some(m) => m.clone(),
+                    None => {
+                        let (series, n) = registry::split_number(label).expect("a numbered block");
+                        asim.modules[series].replace("{n}", &n.to_string())
+                    }
+                };
+                (Block::new(label), module)
+            })
+            .collect()
+    }
+
+    /// Which parts of the A1111 model toolkit's component metric this architecture has.
+    pub fn toolkit_metric(self) -> Option<ToolkitParts> {
+        let t = self.info().spec.toolkit_metric.as_ref()?;
+        Some(ToolkitParts {
+            unet: t.unet,
+            vae: t.vae,
+            clip: t
+                .clip
+                .as_ref()
+                .map(|c| (c.constants.as_str(), c.known.as_str())),
+        })
+    }
+
+    /// The release variants the spec names (`[[variants]]`), in its order.
+    pub fn variants(self) -> Vec<ReleaseVariant> {
+        self.info()
+            .spec
+            .variants
+            .iter()
+            .map(|v| ReleaseVariant {
+                id: &v.id,
+                name: &v.name,
+                synth: v.synth.as_deref().unwrap_or(&v.id),
+                aliases: &v.aliases,
+                describe: &v.describe,
+                width: v.width.as_ref().map(|w| (w.key.as_str(), w.dim, w.value)),
+                absent: v.absent.as_deref(),
+            })
+            .collect()
+    }
+
+    /// The generated family's block-weighted merge (`[synth]`): weights by selector, and the
+    /// same as the family's recipe text says it.
+    pub fn synth_mbw(self) -> (&'static [(String, f64)], &'static str) {
+        let s = &self.info().spec.synth;
+        (&s.mbw, &s.mbw_text)
+    }
+
+    /// Whether the layout lists EMA copies of the denoiser.
+    pub fn has_ema(self) -> bool {
+        data::table(self)
+            .keys
+            .iter()
+            .any(|k| k.role == data::Role::Ema)
+    }
+
+    /// Whether the denoiser's keys may be stored bare (BFL's own files).
+    pub fn bare_layout(self) -> bool {
+        self.info().spec.layout.bare
+    }
+
+    /// The ids of every architecture, for messages: `sd1, sd2, ...`.
+    pub fn ids() -> String {
+        Arch::all()
+            .iter()
+            .map(|a| a.id())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// The architecture `id` (tests name architectures by their ids).
+#[cfg(test)]
+pub(crate) fn arch(id: &str) -> Arch {
+    Arch::parse(id).unwrap_or_else(|| panic!("no architecture {id}"))
 }
 
 impl fmt::Display for Arch {
@@ -252,33 +297,30 @@ impl fmt::Display for Arch {
 
 /// The canonical name of a key: the one the catalog lists.
 ///
-/// Resolves the aliases real files use: the old transformers CLIP names without
-/// `text_model.` (SD1 and SDXL CLIP-L), and EMA keys without `diffusion_model`.
+/// Resolves the aliases real files use: the old names the layouts list (SD1's CLIP keys
+/// without `text_model.`, EMA keys without `diffusion_model`), the renames of
+/// `components.toml` (the same for SDXL's first embedder), a DiT's keys stored bare (BFL's
+/// Flux files, Chroma, ComfyUI's diffusion_models folder) and a component saved alone (a
+/// T5-XXL encoder file under transformers' names).
 pub fn canonical_key(key: &str) -> Cow<'_, str> {
     if let Some(k) = data::aliases().get(key) {
         return Cow::Owned(k.clone());
     }
-    // DiT diffusers saved on their own (BFL's Flux files, Chroma, ComfyUI's diffusion_models
-    // folder) name their keys without the single-file prefix.
     if blocks::is_bare_dit_key(key) {
         return Cow::Owned(format!("{DENOISER_PREFIX}{key}"));
     }
-    // A T5-XXL encoder on its own (`t5xxl_fp16.safetensors`): transformers' names.
-    if key.starts_with("encoder.block.")
-        || key == "encoder.final_layer_norm.weight"
-        || key == "shared.weight"
-    {
-        return Cow::Owned(format!("text_encoders.t5xxl.transformer.{key}"));
+    let r = registry();
+    for (prefixes, under) in &r.standalone {
+        if prefixes.iter().any(|p| key.starts_with(p.as_str())) {
+            return Cow::Owned(format!("{under}{key}"));
+        }
     }
-    // The layout data lists the old CLIP names for SD1 only; SDXL files saved by old
-    // tools carry the same rename under the first embedder.
-    const OLD_CLIP: &str = "conditioner.embedders.0.transformer.";
-    if let Some(rest) = key.strip_prefix(OLD_CLIP)
-        && ["embeddings.", "encoder.", "final_layer_norm."]
-            .iter()
-            .any(|p| rest.starts_with(p))
-    {
-        return Cow::Owned(format!("{OLD_CLIP}text_model.{rest}"));
+    for rename in &r.renames {
+        if let Some(rest) = key.strip_prefix(rename.prefix.as_str())
+            && rename.before.iter().any(|p| rest.starts_with(p.as_str()))
+        {
+            return Cow::Owned(format!("{}{}{rest}", rename.prefix, rename.insert));
+        }
     }
     Cow::Borrowed(key)
 }
@@ -334,8 +376,9 @@ impl Grouping {
     pub fn for_arch(arch: Arch) -> Grouping {
         let mut groups: Vec<GroupInfo> = arch
             .merge_blocks()
-            .into_iter()
-            .filter(|b| b.in_denoiser())
+            .iter()
+            .copied()
+            .filter(|&b| arch.is_denoiser_block(b))
             .map(|b| GroupInfo {
                 label: b.to_string(),
                 component: arch.denoiser(),
@@ -353,9 +396,9 @@ impl Grouping {
         }
         groups.push(GroupInfo {
             label: "OTHER".into(),
-            component: Component::Other,
+            component: Component::other(),
             block: None,
-            weight_block: arch.weight_block_of(Component::Other),
+            weight_block: arch.weight_block_of(Component::other()),
         });
         Grouping {
             layout: Layout::Known(arch),
@@ -407,7 +450,7 @@ impl Grouping {
                 let wanted = if component == arch.denoiser() {
                     match arch.block_of(key) {
                         Some(b) => return self.index_of_block(b).unwrap_or(self.other()),
-                        None => Component::Other,
+                        None => Component::other(),
                     }
                 } else {
                     component
@@ -504,7 +547,7 @@ mod tests {
 
     #[test]
     fn arch_rows() {
-        let g = Grouping::for_arch(Arch::Sd1);
+        let g = Grouping::for_arch(Arch::parse("sd1").unwrap());
         let labels: Vec<&str> = g.groups().iter().map(|g| g.label.as_str()).collect();
         assert_eq!(labels.len(), 25 + 3);
         assert_eq!(&labels[..2], &["IN00", "IN01"]);
@@ -522,7 +565,7 @@ mod tests {
             labels[g.group_of("conditioner.embedders.1.model.ln_final.bias")],
             "OTHER"
         );
-        let xl = Grouping::for_arch(Arch::Sdxl);
+        let xl = Grouping::for_arch(Arch::parse("sdxl").unwrap());
         assert_eq!(xl.groups().len(), 19 + 4);
     }
 

@@ -5,11 +5,11 @@
 //! ```text
 //! selector := term ("," term)*          a row is chosen when any term chooses it
 //! term     := block | block ".." block | group
-//! block    := a merge block of the architecture: BASE, IN00.., M00 (MID), OUT00.. for the
-//!             U-Net; CLIP, T5, IN, D00..D18, S00..S37, OUT for Flux.1; BASE, IN, J00.., OUT
-//!             for SD3
+//! block    := a merge block of the architecture (its spec's `[weights] order`): BASE,
+//!             IN00.., M00 (MID), OUT00.. for the U-Net; CLIP, T5, IN, D00..D18, S00..S37,
+//!             OUT for Flux.1; BASE, IN, J00.., OUT for SD3
 //! group    := IN | MID | OUT | UNET (DIFFUSER) | TE | BASE | ALL | a component
-//!             (TE1, TE2, VAE, OTHER, CLIP_L, CLIP_G, T5XXL)
+//!             (TE1, TE2, VAE, OTHER, CLIP_L, CLIP_G, T5XXL, ... as components.toml lists)
 //! ```
 //!
 //! Case does not matter. A name is the architecture's block when it has one of that name
@@ -23,13 +23,14 @@
 //!
 //! ```
 //! use ckpt_core::catalog::{Arch, Grouping, Selector};
-//! let rows = Grouping::for_arch(Arch::Sd1);
+//! let rows = Grouping::for_arch(Arch::parse("sd1").unwrap());
 //! let chosen = Selector::parse("OUT06..OUT11, te").unwrap().rows(&rows).unwrap();
 //! assert_eq!(chosen.iter().filter(|&&c| c).count(), 7);
 //! ```
 
 use std::fmt;
 
+use super::registry::BlockGroup;
 use super::{Arch, Block, Component, GroupInfo, Grouping};
 
 /// A named set of rows.
@@ -58,16 +59,19 @@ impl Group {
             "TE" | "CLIP" | "TEXT" => Group::Te,
             "BASE" => Group::Base,
             "ALL" => Group::All,
-            "T5" => Group::Component(Component::T5xxl),
             other => Group::Component(Component::parse(other)?),
         })
     }
 
-    fn contains(self, row: &GroupInfo) -> bool {
+    fn contains(self, arch: Arch, row: &GroupInfo) -> bool {
+        let group = |g: BlockGroup| {
+            row.block
+                .is_some_and(|b| arch.info().groups.get(&b) == Some(&g))
+        };
         match self {
-            Group::In => matches!(row.block, Some(Block::In(_) | Block::Embed)),
-            Group::Mid => row.block == Some(Block::Mid),
-            Group::Out => matches!(row.block, Some(Block::Out(_) | Block::Final)),
+            Group::In => group(BlockGroup::In),
+            Group::Mid => group(BlockGroup::Mid),
+            Group::Out => group(BlockGroup::Out),
             Group::Denoiser => row.block.is_some(),
             Group::Te => row.block.is_none() && row.component.is_text_encoder(),
             Group::Base => row.block.is_none(),
@@ -93,9 +97,29 @@ pub enum Term {
 #[error("{0}")]
 pub struct SelectError(pub String);
 
-const VOCABULARY: &str = "a block (BASE, IN00.., M00, OUT..; Flux: CLIP, T5, IN, D00.., S00.., OUT; \
-                          SD3: IN, J00.., OUT), a range (OUT06..OUT11), or IN, MID, OUT, UNET, TE, \
-                          BASE, ALL, a component (TE1, TE2, VAE, CLIP_L, CLIP_G, T5XXL, OTHER)";
+/// What a selector's names may be, generated from the catalog: each architecture's block
+/// list (from its spec), the groups, the components.
+fn vocabulary() -> String {
+    let mut lists: Vec<(Vec<&str>, &str)> = Vec::new();
+    for &a in Arch::all() {
+        let order = a.info().spec.weights.order.as_str();
+        match lists.iter_mut().find(|(_, o)| *o == order) {
+            Some((ids, _)) => ids.push(a.id()),
+            None => lists.push((vec![a.id()], order)),
+        }
+    }
+    let blocks: Vec<String> = lists
+        .iter()
+        .map(|(ids, order)| format!("{}: {order}", ids.join(", ")))
+        .collect();
+    let components: Vec<String> = Component::all().map(|c| c.id().to_uppercase()).collect();
+    format!(
+        "a block of the file's architecture ({}), a range (OUT06..OUT11), or IN, MID, OUT, \
+         UNET, TE, BASE, ALL, a component ({})",
+        blocks.join("; "),
+        components.join(", ")
+    )
+}
 
 /// A parsed selector: its terms as written, resolved against an architecture by
 /// [`Selector::rows`].
@@ -128,23 +152,26 @@ impl Selector {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_')
             {
-                return Err(SelectError(format!("'{t}' is not {VOCABULARY}")));
+                return Err(SelectError(format!("'{t}' is not {}", vocabulary())));
             }
             terms.push(term);
         }
         if terms.is_empty() {
-            return Err(SelectError(format!("nothing selected; name {VOCABULARY}")));
+            return Err(SelectError(format!(
+                "nothing selected; name {}",
+                vocabulary()
+            )));
         }
         // Names are resolved per architecture later; a name no architecture has is wrong
         // whatever the file (and layouts the catalog does not know never resolve names).
         // A block name of the right form (`D19`) is left to the architecture to refuse.
         for name in terms.iter().flat_map(|(a, b)| std::iter::once(a).chain(b)) {
-            if Block::parse(name).is_none()
-                && !Arch::ALL
+            if !Block::is_block_name(name)
+                && !Arch::all()
                     .iter()
                     .any(|arch| resolve(*arch, name, None, name).is_ok())
             {
-                return Err(SelectError(format!("'{name}' is not {VOCABULARY}")));
+                return Err(SelectError(format!("'{name}' is not {}", vocabulary())));
             }
         }
         Ok(Selector { terms })
@@ -194,7 +221,7 @@ impl Selector {
                         .map(|g| g.weight_block.is_some_and(|w| span.contains(&w)))
                         .collect()
                 }
-                Term::Group(group) => groups.iter().map(|g| group.contains(g)).collect(),
+                Term::Group(group) => groups.iter().map(|g| group.contains(arch, g)).collect(),
             };
             if !hits.contains(&true) {
                 return Err(SelectError(format!("{} has no '{text}'", arch.label())));
@@ -234,7 +261,7 @@ fn resolve(arch: Arch, a: &str, b: Option<&str>, text: &str) -> Result<Term, Sel
     if let Some(b) = b {
         let block = |name: &str| {
             arch.block_named(name).ok_or_else(|| {
-                if Block::parse(name).is_some() {
+                if Block::is_block_name(name) {
                     not_a_block(name)
                 } else {
                     SelectError(format!(
@@ -252,15 +279,16 @@ fn resolve(arch: Arch, a: &str, b: Option<&str>, text: &str) -> Result<Term, Sel
     if let Some(group) = Group::parse(&upper) {
         return Ok(Term::Group(group));
     }
-    if Block::parse(&upper).is_some() {
+    if Block::is_block_name(&upper) {
         return Err(not_a_block(a));
     }
-    Err(SelectError(format!("'{a}' is not {VOCABULARY}")))
+    Err(SelectError(format!("'{a}' is not {}", vocabulary())))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::arch;
 
     /// The labels of the rows `text` chooses.
     fn chosen(arch: Arch, text: &str) -> Vec<String> {
@@ -280,56 +308,65 @@ mod tests {
 
     #[test]
     fn groups_blocks_and_ranges() {
-        assert_eq!(chosen(Arch::Sd1, "te"), labels("TE1"));
-        assert_eq!(chosen(Arch::Sdxl, "CLIP"), labels("TE1 TE2"));
-        assert_eq!(chosen(Arch::Sd1, "base"), labels("TE1 VAE OTHER"));
-        assert_eq!(chosen(Arch::Sd1, "mid,vae"), labels("M00 VAE"));
-        assert_eq!(chosen(Arch::Sd1, "m00"), chosen(Arch::Sd1, "MID"));
+        assert_eq!(chosen(arch("sd1"), "te"), labels("TE1"));
+        assert_eq!(chosen(arch("sdxl"), "CLIP"), labels("TE1 TE2"));
+        assert_eq!(chosen(arch("sd1"), "base"), labels("TE1 VAE OTHER"));
+        assert_eq!(chosen(arch("sd1"), "mid,vae"), labels("M00 VAE"));
+        assert_eq!(chosen(arch("sd1"), "m00"), chosen(arch("sd1"), "MID"));
         assert_eq!(
-            chosen(Arch::Sdxl, "OUT06..OUT08"),
+            chosen(arch("sdxl"), "OUT06..OUT08"),
             labels("OUT06 OUT07 OUT08")
         );
-        assert_eq!(chosen(Arch::Sdxl, "M00..OUT01"), labels("M00 OUT00 OUT01"));
+        assert_eq!(
+            chosen(arch("sdxl"), "M00..OUT01"),
+            labels("M00 OUT00 OUT01")
+        );
         // A range from BASE takes every row outside the U-Net with it.
         assert_eq!(
-            chosen(Arch::Sdxl, "BASE..IN01"),
+            chosen(arch("sdxl"), "BASE..IN01"),
             labels("IN00 IN01 TE1 TE2 VAE OTHER")
         );
-        assert_eq!(chosen(Arch::Sd1, "in").len(), 12);
-        assert_eq!(chosen(Arch::Sd1, "out").len(), 12);
-        assert_eq!(chosen(Arch::Sd1, "unet").len(), 25);
-        assert_eq!(chosen(Arch::Sd1, "unet"), chosen(Arch::Sd1, "in,mid,out"));
+        assert_eq!(chosen(arch("sd1"), "in").len(), 12);
+        assert_eq!(chosen(arch("sd1"), "out").len(), 12);
+        assert_eq!(chosen(arch("sd1"), "unet").len(), 25);
+        assert_eq!(
+            chosen(arch("sd1"), "unet"),
+            chosen(arch("sd1"), "in,mid,out")
+        );
         // ALL is every row, OTHER included (the old `fit --region all` left it out).
-        assert_eq!(chosen(Arch::Sdxl, "all").len(), 19 + 4);
-        assert!(chosen(Arch::Sd1, "all").contains(&"OTHER".to_string()));
+        assert_eq!(chosen(arch("sdxl"), "all").len(), 19 + 4);
+        assert!(chosen(arch("sd1"), "all").contains(&"OTHER".to_string()));
     }
 
     #[test]
     fn dit_names() {
         // Flux: IN, OUT, CLIP and T5 are blocks; BASE is the rows outside the diffuser.
-        assert_eq!(chosen(Arch::Flux, "IN"), labels("IN"));
-        assert_eq!(chosen(Arch::Flux, "clip"), labels("CLIP_L"));
-        assert_eq!(chosen(Arch::Flux, "t5"), labels("T5XXL"));
-        assert_eq!(chosen(Arch::Flux, "D17..S01"), labels("D17 D18 S00 S01"));
-        assert_eq!(chosen(Arch::Flux, "CLIP..IN"), labels("IN CLIP_L T5XXL"));
-        assert_eq!(chosen(Arch::Flux, "diffuser").len(), 1 + 19 + 38 + 1);
-        assert_eq!(chosen(Arch::Flux, "base"), labels("CLIP_L T5XXL VAE OTHER"));
-        assert_eq!(chosen(Arch::Flux, "te"), labels("CLIP_L T5XXL"));
-        assert_eq!(chosen(Arch::Flux, "vae"), labels("VAE"));
+        assert_eq!(chosen(arch("flux"), "IN"), labels("IN"));
+        assert_eq!(chosen(arch("flux"), "clip"), labels("CLIP_L"));
+        assert_eq!(chosen(arch("flux"), "t5"), labels("T5XXL"));
+        assert_eq!(chosen(arch("flux"), "D17..S01"), labels("D17 D18 S00 S01"));
+        assert_eq!(chosen(arch("flux"), "CLIP..IN"), labels("IN CLIP_L T5XXL"));
+        assert_eq!(chosen(arch("flux"), "diffuser").len(), 1 + 19 + 38 + 1);
+        assert_eq!(
+            chosen(arch("flux"), "base"),
+            labels("CLIP_L T5XXL VAE OTHER")
+        );
+        assert_eq!(chosen(arch("flux"), "te"), labels("CLIP_L T5XXL"));
+        assert_eq!(chosen(arch("flux"), "vae"), labels("VAE"));
         // SD3.5 large: BASE is a block of its list; IN and OUT are the embedders and the
         // final layer.
-        assert_eq!(chosen(Arch::Sd35Large, "J36..OUT"), labels("J36 J37 OUT"));
+        assert_eq!(chosen(arch("sd35l"), "J36..OUT"), labels("J36 J37 OUT"));
         assert_eq!(
-            chosen(Arch::Sd35Large, "BASE"),
+            chosen(arch("sd35l"), "BASE"),
             labels("CLIP_L CLIP_G T5XXL VAE OTHER")
         );
-        assert_eq!(chosen(Arch::Sd3, "in,out"), labels("IN OUT"));
+        assert_eq!(chosen(arch("sd3"), "in,out"), labels("IN OUT"));
     }
 
     #[test]
     fn errors_say_what_is_wrong() {
-        let g = Grouping::for_arch(Arch::Sd1);
-        let xl = Grouping::for_arch(Arch::Sdxl);
+        let g = Grouping::for_arch(arch("sd1"));
+        let xl = Grouping::for_arch(arch("sdxl"));
         let e =
             |text: &str, g: &Grouping| Selector::parse(text).and_then(|s| s.rows(g)).unwrap_err().0;
         assert!(e("sideways", &g).contains("'sideways' is not a block"));
@@ -338,8 +375,8 @@ mod tests {
         assert!(e("OUT03..te", &g).contains("not a range"));
         assert!(e("te2", &g).contains("has no 'te2'"));
         assert!(e(" , ", &g).contains("nothing selected"));
-        assert!(e("D19", &Grouping::for_arch(Arch::Flux)).contains("not a block of Flux.1"));
-        assert!(e("J30", &Grouping::for_arch(Arch::Sd3)).contains("not a block of SD3"));
+        assert!(e("D19", &Grouping::for_arch(arch("flux"))).contains("not a block of Flux.1"));
+        assert!(e("J30", &Grouping::for_arch(arch("sd3"))).contains("not a block of SD3"));
         let generic = Grouping::generic(["a.b"]);
         assert!(e("out", &generic).contains("architecture the catalog knows"));
     }
@@ -347,12 +384,15 @@ mod tests {
     #[test]
     fn keeps_the_written_terms() {
         let s = Selector::parse("IN03, OUT00..OUT02 ,te").unwrap();
-        let terms = s.terms(Arch::Sd1).unwrap();
-        assert_eq!(terms[0], (Term::Block(Block::In(3)), "IN03".to_string()));
+        let terms = s.terms(arch("sd1")).unwrap();
+        assert_eq!(
+            terms[0],
+            (Term::Block(Block::new("IN03")), "IN03".to_string())
+        );
         assert_eq!(
             terms[1],
             (
-                Term::Range(Block::Out(0), Block::Out(2)),
+                Term::Range(Block::new("OUT00"), Block::new("OUT02")),
                 "OUT00..OUT02".to_string()
             )
         );

@@ -332,7 +332,7 @@ pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Option
     // position_ids: int64 0..76 wherever a CLIP-L is present.
     if let Some(t) = table
         && let Some(&key) = POSITION_IDS.iter().find(|k| t.get(k).is_some())
-        && present.contains(&Component::Te1)
+        && present.contains(&component_of(key))
     {
         let stored = mine.iter().find(|(k, _)| k == key).map(|(_, t)| t);
         let broken = [
@@ -452,6 +452,7 @@ pub(crate) fn conversion(file: &Input<'_>, opts: &Options) -> FixPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::arch;
     use crate::views::validate::{Finding, Remedy, Severity};
 
     fn t(name: &str, dtype: Dtype, shape: &[usize]) -> TensorEntry {
@@ -517,7 +518,7 @@ mod tests {
                 ("sshs_model_hash".into(), "x".into()),
                 ("k".into(), "v".into()),
             ],
-            arch: Some(Arch::Sd1),
+            arch: Some(arch("sd1")),
             scale: 1,
             findings: &findings,
         };
@@ -577,7 +578,7 @@ mod tests {
             tensors: &file,
             scaled_fp8: None,
             metadata: &[],
-            arch: Some(Arch::Sd1),
+            arch: Some(arch("sd1")),
             scale: 1,
             findings: &findings,
         };
@@ -645,7 +646,7 @@ mod tests {
             tensors: &file,
             scaled_fp8: None,
             metadata: &[],
-            arch: Some(Arch::Sdxl),
+            arch: Some(arch("sdxl")),
             scale: 1,
             findings: &findings,
         };

@@ -180,16 +180,6 @@ fn factor(
     })
 }
 
-/// kohya's `ss_base_model_version` and modelspec architecture for `arch`.
-fn versions(arch: Arch) -> (&'static str, &'static str) {
-    match arch {
-        Arch::Sd2 => ("sd_v2", "stable-diffusion-v2-768-v/lora"),
-        Arch::Sdxl => ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
-        Arch::Flux => ("flux1", "flux-1-dev/lora"),
-        _ => ("sd_v1", "stable-diffusion-v1/lora"),
-    }
-}
-
 fn rule_label(r: RankRule) -> String {
     match r {
         RankRule::Fixed(r) => r.to_string(),
@@ -281,15 +271,24 @@ pub fn extract(
                 .unwrap_or("none listed")
         );
     }
-    let (version, spec_arch) = versions(arch);
+    // kohya's `ss_base_model_version` and the modelspec architecture (the spec's
+    // `[modelspec]`; extraction runs only where the spec reads LoRAs, which names them).
+    let names = arch.modelspec().unwrap_or(ckpt_core::catalog::ModelSpec {
+        ss_base_model_version: arch.id(),
+        architecture: arch.id(),
+        ss_v2: false,
+    });
     let ranks: Vec<usize> = modules.iter().map(|m| m.rank).collect();
     let dim = ranks.iter().copied().max().unwrap_or(0);
     let mut meta: Vec<(String, String)> = vec![
         ("ss_network_module".into(), "networks.lora".into()),
         ("ss_network_dim".into(), dim.to_string()),
         ("ss_network_alpha".into(), dim.to_string()),
-        ("ss_v2".into(), (arch == Arch::Sd2).to_string()),
-        ("ss_base_model_version".into(), version.into()),
+        ("ss_v2".into(), names.ss_v2.to_string()),
+        (
+            "ss_base_model_version".into(),
+            names.ss_base_model_version.into(),
+        ),
         (
             "ss_training_comment".into(),
             format!(
@@ -304,7 +303,7 @@ pub fn extract(
             ),
         ),
         ("modelspec.sai_model_spec".into(), "1.0.0".into()),
-        ("modelspec.architecture".into(), spec_arch.into()),
+        ("modelspec.architecture".into(), names.architecture.into()),
         (
             "modelspec.implementation".into(),
             "https://github.com/kohya-ss/sd-scripts".into(),

@@ -162,14 +162,6 @@ impl Network {
         if stems.is_empty() || other > stems.len() {
             return None;
         }
-        // SD1 and SD2 share every module name (their layers differ in width only), so
-        // kohya's `ss_v2` or `ss_base_model_version` decides between them when present.
-        let v2 = ckpt
-            .metadata_value("ss_v2")
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-            || ckpt
-                .metadata_value("ss_base_model_version")
-                .is_some_and(|v| v.starts_with("sd_v2"));
         let arch = arch.or_else(|| {
             let counts = stem_counts(stems.keys().map(String::as_str));
             let best = counts.iter().map(|(n, _)| *n).max().filter(|&n| n > 0)?;
@@ -178,11 +170,16 @@ impl Network {
                 .filter(|(n, _)| *n == best)
                 .map(|(_, a)| *a)
                 .collect();
-            Some(if v2 && tied.contains(&Arch::Sd2) {
-                Arch::Sd2
-            } else {
-                tied[0]
-            })
+            // SD1 and SD2 share every module name (their layers differ in width only):
+            // kohya's `ss_v2` or `ss_base_model_version` decides between them when present,
+            // as the spec's `prefer_when` says.
+            let metadata = |k: &str| ckpt.metadata_value(k).map(str::to_string);
+            Some(
+                tied.iter()
+                    .copied()
+                    .find(|&a| lora::preferred_by(a, &metadata))
+                    .unwrap_or(tied[0]),
+            )
         });
         let grouping = arch.map(Grouping::for_arch);
         let modules = stems
@@ -273,7 +270,7 @@ impl Network {
 
 /// How many of `stems` each architecture's name table maps, in [`lora::ARCHS`] order.
 pub fn stem_counts<'a>(stems: impl Iterator<Item = &'a str> + Clone) -> Vec<(usize, Arch)> {
-    lora::ARCHS
+    lora::archs()
         .into_iter()
         .map(|a| {
             (

@@ -517,10 +517,11 @@ fn common_arch(recipe: &Recipe, opened: &HashMap<String, Opened>) -> Result<Arch
         };
         let Layout::Known(arch) = m.detection.layout else {
             problems.push(format!(
-                "'{}' ({}) is not a checkpoint of an architecture ckpt-diff recognises (SD1, SD2, \
-                 SDXL, Flux.1, SD3); merges need one architecture to map block weights",
+                "'{}' ({}) is not a checkpoint of an architecture ckpt-diff recognises ({}); \
+                 merges need one architecture to map block weights",
                 m.name,
-                m.path.display()
+                m.path.display(),
+                Arch::ids()
             ));
             continue;
         };

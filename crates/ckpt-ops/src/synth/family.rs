@@ -3,8 +3,8 @@
 
 use serde::Serialize;
 
-use super::{Profile, Synthetic, profile_from_blocks, rows};
-use ckpt_core::catalog::{Arch, Block, Blocks, Component, Grouping};
+use super::{Profile, Synthetic, rows};
+use ckpt_core::catalog::{Arch, Grouping, Selector};
 use ckpt_core::rng::counter::{Stream, key_hash};
 
 /// One member of a family.
@@ -32,8 +32,8 @@ pub fn finetune_profile(arch: Arch, seed: u64, i: usize, size: f64) -> Profile {
                 c if c.is_denoiser() => size * (0.25 + 1.5 * u),
                 c if c.is_text_encoder() && i % 2 == 1 => 0.0,
                 c if c.is_text_encoder() => size * (0.5 + u),
-                Component::Vae if i.is_multiple_of(3) => 2.0 * size,
-                Component::Vae => 0.0,
+                c if c.is_vae() && i.is_multiple_of(3) => 2.0 * size,
+                c if c.is_vae() => 0.0,
                 _ => size,
             }
         })
@@ -71,21 +71,22 @@ pub fn family(arch: Arch, seed: u64, finetunes: usize, size: f64) -> Vec<Member>
             recipe: "ft1 x 0.5 + ft2 x 0.5".into(),
             model: Synthetic::lincomb(&[(vec![0.5; n], &fts[0]), (vec![0.5; n], &fts[1])]),
         });
-        // The first half of the denoiser 0.2, the middle 0.5, the second half 0.8.
-        let alpha = |b: Block| match b {
-            Block::Base | Block::Clip | Block::T5 => 0.0,
-            Block::In(_) | Block::Embed | Block::Double(_) => 0.2,
-            Block::Joint(n) if n < 12 => 0.2,
-            Block::Mid => 0.5,
-            Block::Out(_) | Block::Final | Block::Single(_) | Block::Joint(_) => 0.8,
-        };
-        let a = profile_from_blocks(arch, alpha);
+        // The first half of the denoiser 0.2, the middle 0.5, the second half 0.8, the
+        // rest 0, as the architecture's spec writes it.
+        let (weights, described) = arch.synth_mbw();
+        let grouping = Grouping::for_arch(arch);
+        let mut a: Profile = vec![0.0; n];
+        for (selector, w) in weights {
+            let chosen = Selector::parse(selector)
+                .and_then(|s| s.rows(&grouping))
+                .unwrap_or_else(|e| panic!("catalog data: {arch}'s [synth] mbw: {e}"));
+            for (x, c) in a.iter_mut().zip(chosen) {
+                if c {
+                    *x = *w;
+                }
+            }
+        }
         let one_minus: Profile = a.iter().map(|x| 1.0 - x).collect();
-        let described = match arch.blocks() {
-            Blocks::Unet { .. } => "BASE 0, IN 0.2, M00 0.5, OUT 0.8",
-            Blocks::Flux { .. } => "CLIP and T5 0, IN and D00..D18 0.2, S00..S37 and OUT 0.8",
-            Blocks::Mmdit { .. } => "BASE 0, IN and J00..J11 0.2, J12.. and OUT 0.8",
-        };
         members.push(Member {
             name: "mbw-ft1-ft2".into(),
             recipe: format!("ft1 x (1-alpha) + ft2 x alpha, alpha = {described}"),

@@ -20,7 +20,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use ckpt_core::catalog::data::{self, Role};
-use ckpt_core::catalog::detect::{CONV_IN, FLUX_IMG_IN, scaled_shape};
+use ckpt_core::catalog::detect::scaled_shape;
 use ckpt_core::catalog::keys::EMA_PREFIX;
 use ckpt_core::catalog::{Arch, Component, DENOISER_PREFIX, Grouping, canonical_key, component_of};
 use ckpt_core::kernels;
@@ -32,60 +32,57 @@ use ckpt_read::Dtype;
 use ckpt_read::dtype::FloatFormat;
 use ckpt_read::quant::{MARKER, scale_name};
 
-/// The release variant: the U-Net's input channels (SD), or Flux's guidance embedding and
-/// input width.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum Variant {
-    Base,
-    Inpainting,
-    Pix2Pix,
-    Depth,
-    /// Flux.1 schnell: no `guidance_in`.
-    Schnell,
-    /// Flux.1 Fill: `img_in` reads 384 = 4·(16 latent + 16 masked-image + 64 mask) values.
-    Fill,
-    /// Flux.1 Canny/Depth: `img_in` reads 128 = 4·(16 latent + 16 control) values.
-    Control,
+/// The release variant: the base release, or one its architecture's spec names (SD's
+/// inpainting, pix2pix and depth U-Nets; Flux.1 schnell, Fill and Canny/Depth), generated
+/// as the spec's rule says (a wider input, keys left out). Recorded by its name (`Base`,
+/// `Inpainting`, ...).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Variant {
+    name: &'static str,
+    /// The input it widens: (key, dimension, width).
+    width: Option<(&'static str, usize, usize)>,
+    /// The keys it leaves out.
+    absent: Option<&'static str>,
+}
+
+impl Serialize for Variant {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.name)
+    }
 }
 
 impl Variant {
-    /// Each variant with its command-line name.
-    pub const NAMES: [(&'static str, Variant); 7] = [
-        ("base", Variant::Base),
-        ("inpainting", Variant::Inpainting),
-        ("pix2pix", Variant::Pix2Pix),
-        ("depth", Variant::Depth),
-        ("schnell", Variant::Schnell),
-        ("fill", Variant::Fill),
-        ("control", Variant::Control),
-    ];
+    /// The base release.
+    pub const BASE: Variant = Variant {
+        name: "Base",
+        width: None,
+        absent: None,
+    };
 
-    /// Whether `arch` has this variant.
-    pub fn applies_to(self, arch: Arch) -> bool {
-        match self {
-            Variant::Base => true,
-            Variant::Inpainting | Variant::Pix2Pix | Variant::Depth => {
-                matches!(arch, Arch::Sd1 | Arch::Sd2 | Arch::Sdxl)
+    /// The variant `synth --variant` calls `word` in `arch`.
+    pub fn named(arch: Arch, word: &str) -> Option<Variant> {
+        if word == "base" {
+            return Some(Variant::BASE);
+        }
+        arch.variants()
+            .into_iter()
+            .find(|v| v.synth == word || v.aliases.iter().any(|a| a == word))
+            .map(|v| Variant {
+                name: v.name,
+                width: v.width,
+                absent: v.absent,
+            })
+    }
+
+    /// Every name `synth --variant` takes, in the catalog's order.
+    pub fn names() -> Vec<&'static str> {
+        let mut names = vec!["base"];
+        for v in Arch::all().iter().flat_map(|a| a.variants()) {
+            if !names.contains(&v.synth) {
+                names.push(v.synth);
             }
-            Variant::Schnell | Variant::Fill | Variant::Control => arch == Arch::Flux,
         }
-    }
-
-    fn in_channels(self) -> usize {
-        match self {
-            Variant::Depth => 5,
-            Variant::Pix2Pix => 8,
-            Variant::Inpainting => 9,
-            _ => 4,
-        }
-    }
-
-    fn flux_img_in(self) -> usize {
-        match self {
-            Variant::Fill => 384,
-            Variant::Control => 128,
-            _ => 64,
-        }
+        names
     }
 }
 
@@ -138,7 +135,7 @@ impl Layout {
             arch,
             scale,
             dtype,
-            variant: Variant::Base,
+            variant: Variant::BASE,
             components: arch.components().to_vec(),
             ema: false,
             scheduler: false,
@@ -249,7 +246,7 @@ pub fn profile_from_blocks(
     Grouping::for_arch(arch)
         .groups()
         .iter()
-        .map(|g| weight(g.weight_block.unwrap_or(ckpt_core::catalog::Block::Base)))
+        .map(|g| weight(g.weight_block.unwrap_or(ckpt_core::catalog::Block::BASE)))
         .collect()
 }
 
@@ -322,18 +319,17 @@ fn plan_tensors(layout: &Layout) -> Vec<Planned> {
         {
             continue;
         }
-        if layout.variant == Variant::Schnell && k.name.contains(".guidance_in.") {
+        if layout.variant.absent.is_some_and(|p| k.name.starts_with(p)) {
             continue;
         }
         let mut shape = scaled_shape(&k.shape, layout.scale);
-        if k.name == CONV_IN {
-            shape[1] = layout.variant.in_channels();
-        }
-        if k.name == FLUX_IMG_IN {
-            shape[1] = layout.variant.flux_img_in();
+        if let Some((key, dim, width)) = layout.variant.width
+            && k.name == key
+        {
+            shape[dim] = width;
         }
         let mut name = k.name.clone();
-        if layout.bare && layout.arch.denoiser() == Component::Diffuser {
+        if layout.bare && layout.arch.bare_layout() {
             name = name
                 .strip_prefix(DENOISER_PREFIX)
                 .unwrap_or(&name)
@@ -453,7 +449,11 @@ fn source_of(
         _ => {}
     }
     // EMA weights mirror the U-Net weight they shadow (same streams, same row).
-    let stream_key = ema_source(key).unwrap_or_else(|| key.to_string());
+    let stream_key = grouping
+        .layout()
+        .arch()
+        .and_then(|a| ema_source(a, key))
+        .unwrap_or_else(|| key.to_string());
     let row = grouping.group_of(&stream_key);
     let (mean, std) = statistics(&stream_key, shape);
     (
@@ -470,12 +470,14 @@ fn source_of(
 
 /// The U-Net key an EMA key shadows (`model_ema.diffusion_modelinput_blocks00bias` ->
 /// `model.diffusion_model.input_blocks.0.0.bias`).
-fn ema_source(key: &str) -> Option<String> {
-    static MAP: std::sync::OnceLock<std::collections::HashMap<String, String>> =
-        std::sync::OnceLock::new();
-    let map = MAP.get_or_init(|| {
+fn ema_source(arch: Arch, key: &str) -> Option<String> {
+    type Map = std::collections::HashMap<String, String>;
+    static MAPS: std::sync::OnceLock<Vec<std::sync::OnceLock<Map>>> = std::sync::OnceLock::new();
+    let maps = MAPS.get_or_init(|| Arch::all().iter().map(|_| Default::default()).collect());
+    let slot = Arch::all().iter().position(|a| *a == arch)?;
+    let map = maps[slot].get_or_init(|| {
         let mut m = std::collections::HashMap::new();
-        for k in &data::table(Arch::Sd1).keys {
+        for k in &data::table(arch).keys {
             if let Some(rest) = k.name.strip_prefix("model.diffusion_model.") {
                 m.insert(
                     format!("{EMA_PREFIX}diffusion_model{}", rest.replace('.', "")),
@@ -698,17 +700,21 @@ pub enum SynthError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn arch(id: &str) -> Arch {
+        Arch::parse(id).unwrap()
+    }
     use ckpt_read::Checkpoint;
 
     #[test]
     fn scaled_sd1_has_every_catalog_key() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.safetensors");
-        let layout = Layout::new(Arch::Sd1, 32, FloatFormat::F16);
+        let layout = Layout::new(arch("sd1"), 32, FloatFormat::F16);
         write(
             &path,
             &layout,
-            &Synthetic::base(Arch::Sd1, 1),
+            &Synthetic::base(arch("sd1"), 1),
             &[],
             &ckpt_core::pass::NoProgress,
             &Default::default(),
@@ -726,15 +732,20 @@ mod tests {
             .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
             .collect();
         assert_eq!(ids, (0..77).collect::<Vec<i64>>());
-        assert_eq!(c.get(CONV_IN).unwrap().shape, vec![10, 4, 3, 3]);
+        assert_eq!(
+            c.get("model.diffusion_model.input_blocks.0.0.weight")
+                .unwrap()
+                .shape,
+            vec![10, 4, 3, 3]
+        );
     }
 
     #[test]
     fn lincomb_combines_rows() {
-        let base = Synthetic::base(Arch::Sd1, 1);
-        let a = base.plus_delta(10, uniform(Arch::Sd1, 0.1));
-        let b = base.plus_delta(11, uniform(Arch::Sd1, 0.2));
-        let n = rows(Arch::Sd1);
+        let base = Synthetic::base(arch("sd1"), 1);
+        let a = base.plus_delta(10, uniform(arch("sd1"), 0.1));
+        let b = base.plus_delta(11, uniform(arch("sd1"), 0.2));
+        let n = rows(arch("sd1"));
         let m = Synthetic::lincomb(&[(vec![0.25; n], &a), (vec![0.75; n], &b)]);
         assert_eq!(m.base_coef, vec![1.0; n]);
         assert_eq!(

@@ -95,32 +95,29 @@ impl AsimBlock {
     }
 }
 
-/// The blocks with a transformer, in the scripts' order (IN, MID, OUT). SD1 and SD2: IN01,
-/// IN02, IN04, IN05, IN07, IN08, M00, OUT03..OUT11. SDXL (not in the original scripts; the
-/// same computation on its first transformer block): IN04, IN05, IN07, IN08, M00,
-/// OUT00..OUT05. None for DiTs: ASimilarity is defined on the U-Net's transformers.
+/// The blocks with a transformer, in the scripts' order (IN, MID, OUT), as the
+/// architecture's spec lists them (`[asim]`). SD1 and SD2: IN01, IN02, IN04, IN05, IN07,
+/// IN08, M00, OUT03..OUT11. SDXL (not in the original scripts; the same computation on its
+/// first transformer block): IN04, IN05, IN07, IN08, M00, OUT00..OUT05. None for DiTs:
+/// ASimilarity is defined on the U-Net's transformers.
 pub fn attention_blocks(arch: Arch) -> Vec<AsimBlock> {
-    let (ins, outs): (Vec<u8>, Vec<u8>) = match arch {
-        Arch::Sd1 | Arch::Sd2 => (vec![1, 2, 4, 5, 7, 8], (3..=11).collect()),
-        Arch::Sdxl => (vec![4, 5, 7, 8], (0..=5).collect()),
-        _ => return Vec::new(),
-    };
-    let mut out: Vec<AsimBlock> = ins
+    arch.asim_blocks()
+        .into_iter()
+        .map(|(block, prefix)| AsimBlock { block, prefix })
+        .collect()
+}
+
+/// The architectures ASimilarity is defined on, by label: `SD1 (LDM), SD2 (LDM) or ...`.
+fn defined_on() -> String {
+    let labels: Vec<&str> = Arch::all()
         .iter()
-        .map(|&n| AsimBlock {
-            block: Block::In(n),
-            prefix: format!("model.diffusion_model.input_blocks.{n}.1"),
-        })
+        .filter(|a| !a.asim_blocks().is_empty())
+        .map(|a| a.label())
         .collect();
-    out.push(AsimBlock {
-        block: Block::Mid,
-        prefix: "model.diffusion_model.middle_block.1".into(),
-    });
-    out.extend(outs.iter().map(|&n| AsimBlock {
-        block: Block::Out(n),
-        prefix: format!("model.diffusion_model.output_blocks.{n}.1"),
-    }));
-    out
+    match labels.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => labels.join(""),
+    }
 }
 
 /// The architecture whose attention keys a checkpoint has (SD1 and SD2 share them), found
@@ -131,9 +128,11 @@ pub fn arch_of(ckpt: &Checkpoint) -> Option<Arch> {
             .iter()
             .any(|t| canonical_key(&t.name) == b.key("q"))
     };
-    [Arch::Sd1, Arch::Sdxl]
-        .into_iter()
-        .find(|&arch| attention_blocks(arch).iter().all(has))
+    // Architectures that share the scored keys (SD1 and SD2) are found as the first.
+    Arch::all().iter().copied().find(|&arch| {
+        let blocks = attention_blocks(arch);
+        !blocks.is_empty() && blocks.iter().all(has)
+    })
 }
 
 /// The architecture both files are scored in: the one whose attention weights each file
@@ -142,22 +141,25 @@ pub fn arch_of(ckpt: &Checkpoint) -> Option<Arch> {
 /// these weights).
 pub fn scored_arch(files: [(&Checkpoint, Option<Arch>); 2]) -> Result<Arch, AsimError> {
     let arch_of = |(ckpt, detected): (&Checkpoint, Option<Arch>)| {
-        if let Some(a) = detected.filter(|a| a.depth() == 0) {
+        if let Some(a) = detected.filter(|a| a.asim_blocks().is_empty()) {
             return Err(AsimError {
                 file: ckpt.display_name(),
                 problem: format!(
-                    "ASimilarity is defined on the U-Net's self-attention layers (SD1, SD2, \
-                     SDXL) and {} has none; the weight cosine (`sim` without --metric asim) \
-                     compares it block by block",
+                    "ASimilarity is defined on the U-Net's self-attention layers ({}) and {} \
+                     has none; the weight cosine (`sim` without --metric asim) compares it \
+                     block by block",
+                    defined_on(),
                     a.label()
                 ),
             });
         }
         let by_keys = arch_of(ckpt).ok_or_else(|| AsimError {
             file: ckpt.display_name(),
-            problem: "no SD1, SD2 or SDXL self-attention weights \
-                      (transformer_blocks.0.attn1.to_q/k/v) in every scored block"
-                .into(),
+            problem: format!(
+                "no self-attention weights of {} (transformer_blocks.0.attn1.to_q/k/v) in \
+                 every scored block",
+                defined_on()
+            ),
         })?;
         Ok(detected
             .filter(|a| attention_blocks(*a) == attention_blocks(by_keys))
@@ -168,8 +170,11 @@ pub fn scored_arch(files: [(&Checkpoint, Option<Arch>); 2]) -> Result<Arch, Asim
         return Err(AsimError {
             file: files[1].0.display_name(),
             problem: format!(
-                "its U-Net and that of '{}' are different U-Nets (SD1/SD2 vs SDXL attention blocks)",
-                files[0].0.display_name()
+                "its U-Net and that of '{}' are different U-Nets (their attention blocks differ: \
+                 {} and {})",
+                files[0].0.display_name(),
+                arch_of(files[1])?.label(),
+                arch.label()
             ),
         });
     }
@@ -434,6 +439,10 @@ fn row_cosine<T: Real>(a: MatRef<'_, T>, b: MatRef<'_, T>, i: usize) -> f64 {
 mod tests {
     use super::*;
 
+    fn arch(id: &str) -> Arch {
+        Arch::parse(id).unwrap()
+    }
+
     fn names(blocks: &[AsimBlock]) -> Vec<String> {
         blocks.iter().map(|b| b.block.to_string()).collect()
     }
@@ -444,35 +453,35 @@ mod tests {
 
     #[test]
     fn selections_follow_the_scripts_order() {
-        assert_eq!(select(Arch::Sd1, "all").unwrap().len(), 16);
+        assert_eq!(select(arch("sd1"), "all").unwrap().len(), 16);
         assert_eq!(
-            names(&select(Arch::Sd1, "out,in").unwrap())[..3],
+            names(&select(arch("sd1"), "out,in").unwrap())[..3],
             ["IN01", "IN02", "IN04"]
         );
         assert_eq!(
-            names(&select(Arch::Sd1, "OUT03..OUT05,mid").unwrap()),
+            names(&select(arch("sd1"), "OUT03..OUT05,mid").unwrap()),
             ["M00", "OUT03", "OUT04", "OUT05"]
         );
         assert_eq!(
-            names(&select(Arch::Sdxl, "in").unwrap()),
+            names(&select(arch("sdxl"), "in").unwrap()),
             ["IN04", "IN05", "IN07", "IN08"]
         );
-        assert_eq!(select(Arch::Sdxl, "all").unwrap().len(), 11);
+        assert_eq!(select(arch("sdxl"), "all").unwrap().len(), 11);
         assert!(
-            select(Arch::Sd1, "IN03")
+            select(arch("sd1"), "IN03")
                 .unwrap_err()
                 .contains("no transformer")
         );
-        assert!(select(Arch::Sd1, "OUT05..OUT03").is_err());
-        assert!(select(Arch::Sd1, "").is_err());
+        assert!(select(arch("sd1"), "OUT05..OUT03").is_err());
+        assert!(select(arch("sd1"), "").is_err());
         // Ranges and groups take the scored blocks they cover; alone, a text encoder
         // covers none.
         assert_eq!(
-            names(&select(Arch::Sd1, "IN00..IN03").unwrap()),
+            names(&select(arch("sd1"), "IN00..IN03").unwrap()),
             ["IN01", "IN02"]
         );
         assert!(
-            select(Arch::Sd1, "te")
+            select(arch("sd1"), "te")
                 .unwrap_err()
                 .contains("no block with a transformer")
         );

@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use serde::Serialize;
 
-use ckpt_core::catalog::{Arch, Component, Detection, canonical_key, component_of};
+use ckpt_core::catalog::{Arch, Component, Detection, ToolkitParts, canonical_key, component_of};
 use ckpt_core::pass::{Absorb, Item, Pass, PassError, Plan, Slice, Visit};
 use ckpt_read::Checkpoint;
 use ckpt_read::dtype::{self, FloatFormat};
@@ -82,22 +82,33 @@ enum MetricPart {
     Clip,
 }
 
+/// The toolkit's parts: the U-Net (the denoiser), the VAE (its encoder and decoder; the
+/// baseline is SD's 4-channel VAE, so Flux's and SD3's 16-channel ones have none) and the
+/// text encoder (its MLPs, OpenCLIP's last layer aside), where the architecture's spec
+/// says the toolkit has them. A file of no known architecture gets the VAE part.
 fn metric_part(arch: Option<Arch>, key: &str) -> Option<MetricPart> {
     let c = component_of(key);
-    match (c, arch) {
-        (Component::Unet, Some(Arch::Sd1 | Arch::Sd2)) => Some(MetricPart::Unet),
-        // The toolkit's VAE baseline is SD's 4-channel VAE; Flux's and SD3's have 16.
-        (Component::Vae, None | Some(Arch::Sd1 | Arch::Sd2 | Arch::Sdxl))
-            if key.contains("encoder.") || key.contains("decoder.") =>
-        {
-            Some(MetricPart::Vae)
-        }
-        (Component::Te1, Some(Arch::Sd1 | Arch::Sd2))
-            if key.contains("mlp.") && !key.contains(".23.") =>
-        {
-            Some(MetricPart::Clip)
-        }
-        _ => None,
+    let parts = match arch {
+        Some(a) => a.toolkit_metric()?,
+        None => ToolkitParts {
+            unet: false,
+            vae: true,
+            clip: None,
+        },
+    };
+    let first_te = arch.and_then(|a| a.components().iter().copied().find(|c| c.is_text_encoder()));
+    if parts.unet && c.is_denoiser() {
+        Some(MetricPart::Unet)
+    } else if parts.vae && c.is_vae() && (key.contains("encoder.") || key.contains("decoder.")) {
+        Some(MetricPart::Vae)
+    } else if parts.clip.is_some()
+        && Some(c) == first_te
+        && key.contains("mlp.")
+        && !key.contains(".23.")
+    {
+        Some(MetricPart::Clip)
+    } else {
+        None
     }
 }
 
@@ -320,8 +331,9 @@ fn constants(arch: Option<Arch>, part: MetricPart) -> (f64, f64) {
     let want = match part {
         MetricPart::Unet => "UNET",
         MetricPart::Vae => "VAE",
-        MetricPart::Clip if arch == Some(Arch::Sd2) => "CLIP (v2)",
-        MetricPart::Clip => "CLIP (v1)",
+        MetricPart::Clip => arch
+            .and_then(|a| a.toolkit_metric()?.clip)
+            .map_or("CLIP (v1)", |(constants, _)| constants),
     };
     text.lines()
         .skip(1)
@@ -366,10 +378,12 @@ fn toolkit_metric(arch: Option<Arch>, sums: [f64; 3]) -> ToolkitMetric {
     for line in known.lines().skip(1) {
         let c: Vec<&str> = line.split('\t').collect();
         let (table, name, value) = (c[0], c[1], c[2].parse::<i64>().expect("numeric"));
+        let clip_table = arch
+            .and_then(|a| a.toolkit_metric()?.clip)
+            .map(|(_, known)| known);
         let ours = match table {
             "VAE" => values[1],
-            "CLIP-v1" if arch == Some(Arch::Sd1) => values[2],
-            "CLIP-v2" if arch == Some(Arch::Sd2) => values[2],
+            t if Some(t) == clip_table => values[2],
             _ => None,
         };
         if let Some(v) = ours

@@ -139,9 +139,8 @@ pub fn report(models: Vec<String>, grouping: &Grouping, inner: &InnerProducts) -
     // layouts it does not know), then the whole file.
     let components: Vec<Component> = match grouping.layout().arch() {
         Some(arch) => arch.components().to_vec(),
-        None => Component::ALL
-            .into_iter()
-            .filter(|c| *c != Component::Other)
+        None => Component::all()
+            .filter(|c| *c != Component::other())
             .collect(),
     };
     let mut scope_rows: Vec<(String, Vec<usize>)> = components

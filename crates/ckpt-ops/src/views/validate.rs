@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use ckpt_core::catalog::data;
 use ckpt_core::catalog::detect::Variant;
-use ckpt_core::catalog::{Arch, Component, Detection, KeyCheck, Layout, canonical_key};
+use ckpt_core::catalog::{Arch, Detection, KeyCheck, Layout, canonical_key, component_of};
 use ckpt_core::pass::{Absorb, Item, Pass, PassError, Plan, Slice, Visit};
 use ckpt_core::units;
 use ckpt_read::dtype::{self, FloatFormat, ValueKind};
@@ -502,9 +502,10 @@ pub fn validate_header(ckpt: &Checkpoint, det: &Detection) -> ValidateReport {
         Layout::Generic => f.push(Finding::new(
             Severity::Warning,
             FindingKind::UnknownArchitecture,
-            "the architecture is none the catalog knows (SD1, SD2, SDXL, Flux.1, Chroma, SD3, \
-             SD3.5): only generic checks were made"
-                .into(),
+            format!(
+                "the architecture is none the catalog knows ({}): only generic checks were made",
+                Arch::ids()
+            ),
         )),
         Layout::Known(arch) => {
             let keys = KeyCheck::new(ckpt.tensors(), arch, det.scale);
@@ -674,11 +675,21 @@ fn catalog_checks(
             .remedy(Remedy::AddMissing),
         );
     }
-    // schnell is the release without a guidance embedding, not a pruned dev.
-    let schnell = det.variants.contains(&Variant::FluxSchnell);
+    // A release variant without some keys (Flux.1 schnell has no guidance embedding) is not
+    // a pruned file.
+    let released_without: Vec<&str> = arch
+        .variants()
+        .into_iter()
+        .filter(|v| {
+            det.variants
+                .iter()
+                .any(|d| matches!(d, Variant::Release { id, .. } if *id == v.id))
+        })
+        .filter_map(|v| v.absent)
+        .collect();
     let optional: Vec<String> = not_position_ids(&keys.missing_optional)
         .into_iter()
-        .filter(|k| !(schnell && k.contains(".guidance_in.")))
+        .filter(|k| !released_without.iter().any(|p| k.starts_with(p)))
         .collect();
     if !optional.is_empty() {
         f.push(
@@ -772,7 +783,7 @@ fn catalog_checks(
     // position_ids: only for a CLIP-L that is present.
     let table = data::table(arch);
     if let Some(&key) = POSITION_IDS.iter().find(|k| table.get(k).is_some()) {
-        let te_present = keys.present.contains(&Component::Te1) && arch != Arch::Sd2;
+        let te_present = keys.present.contains(&component_of(key));
         let stored = ckpt
             .tensors()
             .iter()

@@ -686,18 +686,11 @@ impl Resolver<'_> {
         if !self.lbw_forms {
             return None;
         }
-        let names: &[&str] = match (self.arch, n) {
-            (Arch::Sd1 | Arch::Sd2, 17) => &[
-                "BASE", "IN01", "IN02", "IN04", "IN05", "IN07", "IN08", "M00", "OUT03", "OUT04",
-                "OUT05", "OUT06", "OUT07", "OUT08", "OUT09", "OUT10", "OUT11",
-            ],
-            (Arch::Sdxl, 12) => &[
-                "BASE", "IN04", "IN05", "IN07", "IN08", "M00", "OUT00", "OUT01", "OUT02", "OUT03",
-                "OUT04", "OUT05",
-            ],
-            _ => return None,
-        };
-        names.iter().map(|b| self.arch.block_named(b)).collect()
+        self.arch
+            .lbw_orders()
+            .iter()
+            .find(|order| order.len() == n)
+            .cloned()
     }
 
     /// The rows a selector names (the catalog's one selector language).
@@ -737,6 +730,10 @@ fn list_arg(arg: &Arg, span: Span, n: usize) -> Result<Vec<f64>, PlanError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn arch(id: &str) -> Arch {
+        Arch::parse(id).unwrap()
+    }
     use crate::merge::plan::Node;
     use crate::merge::recipe::parse;
     use ckpt_core::catalog::Component;
@@ -760,7 +757,7 @@ mod tests {
 
     #[test]
     fn multi_step_linear_recipes_collapse() {
-        let p = plan(&format!("{MODELS}S1 = A x 0.5 + B x 0.5\nS2 = S1 + (C - D) x 0.2\nOUT = S2 x 0.9 + A x 0.1\n"), Arch::Sd1).unwrap();
+        let p = plan(&format!("{MODELS}S1 = A x 0.5 + B x 0.5\nS2 = S1 + (C - D) x 0.2\nOUT = S2 x 0.9 + A x 0.1\n"), arch("sd1")).unwrap();
         assert!(p.is_linear());
         let close = |x: &Profile, v: f64| x.iter().all(|c| (c - v).abs() < 1e-15);
         assert!(close(&coef(&p, "A"), 0.5 * 0.9 + 0.1));
@@ -777,23 +774,25 @@ mod tests {
                 "{MODELS}OUT = A x (1-alpha) + B x alpha\n    alpha = ({})\n",
                 list.join(",")
             ),
-            Arch::Sd1,
+            arch("sd1"),
         )
         .unwrap();
         let b = coef(&p, "B");
         for (g, v) in p.grouping.groups().iter().zip(&b) {
-            let want = match g.block {
+            let label = g.block.map(|b| b.label());
+            let n = g.block.and_then(|b| b.number()).unwrap_or(0) as usize;
+            let want = match label {
                 None => 0.0,
-                Some(Block::In(n)) => (1 + n as usize) as f64 / 100.0,
-                Some(Block::Mid) => 0.13,
-                Some(Block::Out(n)) => (14 + n as usize) as f64 / 100.0,
+                Some(l) if l.starts_with("IN") => (1 + n) as f64 / 100.0,
+                Some("M00") => 0.13,
+                Some(l) if l.starts_with("OUT") => (14 + n) as f64 / 100.0,
                 Some(other) => unreachable!("{other} in an SD1 U-Net"),
             };
             assert_eq!(*v, want, "{}", g.label);
         }
         let e = plan(
             &format!("{MODELS}OUT = A x (1-alpha) + B x alpha\n    alpha = (0.1, 0.2)\n"),
-            Arch::Sd1,
+            arch("sd1"),
         )
         .unwrap_err();
         assert!(e.message.contains("takes 26"), "{e}");
@@ -802,7 +801,7 @@ mod tests {
                 "{MODELS}OUT = A x (1-alpha) + B x alpha\n    alpha = ({})\n",
                 list.join(",")
             ),
-            Arch::Sdxl,
+            arch("sdxl"),
         )
         .unwrap_err();
         assert!(e.message.contains("takes 20"), "{e}");
@@ -814,24 +813,29 @@ mod tests {
             &format!(
                 "{MODELS}alpha = {{OUT06..OUT08: 0.15, TE1: 1}}\nOUT = A x (1-alpha) + B x alpha\n"
             ),
-            Arch::Sdxl,
+            arch("sdxl"),
         )
         .unwrap();
         let b = coef(&p, "B");
         for (g, v) in p.grouping.groups().iter().zip(&b) {
-            let want = match (g.block, g.component) {
-                (Some(Block::Out(6..=8)), _) => 0.15,
-                (None, Component::Te1) => 1.0,
-                _ => 0.0,
+            let out_6_to_8 = g.block.is_some_and(|b| {
+                b.label().starts_with("OUT") && (6..=8).contains(&b.number().unwrap_or(0))
+            });
+            let want = if out_6_to_8 {
+                0.15
+            } else if g.block.is_none() && g.component.id() == "te1" {
+                1.0
+            } else {
+                0.0
             };
             assert_eq!(*v, want, "{}", g.label);
         }
-        let s = plan(&format!("{MODELS}OUT = swap(A, B, vae)\n"), Arch::Sd1).unwrap();
+        let s = plan(&format!("{MODELS}OUT = swap(A, B, vae)\n"), arch("sd1")).unwrap();
         let (a, b) = (coef(&s, "A"), coef(&s, "B"));
         for (g, (x, y)) in s.grouping.groups().iter().zip(a.iter().zip(&b)) {
             assert_eq!(
                 (*x, *y),
-                if g.component == Component::Vae {
+                if g.component == Component::named("vae").unwrap() {
                     (0.0, 1.0)
                 } else {
                     (1.0, 0.0)
@@ -842,23 +846,23 @@ mod tests {
 
     #[test]
     fn names_with_dashes_and_alpha_beta() {
-        let p = plan("v1-5 = base.safetensors\nF222 = f.safetensors\nM = m.safetensors\nOUT = M + (F222 - v1-5) x 1\n", Arch::Sd1).unwrap();
+        let p = plan("v1-5 = base.safetensors\nF222 = f.safetensors\nM = m.safetensors\nOUT = M + (F222 - v1-5) x 1\n", arch("sd1")).unwrap();
         assert!(coef(&p, "v1-5").iter().all(|&c| c == -1.0));
         let p = plan(
             &format!(
                 "{MODELS}alpha = 0.2\nbeta = 0.3\nOUT = A x (1-alpha-beta) + B x alpha + C x beta\n"
             ),
-            Arch::Sd1,
+            arch("sd1"),
         )
         .unwrap();
         assert!(coef(&p, "A").iter().all(|&c| (c - 0.5).abs() < 1e-15));
-        let e = plan(&format!("{MODELS}OUT = A-Q x 0.5\n"), Arch::Sd1).unwrap_err();
+        let e = plan(&format!("{MODELS}OUT = A-Q x 0.5\n"), arch("sd1")).unwrap_err();
         assert!(e.message.contains("spaces around '-'"), "{e}");
     }
 
     #[test]
     fn coefficient_display() {
-        let p = plan(&format!("{MODELS}OUT = A x (1-alpha) + B x alpha\n    alpha = {{OUT: 0.8, IN: 0.2, M00: 0.5}}\n"), Arch::Sd1).unwrap();
+        let p = plan(&format!("{MODELS}OUT = A x (1-alpha) + B x alpha\n    alpha = {{OUT: 0.8, IN: 0.2, M00: 0.5}}\n"), arch("sd1")).unwrap();
         assert_eq!(
             p.to_string(),
             "A: IN00..IN11=0.8 M00=0.5 OUT00..OUT11=0.2 TE1..OTHER=1\nB: IN00..IN11=0.2 M00=0.5 OUT00..OUT11=0.8 TE1..OTHER=0\n"
@@ -867,47 +871,51 @@ mod tests {
 
     #[test]
     fn type_errors() {
-        let e = plan(&format!("{MODELS}OUT = A x B\n"), Arch::Sd1).unwrap_err();
+        let e = plan(&format!("{MODELS}OUT = A x B\n"), arch("sd1")).unwrap_err();
         assert!(e.message.contains("multiply two models"));
-        let e = plan(&format!("{MODELS}OUT = A + 0.5\n"), Arch::Sd1).unwrap_err();
+        let e = plan(&format!("{MODELS}OUT = A + 0.5\n"), arch("sd1")).unwrap_err();
         assert!(e.message.contains("add a number to a model"));
-        let e = plan(&format!("{MODELS}OUT = blend(A, B)\n"), Arch::Sd1).unwrap_err();
+        let e = plan(&format!("{MODELS}OUT = blend(A, B)\n"), arch("sd1")).unwrap_err();
         assert!(e.message.contains("unknown method"));
         let e = plan(
             &format!("{MODELS}OUT = ties(A, B, density=0.2)\n"),
-            Arch::Sd1,
+            arch("sd1"),
         )
         .unwrap_err();
         assert!(e.message.contains("no option 'density'"));
-        let e = plan(&format!("{MODELS}OUT = ties(A)\n"), Arch::Sd1).unwrap_err();
+        let e = plan(&format!("{MODELS}OUT = ties(A)\n"), arch("sd1")).unwrap_err();
         assert!(
             e.message
                 .contains("takes at least 2 arguments, found 1: ties(base"),
             "{e}"
         );
-        let e = plan(&format!("{MODELS}OUT = ws(A, B)\n"), Arch::Sd1).unwrap_err();
+        let e = plan(&format!("{MODELS}OUT = ws(A, B)\n"), arch("sd1")).unwrap_err();
         assert!(e.message.contains("`ws` needs `alpha`"), "{e}");
-        let e = plan(&format!("{MODELS}OUT = ws(A, B, 0.1, 0.2)\n"), Arch::Sd1).unwrap_err();
+        let e = plan(&format!("{MODELS}OUT = ws(A, B, 0.1, 0.2)\n"), arch("sd1")).unwrap_err();
         assert!(e.message.contains("takes 2 to 3 arguments, found 4"), "{e}");
-        let e = plan(&format!("{MODELS}OUT = ties(A, B, C, k=0)\n"), Arch::Sd1).unwrap_err();
+        let e = plan(&format!("{MODELS}OUT = ties(A, B, C, k=0)\n"), arch("sd1")).unwrap_err();
         assert!(e.message.contains("must be in (0, 1]"), "{e}");
-        let e = plan(&format!("{MODELS}OUT = dare(A, B, seed=1.5)\n"), Arch::Sd1).unwrap_err();
+        let e = plan(
+            &format!("{MODELS}OUT = dare(A, B, seed=1.5)\n"),
+            arch("sd1"),
+        )
+        .unwrap_err();
         assert!(e.message.contains("non-negative integer"), "{e}");
         let e = plan(
             &format!("{MODELS}OUT = avg(A, B, weights=(1, -1))\n"),
-            Arch::Sd1,
+            arch("sd1"),
         )
         .unwrap_err();
         assert!(e.message.contains("sum to 0"), "{e}");
         let e = plan(
             &format!("{MODELS}OUT = ties(A, B, C, weights=(1, 2, 3))\n"),
-            Arch::Sd1,
+            arch("sd1"),
         )
         .unwrap_err();
         assert!(e.message.contains("expected 2 weights"), "{e}");
         let e = plan(
             &format!("{MODELS}OUT = model_stock(A, B, C, k=1)\n"),
-            Arch::Sd1,
+            arch("sd1"),
         )
         .unwrap_err();
         assert!(e.message.contains("it takes: none"), "{e}");
@@ -915,11 +923,11 @@ mod tests {
 
     #[test]
     fn positional_and_named_options_agree() {
-        let a = plan(&format!("{MODELS}OUT = ws(A, B, 0.3)\n"), Arch::Sd1).unwrap();
-        let b = plan(&format!("{MODELS}OUT = ws(A, B, alpha=0.3)\n"), Arch::Sd1).unwrap();
+        let a = plan(&format!("{MODELS}OUT = ws(A, B, 0.3)\n"), arch("sd1")).unwrap();
+        let b = plan(&format!("{MODELS}OUT = ws(A, B, alpha=0.3)\n"), arch("sd1")).unwrap();
         let c = plan(
             &format!("{MODELS}OUT = A x (1-alpha) + B x alpha\n    alpha = 0.3\n"),
-            Arch::Sd1,
+            arch("sd1"),
         )
         .unwrap();
         for p in [&a, &b] {
@@ -929,11 +937,13 @@ mod tests {
         // A swap takes any selection, not only whole components.
         let s = plan(
             &format!("{MODELS}OUT = swap(A, B, OUT06..OUT11)\n"),
-            Arch::Sd1,
+            arch("sd1"),
         )
         .unwrap();
         for (g, v) in s.grouping.groups().iter().zip(coef(&s, "B")) {
-            let want = matches!(g.block, Some(Block::Out(6..=11))) as u8 as f64;
+            let want = g.block.is_some_and(|b| {
+                b.label().starts_with("OUT") && (6..=11).contains(&b.number().unwrap_or(0))
+            }) as u8 as f64;
             assert_eq!(v, want, "{}", g.label);
         }
     }
@@ -942,7 +952,7 @@ mod tests {
     fn methods_become_nodes() {
         let p = plan(
             &format!("{MODELS}T = ties(A, B, C, k=0.2)\nOUT = T x 0.5 + D x 0.5\n"),
-            Arch::Sd1,
+            arch("sd1"),
         )
         .unwrap();
         assert!(!p.is_linear());

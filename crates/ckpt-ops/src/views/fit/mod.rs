@@ -58,7 +58,10 @@ pub struct FitSpec {
 /// Why there is nothing to fit.
 #[derive(Debug, thiserror::Error)]
 pub enum FitError {
-    #[error("fit needs an SD1, SD2 or SDXL checkpoint to map block weights")]
+    #[error(
+        "fit needs a checkpoint of an architecture the catalog knows ({}) to map block weights",
+        ckpt_core::catalog::Arch::ids()
+    )]
     UnknownArchitecture,
     #[error("the region selects no rows these checkpoints have")]
     EmptyRegion,
@@ -138,7 +141,7 @@ pub fn fit(
         .iter()
         .map(|r| expand(&r.gram, &spec.phys))
         .collect();
-    let blocks = arch.merge_blocks();
+    let blocks = arch.merge_blocks().to_vec();
     let block_of_row: Vec<Option<usize>> = groups
         .iter()
         .map(|g| {

@@ -1,0 +1,304 @@
+//! The catalog's tables, built once from the data files ([`super::spec`]) and checked as
+//! they are built: every name an architecture's data uses must resolve (a component, a
+//! block, a block of its weight list), so a mistake in the data fails the first test that
+//! touches the catalog with a message that names the file and the field.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, OnceLock};
+
+use super::spec::{self, ArchSpec, ComponentKind, ComponentSpec, RenameSpec};
+use super::{Arch, Block, Component};
+
+/// The whole catalog.
+pub(crate) struct Registry {
+    pub(crate) components: Vec<ComponentInfo>,
+    /// In their `order`.
+    pub(crate) archs: Vec<ArchInfo>,
+    pub(crate) all: Vec<Arch>,
+    /// Component prefixes, longest first.
+    pub(crate) prefixes: Vec<(String, Component)>,
+    /// The block-rule prefixes of every architecture whose denoiser may be stored bare.
+    pub(crate) bare: Vec<String>,
+    pub(crate) renames: Vec<RenameSpec>,
+    /// (key prefixes of a component saved alone, the prefix that places them).
+    pub(crate) standalone: Vec<(Vec<String>, String)>,
+}
+
+pub(crate) struct ComponentInfo {
+    pub(crate) id: String,
+    pub(crate) label: String,
+    pub(crate) kind: ComponentKind,
+    pub(crate) aliases: Vec<String>,
+}
+
+/// A selector group a block belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BlockGroup {
+    In,
+    Mid,
+    Out,
+}
+
+/// How a block rule names the block of a key.
+#[derive(Clone, Debug)]
+pub(crate) enum RuleBlock {
+    Fixed(Block),
+    /// `series` + the number after the prefix, below `count`.
+    Series {
+        series: String,
+        count: u8,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Rule {
+    pub(crate) prefix: String,
+    pub(crate) block: RuleBlock,
+}
+
+/// One architecture, resolved.
+pub(crate) struct ArchInfo {
+    pub(crate) spec: ArchSpec,
+    /// (component, label, the block weighing its rows), the denoiser first.
+    pub(crate) components: Vec<(Component, String, Option<Block>)>,
+    pub(crate) component_ids: Vec<Component>,
+    pub(crate) other_weight: Option<Block>,
+    /// The block-weight list.
+    pub(crate) order: Vec<Block>,
+    /// The denoiser's blocks (those a rule gives).
+    pub(crate) denoiser_blocks: HashSet<Block>,
+    pub(crate) groups: HashMap<Block, BlockGroup>,
+    pub(crate) rules: Vec<Rule>,
+    pub(crate) lbw: Vec<Vec<Block>>,
+}
+
+/// The registry (built on first use).
+pub(crate) fn registry() -> &'static Registry {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY.get_or_init(|| match build() {
+        Ok(r) => r,
+        // The data is compiled in: a mistake in it is a bug of this build, which the
+        // catalog's tests catch.
+        Err(e) => panic!("catalog data: {e}"),
+    })
+}
+
+/// A string that lives as long as the program (block labels are a few hundred, made once).
+pub(crate) fn intern(s: &str) -> &'static str {
+    static TABLE: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut t = TABLE
+        .get_or_init(Default::default)
+        .lock()
+        .expect("never poisoned: nothing panics while it is held");
+    if let Some(&x) = t.get(s) {
+        return x;
+    }
+    let x: &'static str = Box::leak(s.to_string().into_boxed_str());
+    t.insert(x);
+    x
+}
+
+fn build() -> Result<Registry, String> {
+    let text = spec::file("components.toml").ok_or("components.toml is missing")?;
+    let file: spec::ComponentsFile =
+        toml::from_str(text).map_err(|e| format!("components.toml: {e}"))?;
+    let mut prefixes = Vec::new();
+    let mut standalone = Vec::new();
+    let components: Vec<ComponentInfo> = file
+        .component
+        .into_iter()
+        .enumerate()
+        .map(|(i, c): (usize, ComponentSpec)| {
+            let id = Component(i as u16);
+            prefixes.extend(c.prefixes.iter().map(|p| (p.clone(), id)));
+            if let Some(s) = c.standalone {
+                standalone.push((s.prefixes, s.under));
+            }
+            ComponentInfo {
+                id: c.id,
+                label: c.label,
+                kind: c.kind,
+                aliases: c.aliases,
+            }
+        })
+        .collect();
+    if !components.iter().any(|c| c.kind == ComponentKind::Other) {
+        return Err("components.toml: no component of kind `other`".into());
+    }
+    prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    let component = |id: &str, file: &str| -> Result<Component, String> {
+        components
+            .iter()
+            .position(|c| c.id == id)
+            .map(|i| Component(i as u16))
+            .ok_or_else(|| format!("{file}: no component '{id}' in components.toml"))
+    };
+
+    let mut specs: Vec<(String, ArchSpec)> = Vec::new();
+    for (name, text) in spec::files_under("archs/") {
+        let s: ArchSpec = toml::from_str(text).map_err(|e| format!("{name}: {e}"))?;
+        specs.push((name.to_string(), s));
+    }
+    specs.sort_by_key(|(_, s)| s.order);
+    let mut archs = Vec::new();
+    let mut bare = Vec::new();
+    for (name, s) in specs {
+        let arch = arch_info(&name, s, &component)?;
+        if arch.spec.layout.bare {
+            bare.extend(arch.rules.iter().map(|r| r.prefix.clone()));
+        }
+        archs.push(arch);
+    }
+    let mut seen = HashSet::new();
+    for a in &archs {
+        for word in std::iter::once(&a.spec.id).chain(&a.spec.aliases) {
+            if !seen.insert(word.to_ascii_lowercase()) {
+                return Err(format!("two architectures are called '{word}'"));
+            }
+        }
+    }
+    bare.sort();
+    bare.dedup();
+    Ok(Registry {
+        components,
+        all: (0..archs.len()).map(|i| Arch(i as u16)).collect(),
+        archs,
+        prefixes,
+        bare,
+        renames: file.rename,
+        standalone,
+    })
+}
+
+/// A block of the architecture's list, by the name the data writes.
+fn block_in(order: &[Block], name: &str, file: &str, field: &str) -> Result<Block, String> {
+    order
+        .iter()
+        .copied()
+        .find(|b| b.label() == name)
+        .ok_or_else(|| format!("{file}: {field} names '{name}', which is not in [weights] order"))
+}
+
+/// A list written as blocks and ranges (`BASE, IN00..IN11, M00`), expanded.
+pub(crate) fn expand_list(text: &str) -> Result<Vec<String>, String> {
+    let mut out = Vec::new();
+    for item in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+        match item.split_once("..") {
+            None => out.push(item.to_string()),
+            Some((a, b)) => {
+                let (sa, na) = split_number(a).ok_or_else(|| format!("'{item}': not a range"))?;
+                let (sb, nb) = split_number(b).ok_or_else(|| format!("'{item}': not a range"))?;
+                if sa != sb || na > nb {
+                    return Err(format!("'{item}': not a range of one series"));
+                }
+                out.extend((na..=nb).map(|n| format!("{sa}{n:02}")));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `IN07` -> (`IN`, 7).
+pub(crate) fn split_number(label: &str) -> Option<(&str, u8)> {
+    let at = label.find(|c: char| c.is_ascii_digit())?;
+    let (series, digits) = label.split_at(at);
+    if series.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((series, digits.parse().ok()?))
+}
+
+fn arch_info(
+    file: &str,
+    spec: ArchSpec,
+    component: &dyn Fn(&str, &str) -> Result<Component, String>,
+) -> Result<ArchInfo, String> {
+    let order: Vec<Block> = expand_list(&spec.weights.order)
+        .map_err(|e| format!("{file}: [weights] order: {e}"))?
+        .iter()
+        .map(|l| Block::new(l))
+        .collect();
+    let mut rules = Vec::new();
+    let mut denoiser_blocks = HashSet::new();
+    let mut groups = HashMap::new();
+    for r in &spec.blocks.rules {
+        let group = match r.group.as_deref() {
+            None => None,
+            Some("in") => Some(BlockGroup::In),
+            Some("mid") => Some(BlockGroup::Mid),
+            Some("out") => Some(BlockGroup::Out),
+            Some(g) => return Err(format!("{file}: block group '{g}' is not in, mid or out")),
+        };
+        let made: Vec<Block> = match r.count {
+            Some(n) => (0..n)
+                .map(|i| Block::new(&format!("{}{i:02}", r.block)))
+                .collect(),
+            None => vec![Block::new(&r.block)],
+        };
+        for b in &made {
+            block_in(&order, b.label(), file, "a block rule")?;
+            denoiser_blocks.insert(*b);
+            if let Some(g) = group {
+                groups.insert(*b, g);
+            }
+        }
+        rules.push(Rule {
+            prefix: r.prefix.clone(),
+            block: match r.count {
+                Some(count) => RuleBlock::Series {
+                    series: r.block.clone(),
+                    count,
+                },
+                None => RuleBlock::Fixed(made[0]),
+            },
+        });
+    }
+    let weight = |name: &Option<String>, field: &str| -> Result<Option<Block>, String> {
+        name.as_deref()
+            .map(|n| block_in(&order, n, file, field))
+            .transpose()
+    };
+    let mut components = Vec::new();
+    for c in &spec.components {
+        components.push((
+            component(&c.id, file)?,
+            c.label.clone().unwrap_or_default(),
+            weight(&c.weight, "a component's weight")?,
+        ));
+    }
+    if components.is_empty() {
+        return Err(format!("{file}: no components"));
+    }
+    let other_weight = weight(&spec.weights.other, "[weights] other")?;
+    let lbw = spec
+        .weights
+        .lbw
+        .iter()
+        .map(|l| {
+            expand_list(l)
+                .map_err(|e| format!("{file}: [weights] lbw: {e}"))?
+                .iter()
+                .map(|b| block_in(&order, b, file, "[weights] lbw"))
+                .collect()
+        })
+        .collect::<Result<Vec<Vec<Block>>, String>>()?;
+    for (alias, to) in &spec.blocks.aliases {
+        block_in(&order, to, file, &format!("block alias {alias}"))?;
+    }
+    if let Some(l) = &spec.lora {
+        for t in &l.text_encoders {
+            component(&t.component, file)?;
+        }
+    }
+    Ok(ArchInfo {
+        spec,
+        component_ids: components.iter().map(|(c, _, _)| *c).collect(),
+        components,
+        other_weight,
+        order,
+        denoiser_blocks,
+        groups,
+        rules,
+        lbw,
+    })
+}
