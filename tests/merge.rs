@@ -1091,3 +1091,47 @@ fn scaled_fp8_scales_linear_weights_only() {
         "{linear} linear, {conv} conv weights"
     );
 }
+
+/// The cache is where the command line says: `--no-cache` reads and writes nothing; by
+/// default the inputs' SHA-256 are kept (and a second merge takes them from there, with the
+/// same provenance as a hashed one).
+#[test]
+fn no_cache_writes_nothing_and_the_cache_keeps_input_hashes() {
+    let fam = family(arch("sd1"));
+    let cache = fam.dir.path("cache");
+    let merge = |out: &str, no_cache: bool| {
+        let out = fam.dir.path(out);
+        let mut c = ckpt_diff();
+        c.env(ckpt_read::env::XDG_CACHE_HOME.name, &cache);
+        c.args([
+            "merge",
+            "ws",
+            s(&fam.fts[0]),
+            s(&fam.fts[1]),
+            "--alpha",
+            "0.3",
+        ]);
+        c.args(["-o", s(&out), "-q", "--json"]);
+        if no_cache {
+            c.arg("--no-cache");
+        }
+        let o = c.output().expect("run");
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        (j["inputs"].clone(), std::fs::read(out).unwrap())
+    };
+    let (hashed, uncached_file) = merge("a.safetensors", true);
+    assert!(!cache.exists(), "--no-cache wrote {}", cache.display());
+    let sha = |p: &PathBuf| {
+        use sha2::Digest;
+        ckpt_ops::hash::hex(&sha2::Sha256::digest(std::fs::read(p).unwrap()))
+    };
+    assert_eq!(hashed[0][1], sha(&fam.fts[0]));
+    let (first, _) = merge("b.safetensors", false);
+    assert!(cache.join("ckpt-diff/sha256.tsv").exists());
+    let (second, cached_file) = merge("c.safetensors", false);
+    assert_eq!(first, hashed);
+    assert_eq!(second, hashed);
+    // The digests in the metadata are the same whether computed or cached.
+    assert_eq!(cached_file, uncached_file);
+}

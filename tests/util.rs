@@ -52,10 +52,20 @@ pub(crate) fn say_skipped(what: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED {what}");
 }
 
+/// The cache folder the binary under test uses: one for the test run, never the
+/// developer's own.
+pub(crate) fn test_cache() -> &'static Path {
+    static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    CACHE
+        .get_or_init(|| tempfile::tempdir().expect("temp dir"))
+        .path()
+}
+
 /// The binary under test.
 pub(crate) fn ckpt_diff() -> Command {
     let mut c = Command::cargo_bin("ckpt-diff").expect("binary");
     c.env_remove(ckpt_read::env::KERNELS.name);
+    c.env(ckpt_read::env::XDG_CACHE_HOME.name, test_cache());
     c
 }
 

@@ -14,6 +14,8 @@ pub(super) struct Global {
     pub quiet: bool,
     /// Set by the Ctrl-C handler: every pass the command runs stops on it.
     pub cancel: ckpt_core::pass::Cancel,
+    /// Where what is learned between runs is kept (none with `--no-cache`).
+    pub cache: ckpt_ops::cache::Cache,
 }
 
 impl Global {

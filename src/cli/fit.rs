@@ -190,11 +190,24 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             let options = ckpt_ops::merge::Options {
                 overwrite: true,
                 input_hashes: false,
-                cancel: global.cancel.clone(),
                 ..Default::default()
             };
             let bar = Bar::new("merging", global.quiet);
-            ckpt_ops::merge::run(&parsed, &dir, out, &options, &bar)?;
+            ckpt_ops::merge::run(
+                &parsed,
+                &dir,
+                out,
+                &options,
+                &bar,
+                &global.cancel,
+                &global.cache,
+            )
+            .map_err(|e| match e {
+                ckpt_ops::merge::MergeError::Preflight(plan) => {
+                    anyhow::anyhow!("{}", crate::reports::merge::problems_text(&plan))
+                }
+                e => e.into(),
+            })?;
             drop(bar);
             let pair = open_all(&[out.clone(), args.target.clone()])?;
             let inner = pass(&pair, &grouping, "measuring", false, global)?;

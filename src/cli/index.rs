@@ -50,11 +50,13 @@ enum Command {
     },
 }
 
-/// The index the options name.
+/// The index the options name; by default `index.sqlite` in ckpt-diff's cache folder
+/// (`$XDG_CACHE_HOME/ckpt-diff`, else `~/.cache/ckpt-diff`, `%LOCALAPPDATA%/ckpt-diff` on
+/// Windows).
 pub(super) fn open_index(path: Option<&Path>) -> Result<Index> {
     let p = path
         .map(Path::to_path_buf)
-        .unwrap_or_else(ckpt_ops::index::default_path);
+        .unwrap_or_else(|| ckpt_read::sys::cache_dir().join("index.sqlite"));
     Ok(Index::open(&p)?)
 }
 

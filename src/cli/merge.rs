@@ -118,10 +118,6 @@ impl OutArgs {
             missing,
             input_hashes: !self.no_input_hashes,
             overwrite: self.force,
-            on_open: super::common::warn_dangerous,
-            on_plan: |_| {},
-            dry_run: self.dry_run,
-            cancel: Default::default(),
         })
     }
 }
@@ -173,37 +169,41 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         .output
         .clone()
         .context("name the output file with -o OUT.safetensors")?;
-    let mut options = out.options()?;
-    options.cancel = global.cancel.clone();
-    if !global.quiet && !out.dry_run {
-        // The plan goes to stderr before the pass; stdout keeps the summary.
-        options.on_plan = |plan| eprint!("{}", reports::merge::plan_text(plan));
-    }
+    let options = out.options()?;
     let recipe = merge::recipe::parse(&text).context("in the recipe")?;
-    let bar = Bar::new("merging", global.quiet || out.dry_run);
-    let outcome = match merge::run(&recipe, &base_dir, &output, &options, &bar) {
-        Ok(o) => o,
+    let inputs = merge::open(&recipe, &base_dir)?;
+    for m in &inputs.models {
+        super::common::warn_dangerous(&m.ckpt);
+    }
+    let planned = match merge::plan(&inputs, &output, &options, &global.cache) {
+        Ok(p) => p,
         Err(merge::MergeError::Preflight(plan)) => {
-            drop(bar);
             // The plan as far as it got, then the problems as the error.
             if out.json {
                 print(&reports::merge::plan_document(&plan))?;
             } else if out.dry_run {
                 print(&reports::merge::plan_text(&plan))?;
             }
-            bail!("{}", plan.problems_text());
+            bail!("{}", reports::merge::problems_text(&plan));
         }
         Err(e) => return Err(e.into()),
     };
-    drop(bar);
-    if outcome.dry_run {
+    if out.dry_run {
+        let plan = planned.preflight();
         print(&if out.json {
-            reports::merge::plan_document(&outcome.plan)
+            reports::merge::plan_document(plan)
         } else {
-            reports::merge::plan_text(&outcome.plan)
+            reports::merge::plan_text(plan)
         })?;
         return Ok(Outcome::Ok);
     }
+    if !global.quiet {
+        // The plan goes to stderr before the pass; stdout keeps the summary.
+        eprint!("{}", reports::merge::plan_text(planned.preflight()));
+    }
+    let bar = Bar::new("merging", global.quiet);
+    let outcome = merge::execute(planned, &bar, &global.cancel, &global.cache)?;
+    drop(bar);
     print(&if out.json {
         reports::merge::document(&outcome)
     } else {

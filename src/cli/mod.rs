@@ -27,7 +27,7 @@ use clap::{Parser, Subcommand};
 const EXIT_CODES: &str = "\
 Exit codes: 0 success; 1 a check found something; 2 usage, input or I/O error; 130 interrupted.";
 
-/// Analyze, diff and merge Stable Diffusion checkpoints (.safetensors).
+/// Analyze, diff and merge diffusion-model checkpoints.
 #[derive(Debug, Parser)]
 #[command(name = "ckpt-diff", version, about, after_help = EXIT_CODES)]
 pub(crate) struct Cli {
@@ -39,6 +39,10 @@ pub(crate) struct Cli {
     /// Worker threads (default: one per core).
     #[arg(long, global = true, value_name = "N")]
     threads: Option<usize>,
+    /// Neither read nor write ckpt-diff's cache (the SHA-256 of unchanged inputs, the merge
+    /// rates the plan predicts times from).
+    #[arg(long, global = true)]
+    no_cache: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +104,11 @@ pub(crate) fn run() -> ExitCode {
     let global = common::Global {
         quiet: cli.quiet,
         cancel,
+        cache: if cli.no_cache {
+            ckpt_ops::cache::Cache::none()
+        } else {
+            ckpt_ops::cache::Cache::at(ckpt_read::sys::cache_dir())
+        },
     };
     let result = match cli.command {
         Command::Sim(args) => sim::run(args, &global),

@@ -9,8 +9,35 @@
 //! `predicted_seconds`, `rate`, `kind`, `problems`).
 
 use super::{TextTable, bytes, listed};
-use ckpt_ops::merge::Outcome;
 use ckpt_ops::merge::preflight::Preflight;
+use ckpt_ops::merge::{Outcome, Problem, Remedy};
+
+/// A problem as the command line says it: what is wrong, then the option that fixes it
+/// where there is one (the library's problems name no option).
+pub(crate) fn problem(p: &Problem) -> String {
+    match p.remedy() {
+        Some(Remedy::ReplaceOrRenameOutput) => {
+            format!("{p}: pass --force to replace it, or choose another -o")
+        }
+        Some(Remedy::CreateFolderOrRenameOutput) => {
+            format!("{p}: create it or choose another -o")
+        }
+        None => p.to_string(),
+    }
+}
+
+/// The problems of a plan as one message (the error a refused merge exits with).
+pub(crate) fn problems_text(plan: &Preflight) -> String {
+    let mut s = format!(
+        "{} problem{} found before reading any tensor data; nothing was written:",
+        plan.problems.len(),
+        if plan.problems.len() == 1 { "" } else { "s" }
+    );
+    for p in &plan.problems {
+        s.push_str(&format!("\n  - {}", problem(p)));
+    }
+    s
+}
 
 /// The summary: what was written, the per-block coefficients of a linear recipe, and the
 /// keys copied or left out. `file_bytes` is the output's size on disk.
@@ -143,12 +170,17 @@ pub(crate) fn plan_text(plan: &Preflight) -> String {
     }
     s.push_str(&copied_and_skipped(&plan.copied, &plan.skipped));
     for p in &plan.problems {
-        s.push_str(&format!("problem: {p}\n"));
+        s.push_str(&format!("problem: {}\n", problem(p)));
     }
     s
 }
 
 /// `merge --dry-run --json`: the [`Preflight`] fields.
 pub(crate) fn plan_document(plan: &Preflight) -> String {
-    super::json::document("merge-plan", plan)
+    let mut doc = super::json::envelope("merge-plan", plan);
+    // The problems as the command line says them (with the option that fixes each).
+    doc["problems"] = plan.problems.iter().map(problem).collect::<Vec<_>>().into();
+    let mut s = serde_json::to_string_pretty(&doc).expect("plain data");
+    s.push('\n');
+    s
 }

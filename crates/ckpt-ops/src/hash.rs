@@ -14,12 +14,8 @@
 //! once and runs one thread per algorithm over the mapping, so the file is read once and the
 //! time is that of the slowest algorithm (SHA-256, twice: whole file and AutoV3).
 //!
-//! Full-file SHA-256 of a multi-GB checkpoint takes seconds, so results are cached per
-//! (path, size, modification time) in `$XDG_CACHE_HOME/ckpt-diff/sha256.tsv` (or
-//! `~/.cache/...`), like A1111's `cache.json`.
-
-use std::io::Write;
-use std::path::{Path, PathBuf};
+//! Full-file SHA-256 of a multi-GB checkpoint takes seconds: a merge keeps its inputs'
+//! digests in its caller's [`crate::cache::Cache`].
 
 use sha2::{Digest, Sha256};
 
@@ -149,19 +145,9 @@ pub fn legacy_hash(file: &[u8]) -> String {
     sha256_hex(&file[start..end])[..8].to_string()
 }
 
-/// SHA-256 of a checkpoint's whole file (from the cache when unchanged), reading its
-/// mapping; with `release`, hands each hashed stretch of pages back as it goes.
-pub fn sha256_checkpoint_cached(
-    path: &Path,
-    ckpt: &ckpt_read::Checkpoint,
-    release: bool,
-) -> String {
-    let key = cache_key(path);
-    if let Some(k) = &key
-        && let Some(h) = cache_lookup(k)
-    {
-        return h;
-    }
+/// SHA-256 of a checkpoint's whole file, reading its mapping; with `release`, hands each
+/// hashed stretch of pages back as it goes.
+pub fn sha256_checkpoint(ckpt: &ckpt_read::Checkpoint, release: bool) -> String {
     let mut hasher = Sha256::new();
     let bytes = ckpt.bytes();
     let step = 64 << 20;
@@ -174,72 +160,7 @@ pub fn sha256_checkpoint_cached(
         }
         at = end;
     }
-    let h = hex(&hasher.finalize());
-    if let Some(k) = key {
-        cache_store(&k, &h);
-    }
-    h
-}
-
-/// The cached SHA-256 of a file, if its size and modification time still match.
-pub fn sha256_cached_only(path: &Path) -> Option<String> {
-    cache_key(path).and_then(|k| cache_lookup(&k))
-}
-
-fn cache_file() -> Option<PathBuf> {
-    Some(ckpt_read::sys::cache_dir().join("sha256.tsv"))
-}
-
-/// `path<TAB>size<TAB>mtime_ns`.
-fn cache_key(path: &Path) -> Option<String> {
-    let canonical = std::fs::canonicalize(path).ok()?;
-    let m = std::fs::metadata(&canonical).ok()?;
-    // Nanoseconds since the epoch, negative before it (the same value as Unix's
-    // `st_mtime * 1e9 + st_mtime_nsec`, from `std` on every platform).
-    let modified = m.modified().ok()?;
-    let mtime = match modified.duration_since(std::time::UNIX_EPOCH) {
-        Ok(after) => after.as_nanos() as i128,
-        Err(before) => -(before.duration().as_nanos() as i128),
-    };
-    let name = canonical.to_str()?;
-    if name.contains(['\t', '\n']) {
-        return None;
-    }
-    Some(format!("{name}\t{}\t{mtime}", m.len()))
-}
-
-fn cache_lookup(key: &str) -> Option<String> {
-    let text = std::fs::read_to_string(cache_file()?).ok()?;
-    lookup_in(&text, key)
-}
-
-/// The newest digest stored under `key` in the cache file's `text`.
-fn lookup_in(text: &str, key: &str) -> Option<String> {
-    // Only a whole digest counts: a line another process is still writing, or one
-    // garbled by a crash, is a miss (a rehash), never a wrong hash.
-    text.lines().rev().find_map(|l| {
-        l.strip_prefix(key)
-            .and_then(|r| r.strip_prefix('\t'))
-            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
-            .map(str::to_string)
-    })
-}
-
-fn cache_store(key: &str, hash: &str) {
-    let Some(file) = cache_file() else { return };
-    if let Some(dir) = file.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    // One write of the whole line: an append of one short write does not interleave with
-    // other processes' appends (`writeln!` on a file writes each piece separately, and
-    // parallel merges then mixed their lines). A lost line only costs a rehash.
-    if let Ok(mut f) = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&file)
-    {
-        let _ = f.write_all(format!("{key}\t{hash}\n").as_bytes());
-    }
+    hex(&hasher.finalize())
 }
 
 /// A claim a file's metadata makes about its own hash.
@@ -281,19 +202,6 @@ pub fn claims(ckpt: Option<&ckpt_read::Checkpoint>, h: &FileHashes) -> Vec<Claim
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cache_lookup_takes_only_whole_digests() {
-        let (h1, h2) = ("a".repeat(64), "b".repeat(64));
-        let text = format!("/m.safetensors\t5\t7\t{h1}\n/m.safetensors\t5\t7\t{h2}\n");
-        assert_eq!(lookup_in(&text, "/m.safetensors\t5\t7"), Some(h2.clone()));
-        // A newer line cut short, or mixed with another process's line, is passed over.
-        let cut = format!("{text}/m.safetensors\t5\t7\tbbb\n");
-        assert_eq!(lookup_in(&cut, "/m.safetensors\t5\t7"), Some(h2.clone()));
-        let mixed = format!("{text}/m.safetensors\t5\t7\t/n.safetensors\t9\t9\t{h1}\n");
-        assert_eq!(lookup_in(&mixed, "/m.safetensors\t5\t7"), Some(h2));
-        assert_eq!(lookup_in(&text, "/n.safetensors\t5\t7"), None);
-    }
 
     /// Civitai's test vector ("hello world", from its model scanner's tests) and the
     /// research's reference values.

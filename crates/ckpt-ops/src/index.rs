@@ -85,12 +85,6 @@ pub struct Index {
     db: Connection,
 }
 
-/// `$XDG_CACHE_HOME/ckpt-diff/index.sqlite`, else `~/.cache/ckpt-diff/index.sqlite` (the
-/// user profile's `AppData/Local` on Windows).
-pub fn default_path() -> PathBuf {
-    ckpt_read::sys::cache_dir().join("index.sqlite")
-}
-
 impl Index {
     /// Opens (creating it if needed) the index at `path`.
     pub fn open(path: &Path) -> Result<Index, IndexError> {

@@ -6,8 +6,10 @@
 //! * [`lora`]: LoRA networks read, baked, extracted, merged and converted;
 //! * [`fix`]: repairs planned from validation's findings;
 //! * [`hash`], [`sketch`], [`index`]: file hashes, fingerprints and the lineage index;
+//! * [`cache`]: what is kept between runs, where the caller says;
 //! * [`synth`]: synthetic checkpoints with the real layouts (test data).
 
+pub mod cache;
 pub mod fix;
 pub mod hash;
 pub mod index;

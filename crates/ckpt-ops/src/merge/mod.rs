@@ -2,41 +2,51 @@
 //! one streaming pass, written atomically with their provenance.
 //!
 //! ```text
-//! recipe text --parse--> Recipe --resolve(arch)--> MergePlan (a graph over input files)
-//!     --decide--> per-tensor sources --pass--> output chunks written in place --> rename
+//! recipe text --parse--> Recipe --open--> Inputs (every file opened, its architecture)
+//!     --plan--> Planned (the graph resolved, what each output tensor is, the preflight:
+//!               every problem at once, before any tensor is read)
+//!     --execute--> output chunks written in place by one pass --> rename
 //! ```
+//!
+//! [`run`] does the three steps; the command line calls them one by one to warn about the
+//! inputs, show the plan and run the pass with its progress bar.
 //!
 //! * [`recipe`]: the language: syntax tree, lexer, parser (errors at line and column), and
 //!   the writer of recipes ckpt-diff makes itself;
 //! * [`methods`]: the registry of merge methods, one module per method;
 //! * [`plan`]: resolution into linear combinations and method nodes;
+//! * [`preflight`]: the plan shown before the pass; [`problem`]: what stops a merge;
 //! * [`engine`]: per-tensor evaluation inside the pass;
 //! * [`metadata`]: `sd_merge_recipe`, `sd_merge_models`, the recipe text.
 
 pub(crate) mod engine;
+mod execute;
+mod inputs;
 pub(crate) mod linear;
 pub(crate) mod metadata;
 pub mod methods;
 pub mod plan;
 pub mod preflight;
+pub mod problem;
 pub mod recipe;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use thiserror::Error;
 
-use std::sync::Arc;
-
+use crate::cache::Cache;
 use crate::lora::LoraFile;
-use ckpt_core::catalog::{Arch, Detection, Layout, detect};
-use ckpt_core::pass::{Cancel, Pass, PassError, Plan};
-use ckpt_core::writer::{OutputFile, TensorSpec, WriteError};
+use ckpt_core::catalog::Arch;
+use ckpt_core::pass::{Cancel, PassError, Plan, Progress};
+use ckpt_core::writer::{TensorSpec, WriteError};
 use ckpt_read::dtype::{self, FloatFormat};
-use ckpt_read::{Checkpoint, FileError};
-use engine::{MergeWork, OutputScale, Source, WriteCount};
+use engine::{Decisions, OutputScale, Source};
 pub use engine::{Missing, OutputFormat, Precision};
+pub use inputs::{Inputs, open};
 use plan::MergePlan;
+pub use problem::{Problem, Remedy};
 use recipe::Recipe;
 
 /// Why a merge did not happen.
@@ -47,16 +57,18 @@ pub enum MergeError {
     Parse(#[from] recipe::ParseError),
     #[error("recipe")]
     Plan(#[from] plan::PlanError),
-    #[error(transparent)]
-    Open(#[from] FileError),
-    #[error("{0}")]
-    Inputs(String),
+    #[error("'{name}' is used but was not opened")]
+    NotOpened { name: String },
     #[error(transparent)]
     Write(#[from] WriteError),
     #[error(transparent)]
     Pass(#[from] PassError),
     /// Problems found before the pass (all of them), with the plan as far as it got.
-    #[error("{}", .0.problems_text())]
+    #[error(
+        "{} problem{} found before reading any tensor data",
+        .0.problems.len(),
+        if .0.problems.len() == 1 { "" } else { "s" }
+    )]
     Preflight(Box<preflight::Preflight>),
 }
 
@@ -71,15 +83,6 @@ pub struct Options {
     pub input_hashes: bool,
     /// Replace an existing output file.
     pub overwrite: bool,
-    /// Called with each input once it is open, before any tensor is read (the CLI warns
-    /// about dangerous pickles there).
-    pub on_open: fn(&Checkpoint),
-    /// Called with the plan once every check passed, before the pass.
-    pub on_plan: fn(&preflight::Preflight),
-    /// Stop after the plan: open and check everything, read no tensor, write nothing.
-    pub dry_run: bool,
-    /// Stops the merge at its next tensor piece once cancelled (nothing is written).
-    pub cancel: Cancel,
 }
 
 impl Default for Options {
@@ -90,10 +93,6 @@ impl Default for Options {
             missing: Missing::First,
             input_hashes: true,
             overwrite: false,
-            on_open: |_| {},
-            on_plan: |_| {},
-            dry_run: false,
-            cancel: Cancel::new(),
         }
     }
 }
@@ -121,196 +120,184 @@ pub struct Outcome {
     pub seconds: f64,
 }
 
-/// An input model, opened.
-struct Opened {
-    name: String,
-    path: PathBuf,
-    ckpt: Checkpoint,
-    detection: Detection,
+/// An input's SHA-256 for the provenance metadata: known (from the cache), or to be
+/// computed while the merge runs, its place in the header held by a placeholder of the
+/// same length.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum InputHash {
+    Known(String),
+    Pending { placeholder: String },
 }
 
-/// Runs `recipe` (paths relative to `base_dir`) into `out`.
+/// A merge planned: everything the pass needs, checked.
+pub struct Planned<'i> {
+    inputs: &'i Inputs,
+    out: PathBuf,
+    options: Options,
+    arch: Arch,
+    merge: MergePlan,
+    /// The models the merge reads, in its input order (indices into the opened inputs).
+    models: Vec<usize>,
+    pass_plan: Plan<'i>,
+    decisions: Decisions,
+    specs: Vec<TensorSpec>,
+    hashes: Vec<Option<InputHash>>,
+    metadata: Vec<(String, String)>,
+    preflight: preflight::Preflight,
+}
+
+impl Planned<'_> {
+    /// The plan to show before the pass.
+    pub fn preflight(&self) -> &preflight::Preflight {
+        &self.preflight
+    }
+
+    /// What a dry run reports: the plan, nothing read or written.
+    pub fn dry_run(&self) -> Outcome {
+        let inputs = self
+            .models
+            .iter()
+            .map(|&m| (self.inputs.models[m].name.clone(), None))
+            .collect();
+        self.outcome(0, 0.0, inputs, true)
+    }
+
+    fn outcome(
+        &self,
+        bytes: u64,
+        seconds: f64,
+        inputs: Vec<(String, Option<String>)>,
+        dry_run: bool,
+    ) -> Outcome {
+        Outcome {
+            output: self.out.display().to_string(),
+            arch: self.arch,
+            tensors: self.decisions.outputs.len(),
+            merged: self
+                .decisions
+                .outputs
+                .iter()
+                .filter(|o| matches!(o.source, Source::Merge { .. }))
+                .count(),
+            copied: self.decisions.copied.clone(),
+            skipped: self.decisions.skipped.clone(),
+            bytes,
+            coefficients: self.merge.is_linear().then(|| self.merge.to_string()),
+            inputs,
+            plan: self.preflight.clone(),
+            dry_run,
+            seconds,
+        }
+    }
+}
+
+/// Runs `recipe` (paths relative to `base_dir`) into `out`: [`open`], [`plan`],
+/// [`execute`].
 pub fn run(
     recipe: &Recipe,
     base_dir: &Path,
     out: &Path,
     options: &Options,
-    progress: &dyn ckpt_core::pass::Progress,
+    progress: &dyn Progress,
+    cancel: &Cancel,
+    cache: &Cache,
 ) -> Result<Outcome, MergeError> {
+    let inputs = open(recipe, base_dir)?;
+    let planned = plan(&inputs, out, options, cache)?;
+    execute(planned, progress, cancel, cache)
+}
+
+pub use execute::execute;
+
+/// Plans the merge of the opened inputs into `out`: resolves the recipe for their
+/// architecture, decides what every output tensor is, lays out the output and its
+/// provenance, and checks everything that can be checked before the pass (the output's place
+/// and free space, every LoRA module against the models). Every problem is reported at once,
+/// in [`MergeError::Preflight`]; nothing is read or written.
+pub fn plan<'i>(
+    inputs: &'i Inputs,
+    out: &Path,
+    options: &Options,
+    cache: &Cache,
+) -> Result<Planned<'i>, MergeError> {
     let mut problems = Vec::new();
-    if let Err(e) = ckpt_core::writer::refuse_existing(out, options.overwrite) {
-        problems.push(format!(
-            "{e}: pass --force to replace it, or choose another -o"
-        ));
+    if ckpt_core::writer::refuse_existing(out, options.overwrite).is_err() {
+        problems.push(Problem::OutputExists {
+            path: out.to_path_buf(),
+        });
     }
-    let recipe = &recipe::expand_lists(recipe, base_dir)?;
-    // Open every file the steps mention (all of them, to report every problem at once),
-    // to learn the architecture.
-    let mentioned = plan::referenced_inputs(recipe);
-    let mut opened: HashMap<String, Opened> = HashMap::new();
-    let mut lora_files = Vec::new();
-    let mut planned = Vec::new();
-    let mut unopened = 0;
-    for &i in &mentioned {
-        let b = &recipe.bindings[i];
-        let path = resolve_path(base_dir, &b.path);
-        match ckpt_core::catalog::diffusers::open(&path) {
-            Ok(ckpt) if let Some(net) = crate::lora::Network::read(&ckpt) => {
-                planned.push(preflight::PlannedInput {
-                    name: b.name.clone(),
-                    path: path.display().to_string(),
-                    bytes: ckpt.bytes().len() as u64,
-                    arch: "LoRA".into(),
-                });
-                lora_files.push((b.name.clone(), path, ckpt, net));
-            }
-            Ok(ckpt) => {
-                (options.on_open)(&ckpt);
-                let detection = detect(&ckpt);
-                planned.push(preflight::PlannedInput {
-                    name: b.name.clone(),
-                    path: path.display().to_string(),
-                    bytes: ckpt.bytes().len() as u64,
-                    arch: match detection.layout {
-                        Layout::Known(a) => a.label().to_string(),
-                        Layout::Generic => "unknown".into(),
-                    },
-                });
-                opened.insert(
-                    b.name.clone(),
-                    Opened {
-                        name: b.name.clone(),
-                        path,
-                        ckpt,
-                        detection,
-                    },
-                );
-            }
-            Err(e) => {
-                unopened += 1;
-                problems.push(format!("'{}': {:#}", b.name, anyhow::Error::new(e)));
-            }
-        }
-    }
-    let arch = match common_arch(recipe, &opened) {
-        Ok(a) => Some(a),
-        Err(mut more) => {
-            problems.append(&mut more);
-            None
-        }
-    };
+    problems.extend(inputs.problems.iter().cloned());
     // Without every input open there is no plan to make; report what was found so far.
-    let Some(arch) = arch.filter(|_| unopened == 0) else {
+    let Some(arch) = inputs.arch.filter(|_| inputs.all_opened) else {
         return Err(MergeError::Preflight(Box::new(
-            preflight::Preflight::failed(out, planned, problems),
+            preflight::Preflight::failed(out, inputs.planned.clone(), problems),
         )));
     };
-    // LoRAs, their modules mapped to the models' architecture.
+    // LoRAs named for another architecture (SD1 and SD2 share names: their shapes decide).
     let mut loras: HashMap<String, Arc<LoraFile>> = HashMap::new();
-    let mut lora_paths: Vec<PathBuf> = Vec::new();
-    for (name, path, ckpt, own) in lora_files {
-        lora_paths.push(path.clone());
-        // Named for another architecture (SD1 and SD2 share names: their shapes decide).
-        if let Some(own) = own.better_fit_than(arch) {
-            problems.push(format!(
-                "'{name}' ({}) is a LoRA for {} but the models are {}: bake it into a model of \
-                 its architecture",
-                path.display(),
-                own.label(),
-                arch.label()
-            ));
+    for l in &inputs.loras {
+        if let Some(own) = l.network.better_fit_than(arch) {
+            problems.push(Problem::LoraForAnotherArchitecture {
+                name: l.name.clone(),
+                path: l.path.clone(),
+                lora: own,
+                models: arch,
+            });
         }
-        let net = crate::lora::Network::read_for(&ckpt, Some(arch)).expect("read above");
-        loras.insert(name.clone(), Arc::new(LoraFile { name, ckpt, net }));
+        if let Some(f) = &l.file {
+            loras.insert(l.name.clone(), Arc::clone(f));
+        }
     }
-    let mut merge = plan::resolve_with(recipe, arch, &loras)?;
+    let mut merge = plan::resolve_with(&inputs.recipe, arch, &loras)?;
     compact(&mut merge);
-    let models: Vec<&Opened> = merge
+    let models: Vec<usize> = merge
         .inputs
         .iter()
         .map(|i| {
-            opened.get(&i.name).ok_or_else(|| {
-                MergeError::Inputs(format!("'{}' is used but was not opened", i.name))
-            })
+            inputs
+                .models
+                .iter()
+                .position(|m| m.name == i.name)
+                .ok_or_else(|| MergeError::NotOpened {
+                    name: i.name.clone(),
+                })
         })
         .collect::<Result<_, _>>()?;
-    let pass_plan = Plan::new(models.iter().map(|m| &m.ckpt).collect());
-
-    // What each output tensor is.
+    let pass_plan = Plan::new(models.iter().map(|&m| &inputs.models[m].ckpt).collect());
     let decisions = engine::decide(&merge, &pass_plan, options.output, options.missing);
-    let mut specs: Vec<TensorSpec> = decisions
-        .outputs
-        .iter()
-        .map(|o| {
-            let entry = &pass_plan.entries()[o.entry];
-            let shape = pass_plan.shape(entry).to_vec();
-            let dtype = match &o.source {
-                Source::Merge { format, .. } => format.dtype(),
-                Source::Copy { model } => {
-                    pass_plan
-                        .tensor(entry, *model)
-                        .expect("copied from a holder")
-                        .dtype
-                }
-            };
-            let shape = match &o.source {
-                Source::Copy { model } => pass_plan
-                    .tensor(entry, *model)
-                    .expect("holder")
-                    .shape
-                    .clone(),
-                _ => shape,
-            };
-            TensorSpec {
-                name: o.name.clone(),
-                dtype,
-                shape,
-            }
-        })
-        .collect();
-    // Scaled tensors: each with its `scale_weight`, and the file with ComfyUI's marker.
-    let scaled: Vec<(&str, FloatFormat)> = decisions
-        .outputs
-        .iter()
-        .zip(&specs)
-        .filter(|(o, _)| o.scale != OutputScale::None)
-        .map(|(o, spec)| {
-            let format = dtype::float_format(spec.dtype).expect("a scaled float");
-            (o.name.as_str(), format)
-        })
-        .collect();
-    if let Some(&(_, format)) = scaled.first() {
-        specs.push(TensorSpec {
-            name: format!(
-                "{}{}",
-                ckpt_core::catalog::DENOISER_PREFIX,
-                ckpt_read::quant::MARKER
-            ),
-            dtype: format.dtype(),
-            shape: vec![0],
-        });
-    }
-    for (name, _) in &scaled {
-        specs.push(TensorSpec {
-            name: ckpt_read::quant::scale_name(name),
-            dtype: ckpt_read::Dtype::F32,
-            shape: Vec::new(),
-        });
-    }
+    let specs = output_specs(&pass_plan, &decisions);
 
     // Provenance, with placeholders where the SHA-256 will go.
-    let infos: Vec<metadata::InputInfo> = models
+    let hashes: Vec<Option<InputHash>> = models
         .iter()
         .enumerate()
-        .map(|(i, m)| metadata::InputInfo {
-            name: m.name.clone(),
-            file: m.ckpt.display_name(),
-            sha256: options.input_hashes.then(|| {
-                crate::hash::sha256_cached_only(&m.path).unwrap_or_else(|| metadata::placeholder(i))
-            }),
-            legacy_hash: crate::hash::legacy_hash(m.ckpt.bytes()),
-            own_recipe: m.ckpt.metadata_value("sd_merge_recipe").map(str::to_string),
-            own_models: m.ckpt.metadata_value("sd_merge_models").map(str::to_string),
+        .map(|(i, &m)| {
+            options
+                .input_hashes
+                .then(|| match cache.sha256(&inputs.models[m].path) {
+                    Some(h) => InputHash::Known(h),
+                    None => InputHash::Pending {
+                        placeholder: metadata::placeholder(i),
+                    },
+                })
+        })
+        .collect();
+    let infos: Vec<metadata::InputInfo> = models
+        .iter()
+        .zip(&hashes)
+        .map(|(&m, h)| {
+            let m = &inputs.models[m];
+            metadata::InputInfo {
+                name: m.name.clone(),
+                file: m.ckpt.display_name(),
+                sha256: h.as_ref().map(|h| match h {
+                    InputHash::Known(h) => h.clone(),
+                    InputHash::Pending { placeholder } => placeholder.clone(),
+                }),
+                legacy_hash: crate::hash::legacy_hash(m.ckpt.bytes()),
+                own_recipe: m.ckpt.metadata_value("sd_merge_recipe").map(str::to_string),
+                own_models: m.ckpt.metadata_value("sd_merge_models").map(str::to_string),
+            }
         })
         .collect();
     let dtype_label = match options.output {
@@ -323,172 +310,129 @@ pub fn run(
     } else {
         "f64"
     };
-    let meta = metadata::build(&recipe.text, &infos, &dtype_label, precision_label);
-    let input_paths: Vec<&Path> = models.iter().map(|m| m.path.as_path()).collect();
+    let meta = metadata::build(&inputs.recipe.text, &infos, &dtype_label, precision_label);
 
     // The plan, and the checks of the output's place, before any tensor is read.
     let mut plan_view = preflight::Preflight {
         output: out.display().to_string(),
         arch: Some(arch.label().to_string()),
-        inputs: planned,
+        inputs: inputs.planned.clone(),
         ..Default::default()
     };
-    let mut guarded: Vec<&Path> = input_paths.clone();
-    guarded.extend(lora_paths.iter().map(PathBuf::as_path));
-    if let Err(e) = ckpt_core::writer::refuse_input(out, &guarded) {
-        problems.push(format!("{e}"));
+    let mut guarded: Vec<&Path> = models
+        .iter()
+        .map(|&m| inputs.models[m].path.as_path())
+        .collect();
+    guarded.extend(inputs.loras.iter().map(|l| l.path.as_path()));
+    if ckpt_core::writer::refuse_input(out, &guarded).is_err() {
+        problems.push(Problem::OutputIsInput {
+            path: out.to_path_buf(),
+        });
     }
     plan_view.loras = preflight::check_loras(&loras, &pass_plan, &decisions, &mut problems);
     let data: u64 = specs.iter().map(|t| t.byte_len() as u64).sum();
-    let header = recipe.text.len() as u64 * 2 + 160 * specs.len() as u64 + 4096;
+    let header = inputs.recipe.text.len() as u64 * 2 + 160 * specs.len() as u64 + 4096;
     preflight::describe(
         &mut plan_view,
         &merge,
         &pass_plan,
         &decisions,
         data + header,
+        cache,
     );
     let dir = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
     if !dir.is_dir() {
-        problems.push(format!(
-            "the output's folder '{}' does not exist: create it or choose another -o",
-            dir.display()
-        ));
+        problems.push(Problem::NoOutputFolder { dir });
     } else {
         plan_view.free_bytes = ckpt_read::sys::free_space(&dir);
         if let Some(free) = plan_view.free_bytes
             && free < plan_view.output_bytes
         {
-            problems.push(format!(
-                "not enough free space in '{}': the output needs {} bytes and {free} are free; \
-                 free some space or write elsewhere",
-                dir.display(),
-                plan_view.output_bytes
-            ));
+            problems.push(Problem::NoSpace {
+                dir,
+                need: plan_view.output_bytes,
+                free,
+            });
         }
     }
     if !problems.is_empty() {
         plan_view.problems = problems;
         return Err(MergeError::Preflight(Box::new(plan_view)));
     }
-    (options.on_plan)(&plan_view);
-    let outcome = |bytes: u64, seconds: f64, inputs, plan| Outcome {
-        output: out.display().to_string(),
-        arch,
-        tensors: decisions.outputs.len(),
-        merged: decisions
-            .outputs
-            .iter()
-            .filter(|o| matches!(o.source, Source::Merge { .. }))
-            .count(),
-        copied: decisions.copied.clone(),
-        skipped: decisions.skipped.clone(),
-        bytes,
-        coefficients: merge.is_linear().then(|| merge.to_string()),
+    Ok(Planned {
         inputs,
-        plan,
-        dry_run: options.dry_run,
-        seconds,
-    };
-    if options.dry_run {
-        let inputs = models.iter().map(|m| (m.name.clone(), None)).collect();
-        return Ok(outcome(0, 0.0, inputs, plan_view));
-    }
-    let started = std::time::Instant::now();
-    let mut output = OutputFile::create(out, specs, &meta, &input_paths)?;
+        out: out.to_path_buf(),
+        options: options.clone(),
+        arch,
+        merge,
+        models,
+        pass_plan,
+        decisions,
+        specs,
+        hashes,
+        metadata: meta,
+        preflight: plan_view,
+    })
+}
 
-    let mut outputs = HashMap::new();
-    let mut whole = Vec::new();
-    let mut chunked = Vec::new();
-    for mut o in decisions.outputs.iter().cloned() {
-        o.out_index = output.index_of(&o.name).expect("every spec is in the file");
-        if o.scale != OutputScale::None {
-            o.scale_index = output.index_of(&ckpt_read::quant::scale_name(&o.name));
-        }
-        match o.source {
-            Source::Merge {
-                per_tensor: true, ..
-            } => whole.push(o.entry),
-            _ => chunked.push(o.entry),
-        }
-        outputs.insert(o.entry, o);
-    }
-    // Items: per-tensor methods take whole tensors; everything else streams in pieces.
-    let mut pass = Pass::new(progress)
-        .cancel_on(&options.cancel)
-        .item_bytes(8 << 20);
-    let mut items = pass.items(&pass_plan, &chunked);
-    for &e in &whole {
-        let numel: usize = pass_plan.shape(&pass_plan.entries()[e]).iter().product();
-        items.push(ckpt_core::pass::Item {
-            entry: e,
-            start: 0,
-            end: numel,
-            numel,
+/// What each output tensor is in the file: its name, dtype and shape; scaled tensors with
+/// their `scale_weight`, and the file with ComfyUI's marker.
+fn output_specs(pass_plan: &Plan<'_>, decisions: &Decisions) -> Vec<TensorSpec> {
+    let mut specs: Vec<TensorSpec> = decisions
+        .outputs
+        .iter()
+        .map(|o| {
+            let entry = &pass_plan.entries()[o.entry];
+            let (dtype, shape) = match &o.source {
+                Source::Merge { format, .. } => (format.dtype(), pass_plan.shape(entry).to_vec()),
+                Source::Copy { model } => {
+                    let t = pass_plan
+                        .tensor(entry, *model)
+                        .expect("copied from a holder");
+                    (t.dtype, t.shape.clone())
+                }
+            };
+            TensorSpec {
+                name: o.name.clone(),
+                dtype,
+                shape,
+            }
+        })
+        .collect();
+    let scaled: Vec<(&str, FloatFormat)> = decisions
+        .outputs
+        .iter()
+        .zip(&specs)
+        .filter(|(o, _)| o.scale != OutputScale::None)
+        .map(|(o, spec)| {
+            let format = dtype::float_format(spec.dtype).expect("a scaled float");
+            (o.name.as_str(), format)
+        })
+        .collect();
+    let mut extra = Vec::new();
+    if let Some(&(_, format)) = scaled.first() {
+        extra.push(TensorSpec {
+            name: format!(
+                "{}{}",
+                ckpt_core::catalog::DENOISER_PREFIX,
+                ckpt_read::quant::MARKER
+            ),
+            dtype: format.dtype(),
+            shape: vec![0],
         });
     }
-    items.sort_by_key(|it| (it.entry, it.start));
-    let mut count = WriteCount::default();
-    // A merge hands every input page back as soon as it is merged, whatever the size: it
-    // waits on the disk, so unmapping costs it nothing measurable, and its resident memory
-    // stays its buffers (0.2 GB) instead of every input mapped (6.4 GB for three SD1.5
-    // files), which is what users read in their task manager.
-    pass = pass.release(ckpt_core::pass::Release::Always);
-
-    // Hash the inputs that are not cached, on their own threads, while the merge runs; one
-    // more thread writes the output.
-    let hashes: Vec<Option<String>> =
-        std::thread::scope(|scope| -> Result<Vec<Option<String>>, MergeError> {
-            let handles: Vec<_> = models
-                .iter()
-                .zip(&infos)
-                .map(|(m, info)| {
-                    let needs = info.sha256.as_deref().is_some_and(|h| h.starts_with("@@"));
-                    let known = info.sha256.clone();
-                    scope.spawn(move || {
-                        if needs {
-                            Some(crate::hash::sha256_checkpoint_cached(
-                                &m.path, &m.ckpt, true,
-                            ))
-                        } else {
-                            known
-                        }
-                    })
-                })
-                .collect();
-            ckpt_core::writer::stream_pieces(&output, |tx| {
-                let work = MergeWork {
-                    plan: &merge,
-                    precision: options.precision,
-                    outputs,
-                    out: &output,
-                    writer: tx,
-                };
-                pass.run_items(&pass_plan, &items, &work, &mut count)
-                    .map_err(MergeError::from)
-            })?;
-            Ok(handles
-                .into_iter()
-                .map(|h| h.join().expect("hashing does not panic"))
-                .collect())
-        })?;
-    for (i, h) in hashes.iter().enumerate() {
-        if let Some(h) = h {
-            output.patch_header(&metadata::placeholder(i), h)?;
-        }
+    for (name, _) in &scaled {
+        extra.push(TensorSpec {
+            name: ckpt_read::quant::scale_name(name),
+            dtype: ckpt_read::Dtype::F32,
+            shape: Vec::new(),
+        });
     }
-    output.finish()?;
-    let seconds = started.elapsed().as_secs_f64();
-    preflight::rates::record(&plan_view.kind, plan_view.read_bytes, seconds);
-    let inputs = models
-        .iter()
-        .zip(hashes)
-        .map(|(m, h)| (m.name.clone(), h))
-        .collect();
-    Ok(outcome(count.bytes, seconds, inputs, plan_view))
+    specs.extend(extra);
+    specs
 }
 
 /// A path from a recipe, relative to the recipe's folder unless absolute (`~/` expands).
@@ -504,63 +448,6 @@ pub fn resolve_path(base_dir: &Path, p: &str) -> PathBuf {
     } else {
         base_dir.join(path)
     }
-}
-
-/// The one architecture every opened input has, or every input that does not share it.
-fn common_arch(recipe: &Recipe, opened: &HashMap<String, Opened>) -> Result<Arch, Vec<String>> {
-    let mut problems = Vec::new();
-    // (architecture, scale) -> the inputs of it, in binding order.
-    let mut kinds: Vec<((Arch, u32), Vec<&str>)> = Vec::new();
-    for b in &recipe.bindings {
-        let Some(m) = opened.get(&b.name) else {
-            continue;
-        };
-        let Layout::Known(arch) = m.detection.layout else {
-            problems.push(format!(
-                "'{}' ({}) is not a checkpoint of an architecture ckpt-diff recognises ({}); \
-                 merges need one architecture to map block weights",
-                m.name,
-                m.path.display(),
-                Arch::ids()
-            ));
-            continue;
-        };
-        let kind = (arch, m.detection.scale);
-        match kinds.iter_mut().find(|(k, _)| *k == kind) {
-            Some((_, names)) => names.push(&m.name),
-            None => kinds.push((kind, vec![&m.name])),
-        }
-    }
-    if kinds.len() > 1 {
-        let parts: Vec<String> = kinds
-            .iter()
-            .map(|((a, scale), names)| {
-                let width = if *scale > 1 {
-                    format!(" at 1/{scale} width")
-                } else {
-                    String::new()
-                };
-                format!(
-                    "{} {} {}{width}",
-                    names.join(", "),
-                    if names.len() == 1 { "is" } else { "are" },
-                    a.label()
-                )
-            })
-            .collect();
-        problems.push(format!(
-            "a recipe merges checkpoints of one architecture, but {}: leave out the others or \
-             merge each architecture in its own recipe",
-            parts.join("; ")
-        ));
-    }
-    if !problems.is_empty() {
-        return Err(problems);
-    }
-    kinds
-        .first()
-        .map(|((a, _), _)| *a)
-        .ok_or_else(|| vec!["the recipe uses no model file".to_string()])
 }
 
 /// Drops the inputs the output does not depend on, renumbering the rest.

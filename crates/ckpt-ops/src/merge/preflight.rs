@@ -17,7 +17,7 @@
 //! cache, which the OS reclaims under pressure (reported as `mapped`).
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -25,6 +25,8 @@ use serde::Serialize;
 use super::engine::{Decisions, Source};
 use super::methods::SUB;
 use super::plan::{MergePlan, Node};
+use super::problem::Problem;
+use crate::cache::Cache;
 use crate::lora::LoraFile;
 use ckpt_core::pass::Plan;
 
@@ -54,8 +56,8 @@ pub struct Preflight {
     pub kind: String,
     /// The LoRAs baked, and which of their modules are not.
     pub loras: Vec<PlannedLora>,
-    /// Everything that stops the merge, each with what to do.
-    pub problems: Vec<String>,
+    /// Everything that stops the merge.
+    pub problems: Vec<Problem>,
 }
 
 /// A LoRA file a recipe bakes.
@@ -103,26 +105,13 @@ pub struct Memory {
 
 impl Preflight {
     /// A plan that could not be made past opening the inputs.
-    pub fn failed(output: &Path, inputs: Vec<PlannedInput>, problems: Vec<String>) -> Self {
+    pub fn failed(output: &Path, inputs: Vec<PlannedInput>, problems: Vec<Problem>) -> Self {
         Preflight {
             output: output.display().to_string(),
             inputs,
             problems,
             ..Default::default()
         }
-    }
-
-    /// The problems as one message.
-    pub fn problems_text(&self) -> String {
-        let mut s = format!(
-            "{} problem{} found before reading any tensor data; nothing was written:",
-            self.problems.len(),
-            if self.problems.len() == 1 { "" } else { "s" }
-        );
-        for p in &self.problems {
-            s.push_str(&format!("\n  - {p}"));
-        }
-        s
     }
 }
 
@@ -134,7 +123,7 @@ pub fn check_loras(
     loras: &HashMap<String, Arc<LoraFile>>,
     pass_plan: &Plan<'_>,
     decisions: &Decisions,
-    problems: &mut Vec<String>,
+    problems: &mut Vec<Problem>,
 ) -> Vec<PlannedLora> {
     let shapes: HashMap<&str, &[usize]> = pass_plan
         .entries()
@@ -183,13 +172,11 @@ pub fn check_loras(
             }
         }
         if !misfits.is_empty() {
-            problems.push(format!(
-                "'{name}': {} of its modules do not fit the model ({}{}); is it a LoRA for \
-                 another model?",
-                misfits.len(),
-                misfits[0],
-                if misfits.len() > 1 { ", ..." } else { "" }
-            ));
+            problems.push(Problem::LoraMisfits {
+                name: name.clone(),
+                count: misfits.len(),
+                first: misfits[0].clone(),
+            });
         }
         out.push(planned);
     }
@@ -203,6 +190,7 @@ pub fn describe(
     pass_plan: &Plan<'_>,
     decisions: &Decisions,
     output_bytes: u64,
+    cache: &Cache,
 ) {
     let groups = merge.grouping.groups();
     let mut by_component: BTreeMap<usize, ComponentPlan> = BTreeMap::new();
@@ -309,9 +297,10 @@ pub fn describe(
     };
     pf.kind = kind(merge);
     // The rate of the same kind; else, as a lower bound, a linear merge's (the read alone).
-    let known = rates::lookup(&pf.kind)
+    let known = cache
+        .rate(&pf.kind)
         .map(|r| (r, pf.kind.clone()))
-        .or_else(|| rates::lookup("linear").map(|r| (r, "linear".to_string())));
+        .or_else(|| cache.rate("linear").map(|r| (r, "linear".to_string())));
     if let Some((rate, kind)) = known {
         pf.predicted_seconds = Some(read_bytes as f64 / rate);
         pf.rate = Some((rate, kind));
@@ -370,50 +359,5 @@ fn kind(merge: &MergePlan) -> String {
         "linear".into()
     } else {
         names.join("+")
-    }
-}
-
-/// The input-bytes-per-second rates earlier merges measured on this machine, by kind, in
-/// `merge-rates.tsv` in ckpt-diff's cache folder (`kind<TAB>bytes per second`). The last
-/// merge of a kind replaces its rate.
-pub(crate) mod rates {
-    use super::*;
-
-    fn file() -> PathBuf {
-        ckpt_read::sys::cache_dir().join("merge-rates.tsv")
-    }
-
-    fn read() -> Vec<(String, f64)> {
-        std::fs::read_to_string(file())
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once('\t')?;
-                Some((k.to_string(), v.trim().parse().ok()?))
-            })
-            .collect()
-    }
-
-    pub(crate) fn lookup(kind: &str) -> Option<f64> {
-        read()
-            .into_iter()
-            .find(|(k, _)| k == kind)
-            .map(|(_, v)| v)
-            .filter(|v| *v > 0.0)
-    }
-
-    /// Records a measured rate; a failure to write is not the merge's failure.
-    pub(crate) fn record(kind: &str, bytes: u64, seconds: f64) {
-        if bytes < (64 << 20) || seconds <= 0.0 {
-            return; // Too small to say anything about the machine.
-        }
-        let mut all: Vec<(String, f64)> = read().into_iter().filter(|(k, _)| k != kind).collect();
-        all.push((kind.to_string(), bytes as f64 / seconds));
-        let text: String = all.iter().map(|(k, v)| format!("{k}\t{v:.0}\n")).collect();
-        let path = file();
-        if let Some(dir) = path.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let _ = ckpt_core::writer::write_small(&path, text.as_bytes());
     }
 }
