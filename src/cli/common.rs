@@ -131,40 +131,10 @@ pub(super) fn keys_regex(keys: Option<&str>) -> Result<Option<regex::Regex>> {
         .context("--keys is not a valid regular expression")
 }
 
-/// The entries of `plan` whose canonical key `keys` matches (all without `keys`) and
-/// whose row `keep` keeps.
-pub(super) fn entries_where(
-    plan: &ckpt_core::pass::Plan<'_>,
-    keys: Option<&regex::Regex>,
-    keep: impl Fn(&str) -> bool,
-) -> Vec<usize> {
-    plan.entries()
-        .iter()
-        .enumerate()
-        .filter(|(_, e)| keys.is_none_or(|re| re.is_match(&e.key)) && keep(&e.key))
-        .map(|(i, _)| i)
-        .collect()
-}
-
 /// Opens every path, in parallel (header reads only).
 pub(super) fn open_all(paths: &[PathBuf]) -> Result<Vec<Model>> {
     use rayon::prelude::*;
     paths.par_iter().map(|p| Model::open(p)).collect()
-}
-
-/// The inner products of `entries` of `plan`, in one pass with a progress bar labelled
-/// `what`.
-pub(super) fn gather_inner(
-    plan: &ckpt_core::pass::Plan<'_>,
-    grouping: &Grouping,
-    entries: &[usize],
-    spec: ckpt_core::gram::GramSpec,
-    what: &str,
-    global: &Global,
-) -> Result<ckpt_core::gram::InnerProducts> {
-    let bar = super::progress::Bar::new(what, global.quiet);
-    let inner = ckpt_core::gram::gather(plan, grouping, entries, spec, &global.pass(&bar))?;
-    Ok(inner)
 }
 
 /// `--arch` values: an architecture id, or `generic` for rows by key prefix (layouts the

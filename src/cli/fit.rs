@@ -7,14 +7,14 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use super::Outcome;
-use super::common::{Global, Model, choose_grouping, gather_inner, open_all, print};
+use super::common::{Global, Model, choose_grouping, open_all, print};
 use super::progress::Bar;
-use crate::reports::fit::{Applied, Asked, Files, Labels, Report};
+use crate::reports::fit::{Applied, Labels, Report};
 use ckpt_core::catalog::{Grouping, Selector};
-use ckpt_core::gram::{GramSpec, InnerProducts};
-use ckpt_core::pass::Plan;
+use ckpt_core::gram::InnerProducts;
+use ckpt_ops::views::fit::recipe::{Asked, Files};
 use ckpt_ops::views::fit::{
-    BASE, FIRST_SOURCE, FitError, FitSpec, Objective, START, TARGET, fit, measure,
+    BASE, FIRST_SOURCE, FitError, FitSpec, Objective, START, TARGET, fit, inner_products, measure,
 };
 
 #[derive(Debug, clap::Args)]
@@ -98,7 +98,8 @@ fn parse_bounds(text: &str) -> Result<(f64, f64)> {
         .context("--bounds: expected LO:HI with LO < HI, e.g. 0:1")
 }
 
-/// The inner products of every key of `models` (centred on model 0 when `center`).
+/// The inner products of every key of `models` (centred on model 0 when `center`), with a
+/// progress bar labelled `what`.
 fn pass(
     models: &[Model],
     grouping: &Grouping,
@@ -106,13 +107,14 @@ fn pass(
     center: bool,
     global: &Global,
 ) -> Result<InnerProducts> {
-    let plan = Plan::new(models.iter().map(|m| &m.ckpt).collect());
-    let all: Vec<usize> = (0..plan.entries().len()).collect();
-    let spec = GramSpec {
-        center: center.then_some(0),
-        ..GramSpec::default()
-    };
-    gather_inner(&plan, grouping, &all, spec, what, global)
+    let ckpts: Vec<&ckpt_read::Checkpoint> = models.iter().map(|m| &m.ckpt).collect();
+    let bar = Bar::new(what, global.quiet);
+    Ok(inner_products(
+        &ckpts,
+        grouping,
+        center,
+        &global.pass(&bar),
+    )?)
 }
 
 pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
@@ -172,20 +174,20 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         start: &start_path,
         sources: &args.sources,
     };
-    let recipes = crate::reports::fit::recipes(&result, &files, &labels.target, &asked, &dir)?;
+    let recipes =
+        ckpt_ops::views::fit::recipe::recipes(&result, &files, &labels.target, &asked, &dir)?;
     let (recipe, predicted) = match args.global {
         true => (&recipes.global, result.global_objective),
         false => (&recipes.greedy, result.greedy_objective),
     };
     if let Some(o) = &args.output {
-        ckpt_core::writer::write_small(o, recipe.as_bytes())
+        ckpt_core::writer::write_small(o, recipe.text.as_bytes())
             .with_context(|| format!("writing '{}'", o.display()))?;
     }
 
-    // The clone, built and measured.
+    // The clone, built and measured: the merge engine runs the recipe found.
     let applied = match &args.apply {
         Some(out) => {
-            let parsed = ckpt_ops::merge::recipe::parse(recipe).context("the fitted recipe")?;
             // Existing files were refused (or --force given) before the pass.
             let options = ckpt_ops::merge::Options {
                 overwrite: true,
@@ -194,7 +196,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             };
             let bar = Bar::new("merging", global.quiet);
             ckpt_ops::merge::run(
-                &parsed,
+                recipe,
                 &dir,
                 out,
                 &options,
@@ -227,7 +229,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         labels: &labels,
         asked: &asked,
         recipes: &recipes,
-        recipe,
+        recipe: &recipe.text,
         written_to: args.output.as_deref(),
         applied: applied.as_ref(),
         pass_seconds,

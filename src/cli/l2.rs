@@ -6,11 +6,10 @@ use anyhow::Result;
 
 use super::Outcome;
 use super::common::{
-    ArchArg, FormatArgs, Global, Model, choose_grouping, entries_where, gather_inner, keys_regex,
-    open_all, parse_arch_arg, print,
+    ArchArg, FormatArgs, Global, Model, choose_grouping, keys_regex, open_all, parse_arch_arg,
+    print,
 };
-use ckpt_core::gram::GramSpec;
-use ckpt_core::pass::Plan;
+use super::progress::Bar;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
@@ -68,16 +67,12 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     }
     let refs: Vec<&Model> = models.iter().collect();
     let grouping = choose_grouping(&refs, args.arch, "l2")?;
-    let plan = Plan::new(models.iter().map(|m| &m.ckpt).collect());
-    let entries = entries_where(&plan, keys.as_ref(), |_| true);
-    let spec = GramSpec {
-        center: Some(0),
-        per_tensor: false,
-        distances: true,
-    };
-    let inner = gather_inner(&plan, &grouping, &entries, spec, "reading", global)?;
+    let ckpts: Vec<&ckpt_read::Checkpoint> = models.iter().map(|m| &m.ckpt).collect();
     let names: Vec<String> = models.iter().map(|m| m.name()).collect();
-    let report = ckpt_ops::views::l2::report(names, &grouping, &inner);
+    let bar = Bar::new("reading", global.quiet);
+    let report =
+        ckpt_ops::views::l2::measure(&ckpts, names, &grouping, keys.as_ref(), &global.pass(&bar))?;
+    drop(bar);
     let base_line = format!("{} ({})", models[0].name(), models[0].describe());
     print(&crate::reports::l2::render(
         &report,

@@ -6,15 +6,12 @@ use anyhow::{Context, Result};
 
 use super::Outcome;
 use super::common::{
-    ArchArg, FormatArgs, Global, Model, choose_grouping, entries_where, gather_inner, keys_regex,
-    open_all, parse_arch_arg, print,
+    ArchArg, FormatArgs, Global, Model, choose_grouping, keys_regex, open_all, parse_arch_arg,
+    print,
 };
 use super::progress::Bar;
 use crate::reports::sim::ModelLine;
 use ckpt_core::catalog::{Layout, Selector};
-use ckpt_core::gram::GramSpec;
-use ckpt_core::pass::Plan;
-use ckpt_ops::views::sim::report;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
@@ -118,15 +115,17 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         Layout::Generic => vec![true; grouping.groups().len()],
         Layout::Known(_) => selector.rows(&grouping).context("--blocks")?,
     };
-    let plan = Plan::new(models.iter().map(|m| &m.ckpt).collect());
-    let entries = entries_where(&plan, keys.as_ref(), |key| chosen[grouping.group_of(key)]);
-
-    let spec = GramSpec {
-        per_tensor: args.per_tensor,
-        ..GramSpec::default()
-    };
-    let inner = gather_inner(&plan, &grouping, &entries, spec, "reading", global)?;
-    let result = report(&plan, &grouping, &entries, &inner, &chosen);
+    let ckpts: Vec<&ckpt_read::Checkpoint> = models.iter().map(|m| &m.ckpt).collect();
+    let bar = Bar::new("reading", global.quiet);
+    let result = ckpt_ops::views::sim::measure(
+        &ckpts,
+        &grouping,
+        keys.as_ref(),
+        &chosen,
+        args.per_tensor,
+        &global.pass(&bar),
+    )?;
+    drop(bar);
     let lines: Vec<ModelLine> = models.iter().map(Model::line).collect();
     let text = crate::reports::sim::render(
         &lines,

@@ -9,31 +9,18 @@
 //! "apply":null|{"predicted","measured","rows"}}`. Per-row arrays cover the rows the files
 //! have tensors in, in the order of `rows`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::json;
 
 use super::{TextTable, first_few};
 use ckpt_core::catalog::Block;
 use ckpt_ops::merge::plan::show;
-use ckpt_ops::merge::recipe::writer::{Names, QuoteError, quote_path};
-use ckpt_ops::views::fit::{FitResult, Op, RECIPE_DIGITS, Step};
+use ckpt_ops::views::fit::recipe::{Asked, Recipes};
+use ckpt_ops::views::fit::{FitResult, Step};
 
 /// A row whose relative residual is above this is reported as not explained.
 const UNEXPLAINED: f64 = 0.05;
-
-/// The files of a fit, by role, as given on the command line.
-pub(crate) struct Files<'a> {
-    pub base: &'a Path,
-    pub start: &'a Path,
-    pub sources: &'a [PathBuf],
-}
-
-/// How the fit was asked for, as the user wrote it (for headings).
-pub(crate) struct Asked<'a> {
-    pub region: &'a str,
-    pub objective: &'a str,
-}
 
 /// The display names of the files (file names).
 pub(crate) struct Labels {
@@ -41,18 +28,6 @@ pub(crate) struct Labels {
     pub target: String,
     pub start: String,
     pub sources: Vec<String>,
-}
-
-/// The recipes as text, with the names they give the models.
-pub(crate) struct Recipes {
-    pub start_name: String,
-    pub source_names: Vec<String>,
-    /// One expression per greedy step.
-    pub expressions: Vec<String>,
-    /// One step per line, as mergers write them.
-    pub greedy: String,
-    /// One weighted sum with per-block weights.
-    pub global: String,
 }
 
 /// A clone built from the recipe and measured against the target.
@@ -66,134 +41,6 @@ pub(crate) struct Applied<'a> {
 /// Similarities near 100% differ in the fifth decimal: six are shown.
 fn pct(x: f64) -> String {
     format!("{:.6}%", x * 100.0)
-}
-
-/// A weight as recipe text, to the recipe's decimals.
-fn number(x: f64) -> String {
-    let s = format!("{:.*}", RECIPE_DIGITS as usize, x);
-    let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.to_string() }
-}
-
-/// Alphas as recipe text: one number, or the full block list in SuperMerger's order.
-fn alpha_text(alpha: &[f64]) -> String {
-    if alpha.len() == 1 {
-        number(alpha[0])
-    } else {
-        format!(
-            "({})",
-            alpha
-                .iter()
-                .map(|a| number(*a))
-                .collect::<Vec<_>>()
-                .join(",")
-        )
-    }
-}
-
-/// The greedy and the global recipe, with paths relative to `dir` (the recipe's folder,
-/// canonical) where they can be.
-pub(crate) fn recipes(
-    f: &FitResult,
-    files: &Files<'_>,
-    target: &str,
-    asked: &Asked<'_>,
-    dir: &Path,
-) -> Result<Recipes, QuoteError> {
-    let mut names = Names::reserving(&["base", "start", "alpha", "OUT"]);
-    let source_names: Vec<String> = files.sources.iter().map(|p| names.for_file(p)).collect();
-    let mut bindings = format!("base = {}\n", quote_path(files.base, Some(dir))?);
-    let start_is_base =
-        std::fs::canonicalize(files.start).ok() == std::fs::canonicalize(files.base).ok();
-    let start_name = if start_is_base { "base" } else { "start" }.to_string();
-    if !start_is_base {
-        bindings.push_str(&format!(
-            "start = {}\n",
-            quote_path(files.start, Some(dir))?
-        ));
-    }
-    for (n, p) in source_names.iter().zip(files.sources) {
-        bindings.push_str(&format!("{n} = {}\n", quote_path(p, Some(dir))?));
-    }
-    let header = |what: &str, obj: f64| {
-        format!(
-            "# {what} by ckpt-diff fit: target {target}, region {}, objective {}; predicted {}\n",
-            asked.region,
-            asked.objective,
-            pct(obj)
-        )
-    };
-
-    let mut greedy = header("greedy steps", f.greedy_objective) + &bindings;
-    let mut previous = start_name.clone();
-    let mut expressions = Vec::new();
-    for (i, s) in f.steps.iter().enumerate() {
-        let name = format!("S{}", i + 1);
-        let src = if s.source == 0 {
-            &start_name
-        } else {
-            &source_names[s.source - 1]
-        };
-        let expr = match s.op {
-            Op::WeightedSum => format!("{previous} x (1-alpha) + {src} x alpha"),
-            Op::AddDifference => format!("{previous} + ({src} - base) x alpha"),
-        };
-        greedy.push_str(&format!(
-            "{name} = {expr}\n    alpha = {}\n",
-            alpha_text(&s.alpha)
-        ));
-        expressions.push(expr);
-        previous = name;
-    }
-    if f.steps.is_empty() {
-        greedy.push_str(&format!("OUT = {start_name} x 1\n"));
-    }
-
-    let mut global = header(
-        "global best (closest in angle, per block)",
-        f.global_objective,
-    ) + &bindings;
-    // Rows no block entry weighs (Flux's VAE) would be zero in a sum of weighted terms:
-    // the start keeps them, by name.
-    let weights = |w: &[f64], keep: bool| -> String {
-        if f.unweighted.is_empty() {
-            return alpha_text(w);
-        }
-        let mut parts: Vec<String> = f
-            .blocks
-            .iter()
-            .zip(w)
-            .map(|(b, v)| format!("{b}: {}", number(*v)))
-            .collect();
-        if keep {
-            parts.extend(f.unweighted.iter().map(|row| format!("{row}: 1")));
-        }
-        format!("{{{}}}", parts.join(", "))
-    };
-    let mut terms = vec!["base x w_base".to_string()];
-    let mut params = format!(
-        "    w_base = {}\n",
-        weights(&f.global_base_weights(), false)
-    );
-    let mut model_names = vec![start_name.clone()];
-    model_names.extend(source_names.iter().cloned());
-    for (i, n) in model_names.iter().enumerate() {
-        let w: Vec<f64> = f.global_weights.iter().map(|b| b[i]).collect();
-        let keep = i == 0 && !f.unweighted.is_empty();
-        if w.iter().all(|x| *x == 0.0) && !keep {
-            continue;
-        }
-        terms.push(format!("{n} x w_{i}"));
-        params.push_str(&format!("    w_{i} = {}\n", weights(&w, keep)));
-    }
-    global.push_str(&format!("OUT = {}\n{params}", terms.join(" + ")));
-    Ok(Recipes {
-        start_name,
-        source_names,
-        expressions,
-        greedy,
-        global,
-    })
 }
 
 fn short_blocks(blocks: &[Block], alpha: &[f64]) -> String {

@@ -143,6 +143,17 @@ impl<'m> Plan<'m> {
         &self.entries
     }
 
+    /// The entries whose canonical key `keys` matches (all without `keys`) and that `keep`
+    /// keeps, in plan order.
+    pub fn select(&self, keys: Option<&regex::Regex>, keep: impl Fn(&str) -> bool) -> Vec<usize> {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| keys.is_none_or(|re| re.is_match(&e.key)) && keep(&e.key))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// The tensor of `entry` in model `m`, if it has it.
     pub fn tensor(&self, entry: &Entry, m: usize) -> Option<&'m TensorEntry> {
         entry.sources[m].map(|t| &self.models[m].tensors()[t])

@@ -15,7 +15,30 @@ use serde::Serialize;
 
 use crate::views::mds::{Mds, classical_mds};
 use ckpt_core::catalog::{Block, Component, Grouping};
-use ckpt_core::gram::{Gram, InnerProducts, RowSums};
+use ckpt_core::gram::{Gram, GramSpec, InnerProducts, RowSums};
+use ckpt_core::pass::{Pass, PassError, Plan};
+use ckpt_read::Checkpoint;
+
+/// Places `models[1..]` relative to the base `models[0]` in one pass over the keys `keys`
+/// matches (all without it): the distances and maps of [`report`], `names` naming the
+/// models.
+pub fn measure(
+    models: &[&Checkpoint],
+    names: Vec<String>,
+    grouping: &Grouping,
+    keys: Option<&regex::Regex>,
+    pass: &Pass<'_>,
+) -> Result<L2Report, PassError> {
+    let plan = Plan::new(models.to_vec());
+    let entries = plan.select(keys, |_| true);
+    let spec = GramSpec {
+        center: Some(0),
+        per_tensor: false,
+        distances: true,
+    };
+    let inner = ckpt_core::gram::gather(&plan, grouping, &entries, spec, pass)?;
+    Ok(report(names, grouping, &inner))
+}
 
 /// A report row (U-Net block or component).
 #[derive(Clone, Debug, Serialize)]

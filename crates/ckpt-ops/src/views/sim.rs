@@ -9,8 +9,29 @@
 use serde::Serialize;
 
 use ckpt_core::catalog::{Block, Component, Grouping};
-use ckpt_core::gram::InnerProducts;
-use ckpt_core::pass::{EntryKind, Plan};
+use ckpt_core::gram::{GramSpec, InnerProducts};
+use ckpt_core::pass::{EntryKind, Pass, PassError, Plan};
+use ckpt_read::Checkpoint;
+
+/// Compares `models` row by row in one pass over the keys `keys` matches (all without it)
+/// whose rows `chosen` keeps: the cosines of [`report`].
+pub fn measure(
+    models: &[&Checkpoint],
+    grouping: &Grouping,
+    keys: Option<&regex::Regex>,
+    chosen: &[bool],
+    per_tensor: bool,
+    pass: &Pass<'_>,
+) -> Result<SimReport, PassError> {
+    let plan = Plan::new(models.to_vec());
+    let entries = plan.select(keys, |key| chosen[grouping.group_of(key)]);
+    let spec = GramSpec {
+        per_tensor,
+        ..GramSpec::default()
+    };
+    let inner = ckpt_core::gram::gather(&plan, grouping, &entries, spec, pass)?;
+    Ok(report(&plan, grouping, &entries, &inner, chosen))
+}
 
 /// One row of the table.
 #[derive(Clone, Debug, Serialize)]

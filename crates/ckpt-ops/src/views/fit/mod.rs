@@ -28,11 +28,31 @@
 //! [`measure`] scores a built clone the same way.
 
 mod problem;
+pub mod recipe;
 
 use serde::Serialize;
 
 use ckpt_core::catalog::{Block, Grouping};
-use ckpt_core::gram::InnerProducts;
+use ckpt_core::gram::{GramSpec, InnerProducts};
+use ckpt_core::pass::{Pass, PassError, Plan};
+use ckpt_read::Checkpoint;
+
+/// The inner products a fit reads: every key of `models`, per row, in one pass (centred on
+/// model 0, the base, when `center`; a clone measured against its target is not).
+pub fn inner_products(
+    models: &[&Checkpoint],
+    grouping: &Grouping,
+    center: bool,
+    pass: &Pass<'_>,
+) -> Result<InnerProducts, PassError> {
+    let plan = Plan::new(models.to_vec());
+    let all: Vec<usize> = (0..plan.entries().len()).collect();
+    let spec = GramSpec {
+        center: center.then_some(0),
+        ..GramSpec::default()
+    };
+    ckpt_core::gram::gather(&plan, grouping, &all, spec, pass)
+}
 pub use problem::*;
 
 /// Decimals of the weights a fitted recipe holds: predictions are those of the recipe as
