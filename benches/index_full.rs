@@ -15,7 +15,7 @@ mod common;
 use std::fmt::Write;
 use std::path::{Path, PathBuf};
 
-use ckpt_ops::index::{Entry, Index, NewEntry};
+use ckpt_ops::index::{Entry, Index, NewEntry, Record};
 use ckpt_ops::sketch::Fingerprint;
 use ckpt_read::dtype::FloatFormat;
 use common::*;
@@ -42,18 +42,17 @@ fn grow(ix: &Path, template: &Entry, fp: &Fingerprint, n: usize) {
     let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ have as u64;
     for i in have..n {
         let mut e = NewEntry {
-            path: format!("/generated/m{i}.safetensors"),
-            name: format!("generated-{i}"),
-            bytes: template.bytes,
-            mtime: 0,
-            sha256: None,
-            autov2: None,
-            autov3: None,
-            blake3: None,
-            arch: template.arch.clone(),
-            scale: template.scale,
-            container: template.container.clone(),
-            components: Vec::new(),
+            record: Record {
+                path: format!("/generated/m{i}.safetensors"),
+                name: format!("generated-{i}"),
+                mtime: 0,
+                sha256: None,
+                autov2: None,
+                autov3: None,
+                blake3: None,
+                components: Vec::new(),
+                ..template.record.clone()
+            },
             toolkit_matches: Vec::new(),
             fingerprint: fp.clone(),
         };

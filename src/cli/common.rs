@@ -131,6 +131,29 @@ pub(super) fn keys_regex(keys: Option<&str>) -> Result<Option<regex::Regex>> {
         .context("--keys is not a valid regular expression")
 }
 
+/// The index the options name; by default `index.sqlite` in ckpt-diff's cache folder
+/// (`$XDG_CACHE_HOME/ckpt-diff`, else `~/.cache/ckpt-diff`, `%LOCALAPPDATA%/ckpt-diff` on
+/// Windows).
+pub(super) fn open_index(path: Option<&Path>) -> Result<ckpt_ops::index::Index> {
+    let p = path
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| ckpt_read::sys::cache_dir().join("index.sqlite"));
+    Ok(ckpt_ops::index::Index::open(&p)?)
+}
+
+/// Fingerprints the model at `path` for the index (`index add`, `lineage`), with a
+/// progress bar.
+pub(super) fn fingerprint(path: &Path, global: &Global) -> Result<ckpt_ops::index::NewEntry> {
+    let model = Model::open(path)?;
+    let bar = super::progress::Bar::new("fingerprinting", global.quiet);
+    Ok(ckpt_ops::views::fingerprint::index_entry(
+        path,
+        &model.ckpt,
+        &model.detection,
+        &global.pass(&bar),
+    )?)
+}
+
 /// Opens every path, in parallel (header reads only).
 pub(super) fn open_all(paths: &[PathBuf]) -> Result<Vec<Model>> {
     use rayon::prelude::*;

@@ -170,8 +170,17 @@ fn hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     if let Some(ckpt_core::catalog::diffusers::OpenError::File(f)) = e.downcast_ref() {
         return f.kind.hint();
     }
-    match e.downcast_ref::<ckpt_core::writer::WriteError>() {
-        Some(ckpt_core::writer::WriteError::Exists { .. }) => Some("pass --force to replace it"),
-        _ => None,
+    if let Some(ckpt_core::writer::WriteError::Exists { .. }) = e.downcast_ref() {
+        return Some("pass --force to replace it");
     }
+    if let Some(ckpt_ops::index::IndexError::Schema { .. }) = e.downcast_ref() {
+        return Some(
+            "delete it (or use --index NEW) and run `ckpt-diff index add` on the models again",
+        );
+    }
+    if let Some(ckpt_ops::views::lineage::LineageError::TooFewCandidates { .. }) = e.downcast_ref()
+    {
+        return Some("add the candidate parents with `ckpt-diff index add`");
+    }
+    None
 }

@@ -8,7 +8,7 @@
 use serde_json::json;
 
 use super::{TextTable, bytes, sanitize};
-use ckpt_ops::index::Entry;
+use ckpt_ops::index::{Entry, Record};
 use ckpt_ops::views::lineage::{LineageReport, Verified};
 
 pub(crate) struct Document<'a> {
@@ -154,13 +154,13 @@ pub(crate) fn list(entries: &[Entry], as_json: bool) -> String {
     );
     for e in entries {
         t.push(vec![
-            sanitize(&e.name),
-            e.arch.clone(),
-            e.scale.to_string(),
-            e.container.clone(),
-            bytes(e.bytes),
-            e.autov2.clone().unwrap_or_default().to_uppercase(),
-            sanitize(&e.path),
+            sanitize(&e.record.name),
+            Record::arch_name(e.record.arch).to_string(),
+            e.record.scale.to_string(),
+            e.record.container.clone(),
+            bytes(e.record.bytes),
+            e.record.autov2.clone().unwrap_or_default().to_uppercase(),
+            sanitize(&e.record.path),
         ]);
     }
     t.terminal()
@@ -169,7 +169,7 @@ pub(crate) fn list(entries: &[Entry], as_json: bool) -> String {
 pub(crate) fn stats(entries: &[Entry], db_bytes: u64, as_json: bool) -> String {
     let mut by_arch: std::collections::BTreeMap<&str, usize> = Default::default();
     for e in entries {
-        *by_arch.entry(e.arch.as_str()).or_default() += 1;
+        *by_arch.entry(Record::arch_name(e.record.arch)).or_default() += 1;
     }
     let per_model = if entries.is_empty() {
         0

@@ -19,7 +19,7 @@ use parquet::file::properties::WriterProperties;
 use parquet::file::writer::SerializedFileWriter;
 use parquet::schema::types::Type;
 
-use ckpt_ops::index::Entry;
+use ckpt_ops::index::{Entry, Record};
 use ckpt_ops::sketch::Fingerprint;
 
 /// Models per row group.
@@ -85,11 +85,11 @@ impl Batch {
     fn push(&mut self, e: &Entry, fp: &Fingerprint) {
         for (i, r) in fp.rows.iter().enumerate() {
             self.model.push(e.id);
-            self.path.push(e.path.as_str().into());
-            self.name.push(e.name.as_str().into());
-            self.arch.push(e.arch.as_str().into());
-            self.scale.push(e.scale as i32);
-            match &e.sha256 {
+            self.path.push(e.record.path.as_str().into());
+            self.name.push(e.record.name.as_str().into());
+            self.arch.push(Record::arch_name(e.record.arch).into());
+            self.scale.push(e.record.scale as i32);
+            match &e.record.sha256 {
                 Some(h) => {
                     self.sha256.push(h.as_str().into());
                     self.sha256_def.push(1);

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::sketch::{BUCKETS, Fingerprint, RowSketch};
+use ckpt_core::catalog::Arch;
 
 /// The database schema version this build reads and writes.
 /// 2: the multiply-add-shift element hash (fingerprints of schema 1 hash differently).
@@ -27,8 +28,7 @@ pub enum IndexError {
     },
     #[error(
         "the index '{path}' has schema {found}, this ckpt-diff reads schema {SCHEMA}: its \
-         fingerprints cannot be compared with new ones; delete it (or use --index NEW) and \
-         run `ckpt-diff index add` on the models again"
+         fingerprints cannot be compared with new ones"
     )]
     Schema { path: PathBuf, found: i64 },
     #[error("cannot create the index folder '{path}': {source}")]
@@ -38,10 +38,9 @@ pub enum IndexError {
     },
 }
 
-/// An indexed model (without its sketch).
+/// What the index knows of one model (without its sketch).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct Entry {
-    pub id: i64,
+pub struct Record {
     pub path: String,
     pub name: String,
     pub bytes: u64,
@@ -51,28 +50,37 @@ pub struct Entry {
     pub autov2: Option<String>,
     pub autov3: Option<String>,
     pub blake3: Option<String>,
-    /// `sd1`, `sdxl`, ..., or `unknown`.
-    pub arch: String,
+    /// Its architecture (`None`: none this build knows; stored by id).
+    #[serde(serialize_with = "arch_id")]
+    pub arch: Option<Arch>,
     pub scale: u32,
     pub container: String,
     /// Component id -> (exact, fp16-form) BLAKE3.
     pub components: Vec<(String, String, String)>,
 }
 
+fn arch_id<S: serde::Serializer>(a: &Option<Arch>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(Record::arch_name(*a))
+}
+
+impl Record {
+    /// An architecture as the index stores it: its id, or `unknown`.
+    pub fn arch_name(arch: Option<Arch>) -> &'static str {
+        arch.map_or("unknown", Arch::id)
+    }
+}
+
+/// An indexed model.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct Entry {
+    pub id: i64,
+    #[serde(flatten)]
+    pub record: Record,
+}
+
 /// What `add` stores for one model.
 pub struct NewEntry {
-    pub path: String,
-    pub name: String,
-    pub bytes: u64,
-    pub mtime: i64,
-    pub sha256: Option<String>,
-    pub autov2: Option<String>,
-    pub autov3: Option<String>,
-    pub blake3: Option<String>,
-    pub arch: String,
-    pub scale: u32,
-    pub container: String,
-    pub components: Vec<(String, String, String)>,
+    pub record: Record,
     /// The model toolkit's known components this model's metric matches ("the SD-v1 CLIP");
     /// shown by `lineage`, not stored.
     pub toolkit_matches: Vec<String>,
@@ -169,7 +177,8 @@ impl Index {
     }
 
     /// Stores an entry (replacing the one of the same path).
-    pub fn add(&mut self, e: &NewEntry) -> Result<i64, IndexError> {
+    pub fn add(&mut self, new: &NewEntry) -> Result<i64, IndexError> {
+        let e = &new.record;
         let path = self.path.clone();
         let err = |source| IndexError::Db {
             path: path.clone(),
@@ -191,7 +200,7 @@ impl Index {
                 e.autov2,
                 e.autov3,
                 e.blake3,
-                e.arch,
+                Record::arch_name(e.arch),
                 e.scale,
                 e.container,
                 crate::sketch::SEED as i64,
@@ -207,7 +216,7 @@ impl Index {
             )
             .map_err(err)?;
         }
-        for (i, r) in e.fingerprint.rows.iter().enumerate() {
+        for (i, r) in new.fingerprint.rows.iter().enumerate() {
             let blob: Vec<u8> = r.sketch.iter().flat_map(|x| x.to_le_bytes()).collect();
             tx.execute(
                 "INSERT INTO rows VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -240,18 +249,20 @@ impl Index {
             .query_map([], |r| {
                 Ok(Entry {
                     id: r.get(0)?,
-                    path: r.get(1)?,
-                    name: r.get(2)?,
-                    bytes: r.get::<_, i64>(3)? as u64,
-                    mtime: r.get(4)?,
-                    sha256: r.get(5)?,
-                    autov2: r.get(6)?,
-                    autov3: r.get(7)?,
-                    blake3: r.get(8)?,
-                    arch: r.get(9)?,
-                    scale: r.get(10)?,
-                    container: r.get(11)?,
-                    components: Vec::new(),
+                    record: Record {
+                        path: r.get(1)?,
+                        name: r.get(2)?,
+                        bytes: r.get::<_, i64>(3)? as u64,
+                        mtime: r.get(4)?,
+                        sha256: r.get(5)?,
+                        autov2: r.get(6)?,
+                        autov3: r.get(7)?,
+                        blake3: r.get(8)?,
+                        arch: Arch::parse(&r.get::<_, String>(9)?),
+                        scale: r.get(10)?,
+                        container: r.get(11)?,
+                        components: Vec::new(),
+                    },
                 })
             })
             .map_err(|e| self.err(e))?;
@@ -265,7 +276,7 @@ impl Index {
             )
             .map_err(|e| self.err(e))?;
         for e in &mut out {
-            e.components = st
+            e.record.components = st
                 .query_map([e.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                 .map_err(|x| self.err(x))?
                 .collect::<Result<Vec<_>, _>>()
@@ -336,18 +347,20 @@ mod tests {
             }],
         };
         let e = NewEntry {
-            path: "/m/a.safetensors".into(),
-            name: "a".into(),
-            bytes: 100,
-            mtime: 7,
-            sha256: Some("ab".into()),
-            autov2: None,
-            autov3: None,
-            blake3: None,
-            arch: "sd1".into(),
-            scale: 8,
-            container: "safetensors".into(),
-            components: vec![("unet".into(), "x".into(), "y".into())],
+            record: Record {
+                path: "/m/a.safetensors".into(),
+                name: "a".into(),
+                bytes: 100,
+                mtime: 7,
+                sha256: Some("ab".into()),
+                autov2: None,
+                autov3: None,
+                blake3: None,
+                arch: Arch::parse("sd1"),
+                scale: 8,
+                container: "safetensors".into(),
+                components: vec![("unet".into(), "x".into(), "y".into())],
+            },
             toolkit_matches: Vec::new(),
             fingerprint: fp.clone(),
         };
@@ -358,7 +371,7 @@ mod tests {
         ix.add(&e).unwrap();
         let all = ix.entries().unwrap();
         assert_eq!(all.len(), 1);
-        assert_eq!(all[0].components, e.components);
+        assert_eq!(all[0].record, e.record);
         assert_eq!(ix.remove("a").unwrap(), 1);
         assert!(ix.entries().unwrap().is_empty());
     }

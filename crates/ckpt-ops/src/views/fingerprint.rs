@@ -90,3 +90,112 @@ pub fn fingerprint(
     pass.run_items(&plan, &whole_items(&plan), &work, &mut sums)?;
     Ok((combine(&plan, det, &sums.hashes), sums.rows.finish()))
 }
+
+/// Why a model could not be fingerprinted for the index.
+#[derive(Debug, thiserror::Error)]
+pub enum EntryError {
+    #[error("'{}': {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Open(#[from] ckpt_read::FileError),
+    #[error(transparent)]
+    Pass(#[from] PassError),
+}
+
+/// Size and modification time (seconds) of a file, or of every file in a folder: what the
+/// index compares to tell an unchanged model.
+pub fn stamp(path: &std::path::Path) -> Result<(u64, i64), EntryError> {
+    let io = |source| EntryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    let secs = |m: &std::fs::Metadata| {
+        m.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64)
+    };
+    if !meta.is_dir() {
+        return Ok((meta.len(), secs(&meta)));
+    }
+    let (mut bytes, mut latest) = (0u64, 0i64);
+    for e in std::fs::read_dir(path).map_err(io)?.flatten() {
+        let (b, t) = stamp(&e.path())?;
+        bytes += b;
+        latest = latest.max(t);
+    }
+    Ok((bytes, latest))
+}
+
+/// What the index stores for the model `ckpt` opened from `path`: its file hashes,
+/// component hashes and fingerprint, in one read (the file hashes stream the mapped file on
+/// their own threads while the pass visits its tensors, so each page comes from the disk
+/// once).
+pub fn index_entry(
+    path: &std::path::Path,
+    ckpt: &Checkpoint,
+    det: &Detection,
+    pass: &Pass<'_>,
+) -> Result<crate::index::NewEntry, EntryError> {
+    let (bytes, mtime) = stamp(path)?;
+    let raw = if ckpt.provenance().is_one_file() {
+        Some(ckpt_read::RawFile::open(path)?)
+    } else {
+        None
+    };
+    let grouping = match det.arch() {
+        Some(a) => Grouping::for_arch(a),
+        None => Grouping::generic(ckpt.tensors().iter().map(|t| t.name.as_str())),
+    };
+    let (hashes, got) = std::thread::scope(|scope| {
+        let hashes = raw
+            .as_ref()
+            .map(|raw| scope.spawn(|| crate::hash::file_hashes(raw, &ckpt_core::pass::NoProgress)));
+        let got = fingerprint(ckpt, det, &grouping, crate::sketch::SEED, pass);
+        let hashes = hashes.map(|h| h.join().expect("hashing does not panic"));
+        (hashes, got)
+    });
+    let (comps, fingerprint) = got?;
+    let torch = !matches!(ckpt.provenance(), ckpt_read::Provenance::Safetensors { .. });
+    let absolute = std::path::absolute(path).map_err(|source| EntryError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(crate::index::NewEntry {
+        record: crate::index::Record {
+            path: absolute.display().to_string(),
+            name: ckpt
+                .display_name()
+                .trim_end_matches(".safetensors")
+                .to_string(),
+            bytes,
+            mtime,
+            sha256: hashes.as_ref().map(|h| h.sha256.clone()),
+            autov2: hashes.as_ref().map(|h| h.autov2.clone()),
+            autov3: hashes
+                .as_ref()
+                .and_then(|h| if torch { None } else { h.autov3.clone() }),
+            blake3: hashes.as_ref().map(|h| h.blake3.clone()),
+            arch: det.arch(),
+            scale: det.scale,
+            container: ckpt.provenance().id().to_string(),
+            components: comps
+                .components
+                .iter()
+                .map(|c| {
+                    (
+                        c.component.id().to_string(),
+                        c.exact.clone(),
+                        c.fp16.clone(),
+                    )
+                })
+                .collect(),
+        },
+        toolkit_matches: comps.metric.matches.clone(),
+        fingerprint,
+    })
+}

@@ -7,7 +7,193 @@
 //! Candidates that are themselves explained by other candidates (merges of them) are left
 //! out, so a recipe names the models a merge was made from, not other merges of them.
 
+use crate::index::{Entry, Index, IndexError, NewEntry};
 use crate::sketch::{BUCKETS, Fingerprint, inner};
+use ckpt_core::catalog::releases;
+
+/// Fingerprints held at once while the index is streamed: the shortlist a recipe is fitted
+/// from (each is `rows x 4096 x 8` bytes, under 1 MB).
+const SHORTLIST: usize = 48;
+
+/// Why a lineage cannot be found.
+#[derive(Debug, thiserror::Error)]
+pub enum LineageError {
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    #[error(
+        "the index holds {count} models of this architecture and scale ({arch}); the \
+         candidate parents must be indexed"
+    )]
+    TooFewCandidates { count: usize, arch: &'static str },
+}
+
+/// The base deltas are taken from.
+pub enum Base {
+    /// An indexed candidate (see [`Candidates::indexed`]).
+    Indexed(usize),
+    /// A model outside the index, fingerprinted.
+    File(Box<NewEntry>),
+    /// An indexed official release of the target's architecture, else the indexed model at
+    /// the centre of the others.
+    Auto,
+}
+
+/// The indexed models a target may come from, and what it matches exactly.
+pub struct Candidates<'i> {
+    index: &'i Index,
+    target: &'i NewEntry,
+    /// Same architecture and scale, not the target itself.
+    same: Vec<Entry>,
+    /// Exact matches: an official release, the model toolkit's known components, files and
+    /// components byte for byte.
+    pub matches: Vec<String>,
+}
+
+/// A lineage found: the report, and each model it names with its path (the base first).
+pub struct Explained {
+    pub report: LineageReport,
+    pub names: Vec<String>,
+    pub paths: Vec<String>,
+}
+
+impl<'i> Candidates<'i> {
+    /// Reads the index's entries: the target's exact matches and its candidates.
+    pub fn new(index: &'i Index, target: &'i NewEntry) -> Result<Candidates<'i>, IndexError> {
+        let t = &target.record;
+        let entries = index.entries()?;
+        let mut matches = Vec::new();
+        if let Some(r) = t.sha256.as_deref().and_then(releases::by_sha256) {
+            matches.push(format!("the file is the official {} ({})", r.name, r.file));
+        }
+        for m in &target.toolkit_matches {
+            matches.push(format!("{m} (by the model toolkit's known metric)"));
+        }
+        for e in &entries {
+            let e = &e.record;
+            if e.path == t.path {
+                continue;
+            }
+            if t.sha256.is_some() && e.sha256 == t.sha256 {
+                matches.push(format!("the file is byte-identical to {}", e.name));
+            }
+            for (c, exact, fp16) in &t.components {
+                for (c2, e2, f2) in &e.components {
+                    if c == c2 && exact == e2 {
+                        matches.push(format!("the {c} is byte-identical to {}'s", e.name));
+                    } else if c == c2 && fp16 == f2 {
+                        matches.push(format!("the {c} equals {}'s in fp16 form", e.name));
+                    }
+                }
+            }
+        }
+        let same = entries
+            .into_iter()
+            .filter(|e| {
+                let e = &e.record;
+                e.arch == t.arch && e.scale == t.scale && e.path != t.path
+            })
+            .filter(|e| t.sha256.is_none() || e.record.sha256 != t.sha256)
+            .collect();
+        Ok(Candidates {
+            index,
+            target,
+            same,
+            matches,
+        })
+    }
+
+    /// The candidate named or at the path `what`, if there is one.
+    pub fn indexed(&self, what: &str) -> Option<usize> {
+        self.same
+            .iter()
+            .position(|e| e.record.name == what || e.record.path == what)
+    }
+
+    /// The base [`Base::Auto`] picks.
+    fn auto_base(&self) -> Result<usize, LineageError> {
+        let t = &self.target.record;
+        if self.same.len() < 2 {
+            return Err(LineageError::TooFewCandidates {
+                count: self.same.len(),
+                arch: crate::index::Record::arch_name(t.arch),
+            });
+        }
+        let official = self.same.iter().position(|e| {
+            e.record
+                .sha256
+                .as_deref()
+                .and_then(releases::by_sha256)
+                .is_some_and(|r| t.arch.is_some_and(|a| r.arch == a.id()))
+        });
+        if let Some(i) = official {
+            return Ok(i);
+        }
+        let mut scan = CentreScan::new(self.index.fingerprint(self.same[0].id)?);
+        for e in &self.same {
+            scan.add(&self.index.fingerprint(e.id)?);
+        }
+        let mut best = (f64::INFINITY, 0);
+        for (i, e) in self.same.iter().enumerate() {
+            let s = scan.score(&self.index.fingerprint(e.id)?);
+            if s < best.0 {
+                best = (s, i);
+            }
+        }
+        Ok(best.1)
+    }
+
+    /// The nearest models per row (`top` each) and the recipe fitted from a shortlist of
+    /// the candidates, deltas taken from `base`.
+    pub fn explain(&self, base: Base, top: usize) -> Result<Explained, LineageError> {
+        let (base_name, base_path, base_fp, base_at) = match base {
+            Base::File(e) => (e.record.name, e.record.path, e.fingerprint, None),
+            Base::Indexed(i) => self.indexed_base(i)?,
+            Base::Auto => self.indexed_base(self.auto_base()?)?,
+        };
+        let mut shortlist = Shortlist::new(&self.target.fingerprint, &base_fp, SHORTLIST);
+        for (i, e) in self.same.iter().enumerate() {
+            if Some(i) != base_at {
+                shortlist.offer(i, self.index.fingerprint(e.id)?);
+            }
+        }
+        let mut names = vec![base_name];
+        let mut paths = vec![base_path];
+        for &(_, i, _) in &shortlist.kept {
+            names.push(self.same[i].record.name.clone());
+            paths.push(self.same[i].record.path.clone());
+        }
+        let known: Vec<Known<'_>> = std::iter::once(&base_fp)
+            .chain(shortlist.kept.iter().map(|k| &k.2))
+            .zip(&names)
+            .map(|(f, n)| Known {
+                name: n,
+                fingerprint: f,
+            })
+            .collect();
+        let mut report = lineage(&self.target.fingerprint, &known, 0);
+        for n in &mut report.nearest {
+            n.models.truncate(top);
+        }
+        Ok(Explained {
+            report,
+            names,
+            paths,
+        })
+    }
+
+    fn indexed_base(
+        &self,
+        i: usize,
+    ) -> Result<(String, String, Fingerprint, Option<usize>), IndexError> {
+        let e = &self.same[i];
+        Ok((
+            e.record.name.clone(),
+            e.record.path.clone(),
+            self.index.fingerprint(e.id)?,
+            Some(i),
+        ))
+    }
+}
 
 /// A model as the lineage sees it: its name and fingerprint.
 pub struct Known<'a> {
@@ -54,7 +240,7 @@ pub struct LineageReport {
 /// The recipe group of a row: a denoiser block's letters (`IN`, `M`, `OUT`, `D`, `S`, `J`),
 /// else the row (`TE1`, `VAE`, ...).
 pub fn group_of(label: &str, component: &str) -> String {
-    if component == "unet" || component == "diffuser" {
+    if ckpt_core::catalog::Component::parse(component).is_some_and(|c| c.is_denoiser()) {
         label
             .chars()
             .take_while(|c| c.is_ascii_alphabetic())
