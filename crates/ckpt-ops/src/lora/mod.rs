@@ -53,44 +53,166 @@ impl Kind {
     }
 }
 
+/// What a tensor of a LoRA module is, by its suffix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// `lora_down`, `lora_A`, `down`: r × in (× kernel).
+    Down,
+    /// `lora_up`, `lora_B`, `up`: out × r.
+    Up,
+    /// `lora_mid`: a Tucker core.
+    Mid,
+    Alpha,
+    DoraScale,
+    HadaW1A,
+    HadaW1B,
+    HadaW2A,
+    HadaW2B,
+    HadaT1,
+    HadaT2,
+    LokrW1,
+    LokrW1A,
+    LokrW1B,
+    LokrW2,
+    LokrW2A,
+    LokrW2B,
+    LokrT2,
+}
+
+impl Role {
+    /// The role as messages name it (`down`, `hada_w1_a`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Down => "down",
+            Role::Up => "up",
+            Role::Mid => "mid",
+            Role::Alpha => "alpha",
+            Role::DoraScale => "dora_scale",
+            Role::HadaW1A => "hada_w1_a",
+            Role::HadaW1B => "hada_w1_b",
+            Role::HadaW2A => "hada_w2_a",
+            Role::HadaW2B => "hada_w2_b",
+            Role::HadaT1 => "hada_t1",
+            Role::HadaT2 => "hada_t2",
+            Role::LokrW1 => "lokr_w1",
+            Role::LokrW1A => "lokr_w1_a",
+            Role::LokrW1B => "lokr_w1_b",
+            Role::LokrW2 => "lokr_w2",
+            Role::LokrW2A => "lokr_w2_a",
+            Role::LokrW2B => "lokr_w2_b",
+            Role::LokrT2 => "lokr_t2",
+        }
+    }
+
+    /// A factor or core of a LoKr.
+    fn is_lokr(self) -> bool {
+        matches!(
+            self,
+            Role::LokrW1
+                | Role::LokrW1A
+                | Role::LokrW1B
+                | Role::LokrW2
+                | Role::LokrW2A
+                | Role::LokrW2B
+                | Role::LokrT2
+        )
+    }
+
+    /// Why a module with this tensor has a ΔW computed elsewhere than here, if it has.
+    fn not_computed(self) -> Option<&'static str> {
+        match self {
+            Role::Mid => Some("a Tucker-decomposed convolution (lora_mid)"),
+            Role::HadaT1 => Some("a Tucker-decomposed LoHa (hada_t1)"),
+            Role::LokrT2 => Some("a Tucker-decomposed LoKr (lokr_t2)"),
+            Role::DoraScale => {
+                Some("DoRA (dora_scale), whose change depends on the model's weight")
+            }
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Suffixes of each role's tensors, longest first where one ends another.
-const ROLES: &[(&str, &str)] = &[
-    (".lora_down.weight", "down"),
-    (".lora_up.weight", "up"),
-    (".lora_A.weight", "down"),
-    (".lora_B.weight", "up"),
-    (".lora.down.weight", "down"),
-    (".lora.up.weight", "up"),
-    (".down.weight", "down"),
-    (".up.weight", "up"),
-    (".lora_mid.weight", "mid"),
-    (".alpha", "alpha"),
-    (".dora_scale", "dora_scale"),
-    (".hada_w1_a", "hada_w1_a"),
-    (".hada_w1_b", "hada_w1_b"),
-    (".hada_w2_a", "hada_w2_a"),
-    (".hada_w2_b", "hada_w2_b"),
-    (".hada_t1", "hada_t1"),
-    (".hada_t2", "hada_t2"),
-    (".lokr_w1_a", "lokr_w1_a"),
-    (".lokr_w1_b", "lokr_w1_b"),
-    (".lokr_w1", "lokr_w1"),
-    (".lokr_w2_a", "lokr_w2_a"),
-    (".lokr_w2_b", "lokr_w2_b"),
-    (".lokr_w2", "lokr_w2"),
-    (".lokr_t2", "lokr_t2"),
+const ROLES: &[(&str, Role)] = &[
+    (".lora_down.weight", Role::Down),
+    (".lora_up.weight", Role::Up),
+    (".lora_A.weight", Role::Down),
+    (".lora_B.weight", Role::Up),
+    (".lora.down.weight", Role::Down),
+    (".lora.up.weight", Role::Up),
+    (".down.weight", Role::Down),
+    (".up.weight", Role::Up),
+    (".lora_mid.weight", Role::Mid),
+    (".alpha", Role::Alpha),
+    (".dora_scale", Role::DoraScale),
+    (".hada_w1_a", Role::HadaW1A),
+    (".hada_w1_b", Role::HadaW1B),
+    (".hada_w2_a", Role::HadaW2A),
+    (".hada_w2_b", Role::HadaW2B),
+    (".hada_t1", Role::HadaT1),
+    (".hada_t2", Role::HadaT2),
+    (".lokr_w1_a", Role::LokrW1A),
+    (".lokr_w1_b", Role::LokrW1B),
+    (".lokr_w1", Role::LokrW1),
+    (".lokr_w2_a", Role::LokrW2A),
+    (".lokr_w2_b", Role::LokrW2B),
+    (".lokr_w2", Role::LokrW2),
+    (".lokr_t2", Role::LokrT2),
 ];
 
-/// Roles whose presence means the module's ΔW is not computed here.
-const NOT_COMPUTED: &[(&str, &str)] = &[
-    ("mid", "a Tucker-decomposed convolution (lora_mid)"),
-    ("hada_t1", "a Tucker-decomposed LoHa (hada_t1)"),
-    ("lokr_t2", "a Tucker-decomposed LoKr (lokr_t2)"),
-    (
-        "dora_scale",
-        "DoRA (dora_scale), whose change depends on the model's weight",
-    ),
-];
+/// Why a module's ΔW cannot be read from its file.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DeltaError {
+    #[error("{stem} is {why}")]
+    NotComputed { stem: String, why: &'static str },
+    #[error("{stem} has no {role} tensor")]
+    NoPart { stem: String, role: Role },
+    #[error("{stem} has no factors")]
+    NoFactors { stem: String },
+    #[error("{name} is missing")]
+    Missing { name: String },
+    #[error("{name} is {dtype}, not a float")]
+    NotFloat { name: String, dtype: String },
+    #[error("{name}: its bytes do not match its shape")]
+    Truncated { name: String },
+    #[error("a factor with no dimensions")]
+    NoDimensions,
+    #[error("factors of {}×{} and {}×{} do not multiply", .a.0, .a.1, .b.0, .b.1)]
+    DoNotMultiply {
+        a: (usize, usize),
+        b: (usize, usize),
+    },
+    #[error("{stem}: up has {up_cols} columns but down has rank {rank}")]
+    Rank {
+        stem: String,
+        up_cols: usize,
+        rank: usize,
+    },
+    #[error("{stem}: LoHa factors of unlike shapes")]
+    UnlikeLoha { stem: String },
+    #[error("{stem}: lokr_w2's shape is not a kernel")]
+    NotAKernel { stem: String },
+    #[error("{stem}: its factors' shapes do not fit each other")]
+    Unfit { stem: String },
+    #[error(
+        "{stem} changes a {rows}×{cols} matrix but {key}{} is {shape:?}",
+        .slice.map(|(lo, hi)| format!(" rows {lo}..{hi}")).unwrap_or_default()
+    )]
+    KeyShape {
+        stem: String,
+        rows: usize,
+        cols: usize,
+        key: String,
+        slice: Option<(usize, usize)>,
+        shape: Vec<usize>,
+    },
+}
 
 /// One module of a LoRA file.
 #[derive(Clone, Debug, Serialize)]
@@ -99,7 +221,7 @@ pub struct Module {
     pub kind: Kind,
     /// (role, tensor name in the file).
     #[serde(skip)]
-    pub parts: Vec<(&'static str, String)>,
+    pub parts: Vec<(Role, String)>,
     pub rank: Option<usize>,
     /// α as the file gives it, or the rank when it does not.
     pub alpha: Option<f64>,
@@ -114,11 +236,34 @@ pub struct Module {
 }
 
 impl Module {
-    fn part(&self, role: &str) -> Option<&str> {
+    pub fn part(&self, role: Role) -> Option<&str> {
         self.parts
             .iter()
             .find(|(r, _)| *r == role)
             .map(|(_, n)| n.as_str())
+    }
+
+    /// Its ΔW can be computed here (no Tucker core, no DoRA).
+    fn computable(&self) -> Result<(), DeltaError> {
+        match self.not_computed {
+            Some(why) => Err(DeltaError::NotComputed {
+                stem: self.stem.clone(),
+                why,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    fn no_part(&self, role: Role) -> DeltaError {
+        DeltaError::NoPart {
+            stem: self.stem.clone(),
+            role,
+        }
+    }
+
+    /// The name of its `role` tensor, which it must have.
+    fn need(&self, role: Role) -> Result<&str, DeltaError> {
+        self.part(role).ok_or_else(|| self.no_part(role))
     }
 
     /// The multiplier of the factors' product: α/r (1 for a LoKr of full matrices).
@@ -148,14 +293,14 @@ impl Network {
     /// As [`Network::read`], its modules mapped to `arch`'s keys (or, when `None`, to the
     /// architecture whose keys the most modules patch).
     pub fn read_for(ckpt: &Checkpoint, arch: Option<Arch>) -> Option<Network> {
-        let mut stems: BTreeMap<String, Vec<(&'static str, String)>> = BTreeMap::new();
+        let mut stems: BTreeMap<String, Vec<(Role, String)>> = BTreeMap::new();
         let mut other = 0usize;
         for t in ckpt.tensors() {
             match ROLES.iter().find(|(suffix, _)| t.name.ends_with(suffix)) {
                 Some((suffix, role)) => stems
                     .entry(t.name[..t.name.len() - suffix.len()].to_string())
                     .or_default()
-                    .push((role, t.name.clone())),
+                    .push((*role, t.name.clone())),
                 None => other += 1,
             }
         }
@@ -197,43 +342,44 @@ impl Network {
                     not_computed: None,
                 };
                 let parts = m.parts.clone();
-                let shape = |role: &str| {
+                let shape = |role: Role| {
                     parts
                         .iter()
                         .find(|(r, _)| *r == role)
                         .and_then(|(_, n)| ckpt.get(n))
                         .map(|t| &t.shape)
                 };
-                m.kind = if let Some(down) = shape("down") {
+                m.kind = if let Some(down) = shape(Role::Down) {
                     if down.len() == 4 && down[2] * down[3] > 1 {
                         Kind::LoCon
                     } else {
                         Kind::LoRA
                     }
-                } else if shape("hada_w1_a").is_some() {
+                } else if shape(Role::HadaW1A).is_some() {
                     Kind::LoHa
-                } else if m.parts.iter().any(|(r, _)| r.starts_with("lokr")) {
+                } else if m.parts.iter().any(|(r, _)| r.is_lokr()) {
                     Kind::LoKr
                 } else {
                     Kind::Incomplete
                 };
                 m.rank = match m.kind {
-                    Kind::LoRA | Kind::LoCon => shape("down").and_then(|s| s.first().copied()),
-                    Kind::LoHa => shape("hada_w1_b").and_then(|s| s.first().copied()),
-                    Kind::LoKr => shape("lokr_w2_b")
-                        .or(shape("lokr_w1_b"))
+                    Kind::LoRA | Kind::LoCon => shape(Role::Down).and_then(|s| s.first().copied()),
+                    Kind::LoHa => shape(Role::HadaW1B).and_then(|s| s.first().copied()),
+                    Kind::LoKr => shape(Role::LokrW2B)
+                        .or(shape(Role::LokrW1B))
                         .and_then(|s| s.first().copied()),
                     Kind::Incomplete => None,
                 };
                 m.alpha = m
-                    .part("alpha")
+                    .part(Role::Alpha)
                     .and_then(|n| ckpt.get(n))
                     .and_then(|t| scalar(ckpt, t))
                     .or(m.rank.map(|r| r as f64));
-                m.not_computed = NOT_COMPUTED
-                    .iter()
-                    .find(|(role, _)| m.part(role).is_some())
-                    .map(|(_, why)| *why);
+                // In the order the reasons are checked: a Tucker core before DoRA.
+                m.not_computed = [Role::Mid, Role::HadaT1, Role::LokrT2, Role::DoraScale]
+                    .into_iter()
+                    .filter(|r| m.part(*r).is_some())
+                    .find_map(Role::not_computed);
                 m.target = arch.and_then(|a| lora::target(a, &m.stem)).cloned();
                 if let (Some(t), Some(g)) = (&m.target, &grouping) {
                     let row = g.group_of(&t.key);
@@ -308,14 +454,20 @@ pub(crate) fn scalar(ckpt: &Checkpoint, t: &TensorEntry) -> Option<f64> {
 }
 
 /// A tensor of the file as f64, with its shape.
-fn decode(ckpt: &Checkpoint, name: &str) -> Result<(Vec<usize>, Vec<f64>), String> {
-    let t = ckpt.get(name).ok_or_else(|| format!("{name} is missing"))?;
-    let format = dtype::float_format(t.dtype)
-        .ok_or_else(|| format!("{name} is {:?}, not a float", t.dtype))?;
+fn decode(ckpt: &Checkpoint, name: &str) -> Result<(Vec<usize>, Vec<f64>), DeltaError> {
+    let t = ckpt.get(name).ok_or_else(|| DeltaError::Missing {
+        name: name.to_string(),
+    })?;
+    let format = dtype::float_format(t.dtype).ok_or_else(|| DeltaError::NotFloat {
+        name: name.to_string(),
+        dtype: format!("{:?}", t.dtype),
+    })?;
     let n: usize = t.shape.iter().product();
     let bytes = ckpt.data(t);
     if bytes.len() != n * format.size() {
-        return Err(format!("{name}: its bytes do not match its shape"));
+        return Err(DeltaError::Truncated {
+            name: name.to_string(),
+        });
     }
     let mut v = vec![0.0f64; n];
     ckpt_core::pass::Slice::of(ckpt, t).values_into(&mut v);
@@ -332,8 +484,8 @@ pub struct Matrix {
 
 impl Matrix {
     /// The first dimension by the product of the rest.
-    fn from_shape(shape: &[usize], data: Vec<f64>) -> Result<Matrix, String> {
-        let rows = *shape.first().ok_or("a factor with no dimensions")?;
+    fn from_shape(shape: &[usize], data: Vec<f64>) -> Result<Matrix, DeltaError> {
+        let rows = *shape.first().ok_or(DeltaError::NoDimensions)?;
         let cols = shape[1..].iter().product();
         Ok(Matrix { rows, cols, data })
     }
@@ -343,12 +495,12 @@ impl Matrix {
     }
 
     /// self · other.
-    pub fn mul(&self, other: &Matrix) -> Result<Matrix, String> {
+    pub fn mul(&self, other: &Matrix) -> Result<Matrix, DeltaError> {
         if self.cols != other.rows {
-            return Err(format!(
-                "factors of {}×{} and {}×{} do not multiply",
-                self.rows, self.cols, other.rows, other.cols
-            ));
+            return Err(DeltaError::DoNotMultiply {
+                a: (self.rows, self.cols),
+                b: (other.rows, other.cols),
+            });
         }
         let mut data = vec![0.0; self.rows * other.cols];
         for i in 0..self.rows {
@@ -392,49 +544,45 @@ pub enum Form {
 
 impl Delta {
     /// Reads `m`'s factors from `ckpt`.
-    pub fn of(ckpt: &Checkpoint, m: &Module) -> Result<Delta, String> {
-        if let Some(why) = m.not_computed {
-            return Err(format!("{} is {why}", m.stem));
-        }
-        let get = |role: &str| -> Result<Matrix, String> {
-            let name = m
-                .part(role)
-                .ok_or_else(|| format!("{} has no {role} tensor", m.stem))?;
-            let (shape, data) = decode(ckpt, name)?;
+    pub fn of(ckpt: &Checkpoint, m: &Module) -> Result<Delta, DeltaError> {
+        m.computable()?;
+        let get = |role: Role| -> Result<Matrix, DeltaError> {
+            let (shape, data) = decode(ckpt, m.need(role)?)?;
             Matrix::from_shape(&shape, data)
         };
+        let stem = || m.stem.clone();
         let scale = m.scale();
         let (rows, cols, form) = match m.kind {
             Kind::LoRA | Kind::LoCon => {
-                let (down, up) = (get("down")?, get("up")?);
+                let (down, up) = (get(Role::Down)?, get(Role::Up)?);
                 if up.cols != down.rows {
-                    return Err(format!(
-                        "{}: up has {} columns but down has rank {}",
-                        m.stem, up.cols, down.rows
-                    ));
+                    return Err(DeltaError::Rank {
+                        stem: stem(),
+                        up_cols: up.cols,
+                        rank: down.rows,
+                    });
                 }
                 (up.rows, down.cols, Form::LowRank { up, down })
             }
             Kind::LoHa => {
                 let (a1, b1, a2, b2) = (
-                    get("hada_w1_a")?,
-                    get("hada_w1_b")?,
-                    get("hada_w2_a")?,
-                    get("hada_w2_b")?,
+                    get(Role::HadaW1A)?,
+                    get(Role::HadaW1B)?,
+                    get(Role::HadaW2A)?,
+                    get(Role::HadaW2B)?,
                 );
                 if a1.cols != b1.rows
                     || a2.cols != b2.rows
                     || a1.rows != a2.rows
                     || b1.cols != b2.cols
                 {
-                    return Err(format!("{}: LoHa factors of unlike shapes", m.stem));
+                    return Err(DeltaError::UnlikeLoha { stem: stem() });
                 }
                 (a1.rows, b1.cols, Form::Hadamard { a1, b1, a2, b2 })
             }
             Kind::LoKr => {
-                let full_or = |w: &str, a: &str, b: &str| -> Result<(Matrix, usize), String> {
-                    if m.part(w).is_some() {
-                        let name = m.part(w).expect("checked");
+                let full_or = |w: Role, a: Role, b: Role| -> Result<(Matrix, usize), DeltaError> {
+                    if let Some(name) = m.part(w) {
                         let (shape, data) = decode(ckpt, name)?;
                         let kk = shape.get(2..).map_or(1, |s| s.iter().product());
                         Ok((Matrix::from_shape(&shape, data)?, kk))
@@ -448,10 +596,10 @@ impl Delta {
                         Ok((fa.mul(&fb)?, kk))
                     }
                 };
-                let (w1, _) = full_or("lokr_w1", "lokr_w1_a", "lokr_w1_b")?;
-                let (w2, kk) = full_or("lokr_w2", "lokr_w2_a", "lokr_w2_b")?;
+                let (w1, _) = full_or(Role::LokrW1, Role::LokrW1A, Role::LokrW1B)?;
+                let (w2, kk) = full_or(Role::LokrW2, Role::LokrW2A, Role::LokrW2B)?;
                 if w2.cols % kk != 0 {
-                    return Err(format!("{}: lokr_w2's shape is not a kernel", m.stem));
+                    return Err(DeltaError::NotAKernel { stem: stem() });
                 }
                 (
                     w1.rows * w2.rows,
@@ -459,7 +607,7 @@ impl Delta {
                     Form::Kron { w1, w2, kk },
                 )
             }
-            Kind::Incomplete => return Err(format!("{} has no factors", m.stem)),
+            Kind::Incomplete => return Err(DeltaError::NoFactors { stem: stem() }),
         };
         Ok(Delta {
             rows,
@@ -580,21 +728,20 @@ pub fn check_shape(
     m: &Module,
     (rows, cols): (usize, usize),
     shape: &[usize],
-) -> Result<(), String> {
+) -> Result<(), DeltaError> {
     let t = m.target.as_ref().expect("a mapped module");
     let key_rows = shape.first().copied().unwrap_or(1);
     let key_cols: usize = shape.iter().skip(1).product();
     let (lo, hi) = t.row_range(shape);
     if hi > key_rows || rows != hi - lo || cols != key_cols {
-        return Err(format!(
-            "{} changes a {rows}×{cols} matrix but {}{} is {:?}",
-            m.stem,
-            t.key,
-            t.rows
-                .map(|_| format!(" rows {lo}..{hi}"))
-                .unwrap_or_default(),
-            shape
-        ));
+        return Err(DeltaError::KeyShape {
+            stem: m.stem.clone(),
+            rows,
+            cols,
+            key: t.key.clone(),
+            slice: t.rows.map(|_| (lo, hi)),
+            shape: shape.to_vec(),
+        });
     }
     Ok(())
 }
@@ -616,32 +763,34 @@ impl std::fmt::Debug for LoraFile {
 
 /// The (rows, columns) of `m`'s ΔW from its tensors' shapes alone (no data read), or why its
 /// factors do not fit each other.
-pub fn dims(ckpt: &Checkpoint, m: &Module) -> Result<(usize, usize), String> {
-    if let Some(why) = m.not_computed {
-        return Err(format!("{} is {why}", m.stem));
-    }
-    let shape = |role: &str| -> Option<&[usize]> {
+pub fn dims(ckpt: &Checkpoint, m: &Module) -> Result<(usize, usize), DeltaError> {
+    m.computable()?;
+    let shape = |role: Role| -> Option<&[usize]> {
         m.part(role)
             .and_then(|n| ckpt.get(n))
             .map(|t| t.shape.as_slice())
     };
-    let need = |role: &str| -> Result<&[usize], String> {
-        shape(role).ok_or_else(|| format!("{} has no {role} tensor", m.stem))
+    let need = |role: Role| -> Result<&[usize], DeltaError> {
+        ckpt.get(m.need(role)?)
+            .map(|t| t.shape.as_slice())
+            .ok_or_else(|| m.no_part(role))
     };
     let rest = |s: &[usize]| -> usize { s.iter().skip(1).product() };
     let first = |s: &[usize]| -> usize { s.first().copied().unwrap_or(0) };
-    let bad = || format!("{}: its factors' shapes do not fit each other", m.stem);
+    let bad = || DeltaError::Unfit {
+        stem: m.stem.clone(),
+    };
     match m.kind {
         Kind::LoRA | Kind::LoCon => {
-            let (down, up) = (need("down")?, need("up")?);
+            let (down, up) = (need(Role::Down)?, need(Role::Up)?);
             if up.get(1) != down.first() || up.iter().skip(2).product::<usize>() != 1 {
                 return Err(bad());
             }
             Ok((first(up), rest(down)))
         }
         Kind::LoHa => {
-            let (a1, b1) = (need("hada_w1_a")?, need("hada_w1_b")?);
-            let (a2, b2) = (need("hada_w2_a")?, need("hada_w2_b")?);
+            let (a1, b1) = (need(Role::HadaW1A)?, need(Role::HadaW1B)?);
+            let (a2, b2) = (need(Role::HadaW2A)?, need(Role::HadaW2B)?);
             if a1.get(1) != b1.first()
                 || a2.get(1) != b2.first()
                 || first(a1) != first(a2)
@@ -652,7 +801,7 @@ pub fn dims(ckpt: &Checkpoint, m: &Module) -> Result<(usize, usize), String> {
             Ok((first(a1), rest(b1)))
         }
         Kind::LoKr => {
-            let side = |w: &str, a: &str, b: &str| -> Result<(usize, usize), String> {
+            let side = |w: Role, a: Role, b: Role| -> Result<(usize, usize), DeltaError> {
                 match shape(w) {
                     Some(s) => Ok((first(s), rest(s))),
                     None => {
@@ -664,11 +813,13 @@ pub fn dims(ckpt: &Checkpoint, m: &Module) -> Result<(usize, usize), String> {
                     }
                 }
             };
-            let (r1, c1) = side("lokr_w1", "lokr_w1_a", "lokr_w1_b")?;
-            let (r2, c2) = side("lokr_w2", "lokr_w2_a", "lokr_w2_b")?;
+            let (r1, c1) = side(Role::LokrW1, Role::LokrW1A, Role::LokrW1B)?;
+            let (r2, c2) = side(Role::LokrW2, Role::LokrW2A, Role::LokrW2B)?;
             Ok((r1 * r2, c1 * c2))
         }
-        Kind::Incomplete => Err(format!("{} has no factors", m.stem)),
+        Kind::Incomplete => Err(DeltaError::NoFactors {
+            stem: m.stem.clone(),
+        }),
     }
 }
 

@@ -21,7 +21,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::svd::{self, RankRule};
-use super::{Delta, Kind, Module, Network};
+use super::{Delta, DeltaError, Kind, Module, Network, Role};
 use ckpt_core::catalog::Arch;
 use ckpt_core::catalog::data::table;
 use ckpt_core::catalog::lora::{Rows, Target, names_of};
@@ -182,8 +182,8 @@ pub enum MergeHow {
 /// tensors, else from the catalog's key when the widths agree.
 fn kernel_of(arch: Option<Arch>, ckpt: &Checkpoint, m: &Module, cols: usize) -> Option<Vec<usize>> {
     let own = m
-        .part("down")
-        .or(m.part("lokr_w2"))
+        .part(Role::Down)
+        .or(m.part(Role::LokrW2))
         .and_then(|n| ckpt.get(n))
         .filter(|t| t.shape.len() == 4)
         .map(|t| t.shape[1..].to_vec());
@@ -246,12 +246,12 @@ pub fn merge(
     for (_, members) in &groups {
         let (first_src, first) = members[0];
         let name = kohya_name(arch, first);
-        let deltas: Vec<(f64, &Module, Result<Delta, String>)> = members
+        let deltas: Vec<(f64, &Module, Result<Delta, DeltaError>)> = members
             .iter()
             .map(|&(i, m)| (sources[i].ratio, m, Delta::of(sources[i].ckpt, m)))
             .collect();
         if let Some((_, m, Err(e))) = deltas.iter().find(|(_, _, d)| d.is_err()) {
-            not_written.push((m.stem.clone(), e.clone()));
+            not_written.push((m.stem.clone(), e.to_string()));
             continue;
         }
         let deltas: Vec<(f64, &Module, Delta)> = deltas
@@ -439,7 +439,7 @@ pub fn convert(
         let d = match Delta::of(ckpt, m) {
             Ok(d) => d,
             Err(e) => {
-                not_written.push((m.stem.clone(), e));
+                not_written.push((m.stem.clone(), e.to_string()));
                 continue;
             }
         };

@@ -163,8 +163,10 @@ pub fn check_loras(
             };
             match crate::lora::dims(&f.ckpt, m).and_then(|d| crate::lora::check_shape(m, d, shape))
             {
-                Err(e) if m.not_computed.is_some() => planned.not_baked.push((m.stem.clone(), e)),
-                Err(e) => misfits.push(e),
+                Err(e) if m.not_computed.is_some() => {
+                    planned.not_baked.push((m.stem.clone(), e.to_string()))
+                }
+                Err(e) => misfits.push(e.to_string()),
                 Ok(()) if merged.get(t.key.as_str()) != Some(&true) => planned
                     .not_baked
                     .push((m.stem.clone(), format!("{} is copied, not merged", t.key))),

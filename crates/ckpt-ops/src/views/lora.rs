@@ -239,7 +239,9 @@ pub fn similarity(a: &Checkpoint, ra: &Network, b: &Checkpoint, rb: &Network) ->
             });
         let mut delta = |ckpt: &Checkpoint, m: Option<&Module>| -> Option<Delta> {
             let m = m?;
-            Delta::of(ckpt, m).map_err(|e| skipped.push(e)).ok()
+            Delta::of(ckpt, m)
+                .map_err(|e| skipped.push(e.to_string()))
+                .ok()
         };
         let fx = delta(a, x);
         let fy = delta(b, y);
@@ -279,7 +281,7 @@ pub fn against_delta(
         let d = match Delta::of(lora, m) {
             Ok(d) => d,
             Err(e) => {
-                skipped.push(e);
+                skipped.push(e.to_string());
                 continue;
             }
         };
@@ -292,7 +294,7 @@ pub fn against_delta(
             continue;
         }
         if let Err(e) = crate::lora::check_shape(m, (d.rows, d.cols), &tt.shape) {
-            skipped.push(e);
+            skipped.push(e.to_string());
             continue;
         }
         if dtype::float_format(tt.dtype).is_none() || dtype::float_format(tb.dtype).is_none() {

@@ -11,17 +11,16 @@
 use std::sync::Arc;
 
 use super::{
-    Args, Build, BuiltNode, Method, NodeMethod, Opt, OptKind, Prepared, TensorInputs, count,
-    disjoint, drop_probability, per_model_weights, plain,
+    Args, Build, BuiltNode, Key, Method, MethodError, NodeMethod, Opt, PerModel, Prepared, Scalar,
+    TensorInputs, count, disjoint, drop_probability, per_model_weights, scalar,
 };
 use ckpt_core::rng::counter::{Stream, key_hash, mix};
 
-const OPTIONS: &[Opt] = &[
-    drop_probability("p", 0.9),
-    count("seed", 0.0),
-    plain("lambda", OptKind::Scalar, Some(1.0)),
-    per_model_weights(true),
-];
+const P: Key<Scalar> = drop_probability("p", 0.9);
+const SEED: Key<Scalar> = count("seed", 0.0);
+const LAMBDA: Key<Scalar> = scalar("lambda", 1.0);
+const WEIGHTS: Key<PerModel> = per_model_weights(true);
+const OPTIONS: &[Opt] = &[P.opt, SEED.opt, LAMBDA.opt, WEIGHTS.opt];
 
 pub const DARE: Method = Method {
     name: "dare",
@@ -47,12 +46,12 @@ pub const DARE_TIES: Method = Method {
     },
 };
 
-fn build(a: &Args<'_>, ties: bool) -> Result<BuiltNode, String> {
+fn build(a: &Args<'_>, ties: bool) -> Result<BuiltNode, MethodError> {
     Ok(Arc::new(Dare {
-        weights: a.per_model("weights").to_vec(),
-        p: a.scalar("p"),
-        seed: a.scalar("seed") as u64,
-        lambda: a.scalar("lambda"),
+        weights: a.get(&WEIGHTS).to_vec(),
+        p: a.get(&P),
+        seed: a.get(&SEED) as u64,
+        lambda: a.get(&LAMBDA),
         ties,
     }))
 }

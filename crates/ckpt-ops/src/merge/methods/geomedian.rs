@@ -5,9 +5,18 @@
 use std::sync::Arc;
 
 use super::{
-    Args, Build, BuiltNode, Method, NodeMethod, Opt, OptKind, Prepared, Range, TensorInputs,
-    per_model_weights, plain, sweep,
+    Args, Build, BuiltNode, Key, Method, MethodError, NodeMethod, PerModel, Prepared, Range,
+    Scalar, TensorInputs, per_model_weights, scalar, sweep,
 };
+
+const EPS: Key<Scalar> = scalar("eps", 1e-6);
+const MAXITER: Key<Scalar> = scalar("maxiter", 100.0).within(Range {
+    min: Some((1.0, true)),
+    max: None,
+    integer: true,
+    meaning: "",
+});
+const WEIGHTS: Key<PerModel> = per_model_weights(false);
 use ckpt_core::kernels;
 
 pub(crate) const GEOMEDIAN: Method = Method {
@@ -15,30 +24,18 @@ pub(crate) const GEOMEDIAN: Method = Method {
     aliases: &["geometric_median"],
     usage: "geomedian(model, ..., eps=1e-6, maxiter=100, weights=(...))",
     models: (1, None),
-    options: &[
-        plain("eps", OptKind::Scalar, Some(1e-6)),
-        Opt {
-            range: Range {
-                min: Some((1.0, true)),
-                max: None,
-                integer: true,
-                meaning: "",
-            },
-            ..plain("maxiter", OptKind::Scalar, Some(100.0))
-        },
-        per_model_weights(false),
-    ],
+    options: &[EPS.opt, MAXITER.opt, WEIGHTS.opt],
     build: Build::Node {
         per_tensor: true,
         build,
     },
 };
 
-fn build(a: &Args<'_>) -> Result<BuiltNode, String> {
+fn build(a: &Args<'_>) -> Result<BuiltNode, MethodError> {
     Ok(Arc::new(GeoMedian {
-        weights: a.per_model("weights").to_vec(),
-        eps: a.scalar("eps"),
-        maxiter: a.scalar("maxiter") as usize,
+        weights: a.get(&WEIGHTS).to_vec(),
+        eps: a.get(&EPS),
+        maxiter: a.get(&MAXITER) as usize,
     }))
 }
 

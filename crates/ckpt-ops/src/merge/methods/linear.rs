@@ -1,18 +1,18 @@
 //! The linear methods: each is a per-row combination of its models, so a recipe of them
 //! collapses to one combination of the input files.
 
-use super::{Args, Build, Method, Opt, OptKind, Range, per_model_weights, plain};
+use super::{
+    Args, Build, Key, Method, MethodError, PerModel, Rows, Weight, per_model_weights, rows, weight,
+};
 use crate::merge::linear::{Combination, Profile};
 
-const fn weight(name: &'static str, default: Option<f64>) -> Opt {
-    Opt {
-        name,
-        kind: OptKind::Weight,
-        default,
-        range: Range::ANY,
-        positional: true,
-    }
-}
+/// `alpha`, given or 1.
+const ALPHA_1: Key<Weight> = weight("alpha", Some(1.0)).positional();
+/// `alpha`, which the call must give.
+const ALPHA: Key<Weight> = weight("alpha", None).positional();
+const BETA: Key<Weight> = weight("beta", None).positional();
+const WEIGHTS: Key<PerModel> = per_model_weights(false);
+const COMPONENT: Key<Rows> = rows("component").positional();
 
 /// `ws(A, B, alpha)`: A·(1-α) + B·α, as `A x (1-alpha) + B x alpha`.
 pub(crate) const WS: Method = Method {
@@ -20,12 +20,12 @@ pub(crate) const WS: Method = Method {
     aliases: &["weighted_sum"],
     usage: "ws(A, B, alpha)",
     models: (2, Some(2)),
-    options: &[weight("alpha", None)],
+    options: &[ALPHA.opt],
     build: Build::Linear(ws),
 };
 
-fn ws(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
-    let alpha = a.weight("alpha");
+fn ws(m: &[Combination], a: &Args<'_>) -> Result<Combination, MethodError> {
+    let alpha = a.get(&ALPHA);
     let one_minus: Profile = alpha.iter().map(|x| 1.0 - x).collect();
     Ok(Combination::sum(&[(&m[0], &one_minus), (&m[1], alpha)]))
 }
@@ -36,12 +36,12 @@ pub(crate) const AD: Method = Method {
     aliases: &["add_difference"],
     usage: "ad(A, B, C, alpha=1)",
     models: (3, Some(3)),
-    options: &[weight("alpha", Some(1.0))],
+    options: &[ALPHA_1.opt],
     build: Build::Linear(ad),
 };
 
-fn ad(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
-    let alpha = a.weight("alpha");
+fn ad(m: &[Combination], a: &Args<'_>) -> Result<Combination, MethodError> {
+    let alpha = a.get(&ALPHA_1);
     let neg: Profile = alpha.iter().map(|x| -x).collect();
     Ok(Combination::sum(&[
         (&m[0], &a.uniform(1.0)),
@@ -56,12 +56,12 @@ pub(crate) const TRIPLE_SUM: Method = Method {
     aliases: &[],
     usage: "triple_sum(A, B, C, alpha, beta)",
     models: (3, Some(3)),
-    options: &[weight("alpha", None), weight("beta", None)],
+    options: &[ALPHA.opt, BETA.opt],
     build: Build::Linear(triple_sum),
 };
 
-fn triple_sum(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
-    let (alpha, beta) = (a.weight("alpha"), a.weight("beta"));
+fn triple_sum(m: &[Combination], a: &Args<'_>) -> Result<Combination, MethodError> {
+    let (alpha, beta) = (a.get(&ALPHA), a.get(&BETA));
     let rest: Profile = alpha.iter().zip(beta).map(|(x, y)| 1.0 - x - y).collect();
     Ok(Combination::sum(&[
         (&m[0], &rest),
@@ -76,12 +76,12 @@ pub(crate) const SUM_TWICE: Method = Method {
     aliases: &[],
     usage: "sum_twice(A, B, C, alpha, beta)",
     models: (3, Some(3)),
-    options: &[weight("alpha", None), weight("beta", None)],
+    options: &[ALPHA.opt, BETA.opt],
     build: Build::Linear(sum_twice),
 };
 
-fn sum_twice(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
-    let (alpha, beta) = (a.weight("alpha"), a.weight("beta"));
+fn sum_twice(m: &[Combination], a: &Args<'_>) -> Result<Combination, MethodError> {
+    let (alpha, beta) = (a.get(&ALPHA), a.get(&BETA));
     let wa: Profile = alpha
         .iter()
         .zip(beta)
@@ -101,15 +101,15 @@ pub(crate) const AVG: Method = Method {
     aliases: &["n_average", "average"],
     usage: "avg(A, B, ..., weights=(1, 1, ...))",
     models: (1, None),
-    options: &[per_model_weights(false)],
+    options: &[WEIGHTS.opt],
     build: Build::Linear(avg),
 };
 
-fn avg(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
-    let w = a.per_model("weights");
+fn avg(m: &[Combination], a: &Args<'_>) -> Result<Combination, MethodError> {
+    let w = a.get(&WEIGHTS);
     let total: f64 = w.iter().sum();
     if total == 0.0 {
-        return Err("the weights sum to 0".into());
+        return Err(MethodError::WeightsSumToZero);
     }
     let shares: Vec<Profile> = w.iter().map(|x| a.uniform(x / total)).collect();
     let parts: Vec<(&Combination, &[f64])> = m
@@ -126,16 +126,13 @@ pub(crate) const SWAP: Method = Method {
     aliases: &[],
     usage: "swap(A, B, te): A with what the selection (unet, te, te1, te2, vae, OUT06..OUT11) names taken from B",
     models: (2, Some(2)),
-    options: &[Opt {
-        positional: true,
-        ..plain("component", OptKind::Rows, None)
-    }],
+    options: &[COMPONENT.opt],
     build: Build::Linear(swap),
 };
 
-fn swap(m: &[Combination], a: &Args<'_>) -> Result<Combination, String> {
+fn swap(m: &[Combination], a: &Args<'_>) -> Result<Combination, MethodError> {
     let wb: Profile = a
-        .selected_rows("component")
+        .get(&COMPONENT)
         .iter()
         .map(|&t| if t { 1.0 } else { 0.0 })
         .collect();

@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{
-    Args, Build, BuiltNode, Method, NodeMethod, Opt, OptKind, Prepared, Range, TensorInputs,
+    Args, Build, BuiltNode, Key, Method, MethodError, NodeMethod, Prepared, TensorInputs, Weight,
+    weight,
 };
 use crate::lora::{Delta, LoraFile};
 
@@ -23,17 +24,13 @@ pub(crate) const LORA: Method = Method {
     aliases: &[],
     usage: "lora(FILE, strength=1), FILE a LoRA bound by name (`L = my-lora.safetensors`)",
     models: (0, Some(0)),
-    options: &[Opt {
-        name: "strength",
-        kind: OptKind::Weight,
-        default: Some(1.0),
-        range: Range::ANY,
-        positional: true,
-    }],
+    options: &[STRENGTH.opt],
     build: Build::Lora(build),
 };
 
-fn build(file: Arc<LoraFile>, args: &Args<'_>) -> Result<BuiltNode, String> {
+const STRENGTH: Key<Weight> = weight("strength", Some(1.0)).positional();
+
+fn build(file: Arc<LoraFile>, args: &Args<'_>) -> Result<BuiltNode, MethodError> {
     let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
     let mut largest = 0u64;
     for (i, m) in file.net.modules.iter().enumerate() {
@@ -53,7 +50,7 @@ fn build(file: Arc<LoraFile>, args: &Args<'_>) -> Result<BuiltNode, String> {
     }
     Ok(Arc::new(Bake {
         file,
-        strength: args.weight("strength").clone(),
+        strength: args.get(&STRENGTH).clone(),
         by_key,
         largest,
     }))

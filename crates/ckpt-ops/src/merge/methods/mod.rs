@@ -10,8 +10,14 @@
 //! names, kinds and ranges, defaults) before any file is read, so a builder receives only
 //! valid values.
 //!
-//! Adding a method is one file (its builder and, for a node, its [`NodeMethod`]) and one
-//! entry in [`REGISTRY`].
+//! A method declares each option once, as a typed [`Key`] constant (`const K: Key<Scalar>`,
+//! `const VOTE: Key<Vote>`): its spec goes in the method's option list, and the builder reads
+//! the value through the same constant (`args.get(&K)` is an `f64`, `args.get(&VOTE)` a
+//! `Vote`), so an option can be neither misspelled nor read as another kind. Choices are
+//! enums that implement [`Choice`].
+//!
+//! Adding a method is one file (its option keys, its builder and, for a node, its
+//! [`NodeMethod`]) and one entry in [`REGISTRY`].
 
 pub mod dare;
 pub(crate) mod geomedian;
@@ -23,6 +29,7 @@ pub(crate) mod train_diff;
 
 use std::any::Any;
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::Arc;
 
 use super::linear::{Combination, Profile};
@@ -45,18 +52,32 @@ pub struct Method {
 /// How a call becomes part of the graph.
 pub enum Build {
     /// The result as a combination of the models' combinations.
-    Linear(fn(&[Combination], &Args<'_>) -> Result<Combination, String>),
+    Linear(fn(&[Combination], &Args<'_>) -> Result<Combination, MethodError>),
     /// An operation of its own over the models, which it reads through [`TensorInputs`]
     /// by argument position.
     Node {
         /// Needs a whole tensor before its first value (magnitude ranks, cosines,
         /// iterations), as opposed to working element by element.
         per_tensor: bool,
-        build: fn(&Args<'_>) -> Result<BuiltNode, String>,
+        build: fn(&Args<'_>) -> Result<BuiltNode, MethodError>,
     },
     /// A LoRA file's weight change ([`lora`]): its first argument names a LoRA file, not a
     /// model; it reads no model input.
-    Lora(fn(Arc<crate::lora::LoraFile>, &Args<'_>) -> Result<BuiltNode, String>),
+    Lora(fn(Arc<crate::lora::LoraFile>, &Args<'_>) -> Result<BuiltNode, MethodError>),
+}
+
+/// Why a call's options, each valid alone, do not make a method.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MethodError {
+    #[error("the weights sum to 0")]
+    WeightsSumToZero,
+    /// An option that only means something with another one.
+    #[error("`{given}` {why}: give `{needs}` too")]
+    Needs {
+        given: &'static str,
+        needs: &'static str,
+        why: &'static str,
+    },
 }
 
 /// What a node method's builder makes.
@@ -67,10 +88,19 @@ pub struct Opt {
     pub name: &'static str,
     pub kind: OptKind,
     /// The value when the call does not give it; `None`: the call must.
-    pub default: Option<f64>,
+    pub default: Option<Given>,
     pub range: Range,
     /// May be given positionally, after the models (`ws(A, B, 0.3)`).
     pub positional: bool,
+}
+
+/// An option's default, as a call would give it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Given {
+    /// A number: the same on every row (weights), for every model (per-model lists).
+    Number(f64),
+    /// One of a [`OptKind::Choice`]'s words.
+    Word(&'static str),
 }
 
 /// What an option's value is.
@@ -85,12 +115,126 @@ pub enum OptKind {
     PerModel { skip_first: bool },
     /// A selection of rows (`te`, `OUT06..OUT11`): the catalog's selector.
     Rows,
-    /// One of these words (`vote=count`); its value and default are the word's index.
+    /// One of these words (`vote=count`): a [`Choice`]'s words.
     Choice(&'static [&'static str]),
 }
 
 /// The words of a yes/no option (`rescale=false`); 0 and 1 are accepted too.
 pub const BOOL: &[&str] = &["false", "true"];
+
+/// A closed set of words an option takes, as a Rust enum (`vote=count` is `Vote::Count`).
+pub trait Choice: Copy + 'static {
+    /// Every word, in the order messages list them.
+    const WORDS: &'static [&'static str];
+    /// The value a word of [`Self::WORDS`] names.
+    fn from_word(word: &str) -> Option<Self>;
+}
+
+impl Choice for bool {
+    const WORDS: &'static [&'static str] = BOOL;
+    fn from_word(word: &str) -> Option<bool> {
+        match word {
+            "false" => Some(false),
+            "true" => Some(true),
+            _ => None,
+        }
+    }
+}
+
+/// The kind of a [`Key`]'s value and the Rust type a builder reads it as.
+pub trait Kind {
+    type Out<'a>;
+    /// `v` as this kind, if it is one.
+    fn read(v: &Value) -> Option<Self::Out<'_>>;
+}
+
+/// Block weights ([`OptKind::Weight`]): a per-row profile.
+pub struct Weight;
+/// One number ([`OptKind::Scalar`]).
+pub struct Scalar;
+/// One number per model ([`OptKind::PerModel`]).
+pub struct PerModel;
+/// A selection of rows ([`OptKind::Rows`]).
+pub struct Rows;
+
+impl Kind for Weight {
+    type Out<'a> = &'a Profile;
+    fn read(v: &Value) -> Option<&Profile> {
+        match v {
+            Value::Weight(p) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+impl Kind for Scalar {
+    type Out<'a> = f64;
+    fn read(v: &Value) -> Option<f64> {
+        match v {
+            Value::Scalar(x) => Some(*x),
+            _ => None,
+        }
+    }
+}
+
+impl Kind for PerModel {
+    type Out<'a> = &'a [f64];
+    fn read(v: &Value) -> Option<&[f64]> {
+        match v {
+            Value::PerModel(x) => Some(x),
+            _ => None,
+        }
+    }
+}
+
+impl Kind for Rows {
+    type Out<'a> = &'a [bool];
+    fn read(v: &Value) -> Option<&[bool]> {
+        match v {
+            Value::Rows(x) => Some(x),
+            _ => None,
+        }
+    }
+}
+
+impl<C: Choice> Kind for C {
+    type Out<'a> = C;
+    fn read(v: &Value) -> Option<C> {
+        match v {
+            Value::Word(w) => C::from_word(w),
+            _ => None,
+        }
+    }
+}
+
+/// A typed handle on one option of a method: its spec ([`Key::opt`], listed in the
+/// method's options) and the kind a builder reads its value as ([`Args::get`]).
+pub struct Key<K> {
+    pub opt: Opt,
+    kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Key<K> {
+    const fn new(opt: Opt) -> Key<K> {
+        Key {
+            opt,
+            kind: PhantomData,
+        }
+    }
+
+    /// The same option, also accepted positionally after the models (`ws(A, B, 0.3)`).
+    pub const fn positional(self) -> Key<K> {
+        Key::new(Opt {
+            positional: true,
+            ..self.opt
+        })
+    }
+
+    /// The same option with the values it may take.
+    pub const fn within(self, range: Range) -> Key<K> {
+        Key::new(Opt { range, ..self.opt })
+    }
+}
 
 /// The values an option of kind [`OptKind::Scalar`] may take.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -156,6 +300,8 @@ pub enum Value {
     Scalar(f64),
     PerModel(Vec<f64>),
     Rows(Vec<bool>),
+    /// A [`OptKind::Choice`]'s word.
+    Word(&'static str),
 }
 
 /// What a builder receives besides the models: how many there are, and every option's
@@ -168,49 +314,18 @@ pub struct Args<'a> {
 }
 
 impl Args<'_> {
-    fn value(&self, name: &str) -> &Value {
+    /// The value of option `key`, as its kind reads.
+    ///
+    /// # Panics
+    /// If `key` is not one of the method's options (a method's own bug, which the registry
+    /// tests catch: they build every method).
+    pub fn get<K: Kind>(&self, key: &Key<K>) -> K::Out<'_> {
+        let name = key.opt.name;
         self.values
             .iter()
             .find(|(n, _)| *n == name)
-            .map(|(_, v)| v)
-            .unwrap_or_else(|| panic!("option '{name}' is in the method's spec"))
-    }
-
-    /// A [`OptKind::Weight`] option.
-    pub fn weight(&self, name: &str) -> &Profile {
-        match self.value(name) {
-            Value::Weight(p) => p,
-            other => panic!("option '{name}' is a weight, not {other:?}"),
-        }
-    }
-
-    /// A [`OptKind::Scalar`] option.
-    pub fn scalar(&self, name: &str) -> f64 {
-        match self.value(name) {
-            Value::Scalar(v) => *v,
-            other => panic!("option '{name}' is a scalar, not {other:?}"),
-        }
-    }
-
-    /// A [`OptKind::PerModel`] option.
-    pub fn per_model(&self, name: &str) -> &[f64] {
-        match self.value(name) {
-            Value::PerModel(v) => v,
-            other => panic!("option '{name}' is one value per model, not {other:?}"),
-        }
-    }
-
-    /// A [`OptKind::Rows`] option.
-    pub fn selected_rows(&self, name: &str) -> &[bool] {
-        match self.value(name) {
-            Value::Rows(v) => v,
-            other => panic!("option '{name}' is a selection of rows, not {other:?}"),
-        }
-    }
-
-    /// A [`OptKind::Choice`] option: the index of the word given.
-    pub fn choice(&self, name: &str) -> usize {
-        self.scalar(name) as usize
+            .and_then(|(_, v)| K::read(v))
+            .unwrap_or_else(|| panic!("option '{name}' is in the method's spec, of its kind"))
     }
 
     /// `v` on every row.
@@ -304,18 +419,17 @@ pub fn names() -> Vec<&'static str> {
 }
 
 /// The `weights=(...)` option most methods take: one weight per model, 1 by default.
-pub const fn per_model_weights(skip_first: bool) -> Opt {
-    Opt {
+pub const fn per_model_weights(skip_first: bool) -> Key<PerModel> {
+    Key::new(Opt {
         name: "weights",
         kind: OptKind::PerModel { skip_first },
-        default: Some(1.0),
+        default: Some(Given::Number(1.0)),
         range: Range::ANY,
         positional: false,
-    }
+    })
 }
 
-/// An option of kind `kind` with a default and no range.
-pub const fn plain(name: &'static str, kind: OptKind, default: Option<f64>) -> Opt {
+const fn opt(name: &'static str, kind: OptKind, default: Option<Given>) -> Opt {
     Opt {
         name,
         kind,
@@ -325,61 +439,75 @@ pub const fn plain(name: &'static str, kind: OptKind, default: Option<f64>) -> O
     }
 }
 
-/// A fraction in (0, 1] (`k`, the share of each delta kept).
-pub const fn fraction(name: &'static str, default: f64, meaning: &'static str) -> Opt {
-    Opt {
-        range: Range {
-            min: Some((0.0, false)),
-            max: Some((1.0, true)),
-            integer: false,
-            meaning,
-        },
-        ..plain(name, OptKind::Scalar, Some(default))
+const fn number(default: Option<f64>) -> Option<Given> {
+    match default {
+        Some(d) => Some(Given::Number(d)),
+        None => None,
     }
+}
+
+/// Block weights, `default` on every row (`None`: the call must give them).
+pub const fn weight(name: &'static str, default: Option<f64>) -> Key<Weight> {
+    Key::new(opt(name, OptKind::Weight, number(default)))
+}
+
+/// A number, any value.
+pub const fn scalar(name: &'static str, default: f64) -> Key<Scalar> {
+    Key::new(opt(name, OptKind::Scalar, Some(Given::Number(default))))
+}
+
+/// A selection of rows (no default).
+pub const fn rows(name: &'static str) -> Key<Rows> {
+    Key::new(opt(name, OptKind::Rows, None))
+}
+
+/// One of `C`'s words, `default` when not given.
+pub const fn choice<C: Choice>(name: &'static str, default: &'static str) -> Key<C> {
+    Key::new(opt(
+        name,
+        OptKind::Choice(C::WORDS),
+        Some(Given::Word(default)),
+    ))
+}
+
+/// A fraction in (0, 1] (`k`, the share of each delta kept).
+pub const fn fraction(name: &'static str, default: f64, meaning: &'static str) -> Key<Scalar> {
+    scalar(name, default).within(Range {
+        min: Some((0.0, false)),
+        max: Some((1.0, true)),
+        integer: false,
+        meaning,
+    })
 }
 
 /// A drop probability in [0, 1).
-pub const fn drop_probability(name: &'static str, default: f64) -> Opt {
-    Opt {
-        range: Range {
-            min: Some((0.0, true)),
-            max: Some((1.0, false)),
-            integer: false,
-            meaning: "the drop probability",
-        },
-        ..plain(name, OptKind::Scalar, Some(default))
-    }
+pub const fn drop_probability(name: &'static str, default: f64) -> Key<Scalar> {
+    scalar(name, default).within(Range {
+        min: Some((0.0, true)),
+        max: Some((1.0, false)),
+        integer: false,
+        meaning: "the drop probability",
+    })
 }
 
 /// A non-negative integer (`seed`, `maxiter`).
-pub const fn count(name: &'static str, default: f64) -> Opt {
-    Opt {
-        range: Range {
-            min: Some((0.0, true)),
-            max: None,
-            integer: true,
-            meaning: "",
-        },
-        ..plain(name, OptKind::Scalar, Some(default))
-    }
+pub const fn count(name: &'static str, default: f64) -> Key<Scalar> {
+    scalar(name, default).within(Range {
+        min: Some((0.0, true)),
+        max: None,
+        integer: true,
+        meaning: "",
+    })
 }
 
 /// A non-negative number (`eps`, `ftol`).
-pub const fn non_negative(name: &'static str, default: f64) -> Opt {
-    Opt {
-        range: Range {
-            min: Some((0.0, true)),
-            max: None,
-            integer: false,
-            meaning: "",
-        },
-        ..plain(name, OptKind::Scalar, Some(default))
-    }
-}
-
-/// One of `choices`, the `default`-th by default.
-pub const fn choice(name: &'static str, choices: &'static [&'static str], default: usize) -> Opt {
-    plain(name, OptKind::Choice(choices), Some(default as f64))
+pub const fn non_negative(name: &'static str, default: f64) -> Key<Scalar> {
+    scalar(name, default).within(Range {
+        min: Some((0.0, true)),
+        max: None,
+        integer: false,
+        meaning: "",
+    })
 }
 
 /// The TIES merge of one element: the sign of Σ wᵢδᵢ (0 counts as +) is elected; the deltas
@@ -430,12 +558,93 @@ mod tests {
     }
 
     #[test]
-    fn every_option_default_is_in_range() {
+    fn every_option_default_is_valid() {
         for m in REGISTRY {
             for o in m.options {
-                if let (OptKind::Scalar, Some(d)) = (o.kind, o.default) {
-                    assert!(o.range.admits(d), "{}: {} = {d}", m.name, o.name);
+                match (o.default, o.kind) {
+                    (Some(Given::Number(d)), OptKind::Scalar) => {
+                        assert!(o.range.admits(d), "{}: {} = {d}", m.name, o.name)
+                    }
+                    (Some(Given::Number(_)), OptKind::Weight | OptKind::PerModel { .. }) => {}
+                    (Some(Given::Word(w)), OptKind::Choice(words)) => {
+                        assert!(words.contains(&w), "{}: {} = {w}", m.name, o.name)
+                    }
+                    (None, OptKind::Weight | OptKind::Rows) => {}
+                    (d, k) => panic!("{}: {} has default {d:?} for {k:?}", m.name, o.name),
                 }
+            }
+        }
+    }
+
+    /// Every word of a choice names a distinct value, and nothing else names one.
+    fn words_read<C: Choice + PartialEq + fmt::Debug>() {
+        let values: Vec<C> = C::WORDS
+            .iter()
+            .map(|w| C::from_word(w).unwrap_or_else(|| panic!("'{w}' reads as nothing")))
+            .collect();
+        for (i, v) in values.iter().enumerate() {
+            assert!(!values[..i].contains(v), "two words read as {v:?}");
+        }
+        assert!(C::from_word("").is_none() && C::from_word("Mean").is_none());
+    }
+
+    #[test]
+    fn choices_read_their_words() {
+        words_read::<bool>();
+        words_read::<ties::Vote>();
+        words_read::<ties::Combine>();
+        words_read::<ties::Like>();
+    }
+
+    /// The values a call could give `o`: each word of a choice, else one value.
+    fn values_of(o: &Opt, models: usize, rows: usize) -> Vec<Value> {
+        match (o.kind, o.default) {
+            (OptKind::Choice(words), _) => words.iter().map(|w| Value::Word(w)).collect(),
+            (OptKind::Weight, _) => vec![Value::Weight(vec![0.5; rows])],
+            (OptKind::Scalar, Some(Given::Number(d))) => vec![Value::Scalar(d)],
+            (OptKind::Scalar, _) => vec![Value::Scalar(0.5)],
+            (OptKind::PerModel { skip_first }, _) => {
+                vec![Value::PerModel(vec![1.0; models - usize::from(skip_first)])]
+            }
+            (OptKind::Rows, _) => vec![Value::Rows((0..rows).map(|r| r % 2 == 0).collect())],
+        }
+    }
+
+    /// Every builder reads only its own options, as their kinds (a key missing from a
+    /// method's list, or of another kind, would panic here), for every word of every
+    /// choice; the LoRA term is left out (it needs a LoRA file; the integration tests bake
+    /// one).
+    #[test]
+    fn every_method_builds_from_its_options() {
+        let rows = 3;
+        for m in REGISTRY {
+            let models = m.models.1.unwrap_or(m.models.0 + 1).max(m.models.0);
+            let choices: Vec<Vec<Value>> = m
+                .options
+                .iter()
+                .map(|o| values_of(o, models, rows))
+                .collect();
+            let variants = choices.iter().map(Vec::len).max().unwrap_or(1);
+            for v in 0..variants {
+                let values: Vec<(&'static str, Value)> = m
+                    .options
+                    .iter()
+                    .zip(&choices)
+                    .map(|(o, c)| (o.name, c[v.min(c.len() - 1)].clone()))
+                    .collect();
+                let args = Args {
+                    models,
+                    rows,
+                    values: &values,
+                };
+                let inputs: Vec<Combination> =
+                    (0..models).map(|i| Combination::of(i, rows)).collect();
+                let built = match m.build {
+                    Build::Linear(f) => f(&inputs, &args).map(|_| ()),
+                    Build::Node { build, .. } => build(&args).map(|_| ()),
+                    Build::Lora(_) => Ok(()),
+                };
+                assert_eq!(built, Ok(()), "{} with {values:?}", m.name);
             }
         }
     }

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use super::{Args, Build, BuiltNode, Method, NodeMethod, Prepared, TensorInputs, sweep};
+use super::{
+    Args, Build, BuiltNode, Method, MethodError, NodeMethod, Prepared, TensorInputs, sweep,
+};
 use ckpt_core::kernels;
 
 pub(crate) const MODEL_STOCK: Method = Method {
@@ -20,7 +22,7 @@ pub(crate) const MODEL_STOCK: Method = Method {
     },
 };
 
-fn build(a: &Args<'_>) -> Result<BuiltNode, String> {
+fn build(a: &Args<'_>) -> Result<BuiltNode, MethodError> {
     Ok(Arc::new(ModelStock {
         models: a.models - 1,
     }))

@@ -36,8 +36,9 @@ use std::sync::Arc;
 use super::geomedian::weiszfeld;
 use super::model_stock::stock_factor;
 use super::{
-    Args, BOOL, Build, BuiltNode, Method, NodeMethod, OptKind, Prepared, TensorInputs, choice,
-    count, drop_probability, fraction, non_negative, per_model_weights, plain, sweep,
+    Args, Build, BuiltNode, Choice, Key, Method, MethodError, NodeMethod, PerModel, Prepared,
+    Scalar, TensorInputs, choice, count, drop_probability, fraction, non_negative,
+    per_model_weights, scalar, sweep,
 };
 use crate::merge::methods::dare::dare_stream;
 
@@ -45,31 +46,26 @@ use crate::merge::methods::dare::dare_stream;
 /// spare recomputing them on each of its sweeps.
 pub(crate) const MEDIAN_CACHE_BYTES: usize = 1 << 30;
 
-pub(crate) const VOTES: &[&str] = &["magnitude", "count"];
-pub(crate) const COMBINES: &[&str] = &["mean", "stock", "median"];
-pub(crate) const LIKES: &[&str] = &["ckpt-diff", "sd-mecha"];
+const K: Key<Scalar> = fraction("k", 1.0, "the fraction of each delta kept");
+const LAMBDA: Key<Scalar> = scalar("lambda", 1.0);
+const WEIGHTS: Key<PerModel> = per_model_weights(true);
+const VOTE: Key<Vote> = choice("vote", "magnitude");
+const COMBINE: Key<Combine> = choice("combine", "mean");
+const DROP: Key<Scalar> = drop_probability("drop", 0.0);
+const DELLA_EPS: Key<Scalar> = scalar("della_eps", 0.0);
+const RESCALE: Key<bool> = choice("rescale", "true");
+const SEED: Key<Scalar> = count("seed", 0.0);
+const EPS: Key<Scalar> = non_negative("eps", 1e-6);
+const MAXITER: Key<Scalar> = count("maxiter", 100.0);
+const FTOL: Key<Scalar> = non_negative("ftol", 1e-12);
+const COS_EPS: Key<Scalar> = non_negative("cos_eps", 1e-6);
+const LIKE: Key<Like> = choice("like", "ckpt-diff");
 
-/// The options of `ties` and `tgmd`, with the defaults given.
-macro_rules! ties_options {
-    ($k:expr, $vote:expr, $combine:expr, $drop:expr, $rescale:expr, $ftol:expr) => {
-        &[
-            fraction("k", $k, "the fraction of each delta kept"),
-            plain("lambda", OptKind::Scalar, Some(1.0)),
-            per_model_weights(true),
-            choice("vote", VOTES, $vote),
-            choice("combine", COMBINES, $combine),
-            drop_probability("drop", $drop),
-            plain("della_eps", OptKind::Scalar, Some(0.0)),
-            choice("rescale", BOOL, $rescale),
-            count("seed", 0.0),
-            non_negative("eps", 1e-6),
-            count("maxiter", 100.0),
-            non_negative("ftol", $ftol),
-            non_negative("cos_eps", 1e-6),
-            choice("like", LIKES, 0),
-        ]
-    };
-}
+/// TGMD's defaults where they differ from `ties`'.
+const TGMD_COMBINE: Key<Combine> = choice("combine", "median");
+const TGMD_DROP: Key<Scalar> = drop_probability("drop", 0.1);
+const TGMD_RESCALE: Key<bool> = choice("rescale", "false");
+const TGMD_FTOL: Key<Scalar> = non_negative("ftol", 1e-20);
 
 pub(crate) const TIES: Method = Method {
     name: "ties",
@@ -78,7 +74,22 @@ pub(crate) const TIES: Method = Method {
             combine=mean|stock|median, drop=0, della_eps=0, rescale=true, seed=0, eps=1e-6, \
             maxiter=100, ftol=1e-12, cos_eps=1e-6, like=ckpt-diff|sd-mecha)",
     models: (2, None),
-    options: ties_options!(1.0, 0, 0, 0.0, 1, 1e-12),
+    options: &[
+        K.opt,
+        LAMBDA.opt,
+        WEIGHTS.opt,
+        VOTE.opt,
+        COMBINE.opt,
+        DROP.opt,
+        DELLA_EPS.opt,
+        RESCALE.opt,
+        SEED.opt,
+        EPS.opt,
+        MAXITER.opt,
+        FTOL.opt,
+        COS_EPS.opt,
+        LIKE.opt,
+    ],
     build: Build::Node {
         per_tensor: true,
         build,
@@ -94,53 +105,115 @@ pub(crate) const TGMD: Method = Method {
     usage: "tgmd(base, model, ...): ties with k=1, vote=magnitude, combine=median, drop=0.1, \
             rescale=false, ftol=1e-20 (every ties option can be given)",
     models: (2, None),
-    options: ties_options!(1.0, 0, 2, 0.1, 0, 1e-20),
+    options: &[
+        K.opt,
+        LAMBDA.opt,
+        WEIGHTS.opt,
+        VOTE.opt,
+        TGMD_COMBINE.opt,
+        TGMD_DROP.opt,
+        DELLA_EPS.opt,
+        TGMD_RESCALE.opt,
+        SEED.opt,
+        EPS.opt,
+        MAXITER.opt,
+        TGMD_FTOL.opt,
+        COS_EPS.opt,
+        LIKE.opt,
+    ],
     build: Build::Node {
         per_tensor: true,
         build,
     },
 };
 
-fn build(a: &Args<'_>) -> Result<BuiltNode, String> {
-    let drop = a.scalar("drop");
-    let della_eps = a.scalar("della_eps");
+fn build(a: &Args<'_>) -> Result<BuiltNode, MethodError> {
+    // The keys of `ties` and `tgmd` differ only in their defaults: reading `ties`' reads
+    // either's value.
+    let drop = a.get(&DROP);
+    let della_eps = a.get(&DELLA_EPS);
     if della_eps != 0.0 && drop == 0.0 {
-        return Err("`della_eps` shifts the drop probability: give `drop` too".into());
+        return Err(MethodError::Needs {
+            given: "della_eps",
+            needs: "drop",
+            why: "shifts the drop probability",
+        });
     }
     Ok(Arc::new(Ties {
-        weights: a.per_model("weights").to_vec(),
-        k: a.scalar("k"),
-        lambda: a.scalar("lambda"),
-        vote: if a.choice("vote") == 0 {
-            Vote::Magnitude
-        } else {
-            Vote::Count
-        },
-        combine: [Combine::Mean, Combine::Stock, Combine::Median][a.choice("combine")],
+        weights: a.get(&WEIGHTS).to_vec(),
+        k: a.get(&K),
+        lambda: a.get(&LAMBDA),
+        vote: a.get(&VOTE),
+        combine: a.get(&COMBINE),
         drop,
         della_eps,
-        rescale: a.choice("rescale") == 1,
-        seed: a.scalar("seed") as u64,
-        eps: a.scalar("eps"),
-        maxiter: a.scalar("maxiter") as usize,
-        ftol: a.scalar("ftol"),
-        cos_eps: a.scalar("cos_eps"),
-        mecha: a.choice("like") == 1,
+        rescale: a.get(&RESCALE),
+        seed: a.get(&SEED) as u64,
+        eps: a.get(&EPS),
+        maxiter: a.get(&MAXITER) as usize,
+        ftol: a.get(&FTOL),
+        cos_eps: a.get(&COS_EPS),
+        mecha: a.get(&LIKE) == Like::SdMecha,
         median_cache: MEDIAN_CACHE_BYTES,
     }))
 }
 
+/// How the sign of an element is elected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Vote {
+    /// From Σ wᵢδᵢ.
     Magnitude,
+    /// From Σ wᵢ·sign(δᵢ).
     Count,
 }
 
+impl Choice for Vote {
+    const WORDS: &'static [&'static str] = &["magnitude", "count"];
+    fn from_word(word: &str) -> Option<Vote> {
+        match word {
+            "magnitude" => Some(Vote::Magnitude),
+            "count" => Some(Vote::Count),
+            _ => None,
+        }
+    }
+}
+
+/// How the agreeing deltas are combined.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Combine {
     Mean,
     Stock,
     Median,
+}
+
+impl Choice for Combine {
+    const WORDS: &'static [&'static str] = &["mean", "stock", "median"];
+    fn from_word(word: &str) -> Option<Combine> {
+        match word {
+            "mean" => Some(Combine::Mean),
+            "stock" => Some(Combine::Stock),
+            "median" => Some(Combine::Median),
+            _ => None,
+        }
+    }
+}
+
+/// Whose conventions (see the module's table).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Like {
+    CkptDiff,
+    SdMecha,
+}
+
+impl Choice for Like {
+    const WORDS: &'static [&'static str] = &["ckpt-diff", "sd-mecha"];
+    fn from_word(word: &str) -> Option<Like> {
+        match word {
+            "ckpt-diff" => Some(Like::CkptDiff),
+            "sd-mecha" => Some(Like::SdMecha),
+            _ => None,
+        }
+    }
 }
 
 /// Argument 0 is the base, 1.. the models (one weight each).

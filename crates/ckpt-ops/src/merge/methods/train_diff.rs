@@ -4,7 +4,10 @@
 
 use std::sync::Arc;
 
-use super::{Args, Build, BuiltNode, Method, NodeMethod, OptKind, Prepared, TensorInputs, plain};
+use super::{
+    Args, Build, BuiltNode, Key, Method, MethodError, NodeMethod, Prepared, TensorInputs, Weight,
+    weight,
+};
 use crate::merge::linear::Profile;
 
 pub(crate) const TRAIN_DIFF: Method = Method {
@@ -12,16 +15,18 @@ pub(crate) const TRAIN_DIFF: Method = Method {
     aliases: &["train_difference"],
     usage: "train_diff(A, B, C, alpha=1): A + (B - C) where B differs from A",
     models: (3, Some(3)),
-    options: &[plain("alpha", OptKind::Weight, Some(1.0))],
+    options: &[ALPHA.opt],
     build: Build::Node {
         per_tensor: false,
         build,
     },
 };
 
-fn build(a: &Args<'_>) -> Result<BuiltNode, String> {
+const ALPHA: Key<Weight> = weight("alpha", Some(1.0));
+
+fn build(a: &Args<'_>) -> Result<BuiltNode, MethodError> {
     Ok(Arc::new(TrainDiff {
-        alpha: a.weight("alpha").clone(),
+        alpha: a.get(&ALPHA).clone(),
     }))
 }
 

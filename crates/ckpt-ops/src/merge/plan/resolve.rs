@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{Combination, Input, MergePlan, Node, PlanError, Profile, err};
 use crate::lora::LoraFile;
-use crate::merge::methods::{self, Args, Build, Method, Opt, OptKind, Value as OptValue};
+use crate::merge::methods::{self, Args, Build, Given, Method, Opt, OptKind, Value as OptValue};
 use crate::merge::recipe::{Arg, Expr, Recipe, Span, Weights};
 use ckpt_core::catalog::{Arch, Block, Grouping, Selector};
 
@@ -413,7 +413,7 @@ impl Resolver<'_> {
                 };
                 build(&models, &args)
                     .map(Value::Model)
-                    .or_else(|m| err(span, m))
+                    .or_else(|m| err(span, m.to_string()))
             }
             Build::Node { per_tensor, build } => {
                 let mut children = Vec::with_capacity(n_models);
@@ -427,7 +427,7 @@ impl Resolver<'_> {
                     rows: self.rows(),
                     values: &values,
                 };
-                let node = build(&args).or_else(|m| err(span, m))?;
+                let node = build(&args).or_else(|m| err(span, m.to_string()))?;
                 self.nodes.push(Node::Method {
                     name: method.name,
                     children,
@@ -447,7 +447,7 @@ impl Resolver<'_> {
     fn lora_call(
         &mut self,
         method: &'static Method,
-        build: fn(Arc<LoraFile>, &Args<'_>) -> Result<methods::BuiltNode, String>,
+        build: fn(Arc<LoraFile>, &Args<'_>) -> Result<methods::BuiltNode, methods::MethodError>,
         args: &[Expr],
         options: &[(String, Arg, Span)],
         span: Span,
@@ -503,7 +503,7 @@ impl Resolver<'_> {
             rows: self.rows(),
             values: &values,
         };
-        let node = build(file, &args).or_else(|m| err(span, m))?;
+        let node = build(file, &args).or_else(|m| err(span, m.to_string()))?;
         self.nodes.push(Node::Method {
             name: method.name,
             children: Vec::new(),
@@ -546,12 +546,12 @@ impl Resolver<'_> {
                             format!("`{}` needs `{}`: {}", method.name, opt.name, method.usage),
                         );
                     }
-                    (Some(d), OptKind::Weight) => OptValue::Weight(self.uniform(d)),
-                    (Some(d), OptKind::Scalar | OptKind::Choice(_)) => OptValue::Scalar(d),
-                    (Some(d), OptKind::PerModel { skip_first }) => {
+                    (Some(Given::Word(w)), _) => OptValue::Word(w),
+                    (Some(Given::Number(d)), OptKind::Weight) => OptValue::Weight(self.uniform(d)),
+                    (Some(Given::Number(d)), OptKind::PerModel { skip_first }) => {
                         OptValue::PerModel(vec![d; n_models - usize::from(skip_first)])
                     }
-                    (Some(_), OptKind::Rows) => unreachable!("a selection has no default"),
+                    (Some(Given::Number(d)), _) => OptValue::Scalar(d),
                 },
             };
             values.push((opt.name, value));
@@ -587,17 +587,17 @@ impl Resolver<'_> {
                 OptValue::PerModel(list_arg(arg, at, n)?)
             }
             OptKind::Choice(words) => {
-                let index = match arg {
-                    Arg::Expr(Expr::Name(n, _)) => words.iter().position(|w| w == n),
+                let word = match arg {
+                    Arg::Expr(Expr::Name(n, _)) => words.iter().find(|w| *w == n),
                     Arg::Expr(Expr::Number(v, _)) | Arg::Weights(Weights::Scalar(v))
                         if words == methods::BOOL && (*v == 0.0 || *v == 1.0) =>
                     {
-                        Some(*v as usize)
+                        words.get(*v as usize)
                     }
                     _ => None,
                 };
-                match index {
-                    Some(i) => OptValue::Scalar(i as f64),
+                match word {
+                    Some(w) => OptValue::Word(w),
                     None => {
                         return err(
                             at,
