@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Derives the layouts the shared facts do not list from those they do, by the rules the
-models' own code states, and writes them next to the copied ones in src/catalog/data/.
+models' own code states, and writes them next to the copied ones in crates/ckpt-core/src/catalog/data/.
 
 Inputs (../shared/archs/, from sd-mecha 1.1.8's model configs):
   flux-dev.tsv, sd3-medium.tsv   key, shape, dtype, component, aliases
 
-Outputs (src/catalog/data/):
+Outputs (crates/ckpt-core/src/catalog/data/):
   flux-dev.tsv, sd3-medium.tsv   copies
   flux-chroma.tsv   Chroma: Flux.1 without the per-block modulation layers, time_in, vector_in,
                     guidance_in and the final adaLN, with `distilled_guidance_layer`
@@ -32,7 +32,7 @@ import re
 import shutil
 
 SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "archs")
-OUT = os.path.join(os.path.dirname(__file__), "..", "src", "catalog", "data")
+OUT = os.path.join(os.path.dirname(__file__), "..", "crates", "ckpt-core", "src", "catalog", "data")
 PREFIX = "model.diffusion_model."
 
 

@@ -161,6 +161,28 @@ fn report_error(e: &anyhow::Error, cancel: &ckpt_core::pass::Cancel) -> ExitCode
     ExitCode::from(2)
 }
 
+/// The output error `e` is or wraps (the operations' errors hold it transparently).
+fn write_error<'e>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e ckpt_core::writer::WriteError> {
+    use ckpt_ops::{fix::FixError, lora::LoraError, merge::MergeError, synth::SynthError};
+    if let Some(w) = e.downcast_ref() {
+        return Some(w);
+    }
+    match (
+        e.downcast_ref(),
+        e.downcast_ref(),
+        e.downcast_ref(),
+        e.downcast_ref(),
+    ) {
+        (Some(LoraError::Write(w)), ..)
+        | (_, Some(FixError::Write(w)), ..)
+        | (_, _, Some(MergeError::Write(w)), _)
+        | (.., Some(SynthError::Write(w))) => Some(w),
+        _ => None,
+    }
+}
+
 /// What to do about an error, where the CLI knows: the library's errors are typed and name
 /// no option; the options are this layer's.
 fn hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
@@ -170,8 +192,11 @@ fn hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     if let Some(ckpt_core::catalog::diffusers::OpenError::File(f)) = e.downcast_ref() {
         return f.kind.hint();
     }
-    if let Some(ckpt_core::writer::WriteError::Exists { .. }) = e.downcast_ref() {
+    if let Some(ckpt_core::writer::WriteError::Exists { .. }) = write_error(e) {
         return Some("pass --force to replace it");
+    }
+    if let Some(ckpt_ops::views::asim::AsimError::NoUnetAttention { .. }) = e.downcast_ref() {
+        return Some("the weight cosine (`sim` without --metric asim) compares it block by block");
     }
     if let Some(ckpt_ops::index::IndexError::Schema { .. }) = e.downcast_ref() {
         return Some(

@@ -8,7 +8,7 @@ use super::Outcome;
 use super::common::{Global, print};
 use super::progress::Bar;
 use ckpt_core::catalog::{Arch, Component};
-use ckpt_ops::synth::{self, Layout, Synthetic, Variant, family};
+use ckpt_ops::synth::{self, KeyFilter, Layout, Synthetic, Variant, family};
 use ckpt_read::dtype::{FloatFormat, parse_user_float};
 
 #[derive(Debug, clap::Args)]
@@ -176,8 +176,7 @@ impl LayoutArgs {
         layout.position_ids = !self.no_position_ids;
         layout.zero_data = self.zeros;
         if let Some(re) = &self.keys {
-            regex::Regex::new(re).with_context(|| format!("--keys: '{re}'"))?;
-            layout.keys = Some(re.clone());
+            layout.keys = Some(KeyFilter::new(re).with_context(|| format!("--keys: '{re}'"))?);
         }
         Ok(layout)
     }

@@ -62,9 +62,9 @@ pub const KERNELS: Var = Var {
 pub const XDG_CACHE_HOME: Var = Var {
     name: "XDG_CACHE_HOME",
     scope: Scope::Run,
-    doc: "The cache folder is `$XDG_CACHE_HOME/ckpt-diff` (hashes of unchanged files, the \
-          merge rates the plan predicts times from, the default lineage index); `--no-cache` \
-          reads and writes none of it.",
+    doc: "The cache folder is `$XDG_CACHE_HOME/ckpt-diff` (hashes of unchanged files and \
+          the merge rates the plan predicts times from, which `--no-cache` neither reads nor \
+          writes; and the default lineage index).",
 };
 
 /// The cache folder on Windows.

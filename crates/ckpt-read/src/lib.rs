@@ -1,7 +1,11 @@
-//! Memory-mapped safetensors files with zero-copy tensor views.
+//! Checkpoints as one zero-copy tensor view, whatever the format: safetensors files,
+//! PyTorch zip and legacy pickles (read by an interpreter that executes nothing), and
+//! sharded models. This crate knows no model architecture.
 //!
-//! [`Checkpoint::open`] maps a file, refuses pickles and other containers by their magic
-//! bytes, and checks the whole header (see [`header`]) before handing out any view.
+//! [`open`] picks the format by its magic bytes ([`file_layout`]); each format module
+//! returns a [`Layout`] and [`Checkpoint::from_layout`] is the only constructor. Containers
+//! it cannot read faithfully (GGUF, bitsandbytes 4-bit) are refused with their format
+//! named, and every header is checked whole (see [`header`]) before any view is handed out.
 //! Tensor bytes are returned as `&[u8]` slices of the mapping, in the file's little-endian
 //! layout and with no alignment promise: the kernels read them with unaligned loads.
 //!
@@ -75,7 +79,7 @@ pub enum ReadError {
     CannotSwapHalves { name: String },
     #[error("two tensors of the folder map to '{name}'")]
     TwoMapToOne { name: String },
-    #[error("this is a GGUF file, not safetensors")]
+    #[error("this is a GGUF file, which ckpt-diff does not read yet")]
     Gguf,
     #[error("the file is {len} bytes long, too short for a safetensors file")]
     TooShort { len: u64 },
@@ -133,7 +137,10 @@ pub enum ReadError {
     )]
     Bitsandbytes { format: &'static str },
     #[error("the scaled-fp8 scale '{name}' is unusable: {reason}")]
-    BadScale { name: String, reason: String },
+    BadScale {
+        name: String,
+        reason: quant::BadScale,
+    },
 }
 
 impl From<std::io::Error> for ReadError {
@@ -155,7 +162,10 @@ impl ReadError {
             | ReadError::OffsetsPastEnd { .. } => {
                 Some("download or copy the file again; an interrupted transfer leaves it short")
             }
-            ReadError::Gguf => Some("ckpt-diff reads .safetensors checkpoints only"),
+            ReadError::Gguf => Some(
+                "ckpt-diff reads safetensors files, PyTorch checkpoints, diffusers folders and \
+                 sharded models: use the model's safetensors release",
+            ),
             ReadError::Bitsandbytes { .. } => Some(
                 "use the model's bf16, fp16 or fp8 release instead (or dequantize the file with \
                  bitsandbytes first); 4-bit blocks cannot be merged or compared weight by weight",

@@ -46,10 +46,21 @@ pub fn scale_name(weight: &str) -> String {
 }
 
 /// Why quantized tensors cannot be read.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum QuantProblem {
     /// A scale that is not one finite, positive float.
-    BadScale { name: String, reason: String },
+    BadScale { name: String, reason: BadScale },
+}
+
+/// What is wrong with a scale tensor.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum BadScale {
+    #[error("it is {0}, not a float")]
+    NotFloat(String),
+    #[error("it has {0} values, not one")]
+    NotOne(usize),
+    #[error("its value {0} is not a finite positive number")]
+    NotPositive(f64),
 }
 
 /// The suffix that names a layer's weight scale.
@@ -108,19 +119,16 @@ pub fn split_scaled_fp8<'d>(
 }
 
 /// The value of a one-element float tensor.
-fn scalar<'d>(t: &TensorEntry, data: &dyn Fn(&TensorEntry) -> &'d [u8]) -> Result<f64, String> {
+fn scalar<'d>(t: &TensorEntry, data: &dyn Fn(&TensorEntry) -> &'d [u8]) -> Result<f64, BadScale> {
     let format = dtype::float_format(t.dtype)
-        .ok_or_else(|| format!("it is {}, not a float", dtype::name(t.dtype)))?;
+        .ok_or_else(|| BadScale::NotFloat(dtype::name(t.dtype).to_string()))?;
     if t.numel() != 1 {
-        return Err(format!("it has {} values, not one", t.numel()));
+        return Err(BadScale::NotOne(t.numel()));
     }
     let mut v = [0.0f64];
     format.decode_into(data(t), &mut v);
     if !(v[0].is_finite() && v[0] > 0.0) {
-        return Err(format!(
-            "its value {} is not a finite positive number",
-            v[0]
-        ));
+        return Err(BadScale::NotPositive(v[0]));
     }
     Ok(v[0])
 }

@@ -11,7 +11,7 @@
 //!   model's own keys);
 //! * the diffusers path: `lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q`
 //!   for the same layer (sd-scripts' SD1/SD2 networks, and SDXL files from diffusers-side
-//!   trainers), through the diffusers → single-file renaming of `reader::diffusers`.
+//!   trainers), through the diffusers → single-file renaming of [`super::diffusers`].
 //!
 //! diffusers/PEFT write the diffusers path with its dots, under `unet.`, `text_encoder.`,
 //! `text_encoder_2.` or (Flux) `transformer.`; ComfyUI-style files write the single-file path
@@ -170,7 +170,8 @@ pub fn preferred_by(arch: Arch, metadata: &dyn Fn(&str) -> Option<String>) -> bo
 }
 
 /// What a module stem (`lora_unet_..._to_q`, `unet.down_blocks....to_q`,
-/// `double_blocks.0.processor.qkv_lora1`) patches in `arch` (SD1, SD2, SDXL, Flux).
+/// `double_blocks.0.processor.qkv_lora1`) patches in `arch` (any architecture whose spec has
+/// a `[lora]` table).
 pub fn target(arch: Arch, stem: &str) -> Option<&'static Target> {
     tables(arch)?.by_stem.get(stem)
 }

@@ -98,10 +98,58 @@ pub(crate) fn intern(s: &str) -> &'static str {
     x
 }
 
-fn build() -> Result<Registry, String> {
-    let text = spec::file("components.toml").ok_or("components.toml is missing")?;
-    let file: spec::ComponentsFile =
-        toml::from_str(text).map_err(|e| format!("components.toml: {e}"))?;
+/// A mistake in the catalog's data files. They are compiled in, so a user never meets one:
+/// the catalog's tests do.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum DataError {
+    #[error("{file} is missing")]
+    Missing { file: &'static str },
+    #[error("{file}: {source}")]
+    Toml {
+        file: String,
+        source: toml::de::Error,
+    },
+    #[error("components.toml: no component of kind `other`")]
+    NoOther,
+    #[error("{file}: no component '{id}' in components.toml")]
+    UnknownComponent { file: String, id: String },
+    #[error("two architectures are called '{word}'")]
+    SameName { word: String },
+    #[error("{file}: {field} names '{name}', which is not in [weights] order")]
+    UnknownBlock {
+        file: String,
+        field: String,
+        name: String,
+    },
+    #[error("{file}: {field}: {source}")]
+    List {
+        file: String,
+        field: &'static str,
+        source: ListError,
+    },
+    #[error("{file}: block group '{group}' is not in, mid or out")]
+    Group { file: String, group: String },
+    #[error("{file}: no components")]
+    NoComponents { file: String },
+}
+
+/// A list of blocks and ranges that is not one.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ListError {
+    #[error("'{0}': not a range")]
+    NotARange(String),
+    #[error("'{0}': not a range of one series")]
+    TwoSeries(String),
+}
+
+fn build() -> Result<Registry, DataError> {
+    let text = spec::file("components.toml").ok_or(DataError::Missing {
+        file: "components.toml",
+    })?;
+    let file: spec::ComponentsFile = toml::from_str(text).map_err(|source| DataError::Toml {
+        file: "components.toml".into(),
+        source,
+    })?;
     let mut prefixes = Vec::new();
     let mut standalone = Vec::new();
     let components: Vec<ComponentInfo> = file
@@ -123,20 +171,26 @@ fn build() -> Result<Registry, String> {
         })
         .collect();
     if !components.iter().any(|c| c.kind == ComponentKind::Other) {
-        return Err("components.toml: no component of kind `other`".into());
+        return Err(DataError::NoOther);
     }
     prefixes.sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
-    let component = |id: &str, file: &str| -> Result<Component, String> {
+    let component = |id: &str, file: &str| -> Result<Component, DataError> {
         components
             .iter()
             .position(|c| c.id == id)
             .map(|i| Component(i as u16))
-            .ok_or_else(|| format!("{file}: no component '{id}' in components.toml"))
+            .ok_or_else(|| DataError::UnknownComponent {
+                file: file.into(),
+                id: id.into(),
+            })
     };
 
     let mut specs: Vec<(String, ArchSpec)> = Vec::new();
     for (name, text) in spec::files_under("archs/") {
-        let s: ArchSpec = toml::from_str(text).map_err(|e| format!("{name}: {e}"))?;
+        let s: ArchSpec = toml::from_str(text).map_err(|source| DataError::Toml {
+            file: name.into(),
+            source,
+        })?;
         specs.push((name.to_string(), s));
     }
     specs.sort_by_key(|(_, s)| s.order);
@@ -153,7 +207,7 @@ fn build() -> Result<Registry, String> {
     for a in &archs {
         for word in std::iter::once(&a.spec.id).chain(&a.spec.aliases) {
             if !seen.insert(word.to_ascii_lowercase()) {
-                return Err(format!("two architectures are called '{word}'"));
+                return Err(DataError::SameName { word: word.clone() });
             }
         }
     }
@@ -171,25 +225,30 @@ fn build() -> Result<Registry, String> {
 }
 
 /// A block of the architecture's list, by the name the data writes.
-fn block_in(order: &[Block], name: &str, file: &str, field: &str) -> Result<Block, String> {
+fn block_in(order: &[Block], name: &str, file: &str, field: &str) -> Result<Block, DataError> {
     order
         .iter()
         .copied()
         .find(|b| b.label() == name)
-        .ok_or_else(|| format!("{file}: {field} names '{name}', which is not in [weights] order"))
+        .ok_or_else(|| DataError::UnknownBlock {
+            file: file.into(),
+            field: field.into(),
+            name: name.into(),
+        })
 }
 
 /// A list written as blocks and ranges (`BASE, IN00..IN11, M00`), expanded.
-pub(crate) fn expand_list(text: &str) -> Result<Vec<String>, String> {
+pub(crate) fn expand_list(text: &str) -> Result<Vec<String>, ListError> {
     let mut out = Vec::new();
     for item in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
         match item.split_once("..") {
             None => out.push(item.to_string()),
             Some((a, b)) => {
-                let (sa, na) = split_number(a).ok_or_else(|| format!("'{item}': not a range"))?;
-                let (sb, nb) = split_number(b).ok_or_else(|| format!("'{item}': not a range"))?;
+                let not_range = || ListError::NotARange(item.to_string());
+                let (sa, na) = split_number(a).ok_or_else(not_range)?;
+                let (sb, nb) = split_number(b).ok_or_else(not_range)?;
                 if sa != sb || na > nb {
-                    return Err(format!("'{item}': not a range of one series"));
+                    return Err(ListError::TwoSeries(item.to_string()));
                 }
                 out.extend((na..=nb).map(|n| format!("{sa}{n:02}")));
             }
@@ -211,10 +270,17 @@ pub(crate) fn split_number(label: &str) -> Option<(&str, u8)> {
 fn arch_info(
     file: &str,
     spec: ArchSpec,
-    component: &dyn Fn(&str, &str) -> Result<Component, String>,
-) -> Result<ArchInfo, String> {
+    component: &dyn Fn(&str, &str) -> Result<Component, DataError>,
+) -> Result<ArchInfo, DataError> {
+    let list = |field: &'static str| {
+        move |source| DataError::List {
+            file: file.into(),
+            field,
+            source,
+        }
+    };
     let order: Vec<Block> = expand_list(&spec.weights.order)
-        .map_err(|e| format!("{file}: [weights] order: {e}"))?
+        .map_err(list("[weights] order"))?
         .iter()
         .map(|l| Block::new(l))
         .collect();
@@ -227,7 +293,12 @@ fn arch_info(
             Some("in") => Some(BlockGroup::In),
             Some("mid") => Some(BlockGroup::Mid),
             Some("out") => Some(BlockGroup::Out),
-            Some(g) => return Err(format!("{file}: block group '{g}' is not in, mid or out")),
+            Some(g) => {
+                return Err(DataError::Group {
+                    file: file.into(),
+                    group: g.into(),
+                });
+            }
         };
         let made: Vec<Block> = match r.count {
             Some(n) => (0..n)
@@ -253,7 +324,7 @@ fn arch_info(
             },
         });
     }
-    let weight = |name: &Option<String>, field: &str| -> Result<Option<Block>, String> {
+    let weight = |name: &Option<String>, field: &str| -> Result<Option<Block>, DataError> {
         name.as_deref()
             .map(|n| block_in(&order, n, file, field))
             .transpose()
@@ -267,7 +338,7 @@ fn arch_info(
         ));
     }
     if components.is_empty() {
-        return Err(format!("{file}: no components"));
+        return Err(DataError::NoComponents { file: file.into() });
     }
     let other_weight = weight(&spec.weights.other, "[weights] other")?;
     let lbw = spec
@@ -276,12 +347,12 @@ fn arch_info(
         .iter()
         .map(|l| {
             expand_list(l)
-                .map_err(|e| format!("{file}: [weights] lbw: {e}"))?
+                .map_err(list("[weights] lbw"))?
                 .iter()
                 .map(|b| block_in(&order, b, file, "[weights] lbw"))
                 .collect()
         })
-        .collect::<Result<Vec<Vec<Block>>, String>>()?;
+        .collect::<Result<Vec<Vec<Block>>, DataError>>()?;
     for (alias, to) in &spec.blocks.aliases {
         block_in(&order, to, file, &format!("block alias {alias}"))?;
     }

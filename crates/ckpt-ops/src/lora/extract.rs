@@ -22,6 +22,7 @@ use faer::Mat;
 use rayon::prelude::*;
 use serde::Serialize;
 
+use super::LoraError;
 use super::svd::{self, RankRule, Real};
 use super::write::{Dialect, Tensors, factors_of};
 use ckpt_core::catalog::lora::{Extractable, extractable};
@@ -90,27 +91,58 @@ pub struct BlockEnergy {
     pub share: f64,
 }
 
+/// Why a layer is not extracted.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum Skip {
+    #[error("{key} is not in both checkpoints")]
+    NotInBoth { key: String },
+    #[error("{key}: {tuned:?} against {base:?}")]
+    Shapes {
+        key: String,
+        tuned: Vec<usize>,
+        base: Vec<usize>,
+    },
+    #[error("{key} is not a float tensor")]
+    NotFloat { key: String },
+    #[error("{key} has {rows} rows, fewer than {needed}")]
+    FewRows {
+        key: String,
+        rows: usize,
+        needed: usize,
+    },
+    #[error(transparent)]
+    Svd(#[from] svd::SvdError),
+}
+
 /// One module's ΔW, or why it has none.
 fn delta(
     tuned: &Checkpoint,
     base: &Checkpoint,
     ex: &Extractable,
-) -> Result<(Mat<Real>, Vec<usize>, f64), String> {
+) -> Result<(Mat<Real>, Vec<usize>, f64), Skip> {
     let key = &ex.target.key;
     let (Some(t), Some(b)) = (tuned.get(key), base.get(key)) else {
-        return Err(format!("{key} is not in both checkpoints"));
+        return Err(Skip::NotInBoth { key: key.clone() });
     };
     if t.shape != b.shape {
-        return Err(format!("{key}: {:?} against {:?}", t.shape, b.shape));
+        return Err(Skip::Shapes {
+            key: key.clone(),
+            tuned: t.shape.clone(),
+            base: b.shape.clone(),
+        });
     }
     if dtype::float_format(t.dtype).is_none() || dtype::float_format(b.dtype).is_none() {
-        return Err(format!("{key} is not a float tensor"));
+        return Err(Skip::NotFloat { key: key.clone() });
     }
     let rows = t.shape[0];
     let cols: usize = t.shape[1..].iter().product();
     let (lo, hi) = ex.target.row_range(&t.shape);
     if hi > rows {
-        return Err(format!("{key} has {rows} rows, fewer than {hi}"));
+        return Err(Skip::FewRows {
+            key: key.clone(),
+            rows,
+            needed: hi,
+        });
     }
     let (st, sb) = (Slice::of(tuned, t), Slice::of(base, b));
     let (mut vt, mut vb) = (vec![0.0f64; cols], vec![0.0f64; cols]);
@@ -145,7 +177,7 @@ fn factor(
     rule: RankRule,
     opts: &Options,
     block: String,
-) -> Result<Done, String> {
+) -> Result<Done, Skip> {
     let key_hash = ckpt_core::rng::counter::key_hash(&ex.stem);
     let (t, energy) = svd::truncate(d.as_ref(), rule, opts.iterations, opts.seed ^ key_hash)?;
     let r = t.s.len();
@@ -196,7 +228,7 @@ pub fn extract(
     out: &Path,
     inputs: &[&Path],
     progress: &dyn ckpt_core::pass::Progress,
-) -> Result<Extraction, anyhow::Error> {
+) -> Result<Extraction, LoraError> {
     let started = std::time::Instant::now();
     let grouping = Grouping::for_arch(arch);
     let label = |key: &str| grouping.groups()[grouping.group_of(key)].label.clone();
@@ -229,7 +261,7 @@ pub fn extract(
         .map(|t| 2 * (t.end - t.begin) as u64)
         .sum();
     progress.start(total);
-    let results: Vec<Result<Done, (String, String)>> = layers
+    let results: Vec<Result<Done, (String, Skip)>> = layers
         .par_iter()
         .map(|ex| {
             let (d, shape, max_abs) = delta(tuned, base, ex).map_err(|e| (ex.stem.clone(), e))?;
@@ -256,20 +288,18 @@ pub fn extract(
                 tensors.items.extend(done.tensors.items);
                 modules.push(done.line);
             }
-            Err(e) => skipped.push(e),
+            Err((stem, why)) => skipped.push((stem, why.to_string())),
         }
     }
     if modules.is_empty() {
-        anyhow::bail!(
-            "no module to extract: the checkpoints share none of the {} layers a LoRA of {} \
-             patches ({})",
-            layers.len(),
-            arch.label(),
-            skipped
+        return Err(LoraError::NothingToExtract {
+            layers: layers.len(),
+            arch: arch.label(),
+            first: skipped
                 .first()
-                .map(|(_, why)| why.as_str())
-                .unwrap_or("none listed")
-        );
+                .map_or("none listed", |(_, why)| why.as_str())
+                .to_string(),
+        });
     }
     // kohya's `ss_base_model_version` and the modelspec architecture (the spec's
     // `[modelspec]`; extraction runs only where the spec reads LoRAs, which names them).

@@ -166,6 +166,32 @@ const ROLES: &[(&str, Role)] = &[
     (".lokr_t2", Role::LokrT2),
 ];
 
+/// Why a LoRA cannot be extracted, merged or converted.
+#[derive(Debug, thiserror::Error)]
+pub enum LoraError {
+    #[error(
+        "no module to extract: the checkpoints share none of the {layers} layers a LoRA of \
+         {arch} patches ({first})"
+    )]
+    NothingToExtract {
+        layers: usize,
+        arch: &'static str,
+        /// Why the first layer could not be extracted ("none listed" when there is none).
+        first: String,
+    },
+    #[error("the LoRAs are for different models ({a} and {b}): merge LoRAs of one architecture")]
+    DifferentModels { a: &'static str, b: &'static str },
+    #[error("the LoRA's modules patch no key of a known architecture: nothing to rename")]
+    NoArchitecture,
+    #[error("{module}: {source}")]
+    Svd {
+        module: String,
+        source: svd::SvdError,
+    },
+    #[error(transparent)]
+    Write(#[from] ckpt_core::writer::WriteError),
+}
+
 /// Why a module's ΔW cannot be read from its file.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DeltaError {

@@ -43,11 +43,18 @@ fn orthonormal(y: &Mat<Real>) -> Mat<Real> {
     y.qr().compute_thin_Q()
 }
 
+/// Why a matrix could not be factored.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SvdError {
+    #[error("the SVD did not converge ({0})")]
+    NotConverged(String),
+}
+
 /// The exact thin SVD, its first `k` triplets.
-fn exact(a: MatRef<'_, Real>, k: usize) -> Result<Truncated, String> {
+fn exact(a: MatRef<'_, Real>, k: usize) -> Result<Truncated, SvdError> {
     let svd = a
         .thin_svd()
-        .map_err(|e| format!("the SVD did not converge ({e:?})"))?;
+        .map_err(|e| SvdError::NotConverged(format!("{e:?}")))?;
     let k = k.min(a.nrows()).min(a.ncols());
     let s: Vec<f64> = (0..k).map(|i| svd.S()[i] as f64).collect();
     Ok(Truncated {
@@ -64,7 +71,7 @@ pub fn leading(
     k: usize,
     iterations: usize,
     seed: u64,
-) -> Result<Truncated, String> {
+) -> Result<Truncated, SvdError> {
     let (m, n) = (a.nrows(), a.ncols());
     let small = m.min(n);
     let l = (k + OVERSAMPLE).min(small);
@@ -140,7 +147,7 @@ pub fn truncate(
     rule: RankRule,
     iterations: usize,
     seed: u64,
-) -> Result<(Truncated, f64), String> {
+) -> Result<(Truncated, f64), SvdError> {
     let total = energy(a);
     let small = a.nrows().min(a.ncols());
     match rule {

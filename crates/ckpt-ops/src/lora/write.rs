@@ -21,7 +21,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::svd::{self, RankRule};
-use super::{Delta, DeltaError, Kind, Module, Network, Role};
+use super::{Delta, DeltaError, Kind, LoraError, Module, Network, Role};
 use ckpt_core::catalog::Arch;
 use ckpt_core::catalog::data::table;
 use ckpt_core::catalog::lora::{Rows, Target, names_of};
@@ -218,17 +218,16 @@ pub fn merge(
     format: FloatFormat,
     out: &Path,
     inputs: &[&Path],
-) -> Result<Written, anyhow::Error> {
+) -> Result<Written, LoraError> {
     let arch = sources.iter().find_map(|s| s.net.arch);
     if let Some(other) = sources
         .iter()
         .find(|s| s.net.arch.is_some_and(|a| Some(a) != arch))
     {
-        anyhow::bail!(
-            "the LoRAs are for different models ({} and {}): merge LoRAs of one architecture",
-            arch.map_or("?", |a| a.label()),
-            other.net.arch.map_or("?", |a| a.label())
-        );
+        return Err(LoraError::DifferentModels {
+            a: arch.map_or("?", |a| a.label()),
+            b: other.net.arch.map_or("?", |a| a.label()),
+        });
     }
     // Groups in first-seen order.
     let mut groups: Vec<(String, Vec<(usize, &Module)>)> = Vec::new();
@@ -328,8 +327,13 @@ pub fn merge(
                 let is_kxk = kernel.as_ref().is_some_and(|k| k[1] * k[2] > 1);
                 let rule = if is_kxk { *conv_rank } else { *rank };
                 let seed = ckpt_core::rng::counter::key_hash(&name);
-                let (tr, _) = svd::truncate(sum.as_ref(), rule, svd::ITERATIONS, seed)
-                    .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+                let (tr, _) =
+                    svd::truncate(sum.as_ref(), rule, svd::ITERATIONS, seed).map_err(|source| {
+                        LoraError::Svd {
+                            module: name.clone(),
+                            source,
+                        }
+                    })?;
                 let (up, down) = factors_of(&tr, *clamp_quantile);
                 let r = tr.s.len();
                 t.module(
@@ -419,9 +423,9 @@ pub fn convert(
     format: FloatFormat,
     out: &Path,
     inputs: &[&Path],
-) -> Result<Written, anyhow::Error> {
+) -> Result<Written, LoraError> {
     let Some(arch) = net.arch else {
-        anyhow::bail!("the LoRA's modules patch no key of a known architecture: nothing to rename");
+        return Err(LoraError::NoArchitecture);
     };
     let mut t = Tensors::default();
     let mut not_written = Vec::new();

@@ -118,8 +118,10 @@ pub fn write_family(
     progress: &dyn Fn(&str) -> Box<dyn ckpt_core::pass::Progress>,
     cancel: &ckpt_core::pass::Cancel,
 ) -> Result<Vec<Member>, super::SynthError> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| super::SynthError::Invalid(format!("'{}': {e}", dir.display())))?;
+    std::fs::create_dir_all(dir).map_err(|source| super::SynthError::Folder {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let members = family(layout.arch, seed, finetunes, size);
     for m in &members {
         super::write(

@@ -1,5 +1,5 @@
-//! Synthetic checkpoints with the real key layouts of SD1, SD2 and SDXL, deterministic from
-//! a seed: for tests, benchmarks and demos, since no real model can be downloaded here.
+//! Synthetic checkpoints with the real key layouts of every architecture in the catalog,
+//! deterministic from a seed: for tests, benchmarks and demos, since no real model can be downloaded here.
 //!
 //! A synthetic model is a linear combination, row by row (U-Net block, text encoder, VAE),
 //! of a random **base** and random **deltas**:
@@ -114,7 +114,7 @@ pub struct Layout {
     pub zero_data: bool,
     /// Only the keys this regular expression finds (e.g. just the attention weights an
     /// analysis reads, at full size).
-    pub keys: Option<String>,
+    pub keys: Option<KeyFilter>,
     /// Diffuser keys without `model.diffusion_model.` (BFL's own Flux files).
     #[serde(skip_serializing_if = "is_false")]
     pub bare: bool,
@@ -122,6 +122,32 @@ pub struct Layout {
     /// per-tensor `scale_weight`, everything else in BF16, and the `scaled_fp8` marker.
     #[serde(skip_serializing_if = "is_false")]
     pub scaled_fp8: bool,
+}
+
+/// A regular expression over key names, valid by construction.
+#[derive(Clone, Debug)]
+pub struct KeyFilter(regex::Regex);
+
+impl KeyFilter {
+    pub fn new(expression: &str) -> Result<KeyFilter, regex::Error> {
+        regex::Regex::new(expression).map(KeyFilter)
+    }
+
+    pub fn is_match(&self, key: &str) -> bool {
+        self.0.is_match(key)
+    }
+}
+
+impl PartialEq for KeyFilter {
+    fn eq(&self, other: &KeyFilter) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Serialize for KeyFilter {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0.as_str())
+    }
 }
 
 fn ser_format<S: serde::Serializer>(f: &FloatFormat, s: S) -> Result<S::Ok, S::Error> {
@@ -289,10 +315,7 @@ fn plan_tensors(layout: &Layout) -> Vec<Planned> {
         .iter()
         .map(|(alias, key)| (key.as_str(), alias.as_str()))
         .collect();
-    let keep = layout
-        .keys
-        .as_deref()
-        .map(|re| regex::Regex::new(re).expect("a valid --keys expression"));
+    let keep = layout.keys.as_ref();
     let mut out = Vec::new();
     for k in &table.keys {
         if keep.as_ref().is_some_and(|re| !re.is_match(&k.name)) {
@@ -693,8 +716,11 @@ pub enum SynthError {
     Write(#[from] WriteError),
     #[error(transparent)]
     Pass(#[from] PassError),
-    #[error("{0}")]
-    Invalid(String),
+    #[error("'{}': {source}", path.display())]
+    Folder {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 #[cfg(test)]

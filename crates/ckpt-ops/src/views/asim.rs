@@ -142,24 +142,13 @@ pub fn arch_of(ckpt: &Checkpoint) -> Option<Arch> {
 pub fn scored_arch(files: [(&Checkpoint, Option<Arch>); 2]) -> Result<Arch, AsimError> {
     let arch_of = |(ckpt, detected): (&Checkpoint, Option<Arch>)| {
         if let Some(a) = detected.filter(|a| a.asim_blocks().is_empty()) {
-            return Err(AsimError {
+            return Err(AsimError::NoUnetAttention {
                 file: ckpt.display_name(),
-                problem: format!(
-                    "ASimilarity is defined on the U-Net's self-attention layers ({}) and {} \
-                     has none; the weight cosine (`sim` without --metric asim) compares it \
-                     block by block",
-                    defined_on(),
-                    a.label()
-                ),
+                arch: a.label(),
             });
         }
-        let by_keys = arch_of(ckpt).ok_or_else(|| AsimError {
+        let by_keys = arch_of(ckpt).ok_or_else(|| AsimError::NoAttentionWeights {
             file: ckpt.display_name(),
-            problem: format!(
-                "no self-attention weights of {} (transformer_blocks.0.attn1.to_q/k/v) in \
-                 every scored block",
-                defined_on()
-            ),
         })?;
         Ok(detected
             .filter(|a| attention_blocks(*a) == attention_blocks(by_keys))
@@ -167,15 +156,11 @@ pub fn scored_arch(files: [(&Checkpoint, Option<Arch>); 2]) -> Result<Arch, Asim
     };
     let arch = arch_of(files[0])?;
     if attention_blocks(arch_of(files[1])?) != attention_blocks(arch) {
-        return Err(AsimError {
+        return Err(AsimError::DifferentUnets {
             file: files[1].0.display_name(),
-            problem: format!(
-                "its U-Net and that of '{}' are different U-Nets (their attention blocks differ: \
-                 {} and {})",
-                files[0].0.display_name(),
-                arch_of(files[1])?.label(),
-                arch.label()
-            ),
+            other: files[0].0.display_name(),
+            this: arch_of(files[1])?.label(),
+            that: arch.label(),
         });
     }
     Ok(arch)
@@ -226,33 +211,91 @@ pub struct AsimRow {
     pub similarity: f64,
 }
 
-/// A weight a block needs that a file lacks or holds in an unusable form.
+/// Why two files cannot be scored: a weight a block needs that a file lacks or holds in an
+/// unusable form, or U-Nets that do not compare.
 #[derive(Debug, thiserror::Error)]
-#[error("'{file}': {problem}")]
-pub struct AsimError {
-    pub file: String,
-    pub problem: String,
+pub enum AsimError {
+    /// An architecture without the U-Net's self-attention layers (a DiT).
+    #[error(
+        "'{file}': ASimilarity is defined on the U-Net's self-attention layers ({}) and {arch} \
+         has none",
+        defined_on()
+    )]
+    NoUnetAttention { file: String, arch: &'static str },
+    #[error(
+        "'{file}': no self-attention weights of {} (transformer_blocks.0.attn1.to_q/k/v) in \
+         every scored block",
+        defined_on()
+    )]
+    NoAttentionWeights { file: String },
+    #[error(
+        "'{file}': its U-Net and that of '{other}' are different U-Nets (their attention blocks \
+         differ: {this} and {that})"
+    )]
+    DifferentUnets {
+        file: String,
+        other: String,
+        this: &'static str,
+        that: &'static str,
+    },
+    #[error("'{file}': {block}: q, k and v differ in size")]
+    QkvSizes { file: String, block: String },
+    #[error("'{file}': {block}: {channels} channels where the reference has {reference}")]
+    Channels {
+        file: String,
+        block: String,
+        channels: usize,
+        reference: usize,
+    },
+    #[error("'{file}': {block}: {channels} channels is too small to score")]
+    TooSmall {
+        file: String,
+        block: String,
+        channels: usize,
+    },
+    #[error("'{file}': no tensor {key}, which ASimilarity reads")]
+    NoWeight { file: String, key: String },
+    #[error("'{file}': {key} is {dtype}, not a float tensor")]
+    NotFloat {
+        file: String,
+        key: String,
+        dtype: String,
+    },
+    #[error("'{file}': {key} has shape {shape:?}, not C x C")]
+    NotSquare {
+        file: String,
+        key: String,
+        shape: Vec<usize>,
+    },
 }
 
 /// Reads one C x C projection weight as f32.
 fn weight(ckpt: &Checkpoint, key: &str) -> Result<(usize, Vec<f32>), AsimError> {
-    let err = |problem: String| AsimError {
-        file: ckpt.display_name(),
-        problem,
-    };
+    let file = || ckpt.display_name();
     let t = ckpt
         .tensors()
         .iter()
         .find(|t| canonical_key(&t.name) == key)
-        .ok_or_else(|| err(format!("no tensor {key}, which ASimilarity reads")))?;
-    float_format(t.dtype)
-        .ok_or_else(|| err(format!("{key} is {:?}, not a float tensor", t.dtype)))?;
+        .ok_or_else(|| AsimError::NoWeight {
+            file: file(),
+            key: key.into(),
+        })?;
+    float_format(t.dtype).ok_or_else(|| AsimError::NotFloat {
+        file: file(),
+        key: key.into(),
+        dtype: format!("{:?}", t.dtype),
+    })?;
+    let not_square = || AsimError::NotSquare {
+        file: file(),
+        key: key.into(),
+        shape: t.shape.clone(),
+    };
     let (rows, cols) = match t.shape[..] {
         [r, c] | [r, c, 1, 1] => (r, c),
-        _ => return Err(err(format!("{key} has shape {:?}, not C x C", t.shape))),
+        _ => return Err(not_square()),
     };
     if rows != cols {
-        return Err(err(format!("{key} has shape {:?}, not C x C", t.shape)));
+        return Err(not_square());
     }
     let mut wide = vec![0.0f64; rows * cols];
     ckpt_core::pass::Slice::of(ckpt, t).values_into(&mut wide);
@@ -387,9 +430,9 @@ pub fn asim(
             let (ck, k) = weight(ckpt, &blk.key("k"))?;
             let (cv, v) = weight(ckpt, &blk.key("v"))?;
             if ck != c || cv != c {
-                return Err(AsimError {
+                return Err(AsimError::QkvSizes {
                     file: ckpt.display_name(),
-                    problem: format!("{}: q, k and v differ in size", blk.block),
+                    block: blk.block.to_string(),
                 });
             }
             Ok((c, [q, k, v]))
@@ -397,14 +440,17 @@ pub fn asim(
         let (c, wa) = load(a)?;
         let (cb, wb) = load(b)?;
         if cb != c {
-            return Err(AsimError {
+            return Err(AsimError::Channels {
                 file: b.display_name(),
-                problem: format!("{}: {cb} channels where the reference has {c}", blk.block),
+                block: blk.block.to_string(),
+                channels: cb,
+                reference: c,
             });
         }
-        let draw = rng.randn(c * c).ok_or_else(|| AsimError {
+        let draw = rng.randn(c * c).ok_or_else(|| AsimError::TooSmall {
             file: a.display_name(),
-            problem: format!("{}: {c} channels is too small to score", blk.block),
+            block: blk.block.to_string(),
+            channels: c,
         })?;
         // The scripts' nn.Linear constructors draw their throwaway initial weights here.
         rng.skip_uniform(3 * c * c * like.models_between_draws());

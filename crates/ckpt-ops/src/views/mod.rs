@@ -1,5 +1,5 @@
 //! Analyses: each turns accumulated statistics into a plain result struct. Nothing here
-//! prints; [`crate::reports`] renders.
+//! prints; the binary's `reports` module renders them.
 
 pub mod asim;
 pub mod components;
