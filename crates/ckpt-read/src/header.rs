@@ -234,57 +234,50 @@ mod tests {
         parse(s.as_bytes(), data_len)
     }
 
+    /// Each malformed header is refused with its own error.
     #[test]
-    fn test_duplicate_name() {
-        let h = r#"{"a":{"dtype":"F16","shape":[1],"data_offsets":[0,2]},
-                   "a":{"dtype":"F16","shape":[1],"data_offsets":[2,4]}}"#;
-        assert!(matches!(
-            parse_str(h, 4),
-            Err(ReadError::DuplicateName { .. })
-        ));
-    }
-
-    #[test]
-    fn test_overlap() {
-        let h = r#"{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},
-                   "b":{"dtype":"F16","shape":[2],"data_offsets":[2,6]}}"#;
-        assert!(matches!(parse_str(h, 6), Err(ReadError::Overlap { .. })));
-    }
-
-    #[test]
-    fn test_size_mismatch() {
-        let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#;
-        assert!(matches!(
-            parse_str(h, 4),
-            Err(ReadError::SizeMismatch { expected: 8, .. })
-        ));
-    }
-
-    #[test]
-    fn test_offsets_past_end() {
-        let h = r#"{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#;
-        assert!(matches!(
-            parse_str(h, 3),
-            Err(ReadError::OffsetsPastEnd { .. })
-        ));
-    }
-
-    #[test]
-    fn test_shape_overflow() {
-        let h = r#"{"a":{"dtype":"F16","shape":[4294967296,4294967296,4],"data_offsets":[0,4]}}"#;
-        assert!(matches!(
-            parse_str(h, 4),
-            Err(ReadError::ShapeOverflow { .. })
-        ));
-    }
-
-    #[test]
-    fn test_unknown_dtype() {
-        let h = r#"{"a":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,4]}}"#;
-        assert!(matches!(
-            parse_str(h, 4),
-            Err(ReadError::UnknownDtype { .. })
-        ));
+    fn malformed_headers_are_refused() {
+        type Is = fn(&ReadError) -> bool;
+        let cases: [(&str, u64, Is); 6] = [
+            (
+                r#"{"a":{"dtype":"F16","shape":[1],"data_offsets":[0,2]},
+                   "a":{"dtype":"F16","shape":[1],"data_offsets":[2,4]}}"#,
+                4,
+                |e| matches!(e, ReadError::DuplicateName { .. }),
+            ),
+            (
+                r#"{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]},
+                   "b":{"dtype":"F16","shape":[2],"data_offsets":[2,6]}}"#,
+                6,
+                |e| matches!(e, ReadError::Overlap { .. }),
+            ),
+            (
+                r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}}"#,
+                4,
+                |e| matches!(e, ReadError::SizeMismatch { expected: 8, .. }),
+            ),
+            (
+                r#"{"a":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#,
+                3,
+                |e| matches!(e, ReadError::OffsetsPastEnd { .. }),
+            ),
+            (
+                r#"{"a":{"dtype":"F16","shape":[4294967296,4294967296,4],"data_offsets":[0,4]}}"#,
+                4,
+                |e| matches!(e, ReadError::ShapeOverflow { .. }),
+            ),
+            (
+                r#"{"a":{"dtype":"Q4_K","shape":[2],"data_offsets":[0,4]}}"#,
+                4,
+                |e| matches!(e, ReadError::UnknownDtype { .. }),
+            ),
+        ];
+        for (h, len, is) in cases {
+            match parse_str(h, len) {
+                Err(e) => assert!(is(&e), "{h}: {e}"),
+                Ok(_) => panic!("{h} was accepted"),
+            }
+        }
     }
 
     #[test]

@@ -61,14 +61,7 @@ pub fn fix(
         }
     }
     let findings = validate(ckpt, det, pass)?;
-    let input = plan::Input {
-        tensors: ckpt.tensors(),
-        scaled_fp8: ckpt.scaled_fp8(),
-        metadata: ckpt.metadata(),
-        arch: det.arch(),
-        scale: det.scale,
-        findings: &findings,
-    };
+    let input = plan::Input::of(ckpt, det, &findings);
     let planned = plan::plan(&input, base.map(|b| b.tensors()), opts);
     execute(&planned, ckpt, base, out, pass)?;
     Ok(FixReport {
@@ -91,14 +84,7 @@ pub fn convert(
 ) -> Result<FixReport, FixError> {
     ckpt_core::writer::refuse_existing(out, opts.overwrite)?;
     let findings = crate::views::validate::validate_header(ckpt, det);
-    let input = plan::Input {
-        tensors: ckpt.tensors(),
-        scaled_fp8: ckpt.scaled_fp8(),
-        metadata: ckpt.metadata(),
-        arch: det.arch(),
-        scale: det.scale,
-        findings: &findings,
-    };
+    let input = plan::Input::of(ckpt, det, &findings);
     let mut planned = plan::conversion(&input, opts);
     planned.metadata.push((
         "ckpt_diff.converted_from".into(),

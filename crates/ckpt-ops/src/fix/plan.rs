@@ -47,6 +47,41 @@ pub(crate) struct Input<'a> {
     pub findings: &'a ValidateReport,
 }
 
+impl<'a> Input<'a> {
+    /// The header of `ckpt`, detected as `det`, with what validation found.
+    pub(crate) fn of(
+        ckpt: &'a ckpt_read::Checkpoint,
+        det: &ckpt_core::catalog::Detection,
+        findings: &'a ValidateReport,
+    ) -> Input<'a> {
+        Input {
+            tensors: ckpt.tensors(),
+            scaled_fp8: ckpt.scaled_fp8(),
+            metadata: ckpt.metadata(),
+            arch: det.arch(),
+            scale: det.scale,
+            findings,
+        }
+    }
+
+    /// Its metadata less the hashes a rewrite makes stale and the key `also`.
+    fn kept_metadata(&self, also: Option<&str>) -> Vec<(String, String)> {
+        self.metadata
+            .iter()
+            .filter(|(k, _)| !STALE_METADATA.contains(&k.as_str()) && Some(k.as_str()) != also)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Notes the cast to `opts.dtype`, if any.
+fn note_cast(opts: &Options, out: &mut FixPlan) {
+    if let Some(d) = opts.dtype {
+        out.actions
+            .push(format!("stored floats as {}", dtype::name(d.dtype())));
+    }
+}
+
 /// Which of the two files a tensor comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Origin {
@@ -362,18 +397,10 @@ pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Option
     }
     // Scaled fp8: kept with its scales, or dequantized when every float is cast.
     scaled_fp8(file, opts, &mut out);
-    if let Some(d) = opts.dtype {
-        out.actions
-            .push(format!("stored floats as {}", dtype::name(d.dtype())));
-    }
+    note_cast(opts, &mut out);
 
     // Metadata: kept, stale hashes dropped, the fixes noted.
-    out.metadata = file
-        .metadata
-        .iter()
-        .filter(|(k, _)| !STALE_METADATA.contains(&k.as_str()) && k != "ckpt_diff.fixed")
-        .cloned()
-        .collect();
+    out.metadata = file.kept_metadata(Some("ckpt_diff.fixed"));
     if file
         .metadata
         .iter()
@@ -436,16 +463,8 @@ pub(crate) fn conversion(file: &Input<'_>, opts: &Options) -> FixPlan {
     for (why, n) in dropped.values() {
         out.actions.push(format!("dropped {n} {why} keys"));
     }
-    if let Some(d) = opts.dtype {
-        out.actions
-            .push(format!("stored floats as {}", dtype::name(d.dtype())));
-    }
-    out.metadata = file
-        .metadata
-        .iter()
-        .filter(|(k, _)| !STALE_METADATA.contains(&k.as_str()))
-        .cloned()
-        .collect();
+    note_cast(opts, &mut out);
+    out.metadata = file.kept_metadata(None);
     out
 }
 

@@ -130,6 +130,33 @@ pub trait Choice: Copy + 'static {
     fn from_word(word: &str) -> Option<Self>;
 }
 
+/// An enum of words (`vote=count`) and its [`Choice`] impl, each variant's word written once.
+macro_rules! words {
+    (
+        $(#[$meta:meta])*
+        $vis:vis enum $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $word:literal),+ $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        $vis enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $crate::merge::methods::Choice for $name {
+            const WORDS: &'static [&'static str] = &[$($word),+];
+            fn from_word(word: &str) -> Option<$name> {
+                match word {
+                    $($word => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+pub(crate) use words;
+
 impl Choice for bool {
     const WORDS: &'static [&'static str] = BOOL;
     fn from_word(word: &str) -> Option<bool> {

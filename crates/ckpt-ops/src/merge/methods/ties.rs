@@ -36,9 +36,9 @@ use std::sync::Arc;
 use super::geomedian::weiszfeld;
 use super::model_stock::stock_factor;
 use super::{
-    Args, Build, BuiltNode, Choice, Key, Method, MethodError, NodeMethod, PerModel, Prepared,
-    Scalar, TensorInputs, choice, count, drop_probability, fraction, non_negative,
-    per_model_weights, scalar, sweep,
+    Args, Build, BuiltNode, Key, Method, MethodError, NodeMethod, Opt, PerModel, Prepared, Scalar,
+    TensorInputs, choice, count, drop_probability, fraction, non_negative, per_model_weights,
+    scalar, sweep, words,
 };
 use crate::merge::methods::dare::dare_stream;
 
@@ -61,6 +61,34 @@ const FTOL: Key<Scalar> = non_negative("ftol", 1e-12);
 const COS_EPS: Key<Scalar> = non_negative("cos_eps", 1e-6);
 const LIKE: Key<Like> = choice("like", "ckpt-diff");
 
+/// The options of `ties` and `tgmd`, which differ in the defaults of these four.
+const fn options(combine: Opt, drop: Opt, rescale: Opt, ftol: Opt) -> [Opt; 14] {
+    [
+        K.opt,
+        LAMBDA.opt,
+        WEIGHTS.opt,
+        VOTE.opt,
+        combine,
+        drop,
+        DELLA_EPS.opt,
+        rescale,
+        SEED.opt,
+        EPS.opt,
+        MAXITER.opt,
+        ftol,
+        COS_EPS.opt,
+        LIKE.opt,
+    ]
+}
+
+const TIES_OPTIONS: [Opt; 14] = options(COMBINE.opt, DROP.opt, RESCALE.opt, FTOL.opt);
+const TGMD_OPTIONS: [Opt; 14] = options(
+    TGMD_COMBINE.opt,
+    TGMD_DROP.opt,
+    TGMD_RESCALE.opt,
+    TGMD_FTOL.opt,
+);
+
 /// TGMD's defaults where they differ from `ties`'.
 const TGMD_COMBINE: Key<Combine> = choice("combine", "median");
 const TGMD_DROP: Key<Scalar> = drop_probability("drop", 0.1);
@@ -74,22 +102,7 @@ pub(crate) const TIES: Method = Method {
             combine=mean|stock|median, drop=0, della_eps=0, rescale=true, seed=0, eps=1e-6, \
             maxiter=100, ftol=1e-12, cos_eps=1e-6, like=ckpt-diff|sd-mecha)",
     models: (2, None),
-    options: &[
-        K.opt,
-        LAMBDA.opt,
-        WEIGHTS.opt,
-        VOTE.opt,
-        COMBINE.opt,
-        DROP.opt,
-        DELLA_EPS.opt,
-        RESCALE.opt,
-        SEED.opt,
-        EPS.opt,
-        MAXITER.opt,
-        FTOL.opt,
-        COS_EPS.opt,
-        LIKE.opt,
-    ],
+    options: &TIES_OPTIONS,
     build: Build::Node {
         per_tensor: true,
         build,
@@ -105,22 +118,7 @@ pub(crate) const TGMD: Method = Method {
     usage: "tgmd(base, model, ...): ties with k=1, vote=magnitude, combine=median, drop=0.1, \
             rescale=false, ftol=1e-20 (every ties option can be given)",
     models: (2, None),
-    options: &[
-        K.opt,
-        LAMBDA.opt,
-        WEIGHTS.opt,
-        VOTE.opt,
-        TGMD_COMBINE.opt,
-        TGMD_DROP.opt,
-        DELLA_EPS.opt,
-        TGMD_RESCALE.opt,
-        SEED.opt,
-        EPS.opt,
-        MAXITER.opt,
-        TGMD_FTOL.opt,
-        COS_EPS.opt,
-        LIKE.opt,
-    ],
+    options: &TGMD_OPTIONS,
     build: Build::Node {
         per_tensor: true,
         build,
@@ -158,61 +156,30 @@ fn build(a: &Args<'_>) -> Result<BuiltNode, MethodError> {
     }))
 }
 
-/// How the sign of an element is elected.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Vote {
-    /// From Σ wᵢδᵢ.
-    Magnitude,
-    /// From Σ wᵢ·sign(δᵢ).
-    Count,
-}
-
-impl Choice for Vote {
-    const WORDS: &'static [&'static str] = &["magnitude", "count"];
-    fn from_word(word: &str) -> Option<Vote> {
-        match word {
-            "magnitude" => Some(Vote::Magnitude),
-            "count" => Some(Vote::Count),
-            _ => None,
-        }
+words! {
+    /// How the sign of an element is elected.
+    pub(crate) enum Vote {
+        /// From Σ wᵢδᵢ.
+        Magnitude = "magnitude",
+        /// From Σ wᵢ·sign(δᵢ).
+        Count = "count",
     }
 }
 
-/// How the agreeing deltas are combined.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Combine {
-    Mean,
-    Stock,
-    Median,
-}
-
-impl Choice for Combine {
-    const WORDS: &'static [&'static str] = &["mean", "stock", "median"];
-    fn from_word(word: &str) -> Option<Combine> {
-        match word {
-            "mean" => Some(Combine::Mean),
-            "stock" => Some(Combine::Stock),
-            "median" => Some(Combine::Median),
-            _ => None,
-        }
+words! {
+    /// How the agreeing deltas are combined.
+    pub(crate) enum Combine {
+        Mean = "mean",
+        Stock = "stock",
+        Median = "median",
     }
 }
 
-/// Whose conventions (see the module's table).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Like {
-    CkptDiff,
-    SdMecha,
-}
-
-impl Choice for Like {
-    const WORDS: &'static [&'static str] = &["ckpt-diff", "sd-mecha"];
-    fn from_word(word: &str) -> Option<Like> {
-        match word {
-            "ckpt-diff" => Some(Like::CkptDiff),
-            "sd-mecha" => Some(Like::SdMecha),
-            _ => None,
-        }
+words! {
+    /// Whose conventions (see the module's table).
+    pub(crate) enum Like {
+        CkptDiff = "ckpt-diff",
+        SdMecha = "sd-mecha",
     }
 }
 
