@@ -10,6 +10,8 @@ set -euo pipefail
 out=${1:?usage: scripts/snapshot.sh OUT_DIR}
 bin=${BIN:-$(dirname "$0")/../target/debug/ckpt-diff}
 bin=$(realpath "$bin")
+# The project's own files (fixtures), whatever binary runs: the script's checkout.
+root=$(realpath "$(dirname "$0")/..")
 mkdir -p "$out"
 out=$(realpath "$out")
 # A fixed folder: `merge ws/ad` record absolute input paths in their output.
@@ -39,14 +41,19 @@ for d in sd1 xl; do
   b=$d/base.safetensors; f1=$d/ft1.safetensors; f2=$d/ft2.safetensors; f3=$d/ft3.safetensors
   rec $d-inspect.txt inspect $d/mbw-ft1-ft2.safetensors
   rec $d-inspect.json inspect $d/mbw-ft1-ft2.safetensors --json
+  rec $d-inspect.md inspect $d/mbw-ft1-ft2.safetensors --markdown
+  rec $d-inspect.csv inspect $d/mbw-ft1-ft2.safetensors --csv
   rec $d-sim.txt sim $b $f2
   rec $d-sim-out.md sim $f2 $d/mbw-ft1-ft2.safetensors --blocks out --markdown
   rec $d-sim-sel.csv sim $f2 $d/mbw-ft1-ft2.safetensors --blocks in,mid,te --csv
   rec $d-sim.json sim $f2 $d/mbw-ft1-ft2.safetensors --json --per-tensor
   rec $d-asim.txt sim --metric asim $f2 $d/mbw-ft1-ft2.safetensors --blocks out
   rec $d-asim.json sim --metric asim $f2 $d/mbw-ft1-ft2.safetensors --json --like supermerger
+  rec $d-asim.md sim --metric asim $f2 $d/mbw-ft1-ft2.safetensors --markdown --precision f64
   rec $d-l2.txt l2 --base $b $f1 $f2 $f3 $d/ws-ft1-ft2.safetensors
   rec $d-l2.json l2 --base $b $f1 $f2 $f3 --json
+  rec $d-l2.csv l2 --base $b $f1 $f2 $f3 --csv
+  rec $d-l2.md l2 --base $b $f1 $f2 $f3 --markdown
   rec $d-hash.txt hash $f1 --components
   rec $d-hash.json hash $f1 --components --json
   rec $d-validate.txt validate $f1
@@ -143,8 +150,7 @@ rec sd1-inpaint-inspect.txt inspect sd1-inpaint.safetensors
 "$bin" synth model sd1-f8.safetensors --arch sd1 --scale 16 --dtype f8_e4m3 -q
 rec sd1-f8-inspect.txt inspect sd1-f8.safetensors
 
-fx=$(dirname "$bin")/../../fixtures/torch
-fx=$(realpath "$fx")
+fx=$root/fixtures/torch
 rec ckpt-inspect.txt inspect $fx/sd1-zip-f32.ckpt
 rec ckpt-inspect.json inspect $fx/sd1-legacy-bf16.ckpt --json
 rec ckpt-validate.txt validate $fx/ema-beside.ckpt
@@ -154,6 +160,8 @@ for f in conv/*.safetensors; do sum $f ckpt-convert-$(basename $f); done
 rec ckpt-sim.txt sim $fx/sd1-zip-f32.ckpt conv/sd1-legacy-f16.safetensors --blocks "IN00..IN02, OUT09..OUT11, TE1, VAE"
 rec ckpt-evil.txt validate $fx/evil-reduce-nested.ckpt
 rec ckpt-evil-inspect.txt inspect $fx/evil-exec.ckpt
+rec ckpt-evil-inspect.md inspect $fx/evil-exec.ckpt --markdown
+rec ckpt-inspect.csv inspect $fx/sd1-zip-f32.ckpt --csv
 rec ckpt-hash.txt hash $fx/tiny-zip.ckpt
 
 rec idx-add.txt index --index idx.sqlite add sd1/base.safetensors sd1/ft1.safetensors sd1/ft2.safetensors sd1/ft3.safetensors sd1/ws-ft1-ft2.safetensors sd1/ad-ft1-ft3.safetensors -q
@@ -179,6 +187,16 @@ rec lora-inspect.json inspect sd1/ft2-auto.safetensors --json
 rec lora-sim.txt sim sd1/ft1-r16.safetensors sd1/ft1.safetensors --base sd1/base.safetensors
 rec lora-sim2.txt sim sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors
 rec lora-l2.txt l2 --base sd1/base.safetensors sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors
+rec lora-inspect.md inspect sd1/ft1-r16.safetensors --markdown
+rec lora-inspect.csv inspect sd1/ft1-r16.safetensors --csv
+rec inspect-two.json inspect sd1/base.safetensors sd1/ft1-r16.safetensors --json
+rec inspect-two.md inspect sd1/base.safetensors sd1/ft1-r16.safetensors --markdown
+rec lora-sim.json sim sd1/ft1-r16.safetensors sd1/ft1.safetensors --base sd1/base.safetensors --json
+rec lora-sim2.csv sim sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors --csv
+rec lora-sim2.md sim sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors --markdown
+rec lora-l2.json l2 --base sd1/base.safetensors sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors --json
+rec lora-l2.csv l2 --base sd1/base.safetensors sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors --csv
+rec lora-l2.md l2 --base sd1/base.safetensors sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors --markdown
 printf 'base = base.safetensors\nl1 = ft1-r16.safetensors\nl2 = ft2-auto.safetensors\nOUT = base + lora(l1) x 0.8 + lora(l2, strength=(0.5,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,0)) x 0.5\n' > sd1/bake.recipe
 rec lora-bake.txt merge sd1/bake.recipe -o sd1/baked.safetensors --no-input-hashes
 sum sd1/baked.safetensors lora-bake
