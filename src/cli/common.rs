@@ -1,11 +1,12 @@
-//! Pieces every subcommand uses: opening files, choosing the row layout, output formats.
+//! Pieces every subcommand uses: opening files, choosing the row layout, output formats and
+//! the one way a result is printed ([`emit`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::reports::Format;
+use crate::reports::{Format, Report};
 use ckpt_core::catalog::{Arch, Detection, Grouping, Layout, detect};
 use ckpt_read::Checkpoint;
 
@@ -28,7 +29,8 @@ impl Global {
     }
 }
 
-/// `--json`, `--csv`, `--markdown`.
+/// `--json`, `--csv`, `--markdown`: every command that prints a result takes them, and
+/// [`emit`] prints in the format they pick.
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct FormatArgs {
     /// Print JSON (schema in the README) instead of a table.
@@ -54,6 +56,19 @@ impl FormatArgs {
             Format::Table
         }
     }
+}
+
+/// Prints `report` in the format the options ask for: the one way a command prints its
+/// result.
+pub(super) fn emit(report: &dyn Report, format: &FormatArgs) -> Result<()> {
+    print(&crate::reports::render(report, format.format()))
+}
+
+/// Prints `report`, the `i`th of several inputs' printed as they come, as a
+/// [`Sequence`](crate::reports::Sequence) of them shows it (not for JSON: a sequence is one
+/// document).
+pub(super) fn emit_part(report: &dyn Report, i: usize, format: &FormatArgs) -> Result<()> {
+    print(&crate::reports::Sequence::part(report, i, format.format()))
 }
 
 /// An open checkpoint and what it is.

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::Outcome;
-use super::common::{Global, Model, print};
+use super::common::{FormatArgs, Global, Model, emit};
 use super::progress::Bar;
 use ckpt_ops::fix::{FixReport, Options, convert};
 
@@ -38,9 +38,8 @@ pub(super) struct Args {
     /// Replace outputs that exist.
     #[arg(long, short)]
     force: bool,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    format: FormatArgs,
 }
 
 /// `DIR/NAME.safetensors` for an input file or folder.
@@ -104,27 +103,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         drop(bar);
         reports.push(r);
     }
-    let text = if args.json {
-        crate::reports::json::document(
-            "convert",
-            serde_json::json!({
-                "converted": args.inputs.iter().zip(&reports).map(|(i, r)| serde_json::json!({
-                    "input": i.display().to_string(),
-                    "output": r.output,
-                    "actions": r.actions,
-                })).collect::<Vec<_>>()
-            }),
-        )
-    } else {
-        let mut s = String::new();
-        for (i, r) in args.inputs.iter().zip(&reports) {
-            s.push_str(&format!("{} -> {}\n", i.display(), r.output));
-            for a in &r.actions {
-                s.push_str(&format!("  {a}\n"));
-            }
-        }
-        crate::reports::sanitize(&s)
-    };
-    print(&text)?;
+    let files = args.inputs.iter().zip(&reports).collect();
+    emit(&crate::reports::fix::Converted { files }, &args.format)?;
     Ok(Outcome::Ok)
 }

@@ -7,9 +7,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 use super::Outcome;
-use super::common::{Global, Model, choose_grouping, open_all, print};
+use super::common::{FormatArgs, Global, Model, choose_grouping, emit, open_all};
 use super::progress::Bar;
-use crate::reports::fit::{Applied, Labels, Report};
+use crate::reports::fit::{Applied, Fitted, Labels};
 use ckpt_core::catalog::{Grouping, Selector};
 use ckpt_core::gram::InnerProducts;
 use ckpt_ops::views::fit::recipe::{Asked, Files};
@@ -67,9 +67,8 @@ pub(super) struct Args {
     /// Replace an existing recipe file or clone.
     #[arg(long)]
     force: bool,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    format: FormatArgs,
 }
 
 /// The distinct files among `paths` (by canonical path), and the index of each path's file.
@@ -224,7 +223,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         None => None,
     };
 
-    let report = Report {
+    let report = Fitted {
         result: &result,
         labels: &labels,
         asked: &asked,
@@ -234,11 +233,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         applied: applied.as_ref(),
         pass_seconds,
     };
-    print(&if args.json {
-        crate::reports::fit::document(&report)
-    } else {
-        crate::reports::fit::text(&report)
-    })?;
+    emit(&report, &args.format)?;
     Ok(Outcome::Ok)
 }
 

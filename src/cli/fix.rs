@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::Outcome;
-use super::common::{Global, Model, print};
+use super::common::{FormatArgs, Global, Model, emit};
 use super::progress::Bar;
 use crate::reports;
 use ckpt_ops::fix::{Options, Unfixed, fix};
@@ -41,9 +41,8 @@ pub(super) struct Args {
     /// Replace OUT if it exists.
     #[arg(long, short)]
     force: bool,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    format: FormatArgs,
 }
 
 /// The `fix` command that repairs a finding (what `validate` prints after "to fix:").
@@ -122,17 +121,14 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         &fixed.detection,
         &global.pass(&ckpt_core::pass::NoProgress),
     )?;
-    let fixed = reports::fix::Fixed {
-        report: &report,
-        after: &after,
-        remedy: &remedy,
-        unfixed: &unfixed,
-    };
-    let text = if args.json {
-        reports::fix::document(&fixed)
-    } else {
-        reports::fix::text(&fixed)
-    };
-    print(&text)?;
+    emit(
+        &reports::fix::Fixed {
+            report: &report,
+            after: &after,
+            remedy: &remedy,
+            unfixed: &unfixed,
+        },
+        &args.format,
+    )?;
     Ok(Outcome::Exit(after.exit_code()))
 }

@@ -6,8 +6,7 @@ use anyhow::Result;
 
 use super::Outcome;
 use super::common::{
-    ArchArg, FormatArgs, Global, Model, choose_grouping, keys_regex, open_all, parse_arch_arg,
-    print,
+    ArchArg, FormatArgs, Global, Model, choose_grouping, emit, keys_regex, open_all, parse_arch_arg,
 };
 use super::progress::Bar;
 
@@ -52,11 +51,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             .map(|(m, n)| (&m.ckpt, n.as_ref().expect("all")))
             .collect();
         let r = ckpt_ops::views::lora::distances(&pairs);
-        print(&if args.format.format() == crate::reports::Format::Json {
-            crate::reports::lora::l2_document(&r)
-        } else {
-            crate::reports::lora::l2_text(&r)
-        })?;
+        emit(&crate::reports::lora::Distances(&r), &args.format)?;
         return Ok(Outcome::Ok);
     }
     if nets.iter().any(Option::is_some) {
@@ -74,11 +69,13 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         ckpt_ops::views::l2::measure(&ckpts, names, &grouping, keys.as_ref(), &global.pass(&bar))?;
     drop(bar);
     let base_line = format!("{} ({})", models[0].name(), models[0].describe());
-    print(&crate::reports::l2::render(
-        &report,
-        &base_line,
-        args.format.format(),
-    ))?;
+    emit(
+        &crate::reports::l2::Distances {
+            report: &report,
+            base_line: &base_line,
+        },
+        &args.format,
+    )?;
     if let Some(dir) = &args.report {
         crate::reports::l2::write_report(&report, dir, &base_line, args.log)?;
         if !global.quiet {

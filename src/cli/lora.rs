@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::Outcome;
-use super::common::{Global, Model, print};
+use super::common::{FormatArgs, Global, Model, emit};
 use super::progress::Bar;
 use ckpt_core::catalog::{Arch, Layout};
 use ckpt_ops::lora::svd::RankRule;
@@ -73,7 +73,7 @@ fn arch_of(m: &Model, path: &Path) -> Result<Arch> {
     }
 }
 
-/// Where a LoRA command writes, and how it reports.
+/// Where a LoRA command writes, and in what format it reports.
 #[derive(Debug, clap::Args)]
 struct OutArgs {
     /// The LoRA file to write.
@@ -82,9 +82,8 @@ struct OutArgs {
     /// Replace OUT if it exists.
     #[arg(long, short)]
     force: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    format: FormatArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -185,11 +184,7 @@ fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
         &bar,
     )?;
     drop(bar);
-    print(&if a.out.json {
-        crate::reports::lora::extract_document(&r)
-    } else {
-        crate::reports::lora::extract_text(&r)
-    })?;
+    emit(&crate::reports::lora::Extracted(&r), &a.out.format)?;
     Ok(Outcome::Ok)
 }
 
@@ -298,11 +293,7 @@ fn merge(a: MergeArgs, _global: &Global) -> Result<Outcome> {
         })
         .collect();
     let r = ckpt_ops::lora::write::merge(&sources, &how, format, &a.out.output, &inputs)?;
-    print(&if a.out.json {
-        crate::reports::lora::written_document(&r)
-    } else {
-        crate::reports::lora::written_text(&r)
-    })?;
+    emit(&crate::reports::lora::Written(&r), &a.out.format)?;
     Ok(Outcome::Ok)
 }
 
@@ -318,10 +309,6 @@ fn convert(a: ConvertArgs, _global: &Global) -> Result<Outcome> {
         &a.out.output,
         &[a.input.as_path()],
     )?;
-    print(&if a.out.json {
-        crate::reports::lora::written_document(&r)
-    } else {
-        crate::reports::lora::written_text(&r)
-    })?;
+    emit(&crate::reports::lora::Written(&r), &a.out.format)?;
     Ok(Outcome::Ok)
 }

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::Outcome;
-use super::common::{Global, print};
+use super::common::{FormatArgs, Global, emit};
 use super::progress::Bar;
-use crate::reports;
+use crate::reports::{self, Format};
 use ckpt_ops::merge::recipe::writer::{Names, quote_path};
 use ckpt_ops::merge::{self, Missing, Options, OutputFormat, Precision};
 use ckpt_read::dtype::{FloatFormat, parse_user_float};
@@ -74,9 +74,8 @@ struct OutArgs {
     /// Replace OUT if it exists.
     #[arg(long, short)]
     force: bool,
-    /// Print the summary as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    format: FormatArgs,
     /// Open and check every input, print the plan (what each component reads, memory,
     /// output size, predicted time) and stop: no tensor is read, nothing is written.
     #[arg(long)]
@@ -179,37 +178,35 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         Ok(p) => p,
         Err(merge::MergeError::Preflight(plan)) => {
             // The plan as far as it got, then the problems as the error.
-            if out.json {
-                print(&reports::merge::plan_document(&plan))?;
-            } else if out.dry_run {
-                print(&reports::merge::plan_text(&plan))?;
+            if out.format.json || out.dry_run {
+                emit(&reports::merge::Plan(&plan), &out.format)?;
             }
             bail!("{}", reports::merge::problems_text(&plan));
         }
         Err(e) => return Err(e.into()),
     };
     if out.dry_run {
-        let plan = planned.preflight();
-        print(&if out.json {
-            reports::merge::plan_document(plan)
-        } else {
-            reports::merge::plan_text(plan)
-        })?;
+        emit(&reports::merge::Plan(planned.preflight()), &out.format)?;
         return Ok(Outcome::Ok);
     }
     if !global.quiet {
         // The plan goes to stderr before the pass; stdout keeps the summary.
-        eprint!("{}", reports::merge::plan_text(planned.preflight()));
+        eprint!(
+            "{}",
+            reports::render(&reports::merge::Plan(planned.preflight()), Format::Table)
+        );
     }
     let bar = Bar::new("merging", global.quiet);
     let outcome = merge::execute(planned, &bar, &global.cancel, &global.cache)?;
     drop(bar);
-    print(&if out.json {
-        reports::merge::document(&outcome)
-    } else {
-        let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-        reports::merge::text(&outcome, size)
-    })?;
+    let file_bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    emit(
+        &reports::merge::Merged {
+            outcome: &outcome,
+            file_bytes,
+        },
+        &out.format,
+    )?;
     Ok(Outcome::Ok)
 }
 

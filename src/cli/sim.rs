@@ -6,11 +6,10 @@ use anyhow::{Context, Result};
 
 use super::Outcome;
 use super::common::{
-    ArchArg, FormatArgs, Global, Model, choose_grouping, keys_regex, open_all, parse_arch_arg,
-    print,
+    ArchArg, FormatArgs, Global, Model, choose_grouping, emit, keys_regex, open_all, parse_arch_arg,
 };
 use super::progress::Bar;
-use crate::reports::sim::ModelLine;
+use crate::reports::sim::{Cosine, ModelLine};
 use ckpt_core::catalog::{Layout, Selector};
 
 #[derive(Debug, clap::Args)]
@@ -86,7 +85,8 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         .collect();
     if let [Some(la), Some(lb)] = &loras[..] {
         let r = ckpt_ops::views::lora::similarity(&models[0].ckpt, la, &models[1].ckpt, lb);
-        return print_lora_sim(&r, &args.format);
+        emit(&crate::reports::lora::Similarity(&r), &args.format)?;
+        return Ok(Outcome::Ok);
     }
     if let Some(i) = loras.iter().position(Option::is_some) {
         let Some(base) = &args.base else {
@@ -103,7 +103,8 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             &models[1 - i].ckpt,
             &base.ckpt,
         );
-        return print_lora_sim(&r, &args.format);
+        emit(&crate::reports::lora::Similarity(&r), &args.format)?;
+        return Ok(Outcome::Ok);
     }
     if args.base.is_some() {
         anyhow::bail!("--base goes with a LoRA compared with a checkpoint's change");
@@ -127,30 +128,19 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     )?;
     drop(bar);
     let lines: Vec<ModelLine> = models.iter().map(Model::line).collect();
-    let text = crate::reports::sim::render(
-        &lines,
-        grouping.layout().id(),
-        grouping.layout().arch(),
-        &result,
-        args.format.format(),
-    );
-    print(&text)?;
+    let report = Cosine {
+        models: &lines,
+        layout: grouping.layout().id(),
+        arch: grouping.layout().arch(),
+        report: &result,
+    };
+    emit(&report, &args.format)?;
     if let Some(dir) = &args.report {
         crate::reports::sim::write_report(&lines, grouping.layout().arch(), &result, dir)?;
         if !global.quiet {
             eprintln!("report: {}", dir.join("index.html").display());
         }
     }
-    Ok(Outcome::Ok)
-}
-
-/// A LoRA comparison, as a table or JSON.
-fn print_lora_sim(r: &ckpt_ops::views::lora::LoraSim, format: &FormatArgs) -> Result<Outcome> {
-    print(&if format.format() == crate::reports::Format::Json {
-        crate::reports::lora::sim_document(r)
-    } else {
-        crate::reports::lora::sim_text(r)
-    })?;
     Ok(Outcome::Ok)
 }
 
@@ -188,13 +178,15 @@ fn run_asim(args: &Args, global: &Global) -> Result<Outcome> {
     )?;
     drop(bar);
     let lines: Vec<ModelLine> = models.iter().map(Model::line).collect();
-    print(&crate::reports::asim::render(
-        &lines,
-        arch,
-        seed,
-        like,
-        &rows,
-        args.format.format(),
-    ))?;
+    emit(
+        &crate::reports::asim::Asim {
+            models: &lines,
+            arch,
+            seed,
+            like,
+            rows: &rows,
+        },
+        &args.format,
+    )?;
     Ok(Outcome::Ok)
 }
