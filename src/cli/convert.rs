@@ -9,7 +9,8 @@ use anyhow::{Context, Result, bail};
 use super::Outcome;
 use super::common::{FormatArgs, Global, Model, emit};
 use super::progress::Bar;
-use ckpt_ops::fix::{FixReport, Options, convert};
+use super::rewrite::RewriteArgs;
+use ckpt_ops::fix::{FixReport, convert};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
@@ -23,18 +24,8 @@ pub(super) struct Args {
     /// Output folder: each input becomes DIR/NAME.safetensors.
     #[arg(long)]
     out_dir: Option<PathBuf>,
-    /// Store floats as f16, bf16 or f32 (values beyond the range are clamped).
-    #[arg(long)]
-    dtype: Option<String>,
-    /// Leave out the EMA copy of the U-Net.
-    #[arg(long)]
-    drop_ema: bool,
-    /// Leave out keys the architecture does not have.
-    #[arg(long)]
-    drop_junk: bool,
-    /// Leave out DDPM schedule buffers.
-    #[arg(long)]
-    drop_scheduler: bool,
+    #[command(flatten)]
+    rewrite: RewriteArgs,
     /// Replace outputs that exist.
     #[arg(long, short)]
     force: bool,
@@ -79,15 +70,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         }
         _ => bail!("give -o OUT (one input) or --out-dir DIR"),
     };
-    let dtype = super::fix::rewrite_dtype(args.dtype.as_deref())?;
-    let opts = Options {
-        dtype,
-        drop_ema: args.drop_ema,
-        drop_unknown: args.drop_junk,
-        drop_scheduler: args.drop_scheduler,
-        fill_optional: false,
-        overwrite: args.force,
-    };
+    let opts = args.rewrite.options(false, args.force)?;
     let mut reports: Vec<FixReport> = Vec::new();
     for (input, output) in args.inputs.iter().zip(&outputs) {
         let model = Model::open(input)?;

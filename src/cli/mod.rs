@@ -16,6 +16,7 @@ mod lineage;
 mod lora;
 mod merge;
 mod progress;
+mod rewrite;
 mod sim;
 mod synth;
 mod validate;

@@ -8,6 +8,7 @@ use anyhow::Result;
 use super::Outcome;
 use super::common::{FormatArgs, Global, Model, emit};
 use super::progress::Bar;
+use super::rewrite::remedy;
 use crate::reports::validate::Validated;
 use ckpt_ops::views::validate::validate;
 
@@ -34,7 +35,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             emit(
                 &Validated {
                     reports: std::slice::from_ref(&r),
-                    remedy: &super::fix::remedy,
+                    remedy: &remedy,
                 },
                 &args.format,
             )?;
@@ -45,7 +46,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         emit(
             &Validated {
                 reports: &results,
-                remedy: &super::fix::remedy,
+                remedy: &remedy,
             },
             &args.format,
         )?;
