@@ -13,16 +13,17 @@ use super::rewrite::RewriteArgs;
 use ckpt_ops::fix::{FixReport, convert};
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("destination").required(true)))]
 pub(super) struct Args {
     /// Inputs: .ckpt/.pt/.pth/.bin torch checkpoints (never executed), diffusers folders,
     /// sharded models (folder or *.index.json), .safetensors.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Output file (one input only).
-    #[arg(short, long, conflicts_with = "out_dir")]
+    #[arg(short, long, group = "destination")]
     output: Option<PathBuf>,
     /// Output folder: each input becomes DIR/NAME.safetensors.
-    #[arg(long)]
+    #[arg(long, group = "destination")]
     out_dir: Option<PathBuf>,
     #[command(flatten)]
     rewrite: RewriteArgs,
@@ -54,7 +55,7 @@ fn output_in(dir: &Path, input: &Path) -> PathBuf {
 
 pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let outputs: Vec<PathBuf> = match (&args.output, &args.out_dir) {
-        (Some(o), None) => {
+        (Some(o), _) => {
             if args.inputs.len() != 1 {
                 bail!(
                     "-o names one output but {} inputs were given; use --out-dir DIR",
@@ -68,9 +69,9 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
                 .with_context(|| format!("cannot create the folder '{}'", d.display()))?;
             args.inputs.iter().map(|i| output_in(d, i)).collect()
         }
-        _ => bail!("give -o OUT (one input) or --out-dir DIR"),
+        (None, None) => unreachable!("clap requires -o or --out-dir"),
     };
-    let opts = args.rewrite.options(false, args.force)?;
+    let opts = args.rewrite.options(false, args.force);
     let mut reports: Vec<FixReport> = Vec::new();
     for (input, output) in args.inputs.iter().zip(&outputs) {
         let model = Model::open(input)?;

@@ -2,18 +2,16 @@
 //! wording of the commands that repair what `validate` finds (which `validate` and `fix`
 //! print).
 
-use anyhow::{Context, Result};
-
+use super::common::{FloatArg, PLAIN_FLOATS, floats};
 use ckpt_ops::fix::{Options, Unfixed};
 use ckpt_ops::views::validate::Remedy;
-use ckpt_read::dtype::{FloatFormat, parse_user_float};
 
 /// The options of a rewrite (`fix`, `convert`).
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct RewriteArgs {
     /// Store floats as f16, bf16 or f32 (values beyond the range are clamped).
-    #[arg(long)]
-    dtype: Option<String>,
+    #[arg(long, value_parser = floats(PLAIN_FLOATS), ignore_case = true)]
+    dtype: Option<FloatArg>,
     /// Leave out the EMA copy of the U-Net.
     #[arg(long)]
     drop_ema: bool,
@@ -27,27 +25,16 @@ pub(super) struct RewriteArgs {
 
 impl RewriteArgs {
     /// The library's options: these, with `fill_optional` and `overwrite` of the command.
-    pub(super) fn options(&self, fill_optional: bool, overwrite: bool) -> Result<Options> {
-        Ok(Options {
-            dtype: rewrite_dtype(self.dtype.as_deref())?,
+    pub(super) fn options(&self, fill_optional: bool, overwrite: bool) -> Options {
+        Options {
+            dtype: self.dtype.map(FloatArg::format),
             drop_ema: self.drop_ema,
             drop_unknown: self.drop_junk,
             drop_scheduler: self.drop_scheduler,
             fill_optional,
             overwrite,
-        })
+        }
     }
-}
-
-/// The `--dtype` of a rewrite: f16, bf16 or f32.
-fn rewrite_dtype(dtype: Option<&str>) -> Result<Option<FloatFormat>> {
-    dtype
-        .map(|d| {
-            parse_user_float(d)
-                .filter(|f| matches!(f, FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32))
-                .with_context(|| format!("--dtype: '{d}' is not one of f16, bf16, f32"))
-        })
-        .transpose()
 }
 
 /// The command that repairs a finding (what `validate` prints after "to fix:").
