@@ -234,4 +234,38 @@ printf 'A = ft1.safetensors\nOUT = ties(A, k=2)\n' > sd1/badopt.recipe
 rec bad-option.txt merge sd1/badopt.recipe -o x.safetensors --dry-run
 rec bad-flag.txt sim --metric asim --csv --seed 3 sd1/base.safetensors sd1/ft1.safetensors --like wkpark
 rec bad-flag2.txt sim --seed 3 sd1/base.safetensors sd1/ft1.safetensors
+# --csv and --markdown of every command that prints a result (and clap's refusals of
+# typed flags); written last, into new/, so that nothing above sees their files.
+mkdir -p new
+for d in sd1 xl; do
+  rec $d-hash.csv hash $d/ft1.safetensors $d/ft2.safetensors --components --csv
+  rec $d-hash.md hash $d/ft1.safetensors --markdown
+  rec $d-fit.csv fit --target $d/mbw-ft1-ft2.safetensors --base $d/base.safetensors --sources $d/ft1.safetensors $d/ft2.safetensors $d/ft3.safetensors --per-block --csv
+  rec $d-fit.md fit --target $d/ws-ft1-ft2.safetensors --base $d/base.safetensors --sources $d/ft1.safetensors $d/ft2.safetensors --markdown
+done
+rec heavy-validate.csv validate sd1/heavy.safetensors sd1/base.safetensors --csv
+rec heavy-validate.md validate sd1/heavy.safetensors --markdown
+rec heavy-fix.csv fix sd1/heavy.safetensors -o new/heavy-fixed.safetensors --drop-ema --dtype f16 --csv
+rec parts-fix.md fix sd1/parts.safetensors -o new/parts-fixed.safetensors --base sd1/base.safetensors --markdown
+rec ckpt-convert.csv convert $fx/sd1-zip-f32.ckpt $fx/sd1-legacy-f16.ckpt --out-dir new --drop-ema --csv
+rec ckpt-convert.md convert $fx/sd1-zip-f32.ckpt -o new/one.safetensors --dtype bf16 --markdown
+printf 'base = base.safetensors\nfts  = glob("ft?.safetensors")\nOUT  = {UNET: tgmd(base, fts, seed=7), TE: avg(fts), VAE: base}\n' > sd1/many2.recipe
+rec many-plan.csv merge sd1/many2.recipe -o new/many.safetensors --dry-run --csv
+rec many-plan.md merge sd1/many2.recipe -o new/many.safetensors --dry-run --markdown
+rec merge-ws.csv merge ws sd1/ft1.safetensors sd1/ft2.safetensors --alpha 0.3 -o new/ws.safetensors --no-input-hashes --csv -q
+rec idx-ls.txt index --index idx.sqlite ls
+rec idx-ls.csv index --index idx.sqlite ls --csv
+rec idx-ls.md index --index idx.sqlite ls --markdown
+rec idx-stats.csv index --index idx.sqlite stats --csv
+rec idx-stats.md index --index idx.sqlite stats --markdown
+rec lineage.csv lineage sd1/mbw-ft1-ft2.safetensors --index idx.sqlite --base base --verify --csv -q
+rec lineage.md lineage sd1/mbw-ft1-ft2.safetensors --index idx.sqlite --base base --markdown -q
+rec lora-extract.csv lora extract sd1/ft3.safetensors --base sd1/base.safetensors --rank 8 -o new/ft3-r8.safetensors --csv -q
+rec lora-merge.csv lora merge sd1/ft1-r16.safetensors:0.7 sd1/ft2-auto.safetensors:0.3 --rank 8 -o new/merged-r8.safetensors --csv
+rec lora-convert.md lora convert sd1/ft1-r16.safetensors --to peft -o new/ft1-peft.safetensors --markdown
+rec bad-dtype.txt merge sd1/many2.recipe -o new/x.safetensors --dtype int8 --dry-run
+rec bad-bounds.txt fit --target sd1/ft1.safetensors --base sd1/base.safetensors --sources sd1/ft2.safetensors --bounds 1:0
+rec bad-lora-merge.txt lora merge sd1/ft1-r16.safetensors -o new/x.safetensors
+rec bad-convert.txt convert sd1/ft1.safetensors
+rec bad-flag3.txt sim --metric cosine --seed 3 sd1/base.safetensors sd1/ft1.safetensors
 echo "snapshot in $out"
