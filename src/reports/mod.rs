@@ -340,6 +340,64 @@ mod tests {
         assert_eq!(sanitize("x\u{202e}y"), "x\\u{202e}y");
     }
 
+    /// Prose, a table, prose, a table.
+    struct Two;
+
+    impl Report for Two {
+        fn command(&self) -> &'static str {
+            "two"
+        }
+
+        fn json(&self) -> serde_json::Value {
+            serde_json::json!({ "n": 2 })
+        }
+
+        fn blocks(&self) -> Vec<Block> {
+            let mut t = TextTable::new(&["a", "b"], &[false, true]);
+            t.push(vec!["x".into(), "1".into()]);
+            vec![
+                Block::text("one:\n"),
+                Block::Table(t.clone()),
+                Block::text("\ntwo:\n"),
+                Block::Table(t),
+            ]
+        }
+    }
+
+    #[test]
+    fn render_picks_the_tables_drawing_per_format() {
+        let terminal = render(&Two, Format::Table);
+        assert!(terminal.starts_with("one:\n┌") && terminal.contains("┘\ntwo:\n┌"));
+        assert_eq!(
+            render(&Two, Format::Markdown),
+            "one:\n| a | b |\n| --- | ---: |\n| x | 1 |\n\ntwo:\n| a | b |\n| --- | ---: |\n| x | 1 |\n"
+        );
+        assert_eq!(render(&Two, Format::Csv), "a,b\nx,1\n\na,b\nx,1\n");
+        assert_eq!(
+            render(&Two, Format::Json),
+            "{\n  \"schema\": 1,\n  \"command\": \"two\",\n  \"n\": 2\n}\n"
+        );
+    }
+
+    #[test]
+    fn a_sequence_is_its_parts_with_a_blank_line_between() {
+        let seq = Sequence {
+            command: "two",
+            reports: vec![Box::new(Two), Box::new(Two)],
+        };
+        for format in [Format::Table, Format::Markdown, Format::Csv] {
+            let parts = Sequence::part(&Two, 0, format) + &Sequence::part(&Two, 1, format);
+            assert_eq!(render(&seq, format), parts, "{format:?}");
+        }
+        let json: serde_json::Value = serde_json::from_str(&render(&seq, Format::Json)).unwrap();
+        assert_eq!(json.as_array().map(Vec::len), Some(2));
+        let one = Sequence {
+            command: "two",
+            reports: vec![Box::new(Two)],
+        };
+        assert_eq!(render(&one, Format::Json), render(&Two, Format::Json));
+    }
+
     #[test]
     fn csv_quotes() {
         let mut t = TextTable::new(&["a", "b"], &[false, true]);

@@ -135,3 +135,19 @@ pub(crate) fn value(r: &ValidateReport, remedy: RemedyText<'_>) -> Value {
         "findings": r.findings.iter().map(|f| finding(f, remedy)).collect::<Vec<_>>(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clean_file_has_one_row() {
+        let clean = ValidateReport {
+            path: "a.safetensors".into(),
+            arch: "SD1".into(),
+            findings: Vec::new(),
+        };
+        let t = findings(&[clean], &|_| String::new());
+        assert_eq!(t.rows, [["a.safetensors", "clean", "", "", "0", ""]]);
+    }
+}
