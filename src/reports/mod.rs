@@ -1,5 +1,10 @@
 //! Renders results for people and scripts: terminal tables (comfy-table), Markdown, CSV and
 //! JSON. Views build plain structs; only this module and the CLI turn them into text.
+//!
+//! Each command's result is a [`Report`]: its JSON body, and the [`Block`]s (prose and
+//! [`TextTable`]s) a terminal shows; Markdown and CSV follow from them unless the command
+//! says otherwise. [`render`] is the one place a format is chosen; the CLI prints what it
+//! returns (`cli::common::emit`). docs/output.md lists what each command's formats hold.
 
 pub(crate) mod asim;
 pub(crate) mod chart;
