@@ -228,7 +228,10 @@ fn asim_explains_what_it_cannot_score() {
     // The options of ASimilarity want --metric (clap says so) and its value asim.
     let (code, _, err) = crate::util::run_code(&["sim", &s(&sd1), &s(&sd1), "--seed", "3"]);
     assert_eq!(code, 2);
-    assert!(err.contains("required") && err.contains("--metric"), "{err}");
+    assert!(
+        err.contains("required") && err.contains("--metric"),
+        "{err}"
+    );
     let (code, _, err) = crate::util::run_code(&[
         "sim",
         "--metric",

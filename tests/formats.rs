@@ -2,11 +2,11 @@
 //! prints is the one the JSON holds (parsed back here with a CSV reader of its own), and
 //! the Markdown has the same rows.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::util::{Dir, run_code, run_json, run_ok, s};
+use crate::util::{Dir, member, run_code, run_json, run_ok, s, synth_family};
 
 /// RFC 4180 CSV read back: the tables, a blank line between them, each its rows (the
 /// header first).
@@ -84,23 +84,8 @@ fn str_of(v: &Value) -> String {
 /// A small SD1 family (base, ft1..ft3, merges of them) in `dir/fam`.
 fn family(dir: &Dir) -> PathBuf {
     let fam = dir.path("fam");
-    run_ok(&[
-        "synth",
-        "family",
-        s(&fam),
-        "--scale",
-        "32",
-        "--seed",
-        "5",
-        "--finetunes",
-        "3",
-        "-q",
-    ]);
+    synth_family(&fam, "sd1", 32, 5, 3);
     fam
-}
-
-fn member(fam: &Path, name: &str) -> String {
-    s(&fam.join(format!("{name}.safetensors"))).to_string()
 }
 
 #[test]

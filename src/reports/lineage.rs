@@ -220,35 +220,20 @@ impl Report for Listing<'_> {
 
     /// The table (printed, as it always was, without a newline after it).
     fn blocks(&self) -> Vec<Block> {
-        let mut t = TextTable::new(
-            &[
-                "name",
-                "arch",
-                "scale",
-                "container",
-                "bytes",
-                "AutoV2",
-                "path",
-            ],
-            &[false, false, true, false, true, false, false],
-        );
-        for e in self.0 {
-            t.push(vec![
-                sanitize(&e.record.name),
-                Record::arch_name(e.record.arch).to_string(),
-                e.record.scale.to_string(),
-                e.record.container.clone(),
-                bytes(e.record.bytes),
-                e.record.autov2.clone().unwrap_or_default().to_uppercase(),
-                sanitize(&e.record.path),
-            ]);
-        }
-        vec![Block::Table(t)]
+        vec![Block::Table(self.table(false))]
     }
 
     /// The table with the values as `--json` has them: exact byte counts, AutoV2 in lower
-    /// case, names and paths unescaped.
+    /// case.
     fn tables(&self) -> Vec<TextTable> {
+        vec![self.table(true)]
+    }
+}
+
+impl Listing<'_> {
+    /// The models; `exact`: sizes in bytes and AutoV2 as stored, else as the terminal
+    /// shows them (sizes in units, AutoV2 in upper case as Civitai shows it).
+    fn table(&self, exact: bool) -> TextTable {
         let mut t = TextTable::new(
             &[
                 "name",
@@ -256,24 +241,29 @@ impl Report for Listing<'_> {
                 "scale",
                 "container",
                 "bytes",
-                "autov2",
+                if exact { "autov2" } else { "AutoV2" },
                 "path",
             ],
             &[false, false, true, false, true, false, false],
         );
         for e in self.0 {
             let r = &e.record;
+            let autov2 = r.autov2.clone().unwrap_or_default();
             t.push(vec![
                 r.name.clone(),
                 Record::arch_name(r.arch).to_string(),
                 r.scale.to_string(),
                 r.container.clone(),
-                r.bytes.to_string(),
-                r.autov2.clone().unwrap_or_default(),
+                if exact {
+                    r.bytes.to_string()
+                } else {
+                    bytes(r.bytes)
+                },
+                if exact { autov2 } else { autov2.to_uppercase() },
                 r.path.clone(),
             ]);
         }
-        vec![t]
+        t
     }
 }
 
