@@ -10,6 +10,8 @@ set -euo pipefail
 out=${1:?usage: scripts/snapshot.sh OUT_DIR}
 bin=${BIN:-$(dirname "$0")/../target/debug/ckpt-diff}
 bin=$(realpath "$bin")
+# The project's own files (fixtures), whatever binary runs: the script's checkout.
+root=$(realpath "$(dirname "$0")/..")
 mkdir -p "$out"
 out=$(realpath "$out")
 # A fixed folder: `merge ws/ad` record absolute input paths in their output.
@@ -39,14 +41,19 @@ for d in sd1 xl; do
   b=$d/base.safetensors; f1=$d/ft1.safetensors; f2=$d/ft2.safetensors; f3=$d/ft3.safetensors
   rec $d-inspect.txt inspect $d/mbw-ft1-ft2.safetensors
   rec $d-inspect.json inspect $d/mbw-ft1-ft2.safetensors --json
+  rec $d-inspect.md inspect $d/mbw-ft1-ft2.safetensors --markdown
+  rec $d-inspect.csv inspect $d/mbw-ft1-ft2.safetensors --csv
   rec $d-sim.txt sim $b $f2
   rec $d-sim-out.md sim $f2 $d/mbw-ft1-ft2.safetensors --blocks out --markdown
   rec $d-sim-sel.csv sim $f2 $d/mbw-ft1-ft2.safetensors --blocks in,mid,te --csv
   rec $d-sim.json sim $f2 $d/mbw-ft1-ft2.safetensors --json --per-tensor
   rec $d-asim.txt sim --metric asim $f2 $d/mbw-ft1-ft2.safetensors --blocks out
   rec $d-asim.json sim --metric asim $f2 $d/mbw-ft1-ft2.safetensors --json --like supermerger
+  rec $d-asim.md sim --metric asim $f2 $d/mbw-ft1-ft2.safetensors --markdown --precision f64
   rec $d-l2.txt l2 --base $b $f1 $f2 $f3 $d/ws-ft1-ft2.safetensors
   rec $d-l2.json l2 --base $b $f1 $f2 $f3 --json
+  rec $d-l2.csv l2 --base $b $f1 $f2 $f3 --csv
+  rec $d-l2.md l2 --base $b $f1 $f2 $f3 --markdown
   rec $d-hash.txt hash $f1 --components
   rec $d-hash.json hash $f1 --components --json
   rec $d-validate.txt validate $f1
@@ -143,8 +150,7 @@ rec sd1-inpaint-inspect.txt inspect sd1-inpaint.safetensors
 "$bin" synth model sd1-f8.safetensors --arch sd1 --scale 16 --dtype f8_e4m3 -q
 rec sd1-f8-inspect.txt inspect sd1-f8.safetensors
 
-fx=$(dirname "$bin")/../../fixtures/torch
-fx=$(realpath "$fx")
+fx=$root/fixtures/torch
 rec ckpt-inspect.txt inspect $fx/sd1-zip-f32.ckpt
 rec ckpt-inspect.json inspect $fx/sd1-legacy-bf16.ckpt --json
 rec ckpt-validate.txt validate $fx/ema-beside.ckpt
@@ -154,6 +160,8 @@ for f in conv/*.safetensors; do sum $f ckpt-convert-$(basename $f); done
 rec ckpt-sim.txt sim $fx/sd1-zip-f32.ckpt conv/sd1-legacy-f16.safetensors --blocks "IN00..IN02, OUT09..OUT11, TE1, VAE"
 rec ckpt-evil.txt validate $fx/evil-reduce-nested.ckpt
 rec ckpt-evil-inspect.txt inspect $fx/evil-exec.ckpt
+rec ckpt-evil-inspect.md inspect $fx/evil-exec.ckpt --markdown
+rec ckpt-inspect.csv inspect $fx/sd1-zip-f32.ckpt --csv
 rec ckpt-hash.txt hash $fx/tiny-zip.ckpt
 
 rec idx-add.txt index --index idx.sqlite add sd1/base.safetensors sd1/ft1.safetensors sd1/ft2.safetensors sd1/ft3.safetensors sd1/ws-ft1-ft2.safetensors sd1/ad-ft1-ft3.safetensors -q
@@ -179,6 +187,16 @@ rec lora-inspect.json inspect sd1/ft2-auto.safetensors --json
 rec lora-sim.txt sim sd1/ft1-r16.safetensors sd1/ft1.safetensors --base sd1/base.safetensors
 rec lora-sim2.txt sim sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors
 rec lora-l2.txt l2 --base sd1/base.safetensors sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors
+rec lora-inspect.md inspect sd1/ft1-r16.safetensors --markdown
+rec lora-inspect.csv inspect sd1/ft1-r16.safetensors --csv
+rec inspect-two.json inspect sd1/base.safetensors sd1/ft1-r16.safetensors --json
+rec inspect-two.md inspect sd1/base.safetensors sd1/ft1-r16.safetensors --markdown
+rec lora-sim.json sim sd1/ft1-r16.safetensors sd1/ft1.safetensors --base sd1/base.safetensors --json
+rec lora-sim2.csv sim sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors --csv
+rec lora-sim2.md sim sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors --markdown
+rec lora-l2.json l2 --base sd1/base.safetensors sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors --json
+rec lora-l2.csv l2 --base sd1/base.safetensors sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors --csv
+rec lora-l2.md l2 --base sd1/base.safetensors sd1/ft1-r16.safetensors sd1/ft2-auto.safetensors --markdown
 printf 'base = base.safetensors\nl1 = ft1-r16.safetensors\nl2 = ft2-auto.safetensors\nOUT = base + lora(l1) x 0.8 + lora(l2, strength=(0.5,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,0)) x 0.5\n' > sd1/bake.recipe
 rec lora-bake.txt merge sd1/bake.recipe -o sd1/baked.safetensors --no-input-hashes
 sum sd1/baked.safetensors lora-bake
@@ -216,4 +234,38 @@ printf 'A = ft1.safetensors\nOUT = ties(A, k=2)\n' > sd1/badopt.recipe
 rec bad-option.txt merge sd1/badopt.recipe -o x.safetensors --dry-run
 rec bad-flag.txt sim --metric asim --csv --seed 3 sd1/base.safetensors sd1/ft1.safetensors --like wkpark
 rec bad-flag2.txt sim --seed 3 sd1/base.safetensors sd1/ft1.safetensors
+# --csv and --markdown of every command that prints a result (and clap's refusals of
+# typed flags); written last, into new/, so that nothing above sees their files.
+mkdir -p new
+for d in sd1 xl; do
+  rec $d-hash.csv hash $d/ft1.safetensors $d/ft2.safetensors --components --csv
+  rec $d-hash.md hash $d/ft1.safetensors --markdown
+  rec $d-fit.csv fit --target $d/mbw-ft1-ft2.safetensors --base $d/base.safetensors --sources $d/ft1.safetensors $d/ft2.safetensors $d/ft3.safetensors --per-block --csv
+  rec $d-fit.md fit --target $d/ws-ft1-ft2.safetensors --base $d/base.safetensors --sources $d/ft1.safetensors $d/ft2.safetensors --markdown
+done
+rec heavy-validate.csv validate sd1/heavy.safetensors sd1/base.safetensors --csv
+rec heavy-validate.md validate sd1/heavy.safetensors --markdown
+rec heavy-fix.csv fix sd1/heavy.safetensors -o new/heavy-fixed.safetensors --drop-ema --dtype f16 --csv
+rec parts-fix.md fix sd1/parts.safetensors -o new/parts-fixed.safetensors --base sd1/base.safetensors --markdown
+rec ckpt-convert.csv convert $fx/sd1-zip-f32.ckpt $fx/sd1-legacy-f16.ckpt --out-dir new --drop-ema --csv
+rec ckpt-convert.md convert $fx/sd1-zip-f32.ckpt -o new/one.safetensors --dtype bf16 --markdown
+printf 'base = base.safetensors\nfts  = glob("ft?.safetensors")\nOUT  = {UNET: tgmd(base, fts, seed=7), TE: avg(fts), VAE: base}\n' > sd1/many2.recipe
+rec many-plan.csv merge sd1/many2.recipe -o new/many.safetensors --dry-run --csv
+rec many-plan.md merge sd1/many2.recipe -o new/many.safetensors --dry-run --markdown
+rec merge-ws.csv merge ws sd1/ft1.safetensors sd1/ft2.safetensors --alpha 0.3 -o new/ws.safetensors --no-input-hashes --csv -q
+rec idx-ls.txt index --index idx.sqlite ls
+rec idx-ls.csv index --index idx.sqlite ls --csv
+rec idx-ls.md index --index idx.sqlite ls --markdown
+rec idx-stats.csv index --index idx.sqlite stats --csv
+rec idx-stats.md index --index idx.sqlite stats --markdown
+rec lineage.csv lineage sd1/mbw-ft1-ft2.safetensors --index idx.sqlite --base base --verify --csv -q
+rec lineage.md lineage sd1/mbw-ft1-ft2.safetensors --index idx.sqlite --base base --markdown -q
+rec lora-extract.csv lora extract sd1/ft3.safetensors --base sd1/base.safetensors --rank 8 -o new/ft3-r8.safetensors --csv -q
+rec lora-merge.csv lora merge sd1/ft1-r16.safetensors:0.7 sd1/ft2-auto.safetensors:0.3 --rank 8 -o new/merged-r8.safetensors --csv
+rec lora-convert.md lora convert sd1/ft1-r16.safetensors --to peft -o new/ft1-peft.safetensors --markdown
+rec bad-dtype.txt merge sd1/many2.recipe -o new/x.safetensors --dtype int8 --dry-run
+rec bad-bounds.txt fit --target sd1/ft1.safetensors --base sd1/base.safetensors --sources sd1/ft2.safetensors --bounds 1:0
+rec bad-lora-merge.txt lora merge sd1/ft1-r16.safetensors -o new/x.safetensors
+rec bad-convert.txt convert sd1/ft1.safetensors
+rec bad-flag3.txt sim --metric cosine --seed 3 sd1/base.safetensors sd1/ft1.safetensors
 echo "snapshot in $out"

@@ -225,7 +225,22 @@ fn asim_explains_what_it_cannot_score() {
     ]);
     assert_eq!(code, 2);
     assert!(err.contains("no transformer"), "{err}");
+    // The options of ASimilarity want --metric (clap says so) and its value asim.
     let (code, _, err) = crate::util::run_code(&["sim", &s(&sd1), &s(&sd1), "--seed", "3"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("required") && err.contains("--metric"),
+        "{err}"
+    );
+    let (code, _, err) = crate::util::run_code(&[
+        "sim",
+        "--metric",
+        "cosine",
+        &s(&sd1),
+        &s(&sd1),
+        "--seed",
+        "3",
+    ]);
     assert_eq!(code, 2);
     assert!(err.contains("--metric asim"), "{err}");
     // A model against itself: 100% in every block, whatever the draws.

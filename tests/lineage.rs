@@ -1,30 +1,16 @@
 //! `index` and `lineage` on a planted family (`synth family`: a base, three fine-tunes and
 //! merges with known per-block recipes, family.json).
 
-use crate::util::{Dir, run_json, run_ok, s};
+use crate::util::{Dir, member, run_json, run_ok, s, synth_family};
 
 #[test]
 fn test_lineage_names_planted_parents_and_leaves_fine_tunes_unexplained() {
     let dir = Dir::new();
     let fam = dir.path("fam");
-    run_ok(&[
-        "synth",
-        "family",
-        s(&fam),
-        "--scale",
-        "16",
-        "--seed",
-        "3",
-        "--finetunes",
-        "3",
-        "-q",
-    ]);
+    synth_family(&fam, "sd1", 16, 3, 3);
     let ix = dir.path("ix.sqlite");
     let names = ["base", "ft1", "ft2", "ft3", "ws-ft1-ft2"];
-    let paths: Vec<String> = names
-        .iter()
-        .map(|n| s(&fam.join(format!("{n}.safetensors"))).to_string())
-        .collect();
+    let paths: Vec<String> = names.iter().map(|n| member(&fam, n)).collect();
     let mut args = vec!["index", "--index", s(&ix), "add", "-q"];
     args.extend(paths.iter().map(String::as_str));
     run_ok(&args);
@@ -139,21 +125,8 @@ fn test_lineage_over_forty_planted_models() {
     };
     for arch in ["sd1", "sdxl"] {
         let fam = dir.path(arch);
-        run_ok(&[
-            "synth",
-            "family",
-            s(&fam),
-            "--arch",
-            arch,
-            "--scale",
-            "32",
-            "--seed",
-            "7",
-            "--finetunes",
-            "8",
-            "-q",
-        ]);
-        let file = |n: &str| s(&fam.join(format!("{n}.safetensors"))).to_string();
+        synth_family(&fam, arch, 32, 7, 8);
+        let file = |n: &str| member(&fam, n);
         let mut planted = vec![
             Planted {
                 name: "ws-ft1-ft2".into(),
@@ -311,21 +284,12 @@ fn test_lineage_over_forty_planted_models() {
 fn test_parquet_export_matches_the_index_in_duckdb() {
     let dir = Dir::new();
     let fam = dir.path("fam");
-    run_ok(&[
-        "synth",
-        "family",
-        s(&fam),
-        "--scale",
-        "32",
-        "--finetunes",
-        "2",
-        "-q",
-    ]);
+    synth_family(&fam, "sd1", 32, 0, 2);
     let ix = dir.path("ix.sqlite");
     let mut args = vec!["index", "--index", s(&ix), "add", "-q"];
     let files: Vec<String> = ["base", "ft1", "ft2", "ws-ft1-ft2"]
         .iter()
-        .map(|n| s(&fam.join(format!("{n}.safetensors"))).to_string())
+        .map(|n| member(&fam, n))
         .collect();
     args.extend(files.iter().map(String::as_str));
     run_ok(&args);

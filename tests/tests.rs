@@ -11,6 +11,7 @@ mod bad_input;
 mod detect;
 mod diffusers;
 mod fit;
+mod formats;
 mod fp8;
 mod hash;
 mod l2;

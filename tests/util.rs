@@ -421,6 +421,31 @@ pub(crate) fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<RawTens
     write_raw(dst, &tensors, &meta, 0);
 }
 
+/// Writes a synthetic family with the binary (`synth family`: a base, `finetunes`
+/// fine-tunes and merges of them with known recipes, family.json) into the folder `fam`.
+pub(crate) fn synth_family(fam: &Path, arch: &str, scale: u32, seed: u64, finetunes: usize) {
+    let (scale, seed, finetunes) = (scale.to_string(), seed.to_string(), finetunes.to_string());
+    run_ok(&[
+        "synth",
+        "family",
+        s(fam),
+        "--arch",
+        arch,
+        "--scale",
+        &scale,
+        "--seed",
+        &seed,
+        "--finetunes",
+        &finetunes,
+        "-q",
+    ]);
+}
+
+/// The path of a synthetic family's member `name` (`base`, `ft1`, `ws-ft1-ft2`, ...).
+pub(crate) fn member(fam: &Path, name: &str) -> String {
+    s(&fam.join(format!("{name}.safetensors"))).to_string()
+}
+
 /// Runs the binary and returns (exit code, stdout, stderr).
 pub(crate) fn run_code(args: &[&str]) -> (i32, String, String) {
     let out = ckpt_diff().args(args).output().expect("run");

@@ -1,13 +1,15 @@
-//! Pieces every subcommand uses: opening files, choosing the row layout, output formats.
+//! Pieces every subcommand uses: opening files, choosing the row layout, typed option
+//! values, output formats and the one way a result is printed ([`emit`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 
-use crate::reports::Format;
-use ckpt_core::catalog::{Arch, Detection, Grouping, Layout, detect};
+use crate::reports::{Format, Report};
+use ckpt_core::catalog::{Arch, Detection, Grouping, Layout, SelectError, Selector, detect};
 use ckpt_read::Checkpoint;
+use ckpt_read::dtype::FloatFormat;
 
 /// Options every command sees.
 pub(super) struct Global {
@@ -28,7 +30,8 @@ impl Global {
     }
 }
 
-/// `--json`, `--csv`, `--markdown`.
+/// `--json`, `--csv`, `--markdown`: every command that prints a result takes them, and
+/// [`emit`] prints in the format they pick.
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct FormatArgs {
     /// Print JSON (schema in the README) instead of a table.
@@ -54,6 +57,96 @@ impl FormatArgs {
             Format::Table
         }
     }
+}
+
+/// Prints `report` in the format the options ask for: the one way a command prints its
+/// result.
+pub(super) fn emit(report: &dyn Report, format: &FormatArgs) -> Result<()> {
+    print(&crate::reports::render(report, format.format()))
+}
+
+/// Prints `report`, the `i`th of several inputs' printed as they come, as a
+/// [`Sequence`](crate::reports::Sequence) of them shows it (not for JSON: a sequence is one
+/// document).
+pub(super) fn emit_part(report: &dyn Report, i: usize, format: &FormatArgs) -> Result<()> {
+    print(&crate::reports::Sequence::part(report, i, format.format()))
+}
+
+/// A float format a `--dtype` names; each command takes those it can write (its
+/// [`floats`] list). The aliases are those `ckpt_read::dtype::parse_user_float` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum FloatArg {
+    #[value(name = "f16", aliases = ["fp16", "float16", "half"])]
+    F16,
+    #[value(name = "bf16", aliases = ["bfloat16"])]
+    Bf16,
+    #[value(name = "f32", aliases = ["fp32", "float32", "float"])]
+    F32,
+    #[value(name = "f64", aliases = ["fp64", "float64", "double"])]
+    F64,
+    #[value(name = "f8_e4m3", aliases = ["fp8", "e4m3"])]
+    F8E4m3,
+    #[value(name = "f8_e5m2", aliases = ["e5m2"])]
+    F8E5m2,
+    // ComfyUI's scaled fp8: the denoiser's linear weights in E4M3 (or E5M2) with a
+    // per-tensor scale.
+    #[value(name = "scaled-fp8", aliases = ["scaled_fp8", "scaled-f8_e4m3", "fp8-scaled"])]
+    ScaledFp8,
+    #[value(name = "scaled-f8_e5m2")]
+    ScaledF8E5m2,
+}
+
+/// The formats a rewrite (`fix`, `convert`) and a LoRA's factors are stored in.
+pub(super) const PLAIN_FLOATS: &[FloatArg] = &[FloatArg::F16, FloatArg::Bf16, FloatArg::F32];
+
+impl FloatArg {
+    /// The format of the values (the FP8 format of a scaled one).
+    pub(super) fn format(self) -> FloatFormat {
+        match self {
+            FloatArg::F16 => FloatFormat::F16,
+            FloatArg::Bf16 => FloatFormat::BF16,
+            FloatArg::F32 => FloatFormat::F32,
+            FloatArg::F64 => FloatFormat::F64,
+            FloatArg::F8E4m3 | FloatArg::ScaledFp8 => FloatFormat::F8E4M3,
+            FloatArg::F8E5m2 | FloatArg::ScaledF8E5m2 => FloatFormat::F8E5M2,
+        }
+    }
+
+    /// ComfyUI's scaled fp8.
+    pub(super) fn scaled(self) -> bool {
+        matches!(self, FloatArg::ScaledFp8 | FloatArg::ScaledF8E5m2)
+    }
+}
+
+/// clap's parser for a `--dtype` that takes the formats `allowed` (by name or alias, in any
+/// case with `ignore_case`); `--help` lists their names.
+pub(super) fn floats(
+    allowed: &'static [FloatArg],
+) -> impl clap::builder::TypedValueParser<Value = FloatArg> {
+    use clap::ValueEnum;
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(allowed.iter().filter_map(|f| f.to_possible_value()))
+        .map(|name| {
+            <FloatArg as ValueEnum>::from_str(&name, true)
+                .expect("a value clap matched in the list")
+        })
+}
+
+/// A `--blocks` or `--region` value: the selector, its form checked when the options are
+/// read (its names are checked against the files' architecture later), and its text as
+/// given (reports and recipes quote it).
+#[derive(Debug, Clone)]
+pub(super) struct BlockSet {
+    pub text: String,
+    pub selector: Selector,
+}
+
+/// clap's parser for [`BlockSet`].
+pub(super) fn parse_block_set(text: &str) -> std::result::Result<BlockSet, SelectError> {
+    Ok(BlockSet {
+        text: text.to_string(),
+        selector: Selector::parse(text)?,
+    })
 }
 
 /// An open checkpoint and what it is.
@@ -122,13 +215,6 @@ pub(super) fn warn_dangerous(ckpt: &Checkpoint) {
             names.join(", ")
         );
     }
-}
-
-/// The `--keys` regular expression, if given.
-pub(super) fn keys_regex(keys: Option<&str>) -> Result<Option<regex::Regex>> {
-    keys.map(regex::Regex::new)
-        .transpose()
-        .context("--keys is not a valid regular expression")
 }
 
 /// The index the options name; by default `index.sqlite` in ckpt-diff's cache folder

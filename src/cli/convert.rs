@@ -7,40 +7,31 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::Outcome;
-use super::common::{Global, Model, print};
+use super::common::{FormatArgs, Global, Model, emit};
 use super::progress::Bar;
-use ckpt_ops::fix::{FixReport, Options, convert};
+use super::rewrite::RewriteArgs;
+use ckpt_ops::fix::{FixReport, convert};
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("destination").required(true)))]
 pub(super) struct Args {
     /// Inputs: .ckpt/.pt/.pth/.bin torch checkpoints (never executed), diffusers folders,
     /// sharded models (folder or *.index.json), .safetensors.
     #[arg(required = true)]
     inputs: Vec<PathBuf>,
     /// Output file (one input only).
-    #[arg(short, long, conflicts_with = "out_dir")]
+    #[arg(short, long, group = "destination")]
     output: Option<PathBuf>,
     /// Output folder: each input becomes DIR/NAME.safetensors.
-    #[arg(long)]
+    #[arg(long, group = "destination")]
     out_dir: Option<PathBuf>,
-    /// Store floats as f16, bf16 or f32 (values beyond the range are clamped).
-    #[arg(long)]
-    dtype: Option<String>,
-    /// Leave out the EMA copy of the U-Net.
-    #[arg(long)]
-    drop_ema: bool,
-    /// Leave out keys the architecture does not have.
-    #[arg(long)]
-    drop_junk: bool,
-    /// Leave out DDPM schedule buffers.
-    #[arg(long)]
-    drop_scheduler: bool,
+    #[command(flatten)]
+    rewrite: RewriteArgs,
     /// Replace outputs that exist.
     #[arg(long, short)]
     force: bool,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    format: FormatArgs,
 }
 
 /// `DIR/NAME.safetensors` for an input file or folder.
@@ -64,7 +55,7 @@ fn output_in(dir: &Path, input: &Path) -> PathBuf {
 
 pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let outputs: Vec<PathBuf> = match (&args.output, &args.out_dir) {
-        (Some(o), None) => {
+        (Some(o), _) => {
             if args.inputs.len() != 1 {
                 bail!(
                     "-o names one output but {} inputs were given; use --out-dir DIR",
@@ -78,17 +69,9 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
                 .with_context(|| format!("cannot create the folder '{}'", d.display()))?;
             args.inputs.iter().map(|i| output_in(d, i)).collect()
         }
-        _ => bail!("give -o OUT (one input) or --out-dir DIR"),
+        (None, None) => unreachable!("clap requires -o or --out-dir"),
     };
-    let dtype = super::fix::rewrite_dtype(args.dtype.as_deref())?;
-    let opts = Options {
-        dtype,
-        drop_ema: args.drop_ema,
-        drop_unknown: args.drop_junk,
-        drop_scheduler: args.drop_scheduler,
-        fill_optional: false,
-        overwrite: args.force,
-    };
+    let opts = args.rewrite.options(false, args.force);
     let mut reports: Vec<FixReport> = Vec::new();
     for (input, output) in args.inputs.iter().zip(&outputs) {
         let model = Model::open(input)?;
@@ -104,27 +87,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         drop(bar);
         reports.push(r);
     }
-    let text = if args.json {
-        crate::reports::json::document(
-            "convert",
-            serde_json::json!({
-                "converted": args.inputs.iter().zip(&reports).map(|(i, r)| serde_json::json!({
-                    "input": i.display().to_string(),
-                    "output": r.output,
-                    "actions": r.actions,
-                })).collect::<Vec<_>>()
-            }),
-        )
-    } else {
-        let mut s = String::new();
-        for (i, r) in args.inputs.iter().zip(&reports) {
-            s.push_str(&format!("{} -> {}\n", i.display(), r.output));
-            for a in &r.actions {
-                s.push_str(&format!("  {a}\n"));
-            }
-        }
-        crate::reports::sanitize(&s)
-    };
-    print(&text)?;
+    let files = args.inputs.iter().zip(&reports).collect();
+    emit(&crate::reports::fix::Converted { files }, &args.format)?;
     Ok(Outcome::Ok)
 }

@@ -4,13 +4,15 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::Outcome;
-use super::common::{Global, Model, choose_grouping, open_all, print};
+use super::common::{
+    BlockSet, FormatArgs, Global, Model, choose_grouping, emit, open_all, parse_block_set,
+};
 use super::progress::Bar;
-use crate::reports::fit::{Applied, Labels, Report};
-use ckpt_core::catalog::{Grouping, Selector};
+use crate::reports::fit::{Applied, Fitted, Labels};
+use ckpt_core::catalog::Grouping;
 use ckpt_core::gram::InnerProducts;
 use ckpt_ops::views::fit::recipe::{Asked, Files};
 use ckpt_ops::views::fit::{
@@ -38,16 +40,16 @@ pub(super) struct Args {
     #[arg(long)]
     per_block: bool,
     /// Allowed alpha range, LO:HI.
-    #[arg(long, default_value = "0:1")]
-    bounds: String,
+    #[arg(long, default_value = "0:1", value_name = "LO:HI", value_parser = parse_bounds)]
+    bounds: (f64, f64),
     /// Rows whose similarity counts, comma-separated: blocks (OUT03), ranges (IN00..IN05)
     /// and groups (in, mid, out, unet, te, vae, base, all).
-    #[arg(long, default_value = "unet")]
-    region: String,
+    #[arg(long, default_value = "unet", value_parser = parse_block_set)]
+    region: BlockSet,
     /// mean: the mean of the block similarities (the published convention); flat: the
     /// cosine of the region's parameters flattened.
-    #[arg(long, default_value = "mean")]
-    objective: String,
+    #[arg(long, value_enum, default_value_t = ObjectiveArg::Mean)]
+    objective: ObjectiveArg,
     /// Most greedy steps.
     #[arg(long, default_value_t = 6)]
     max_steps: usize,
@@ -67,9 +69,34 @@ pub(super) struct Args {
     /// Replace an existing recipe file or clone.
     #[arg(long)]
     force: bool,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    format: FormatArgs,
+}
+
+/// `--objective`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ObjectiveArg {
+    Mean,
+    Flat,
+}
+
+impl ObjectiveArg {
+    /// The name the option was given as (the recipe's comments quote it).
+    fn name(self) -> &'static str {
+        match self {
+            ObjectiveArg::Mean => "mean",
+            ObjectiveArg::Flat => "flat",
+        }
+    }
+}
+
+impl From<ObjectiveArg> for Objective {
+    fn from(o: ObjectiveArg) -> Objective {
+        match o {
+            ObjectiveArg::Mean => Objective::Mean,
+            ObjectiveArg::Flat => Objective::Flat,
+        }
+    }
 }
 
 /// The distinct files among `paths` (by canonical path), and the index of each path's file.
@@ -91,11 +118,12 @@ fn distinct(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<usize>) {
     (files, phys)
 }
 
-fn parse_bounds(text: &str) -> Result<(f64, f64)> {
+/// clap's parser for `--bounds`: the range alphas are kept in.
+fn parse_bounds(text: &str) -> std::result::Result<(f64, f64), String> {
     text.split_once(':')
         .and_then(|(a, b)| Some((a.trim().parse::<f64>().ok()?, b.trim().parse::<f64>().ok()?)))
         .filter(|(a, b)| a < b)
-        .context("--bounds: expected LO:HI with LO < HI, e.g. 0:1")
+        .ok_or_else(|| "expected LO:HI with LO < HI, e.g. 0:1".to_string())
 }
 
 /// The inner products of every key of `models` (centred on model 0 when `center`), with a
@@ -118,12 +146,7 @@ fn pass(
 }
 
 pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
-    let bounds = parse_bounds(&args.bounds)?;
-    let objective = match args.objective.as_str() {
-        "mean" => Objective::Mean,
-        "flat" => Objective::Flat,
-        other => bail!("--objective: '{other}' is not mean or flat"),
-    };
+    let objective = Objective::from(args.objective);
     for out in [&args.output, &args.apply].into_iter().flatten() {
         ckpt_core::writer::refuse_existing(out, args.force)?;
     }
@@ -138,9 +161,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     if grouping.layout().arch().is_none() {
         return Err(FitError::UnknownArchitecture.into());
     }
-    let region = Selector::parse(&args.region)
-        .and_then(|s| s.rows(&grouping))
-        .context("--region")?;
+    let region = args.region.selector.rows(&grouping).context("--region")?;
 
     let t0 = Instant::now();
     let inner = pass(&models, &grouping, "reading", true, global)?;
@@ -149,14 +170,14 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         phys,
         region,
         objective,
-        bounds,
+        bounds: args.bounds,
         per_block: args.per_block,
         max_steps: args.max_steps,
         min_gain: args.min_gain,
         beam: args.beam,
     };
     let result =
-        fit(&grouping, &inner, &spec).with_context(|| format!("--region {}", args.region))?;
+        fit(&grouping, &inner, &spec).with_context(|| format!("--region {}", args.region.text))?;
 
     let labels = Labels {
         base: names[BASE].clone(),
@@ -165,8 +186,8 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         sources: names[FIRST_SOURCE..].to_vec(),
     };
     let asked = Asked {
-        region: &args.region,
-        objective: &args.objective,
+        region: &args.region.text,
+        objective: args.objective.name(),
     };
     let dir = recipe_dir(&args)?;
     let files = Files {
@@ -224,7 +245,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         None => None,
     };
 
-    let report = Report {
+    let report = Fitted {
         result: &result,
         labels: &labels,
         asked: &asked,
@@ -234,11 +255,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         applied: applied.as_ref(),
         pass_seconds,
     };
-    print(&if args.json {
-        crate::reports::fit::document(&report)
-    } else {
-        crate::reports::fit::text(&report)
-    })?;
+    emit(&report, &args.format)?;
     Ok(Outcome::Ok)
 }
 

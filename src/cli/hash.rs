@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::Outcome;
-use super::common::{Global, print};
+use super::common::{FormatArgs, Global, emit};
 use super::progress::Bar;
 use crate::reports;
 use ckpt_ops::hash::file_hashes;
@@ -22,9 +22,8 @@ pub(super) struct Args {
     /// compute the A1111 model toolkit's component metric.
     #[arg(long)]
     components: bool,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    format: FormatArgs,
 }
 
 pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
@@ -74,11 +73,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             components,
         });
     }
-    print(&if args.json {
-        reports::hash::document(&files)
-    } else {
-        reports::hash::text(&files)
-    })?;
+    emit(&reports::hash::Hashes(&files), &args.format)?;
     Ok(if all_hold {
         Outcome::Ok
     } else {

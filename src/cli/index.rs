@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::Outcome;
-use super::common::{Global, fingerprint, open_index, print};
+use super::common::{FormatArgs, Global, emit, fingerprint, open_index, print};
 use super::progress::Bar;
 
 #[derive(Debug, clap::Args)]
@@ -26,8 +26,8 @@ enum Command {
     },
     /// List the indexed models.
     Ls {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        format: FormatArgs,
     },
     /// Remove models by name or path.
     Rm {
@@ -43,8 +43,8 @@ enum Command {
     },
     /// Models, architectures and bytes per model.
     Stats {
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        format: FormatArgs,
     },
 }
 
@@ -71,9 +71,9 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             }
             print(&crate::reports::sanitize(&out))?;
         }
-        Command::Ls { json } => {
+        Command::Ls { format } => {
             let entries = index.entries()?;
-            print(&crate::reports::lineage::list(&entries, json))?;
+            emit(&crate::reports::lineage::Listing(&entries), &format)?;
         }
         Command::Rm { names } => {
             let mut out = String::new();
@@ -108,13 +108,13 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
                 parquet.display()
             )))?;
         }
-        Command::Stats { json } => {
+        Command::Stats { format } => {
             let entries = index.entries()?;
-            print(&crate::reports::lineage::stats(
-                &entries,
-                index.file_bytes(),
-                json,
-            ))?;
+            let stats = crate::reports::lineage::Stats {
+                entries: &entries,
+                db_bytes: index.file_bytes(),
+            };
+            emit(&stats, &format)?;
         }
     }
     Ok(Outcome::Ok)

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::Outcome;
-use super::common::{FormatArgs, Global, Model, print};
-use crate::reports::{self, Format};
+use super::common::{FormatArgs, Global, Model, emit, emit_part};
+use crate::reports::{self, Format, Report, Sequence};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
@@ -18,42 +18,32 @@ pub(super) struct Args {
 }
 
 pub(super) fn run(args: Args, _global: &Global) -> Result<Outcome> {
+    // Text, Markdown and CSV print each file's report as soon as it is read; JSON is one
+    // document (a list of them for several files) at the end.
     let format = args.format.format();
-    let mut reports_json = Vec::new();
+    let mut held: Vec<Box<dyn Report>> = Vec::new();
     for (i, path) in args.files.iter().enumerate() {
         let model = Model::open(path)?;
-        if let Some(lora) = ckpt_ops::views::lora::read(&model.ckpt) {
-            if format == Format::Json {
-                reports_json.push(serde_json::from_str::<serde_json::Value>(
-                    &reports::lora::document(&lora),
-                )?);
-            } else {
-                if i > 0 {
-                    print("\n")?;
-                }
-                print(&reports::lora::text(&lora))?;
-            }
-            continue;
-        }
-        let report = ckpt_ops::views::inspect::inspect(&model.ckpt, &model.detection);
+        let report: Box<dyn Report> = match ckpt_ops::views::lora::read(&model.ckpt) {
+            Some(lora) => Box::new(reports::lora::Inspected(lora)),
+            None => Box::new(reports::inspect::Inspected(
+                ckpt_ops::views::inspect::inspect(&model.ckpt, &model.detection),
+            )),
+        };
         if format == Format::Json {
-            reports_json.push(serde_json::from_str::<serde_json::Value>(
-                &reports::inspect::render(&report, Format::Json),
-            )?);
-            continue;
+            held.push(report);
+        } else {
+            emit_part(report.as_ref(), i, &args.format)?;
         }
-        if i > 0 {
-            print("\n")?;
-        }
-        print(&reports::inspect::render(&report, format))?;
     }
     if format == Format::Json {
-        let text = if reports_json.len() == 1 {
-            serde_json::to_string_pretty(&reports_json[0])?
-        } else {
-            serde_json::to_string_pretty(&reports_json)?
-        };
-        print(&format!("{text}\n"))?;
+        emit(
+            &Sequence {
+                command: "inspect",
+                reports: held,
+            },
+            &args.format,
+        )?;
     }
     Ok(Outcome::Ok)
 }

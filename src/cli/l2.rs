@@ -6,8 +6,7 @@ use anyhow::Result;
 
 use super::Outcome;
 use super::common::{
-    ArchArg, FormatArgs, Global, Model, choose_grouping, keys_regex, open_all, parse_arch_arg,
-    print,
+    ArchArg, FormatArgs, Global, Model, choose_grouping, emit, open_all, parse_arch_arg,
 };
 use super::progress::Bar;
 
@@ -27,8 +26,8 @@ pub(super) struct Args {
     #[arg(long)]
     log: bool,
     /// Only keys matching this regular expression (canonical key names).
-    #[arg(long, value_name = "REGEX")]
-    keys: Option<String>,
+    #[arg(long, value_name = "REGEX", value_parser = regex::Regex::new)]
+    keys: Option<regex::Regex>,
     #[arg(long, value_parser = parse_arch_arg, help = super::common::arch_rows_help())]
     arch: Option<ArchArg>,
     #[command(flatten)]
@@ -36,7 +35,6 @@ pub(super) struct Args {
 }
 
 pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
-    let keys = keys_regex(args.keys.as_deref())?;
     let mut paths = vec![args.base.clone()];
     paths.extend(args.models.iter().cloned());
     let models = open_all(&paths)?;
@@ -52,11 +50,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             .map(|(m, n)| (&m.ckpt, n.as_ref().expect("all")))
             .collect();
         let r = ckpt_ops::views::lora::distances(&pairs);
-        print(&if args.format.format() == crate::reports::Format::Json {
-            crate::reports::lora::l2_document(&r)
-        } else {
-            crate::reports::lora::l2_text(&r)
-        })?;
+        emit(&crate::reports::lora::Distances(&r), &args.format)?;
         return Ok(Outcome::Ok);
     }
     if nets.iter().any(Option::is_some) {
@@ -70,15 +64,22 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let ckpts: Vec<&ckpt_read::Checkpoint> = models.iter().map(|m| &m.ckpt).collect();
     let names: Vec<String> = models.iter().map(|m| m.name()).collect();
     let bar = Bar::new("reading", global.quiet);
-    let report =
-        ckpt_ops::views::l2::measure(&ckpts, names, &grouping, keys.as_ref(), &global.pass(&bar))?;
+    let report = ckpt_ops::views::l2::measure(
+        &ckpts,
+        names,
+        &grouping,
+        args.keys.as_ref(),
+        &global.pass(&bar),
+    )?;
     drop(bar);
     let base_line = format!("{} ({})", models[0].name(), models[0].describe());
-    print(&crate::reports::l2::render(
-        &report,
-        &base_line,
-        args.format.format(),
-    ))?;
+    emit(
+        &crate::reports::l2::Distances {
+            report: &report,
+            base_line: &base_line,
+        },
+        &args.format,
+    )?;
     if let Some(dir) = &args.report {
         crate::reports::l2::write_report(&report, dir, &base_line, args.log)?;
         if !global.quiet {

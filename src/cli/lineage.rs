@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 
 use super::Outcome;
-use super::common::{Global, Model, fingerprint, open_index, print};
+use super::common::{FormatArgs, Global, Model, emit, fingerprint, open_index};
 use ckpt_ops::views::lineage::{Base, Candidates, Explained};
 
 #[derive(Debug, clap::Args)]
@@ -26,8 +26,8 @@ pub(super) struct Args {
     /// The index database (default: ~/.cache/ckpt-diff/index.sqlite).
     #[arg(long)]
     index: Option<PathBuf>,
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    format: FormatArgs,
     /// Also write a report folder (index.html with the family tree, summary.md) here.
     #[arg(long, value_name = "DIR")]
     report: Option<PathBuf>,
@@ -87,11 +87,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         report: &report,
         verified: verified.as_ref(),
     };
-    print(&if args.json {
-        crate::reports::lineage::json(&doc)
-    } else {
-        crate::reports::lineage::text(&doc)
-    })?;
+    emit(&doc, &args.format)?;
     if let Some(dir) = &args.report {
         crate::reports::lineage::write_report(&doc, dir)?;
         if !global.quiet {

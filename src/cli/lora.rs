@@ -7,11 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::Outcome;
-use super::common::{Global, Model, print};
+use super::common::{FloatArg, FormatArgs, Global, Model, PLAIN_FLOATS, emit, floats};
 use super::progress::Bar;
 use ckpt_core::catalog::{Arch, Layout};
 use ckpt_ops::lora::svd::RankRule;
-use ckpt_read::dtype::{FloatFormat, parse_user_float};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
@@ -29,28 +28,68 @@ enum Command {
     Convert(ConvertArgs),
 }
 
-/// A rank: a number, or `auto` (the smallest reaching `--energy`).
-fn rank_rule(text: &str, energy: f64, max: Option<usize>) -> Result<RankRule> {
+/// A `--rank`: a number, or `auto` (per module the smallest reaching `--energy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RankArg {
+    Fixed(usize),
+    Auto,
+}
+
+/// clap's parser for a rank.
+fn parse_rank(text: &str) -> Result<RankArg, String> {
     if text == "auto" {
-        if !(energy > 0.0 && energy <= 1.0) {
-            bail!("--energy is a share of the change's energy, in (0, 1]; got {energy}");
-        }
-        return Ok(RankRule::Energy {
-            share: energy,
-            max: max.unwrap_or(usize::MAX),
-        });
+        return Ok(RankArg::Auto);
     }
     match text.parse::<usize>() {
-        Ok(r) if r > 0 => Ok(RankRule::Fixed(r)),
-        _ => bail!("a rank is a positive number or `auto`; got '{text}'"),
+        Ok(r) if r > 0 => Ok(RankArg::Fixed(r)),
+        _ => Err("a rank is a positive number or `auto`".into()),
     }
 }
 
-fn lora_format(dtype: &str) -> Result<FloatFormat> {
-    match parse_user_float(dtype) {
-        Some(f @ (FloatFormat::F16 | FloatFormat::BF16 | FloatFormat::F32)) => Ok(f),
-        _ => bail!("--dtype: a LoRA is stored in f16, bf16 or f32; got '{dtype}'"),
+impl RankArg {
+    /// The rule: this rank, or the smallest keeping `energy` (at most `max`).
+    fn rule(self, energy: f64, max: Option<usize>) -> RankRule {
+        match self {
+            RankArg::Fixed(r) => RankRule::Fixed(r),
+            RankArg::Auto => RankRule::Energy {
+                share: energy,
+                max: max.unwrap_or(usize::MAX),
+            },
+        }
     }
+}
+
+/// clap's parser for a share: a number in (0, 1].
+fn parse_share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 1.0 => Ok(x),
+        _ => Err("expected a number in (0, 1]".into()),
+    }
+}
+
+/// A LoRA of `lora merge` and its ratio: `path:ratio`, the ratio after the last colon when
+/// it parses (Windows paths have colons of their own), else 1.
+#[derive(Debug, Clone)]
+struct Weighted {
+    path: PathBuf,
+    ratio: f64,
+}
+
+/// clap's parser for [`Weighted`] (any text is a path).
+fn parse_weighted(spec: &str) -> Result<Weighted, std::convert::Infallible> {
+    if let Some((p, r)) = spec.rsplit_once(':')
+        && !p.is_empty()
+        && let Ok(ratio) = r.parse::<f64>()
+    {
+        return Ok(Weighted {
+            path: PathBuf::from(p),
+            ratio,
+        });
+    }
+    Ok(Weighted {
+        path: PathBuf::from(spec),
+        ratio: 1.0,
+    })
 }
 
 fn arch_of(m: &Model, path: &Path) -> Result<Arch> {
@@ -73,18 +112,20 @@ fn arch_of(m: &Model, path: &Path) -> Result<Arch> {
     }
 }
 
-/// Where a LoRA command writes, and how it reports.
+/// Where a LoRA command writes, in what format, and how it reports.
 #[derive(Debug, clap::Args)]
 struct OutArgs {
     /// The LoRA file to write.
     #[arg(short, long, value_name = "OUT")]
     output: PathBuf,
+    /// The factors' format: f16, bf16 or f32.
+    #[arg(long, default_value = "f16", value_parser = floats(PLAIN_FLOATS), ignore_case = true)]
+    dtype: FloatArg,
     /// Replace OUT if it exists.
     #[arg(long, short)]
     force: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    format: FormatArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -96,28 +137,25 @@ pub(super) struct ExtractArgs {
     base: PathBuf,
     /// Rank of linear layers and 1×1 convolutions, or `auto`: per module the smallest rank
     /// whose singular values hold `--energy` of the change.
-    #[arg(long, default_value = "4")]
-    rank: String,
+    #[arg(long, default_value = "4", value_parser = parse_rank)]
+    rank: RankArg,
     /// Rank of 3×3 convolutions (a LoCon); without it ResNet layers are not extracted, as
     /// kohya's script does.
-    #[arg(long)]
-    conv_rank: Option<String>,
+    #[arg(long, value_parser = parse_rank)]
+    conv_rank: Option<RankArg>,
     /// With `auto`: the share of ‖ΔW‖² each module keeps.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = parse_share)]
     energy: f64,
     /// With `auto`: the largest rank any module gets.
     #[arg(long)]
     max_rank: Option<usize>,
     /// Clamp both factors at this quantile of their values (kohya's 0.99); 1 turns it off.
-    #[arg(long, default_value_t = 0.99)]
+    #[arg(long, default_value_t = 0.99, value_parser = parse_share)]
     clamp_quantile: f64,
     /// A text encoder whose largest change is at most this is not extracted; U-Net modules
     /// below it are listed.
     #[arg(long, default_value_t = 0.01)]
     min_diff: f64,
-    /// The factors' format: f16, bf16 or f32.
-    #[arg(long, default_value = "f16")]
-    dtype: String,
     /// Krylov iterations of the truncated SVD: more keep more of the optimum's energy on
     /// flat spectra, each costing about one more pass over the module's matrix.
     #[arg(long, default_value_t = ckpt_ops::lora::svd::ITERATIONS)]
@@ -139,17 +177,8 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
 
 fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
     ckpt_core::writer::refuse_existing(&a.out.output, a.out.force)?;
-    if !(a.clamp_quantile > 0.0 && a.clamp_quantile <= 1.0) {
-        bail!("--clamp-quantile is in (0, 1]; got {}", a.clamp_quantile);
-    }
-    let rank = rank_rule(&a.rank, a.energy, a.max_rank).context("--rank")?;
-    let conv_rank = a
-        .conv_rank
-        .as_deref()
-        .map(|r| rank_rule(r, a.energy, a.max_rank))
-        .transpose()
-        .context("--conv-rank")?;
-    let format = lora_format(&a.dtype)?;
+    let rank = a.rank.rule(a.energy, a.max_rank);
+    let conv_rank = a.conv_rank.map(|r| r.rule(a.energy, a.max_rank));
     let tuned = Model::open(&a.tuned)?;
     let base = Model::open(&a.base)?;
     let arch = arch_of(&tuned, &a.tuned)?;
@@ -168,7 +197,7 @@ fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
         conv_rank,
         clamp_quantile: a.clamp_quantile,
         min_diff: a.min_diff,
-        format,
+        format: a.out.dtype.format(),
         iterations: a.iterations,
         seed: a.seed,
         tuned_name: tuned.ckpt.display_name(),
@@ -185,39 +214,34 @@ fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
         &bar,
     )?;
     drop(bar);
-    print(&if a.out.json {
-        crate::reports::lora::extract_document(&r)
-    } else {
-        crate::reports::lora::extract_text(&r)
-    })?;
+    emit(&crate::reports::lora::Extracted(&r), &a.out.format)?;
     Ok(Outcome::Ok)
 }
 
 #[derive(Debug, clap::Args)]
+#[command(group(clap::ArgGroup::new("how").required(true).args(["rank", "concat"])))]
 pub(super) struct MergeArgs {
     /// LoRA files with their ratios: `a.safetensors:0.7 b.safetensors:0.5` (ratio 1 when
     /// left out).
-    #[arg(required = true)]
-    inputs: Vec<String>,
+    #[arg(required = true, value_parser = parse_weighted)]
+    inputs: Vec<Weighted>,
     /// Re-rank every module to this rank by SVD of the summed change (`auto`: by
     /// `--energy`), as kohya's `svd_merge_lora.py`; any mix of ranks, alphas and LyCORIS
     /// types.
-    #[arg(long)]
-    rank: Option<String>,
+    #[arg(long, value_parser = parse_rank)]
+    rank: Option<RankArg>,
     /// Rank of 3×3 convolutions (default: `--rank`).
-    #[arg(long)]
-    conv_rank: Option<String>,
+    #[arg(long, value_parser = parse_rank)]
+    conv_rank: Option<RankArg>,
     /// Concatenate the factors instead: exact, the ranks add up (LoRA and LoCon only).
     #[arg(long, conflicts_with_all = ["rank", "conv_rank"])]
     concat: bool,
     /// With `auto`: the share of ‖ΔW‖² each module keeps.
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, default_value_t = 0.9, value_parser = parse_share)]
     energy: f64,
     /// With `--rank`: clamp the factors at this quantile (svd_merge_lora's 0.99); 1: off.
-    #[arg(long, default_value_t = 0.99)]
+    #[arg(long, default_value_t = 0.99, value_parser = parse_share)]
     clamp_quantile: f64,
-    #[arg(long, default_value = "f16")]
-    dtype: String,
     #[command(flatten)]
     out: OutArgs,
 }
@@ -231,8 +255,6 @@ pub(super) struct ConvertArgs {
     /// scale folded into lora_B).
     #[arg(long)]
     to: ckpt_ops::lora::write::Dialect,
-    #[arg(long, default_value = "f16")]
-    dtype: String,
     #[command(flatten)]
     out: OutArgs,
 }
@@ -251,77 +273,46 @@ fn open_lora(path: &Path) -> Result<(ckpt_read::Checkpoint, ckpt_ops::lora::Netw
 
 fn merge(a: MergeArgs, _global: &Global) -> Result<Outcome> {
     ckpt_core::writer::refuse_existing(&a.out.output, a.out.force)?;
-    let format = lora_format(&a.dtype)?;
     let mut files = Vec::new();
-    for spec in &a.inputs {
-        // `path:ratio`, the ratio after the last colon when it parses (Windows paths have
-        // colons of their own).
-        let (path, ratio) = match spec.rsplit_once(':') {
-            Some((p, r)) if r.parse::<f64>().is_ok() && !p.is_empty() => {
-                (PathBuf::from(p), r.parse::<f64>().expect("checked"))
-            }
-            _ => (PathBuf::from(spec), 1.0),
-        };
-        let (ckpt, net) = open_lora(&path)?;
-        files.push((path, ratio, ckpt, net));
+    for w in &a.inputs {
+        let (ckpt, net) = open_lora(&w.path)?;
+        files.push((ckpt, net));
     }
-    let how = if a.concat {
-        ckpt_ops::lora::write::MergeHow::Concat
-    } else {
-        let rank =
-            rank_rule(a.rank.as_deref().unwrap_or("auto"), a.energy, None).context("--rank")?;
-        let conv = a
-            .conv_rank
-            .as_deref()
-            .map(|r| rank_rule(r, a.energy, None))
-            .transpose()
-            .context("--conv-rank")?
-            .unwrap_or(rank);
-        if a.rank.is_none() {
-            bail!(
-                "give --rank R (or --rank auto) to re-rank by SVD, or --concat to join the factors"
-            );
-        }
-        ckpt_ops::lora::write::MergeHow::Svd {
-            rank,
-            conv_rank: conv,
+    let how = match a.rank {
+        None => ckpt_ops::lora::write::MergeHow::Concat,
+        Some(rank) => ckpt_ops::lora::write::MergeHow::Svd {
+            rank: rank.rule(a.energy, None),
+            conv_rank: a.conv_rank.unwrap_or(rank).rule(a.energy, None),
             clamp_quantile: a.clamp_quantile,
-        }
+        },
     };
-    let inputs: Vec<&Path> = files.iter().map(|f| f.0.as_path()).collect();
+    let inputs: Vec<&Path> = a.inputs.iter().map(|w| w.path.as_path()).collect();
     let sources: Vec<ckpt_ops::lora::write::Source<'_>> = files
         .iter()
-        .map(|(_, ratio, ckpt, net)| ckpt_ops::lora::write::Source {
+        .zip(&a.inputs)
+        .map(|((ckpt, net), w)| ckpt_ops::lora::write::Source {
             ckpt,
             net,
-            ratio: *ratio,
+            ratio: w.ratio,
         })
         .collect();
-    let r = ckpt_ops::lora::write::merge(&sources, &how, format, &a.out.output, &inputs)?;
-    print(&if a.out.json {
-        crate::reports::lora::written_document(&r)
-    } else {
-        crate::reports::lora::written_text(&r)
-    })?;
+    let r =
+        ckpt_ops::lora::write::merge(&sources, &how, a.out.dtype.format(), &a.out.output, &inputs)?;
+    emit(&crate::reports::lora::Written(&r), &a.out.format)?;
     Ok(Outcome::Ok)
 }
 
 fn convert(a: ConvertArgs, _global: &Global) -> Result<Outcome> {
     ckpt_core::writer::refuse_existing(&a.out.output, a.out.force)?;
-    let format = lora_format(&a.dtype)?;
     let (ckpt, net) = open_lora(&a.input)?;
     let r = ckpt_ops::lora::write::convert(
         &ckpt,
         &net,
         a.to,
-        format,
+        a.out.dtype.format(),
         &a.out.output,
         &[a.input.as_path()],
     )?;
-    print(&if a.out.json {
-        crate::reports::lora::written_document(&r)
-    } else {
-        crate::reports::lora::written_text(&r)
-    })?;
+    emit(&crate::reports::lora::Written(&r), &a.out.format)?;
     Ok(Outcome::Ok)
 }

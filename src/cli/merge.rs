@@ -5,12 +5,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::Outcome;
-use super::common::{Global, print};
+use super::common::{FloatArg, FormatArgs, Global, emit, floats};
 use super::progress::Bar;
-use crate::reports;
+use crate::reports::{self, Format};
 use ckpt_ops::merge::recipe::writer::{Names, quote_path};
 use ckpt_ops::merge::{self, Missing, Options, OutputFormat, Precision};
-use ckpt_read::dtype::{FloatFormat, parse_user_float};
 
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -59,66 +58,89 @@ struct OutArgs {
     /// format saturate), or scaled-fp8 (ComfyUI's: the denoiser's linear-layer weights in E4M3
     /// with a fresh per-tensor scale). Default: each tensor as in the first input (a
     /// scaled-fp8 input stays scaled fp8).
-    #[arg(long)]
-    dtype: Option<String>,
+    #[arg(long, value_parser = floats(MERGE_FLOATS), ignore_case = true)]
+    dtype: Option<FloatArg>,
     /// Arithmetic precision: f64 (default) or f32 (node results rounded to f32).
-    #[arg(long, default_value = "f64")]
-    precision: String,
+    #[arg(long, value_enum, ignore_case = true, default_value_t = PrecisionArg::F64)]
+    precision: PrecisionArg,
     /// Keys some input lacks: `first` takes them from the first model that has them;
     /// `skip` leaves them out. Either way they are listed.
-    #[arg(long, default_value = "first")]
-    missing: String,
+    #[arg(long, value_enum, default_value_t = MissingArg::First)]
+    missing: MissingArg,
     /// Do not compute the inputs' SHA-256 for the provenance metadata.
     #[arg(long)]
     no_input_hashes: bool,
     /// Replace OUT if it exists.
     #[arg(long, short)]
     force: bool,
-    /// Print the summary as JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    format: FormatArgs,
     /// Open and check every input, print the plan (what each component reads, memory,
     /// output size, predicted time) and stop: no tensor is read, nothing is written.
     #[arg(long)]
     dry_run: bool,
 }
 
+/// The formats a merge writes.
+const MERGE_FLOATS: &[FloatArg] = &[
+    FloatArg::F16,
+    FloatArg::Bf16,
+    FloatArg::F32,
+    FloatArg::F64,
+    FloatArg::F8E4m3,
+    FloatArg::F8E5m2,
+    FloatArg::ScaledFp8,
+    FloatArg::ScaledF8E5m2,
+];
+
+/// `--precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PrecisionArg {
+    #[value(aliases = ["fp32", "float32"])]
+    F32,
+    #[value(aliases = ["fp64", "float64"])]
+    F64,
+}
+
+impl From<PrecisionArg> for Precision {
+    fn from(p: PrecisionArg) -> Precision {
+        match p {
+            PrecisionArg::F32 => Precision::F32,
+            PrecisionArg::F64 => Precision::F64,
+        }
+    }
+}
+
+/// `--missing`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum MissingArg {
+    First,
+    Skip,
+}
+
+impl From<MissingArg> for Missing {
+    fn from(m: MissingArg) -> Missing {
+        match m {
+            MissingArg::First => Missing::First,
+            MissingArg::Skip => Missing::Skip,
+        }
+    }
+}
+
 impl OutArgs {
-    fn options(&self) -> Result<Options> {
-        let output = match self
-            .dtype
-            .as_deref()
-            .map(str::to_ascii_lowercase)
-            .as_deref()
-        {
+    fn options(&self) -> Options {
+        let output = match self.dtype {
             None => OutputFormat::AsInputs,
-            Some("scaled-fp8" | "scaled_fp8" | "scaled-f8_e4m3" | "fp8-scaled") => {
-                OutputFormat::ScaledFp8(FloatFormat::F8E4M3)
-            }
-            Some("scaled-f8_e5m2") => OutputFormat::ScaledFp8(FloatFormat::F8E5M2),
-            Some(d) => OutputFormat::Float(parse_user_float(d).with_context(|| {
-                format!(
-                    "--dtype: '{d}' is not one of f16, bf16, f32, f64, f8_e4m3, f8_e5m2, scaled-fp8"
-                )
-            })?),
+            Some(d) if d.scaled() => OutputFormat::ScaledFp8(d.format()),
+            Some(d) => OutputFormat::Float(d.format()),
         };
-        let precision = match self.precision.as_str() {
-            "f64" | "fp64" | "float64" => Precision::F64,
-            "f32" | "fp32" | "float32" => Precision::F32,
-            other => bail!("--precision: '{other}' is not f32 or f64"),
-        };
-        let missing = match self.missing.as_str() {
-            "first" => Missing::First,
-            "skip" => Missing::Skip,
-            other => bail!("--missing: '{other}' is not `first` or `skip`"),
-        };
-        Ok(Options {
+        Options {
             output,
-            precision,
-            missing,
+            precision: self.precision.into(),
+            missing: self.missing.into(),
             input_hashes: !self.no_input_hashes,
             overwrite: self.force,
-        })
+        }
     }
 }
 
@@ -169,7 +191,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         .output
         .clone()
         .context("name the output file with -o OUT.safetensors")?;
-    let options = out.options()?;
+    let options = out.options();
     let recipe = merge::recipe::parse(&text).context("in the recipe")?;
     let inputs = merge::open(&recipe, &base_dir)?;
     for m in &inputs.models {
@@ -179,37 +201,35 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         Ok(p) => p,
         Err(merge::MergeError::Preflight(plan)) => {
             // The plan as far as it got, then the problems as the error.
-            if out.json {
-                print(&reports::merge::plan_document(&plan))?;
-            } else if out.dry_run {
-                print(&reports::merge::plan_text(&plan))?;
+            if out.format.json || out.dry_run {
+                emit(&reports::merge::Plan(&plan), &out.format)?;
             }
             bail!("{}", reports::merge::problems_text(&plan));
         }
         Err(e) => return Err(e.into()),
     };
     if out.dry_run {
-        let plan = planned.preflight();
-        print(&if out.json {
-            reports::merge::plan_document(plan)
-        } else {
-            reports::merge::plan_text(plan)
-        })?;
+        emit(&reports::merge::Plan(planned.preflight()), &out.format)?;
         return Ok(Outcome::Ok);
     }
     if !global.quiet {
         // The plan goes to stderr before the pass; stdout keeps the summary.
-        eprint!("{}", reports::merge::plan_text(planned.preflight()));
+        eprint!(
+            "{}",
+            reports::render(&reports::merge::Plan(planned.preflight()), Format::Table)
+        );
     }
     let bar = Bar::new("merging", global.quiet);
     let outcome = merge::execute(planned, &bar, &global.cancel, &global.cache)?;
     drop(bar);
-    print(&if out.json {
-        reports::merge::document(&outcome)
-    } else {
-        let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-        reports::merge::text(&outcome, size)
-    })?;
+    let file_bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+    emit(
+        &reports::merge::Merged {
+            outcome: &outcome,
+            file_bytes,
+        },
+        &out.format,
+    )?;
     Ok(Outcome::Ok)
 }
 

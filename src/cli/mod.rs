@@ -16,6 +16,7 @@ mod lineage;
 mod lora;
 mod merge;
 mod progress;
+mod rewrite;
 mod sim;
 mod synth;
 mod validate;
@@ -75,7 +76,8 @@ enum Command {
     /// LoRAs: `lora extract TUNED --base BASE`, `lora merge L1:0.7 L2:0.5`, `lora convert`.
     /// (`inspect`, `sim` and `l2` read LoRAs too; recipes bake them with `lora(FILE)`.)
     Lora(lora::Args),
-    /// Write synthetic checkpoints with real SD1/SD2/SDXL key layouts (test data).
+    /// Write synthetic checkpoints with the real key layouts of the catalog's architectures
+    /// (test data).
     Synth(synth::Args),
 }
 

@@ -6,12 +6,12 @@ use anyhow::{Context, Result};
 
 use super::Outcome;
 use super::common::{
-    ArchArg, FormatArgs, Global, Model, choose_grouping, keys_regex, open_all, parse_arch_arg,
-    print,
+    ArchArg, BlockSet, FormatArgs, Global, Model, choose_grouping, emit, open_all, parse_arch_arg,
+    parse_block_set,
 };
 use super::progress::Bar;
-use crate::reports::sim::ModelLine;
-use ckpt_core::catalog::{Layout, Selector};
+use crate::reports::sim::{Cosine, ModelLine};
+use ckpt_core::catalog::Layout;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
@@ -23,8 +23,8 @@ pub(super) struct Args {
     /// groups (in, mid, out, unet, te, te1, te2, vae, other, base, all). Totals are over the
     /// rows shown. With `--metric asim` the random draws follow the selection, as in the
     /// original scripts.
-    #[arg(long, default_value = "all", value_name = "SET")]
-    blocks: String,
+    #[arg(long, default_value = "all", value_name = "SET", value_parser = parse_block_set)]
+    blocks: BlockSet,
     /// cosine: the cosine of the weights, per block. asim: ASimilarity, the
     /// attention-output similarity behind published tables (random input; see README).
     #[arg(long, value_enum, default_value_t = Metric::Cosine)]
@@ -32,20 +32,20 @@ pub(super) struct Args {
     /// With `--metric asim`: whose numbers to reproduce (they differ in their random
     /// draws, default seed and rounding).
     /// [default: wkpark]
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, requires = "metric")]
     like: Option<ckpt_ops::views::asim::Like>,
     /// With `--metric asim`: f32 computes as PyTorch does; f64 gives the exact value of the
     /// same computation (identical on every machine).
     /// [default: f32]
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, requires = "metric")]
     precision: Option<ckpt_ops::views::asim::Precision>,
     /// With `--metric asim`: seed of the random input (default 114514 like wkpark's scripts,
     /// 2244096 like SuperMerger).
-    #[arg(long)]
+    #[arg(long, requires = "metric")]
     seed: Option<u64>,
     /// Only compare keys matching this regular expression (canonical key names).
-    #[arg(long, value_name = "REGEX")]
-    keys: Option<String>,
+    #[arg(long, value_name = "REGEX", value_parser = regex::Regex::new)]
+    keys: Option<regex::Regex>,
     /// Also list the similarity of every tensor.
     #[arg(long)]
     per_tensor: bool,
@@ -73,11 +73,10 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     if args.metric == Metric::Asim {
         return run_asim(&args, global);
     }
+    // clap requires a --metric for these; what it cannot check is which one.
     if args.seed.is_some() || args.like.is_some() || args.precision.is_some() {
         anyhow::bail!("--seed, --like and --precision go with --metric asim");
     }
-    let selector = Selector::parse(&args.blocks).context("--blocks")?;
-    let keys = keys_regex(args.keys.as_deref())?;
     let models = open_all(&[args.a.clone(), args.b.clone()])?;
     // Two LoRA files: their weight changes compared from the factors.
     let loras: Vec<_> = models
@@ -86,7 +85,8 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         .collect();
     if let [Some(la), Some(lb)] = &loras[..] {
         let r = ckpt_ops::views::lora::similarity(&models[0].ckpt, la, &models[1].ckpt, lb);
-        return print_lora_sim(&r, &args.format);
+        emit(&crate::reports::lora::Similarity(&r), &args.format)?;
+        return Ok(Outcome::Ok);
     }
     if let Some(i) = loras.iter().position(Option::is_some) {
         let Some(base) = &args.base else {
@@ -103,7 +103,8 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             &models[1 - i].ckpt,
             &base.ckpt,
         );
-        return print_lora_sim(&r, &args.format);
+        emit(&crate::reports::lora::Similarity(&r), &args.format)?;
+        return Ok(Outcome::Ok);
     }
     if args.base.is_some() {
         anyhow::bail!("--base goes with a LoRA compared with a checkpoint's change");
@@ -113,44 +114,33 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     // Layouts the catalog does not know have rows by key prefix: every one is shown.
     let chosen = match grouping.layout() {
         Layout::Generic => vec![true; grouping.groups().len()],
-        Layout::Known(_) => selector.rows(&grouping).context("--blocks")?,
+        Layout::Known(_) => args.blocks.selector.rows(&grouping).context("--blocks")?,
     };
     let ckpts: Vec<&ckpt_read::Checkpoint> = models.iter().map(|m| &m.ckpt).collect();
     let bar = Bar::new("reading", global.quiet);
     let result = ckpt_ops::views::sim::measure(
         &ckpts,
         &grouping,
-        keys.as_ref(),
+        args.keys.as_ref(),
         &chosen,
         args.per_tensor,
         &global.pass(&bar),
     )?;
     drop(bar);
     let lines: Vec<ModelLine> = models.iter().map(Model::line).collect();
-    let text = crate::reports::sim::render(
-        &lines,
-        grouping.layout().id(),
-        grouping.layout().arch(),
-        &result,
-        args.format.format(),
-    );
-    print(&text)?;
+    let report = Cosine {
+        models: &lines,
+        layout: grouping.layout().id(),
+        arch: grouping.layout().arch(),
+        report: &result,
+    };
+    emit(&report, &args.format)?;
     if let Some(dir) = &args.report {
         crate::reports::sim::write_report(&lines, grouping.layout().arch(), &result, dir)?;
         if !global.quiet {
             eprintln!("report: {}", dir.join("index.html").display());
         }
     }
-    Ok(Outcome::Ok)
-}
-
-/// A LoRA comparison, as a table or JSON.
-fn print_lora_sim(r: &ckpt_ops::views::lora::LoraSim, format: &FormatArgs) -> Result<Outcome> {
-    print(&if format.format() == crate::reports::Format::Json {
-        crate::reports::lora::sim_document(r)
-    } else {
-        crate::reports::lora::sim_text(r)
-    })?;
     Ok(Outcome::Ok)
 }
 
@@ -171,8 +161,7 @@ fn run_asim(args: &Args, global: &Global) -> Result<Outcome> {
     let like = args.like.unwrap_or(asim::Like::Wkpark);
     let precision = args.precision.unwrap_or(asim::Precision::F32);
     let seed = args.seed.unwrap_or(like.default_seed());
-    let selector = Selector::parse(&args.blocks).context("--blocks")?;
-    let blocks = asim::select(arch, &selector)
+    let blocks = asim::select(arch, &args.blocks.selector)
         .map_err(anyhow::Error::msg)
         .context("--blocks")?;
     let bar = Bar::counting("asim", "blocks", global.quiet);
@@ -188,13 +177,15 @@ fn run_asim(args: &Args, global: &Global) -> Result<Outcome> {
     )?;
     drop(bar);
     let lines: Vec<ModelLine> = models.iter().map(Model::line).collect();
-    print(&crate::reports::asim::render(
-        &lines,
-        arch,
-        seed,
-        like,
-        &rows,
-        args.format.format(),
-    ))?;
+    emit(
+        &crate::reports::asim::Asim {
+            models: &lines,
+            arch,
+            seed,
+            like,
+            rows: &rows,
+        },
+        &args.format,
+    )?;
     Ok(Outcome::Ok)
 }

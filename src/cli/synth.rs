@@ -5,11 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result, bail};
 
 use super::Outcome;
-use super::common::{Global, print};
+use super::common::{FloatArg, Global, floats, print};
 use super::progress::Bar;
 use ckpt_core::catalog::{Arch, Component};
 use ckpt_ops::synth::{self, KeyFilter, Layout, Synthetic, Variant, family};
-use ckpt_read::dtype::{FloatFormat, parse_user_float};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
@@ -26,8 +25,8 @@ enum What {
         #[command(flatten)]
         layout: LayoutArgs,
         /// Add a delta: SEED:SIZE, the size relative to each weight's spread (repeatable).
-        #[arg(long, value_name = "SEED:SIZE")]
-        delta: Vec<String>,
+        #[arg(long, value_name = "SEED:SIZE", value_parser = parse_delta)]
+        delta: Vec<(u64, f64)>,
     },
     /// A family in DIR: base, fine-tunes, and merges of them, with family.json.
     Family {
@@ -46,22 +45,22 @@ enum What {
 
 #[derive(Debug, clap::Args)]
 struct LayoutArgs {
-    #[arg(long, default_value = "sd1", help = super::common::arch_help())]
-    arch: String,
+    #[arg(long, default_value = "sd1", value_parser = parse_arch, help = super::common::arch_help())]
+    arch: Arch,
     /// Divide every dimension of 128 or more by this (1 = real size: 2 GB for SD1 fp16).
     #[arg(long, default_value_t = 1)]
     scale: u32,
     /// Float dtype: f16, bf16, f32, f8_e4m3, f8_e5m2, or scaled-fp8 (ComfyUI's: the
     /// diffuser's matrices in F8_E4M3 with a per-tensor scale_weight, the rest in BF16).
-    #[arg(long, default_value = "f16")]
-    dtype: String,
+    #[arg(long, default_value = "f16", value_parser = floats(SYNTH_FLOATS), ignore_case = true)]
+    dtype: FloatArg,
     /// Seed of the base weights.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Release variant: base; inpainting, pix2pix or depth (SD's U-Net input channels);
     /// schnell, fill or control (Flux.1: no guidance embedding, Fill's or Canny/Depth's
     /// wider img_in).
-    #[arg(long, default_value = "base")]
+    #[arg(long, default_value = "base", value_parser = parse_variant)]
     variant: String,
     /// Components to write (comma-separated: unet, te1, te2, vae for SD; diffuser, clip_l,
     /// clip_g, t5xxl, vae for Flux and SD3); default all.
@@ -90,58 +89,72 @@ struct LayoutArgs {
     #[arg(long)]
     zeros: bool,
     /// Only the keys this regular expression finds (e.g. `attn1\.to_[qkv]`).
-    #[arg(long, value_name = "REGEX")]
-    keys: Option<String>,
+    #[arg(long, value_name = "REGEX", value_parser = regex::Regex::new)]
+    keys: Option<regex::Regex>,
     /// Diffuser keys without `model.diffusion_model.` (Flux and SD3; BFL's own files).
     #[arg(long)]
     bare: bool,
 }
 
+/// The formats `synth` writes.
+const SYNTH_FLOATS: &[FloatArg] = &[
+    FloatArg::F16,
+    FloatArg::Bf16,
+    FloatArg::F32,
+    FloatArg::F8E4m3,
+    FloatArg::F8E5m2,
+    FloatArg::ScaledFp8,
+];
+
+/// clap's parser for `--arch`: an architecture of the catalog, by id or alias.
+fn parse_arch(text: &str) -> std::result::Result<Arch, String> {
+    Arch::parse(text).ok_or_else(|| {
+        format!(
+            "unknown architecture; use one of {}",
+            super::common::arch_ids()
+        )
+    })
+}
+
+/// clap's parser for `--variant`: a variant some architecture of the catalog has (whether
+/// `--arch` has it is checked with the other options).
+fn parse_variant(text: &str) -> std::result::Result<String, String> {
+    if Arch::all()
+        .iter()
+        .any(|&a| Variant::named(a, text).is_some())
+    {
+        Ok(text.to_string())
+    } else {
+        Err(format!(
+            "unknown variant; use {}",
+            Variant::names().join(", ")
+        ))
+    }
+}
+
+/// clap's parser for `--delta SEED:SIZE`.
+fn parse_delta(text: &str) -> std::result::Result<(u64, f64), String> {
+    let (seed, size) = text.split_once(':').ok_or("expected SEED:SIZE")?;
+    let seed = seed.parse().map_err(|_| "bad seed: expected SEED:SIZE")?;
+    let size = size.parse().map_err(|_| "bad size: expected SEED:SIZE")?;
+    Ok((seed, size))
+}
+
 impl LayoutArgs {
     fn layout(&self) -> Result<Layout> {
-        let arch = Arch::parse(&self.arch).with_context(|| {
-            format!(
-                "--arch: unknown architecture '{}'; use one of {}",
-                self.arch,
-                super::common::arch_ids()
-            )
-        })?;
-        let (dtype, scaled_fp8) = if self.dtype.eq_ignore_ascii_case("scaled-fp8") {
-            (FloatFormat::F8E4M3, true)
-        } else {
-            let dtype = parse_user_float(&self.dtype)
-                .filter(|f| *f != FloatFormat::F64)
-                .with_context(|| {
-                    format!(
-                        "--dtype: '{}' is not one of f16, bf16, f32, f8_e4m3, f8_e5m2, scaled-fp8",
-                        self.dtype
-                    )
-                })?;
-            (dtype, false)
-        };
+        let arch = self.arch;
         if self.scale == 0 || !self.scale.is_power_of_two() || self.scale > 64 {
             bail!("--scale must be a power of two between 1 and 64");
         }
-        let mut layout = Layout::new(arch, self.scale, dtype);
-        layout.scaled_fp8 = scaled_fp8;
-        layout.variant = match Variant::named(arch, &self.variant) {
-            Some(v) => v,
-            None if Arch::all()
-                .iter()
-                .any(|&a| Variant::named(a, &self.variant).is_some()) =>
-            {
-                bail!(
-                    "--variant {}: {} has no such variant",
-                    self.variant,
-                    arch.label()
-                )
-            }
-            None => bail!(
-                "--variant: unknown variant '{}'; use {}",
+        let mut layout = Layout::new(arch, self.scale, self.dtype.format());
+        layout.scaled_fp8 = self.dtype.scaled();
+        layout.variant = Variant::named(arch, &self.variant).with_context(|| {
+            format!(
+                "--variant {}: {} has no such variant",
                 self.variant,
-                Variant::names().join(", ")
-            ),
-        };
+                arch.label()
+            )
+        })?;
         if self.bare && !arch.bare_layout() {
             bail!("--bare: {} keys always carry their prefix", arch.label());
         }
@@ -175,9 +188,7 @@ impl LayoutArgs {
         layout.prune_text_encoders = self.prune_te;
         layout.position_ids = !self.no_position_ids;
         layout.zero_data = self.zeros;
-        if let Some(re) = &self.keys {
-            layout.keys = Some(KeyFilter::new(re).with_context(|| format!("--keys: '{re}'"))?);
-        }
+        layout.keys = self.keys.clone().map(KeyFilter::from);
         Ok(layout)
     }
 }
@@ -188,16 +199,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             let seed = layout.seed;
             let layout = layout.layout()?;
             let mut model = Synthetic::base(layout.arch, seed);
-            for d in &delta {
-                let (s, size) = d
-                    .split_once(':')
-                    .with_context(|| format!("--delta '{d}': expected SEED:SIZE"))?;
-                let s: u64 = s
-                    .parse()
-                    .with_context(|| format!("--delta '{d}': bad seed"))?;
-                let size: f64 = size
-                    .parse()
-                    .with_context(|| format!("--delta '{d}': bad size"))?;
+            for &(s, size) in &delta {
                 model = model.plus_delta(s, synth::uniform(layout.arch, size));
             }
             let bar = Bar::new("writing", global.quiet);

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::Outcome;
-use super::common::{Global, Model, print};
+use super::common::{FormatArgs, Global, Model, emit};
 use super::progress::Bar;
-use crate::reports;
+use super::rewrite::remedy;
+use crate::reports::validate::Validated;
 use ckpt_ops::views::validate::validate;
 
 #[derive(Debug, clap::Args)]
@@ -16,25 +17,39 @@ pub(super) struct Args {
     /// Checkpoints to check.
     #[arg(required = true)]
     files: Vec<PathBuf>,
-    /// Print JSON.
-    #[arg(long)]
-    json: bool,
+    #[command(flatten)]
+    format: FormatArgs,
 }
 
 pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
+    // The text of several files is each file's in turn: it is printed as each is checked.
+    // The other formats are one document (one table) over every file.
+    let streamed = args.format.format() == crate::reports::Format::Table;
     let mut results = Vec::new();
     for path in &args.files {
         let model = Model::open_unwarned(path)?;
         let bar = Bar::new("checking", global.quiet);
         let r = validate(&model.ckpt, &model.detection, &global.pass(&bar))?;
         drop(bar);
-        if !args.json {
-            print(&reports::validate::text(&r, &super::fix::remedy))?;
+        if streamed {
+            emit(
+                &Validated {
+                    reports: std::slice::from_ref(&r),
+                    remedy: &remedy,
+                },
+                &args.format,
+            )?;
         }
         results.push(r);
     }
-    if args.json {
-        print(&reports::validate::document(&results, &super::fix::remedy))?;
+    if !streamed {
+        emit(
+            &Validated {
+                reports: &results,
+                remedy: &remedy,
+            },
+            &args.format,
+        )?;
     }
     let worst = results.iter().map(|r| r.exit_code()).max().unwrap_or(0);
     Ok(Outcome::Exit(worst))

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::{Format, TextTable, sanitize};
+use super::{Block, Report, TextTable};
 use crate::reports::sim::ModelLine;
 use ckpt_core::catalog::Arch;
 use ckpt_ops::views::asim::{AsimRow, Like};
@@ -18,51 +18,50 @@ pub(crate) fn percent(x: f64, like: Like) -> String {
     format!("{:.*}%", like.decimals(), 100.0 * x)
 }
 
-pub(crate) fn render(
-    models: &[ModelLine],
-    arch: Arch,
-    seed: u64,
-    like: Like,
-    rows: &[AsimRow],
-    format: Format,
-) -> String {
-    let total = total(rows);
-    match format {
-        Format::Json => {
-            let v = json!({
-                "metric": "asim",
-                "arch": arch.id(),
-                "seed": seed,
-                "like": like,
-                "models": models,
-                "rows": rows,
-                "total": total,
-            });
-            super::json::document("sim", v)
-        }
-        Format::Csv => table(rows, total, like).csv(),
-        Format::Markdown | Format::Table => {
-            let mut s = String::new();
-            for (tag, m) in ["A", "B"].iter().zip(models) {
-                s.push_str(&format!("{tag}: {} ({})\n", sanitize(&m.name), m.detection));
-            }
-            s.push_str(&format!(
-                "ASimilarity like {}: cosine of the first self-attention's output on a random \
-                 input (torch.randn, seed {seed}), mean over rows; the total is the plain mean \
-                 of the blocks\n\n",
-                match like {
-                    Like::Wkpark => "wkpark's scripts",
-                    Like::Supermerger => "SuperMerger",
-                }
-            ));
-            let t = table(rows, total, like);
-            s.push_str(&if format == Format::Markdown {
-                t.markdown()
-            } else {
-                t.terminal()
-            });
-            s
-        }
+/// ASimilarity of A and B (`sim --metric asim`).
+pub(crate) struct Asim<'a> {
+    pub models: &'a [ModelLine],
+    pub arch: Arch,
+    pub seed: u64,
+    pub like: Like,
+    pub rows: &'a [AsimRow],
+}
+
+impl Report for Asim<'_> {
+    fn command(&self) -> &'static str {
+        "sim"
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "metric": "asim",
+            "arch": self.arch.id(),
+            "seed": self.seed,
+            "like": self.like,
+            "models": self.models,
+            "rows": self.rows,
+            "total": total(self.rows),
+        })
+    }
+
+    /// The two files, what was measured, and the table (with no newline after it, as it
+    /// has always been printed).
+    fn blocks(&self) -> Vec<Block> {
+        let mut head = super::sim::heading(self.models);
+        head.push_str(&format!(
+            "ASimilarity like {}: cosine of the first self-attention's output on a random \
+             input (torch.randn, seed {}), mean over rows; the total is the plain mean \
+             of the blocks\n\n",
+            match self.like {
+                Like::Wkpark => "wkpark's scripts",
+                Like::Supermerger => "SuperMerger",
+            },
+            self.seed
+        ));
+        vec![
+            Block::Text(head),
+            Block::Table(table(self.rows, total(self.rows), self.like)),
+        ]
     }
 }
 

@@ -1,12 +1,20 @@
-//! Text and JSON for `ckpt-diff fix`: what was done, what was left, and the validation of
-//! the result.
+//! Text, Markdown, CSV and JSON for `ckpt-diff fix` (what was done, what was left, and the
+//! validation of the result) and `ckpt-diff convert` (each input's output and actions).
 //!
 //! JSON schema 1: `{"schema":1, "command":"fix", "fix":{"output", "actions":[...],
-//! "unfixed":[...]}, "validate":{...}}` (`validate` as one file of `validate --json`).
+//! "unfixed":[...]}, "validate":{...}}` (`validate` as one file of `validate --json`);
+//! `{"schema":1, "command":"convert", "converted":[{"input", "output", "actions"}]}`.
+//!
+//! CSV and Markdown: `fix` a table `status, action` (`fixed` or `not fixed`), then the
+//! result's findings as `validate` tabulates them; `convert` one table `input, output,
+//! action`, a row per action (an input converted as it was has one row with no action).
+
+use std::path::PathBuf;
 
 use serde_json::json;
 
 use super::validate::RemedyText;
+use super::{Block, Report, TextTable, sanitize};
 use ckpt_ops::fix::{FixReport, Unfixed};
 use ckpt_ops::views::validate::ValidateReport;
 
@@ -21,31 +29,127 @@ pub(crate) struct Fixed<'a> {
     pub unfixed: UnfixedText<'a>,
 }
 
-pub(crate) fn text(f: &Fixed<'_>) -> String {
-    let Fixed {
-        report,
-        after,
-        remedy,
-        unfixed,
-    } = *f;
-    let mut s = format!("wrote {}\n", report.output);
-    for a in &report.actions {
-        s.push_str(&format!("  fixed: {a}\n"));
+impl Fixed<'_> {
+    /// What was fixed and what was not.
+    fn actions(&self) -> TextTable {
+        let mut t = TextTable::new(&["status", "action"], &[false, false]);
+        for a in &self.report.actions {
+            t.push(vec!["fixed".into(), a.clone()]);
+        }
+        for u in &self.report.unfixed {
+            t.push(vec!["not fixed".into(), (self.unfixed)(u)]);
+        }
+        t
     }
-    for u in &report.unfixed {
-        s.push_str(&format!("  not fixed: {}\n", unfixed(u)));
+
+    fn findings(&self) -> TextTable {
+        super::validate::findings(std::slice::from_ref(self.after), self.remedy)
     }
-    s.push_str("validation of the result:\n");
-    s.push_str(&super::validate::text(after, remedy));
-    s
 }
 
-pub(crate) fn document(f: &Fixed<'_>) -> String {
-    let fix = json!({
-        "output": f.report.output,
-        "actions": f.report.actions,
-        "unfixed": f.report.unfixed.iter().map(f.unfixed).collect::<Vec<_>>(),
-    });
-    let validate = super::validate::value(f.after, f.remedy);
-    super::json::document("fix", json!({ "fix": fix, "validate": validate }))
+impl Report for Fixed<'_> {
+    fn command(&self) -> &'static str {
+        "fix"
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let fix = json!({
+            "output": self.report.output,
+            "actions": self.report.actions,
+            "unfixed": self.report.unfixed.iter().map(self.unfixed).collect::<Vec<_>>(),
+        });
+        let validate = super::validate::value(self.after, self.remedy);
+        json!({ "fix": fix, "validate": validate })
+    }
+
+    fn blocks(&self) -> Vec<Block> {
+        let mut s = format!("wrote {}\n", self.report.output);
+        for a in &self.report.actions {
+            s.push_str(&format!("  fixed: {a}\n"));
+        }
+        for u in &self.report.unfixed {
+            s.push_str(&format!("  not fixed: {}\n", (self.unfixed)(u)));
+        }
+        s.push_str("validation of the result:\n");
+        s.push_str(&super::validate::text(self.after, self.remedy));
+        vec![Block::Text(s)]
+    }
+
+    /// The output, the actions' table, and the result's findings table.
+    fn markdown(&self) -> Vec<Block> {
+        vec![
+            Block::Text(format!("wrote {}\n\n", self.report.output)),
+            Block::Table(self.actions()),
+            Block::text("\nvalidation of the result:\n\n"),
+            Block::Table(self.findings()),
+        ]
+    }
+
+    fn tables(&self) -> Vec<TextTable> {
+        vec![self.actions(), self.findings()]
+    }
+}
+
+/// `convert`: each input, where it went and what was done on the way.
+pub(crate) struct Converted<'a> {
+    /// Each input with its report.
+    pub files: Vec<(&'a PathBuf, &'a FixReport)>,
+}
+
+impl Converted<'_> {
+    fn table(&self) -> TextTable {
+        let mut t = TextTable::new(&["input", "output", "action"], &[false, false, false]);
+        for (input, r) in &self.files {
+            let input = input.display().to_string();
+            if r.actions.is_empty() {
+                t.push(vec![input.clone(), r.output.clone(), String::new()]);
+            }
+            for a in &r.actions {
+                t.push(vec![input.clone(), r.output.clone(), a.clone()]);
+            }
+        }
+        t
+    }
+}
+
+impl Report for Converted<'_> {
+    fn command(&self) -> &'static str {
+        "convert"
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let converted: Vec<_> = self
+            .files
+            .iter()
+            .map(|(i, r)| {
+                json!({
+                    "input": i.display().to_string(),
+                    "output": r.output,
+                    "actions": r.actions,
+                })
+            })
+            .collect();
+        json!({ "converted": converted })
+    }
+
+    /// `input -> output`, then the actions indented.
+    fn blocks(&self) -> Vec<Block> {
+        let mut s = String::new();
+        for (i, r) in &self.files {
+            s.push_str(&format!("{} -> {}\n", i.display(), r.output));
+            for a in &r.actions {
+                s.push_str(&format!("  {a}\n"));
+            }
+        }
+        vec![Block::Text(sanitize(&s))]
+    }
+
+    /// The table.
+    fn markdown(&self) -> Vec<Block> {
+        vec![Block::Table(self.table())]
+    }
+
+    fn tables(&self) -> Vec<TextTable> {
+        vec![self.table()]
+    }
 }

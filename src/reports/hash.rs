@@ -1,11 +1,11 @@
-//! Text and JSON for `ckpt-diff hash`.
+//! Text, Markdown, CSV and JSON for `ckpt-diff hash`.
 //!
 //! JSON schema 1: `{"schema":1, "command":"hash", "files":[{"path", "hashes":{...},
 //! "claims":[{"key","claimed","actual","holds"}], "components": null|{...}}]}`.
 
 use serde_json::json;
 
-use super::{TextTable, bytes, params, sanitize};
+use super::{Block, Report, TextTable, bytes, params, sanitize};
 use ckpt_ops::hash::{Claim, FileHashes};
 use ckpt_ops::views::components::Components;
 
@@ -23,48 +23,142 @@ pub(crate) struct FileReport {
     pub components: Option<Components>,
 }
 
-/// `hash --json`.
-pub(crate) fn document(files: &[FileReport]) -> String {
-    let files: Vec<_> = files
-        .iter()
-        .map(|f| {
-            let torch = f
-                .container
-                .as_deref()
-                .is_some_and(|c| c.starts_with("torch"));
-            let mut hashes = serde_json::to_value(&f.hashes).expect("plain data");
-            if torch && let Some(h) = hashes.as_object_mut() {
-                // Civitai defines AutoV3 for safetensors only.
-                h.insert("autov3".into(), serde_json::Value::Null);
-                h.insert("autov3_note".into(), json!("defined for safetensors only"));
+/// `hash` of one or more files.
+pub(crate) struct Hashes<'a>(pub &'a [FileReport]);
+
+impl Report for Hashes<'_> {
+    fn command(&self) -> &'static str {
+        "hash"
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let files: Vec<_> = self
+            .0
+            .iter()
+            .map(|f| {
+                let mut hashes = super::json::value(&f.hashes);
+                if f.torch()
+                    && let Some(h) = hashes.as_object_mut()
+                {
+                    // Civitai defines AutoV3 for safetensors only.
+                    h.insert("autov3".into(), serde_json::Value::Null);
+                    h.insert("autov3_note".into(), json!("defined for safetensors only"));
+                }
+                json!({ "path": f.path, "container": f.container(),
+                        "hashes": hashes, "claims": f.claims, "components": f.components })
+            })
+            .collect();
+        json!({ "files": files })
+    }
+
+    /// Each file's hashes, claims and components, a blank line between files.
+    fn blocks(&self) -> Vec<Block> {
+        let mut b = Vec::new();
+        for (i, f) in self.0.iter().enumerate() {
+            if i > 0 {
+                b.push(Block::text("\n"));
             }
-            json!({ "path": f.path, "container": f.container.as_deref().unwrap_or("safetensors"),
-                    "hashes": hashes, "claims": f.claims, "components": f.components })
-        })
-        .collect();
-    super::json::document("hash", json!({ "files": files }))
+            b.extend(file_blocks(f));
+        }
+        b
+    }
+
+    /// One table of every file's hashes (a row per file, all digits, as in `--json`), then
+    /// with `--components` one of every file's component hashes.
+    fn tables(&self) -> Vec<TextTable> {
+        let with_metric = self.0.iter().any(|f| f.components.is_some());
+        let mut head = vec![
+            "file",
+            "container",
+            "bytes",
+            "autov1",
+            "autov2",
+            "sha256",
+            "autov3",
+            "blake3",
+            "crc32",
+            "a1111_legacy",
+        ];
+        if with_metric {
+            head.push("toolkit_metric");
+        }
+        let right: Vec<bool> = head.iter().map(|h| *h == "bytes").collect();
+        let mut files = TextTable::new(&head, &right);
+        let mut components = TextTable::new(
+            &["file", "component", "tensors", "params", "exact", "fp16"],
+            &[false, false, true, true, false, false],
+        );
+        for f in self.0 {
+            let mut row = vec![f.path.clone(), f.container().to_string()];
+            match &f.hashes {
+                Some(h) => row.extend([
+                    h.bytes.to_string(),
+                    h.autov1.clone().unwrap_or_default(),
+                    h.autov2.clone(),
+                    h.sha256.clone(),
+                    h.autov3.clone().filter(|_| !f.torch()).unwrap_or_default(),
+                    h.blake3.clone(),
+                    h.crc32.clone(),
+                    h.a1111_legacy.clone(),
+                ]),
+                None => row.extend(std::iter::repeat_n(String::new(), 8)),
+            }
+            if with_metric {
+                row.push(
+                    f.components
+                        .as_ref()
+                        .map(|c| c.metric.display.clone())
+                        .unwrap_or_default(),
+                );
+            }
+            files.push(row);
+            for c in f.components.iter().flat_map(|c| &c.components) {
+                components.push(vec![
+                    f.path.clone(),
+                    c.component.id().into(),
+                    c.tensors.to_string(),
+                    c.params.to_string(),
+                    c.exact.clone(),
+                    c.fp16.clone(),
+                ]);
+            }
+        }
+        let mut out = vec![files];
+        if with_metric {
+            out.push(components);
+        }
+        out
+    }
 }
 
-/// The tables, one file after another.
-pub(crate) fn text(files: &[FileReport]) -> String {
-    let texts: Vec<String> = files.iter().map(file_text).collect();
-    texts.join("\n")
+impl FileReport {
+    /// A torch file (AutoV3 is defined for safetensors only).
+    fn torch(&self) -> bool {
+        self.container
+            .as_deref()
+            .is_some_and(|c| c.starts_with("torch"))
+    }
+
+    /// The container's id, `safetensors` by default.
+    fn container(&self) -> &str {
+        self.container.as_deref().unwrap_or("safetensors")
+    }
 }
 
-fn file_text(f: &FileReport) -> String {
+fn file_blocks(f: &FileReport) -> Vec<Block> {
     let Some(h) = &f.hashes else {
-        let mut s = format!(
+        let mut b = vec![Block::Text(format!(
             "{} ({})\nfile hashes: n/a: a model of several files has none (hash each file)\n",
             sanitize(&f.path),
             f.container.as_deref().unwrap_or("folder")
-        );
+        ))];
         if let Some(c) = &f.components {
-            s.push('\n');
-            s.push_str(&components_text(c));
+            b.push(Block::text("\n"));
+            b.extend(components_blocks(c));
         }
-        return s;
+        return b;
     };
-    let mut s = format!("{} ({})\n", sanitize(&f.path), bytes(h.bytes));
+    let head = format!("{} ({})\n", sanitize(&f.path), bytes(h.bytes));
     let mut t = TextTable::new(
         &["hash", "value (as Civitai shows it)", "bytes hashed"],
         &[false, false, false],
@@ -80,12 +174,8 @@ fn file_text(f: &FileReport) -> String {
     ]);
     t.push(vec!["AutoV2".into(), up(&h.autov2), "whole file".into()]);
     t.push(vec!["SHA256".into(), up(&h.sha256), "whole file".into()]);
-    let torch = f
-        .container
-        .as_deref()
-        .is_some_and(|c| c.starts_with("torch"));
     match &h.autov3 {
-        _ if torch => t.push(vec![
+        _ if f.torch() => t.push(vec![
             "AutoV3".into(),
             "n/a: defined for safetensors only".into(),
             "(AutoV3 hashes the tensor data after a safetensors header)".into(),
@@ -110,8 +200,7 @@ fn file_text(f: &FileReport) -> String {
         up(&h.crc32),
         "whole file (little-endian bytes, Civitai's order)".into(),
     ]);
-    s.push_str(&t.terminal());
-    s.push('\n');
+    let mut s = String::from("\n");
     for c in &f.claims {
         if c.holds {
             s.push_str(&format!("metadata {} holds\n", c.key));
@@ -127,14 +216,15 @@ fn file_text(f: &FileReport) -> String {
     if f.legacy_claim {
         s.push_str("metadata sshs_legacy_hash cannot be checked: it hashes kohya's in-memory copy, not this file\n");
     }
+    let mut b = vec![Block::Text(head), Block::Table(t), Block::Text(s)];
     if let Some(r) = &f.components {
-        s.push_str(&components_text(r));
+        b.extend(components_blocks(r));
     }
-    s
+    b
 }
 
-fn components_text(r: &Components) -> String {
-    let mut s = String::new();
+/// The component hashes (first 16 digits) and the toolkit's metric.
+fn components_blocks(r: &Components) -> [Block; 2] {
     let mut ct = TextTable::new(
         &[
             "component",
@@ -154,16 +244,16 @@ fn components_text(r: &Components) -> String {
             c.fp16[..16].to_string(),
         ]);
     }
-    s.push_str(&ct.terminal());
-    s.push('\n');
     let matches = if r.metric.matches.is_empty() {
         String::new()
     } else {
         format!(": {}", r.metric.matches.join(", "))
     };
-    s.push_str(&format!(
-        "model toolkit metric (UNET/VAE/CLIP): {}{matches}\n",
-        r.metric.display
-    ));
-    s
+    [
+        Block::Table(ct),
+        Block::Text(format!(
+            "\nmodel toolkit metric (UNET/VAE/CLIP): {}{matches}\n",
+            r.metric.display
+        )),
+    ]
 }

@@ -21,8 +21,8 @@ pub(crate) struct Section {
     pub parts: Vec<Part>,
 }
 
-/// A whole report.
-pub(crate) struct Report {
+/// A whole report folder's page (`index.html`, `summary.md`).
+pub(crate) struct Page {
     pub title: String,
     /// The command line that produced it.
     pub command: String,
@@ -61,7 +61,7 @@ table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px sol
 td.num{text-align:right;font-variant-numeric:tabular-nums}th{background:#f0f0f0}\
 figure{margin:1em 0;overflow-x:auto}figcaption{color:#555;font-size:0.9em}svg{max-width:100%;height:auto}";
 
-impl Report {
+impl Page {
     /// The page.
     pub(crate) fn html(&self) -> String {
         let mut h = String::new();
@@ -173,7 +173,7 @@ mod tests {
             escape("<script>a&b</script>"),
             "&lt;script&gt;a&amp;b&lt;/script&gt;"
         );
-        let r = Report {
+        let r = Page {
             title: "t<".into(),
             command: "c".into(),
             sections: vec![Section {

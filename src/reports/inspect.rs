@@ -1,17 +1,14 @@
-//! Text and JSON for `ckpt-diff inspect`.
+//! Text, Markdown, CSV and JSON for `ckpt-diff inspect`.
 //!
 //! JSON schema 1: `"schema": 1, "command": "inspect"`, then the [`InspectReport`] fields in
 //! name order.
 
-use super::{Format, TextTable, bytes, listed, params, sanitize};
+use super::{Block, Report, TextTable, bytes, listed, params, sanitize};
 use ckpt_ops::views::inspect::InspectReport;
 
 /// The pickle part: where the state dict was, what else the file held, and every global
-/// with its verdict.
-fn pickle_text(
-    p: &ckpt_ops::views::inspect::PickleReport,
-    render: &dyn Fn(&TextTable) -> String,
-) -> String {
+/// with its verdict (a table).
+fn pickle_part(p: &ckpt_ops::views::inspect::PickleReport) -> (String, TextTable) {
     use ckpt_read::pickle::Verdict;
     let mut s = String::new();
     let at = if p.state_dict_at.is_empty() {
@@ -67,22 +64,43 @@ fn pickle_text(
         ]);
     }
     s.push('\n');
-    s.push_str(&render(&t));
-    s
+    (s, t)
 }
 
-pub(crate) fn render(r: &InspectReport, format: Format) -> String {
-    if format == Format::Json {
-        let mut v = serde_json::to_value(r).expect("plain data");
-        v.as_object_mut().expect("a struct").sort_keys();
-        return super::json::document("inspect", v);
+/// `inspect` of a checkpoint.
+pub(crate) struct Inspected(pub InspectReport);
+
+impl Report for Inspected {
+    fn command(&self) -> &'static str {
+        "inspect"
     }
-    let md = format == Format::Markdown;
-    let render = |t: &TextTable| match format {
-        Format::Markdown => t.markdown(),
-        Format::Csv => t.csv(),
-        _ => t.terminal(),
-    };
+
+    /// The [`InspectReport`] fields in name order.
+    fn json(&self) -> serde_json::Value {
+        let mut v = super::json::value(&self.0);
+        v.as_object_mut().expect("a struct").sort_keys();
+        v
+    }
+
+    fn blocks(&self) -> Vec<Block> {
+        blocks(&self.0, false)
+    }
+
+    /// As the terminal, the metadata as a list.
+    fn markdown(&self) -> Vec<Block> {
+        blocks(&self.0, true)
+    }
+
+    /// The terminal's text with its tables in CSV (as `inspect --csv` has always printed).
+    fn csv(&self) -> String {
+        super::text(&self.blocks(), TextTable::csv)
+    }
+}
+
+/// The facts, the tables of components and dtypes, the metadata and what the catalog
+/// misses; `md` lists the metadata as Markdown items.
+fn blocks(r: &InspectReport, md: bool) -> Vec<Block> {
+    let mut b = Vec::new();
     let mut s = String::new();
     s.push_str(&format!("file:          {}\n", sanitize(&r.path)));
     s.push_str(&format!(
@@ -103,9 +121,13 @@ pub(crate) fn render(r: &InspectReport, format: Format) -> String {
         s.push_str(&format!("variant:       {v}\n"));
     }
     if let Some(p) = &r.pickle {
-        s.push_str(&pickle_text(p, &render));
+        let (text, globals) = pickle_part(p);
+        s.push_str(&text);
+        b.push(Block::Text(std::mem::take(&mut s)));
+        b.push(Block::Table(globals));
     }
     s.push('\n');
+    b.push(Block::Text(std::mem::take(&mut s)));
     let mut t = TextTable::new(
         &["component", "what", "tensors", "params", "bytes", "dtypes"],
         &[false, false, true, true, true, false],
@@ -121,8 +143,8 @@ pub(crate) fn render(r: &InspectReport, format: Format) -> String {
             dtypes.join(" "),
         ]);
     }
-    s.push_str(&render(&t));
-    s.push('\n');
+    b.push(Block::Table(t));
+    b.push(Block::text("\n"));
     let mut d = TextTable::new(
         &["dtype", "tensors", "params", "bytes"],
         &[false, true, true, true],
@@ -135,7 +157,7 @@ pub(crate) fn render(r: &InspectReport, format: Format) -> String {
             bytes(x.bytes),
         ]);
     }
-    s.push_str(&render(&d));
+    b.push(Block::Table(d));
     s.push('\n');
     if r.metadata.is_empty() {
         s.push_str("metadata: none\n");
@@ -192,5 +214,6 @@ pub(crate) fn render(r: &InspectReport, format: Format) -> String {
             bytes(r.gap_bytes)
         ));
     }
-    s
+    b.push(Block::Text(s));
+    b
 }

@@ -13,7 +13,7 @@ pub(crate) fn envelope(command: &str, body: impl Serialize) -> Value {
     let mut out = Map::new();
     out.insert("schema".into(), SCHEMA.into());
     out.insert("command".into(), command.into());
-    match serde_json::to_value(body).expect("reports serialize to JSON") {
+    match value(body) {
         Value::Object(fields) => {
             for (k, v) in fields {
                 if k != "schema" && k != "command" {
@@ -28,9 +28,19 @@ pub(crate) fn envelope(command: &str, body: impl Serialize) -> Value {
 
 /// The envelope, pretty-printed with a final newline: what `--json` prints.
 pub(crate) fn document(command: &str, body: impl Serialize) -> String {
-    let mut s = serde_json::to_string_pretty(&envelope(command, body)).expect("plain data");
+    pretty(&envelope(command, body))
+}
+
+/// A document pretty-printed with a final newline.
+pub(crate) fn pretty(doc: &Value) -> String {
+    let mut s = serde_json::to_string_pretty(doc).expect("plain data");
     s.push('\n');
     s
+}
+
+/// A report's data as a JSON value (reports are plain data: serializing cannot fail).
+pub(crate) fn value(body: impl Serialize) -> Value {
+    serde_json::to_value(body).expect("reports serialize to JSON")
 }
 
 #[cfg(test)]

@@ -13,8 +13,8 @@
 use std::path::Path;
 
 use super::chart::{self, ChartError};
-use super::html::{Part, Report, Section};
-use super::{Format, TextTable, params};
+use super::html::{Page, Part, Section};
+use super::{Block, Report, TextTable, params};
 use ckpt_ops::views::l2::L2Report;
 
 /// Four significant digits, plain where readable.
@@ -116,40 +116,57 @@ pub(crate) fn tables(r: &L2Report) -> Vec<(String, TextTable)> {
     out
 }
 
-/// Renders for the terminal or for scripts.
-pub(crate) fn render(r: &L2Report, base_line: &str, format: Format) -> String {
-    match format {
-        Format::Json => super::json::document("l2", r),
-        Format::Csv => csv(r),
-        Format::Table | Format::Markdown => {
-            let mut s = format!("base: {base_line}\nmodels:\n");
-            for (i, m) in r.models.iter().enumerate().skip(1) {
-                s.push_str(&format!("  {i} {}\n", super::sanitize(m)));
-            }
-            let many = r.models.len() > 13;
-            for (k, (title, t)) in tables(r).iter().enumerate() {
-                if many && k >= 1 {
-                    continue;
-                }
-                s.push_str(&format!("\n{title}\n"));
-                s.push_str(&if format == Format::Markdown {
-                    t.markdown()
-                } else {
-                    t.terminal()
-                });
-                s.push('\n');
-            }
-            if many {
-                s.push_str("\n(per-block values, matrices and maps for this many models: --json, --csv, or --report DIR)\n");
-            }
-            let all = r.scopes.last().expect("all");
-            s.push_str(&format!(
-                "\nmap of the whole-checkpoint distances (classical MDS): 2 axes explain {:.1}% of the variance, stress {:.4}\n",
-                all.mds.variance_explained * 100.0,
-                all.mds.stress
-            ));
-            s
+/// `l2`: the distances of models from a base, per scope and block, and between them.
+pub(crate) struct Distances<'a> {
+    pub report: &'a L2Report,
+    /// The base, named and described.
+    pub base_line: &'a str,
+}
+
+impl Report for Distances<'_> {
+    fn command(&self) -> &'static str {
+        "l2"
+    }
+
+    fn json(&self) -> serde_json::Value {
+        super::json::value(self.report)
+    }
+
+    /// The base and the models, then the tables (past 13 models, the first table only), and
+    /// the map's fit.
+    fn blocks(&self) -> Vec<Block> {
+        let r = self.report;
+        let mut s = format!("base: {}\nmodels:\n", self.base_line);
+        for (i, m) in r.models.iter().enumerate().skip(1) {
+            s.push_str(&format!("  {i} {}\n", super::sanitize(m)));
         }
+        let mut b = vec![Block::Text(s)];
+        let many = r.models.len() > 13;
+        for (k, (title, t)) in tables(r).into_iter().enumerate() {
+            if many && k >= 1 {
+                continue;
+            }
+            b.push(Block::Text(format!("\n{title}\n")));
+            b.push(Block::Table(t));
+            b.push(Block::text("\n"));
+        }
+        let mut s = String::new();
+        if many {
+            s.push_str("\n(per-block values, matrices and maps for this many models: --json, --csv, or --report DIR)\n");
+        }
+        let all = r.scopes.last().expect("all");
+        s.push_str(&format!(
+            "\nmap of the whole-checkpoint distances (classical MDS): 2 axes explain {:.1}% of the variance, stress {:.4}\n",
+            all.mds.variance_explained * 100.0,
+            all.mds.stress
+        ));
+        b.push(Block::Text(s));
+        b
+    }
+
+    /// Every value in long form (see the module documentation).
+    fn csv(&self) -> String {
+        csv(self.report)
     }
 }
 
@@ -352,7 +369,7 @@ pub(crate) fn write_report(
     s.parts.push(Part::Table(all_tables[3].1.clone()));
     sections.push(s);
 
-    let report = Report {
+    let report = Page {
         title: "L2 distances from the base".into(),
         command: super::html::command_line(),
         sections,

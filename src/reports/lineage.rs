@@ -7,7 +7,7 @@
 
 use serde_json::json;
 
-use super::{TextTable, bytes, sanitize};
+use super::{Block, Report, TextTable, bytes, sanitize};
 use ckpt_ops::index::{Entry, Record};
 use ckpt_ops::views::lineage::{LineageReport, Verified};
 
@@ -16,15 +16,6 @@ pub(crate) struct Document<'a> {
     pub matches: Vec<String>,
     pub report: &'a LineageReport,
     pub verified: Option<&'a Verified>,
-}
-
-pub(crate) fn json(d: &Document<'_>) -> String {
-    let mut v = serde_json::to_value(d.report).expect("plain data");
-    let o = v.as_object_mut().expect("a struct");
-    o.insert("target".into(), json!(d.target));
-    o.insert("matches".into(), json!(d.matches));
-    o.insert("verified".into(), json!(d.verified));
-    super::json::document("lineage", v)
 }
 
 fn pct(x: f64) -> String {
@@ -68,129 +59,293 @@ fn verdict(r: &LineageReport) -> String {
     }
 }
 
-pub(crate) fn text(d: &Document<'_>) -> String {
-    let r = d.report;
-    let mut s = format!(
-        "target {}; deltas from {}\n",
-        sanitize(&d.target),
-        sanitize(&r.base)
-    );
-    for m in &d.matches {
-        s.push_str(&format!("exact: {}\n", sanitize(m)));
+impl Report for Document<'_> {
+    fn command(&self) -> &'static str {
+        "lineage"
     }
-    s.push('\n');
-    s.push_str(&nearest_table(r).terminal());
-    s.push('\n');
-    let mut t = TextTable::new(
-        &[
-            "group",
-            "recipe from the sketches (weight ± 3σ)",
-            "explained",
-        ],
-        &[false, false, true],
+
+    /// The [`LineageReport`] fields, then the target, its exact matches and the
+    /// verification.
+    fn json(&self) -> serde_json::Value {
+        let mut v = super::json::value(self.report);
+        let o = v.as_object_mut().expect("a struct");
+        o.insert("target".into(), json!(self.target));
+        o.insert("matches".into(), json!(self.matches));
+        o.insert("verified".into(), json!(self.verified));
+        v
+    }
+
+    fn blocks(&self) -> Vec<Block> {
+        let r = self.report;
+        let mut s = format!(
+            "target {}; deltas from {}\n",
+            sanitize(&self.target),
+            sanitize(&r.base)
+        );
+        for m in &self.matches {
+            s.push_str(&format!("exact: {}\n", sanitize(m)));
+        }
+        s.push('\n');
+        let mut t = TextTable::new(
+            &[
+                "group",
+                "recipe from the sketches (weight ± 3σ)",
+                "explained",
+            ],
+            &[false, false, true],
+        );
+        for g in &r.groups {
+            let w: Vec<String> = g
+                .weights
+                .iter()
+                .filter(|(_, w, _)| *w > 0.005)
+                .map(|(n, w, e)| format!("{} x {:.3} ± {:.3}", sanitize(n), w, e))
+                .collect();
+            let what = if g.delta_norm2 == 0.0 {
+                "equal to the base".to_string()
+            } else {
+                w.join(" + ")
+            };
+            t.push(vec![g.group.clone(), what, pct(g.explained)]);
+        }
+        let mut end = format!("\n{}\n", verdict(r));
+        if !r.merges_left_out.is_empty() {
+            end.push_str(&format!(
+                "left out as merges of the others: {}\n",
+                r.merges_left_out
+                    .iter()
+                    .map(|p| sanitize(p))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        if let Some(v) = self.verified {
+            end.push_str(&format!(
+                "\nverified on the weights: the clone's similarity is {:.4}% (mean of {} rows), \
+                 lowest row {:.4}%; exact weights:\n",
+                100.0 * v.mean,
+                v.rows.len(),
+                100.0 * v.lowest
+            ));
+            for (g, ws) in &v.groups {
+                let w: Vec<String> = ws
+                    .iter()
+                    .map(|(n, w)| format!("{} x {:.4}", sanitize(n), w))
+                    .collect();
+                end.push_str(&format!("  {g}: {}\n", w.join(" + ")));
+            }
+        }
+        vec![
+            Block::Text(s),
+            Block::Table(nearest_table(r)),
+            Block::text("\n"),
+            Block::Table(t),
+            Block::Text(end),
+        ]
+    }
+
+    /// One value per cell: the nearest models per row (`row, rank, model, cosine`), the
+    /// recipe (`group, model, weight, ± 3σ`), the share explained per group, and with
+    /// `--verify` the clone's similarity per row.
+    fn tables(&self) -> Vec<TextTable> {
+        let r = self.report;
+        let mut nearest = TextTable::new(
+            &["row", "rank", "model", "delta cosine"],
+            &[false, true, false, true],
+        );
+        for n in &r.nearest {
+            for (i, (name, c)) in n.models.iter().enumerate() {
+                nearest.push(vec![
+                    n.row.clone(),
+                    (i + 1).to_string(),
+                    name.clone(),
+                    format!("{c:.3}"),
+                ]);
+            }
+        }
+        let mut out = vec![nearest, recipe_table(r), explained_table(r)];
+        out.extend(self.verified.map(verified_table));
+        out
+    }
+}
+
+/// The recipe from the sketches, a model per row: `group, model, weight, ± 3σ`.
+fn recipe_table(r: &LineageReport) -> TextTable {
+    let mut recipe = TextTable::new(
+        &["group", "model", "weight", "± 3σ"],
+        &[false, false, true, true],
     );
     for g in &r.groups {
-        let w: Vec<String> = g
-            .weights
-            .iter()
-            .filter(|(_, w, _)| *w > 0.005)
-            .map(|(n, w, e)| format!("{} x {:.3} ± {:.3}", sanitize(n), w, e))
-            .collect();
-        let what = if g.delta_norm2 == 0.0 {
-            "equal to the base".to_string()
-        } else {
-            w.join(" + ")
-        };
-        t.push(vec![g.group.clone(), what, pct(g.explained)]);
-    }
-    s.push_str(&t.terminal());
-    s.push('\n');
-    s.push_str(&verdict(r));
-    s.push('\n');
-    if !r.merges_left_out.is_empty() {
-        s.push_str(&format!(
-            "left out as merges of the others: {}\n",
-            r.merges_left_out
-                .iter()
-                .map(|p| sanitize(p))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ));
-    }
-    if let Some(v) = d.verified {
-        s.push_str(&format!(
-            "\nverified on the weights: the clone's similarity is {:.4}% (mean of {} rows), \
-             lowest row {:.4}%; exact weights:\n",
-            100.0 * v.mean,
-            v.rows.len(),
-            100.0 * v.lowest
-        ));
-        for (g, ws) in &v.groups {
-            let w: Vec<String> = ws
-                .iter()
-                .map(|(n, w)| format!("{} x {:.4}", sanitize(n), w))
-                .collect();
-            s.push_str(&format!("  {g}: {}\n", w.join(" + ")));
+        for (n, w, e) in g.weights.iter().filter(|(_, w, _)| *w > 0.005) {
+            recipe.push(vec![
+                g.group.clone(),
+                n.clone(),
+                format!("{w:.3}"),
+                format!("{e:.3}"),
+            ]);
         }
     }
-    s
+    recipe
 }
 
-pub(crate) fn list(entries: &[Entry], as_json: bool) -> String {
-    if as_json {
-        return super::json::document("index", json!({ "models": entries }));
+/// The share of the target's delta each group's recipe explains.
+fn explained_table(r: &LineageReport) -> TextTable {
+    let mut explained = TextTable::new(&["group", "explained"], &[false, true]);
+    for g in &r.groups {
+        explained.push(vec![g.group.clone(), pct(g.explained)]);
     }
-    let mut t = TextTable::new(
-        &[
-            "name",
-            "arch",
-            "scale",
-            "container",
-            "bytes",
-            "AutoV2",
-            "path",
-        ],
-        &[false, false, true, false, true, false, false],
-    );
-    for e in entries {
-        t.push(vec![
-            sanitize(&e.record.name),
-            Record::arch_name(e.record.arch).to_string(),
-            e.record.scale.to_string(),
-            e.record.container.clone(),
-            bytes(e.record.bytes),
-            e.record.autov2.clone().unwrap_or_default().to_uppercase(),
-            sanitize(&e.record.path),
-        ]);
-    }
-    t.terminal()
+    explained
 }
 
-pub(crate) fn stats(entries: &[Entry], db_bytes: u64, as_json: bool) -> String {
-    let mut by_arch: std::collections::BTreeMap<&str, usize> = Default::default();
-    for e in entries {
-        *by_arch.entry(Record::arch_name(e.record.arch)).or_default() += 1;
+/// The clone's similarity per row, as `--verify` measured it.
+fn verified_table(v: &Verified) -> TextTable {
+    let mut t = TextTable::new(&["row", "clone similarity"], &[false, true]);
+    for (row, sim) in &v.rows {
+        t.push(vec![row.clone(), format!("{:.4}%", 100.0 * sim)]);
     }
-    let per_model = if entries.is_empty() {
-        0
-    } else {
-        db_bytes / entries.len() as u64
-    };
-    if as_json {
-        return super::json::document(
-            "index",
-            json!({ "models": entries.len(), "by_arch": by_arch, "bytes": db_bytes,
-                    "bytes_per_model": per_model }),
+    t
+}
+
+/// `index ls`: the indexed models.
+pub(crate) struct Listing<'a>(pub &'a [Entry]);
+
+impl Report for Listing<'_> {
+    fn command(&self) -> &'static str {
+        "index"
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({ "models": self.0 })
+    }
+
+    /// The table (printed, as it always was, without a newline after it).
+    fn blocks(&self) -> Vec<Block> {
+        vec![Block::Table(self.table(false))]
+    }
+
+    /// The table with the values as `--json` has them: exact byte counts, AutoV2 in lower
+    /// case.
+    fn tables(&self) -> Vec<TextTable> {
+        vec![self.table(true)]
+    }
+}
+
+impl Listing<'_> {
+    /// The models; `exact`: sizes in bytes and AutoV2 as stored, else as the terminal
+    /// shows them (sizes in units, AutoV2 in upper case as Civitai shows it).
+    fn table(&self, exact: bool) -> TextTable {
+        let mut t = TextTable::new(
+            &[
+                "name",
+                "arch",
+                "scale",
+                "container",
+                "bytes",
+                if exact { "autov2" } else { "AutoV2" },
+                "path",
+            ],
+            &[false, false, true, false, true, false, false],
         );
+        for e in self.0 {
+            let r = &e.record;
+            let autov2 = r.autov2.clone().unwrap_or_default();
+            t.push(vec![
+                r.name.clone(),
+                Record::arch_name(r.arch).to_string(),
+                r.scale.to_string(),
+                r.container.clone(),
+                if exact {
+                    r.bytes.to_string()
+                } else {
+                    bytes(r.bytes)
+                },
+                if exact { autov2 } else { autov2.to_uppercase() },
+                r.path.clone(),
+            ]);
+        }
+        t
     }
-    let archs: Vec<String> = by_arch.iter().map(|(a, n)| format!("{a} x{n}")).collect();
-    format!(
-        "{} models ({}); index {} ({} per model)\n",
-        entries.len(),
-        archs.join(", "),
-        bytes(db_bytes),
-        bytes(per_model)
-    )
+}
+
+/// `index stats`: how many models of each architecture, and the index's size.
+pub(crate) struct Stats<'a> {
+    pub entries: &'a [Entry],
+    /// The index file's size.
+    pub db_bytes: u64,
+}
+
+impl Stats<'_> {
+    fn by_arch(&self) -> std::collections::BTreeMap<&'static str, usize> {
+        let mut by_arch: std::collections::BTreeMap<&str, usize> = Default::default();
+        for e in self.entries {
+            *by_arch.entry(Record::arch_name(e.record.arch)).or_default() += 1;
+        }
+        by_arch
+    }
+
+    fn per_model(&self) -> u64 {
+        if self.entries.is_empty() {
+            0
+        } else {
+            self.db_bytes / self.entries.len() as u64
+        }
+    }
+
+    fn arch_table(&self) -> TextTable {
+        let mut t = TextTable::new(&["arch", "models"], &[false, true]);
+        for (a, n) in self.by_arch() {
+            t.push(vec![a.to_string(), n.to_string()]);
+        }
+        t
+    }
+}
+
+impl Report for Stats<'_> {
+    fn command(&self) -> &'static str {
+        "index"
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({ "models": self.entries.len(), "by_arch": self.by_arch(), "bytes": self.db_bytes,
+                "bytes_per_model": self.per_model() })
+    }
+
+    /// One line.
+    fn blocks(&self) -> Vec<Block> {
+        let archs: Vec<String> = self
+            .by_arch()
+            .iter()
+            .map(|(a, n)| format!("{a} x{n}"))
+            .collect();
+        vec![Block::Text(format!(
+            "{} models ({}); index {} ({} per model)\n",
+            self.entries.len(),
+            archs.join(", "),
+            bytes(self.db_bytes),
+            bytes(self.per_model())
+        ))]
+    }
+
+    /// The line, then the models per architecture as a table.
+    fn markdown(&self) -> Vec<Block> {
+        let mut b = self.blocks();
+        b.push(Block::text("\n"));
+        b.push(Block::Table(self.arch_table()));
+        b
+    }
+
+    /// The totals in exact numbers (`models, bytes, bytes_per_model`), then the models per
+    /// architecture.
+    fn tables(&self) -> Vec<TextTable> {
+        let mut totals =
+            TextTable::new(&["models", "bytes", "bytes_per_model"], &[true, true, true]);
+        totals.push(vec![
+            self.entries.len().to_string(),
+            self.db_bytes.to_string(),
+            self.per_model().to_string(),
+        ]);
+        vec![totals, self.arch_table()]
+    }
 }
 
 /// The family tree as an SVG: the target on top, its parents in the middle (each edge
@@ -305,26 +460,8 @@ pub(crate) fn family_tree(d: &Document<'_>) -> String {
 /// The report folder: `index.html` with the family tree, the matches, the recipe, the
 /// nearest models and the verification; `summary.md` with the same tables.
 pub(crate) fn write_report(d: &Document<'_>, dir: &std::path::Path) -> std::io::Result<()> {
-    use super::html::{Part, Report, Section};
+    use super::html::{Page, Part, Section};
     let r = d.report;
-    let mut recipe = TextTable::new(
-        &["group", "model", "weight", "± 3σ"],
-        &[false, false, true, true],
-    );
-    for g in &r.groups {
-        for (n, w, e) in g.weights.iter().filter(|(_, w, _)| *w > 0.005) {
-            recipe.push(vec![
-                g.group.clone(),
-                n.clone(),
-                format!("{w:.3}"),
-                format!("{e:.3}"),
-            ]);
-        }
-    }
-    let mut explained = TextTable::new(&["group", "explained"], &[false, true]);
-    for g in &r.groups {
-        explained.push(vec![g.group.clone(), pct(g.explained)]);
-    }
     let mut sections = vec![Section {
         heading: "Family tree".into(),
         parts: vec![
@@ -347,17 +484,16 @@ pub(crate) fn write_report(d: &Document<'_>, dir: &std::path::Path) -> std::io::
     }
     sections.push(Section {
         heading: "Recipe from the sketches".into(),
-        parts: vec![Part::Table(recipe), Part::Table(explained)],
+        parts: vec![
+            Part::Table(recipe_table(r)),
+            Part::Table(explained_table(r)),
+        ],
     });
     sections.push(Section {
         heading: "Nearest indexed models per row".into(),
         parts: vec![Part::Table(nearest_table(r))],
     });
     if let Some(v) = d.verified {
-        let mut t = TextTable::new(&["row", "clone similarity"], &[false, true]);
-        for (row, sim) in &v.rows {
-            t.push(vec![row.clone(), format!("{:.4}%", 100.0 * sim)]);
-        }
         sections.push(Section {
             heading: "Verified on the weights".into(),
             parts: vec![
@@ -367,11 +503,11 @@ pub(crate) fn write_report(d: &Document<'_>, dir: &std::path::Path) -> std::io::
                     v.rows.len(),
                     100.0 * v.lowest
                 )),
-                Part::Table(t),
+                Part::Table(verified_table(v)),
             ],
         });
     }
-    Report {
+    Page {
         title: format!("Lineage of {}", d.target),
         command: super::html::command_line(),
         sections,

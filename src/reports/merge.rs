@@ -8,7 +8,7 @@
 //! which methods, `copied`, `skipped`, `output_bytes`, `free_bytes`, `read_bytes`, `memory`,
 //! `predicted_seconds`, `rate`, `kind`, `problems`).
 
-use super::{TextTable, bytes, listed};
+use super::{Block, Report, TextTable, bytes, listed};
 use ckpt_ops::merge::preflight::Preflight;
 use ckpt_ops::merge::{Outcome, Problem, Remedy};
 
@@ -39,25 +39,53 @@ pub(crate) fn problems_text(plan: &Preflight) -> String {
     s
 }
 
-/// The summary: what was written, the per-block coefficients of a linear recipe, and the
-/// keys copied or left out. `file_bytes` is the output's size on disk.
-pub(crate) fn text(outcome: &Outcome, file_bytes: u64) -> String {
-    let mut s = format!(
-        "wrote {} ({}, {}): {} tensors, {} merged\n",
-        outcome.output,
-        outcome.arch.label(),
-        bytes(file_bytes),
-        outcome.tensors,
-        outcome.merged
-    );
-    if let Some(c) = &outcome.coefficients {
-        s.push_str("coefficients (per block where they vary):\n");
-        for line in c.lines() {
-            s.push_str(&format!("  {line}\n"));
-        }
+/// What a merge wrote: the output, the per-block coefficients of a linear recipe, and the
+/// keys copied or left out.
+pub(crate) struct Merged<'a> {
+    pub outcome: &'a Outcome,
+    /// The output's size on disk.
+    pub file_bytes: u64,
+}
+
+impl Report for Merged<'_> {
+    fn command(&self) -> &'static str {
+        "merge"
     }
-    s.push_str(&copied_and_skipped(&outcome.copied, &outcome.skipped));
-    s
+
+    fn json(&self) -> serde_json::Value {
+        super::json::value(self.outcome)
+    }
+
+    /// A summary in prose (no table).
+    fn blocks(&self) -> Vec<Block> {
+        let outcome = self.outcome;
+        let mut s = format!(
+            "wrote {} ({}, {}): {} tensors, {} merged\n",
+            outcome.output,
+            outcome.arch.label(),
+            bytes(self.file_bytes),
+            outcome.tensors,
+            outcome.merged
+        );
+        if let Some(c) = &outcome.coefficients {
+            s.push_str("coefficients (per block where they vary):\n");
+            for line in c.lines() {
+                s.push_str(&format!("  {line}\n"));
+            }
+        }
+        s.push_str(&copied_and_skipped(&outcome.copied, &outcome.skipped));
+        vec![Block::Text(s)]
+    }
+
+    /// What each component read and merged (the plan's table, every input named), and the
+    /// keys copied unchanged or left out.
+    fn tables(&self) -> Vec<TextTable> {
+        let o = self.outcome;
+        vec![
+            components_table(&o.plan, usize::MAX),
+            keys_table(&o.copied, &o.skipped),
+        ]
+    }
 }
 
 /// The keys copied unchanged (with why) and left out, as both the plan and the summary
@@ -70,117 +98,154 @@ fn copied_and_skipped(copied: &[(String, String)], skipped: &[String]) -> String
     listed("copied unchanged", &items, 5) + &listed("left out", skipped, 5)
 }
 
-/// `merge --json`.
-pub(crate) fn document(outcome: &Outcome) -> String {
-    super::json::document("merge", outcome)
+/// Every key copied unchanged or left out: `key, status, why`.
+fn keys_table(copied: &[(String, String)], skipped: &[String]) -> TextTable {
+    let mut t = TextTable::new(&["key", "status", "why"], &[false, false, false]);
+    for (k, why) in copied {
+        t.push(vec![k.clone(), "copied unchanged".into(), why.clone()]);
+    }
+    for k in skipped {
+        t.push(vec![k.clone(), "left out".into(), String::new()]);
+    }
+    t
+}
+
+/// What each component reads, by which methods, and how many keys it merges and copies;
+/// a component reading more than `most` inputs names the first and the last.
+fn components_table(plan: &Preflight, most: usize) -> TextTable {
+    let mut t = TextTable::new(
+        &["component", "reads", "method", "merged", "copied"],
+        &[false, false, false, true, true],
+    );
+    for c in &plan.components {
+        let reads = if c.reads.len() > most {
+            format!(
+                "{} inputs: {}, ..., {}",
+                c.reads.len(),
+                c.reads[0],
+                c.reads[c.reads.len() - 1]
+            )
+        } else if c.reads.is_empty() {
+            "-".into()
+        } else {
+            c.reads.join(", ")
+        };
+        t.push(vec![
+            c.component.clone(),
+            reads,
+            c.methods.join(", "),
+            c.merged.to_string(),
+            c.copied.to_string(),
+        ]);
+    }
+    t
 }
 
 /// The plan shown before a pass (`merge --dry-run` prints only this): the inputs, what each
 /// component reads, sizes, memory, the predicted time, and any problem.
-pub(crate) fn plan_text(plan: &Preflight) -> String {
-    let total: u64 = plan.inputs.iter().map(|i| i.bytes).sum();
-    let mut s = format!(
-        "plan: {} from {} input{} ({}){}\n",
-        plan.output,
-        plan.inputs.len(),
-        if plan.inputs.len() == 1 { "" } else { "s" },
-        bytes(total),
-        plan.arch
-            .as_ref()
-            .map(|a| format!(", {a}"))
-            .unwrap_or_default()
-    );
-    if !plan.components.is_empty() {
-        let mut t = TextTable::new(
-            &["component", "reads", "method", "merged", "copied"],
-            &[false, false, false, true, true],
-        );
-        for c in &plan.components {
-            let reads = if c.reads.len() > 6 {
-                format!(
-                    "{} inputs: {}, ..., {}",
-                    c.reads.len(),
-                    c.reads[0],
-                    c.reads[c.reads.len() - 1]
-                )
-            } else if c.reads.is_empty() {
-                "-".into()
-            } else {
-                c.reads.join(", ")
-            };
-            t.push(vec![
-                c.component.clone(),
-                reads,
-                c.methods.join(", "),
-                c.merged.to_string(),
-                c.copied.to_string(),
-            ]);
-        }
-        s.push_str(&t.terminal());
-        s.push('\n');
-        for l in &plan.loras {
-            s.push_str(&format!(
-                "LoRA '{}' ({}): {} of {} modules baked\n",
-                l.name, l.network, l.baked, l.modules
-            ));
-            let not: Vec<String> = l
-                .not_baked
-                .iter()
-                .map(|(m, why)| format!("{m} ({why})"))
-                .collect();
-            s.push_str(&listed("  not baked", &not, 3));
-        }
-        s.push_str(&format!(
-            "output: {}{}; reads {} of tensors\n",
-            bytes(plan.output_bytes),
-            plan.free_bytes
-                .map(|f| format!(" ({} free there)", bytes(f)))
-                .unwrap_or_default(),
-            bytes(plan.read_bytes)
-        ));
-        let m = &plan.memory;
-        s.push_str(&format!(
-            "memory: at most {} anonymous on {} thread{}{}; {} of input pages mapped at once\n",
-            bytes(m.anonymous),
-            m.threads,
-            if m.threads == 1 { "" } else { "s" },
-            m.largest_whole
-                .as_ref()
-                .map(|k| format!(" (largest tensor taken whole: {k})"))
-                .unwrap_or_default(),
-            bytes(m.mapped)
-        ));
-        s.push_str(&match (plan.predicted_seconds, &plan.rate) {
-            (Some(secs), Some((rate, kind))) if *kind == plan.kind => format!(
-                "time: about {} (at {}/s, this machine's last {kind} merge)\n",
-                ckpt_core::units::duration(secs),
-                bytes(*rate as u64)
-            ),
-            (Some(secs), Some((rate, kind))) => format!(
-                "time: at least {} (the read alone at {}/s, this machine's last {kind} merge; no {} merge measured yet)\n",
-                ckpt_core::units::duration(secs),
-                bytes(*rate as u64),
-                plan.kind
-            ),
-            _ => format!(
-                "time: not predicted yet (this machine has measured no {} merge; this one will be recorded)\n",
-                plan.kind
-            ),
-        });
-    }
-    s.push_str(&copied_and_skipped(&plan.copied, &plan.skipped));
-    for p in &plan.problems {
-        s.push_str(&format!("problem: {}\n", problem(p)));
-    }
-    s
-}
+pub(crate) struct Plan<'a>(pub &'a Preflight);
 
-/// `merge --dry-run --json`: the [`Preflight`] fields.
-pub(crate) fn plan_document(plan: &Preflight) -> String {
-    let mut doc = super::json::envelope("merge-plan", plan);
-    // The problems as the command line says them (with the option that fixes each).
-    doc["problems"] = plan.problems.iter().map(problem).collect::<Vec<_>>().into();
-    let mut s = serde_json::to_string_pretty(&doc).expect("plain data");
-    s.push('\n');
-    s
+impl Report for Plan<'_> {
+    fn command(&self) -> &'static str {
+        "merge-plan"
+    }
+
+    /// The [`Preflight`] fields, the problems as the command line says them (with the
+    /// option that fixes each).
+    fn json(&self) -> serde_json::Value {
+        let mut doc = super::json::value(self.0);
+        doc["problems"] = self
+            .0
+            .problems
+            .iter()
+            .map(problem)
+            .collect::<Vec<_>>()
+            .into();
+        doc
+    }
+
+    fn blocks(&self) -> Vec<Block> {
+        let plan = self.0;
+        let total: u64 = plan.inputs.iter().map(|i| i.bytes).sum();
+        let mut b = vec![Block::Text(format!(
+            "plan: {} from {} input{} ({}){}\n",
+            plan.output,
+            plan.inputs.len(),
+            if plan.inputs.len() == 1 { "" } else { "s" },
+            bytes(total),
+            plan.arch
+                .as_ref()
+                .map(|a| format!(", {a}"))
+                .unwrap_or_default()
+        ))];
+        let mut s = String::new();
+        if !plan.components.is_empty() {
+            b.push(Block::Table(components_table(plan, 6)));
+            s.push('\n');
+            for l in &plan.loras {
+                s.push_str(&format!(
+                    "LoRA '{}' ({}): {} of {} modules baked\n",
+                    l.name, l.network, l.baked, l.modules
+                ));
+                let not: Vec<String> = l
+                    .not_baked
+                    .iter()
+                    .map(|(m, why)| format!("{m} ({why})"))
+                    .collect();
+                s.push_str(&listed("  not baked", &not, 3));
+            }
+            s.push_str(&format!(
+                "output: {}{}; reads {} of tensors\n",
+                bytes(plan.output_bytes),
+                plan.free_bytes
+                    .map(|f| format!(" ({} free there)", bytes(f)))
+                    .unwrap_or_default(),
+                bytes(plan.read_bytes)
+            ));
+            let m = &plan.memory;
+            s.push_str(&format!(
+                "memory: at most {} anonymous on {} thread{}{}; {} of input pages mapped at once\n",
+                bytes(m.anonymous),
+                m.threads,
+                if m.threads == 1 { "" } else { "s" },
+                m.largest_whole
+                    .as_ref()
+                    .map(|k| format!(" (largest tensor taken whole: {k})"))
+                    .unwrap_or_default(),
+                bytes(m.mapped)
+            ));
+            s.push_str(&match (plan.predicted_seconds, &plan.rate) {
+                (Some(secs), Some((rate, kind))) if *kind == plan.kind => format!(
+                    "time: about {} (at {}/s, this machine's last {kind} merge)\n",
+                    ckpt_core::units::duration(secs),
+                    bytes(*rate as u64)
+                ),
+                (Some(secs), Some((rate, kind))) => format!(
+                    "time: at least {} (the read alone at {}/s, this machine's last {kind} merge; no {} merge measured yet)\n",
+                    ckpt_core::units::duration(secs),
+                    bytes(*rate as u64),
+                    plan.kind
+                ),
+                _ => format!(
+                    "time: not predicted yet (this machine has measured no {} merge; this one will be recorded)\n",
+                    plan.kind
+                ),
+            });
+        }
+        s.push_str(&copied_and_skipped(&plan.copied, &plan.skipped));
+        for p in &plan.problems {
+            s.push_str(&format!("problem: {}\n", problem(p)));
+        }
+        b.push(Block::Text(s));
+        b
+    }
+
+    /// What each component reads (every input named), and the keys copied unchanged or
+    /// left out.
+    fn tables(&self) -> Vec<TextTable> {
+        vec![
+            components_table(self.0, usize::MAX),
+            keys_table(&self.0.copied, &self.0.skipped),
+        ]
+    }
 }

@@ -1,5 +1,10 @@
 //! Renders results for people and scripts: terminal tables (comfy-table), Markdown, CSV and
 //! JSON. Views build plain structs; only this module and the CLI turn them into text.
+//!
+//! Each command's result is a [`Report`]: its JSON body, and the [`Block`]s (prose and
+//! [`TextTable`]s) a terminal shows; Markdown and CSV follow from them unless the command
+//! says otherwise. [`render`] is the one place a format is chosen; the CLI prints what it
+//! returns (`cli::common::emit`). docs/output.md lists what each command's formats hold.
 
 pub(crate) mod asim;
 pub(crate) mod chart;
@@ -26,6 +31,157 @@ pub(crate) enum Format {
     Markdown,
     Csv,
     Json,
+}
+
+/// A part of what a report shows: prose (its own newlines included), or a table, which
+/// [`render`] draws for the terminal, as Markdown or as CSV.
+pub(crate) enum Block {
+    Text(String),
+    Table(TextTable),
+}
+
+impl Block {
+    pub(crate) fn text(s: impl Into<String>) -> Block {
+        Block::Text(s.into())
+    }
+}
+
+/// A command's result, as every format shows it. Each command that prints a result builds
+/// one and hands it to [`render`] (through the CLI's `emit`), the one place that picks the
+/// format.
+pub(crate) trait Report {
+    /// The `"command"` of the JSON envelope.
+    fn command(&self) -> &'static str;
+
+    /// The JSON body: an object, whose fields follow `schema` and `command` (see [`json`]).
+    fn json(&self) -> serde_json::Value;
+
+    /// What `--json` prints: the envelope around [`Report::json`]. (`inspect` of several
+    /// files prints a list of documents instead.)
+    fn document(&self) -> serde_json::Value {
+        json::envelope(self.command(), self.json())
+    }
+
+    /// What a terminal shows: prose and tables.
+    fn blocks(&self) -> Vec<Block>;
+
+    /// What `--markdown` shows, its tables in Markdown: the terminal's blocks unless the
+    /// command says otherwise.
+    fn markdown(&self) -> Vec<Block> {
+        self.blocks()
+    }
+
+    /// The tables `--csv` prints: those of the terminal's blocks unless the command says
+    /// otherwise (where the terminal shortens values or has no table).
+    fn tables(&self) -> Vec<TextTable> {
+        self.blocks()
+            .into_iter()
+            .filter_map(|b| match b {
+                Block::Table(t) => Some(t),
+                Block::Text(_) => None,
+            })
+            .collect()
+    }
+
+    /// What `--csv` prints: the tables, each with its header row, a blank line between.
+    fn csv(&self) -> String {
+        let tables: Vec<String> = self.tables().iter().map(TextTable::csv).collect();
+        tables.join("\n")
+    }
+}
+
+/// Reports of several inputs, one after another (`inspect A B`): a blank line between
+/// their texts (and CSVs); `--json` prints the list of their documents, or the document
+/// alone for one input.
+pub(crate) struct Sequence<'a> {
+    pub command: &'static str,
+    pub reports: Vec<Box<dyn Report + 'a>>,
+}
+
+/// What goes between the reports of a [`Sequence`] (but JSON's).
+const BETWEEN: &str = "\n";
+
+impl Sequence<'_> {
+    fn joined(&self, part: impl Fn(&dyn Report) -> Vec<Block>) -> Vec<Block> {
+        let mut out = Vec::new();
+        for (i, r) in self.reports.iter().enumerate() {
+            if i > 0 {
+                out.push(Block::text(BETWEEN));
+            }
+            out.extend(part(r.as_ref()));
+        }
+        out
+    }
+
+    /// The `i`th report of a sequence as the sequence renders it in `format` (not JSON,
+    /// which only the whole sequence has): what a command that prints each input's report
+    /// as soon as it has it prints.
+    pub(crate) fn part(r: &dyn Report, i: usize, format: Format) -> String {
+        debug_assert!(format != Format::Json, "a JSON sequence is one document");
+        let text = render(r, format);
+        if i == 0 {
+            text
+        } else {
+            format!("{BETWEEN}{text}")
+        }
+    }
+}
+
+impl Report for Sequence<'_> {
+    fn command(&self) -> &'static str {
+        self.command
+    }
+
+    /// The list of the reports' documents.
+    fn json(&self) -> serde_json::Value {
+        self.reports.iter().map(|r| r.document()).collect()
+    }
+
+    fn document(&self) -> serde_json::Value {
+        match &self.reports[..] {
+            [one] => one.document(),
+            _ => self.json(),
+        }
+    }
+
+    fn blocks(&self) -> Vec<Block> {
+        self.joined(|r| r.blocks())
+    }
+
+    fn markdown(&self) -> Vec<Block> {
+        self.joined(|r| r.markdown())
+    }
+
+    fn tables(&self) -> Vec<TextTable> {
+        self.reports.iter().flat_map(|r| r.tables()).collect()
+    }
+
+    fn csv(&self) -> String {
+        let parts: Vec<String> = self.reports.iter().map(|r| r.csv()).collect();
+        parts.join(BETWEEN)
+    }
+}
+
+/// `r` in the format asked for.
+pub(crate) fn render(r: &dyn Report, format: Format) -> String {
+    match format {
+        Format::Json => json::pretty(&r.document()),
+        Format::Csv => r.csv(),
+        Format::Markdown => text(&r.markdown(), TextTable::markdown),
+        Format::Table => text(&r.blocks(), TextTable::terminal),
+    }
+}
+
+/// Blocks as text, each table drawn by `table`.
+pub(crate) fn text(blocks: &[Block], table: fn(&TextTable) -> String) -> String {
+    let mut s = String::new();
+    for b in blocks {
+        match b {
+            Block::Text(t) => s.push_str(t),
+            Block::Table(t) => s.push_str(&table(t)),
+        }
+    }
+    s
 }
 
 /// A table independent of its rendering.
@@ -187,6 +343,64 @@ mod tests {
         assert_eq!(bytes(2_132_000_000), "2.13 GB");
         assert_eq!(sanitize("a\u{1b}[31mb"), "a\\u{1b}[31mb");
         assert_eq!(sanitize("x\u{202e}y"), "x\\u{202e}y");
+    }
+
+    /// Prose, a table, prose, a table.
+    struct Two;
+
+    impl Report for Two {
+        fn command(&self) -> &'static str {
+            "two"
+        }
+
+        fn json(&self) -> serde_json::Value {
+            serde_json::json!({ "n": 2 })
+        }
+
+        fn blocks(&self) -> Vec<Block> {
+            let mut t = TextTable::new(&["a", "b"], &[false, true]);
+            t.push(vec!["x".into(), "1".into()]);
+            vec![
+                Block::text("one:\n"),
+                Block::Table(t.clone()),
+                Block::text("\ntwo:\n"),
+                Block::Table(t),
+            ]
+        }
+    }
+
+    #[test]
+    fn render_picks_the_tables_drawing_per_format() {
+        let terminal = render(&Two, Format::Table);
+        assert!(terminal.starts_with("one:\n┌") && terminal.contains("┘\ntwo:\n┌"));
+        assert_eq!(
+            render(&Two, Format::Markdown),
+            "one:\n| a | b |\n| --- | ---: |\n| x | 1 |\n\ntwo:\n| a | b |\n| --- | ---: |\n| x | 1 |\n"
+        );
+        assert_eq!(render(&Two, Format::Csv), "a,b\nx,1\n\na,b\nx,1\n");
+        assert_eq!(
+            render(&Two, Format::Json),
+            "{\n  \"schema\": 1,\n  \"command\": \"two\",\n  \"n\": 2\n}\n"
+        );
+    }
+
+    #[test]
+    fn a_sequence_is_its_parts_with_a_blank_line_between() {
+        let seq = Sequence {
+            command: "two",
+            reports: vec![Box::new(Two), Box::new(Two)],
+        };
+        for format in [Format::Table, Format::Markdown, Format::Csv] {
+            let parts = Sequence::part(&Two, 0, format) + &Sequence::part(&Two, 1, format);
+            assert_eq!(render(&seq, format), parts, "{format:?}");
+        }
+        let json: serde_json::Value = serde_json::from_str(&render(&seq, Format::Json)).unwrap();
+        assert_eq!(json.as_array().map(Vec::len), Some(2));
+        let one = Sequence {
+            command: "two",
+            reports: vec![Box::new(Two)],
+        };
+        assert_eq!(render(&one, Format::Json), render(&Two, Format::Json));
     }
 
     #[test]

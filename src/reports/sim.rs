@@ -9,7 +9,7 @@
 
 use serde::Serialize;
 
-use super::{Format, TextTable, first_few, params, percent};
+use super::{Block, Report, TextTable, first_few, params, percent};
 use ckpt_core::catalog::{Arch, Component};
 use ckpt_ops::views::sim::SimReport;
 
@@ -21,65 +21,64 @@ pub(crate) struct ModelLine {
     pub detection: String,
 }
 
-/// Renders a comparison of A and B.
-pub(crate) fn render(
-    models: &[ModelLine],
-    layout: &str,
-    arch: Option<Arch>,
-    report: &SimReport,
-    format: Format,
-) -> String {
-    match format {
-        Format::Json => {
-            let value = serde_json::json!({
-                "metric": "cosine",
-                "layout": layout,
-                "models": models,
-                "rows": report.rows,
-                "totals": report.totals,
-                "tensors": report.tensors,
-                "notes": report.notes,
-            });
-            super::json::document("sim", value)
+/// `A: name (detection)` and `B: ...`, the lines that open a comparison.
+pub(crate) fn heading(models: &[ModelLine]) -> String {
+    let mut s = String::new();
+    for (tag, m) in ["A", "B"].iter().zip(models) {
+        s.push_str(&format!(
+            "{tag}: {} ({})\n",
+            super::sanitize(&m.name),
+            m.detection
+        ));
+    }
+    s
+}
+
+/// A comparison of A and B (`sim`, cosine).
+pub(crate) struct Cosine<'a> {
+    pub models: &'a [ModelLine],
+    /// The layout's id (`sd1`, `unknown`).
+    pub layout: &'a str,
+    pub arch: Option<Arch>,
+    pub report: &'a SimReport,
+}
+
+impl Report for Cosine<'_> {
+    fn command(&self) -> &'static str {
+        "sim"
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let r = self.report;
+        serde_json::json!({
+            "metric": "cosine",
+            "layout": self.layout,
+            "models": self.models,
+            "rows": r.rows,
+            "totals": r.totals,
+            "tensors": r.tensors,
+            "notes": r.notes,
+        })
+    }
+
+    /// The two files, the rows' table, the tensors' (with `--per-tensor`), the notes.
+    fn blocks(&self) -> Vec<Block> {
+        let mut head = heading(self.models);
+        head.push_str(
+            "cosine similarity of the weights; a block's tensors are flattened into one vector\n\n",
+        );
+        let mut b = vec![
+            Block::Text(head),
+            Block::Table(table(self.report, self.arch)),
+            Block::text("\n"),
+        ];
+        if !self.report.tensors.is_empty() {
+            b.push(Block::text("\n"));
+            b.push(Block::Table(tensor_table(self.report)));
+            b.push(Block::text("\n"));
         }
-        Format::Csv => {
-            let mut s = table(report, arch).csv();
-            if !report.tensors.is_empty() {
-                s.push('\n');
-                s.push_str(&tensor_table(report).csv());
-            }
-            s
-        }
-        Format::Markdown | Format::Table => {
-            let mut s = String::new();
-            for (tag, m) in ["A", "B"].iter().zip(models) {
-                s.push_str(&format!(
-                    "{tag}: {} ({})\n",
-                    super::sanitize(&m.name),
-                    m.detection
-                ));
-            }
-            s.push_str("cosine similarity of the weights; a block's tensors are flattened into one vector\n\n");
-            let t = table(report, arch);
-            s.push_str(&if format == Format::Markdown {
-                t.markdown()
-            } else {
-                t.terminal()
-            });
-            s.push('\n');
-            if !report.tensors.is_empty() {
-                let t = tensor_table(report);
-                s.push('\n');
-                s.push_str(&if format == Format::Markdown {
-                    t.markdown()
-                } else {
-                    t.terminal()
-                });
-                s.push('\n');
-            }
-            s.push_str(&notes(report));
-            s
-        }
+        b.push(Block::Text(notes(self.report)));
+        b
     }
 }
 
@@ -212,7 +211,7 @@ pub(crate) fn write_report(
     report: &SimReport,
     dir: &std::path::Path,
 ) -> Result<(), super::chart::ChartError> {
-    use super::html::{Part, Report, Section};
+    use super::html::{Page, Part, Section};
     std::fs::create_dir_all(dir).map_err(|e| super::chart::ChartError {
         what: dir.display().to_string(),
         message: e.to_string(),
@@ -242,7 +241,7 @@ pub(crate) fn write_report(
     if !n.is_empty() {
         parts.push(Part::Text(n));
     }
-    let r = Report {
+    let r = Page {
         title: "Block similarity".into(),
         command: super::html::command_line(),
         sections: vec![Section {

@@ -138,6 +138,12 @@ impl KeyFilter {
     }
 }
 
+impl From<regex::Regex> for KeyFilter {
+    fn from(re: regex::Regex) -> KeyFilter {
+        KeyFilter(re)
+    }
+}
+
 impl PartialEq for KeyFilter {
     fn eq(&self, other: &KeyFilter) -> bool {
         self.0.as_str() == other.0.as_str()
