@@ -1606,3 +1606,67 @@ fn lora_against_a_checkpoint_delta_and_l2_of_loras() {
         diff.sqrt()
     );
 }
+
+/// LoHa and LoKr modules have no low-rank factors: a conversion and a concatenating merge
+/// list them as not written, with the option that writes them (a re-ranking merge), and
+/// write the LoRA and LoCon modules.
+#[test]
+fn modules_without_low_rank_factors_are_listed_with_the_option_that_writes_them() {
+    use ckpt_read::dtype::FloatFormat;
+    let dir = Dir::new();
+    let base = generated(&dir, "base.safetensors", arch("sd1"), FloatFormat::F16, 3);
+    let (tensors, _) = every_network(&shapes_of(&base), 41);
+    let lora = dir.path("every.safetensors");
+    write_raw(&lora, &tensors, &[], 0);
+    let not_written = |args: &[&str]| -> Vec<(String, String)> {
+        let v: serde_json::Value = serde_json::from_str(&run_ok(args)).unwrap();
+        assert_eq!(
+            v["modules"], 2,
+            "the LoRA and the LoCon module are written: {v}"
+        );
+        v["not_written"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p[0].as_str().unwrap().to_string(),
+                    p[1].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let (loha, lokr) = (
+        "lora_unet_up_blocks_3_attentions_2_proj_out",
+        "lora_te_text_model_encoder_layers_11_self_attn_v_proj",
+    );
+    let peft = dir.path("peft.safetensors");
+    let convert = ["lora", "convert", s(&lora), "--to", "peft", "-o", s(&peft)];
+    let got = not_written(&[&convert[..], &["-q", "--json"]].concat());
+    assert_eq!(
+        got,
+        // In the file's (sorted) module order.
+        vec![
+            (
+                lokr.to_string(),
+                "LoKr modules are written only by `lora merge --rank` (as LoRA)".to_string()
+            ),
+            (
+                loha.to_string(),
+                "LoHa modules are written only by `lora merge --rank` (as LoRA)".to_string()
+            ),
+        ]
+    );
+    let merged = dir.path("merged.safetensors");
+    let merge = ["lora", "merge", s(&lora), "--concat", "-o", s(&merged)];
+    let got = not_written(&[&merge[..], &["-q", "--json"]].concat());
+    let why =
+        |kind: &str| format!("a {kind} module has no factors to concatenate: merge with --rank");
+    assert_eq!(
+        got,
+        vec![
+            (lokr.to_string(), why("LoKr")),
+            (loha.to_string(), why("LoHa"))
+        ]
+    );
+}

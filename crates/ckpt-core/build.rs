@@ -5,7 +5,11 @@
 use std::path::{Path, PathBuf};
 
 fn main() {
-    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/catalog/data");
+    // The manifest folder as cargo gives it when it runs the script (not `env!`, which would
+    // fix the folder the script was compiled for: another checkout sharing the target
+    // folder would embed that one's data).
+    let manifest = std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let data = Path::new(&manifest).join("src/catalog/data");
     println!("cargo:rerun-if-changed={}", data.display());
     let mut files = Vec::new();
     collect(&data, &mut files);

@@ -34,7 +34,7 @@ impl Global {
 /// [`emit`] prints in the format they pick.
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct FormatArgs {
-    /// Print JSON (schema in the README) instead of a table.
+    /// Print JSON (schema in docs/output.md) instead of a table.
     #[arg(long, group = "format")]
     pub json: bool,
     /// Print CSV.

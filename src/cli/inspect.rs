@@ -10,7 +10,8 @@ use crate::reports::{self, Format, Report, Sequence};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
-    /// Checkpoints to describe (.safetensors).
+    /// Checkpoints or LoRAs to describe: safetensors or PyTorch files, diffusers folders, sharded
+    /// models.
     #[arg(required = true)]
     files: Vec<PathBuf>,
     #[command(flatten)]

@@ -16,7 +16,7 @@ use ckpt_ops::merge::{self, Missing, Options, OutputFormat, Precision};
 pub(super) struct Args {
     #[command(subcommand)]
     shortcut: Option<Shortcut>,
-    /// Recipe file (the notation of published recipes; see the README).
+    /// Recipe file (the notation of published recipes; see docs/commands/merge.md).
     #[arg(required = true)]
     recipe: Option<PathBuf>,
     #[command(flatten)]
@@ -29,9 +29,7 @@ enum Shortcut {
     Ws {
         a: PathBuf,
         b: PathBuf,
-        /// A number, 26 (SD1/SD2) or 20 (SDXL) comma-separated block weights in
-        /// SuperMerger's order, or a named form such as "{OUT06..OUT11: 0.15}".
-        #[arg(long, allow_hyphen_values = true)]
+        #[arg(long, allow_hyphen_values = true, help = alpha_help())]
         alpha: String,
         #[command(flatten)]
         out: OutArgs,
@@ -51,7 +49,7 @@ enum Shortcut {
 
 #[derive(Debug, Clone, clap::Args)]
 struct OutArgs {
-    /// Output file (.safetensors); refused if it is one of the inputs.
+    /// Output file (safetensors); refused if it is one of the inputs.
     #[arg(short, long, value_name = "OUT")]
     output: Option<PathBuf>,
     /// Output float format: f16, bf16, f32, f64, f8_e4m3 or f8_e5m2 (values beyond the
@@ -245,4 +243,25 @@ fn bindings(paths: &[&PathBuf]) -> Result<(String, Vec<String>)> {
         given.push(name);
     }
     Ok((text, given))
+}
+
+/// The help of `--alpha`: the block-weight list's length per architecture, from the catalog.
+fn alpha_help() -> String {
+    let mut lengths: Vec<(usize, Vec<&str>)> = Vec::new();
+    for a in ckpt_core::catalog::Arch::all() {
+        let n = a.merge_blocks().len();
+        match lengths.iter_mut().find(|(m, _)| *m == n) {
+            Some((_, ids)) => ids.push(a.id()),
+            None => lengths.push((n, vec![a.id()])),
+        }
+    }
+    let lists: Vec<String> = lengths
+        .iter()
+        .map(|(n, ids)| format!("{n} ({})", ids.join(", ")))
+        .collect();
+    format!(
+        "A number, the architecture's comma-separated block weights in SuperMerger's order \
+         ({}), or a named form such as \"{{OUT06..OUT11: 0.15}}\"",
+        lists.join(", ")
+    )
 }

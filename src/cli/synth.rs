@@ -20,7 +20,7 @@ pub(super) struct Args {
 enum What {
     /// One checkpoint: the base of --seed, plus any --delta.
     Model {
-        /// Output file (.safetensors).
+        /// Output file (safetensors).
         out: PathBuf,
         #[command(flatten)]
         layout: LayoutArgs,

@@ -7,6 +7,7 @@
 
 use super::{Block, Report, TextTable, bytes, json, listed};
 use ckpt_ops::lora::extract::Extraction;
+use ckpt_ops::lora::write::NotWritten;
 use ckpt_ops::views::lora::{LoraDistances, LoraReport, LoraSim};
 
 /// `inspect` of a LoRA file.
@@ -193,6 +194,18 @@ fn why(modules: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
+/// Why a module was not written, with the option that writes it where there is one.
+fn not_written(w: &NotWritten) -> String {
+    match w {
+        NotWritten::NoFactorsToConcat(_) => format!("{w}: merge with --rank"),
+        NotWritten::NotLowRank(kind) => format!(
+            "{} modules are written only by `lora merge --rank` (as LoRA)",
+            kind.label()
+        ),
+        _ => w.to_string(),
+    }
+}
+
 /// `lora merge` and `lora convert`: what was written, and what was not.
 pub(crate) struct Written<'a>(pub &'a ckpt_ops::lora::write::Written);
 
@@ -202,7 +215,15 @@ impl Report for Written<'_> {
     }
 
     fn json(&self) -> serde_json::Value {
-        json::value(self.0)
+        let mut v = json::value(self.0);
+        v["not_written"] = serde_json::json!(
+            self.0
+                .not_written
+                .iter()
+                .map(|(m, w)| [m.clone(), not_written(w)])
+                .collect::<Vec<_>>()
+        );
+        v
     }
 
     /// A sentence and the modules not written (no table).
@@ -220,7 +241,12 @@ impl Report for Written<'_> {
             bytes(r.bytes),
             ranks.join(", ")
         );
-        s.push_str(&listed("not written", &why(&r.not_written), 5));
+        let not: Vec<(String, String)> = r
+            .not_written
+            .iter()
+            .map(|(m, w)| (m.clone(), not_written(w)))
+            .collect();
+        s.push_str(&listed("not written", &why(&not), 5));
         vec![Block::Text(s)]
     }
 
@@ -233,7 +259,7 @@ impl Report for Written<'_> {
         }
         let mut not = TextTable::new(&["module", "why not written"], &[false, false]);
         for (m, why) in &r.not_written {
-            not.push(vec![m.clone(), why.clone()]);
+            not.push(vec![m.clone(), not_written(why)]);
         }
         vec![ranks, not]
     }

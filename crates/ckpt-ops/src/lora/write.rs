@@ -77,8 +77,37 @@ pub struct Written {
     /// The ranks written and how many modules have each.
     pub ranks: Vec<(usize, usize)>,
     /// (module, why) for modules not written.
-    pub not_written: Vec<(String, String)>,
+    pub not_written: Vec<(String, NotWritten)>,
     pub bytes: u64,
+}
+
+/// Why a module was not written.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NotWritten {
+    #[error(transparent)]
+    Factors(#[from] DeltaError),
+    #[error("its modules change matrices of different shapes")]
+    UnlikeShapes,
+    /// A module without low-rank factors in a merge that concatenates them: re-ranking
+    /// (an SVD of the summed ΔW) writes it.
+    #[error("a {} module has no factors to concatenate", .0.label())]
+    NoFactorsToConcat(Kind),
+    /// A LoHa or LoKr module in a conversion, which writes LoRA factors as they are: only a
+    /// merge that re-ranks it writes it (as LoRA).
+    #[error("{} modules are written as LoRA only by a merge that re-ranks them", .0.label())]
+    NotLowRank(Kind),
+    #[error("its name patches no key of this architecture")]
+    NoKey,
+    #[error("{key} has no name in this dialect")]
+    NoName { key: String },
+    #[error("its slices do not cover the key")]
+    SlicesUncovered,
+}
+
+impl Serialize for NotWritten {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 /// Tensors to write: their specs and encoded bytes.
@@ -250,7 +279,7 @@ pub fn merge(
             .map(|&(i, m)| (sources[i].ratio, m, Delta::of(sources[i].ckpt, m)))
             .collect();
         if let Some((_, m, Err(e))) = deltas.iter().find(|(_, _, d)| d.is_err()) {
-            not_written.push((m.stem.clone(), e.to_string()));
+            not_written.push((m.stem.clone(), e.clone().into()));
             continue;
         }
         let deltas: Vec<(f64, &Module, Delta)> = deltas
@@ -262,23 +291,14 @@ pub fn merge(
             .iter()
             .any(|(_, _, d)| d.rows != rows || d.cols != cols)
         {
-            not_written.push((
-                name,
-                "its modules change matrices of different shapes".into(),
-            ));
+            not_written.push((name, NotWritten::UnlikeShapes));
             continue;
         }
         let kernel = kernel_of(arch, sources[first_src].ckpt, first, cols);
         match how {
             MergeHow::Concat => {
                 if let Some((_, m, _)) = deltas.iter().find(|(_, _, d)| d.low_rank().is_none()) {
-                    not_written.push((
-                        m.stem.clone(),
-                        format!(
-                            "a {} module has no factors to concatenate: merge with --rank",
-                            m.kind.label()
-                        ),
-                    ));
+                    not_written.push((m.stem.clone(), NotWritten::NoFactorsToConcat(m.kind)));
                     continue;
                 }
                 let rank: usize = deltas
@@ -434,29 +454,20 @@ pub fn convert(
     let mut to_fuse: BTreeMap<String, Vec<Part>> = BTreeMap::new();
     for m in &net.modules {
         let Some(target) = &m.target else {
-            not_written.push((
-                m.stem.clone(),
-                "its name patches no key of this architecture".into(),
-            ));
+            not_written.push((m.stem.clone(), NotWritten::NoKey));
             continue;
         };
         let d = match Delta::of(ckpt, m) {
             Ok(d) => d,
             Err(e) => {
-                not_written.push((m.stem.clone(), e.to_string()));
+                not_written.push((m.stem.clone(), e.into()));
                 continue;
             }
         };
         let kernel = kernel_of(Some(arch), ckpt, m, d.cols);
         let low = folded(&d);
         if m.kind != Kind::LoRA && m.kind != Kind::LoCon {
-            not_written.push((
-                m.stem.clone(),
-                format!(
-                    "{} modules are written only by `lora merge --rank` (as LoRA)",
-                    m.kind.label()
-                ),
-            ));
+            not_written.push((m.stem.clone(), NotWritten::NotLowRank(m.kind)));
             continue;
         }
         let (up, down, r) = low.expect("LoRA and LoCon are low-rank");
@@ -525,7 +536,9 @@ pub fn convert(
         }
         not_written.push((
             m.stem.clone(),
-            format!("{} has no name in this dialect", target.key),
+            NotWritten::NoName {
+                key: target.key.clone(),
+            },
         ));
     }
     for (key, mut parts) in to_fuse {
@@ -544,7 +557,7 @@ pub fn convert(
             .collect();
         let have: Vec<Rows> = parts.iter().map(|p| p.0).collect();
         if have != want {
-            not_written.push((name.to_string(), "its slices do not cover the key".into()));
+            not_written.push((name.to_string(), NotWritten::SlicesUncovered));
             continue;
         }
         let mut up = vec![0.0; rows * rank];
