@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use ckpt_core::catalog::Arch;
 use ckpt_core::catalog::data::table;
 use ckpt_core::catalog::lora::extractable;
-use ckpt_ops::lora::write::{Dialect, Tensors};
+use ckpt_ops::lora::write::{Dialect, Factors, Tensors};
 use ckpt_read::dtype::FloatFormat;
 use common::*;
 
@@ -102,20 +102,14 @@ fn extract_pair(arch: Arch, label: &str, report: &mut String) {
     eprintln!("{label}: ckpt-diff lora extract --rank 64 ...");
     let m = run_measured(
         bin(),
-        &[
-            "lora",
-            "extract",
-            tuned.to_str().unwrap(),
-            "--base",
-            base.to_str().unwrap(),
-            "--rank",
-            "64",
-            "-o",
-            ours.to_str().unwrap(),
-            "--force",
-            "-q",
-            "--json",
-        ],
+        &words(
+            "lora extract {} --base {} --rank 64 -o {} --force -q --json",
+            &[
+                tuned.to_str().unwrap(),
+                base.to_str().unwrap(),
+                ours.to_str().unwrap(),
+            ],
+        ),
     );
     let v: serde_json::Value = serde_json::from_str(&m.stdout).unwrap();
     let modules = v["modules"].as_array().unwrap();
@@ -210,17 +204,8 @@ fn sdxl_lora(path: &Path, seed: u64) {
         let down = draw(r * cols, 1.0 / (cols as f64).sqrt());
         let up = draw(rows * r, 1e-3);
         let kernel = (k.shape.len() == 4).then(|| &k.shape[1..]);
-        t.module(
-            &ex.stem,
-            Dialect::Kohya,
-            FloatFormat::F16,
-            &up,
-            &down,
-            rows,
-            r,
-            kernel,
-            Some(16.0),
-        );
+        let f = Factors::new(&up, &down, rows, r, kernel);
+        t.module(&ex.stem, Dialect::Kohya, FloatFormat::F16, f, Some(16.0));
     }
     t.write(path, &[("ss_network_dim".into(), "32".into())], &[])
         .expect("write LoRA");
@@ -255,15 +240,10 @@ fn bake(report: &mut String) {
     let out = dir.join("out.safetensors");
     let plan = run_measured(
         bin(),
-        &[
-            "merge",
-            r.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--force",
-            "--dry-run",
-            "--json",
-        ],
+        &words(
+            "merge {} -o {} --force --dry-run --json",
+            &[r.to_str().unwrap(), out.to_str().unwrap()],
+        ),
     );
     let v: serde_json::Value = serde_json::from_str(&plan.stdout).unwrap();
     let bound = v["memory"]["anonymous"].as_u64().unwrap();
@@ -273,34 +253,24 @@ fn bake(report: &mut String) {
     eprintln!("baking 20 LoRAs in one pass ...");
     let baked = run_measured(
         bin(),
-        &[
-            "merge",
-            r.to_str().unwrap(),
-            "-o",
-            out.to_str().unwrap(),
-            "--force",
-            "-q",
-            "--no-input-hashes",
-        ],
+        &words(
+            "merge {} -o {} --force -q --no-input-hashes",
+            &[r.to_str().unwrap(), out.to_str().unwrap()],
+        ),
     );
     let _ = std::fs::remove_file(&out);
     warm(&paths);
     eprintln!("plain two-input merge ...");
     let plain = run_measured(
         bin(),
-        &[
-            "merge",
-            "ws",
-            base.to_str().unwrap(),
-            other.to_str().unwrap(),
-            "--alpha",
-            "0.5",
-            "-o",
-            out.to_str().unwrap(),
-            "--force",
-            "-q",
-            "--no-input-hashes",
-        ],
+        &words(
+            "merge ws {} {} --alpha 0.5 -o {} --force -q --no-input-hashes",
+            &[
+                base.to_str().unwrap(),
+                other.to_str().unwrap(),
+                out.to_str().unwrap(),
+            ],
+        ),
     );
     let _ = std::fs::remove_file(&out);
     writeln!(

@@ -14,8 +14,6 @@
 
 mod common;
 
-use ckpt_core::pass::NoProgress;
-use ckpt_ops::synth::{self, Layout, Synthetic};
 use ckpt_read::dtype::FloatFormat;
 use common::*;
 
@@ -51,25 +49,7 @@ fn main() {
     let (t_cached, _, _) = ws(&[]);
 
     // Twenty sparse inputs.
-    let zeros: Vec<std::path::PathBuf> = (0..20)
-        .map(|i| {
-            let p = dir.join(format!("sdxl-zeros-{i}.safetensors"));
-            if !p.exists() {
-                let mut l = Layout::new(arch("sdxl"), 1, FloatFormat::F16);
-                l.zero_data = true;
-                synth::write(
-                    &p,
-                    &l,
-                    &Synthetic::base(arch("sdxl"), i),
-                    &[],
-                    &NoProgress,
-                    &Default::default(),
-                )
-                .unwrap();
-            }
-            p
-        })
-        .collect();
+    let zeros = zero_models(&dir, 20, |i| format!("sdxl-zeros-{i}"));
     let recipe = dir.join("avg20.recipe");
     let mut text = String::new();
     for (i, p) in zeros.iter().enumerate() {

@@ -167,25 +167,7 @@ fn main() {
     // The plan's bound for 116 full-size inputs (sparse weight-free files: no disk).
     let zdir = data.join("tgmd-zeros");
     std::fs::create_dir_all(&zdir).unwrap();
-    let zeros: Vec<PathBuf> = (0..=116)
-        .map(|i| {
-            let p = zdir.join(format!("z{i:03}.safetensors"));
-            if !p.exists() {
-                let mut l = Layout::new(arch("sdxl"), 1, FloatFormat::F16);
-                l.zero_data = true;
-                synth::write(
-                    &p,
-                    &l,
-                    &Synthetic::base(arch("sdxl"), i as u64),
-                    &[],
-                    &NoProgress,
-                    &Default::default(),
-                )
-                .unwrap();
-            }
-            p
-        })
-        .collect();
+    let zeros = zero_models(&zdir, 117, |i| format!("z{i:03}"));
     let r = recipe(&zdir, "z116", &zeros[0], &zeros[1..]);
     let (bound116, mapped116, read116) = plan(&r, &zdir.join("out.safetensors"));
     writeln!(

@@ -97,21 +97,17 @@ fn check_asim_goldens(only: &str) {
             let blocks = result["blocks"].as_str().unwrap();
             let seed = result["seed"].as_u64().unwrap().to_string();
             for precision in ["f32", "f64"] {
-                let v = crate::util::run_json(&[
-                    "sim",
-                    "--metric",
-                    "asim",
-                    paths[0].to_str().unwrap(),
-                    paths[1].to_str().unwrap(),
-                    "--like",
-                    like,
-                    "--blocks",
-                    blocks,
-                    "--seed",
-                    &seed,
-                    "--precision",
-                    precision,
-                ]);
+                let v = crate::util::run_json(&crate::util::words(
+                    "sim --metric asim {} {} --like {} --blocks {} --seed {} --precision {}",
+                    &[
+                        paths[0].to_str().unwrap(),
+                        paths[1].to_str().unwrap(),
+                        like,
+                        blocks,
+                        &seed,
+                        precision,
+                    ],
+                ));
                 let ours = v["rows"].as_array().unwrap();
                 let want = result["rows"].as_array().unwrap();
                 assert_eq!(ours.len(), want.len(), "{id} {like} {blocks}");
@@ -184,27 +180,15 @@ fn asim_explains_what_it_cannot_score() {
     let sd1 = dir.path().join("sd1.safetensors");
     let xl = dir.path().join("xl.safetensors");
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    crate::util::run_ok(&[
-        "synth",
-        "model",
-        &s(&te),
-        "--scale",
-        "8",
-        "--components",
-        "te1",
-        "-q",
-    ]);
+    crate::util::run_ok(&crate::util::words(
+        "synth model {} --scale 8 --components te1 -q",
+        &[&s(&te)],
+    ));
     crate::util::run_ok(&["synth", "model", &s(&sd1), "--scale", "8", "-q"]);
-    crate::util::run_ok(&[
-        "synth",
-        "model",
-        &s(&xl),
-        "--arch",
-        "sdxl",
-        "--scale",
-        "16",
-        "-q",
-    ]);
+    crate::util::run_ok(&crate::util::words(
+        "synth model {} --arch sdxl --scale 16 -q",
+        &[&s(&xl)],
+    ));
     let (code, _, err) = crate::util::run_code(&["sim", "--metric", "asim", &s(&sd1), &s(&te)]);
     assert_eq!(code, 2);
     assert!(
@@ -214,15 +198,10 @@ fn asim_explains_what_it_cannot_score() {
     let (code, _, err) = crate::util::run_code(&["sim", "--metric", "asim", &s(&sd1), &s(&xl)]);
     assert_eq!(code, 2);
     assert!(err.contains("different U-Nets"), "{err}");
-    let (code, _, err) = crate::util::run_code(&[
-        "sim",
-        "--metric",
-        "asim",
-        &s(&sd1),
-        &s(&sd1),
-        "--blocks",
-        "IN03",
-    ]);
+    let (code, _, err) = crate::util::run_code(&crate::util::words(
+        "sim --metric asim {} {} --blocks IN03",
+        &[&s(&sd1), &s(&sd1)],
+    ));
     assert_eq!(code, 2);
     assert!(err.contains("no transformer"), "{err}");
     // The options of ASimilarity want --metric (clap says so) and its value asim.
@@ -232,15 +211,10 @@ fn asim_explains_what_it_cannot_score() {
         err.contains("required") && err.contains("--metric"),
         "{err}"
     );
-    let (code, _, err) = crate::util::run_code(&[
-        "sim",
-        "--metric",
-        "cosine",
-        &s(&sd1),
-        &s(&sd1),
-        "--seed",
-        "3",
-    ]);
+    let (code, _, err) = crate::util::run_code(&crate::util::words(
+        "sim --metric cosine {} {} --seed 3",
+        &[&s(&sd1), &s(&sd1)],
+    ));
     assert_eq!(code, 2);
     assert!(err.contains("--metric asim"), "{err}");
     // A model against itself: 100% in every block, whatever the draws.

@@ -167,12 +167,7 @@ fn unknown_layouts_fall_back_to_prefix_rows() {
     let j = run_json(&["inspect", s(&p)]);
     assert_eq!(j["arch"]["id"], "unknown");
     let sim = run_json(&["sim", s(&p), s(&p)]);
-    let labels: Vec<&str> = sim["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["label"].as_str().unwrap())
-        .collect();
+    let labels: Vec<&str> = column(&sim["rows"], "label");
     // Bare DiT module names read as the canonical (ComfyUI) ones.
     assert_eq!(
         labels,

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::util::{Dir, RawTensor, read_raw, run_json, run_ok, s, write_raw};
+use crate::util::{Dir, RawTensor, read_raw, run_json, run_ok, s, words, write_raw};
 
 fn mapping() -> serde_json::Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/diffusers/mapping.json");
@@ -99,18 +99,10 @@ fn diffusers_folder(twin: &Path, table: &serde_json::Value, dir: &Path) {
 
 fn twin(dir: &Dir, arch: &str) -> PathBuf {
     let p = dir.path(&format!("{arch}.safetensors"));
-    run_ok(&[
-        "synth",
-        "model",
-        "-q",
-        "--arch",
-        arch,
-        "--scale",
-        "32",
-        "--seed",
-        "4",
-        s(&p),
-    ]);
+    run_ok(&words(
+        "synth model -q --arch {} --scale 32 --seed 4 {}",
+        &[arch, s(&p)],
+    ));
     p
 }
 

@@ -56,6 +56,16 @@ fn sources_of(arch: Arch, scale: u32) -> Sources {
 }
 
 impl Sources {
+    /// The base's path, as a command-line word.
+    fn base(&self) -> &str {
+        s(&self.base_path)
+    }
+
+    /// The path of fine-tune `i`, as a command-line word.
+    fn ft(&self, i: usize) -> &str {
+        s(&self.ft_paths[i])
+    }
+
     fn target(&self, name: &str, model: &Synthetic) -> PathBuf {
         self.dir.model(
             name,
@@ -183,6 +193,17 @@ fn replay(steps: &serde_json::Value, block: usize) -> [f64; 4] {
     c
 }
 
+/// Every U-Net block's coefficients, replayed from the fit's steps, equal `planted(block)`
+/// within 1e-3.
+fn assert_replays(v: &serde_json::Value, planted: impl Fn(usize) -> [f64; 4]) {
+    for b in unet_blocks(v) {
+        let got = replay(&v["steps"], b);
+        for (k, (got, want)) in got.iter().zip(planted(b)).enumerate() {
+            assert_close(&format!("block {b} coefficient {k}"), *got, want, 1e-3);
+        }
+    }
+}
+
 fn assert_close(what: &str, got: f64, want: f64, tol: f64) {
     assert!(
         (got - want).abs() <= tol,
@@ -278,17 +299,7 @@ fn multi_step_scalar_recipe_is_recovered() {
     assert!(objective >= 0.9999, "similarity {objective}");
     // The model: planted coefficients on [start, ft2, ft3, ft4], in every block.
     let planted = [0.4 * 0.8, 0.6 * 0.8, 0.2, 0.15 * 0.8];
-    for b in unet_blocks(&v) {
-        let got = replay(steps, b);
-        for k in 0..4 {
-            assert_close(
-                &format!("block {b} coefficient {k}"),
-                got[k],
-                planted[k],
-                1e-3,
-            );
-        }
-    }
+    assert_replays(&v, |_| planted);
     // The steps: the planted ones, in some order (a linear recipe's steps can be
     // reordered with other alphas for the same model); the alphas are the planted ones
     // rewritten for that order.
@@ -368,18 +379,7 @@ fn multi_step_per_block_recipe_is_recovered() {
     let v = src.fit(&t, &["--per-block"]);
     assert!(v["greedy"]["objective"].as_f64().unwrap() >= 0.9999);
     let steps = &v["steps"];
-    for b in unet_blocks(&v) {
-        let got = replay(steps, b);
-        let planted = [1.0 - a[b], a[b], 0.0, c[b]];
-        for k in 0..4 {
-            assert_close(
-                &format!("block {b} coefficient {k}"),
-                got[k],
-                planted[k],
-                1e-3,
-            );
-        }
-    }
+    assert_replays(&v, |b| [1.0 - a[b], a[b], 0.0, c[b]]);
     // Add differences commute with nothing here, so the alphas depend on the order the
     // search chose; for the planted order they are the planted ones.
     let list = steps.as_array().unwrap();
@@ -499,19 +499,10 @@ fn noise_lands_in_the_residual_report() {
         }
     }
     // And the text report names them.
-    let text = run_ok(&[
-        "fit",
-        "--target",
-        s(&t),
-        "--base",
-        s(&src.base_path),
-        "--start",
-        s(&src.ft_paths[0]),
-        "--sources",
-        s(&src.ft_paths[1]),
-        s(&src.ft_paths[2]),
-        "--per-block",
-    ]);
+    let text = run_ok(&words(
+        "fit --target {} --base {} --start {} --sources {} {} --per-block",
+        &[s(&t), src.base(), src.ft(0), src.ft(1), src.ft(2)],
+    ));
     let line = text
         .lines()
         .find(|l| l.starts_with("not explained"))
@@ -572,20 +563,10 @@ fn start_defaults_to_the_base_and_flat_objective_works() {
     let s1 = add_difference(&src.base, &src.fts[2], &src.base, &all(0.4));
     let target = add_difference(&s1, &src.fts[1], &src.base, &all(0.25));
     let t = src.target("t.safetensors", &target);
-    let v = run_json(&[
-        "fit",
-        "--target",
-        s(&t),
-        "--base",
-        s(&src.base_path),
-        "--sources",
-        s(&src.ft_paths[1]),
-        s(&src.ft_paths[2]),
-        "--objective",
-        "flat",
-        "--region",
-        "all",
-    ]);
+    let v = run_json(&words(
+        "fit --target {} --base {} --sources {} {} --objective flat --region all",
+        &[s(&t), src.base(), src.ft(1), src.ft(2)],
+    ));
     assert_eq!(v["models"]["start"], "base.safetensors");
     // From the base a weighted sum and an add difference are the same step, and steps
     // can be reordered: the model is what must come back (the start's delta is zero).
@@ -607,17 +588,10 @@ fn refuses_existing_outputs_and_mixed_architectures() {
     );
     let recipe = src.dir.path("r.recipe");
     std::fs::write(&recipe, "keep me").unwrap();
-    let (code, _, err) = run_code(&[
-        "fit",
-        "--target",
-        s(&t),
-        "--base",
-        s(&src.base_path),
-        "--sources",
-        s(&src.ft_paths[1]),
-        "-o",
-        s(&recipe),
-    ]);
+    let (code, _, err) = run_code(&words(
+        "fit --target {} --base {} --sources {} -o {}",
+        &[s(&t), src.base(), src.ft(1), s(&recipe)],
+    ));
     assert_eq!(code, 2);
     assert!(err.contains("--force"), "{err}");
     assert_eq!(std::fs::read_to_string(&recipe).unwrap(), "keep me");
@@ -627,15 +601,10 @@ fn refuses_existing_outputs_and_mixed_architectures() {
         &layout(arch("sdxl"), 32, FloatFormat::F16),
         &Synthetic::base(arch("sdxl"), 1),
     );
-    let (code, _, err) = run_code(&[
-        "fit",
-        "--target",
-        s(&xl),
-        "--base",
-        s(&src.base_path),
-        "--sources",
-        s(&src.ft_paths[1]),
-    ]);
+    let (code, _, err) = run_code(&words(
+        "fit --target {} --base {} --sources {}",
+        &[s(&xl), src.base(), src.ft(1)],
+    ));
     assert_eq!(code, 2);
     assert!(
         err.contains("xl.safetensors") && err.contains("SDXL"),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
-use crate::util::{Dir, member, run_code, run_json, run_ok, s, synth_family};
+use crate::util::{Dir, member, run_code, run_json, run_ok, s, synth_family, words};
 
 /// RFC 4180 CSV read back: the tables, a blank line between them, each its rows (the
 /// header first).
@@ -150,20 +150,10 @@ fn hash_csv_has_a_row_per_file_with_every_digit_of_the_json() {
 /// A file with findings of every severity: an EMA copy, schedule buffers, f32 floats.
 fn heavy(dir: &Dir) -> String {
     let p = dir.path("heavy.safetensors");
-    run_ok(&[
-        "synth",
-        "model",
-        s(&p),
-        "--arch",
-        "sd1",
-        "--scale",
-        "32",
-        "--ema",
-        "--scheduler",
-        "--dtype",
-        "f32",
-        "-q",
-    ]);
+    run_ok(&words(
+        "synth model {} --arch sd1 --scale 32 --ema --scheduler --dtype f32 -q",
+        &[s(&p)],
+    ));
     s(&p).to_string()
 }
 
@@ -244,16 +234,10 @@ fn fix_and_convert_tables_are_their_json_actions() {
 
     let outs = dir.path("conv");
     let base = dir.path("base.safetensors");
-    run_ok(&[
-        "synth",
-        "model",
-        s(&base),
-        "--arch",
-        "sd1",
-        "--scale",
-        "32",
-        "-q",
-    ]);
+    run_ok(&words(
+        "synth model {} --arch sd1 --scale 32 -q",
+        &[s(&base)],
+    ));
     let args = [
         "convert",
         heavy.as_str(),
@@ -474,16 +458,10 @@ fn lora_and_fit_tables_carry_the_json_values() {
 
     // Two LoRAs compared: the cosine per block, at the table's 6 decimals.
     let other = dir.path("ft2-r4.safetensors");
-    run_ok(&[
-        "lora",
-        "extract",
-        ft2.as_str(),
-        "--base",
-        base.as_str(),
-        "-o",
-        s(&other),
-        "-q",
-    ]);
+    run_ok(&words(
+        "lora extract {} --base {} -o {} -q",
+        &[ft2.as_str(), base.as_str(), s(&other)],
+    ));
     let sim = ["sim", s(&lora), s(&other)];
     let json = run_json(&sim);
     let csv = csv_tables(&run_with(&sim, "--csv"));

@@ -187,12 +187,7 @@ fn one_element_apart_is_measured_exactly() {
             }
         });
         let j = run_json(&["l2", "--base", s(&base), s(&twin)]);
-        let all = j["scopes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|sc| sc["name"] == "all")
-            .unwrap();
+        let all = find_row(&j["scopes"], "name", "all");
         let got = all["from_base"][0].as_f64().unwrap();
         assert!(
             (got - delta).abs() <= 1e-6 * delta,
@@ -203,12 +198,7 @@ fn one_element_apart_is_measured_exactly() {
             "{name}: the planted difference is about 1e-3 ({delta})"
         );
         assert!(all["base_norm"].as_f64().unwrap() > 10.0);
-        let unet = j["scopes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|sc| sc["name"] == "unet")
-            .unwrap();
+        let unet = find_row(&j["scopes"], "name", "unet");
         assert!((unet["distance"][0][1].as_f64().unwrap() - delta).abs() <= 1e-6 * delta);
     }
 }
@@ -245,12 +235,7 @@ fn mds_reproduces_a_planar_family() {
     let mut args = vec!["l2", "--base", s(&files[0])];
     args.extend(files[1..].iter().map(|p| s(p)));
     let j = run_json(&args);
-    let all = j["scopes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|sc| sc["name"] == "all")
-        .unwrap();
+    let all = find_row(&j["scopes"], "name", "all");
     let coords: Vec<(f64, f64)> = all["mds"]["coords"]
         .as_array()
         .unwrap()

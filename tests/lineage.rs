@@ -1,7 +1,7 @@
 //! `index` and `lineage` on a planted family (`synth family`: a base, three fine-tunes and
 //! merges with known per-block recipes, family.json).
 
-use crate::util::{Dir, member, run_json, run_ok, s, synth_family};
+use crate::util::{Dir, find_row, member, run_json, run_ok, s, synth_family, words};
 
 #[test]
 fn test_lineage_names_planted_parents_and_leaves_fine_tunes_unexplained() {
@@ -19,18 +19,10 @@ fn test_lineage_names_planted_parents_and_leaves_fine_tunes_unexplained() {
     assert_eq!(again.matches("unchanged").count(), names.len(), "{again}");
     // The block-weighted merge: ft1 x (1-a) + ft2 x a, a = IN 0.2, M 0.5, OUT 0.8.
     let target = fam.join("mbw-ft1-ft2.safetensors");
-    let v = run_json(&[
-        "lineage",
-        s(&target),
-        "--index",
-        s(&ix),
-        "--base",
-        "base",
-        "--verify",
-        "--report",
-        s(&dir.path("report")),
-        "-q",
-    ]);
+    let v = run_json(&words(
+        "lineage {} --index {} --base base --verify --report {} -q",
+        &[s(&target), s(&ix), s(&dir.path("report"))],
+    ));
     assert_eq!(v["is_merge"], true);
     // The HTML family tree: both parents under the target, with their planted weights per
     // group on the edges, and the 50/50 merge greyed as left out.
@@ -58,12 +50,7 @@ fn test_lineage_names_planted_parents_and_leaves_fine_tunes_unexplained() {
     assert_eq!(v["merges_left_out"], serde_json::json!(["ws-ft1-ft2"]));
     let truth = [("IN", 0.8, 0.2), ("M", 0.5, 0.5), ("OUT", 0.2, 0.8)];
     for (group, w1, w2) in truth {
-        let g = v["groups"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|g| g["group"] == group)
-            .unwrap();
+        let g = find_row(&v["groups"], "group", &group);
         for (name, want) in [("ft1", w1), ("ft2", w2)] {
             let w = g["weights"]
                 .as_array()
@@ -84,15 +71,10 @@ fn test_lineage_names_planted_parents_and_leaves_fine_tunes_unexplained() {
         v["verified"]
     );
     // A fine-tune is no merge of the others.
-    let v = run_json(&[
-        "lineage",
-        &paths[3],
-        "--index",
-        s(&ix),
-        "--base",
-        "base",
-        "-q",
-    ]);
+    let v = run_json(&words(
+        "lineage {} --index {} --base base -q",
+        &[&paths[3], s(&ix)],
+    ));
     assert_eq!(v["is_merge"], false);
     assert!(v["explained"].as_f64().unwrap() < 0.5);
     assert_eq!(v["parents"], serde_json::json!([]));
@@ -210,16 +192,10 @@ fn test_lineage_over_forty_planted_models() {
         args.extend(paths.iter().map(String::as_str));
         run_ok(&args);
         for p in &planted {
-            let v = run_json(&[
-                "lineage",
-                &file(&p.name),
-                "--index",
-                s(&ix),
-                "--base",
-                "base",
-                "--verify",
-                "-q",
-            ]);
+            let v = run_json(&words(
+                "lineage {} --index {} --base base --verify -q",
+                &[&file(&p.name), s(&ix)],
+            ));
             let got: Vec<String> = v["parents"]
                 .as_array()
                 .unwrap()
@@ -294,15 +270,10 @@ fn test_parquet_export_matches_the_index_in_duckdb() {
     args.extend(files.iter().map(String::as_str));
     run_ok(&args);
     let pq = dir.path("ix.parquet");
-    let out = run_ok(&[
-        "index",
-        "--index",
-        s(&ix),
-        "export",
-        "--parquet",
-        s(&pq),
-        "-q",
-    ]);
+    let out = run_ok(&words(
+        "index --index {} export --parquet {} -q",
+        &[s(&ix), s(&pq)],
+    ));
     assert!(out.contains("records"), "{out}");
     let python = std::env::var(ckpt_read::env::PYTHON.name).unwrap_or_else(|_| "python3".into());
     let oracle = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/oracle/parquet.py");

@@ -77,26 +77,10 @@ fn kohya_modules_map_to_their_keys_and_blocks() {
             } else {
                 0
             };
-            let m = Lora {
-                stem,
-                rank: 4 + 4 * (i % 2),
-                inp: 8,
-                out: 8,
-                kernel,
-                alpha: 2.0,
-                seed: i as u64,
-            };
+            let m = Lora::new(stem, [4 + 4 * (i % 2), 8, 8, kernel], 2.0, i as u64);
             tensors.extend(m.tensors());
         }
-        let unknown = Lora {
-            stem: "lora_unet_not_a_layer_of_any_model",
-            rank: 4,
-            inp: 8,
-            out: 8,
-            kernel: 0,
-            alpha: 4.0,
-            seed: 99,
-        };
+        let unknown = Lora::new("lora_unet_not_a_layer_of_any_model", [4, 8, 8, 0], 4.0, 99);
         tensors.extend(unknown.tensors());
         let path = dir.path(&format!("{label}.safetensors"));
         write_raw(
@@ -174,6 +158,21 @@ struct Lora {
 }
 
 impl Lora {
+    /// A module named `stem` with its rank, input and output width and kernel (0 for a linear
+    /// layer), its alpha and the seed of its factors.
+    const fn new(stem: &'static str, dims: [usize; 4], alpha: f32, seed: u64) -> Self {
+        let [rank, inp, out, kernel] = dims;
+        Self {
+            stem,
+            rank,
+            inp,
+            out,
+            kernel,
+            alpha,
+            seed,
+        }
+    }
+
     fn cols(&self) -> usize {
         self.inp * self.kernel.max(1) * self.kernel.max(1)
     }
@@ -242,72 +241,16 @@ fn lora_sim_equals_the_cosine_of_the_materialised_changes() {
     let conv = "lora_unet_down_blocks_0_resnets_1_conv1";
     let te = "lora_te_text_model_encoder_layers_11_self_attn_v_proj";
     let a = [
-        Lora {
-            stem: q,
-            rank: 4,
-            inp: 40,
-            out: 40,
-            kernel: 0,
-            alpha: 2.0,
-            seed: 1,
-        },
-        Lora {
-            stem: k,
-            rank: 4,
-            inp: 48,
-            out: 40,
-            kernel: 0,
-            alpha: 4.0,
-            seed: 3,
-        },
-        Lora {
-            stem: conv,
-            rank: 2,
-            inp: 20,
-            out: 20,
-            kernel: 3,
-            alpha: 1.0,
-            seed: 5,
-        },
-        Lora {
-            stem: te,
-            rank: 8,
-            inp: 48,
-            out: 48,
-            kernel: 0,
-            alpha: 8.0,
-            seed: 7,
-        },
+        Lora::new(q, [4, 40, 40, 0], 2.0, 1),
+        Lora::new(k, [4, 48, 40, 0], 4.0, 3),
+        Lora::new(conv, [2, 20, 20, 3], 1.0, 5),
+        Lora::new(te, [8, 48, 48, 0], 8.0, 7),
     ];
     // Other ranks and alphas; `to_k` only in A; the TE module shares A's factors exactly.
     let b = [
-        Lora {
-            stem: q,
-            rank: 8,
-            inp: 40,
-            out: 40,
-            kernel: 0,
-            alpha: 1.0,
-            seed: 11,
-        },
-        Lora {
-            stem: conv,
-            rank: 3,
-            inp: 20,
-            out: 20,
-            kernel: 3,
-            alpha: 3.0,
-            seed: 13,
-        },
-        Lora {
-            stem: te,
-            rank: 8,
-            inp: 48,
-            out: 48,
-            kernel: 0,
-            alpha: 4.0,
-            seed: 7,
-        },
+        Lora::new(q, [8, 40, 40, 0], 1.0, 11),
+        Lora::new(conv, [3, 20, 20, 3], 3.0, 13),
+        Lora::new(te, [8, 48, 48, 0], 4.0, 7),
     ];
     let dir = Dir::new();
     let write = |name: &str, ls: &[Lora]| {
@@ -360,12 +303,7 @@ fn lora_sim_equals_the_cosine_of_the_materialised_changes() {
     let total = v["total"]["cosine"].as_f64().unwrap();
     assert!((total - ti / (ta * tb).sqrt()).abs() <= 1e-9);
     // Same factors, other alpha: the direction is the same.
-    let te_row = v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["block"] == "TE1")
-        .unwrap();
+    let te_row = find_row(&v["rows"], "block", "TE1");
     assert!((te_row["cosine"].as_f64().unwrap() - 1.0).abs() < 1e-12);
     let (code, _, err) = run_code(&["sim", s(&pa), s(&dir.path("missing.safetensors"))]);
     assert_ne!(code, 0, "{err}");
@@ -432,6 +370,9 @@ fn matmul(a: &[f32], b: &[f32], rows: usize, k: usize, cols: usize) -> Vec<f32> 
     out
 }
 
+/// Each patched checkpoint key with its ΔW in f32.
+type Changes = Vec<(String, Vec<f32>)>;
+
 /// One module of each network type for a generated SD1 at 1/8 width, with its ΔW
 /// materialised in f32 from the formulas (LoRA/LoCon: α/r·up·down; LoHa:
 /// α/r·(w1a·w1b)⊙(w2a·w2b); LoKr: α/r·(w1 ⊗ w2a·w2b)), keyed by the checkpoint key it
@@ -439,7 +380,7 @@ fn matmul(a: &[f32], b: &[f32], rows: usize, k: usize, cols: usize) -> Vec<f32> 
 fn every_network(
     shapes: &std::collections::BTreeMap<String, Vec<usize>>,
     seed: u64,
-) -> (Vec<RawTensor>, Vec<(String, Vec<f32>)>) {
+) -> (Vec<RawTensor>, Changes) {
     let mut tensors = Vec::new();
     let mut deltas = Vec::new();
     let key = |k: &str| format!("model.diffusion_model.{k}.weight");
@@ -542,12 +483,24 @@ fn shapes_of(path: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u
         .collect()
 }
 
+/// A generated SD1 (f16, 1/8 width) at `base.safetensors` in `dir`, and the tensors and
+/// changes of one module of each network type for it (see `every_network`).
+fn sd1_with_every_network(dir: &Dir, seed: u64) -> (std::path::PathBuf, Vec<RawTensor>, Changes) {
+    let base = generated(
+        dir,
+        "base.safetensors",
+        arch("sd1"),
+        ckpt_read::dtype::FloatFormat::F16,
+        3,
+    );
+    let (tensors, deltas) = every_network(&shapes_of(&base), seed);
+    (base, tensors, deltas)
+}
+
 #[test]
 fn bake_equals_the_materialised_change_for_every_network_type() {
-    use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
-    let base = generated(&dir, "base.safetensors", arch("sd1"), FloatFormat::F16, 3);
-    let (mut tensors, deltas) = every_network(&shapes_of(&base), 40);
+    let (base, mut tensors, deltas) = sd1_with_every_network(&dir, 40);
     // A module no SD1 key has: listed as not baked, never dropped silently.
     let (td, _) = f16_tensor(
         "lora_unet_not_a_layer.lora_down.weight".into(),
@@ -702,10 +655,8 @@ fn twenty_loras_in_one_pass_equal_twenty_bakes_one_at_a_time() {
 
 #[test]
 fn lora_bake_errors_name_the_file_and_the_fix() {
-    use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
-    let sd1 = generated(&dir, "sd1.safetensors", arch("sd1"), FloatFormat::F16, 3);
-    let (tensors, _) = every_network(&shapes_of(&sd1), 1);
+    let (sd1, tensors, _) = sd1_with_every_network(&dir, 1);
     let lora = dir.path("l.safetensors");
     write_raw(&lora, &tensors, &[], 0);
     // The same module names with factors of another width (a LoRA for a wider model).
@@ -820,22 +771,10 @@ fn extract_keeps_the_eckart_young_optimum_and_bakes_back_to_it() {
     let (base, tuned, sigma, key) = planted_pair(&dir);
     let total: f64 = sigma.iter().map(|s| s * s).sum();
     let lora = dir.path("x.safetensors");
-    let v = run_json(&[
-        "lora",
-        "extract",
-        s(&tuned),
-        "--base",
-        s(&base),
-        "--rank",
-        "8",
-        "--clamp-quantile",
-        "1",
-        "--dtype",
-        "f32",
-        "-o",
-        s(&lora),
-        "-q",
-    ]);
+    let v = run_json(&words(
+        "lora extract {} --base {} --rank 8 --clamp-quantile 1 --dtype f32 -o {} -q",
+        &[s(&tuned), s(&base), s(&lora)],
+    ));
     let stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";
     let m = v["modules"]
         .as_array()
@@ -903,20 +842,10 @@ fn extract_keeps_the_eckart_young_optimum_and_bakes_back_to_it() {
     );
     // --rank auto: the smallest rank reaching 90% of the energy.
     let auto = dir.path("auto.safetensors");
-    let v = run_json(&[
-        "lora",
-        "extract",
-        s(&tuned),
-        "--base",
-        s(&base),
-        "--rank",
-        "auto",
-        "--energy",
-        "0.9",
-        "-o",
-        s(&auto),
-        "-q",
-    ]);
+    let v = run_json(&words(
+        "lora extract {} --base {} --rank auto --energy 0.9 -o {} -q",
+        &[s(&tuned), s(&base), s(&auto)],
+    ));
     let mut acc = 0.0;
     let want = sigma
         .iter()
@@ -926,12 +855,7 @@ fn extract_keeps_the_eckart_young_optimum_and_bakes_back_to_it() {
         })
         .unwrap()
         + 1;
-    let m = v["modules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["stem"] == stem)
-        .unwrap();
+    let m = find_row(&v["modules"], "stem", &stem);
     assert_eq!(m["rank"].as_u64().unwrap() as usize, want, "{m}");
 }
 
@@ -1189,12 +1113,7 @@ fn openclip_modules_patch_thirds_of_in_proj() {
         assert_eq!(m["target"], key, "{stem}");
         assert_eq!(m["block"], block, "{stem}");
     }
-    let v_mod = v["modules"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|m| m["stem"] == sdxl[0].0)
-        .unwrap();
+    let v_mod = find_row(&v["modules"], "stem", &sdxl[0].0);
     assert_eq!(v_mod["rows"], serde_json::json!({"Third": 2}));
 }
 
@@ -1267,34 +1186,10 @@ fn lora_merge_concat_is_exact_and_svd_re_ranks_the_sum() {
         p
     };
     let a = [
-        Lora {
-            stem: q,
-            rank: 4,
-            inp: 40,
-            out: 40,
-            kernel: 0,
-            alpha: 2.0,
-            seed: 1,
-        },
-        Lora {
-            stem: conv,
-            rank: 2,
-            inp: 20,
-            out: 20,
-            kernel: 3,
-            alpha: 1.0,
-            seed: 3,
-        },
+        Lora::new(q, [4, 40, 40, 0], 2.0, 1),
+        Lora::new(conv, [2, 20, 20, 3], 1.0, 3),
     ];
-    let b = [Lora {
-        stem: q,
-        rank: 8,
-        inp: 40,
-        out: 40,
-        kernel: 0,
-        alpha: 1.0,
-        seed: 5,
-    }];
+    let b = [Lora::new(q, [8, 40, 40, 0], 1.0, 5)];
     let (pa, pb) = (mk("a.safetensors", &a), mk("b.safetensors", &b));
     let want_q: Vec<f64> = a[0]
         .delta()
@@ -1305,18 +1200,10 @@ fn lora_merge_concat_is_exact_and_svd_re_ranks_the_sum() {
     let want_conv: Vec<f64> = a[1].delta().iter().map(|x| 0.7 * x).collect();
     let cat = dir.path("cat.safetensors");
     let arg = |p: &std::path::Path, r: &str| format!("{}:{r}", s(p));
-    run_ok(&[
-        "lora",
-        "merge",
-        &arg(&pa, "0.7"),
-        &arg(&pb, "-0.5"),
-        "--concat",
-        "--dtype",
-        "f32",
-        "-o",
-        s(&cat),
-        "-q",
-    ]);
+    run_ok(&words(
+        "lora merge {} {} --concat --dtype f32 -o {} -q",
+        &[&arg(&pa, "0.7"), &arg(&pb, "-0.5"), s(&cat)],
+    ));
     let got = materialise(&cat);
     assert!(close(&got[q].2, &want_q, 1e-6), "concat: {q}");
     assert!(close(&got[conv].2, &want_conv, 1e-6), "concat: {conv}");
@@ -1338,56 +1225,33 @@ fn lora_merge_concat_is_exact_and_svd_re_ranks_the_sum() {
     );
     // Re-ranked at a rank holding the whole sum (4 + 8): the same change.
     let svd = dir.path("svd.safetensors");
-    run_ok(&[
-        "lora",
-        "merge",
-        &arg(&pa, "0.7"),
-        &arg(&pb, "-0.5"),
-        "--rank",
-        "12",
-        "--clamp-quantile",
-        "1",
-        "--dtype",
-        "f32",
-        "-o",
-        s(&svd),
-        "-q",
-    ]);
+    run_ok(&words(
+        "lora merge {} {} --rank 12 --clamp-quantile 1 --dtype f32 -o {} -q",
+        &[&arg(&pa, "0.7"), &arg(&pb, "-0.5"), s(&svd)],
+    ));
     let got = materialise(&svd);
     assert!(close(&got[q].2, &want_q, 1e-5), "svd: {q}");
     // At rank 2 it is the sum's best rank-2 approximation: its residual is what the sum's
     // singular values beyond 2 hold, ‖S‖² − ‖S₂‖², checked against a rank-12 fit's energy.
     let r2 = dir.path("r2.safetensors");
-    run_ok(&[
-        "lora",
-        "merge",
-        &arg(&pa, "0.7"),
-        &arg(&pb, "-0.5"),
-        "--rank",
-        "2",
-        "--clamp-quantile",
-        "1",
-        "--dtype",
-        "f32",
-        "-o",
-        s(&r2),
-        "-q",
-    ]);
+    run_ok(&words(
+        "lora merge {} {} --rank 2 --clamp-quantile 1 --dtype f32 -o {} -q",
+        &[&arg(&pa, "0.7"), &arg(&pb, "-0.5"), s(&r2)],
+    ));
     let got2 = materialise(&r2);
     let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>();
     // Best approximation ⇔ the residual is orthogonal to it.
     let resid: Vec<f64> = want_q.iter().zip(&got2[q].2).map(|(x, y)| x - y).collect();
     assert!(dot(&resid, &got2[q].2).abs() <= 1e-5 * dot(&want_q, &want_q));
     // A LoRA and a checkpoint are not merged.
-    let (code, _, err) = run_code(&[
-        "lora",
-        "merge",
-        s(&pa),
-        "--concat",
-        "-o",
-        s(&dir.path("x.safetensors")),
-        s(&dir.path("none.safetensors")),
-    ]);
+    let (code, _, err) = run_code(&words(
+        "lora merge {} --concat -o {} {}",
+        &[
+            s(&pa),
+            s(&dir.path("x.safetensors")),
+            s(&dir.path("none.safetensors")),
+        ],
+    ));
     assert_ne!(code, 0, "{err}");
 }
 
@@ -1412,18 +1276,10 @@ fn lora_convert_splits_and_fuses_flux_projections() {
     let src = dir.path("kohya.safetensors");
     write_raw(&src, &[ts, ts2].concat(), &[], 0);
     let peft = dir.path("peft.safetensors");
-    let out = run_ok(&[
-        "lora",
-        "convert",
-        s(&src),
-        "--to",
-        "peft",
-        "--dtype",
-        "f32",
-        "-o",
-        s(&peft),
-        "-q",
-    ]);
+    let out = run_ok(&words(
+        "lora convert {} --to peft --dtype f32 -o {} -q",
+        &[s(&src), s(&peft)],
+    ));
     let got = materialise(&peft);
     for (i, part) in ["to_q", "to_k", "to_v"].iter().enumerate() {
         let stem = format!("transformer.transformer_blocks.0.attn.{part}");
@@ -1442,18 +1298,10 @@ fn lora_convert_splits_and_fuses_flux_projections() {
         1e-6
     ));
     let back = dir.path("back.safetensors");
-    run_ok(&[
-        "lora",
-        "convert",
-        s(&peft),
-        "--to",
-        "kohya",
-        "--dtype",
-        "f32",
-        "-o",
-        s(&back),
-        "-q",
-    ]);
+    run_ok(&words(
+        "lora convert {} --to kohya --dtype f32 -o {} -q",
+        &[s(&peft), s(&back)],
+    ));
     let got = materialise(&back);
     let d: Vec<f64> = d.iter().map(|x| *x as f64).collect();
     assert!(close(&got[fused].2, &d, 1e-6), "fused again");
@@ -1485,34 +1333,10 @@ fn lora_against_a_checkpoint_delta_and_l2_of_loras() {
     let (qo, qi) = (shapes[q_key][0], shapes[q_key][1]);
     let (co, ci) = (shapes[c_key][0], shapes[c_key][1]);
     let la = [
-        Lora {
-            stem: q,
-            rank: 4,
-            inp: qi,
-            out: qo,
-            kernel: 0,
-            alpha: 2.0,
-            seed: 21,
-        },
-        Lora {
-            stem: conv,
-            rank: 2,
-            inp: ci,
-            out: co,
-            kernel: 3,
-            alpha: 1.0,
-            seed: 23,
-        },
+        Lora::new(q, [4, qi, qo, 0], 2.0, 21),
+        Lora::new(conv, [2, ci, co, 3], 1.0, 23),
     ];
-    let lb = [Lora {
-        stem: q,
-        rank: 2,
-        inp: qi,
-        out: qo,
-        kernel: 0,
-        alpha: 2.0,
-        seed: 25,
-    }];
+    let lb = [Lora::new(q, [2, qi, qo, 0], 2.0, 25)];
     let mk = |name: &str, ls: &[Lora]| {
         let p = dir.path(name);
         write_raw(
@@ -1562,21 +1386,11 @@ fn lora_against_a_checkpoint_delta_and_l2_of_loras() {
     for (block, key, l) in [("IN04", q_key, &la[0]), ("IN02", c_key, &la[1])] {
         let (d, c) = (l.delta(), change(key));
         let want = dot(&d, &c) / (dot(&d, &d) * dot(&c, &c)).sqrt();
-        let row = v["rows"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["block"] == block)
-            .unwrap();
+        let row = find_row(&v["rows"], "block", &block);
         let got = row["cosine"].as_f64().unwrap();
         assert!((got - want).abs() <= 1e-9, "{block}: {got} vs {want}");
     }
-    let in04 = v["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["block"] == "IN04")
-        .unwrap();
+    let in04 = find_row(&v["rows"], "block", "IN04");
     assert!(in04["cosine"].as_f64().unwrap() > 0.999_999);
     let (code, _, err) = run_code(&["sim", s(&pa), s(&tuned)]);
     assert_ne!(code, 0);
@@ -1612,10 +1426,8 @@ fn lora_against_a_checkpoint_delta_and_l2_of_loras() {
 /// write the LoRA and LoCon modules.
 #[test]
 fn modules_without_low_rank_factors_are_listed_with_the_option_that_writes_them() {
-    use ckpt_read::dtype::FloatFormat;
     let dir = Dir::new();
-    let base = generated(&dir, "base.safetensors", arch("sd1"), FloatFormat::F16, 3);
-    let (tensors, _) = every_network(&shapes_of(&base), 41);
+    let (_, tensors, _) = sd1_with_every_network(&dir, 41);
     let lora = dir.path("every.safetensors");
     write_raw(&lora, &tensors, &[], 0);
     let not_written = |args: &[&str]| -> Vec<(String, String)> {

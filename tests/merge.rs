@@ -327,16 +327,10 @@ fn dare_matches_its_definition_and_is_reproducible() {
         let rp = fam.dir.path("d.recipe");
         std::fs::write(&rp, text).unwrap();
         let out = fam.dir.path(&format!("d-{threads}-{seed}.safetensors"));
-        run_ok(&[
-            "--threads",
-            threads,
-            "merge",
-            s(&rp),
-            "-o",
-            s(&out),
-            "--no-input-hashes",
-            "-q",
-        ]);
+        run_ok(&words(
+            "--threads {} merge {} -o {} --no-input-hashes -q",
+            &[threads, s(&rp), s(&out)],
+        ));
         std::fs::read(&out).unwrap()
     };
     let a = run("1", "7");
@@ -591,16 +585,10 @@ fn blessingmix_in_one_pass_equals_its_steps() {
     let rp = d.path("blessingmix.recipe");
     std::fs::write(&rp, &one).unwrap();
     let one_pass = d.path("one-pass.safetensors");
-    run_ok(&[
-        "merge",
-        s(&rp),
-        "-o",
-        s(&one_pass),
-        "--dtype",
-        "f32",
-        "--no-input-hashes",
-        "-q",
-    ]);
+    run_ok(&words(
+        "merge {} -o {} --dtype f32 --no-input-hashes -q",
+        &[s(&rp), s(&one_pass)],
+    ));
 
     // Step by step: each step its own merge, intermediates stored in f64.
     let mut previous: Vec<String> = Vec::new();
@@ -618,16 +606,10 @@ fn blessingmix_in_one_pass_equals_its_steps() {
         std::fs::write(&rp, text).unwrap();
         last = d.path(&format!("{n}.safetensors"));
         let dtype = if *n == "FINAL" { "f32" } else { "f64" };
-        run_ok(&[
-            "merge",
-            s(&rp),
-            "-o",
-            s(&last),
-            "--dtype",
-            dtype,
-            "--no-input-hashes",
-            "-q",
-        ]);
+        run_ok(&words(
+            "merge {} -o {} --dtype {} --no-input-hashes -q",
+            &[s(&rp), s(&last), dtype],
+        ));
         previous.push(n.to_string());
     }
     let (a, b) = (reference_map(&one_pass), reference_map(&last));
@@ -667,16 +649,10 @@ fn integers_missing_keys_and_provenance() {
     ];
     let partial = d.model("partial.safetensors", &no_vae, &base);
     let out = d.path("m.safetensors");
-    let json = run_json(&[
-        "merge",
-        "ws",
-        s(&full),
-        s(&partial),
-        "--alpha",
-        "0.5",
-        "-o",
-        s(&out),
-    ]);
+    let json = run_json(&words(
+        "merge ws {} {} --alpha 0.5 -o {}",
+        &[s(&full), s(&partial), s(&out)],
+    ));
     // VAE keys come from the one model that has them, unchanged, and are listed.
     assert_eq!(json["copied"].as_array().unwrap().len(), 248);
     let (o, f) = (reference_map(&out), reference_map(&full));
@@ -713,17 +689,10 @@ fn integers_missing_keys_and_provenance() {
     );
     // Merging the merge keeps the ancestry.
     let out2 = d.path("m2.safetensors");
-    run_ok(&[
-        "merge",
-        "ws",
-        s(&out),
-        s(&full),
-        "--alpha",
-        "0.5",
-        "-o",
-        s(&out2),
-        "-q",
-    ]);
+    run_ok(&words(
+        "merge ws {} {} --alpha 0.5 -o {} -q",
+        &[s(&out), s(&full), s(&out2)],
+    ));
     let c2 = ckpt_read::Checkpoint::open(&out2).unwrap();
     let models2: serde_json::Value =
         serde_json::from_str(c2.metadata_value("sd_merge_models").unwrap()).unwrap();
@@ -734,18 +703,10 @@ fn integers_missing_keys_and_provenance() {
     assert!(models2[sha256_of(&out)]["sd_merge_recipe"]["type"] == "ckpt-diff");
     // With --missing skip, the VAE is left out.
     let out3 = d.path("m3.safetensors");
-    let json = run_json(&[
-        "merge",
-        "ws",
-        s(&full),
-        s(&partial),
-        "--alpha",
-        "0.5",
-        "-o",
-        s(&out3),
-        "--missing",
-        "skip",
-    ]);
+    let json = run_json(&words(
+        "merge ws {} {} --alpha 0.5 -o {} --missing skip",
+        &[s(&full), s(&partial), s(&out3)],
+    ));
     assert_eq!(json["skipped"].as_array().unwrap().len(), 248);
 }
 
@@ -1033,18 +994,10 @@ fn vpred_markers_survive_a_merge() {
     let source = read_raw(&vpred).0;
     for (i, (a, b)) in [(&vpred, &eps), (&eps, &vpred)].into_iter().enumerate() {
         let out = d.path(&format!("m{i}.safetensors"));
-        run_ok(&[
-            "merge",
-            "ws",
-            s(a),
-            s(b),
-            "--alpha",
-            "0.5",
-            "-o",
-            s(&out),
-            "-q",
-            "--no-input-hashes",
-        ]);
+        run_ok(&words(
+            "merge ws {} {} --alpha 0.5 -o {} -q --no-input-hashes",
+            &[s(a), s(b), s(&out)],
+        ));
         let (tensors, _) = read_raw(&out);
         for m in markers {
             let got = tensors.iter().find(|t| t.name == m);

@@ -140,12 +140,7 @@ fn dry_run_reports_every_input_problem_at_once() {
     let fresh = fam.dir.path("fresh.safetensors");
     let plan = run_json(&["merge", s(&recipe), "-o", s(&fresh), "--dry-run"]);
     assert!(!fresh.exists(), "a dry run wrote its output");
-    let comps: Vec<&str> = plan["components"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["component"].as_str().unwrap())
-        .collect();
+    let comps: Vec<&str> = column(&plan["components"], "component");
     assert_eq!(comps, ["UNET", "TE1", "VAE"], "{plan}");
     let copied = plan["copied"].as_array().unwrap();
     assert!(
@@ -227,13 +222,10 @@ fn dry_run_reads_no_tensor_data() {
     )
     .unwrap();
     paths.iter().for_each(|p| evict(p));
-    run_ok(&[
-        "merge",
-        s(&recipe),
-        "-o",
-        s(&dir.path("out.safetensors")),
-        "--dry-run",
-    ]);
+    run_ok(&words(
+        "merge {} -o {} --dry-run",
+        &[s(&recipe), s(&dir.path("out.safetensors"))],
+    ));
     for p in &paths {
         let r = resident(p);
         assert!(

@@ -193,21 +193,11 @@ fn blocks_and_keys_restrict_rows_and_totals() {
     // Every row a selection shows has its number in the full table.
     let same_as_full = |chosen: &serde_json::Value| {
         for r in chosen["rows"].as_array().unwrap() {
-            let full = all["rows"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["label"] == r["label"])
-                .unwrap();
+            let full = find_row(&all["rows"], "label", &r["label"]);
             assert_eq!(full["similarity"], r["similarity"]);
         }
     };
-    let labels: Vec<&str> = out["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["label"].as_str().unwrap())
-        .collect();
+    let labels: Vec<&str> = column(&out["rows"], "label");
     assert_eq!(
         labels,
         (0..12).map(|i| format!("OUT{i:02}")).collect::<Vec<_>>()
@@ -224,12 +214,7 @@ fn blocks_and_keys_restrict_rows_and_totals() {
     same_as_full(&out);
     // The one selector language: blocks, ranges and groups, rows as in the full table.
     let picked = run_json(&["sim", s(&a), s(&b), "--blocks", "IN04,OUT03..OUT05,te,base"]);
-    let labels: Vec<&str> = picked["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["label"].as_str().unwrap())
-        .collect();
+    let labels: Vec<&str> = column(&picked["rows"], "label");
     assert_eq!(labels, ["IN04", "OUT03", "OUT04", "OUT05", "TE1", "VAE"]);
     same_as_full(&picked);
     let (code, _, err) = run_code(&["sim", s(&a), s(&b), "--blocks", "OUT05..OUT03"]);
@@ -238,14 +223,10 @@ fn blocks_and_keys_restrict_rows_and_totals() {
         err.contains("--blocks") && err.contains("runs backwards"),
         "{err}"
     );
-    let attn = run_json(&[
-        "sim",
-        s(&a),
-        s(&b),
-        "--keys",
-        r"attn2\.to_k",
-        "--per-tensor",
-    ]);
+    let attn = run_json(&words(
+        "sim {} {} --keys {} --per-tensor",
+        &[s(&a), s(&b), r"attn2\.to_k"],
+    ));
     let tensors = attn["tensors"].as_array().unwrap();
     assert_eq!(
         tensors.len(),
@@ -326,12 +307,7 @@ fn table_markdown_and_csv_carry_the_same_numbers() {
     let d = Dir::new();
     let (a, b) = pair(&d, arch("sd1"), 32, FloatFormat::F16, FloatFormat::F16);
     let json = run_json(&["sim", s(&a), s(&b)]);
-    let out09 = json["rows"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["label"] == "OUT09")
-        .unwrap();
+    let out09 = find_row(&json["rows"], "label", "OUT09");
     let pct = format!("{:.4}%", out09["similarity"].as_f64().unwrap() * 100.0);
     for flag in [None, Some("--markdown"), Some("--csv")] {
         let mut args = vec!["sim", s(&a), s(&b)];

@@ -5,6 +5,7 @@
 #![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
 
 mod util;
+mod words;
 
 mod asim;
 mod bad_input;

@@ -21,35 +21,17 @@ fn fixtures() -> PathBuf {
 /// models with dense random deltas of 0.3 spread (so signs disagree everywhere).
 fn mecha_inputs(dir: &Dir) -> Vec<PathBuf> {
     let mut paths = vec![dir.path("base.safetensors")];
-    run_ok(&[
-        "synth",
-        "model",
-        "--arch",
-        "sd1",
-        "--scale",
-        "16",
-        "--seed",
-        "1",
-        s(&paths[0]),
-        "-q",
-    ]);
+    run_ok(&words(
+        "synth model --arch sd1 --scale 16 --seed 1 {} -q",
+        &[s(&paths[0])],
+    ));
     for i in 1..=4 {
         let p = dir.path(&format!("m{i}.safetensors"));
         let delta = format!("{}:0.3", 10 + i);
-        run_ok(&[
-            "synth",
-            "model",
-            "--arch",
-            "sd1",
-            "--scale",
-            "16",
-            "--seed",
-            "1",
-            "--delta",
-            &delta,
-            s(&p),
-            "-q",
-        ]);
+        run_ok(&words(
+            "synth model --arch sd1 --scale 16 --seed 1 --delta {} {} -q",
+            &[&delta, s(&p)],
+        ));
         paths.push(p);
     }
     paths
@@ -121,14 +103,10 @@ fn ties_like_sd_mecha_equals_sd_mecha() {
             let recipe = dir.path("t.recipe");
             std::fs::write(&recipe, text).unwrap();
             let ours = dir.path(&format!("ours-{combine}-{vote}.safetensors"));
-            run_ok(&[
-                "merge",
-                s(&recipe),
-                "-o",
-                s(&ours),
-                "--no-input-hashes",
-                "-q",
-            ]);
+            run_ok(&words(
+                "merge {} -o {} --no-input-hashes -q",
+                &[s(&recipe), s(&ours)],
+            ));
             let theirs = match &python {
                 Some(py) => {
                     let out = dir.path(&format!("mecha-{combine}-{vote}.safetensors"));

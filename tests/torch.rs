@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-use crate::util::{Dir, read_raw, run_code, run_json, run_ok, s};
+use crate::util::{Dir, read_raw, run_code, run_json, run_ok, s, words};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -143,19 +143,10 @@ fn test_commands_agree_on_ckpt_and_converted() {
     // Another model to compare with: the bf16 fixture (same seed, other rounding) as a
     // zip ckpt, and a generated one of another seed.
     let other = dir.path("other.safetensors");
-    run_ok(&[
-        "synth",
-        "model",
-        "-q",
-        "--scale",
-        "64",
-        "--dtype",
-        "f32",
-        "--seed",
-        "9",
-        "--ema",
-        s(&other),
-    ]);
+    run_ok(&words(
+        "synth model -q --scale 64 --dtype f32 --seed 9 --ema {}",
+        &[s(&other)],
+    ));
     let strip = |mut v: serde_json::Value| {
         // Paths and names differ by design.
         fn walk(v: &mut serde_json::Value) {
@@ -236,28 +227,14 @@ fn test_commands_agree_on_ckpt_and_converted() {
     // A merge with the ckpt as input writes the same tensors as with the safetensors.
     let m1 = dir.path("m1.safetensors");
     let m2 = dir.path("m2.safetensors");
-    run_ok(&[
-        "merge",
-        "ws",
-        s(&ckpt),
-        s(&other),
-        "--alpha",
-        "0.3",
-        "-o",
-        s(&m1),
-        "-q",
-    ]);
-    run_ok(&[
-        "merge",
-        "ws",
-        s(&st),
-        s(&other),
-        "--alpha",
-        "0.3",
-        "-o",
-        s(&m2),
-        "-q",
-    ]);
+    run_ok(&words(
+        "merge ws {} {} --alpha 0.3 -o {} -q",
+        &[s(&ckpt), s(&other), s(&m1)],
+    ));
+    run_ok(&words(
+        "merge ws {} {} --alpha 0.3 -o {} -q",
+        &[s(&st), s(&other), s(&m2)],
+    ));
     let (t1, _) = read_raw(&m1);
     let (t2, _) = read_raw(&m2);
     assert_eq!(t1.len(), t2.len());
@@ -279,16 +256,10 @@ fn test_commands_agree_on_ckpt_and_converted() {
     }
     // fit takes a ckpt as target and as source.
     let fit = |target: &Path| {
-        let v = run_json(&[
-            "fit",
-            "--target",
-            s(&m1),
-            "--base",
-            s(&other),
-            "--sources",
-            s(target),
-            "-q",
-        ]);
+        let v = run_json(&words(
+            "fit --target {} --base {} --sources {} -q",
+            &[s(&m1), s(&other), s(target)],
+        ));
         strip(v["steps"].clone())
     };
     same(&fit(&ckpt), &fit(&st), "fit");

@@ -69,6 +69,8 @@ pub(crate) fn ckpt_diff() -> Command {
     c
 }
 
+pub(crate) use crate::words::words;
+
 /// Runs the binary, expects success, returns stdout.
 pub(crate) fn run_ok(args: &[&str]) -> String {
     let out = ckpt_diff().args(args).output().expect("run");
@@ -85,6 +87,31 @@ pub(crate) fn run_json(args: &[&str]) -> serde_json::Value {
     let mut a = args.to_vec();
     a.push("--json");
     serde_json::from_str(&run_ok(&a)).expect("JSON output")
+}
+
+/// The object of the JSON array `rows` whose `field` equals `value` (panics if none does).
+pub(crate) fn find_row<'a, T: ?Sized>(
+    rows: &'a serde_json::Value,
+    field: &str,
+    value: &T,
+) -> &'a serde_json::Value
+where
+    serde_json::Value: PartialEq<T>,
+{
+    rows.as_array()
+        .expect("a JSON array")
+        .iter()
+        .find(|r| r[field] == *value)
+        .unwrap_or_else(|| panic!("no row with {field} = the value asked for in {rows}"))
+}
+
+/// The string `field` of every object of the JSON array `rows`.
+pub(crate) fn column<'a>(rows: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
+    rows.as_array()
+        .expect("a JSON array")
+        .iter()
+        .map(|r| r[field].as_str().expect("a string"))
+        .collect()
 }
 
 pub(crate) fn s(p: &Path) -> &str {
@@ -425,20 +452,10 @@ pub(crate) fn rewrite(src: &Path, dst: &Path, edit: impl FnOnce(&mut Vec<RawTens
 /// fine-tunes and merges of them with known recipes, family.json) into the folder `fam`.
 pub(crate) fn synth_family(fam: &Path, arch: &str, scale: u32, seed: u64, finetunes: usize) {
     let (scale, seed, finetunes) = (scale.to_string(), seed.to_string(), finetunes.to_string());
-    run_ok(&[
-        "synth",
-        "family",
-        s(fam),
-        "--arch",
-        arch,
-        "--scale",
-        &scale,
-        "--seed",
-        &seed,
-        "--finetunes",
-        &finetunes,
-        "-q",
-    ]);
+    run_ok(&words(
+        "synth family {} --arch {} --scale {} --seed {} --finetunes {} -q",
+        &[s(fam), arch, &scale, &seed, &finetunes],
+    ));
 }
 
 /// The path of a synthetic family's member `name` (`base`, `ft1`, `ws-ft1-ft2`, ...).

@@ -270,17 +270,13 @@ fn assert_ids_fixed(p: &Path) {
 #[test]
 fn position_ids_float_drifted_scaled_misshapen_missing() {
     let c = case();
+    let fixed = |p: &Path, code: &str, severity: &str, exit: i32| {
+        assert_ids_fixed(&found_and_fixed(&c, p, code, severity, exit, &[]));
+    };
     // Float but exact: a warning (a merge would drift it).
     let exact: Vec<u8> = (0..77).flat_map(|i| (i as f32).to_le_bytes()).collect();
     let p = with_position_ids(&c, "float.safetensors", "F32", vec![1, 77], exact);
-    assert_ids_fixed(&found_and_fixed(
-        &c,
-        &p,
-        "position-ids-dtype",
-        "warning",
-        1,
-        &[],
-    ));
+    fixed(&p, "position-ids-dtype", "warning", 1);
     // Drifted like AnythingV3: 76 became 75.9975 (truncates to 75).
     let drift: Vec<u8> = (0..77)
         .flat_map(|i| (i as f32 * 0.999_967).to_le_bytes())
@@ -292,49 +288,21 @@ fn position_ids_float_drifted_scaled_misshapen_missing() {
             && x["message"].as_str().unwrap().contains("truncate")),
         "{f:#?}"
     );
-    assert_ids_fixed(&found_and_fixed(
-        &c,
-        &p,
-        "position-ids-values",
-        "error",
-        2,
-        &[],
-    ));
+    fixed(&p, "position-ids-values", "error", 2);
     // Scaled by an add-difference, in fp16 (0, 0.583, 1.166, ...).
     let scaled: Vec<u8> = (0..77)
         .flat_map(|i| half::f16::from_f32(i as f32 * 0.583).to_le_bytes())
         .collect();
     let p = with_position_ids(&c, "scaled.safetensors", "F16", vec![1, 77], scaled);
-    assert_ids_fixed(&found_and_fixed(
-        &c,
-        &p,
-        "position-ids-values",
-        "error",
-        2,
-        &[],
-    ));
+    fixed(&p, "position-ids-values", "error", 2);
     // Wrong shape.
     let flat: Vec<u8> = (0..77i64).flat_map(|i| i.to_le_bytes()).collect();
     let p = with_position_ids(&c, "flat.safetensors", "I64", vec![77], flat);
-    assert_ids_fixed(&found_and_fixed(
-        &c,
-        &p,
-        "position-ids-shape",
-        "error",
-        2,
-        &[],
-    ));
+    fixed(&p, "position-ids-shape", "error", 2);
     // Missing.
     let p = c.d.path("noids.safetensors");
     rewrite(&c.base, &p, |t| t.retain(|x| x.name != POS));
-    assert_ids_fixed(&found_and_fixed(
-        &c,
-        &p,
-        "position-ids-missing",
-        "warning",
-        1,
-        &[],
-    ));
+    fixed(&p, "position-ids-missing", "warning", 1);
 }
 
 #[test]
@@ -362,15 +330,10 @@ fn pruned_sdxl_is_usable_not_broken() {
     );
     // Restoring the pruned layers from a full file.
     let out = d.path("restored.safetensors");
-    let (code, stdout, _) = run_code(&[
-        "fix",
-        s(&pruned),
-        "-o",
-        s(&out),
-        "--base",
-        s(&full),
-        "--fill-optional",
-    ]);
+    let (code, stdout, _) = run_code(&words(
+        "fix {} -o {} --base {} --fill-optional",
+        &[s(&pruned), s(&out), s(&full)],
+    ));
     assert_eq!(code, 0, "{stdout}");
     let (_, f2) = findings(&out);
     assert!(!has(&f2, "pruned", "info"), "{f2:#?}");

@@ -3,6 +3,11 @@
 
 #![allow(dead_code)]
 
+#[path = "../../tests/words.rs"]
+mod words;
+#[allow(unused_imports)] // not every benchmark writes a command line
+pub(crate) use words::words;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -72,6 +77,30 @@ pub(crate) fn generated(
         .expect("synth");
     }
     path
+}
+
+/// `n` SDXL checkpoints at full size with no weight data (sparse files: a plan's memory
+/// bound for many inputs, without the disk), `dir/<name(i)>.safetensors`, created once.
+pub(crate) fn zero_models(dir: &Path, n: usize, name: impl Fn(usize) -> String) -> Vec<PathBuf> {
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("{}.safetensors", name(i)));
+            if !p.exists() {
+                let mut l = Layout::new(arch("sdxl"), 1, FloatFormat::F16);
+                l.zero_data = true;
+                synth::write(
+                    &p,
+                    &l,
+                    &Synthetic::base(arch("sdxl"), i as u64),
+                    &[],
+                    &NoProgress,
+                    &Default::default(),
+                )
+                .expect("synth");
+            }
+            p
+        })
+        .collect()
 }
 
 fn prefix(arch: Arch, dtype: FloatFormat) -> String {

@@ -13,9 +13,7 @@ use ckpt_read::dtype::FloatFormat;
 /// The CPU must support AVX2, FMA and F16C; `src.len() == dst.len() * format.size()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn to_f64(format: FloatFormat, src: &[u8], dst: &mut [f64]) {
-    let n = dst.len();
-    let s = src.as_ptr();
-    let d = dst.as_mut_ptr();
+    let (n, s, d) = (dst.len(), src.as_ptr(), dst.as_mut_ptr());
     let mut i = 0;
     // SAFETY (all blocks below): every pointer offset stays below `n` elements of `dst`
     // and `n * size` bytes of `src`, checked by the loop bounds.
@@ -89,9 +87,7 @@ unsafe fn f64x4_to_f32_odd(x: __m256d) -> __m128i {
 /// The CPU must support AVX2, FMA and F16C; `dst.len() == src.len() * format.size()`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn from_f64(format: FloatFormat, src: &[f64], dst: &mut [u8]) {
-    let n = src.len();
-    let s = src.as_ptr();
-    let d = dst.as_mut_ptr();
+    let (n, s, d) = (src.len(), src.as_ptr(), dst.as_mut_ptr());
     let mut i = 0;
     // SAFETY (all blocks below): offsets stay within `n` elements, as in `to_f64`.
     unsafe {

@@ -232,14 +232,7 @@ pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Option
     let wrong_shape = canonical_set(FindingKind::WrongShape);
     let required = canonical_set(FindingKind::MissingRequired);
     let optional = canonical_set(FindingKind::Pruned);
-    let raw_set = |kind: FindingKind| -> HashSet<&str> {
-        findings.keys_of(kind).iter().map(String::as_str).collect()
-    };
-    let (ema, unknown, scheduler) = (
-        raw_set(FindingKind::Ema),
-        raw_set(FindingKind::UnexpectedKeys),
-        raw_set(FindingKind::SchedulerBuffers),
-    );
+    let [ema, unknown, scheduler] = droppable(findings);
     let table = file.arch.map(data::table);
     let mine = by_key(file.tensors);
     let present: HashSet<Component> = mine.iter().map(|(k, _)| component_of(k)).collect();
@@ -417,19 +410,23 @@ pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Option
     out
 }
 
+/// The keys, as stored, that the drop options remove: [EMA (`drop_ema`), unexpected
+/// (`drop_unknown`), scheduler buffers (`drop_scheduler`)].
+fn droppable(findings: &ValidateReport) -> [HashSet<&str>; 3] {
+    [
+        FindingKind::Ema,
+        FindingKind::UnexpectedKeys,
+        FindingKind::SchedulerBuffers,
+    ]
+    .map(|kind| findings.keys_of(kind).iter().map(String::as_str).collect())
+}
+
 /// What `convert` writes: every tensor of `file` under its name, as stored or cast to
 /// `opts.dtype`, less what the drop options name (from the header findings). Unlike
 /// [`plan`], nothing is repaired: a conversion changes the container, not the weights.
 pub(crate) fn conversion(file: &Input<'_>, opts: &Options) -> FixPlan {
     let findings = file.findings;
-    let raw_set = |kind: FindingKind| -> HashSet<&str> {
-        findings.keys_of(kind).iter().map(String::as_str).collect()
-    };
-    let (ema, unknown, scheduler) = (
-        raw_set(FindingKind::Ema),
-        raw_set(FindingKind::UnexpectedKeys),
-        raw_set(FindingKind::SchedulerBuffers),
-    );
+    let [ema, unknown, scheduler] = droppable(findings);
     let mut out = FixPlan {
         tensors: Vec::new(),
         metadata: Vec::new(),

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 use super::LoraError;
 use super::svd::{self, RankRule, Real};
-use super::write::{Dialect, Tensors, factors_of};
+use super::write::{Dialect, Factors, Tensors, factors_of};
 use ckpt_core::catalog::lora::{Extractable, extractable};
 use ckpt_core::catalog::{Arch, Grouping};
 use ckpt_core::pass::Slice;
@@ -190,11 +190,7 @@ fn factor(
         &ex.stem,
         Dialect::Kohya,
         opts.format,
-        &up,
-        &down,
-        m,
-        r,
-        kernel,
+        Factors::new(&up, &down, m, r, kernel),
         Some(r as f64),
     );
     Ok(Done {

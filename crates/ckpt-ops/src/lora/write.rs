@@ -110,6 +110,34 @@ impl Serialize for NotWritten {
     }
 }
 
+/// One module's low-rank factors as written: `up` (rows×rank) and `down` (rank×cols, stored
+/// with `kernel` = [in, kh, kw] when a convolution).
+pub struct Factors<'a> {
+    pub up: &'a [f64],
+    pub down: &'a [f64],
+    pub rows: usize,
+    pub rank: usize,
+    pub kernel: Option<&'a [usize]>,
+}
+
+impl<'a> Factors<'a> {
+    pub const fn new(
+        up: &'a [f64],
+        down: &'a [f64],
+        rows: usize,
+        rank: usize,
+        kernel: Option<&'a [usize]>,
+    ) -> Self {
+        Self {
+            up,
+            down,
+            rows,
+            rank,
+            kernel,
+        }
+    }
+}
+
 /// Tensors to write: their specs and encoded bytes.
 #[derive(Default)]
 pub struct Tensors {
@@ -133,29 +161,24 @@ impl Tensors {
         ));
     }
 
-    /// A LoRA module: `up` (rows×r), `down` (r×cols, stored with `kernel` = [in, kh, kw] when
-    /// a convolution), alpha.
-    #[allow(clippy::too_many_arguments)]
+    /// A LoRA module: its factors, and alpha (none: the scale is folded into the factors).
     pub fn module(
         &mut self,
         stem: &str,
         dialect: Dialect,
         format: FloatFormat,
-        up: &[f64],
-        down: &[f64],
-        rows: usize,
-        rank: usize,
-        kernel: Option<&[usize]>,
+        f: Factors,
         alpha: Option<f64>,
     ) {
         let (su, sd) = dialect.suffixes();
-        let cols = down.len() / rank.max(1);
-        let (up_shape, down_shape) = match kernel {
+        let (rows, rank) = (f.rows, f.rank);
+        let cols = f.down.len() / rank.max(1);
+        let (up_shape, down_shape) = match f.kernel {
             Some(k) => (vec![rows, rank, 1, 1], [&[rank][..], k].concat()),
             None => (vec![rows, rank], vec![rank, cols]),
         };
-        self.push(format!("{stem}{su}"), up_shape, format, up);
-        self.push(format!("{stem}{sd}"), down_shape, format, down);
+        self.push(format!("{stem}{su}"), up_shape, format, f.up);
+        self.push(format!("{stem}{sd}"), down_shape, format, f.down);
         if let Some(a) = alpha {
             self.push(format!("{stem}.alpha"), Vec::new(), format, &[a]);
         }
@@ -318,17 +341,8 @@ pub fn merge(
                     down.extend_from_slice(&a.data);
                     at += b.cols;
                 }
-                t.module(
-                    &name,
-                    Dialect::Kohya,
-                    format,
-                    &up,
-                    &down,
-                    rows,
-                    rank,
-                    kernel.as_deref(),
-                    Some(rank as f64),
-                );
+                let f = Factors::new(&up, &down, rows, rank, kernel.as_deref());
+                t.module(&name, Dialect::Kohya, format, f, Some(rank as f64));
             }
             MergeHow::Svd {
                 rank,
@@ -356,17 +370,8 @@ pub fn merge(
                     })?;
                 let (up, down) = factors_of(&tr, *clamp_quantile);
                 let r = tr.s.len();
-                t.module(
-                    &name,
-                    Dialect::Kohya,
-                    format,
-                    &up,
-                    &down,
-                    rows,
-                    r,
-                    kernel.as_deref(),
-                    Some(r as f64),
-                );
+                let f = Factors::new(&up, &down, rows, r, kernel.as_deref());
+                t.module(&name, Dialect::Kohya, format, f, Some(r as f64));
             }
         }
     }
@@ -476,29 +481,13 @@ pub fn convert(
             match dialect {
                 Dialect::Kohya => {
                     let (b, a) = d.low_rank().expect("low-rank");
-                    t.module(
-                        name,
-                        dialect,
-                        format,
-                        &b.data,
-                        &a.data,
-                        d.rows,
-                        r,
-                        kernel.as_deref(),
-                        m.alpha,
-                    );
+                    let f = Factors::new(&b.data, &a.data, d.rows, r, kernel.as_deref());
+                    t.module(name, dialect, format, f, m.alpha);
                 }
-                Dialect::Peft => t.module(
-                    name,
-                    dialect,
-                    format,
-                    &up,
-                    &down,
-                    d.rows,
-                    r,
-                    kernel.as_deref(),
-                    None,
-                ),
+                Dialect::Peft => {
+                    let f = Factors::new(&up, &down, d.rows, r, kernel.as_deref());
+                    t.module(name, dialect, format, f, None);
+                }
             }
             continue;
         }
@@ -520,15 +509,12 @@ pub fn convert(
         let covered: usize = split.iter().map(|(_, (a, b))| b - a).sum();
         if target.rows.is_none() && !split.is_empty() && covered == d.rows {
             for (name, (a, b)) in split {
+                let f = Factors::new(&up[a * r..b * r], &down, b - a, r, kernel.as_deref());
                 t.module(
                     &name,
                     dialect,
                     format,
-                    &up[a * r..b * r],
-                    &down,
-                    b - a,
-                    r,
-                    kernel.as_deref(),
+                    f,
                     (dialect == Dialect::Kohya).then_some(r as f64),
                 );
             }
@@ -575,15 +561,12 @@ pub fn convert(
             rank_at += r;
         }
         let kernel = parts[0].4.clone();
+        let f = Factors::new(&up, &down, rows, rank, kernel.as_deref());
         t.module(
             name,
             dialect,
             format,
-            &up,
-            &down,
-            rows,
-            rank,
-            kernel.as_deref(),
+            f,
             (dialect == Dialect::Kohya).then_some(rank as f64),
         );
     }

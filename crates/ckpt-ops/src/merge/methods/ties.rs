@@ -328,20 +328,12 @@ impl Ties {
         (deltas, signs)
     }
 
-    /// Model `i`'s filtered delta (zero where it disagrees with the elected sign).
-    fn filtered(
-        &self,
-        t: &dyn TensorInputs,
-        st: &State,
-        i: usize,
-        s: usize,
-        base: &[f64],
-    ) -> Vec<f64> {
+    /// A delta at `s..` filtered: zero where it disagrees with the elected sign.
+    fn filter(&self, st: &State, s: usize, mut d: Vec<f64>) -> Vec<f64> {
         let signs = st
             .signs
             .as_ref()
             .expect("signs are stored for stock and median");
-        let mut d = self.delta(t, st, i, s, base);
         for (j, x) in d.iter_mut().enumerate() {
             if !self.agrees(*x, signs[s - st.origin + j]) {
                 *x = 0.0;
@@ -396,7 +388,7 @@ impl Ties {
         sweep(t, |s, e| {
             let base = t.input(0, s, e);
             for (i, acc) in norm2.iter_mut().enumerate() {
-                let g = self.filtered(t, st, i, s, &base);
+                let g = self.filter(st, s, self.delta(t, st, i, s, &base));
                 *acc += ckpt_core::kernels::norm_l2_sqr(&g);
             }
         });
@@ -410,7 +402,11 @@ impl Ties {
             let mut u = vec![0.0f64; e - s];
             for (i, &c) in inv.iter().enumerate() {
                 if c != 0.0 {
-                    ckpt_core::kernels::axpy(c, &self.filtered(t, st, i, s, &base), &mut u);
+                    ckpt_core::kernels::axpy(
+                        c,
+                        &self.filter(st, s, self.delta(t, st, i, s, &base)),
+                        &mut u,
+                    );
                 }
             }
             sum_u2 += ckpt_core::kernels::norm_l2_sqr(&u);
@@ -439,7 +435,9 @@ impl Ties {
         while s < range.end {
             let e = (s + per).min(range.end);
             let base = t.input(0, s, e);
-            let g: Vec<Vec<f64>> = (0..n).map(|i| self.filtered(t, st, i, s, &base)).collect();
+            let g: Vec<Vec<f64>> = (0..n)
+                .map(|i| self.filter(st, s, self.delta(t, st, i, s, &base)))
+                .collect();
             for row in (s - range.start..e - range.start).step_by(last) {
                 let at = row - (s - range.start);
                 let seg = |i: usize| &g[i][at..at + last];
@@ -568,7 +566,7 @@ impl NodeMethod for Ties {
                         sweep(t, |s, e| {
                             let base = t.input(0, s, e);
                             for i in 0..self.models() {
-                                let g = self.filtered(t, st_ref, i, s, &base);
+                                let g = self.filter(st_ref, s, self.delta(t, st_ref, i, s, &base));
                                 let at = i * n + s - origin;
                                 for (c, v) in c[at..at + e - s].iter_mut().zip(&g) {
                                     *c = *v as f32;
@@ -597,7 +595,7 @@ impl NodeMethod for Ties {
                                 if b.0 != s {
                                     *b = (s, t.input(0, s, e));
                                 }
-                                self.filtered(t, st_ref, i, s, &b.1)
+                                self.filter(st_ref, s, self.delta(t, st_ref, i, s, &b.1))
                             }
                         },
                     );
