@@ -28,9 +28,24 @@ use clap::{Parser, Subcommand};
 const EXIT_CODES: &str = "\
 Exit codes: 0 success; 1 a check found something; 2 usage, input or I/O error; 130 interrupted.";
 
-/// Analyze, diff and merge diffusion-model checkpoints.
+/// The `--help` header: what ckpt-diff does, with the catalog's architectures (a new one is
+/// listed without editing this) and the input formats.
+fn about() -> String {
+    let archs: Vec<&str> = ckpt_core::catalog::Arch::all()
+        .iter()
+        .map(|a| a.label().split(" (").next().unwrap_or(a.label()))
+        .collect();
+    format!(
+        "Analyze, diff and merge diffusion-model checkpoints ({}; safetensors, torch pickles, \
+         diffusers folders, sharded files): block similarity, L2 maps, hashes, validation, \
+         streamed merges, LoRAs and recipe fitting.",
+        archs.join(", ")
+    )
+}
+
+// The help header is `about()`: the catalog's architectures, not a fixed list.
 #[derive(Debug, Parser)]
-#[command(name = "ckpt-diff", version, about, after_help = EXIT_CODES)]
+#[command(name = "ckpt-diff", version, about = about(), after_help = EXIT_CODES)]
 pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
