@@ -208,14 +208,10 @@ fn fix_and_convert_tables_are_their_json_actions() {
     let dir = Dir::new();
     let heavy = heavy(&dir);
     let out = dir.path("fixed.safetensors");
-    let args = [
-        "fix",
-        heavy.as_str(),
-        "-o",
-        s(&out),
-        "--drop-ema",
-        "--force",
-    ];
+    let args = words(
+        "fix {} -o {} --drop-ema --force",
+        &[heavy.as_str(), s(&out)],
+    );
     let json = json_of(&args);
     let csv = csv_tables(&run_with(&args, "--csv"));
     assert_eq!(csv.len(), 2, "actions, then the result's findings");
@@ -238,18 +234,10 @@ fn fix_and_convert_tables_are_their_json_actions() {
         "synth model {} --arch sd1 --scale 32 -q",
         &[s(&base)],
     ));
-    let args = [
-        "convert",
-        heavy.as_str(),
-        s(&base),
-        "--out-dir",
-        s(&outs),
-        "--drop-ema",
-        "--dtype",
-        "f16",
-        "--force",
-        "-q",
-    ];
+    let args = words(
+        "convert {} {} --out-dir {} --drop-ema --dtype f16 --force -q",
+        &[heavy.as_str(), s(&base), s(&outs)],
+    );
     let json = json_of(&args);
     let want: Vec<Vec<String>> = json["converted"]
         .as_array()
@@ -351,15 +339,10 @@ fn index_and_lineage_tables_carry_the_json_values() {
     assert_eq!(csv[1][1], ["sd1", "4"]);
 
     let target = member(&fam, "mbw-ft1-ft2");
-    let lineage = [
-        "lineage",
-        target.as_str(),
-        "--index",
-        s(&ix),
-        "--base",
-        "base",
-        "-q",
-    ];
+    let lineage = words(
+        "lineage {} --index {} --base base -q",
+        &[target.as_str(), s(&ix)],
+    );
     let json = run_json(&lineage);
     let csv = csv_tables(&run_with(&lineage, "--csv"));
     assert_eq!(csv.len(), 3, "nearest, recipe, explained");
@@ -431,19 +414,10 @@ fn lora_and_fit_tables_carry_the_json_values() {
         member(&fam, "ft2"),
     );
     let lora = dir.path("ft1-r4.safetensors");
-    let extract = [
-        "lora",
-        "extract",
-        ft1.as_str(),
-        "--base",
-        base.as_str(),
-        "--rank",
-        "4",
-        "-o",
-        s(&lora),
-        "--force",
-        "-q",
-    ];
+    let extract = words(
+        "lora extract {} --base {} --rank 4 -o {} --force -q",
+        &[ft1.as_str(), base.as_str(), s(&lora)],
+    );
     let json = json_of(&extract);
     let csv = csv_tables(&run_with(&extract, "--csv"));
     let blocks: Vec<Vec<String>> = json["blocks"]
@@ -482,19 +456,10 @@ fn lora_and_fit_tables_carry_the_json_values() {
 
     // fit: the steps' expressions and similarities.
     let target = member(&fam, "ws-ft1-ft2");
-    let fit = [
-        "fit",
-        "--target",
-        target.as_str(),
-        "--base",
-        base.as_str(),
-        "--sources",
-        ft1.as_str(),
-        ft2.as_str(),
-        "--max-steps",
-        "2",
-        "-q",
-    ];
+    let fit = words(
+        "fit --target {} --base {} --sources {} {} --max-steps 2 -q",
+        &[target.as_str(), base.as_str(), ft1.as_str(), ft2.as_str()],
+    );
     let json = run_json(&fit);
     let csv = csv_tables(&run_with(&fit, "--csv"));
     assert_eq!(csv.len(), 2, "steps, rows");
