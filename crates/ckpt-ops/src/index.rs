@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::sketch::{BUCKETS, Fingerprint, RowSketch};
-use ckpt_core::catalog::Arch;
+use ckpt_core::catalog::{Arch, Layout};
 
 /// The database schema version this build reads and writes.
 /// 2: the multiply-add-shift element hash (fingerprints of schema 1 hash differently).
@@ -66,7 +66,7 @@ fn arch_id<S: serde::Serializer>(a: &Option<Arch>, s: S) -> Result<S::Ok, S::Err
 impl Record {
     /// An architecture as the index stores it: its id, or `unknown`.
     pub fn arch_name(arch: Option<Arch>) -> &'static str {
-        arch.map_or("unknown", Arch::id)
+        arch.map_or(Layout::Generic, Layout::Known).id()
     }
 }
 

@@ -176,19 +176,6 @@ pub fn parse(name: &str) -> Option<Dtype> {
     serde_json::from_value(serde_json::Value::String(name.to_owned())).ok()
 }
 
-/// Parses a user-facing dtype name such as `f16`, `fp16`, `half`, `bf16`, `f32`, `float32`.
-pub fn parse_user_float(name: &str) -> Option<FloatFormat> {
-    match name.to_ascii_lowercase().as_str() {
-        "f16" | "fp16" | "float16" | "half" => Some(FloatFormat::F16),
-        "bf16" | "bfloat16" => Some(FloatFormat::BF16),
-        "f32" | "fp32" | "float32" | "float" => Some(FloatFormat::F32),
-        "f64" | "fp64" | "float64" | "double" => Some(FloatFormat::F64),
-        "f8_e4m3" | "fp8" | "e4m3" => Some(FloatFormat::F8E4M3),
-        "f8_e5m2" | "e5m2" => Some(FloatFormat::F8E5M2),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -117,20 +117,19 @@ impl Role {
                 | Role::LokrT2
         )
     }
-
-    /// Why a module with this tensor has a ΔW computed elsewhere than here, if it has.
-    fn not_computed(self) -> Option<&'static str> {
-        match self {
-            Role::Mid => Some("a Tucker-decomposed convolution (lora_mid)"),
-            Role::HadaT1 => Some("a Tucker-decomposed LoHa (hada_t1)"),
-            Role::LokrT2 => Some("a Tucker-decomposed LoKr (lokr_t2)"),
-            Role::DoraScale => {
-                Some("DoRA (dora_scale), whose change depends on the model's weight")
-            }
-            _ => None,
-        }
-    }
 }
+
+/// The tensors whose module has a ΔW computed elsewhere than here, with why, in the order the
+/// reasons are checked (a Tucker core before DoRA).
+const NOT_COMPUTED: [(Role, &str); 4] = [
+    (Role::Mid, "a Tucker-decomposed convolution (lora_mid)"),
+    (Role::HadaT1, "a Tucker-decomposed LoHa (hada_t1)"),
+    (Role::LokrT2, "a Tucker-decomposed LoKr (lokr_t2)"),
+    (
+        Role::DoraScale,
+        "DoRA (dora_scale), whose change depends on the model's weight",
+    ),
+];
 
 impl std::fmt::Display for Role {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -401,11 +400,10 @@ impl Network {
                     .and_then(|n| ckpt.get(n))
                     .and_then(|t| scalar(ckpt, t))
                     .or(m.rank.map(|r| r as f64));
-                // In the order the reasons are checked: a Tucker core before DoRA.
-                m.not_computed = [Role::Mid, Role::HadaT1, Role::LokrT2, Role::DoraScale]
-                    .into_iter()
-                    .filter(|r| m.part(*r).is_some())
-                    .find_map(Role::not_computed);
+                m.not_computed = NOT_COMPUTED
+                    .iter()
+                    .find(|(r, _)| m.part(*r).is_some())
+                    .map(|(_, why)| *why);
                 m.target = arch.and_then(|a| lora::target(a, &m.stem)).cloned();
                 if let (Some(t), Some(g)) = (&m.target, &grouping) {
                     let row = g.group_of(&t.key);
@@ -796,11 +794,7 @@ pub fn dims(ckpt: &Checkpoint, m: &Module) -> Result<(usize, usize), DeltaError>
             .and_then(|n| ckpt.get(n))
             .map(|t| t.shape.as_slice())
     };
-    let need = |role: Role| -> Result<&[usize], DeltaError> {
-        ckpt.get(m.need(role)?)
-            .map(|t| t.shape.as_slice())
-            .ok_or_else(|| m.no_part(role))
-    };
+    let need = |role: Role| shape(role).ok_or_else(|| m.no_part(role));
     let rest = |s: &[usize]| -> usize { s.iter().skip(1).product() };
     let first = |s: &[usize]| -> usize { s.first().copied().unwrap_or(0) };
     let bad = || DeltaError::Unfit {

@@ -13,23 +13,20 @@ use ckpt_core::writer::OutputFile;
 
 /// Runs a planned merge: writes its output and returns what it did.
 pub fn execute(
-    planned: Planned<'_>,
+    mut planned: Planned<'_>,
     progress: &dyn Progress,
     cancel: &Cancel,
     cache: &Cache,
 ) -> Result<Outcome, MergeError> {
     let started = std::time::Instant::now();
+    // The outcome never reads the specs: the output file takes them.
+    let specs = std::mem::take(&mut planned.specs);
     let input_paths: Vec<&Path> = planned
         .models
         .iter()
         .map(|&m| planned.inputs.models[m].path.as_path())
         .collect();
-    let mut output = OutputFile::create(
-        &planned.out,
-        planned.specs.clone(),
-        &planned.metadata,
-        &input_paths,
-    )?;
+    let mut output = OutputFile::create(&planned.out, specs, &planned.metadata, &input_paths)?;
 
     let mut outputs = HashMap::new();
     let mut whole = Vec::new();

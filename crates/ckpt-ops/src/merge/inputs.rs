@@ -44,9 +44,18 @@ pub struct Inputs {
     pub(crate) planned: Vec<PlannedInput>,
     /// The models' one architecture, if they share one.
     pub(crate) arch: Option<Arch>,
-    pub(crate) all_opened: bool,
     /// What was wrong with the inputs.
     pub(crate) problems: Vec<Problem>,
+}
+
+impl Inputs {
+    /// Whether every model input opened (no [`Problem::CannotOpen`]).
+    pub(crate) fn all_opened(&self) -> bool {
+        !self
+            .problems
+            .iter()
+            .any(|p| matches!(p, Problem::CannotOpen { .. }))
+    }
 }
 
 /// Opens every file `recipe` uses (paths relative to `base_dir`): a LoRA when most of its
@@ -59,7 +68,6 @@ pub fn open(recipe: &Recipe, base_dir: &std::path::Path) -> Result<Inputs, Merge
     let mut lora_files = Vec::new();
     let mut planned = Vec::new();
     let mut problems = Vec::new();
-    let mut all_opened = true;
     for i in super::plan::referenced_inputs(&recipe) {
         let b = &recipe.bindings[i];
         let path = resolve_path(base_dir, &b.path);
@@ -92,7 +100,6 @@ pub fn open(recipe: &Recipe, base_dir: &std::path::Path) -> Result<Inputs, Merge
                 });
             }
             Err(e) => {
-                all_opened = false;
                 problems.push(Problem::CannotOpen {
                     name: b.name.clone(),
                     error: error_chain(&e),
@@ -133,7 +140,6 @@ pub fn open(recipe: &Recipe, base_dir: &std::path::Path) -> Result<Inputs, Merge
         loras,
         planned,
         arch,
-        all_opened,
         problems,
     })
 }

@@ -228,7 +228,7 @@ pub fn plan<'i>(
     }
     problems.extend(inputs.problems.iter().cloned());
     // Without every input open there is no plan to make; report what was found so far.
-    let Some(arch) = inputs.arch.filter(|_| inputs.all_opened) else {
+    let Some(arch) = inputs.arch.filter(|_| inputs.all_opened()) else {
         return Err(MergeError::Preflight(Box::new(
             preflight::Preflight::failed(out, inputs.planned.clone(), problems),
         )));

@@ -6,6 +6,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use ckpt_core::catalog::Arch;
+use ckpt_core::writer::WriteError;
 
 /// One problem found before any tensor data is read.
 #[derive(Clone, Debug, PartialEq)]
@@ -66,12 +67,11 @@ impl Problem {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Problem::OutputExists { path } => write!(f, "'{}' exists", path.display()),
-            Problem::OutputIsInput { path } => write!(
-                f,
-                "'{}' is also an input; ckpt-diff never writes over an input",
-                path.display()
-            ),
+            // The writer's own refusals, said before any data is read.
+            Problem::OutputExists { path } => WriteError::Exists { path: path.clone() }.fmt(f),
+            Problem::OutputIsInput { path } => {
+                WriteError::OutputIsInput { path: path.clone() }.fmt(f)
+            }
             Problem::NoOutputFolder { dir } => {
                 write!(f, "the output's folder '{}' does not exist", dir.display())
             }

@@ -129,10 +129,6 @@ pub struct Layout {
 pub struct KeyFilter(regex::Regex);
 
 impl KeyFilter {
-    pub fn new(expression: &str) -> Result<KeyFilter, regex::Error> {
-        regex::Regex::new(expression).map(KeyFilter)
-    }
-
     pub fn is_match(&self, key: &str) -> bool {
         self.0.is_match(key)
     }
@@ -321,10 +317,9 @@ fn plan_tensors(layout: &Layout) -> Vec<Planned> {
         .iter()
         .map(|(alias, key)| (key.as_str(), alias.as_str()))
         .collect();
-    let keep = layout.keys.as_ref();
     let mut out = Vec::new();
     for k in &table.keys {
-        if keep.as_ref().is_some_and(|re| !re.is_match(&k.name)) {
+        if layout.keys.as_ref().is_some_and(|re| !re.is_match(&k.name)) {
             continue;
         }
         let wanted = match k.role {
