@@ -76,19 +76,17 @@ impl Sources {
 
     /// `fit --target T --base base --start ft1 --sources ft2 ft3 ft4 <extra> --json`.
     fn fit(&self, target: &Path, extra: &[&str]) -> serde_json::Value {
-        let mut args = vec![
-            "fit",
-            "--target",
-            s(target),
-            "--base",
-            s(&self.base_path),
-            "--start",
-            s(&self.ft_paths[0]),
-            "--sources",
-            s(&self.ft_paths[1]),
-            s(&self.ft_paths[2]),
-            s(&self.ft_paths[3]),
-        ];
+        let mut args = words(
+            "fit --target {} --base {} --start {} --sources {} {} {}",
+            &[
+                s(target),
+                self.base(),
+                self.ft(0),
+                self.ft(1),
+                self.ft(2),
+                self.ft(3),
+            ],
+        );
         args.extend_from_slice(extra);
         run_json(&args)
     }

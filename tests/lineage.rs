@@ -18,10 +18,10 @@ fn test_lineage_names_planted_parents_and_leaves_fine_tunes_unexplained() {
     let again = run_ok(&args);
     assert_eq!(again.matches("unchanged").count(), names.len(), "{again}");
     // The block-weighted merge: ft1 x (1-a) + ft2 x a, a = IN 0.2, M 0.5, OUT 0.8.
-    let target = fam.join("mbw-ft1-ft2.safetensors");
+    let target = member(&fam, "mbw-ft1-ft2");
     let v = run_json(&words(
         "lineage {} --index {} --base base --verify --report {} -q",
-        &[s(&target), s(&ix), s(&dir.path("report"))],
+        &[&target, s(&ix), s(&dir.path("report"))],
     ));
     assert_eq!(v["is_merge"], true);
     // The HTML family tree: both parents under the target, with their planted weights per

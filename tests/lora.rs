@@ -1431,7 +1431,7 @@ fn modules_without_low_rank_factors_are_listed_with_the_option_that_writes_them(
     let lora = dir.path("every.safetensors");
     write_raw(&lora, &tensors, &[], 0);
     let not_written = |args: &[&str]| -> Vec<(String, String)> {
-        let v: serde_json::Value = serde_json::from_str(&run_ok(args)).unwrap();
+        let v = run_json(args);
         assert_eq!(
             v["modules"], 2,
             "the LoRA and the LoCon module are written: {v}"
@@ -1454,7 +1454,7 @@ fn modules_without_low_rank_factors_are_listed_with_the_option_that_writes_them(
     );
     let peft = dir.path("peft.safetensors");
     let convert = ["lora", "convert", s(&lora), "--to", "peft", "-o", s(&peft)];
-    let got = not_written(&[&convert[..], &["-q", "--json"]].concat());
+    let got = not_written(&[&convert[..], &["-q"]].concat());
     assert_eq!(
         got,
         // In the file's (sorted) module order.
@@ -1471,7 +1471,7 @@ fn modules_without_low_rank_factors_are_listed_with_the_option_that_writes_them(
     );
     let merged = dir.path("merged.safetensors");
     let merge = ["lora", "merge", s(&lora), "--concat", "-o", s(&merged)];
-    let got = not_written(&[&merge[..], &["-q", "--json"]].concat());
+    let got = not_written(&[&merge[..], &["-q"]].concat());
     let why =
         |kind: &str| format!("a {kind} module has no factors to concatenate: merge with --rank");
     assert_eq!(

@@ -73,7 +73,7 @@ pub(super) fn emit_part(report: &dyn Report, i: usize, format: &FormatArgs) -> R
 }
 
 /// A float format a `--dtype` names; each command takes those it can write (its
-/// [`floats`] list). The aliases are those `ckpt_read::dtype::parse_user_float` reads.
+/// [`floats`] list), with the aliases users write (`fp16`, `half`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(super) enum FloatArg {
     #[value(name = "f16", aliases = ["fp16", "float16", "half"])]

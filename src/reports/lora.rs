@@ -5,7 +5,7 @@
 //! JSON schema 1 (`"command": "inspect-lora"`): the [`LoraReport`] fields, `modules` each
 //! with `stem`, `kind`, `rank`, `alpha`, `target` (the checkpoint key) and `block`.
 
-use super::{Block, Report, TextTable, bytes, json, listed};
+use super::{Block, Report, TextTable, bytes, json, listed, with_why};
 use ckpt_ops::lora::extract::Extraction;
 use ckpt_ops::lora::write::NotWritten;
 use ckpt_ops::views::lora::{LoraDistances, LoraReport, LoraSim};
@@ -181,19 +181,10 @@ impl Report for Extracted<'_> {
             &r.below_min_diff,
             5,
         ));
-        s.push_str(&listed("not extracted", &why(&r.skipped), 3));
+        s.push_str(&listed("not extracted", &with_why(&r.skipped), 3));
         vec![Block::Text(head), Block::Table(t), Block::Text(s)]
     }
 }
-
-/// `module (why)` for each of a list of modules left out.
-fn why(modules: &[(String, String)]) -> Vec<String> {
-    modules
-        .iter()
-        .map(|(m, why)| format!("{m} ({why})"))
-        .collect()
-}
-
 /// Why a module was not written, with the option that writes it where there is one.
 fn not_written(w: &NotWritten) -> String {
     match w {
@@ -246,7 +237,7 @@ impl Report for Written<'_> {
             .iter()
             .map(|(m, w)| (m.clone(), not_written(w)))
             .collect();
-        s.push_str(&listed("not written", &why(&not), 5));
+        s.push_str(&listed("not written", &with_why(&not), 5));
         vec![Block::Text(s)]
     }
 

@@ -8,7 +8,7 @@
 //! which methods, `copied`, `skipped`, `output_bytes`, `free_bytes`, `read_bytes`, `memory`,
 //! `predicted_seconds`, `rate`, `kind`, `problems`).
 
-use super::{Block, Report, TextTable, bytes, listed};
+use super::{Block, Report, TextTable, bytes, listed, with_why};
 use ckpt_ops::merge::preflight::Preflight;
 use ckpt_ops::merge::{Outcome, Problem, Remedy};
 
@@ -91,11 +91,7 @@ impl Report for Merged<'_> {
 /// The keys copied unchanged (with why) and left out, as both the plan and the summary
 /// list them.
 fn copied_and_skipped(copied: &[(String, String)], skipped: &[String]) -> String {
-    let items: Vec<String> = copied
-        .iter()
-        .map(|(k, why)| format!("{k} ({why})"))
-        .collect();
-    listed("copied unchanged", &items, 5) + &listed("left out", skipped, 5)
+    listed("copied unchanged", &with_why(copied), 5) + &listed("left out", skipped, 5)
 }
 
 /// Every key copied unchanged or left out: `key, status, why`.
@@ -187,12 +183,7 @@ impl Report for Plan<'_> {
                     "LoRA '{}' ({}): {} of {} modules baked\n",
                     l.name, l.network, l.baked, l.modules
                 ));
-                let not: Vec<String> = l
-                    .not_baked
-                    .iter()
-                    .map(|(m, why)| format!("{m} ({why})"))
-                    .collect();
-                s.push_str(&listed("  not baked", &not, 3));
+                s.push_str(&listed("  not baked", &with_why(&l.not_baked), 3));
             }
             s.push_str(&format!(
                 "output: {}{}; reads {} of tensors\n",

@@ -310,6 +310,14 @@ pub(crate) fn percent(x: f64) -> String {
 
 pub(crate) use ckpt_core::units::{bytes, params};
 
+/// Each item with why it is listed: `item (why)`.
+pub(crate) fn with_why(items: &[(String, String)]) -> Vec<String> {
+    items
+        .iter()
+        .map(|(item, why)| format!("{item} ({why})"))
+        .collect()
+}
+
 /// `label (count): the first n items` and a newline, or nothing for an empty list.
 pub(crate) fn listed(label: &str, items: &[String], n: usize) -> String {
     if items.is_empty() {
