@@ -9,6 +9,7 @@ mod words;
 
 mod asim;
 mod bad_input;
+mod comfy_quant;
 mod detect;
 mod diffusers;
 mod fit;

@@ -120,6 +120,35 @@ fn blocks(r: &InspectReport, md: bool) -> Vec<Block> {
     for v in &r.variants {
         s.push_str(&format!("variant:       {v}\n"));
     }
+    if let Some(q) = &r.quantization {
+        for (format, n) in &q.formats {
+            let bits: Vec<f64> = q
+                .layers
+                .iter()
+                .filter(|l| &l.format == format)
+                .map(|l| l.bits_per_weight)
+                .collect();
+            let (lo, hi) = bits
+                .iter()
+                .fold((f64::MAX, 0.0f64), |(lo, hi), b| (lo.min(*b), hi.max(*b)));
+            let range = if hi - lo < 0.005 {
+                format!("{hi:.2}")
+            } else {
+                format!("{lo:.2} to {hi:.2}")
+            };
+            s.push_str(&format!(
+                "quantized:     {n} layers {format}, {range} bits per weight (scales included)\n"
+            ));
+        }
+        s.push_str(&format!("               records in {}\n", q.carrier));
+        if q.pre_quant_scale > 0 {
+            s.push_str(&format!(
+                "               {} layers carry a pre_quant_scale: the model multiplies their \
+                 input by it, and the weights read here are before it\n",
+                q.pre_quant_scale
+            ));
+        }
+    }
     if let Some(p) = &r.pickle {
         let (text, globals) = pickle_part(p);
         s.push_str(&text);

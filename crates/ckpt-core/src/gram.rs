@@ -16,7 +16,6 @@ use serde::Serialize;
 use crate::catalog::Grouping;
 use crate::kernels::{self, CHUNK, packed_index, packed_len};
 use crate::pass::{Absorb, EntryKind, Item, Pass, PassError, Plan, Slice, Visit};
-use ckpt_read::dtype::{self, FloatFormat};
 
 /// A symmetric N x N matrix of inner products, stored packed (upper triangle by rows).
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -281,11 +280,7 @@ impl Visit for GramWork {
             .iter()
             .map(|s| s.expect("comparable entries are present everywhere"))
             .collect();
-        let formats: Vec<Option<FloatFormat>> = inputs
-            .iter()
-            .map(|s| dtype::float_format(s.dtype))
-            .collect();
-        if formats.iter().any(Option::is_none) {
+        if inputs.iter().any(|s| !s.is_float()) {
             let first = &inputs[0];
             let same = inputs
                 .iter()
@@ -298,11 +293,10 @@ impl Visit for GramWork {
         if n == 2
             && self.center.is_none()
             && !self.distances
-            && formats[0] == formats[1]
-            && let Some(g) =
-                kernels::gram2_stored(formats[0].expect("float"), inputs[0].bytes, inputs[1].bytes)
+            && let (Some((fa, sa)), Some((fb, sb))) = (inputs[0].stored(), inputs[1].stored())
+            && fa == fb
+            && let Some(g) = kernels::gram2_stored(fa, inputs[0].bytes, inputs[1].bytes)
         {
-            let (sa, sb) = (inputs[0].encoding.scale(), inputs[1].encoding.scale());
             let g = if sa == 1.0 && sb == 1.0 {
                 g.to_vec()
             } else {

@@ -17,7 +17,6 @@
 
 use ckpt_core::catalog::Grouping;
 use ckpt_core::pass::{Plan, Slice};
-use ckpt_read::dtype;
 
 /// Buckets per row.
 pub const BUCKETS: usize = 4096;
@@ -193,7 +192,7 @@ impl Rows {
 /// Whether an entry of `plan` is sketched: a float tensor of model 0.
 pub fn sketched(plan: &Plan<'_>, entry: usize) -> bool {
     plan.tensor(&plan.entries()[entry], 0)
-        .is_some_and(|t| dtype::float_format(t.dtype).is_some())
+        .is_some_and(|t| t.is_float())
 }
 
 #[cfg(test)]
@@ -238,11 +237,7 @@ mod tests {
 
     fn sketch_of(seed: u64, key: u64, v: &[f64]) -> Vec<f64> {
         let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let slice = Slice {
-            dtype: ckpt_read::Dtype::F64,
-            bytes: &bytes,
-            encoding: Default::default(),
-        };
+        let slice = Slice::plain(ckpt_read::Dtype::F64, &bytes);
         let mut sk = vec![0.0; BUCKETS];
         let n2 = sketch_slice(seed, key, 0, &slice, &mut sk);
         let naive: f64 = v.iter().map(|x| x * x).sum();

@@ -34,7 +34,8 @@ pub struct TensorEntry {
 
 /// How a tensor's stored values give its values: a property of the tensor, whatever the
 /// format. Every reader of values decodes through one place (`pass::Slice::values_into`);
-/// fast paths that work on stored bytes take [`Encoding::scale`].
+/// fast paths that work on stored bytes take [`Encoding::factor`], which only element-wise
+/// encodings have.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub enum Encoding {
     /// As the dtype stores them.
@@ -43,20 +44,35 @@ pub enum Encoding {
     /// The stored values times one factor for the whole tensor: a scaled-fp8 layer's
     /// `scale_weight` (see [`super::quant`]).
     Scaled(f64),
+    /// A layer in one of ComfyUI's per-layer formats: codes with per-tensor, per-row or
+    /// per-block scales (see [`super::comfy`]). The entry's dtype is that of one code
+    /// (`F4` for nvfp4's E2M1 pairs) and its shape the logical one.
+    Block(super::comfy::Block),
 }
 
 impl Encoding {
-    /// The factor that turns every stored value into its value (1 for plain tensors).
-    pub fn scale(self) -> f64 {
+    /// The factor that turns every stored value into its value, for encodings that are
+    /// one (1 for plain tensors); `None` for block encodings, which only
+    /// [`super::comfy::Block::decode`] turns into values.
+    pub fn factor(self) -> Option<f64> {
         match self {
-            Encoding::Plain => 1.0,
-            Encoding::Scaled(s) => s,
+            Encoding::Plain => Some(1.0),
+            Encoding::Scaled(s) => Some(s),
+            Encoding::Block(_) => None,
         }
     }
 
     /// Whether the stored values are the values.
     pub fn is_plain(self) -> bool {
         self == Encoding::Plain
+    }
+
+    /// The block encoding, if the tensor has one.
+    pub fn block(self) -> Option<super::comfy::Block> {
+        match self {
+            Encoding::Block(b) => Some(b),
+            _ => None,
+        }
     }
 }
 
@@ -69,6 +85,24 @@ impl TensorEntry {
     /// Number of bytes in the data region.
     pub fn byte_len(&self) -> usize {
         self.end - self.begin
+    }
+
+    /// Whether its values are floats ckpt-diff computes with: a float dtype, or codes a
+    /// block encoding turns into floats.
+    pub fn is_float(&self) -> bool {
+        matches!(self.encoding, Encoding::Block(_))
+            || super::dtype::float_format(self.dtype).is_some()
+    }
+
+    /// The byte range, relative to the tensor's data, of elements `start..end`.
+    pub fn byte_range(&self, start: usize, end: usize) -> (usize, usize) {
+        match self.encoding {
+            Encoding::Block(b) => b.code_range(start, end),
+            _ => {
+                let bits = super::dtype::bit_size(self.dtype);
+                (start * bits / 8, end * bits / 8)
+            }
+        }
     }
 }
 

@@ -17,6 +17,7 @@
 //! # Ok::<(), ckpt_read::FileError>(())
 //! ```
 
+pub mod comfy;
 pub mod dtype;
 pub mod env;
 pub mod header;
@@ -136,6 +137,18 @@ pub enum ReadError {
          per-block scales), which ckpt-diff cannot compute with"
     )]
     Bitsandbytes { format: &'static str },
+    #[error("this file is quantized per layer as ComfyUI stores it, and {0}")]
+    Comfy(#[from] comfy::ComfyError),
+    #[error(
+        "this file is quantized by nunchaku (SVDQuant: 4-bit codes with a low-rank branch and \
+         smoothing), which ckpt-diff cannot compute with"
+    )]
+    Nunchaku,
+    #[error(
+        "tensor '{name}' is quantization state ({what}), not a weight, and no rule ckpt-diff \
+         knows decodes it: reading it as a weight would give wrong numbers"
+    )]
+    QuantState { name: String, what: &'static str },
     #[error("the scaled-fp8 scale '{name}' is unusable: {reason}")]
     BadScale {
         name: String,
@@ -165,6 +178,14 @@ impl ReadError {
             ReadError::Gguf => Some(
                 "ckpt-diff reads safetensors files, PyTorch checkpoints, diffusers folders and \
                  sharded models: use the model's safetensors release",
+            ),
+            ReadError::Comfy(_) => Some(
+                "if ComfyUI loads this file, please report it with the message above; otherwise \
+                 the file is damaged: download it again or use the model's bf16 release",
+            ),
+            ReadError::Nunchaku | ReadError::QuantState { .. } => Some(
+                "use the model's bf16, fp16, fp8 or ComfyUI-quantized release instead; \
+                 ckpt-diff refuses what it cannot read exactly rather than guess",
             ),
             ReadError::Bitsandbytes { .. } => Some(
                 "use the model's bf16, fp16 or fp8 release instead (or dequantize the file with \
@@ -239,6 +260,8 @@ pub struct Checkpoint {
     index: HashMap<String, usize>,
     /// The scaled-fp8 bookkeeping taken out of the tensors, if the file is scaled.
     scaled_fp8: Option<quant::ScaledFp8>,
+    /// ComfyUI's per-layer quantization taken out of the tensors, if the file has it.
+    comfy: Option<comfy::ComfyQuant>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -305,15 +328,29 @@ impl Checkpoint {
         if let Some(format) = quant::bitsandbytes(&layout.tensors) {
             return Err(ReadError::Bitsandbytes { format });
         }
-        let scaled_fp8 = {
+        if quant::nunchaku(&layout.tensors, &layout.metadata) {
+            return Err(ReadError::Nunchaku);
+        }
+        let (comfy, scaled_fp8) = {
             let sources = &layout.sources;
             let view =
                 move |t: &TensorEntry| -> &[u8] { layout::source_of(sources, t.begin).bytes_of(t) };
-            quant::split_scaled_fp8(&mut layout.tensors, &view)
+            let comfy = comfy::apply(&mut layout.tensors, &layout.metadata, &view)?;
+            let scaled = quant::split_scaled_fp8(&mut layout.tensors, &view).map_err(
+                |quant::QuantProblem::BadScale { name, reason }| ReadError::BadScale {
+                    name,
+                    reason,
+                },
+            )?;
+            (comfy, scaled)
+        };
+        // Whatever still names quantization state is read by no rule: refuse it.
+        if let Some((name, what)) = quant::quant_state(&layout.tensors) {
+            return Err(ReadError::QuantState {
+                name: name.to_string(),
+                what,
+            });
         }
-        .map_err(
-            |quant::QuantProblem::BadScale { name, reason }| ReadError::BadScale { name, reason },
-        )?;
         let index = layout
             .tensors
             .iter()
@@ -325,6 +362,7 @@ impl Checkpoint {
             layout,
             index,
             scaled_fp8,
+            comfy,
         })
     }
 
@@ -365,6 +403,12 @@ impl Checkpoint {
         self.scaled_fp8.as_ref()
     }
 
+    /// ComfyUI's per-layer quantization (its layers and the bookkeeping tensors taken out of
+    /// [`Checkpoint::tensors`]: their scales are on the weights' encodings).
+    pub fn comfy_quant(&self) -> Option<&comfy::ComfyQuant> {
+        self.comfy.as_ref()
+    }
+
     /// Tensors in the order of their data offsets (the order to read them in); for a
     /// scaled-fp8 file, its weights with their scales, without the marker and the scales.
     pub fn tensors(&self) -> &[TensorEntry] {
@@ -383,6 +427,14 @@ impl Checkpoint {
     /// The bytes of a tensor of this file (zero-copy, unaligned, little-endian).
     pub fn data(&self, t: &TensorEntry) -> &[u8] {
         self.source_of(t.begin).bytes_of(t)
+    }
+
+    /// The bytes of the address range `begin..end` (the range a [`comfy::Block`] names
+    /// for its scales), which one source holds.
+    pub fn bytes_at(&self, begin: usize, end: usize) -> &[u8] {
+        let s = self.source_of(begin);
+        let from = s.start + (begin - s.at);
+        &s.map[from..from + (end - begin)]
     }
 
     /// Metadata entries in file order (safetensors' `__metadata__`; for a torch checkpoint,

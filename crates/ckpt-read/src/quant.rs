@@ -146,6 +146,82 @@ pub fn bitsandbytes(tensors: &[TensorEntry]) -> Option<&'static str> {
     })
 }
 
+/// Whether a file is quantized by nunchaku (SVDQuant W4A4 layers: `qweight` int4 or nvfp4
+/// codes with `wscales`, a low-rank branch `proj_down`/`lora_down` and a smoothing vector;
+/// AWQ W4A16 layers: `qweight` int32 with `wscales`, `wzeros`), by its tensors or the
+/// `quantization_config` metadata its merged files carry.
+pub fn nunchaku(tensors: &[TensorEntry], metadata: &[(String, String)]) -> bool {
+    let svdquant_meta = metadata
+        .iter()
+        .any(|(k, v)| k == "quantization_config" && v.contains("svdquant"));
+    let names: std::collections::HashSet<&str> = tensors.iter().map(|t| t.name.as_str()).collect();
+    svdquant_meta
+        || tensors.iter().any(|t| {
+            t.name
+                .strip_suffix(".qweight")
+                .is_some_and(|layer| names.contains(format!("{layer}.wscales").as_str()))
+        })
+}
+
+/// Name endings that mark a tensor as quantization state, not a weight, with the format
+/// that writes them. A file that still holds one after every rule that decodes such state
+/// has run is refused: reading it as a weight would be silently wrong.
+pub const STATE_SUFFIXES: [(&str, &str); 24] = [
+    (
+        ".weight_scale",
+        "ComfyUI per-layer quantization (a weight scale without its format record)",
+    ),
+    (
+        ".weight_scale_2",
+        "ComfyUI nvfp4 (a global scale without its format record)",
+    ),
+    (".comfy_quant", "ComfyUI per-layer quantization"),
+    (
+        ".input_scale",
+        "an fp8/nvfp4 activation scale without its layer's format record",
+    ),
+    (
+        ".pre_quant_scale",
+        "ModelOpt AWQ smoothing without its layer's format record",
+    ),
+    (".scale_weight", "scaled fp8 without its scaled_fp8 marker"),
+    (".scale_input", "scaled fp8 without its scaled_fp8 marker"),
+    (
+        ".qweight",
+        "packed int4/int32 codes (nunchaku, AWQ or GPTQ)",
+    ),
+    (".wscales", "nunchaku SVDQuant"),
+    (".wzeros", "nunchaku or AWQ zero points"),
+    (".wcscales", "nunchaku SVDQuant nvfp4"),
+    (".wtscale", "nunchaku SVDQuant nvfp4"),
+    (".smooth_factor", "nunchaku SVDQuant"),
+    (".smooth_factor_orig", "nunchaku SVDQuant"),
+    (".proj_down", "nunchaku SVDQuant (its low-rank branch)"),
+    (".proj_up", "nunchaku SVDQuant (its low-rank branch)"),
+    (".absmax", "bitsandbytes"),
+    (".quant_map", "bitsandbytes"),
+    (".nested_absmax", "bitsandbytes"),
+    (".nested_quant_map", "bitsandbytes"),
+    (".weight_zeros", "ComfyUI awq_w4a16"),
+    (".weight_s_rel", "ComfyUI asym_w4a8_int8"),
+    (".weight_s_channel", "ComfyUI asym_w4a8_int8"),
+    (".weight_codebook", "ComfyUI asym_w4a8_int8"),
+];
+
+/// The first tensor whose name marks quantization state (see [`STATE_SUFFIXES`], and any
+/// name holding `.quant_state.`), with the format that writes it.
+pub fn quant_state(tensors: &[TensorEntry]) -> Option<(&str, &'static str)> {
+    tensors.iter().find_map(|t| {
+        if t.name.contains(".quant_state.") {
+            return Some((t.name.as_str(), "bitsandbytes"));
+        }
+        STATE_SUFFIXES
+            .iter()
+            .find(|(suffix, _)| t.name.ends_with(suffix))
+            .map(|(_, what)| (t.name.as_str(), *what))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use thiserror::Error;
 
 use crate::catalog::canonical_key;
-use ckpt_read::dtype::{self, ValueKind};
+use ckpt_read::dtype::{self, FloatFormat, ValueKind};
 use ckpt_read::{Checkpoint, Dtype, Encoding, TensorEntry};
 pub use progress::{NoProgress, Progress};
 
@@ -179,7 +179,14 @@ impl<'m> Plan<'m> {
         if tensors.windows(2).any(|w| w[0].shape != w[1].shape) {
             return EntryKind::ShapeMismatch;
         }
-        let kinds: Vec<ValueKind> = tensors.iter().map(|t| dtype::value_kind(t.dtype)).collect();
+        let kinds: Vec<ValueKind> = tensors
+            .iter()
+            .map(|t| match t.encoding {
+                // Codes a block encoding turns into floats are floats.
+                Encoding::Block(_) => ValueKind::Float(FloatFormat::F32),
+                _ => dtype::value_kind(t.dtype),
+            })
+            .collect();
         if kinds.iter().all(|k| matches!(k, ValueKind::Float(_))) {
             EntryKind::Float
         } else if kinds.iter().all(|k| *k == ValueKind::Integer) {
@@ -196,49 +203,110 @@ impl<'m> Plan<'m> {
 #[derive(Clone, Copy, Debug)]
 pub struct Slice<'a> {
     pub dtype: Dtype,
-    /// The bytes of elements `start..end` of the tensor.
+    /// The bytes of elements `start..start + len` of the tensor.
     pub bytes: &'a [u8],
     /// How the stored values give the tensor's values. Visitors read values through
     /// [`Slice::values_into`], the one place that decodes them.
     pub encoding: Encoding,
+    /// The first element's index in its tensor (block encodings find their scales by it).
+    pub start: usize,
+    /// Its element count.
+    pub count: usize,
+    /// A block-encoded tensor's scales (the whole scale tensor); empty otherwise.
+    pub scales: &'a [u8],
 }
 
 impl<'a> Slice<'a> {
+    /// A slice of elements `start..end` of `t`, whose data is `data` (the whole tensor's)
+    /// in a checkpoint whose bytes `ckpt` gives.
+    pub fn new(ckpt: &'a Checkpoint, t: &TensorEntry, start: usize, end: usize) -> Slice<'a> {
+        let data = ckpt.data(t);
+        let (from, to) = t.byte_range(start, end);
+        let scales = match t.encoding {
+            Encoding::Block(b) if b.scales.1 > b.scales.0 => ckpt.bytes_at(b.scales.0, b.scales.1),
+            _ => &[],
+        };
+        Slice {
+            dtype: t.dtype,
+            bytes: &data[from..to],
+            encoding: t.encoding,
+            start,
+            count: end - start,
+            scales,
+        }
+    }
+
+    /// A plain slice of stored values (no tensor behind it).
+    pub fn plain(dtype: Dtype, bytes: &'a [u8]) -> Slice<'a> {
+        Slice {
+            dtype,
+            bytes,
+            encoding: Encoding::Plain,
+            start: 0,
+            count: bytes.len() * 8 / dtype::bit_size(dtype),
+            scales: &[],
+        }
+    }
+
     /// Its element count.
     pub fn len(&self) -> usize {
-        self.bytes.len() * 8 / dtype::bit_size(self.dtype)
+        self.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+        self.count == 0
     }
 
     /// Elements `start..end` of the slice (indices relative to it).
     pub fn part(&self, start: usize, end: usize) -> Slice<'a> {
-        let size = dtype::bit_size(self.dtype) / 8;
+        let (from, to) = match self.encoding {
+            Encoding::Block(b) => {
+                let base = b.code_range(self.start, self.start).0;
+                let (f, t) = b.code_range(self.start + start, self.start + end);
+                (f - base, t - base)
+            }
+            _ => {
+                let size = dtype::bit_size(self.dtype) / 8;
+                (start * size, end * size)
+            }
+        };
         Slice {
-            bytes: &self.bytes[start * size..end * size],
+            bytes: &self.bytes[from..to],
+            start: self.start + start,
+            count: end - start,
             ..*self
         }
     }
 
     /// A whole tensor of `ckpt`.
     pub fn of(ckpt: &'a Checkpoint, t: &TensorEntry) -> Slice<'a> {
-        Slice {
-            dtype: t.dtype,
-            bytes: ckpt.data(t),
-            encoding: t.encoding,
-        }
+        Slice::new(ckpt, t, 0, t.numel())
+    }
+
+    /// Whether its values are floats (a float dtype, or codes a block encoding decodes).
+    pub fn is_float(&self) -> bool {
+        self.encoding.block().is_some() || dtype::float_format(self.dtype).is_some()
+    }
+
+    /// The stored values times one factor, when the encoding is element-wise: fast paths
+    /// that work on stored bytes use it, and decode through [`Slice::values_into`]
+    /// otherwise.
+    pub fn stored(&self) -> Option<(FloatFormat, f64)> {
+        Some((dtype::float_format(self.dtype)?, self.encoding.factor()?))
     }
 
     /// The float values of the slice, decoded: `out[i] = stored[i] · scale` for a scaled
-    /// tensor.
+    /// tensor, comfy-kitchen's float32 values for a block-encoded one.
     pub fn values_into(&self, out: &mut [f64]) {
+        if let Encoding::Block(b) = self.encoding {
+            b.decode(self.bytes, self.scales, self.start, out);
+            return;
+        }
         let format = dtype::float_format(self.dtype).expect("values of a float slice");
         crate::kernels::to_f64(format, self.bytes, out);
         match self.encoding {
-            Encoding::Plain => {}
             Encoding::Scaled(s) => out.iter_mut().for_each(|x| *x *= s),
+            Encoding::Plain | Encoding::Block(_) => {}
         }
     }
 }
@@ -365,8 +433,15 @@ impl<'p> Pass<'p> {
                 .map(|t| dtype::bit_size(t.dtype).div_ceil(8))
                 .sum::<usize>()
                 .max(1);
-            let step = (self.item_bytes / bytes_per_elem).max(crate::kernels::CHUNK);
-            let step = step / crate::kernels::CHUNK * crate::kernels::CHUNK;
+            // Items start on a multiple of every block encoding's alignment (a convrot
+            // group), so each decodes on its own.
+            let unit = (0..plan.models().len())
+                .filter_map(|m| plan.tensor(entry, m))
+                .filter_map(|t| t.encoding.block())
+                .map(|b| b.alignment())
+                .fold(crate::kernels::CHUNK, lcm);
+            let step = (self.item_bytes / bytes_per_elem).max(unit);
+            let step = step / unit * unit;
             if numel == 0 {
                 items.push(Item {
                     entry: e,
@@ -403,7 +478,10 @@ impl<'p> Pass<'p> {
         let entry = &plan.entries()[item.entry];
         (0..plan.models().len())
             .filter_map(|m| plan.tensor(entry, m))
-            .map(|t| (item.len() * dtype::bit_size(t.dtype) / 8) as u64)
+            .map(|t| {
+                let (from, to) = t.byte_range(item.start, item.end);
+                (to - from) as u64
+            })
             .sum()
     }
 
@@ -538,6 +616,16 @@ impl<'p> Pass<'p> {
     }
 }
 
+fn lcm(a: usize, b: usize) -> usize {
+    let gcd = |mut a: usize, mut b: usize| {
+        while b != 0 {
+            (a, b) = (b, a % b);
+        }
+        a
+    };
+    a / gcd(a, b) * b
+}
+
 /// Whether reading `bytes` would take more than three quarters of physical memory: then
 /// passes hand their pages back as they go.
 pub fn reads_past_memory(bytes: u64) -> bool {
@@ -549,8 +637,8 @@ fn release(plan: &Plan<'_>, item: &Item) {
     let entry = &plan.entries()[item.entry];
     for (m, ckpt) in plan.models().iter().enumerate() {
         if let Some(t) = plan.tensor(entry, m) {
-            let bits = dtype::bit_size(t.dtype);
-            ckpt.release_tensor(t, item.start * bits / 8, item.end * bits / 8);
+            let (from, to) = t.byte_range(item.start, item.end);
+            ckpt.release_tensor(t, from, to);
         }
     }
 }
@@ -566,14 +654,7 @@ pub fn slices<'a>(plan: &Plan<'a>, item: &Item) -> Vec<Option<Slice<'a>>> {
                 // Shape differs from the plan's: visitors that read it asked for trouble.
                 return None;
             }
-            let bits = dtype::bit_size(t.dtype);
-            let data = plan.models()[m].data(t);
-            let bytes = &data[item.start * bits / 8..item.end * bits / 8];
-            Some(Slice {
-                dtype: t.dtype,
-                bytes,
-                encoding: t.encoding,
-            })
+            Some(Slice::new(plan.models()[m], t, item.start, item.end))
         })
         .collect()
 }

@@ -149,10 +149,7 @@ pub fn execute(
             .expect("every spec is in the file");
         match &p.source {
             Source::PositionIds => position_ids.push(index),
-            Source::Quantization(i) => {
-                let q = ckpt.scaled_fp8().expect("planned from the file's scales");
-                quantization.push((index, ckpt.data(&q.hidden[*i]).to_vec()));
-            }
+            Source::Raw(t) => quantization.push((index, ckpt.data(t).to_vec())),
             Source::Tensor {
                 origin,
                 cast,
@@ -238,8 +235,10 @@ impl Visit for Work<'_> {
             let _ = self.writer.send((o.index, offset, src.bytes.to_vec()));
             return Ok(());
         }
-        let fin = dtype::float_format(src.dtype).expect("casts and patches are floats");
-        let fout = o.cast.unwrap_or(fin);
+        let fout = o
+            .cast
+            .or(dtype::float_format(src.dtype))
+            .expect("casts and patches are floats");
         // The base's values where this one is not finite (the base is model 1), else 0.
         let base = inputs.get(1).copied().flatten().filter(|b| {
             o.patch_nonfinite && b.bytes.len() / dtype::bit_size(b.dtype) * 8 == item.len()

@@ -17,6 +17,7 @@ use ckpt_core::catalog::data;
 use ckpt_core::catalog::detect::scaled_shape;
 use ckpt_core::catalog::{Arch, Component, canonical_key, component_of};
 use ckpt_core::writer::TensorSpec;
+use ckpt_read::comfy::ComfyQuant;
 use ckpt_read::dtype::{self, FloatFormat};
 use ckpt_read::quant::ScaledFp8;
 use ckpt_read::{Dtype, TensorEntry};
@@ -41,6 +42,8 @@ pub(crate) struct Input<'a> {
     pub tensors: &'a [TensorEntry],
     /// The scaled-fp8 marker and scales, when the file is scaled.
     pub scaled_fp8: Option<&'a ScaledFp8>,
+    /// ComfyUI's per-layer quantization, when the file has it.
+    pub comfy: Option<&'a ComfyQuant>,
     pub metadata: &'a [(String, String)],
     pub arch: Option<Arch>,
     pub scale: u32,
@@ -57,6 +60,7 @@ impl<'a> Input<'a> {
         Input {
             tensors: ckpt.tensors(),
             scaled_fp8: ckpt.scaled_fp8(),
+            comfy: ckpt.comfy_quant(),
             metadata: ckpt.metadata(),
             arch: det.arch(),
             scale: det.scale,
@@ -101,9 +105,9 @@ pub enum Source {
     },
     /// int64 0..76.
     PositionIds,
-    /// A scaled-fp8 marker or scale of the file (its index in
-    /// [`ScaledFp8::hidden`]), copied as it is.
-    Quantization(usize),
+    /// A tensor of the file copied byte for byte as it is stored: a scaled-fp8 marker or
+    /// scale, a per-layer quantized weight's codes, scales and record.
+    Raw(TensorEntry),
 }
 
 /// One output tensor.
@@ -153,15 +157,37 @@ fn by_key(tensors: &[TensorEntry]) -> Vec<(String, &TensorEntry)> {
 }
 
 /// A tensor taken from one of the files, cast to `cast` when it is a float of another format.
+/// A per-layer quantized weight is copied as stored (codes; its scales come with
+/// [`comfy_quant`]) or, cast, decoded.
 fn take(
     key: &str,
     from: &TensorEntry,
     origin: Origin,
     cast: Option<FloatFormat>,
     patch: bool,
+    comfy: Option<&ComfyQuant>,
 ) -> Planned {
-    let is_float = dtype::float_format(from.dtype).is_some();
-    let cast = cast.filter(|c| is_float && c.dtype() != from.dtype);
+    if cast.is_none()
+        && let Some(stored) = comfy.and_then(|q| q.stored(&from.name))
+    {
+        return Planned {
+            spec: TensorSpec {
+                name: key.to_string(),
+                ..raw(stored).spec
+            },
+            source: Source::Raw(stored.clone()),
+        };
+    }
+    // Codes copied without their scales would be wrong: a block-encoded tensor not copied
+    // as stored (the base's) is decoded, to bf16 unless a format is asked for.
+    let cast = match from.encoding.block() {
+        Some(_) => Some(cast.unwrap_or(FloatFormat::BF16)),
+        None => cast,
+    };
+    let is_float = from.is_float();
+    // A scaled or block-encoded tensor is re-encoded even into its own dtype: its scales
+    // are not written when every float is cast.
+    let cast = cast.filter(|c| is_float && (c.dtype() != from.dtype || !from.encoding.is_plain()));
     Planned {
         spec: TensorSpec {
             name: key.to_string(),
@@ -187,15 +213,42 @@ fn scaled_fp8(file: &Input<'_>, opts: &Options, out: &mut FixPlan) {
         ));
         return;
     }
-    for (i, t) in q.hidden.iter().enumerate() {
-        out.tensors.push(Planned {
-            spec: TensorSpec {
-                name: canonical_key(&t.name).into_owned(),
-                dtype: t.dtype,
-                shape: t.shape.clone(),
-            },
-            source: Source::Quantization(i),
-        });
+    for t in &q.hidden {
+        out.tensors.push(raw(t));
+    }
+}
+
+/// A tensor of the file copied as it is stored, under its canonical name.
+fn raw(t: &TensorEntry) -> Planned {
+    Planned {
+        spec: TensorSpec {
+            name: canonical_key(&t.name).into_owned(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+        },
+        source: Source::Raw(t.clone()),
+    }
+}
+
+/// ComfyUI's per-layer quantization of `file`: its scales and records copied as they are
+/// (the weights' codes are copied by [`take`]), or dropped when every float is cast, since
+/// the weights are then written decoded.
+fn comfy_quant(file: &Input<'_>, opts: &Options, out: &mut FixPlan) {
+    let Some(q) = file.comfy else { return };
+    if opts.dtype.is_some() {
+        let formats: Vec<String> = q
+            .formats()
+            .iter()
+            .map(|(f, n)| format!("{n} {f}"))
+            .collect();
+        out.actions.push(format!(
+            "decoded the per-layer quantized weights ({})",
+            formats.join(", ")
+        ));
+        return;
+    }
+    for t in &q.hidden {
+        out.tensors.push(raw(t));
     }
 }
 
@@ -270,7 +323,7 @@ pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Option
             match theirs.get(key).filter(|b| b.shape == good) {
                 Some(b) => {
                     out.tensors
-                        .push(take(key, b, Origin::Base, opts.dtype, false));
+                        .push(take(key, b, Origin::Base, opts.dtype, false, None));
                     out.actions.push(format!(
                         "replaced {key} (shape {:?}) with the base's {:?}",
                         t.shape, b.shape
@@ -282,7 +335,7 @@ pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Option
                         shape: t.shape.clone(),
                     });
                     out.tensors
-                        .push(take(key, t, Origin::File, opts.dtype, false));
+                        .push(take(key, t, Origin::File, opts.dtype, false, file.comfy));
                 }
             }
             continue;
@@ -298,7 +351,7 @@ pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Option
                 .push(format!("replaced NaN/Inf values of {key} with {how}"));
         }
         out.tensors
-            .push(take(key, t, Origin::File, opts.dtype, patch));
+            .push(take(key, t, Origin::File, opts.dtype, patch, file.comfy));
     }
 
     // From the base: required keys (optional ones on request) of components the file has,
@@ -329,7 +382,7 @@ pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Option
                 continue;
             }
             out.tensors
-                .push(take(&key, b, Origin::Base, opts.dtype, false));
+                .push(take(&key, b, Origin::Base, opts.dtype, false, None));
             if present.contains(&component) {
                 out.actions.push(format!("added {key} from the base"));
             } else {
@@ -390,6 +443,7 @@ pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Option
     }
     // Scaled fp8: kept with its scales, or dequantized when every float is cast.
     scaled_fp8(file, opts, &mut out);
+    comfy_quant(file, opts, &mut out);
     note_cast(opts, &mut out);
 
     // Metadata: kept, stale hashes dropped, the fixes noted.
@@ -449,7 +503,7 @@ pub(crate) fn conversion(file: &Input<'_>, opts: &Options) -> FixPlan {
         }
         if seen.insert(key.clone()) {
             out.tensors
-                .push(take(&key, t, Origin::File, opts.dtype, false));
+                .push(take(&key, t, Origin::File, opts.dtype, false, file.comfy));
         }
     }
     if renamed > 0 {
@@ -457,6 +511,7 @@ pub(crate) fn conversion(file: &Input<'_>, opts: &Options) -> FixPlan {
             .push(format!("renamed {renamed} keys to their current names"));
     }
     scaled_fp8(file, opts, &mut out);
+    comfy_quant(file, opts, &mut out);
     for (why, n) in dropped.values() {
         out.actions.push(format!("dropped {n} {why} keys"));
     }
@@ -530,6 +585,7 @@ mod tests {
         let input = Input {
             tensors: &file,
             scaled_fp8: None,
+            comfy: None,
             metadata: &[
                 ("sshs_model_hash".into(), "x".into()),
                 ("k".into(), "v".into()),
@@ -593,6 +649,7 @@ mod tests {
         let input = Input {
             tensors: &file,
             scaled_fp8: None,
+            comfy: None,
             metadata: &[],
             arch: Some(arch("sd1")),
             scale: 1,
@@ -661,6 +718,7 @@ mod tests {
         let input = Input {
             tensors: &file,
             scaled_fp8: None,
+            comfy: None,
             metadata: &[],
             arch: Some(arch("sdxl")),
             scale: 1,

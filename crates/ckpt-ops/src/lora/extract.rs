@@ -29,7 +29,7 @@ use ckpt_core::catalog::lora::{Extractable, extractable};
 use ckpt_core::catalog::{Arch, Grouping};
 use ckpt_core::pass::Slice;
 use ckpt_read::Checkpoint;
-use ckpt_read::dtype::{self, FloatFormat};
+use ckpt_read::dtype::FloatFormat;
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -131,7 +131,7 @@ fn delta(
             base: b.shape.clone(),
         });
     }
-    if dtype::float_format(t.dtype).is_none() || dtype::float_format(b.dtype).is_none() {
+    if !t.is_float() || !b.is_float() {
         return Err(Skip::NotFloat { key: key.clone() });
     }
     let rows = t.shape[0];

@@ -482,13 +482,14 @@ fn decode(ckpt: &Checkpoint, name: &str) -> Result<(Vec<usize>, Vec<f64>), Delta
     let t = ckpt.get(name).ok_or_else(|| DeltaError::Missing {
         name: name.to_string(),
     })?;
-    let format = dtype::float_format(t.dtype).ok_or_else(|| DeltaError::NotFloat {
-        name: name.to_string(),
-        dtype: format!("{:?}", t.dtype),
-    })?;
+    if !t.is_float() {
+        return Err(DeltaError::NotFloat {
+            name: name.to_string(),
+            dtype: format!("{:?}", t.dtype),
+        });
+    }
     let n: usize = t.shape.iter().product();
-    let bytes = ckpt.data(t);
-    if bytes.len() != n * format.size() {
+    if ckpt.data(t).len() < t.byte_range(0, n).1 {
         return Err(DeltaError::Truncated {
             name: name.to_string(),
         });

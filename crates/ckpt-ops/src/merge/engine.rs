@@ -62,6 +62,9 @@ pub enum Source {
     },
     /// Copy the bytes of input `model` unchanged (with its scale, when it has one).
     Copy { model: usize },
+    /// Input `model`'s values, decoded from a block encoding (ComfyUI's per-layer formats)
+    /// and stored in `format`: codes cannot be copied without their scales.
+    Decode { model: usize, format: FloatFormat },
 }
 
 /// The per-tensor decisions, made before the first byte is read.
@@ -192,6 +195,14 @@ impl Visit for MergeWork<'_> {
                 let bits = dtype::bit_size(spec.dtype);
                 send(item.start * bits / 8, s.bytes.to_vec())
             }
+            Source::Decode { model, format } => {
+                let s = inputs[*model].expect("decoded from a model that has the tensor");
+                let mut values = vec![0.0f64; item.len()];
+                s.values_into(&mut values);
+                let mut bytes = vec![0u8; item.len() * format.size()];
+                kernels::from_f64(*format, &values, &mut bytes);
+                send(item.start * format.size(), bytes)
+            }
             Source::Merge {
                 row,
                 format,
@@ -284,17 +295,18 @@ impl Ctx<'_> {
     }
 
     /// The stored bytes of input `i` for tensor elements `start..end`, their format, and
-    /// the scale that turns them into values.
-    fn stored(&self, i: usize, start: usize, end: usize) -> (FloatFormat, &[u8], f64) {
+    /// the scale that turns them into values; `None` for a block-encoded input, whose
+    /// values only [`Slice::values_into`] gives.
+    fn stored(&self, i: usize, start: usize, end: usize) -> Option<(FloatFormat, &[u8], f64)> {
+        let s = self.input(i, start, end);
+        let (format, scale) = s.stored()?;
+        Some((format, s.bytes, scale))
+    }
+
+    /// Input `i`'s slice of tensor elements `start..end`.
+    fn input(&self, i: usize, start: usize, end: usize) -> Slice<'_> {
         let s = self.inputs[i].expect("an input the row needs is present");
-        let format = dtype::float_format(s.dtype).expect("merged tensors are floats");
-        let size = format.size();
-        let at = start - self.origin;
-        (
-            format,
-            &s.bytes[at * size..(at + end - start) * size],
-            s.encoding.scale(),
-        )
+        s.part(start - self.origin, end - self.origin)
     }
 
     /// Writes the values of `node` over tensor elements `start..end` into `out`. Linear
@@ -303,11 +315,7 @@ impl Ctx<'_> {
         let plan = self.work.plan;
         match &plan.nodes[node] {
             Node::Input(i) => {
-                let (format, bytes, scale) = self.stored(*i, start, end);
-                kernels::to_f64(format, bytes, out);
-                if scale != 1.0 {
-                    out.iter_mut().for_each(|x| *x *= scale);
-                }
+                self.input(*i, start, end).values_into(out);
                 return;
             }
             Node::Linear(combination) => {
@@ -322,8 +330,9 @@ impl Ctx<'_> {
                     {
                         continue;
                     }
-                    if let Node::Input(i) = plan.nodes[*n] {
-                        let (format, bytes, scale) = self.stored(i, start, end);
+                    if let Node::Input(i) = plan.nodes[*n]
+                        && let Some((format, bytes, scale)) = self.stored(i, start, end)
+                    {
                         kernels::axpy_stored(format, c * scale, bytes, out, !first);
                     } else {
                         let v = self.eval(*n, start, end);
@@ -415,7 +424,7 @@ pub(crate) fn decide(
         let tensor = |m: usize| pass_plan.tensor(entry, m);
         let all_floats_here = needed
             .iter()
-            .all(|&m| tensor(m).is_some_and(|t| dtype::float_format(t.dtype).is_some()));
+            .all(|&m| tensor(m).is_some_and(|t| t.is_float()));
         let shapes_agree = needed
             .windows(2)
             .all(|w| match (tensor(w[0]), tensor(w[1])) {
@@ -424,7 +433,7 @@ pub(crate) fn decide(
             });
         let present = needed.iter().all(|&m| tensor(m).is_some());
         let kind = pass_plan.kind(entry);
-        let integer = tensor(first_having).is_some_and(|t| dtype::float_format(t.dtype).is_none());
+        let integer = tensor(first_having).is_some_and(|t| !t.is_float());
         let source = if integer || matches!(kind, EntryKind::Integer | EntryKind::Opaque) {
             // Integer and opaque tensors (position_ids) are never averaged.
             Some(Source::Copy {
@@ -436,13 +445,17 @@ pub(crate) fn decide(
             })
         } else if !needed.is_empty() && present && shapes_agree && all_floats_here {
             let first = tensor(needed[0]).expect("present");
-            let stored = dtype::float_format(first.dtype).expect("float");
+            // Block-encoded inputs (ComfyUI's per-layer formats) give bf16, the dtype
+            // ComfyUI computes them in.
+            let stored = dtype::float_format(first.dtype)
+                .filter(|_| first.encoding.block().is_none())
+                .unwrap_or(FloatFormat::BF16);
             let unscaled = |f: FloatFormat| match f {
                 FloatFormat::F8E4M3 | FloatFormat::F8E5M2 => FloatFormat::BF16,
                 other => other,
             };
             let (format, scaled) = match output {
-                OutputFormat::AsInputs => (stored, !first.encoding.is_plain()),
+                OutputFormat::AsInputs => (stored, matches!(first.encoding, Encoding::Scaled(_))),
                 OutputFormat::Float(f) => (f, false),
                 OutputFormat::ScaledFp8(f)
                     if ckpt_core::writer::quantizable(&entry.key, &first.shape) =>
@@ -490,14 +503,29 @@ pub(crate) fn decide(
                 }
             }
         };
+        // Codes cannot be copied without their scales: a block-encoded tensor is decoded.
+        let source = source.map(|s| match s {
+            Source::Copy { model }
+                if tensor(model).is_some_and(|t| t.encoding.block().is_some()) =>
+            {
+                Source::Decode {
+                    model,
+                    format: match output {
+                        OutputFormat::Float(f) => f,
+                        _ => FloatFormat::BF16,
+                    },
+                }
+            }
+            other => other,
+        });
         if let Some(source) = source {
             let scale = match &source {
                 Source::Merge { scaled: true, .. } => OutputScale::Fresh,
-                Source::Merge { .. } => OutputScale::None,
+                Source::Merge { .. } | Source::Decode { .. } => OutputScale::None,
                 Source::Copy { model } => {
                     tensor(*model).map_or(OutputScale::None, |t| match t.encoding {
                         Encoding::Scaled(s) => OutputScale::Known(s),
-                        Encoding::Plain => OutputScale::None,
+                        Encoding::Plain | Encoding::Block(_) => OutputScale::None,
                     })
                 }
             };

@@ -387,7 +387,9 @@ fn output_specs(pass_plan: &Plan<'_>, decisions: &Decisions) -> Vec<TensorSpec> 
         .map(|o| {
             let entry = &pass_plan.entries()[o.entry];
             let (dtype, shape) = match &o.source {
-                Source::Merge { format, .. } => (format.dtype(), pass_plan.shape(entry).to_vec()),
+                Source::Merge { format, .. } | Source::Decode { format, .. } => {
+                    (format.dtype(), pass_plan.shape(entry).to_vec())
+                }
                 Source::Copy { model } => {
                     let t = pass_plan
                         .tensor(entry, *model)

@@ -223,7 +223,7 @@ pub fn describe(
             ..Default::default()
         });
         match &o.source {
-            Source::Copy { model } => {
+            Source::Copy { model } | Source::Decode { model, .. } => {
                 cp.copied += 1;
                 if let Some(t) = pass_plan.tensor(entry, *model) {
                     read_bytes += t.byte_len() as u64;

@@ -32,7 +32,6 @@ use ckpt_core::catalog::selector::Term;
 use ckpt_core::catalog::{Arch, Block, Grouping, Selector, canonical_key};
 use ckpt_core::rng::torch::{MathPath, TorchGenerator};
 use ckpt_read::Checkpoint;
-use ckpt_read::dtype::float_format;
 
 /// The seed of the original scripts and of wkpark's tables.
 pub const SEED: u64 = 114514;
@@ -280,11 +279,13 @@ fn weight(ckpt: &Checkpoint, key: &str) -> Result<(usize, Vec<f32>), AsimError> 
             file: file(),
             key: key.into(),
         })?;
-    float_format(t.dtype).ok_or_else(|| AsimError::NotFloat {
-        file: file(),
-        key: key.into(),
-        dtype: format!("{:?}", t.dtype),
-    })?;
+    if !t.is_float() {
+        return Err(AsimError::NotFloat {
+            file: file(),
+            key: key.into(),
+            dtype: format!("{:?}", t.dtype),
+        });
+    }
     let not_square = || AsimError::NotSquare {
         file: file(),
         key: key.into(),

@@ -132,11 +132,11 @@ fn sigmoid_table() -> &'static [f64] {
 /// The BLAKE3 of a tensor's fp16 form (`None` when that is its stored form, whose hash the
 /// caller has) and its toolkit-metric sum (when `metric`), streamed in chunks: a whole Flux
 /// matrix (66 M values) never becomes one buffer.
-fn fp16_form(format: FloatFormat, s: &Slice<'_>, metric: bool) -> (Option<[u8; 32]>, f64) {
+fn fp16_form(s: &Slice<'_>, metric: bool) -> (Option<[u8; 32]>, f64) {
     const CHUNK: usize = 1 << 16;
     // Stored as fp16 already (values rounded to nearest even otherwise; scaled ones scaled
     // first).
-    let direct = format == FloatFormat::F16 && s.encoding.is_plain();
+    let direct = s.dtype == ckpt_read::Dtype::F16 && s.encoding.is_plain();
     if direct && !metric {
         return (None, 0.0);
     }
@@ -145,7 +145,7 @@ fn fp16_form(format: FloatFormat, s: &Slice<'_>, metric: bool) -> (Option<[u8; 3
     let mut sum = 0.0f64;
     let mut values = vec![0.0f64; CHUNK];
     let mut converted = vec![0u8; CHUNK * 2];
-    let n = s.bytes.len() / format.size();
+    let n = s.len();
     for start in (0..n).step_by(CHUNK) {
         let end = (start + CHUNK).min(n);
         let part = s.part(start, end);
@@ -185,21 +185,28 @@ pub struct TensorHashes {
 
 /// Hashes one whole tensor (`key` as the plan spells it) for [`combine`].
 pub fn hash_tensor(arch: Option<Arch>, key: &str, s: &Slice<'_>) -> TensorHashes {
-    // A scaled tensor is its bytes and its scale: both go into its exact hash.
-    let exact = if s.encoding.is_plain() {
-        *blake3::hash(s.bytes).as_bytes()
-    } else {
-        let mut h = blake3::Hasher::new();
-        h.update(s.bytes);
-        h.update(&s.encoding.scale().to_le_bytes());
-        *h.finalize().as_bytes()
-    };
-    let (fp16, metric) = match dtype::float_format(s.dtype) {
-        Some(format) => {
-            let (fp16, metric) = fp16_form(format, s, metric_part(arch, key).is_some());
-            (fp16.unwrap_or(exact), metric)
+    // A scaled tensor is its bytes and its scales: all go into its exact hash.
+    let exact = match s.encoding {
+        ckpt_read::Encoding::Plain => *blake3::hash(s.bytes).as_bytes(),
+        ckpt_read::Encoding::Scaled(scale) => {
+            let mut h = blake3::Hasher::new();
+            h.update(s.bytes);
+            h.update(&scale.to_le_bytes());
+            *h.finalize().as_bytes()
         }
-        None => (exact, 0.0),
+        ckpt_read::Encoding::Block(b) => {
+            let mut h = blake3::Hasher::new();
+            h.update(s.bytes);
+            h.update(&b.scale.to_le_bytes());
+            h.update(s.scales);
+            *h.finalize().as_bytes()
+        }
+    };
+    let (fp16, metric) = if s.is_float() {
+        let (fp16, metric) = fp16_form(s, metric_part(arch, key).is_some());
+        (fp16.unwrap_or(exact), metric)
+    } else {
+        (exact, 0.0)
     };
     TensorHashes {
         exact,
@@ -292,7 +299,7 @@ pub fn combine(
             let t = plan.tensor(&plan.entries()[*e], 0).expect("its own tensor");
             let shape: Vec<String> = t.shape.iter().map(|d| d.to_string()).collect();
             let r = &got[e];
-            let fp16_dtype = if dtype::float_format(t.dtype).is_some() {
+            let fp16_dtype = if t.is_float() {
                 "F16".to_string()
             } else {
                 dtype::name(t.dtype)

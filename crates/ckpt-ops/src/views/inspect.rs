@@ -57,6 +57,30 @@ pub struct ShapeIssue {
     pub actual: Vec<usize>,
 }
 
+/// A file's per-layer quantization (ComfyUI's formats).
+#[derive(Clone, Debug, Serialize)]
+pub struct QuantInfo {
+    /// Where the layers' records are: `comfy_quant tensors`, `_quantization_metadata`, or
+    /// both.
+    pub carrier: String,
+    /// Format (with its scaling) -> layer count.
+    pub formats: BTreeMap<String, usize>,
+    pub layers: Vec<QuantLayer>,
+    /// Layers with a `pre_quant_scale` (the model multiplies their input by it; the weights
+    /// shown are before it).
+    pub pre_quant_scale: usize,
+}
+
+/// One quantized layer.
+#[derive(Clone, Debug, Serialize)]
+pub struct QuantLayer {
+    pub weight: String,
+    pub format: String,
+    pub shape: Vec<usize>,
+    /// Bits per weight, scales included.
+    pub bits_per_weight: f64,
+}
+
 /// What a torch checkpoint's pickle held besides tensors.
 #[derive(Clone, Debug, Serialize)]
 pub struct PickleReport {
@@ -89,6 +113,9 @@ pub struct InspectReport {
     pub params: u64,
     pub arch: ArchInfo,
     pub variants: Vec<String>,
+    /// Per-layer quantization, when the file has it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<QuantInfo>,
     pub components: Vec<ComponentInfo>,
     pub dtypes: Vec<DtypeInfo>,
     pub metadata: Vec<MetadataEntry>,
@@ -112,11 +139,19 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
     let mut components: BTreeMap<Component, ComponentInfo> = BTreeMap::new();
     let mut dtypes: BTreeMap<String, DtypeInfo> = BTreeMap::new();
     let arch = det.arch();
+    let quant = ckpt.comfy_quant();
+    let layer = |name: &str| quant.and_then(|q| q.layers.iter().find(|l| l.weight == name));
     for t in ckpt.tensors() {
         let c = component_of(&canonical_key(&t.name));
         let numel = t.numel() as u64;
-        let bytes = t.byte_len() as u64;
-        let d = dtype::name(t.dtype);
+        // A quantized layer counts its codes and scales, under its format's name.
+        let (bytes, d) = match layer(&t.name) {
+            Some(l) => (
+                (l.bits_per_weight * numel as f64 / 8.0).round() as u64,
+                l.code.format().to_string(),
+            ),
+            None => (t.byte_len() as u64, dtype::name(t.dtype)),
+        };
         let info = components.entry(c).or_insert_with(|| ComponentInfo {
             component: c,
             label: arch
@@ -216,7 +251,38 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
                     ckpt_read::dtype::name(q.format.dtype())
                 )
             }))
+            .chain(quant.map(|q| {
+                let formats: Vec<String> = q
+                    .formats()
+                    .iter()
+                    .map(|(f, n)| format!("{n} {f}"))
+                    .collect();
+                format!(
+                    "quantized per layer as ComfyUI stores it ({}), read decoded",
+                    formats.join(", ")
+                )
+            }))
             .collect(),
+        quantization: quant.map(|q| QuantInfo {
+            carrier: match q.carrier {
+                ckpt_read::comfy::Carrier::Tensors => "comfy_quant tensors",
+                ckpt_read::comfy::Carrier::Metadata => "_quantization_metadata",
+                ckpt_read::comfy::Carrier::Both => "comfy_quant tensors and _quantization_metadata",
+            }
+            .to_string(),
+            formats: q.formats(),
+            layers: q
+                .layers
+                .iter()
+                .map(|l| QuantLayer {
+                    weight: l.weight.clone(),
+                    format: l.code.label(),
+                    shape: ckpt.get(&l.weight).map(|t| t.shape.clone()).unwrap_or_default(),
+                    bits_per_weight: l.bits_per_weight,
+                })
+                .collect(),
+            pre_quant_scale: q.layers.iter().filter(|l| l.pre_quant_scale).count(),
+        }),
         components: components.into_values().collect(),
         dtypes: dtypes.into_values().collect(),
         metadata,

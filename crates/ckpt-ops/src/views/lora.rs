@@ -12,7 +12,6 @@ use crate::lora::{Delta, Module, Network};
 use ckpt_core::catalog::{Arch, Grouping};
 use ckpt_core::pass::Slice;
 use ckpt_read::Checkpoint;
-use ckpt_read::dtype;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct LoraReport {
@@ -297,7 +296,7 @@ pub fn against_delta(
             skipped.push(e.to_string());
             continue;
         }
-        if dtype::float_format(tt.dtype).is_none() || dtype::float_format(tb.dtype).is_none() {
+        if !tt.is_float() || !tb.is_float() {
             skipped.push(format!("{}: not a float tensor", t.key));
             continue;
         }

@@ -332,6 +332,15 @@ impl Visit for Scan {
         inputs: &[Option<Slice<'_>>],
     ) -> Result<(u64, u64), PassError> {
         let s = inputs[0].expect("one model");
+        if s.encoding.block().is_some() {
+            // Codes with scales: count the decoded values (a NaN scale is refused on open,
+            // but block scales may still decode to infinities).
+            let mut v = vec![0.0f64; s.len()];
+            s.values_into(&mut v);
+            let nan = v.iter().filter(|x| x.is_nan()).count() as u64;
+            let inf = v.iter().filter(|x| x.is_infinite()).count() as u64;
+            return Ok((nan, inf));
+        }
         Ok(dtype::float_format(s.dtype)
             .map(|f| count_nonfinite(f, s.bytes))
             .unwrap_or((0, 0)))
@@ -365,7 +374,7 @@ pub fn nonfinite_tensors(
     let entries: Vec<usize> = (0..plan.entries().len())
         .filter(|&e| {
             plan.tensor(&plan.entries()[e], 0)
-                .is_some_and(|t| dtype::float_format(t.dtype).is_some())
+                .is_some_and(|t| t.is_float())
         })
         .collect();
     let mut counts = NonFinite::default();

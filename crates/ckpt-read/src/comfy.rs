@@ -1,0 +1,838 @@
+//! ComfyUI's per-layer ("mixed precision") quantization, read exactly.
+//!
+//! A layer `L` quantized by ComfyUI or comfy-kitchen is stored as `L.weight` (the codes),
+//! `L.weight_scale` (one scale, a scale per row, or swizzled block scales), for nvfp4 also
+//! `L.weight_scale_2` (the global scale), and a record of its format: a `L.comfy_quant`
+//! tensor (the UTF-8 bytes of a JSON object such as `{"format": "nvfp4"}`) or an entry of
+//! the JSON in the metadata key `_quantization_metadata` (`{"layers": {"L": {...}}}`). It
+//! may also carry `L.input_scale` (the scale ComfyUI quantizes the layer's *input* with in
+//! its fast fp8/nvfp4 matrix products: it never changes the weight) and
+//! `L.pre_quant_scale` (ModelOpt's AWQ smoothing: the model multiplies the input by it
+//! before the layer, so the weight it applies is `W[:, k] · pre_quant_scale[k]`).
+//!
+//! [`apply`] finds every such layer, checks its record and the shapes and dtypes of its
+//! tensors against the format, gives its weight an [`Encoding::Block`] with the logical
+//! shape, and takes the bookkeeping tensors out of the tensor list (kept in
+//! [`ComfyQuant::hidden`] to copy them as they are). Anything it cannot decode exactly is
+//! refused with the layer and the format named: a record that is not JSON (comfy-org's
+//! issue #15567: a released file with 42 of 200 records zero-filled), a format that is
+//! unknown or not read yet, a scale of the wrong shape, a scale that is not finite.
+//!
+//! [`Block::decode`] computes the values exactly as comfy-kitchen 0.2.40's reference
+//! (`eager`) backend does in float32, operation by operation, so the values agree bit for
+//! bit (the tests check it against goldens that comfy-kitchen made,
+//! `fixtures/comfy-quant/`). Sources: ComfyUI `comfy/ops.py` (`_load_quantized_module`),
+//! `comfy/quant_ops.py` (`QUANT_ALGOS`), `comfy/utils.py` (`convert_old_quants`);
+//! comfy-kitchen `tensor/{fp8,nvfp4,mxfp8,int8,int8_utils}.py`,
+//! `backends/eager/quantization.py`, `float_utils.py`.
+
+use std::collections::BTreeMap;
+
+use super::dtype::{self, Dtype, FloatFormat};
+use super::layout::{Encoding, TensorEntry};
+
+/// The metadata key of the second carrier.
+pub const METADATA_KEY: &str = "_quantization_metadata";
+/// The suffix of a layer's format record.
+pub const RECORD: &str = ".comfy_quant";
+
+/// How one layer's stored values give its weight (see [`Block::decode`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Block {
+    pub code: Code,
+    /// The per-tensor scale: `weight_scale` of fp8 and of int8 tensorwise, `weight_scale_2`
+    /// of nvfp4; 1 for the others.
+    pub scale: f32,
+    /// The address range (in the layout's address space) of the per-row or per-block
+    /// scales; empty when the format has none.
+    pub scales: (usize, usize),
+    /// The dtype of those scales.
+    pub scales_dtype: Dtype,
+    /// Logical columns (the `K` of the `[N, K]` weight).
+    pub cols: usize,
+    /// Stored columns: `K` padded as the format pads it (the swizzled block-scale layout
+    /// counts in them).
+    pub stored_cols: usize,
+}
+
+/// The per-layer formats read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// `float8_e4m3fn`, `float8_e5m2`: `w = f32(q) · scale`.
+    Fp8(FloatFormat),
+    /// `int8_tensorwise` with one scale: `w = f32(q) · scale`.
+    Int8,
+    /// `int8_tensorwise` with a scale per row: `w = f32(q) · scale[row]`.
+    Int8Rows,
+    /// `int8_tensorwise` with `"convrot": true`: per row, then every `group` columns
+    /// multiplied by the normalised Hadamard matrix `(H4 ⊗ H4 ⊗ …)/√group`.
+    Int8Convrot { group: usize },
+    /// `nvfp4`: E2M1 pairs (high nibble first), E4M3 block scales per 16 columns
+    /// (swizzled), and the global scale.
+    Nvfp4,
+    /// `mxfp8`: E4M3 codes with E8M0 block scales per 32 columns (swizzled).
+    Mxfp8,
+    /// `convrot_w4a4`: signed int4 pairs (low nibble first) with a scale per row, then
+    /// un-rotated as [`Code::Int8Convrot`].
+    Int4Convrot { group: usize },
+}
+
+impl Code {
+    /// The `format` string of the record.
+    pub fn format(self) -> &'static str {
+        match self {
+            Code::Fp8(FloatFormat::F8E5M2) => "float8_e5m2",
+            Code::Fp8(_) => "float8_e4m3fn",
+            Code::Int8 | Code::Int8Rows | Code::Int8Convrot { .. } => "int8_tensorwise",
+            Code::Nvfp4 => "nvfp4",
+            Code::Mxfp8 => "mxfp8",
+            Code::Int4Convrot { .. } => "convrot_w4a4",
+        }
+    }
+
+    /// How a report names it: the format, and its scaling when the format has several.
+    pub fn label(self) -> String {
+        match self {
+            Code::Int8 => "int8_tensorwise (one scale)".into(),
+            Code::Int8Rows => "int8_tensorwise (a scale per row)".into(),
+            Code::Int8Convrot { group } => format!("int8_tensorwise (convrot, groups of {group})"),
+            Code::Int4Convrot { group } => format!("convrot_w4a4 (groups of {group})"),
+            other => other.format().into(),
+        }
+    }
+}
+
+/// One quantized layer of a file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    /// The weight's name (`L.weight`).
+    pub weight: String,
+    pub code: Code,
+    /// Bits the layer's weight takes per value, scales included.
+    pub bits_per_weight: f64,
+    /// The layer has a `pre_quant_scale` (its input is scaled before the layer).
+    pub pre_quant_scale: bool,
+    /// The weight's entry as the file stores it (codes, padded): to copy it as it is.
+    pub stored: TensorEntry,
+}
+
+/// Where the layers' records were.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Carrier {
+    /// `.comfy_quant` tensors (what ComfyUI itself saves).
+    Tensors,
+    /// The `_quantization_metadata` metadata key (other converters).
+    Metadata,
+    Both,
+}
+
+/// What a file quantized per layer holds besides its weights.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ComfyQuant {
+    pub carrier: Carrier,
+    /// The quantized layers, in file order.
+    pub layers: Vec<Layer>,
+    /// The records, scales and input scales taken out of the tensor list, in file order:
+    /// to copy them as they are.
+    pub hidden: Vec<TensorEntry>,
+}
+
+impl ComfyQuant {
+    /// The stored entry of the quantized weight `name`, if it is one.
+    pub fn stored(&self, name: &str) -> Option<&TensorEntry> {
+        self.layers
+            .iter()
+            .find(|l| l.weight == name)
+            .map(|l| &l.stored)
+    }
+
+    /// How many layers use each format, by [`Code::label`].
+    pub fn formats(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for l in &self.layers {
+            *out.entry(l.code.label()).or_insert(0) += 1;
+        }
+        out
+    }
+}
+
+/// Why a per-layer quantized file cannot be read.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum ComfyError {
+    #[error("the metadata '{METADATA_KEY}' is not the JSON ComfyUI reads: {0}")]
+    BadMetadata(String),
+    #[error(
+        "layer '{layer}': its quantization record is {len} zero bytes, not JSON (a damaged file)"
+    )]
+    ZeroRecord { layer: String, len: usize },
+    #[error("layer '{layer}': its quantization record is not a JSON object: {reason}")]
+    BadRecord { layer: String, reason: String },
+    #[error("layer '{layer}': its quantization record names no format")]
+    NoFormat { layer: String },
+    #[error("layer '{layer}': quantization format '{format}' is not one ComfyUI defines")]
+    UnknownFormat { layer: String, format: String },
+    #[error(
+        "layer '{layer}' is quantized as '{format}', which ckpt-diff does not decode yet \
+         (it reads float8_e4m3fn, float8_e5m2, nvfp4, mxfp8 and int8_tensorwise)"
+    )]
+    NotRead { layer: String, format: String },
+    #[error("layer '{layer}' ({format}): {what}")]
+    Inconsistent {
+        layer: String,
+        format: &'static str,
+        what: String,
+    },
+}
+
+/// The formats ComfyUI's `QUANT_ALGOS` defines that are not decoded here.
+const NOT_READ: [&str; 2] = ["asym_w4a8_int8", "awq_w4a16"];
+
+/// Suffixes a quantized layer may hold besides its weight, taken out of the tensors.
+const BOOKKEEPING: [&str; 5] = [
+    ".weight_scale",
+    ".weight_scale_2",
+    RECORD,
+    ".input_scale",
+    ".pre_quant_scale",
+];
+
+/// Finds the per-layer quantized layers of a file (both carriers), checks them, encodes
+/// their weights and takes their bookkeeping out of `tensors`. `None` when the file has
+/// no record. `data` gives a tensor's bytes.
+pub fn apply<'d>(
+    tensors: &mut Vec<TensorEntry>,
+    metadata: &[(String, String)],
+    data: &dyn Fn(&TensorEntry) -> &'d [u8],
+) -> Result<Option<ComfyQuant>, ComfyError> {
+    let mut records: BTreeMap<String, String> = BTreeMap::new();
+    let mut from_tensors = false;
+    for t in tensors.iter() {
+        if let Some(layer) = t.name.strip_suffix(RECORD) {
+            from_tensors = true;
+            let bytes = data(t);
+            if !bytes.is_empty() && bytes.iter().all(|&b| b == 0) {
+                return Err(ComfyError::ZeroRecord {
+                    layer: layer.into(),
+                    len: bytes.len(),
+                });
+            }
+            let text = std::str::from_utf8(bytes).map_err(|e| ComfyError::BadRecord {
+                layer: layer.into(),
+                reason: format!("not UTF-8 ({e})"),
+            })?;
+            records.insert(layer.to_string(), text.to_string());
+        }
+    }
+    let mut from_metadata = false;
+    if let Some((_, json)) = metadata.iter().find(|(k, _)| k == METADATA_KEY) {
+        from_metadata = true;
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| ComfyError::BadMetadata(e.to_string()))?;
+        let layers = value
+            .get("layers")
+            .and_then(|l| l.as_object())
+            .ok_or_else(|| ComfyError::BadMetadata("it has no \"layers\" object".into()))?;
+        // ComfyUI turns each entry into a record tensor, replacing one of the same name.
+        for (layer, conf) in layers {
+            records.insert(layer.clone(), conf.to_string());
+        }
+    }
+    if records.is_empty() {
+        return Ok(None);
+    }
+    let carrier = match (from_tensors, from_metadata) {
+        (true, true) => Carrier::Both,
+        (false, true) => Carrier::Metadata,
+        _ => Carrier::Tensors,
+    };
+    let index: std::collections::HashMap<String, usize> = tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.clone(), i))
+        .collect();
+    let mut layers = Vec::new();
+    let mut hide: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut encoded: Vec<(usize, TensorEntry)> = Vec::new();
+    for (layer, text) in &records {
+        let conf = Record::parse(layer, text)?;
+        let get = |suffix: &str| index.get(&format!("{layer}{suffix}")).map(|&i| &tensors[i]);
+        let found = Found {
+            layer,
+            weight: get(".weight"),
+            scale: get(".weight_scale"),
+            scale2: get(".weight_scale_2"),
+            bias: get(".bias"),
+        };
+        let (entry, code) = encode(&conf, &found, data)?;
+        let weight = found.weight.expect("encode checked it");
+        let scale_bytes = [found.scale, found.scale2]
+            .iter()
+            .flatten()
+            .map(|t| t.byte_len())
+            .sum::<usize>();
+        layers.push(Layer {
+            weight: weight.name.clone(),
+            code,
+            bits_per_weight: (weight.byte_len() + scale_bytes) as f64 * 8.0
+                / entry.numel().max(1) as f64,
+            pre_quant_scale: get(".pre_quant_scale").is_some(),
+            stored: weight.clone(),
+        });
+        for suffix in BOOKKEEPING {
+            hide.insert(format!("{layer}{suffix}"));
+        }
+        encoded.push((index[&weight.name], entry));
+    }
+    for (i, entry) in encoded {
+        tensors[i] = entry;
+    }
+    let (hidden, kept): (Vec<TensorEntry>, Vec<TensorEntry>) =
+        tensors.drain(..).partition(|t| hide.contains(&t.name));
+    *tensors = kept;
+    layers.sort_by_key(|l| {
+        tensors
+            .iter()
+            .position(|t| t.name == l.weight)
+            .unwrap_or(usize::MAX)
+    });
+    Ok(Some(ComfyQuant {
+        carrier,
+        layers,
+        hidden,
+    }))
+}
+
+/// A layer's record, parsed.
+struct Record {
+    format: String,
+    convrot: bool,
+    convrot_group: usize,
+}
+
+impl Record {
+    fn parse(layer: &str, text: &str) -> Result<Record, ComfyError> {
+        let bad = |reason: String| ComfyError::BadRecord {
+            layer: layer.into(),
+            reason,
+        };
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| bad(format!("it is {text}")))?;
+        // Parameters may also sit under "params" (ComfyUI's reader accepts both).
+        let param = |key: &str| {
+            obj.get(key)
+                .or_else(|| obj.get("params").and_then(|p| p.get(key)))
+        };
+        let format = param("format")
+            .and_then(|f| f.as_str())
+            .ok_or_else(|| ComfyError::NoFormat {
+                layer: layer.into(),
+            })?
+            .to_string();
+        let convrot = param("convrot").and_then(|v| v.as_bool()).unwrap_or(false);
+        let convrot_group = param("convrot_groupsize")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(256) as usize;
+        Ok(Record {
+            format,
+            convrot,
+            convrot_group,
+        })
+    }
+}
+
+/// The tensors of one layer.
+struct Found<'a> {
+    layer: &'a str,
+    weight: Option<&'a TensorEntry>,
+    scale: Option<&'a TensorEntry>,
+    scale2: Option<&'a TensorEntry>,
+    bias: Option<&'a TensorEntry>,
+}
+
+/// Checks a layer against its format and gives its weight's entry: logical shape, the
+/// dtype of one code, the encoding.
+fn encode<'d>(
+    conf: &Record,
+    f: &Found<'_>,
+    data: &dyn Fn(&TensorEntry) -> &'d [u8],
+) -> Result<(TensorEntry, Code), ComfyError> {
+    let format: &'static str = match conf.format.as_str() {
+        "float8_e4m3fn" => "float8_e4m3fn",
+        "float8_e5m2" => "float8_e5m2",
+        "nvfp4" => "nvfp4",
+        "mxfp8" => "mxfp8",
+        "int8_tensorwise" => "int8_tensorwise",
+        "convrot_w4a4" => "convrot_w4a4",
+        other if NOT_READ.contains(&other) => {
+            return Err(ComfyError::NotRead {
+                layer: f.layer.into(),
+                format: other.into(),
+            });
+        }
+        other => {
+            return Err(ComfyError::UnknownFormat {
+                layer: f.layer.into(),
+                format: other.into(),
+            });
+        }
+    };
+    let wrong = |what: String| ComfyError::Inconsistent {
+        layer: f.layer.into(),
+        format,
+        what,
+    };
+    let weight = f
+        .weight
+        .ok_or_else(|| wrong("the file has no weight for it".into()))?;
+    let scale = f
+        .scale
+        .ok_or_else(|| wrong("the file has no weight_scale for it".into()))?;
+    let shape_of = |t: &TensorEntry| format!("{} {:?}", dtype::name(t.dtype), t.shape);
+    let matrix = |t: &TensorEntry| -> Result<(usize, usize), ComfyError> {
+        match t.shape[..] {
+            [n, k] => Ok((n, k)),
+            _ => Err(wrong(format!(
+                "its weight is {}, not a matrix (ckpt-diff reads quantized linear layers)",
+                shape_of(t)
+            ))),
+        }
+    };
+    let scalar = |t: &TensorEntry| -> Result<f32, ComfyError> {
+        let value = match (dtype::float_format(t.dtype), t.numel()) {
+            (Some(fmt), 1) => {
+                let mut v = [0.0f64];
+                fmt.decode_into(data(t), &mut v);
+                v[0]
+            }
+            _ => {
+                return Err(wrong(format!(
+                    "'{}' is {}, not one float",
+                    t.name,
+                    shape_of(t)
+                )));
+            }
+        };
+        if !value.is_finite() || value < 0.0 {
+            return Err(wrong(format!(
+                "'{}' is {value}, not a finite scale",
+                t.name
+            )));
+        }
+        Ok(value as f32)
+    };
+    let need_dtype = |t: &TensorEntry, want: &[Dtype]| -> Result<(), ComfyError> {
+        if want.contains(&t.dtype) {
+            Ok(())
+        } else {
+            Err(wrong(format!(
+                "'{}' is {}, where the format stores {}",
+                t.name,
+                dtype::name(t.dtype),
+                want.iter()
+                    .map(|d| dtype::name(*d))
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )))
+        }
+    };
+    let none = (0usize, 0usize);
+    let range = |t: &TensorEntry| (t.begin, t.end);
+    let mut out = weight.clone();
+    let code = match format {
+        "float8_e4m3fn" | "float8_e5m2" => {
+            let (want, fmt) = if format == "float8_e5m2" {
+                (Dtype::F8_E5M2, FloatFormat::F8E5M2)
+            } else {
+                (Dtype::F8_E4M3, FloatFormat::F8E4M3)
+            };
+            need_dtype(weight, &[want])?;
+            let (_, k) = matrix(weight)?;
+            out.encoding = Encoding::Block(Block {
+                code: Code::Fp8(fmt),
+                scale: scalar(scale)?,
+                scales: none,
+                scales_dtype: Dtype::F32,
+                cols: k,
+                stored_cols: k,
+            });
+            Code::Fp8(fmt)
+        }
+        "int8_tensorwise" => {
+            need_dtype(weight, &[Dtype::I8])?;
+            let (n, k) = matrix(weight)?;
+            let rows = scale.numel() > 1 || conf.convrot;
+            let code = if conf.convrot {
+                let g = conf.convrot_group;
+                if !is_power_of_four(g) || k % g != 0 {
+                    return Err(wrong(format!(
+                        "convrot groups of {g} columns do not tile its {k} columns \
+                         (the group must be a power of 4 dividing them)"
+                    )));
+                }
+                Code::Int8Convrot { group: g }
+            } else if rows {
+                Code::Int8Rows
+            } else {
+                Code::Int8
+            };
+            let (s, scales) = match code {
+                Code::Int8 => (scalar(scale)?, none),
+                _ => {
+                    if scale.numel() != n || dtype::float_format(scale.dtype).is_none() {
+                        return Err(wrong(format!(
+                            "its weight_scale is {}, not one float per row of its {n} rows",
+                            shape_of(scale)
+                        )));
+                    }
+                    finite_scales(scale, data(scale)).map_err(&wrong)?;
+                    (1.0, range(scale))
+                }
+            };
+            out.encoding = Encoding::Block(Block {
+                code,
+                scale: s,
+                scales,
+                scales_dtype: scale.dtype,
+                cols: k,
+                stored_cols: k,
+            });
+            code
+        }
+        "convrot_w4a4" => {
+            need_dtype(weight, &[Dtype::I8, Dtype::U8])?;
+            let (n, half) = matrix(weight)?;
+            let k = half * 2;
+            let g = conf.convrot_group;
+            if !is_power_of_four(g) || k % g != 0 {
+                return Err(wrong(format!(
+                    "convrot groups of {g} columns do not tile its {k} columns"
+                )));
+            }
+            if scale.numel() != n || dtype::float_format(scale.dtype).is_none() {
+                return Err(wrong(format!(
+                    "its weight_scale is {}, not one float per row of its {n} rows",
+                    shape_of(scale)
+                )));
+            }
+            finite_scales(scale, data(scale)).map_err(&wrong)?;
+            let code = Code::Int4Convrot { group: g };
+            out.dtype = Dtype::F4;
+            out.shape = vec![n, k];
+            out.encoding = Encoding::Block(Block {
+                code,
+                scale: 1.0,
+                scales: range(scale),
+                scales_dtype: scale.dtype,
+                cols: k,
+                stored_cols: k,
+            });
+            code
+        }
+        "nvfp4" | "mxfp8" => {
+            let nv = format == "nvfp4";
+            let (np, stored) = matrix(weight)?;
+            let (kp, block, pad) = if nv {
+                need_dtype(weight, &[Dtype::U8, Dtype::I8, Dtype::F4])?;
+                // Two E2M1 codes per byte (a F4 tensor already counts them).
+                let kp = if weight.dtype == Dtype::F4 {
+                    stored
+                } else {
+                    stored * 2
+                };
+                (kp, 16, 16)
+            } else {
+                need_dtype(weight, &[Dtype::F8_E4M3])?;
+                (stored, 32, 32)
+            };
+            if np % pad != 0 || kp % pad != 0 {
+                return Err(wrong(format!(
+                    "its weight holds {np}x{kp} values, not padded to multiples of {pad} as \
+                     the format stores them"
+                )));
+            }
+            need_dtype(
+                scale,
+                if nv {
+                    &[Dtype::F8_E4M3, Dtype::U8]
+                } else {
+                    &[Dtype::F8_E8M0, Dtype::U8]
+                },
+            )?;
+            let want = [np.div_ceil(128) * 128, (kp / block).div_ceil(4) * 4];
+            if scale.shape != want {
+                return Err(wrong(format!(
+                    "its block scales are {:?}, where a {np}x{kp} weight has {want:?}",
+                    scale.shape
+                )));
+            }
+            let global = if nv {
+                let s2 = f
+                    .scale2
+                    .ok_or_else(|| wrong("the file has no weight_scale_2 for it".into()))?;
+                scalar(s2)?
+            } else {
+                1.0
+            };
+            // The file keeps the padded data; a bias names the layer's real output rows.
+            let n = match f.bias.map(|b| b.numel()) {
+                Some(rows) if rows <= np && rows + pad > np && b_is_vector(f.bias) => rows,
+                _ => np,
+            };
+            let k = kp;
+            out.dtype = if nv { Dtype::F4 } else { Dtype::F8_E4M3 };
+            out.shape = vec![n, k];
+            let row_bytes = if nv { kp / 2 } else { kp };
+            out.end = out.begin + n * row_bytes;
+            let code = if nv { Code::Nvfp4 } else { Code::Mxfp8 };
+            out.encoding = Encoding::Block(Block {
+                code,
+                scale: global,
+                scales: range(scale),
+                scales_dtype: scale.dtype,
+                cols: k,
+                stored_cols: kp,
+            });
+            code
+        }
+        _ => unreachable!("formats matched above"),
+    };
+    Ok((out, code))
+}
+
+fn b_is_vector(t: Option<&TensorEntry>) -> bool {
+    t.is_some_and(|t| t.shape.len() == 1)
+}
+
+fn is_power_of_four(g: usize) -> bool {
+    g.is_power_of_two() && g.trailing_zeros().is_multiple_of(2)
+}
+
+/// Checks that every per-row scale is a finite number.
+fn finite_scales(t: &TensorEntry, bytes: &[u8]) -> Result<(), String> {
+    let fmt = dtype::float_format(t.dtype).expect("checked float");
+    let mut v = vec![0.0f64; t.numel()];
+    fmt.decode_into(bytes, &mut v);
+    match v.iter().position(|x| !x.is_finite()) {
+        Some(i) => Err(format!("'{}' holds {} at row {i}", t.name, v[i])),
+        None => Ok(()),
+    }
+}
+
+/// The E2M1 values of the 16 four-bit codes.
+const E2M1: [f32; 16] = [
+    0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0,
+];
+
+/// The byte of the swizzled (cuBLAS block-scaling) scale layout that holds the scale of
+/// row `r`, block column `c`, for a scale matrix of `block_cols` logical columns.
+pub fn swizzled(r: usize, c: usize, block_cols: usize) -> usize {
+    let n_cb = block_cols.div_ceil(4);
+    let (rb, i) = (r / 128, r % 128);
+    let (a, b) = (i / 32, i % 32);
+    let (cb, j) = (c / 4, c % 4);
+    (rb * n_cb + cb) * 512 + b * 16 + a * 4 + j
+}
+
+fn f32_of(fmt: FloatFormat, bytes: &[u8], i: usize) -> f32 {
+    let size = fmt.size();
+    let mut v = [0.0f64];
+    fmt.decode_into(&bytes[i * size..(i + 1) * size], &mut v);
+    v[0] as f32
+}
+
+impl Block {
+    /// Decodes elements `start..start + out.len()` (row-major, logical shape) of a layer:
+    /// `codes` are the bytes of exactly those elements (as [`Block::code_range`] gives
+    /// them), `scales` the whole scale tensor. The values are comfy-kitchen's float32
+    /// results, widened exactly.
+    pub fn decode(&self, codes: &[u8], scales: &[u8], start: usize, out: &mut [f64]) {
+        let k = self.cols;
+        match self.code {
+            Code::Fp8(fmt) => {
+                fmt.decode_into(codes, out);
+                for v in out.iter_mut() {
+                    *v = ((*v as f32) * self.scale) as f64;
+                }
+            }
+            Code::Int8 => {
+                for (v, &q) in out.iter_mut().zip(codes) {
+                    *v = ((q as i8 as f32) * self.scale) as f64;
+                }
+            }
+            Code::Int8Rows | Code::Int8Convrot { .. } => {
+                let fmt = dtype::float_format(self.scales_dtype).expect("checked float");
+                let mut row = usize::MAX;
+                let mut s = 0f32;
+                for (i, (v, &q)) in out.iter_mut().zip(codes).enumerate() {
+                    let r = (start + i) / k;
+                    if r != row {
+                        row = r;
+                        s = f32_of(fmt, scales, r);
+                    }
+                    *v = ((q as i8 as f32) * s) as f64;
+                }
+                if let Code::Int8Convrot { group } = self.code {
+                    debug_assert_eq!(start % group, 0, "items start on a group");
+                    for g in out.chunks_mut(group) {
+                        unrotate(g);
+                    }
+                }
+            }
+            Code::Int4Convrot { group } => {
+                let fmt = dtype::float_format(self.scales_dtype).expect("checked float");
+                debug_assert_eq!(start % group, 0, "items start on a group");
+                for (i, v) in out.iter_mut().enumerate() {
+                    let e = start + i;
+                    let byte = codes[(i + start % 2) / 2];
+                    // Low nibble first, signed.
+                    let nibble = if e.is_multiple_of(2) {
+                        byte & 15
+                    } else {
+                        byte >> 4
+                    };
+                    let q = ((nibble << 4) as i8 >> 4) as f32;
+                    *v = (q * f32_of(fmt, scales, e / k)) as f64;
+                }
+                for g in out.chunks_mut(group) {
+                    unrotate(g);
+                }
+            }
+            Code::Nvfp4 => {
+                let block_cols = self.stored_cols / 16;
+                let s2 = self.scale;
+                for (i, v) in out.iter_mut().enumerate() {
+                    let e = start + i;
+                    let (r, c) = (e / k, e % k);
+                    // Byte e/2 of the slice's first element's byte; elements start even.
+                    let local = i + (start % 2);
+                    let byte = codes[local / 2];
+                    let nibble = if e.is_multiple_of(2) {
+                        byte >> 4
+                    } else {
+                        byte & 15
+                    };
+                    let s = fp8_e4m3(scales[swizzled(r, c / 16, block_cols)]);
+                    let total = s2 * s;
+                    *v = (E2M1[nibble as usize] * total) as f64;
+                }
+            }
+            Code::Mxfp8 => {
+                let block_cols = self.stored_cols / 32;
+                FloatFormat::F8E4M3.decode_into(codes, out);
+                for (i, v) in out.iter_mut().enumerate() {
+                    let e = start + i;
+                    let (r, c) = (e / k, e % k);
+                    let code = scales[swizzled(r, c / 32, block_cols)];
+                    // comfy-kitchen's e8m0_to_f32: the code is the f32 exponent field, so
+                    // 0 gives 0.0 and 255 gives +inf.
+                    let s = f32::from_bits((code as u32) << 23);
+                    *v = ((*v as f32) * s) as f64;
+                }
+            }
+        }
+    }
+
+    /// The byte range of elements `start..end` within the weight's stored bytes.
+    pub fn code_range(&self, start: usize, end: usize) -> (usize, usize) {
+        match self.code {
+            Code::Nvfp4 | Code::Int4Convrot { .. } => (start / 2, end.div_ceil(2)),
+            _ => (start, end),
+        }
+    }
+
+    /// The elements a work item must start on (a multiple of it): a convrot group, or two
+    /// nvfp4 codes (one byte).
+    pub fn alignment(&self) -> usize {
+        match self.code {
+            Code::Int8Convrot { group } | Code::Int4Convrot { group } => group,
+            Code::Nvfp4 => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn fp8_e4m3(b: u8) -> f32 {
+    f32_of(FloatFormat::F8E4M3, &[b], 0)
+}
+
+/// Multiplies a group of `4^m` values by the normalised Hadamard matrix
+/// `(H4 ⊗ … ⊗ H4)/√n`, `H4 = [[1,1,1,-1],[1,1,-1,1],[1,-1,1,1],[-1,1,1,1]]` (symmetric and
+/// orthogonal, so it undoes comfy-kitchen's rotation), in f64 with one rounding to f32 at
+/// the end. The factored product takes 4·log4(n) additions per value where the matrix
+/// product takes n; comfy-kitchen's matrix product sums in another order, so the two agree
+/// within a few f32 steps (the tests allow 2^-20 of the layer's largest value).
+pub fn unrotate(g: &mut [f64]) {
+    let n = g.len();
+    let mut stride = 1;
+    while stride < n {
+        let span = stride * 4;
+        for base in (0..n).step_by(span) {
+            for j in 0..stride {
+                let i = base + j;
+                let (a, b, c, d) = (g[i], g[i + stride], g[i + 2 * stride], g[i + 3 * stride]);
+                g[i] = a + b + c - d;
+                g[i + stride] = a + b - c + d;
+                g[i + 2 * stride] = a - b + c + d;
+                g[i + 3 * stride] = -a + b + c + d;
+            }
+        }
+        stride = span;
+    }
+    let norm = (n as f64).sqrt();
+    for v in g.iter_mut() {
+        *v = ((*v / norm) as f32) as f64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hadamard_is_orthogonal_and_its_own_inverse() {
+        let x: Vec<f64> = (0..256)
+            .map(|i| ((i * 37 % 101) as f64 - 50.0) / 8.0)
+            .collect();
+        let mut y = x.clone();
+        unrotate(&mut y);
+        // Against the matrix written out: H[i][j] = prod over base-4 digits of H4.
+        let h4 = [
+            [1., 1., 1., -1.],
+            [1., 1., -1., 1.],
+            [1., -1., 1., 1.],
+            [-1., 1., 1., 1.],
+        ];
+        for (i, yi) in y.iter().enumerate() {
+            let mut s = 0.0;
+            for (j, xj) in x.iter().enumerate() {
+                let (mut a, mut b, mut h) = (i, j, 1.0);
+                for _ in 0..4 {
+                    h *= h4[a % 4][b % 4];
+                    a /= 4;
+                    b /= 4;
+                }
+                s += h * xj;
+            }
+            assert!((s / 16.0 - yi).abs() < 1e-5, "{i}: {} vs {yi}", s / 16.0);
+        }
+        let mut back = y.clone();
+        unrotate(&mut back);
+        for (a, b) in x.iter().zip(&back) {
+            assert!((a - b).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn swizzle_matches_the_blocked_layout() {
+        // Row 0, columns 0..4 are the first four bytes; row 32 starts at byte 4; row 1 at
+        // byte 16; the next row block starts after every column block of the first.
+        assert_eq!(swizzled(0, 3, 8), 3);
+        assert_eq!(swizzled(32, 0, 8), 4);
+        assert_eq!(swizzled(1, 0, 8), 16);
+        assert_eq!(swizzled(0, 4, 8), 512);
+        assert_eq!(swizzled(128, 0, 8), 1024);
+    }
+}
