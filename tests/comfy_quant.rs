@@ -8,6 +8,7 @@ use ckpt_core::pass::Slice;
 use ckpt_read::Checkpoint;
 
 use crate::util::*;
+use crate::words::words;
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -136,4 +137,318 @@ fn the_swizzled_scale_layout_is_comfy_kitchens() {
             "({r}, {c})"
         );
     }
+}
+
+/// A Flux base in BF16, the same base with its blocks' linear weights in ComfyUI's
+/// per-row int8 (written by the test's own quantizer), and a BF16 fine-tune of the base.
+fn quantized_flux(d: &Dir) -> (PathBuf, PathBuf, PathBuf) {
+    let flux = arch("flux");
+    let base = ckpt_ops::synth::Synthetic::base(flux, 11);
+    let ft = base.plus_delta(
+        110,
+        ckpt_ops::synth::family::finetune_profile(flux, 11, 2, 0.15),
+    );
+    let l = layout(flux, 16, ckpt_read::dtype::FloatFormat::BF16);
+    let bf16 = d.model("base.safetensors", &l, &base);
+    let tuned = d.model("ft.safetensors", &l, &ft);
+    let q = d.path("base-int8.safetensors");
+    comfy_int8(&bf16, &q, true, |name| name.contains("_blocks."));
+    (bf16, q, tuned)
+}
+
+/// Names, dtypes, shapes and bytes of every tensor of a file.
+fn tensors_of(path: &Path) -> Vec<(String, String, Vec<usize>, Vec<u8>)> {
+    read_raw(path)
+        .0
+        .into_iter()
+        .map(|t| (t.name, t.dtype, t.shape, t.data))
+        .collect()
+}
+
+#[test]
+fn sim_l2_and_inspect_read_the_layers_decoded() {
+    let d = Dir::new();
+    let (_, q, ft) = quantized_flux(&d);
+    // Similarities per block equal a naive loop over the independently decoded values.
+    crate::sim::check_against_naive(&q, &ft, arch("flux"));
+    let r = run_json(&["inspect", s(&q)]);
+    assert_eq!(r["arch"]["id"], "flux", "{}", r["arch"]);
+    assert_eq!(r["arch"]["confidence"], "high", "{}", r["arch"]);
+    let layers = r["quantization"]["layers"]
+        .as_array()
+        .expect("layers listed");
+    let planted = read_raw(&q)
+        .0
+        .iter()
+        .filter(|t| t.name.ends_with(".comfy_quant"))
+        .count();
+    assert_eq!(layers.len(), planted);
+    assert!(
+        layers
+            .iter()
+            .all(|l| l["format"] == "int8_tensorwise (a scale per row)")
+    );
+    assert!(r["unknown_keys"].as_array().unwrap().is_empty(), "{r}");
+    // l2 from the BF16 fine-tune: the same as from a BF16 twin of the decoded file.
+    let twin = d.path("twin.safetensors");
+    let values = dequantized_map(&q);
+    rewrite(&q, &twin, |tensors| {
+        tensors.retain(|t| values.contains_key(&t.name));
+        for t in tensors.iter_mut() {
+            if let Some(v) = &values[&t.name].values {
+                t.dtype = "F32".into();
+                t.data = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+            }
+        }
+    });
+    let lq = run_json(&["l2", "--base", s(&ft), s(&q)]);
+    let lt = run_json(&["l2", "--base", s(&ft), s(&twin)]);
+    assert_eq!(lq["from_base"], lt["from_base"]);
+}
+
+#[test]
+fn convert_and_fix_keep_every_tensor_or_decode_it() {
+    let d = Dir::new();
+    let (_, q, _) = quantized_flux(&d);
+    let input = tensors_of(&q);
+    // As stored: every tensor, byte for byte (codes, scales and records).
+    for cmd in ["convert", "fix"] {
+        let out = d.path(&format!("{cmd}.safetensors"));
+        let (code, stdout, stderr) = run_code(&[cmd, s(&q), "-o", s(&out)]);
+        assert!(
+            code == 0 || cmd == "fix" && code == 1,
+            "{cmd}: {stdout}{stderr}"
+        );
+        assert_eq!(tensors_of(&out), input, "{cmd} kept every tensor as it is");
+    }
+    let out = d.path("junk.safetensors");
+    let (code, stdout, stderr) = run_code(&["fix", s(&q), "-o", s(&out), "--drop-junk"]);
+    assert!(code <= 1, "{stdout}{stderr}");
+    assert_eq!(tensors_of(&out), input, "the scales are not junk");
+    // Cast: the weights decoded, no scale or record left.
+    let out = d.path("f32.safetensors");
+    let (code, stdout, stderr) = run_code(&["convert", s(&q), "-o", s(&out), "--dtype", "f32"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let want = dequantized_map(&q);
+    let got = reference_map(&out);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (k, w) in &want {
+        assert_eq!(got[k].values, w.values, "{k}");
+    }
+}
+
+#[test]
+fn merge_validate_lora_and_index_read_the_layers() {
+    let d = Dir::new();
+    let (bf16, q, ft) = quantized_flux(&d);
+    // A weighted sum with a quantized input: the decoded values, stored in bf16.
+    let out = d.path("merged.safetensors");
+    run_ok(&words(
+        "merge ws {} {} --alpha 0.5 -o {} -q",
+        &[s(&q), s(&ft), s(&out)],
+    ));
+    let (a, b, m) = (dequantized_map(&q), reference_map(&ft), reference_map(&out));
+    assert_eq!(m.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+    for (k, t) in &m {
+        let (Some(got), Some(x), Some(y)) = (&t.values, &a[k].values, &b[k].values) else {
+            continue;
+        };
+        for i in 0..got.len() {
+            // Rounded once to bf16 (8 significant bits): within half a step of the exact sum.
+            let exact = 0.5 * x[i] + 0.5 * y[i];
+            let step = 2f64.powi(exact.abs().max(1e-30).log2().floor() as i32 - 7);
+            assert!(
+                (got[i] - exact).abs() <= step / 2.0,
+                "{k}[{i}]: {} for {exact}",
+                got[i]
+            );
+        }
+    }
+    let (code, stdout, stderr) = run_code(&["validate", s(&q), "--json"]);
+    assert!(code <= 1, "{stdout}{stderr}");
+    assert!(stdout.contains("per layer"), "{stdout}");
+    let lora = d.path("lora.safetensors");
+    run_ok(&words(
+        "lora extract {} --base {} --rank 4 -o {} -q",
+        &[s(&q), s(&bf16), s(&lora)],
+    ));
+    let index = d.path("index.sqlite");
+    run_ok(&words("index add {} --index {} -q", &[s(&q), s(&index)]));
+}
+
+/// A copy of fixture `name` with `edit` applied to its tensors (and its metadata kept).
+fn edited(d: &Dir, name: &str, out: &str, edit: impl FnOnce(&mut Vec<RawTensor>)) -> PathBuf {
+    let p = d.path(out);
+    rewrite(&fixture(name), &p, edit);
+    p
+}
+
+fn set(tensors: &mut [RawTensor], name: &str, f: impl FnOnce(&mut RawTensor)) {
+    f(tensors
+        .iter_mut()
+        .find(|t| t.name == name)
+        .unwrap_or_else(|| panic!("no {name}")));
+}
+
+/// Every way a quantized file can be unreadable, and what the refusal must say: each
+/// command that reads tensors exits 2 naming the problem, never 0 with codes read as
+/// weights or scales dropped.
+#[test]
+fn damaged_unknown_and_foreign_quantization_is_refused_by_every_command() {
+    let d = Dir::new();
+    let qkv = "blocks.0.attn.qkv";
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (
+            // Comfy-Org issue #15567: records filled with zero bytes.
+            edited(
+                &d,
+                "int8_tensorwise.safetensors",
+                "zeros.safetensors",
+                |t| set(t, &format!("{qkv}.comfy_quant"), |r| r.data.fill(0)),
+            ),
+            "29 zero bytes",
+        ),
+        (
+            edited(
+                &d,
+                "int8_tensorwise.safetensors",
+                "unknown.safetensors",
+                |t| {
+                    set(t, &format!("{qkv}.comfy_quant"), |r| {
+                        r.data = br#"{"format": "float3_e1m1"}"#.to_vec();
+                        r.shape = vec![r.data.len()];
+                    })
+                },
+            ),
+            "'float3_e1m1' is not one ComfyUI defines",
+        ),
+        (fixture("asym_w4a8_int8.safetensors"), "'asym_w4a8_int8'"),
+        (fixture("awq_w4a16.meta.safetensors"), "'awq_w4a16'"),
+        (
+            edited(
+                &d,
+                "int8_tensorwise.safetensors",
+                "norecord.safetensors",
+                |t| t.retain(|x| !x.name.ends_with(".comfy_quant")),
+            ),
+            "quantization state",
+        ),
+        (
+            edited(&d, "int8_tensorwise.safetensors", "nan.safetensors", |t| {
+                set(t, &format!("{qkv}.weight_scale"), |r| {
+                    r.data = f32::NAN.to_le_bytes().to_vec()
+                })
+            }),
+            "not a finite scale",
+        ),
+        (
+            edited(
+                &d,
+                "int8_tensorwise-perrow.safetensors",
+                "rows.safetensors",
+                |t| {
+                    set(t, &format!("{qkv}.weight_scale"), |r| {
+                        r.data[8..12].copy_from_slice(&f32::INFINITY.to_le_bytes())
+                    })
+                },
+            ),
+            "holds inf at row 2",
+        ),
+        (
+            edited(&d, "nvfp4.safetensors", "shape.safetensors", |t| {
+                set(t, &format!("{qkv}.weight_scale"), |r| {
+                    r.shape = vec![128, 32];
+                    r.data.truncate(128 * 32);
+                })
+            }),
+            "its block scales are [128, 32], where a 144x512 weight has [256, 32]",
+        ),
+        (
+            edited(&d, "float8_e4m3fn.safetensors", "dtype.safetensors", |t| {
+                set(t, &format!("{qkv}.weight"), |r| r.dtype = "F8_E5M2".into())
+            }),
+            "is F8_E5M2, where the format stores F8_E4M3",
+        ),
+        (
+            edited(
+                &d,
+                "int8_tensorwise.safetensors",
+                "nunchaku.safetensors",
+                |t| {
+                    t.retain(|x| !x.name.contains("attn"));
+                    t.push(RawTensor {
+                        name: "transformer_blocks.0.qkv_proj.qweight".into(),
+                        dtype: "I8".into(),
+                        shape: vec![8, 4],
+                        data: vec![0; 32],
+                    });
+                    t.push(RawTensor {
+                        name: "transformer_blocks.0.qkv_proj.wscales".into(),
+                        dtype: "BF16".into(),
+                        shape: vec![1, 8],
+                        data: vec![0; 16],
+                    });
+                },
+            ),
+            "nunchaku",
+        ),
+        (
+            edited(&d, "int8_tensorwise.safetensors", "bnb.safetensors", |t| {
+                t.push(RawTensor {
+                    name: "blocks.0.x.weight.absmax".into(),
+                    dtype: "F32".into(),
+                    shape: vec![2],
+                    data: vec![0; 8],
+                });
+            }),
+            "bitsandbytes",
+        ),
+    ];
+    for (file, says) in &cases {
+        let f = s(file);
+        let out = d.path("out.safetensors");
+        let o = s(&out);
+        let runs: Vec<Vec<&str>> = vec![
+            vec!["inspect", f],
+            vec!["validate", f],
+            vec!["sim", f, f],
+            vec!["l2", "--base", f, f],
+            vec!["convert", f, "-o", o],
+            vec!["fix", f, "-o", o],
+            vec!["merge", "ws", f, f, "--alpha", "0.5", "-o", o],
+            vec!["lora", "extract", f, "--base", f, "-o", o],
+        ];
+        for args in runs {
+            let (code, stdout, stderr) = run_code(&args);
+            assert_eq!(code, 2, "{args:?}: {stdout}{stderr}");
+            assert!(
+                stderr.contains(says),
+                "{args:?} should say {says:?}: {stderr}"
+            );
+            assert!(!out.exists(), "{args:?} wrote an output");
+        }
+    }
+}
+
+/// A layer with no rows decodes to nothing, without a panic.
+#[test]
+fn empty_layers_read_as_empty() {
+    let d = Dir::new();
+    let p = edited(
+        &d,
+        "int8_tensorwise.safetensors",
+        "empty.safetensors",
+        |t| {
+            set(t, "blocks.0.attn.qkv.weight", |r| {
+                r.shape = vec![0, 512];
+                r.data.clear();
+            })
+        },
+    );
+    let r = run_json(&["inspect", s(&p)]);
+    assert_eq!(r["quantization"]["layers"].as_array().unwrap().len(), 2);
+    run_ok(&["sim", s(&p), s(&p)]);
 }

@@ -195,9 +195,11 @@ pub(crate) fn decode_fp8(code: u8, e4m3: bool) -> f64 {
     }
 }
 
-/// Tensors by name as a scaled-FP8 file means them, by ComfyUI's convention read
-/// independently: each `X.weight` times its scalar `X.scale_weight`; the marker and the
-/// scales themselves dropped.
+/// Tensors by name as a quantized file means them, read independently: for scaled FP8
+/// (ComfyUI's old convention) each `X.weight` times its scalar `X.scale_weight`, the marker
+/// and the scales dropped; for ComfyUI's per-layer fp8 and int8 (`X.comfy_quant`) each code
+/// times its `X.weight_scale` (one, or one per row) in float32, the records and scales
+/// dropped.
 pub(crate) fn dequantized_map(path: &Path) -> std::collections::BTreeMap<String, RefTensor> {
     let mut map = reference_map(path);
     let scales: Vec<(String, f64)> = map
@@ -213,10 +215,104 @@ pub(crate) fn dequantized_map(path: &Path) -> std::collections::BTreeMap<String,
             *v *= scale;
         }
     }
+    let (raw, _) = read_raw(path);
+    let raw: std::collections::BTreeMap<&str, &RawTensor> =
+        raw.iter().map(|t| (t.name.as_str(), t)).collect();
+    for (name, record) in &raw {
+        let Some(layer) = name.strip_suffix(".comfy_quant") else {
+            continue;
+        };
+        let conf: serde_json::Value = serde_json::from_slice(&record.data).expect("JSON record");
+        let weight = raw[format!("{layer}.weight").as_str()];
+        let scale = &map[&format!("{layer}.weight_scale")];
+        let scale = scale.values.as_ref().expect("float scales");
+        let rows = weight.shape[0];
+        let cols = weight.shape[1];
+        let code = |i: usize| -> f32 {
+            match conf["format"].as_str() {
+                Some("int8_tensorwise") => weight.data[i] as i8 as f32,
+                Some("float8_e4m3fn") => decode_fp8(weight.data[i], true) as f32,
+                Some("float8_e5m2") => decode_fp8(weight.data[i], false) as f32,
+                other => panic!("the test decoder reads int8 and fp8, not {other:?}"),
+            }
+        };
+        let values = (0..rows * cols)
+            .map(|i| {
+                let s = if scale.len() == 1 {
+                    scale[0]
+                } else {
+                    scale[i / cols]
+                };
+                (code(i) * s as f32) as f64
+            })
+            .collect();
+        map.insert(
+            format!("{layer}.weight"),
+            RefTensor {
+                name: format!("{layer}.weight"),
+                shape: weight.shape.clone(),
+                values: Some(values),
+            },
+        );
+    }
     map.retain(|k, _| {
-        !k.ends_with(".scale_weight") && !k.ends_with(".scale_input") && !k.ends_with("scaled_fp8")
+        !k.ends_with(".scale_weight")
+            && !k.ends_with(".scale_input")
+            && !k.ends_with("scaled_fp8")
+            && !k.ends_with(".comfy_quant")
+            && !k.ends_with(".weight_scale")
+            && !k.ends_with(".input_scale")
     });
     map
+}
+
+/// ComfyUI's per-layer int8 of a file, written here independently of ckpt-diff: every 2-D
+/// float `.weight` whose name `pick` accepts becomes int8 codes with a float32 scale per row
+/// (`per_row`) or one for the tensor, `round(x / scale)` half to even, `scale =
+/// max(amax / 127, 1e-30)` as comfy-kitchen's quantizer computes it, and a `.comfy_quant`
+/// record `{"format": "int8_tensorwise"}`.
+pub(crate) fn comfy_int8(src: &Path, dst: &Path, per_row: bool, pick: impl Fn(&str) -> bool) {
+    let values = reference_map(src);
+    rewrite(src, dst, |tensors| {
+        let mut extra = Vec::new();
+        for t in tensors.iter_mut() {
+            let Some(v) = values[&t.name].values.as_ref() else {
+                continue;
+            };
+            if t.shape.len() != 2 || !t.name.ends_with(".weight") || !pick(&t.name) {
+                continue;
+            }
+            let (rows, cols) = (t.shape[0], t.shape[1]);
+            let groups = if per_row { rows } else { 1 };
+            let per = rows * cols / groups;
+            let mut codes = Vec::with_capacity(rows * cols);
+            let mut scales = Vec::with_capacity(groups);
+            for g in v.chunks(per) {
+                let amax = g.iter().fold(0f32, |m, x| m.max((*x as f32).abs()));
+                let scale = (amax / 127.0).max(1e-30);
+                scales.push(scale);
+                codes.extend(g.iter().map(|x| {
+                    ((*x as f32) / scale).round_ties_even().clamp(-128.0, 127.0) as i8 as u8
+                }));
+            }
+            let layer = t.name.strip_suffix(".weight").unwrap().to_string();
+            t.dtype = "I8".into();
+            t.data = codes;
+            extra.push(RawTensor {
+                name: format!("{layer}.weight_scale"),
+                dtype: "F32".into(),
+                shape: if per_row { vec![rows, 1] } else { vec![] },
+                data: scales.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            });
+            extra.push(RawTensor {
+                name: format!("{layer}.comfy_quant"),
+                dtype: "U8".into(),
+                shape: vec![29],
+                data: br#"{"format": "int8_tensorwise"}"#.to_vec(),
+            });
+        }
+        tensors.extend(extra);
+    });
 }
 
 /// The report row of a Flux / SD3 key, from the layouts' naming (not from the catalog):

@@ -46,6 +46,8 @@ pub enum FindingKind {
     Variant,
     MixedDtypes,
     ScaledFp8,
+    /// Quantized per layer as ComfyUI stores it.
+    QuantizedPerLayer,
     WastefulDtype,
     UnusedBytes,
     MetadataNotString,
@@ -78,6 +80,7 @@ impl FindingKind {
             FindingKind::Variant => "variant",
             FindingKind::MixedDtypes => "mixed-dtypes",
             FindingKind::ScaledFp8 => "scaled-fp8",
+            FindingKind::QuantizedPerLayer => "quantized-per-layer",
             FindingKind::WastefulDtype => "wasteful-dtype",
             FindingKind::UnusedBytes => "unused-bytes",
             FindingKind::MetadataNotString => "metadata-not-string",
@@ -526,7 +529,7 @@ pub fn validate_header(ckpt: &Checkpoint, det: &Detection) -> ValidateReport {
     let float_tensors: Vec<_> = ckpt
         .tensors()
         .iter()
-        .filter(|t| dtype::float_format(t.dtype).is_some())
+        .filter(|t| t.is_float() && t.encoding.block().is_none())
         .collect();
     let mut formats: Vec<String> = float_tensors.iter().map(|t| dtype::name(t.dtype)).collect();
     formats.sort();
@@ -544,8 +547,24 @@ pub fn validate_header(ckpt: &Checkpoint, det: &Detection) -> ValidateReport {
             ),
         ));
     }
-    // A scaled-FP8 file keeps norms and biases wide on purpose.
-    if formats.len() > 1 && ckpt.scaled_fp8().is_none() {
+    if let Some(q) = ckpt.comfy_quant() {
+        let formats: Vec<String> = q
+            .formats()
+            .iter()
+            .map(|(f, n)| format!("{n} {f}"))
+            .collect();
+        f.push(Finding::new(
+            Severity::Info,
+            FindingKind::QuantizedPerLayer,
+            format!(
+                "quantized per layer as ComfyUI stores it ({}); every analysis reads those \
+                 layers decoded, as comfy-kitchen dequantizes them",
+                formats.join(", ")
+            ),
+        ));
+    }
+    // A quantized file keeps norms and biases wide on purpose.
+    if formats.len() > 1 && ckpt.scaled_fp8().is_none() && ckpt.comfy_quant().is_none() {
         let counts: Vec<String> = formats
             .iter()
             .map(|d| {
