@@ -20,6 +20,7 @@ mod l2;
 mod lineage;
 mod lora;
 mod merge;
+mod near_miss;
 mod pass;
 mod props;
 mod recipes;

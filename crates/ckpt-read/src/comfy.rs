@@ -702,34 +702,44 @@ impl Block {
             }
             Code::Nvfp4 => {
                 let block_cols = self.stored_cols / 16;
-                let s2 = self.scale;
-                for (i, v) in out.iter_mut().enumerate() {
+                let e4m3 = e4m3_table();
+                // Runs of one block (16 columns of a row) share one scale.
+                let mut i = 0;
+                while i < out.len() {
                     let e = start + i;
                     let (r, c) = (e / k, e % k);
-                    // Byte e/2 of the slice's first element's byte; elements start even.
-                    let local = i + (start % 2);
-                    let byte = codes[local / 2];
-                    let nibble = if e.is_multiple_of(2) {
-                        byte >> 4
-                    } else {
-                        byte & 15
-                    };
-                    let s = fp8_e4m3(scales[swizzled(r, c / 16, block_cols)]);
-                    let total = s2 * s;
-                    *v = (E2M1[nibble as usize] * total) as f64;
+                    let run = (16 - c % 16).min(out.len() - i);
+                    let s = e4m3[scales[swizzled(r, c / 16, block_cols)] as usize];
+                    let total = self.scale * s;
+                    for j in i..i + run {
+                        // The slice's bytes start at the byte of element `start`.
+                        let byte = codes[(j + start % 2) / 2];
+                        let nibble = if (start + j).is_multiple_of(2) {
+                            byte >> 4
+                        } else {
+                            byte & 15
+                        };
+                        out[j] = (E2M1[nibble as usize] * total) as f64;
+                    }
+                    i += run;
                 }
             }
             Code::Mxfp8 => {
                 let block_cols = self.stored_cols / 32;
-                FloatFormat::F8E4M3.decode_into(codes, out);
-                for (i, v) in out.iter_mut().enumerate() {
+                let e4m3 = e4m3_table();
+                let mut i = 0;
+                while i < out.len() {
                     let e = start + i;
                     let (r, c) = (e / k, e % k);
+                    let run = (32 - c % 32).min(out.len() - i);
                     let code = scales[swizzled(r, c / 32, block_cols)];
                     // comfy-kitchen's e8m0_to_f32: the code is the f32 exponent field, so
                     // 0 gives 0.0 and 255 gives +inf.
                     let s = f32::from_bits((code as u32) << 23);
-                    *v = ((*v as f32) * s) as f64;
+                    for j in i..i + run {
+                        out[j] = (e4m3[codes[j] as usize] * s) as f64;
+                    }
+                    i += run;
                 }
             }
         }
@@ -754,8 +764,10 @@ impl Block {
     }
 }
 
-fn fp8_e4m3(b: u8) -> f32 {
-    f32_of(FloatFormat::F8E4M3, &[b], 0)
+/// The float32 values of the 256 E4M3 codes.
+fn e4m3_table() -> &'static [f32; 256] {
+    static TABLE: std::sync::OnceLock<[f32; 256]> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| std::array::from_fn(|b| f32_of(FloatFormat::F8E4M3, &[b as u8], 0)))
 }
 
 /// Multiplies a group of `4^m` values by the normalised Hadamard matrix

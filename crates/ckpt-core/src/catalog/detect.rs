@@ -154,15 +154,24 @@ pub struct Detection {
     pub scale: u32,
     pub confidence: Confidence,
     pub variants: Vec<Variant>,
+    /// For a file detection does not name: the architecture it resembles most, and why it
+    /// is not that one ("looks like Flux.1 except ...").
+    pub looks_like: Option<(Arch, String)>,
 }
 
 impl Detection {
     /// "sd1 (high confidence: 1131 of 1131 keys match by name and shape)".
     pub fn summary(&self) -> String {
         let c = &self.confidence;
-        let what = match self.layout {
-            Layout::Known(a) => a.label().to_string(),
-            Layout::Generic => "unknown layout (rows by key prefix)".into(),
+        let what = match (self.layout, &self.looks_like) {
+            (Layout::Known(a), _) => a.label().to_string(),
+            (Layout::Generic, Some((a, why))) => {
+                format!(
+                    "unknown layout (rows by key prefix), looks like {} except {why}",
+                    a.label()
+                )
+            }
+            (Layout::Generic, None) => "unknown layout (rows by key prefix)".into(),
         };
         let mut s = format!(
             "{what}; {} confidence: {} of {} keys match by name and shape",
@@ -266,12 +275,37 @@ pub fn detect(ckpt: &Checkpoint) -> Detection {
         shape_mismatches: best.shape_mismatches,
         runner_up,
     };
-    if level == Level::None {
+    // An architecture is named only when names and shapes agree: a file whose keys carry
+    // its names with other shapes (a new size of a known family), or that it explains
+    // only in part, is read generically, with what it resembles and why it is not that.
+    let contradicted = best.shape_mismatches * 20 > considered;
+    if level <= Level::Low || contradicted {
+        let looks_like = (best.matched + best.shape_mismatches > 0).then(|| {
+            let mut why = Vec::new();
+            if best.shape_mismatches > 0 {
+                why.push(format!(
+                    "{} keys have its names but other shapes",
+                    best.shape_mismatches
+                ));
+            }
+            let unexplained = considered - best.matched - best.shape_mismatches;
+            if unexplained > 0 {
+                why.push(format!("{unexplained} keys are not in its layout"));
+            }
+            if why.is_empty() {
+                why.push(format!("only {} of {considered} keys match", best.matched));
+            }
+            (best.arch, why.join(" and "))
+        });
         return Detection {
             layout: Layout::Generic,
             scale: 1,
-            confidence,
+            confidence: Confidence {
+                level: level.min(Level::Low),
+                ..confidence
+            },
             variants: Vec::new(),
+            looks_like,
         };
     }
     let mut variants = variants(ckpt, best.arch, best.scale);
@@ -283,6 +317,7 @@ pub fn detect(ckpt: &Checkpoint) -> Detection {
         scale: best.scale,
         confidence,
         variants,
+        looks_like: None,
     }
 }
 
