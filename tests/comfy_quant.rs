@@ -452,3 +452,51 @@ fn empty_layers_read_as_empty() {
     assert_eq!(r["quantization"]["layers"].as_array().unwrap().len(), 2);
     run_ok(&["sim", s(&p), s(&p)]);
 }
+
+/// ckpt-diff's quantizers give comfy-kitchen's codes and scales, byte for byte, for the same
+/// float32 values (`from-f32.safetensors`: `QuantizedTensor.from_float` on the sources).
+#[test]
+fn quantizing_equals_comfy_kitchen_byte_for_byte() {
+    use ckpt_read::comfy::{Code, quantize};
+    use ckpt_read::dtype::FloatFormat;
+    let (want, _) = read_raw(&fixture("from-f32.safetensors"));
+    let want: std::collections::BTreeMap<&str, &RawTensor> =
+        want.iter().map(|t| (t.name.as_str(), t)).collect();
+    let sources = goldens();
+    for (name, code) in [
+        ("float8_e4m3fn", Code::Fp8(FloatFormat::F8E4M3)),
+        ("float8_e5m2", Code::Fp8(FloatFormat::F8E5M2)),
+        ("int8_tensorwise", Code::Int8),
+        ("nvfp4", Code::Nvfp4),
+        ("mxfp8", Code::Mxfp8),
+    ] {
+        for layer in LAYERS {
+            let src = &sources[&format!("source.{layer}")];
+            let x: Vec<f32> = src
+                .values
+                .as_ref()
+                .unwrap()
+                .iter()
+                .map(|v| *v as f32)
+                .collect();
+            let q = quantize(code, &x, src.shape[0], src.shape[1]);
+            assert_eq!(q.record, format!("{{\"format\": \"{name}\"}}"));
+            for (suffix, dtype, shape, bytes) in &q.tensors {
+                let w = want[format!("{name}.{layer}.{suffix}").as_str()];
+                assert_eq!(
+                    (ckpt_read::dtype::name(*dtype), shape),
+                    (w.dtype.clone(), &w.shape),
+                    "{name} {layer}.{suffix}"
+                );
+                let differ = bytes.iter().zip(&w.data).filter(|(a, b)| a != b).count();
+                assert_eq!(differ, 0, "{name} {layer}.{suffix}: {differ} bytes differ");
+            }
+            assert_eq!(
+                q.tensors.len(),
+                want.keys()
+                    .filter(|k| k.starts_with(&format!("{name}.{layer}.")))
+                    .count()
+            );
+        }
+    }
+}

@@ -799,9 +799,242 @@ pub fn unrotate(g: &mut [f64]) {
     }
 }
 
+/// One layer quantized into a per-layer format: the tensors ComfyUI stores for it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quantized {
+    /// `(suffix, dtype, shape, bytes)`: `weight`, `weight_scale`, for nvfp4
+    /// `weight_scale_2`, in that order.
+    pub tensors: Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)>,
+    /// The layer's record, the JSON ComfyUI writes into `.comfy_quant`.
+    pub record: String,
+}
+
+/// The formats ckpt-diff writes.
+pub const WRITTEN: [Code; 5] = [
+    Code::Fp8(FloatFormat::F8E4M3),
+    Code::Fp8(FloatFormat::F8E5M2),
+    Code::Int8,
+    Code::Nvfp4,
+    Code::Mxfp8,
+];
+
+impl Code {
+    /// The multiple both dimensions of a weight must be for the format to store it without
+    /// padding (the file does not record a padded layer's logical columns).
+    pub fn tile(self) -> usize {
+        match self {
+            Code::Nvfp4 => 16,
+            Code::Mxfp8 => 32,
+            _ => 1,
+        }
+    }
+
+    /// The record ComfyUI writes for the format (`json.dumps` of `{"format": ...}`, with
+    /// its default separators).
+    pub fn record(self) -> String {
+        format!("{{\"format\": \"{}\"}}", self.format())
+    }
+
+    /// The dtypes and shapes of the tensors [`quantize`] gives for an `[n, k]` weight.
+    pub fn stored(self, n: usize, k: usize) -> Vec<(&'static str, Dtype, Vec<usize>)> {
+        let (np, kp) = (
+            n.next_multiple_of(self.tile()),
+            k.next_multiple_of(self.tile()),
+        );
+        let blocked = |block: usize| vec![np.div_ceil(128) * 128, (kp / block).div_ceil(4) * 4];
+        match self {
+            Code::Fp8(f) => vec![
+                ("weight", f.dtype(), vec![n, k]),
+                ("weight_scale", Dtype::F32, vec![]),
+            ],
+            Code::Int8 => vec![
+                ("weight", Dtype::I8, vec![n, k]),
+                ("weight_scale", Dtype::F32, vec![]),
+            ],
+            Code::Nvfp4 => vec![
+                ("weight", Dtype::U8, vec![np, kp / 2]),
+                ("weight_scale", Dtype::F8_E4M3, blocked(16)),
+                ("weight_scale_2", Dtype::F32, vec![]),
+            ],
+            Code::Mxfp8 => vec![
+                ("weight", Dtype::F8_E4M3, vec![np, kp]),
+                ("weight_scale", Dtype::F8_E8M0, blocked(32)),
+            ],
+            other => unreachable!("{other:?} is not written"),
+        }
+    }
+}
+
+/// Rounds `v` to the nearest value of a small float format (`exp` exponent bits, `man`
+/// mantissa bits, `bias`), ties to the even code, subnormals included, the sign taken
+/// from `v`'s sign bit (as torch's conversions do). `v` must be within the format's
+/// finite range (callers clamp); NaN gives the all-ones code.
+fn round_small(v: f32, exp: u32, man: u32, bias: i32) -> u8 {
+    let sign = ((v.to_bits() >> 31) as u8) << (exp + man);
+    if v.is_nan() {
+        return ((1u32 << (exp + man + 1)) - 1) as u8;
+    }
+    let a = v.abs() as f64;
+    let min_exp = 1 - bias;
+    let e = if a == 0.0 {
+        min_exp
+    } else {
+        (a.log2().floor() as i32).max(min_exp)
+    };
+    // The step between codes at this exponent, and the code count from 2^e (or from 0
+    // for subnormals).
+    let step = 2f64.powi(e - man as i32);
+    let q = (a / step).round_ties_even();
+    let (field, mant) = if a < 2f64.powi(min_exp) {
+        // Subnormal (q may reach the first normal, which the same bits encode).
+        (0u32, q as u32)
+    } else {
+        let m = q as u32 - (1 << man);
+        if m == 1 << man {
+            ((e + bias + 1) as u32, 0)
+        } else {
+            ((e + bias) as u32, m)
+        }
+    };
+    sign | ((field << man) | mant) as u8
+}
+
+fn to_e4m3(v: f32) -> u8 {
+    round_small(v, 4, 3, 7)
+}
+
+/// Quantizes an `[n, k]` float32 weight into `code`'s format as comfy-kitchen 0.2.40's
+/// quantizers do (`QuantizedTensor.from_float` on float32 input, eager backend), operation
+/// for operation, so the codes are the same bytes. Where comfy-kitchen gives NaN codes (an
+/// all-zero tensor or block divided by its zero scale) the zeros are written as zeros.
+/// nvfp4 and mxfp8 pad the weight with zeros to their tile, as comfy-kitchen does.
+pub fn quantize(code: Code, x: &[f32], n: usize, k: usize) -> Quantized {
+    assert_eq!(x.len(), n * k, "quantize: {n}x{k} values");
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let stored = code.stored(n, k);
+    let mut tensors: Vec<(&'static str, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut push = |i: usize, bytes: Vec<u8>| {
+        let (suffix, dtype, shape) = stored[i].clone();
+        tensors.push((suffix, dtype, shape, bytes));
+    };
+    match code {
+        Code::Fp8(f) => {
+            let (max, e, m, bias) = match f {
+                FloatFormat::F8E5M2 => (57344f32, 5, 2, 15),
+                _ => (448f32, 4, 3, 7),
+            };
+            let scale = amax / max;
+            let inv = 1.0 / scale;
+            let codes = x
+                .iter()
+                .map(|&v| {
+                    let t = if scale == 0.0 { 0.0 } else { v * inv };
+                    round_small(t.clamp(-max, max), e, m, bias)
+                })
+                .collect();
+            push(0, codes);
+            push(1, scale.to_le_bytes().to_vec());
+        }
+        Code::Int8 => {
+            let scale = (amax / 127.0).max(1e-30);
+            let codes = x
+                .iter()
+                .map(|&v| (v / scale).round_ties_even().clamp(-128.0, 127.0) as i8 as u8)
+                .collect();
+            push(0, codes);
+            push(1, scale.to_le_bytes().to_vec());
+        }
+        Code::Nvfp4 | Code::Mxfp8 => {
+            let nv = code == Code::Nvfp4;
+            let block = if nv { 16 } else { 32 };
+            let (np, kp) = (
+                n.next_multiple_of(code.tile()),
+                k.next_multiple_of(code.tile()),
+            );
+            let at = |r: usize, c: usize| if r < n && c < k { x[r * k + c] } else { 0.0 };
+            let blocks = kp / block;
+            let scale_shape = &stored[1].2;
+            let mut scales = vec![0u8; scale_shape[0] * scale_shape[1]];
+            let pts = amax / 2688.0;
+            let mut codes = vec![0u8; if nv { np * kp / 2 } else { np * kp }];
+            let mut values = [0f32; 32];
+            for r in 0..np {
+                for b in 0..blocks {
+                    let vals = &mut values[..block];
+                    for (j, v) in vals.iter_mut().enumerate() {
+                        *v = at(r, b * block + j);
+                    }
+                    let bmax = vals.iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let (scale_code, divisor) = if nv {
+                        let sbs = if pts == 0.0 { 0.0 } else { (bmax / 6.0) / pts };
+                        let sc = to_e4m3(sbs.min(448.0));
+                        (sc, pts * e4m3_table()[sc as usize])
+                    } else if bmax == 0.0 {
+                        (0, 0.0)
+                    } else {
+                        let s = (bmax / 448.0).max(f32::from_bits(0x0040_0000));
+                        let e = ((s as f64).log2() as f32).ceil() as i32 + 127;
+                        let c = e.clamp(0, 254) as u8;
+                        (c, f32::from_bits((c as u32) << 23))
+                    };
+                    scales[swizzled(r, b, blocks)] = scale_code;
+                    for (j, &v) in vals.iter().enumerate() {
+                        let col = b * block + j;
+                        let d = if divisor == 0.0 { 0.0 } else { v / divisor };
+                        if nv {
+                            let c = round_small(d.clamp(-6.0, 6.0), 2, 1, 1);
+                            let byte = &mut codes[(r * kp + col) / 2];
+                            if col.is_multiple_of(2) {
+                                *byte |= c << 4;
+                            } else {
+                                *byte |= c;
+                            }
+                        } else {
+                            codes[r * kp + col] = to_e4m3(d.clamp(-448.0, 448.0));
+                        }
+                    }
+                }
+            }
+            push(0, codes);
+            push(1, scales);
+            if nv {
+                push(2, pts.to_le_bytes().to_vec());
+            }
+        }
+        other => unreachable!("{other:?} is not written"),
+    }
+    Quantized {
+        tensors,
+        record: code.record(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn small_formats_round_to_nearest_even_as_their_tables_say() {
+        // Every E4M3 and E2M1 code's value maps back to the code; midpoints go to the even
+        // code.
+        for c in 0..=255u8 {
+            let v = e4m3_table()[c as usize];
+            if v.is_finite() {
+                assert_eq!(to_e4m3(v), c, "{v}");
+            }
+        }
+        for (c, v) in E2M1.iter().enumerate() {
+            assert_eq!(round_small(*v, 2, 1, 1), c as u8, "{v}");
+        }
+        assert_eq!(round_small(0.25, 2, 1, 1), 0);
+        assert_eq!(round_small(0.75, 2, 1, 1), 2);
+        assert_eq!(round_small(5.0, 2, 1, 1), 6);
+        assert_eq!(round_small(-2.5, 2, 1, 1), 12);
+        // E4M3's smallest subnormal is 2^-9: half of it ties to zero, more rounds up.
+        assert_eq!(to_e4m3(2f32.powi(-10)), 0);
+        assert_eq!(to_e4m3(2f32.powi(-10) * 1.01), 1);
+        assert_eq!(to_e4m3(448.0), 0x7e);
+    }
 
     #[test]
     fn hadamard_is_orthogonal_and_its_own_inverse() {
