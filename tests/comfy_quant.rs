@@ -500,3 +500,88 @@ fn quantizing_equals_comfy_kitchen_byte_for_byte() {
         }
     }
 }
+
+/// `merge --dtype int8|nvfp4|...` writes the denoiser's linear weights as ComfyUI stores
+/// them: for int8 the codes and scale computed here from the exact merge (one scale, codes
+/// rounded half to even), for every format a file ckpt-diff reads back close to the exact
+/// merge, with every other tensor in bf16 and nothing left out.
+#[test]
+fn merge_writes_the_per_layer_formats() {
+    let d = Dir::new();
+    let (bf16, _, ft) = quantized_flux(&d);
+    let (a, b) = (reference_map(&bf16), reference_map(&ft));
+    for (dtype, format, tolerance) in [
+        ("int8", "int8_tensorwise", 0.02),
+        ("comfy-fp8", "float8_e4m3fn", 0.05),
+        ("nvfp4", "nvfp4", 0.2),
+        ("mxfp8", "mxfp8", 0.05),
+    ] {
+        let out = d.path(&format!("m-{dtype}.safetensors"));
+        run_ok(&words(
+            "merge ws {} {} --alpha 0.5 --dtype {} -o {} -q",
+            &[s(&bf16), s(&ft), dtype, s(&out)],
+        ));
+        let (raw, _) = read_raw(&out);
+        let raw: std::collections::BTreeMap<&str, &RawTensor> =
+            raw.iter().map(|t| (t.name.as_str(), t)).collect();
+        let ckpt = Checkpoint::open(&out).unwrap();
+        let mut quantized = 0;
+        for (k, ta) in &a {
+            let (Some(x), Some(y)) = (&ta.values, &b[k].values) else {
+                continue;
+            };
+            let exact: Vec<f32> = x
+                .iter()
+                .zip(y)
+                .map(|(x, y)| (0.5 * x + 0.5 * y) as f32)
+                .collect();
+            let layer = k.strip_suffix(".weight").unwrap_or(k);
+            let Some(record) = raw.get(format!("{layer}.comfy_quant").as_str()) else {
+                // Not quantized: bf16 of the exact merge.
+                let t = raw[k.as_str()];
+                assert_eq!(t.dtype, "BF16", "{dtype} {k}");
+                continue;
+            };
+            quantized += 1;
+            assert!(
+                k.contains("_blocks.") || k.contains("_in.") || k.contains("final_layer"),
+                "{k}"
+            );
+            assert_eq!(
+                std::str::from_utf8(&record.data).unwrap(),
+                format!("{{\"format\": \"{format}\"}}")
+            );
+            if dtype == "int8" {
+                let amax = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let scale = (amax / 127.0).max(1e-30);
+                let t = raw[format!("{layer}.weight_scale").as_str()];
+                assert_eq!(t.data, scale.to_le_bytes(), "{k}: scale");
+                let codes: Vec<u8> = exact
+                    .iter()
+                    .map(|v| (v / scale).round_ties_even().clamp(-128.0, 127.0) as i8 as u8)
+                    .collect();
+                assert_eq!(raw[k.as_str()].data, codes, "{k}: codes");
+            }
+            // Read back: within the format's error of the exact merge (relative L2).
+            let (_, got) = decoded(&ckpt, layer);
+            let err: f64 = got
+                .iter()
+                .zip(&exact)
+                .map(|(g, e)| (g - *e as f64).powi(2))
+                .sum();
+            let norm: f64 = exact.iter().map(|e| (*e as f64).powi(2)).sum();
+            assert!(
+                (err / norm).sqrt() < tolerance,
+                "{dtype} {k}: relative error {}",
+                (err / norm).sqrt()
+            );
+        }
+        assert!(quantized > 100, "{dtype}: {quantized} layers quantized");
+        let r = run_json(&["inspect", s(&out)]);
+        assert_eq!(r["arch"]["id"], "flux");
+        assert_eq!(
+            r["quantization"]["layers"].as_array().unwrap().len(),
+            quantized
+        );
+    }
+}

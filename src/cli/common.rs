@@ -94,6 +94,18 @@ pub(super) enum FloatArg {
     ScaledFp8,
     #[value(name = "scaled-f8_e5m2")]
     ScaledF8E5m2,
+    // ComfyUI's per-layer formats (comfy-kitchen's): the denoiser's linear weights as codes
+    // with their scales and a `.comfy_quant` record.
+    #[value(name = "comfy-fp8", aliases = ["float8_e4m3fn", "comfy-f8_e4m3"])]
+    ComfyFp8,
+    #[value(name = "comfy-f8_e5m2", aliases = ["float8_e5m2"])]
+    ComfyF8E5m2,
+    #[value(name = "nvfp4")]
+    Nvfp4,
+    #[value(name = "mxfp8")]
+    Mxfp8,
+    #[value(name = "int8", aliases = ["int8_tensorwise", "comfy-int8"])]
+    Int8,
 }
 
 /// The formats a rewrite (`fix`, `convert`) and a LoRA's factors are stored in.
@@ -109,6 +121,25 @@ impl FloatArg {
             FloatArg::F64 => FloatFormat::F64,
             FloatArg::F8E4m3 | FloatArg::ScaledFp8 => FloatFormat::F8E4M3,
             FloatArg::F8E5m2 | FloatArg::ScaledF8E5m2 => FloatFormat::F8E5M2,
+            // The layers a per-layer format does not take stay in bf16.
+            FloatArg::ComfyFp8
+            | FloatArg::ComfyF8E5m2
+            | FloatArg::Nvfp4
+            | FloatArg::Mxfp8
+            | FloatArg::Int8 => FloatFormat::BF16,
+        }
+    }
+
+    /// The ComfyUI per-layer format, for those.
+    pub(super) fn per_layer(self) -> Option<ckpt_read::comfy::Code> {
+        use ckpt_read::comfy::Code;
+        match self {
+            FloatArg::ComfyFp8 => Some(Code::Fp8(FloatFormat::F8E4M3)),
+            FloatArg::ComfyF8E5m2 => Some(Code::Fp8(FloatFormat::F8E5M2)),
+            FloatArg::Nvfp4 => Some(Code::Nvfp4),
+            FloatArg::Mxfp8 => Some(Code::Mxfp8),
+            FloatArg::Int8 => Some(Code::Int8),
+            _ => None,
         }
     }
 

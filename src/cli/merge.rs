@@ -53,9 +53,12 @@ struct OutArgs {
     #[arg(short, long, value_name = "OUT")]
     output: Option<PathBuf>,
     /// Output float format: f16, bf16, f32, f64, f8_e4m3 or f8_e5m2 (values beyond the
-    /// format saturate), or scaled-fp8 (ComfyUI's: the denoiser's linear-layer weights in E4M3
-    /// with a fresh per-tensor scale). Default: each tensor as in the first input (a
-    /// scaled-fp8 input stays scaled fp8).
+    /// format saturate); scaled-fp8 (ComfyUI's older format: the denoiser's linear-layer
+    /// weights in E4M3 with a fresh per-tensor scale); or one of ComfyUI's per-layer formats,
+    /// comfy-fp8, comfy-f8_e5m2, int8, nvfp4, mxfp8 (the denoiser's linear weights quantized
+    /// as comfy-kitchen does, with their scales and `.comfy_quant` records; other floats in
+    /// bf16). Default: each tensor as in the first input (a scaled-fp8 input stays scaled
+    /// fp8; per-layer quantized inputs give bf16).
     #[arg(long, value_parser = floats(MERGE_FLOATS), ignore_case = true)]
     dtype: Option<FloatArg>,
     /// Arithmetic precision: f64 (default) or f32 (node results rounded to f32).
@@ -89,6 +92,11 @@ const MERGE_FLOATS: &[FloatArg] = &[
     FloatArg::F8E5m2,
     FloatArg::ScaledFp8,
     FloatArg::ScaledF8E5m2,
+    FloatArg::ComfyFp8,
+    FloatArg::ComfyF8E5m2,
+    FloatArg::Nvfp4,
+    FloatArg::Mxfp8,
+    FloatArg::Int8,
 ];
 
 /// `--precision`.
@@ -130,6 +138,7 @@ impl OutArgs {
         let output = match self.dtype {
             None => OutputFormat::AsInputs,
             Some(d) if d.scaled() => OutputFormat::ScaledFp8(d.format()),
+            Some(d) if let Some(code) = d.per_layer() => OutputFormat::PerLayer(code),
             Some(d) => OutputFormat::Float(d.format()),
         };
         Options {

@@ -46,6 +46,11 @@ pub enum OutputFormat {
     /// with a fresh per-tensor scale: its largest magnitude maps to the format's largest
     /// value); every other float as its first input stores it, bf16 where that is fp8.
     ScaledFp8(FloatFormat),
+    /// One of ComfyUI's per-layer formats for the denoiser's linear weights whose
+    /// dimensions the format tiles (codes, scales and a `.comfy_quant` record, as
+    /// comfy-kitchen quantizes them); every other float as its first input stores it, bf16
+    /// where that is fp8 or quantized.
+    PerLayer(ckpt_read::comfy::Code),
 }
 
 /// How one output tensor is made.
@@ -59,6 +64,9 @@ pub enum Source {
         /// Stored scaled: values divided by a per-tensor scale computed from the tensor
         /// (written to its `scale_weight`).
         scaled: bool,
+        /// Quantized into this per-layer format (a whole-tensor item; `format` is then
+        /// unused).
+        quant: Option<ckpt_read::comfy::Code>,
     },
     /// Copy the bytes of input `model` unchanged (with its scale, when it has one).
     Copy { model: usize },
@@ -80,6 +88,31 @@ pub struct OutputTensor {
     pub scale: OutputScale,
     /// Index of its `scale_weight` in the output file, when it is scaled.
     pub scale_index: Option<usize>,
+    /// Indices in the output file of a per-layer quantized tensor's other tensors
+    /// (`weight_scale`, `weight_scale_2`, `comfy_quant`, as [`quant_parts`] names them).
+    pub quant_indices: Vec<usize>,
+}
+
+/// The names of the tensors besides its weight that a per-layer quantized weight `name`
+/// (`L.weight`) has in the output, with their dtypes and shapes.
+pub(crate) fn quant_parts(
+    name: &str,
+    code: ckpt_read::comfy::Code,
+    shape: &[usize],
+) -> Vec<(String, ckpt_read::Dtype, Vec<usize>)> {
+    let layer = name.strip_suffix(".weight").unwrap_or(name);
+    let mut parts: Vec<(String, ckpt_read::Dtype, Vec<usize>)> = code
+        .stored(shape[0], shape[1])
+        .into_iter()
+        .skip(1)
+        .map(|(suffix, dtype, shape)| (format!("{layer}.{suffix}"), dtype, shape))
+        .collect();
+    parts.push((
+        format!("{layer}{}", ckpt_read::comfy::RECORD),
+        ckpt_read::Dtype::U8,
+        vec![code.record().len()],
+    ));
+    parts
 }
 
 /// Whether an output tensor is stored scaled.
@@ -202,6 +235,51 @@ impl Visit for MergeWork<'_> {
                 let mut bytes = vec![0u8; item.len() * format.size()];
                 kernels::from_f64(*format, &values, &mut bytes);
                 send(item.start * format.size(), bytes)
+            }
+            Source::Merge {
+                row,
+                quant: Some(code),
+                ..
+            } => {
+                let key = &plan.entries()[item.entry].key;
+                let shape = plan.shape(&plan.entries()[item.entry]);
+                let mut ctx = Ctx {
+                    work: self,
+                    key,
+                    shape,
+                    row: *row,
+                    origin: item.start,
+                    end: item.end,
+                    inputs,
+                    prepared: HashMap::new(),
+                };
+                ctx.prepare(self.plan.output);
+                // The whole tensor in float32, the precision comfy-kitchen quantizes from
+                // (4 bytes per value of the largest weight, per worker).
+                let mut x = vec![0f32; item.len()];
+                let mut values = vec![0.0f64; SUB.min(item.len())];
+                let mut start = item.start;
+                while start < item.end {
+                    let end = (start + SUB).min(item.end);
+                    let v = &mut values[..end - start];
+                    ctx.eval_into(self.plan.output, start, end, v);
+                    for (o, v) in x[start - item.start..end - item.start].iter_mut().zip(v) {
+                        *o = *v as f32;
+                    }
+                    start = end;
+                }
+                let q = ckpt_read::comfy::quantize(*code, &x, shape[0], shape[1]);
+                let mut written = 0u64;
+                let mut parts = q.tensors.into_iter().map(|t| t.3);
+                let weight = parts.next().expect("a weight");
+                written += weight.len() as u64;
+                let _ = self.writer.send((out.out_index, 0, weight));
+                let extra = parts.chain(std::iter::once(q.record.into_bytes()));
+                for (index, bytes) in out.quant_indices.iter().zip(extra) {
+                    written += bytes.len() as u64;
+                    let _ = self.writer.send((*index, 0, bytes));
+                }
+                Ok(Written(written))
             }
             Source::Merge {
                 row,
@@ -462,14 +540,24 @@ pub(crate) fn decide(
                 {
                     (f, true)
                 }
-                OutputFormat::ScaledFp8(_) => (unscaled(stored), false),
+                OutputFormat::ScaledFp8(_) | OutputFormat::PerLayer(_) => (unscaled(stored), false),
+            };
+            let quant = match output {
+                OutputFormat::PerLayer(code)
+                    if ckpt_core::writer::quantizable(&entry.key, &first.shape)
+                        && first.shape.iter().all(|d| d % code.tile() == 0) =>
+                {
+                    Some(code)
+                }
+                _ => None,
             };
             Some(Source::Merge {
                 row,
                 format,
                 // A scale needs the whole tensor before its first value is stored.
-                per_tensor: scaled || merge.has_per_tensor(merge.output, row),
+                per_tensor: scaled || quant.is_some() || merge.has_per_tensor(merge.output, row),
                 scaled,
+                quant,
             })
         } else {
             let reason = if needed.is_empty() {
@@ -536,6 +624,7 @@ pub(crate) fn decide(
                 out_index: usize::MAX,
                 scale,
                 scale_index: None,
+                quant_indices: Vec::new(),
             });
         }
     }

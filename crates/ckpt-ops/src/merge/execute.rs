@@ -36,6 +36,18 @@ pub fn execute(
         if o.scale != OutputScale::None {
             o.scale_index = output.index_of(&ckpt_read::quant::scale_name(&o.name));
         }
+        if let Source::Merge {
+            quant: Some(code), ..
+        } = o.source
+        {
+            let shape = planned
+                .pass_plan
+                .shape(&planned.pass_plan.entries()[o.entry]);
+            o.quant_indices = super::engine::quant_parts(&o.name, code, shape)
+                .iter()
+                .map(|(name, _, _)| output.index_of(name).expect("every spec is in the file"))
+                .collect();
+        }
         match o.source {
             Source::Merge {
                 per_tensor: true, ..

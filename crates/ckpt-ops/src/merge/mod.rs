@@ -304,6 +304,7 @@ pub fn plan<'i>(
         OutputFormat::AsInputs => "as first input".to_string(),
         OutputFormat::Float(f) => dtype::name(f.dtype()),
         OutputFormat::ScaledFp8(f) => format!("scaled {}", dtype::name(f.dtype())),
+        OutputFormat::PerLayer(code) => format!("ComfyUI {} per layer", code.format()),
     };
     let precision_label = if options.precision == Precision::F32 {
         "f32"
@@ -387,6 +388,13 @@ fn output_specs(pass_plan: &Plan<'_>, decisions: &Decisions) -> Vec<TensorSpec> 
         .map(|o| {
             let entry = &pass_plan.entries()[o.entry];
             let (dtype, shape) = match &o.source {
+                Source::Merge {
+                    quant: Some(code), ..
+                } => {
+                    let shape = pass_plan.shape(entry);
+                    let (_, dtype, stored) = code.stored(shape[0], shape[1]).remove(0);
+                    (dtype, stored)
+                }
                 Source::Merge { format, .. } | Source::Decode { format, .. } => {
                     (format.dtype(), pass_plan.shape(entry).to_vec())
                 }
@@ -415,6 +423,17 @@ fn output_specs(pass_plan: &Plan<'_>, decisions: &Decisions) -> Vec<TensorSpec> 
         })
         .collect();
     let mut extra = Vec::new();
+    for o in &decisions.outputs {
+        if let Source::Merge {
+            quant: Some(code), ..
+        } = o.source
+        {
+            let shape = pass_plan.shape(&pass_plan.entries()[o.entry]);
+            for (name, dtype, shape) in engine::quant_parts(&o.name, code, shape) {
+                extra.push(TensorSpec { name, dtype, shape });
+            }
+        }
+    }
     if let Some(&(_, format)) = scaled.first() {
         extra.push(TensorSpec {
             name: format!(
