@@ -353,3 +353,39 @@ fn schnell_is_not_a_pruned_dev() {
     assert!(!text.contains("guidance_in"), "{text}");
     assert!(text.contains("schnell"), "{text}");
 }
+
+/// A bare SDXL U-Net (keys without `model.diffusion_model.`, as city96's SDXL GGUFs and
+/// extracted U-Nets hold them) is SDXL, read as the checkpoint's U-Net.
+#[test]
+fn bare_sdxl_unet_is_recognised() {
+    let d = Dir::new();
+    let sdxl = arch("sdxl");
+    let full = d.model(
+        "full.safetensors",
+        &layout(sdxl, 32, FloatFormat::BF16),
+        &ckpt_ops::synth::Synthetic::base(sdxl, 4),
+    );
+    let bare = d.path("bare.safetensors");
+    rewrite(&full, &bare, |tensors| {
+        tensors.retain(|t| t.name.starts_with("model.diffusion_model."));
+        for t in tensors.iter_mut() {
+            t.name = t.name["model.diffusion_model.".len()..].to_string();
+        }
+    });
+    let r = run_json(&["inspect", s(&bare)]);
+    assert_eq!(r["arch"]["id"], "sdxl", "{}", r["arch"]);
+    assert_eq!(r["arch"]["confidence"], "high", "{}", r["arch"]);
+    assert!(r["unknown_keys"].as_array().unwrap().is_empty());
+    // Its U-Net rows equal the full file's.
+    let sim = run_json(&["sim", s(&bare), s(&full)]);
+    let unet_rows: Vec<_> = sim["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["component"] == "unet")
+        .collect();
+    assert!(unet_rows.len() >= 19, "{}", sim["rows"]);
+    for row in unet_rows {
+        assert_eq!(row["similarity"].as_f64().unwrap(), 1.0, "{row}");
+    }
+}

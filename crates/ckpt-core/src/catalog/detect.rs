@@ -122,7 +122,7 @@ impl Variant {
                 format!("laid out as in {} too", names.join(", "))
             }
             Variant::BareDiffuserKeys => {
-                "diffuser keys without the model.diffusion_model. prefix (BFL's naming)".into()
+                "diffuser keys without the model.diffusion_model. prefix (as BFL's releases and extracted U-Nets name them)".into()
             }
             Variant::Scaled(s) => format!("scaled-down test checkpoint (1/{s} of real widths)"),
         }
