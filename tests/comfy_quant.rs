@@ -585,3 +585,64 @@ fn merge_writes_the_per_layer_formats() {
         );
     }
 }
+
+/// `convert --dtype int8` and `fix --dtype nvfp4` write the same formats: int8 codes checked
+/// against a computation here, and a quantized file converted again is decoded first.
+#[test]
+fn convert_and_fix_write_the_per_layer_formats() {
+    let d = Dir::new();
+    let (bf16, q, _) = quantized_flux(&d);
+    let a = reference_map(&bf16);
+    let out = d.path("int8.safetensors");
+    run_ok(&words(
+        "convert {} -o {} --dtype int8 -q",
+        &[s(&bf16), s(&out)],
+    ));
+    let (raw, _) = read_raw(&out);
+    let raw: std::collections::BTreeMap<&str, &RawTensor> =
+        raw.iter().map(|t| (t.name.as_str(), t)).collect();
+    let mut quantized = 0;
+    for (k, t) in &a {
+        let layer = k.strip_suffix(".weight").unwrap_or(k);
+        if !raw.contains_key(format!("{layer}.comfy_quant").as_str()) {
+            assert_eq!(
+                raw[k.as_str()].data.len(),
+                t.shape.iter().product::<usize>() * 2
+            );
+            continue;
+        }
+        quantized += 1;
+        let x: Vec<f32> = t
+            .values
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|v| *v as f32)
+            .collect();
+        let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let scale = (amax / 127.0).max(1e-30);
+        assert_eq!(
+            raw[format!("{layer}.weight_scale").as_str()].data,
+            scale.to_le_bytes()
+        );
+        let codes: Vec<u8> = x
+            .iter()
+            .map(|v| (v / scale).round_ties_even().clamp(-128.0, 127.0) as i8 as u8)
+            .collect();
+        assert_eq!(raw[k.as_str()].data, codes, "{k}");
+    }
+    assert!(quantized > 100);
+    // A per-row int8 file into nvfp4: decoded, then quantized; no old scale left.
+    let out = d.path("nvfp4.safetensors");
+    let (code, stdout, stderr) = run_code(&["fix", s(&q), "-o", s(&out), "--dtype", "nvfp4"]);
+    assert!(code <= 1, "{stdout}{stderr}");
+    let r = run_json(&["inspect", s(&out)]);
+    assert_eq!(r["arch"]["id"], "flux");
+    let layers = r["quantization"]["layers"].as_array().unwrap();
+    assert!(layers.iter().all(|l| l["format"] == "nvfp4"));
+    assert!(layers.len() > 100);
+    let sim = run_json(&["sim", s(&out), s(&bf16)]);
+    for row in sim["rows"].as_array().unwrap() {
+        assert!(row["similarity"].as_f64().unwrap() > 0.98, "{row}");
+    }
+}

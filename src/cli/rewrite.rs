@@ -2,15 +2,30 @@
 //! wording of the commands that repair what `validate` finds (which `validate` and `fix`
 //! print).
 
-use super::common::{FloatArg, PLAIN_FLOATS, floats};
+use super::common::{FloatArg, floats};
+
+/// The formats `fix` and `convert` write.
+const REWRITE_FLOATS: &[FloatArg] = &[
+    FloatArg::F16,
+    FloatArg::Bf16,
+    FloatArg::F32,
+    FloatArg::ComfyFp8,
+    FloatArg::ComfyF8E5m2,
+    FloatArg::Int8,
+    FloatArg::Nvfp4,
+    FloatArg::Mxfp8,
+];
 use ckpt_ops::fix::{Options, Unfixed};
 use ckpt_ops::views::validate::Remedy;
 
 /// The options of a rewrite (`fix`, `convert`).
 #[derive(Debug, Clone, clap::Args)]
 pub(super) struct RewriteArgs {
-    /// Store floats as f16, bf16 or f32 (values beyond the range are clamped).
-    #[arg(long, value_parser = floats(PLAIN_FLOATS), ignore_case = true)]
+    /// Store floats as f16, bf16 or f32 (values beyond the range are clamped), or the
+    /// denoiser's linear weights in one of ComfyUI's per-layer formats, comfy-fp8,
+    /// comfy-f8_e5m2, int8, nvfp4 or mxfp8 (quantized as comfy-kitchen does; the other
+    /// floats as stored, bf16 where they were quantized).
+    #[arg(long, value_parser = floats(REWRITE_FLOATS), ignore_case = true)]
     dtype: Option<FloatArg>,
     /// Leave out the EMA copy of the U-Net.
     #[arg(long)]
@@ -26,8 +41,10 @@ pub(super) struct RewriteArgs {
 impl RewriteArgs {
     /// The library's options: these, with `fill_optional` and `overwrite` of the command.
     pub(super) fn options(&self, fill_optional: bool, overwrite: bool) -> Options {
+        let quant = self.dtype.and_then(FloatArg::per_layer);
         Options {
-            dtype: self.dtype.map(FloatArg::format),
+            dtype: self.dtype.filter(|_| quant.is_none()).map(FloatArg::format),
+            quant,
             drop_ema: self.drop_ema,
             drop_unknown: self.drop_junk,
             drop_scheduler: self.drop_scheduler,

@@ -143,6 +143,9 @@ pub fn execute(
     let mut by_entry: HashMap<usize, Copy> = HashMap::new();
     let mut position_ids = Vec::new();
     let mut quantization = Vec::new();
+    // Quantized weights: read whole, with the output indices of their scales and records.
+    let mut whole = Vec::new();
+    let mut parts_of: HashMap<usize, Vec<usize>> = HashMap::new();
     for p in &planned.tensors {
         let index = file
             .index_of(&p.spec.name)
@@ -150,6 +153,33 @@ pub fn execute(
         match &p.source {
             Source::PositionIds => position_ids.push(index),
             Source::Raw(t) => quantization.push((index, ckpt.data(t).to_vec())),
+            // Written with their weight.
+            Source::QuantPart => {}
+            Source::Quantize {
+                origin,
+                code,
+                parts,
+            } => {
+                let entry = entry_of[p.spec.name.as_str()];
+                let copy = Copy {
+                    index,
+                    model: match origin {
+                        Origin::File => 0,
+                        Origin::Base => 1,
+                    },
+                    cast: None,
+                    patch_nonfinite: false,
+                    dtype: p.spec.dtype,
+                    quant: Some(*code),
+                };
+                let indices = parts
+                    .iter()
+                    .map(|n| file.index_of(n).expect("every spec is in the file"))
+                    .collect();
+                parts_of.insert(entry, indices);
+                whole.push(entry);
+                by_entry.insert(entry, copy);
+            }
             Source::Tensor {
                 origin,
                 cast,
@@ -165,6 +195,7 @@ pub fn execute(
                     cast: *cast,
                     patch_nonfinite: *patch_nonfinite,
                     dtype: p.spec.dtype,
+                    quant: None,
                 };
                 by_entry.insert(entry, copy);
             }
@@ -173,10 +204,21 @@ pub fn execute(
     let entries: Vec<usize> = by_entry
         .keys()
         .copied()
+        .filter(|e| !whole.contains(e))
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let items: Vec<Item> = pass.items(&plan, &entries);
+    let mut items: Vec<Item> = pass.items(&plan, &entries);
+    for &e in &whole {
+        let numel: usize = plan.shape(&plan.entries()[e]).iter().product();
+        items.push(Item {
+            entry: e,
+            start: 0,
+            end: numel,
+            numel,
+        });
+    }
+    items.sort_by_key(|it| (it.entry, it.start));
     ckpt_core::writer::stream_pieces(&file, |tx| -> Result<(), FixError> {
         for &index in &position_ids {
             let bytes: Vec<u8> = (0..77i64).flat_map(|i| i.to_le_bytes()).collect();
@@ -187,6 +229,7 @@ pub fn execute(
         }
         let work = Work {
             copies: &by_entry,
+            parts: &parts_of,
             writer: tx,
         };
         Ok(pass.run_items(&plan, &items, &work, &mut Ignore)?)
@@ -204,10 +247,14 @@ struct Copy {
     cast: Option<FloatFormat>,
     patch_nonfinite: bool,
     dtype: ckpt_read::Dtype,
+    /// Quantized into this per-layer format (a whole-tensor item).
+    quant: Option<ckpt_read::comfy::Code>,
 }
 
 struct Work<'a> {
     copies: &'a HashMap<usize, Copy>,
+    /// Per quantized entry: the output indices of its scales and record.
+    parts: &'a HashMap<usize, Vec<usize>>,
     writer: std::sync::mpsc::SyncSender<Piece>,
 }
 
@@ -224,12 +271,31 @@ impl Visit for Work<'_> {
 
     fn visit(
         &self,
-        _: &Plan<'_>,
+        plan: &Plan<'_>,
         item: &Item,
         inputs: &[Option<Slice<'_>>],
     ) -> Result<(), PassError> {
         let o = &self.copies[&item.entry];
         let src = inputs[o.model].expect("the source has the tensor");
+        if let Some(code) = o.quant {
+            // The whole tensor in float32 (4 bytes per value of the largest weight, per
+            // worker), quantized as comfy-kitchen does.
+            let mut values = vec![0.0f64; src.len()];
+            src.values_into(&mut values);
+            let x: Vec<f32> = values.iter().map(|v| *v as f32).collect();
+            drop(values);
+            let shape = &plan.shape(&plan.entries()[item.entry]);
+            let q = ckpt_read::comfy::quantize(code, &x, shape[0], shape[1]);
+            let mut bytes = q.tensors.into_iter().map(|t| t.3);
+            let _ = self
+                .writer
+                .send((o.index, 0, bytes.next().expect("a weight")));
+            let rest = bytes.chain(std::iter::once(q.record.into_bytes()));
+            for (&index, b) in self.parts[&item.entry].iter().zip(rest) {
+                let _ = self.writer.send((index, 0, b));
+            }
+            return Ok(());
+        }
         let offset = item.start * dtype::bit_size(o.dtype) / 8;
         if o.cast.is_none() && !o.patch_nonfinite {
             let _ = self.writer.send((o.index, offset, src.bytes.to_vec()));

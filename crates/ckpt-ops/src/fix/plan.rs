@@ -17,7 +17,7 @@ use ckpt_core::catalog::data;
 use ckpt_core::catalog::detect::scaled_shape;
 use ckpt_core::catalog::{Arch, Component, canonical_key, component_of};
 use ckpt_core::writer::TensorSpec;
-use ckpt_read::comfy::ComfyQuant;
+use ckpt_read::comfy::{Code, ComfyQuant};
 use ckpt_read::dtype::{self, FloatFormat};
 use ckpt_read::quant::ScaledFp8;
 use ckpt_read::{Dtype, TensorEntry};
@@ -27,6 +27,9 @@ use ckpt_read::{Dtype, TensorEntry};
 pub struct Options {
     /// Store every float in this format (values beyond its range are clamped).
     pub dtype: Option<FloatFormat>,
+    /// Store the denoiser's linear weights in this ComfyUI per-layer format (those its
+    /// tile divides; the other floats as stored, bf16 where they were quantized).
+    pub quant: Option<Code>,
     pub drop_ema: bool,
     /// Drop keys the architecture does not have.
     pub drop_unknown: bool,
@@ -84,6 +87,17 @@ fn note_cast(opts: &Options, out: &mut FixPlan) {
         out.actions
             .push(format!("stored floats as {}", dtype::name(d.dtype())));
     }
+    if let Some(code) = opts.quant {
+        let n = out
+            .tensors
+            .iter()
+            .filter(|p| matches!(p.source, Source::Quantize { .. }))
+            .count();
+        out.actions.push(format!(
+            "stored {n} linear weights of the denoiser as ComfyUI's {} (per layer)",
+            code.format()
+        ));
+    }
 }
 
 /// Which of the two files a tensor comes from.
@@ -108,6 +122,15 @@ pub enum Source {
     /// A tensor of the file copied byte for byte as it is stored: a scaled-fp8 marker or
     /// scale, a per-layer quantized weight's codes, scales and record.
     Raw(TensorEntry),
+    /// The tensor of that canonical key in one of the files, quantized into a per-layer
+    /// format; its other tensors (`parts`, by name) are written with it.
+    Quantize {
+        origin: Origin,
+        code: Code,
+        parts: Vec<String>,
+    },
+    /// A part of a quantized weight (a scale, a record), written with the weight.
+    QuantPart,
 }
 
 /// One output tensor.
@@ -163,20 +186,60 @@ fn take(
     key: &str,
     from: &TensorEntry,
     origin: Origin,
-    cast: Option<FloatFormat>,
+    opts: &Options,
     patch: bool,
     comfy: Option<&ComfyQuant>,
-) -> Planned {
+) -> Vec<Planned> {
+    if let Some(code) = opts.quant
+        && from.is_float()
+        && ckpt_core::writer::quantizable(key, &from.shape)
+        && from.shape.iter().all(|d| d % code.tile() == 0)
+    {
+        let stored = code.stored(from.shape[0], from.shape[1]);
+        let layer = key.strip_suffix(".weight").unwrap_or(key);
+        let mut parts: Vec<Planned> = stored[1..]
+            .iter()
+            .map(|(suffix, dtype, shape)| (format!("{layer}.{suffix}"), *dtype, shape.clone()))
+            .chain(std::iter::once((
+                format!("{layer}{}", ckpt_read::comfy::RECORD),
+                Dtype::U8,
+                vec![code.record().len()],
+            )))
+            .map(|(name, dtype, shape)| Planned {
+                spec: TensorSpec { name, dtype, shape },
+                source: Source::QuantPart,
+            })
+            .collect();
+        let weight = Planned {
+            spec: TensorSpec {
+                name: key.to_string(),
+                dtype: stored[0].1,
+                shape: stored[0].2.clone(),
+            },
+            source: Source::Quantize {
+                origin,
+                code,
+                parts: parts.iter().map(|p| p.spec.name.clone()).collect(),
+            },
+        };
+        parts.insert(0, weight);
+        return parts;
+    }
+    let cast = match (opts.dtype, opts.quant) {
+        // Quantizing, a scaled or quantized tensor left out of it is decoded.
+        (None, Some(_)) if !from.encoding.is_plain() => Some(FloatFormat::BF16),
+        (cast, _) => cast,
+    };
     if cast.is_none()
         && let Some(stored) = comfy.and_then(|q| q.stored(&from.name))
     {
-        return Planned {
+        return vec![Planned {
             spec: TensorSpec {
                 name: key.to_string(),
                 ..raw(stored).spec
             },
             source: Source::Raw(stored.clone()),
-        };
+        }];
     }
     // Codes copied without their scales would be wrong: a block-encoded tensor not copied
     // as stored (the base's) is decoded, to bf16 unless a format is asked for.
@@ -188,7 +251,7 @@ fn take(
     // A scaled or block-encoded tensor is re-encoded even into its own dtype: its scales
     // are not written when every float is cast.
     let cast = cast.filter(|c| is_float && (c.dtype() != from.dtype || !from.encoding.is_plain()));
-    Planned {
+    vec![Planned {
         spec: TensorSpec {
             name: key.to_string(),
             dtype: cast.map(|c| c.dtype()).unwrap_or(from.dtype),
@@ -199,14 +262,14 @@ fn take(
             cast,
             patch_nonfinite: patch && is_float,
         },
-    }
+    }]
 }
 
 /// The scaled-fp8 marker and scales of `file`: copied as they are, or (when every float is
 /// cast) dropped because the weights are written dequantized.
 fn scaled_fp8(file: &Input<'_>, opts: &Options, out: &mut FixPlan) {
     let Some(q) = file.scaled_fp8 else { return };
-    if opts.dtype.is_some() {
+    if opts.dtype.is_some() || opts.quant.is_some() {
         out.actions.push(format!(
             "dequantized the scaled fp8 weights ({} scales)",
             q.scaled_weights()
@@ -235,7 +298,7 @@ fn raw(t: &TensorEntry) -> Planned {
 /// the weights are then written decoded.
 fn comfy_quant(file: &Input<'_>, opts: &Options, out: &mut FixPlan) {
     let Some(q) = file.comfy else { return };
-    if opts.dtype.is_some() {
+    if opts.dtype.is_some() || opts.quant.is_some() {
         let formats: Vec<String> = q
             .formats()
             .iter()
@@ -323,7 +386,7 @@ pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Option
             match theirs.get(key).filter(|b| b.shape == good) {
                 Some(b) => {
                     out.tensors
-                        .push(take(key, b, Origin::Base, opts.dtype, false, None));
+                        .extend(take(key, b, Origin::Base, opts, false, None));
                     out.actions.push(format!(
                         "replaced {key} (shape {:?}) with the base's {:?}",
                         t.shape, b.shape
@@ -335,7 +398,7 @@ pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Option
                         shape: t.shape.clone(),
                     });
                     out.tensors
-                        .push(take(key, t, Origin::File, opts.dtype, false, file.comfy));
+                        .extend(take(key, t, Origin::File, opts, false, file.comfy));
                 }
             }
             continue;
@@ -351,7 +414,7 @@ pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Option
                 .push(format!("replaced NaN/Inf values of {key} with {how}"));
         }
         out.tensors
-            .push(take(key, t, Origin::File, opts.dtype, patch, file.comfy));
+            .extend(take(key, t, Origin::File, opts, patch, file.comfy));
     }
 
     // From the base: required keys (optional ones on request) of components the file has,
@@ -382,7 +445,7 @@ pub(crate) fn plan(file: &Input<'_>, base: Option<&[TensorEntry]>, opts: &Option
                 continue;
             }
             out.tensors
-                .push(take(&key, b, Origin::Base, opts.dtype, false, None));
+                .extend(take(&key, b, Origin::Base, opts, false, None));
             if present.contains(&component) {
                 out.actions.push(format!("added {key} from the base"));
             } else {
@@ -503,7 +566,7 @@ pub(crate) fn conversion(file: &Input<'_>, opts: &Options) -> FixPlan {
         }
         if seen.insert(key.clone()) {
             out.tensors
-                .push(take(&key, t, Origin::File, opts.dtype, false, file.comfy));
+                .extend(take(&key, t, Origin::File, opts, false, file.comfy));
         }
     }
     if renamed > 0 {
