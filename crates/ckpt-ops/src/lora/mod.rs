@@ -145,6 +145,10 @@ const ROLES: &[(&str, Role)] = &[
     (".lora_B.weight", Role::Up),
     (".lora.down.weight", Role::Down),
     (".lora.up.weight", Role::Up),
+    // diffusers' older names of a text encoder's factors (`convert_state_dict_to_diffusers`,
+    // which its SD training scripts save).
+    (".lora_linear_layer.down.weight", Role::Down),
+    (".lora_linear_layer.up.weight", Role::Up),
     (".down.weight", Role::Down),
     (".up.weight", Role::Up),
     (".lora_mid.weight", Role::Mid),
@@ -467,8 +471,29 @@ impl Network {
 
 /// A one-element float tensor's value.
 pub(crate) fn scalar(ckpt: &Checkpoint, t: &TensorEntry) -> Option<f64> {
-    let format = dtype::float_format(t.dtype)?;
     let bytes = ckpt.data(t);
+    // An integer alpha (diffusers' `convert_state_dict_to_kohya` writes
+    // `torch.tensor(rank)`, an I64), read as loaders read it (`.item()`).
+    let int = |n: usize| -> Option<[u8; 8]> {
+        let mut b = [0u8; 8];
+        b[..n].copy_from_slice(bytes.get(..n).filter(|_| bytes.len() == n)?);
+        Some(b)
+    };
+    let signed = |n: usize| -> Option<f64> {
+        let b = int(n)?;
+        // Sign-extend the n-byte little-endian value.
+        let shift = 64 - 8 * n as u32;
+        Some(((i64::from_le_bytes(b) << shift) >> shift) as f64)
+    };
+    match t.dtype {
+        dtype::Dtype::I64 => return signed(8),
+        dtype::Dtype::I32 => return signed(4),
+        dtype::Dtype::I16 => return signed(2),
+        dtype::Dtype::I8 => return signed(1),
+        dtype::Dtype::U8 => return int(1).map(|b| u64::from_le_bytes(b) as f64),
+        _ => {}
+    }
+    let format = dtype::float_format(t.dtype)?;
     if bytes.len() != format.size() {
         return None;
     }
