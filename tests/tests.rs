@@ -18,6 +18,7 @@ mod hash;
 mod l2;
 mod lineage;
 mod lora;
+mod lora_diffusers;
 mod merge;
 mod pass;
 mod props;
