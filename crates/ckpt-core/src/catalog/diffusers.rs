@@ -301,10 +301,10 @@ pub fn left_out(ckpt: &Checkpoint) -> impl Iterator<Item = &str> {
 }
 
 /// The transformers-4 name of a CLIP text model's tensor under either naming: transformers 5
-/// saves `CLIPTextModel` without the `text_model.` level (`encoder.layers.0.self_attn.q_proj.weight`,
-/// `embeddings.*`, `final_layer_norm.*`; its `base_model_prefix` lets it load the old names),
-/// transformers 4 with it. Other names (`text_projection.weight`, already prefixed ones) are
-/// returned as they are.
+/// saves `CLIPTextModel` without the `text_model.` level
+/// (`encoder.layers.0.self_attn.q_proj.weight`, `embeddings.*`, `final_layer_norm.*`; its
+/// `base_model_prefix` lets it load the old names), transformers 4 with it. Other names
+/// (`text_projection.weight`, already prefixed ones) are returned as they are.
 pub(crate) fn clip_name(name: &str) -> std::borrow::Cow<'_, str> {
     if is_flat_clip(name) {
         format!("text_model.{name}").into()

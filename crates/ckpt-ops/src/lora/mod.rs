@@ -285,8 +285,8 @@ pub struct Module {
 }
 
 /// Why a module is not computed, from diffusers' metadata.
-const NOT_ADAPTED: &str = "not adapted by its lora_adapter_metadata (target_modules, exclude_modules): diffusers \
-     leaves it out";
+const NOT_ADAPTED: &str = "not adapted by its lora_adapter_metadata (target_modules, \
+     exclude_modules): diffusers leaves it out";
 const OTHER_RANK: &str = "of another rank than its lora_adapter_metadata gives it (rank_pattern, \
      r): diffusers refuses to load it";
 const BAD_METADATA: &str = "under a lora_adapter_metadata config ckpt-diff cannot apply as peft \
