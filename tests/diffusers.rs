@@ -23,6 +23,17 @@ fn element_size(dtype: &str) -> usize {
 
 /// Writes `twin` as a diffusers folder in `dir`, as the table says each key is kept.
 fn diffusers_folder(twin: &Path, table: &serde_json::Value, dir: &Path) {
+    diffusers_folder_named(twin, table, dir, |_, n| n.to_string());
+}
+
+/// [`diffusers_folder`] with each tensor's name in a component folder as `name(component,
+/// table's name)` gives it.
+fn diffusers_folder_named(
+    twin: &Path,
+    table: &serde_json::Value,
+    dir: &Path,
+    name: impl Fn(&str, &str) -> String,
+) {
     let (tensors, _) = read_raw(twin);
     let mut parts: BTreeMap<String, Vec<RawTensor>> = BTreeMap::new();
     for t in tensors {
@@ -32,15 +43,14 @@ fn diffusers_folder(twin: &Path, table: &serde_json::Value, dir: &Path) {
             "the table has no diffusers name for {}",
             t.name
         );
+        let component = e["component"].as_str().unwrap();
         let names: Vec<String> = e["names"]
             .as_array()
             .unwrap()
             .iter()
-            .map(|n| n.as_str().unwrap().to_string())
+            .map(|n| name(component, n.as_str().unwrap()))
             .collect();
-        let part = parts
-            .entry(e["component"].as_str().unwrap().to_string())
-            .or_default();
+        let part = parts.entry(component.to_string()).or_default();
         if names.len() == 3 {
             // Fused q, k, v: split into thirds along the first axis.
             let mut shape = t.shape.clone();
@@ -184,4 +194,175 @@ fn test_sharded_models_read_as_one_file() {
     let (code, _, err) = crate::util::run_code(&["inspect", s(&index)]);
     assert_eq!(code, 2);
     assert!(err.contains("model-00002-of-00003.safetensors"), "{err}");
+}
+
+/// transformers 5 saves `CLIPTextModel` without the `text_model.` level
+/// (`encoder.layers.0.self_attn.q_proj.weight`); fixtures/transformers5/keys.json holds the
+/// names both versions write for the same tiny model (made by
+/// fixtures/transformers5/make_fixtures.py).
+fn transformers5_keys() -> serde_json::Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/transformers5/keys.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// The prefix transformers 5 leaves out of `class`'s names where transformers 4 writes it
+/// ("" when both write the same), read off the two key lists: every transformers-4 key must
+/// be a transformers-5 key with that prefix, the same shape.
+fn dropped_prefix(keys: &serde_json::Value, class: &str) -> String {
+    let v4 = keys["transformers4"][class].as_object().unwrap();
+    let v5 = keys["transformers5"][class].as_object().unwrap();
+    assert_eq!(v4.len(), v5.len(), "{class}");
+    let norm = v5
+        .keys()
+        .find(|k| k.ends_with("final_layer_norm.weight"))
+        .unwrap();
+    let old = v4
+        .keys()
+        .find(|k| k.ends_with("final_layer_norm.weight"))
+        .unwrap();
+    let prefix = old[..old.len() - norm.len()].to_string();
+    for (k, shape) in v4 {
+        let k5 = k.strip_prefix(prefix.as_str()).unwrap_or(k);
+        assert_eq!(v5.get(k5), Some(shape), "{class}: {k} under transformers 5");
+    }
+    prefix
+}
+
+/// A transformers-4 name of `class` as transformers 5 saves it.
+fn as_transformers5(keys: &serde_json::Value, class: &str, name: &str) -> String {
+    let prefix = dropped_prefix(keys, class);
+    name.strip_prefix(prefix.as_str())
+        .unwrap_or(name)
+        .to_string()
+}
+
+/// SD2's folder table: the U-Net and VAE as SD1's (the same names, other widths), the text
+/// encoder as SDXL's OpenCLIP one (`conditioner.embedders.1.model.` is SD2's
+/// `cond_stage_model.model.`) without the projection, which SD2's `CLIPTextModel` has not.
+fn sd2_table(m: &serde_json::Value) -> serde_json::Value {
+    let mut t = serde_json::Map::new();
+    for (k, e) in m["sd1"].as_object().unwrap() {
+        if !k.starts_with("cond_stage_model.") {
+            t.insert(k.clone(), e.clone());
+        }
+    }
+    for (k, e) in m["sdxl"].as_object().unwrap() {
+        if let Some(rest) = k.strip_prefix("conditioner.embedders.1.model.")
+            && rest != "text_projection"
+        {
+            let mut e = e.clone();
+            e["component"] = "text_encoder".into();
+            t.insert(format!("cond_stage_model.model.{rest}"), e);
+        }
+    }
+    t.into()
+}
+
+/// A folder whose text encoders transformers 5 wrote reads as the one transformers 4 wrote:
+/// SD1 (CLIP-L), SD2 (OpenCLIP-H, told from SD1 by its 23 layers under either naming),
+/// SDXL's two (`CLIPTextModelWithProjection` under both namings: transformers 5.25 still
+/// saves it with the level, and a flattened one reads too). `sim` has every text-encoder row
+/// at 100% and nothing on one side only; `convert` writes the twin byte for byte.
+// See: issue 26, item 3 (../shared/research/interop-2026.md, point 2).
+#[test]
+fn test_transformers5_text_encoders_read_as_transformers4() {
+    let table = mapping();
+    let keys = transformers5_keys();
+    let dir = Dir::new();
+    for arch in ["sd1", "sd2", "sdxl"] {
+        let mut twin = twin(&dir, arch);
+        let t = if arch == "sd2" {
+            // SD2's single file has a text projection its diffusers folder has not.
+            let cut = dir.path("sd2-cut.safetensors");
+            crate::util::rewrite(&twin, &cut, |ts| {
+                ts.retain(|t| t.name != "cond_stage_model.model.text_projection")
+            });
+            twin = cut;
+            sd2_table(&table)
+        } else {
+            table[arch].clone()
+        };
+        for flat_te2 in [false, true] {
+            if flat_te2 && arch != "sdxl" {
+                continue;
+            }
+            let folder = dir.path(&format!("{arch}-tf5-{flat_te2}"));
+            diffusers_folder_named(&twin, &t, &folder, |component, name| {
+                match component {
+                    "text_encoder" => as_transformers5(&keys, "CLIPTextModel", name),
+                    "text_encoder_2" if flat_te2 => {
+                        // A projection model flattened as transformers 5 flattens CLIPTextModel.
+                        as_transformers5(&keys, "CLIPTextModel", name)
+                    }
+                    "text_encoder_2" => {
+                        as_transformers5(&keys, "CLIPTextModelWithProjection", name)
+                    }
+                    _ => name.to_string(),
+                }
+            });
+            let (te, _) = read_raw(&folder.join("text_encoder/model.safetensors"));
+            assert!(
+                te.iter().all(|t| !t.name.starts_with("text_model.")),
+                "{arch}: {}",
+                te[0].name
+            );
+            let v = run_json(&["inspect", s(&folder)]);
+            assert_eq!(v["container"], "diffusers");
+            assert_eq!(v["arch"]["id"], arch);
+            let notes = v["assembled"].to_string();
+            assert!(!notes.contains("no rule maps"), "{arch}: {notes}");
+            assert!(
+                notes.contains("text_encoder/: transformers 5 names"),
+                "{notes}"
+            );
+            let sim = run_json(&["sim", s(&folder), s(&twin)]);
+            let labels = crate::util::column(&sim["rows"], "label");
+            assert!(
+                labels.iter().any(|l| l.starts_with("TE")),
+                "{arch}: {labels:?}"
+            );
+            assert_same_model(&folder, &twin);
+        }
+    }
+}
+
+/// A tensor of a component folder that no rule maps is listed, every name, in `inspect`'s
+/// notes, and every command that opens the folder warns about it on stderr.
+// See: issue 26, item 3 and item 5 (the listing; `convert` failing on it is item 5's).
+#[test]
+fn test_unmapped_folder_tensors_are_listed_loudly() {
+    let table = mapping();
+    let dir = Dir::new();
+    let twin = twin(&dir, "sd1");
+    let folder = dir.path("sd1-extra");
+    diffusers_folder(&twin, &table["sd1"], &folder);
+    let te = folder.join("text_encoder/model.safetensors");
+    let (mut tensors, _) = read_raw(&te);
+    for name in ["adapter.scale", "vision_model.pre_layrnorm.weight"] {
+        tensors.push(RawTensor {
+            name: name.into(),
+            dtype: "F32".into(),
+            shape: vec![2],
+            data: vec![0; 8],
+        });
+    }
+    write_raw(&te, &tensors, &[], 0);
+    let v = run_json(&["inspect", s(&folder)]);
+    let notes = v["assembled"].to_string();
+    assert!(
+        notes.contains(
+            "text_encoder/ holds 2 tensors that no rule maps to a single-file name; no \
+             command reads them: adapter.scale, vision_model.pre_layrnorm.weight"
+        ),
+        "{notes}"
+    );
+    let out = dir.path("extra.safetensors");
+    let (code, _, err) = crate::util::run_code(&["convert", s(&folder), "-o", s(&out), "-q", "-f"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("WARNING") && err.contains("vision_model.pre_layrnorm.weight"),
+        "{err}"
+    );
+    let (_, _, err) = crate::util::run_code(&["sim", s(&folder), s(&twin)]);
+    assert!(err.contains("adapter.scale"), "{err}");
 }

@@ -196,9 +196,11 @@ impl Model {
     }
 
     /// Opens a checkpoint without the dangerous-pickle warning (`validate` reports it as an
-    /// error finding instead).
+    /// error finding instead); tensors of a diffusers folder that no rule maps are warned
+    /// about here.
     pub(super) fn open_unwarned(path: &Path) -> Result<Model> {
         let ckpt = ckpt_core::catalog::diffusers::open(path)?;
+        warn_left_out(&ckpt);
         let detection = detect(&ckpt);
         Ok(Model { ckpt, detection })
     }
@@ -244,6 +246,25 @@ pub(super) fn warn_dangerous(ckpt: &Checkpoint) {
              with other tools; `ckpt-diff convert` makes a safe .safetensors copy.",
             ckpt.path().display(),
             names.join(", ")
+        );
+    }
+}
+
+/// Prints a warning for each component folder of a diffusers pipeline holding tensors that
+/// no rule maps (so no command reads them), to stderr; a long list is cut short, `inspect`
+/// prints it whole.
+pub(super) fn warn_left_out(ckpt: &Checkpoint) {
+    const SHOWN: usize = 600;
+    for note in ckpt_core::catalog::diffusers::left_out(ckpt) {
+        let note = crate::reports::sanitize(note);
+        let shown = match note.char_indices().nth(SHOWN) {
+            Some((at, _)) => format!("{}, ... (`ckpt-diff inspect` lists them all)", &note[..at]),
+            None => note,
+        };
+        eprintln!(
+            "WARNING: '{}': {shown}. The results and outputs of this command do not include \
+             them.",
+            ckpt.path().display()
         );
     }
 }

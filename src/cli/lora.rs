@@ -250,9 +250,11 @@ pub(super) struct MergeArgs {
 pub(super) struct ConvertArgs {
     /// The LoRA to rewrite.
     input: PathBuf,
-    /// The dialect to write: `kohya` (lora_unet_/lora_te_ names, lora_down/lora_up/alpha)
-    /// or `peft` (diffusers' unet./text_encoder./transformer. names, lora_A/lora_B, the
-    /// scale folded into lora_B).
+    /// The dialect to write: `kohya` (lora_unet_/lora_te_ names, lora_down/lora_up, an
+    /// alpha carrying each module's scale) or `peft` (diffusers' unet./text_encoder./
+    /// transformer. names, lora_A/lora_B, the scale folded into lora_B, and
+    /// lora_adapter_metadata giving each module its rank, so diffusers applies the same
+    /// change).
     #[arg(long)]
     to: ckpt_ops::lora::write::Dialect,
     #[command(flatten)]

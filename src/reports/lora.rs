@@ -3,7 +3,8 @@
 //! what the LoRA commands print (`sim` and `l2` of LoRAs, `lora extract|merge|convert`).
 //!
 //! JSON schema 1 (`"command": "inspect-lora"`): the [`LoraReport`] fields, `modules` each
-//! with `stem`, `kind`, `rank`, `alpha`, `target` (the checkpoint key) and `block`.
+//! with `stem`, `kind`, `rank`, `alpha`, `alpha_from` (`tensor`, `metadata` or `rank`),
+//! `scale`, `target` (the checkpoint key) and `block`.
 
 use super::{Block, Report, TextTable, bytes, json, listed, with_why};
 use ckpt_ops::lora::extract::Extraction;
@@ -62,11 +63,18 @@ impl Report for Inspected {
             }
         ));
         s.push_str(&format!(
-            "alpha: {}\n",
+            "alpha: {}{}\n",
             if alphas.is_empty() {
                 "-".into()
             } else {
                 list(&alphas)
+            },
+            match r.alphas_from_metadata {
+                0 => String::new(),
+                n => format!(
+                    " ({n} of {} modules from diffusers' lora_adapter_metadata)",
+                    r.modules.len()
+                ),
             }
         ));
         let mut b = vec![Block::Text(s)];
@@ -79,6 +87,16 @@ impl Report for Inspected {
             &r.unknown,
             5,
         );
+        let not_computed: Vec<(String, String)> = r
+            .modules
+            .iter()
+            .filter_map(|m| Some((m.stem.clone(), m.not_computed?.to_string())))
+            .collect();
+        s.push_str(&listed(
+            "modules whose change is not computed (nor baked)",
+            &with_why(&not_computed),
+            5,
+        ));
         for (k, v) in &r.training {
             s.push_str(&format!("{k}: {v}\n"));
         }

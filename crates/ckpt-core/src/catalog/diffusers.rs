@@ -19,8 +19,15 @@
 //!   to `mid`, attention `to_q/to_k/to_v/to_out.0/group_norm` (or the older
 //!   `query/key/value/proj_attn`) to `q/k/v/proj_out/norm`, their 2-D weights as 1x1 convs.
 //!
+//! Text encoders come under either of transformers' two namings (see [`clip_name`]):
+//! transformers 4 saves `CLIPTextModel` as `text_model.encoder.layers.N...`, transformers 5
+//! without the `text_model.` level (`encoder.layers.N...`, `embeddings.*`,
+//! `final_layer_norm.*`); both read the same.
+//!
 //! Tensors that need fusing or transposing are copied once; all others are read in place
-//! from their files.
+//! from their files. A tensor of a component folder that no rule maps is never read by any
+//! command: it is listed, every name, in the checkpoint's notes ([`left_out`] finds them),
+//! which `inspect` prints and the command line warns about.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -151,12 +158,23 @@ impl Folders<'_> {
         Ok(Some(&self.read.last().expect("just pushed").2))
     }
 
-    /// Whether the pipeline has what a spec's marker asks for.
-    fn has(&mut self, m: &FolderMarker) -> Result<bool, PipelineError> {
+    /// Whether the pipeline has what a spec's marker asks for (a text encoder's names read
+    /// under either transformers naming, see [`clip_name`]).
+    fn has(&mut self, m: &FolderMarker, spec: &DiffusersSpec) -> Result<bool, PipelineError> {
+        let text = spec
+            .folders
+            .iter()
+            .any(|f| f.folder == m.folder && matches!(f.names.as_str(), "clip" | "openclip"));
         Ok(match (self.get(&m.folder)?, &m.prefix) {
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(l), Some(p)) => l.tensors.iter().any(|t| t.name.starts_with(p.as_str())),
+            (Some(l), Some(p)) => l.tensors.iter().any(|t| {
+                if text {
+                    clip_name(&t.name).starts_with(p.as_str())
+                } else {
+                    t.name.starts_with(p.as_str())
+                }
+            }),
         })
     }
 }
@@ -172,7 +190,7 @@ fn open_pipeline(dir: &Path) -> Result<Checkpoint, PipelineError> {
     for (arch, spec) in specs() {
         let mut all = true;
         for m in &spec.markers {
-            all &= folders.has(m)?;
+            all &= folders.has(m, spec)?;
         }
         if all {
             chosen = Some((arch, spec));
@@ -229,16 +247,15 @@ fn open_pipeline(dir: &Path) -> Result<Checkpoint, PipelineError> {
             }
         };
         plan.extend(mapped.outs);
+        if let Some(n) = mapped.note {
+            notes.push(format!("{}/: {n}", f.folder));
+        }
         if !mapped.unmapped.is_empty() {
             unmapped.insert(f.folder.as_str(), mapped.unmapped);
         }
     }
     for (c, names) in &unmapped {
-        notes.push(format!(
-            "{} tensors of {c}/ have no single-file name and are left out: {}",
-            names.len(),
-            names.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
-        ));
+        notes.push(left_out_note(c, names));
     }
     let layouts = parts.into_iter().map(|(_, _, l)| l).collect();
     let layout = assemble(
@@ -252,7 +269,67 @@ fn open_pipeline(dir: &Path) -> Result<Checkpoint, PipelineError> {
 
 struct Mapped {
     outs: Vec<Piece>,
+    /// Tensors no rule maps: left out, and listed.
     unmapped: Vec<String>,
+    /// What the reader should say about how the folder was read (a naming, a tensor
+    /// dropped by rule).
+    note: Option<String>,
+}
+
+/// The words that mark a note listing a folder's tensors that no rule maps.
+const LEFT_OUT: &str = "that no rule maps to a single-file name; no command reads them: ";
+
+/// The note listing `names` of `folder/`, every one of them.
+fn left_out_note(folder: &str, names: &[String]) -> String {
+    format!(
+        "{folder}/ holds {} tensor{} {LEFT_OUT}{}",
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        names.join(", ")
+    )
+}
+
+/// The notes of `ckpt` (a diffusers folder read by [`open`]) that list tensors of a
+/// component folder no rule maps: each names the folder, the count and every tensor. Such
+/// tensors are in no command's view of the model, so a caller that writes or compares it
+/// must say so.
+pub fn left_out(ckpt: &Checkpoint) -> impl Iterator<Item = &str> {
+    ckpt.notes()
+        .iter()
+        .map(String::as_str)
+        .filter(|n| n.contains(LEFT_OUT))
+}
+
+/// The transformers-4 name of a CLIP text model's tensor under either naming: transformers 5
+/// saves `CLIPTextModel` without the `text_model.` level
+/// (`encoder.layers.0.self_attn.q_proj.weight`, `embeddings.*`, `final_layer_norm.*`; its
+/// `base_model_prefix` lets it load the old names), transformers 4 with it. Other names
+/// (`text_projection.weight`, already prefixed ones) are returned as they are.
+pub(crate) fn clip_name(name: &str) -> std::borrow::Cow<'_, str> {
+    if is_flat_clip(name) {
+        format!("text_model.{name}").into()
+    } else {
+        name.into()
+    }
+}
+
+/// A name under transformers 5's `CLIPTextModel` naming (no `text_model.` level);
+/// `logit_scale` is where kohya and sd-mecha keep OpenCLIP's, beside the others.
+fn is_flat_clip(name: &str) -> bool {
+    name == "logit_scale"
+        || ["embeddings.", "encoder.", "final_layer_norm."]
+            .iter()
+            .any(|p| name.starts_with(p))
+}
+
+/// The note saying which transformers naming a text encoder's folder has, when it is
+/// transformers 5's.
+fn naming_note(names: &[&str]) -> Option<String> {
+    names.iter().any(|n| is_flat_clip(n)).then(|| {
+        "transformers 5 names (CLIPTextModel without the `text_model.` level), read as \
+         transformers 4's"
+            .to_string()
+    })
 }
 
 /// `(diffusers prefix, single-file prefix)` pairs of an LDM U-Net of this structure (its
@@ -375,25 +452,34 @@ fn map_unet(names: &[&str], unet: &UnetSpec, under: &str, part: usize) -> Mapped
             None => unmapped.push(name.to_string()),
         }
     }
-    Mapped { outs, unmapped }
+    Mapped {
+        outs,
+        unmapped,
+        note: None,
+    }
 }
 
 fn map_clip_l(names: &[&str], prefix: &str, part: usize) -> Mapped {
     let mut outs = Vec::new();
     let mut unmapped = Vec::new();
     for &name in names {
-        if name.starts_with("text_model.") {
+        let hf = clip_name(name);
+        if hf.starts_with("text_model.") {
             outs.push(Piece::Same {
                 part,
                 name: name.to_string(),
-                as_name: format!("{prefix}{name}"),
+                as_name: format!("{prefix}{hf}"),
                 shape: None,
             });
         } else {
             unmapped.push(name.to_string());
         }
     }
-    Mapped { outs, unmapped }
+    Mapped {
+        outs,
+        unmapped,
+        note: naming_note(names),
+    }
 }
 
 /// An HF CLIP encoder layer's tensor name (after `encoder.layers.N.`) as OpenCLIP names it
@@ -419,6 +505,7 @@ fn map_openclip(names: &[&str], prefix: &str, part: usize, projection: bool) -> 
     let mut outs = Vec::new();
     let mut unmapped = Vec::new();
     let mut qkv: BTreeMap<(usize, &str), [Option<String>; 3]> = BTreeMap::new();
+    let mut dropped = Vec::new();
     for &name in names {
         if name == "text_projection.weight" && projection {
             outs.push(Piece::Transpose {
@@ -428,7 +515,8 @@ fn map_openclip(names: &[&str], prefix: &str, part: usize, projection: bool) -> 
             });
             continue;
         }
-        let Some(rest) = name.strip_prefix("text_model.") else {
+        let hf = clip_name(name);
+        let Some(rest) = hf.strip_prefix("text_model.") else {
             unmapped.push(name.into());
             continue;
         };
@@ -463,8 +551,12 @@ fn map_openclip(names: &[&str], prefix: &str, part: usize, projection: bool) -> 
             "final_layer_norm.bias" => "ln_final.bias".to_string(),
             // Not in HF's model, but kohya and sd-mecha keep it there.
             "logit_scale" => "logit_scale".to_string(),
+            // A constant buffer (0..77) older transformers saved; OpenCLIP has none.
+            "embeddings.position_ids" => {
+                dropped.push(name);
+                continue;
+            }
             _ => {
-                // position_ids has no OpenCLIP counterpart.
                 unmapped.push(name.into());
                 continue;
             }
@@ -491,7 +583,21 @@ fn map_openclip(names: &[&str], prefix: &str, part: usize, projection: bool) -> 
             other => unmapped.extend(other.into_iter().flatten()),
         }
     }
-    Mapped { outs, unmapped }
+    let dropped = (!dropped.is_empty()).then(|| {
+        format!(
+            "{} dropped: OpenCLIP has no position_ids (a constant 0..n buffer)",
+            dropped.join(", ")
+        )
+    });
+    let note = match (naming_note(names), dropped) {
+        (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+        (a, b) => a.or(b),
+    };
+    Mapped {
+        outs,
+        unmapped,
+        note,
+    }
 }
 
 fn map_vae(tensors: &[TensorEntry], under: &str, part: usize) -> Mapped {
@@ -590,7 +696,11 @@ fn map_vae(tensors: &[TensorEntry], under: &str, part: usize) -> Mapped {
             shape,
         });
     }
-    Mapped { outs, unmapped }
+    Mapped {
+        outs,
+        unmapped,
+        note: None,
+    }
 }
 
 /// `pattern` (with at most one `{n}`) against a module path: `Some(n)` (`Some("")` for a
@@ -702,7 +812,11 @@ fn map_modules(tensors: &[TensorEntry], rules: &[ModuleRule], under: &str, part:
             unmapped.extend(names.into_iter().flatten());
         }
     }
-    Mapped { outs, unmapped }
+    Mapped {
+        outs,
+        unmapped,
+        note: None,
+    }
 }
 
 #[cfg(test)]

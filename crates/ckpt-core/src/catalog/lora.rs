@@ -20,7 +20,16 @@
 //! Text encoders: `lora_te_` (SD1, SD2) and `lora_te1_`/`lora_te2_` (SDXL; Flux's CLIP-L is
 //! `lora_te1_`, its T5 `lora_te3_`) are HF paths under the single file's prefix. OpenCLIP
 //! towers (SD2, SDXL's second) fuse HF's `q_proj`/`k_proj`/`v_proj` into one
-//! `attn.in_proj_weight`, so those modules patch a third of its rows each.
+//! `attn.in_proj_weight`, so those modules patch a third of its rows each. A CLIP text
+//! model's path comes under both transformers namings: transformers 4's
+//! `text_model.encoder.layers.0.self_attn.q_proj` and transformers 5's
+//! `encoder.layers.0.self_attn.q_proj` (no `text_model.` level), so PEFT's
+//! `text_encoder.encoder.layers.0.self_attn.q_proj` and diffusers' `convert_state_dict_to_kohya`
+//! of it, `lora_te1_encoder_layers_0_self_attn_q_proj` (`lora_te1_` for SD1's and SD2's
+//! encoder too: the spec's `kohya_also`), patch what the transformers-4 names patch. Those
+//! other names are aliases: read, never written ([`names_of`] lists them last, extraction
+//! writes none), since the transformers-4 names are the ones every loader maps (diffusers
+//! drops `text_model.` itself when the model has no such level).
 //!
 //! Flux's fused projections are patched by row ranges too: diffusers' split `to_q/to_k/to_v`
 //! are the thirds of `img_attn.qkv`, and a single block's `to_q/to_k/to_v/proj_mlp` are the
@@ -34,7 +43,7 @@
 //! table is built the other way: every weight key of the architecture's catalog, written as
 //! each dialect writes it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use super::data::{Role, table};
@@ -101,9 +110,17 @@ pub fn slices_of(arch: Arch, key: &str) -> Vec<Target> {
 /// An architecture's names both ways, built once.
 struct Tables {
     by_stem: HashMap<String, Target>,
-    /// Every name of a target, what sd-scripts writes first (see [`extractable`]), then
-    /// shortest, then by name.
+    /// Every name of a target, what sd-scripts writes first (see [`extractable`]), then the
+    /// names that are not aliases, then shortest, then by name.
     by_target: HashMap<Target, Vec<String>>,
+}
+
+/// The names of a table, and which of them are aliases (read, never written).
+struct Built {
+    by_stem: HashMap<String, Target>,
+    aliases: HashSet<String>,
+    /// Any name two targets would share (none: the dialects are unambiguous).
+    clashes: Vec<String>,
 }
 
 fn tables(arch: Arch) -> Option<&'static Tables> {
@@ -111,7 +128,13 @@ fn tables(arch: Arch) -> Option<&'static Tables> {
     static TABLES: OnceLock<Vec<OnceLock<Tables>>> = OnceLock::new();
     let slots = TABLES.get_or_init(|| Arch::all().iter().map(|_| OnceLock::new()).collect());
     Some(slots[arch.0 as usize].get_or_init(|| {
-        let by_stem = build(arch).0;
+        let Built {
+            by_stem,
+            aliases,
+            clashes,
+        } = build(arch);
+        // A name of two targets is a mistake in the catalog (the tests check every spec).
+        debug_assert!(clashes.is_empty(), "{arch:?}: {clashes:?}");
         let mut by_target: HashMap<Target, Vec<String>> = HashMap::new();
         for (stem, target) in &by_stem {
             by_target
@@ -119,7 +142,7 @@ fn tables(arch: Arch) -> Option<&'static Tables> {
                 .or_default()
                 .push(stem.clone());
         }
-        let written: HashMap<Target, String> = extractable_in(arch, &by_target)
+        let written: HashMap<Target, String> = extractable_in(arch, &by_target, &aliases)
             .into_iter()
             .map(|e| (e.target, e.stem))
             .collect();
@@ -128,6 +151,7 @@ fn tables(arch: Arch) -> Option<&'static Tables> {
                 let later = |s: &String| written.get(t) != Some(s);
                 later(a)
                     .cmp(&later(b))
+                    .then(aliases.contains(a).cmp(&aliases.contains(b)))
                     .then(a.len().cmp(&b.len()))
                     .then_with(|| a.cmp(b))
             });
@@ -208,12 +232,21 @@ pub struct Extractable {
 /// `flux_extract_lora.py` takes them. Which of them have a matrix to factor is decided by
 /// the model's shapes.
 pub fn extractable(arch: Arch) -> Vec<Extractable> {
-    tables(arch).map_or_else(Vec::new, |t| extractable_in(arch, &t.by_target))
+    let Some(t) = tables(arch) else {
+        return Vec::new();
+    };
+    // The table's names are sorted with the aliases last; extraction writes none of them.
+    let aliases: HashSet<String> = build(arch).aliases;
+    extractable_in(arch, &t.by_target, &aliases)
 }
 
 /// [`extractable`] from the names of every target (the table is being built when
-/// [`tables`] asks, so it passes them).
-fn extractable_in(arch: Arch, by_target: &HashMap<Target, Vec<String>>) -> Vec<Extractable> {
+/// [`tables`] asks, so it passes them), leaving out `aliases`.
+fn extractable_in(
+    arch: Arch,
+    by_target: &HashMap<Target, Vec<String>>,
+    aliases: &HashSet<String>,
+) -> Vec<Extractable> {
     let Some(lora) = spec(arch) else {
         return Vec::new();
     };
@@ -278,7 +311,7 @@ fn extractable_in(arch: Arch, by_target: &HashMap<Target, Vec<String>>) -> Vec<E
             .iter()
             .filter(|(t, _)| t.key == k.name)
             .flat_map(|(t, v)| v.iter().map(move |s| (t, s.as_str())))
-            .filter(|(_, s)| s.starts_with("lora_te"))
+            .filter(|(_, s)| s.starts_with("lora_te") && !aliases.contains(*s))
             .filter(|(_, s)| s.contains("_self_attn_") || s.contains("_mlp_"))
             .collect();
         stems.sort_by_key(|(t, _)| t.rows);
@@ -313,10 +346,20 @@ fn pattern_name(module: &str, name: &str, path: &str) -> Option<String> {
     }
 }
 
-/// The table, and any name two targets would share (none: the dialects are unambiguous).
-fn build(arch: Arch) -> (HashMap<String, Target>, Vec<String>) {
+/// The HF paths of a CLIP text model's module under transformers 4's naming (`path`, with
+/// `text_model.`) and transformers 5's (without it, when `path` has it).
+fn clip_paths(path: &str) -> impl Iterator<Item = (&str, bool)> {
+    std::iter::once((path, false)).chain(path.strip_prefix("text_model.").map(|p| (p, true)))
+}
+
+/// The table, and which names are aliases.
+fn build(arch: Arch) -> Built {
     let Some(lora) = spec(arch) else {
-        return (HashMap::new(), Vec::new());
+        return Built {
+            by_stem: HashMap::new(),
+            aliases: HashSet::new(),
+            clashes: Vec::new(),
+        };
     };
     let modules = arch
         .info()
@@ -332,11 +375,16 @@ fn build(arch: Arch) -> (HashMap<String, Target>, Vec<String>) {
         .collect();
     let mut m: HashMap<String, Target> = HashMap::new();
     let mut clashes = Vec::new();
-    let mut add = |stem: String, key: &str, rows: Option<Rows>| {
+    let mut aliases = HashSet::new();
+    // `alias`: a name read but never written.
+    let mut add_as = |stem: String, key: &str, rows: Option<Rows>, alias: bool| {
         let t = Target {
             key: key.to_string(),
             rows,
         };
+        if alias {
+            aliases.insert(stem.clone());
+        }
         if let Some(old) = m.insert(stem.clone(), t.clone())
             && old != t
         {
@@ -351,23 +399,23 @@ fn build(arch: Arch) -> (HashMap<String, Target>, Vec<String>) {
         if k.role == Role::Denoiser
             && let Some(rest) = path.strip_prefix(DENOISER_PREFIX)
         {
-            add(kohya("lora_unet_", rest), &k.name, None);
-            add(format!("diffusion_model.{rest}"), &k.name, None);
+            add_as(kohya("lora_unet_", rest), &k.name, None, false);
+            add_as(format!("diffusion_model.{rest}"), &k.name, None, false);
             if let Some(names) = &lora.diffusers {
                 for (name, rows) in module_names(modules, rest) {
-                    add(format!("{}{name}", names.peft), &k.name, rows);
-                    add(kohya(&names.kohya, &name), &k.name, rows);
+                    add_as(format!("{}{name}", names.peft), &k.name, rows, false);
+                    add_as(kohya(&names.kohya, &name), &k.name, rows, false);
                 }
             } else if let Some(prefixes) = &prefixes
                 && let Some(hf) = unet_rename(&format!("{rest}."), prefixes, false)
             {
                 let hf = hf.trim_end_matches('.');
-                add(kohya("lora_unet_", hf), &k.name, None);
-                add(format!("unet.{hf}"), &k.name, None);
+                add_as(kohya("lora_unet_", hf), &k.name, None, false);
+                add_as(format!("unet.{hf}"), &k.name, None, false);
             }
             for n in &lora.names {
                 if let Some(name) = pattern_name(&n.module, &n.name, rest) {
-                    add(name, &k.name, None);
+                    add_as(name, &k.name, None, false);
                 }
             }
         }
@@ -376,8 +424,13 @@ fn build(arch: Arch) -> (HashMap<String, Target>, Vec<String>) {
                 continue;
             };
             if !te.openclip {
-                add(kohya(&te.kohya, rest), &k.name, None);
-                add(format!("{}{rest}", te.peft), &k.name, None);
+                for (path, flat) in clip_paths(rest) {
+                    add_as(kohya(&te.kohya, path), &k.name, None, flat);
+                    add_as(format!("{}{path}", te.peft), &k.name, None, flat);
+                    for also in &te.kohya_also {
+                        add_as(kohya(also, path), &k.name, None, true);
+                    }
+                }
             }
         }
     }
@@ -407,12 +460,21 @@ fn build(arch: Arch) -> (HashMap<String, Target>, Vec<String>) {
                 }
                 let rows = third.map(Rows::Third);
                 let path = format!("text_model.encoder.layers.{n}.{}", &hf[..hf.len() - 7]);
-                add(kohya(lora, &path), &key, rows);
-                add(format!("{peft}{path}"), &key, rows);
+                for (path, flat) in clip_paths(&path) {
+                    add_as(kohya(lora, path), &key, rows, flat);
+                    add_as(format!("{peft}{path}"), &key, rows, flat);
+                    for also in &te.kohya_also {
+                        add_as(kohya(also, path), &key, rows, true);
+                    }
+                }
             }
         }
     }
-    (m, clashes)
+    Built {
+        by_stem: m,
+        aliases,
+        clashes,
+    }
 }
 
 #[cfg(test)]
@@ -425,7 +487,11 @@ mod tests {
     #[test]
     fn diffusers_paths_invert_the_readers_renaming() {
         for &arch in Arch::all() {
-            let (m, clashes) = build(arch);
+            let Built {
+                by_stem: m,
+                clashes,
+                ..
+            } = build(arch);
             assert!(
                 clashes.is_empty(),
                 "{arch:?}: names two keys share: {clashes:?}"
@@ -455,5 +521,50 @@ mod tests {
         let order: Vec<&str> = archs().iter().map(|a| a.id()).collect();
         let at = |id: &str| order.iter().position(|x| *x == id).unwrap();
         assert!(at("sd1") < at("sdxl") && at("sdxl") < at("sd2") && at("sd2") < at("flux"));
+    }
+
+    /// A text-encoder module under transformers 5's names (no `text_model.`), PEFT's or
+    /// `convert_state_dict_to_kohya`'s (`lora_te1_` for SD1's one encoder too), patches what
+    /// its transformers-4 name patches; those names are read only: written names and
+    /// extraction stay transformers 4's.
+    #[test]
+    fn transformers5_text_encoder_names_are_aliases() {
+        let sd1 = Arch::parse("sd1").unwrap();
+        let want = target(sd1, "lora_te_text_model_encoder_layers_3_self_attn_q_proj").unwrap();
+        for alias in [
+            "text_encoder.encoder.layers.3.self_attn.q_proj",
+            "lora_te_encoder_layers_3_self_attn_q_proj",
+            "lora_te1_encoder_layers_3_self_attn_q_proj",
+            "lora_te1_text_model_encoder_layers_3_self_attn_q_proj",
+        ] {
+            assert_eq!(target(sd1, alias), Some(want), "{alias}");
+        }
+        assert_eq!(
+            &names_of(sd1, want)[..2],
+            [
+                "lora_te_text_model_encoder_layers_3_self_attn_q_proj",
+                "text_encoder.text_model.encoder.layers.3.self_attn.q_proj"
+            ]
+        );
+        let sdxl = Arch::parse("sdxl").unwrap();
+        let k = target(sdxl, "text_encoder_2.encoder.layers.3.self_attn.k_proj").unwrap();
+        assert_eq!(
+            (k.key.as_str(), k.rows),
+            (
+                "conditioner.embedders.1.model.transformer.resblocks.3.attn.in_proj_weight",
+                Some(Rows::Third(1))
+            )
+        );
+        assert_eq!(
+            target(sdxl, "lora_te2_encoder_layers_3_self_attn_k_proj"),
+            Some(k)
+        );
+        for arch in [sd1, sdxl, Arch::parse("sd2").unwrap()] {
+            let aliases = build(arch).aliases;
+            assert!(!aliases.is_empty());
+            for e in extractable(arch) {
+                assert!(!aliases.contains(&e.stem), "{arch:?} extracts {}", e.stem);
+            }
+        }
     }
 }

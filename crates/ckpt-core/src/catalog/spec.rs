@@ -285,6 +285,10 @@ pub(crate) struct LoraTextEncoder {
     /// The single file's prefix of the encoder's HF module paths.
     pub(crate) under: String,
     pub(crate) kohya: String,
+    /// More kohya prefixes read for it, never written (diffusers' `convert_state_dict_to_kohya`
+    /// writes `lora_te1_` for SD1's and SD2's one encoder).
+    #[serde(default)]
+    pub(crate) kohya_also: Vec<String>,
     pub(crate) peft: String,
     /// An OpenCLIP tower: HF's q/k/v are thirds of its fused `in_proj_weight`.
     #[serde(default)]

@@ -12,11 +12,15 @@
 //!   ΔW = s·(W1 ⊗ W2), s = α/r with r the rows of the last factored `_b` (`w2_b`, else
 //!   `w1_b`), and s = 1 when both are full matrices;
 //!
-//! with α the module's `.alpha` (the rank when the file has none: scale 1), as ComfyUI's
-//! `weight_adapter` and LyCORIS compute them. Tucker-decomposed convolutions
-//! (`lora_mid`, `hada_t1`, `lokr_t2`) and DoRA's `dora_scale` are recognised and listed as
-//! not computable rather than computed wrongly.
+//! with α the module's `.alpha`, as ComfyUI's `weight_adapter` and LyCORIS compute them;
+//! when the file has no `.alpha` for it, α and r are what diffusers' LoRA metadata
+//! (`lora_adapter_metadata`, see [`config`]) gives the module, as peft applies them (α/√r
+//! with `use_rslora`); with neither, α = r (scale 1), as diffusers and ComfyUI take it.
+//! Tucker-decomposed convolutions (`lora_mid`, `hada_t1`, `lokr_t2`) and DoRA's
+//! `dora_scale` are recognised and listed as not computable rather than computed wrongly, and
+//! so are modules the metadata does not adapt or gives another rank than their factors have.
 
+pub mod config;
 pub mod extract;
 pub mod svd;
 pub mod write;
@@ -145,6 +149,10 @@ const ROLES: &[(&str, Role)] = &[
     (".lora_B.weight", Role::Up),
     (".lora.down.weight", Role::Down),
     (".lora.up.weight", Role::Up),
+    // diffusers' older names of a text encoder's factors (`convert_state_dict_to_diffusers`,
+    // which its SD training scripts save).
+    (".lora_linear_layer.down.weight", Role::Down),
+    (".lora_linear_layer.up.weight", Role::Up),
     (".down.weight", Role::Down),
     (".up.weight", Role::Up),
     (".lora_mid.weight", Role::Mid),
@@ -239,6 +247,18 @@ pub enum DeltaError {
     },
 }
 
+/// Where a module's α comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AlphaFrom {
+    /// Its `.alpha` tensor.
+    Tensor,
+    /// diffusers' `lora_adapter_metadata` (its component's `lora_alpha` or `alpha_pattern`).
+    Metadata,
+    /// Neither: α = r.
+    Rank,
+}
+
 /// One module of a LoRA file.
 #[derive(Clone, Debug, Serialize)]
 pub struct Module {
@@ -248,8 +268,12 @@ pub struct Module {
     #[serde(skip)]
     pub parts: Vec<(Role, String)>,
     pub rank: Option<usize>,
-    /// α as the file gives it, or the rank when it does not.
+    /// α as the file gives it (its `.alpha`, else diffusers' metadata), or the rank when it
+    /// does not.
     pub alpha: Option<f64>,
+    pub alpha_from: AlphaFrom,
+    /// The scale is α/√r (rank-stabilised LoRA, from the metadata's `use_rslora`).
+    pub rslora: bool,
     /// The checkpoint key (and rows) it patches.
     pub target: Option<Target>,
     /// The report row of that key (index into the architecture's grouping) and its label.
@@ -259,6 +283,14 @@ pub struct Module {
     /// Why its ΔW is not computed, when it is not.
     pub not_computed: Option<&'static str>,
 }
+
+/// Why a module is not computed, from diffusers' metadata.
+const NOT_ADAPTED: &str = "not adapted by its lora_adapter_metadata (target_modules, \
+     exclude_modules): diffusers leaves it out";
+const OTHER_RANK: &str = "of another rank than its lora_adapter_metadata gives it (rank_pattern, \
+     r): diffusers refuses to load it";
+const BAD_METADATA: &str = "under a lora_adapter_metadata config ckpt-diff cannot apply as peft \
+     does (a field of the wrong kind, or a pattern that is not a regular expression)";
 
 impl Module {
     pub fn part(&self, role: Role) -> Option<&str> {
@@ -291,11 +323,19 @@ impl Module {
         self.part(role).ok_or_else(|| self.no_part(role))
     }
 
-    /// The multiplier of the factors' product: α/r (1 for a LoKr of full matrices).
+    /// The multiplier of the factors' product: α/r, α/√r for a rank-stabilised one (1 for a
+    /// LoKr of full matrices).
     pub fn scale(&self) -> f64 {
         match (self.kind, self.rank) {
             (Kind::LoKr, None) => 1.0,
-            (_, Some(r)) if r > 0 => self.alpha.unwrap_or(r as f64) / r as f64,
+            (_, Some(r)) if r > 0 => {
+                let r_scaled = if self.rslora {
+                    (r as f64).sqrt()
+                } else {
+                    r as f64
+                };
+                self.alpha.unwrap_or(r as f64) / r_scaled
+            }
             _ => 1.0,
         }
     }
@@ -352,6 +392,9 @@ impl Network {
             )
         });
         let grouping = arch.map(Grouping::for_arch);
+        let configs = ckpt
+            .metadata_value(config::METADATA_KEY)
+            .map(|text| config::AdapterConfigs::parse(text).unwrap_or_default());
         let modules = stems
             .into_iter()
             .map(|(stem, parts)| {
@@ -361,6 +404,8 @@ impl Network {
                     parts,
                     rank: None,
                     alpha: None,
+                    alpha_from: AlphaFrom::Rank,
+                    rslora: false,
                     target: None,
                     row: None,
                     block: None,
@@ -395,16 +440,41 @@ impl Network {
                         .and_then(|s| s.first().copied()),
                     Kind::Incomplete => None,
                 };
-                m.alpha = m
-                    .part(Role::Alpha)
-                    .and_then(|n| ckpt.get(n))
-                    .and_then(|t| scalar(ckpt, t))
-                    .or(m.rank.map(|r| r as f64));
                 m.not_computed = NOT_COMPUTED
                     .iter()
                     .find(|(r, _)| m.part(*r).is_some())
                     .map(|(_, why)| *why);
                 m.target = arch.and_then(|a| lora::target(a, &m.stem)).cloned();
+                m.alpha = m
+                    .part(Role::Alpha)
+                    .and_then(|n| ckpt.get(n))
+                    .and_then(|t| scalar(ckpt, t));
+                if m.alpha.is_some() {
+                    m.alpha_from = AlphaFrom::Tensor;
+                } else if let Some(configs) = &configs
+                    && let Some(applied) =
+                        peft_name(&m, arch, configs).and_then(|name| configs.apply(&name))
+                {
+                    m.alpha_from = AlphaFrom::Metadata;
+                    match applied {
+                        Ok(a) => {
+                            m.alpha = Some(a.alpha);
+                            m.rslora = a.rslora;
+                            let why = if !a.adapted {
+                                Some(NOT_ADAPTED)
+                            } else if m.rank.is_some_and(|r| r != a.r) {
+                                Some(OTHER_RANK)
+                            } else {
+                                None
+                            };
+                            m.not_computed = m.not_computed.or(why);
+                        }
+                        Err(_) => m.not_computed = m.not_computed.or(Some(BAD_METADATA)),
+                    }
+                }
+                if m.alpha.is_none() {
+                    m.alpha = m.rank.map(|r| r as f64);
+                }
                 if let (Some(t), Some(g)) = (&m.target, &grouping) {
                     let row = g.group_of(&t.key);
                     m.row = Some(row);
@@ -438,6 +508,22 @@ impl Network {
     }
 }
 
+/// The name diffusers' metadata knows `m` by: its stem when a component of the metadata
+/// starts it (`unet.`, `text_encoder.`), else the PEFT name of what it patches (a kohya-named
+/// module of a file that also has the metadata, as diffusers renames it on loading).
+fn peft_name(m: &Module, arch: Option<Arch>, configs: &config::AdapterConfigs) -> Option<String> {
+    let under = |name: &str| {
+        configs
+            .components()
+            .any(|c| name.strip_prefix(c).is_some_and(|r| r.starts_with('.')))
+    };
+    if under(&m.stem) {
+        return Some(m.stem.clone());
+    }
+    let t = m.target.as_ref()?;
+    lora::names_of(arch?, t).iter().find(|n| under(n)).cloned()
+}
+
 /// How many of `stems` each architecture's name table maps, in [`lora::ARCHS`] order.
 pub fn stem_counts<'a>(stems: impl Iterator<Item = &'a str> + Clone) -> Vec<(usize, Arch)> {
     lora::archs()
@@ -467,8 +553,29 @@ impl Network {
 
 /// A one-element float tensor's value.
 pub(crate) fn scalar(ckpt: &Checkpoint, t: &TensorEntry) -> Option<f64> {
-    let format = dtype::float_format(t.dtype)?;
     let bytes = ckpt.data(t);
+    // An integer alpha (diffusers' `convert_state_dict_to_kohya` writes
+    // `torch.tensor(rank)`, an I64), read as loaders read it (`.item()`).
+    let int = |n: usize| -> Option<[u8; 8]> {
+        let mut b = [0u8; 8];
+        b[..n].copy_from_slice(bytes.get(..n).filter(|_| bytes.len() == n)?);
+        Some(b)
+    };
+    let signed = |n: usize| -> Option<f64> {
+        let b = int(n)?;
+        // Sign-extend the n-byte little-endian value.
+        let shift = 64 - 8 * n as u32;
+        Some(((i64::from_le_bytes(b) << shift) >> shift) as f64)
+    };
+    match t.dtype {
+        dtype::Dtype::I64 => return signed(8),
+        dtype::Dtype::I32 => return signed(4),
+        dtype::Dtype::I16 => return signed(2),
+        dtype::Dtype::I8 => return signed(1),
+        dtype::Dtype::U8 => return int(1).map(|b| u64::from_le_bytes(b) as f64),
+        _ => {}
+    }
+    let format = dtype::float_format(t.dtype)?;
     if bytes.len() != format.size() {
         return None;
     }

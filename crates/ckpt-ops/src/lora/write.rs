@@ -9,7 +9,10 @@
 //! * concatenates: `lora_up` = [ratio₁s₁B₁ | ratio₂s₂B₂ | …], `lora_down` = [A₁; A₂; …],
 //!   alpha = Σrᵢ (scale 1), whose product is exactly Σ ratioᵢ·sᵢ·BᵢAᵢ (LoRA and LoCon only).
 //!
-//! Converting renames each module to the target dialect's name for what it patches. Where
+//! Converting renames each module to the target dialect's name for what it patches, its scale
+//! (from whichever source the reader took it: `.alpha`, diffusers' `lora_adapter_metadata`,
+//! the rank) kept: kohya's as an `.alpha` of scale·rank, PEFT's folded into `lora_B`, with a
+//! `lora_adapter_metadata` that gives every module its rank and scale 1. Where
 //! the dialects cut a fused projection differently (Flux's `img_attn.qkv`: one kohya module,
 //! three diffusers ones), modules are split (`lora_down` shared, `lora_up` cut by rows, as
 //! diffusers' converter does) or fused (`lora_down` stacked, `lora_up` block-diagonal):
@@ -36,7 +39,8 @@ pub enum Dialect {
     /// `lora_unet_…`/`lora_te…_` names with `.lora_down.weight`, `.lora_up.weight`, `.alpha`.
     Kohya,
     /// diffusers/PEFT: `unet.…`, `text_encoder.…`, `transformer.…` with `.lora_A.weight`,
-    /// `.lora_B.weight`, the scale folded into `lora_B`.
+    /// `.lora_B.weight`, the scale folded into `lora_B`, and diffusers'
+    /// `lora_adapter_metadata` saying each module's rank (scale 1).
     Peft,
 }
 
@@ -201,6 +205,14 @@ impl Tensors {
         let len = file.len();
         file.finish()?;
         Ok(len)
+    }
+
+    /// The PEFT modules written, with their ranks.
+    fn peft_modules(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.items.iter().filter_map(|(s, _)| {
+            let stem = s.name.strip_suffix(".lora_A.weight")?;
+            Some((stem, *s.shape.first()?))
+        })
     }
 
     fn ranks(&self) -> Vec<(usize, usize)> {
@@ -477,12 +489,19 @@ pub fn convert(
         }
         let (up, down, r) = low.expect("LoRA and LoCon are low-rank");
         if let Some(name) = name_in(arch, target, dialect) {
-            // kohya keeps alpha (and so the factors as they are); PEFT folds the scale.
+            // kohya keeps the factors as they are, with an alpha that carries the scale
+            // (α/r whatever gave it: the `.alpha`, diffusers' metadata, rsLoRA's α/√r);
+            // PEFT folds the scale into the factors.
             match dialect {
                 Dialect::Kohya => {
                     let (b, a) = d.low_rank().expect("low-rank");
                     let f = Factors::new(&b.data, &a.data, d.rows, r, kernel.as_deref());
-                    t.module(name, dialect, format, f, m.alpha);
+                    // α itself where α/r is the scale (exact), else scale·r.
+                    let alpha = match m.alpha {
+                        Some(a) if !m.rslora => a,
+                        _ => d.scale * r as f64,
+                    };
+                    t.module(name, dialect, format, f, Some(alpha));
                 }
                 Dialect::Peft => {
                     let f = Factors::new(&up, &down, d.rows, r, kernel.as_deref());
@@ -570,7 +589,7 @@ pub fn convert(
             (dialect == Dialect::Kohya).then_some(rank as f64),
         );
     }
-    let meta = vec![(
+    let mut meta = vec![(
         "ss_training_comment".to_string(),
         format!(
             "converted by ckpt-diff {} from {}",
@@ -578,6 +597,14 @@ pub fn convert(
             ckpt.display_name()
         ),
     )];
+    // diffusers reads each module's rank and scale from its metadata when the file has it,
+    // else takes lora_alpha = r with one rank for all: the metadata says every module's rank
+    // and scale 1, so diffusers applies exactly the folded factors.
+    if dialect == Dialect::Peft
+        && let Some(json) = super::config::folded_metadata(t.peft_modules())
+    {
+        meta.push((super::config::METADATA_KEY.to_string(), json));
+    }
     let ranks = t.ranks();
     let modules = ranks.iter().map(|(_, n)| n).sum();
     let bytes = t.write(out, &meta, inputs)?;

@@ -30,6 +30,8 @@ pub struct LoraReport {
     pub ranks: Vec<(usize, usize)>,
     /// The alphas present and how many modules have each.
     pub alphas: Vec<(f64, usize)>,
+    /// How many modules take α from diffusers' `lora_adapter_metadata`.
+    pub alphas_from_metadata: usize,
     /// Training metadata kohya writes (`ss_*`), summarised.
     pub training: Vec<(String, String)>,
 }
@@ -40,6 +42,11 @@ pub struct LoraModule {
     pub kind: &'static str,
     pub rank: Option<usize>,
     pub alpha: Option<f64>,
+    /// Where α comes from: `tensor` (its `.alpha`), `metadata` (diffusers'
+    /// `lora_adapter_metadata`) or `rank` (neither: α = r).
+    pub alpha_from: crate::lora::AlphaFrom,
+    /// Its change is α/r (α/√r when rank-stabilised) times its factors' product.
+    pub scale: Option<f64>,
     /// The checkpoint key it patches.
     pub target: Option<String>,
     /// The rows of that key, for a projection fused in it (q, k, v of `in_proj_weight`).
@@ -68,6 +75,8 @@ pub fn report(ckpt: &Checkpoint, net: &Network) -> LoraReport {
             kind: m.kind.label(),
             rank: m.rank,
             alpha: m.alpha,
+            alpha_from: m.alpha_from,
+            scale: m.rank.map(|_| m.scale()),
             target: m.target.as_ref().map(|t| t.key.clone()),
             rows: m.target.as_ref().and_then(|t| t.rows),
             block: m.block.clone(),
@@ -109,6 +118,11 @@ pub fn report(ckpt: &Checkpoint, net: &Network) -> LoraReport {
         blocks: blocks.into_iter().map(|(b, _, n)| (b, n)).collect(),
         ranks: ranks.into_iter().collect(),
         alphas,
+        alphas_from_metadata: net
+            .modules
+            .iter()
+            .filter(|m| m.alpha_from == crate::lora::AlphaFrom::Metadata)
+            .count(),
         training: training(ckpt),
     }
 }
