@@ -141,4 +141,29 @@ $bin lora merge "$data/sd1/ft1-r16.safetensors:0.7" "$data/sd1/ft2-auto.safetens
 $bin lora convert "$data/sd1/ft1-r16.safetensors" --to peft -o "$data/sd1/ft1-peft.safetensors" --force \
     | tee -a "$out/lora-merge.txt"
 
+step "ComfyUI's per-layer quantization: the Flux merge written in nvfp4 and int8 as ComfyUI stores them, read decoded"
+$bin merge ws "$data/flux/ft1.safetensors" "$data/flux/ft2.safetensors" --alpha "{D00..D18: 0.3, S00..S37: 0.7}" \
+    --dtype nvfp4 -o "$data/flux/mbw-nvfp4.safetensors" --force -q > /dev/null
+$bin convert "$data/flux/mbw-bf16.safetensors" --dtype int8 -o "$data/flux/mbw-int8.safetensors" --force \
+    | tee "$out/quant.txt"
+$bin inspect "$data/flux/mbw-nvfp4.safetensors" | head -8 | tee -a "$out/quant.txt"
+echo "nvfp4 and int8 against the BF16 merge (4 and 8 bits a weight):" | tee -a "$out/quant.txt"
+$bin sim "$data/flux/mbw-bf16.safetensors" "$data/flux/mbw-nvfp4.safetensors" --blocks "D00..D02, S00..S02, OUT" \
+    | tee -a "$out/quant.txt"
+$bin sim "$data/flux/mbw-bf16.safetensors" "$data/flux/mbw-int8.safetensors" --blocks "D00..D02, OUT" \
+    | tee -a "$out/quant.txt"
+echo "a damaged record (zero bytes, Comfy-Org issue #15567) is refused, never read as weights:" | tee -a "$out/quant.txt"
+python3 - "$data/flux/mbw-int8.safetensors" "$data/flux/damaged.safetensors" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+name = next(k for k in h if k.endswith(".comfy_quant"))
+lo, hi = h[name]["data_offsets"]
+body = bytearray(b[8 + n:])
+body[lo:hi] = bytes(hi - lo)
+open(sys.argv[2], "wb").write(b[:8 + n] + bytes(body))
+PY
+$bin inspect "$data/flux/damaged.safetensors" 2>&1 | tee -a "$out/quant.txt" || true
+
 step "done: outputs in $out/ (reports: $out/l2/index.html, $out/clone-check/index.html, $out/lineage/index.html)"
