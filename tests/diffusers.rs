@@ -328,7 +328,7 @@ fn test_transformers5_text_encoders_read_as_transformers4() {
 
 /// A tensor of a component folder that no rule maps is listed, every name, in `inspect`'s
 /// notes, and every command that opens the folder warns about it on stderr.
-// See: issue 26, item 3 and item 5 (the listing; `convert` failing on it is item 5's).
+// See: issue 26, items 3 and 5: `convert` and `fix` refuse to lose them without `--unmapped drop`.
 #[test]
 fn test_unmapped_folder_tensors_are_listed_loudly() {
     let table = mapping();
@@ -356,8 +356,27 @@ fn test_unmapped_folder_tensors_are_listed_loudly() {
         ),
         "{notes}"
     );
+    // convert and fix refuse to lose them unless told to drop them.
     let out = dir.path("extra.safetensors");
-    let (code, _, err) = crate::util::run_code(&["convert", s(&folder), "-o", s(&out), "-q", "-f"]);
+    for cmd in ["convert", "fix"] {
+        let (code, _, err) = crate::util::run_code(&[cmd, s(&folder), "-o", s(&out), "-q", "-f"]);
+        assert_eq!(code, 2, "{cmd}: {err}");
+        assert!(
+            err.contains("--unmapped drop") && err.contains("adapter.scale"),
+            "{err}"
+        );
+        assert!(!out.exists(), "{cmd} wrote an output");
+    }
+    let (code, _, err) = crate::util::run_code(&[
+        "convert",
+        s(&folder),
+        "-o",
+        s(&out),
+        "-q",
+        "-f",
+        "--unmapped",
+        "drop",
+    ]);
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("WARNING") && err.contains("vision_model.pre_layrnorm.weight"),

@@ -75,6 +75,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let mut reports: Vec<FixReport> = Vec::new();
     for (input, output) in args.inputs.iter().zip(&outputs) {
         let model = Model::open(input)?;
+        args.rewrite.check_unmapped(&model.ckpt)?;
         let bar = Bar::new(&model.name(), global.quiet);
         let r = convert(
             &model.ckpt,

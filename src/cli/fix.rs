@@ -36,6 +36,7 @@ pub(super) struct Args {
 
 pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let model = Model::open(&args.file)?;
+    args.rewrite.check_unmapped(&model.ckpt)?;
     let base = args.base.as_ref().map(|b| Model::open(b)).transpose()?;
     let opts = args.rewrite.options(args.fill_optional, args.force);
     let bar = Bar::new("fixing", global.quiet);

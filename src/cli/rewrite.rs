@@ -36,6 +36,35 @@ pub(super) struct RewriteArgs {
     /// Leave out DDPM schedule buffers.
     #[arg(long)]
     drop_scheduler: bool,
+    /// A diffusers folder's tensors that no rule maps to a single-file name: without this
+    /// option the rewrite is refused (they would be lost); `drop` writes the file without
+    /// them, listed.
+    #[arg(long, value_enum)]
+    unmapped: Option<UnmappedArg>,
+}
+
+/// `--unmapped`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(super) enum UnmappedArg {
+    Drop,
+}
+
+impl RewriteArgs {
+    /// Refuses to rewrite `ckpt` when it is a diffusers folder holding tensors that no rule
+    /// maps, unless `--unmapped drop` said to leave them out.
+    pub(super) fn check_unmapped(&self, ckpt: &ckpt_read::Checkpoint) -> anyhow::Result<()> {
+        let notes: Vec<&str> = ckpt_core::catalog::diffusers::left_out(ckpt).collect();
+        if notes.is_empty() || self.unmapped == Some(UnmappedArg::Drop) {
+            return Ok(());
+        }
+        anyhow::bail!(
+            "'{}': {}; the output would lose them. Give --unmapped drop to write it without \
+             them (ckpt-diff cannot keep them: the single-file layout has no name for them, \
+             and no loader would read them)",
+            ckpt.path().display(),
+            crate::reports::sanitize(&notes.join("; "))
+        )
+    }
 }
 
 impl RewriteArgs {
