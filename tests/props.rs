@@ -108,3 +108,120 @@ proptest! {
         prop_assert_eq!(c.metadata_value("k"), Some("v"));
     }
 }
+
+/// A file with one layer quantized per layer as ComfyUI stores it, every part of it drawn at
+/// random: the format named (those ComfyUI defines, one it does not), the codes' dtype and
+/// shape (empty ones too), the scales' dtype, shape and bytes (NaN and infinity among them),
+/// the record (JSON, zero bytes, garbage) and its carrier.
+fn quantized_file(
+    format: &str,
+    weight: (Dtype, usize, usize),
+    scale: (Dtype, Vec<usize>, Vec<u8>),
+    record: Vec<u8>,
+    in_metadata: bool,
+) -> Vec<u8> {
+    let (wd, n, k) = weight;
+    let wbytes = n * k * ckpt_read::dtype::bit_size(wd) / 8;
+    let (sd, sshape, sdata) = scale;
+    let sbytes = sshape.iter().product::<usize>() * ckpt_read::dtype::bit_size(sd) / 8;
+    let sdata: Vec<u8> = sdata.iter().copied().cycle().take(sbytes).collect();
+    let mut tensors: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        (
+            "l.weight".into(),
+            wd,
+            vec![n, k],
+            (0..wbytes).map(|i| (i * 53 % 251) as u8).collect(),
+        ),
+        ("l.weight_scale".into(), sd, sshape, sdata),
+        (
+            "l.weight_scale_2".into(),
+            Dtype::F32,
+            vec![],
+            0.5f32.to_le_bytes().to_vec(),
+        ),
+        ("l.bias".into(), Dtype::BF16, vec![n], vec![0x3c; n * 2]),
+    ];
+    let conf = format!("{{\"format\": \"{format}\"}}");
+    if !in_metadata {
+        tensors.push((
+            "l.comfy_quant".into(),
+            Dtype::U8,
+            vec![record.len()],
+            record,
+        ));
+    }
+    let mut header = serde_json::Map::new();
+    if in_metadata {
+        header.insert(
+            "__metadata__".into(),
+            serde_json::json!({ "_quantization_metadata":
+                format!("{{\"format_version\": \"1.0\", \"layers\": {{\"l\": {conf}}}}}") }),
+        );
+    }
+    let mut at = 0;
+    let mut data: Vec<u8> = Vec::new();
+    for (name, dtype, shape, bytes) in &tensors {
+        header.insert(
+            name.clone(),
+            serde_json::json!({
+                "dtype": ckpt_read::dtype::name(*dtype),
+                "shape": shape,
+                "data_offsets": [at, at + bytes.len()],
+            }),
+        );
+        at += bytes.len();
+        data.extend(bytes);
+    }
+    let text = serde_json::Value::Object(header).to_string();
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend(text.as_bytes());
+    out.extend(data);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, .. ProptestConfig::default() })]
+
+    /// No quantized layer, however damaged, makes the reader or a pass panic: it is read
+    /// (and decoded by every pass) or refused.
+    #[test]
+    fn random_quantized_layers_never_panic(
+        format in prop::sample::select(vec![
+            "float8_e4m3fn", "float8_e5m2", "nvfp4", "mxfp8", "int8_tensorwise",
+            "convrot_w4a4", "awq_w4a16", "float3_e1m1",
+        ]),
+        wd in prop::sample::select(vec![
+            Dtype::F8_E4M3, Dtype::F8_E5M2, Dtype::U8, Dtype::I8, Dtype::F4, Dtype::BF16,
+        ]),
+        n in prop::sample::select(vec![0usize, 1, 16, 32, 144]),
+        k in prop::sample::select(vec![0usize, 2, 16, 32, 256, 512]),
+        sd in prop::sample::select(vec![
+            Dtype::F32, Dtype::F8_E4M3, Dtype::U8, Dtype::F8_E8M0, Dtype::BF16,
+        ]),
+        sshape in prop::sample::select(vec![
+            vec![], vec![1], vec![144, 1], vec![32, 1], vec![144], vec![128, 4], vec![128, 8],
+            vec![256, 32], vec![256, 4], vec![128, 16], vec![0, 4], vec![usize::MAX],
+        ]),
+        sdata in proptest::collection::vec(
+            prop::sample::select(vec![0u8, 0x3c, 0x7f, 0x80, 0xc0, 0xff, 0x01]), 1..16),
+        record in prop::sample::select(vec![0u8, 1, 2, 3]),
+        in_metadata in any::<bool>(),
+    ) {
+        let conf = format!("{{\"format\": \"{format}\"}}").into_bytes();
+        let record = match record {
+            0 => conf,
+            1 => vec![0; conf.len()],
+            2 => b"{\"format\": ".to_vec(),
+            _ => vec![0xff, 0xfe],
+        };
+        let wk = if wd == Dtype::U8 && format == "nvfp4" { k / 2 } else { k };
+        // The shape the format stores its scales in, for a layer that may then be read.
+        let sshape = match (sshape.first(), format) {
+            (Some(&usize::MAX), "nvfp4") => vec![n.div_ceil(128) * 128, (k / 16).div_ceil(4) * 4],
+            (Some(&usize::MAX), "mxfp8") => vec![n.div_ceil(128) * 128, (k / 32).div_ceil(4) * 4],
+            (Some(&usize::MAX), _) => vec![n, 1],
+            _ => sshape,
+        };
+        open_and_read(&quantized_file(format, (wd, n, wk), (sd, sshape, sdata), record, in_metadata));
+    }
+}
