@@ -37,7 +37,8 @@ fn decoded(ckpt: &Checkpoint, layer: &str) -> (Vec<usize>, Vec<f64>) {
 const LAYERS: [&str; 2] = ["blocks.0.attn.qkv", "blocks.0.mlp.fc"];
 
 /// The formats decoded bit for bit (one multiply, or two in a fixed order).
-const EXACT: [&str; 6] = [
+const EXACT: [&str; 7] = [
+    "awq_w4a16",
     "float8_e4m3fn",
     "float8_e5m2",
     "nvfp4",
@@ -326,7 +327,12 @@ fn damaged_unknown_and_foreign_quantization_is_refused_by_every_command() {
             "'float3_e1m1' is not one ComfyUI defines",
         ),
         (fixture("asym_w4a8_int8.safetensors"), "'asym_w4a8_int8'"),
-        (fixture("awq_w4a16.meta.safetensors"), "'awq_w4a16'"),
+        (
+            edited(&d, "awq_w4a16.safetensors", "awq-zeros.safetensors", |t| {
+                t.retain(|x| x.name != format!("{qkv}.weight_zeros"))
+            }),
+            "the file has no weight_zeros for it",
+        ),
         (
             edited(
                 &d,

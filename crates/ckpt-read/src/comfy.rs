@@ -48,6 +48,9 @@ pub struct Block {
     pub scales: (usize, usize),
     /// The dtype of those scales.
     pub scales_dtype: Dtype,
+    /// The address range of awq_w4a16's zero points (same dtype and layout as its scales);
+    /// empty for the other formats.
+    pub zeros: (usize, usize),
     /// Logical columns (the `K` of the `[N, K]` weight).
     pub cols: usize,
     /// Stored columns: `K` padded as the format pads it (the swizzled block-scale layout
@@ -75,6 +78,10 @@ pub enum Code {
     /// `convrot_w4a4`: signed int4 pairs (low nibble first) with a scale per row, then
     /// un-rotated as [`Code::Int8Convrot`].
     Int4Convrot { group: usize },
+    /// `awq_w4a16`: unsigned int4 pairs (low nibble first), a scale and a zero point per
+    /// `group` columns of a row, stored transposed (`[K/group, N]`):
+    /// `w = f32(f32(q - 8) · scale) + zero`.
+    Awq { group: usize },
 }
 
 impl Code {
@@ -87,6 +94,7 @@ impl Code {
             Code::Nvfp4 => "nvfp4",
             Code::Mxfp8 => "mxfp8",
             Code::Int4Convrot { .. } => "convrot_w4a4",
+            Code::Awq { .. } => "awq_w4a16",
         }
     }
 
@@ -97,6 +105,7 @@ impl Code {
             Code::Int8Rows => "int8_tensorwise (a scale per row)".into(),
             Code::Int8Convrot { group } => format!("int8_tensorwise (convrot, groups of {group})"),
             Code::Int4Convrot { group } => format!("convrot_w4a4 (groups of {group})"),
+            Code::Awq { group } => format!("awq_w4a16 (groups of {group})"),
             other => other.format().into(),
         }
     }
@@ -173,7 +182,8 @@ pub enum ComfyError {
     UnknownFormat { layer: String, format: String },
     #[error(
         "layer '{layer}' is quantized as '{format}', which ckpt-diff does not decode yet \
-         (it reads float8_e4m3fn, float8_e5m2, nvfp4, mxfp8 and int8_tensorwise)"
+         (it reads float8_e4m3fn, float8_e5m2, nvfp4, mxfp8, int8_tensorwise, convrot_w4a4 \
+         and awq_w4a16)"
     )]
     NotRead { layer: String, format: String },
     #[error("layer '{layer}' ({format}): {what}")]
@@ -185,10 +195,11 @@ pub enum ComfyError {
 }
 
 /// The formats ComfyUI's `QUANT_ALGOS` defines that are not decoded here.
-const NOT_READ: [&str; 2] = ["asym_w4a8_int8", "awq_w4a16"];
+const NOT_READ: [&str; 1] = ["asym_w4a8_int8"];
 
 /// Suffixes a quantized layer may hold besides its weight, taken out of the tensors.
-const BOOKKEEPING: [&str; 5] = [
+const BOOKKEEPING: [&str; 6] = [
+    ".weight_zeros",
     ".weight_scale",
     ".weight_scale_2",
     RECORD,
@@ -261,11 +272,12 @@ pub fn apply<'d>(
             weight: get(".weight"),
             scale: get(".weight_scale"),
             scale2: get(".weight_scale_2"),
+            zeros: get(".weight_zeros"),
             bias: get(".bias"),
         };
         let (entry, code) = encode(&conf, &found, data)?;
         let weight = found.weight.expect("encode checked it");
-        let scale_bytes = [found.scale, found.scale2]
+        let scale_bytes = [found.scale, found.scale2, found.zeros]
             .iter()
             .flatten()
             .map(|t| t.byte_len())
@@ -307,6 +319,8 @@ struct Record {
     format: String,
     convrot: bool,
     convrot_group: usize,
+    /// `group_size` (awq_w4a16; 64 when absent).
+    group: usize,
 }
 
 impl Record {
@@ -335,10 +349,12 @@ impl Record {
         let convrot_group = param("convrot_groupsize")
             .and_then(|v| v.as_u64())
             .unwrap_or(256) as usize;
+        let group = param("group_size").and_then(|v| v.as_u64()).unwrap_or(64) as usize;
         Ok(Record {
             format,
             convrot,
             convrot_group,
+            group,
         })
     }
 }
@@ -349,6 +365,7 @@ struct Found<'a> {
     weight: Option<&'a TensorEntry>,
     scale: Option<&'a TensorEntry>,
     scale2: Option<&'a TensorEntry>,
+    zeros: Option<&'a TensorEntry>,
     bias: Option<&'a TensorEntry>,
 }
 
@@ -366,6 +383,7 @@ fn encode<'d>(
         "mxfp8" => "mxfp8",
         "int8_tensorwise" => "int8_tensorwise",
         "convrot_w4a4" => "convrot_w4a4",
+        "awq_w4a16" => "awq_w4a16",
         other if NOT_READ.contains(&other) => {
             return Err(ComfyError::NotRead {
                 layer: f.layer.into(),
@@ -455,6 +473,7 @@ fn encode<'d>(
                 scale: scalar(scale)?,
                 scales: none,
                 scales_dtype: Dtype::F32,
+                zeros: none,
                 cols: k,
                 stored_cols: k,
             });
@@ -496,6 +515,7 @@ fn encode<'d>(
                 scale: s,
                 scales,
                 scales_dtype: scale.dtype,
+                zeros: none,
                 cols: k,
                 stored_cols: k,
             });
@@ -526,6 +546,48 @@ fn encode<'d>(
                 scale: 1.0,
                 scales: range(scale),
                 scales_dtype: scale.dtype,
+                zeros: none,
+                cols: k,
+                stored_cols: k,
+            });
+            code
+        }
+        "awq_w4a16" => {
+            need_dtype(weight, &[Dtype::I8, Dtype::U8])?;
+            let (n, half) = matrix(weight)?;
+            let k = half * 2;
+            let g = conf.group;
+            if g == 0 || k % g != 0 {
+                return Err(wrong(format!(
+                    "groups of {g} columns do not tile its {k} columns"
+                )));
+            }
+            let zeros = f
+                .zeros
+                .ok_or_else(|| wrong("the file has no weight_zeros for it".into()))?;
+            for t in [scale, zeros] {
+                if t.shape != [k / g, n] || dtype::float_format(t.dtype).is_none() {
+                    return Err(wrong(format!(
+                        "'{}' is {}, where the format stores floats [{}, {n}]",
+                        t.name,
+                        shape_of(t),
+                        k / g
+                    )));
+                }
+                finite_scales(t, data(t)).map_err(&wrong)?;
+            }
+            if zeros.dtype != scale.dtype {
+                return Err(wrong("its scales and zero points differ in dtype".into()));
+            }
+            let code = Code::Awq { group: g };
+            out.dtype = Dtype::F4;
+            out.shape = vec![n, k];
+            out.encoding = Encoding::Block(Block {
+                code,
+                scale: 1.0,
+                scales: range(scale),
+                scales_dtype: scale.dtype,
+                zeros: range(zeros),
                 cols: k,
                 stored_cols: k,
             });
@@ -592,6 +654,7 @@ fn encode<'d>(
                 scale: global,
                 scales: range(scale),
                 scales_dtype: scale.dtype,
+                zeros: none,
                 cols: k,
                 stored_cols: kp,
             });
@@ -648,7 +711,7 @@ impl Block {
     /// `codes` are the bytes of exactly those elements (as [`Block::code_range`] gives
     /// them), `scales` the whole scale tensor. The values are comfy-kitchen's float32
     /// results, widened exactly.
-    pub fn decode(&self, codes: &[u8], scales: &[u8], start: usize, out: &mut [f64]) {
+    pub fn decode(&self, codes: &[u8], scales: &[u8], zeros: &[u8], start: usize, out: &mut [f64]) {
         let k = self.cols;
         match self.code {
             Code::Fp8(fmt) => {
@@ -679,6 +742,24 @@ impl Block {
                     for g in out.chunks_mut(group) {
                         unrotate(g);
                     }
+                }
+            }
+            Code::Awq { group } => {
+                let fmt = dtype::float_format(self.scales_dtype).expect("checked float");
+                let n = scales.len() / fmt.size() / (k / group);
+                for (i, v) in out.iter_mut().enumerate() {
+                    let e = start + i;
+                    let (r, c) = (e / k, e % k);
+                    let byte = codes[(i + start % 2) / 2];
+                    let q = if e.is_multiple_of(2) {
+                        byte & 15
+                    } else {
+                        byte >> 4
+                    };
+                    let at = (c / group) * n + r;
+                    let s = f32_of(fmt, scales, at);
+                    let z = f32_of(fmt, zeros, at);
+                    *v = ((q as f32 - 8.0) * s + z) as f64;
                 }
             }
             Code::Int4Convrot { group } => {
@@ -748,7 +829,9 @@ impl Block {
     /// The byte range of elements `start..end` within the weight's stored bytes.
     pub fn code_range(&self, start: usize, end: usize) -> (usize, usize) {
         match self.code {
-            Code::Nvfp4 | Code::Int4Convrot { .. } => (start / 2, end.div_ceil(2)),
+            Code::Nvfp4 | Code::Int4Convrot { .. } | Code::Awq { .. } => {
+                (start / 2, end.div_ceil(2))
+            }
             _ => (start, end),
         }
     }
@@ -758,7 +841,7 @@ impl Block {
     pub fn alignment(&self) -> usize {
         match self.code {
             Code::Int8Convrot { group } | Code::Int4Convrot { group } => group,
-            Code::Nvfp4 => 2,
+            Code::Nvfp4 | Code::Awq { .. } => 2,
             _ => 1,
         }
     }

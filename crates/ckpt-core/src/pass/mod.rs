@@ -214,6 +214,8 @@ pub struct Slice<'a> {
     pub count: usize,
     /// A block-encoded tensor's scales (the whole scale tensor); empty otherwise.
     pub scales: &'a [u8],
+    /// awq_w4a16's zero points (the whole tensor); empty otherwise.
+    pub zeros: &'a [u8],
 }
 
 impl<'a> Slice<'a> {
@@ -222,9 +224,16 @@ impl<'a> Slice<'a> {
     pub fn new(ckpt: &'a Checkpoint, t: &TensorEntry, start: usize, end: usize) -> Slice<'a> {
         let data = ckpt.data(t);
         let (from, to) = t.byte_range(start, end);
-        let scales = match t.encoding {
-            Encoding::Block(b) if b.scales.1 > b.scales.0 => ckpt.bytes_at(b.scales.0, b.scales.1),
-            _ => &[],
+        let region = |(begin, end): (usize, usize)| -> &'a [u8] {
+            if end > begin {
+                ckpt.bytes_at(begin, end)
+            } else {
+                &[]
+            }
+        };
+        let (scales, zeros) = match t.encoding {
+            Encoding::Block(b) => (region(b.scales), region(b.zeros)),
+            _ => (&[][..], &[][..]),
         };
         Slice {
             dtype: t.dtype,
@@ -233,6 +242,7 @@ impl<'a> Slice<'a> {
             start,
             count: end - start,
             scales,
+            zeros,
         }
     }
 
@@ -245,6 +255,7 @@ impl<'a> Slice<'a> {
             start: 0,
             count: bytes.len() * 8 / dtype::bit_size(dtype),
             scales: &[],
+            zeros: &[],
         }
     }
 
@@ -299,7 +310,7 @@ impl<'a> Slice<'a> {
     /// tensor, comfy-kitchen's float32 values for a block-encoded one.
     pub fn values_into(&self, out: &mut [f64]) {
         if let Encoding::Block(b) = self.encoding {
-            b.decode(self.bytes, self.scales, self.start, out);
+            b.decode(self.bytes, self.scales, self.zeros, self.start, out);
             return;
         }
         let format = dtype::float_format(self.dtype).expect("values of a float slice");
