@@ -95,14 +95,16 @@ fn main() {
                 cos.map_or("".into(), |c| format!("{c:.6}")),
             ));
         };
-        row(
-            format!(
-                "convert bf16 -> {format} ({:.1} GB)",
-                gb(std::fs::metadata(&q).unwrap().len())
-            ),
-            &convert,
-            None,
-        );
+        if let Some(convert) = &convert {
+            row(
+                format!(
+                    "convert bf16 -> {format} ({:.1} GB)",
+                    gb(std::fs::metadata(&q).unwrap().len())
+                ),
+                convert,
+                None,
+            );
+        }
         let args = ["sim", q.to_str().unwrap(), bf16.to_str().unwrap(), "--json"];
         evict(&paths);
         let m = run_measured(exe, &args);
