@@ -44,9 +44,11 @@ fn bf16_diffuser() -> PathBuf {
 
 fn cosine(json: &str) -> f64 {
     let v: serde_json::Value = serde_json::from_str(json).expect("sim --json");
-    v["totals"]["flat_all"]["similarity"]
+    let t = &v["totals"];
+    t["flat_all"]["similarity"]
         .as_f64()
-        .expect("flat_all")
+        .or_else(|| t["flat_unet"]["similarity"].as_f64())
+        .unwrap_or(f64::NAN)
 }
 
 fn main() {
