@@ -32,6 +32,14 @@ def main():
     layers = 0
     with ck.registry.use_backend("eager"), safe_open(qpath, "pt") as q, safe_open(bpath, "pt") as b:
         keys = set(q.keys())
+        bkeys = set(b.keys())
+
+        def twin(key):
+            # BFL's files name the diffuser's keys bare; ckpt-diff writes them prefixed.
+            if key in bkeys:
+                return b.get_tensor(key)
+            return b.get_tensor(key.removeprefix("model.diffusion_model."))
+
         for key in q.keys():
             if key.endswith(".comfy_quant") or key.endswith(".weight_scale") or key.endswith(
                 ".weight_scale_2"
@@ -41,7 +49,7 @@ def main():
             if layer is not None and layer + ".comfy_quant" in keys:
                 conf = json.loads(q.get_tensor(layer + ".comfy_quant").numpy().tobytes())
                 layout, storage = LAYOUTS[conf["format"]]
-                want = b.get_tensor(key)
+                want = twin(key)
                 scale = q.get_tensor(layer + ".weight_scale")
                 if conf["format"] == "nvfp4":
                     kw = dict(
@@ -60,7 +68,7 @@ def main():
                 layers += 1
             else:
                 a = q.get_tensor(key).double()
-                want = b.get_tensor(key)
+                want = twin(key)
             y = want.double()
             aa += float((a * a).sum())
             ab += float((a * y).sum())
