@@ -957,18 +957,17 @@ fn round_small(v: f32, exp: u32, man: u32, bias: i32) -> u8 {
     if v.is_nan() {
         return ((1u32 << (exp + man + 1)) - 1) as u8;
     }
-    let a = v.abs() as f64;
+    let a = v.abs();
     let min_exp = 1 - bias;
-    let e = if a == 0.0 {
-        min_exp
-    } else {
-        (a.log2().floor() as i32).max(min_exp)
-    };
-    // The step between codes at this exponent, and the code count from 2^e (or from 0
-    // for subnormals).
-    let step = 2f64.powi(e - man as i32);
+    // The exponent from the bits (a float32 subnormal is below every code but zero's
+    // neighbour: its exponent field reads as -127, clamped up like any small value).
+    let e = (((a.to_bits() >> 23) & 0xff) as i32 - 127).max(min_exp);
+    // The step between codes at this exponent (a power of two, so `a / step` is exact),
+    // and the code count from 2^e (or from 0 for subnormals).
+    let pow2 = |p: i32| f32::from_bits(((p + 127) as u32) << 23);
+    let step = pow2(e - man as i32);
     let q = (a / step).round_ties_even();
-    let (field, mant) = if a < 2f64.powi(min_exp) {
+    let (field, mant) = if a < pow2(min_exp) {
         // Subnormal (q may reach the first normal, which the same bits encode).
         (0u32, q as u32)
     } else {
