@@ -109,7 +109,7 @@ $bin index --index "$data/index.sqlite" export --parquet "$data/index.parquet" -
 step "many models: a component-wise recipe over a glob, TGMD (AstolfoMix-XL's method), the plan first"
 cat > "$data/sd1/many.recipe" <<'RECIPE'
 base = base.safetensors
-fts  = glob("ft*.safetensors")
+fts  = glob("ft?.safetensors")
 OUT  = {UNET: tgmd(base, fts, seed=7), TE: avg(fts), VAE: base}
 RECIPE
 $bin merge "$data/sd1/many.recipe" -o "$data/sd1/many.safetensors" --force --dry-run | tee "$out/many-plan.txt"
