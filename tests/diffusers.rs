@@ -382,6 +382,35 @@ fn test_unmapped_folder_tensors_are_listed_loudly() {
         err.contains("WARNING") && err.contains("vision_model.pre_layrnorm.weight"),
         "{err}"
     );
+    let dropped = read_raw(&out).0;
+    assert!(!dropped.iter().any(|t| t.name.contains("adapter.scale")));
+    // Kept: written unchanged under the folder's name.
+    let (code, _, err) = crate::util::run_code(&[
+        "convert",
+        s(&folder),
+        "-o",
+        s(&out),
+        "-q",
+        "-f",
+        "--unmapped",
+        "keep",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let kept = read_raw(&out).0;
+    for name in [
+        "text_encoder/adapter.scale",
+        "text_encoder/vision_model.pre_layrnorm.weight",
+    ] {
+        let t = kept
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("no {name}"));
+        assert_eq!(
+            (t.dtype.as_str(), &t.shape, &t.data),
+            ("F32", &vec![2], &vec![0u8; 8])
+        );
+    }
+    assert_eq!(kept.len(), dropped.len() + 2);
     let (_, _, err) = crate::util::run_code(&["sim", s(&folder), s(&twin)]);
     assert!(err.contains("adapter.scale"), "{err}");
 }

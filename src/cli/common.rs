@@ -205,6 +205,18 @@ impl Model {
         Ok(Model { ckpt, detection })
     }
 
+    /// [`Model::open`] for a rewrite: with `keep_unmapped`, a diffusers folder's tensors no
+    /// rule maps are read too, under `<folder>/<name>` (`--unmapped keep`).
+    pub(super) fn open_for_rewrite(path: &Path, keep_unmapped: bool) -> Result<Model> {
+        if !keep_unmapped {
+            return Self::open(path);
+        }
+        let ckpt = ckpt_core::catalog::diffusers::open_keeping_unmapped(path)?;
+        warn_dangerous(&ckpt);
+        let detection = detect(&ckpt);
+        Ok(Model { ckpt, detection })
+    }
+
     pub(super) fn name(&self) -> String {
         self.ckpt.display_name()
     }

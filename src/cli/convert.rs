@@ -74,7 +74,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let opts = args.rewrite.options(false, args.force);
     let mut reports: Vec<FixReport> = Vec::new();
     for (input, output) in args.inputs.iter().zip(&outputs) {
-        let model = Model::open(input)?;
+        let model = Model::open_for_rewrite(input, args.rewrite.keep_unmapped())?;
         args.rewrite.check_unmapped(&model.ckpt)?;
         let bar = Bar::new(&model.name(), global.quiet);
         let r = convert(

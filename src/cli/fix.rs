@@ -35,7 +35,7 @@ pub(super) struct Args {
 }
 
 pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
-    let model = Model::open(&args.file)?;
+    let model = Model::open_for_rewrite(&args.file, args.rewrite.keep_unmapped())?;
     args.rewrite.check_unmapped(&model.ckpt)?;
     let base = args.base.as_ref().map(|b| Model::open(b)).transpose()?;
     let opts = args.rewrite.options(args.fill_optional, args.force);

@@ -38,7 +38,7 @@ pub(super) struct RewriteArgs {
     drop_scheduler: bool,
     /// A diffusers folder's tensors that no rule maps to a single-file name: without this
     /// option the rewrite is refused (they would be lost); `drop` writes the file without
-    /// them, listed.
+    /// them, listed; `keep` writes them unchanged under `<folder>/<name>`.
     #[arg(long, value_enum)]
     unmapped: Option<UnmappedArg>,
 }
@@ -46,21 +46,29 @@ pub(super) struct RewriteArgs {
 /// `--unmapped`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(super) enum UnmappedArg {
+    /// Write the file without them (they stay listed).
     Drop,
+    /// Write them unchanged under `<folder>/<name>`.
+    Keep,
 }
 
 impl RewriteArgs {
+    /// Whether inputs are opened keeping a folder's unmapped tensors (`--unmapped keep`).
+    pub(super) fn keep_unmapped(&self) -> bool {
+        self.unmapped == Some(UnmappedArg::Keep)
+    }
+
     /// Refuses to rewrite `ckpt` when it is a diffusers folder holding tensors that no rule
     /// maps, unless `--unmapped drop` said to leave them out.
     pub(super) fn check_unmapped(&self, ckpt: &ckpt_read::Checkpoint) -> anyhow::Result<()> {
         let notes: Vec<&str> = ckpt_core::catalog::diffusers::left_out(ckpt).collect();
-        if notes.is_empty() || self.unmapped == Some(UnmappedArg::Drop) {
+        if notes.is_empty() || self.unmapped.is_some() {
             return Ok(());
         }
         anyhow::bail!(
-            "'{}': {}; the output would lose them. Give --unmapped drop to write it without \
-             them (ckpt-diff cannot keep them: the single-file layout has no name for them, \
-             and no loader would read them)",
+            "'{}': {}; the output would lose them. Give --unmapped keep to write them \
+             unchanged under '<folder>/<name>' (no loader reads them there), or --unmapped \
+             drop to write the file without them",
             ckpt.path().display(),
             crate::reports::sanitize(&notes.join("; "))
         )

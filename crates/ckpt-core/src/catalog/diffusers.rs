@@ -72,9 +72,19 @@ pub enum OpenError {
 /// Opens any input: a diffusers folder (renamed to the single-file layout here), or what the
 /// reader opens (a safetensors or torch file, a sharded model).
 pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint, OpenError> {
+    open_as(path, false)
+}
+
+/// [`open`], keeping a folder's tensors that no rule maps under `<folder>/<name>` (for a
+/// rewrite that must not lose them: `convert --unmapped keep`) instead of leaving them out.
+pub fn open_keeping_unmapped(path: impl AsRef<Path>) -> Result<Checkpoint, OpenError> {
+    open_as(path, true)
+}
+
+fn open_as(path: impl AsRef<Path>, keep: bool) -> Result<Checkpoint, OpenError> {
     let path = path.as_ref();
     if path.is_dir() && is_pipeline(path) {
-        return open_pipeline(path).map_err(|kind| OpenError::Pipeline {
+        return open_pipeline(path, keep).map_err(|kind| OpenError::Pipeline {
             path: path.to_path_buf(),
             kind,
         });
@@ -181,7 +191,7 @@ impl Folders<'_> {
 
 /// A diffusers pipeline (`unet/`, `text_encoder/`, `transformer/`, `vae/`, ...): the first
 /// architecture whose markers it has, its folders renamed as that architecture's spec says.
-fn open_pipeline(dir: &Path) -> Result<Checkpoint, PipelineError> {
+fn open_pipeline(dir: &Path, keep_unmapped: bool) -> Result<Checkpoint, PipelineError> {
     let mut folders = Folders {
         dir,
         read: Vec::new(),
@@ -251,7 +261,24 @@ fn open_pipeline(dir: &Path) -> Result<Checkpoint, PipelineError> {
             notes.push(format!("{}/: {n}", f.folder));
         }
         if !mapped.unmapped.is_empty() {
-            unmapped.insert(f.folder.as_str(), mapped.unmapped);
+            if keep_unmapped {
+                for name in &mapped.unmapped {
+                    plan.push(Piece::Same {
+                        part,
+                        name: name.clone(),
+                        as_name: format!("{}/{name}", f.folder),
+                        shape: None,
+                    });
+                }
+                notes.push(format!(
+                    "{}/: {} tensors no rule maps kept under '{}/<name>'",
+                    f.folder,
+                    mapped.unmapped.len(),
+                    f.folder
+                ));
+            } else {
+                unmapped.insert(f.folder.as_str(), mapped.unmapped);
+            }
         }
     }
     for (c, names) in &unmapped {
