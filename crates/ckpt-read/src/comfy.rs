@@ -456,6 +456,16 @@ fn encode<'d>(
             )))
         }
     };
+    // A scale per row: `n` finite floats.
+    let row_scales = |t: &TensorEntry, n: usize| -> Result<(), ComfyError> {
+        if t.numel() != n || dtype::float_format(t.dtype).is_none() {
+            return Err(wrong(format!(
+                "its weight_scale is {}, not one float per row of its {n} rows",
+                shape_of(t)
+            )));
+        }
+        finite_scales(t, data(t)).map_err(&wrong)
+    };
     let none = (0usize, 0usize);
     let range = |t: &TensorEntry| (t.begin, t.end);
     let mut out = weight.clone();
@@ -500,13 +510,7 @@ fn encode<'d>(
             let (s, scales) = match code {
                 Code::Int8 => (scalar(scale)?, none),
                 _ => {
-                    if scale.numel() != n || dtype::float_format(scale.dtype).is_none() {
-                        return Err(wrong(format!(
-                            "its weight_scale is {}, not one float per row of its {n} rows",
-                            shape_of(scale)
-                        )));
-                    }
-                    finite_scales(scale, data(scale)).map_err(&wrong)?;
+                    row_scales(scale, n)?;
                     (1.0, range(scale))
                 }
             };
@@ -531,13 +535,7 @@ fn encode<'d>(
                     "convrot groups of {g} columns do not tile its {k} columns"
                 )));
             }
-            if scale.numel() != n || dtype::float_format(scale.dtype).is_none() {
-                return Err(wrong(format!(
-                    "its weight_scale is {}, not one float per row of its {n} rows",
-                    shape_of(scale)
-                )));
-            }
-            finite_scales(scale, data(scale)).map_err(&wrong)?;
+            row_scales(scale, n)?;
             let code = Code::Int4Convrot { group: g };
             out.dtype = Dtype::F4;
             out.shape = vec![n, k];

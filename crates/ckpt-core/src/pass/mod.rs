@@ -477,6 +477,28 @@ impl<'p> Pass<'p> {
         items
     }
 
+    /// The work items for `streamed` entries (in pieces, as [`Pass::items`]) and `whole`
+    /// ones (one item each: per-tensor methods, quantizers), in plan order.
+    pub fn items_with_whole(
+        &self,
+        plan: &Plan<'_>,
+        streamed: &[usize],
+        whole: &[usize],
+    ) -> Vec<Item> {
+        let mut items = self.items(plan, streamed);
+        for &e in whole {
+            let numel: usize = plan.shape(&plan.entries()[e]).iter().product();
+            items.push(Item {
+                entry: e,
+                start: 0,
+                end: numel,
+                numel,
+            });
+        }
+        items.sort_by_key(|it| (it.entry, it.start));
+        items
+    }
+
     /// Bytes a run over `items` reads from all models.
     pub fn input_bytes(plan: &Plan<'_>, items: &[Item]) -> u64 {
         items

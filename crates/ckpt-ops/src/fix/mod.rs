@@ -163,10 +163,7 @@ pub fn execute(
                 let entry = entry_of[p.spec.name.as_str()];
                 let copy = Copy {
                     index,
-                    model: match origin {
-                        Origin::File => 0,
-                        Origin::Base => 1,
-                    },
+                    model: origin.model(),
                     cast: None,
                     patch_nonfinite: false,
                     dtype: p.spec.dtype,
@@ -188,10 +185,7 @@ pub fn execute(
                 let entry = entry_of[p.spec.name.as_str()];
                 let copy = Copy {
                     index,
-                    model: match origin {
-                        Origin::File => 0,
-                        Origin::Base => 1,
-                    },
+                    model: origin.model(),
                     cast: *cast,
                     patch_nonfinite: *patch_nonfinite,
                     dtype: p.spec.dtype,
@@ -208,17 +202,7 @@ pub fn execute(
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let mut items: Vec<Item> = pass.items(&plan, &entries);
-    for &e in &whole {
-        let numel: usize = plan.shape(&plan.entries()[e]).iter().product();
-        items.push(Item {
-            entry: e,
-            start: 0,
-            end: numel,
-            numel,
-        });
-    }
-    items.sort_by_key(|it| (it.entry, it.start));
+    let items: Vec<Item> = pass.items_with_whole(&plan, &entries, &whole);
     ckpt_core::writer::stream_pieces(&file, |tx| -> Result<(), FixError> {
         for &index in &position_ids {
             let bytes: Vec<u8> = (0..77i64).flat_map(|i| i.to_le_bytes()).collect();

@@ -107,6 +107,16 @@ pub enum Origin {
     Base,
 }
 
+impl Origin {
+    /// Its model in the pass `fix` runs (the file is model 0, the base model 1).
+    pub(crate) fn model(self) -> usize {
+        match self {
+            Origin::File => 0,
+            Origin::Base => 1,
+        }
+    }
+}
+
 /// Where an output tensor's values come from.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Source {

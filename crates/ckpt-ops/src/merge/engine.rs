@@ -241,19 +241,8 @@ impl Visit for MergeWork<'_> {
                 quant: Some(code),
                 ..
             } => {
-                let key = &plan.entries()[item.entry].key;
                 let shape = plan.shape(&plan.entries()[item.entry]);
-                let mut ctx = Ctx {
-                    work: self,
-                    key,
-                    shape,
-                    row: *row,
-                    origin: item.start,
-                    end: item.end,
-                    inputs,
-                    prepared: HashMap::new(),
-                };
-                ctx.prepare(self.plan.output);
+                let ctx = Ctx::new(self, plan, item, *row, inputs);
                 // The whole tensor in float32, the precision comfy-kitchen quantizes from
                 // (4 bytes per value of the largest weight, per worker).
                 let mut x = vec![0f32; item.len()];
@@ -287,18 +276,7 @@ impl Visit for MergeWork<'_> {
                 scaled,
                 ..
             } => {
-                let key = &plan.entries()[item.entry].key;
-                let mut ctx = Ctx {
-                    work: self,
-                    key,
-                    shape: plan.shape(&plan.entries()[item.entry]),
-                    row: *row,
-                    origin: item.start,
-                    end: item.end,
-                    inputs,
-                    prepared: HashMap::new(),
-                };
-                ctx.prepare(self.plan.output);
+                let ctx = Ctx::new(self, plan, item, *row, inputs);
                 let size = format.size();
                 let mut bytes = vec![0u8; item.len() * size];
                 let mut values = vec![0.0f64; SUB.min(item.len())];
@@ -341,7 +319,30 @@ impl Visit for MergeWork<'_> {
     }
 }
 
-impl Ctx<'_> {
+impl<'c> Ctx<'c> {
+    /// The context of one item of `row`, its methods prepared.
+    fn new(
+        work: &'c MergeWork<'c>,
+        plan: &'c Plan<'_>,
+        item: &Item,
+        row: usize,
+        inputs: &'c [Option<Slice<'c>>],
+    ) -> Ctx<'c> {
+        let entry = &plan.entries()[item.entry];
+        let mut ctx = Ctx {
+            work,
+            key: &entry.key,
+            shape: plan.shape(entry),
+            row,
+            origin: item.start,
+            end: item.end,
+            inputs,
+            prepared: HashMap::new(),
+        };
+        ctx.prepare(work.plan.output);
+        ctx
+    }
+
     fn round(&self, mut v: Vec<f64>) -> Vec<f64> {
         if self.work.precision == Precision::F32 {
             v.iter_mut().for_each(|x| *x = *x as f32 as f64);

@@ -8,7 +8,7 @@ use std::path::Path;
 use super::engine::{MergeWork, OutputScale, Source, WriteCount};
 use super::{InputHash, MergeError, Outcome, Planned};
 use crate::cache::Cache;
-use ckpt_core::pass::{Cancel, Item, Pass, Progress, Release};
+use ckpt_core::pass::{Cancel, Pass, Progress, Release};
 use ckpt_core::writer::OutputFile;
 
 /// Runs a planned merge: writes its output and returns what it did.
@@ -66,17 +66,7 @@ pub fn execute(
         .item_bytes(8 << 20)
         .release(Release::Always);
     let plan = &planned.pass_plan;
-    let mut items = pass.items(plan, &chunked);
-    for &e in &whole {
-        let numel: usize = plan.shape(&plan.entries()[e]).iter().product();
-        items.push(Item {
-            entry: e,
-            start: 0,
-            end: numel,
-            numel,
-        });
-    }
-    items.sort_by_key(|it| (it.entry, it.start));
+    let items = pass.items_with_whole(plan, &chunked, &whole);
     let mut count = WriteCount::default();
 
     // Hash the inputs whose digest is not known, on their own threads, while the merge
