@@ -465,9 +465,7 @@ fn empty_layers_read_as_empty() {
 fn quantizing_equals_comfy_kitchen_byte_for_byte() {
     use ckpt_read::comfy::{Code, quantize};
     use ckpt_read::dtype::FloatFormat;
-    let (want, _) = read_raw(&fixture("from-f32.safetensors"));
-    let want: std::collections::BTreeMap<&str, &RawTensor> =
-        want.iter().map(|t| (t.name.as_str(), t)).collect();
+    let want = raw_map(&fixture("from-f32.safetensors"));
     let sources = goldens();
     for (name, code) in [
         ("float8_e4m3fn", Code::Fp8(FloatFormat::F8E4M3)),
@@ -488,7 +486,7 @@ fn quantizing_equals_comfy_kitchen_byte_for_byte() {
             let q = quantize(code, &x, src.shape[0], src.shape[1]);
             assert_eq!(q.record, format!("{{\"format\": \"{name}\"}}"));
             for (suffix, dtype, shape, bytes) in &q.tensors {
-                let w = want[format!("{name}.{layer}.{suffix}").as_str()];
+                let w = &want[format!("{name}.{layer}.{suffix}").as_str()];
                 assert_eq!(
                     (ckpt_read::dtype::name(*dtype), shape),
                     (w.dtype.clone(), &w.shape),
@@ -527,9 +525,7 @@ fn merge_writes_the_per_layer_formats() {
             "merge ws {} {} --alpha 0.5 --dtype {} -o {} -q",
             &[s(&bf16), s(&ft), dtype, s(&out)],
         ));
-        let (raw, _) = read_raw(&out);
-        let raw: std::collections::BTreeMap<&str, &RawTensor> =
-            raw.iter().map(|t| (t.name.as_str(), t)).collect();
+        let raw = raw_map(&out);
         let ckpt = Checkpoint::open(&out).unwrap();
         let mut quantized = 0;
         for (k, ta) in &a {
@@ -544,7 +540,7 @@ fn merge_writes_the_per_layer_formats() {
             let layer = k.strip_suffix(".weight").unwrap_or(k);
             let Some(record) = raw.get(format!("{layer}.comfy_quant").as_str()) else {
                 // Not quantized: bf16 of the exact merge.
-                let t = raw[k.as_str()];
+                let t = &raw[k.as_str()];
                 assert_eq!(t.dtype, "BF16", "{dtype} {k}");
                 continue;
             };
@@ -560,7 +556,7 @@ fn merge_writes_the_per_layer_formats() {
             if dtype == "int8" {
                 let amax = exact.iter().fold(0f32, |m, v| m.max(v.abs()));
                 let scale = (amax / 127.0).max(1e-30);
-                let t = raw[format!("{layer}.weight_scale").as_str()];
+                let t = &raw[format!("{layer}.weight_scale").as_str()];
                 assert_eq!(t.data, scale.to_le_bytes(), "{k}: scale");
                 let codes: Vec<u8> = exact
                     .iter()
@@ -604,9 +600,7 @@ fn convert_and_fix_write_the_per_layer_formats() {
         "convert {} -o {} --dtype int8 -q",
         &[s(&bf16), s(&out)],
     ));
-    let (raw, _) = read_raw(&out);
-    let raw: std::collections::BTreeMap<&str, &RawTensor> =
-        raw.iter().map(|t| (t.name.as_str(), t)).collect();
+    let raw = raw_map(&out);
     let mut quantized = 0;
     for (k, t) in &a {
         let layer = k.strip_suffix(".weight").unwrap_or(k);

@@ -215,15 +215,13 @@ pub(crate) fn dequantized_map(path: &Path) -> std::collections::BTreeMap<String,
             *v *= scale;
         }
     }
-    let (raw, _) = read_raw(path);
-    let raw: std::collections::BTreeMap<&str, &RawTensor> =
-        raw.iter().map(|t| (t.name.as_str(), t)).collect();
+    let raw = raw_map(path);
     for (name, record) in &raw {
         let Some(layer) = name.strip_suffix(".comfy_quant") else {
             continue;
         };
         let conf: serde_json::Value = serde_json::from_slice(&record.data).expect("JSON record");
-        let weight = raw[format!("{layer}.weight").as_str()];
+        let weight = &raw[format!("{layer}.weight").as_str()];
         let scale = &map[&format!("{layer}.weight_scale")];
         let scale = scale.values.as_ref().expect("float scales");
         let rows = weight.shape[0];
@@ -531,6 +529,15 @@ pub(crate) fn read_raw(path: &Path) -> (Vec<RawTensor>, Vec<(String, String)>) {
         .collect();
     metadata.sort();
     (tensors, metadata)
+}
+
+/// Every tensor of a file by name (read with the `safetensors` crate).
+pub(crate) fn raw_map(path: &Path) -> std::collections::BTreeMap<String, RawTensor> {
+    read_raw(path)
+        .0
+        .into_iter()
+        .map(|t| (t.name.clone(), t))
+        .collect()
 }
 
 /// Rewrites `src` into `dst` after `edit` changes the tensor list.
