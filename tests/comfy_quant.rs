@@ -49,7 +49,34 @@ const EXACT: [&str; 7] = [
 
 /// The formats with a Hadamard un-rotation (a sum of 256 terms, in another order than
 /// torch's matrix product): within 2^-20 of the layer's largest value.
-const ROTATED: [&str; 2] = ["int8_tensorwise-convrot", "convrot_w4a4"];
+const ROTATED: [&str; 3] = ["int8_tensorwise-convrot", "convrot_w4a4", "asym_w4a8_int8"];
+
+/// `got` equals `want` within 2^-20 of `want`'s largest magnitude (the bar for a decode
+/// that ends in a Hadamard un-rotation).
+fn within_rotation_bound(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let amax = want.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let worst = got
+        .iter()
+        .zip(want)
+        .fold(0.0f64, |m, (g, w)| m.max((g - w).abs()));
+    assert!(
+        worst <= amax * 2f64.powi(-20),
+        "{what}: off by {worst}, bound {}",
+        amax * 2f64.powi(-20)
+    );
+}
+
+/// `got` equals `want` bit for bit as float32.
+fn same_f32_bits(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    let wrong = got
+        .iter()
+        .zip(want)
+        .filter(|(g, w)| (**g as f32).to_bits() != (**w as f32).to_bits())
+        .count();
+    assert_eq!(wrong, 0, "{what}: {wrong} values differ");
+}
 
 #[test]
 fn every_format_equals_comfy_kitchen_in_both_carriers() {
@@ -68,32 +95,190 @@ fn every_format_equals_comfy_kitchen_in_both_carriers() {
                 let want_values = want.values.as_ref().expect("f32 golden");
                 let (shape, got) = decoded(&ckpt, layer);
                 assert_eq!(shape, want.shape, "{file} {layer}: logical shape");
+                let what = format!("{file} {layer}");
                 if EXACT.contains(format) {
-                    let wrong = got
-                        .iter()
-                        .zip(want_values)
-                        .filter(|(g, w)| (**g as f32).to_bits() != (**w as f32).to_bits())
-                        .count();
-                    assert_eq!(wrong, 0, "{file} {layer}: {wrong} values differ");
+                    same_f32_bits(&what, &got, want_values);
                 } else {
-                    let amax = want_values.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-                    let worst = got
-                        .iter()
-                        .zip(want_values)
-                        .fold(0.0f64, |m, (g, w)| m.max((g - w).abs()));
-                    assert!(
-                        worst <= amax * 2f64.powi(-20),
-                        "{file} {layer}: off by {worst}, bound {}",
-                        amax * 2f64.powi(-20)
-                    );
+                    within_rotation_bound(&what, &got, want_values);
                 }
             }
         }
     }
 }
 
+/// asym_w4a8_int8 in each of comfy-kitchen's storage variants (`make_w4a8.py`): the decode
+/// within the rotation bound, and bit for bit before the un-rotation (the codebook or
+/// uniform levels, the group scales rounded to int8, the channel scale, the correction).
 #[test]
-fn padded_layers_keep_their_rows_from_the_bias() {
+fn every_w4a8_variant_equals_comfy_kitchen() {
+    let goldens: std::collections::BTreeMap<String, RefTensor> =
+        read_reference(&fixture("goldens-w4a8.safetensors"))
+            .into_iter()
+            .map(|t| (t.name.clone(), t))
+            .collect();
+    let layer = "blocks.0.mlp.fc";
+    let variants = [
+        (
+            "asym_w4a8_int8",
+            "asym_w4a8_int8 (4-bit, groups of 16, convrot 256)",
+        ),
+        (
+            "w4a8-asym",
+            "asym_w4a8_int8 (4-bit, groups of 16, convrot 256)",
+        ),
+        (
+            "w4a8-uniform",
+            "asym_w4a8_int8 (4-bit, groups of 16, convrot 256)",
+        ),
+        (
+            "w4a8-6bit",
+            "asym_w4a8_int8 (6-bit, groups of 32, convrot 256)",
+        ),
+        (
+            "w4a8-g64",
+            "asym_w4a8_int8 (4-bit, groups of 64, convrot 64)",
+        ),
+    ];
+    for (stem, label) in variants {
+        let ckpt = Checkpoint::open(fixture(&format!("{stem}.safetensors"))).unwrap();
+        let q = ckpt.comfy_quant().expect("per-layer quantization found");
+        let found = q
+            .layers
+            .iter()
+            .find(|l| l.weight == format!("{layer}.weight"));
+        assert_eq!(
+            found.map(|l| l.code.label()).as_deref(),
+            Some(label),
+            "{stem}"
+        );
+        let (shape, got) = decoded(&ckpt, layer);
+        assert_eq!(shape, [32, 256], "{stem}");
+        if let Some(want) = goldens.get(&format!("{stem}.{layer}")) {
+            within_rotation_bound(stem, &got, want.values.as_ref().unwrap());
+        }
+        // Before the un-rotation: the same layer with rotation groups of one (the identity).
+        let t = ckpt.get(&format!("{layer}.weight")).unwrap();
+        let mut b = t.encoding.block().unwrap();
+        let ckpt_read::comfy::Code::W4a8 { group, bits, .. } = b.code else {
+            panic!("{stem}: {:?}", b.code)
+        };
+        b.code = ckpt_read::comfy::Code::W4a8 {
+            group,
+            rot: 1,
+            bits,
+        };
+        let slice = Slice::of(&ckpt, t);
+        let mut pre = vec![0.0; t.numel()];
+        b.decode(slice.bytes, &slice.side, 0, &mut pre);
+        let want = &goldens[&format!("pre_{stem}.{layer}")];
+        same_f32_bits(
+            &format!("{stem} before the rotation"),
+            &pre,
+            want.values.as_ref().unwrap(),
+        );
+    }
+    // From the command line: copied as stored (codes, scales, codebook, correction and
+    // record byte for byte), and decoded to F32 as comfy-kitchen decodes.
+    let d = Dir::new();
+    for stem in ["w4a8-asym", "w4a8-uniform", "w4a8-6bit", "w4a8-g64"] {
+        let input = fixture(&format!("{stem}.safetensors"));
+        let out = d.path(&format!("{stem}.safetensors"));
+        let (code, stdout, stderr) = run_code(&["convert", s(&input), "-o", s(&out)]);
+        assert_eq!(code, 0, "{stem}: {stdout}{stderr}");
+        assert_eq!(
+            tensors_of(&out),
+            tensors_of(&input),
+            "{stem}: kept as stored"
+        );
+        let f32_out = d.path(&format!("{stem}-f32.safetensors"));
+        let (code, stdout, stderr) =
+            run_code(&["convert", s(&input), "-o", s(&f32_out), "--dtype", "f32"]);
+        assert_eq!(code, 0, "{stem}: {stdout}{stderr}");
+        let got = reference_map(&f32_out);
+        assert_eq!(
+            got.len(),
+            2,
+            "{stem}: the weight and its bias, nothing else"
+        );
+        let want = &goldens[&format!("{stem}.{layer}")];
+        let weight = &got[&format!("{layer}.weight")];
+        within_rotation_bound(
+            &format!("{stem} converted"),
+            weight.values.as_ref().unwrap(),
+            want.values.as_ref().unwrap(),
+        );
+    }
+}
+
+/// A layer with ModelOpt's `pre_quant_scale` reads as the weight the model applies: the
+/// decoded weight (comfy-kitchen's golden) times the scale, column by column, in float32.
+/// Decoded output carries that weight and no scale; a scale of the wrong length is refused.
+#[test]
+fn pre_quant_scale_is_folded_into_the_weight() {
+    let d = Dir::new();
+    let qkv = "blocks.0.attn.qkv";
+    let k = 512;
+    // Scales exact in BF16, from 0.5 to 1.4375.
+    let pre: Vec<f32> = (0..k).map(|c| 0.5 + (c % 16) as f32 / 16.0).collect();
+    let bf16: Vec<u8> = pre
+        .iter()
+        .flat_map(|v| ((v.to_bits() >> 16) as u16).to_le_bytes())
+        .collect();
+    let file = edited(&d, "nvfp4.safetensors", "pre.safetensors", |t| {
+        t.push(RawTensor {
+            name: format!("{qkv}.pre_quant_scale"),
+            dtype: "BF16".into(),
+            shape: vec![k],
+            data: bf16.clone(),
+        })
+    });
+    let golden = &goldens()[&format!("nvfp4.{qkv}")];
+    let want: Vec<f64> = golden
+        .values
+        .as_ref()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, w)| ((*w as f32) * pre[i % k]) as f64)
+        .collect();
+    let ckpt = Checkpoint::open(&file).unwrap();
+    let (_, got) = decoded(&ckpt, qkv);
+    same_f32_bits("pre_quant_scale folded", &got, &want);
+    let r = run_json(&["inspect", s(&file)]);
+    assert_eq!(r["quantization"]["pre_quant_scale"], 1, "{r}");
+    // Decoded: the weight the model applies, and no scale left to apply twice.
+    let out = d.path("f32.safetensors");
+    let (code, stdout, stderr) = run_code(&["convert", s(&file), "-o", s(&out), "--dtype", "f32"]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let written = reference_map(&out);
+    assert!(
+        !written.keys().any(|n| n.ends_with("pre_quant_scale")),
+        "{:?}",
+        written.keys()
+    );
+    same_f32_bits(
+        "converted",
+        written[&format!("{qkv}.weight")].values.as_ref().unwrap(),
+        &want,
+    );
+    // One float per column, or refused.
+    let short = d.path("short.safetensors");
+    rewrite(&file, &short, |t| {
+        set(t, &format!("{qkv}.pre_quant_scale"), |r| {
+            r.shape = vec![256];
+            r.data.truncate(512)
+        })
+    });
+    let (code, _, stderr) = run_code(&["sim", s(&short), s(&short)]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("not one float per column of its 512 columns"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn padded_layers_keep_their_rows_from_the_bias_and_columns_from_a_pre_quant_scale() {
     let goldens = goldens();
     for format in ["nvfp4", "mxfp8"] {
         let ckpt = Checkpoint::open(fixture(&format!("{format}-padded.safetensors"))).unwrap();
@@ -119,6 +304,44 @@ fn padded_layers_keep_their_rows_from_the_bias() {
                 }
             }
         }
+        // A pre_quant_scale (a factor per input column) names the real columns: with one
+        // of ones the layer reads as comfy-kitchen's logical [100, 200] weight, from the
+        // command line too.
+        let d = Dir::new();
+        let file = edited(
+            &d,
+            &format!("{format}-padded.safetensors"),
+            "pre.safetensors",
+            |t| {
+                t.push(RawTensor {
+                    name: "blocks.0.odd.pre_quant_scale".into(),
+                    dtype: "BF16".into(),
+                    shape: vec![k],
+                    data: [0x80, 0x3f].repeat(k),
+                })
+            },
+        );
+        let ckpt = Checkpoint::open(&file).unwrap();
+        let (shape, got) = decoded(&ckpt, "blocks.0.odd");
+        assert_eq!(shape, want.shape, "{format}: the logical shape");
+        // inspect says which layers' columns are not known, and only those.
+        let unknown =
+            |f: &Path| run_json(&["inspect", s(f)])["quantization"]["columns_unknown"].clone();
+        let padded = fixture(&format!("{format}-padded.safetensors"));
+        assert_eq!(unknown(&padded), serde_json::json!(["blocks.0.odd.weight"]));
+        assert_eq!(unknown(&file), serde_json::json!([]));
+        same_f32_bits(&format!("{format} with its columns"), &got, want_values);
+        let out = d.path("f32.safetensors");
+        let (code, stdout, stderr) =
+            run_code(&["convert", s(&file), "-o", s(&out), "--dtype", "f32"]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        let written = &reference_map(&out)["blocks.0.odd.weight"];
+        assert_eq!(written.shape, want.shape, "{format}: written");
+        same_f32_bits(
+            &format!("{format} written"),
+            written.values.as_ref().unwrap(),
+            want_values,
+        );
     }
 }
 
@@ -301,6 +524,7 @@ fn set(tensors: &mut [RawTensor], name: &str, f: impl FnOnce(&mut RawTensor)) {
 fn damaged_unknown_and_foreign_quantization_is_refused_by_every_command() {
     let d = Dir::new();
     let qkv = "blocks.0.attn.qkv";
+    let fc = "blocks.0.mlp.fc";
     let cases: Vec<(PathBuf, &str)> = vec![
         (
             // Comfy-Org issue #15567: records filled with zero bytes.
@@ -326,7 +550,40 @@ fn damaged_unknown_and_foreign_quantization_is_refused_by_every_command() {
             ),
             "'float3_e1m1' is not one ComfyUI defines",
         ),
-        (fixture("asym_w4a8_int8.safetensors"), "'asym_w4a8_int8'"),
+        (
+            edited(&d, "w4a8-6bit.safetensors", "w4a8-lut.safetensors", |t| {
+                t.push(RawTensor {
+                    name: format!("{fc}.weight_codebook"),
+                    dtype: "F32".into(),
+                    shape: vec![16],
+                    data: vec![0; 64],
+                });
+            }),
+            "its 6-bit codes are uniform and symmetric, yet it has a codebook",
+        ),
+        (
+            edited(
+                &d,
+                "asym_w4a8_int8.safetensors",
+                "w4a8-srel.safetensors",
+                |t| set(t, &format!("{fc}.weight_s_rel"), |r| r.data[3] = 0x7f),
+            ),
+            "'blocks.0.mlp.fc.weight_s_rel' holds NaN",
+        ),
+        (
+            edited(
+                &d,
+                "asym_w4a8_int8.safetensors",
+                "w4a8-width.safetensors",
+                |t| {
+                    set(t, &format!("{fc}.weight_s_rel"), |r| {
+                        r.shape = vec![32, 8];
+                        r.data.truncate(256)
+                    })
+                },
+            ),
+            "hold neither 4- nor 6-bit codes",
+        ),
         (
             edited(&d, "awq_w4a16.safetensors", "awq-zeros.safetensors", |t| {
                 t.retain(|x| x.name != format!("{qkv}.weight_zeros"))

@@ -141,6 +141,16 @@ fn quantized_file(
         ),
         ("l.bias".into(), Dtype::BF16, vec![n], vec![0x3c; n * 2]),
     ];
+    if format == "asym_w4a8_int8" {
+        // Its group scales are `weight_s_rel`, with a channel scale per row and a codebook.
+        tensors[1].0 = "l.weight_s_rel".into();
+        let channel: Vec<u8> = tensors[1].3.iter().copied().cycle().take(n * 4).collect();
+        tensors.push(("l.weight_s_channel".into(), Dtype::F32, vec![n], channel));
+        let lut: Vec<u8> = (0..16)
+            .flat_map(|i| (i as f32 / 8.0 - 1.0).to_le_bytes())
+            .collect();
+        tensors.push(("l.weight_codebook".into(), Dtype::F32, vec![16], lut));
+    }
     let conf = format!("{{\"format\": \"{format}\"}}");
     if !in_metadata {
         tensors.push((
@@ -188,7 +198,7 @@ proptest! {
     fn random_quantized_layers_never_panic(
         format in prop::sample::select(vec![
             "float8_e4m3fn", "float8_e5m2", "nvfp4", "mxfp8", "int8_tensorwise",
-            "convrot_w4a4", "awq_w4a16", "float3_e1m1",
+            "convrot_w4a4", "awq_w4a16", "asym_w4a8_int8", "float3_e1m1",
         ]),
         wd in prop::sample::select(vec![
             Dtype::F8_E4M3, Dtype::F8_E5M2, Dtype::U8, Dtype::I8, Dtype::F4, Dtype::BF16,
@@ -214,11 +224,16 @@ proptest! {
             2 => b"{\"format\": ".to_vec(),
             _ => vec![0xff, 0xfe],
         };
-        let wk = if wd == Dtype::U8 && format == "nvfp4" { k / 2 } else { k };
+        let wk = if matches!(wd, Dtype::U8 | Dtype::I8) && matches!(format, "nvfp4" | "asym_w4a8_int8") {
+            k / 2
+        } else {
+            k
+        };
         // The shape the format stores its scales in, for a layer that may then be read.
         let sshape = match (sshape.first(), format) {
             (Some(&usize::MAX), "nvfp4") => vec![n.div_ceil(128) * 128, (k / 16).div_ceil(4) * 4],
             (Some(&usize::MAX), "mxfp8") => vec![n.div_ceil(128) * 128, (k / 32).div_ceil(4) * 4],
+            (Some(&usize::MAX), "asym_w4a8_int8") => vec![n, k / 16],
             (Some(&usize::MAX), _) => vec![n, 1],
             _ => sshape,
         };

@@ -144,8 +144,17 @@ fn blocks(r: &InspectReport, md: bool) -> Vec<Block> {
         if q.pre_quant_scale > 0 {
             s.push_str(&format!(
                 "               {} layers carry a pre_quant_scale: the model multiplies their \
-                 input by it, and the weights read here are before it\n",
+                 input by it, so every command reads their weights times it, column by column\n",
                 q.pre_quant_scale
+            ));
+        }
+        if !q.columns_unknown.is_empty() {
+            s.push_str(&format!(
+                "warning:       {} layers were stored padded and the file does not record their \
+                 real columns (ComfyUI takes them from the model): their stored columns may \
+                 include padding, read as zeros: {}\n",
+                q.columns_unknown.len(),
+                q.columns_unknown.join(", ")
             ));
         }
     }

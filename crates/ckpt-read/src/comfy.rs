@@ -8,7 +8,9 @@
 //! may also carry `L.input_scale` (the scale ComfyUI quantizes the layer's *input* with in
 //! its fast fp8/nvfp4 matrix products: it never changes the weight) and
 //! `L.pre_quant_scale` (ModelOpt's AWQ smoothing: the model multiplies the input by it
-//! before the layer, so the weight it applies is `W[:, k] · pre_quant_scale[k]`).
+//! before the layer, so the weight it applies is `W[:, k] · pre_quant_scale[k]`, which is
+//! what [`Block::decode`] gives). asym_w4a8_int8 keeps its scales in `L.weight_s_rel`,
+//! `L.weight_s_channel`, `L.weight_codebook` and `L.weight_correction`.
 //!
 //! [`apply`] finds every such layer, checks its record and the shapes and dtypes of its
 //! tensors against the format, gives its weight an [`Encoding::Block`] with the logical
@@ -16,15 +18,15 @@
 //! [`ComfyQuant::hidden`] to copy them as they are). Anything it cannot decode exactly is
 //! refused with the layer and the format named: a record that is not JSON (comfy-org's
 //! issue #15567: a released file with 42 of 200 records zero-filled), a format that is
-//! unknown or not read yet, a scale of the wrong shape, a scale that is not finite.
+//! unknown, a scale of the wrong shape, a scale that is not finite.
 //!
 //! [`Block::decode`] computes the values exactly as comfy-kitchen 0.2.40's reference
 //! (`eager`) backend does in float32, operation by operation, so the values agree bit for
 //! bit (the tests check it against goldens that comfy-kitchen made,
 //! `fixtures/comfy-quant/`). Sources: ComfyUI `comfy/ops.py` (`_load_quantized_module`),
 //! `comfy/quant_ops.py` (`QUANT_ALGOS`), `comfy/utils.py` (`convert_old_quants`);
-//! comfy-kitchen `tensor/{fp8,nvfp4,mxfp8,int8,int8_utils}.py`,
-//! `backends/eager/quantization.py`, `float_utils.py`.
+//! comfy-kitchen `tensor/{fp8,nvfp4,mxfp8,int8,int8_utils,w4a8_int8,w4a8_packed}.py`,
+//! `backends/eager/{quantization,w4a8_int8}.py`, `float_utils.py`.
 
 use std::collections::BTreeMap;
 
@@ -36,6 +38,46 @@ pub const METADATA_KEY: &str = "_quantization_metadata";
 /// The suffix of a layer's format record.
 pub const RECORD: &str = ".comfy_quant";
 
+/// A layer's side tensor: its address range (in the layout's address space) and dtype.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Part {
+    pub begin: usize,
+    pub end: usize,
+    pub dtype: Dtype,
+}
+
+impl Part {
+    /// No tensor.
+    pub const NONE: Part = Part {
+        begin: 0,
+        end: 0,
+        dtype: Dtype::F32,
+    };
+
+    fn of(t: &TensorEntry) -> Part {
+        Part {
+            begin: t.begin,
+            end: t.end,
+            dtype: t.dtype,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.end <= self.begin
+    }
+}
+
+/// The bytes of a layer's side tensors, in the order of [`Block::parts`] (empty where the
+/// format has none).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sides<'a> {
+    pub scales: &'a [u8],
+    pub zeros: &'a [u8],
+    pub rows: &'a [u8],
+    pub lut: &'a [u8],
+    pub pre: &'a [u8],
+}
+
 /// How one layer's stored values give its weight (see [`Block::decode`]).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Block {
@@ -43,14 +85,19 @@ pub struct Block {
     /// The per-tensor scale: `weight_scale` of fp8 and of int8 tensorwise, `weight_scale_2`
     /// of nvfp4; 1 for the others.
     pub scale: f32,
-    /// The address range (in the layout's address space) of the per-row or per-block
-    /// scales; empty when the format has none.
-    pub scales: (usize, usize),
-    /// The dtype of those scales.
-    pub scales_dtype: Dtype,
-    /// The address range of awq_w4a16's zero points (same dtype and layout as its scales);
-    /// empty for the other formats.
-    pub zeros: (usize, usize),
+    /// The per-row or per-block scales (asym_w4a8_int8: `weight_s_rel`, the group scales).
+    pub scales: Part,
+    /// awq_w4a16's zero points (same dtype and layout as its scales); asym_w4a8_int8's
+    /// `weight_correction` (`[K/group, N]`, when the layer is asymmetric).
+    pub zeros: Part,
+    /// asym_w4a8_int8's `weight_s_channel`, a scale per row.
+    pub rows: Part,
+    /// asym_w4a8_int8's `weight_codebook` (16 floats), when its 4-bit codes index one.
+    pub lut: Part,
+    /// The layer's `pre_quant_scale` (a float per column), when it has one: the model
+    /// multiplies the layer's input by it, so the weight it applies is the decoded one
+    /// times it, column by column.
+    pub pre: Part,
     /// Logical columns (the `K` of the `[N, K]` weight).
     pub cols: usize,
     /// Stored columns: `K` padded as the format pads it (the swizzled block-scale layout
@@ -82,6 +129,17 @@ pub enum Code {
     /// `group` columns of a row, stored transposed (`[K/group, N]`):
     /// `w = f32(f32(q - 8) · scale) + zero`.
     Awq { group: usize },
+    /// `asym_w4a8_int8`: a row of 4- or 6-bit codes is a K/2-byte plane of nibbles (low
+    /// nibble the even column) followed, at 6 bits, by a K/4-byte plane of each code's top
+    /// two bits. A code's value (its codebook entry, or `q - 2^(bits-1)`) times its group's
+    /// scale is rounded to an int8 (ties to even, clamped to ±127); that times the row's
+    /// scale, plus the group's correction, is un-rotated as [`Code::Int8Convrot`] in
+    /// groups of `rot`.
+    W4a8 {
+        group: usize,
+        rot: usize,
+        bits: usize,
+    },
 }
 
 impl Code {
@@ -95,6 +153,7 @@ impl Code {
             Code::Mxfp8 => "mxfp8",
             Code::Int4Convrot { .. } => "convrot_w4a4",
             Code::Awq { .. } => "awq_w4a16",
+            Code::W4a8 { .. } => "asym_w4a8_int8",
         }
     }
 
@@ -106,6 +165,9 @@ impl Code {
             Code::Int8Convrot { group } => format!("int8_tensorwise (convrot, groups of {group})"),
             Code::Int4Convrot { group } => format!("convrot_w4a4 (groups of {group})"),
             Code::Awq { group } => format!("awq_w4a16 (groups of {group})"),
+            Code::W4a8 { group, rot, bits } => {
+                format!("asym_w4a8_int8 ({bits}-bit, groups of {group}, convrot {rot})")
+            }
             other => other.format().into(),
         }
     }
@@ -121,6 +183,9 @@ pub struct Layer {
     pub bits_per_weight: f64,
     /// The layer has a `pre_quant_scale` (its input is scaled before the layer).
     pub pre_quant_scale: bool,
+    /// Its rows were stored padded (the bias says so) and nothing in the file gives its
+    /// real columns: the stored ones may include padding, read as zeros.
+    pub columns_unknown: bool,
     /// The weight's entry as the file stores it (codes, padded): to copy it as it is.
     pub stored: TensorEntry,
 }
@@ -180,12 +245,6 @@ pub enum ComfyError {
     NoFormat { layer: String },
     #[error("layer '{layer}': quantization format '{format}' is not one ComfyUI defines")]
     UnknownFormat { layer: String, format: String },
-    #[error(
-        "layer '{layer}' is quantized as '{format}', which ckpt-diff does not decode yet \
-         (it reads float8_e4m3fn, float8_e5m2, nvfp4, mxfp8, int8_tensorwise, convrot_w4a4 \
-         and awq_w4a16)"
-    )]
-    NotRead { layer: String, format: String },
     #[error("layer '{layer}' ({format}): {what}")]
     Inconsistent {
         layer: String,
@@ -194,12 +253,13 @@ pub enum ComfyError {
     },
 }
 
-/// The formats ComfyUI's `QUANT_ALGOS` defines that are not decoded here.
-const NOT_READ: [&str; 1] = ["asym_w4a8_int8"];
-
 /// Suffixes a quantized layer may hold besides its weight, taken out of the tensors.
-const BOOKKEEPING: [&str; 6] = [
+const BOOKKEEPING: [&str; 10] = [
     ".weight_zeros",
+    ".weight_s_rel",
+    ".weight_s_channel",
+    ".weight_codebook",
+    ".weight_correction",
     ".weight_scale",
     ".weight_scale_2",
     RECORD,
@@ -273,21 +333,40 @@ pub fn apply<'d>(
             scale: get(".weight_scale"),
             scale2: get(".weight_scale_2"),
             zeros: get(".weight_zeros"),
+            s_rel: get(".weight_s_rel"),
+            s_channel: get(".weight_s_channel"),
+            codebook: get(".weight_codebook"),
+            correction: get(".weight_correction"),
+            pre: get(".pre_quant_scale"),
             bias: get(".bias"),
         };
         let (entry, code) = encode(&conf, &found, data)?;
         let weight = found.weight.expect("encode checked it");
-        let scale_bytes = [found.scale, found.scale2, found.zeros]
-            .iter()
-            .flatten()
-            .map(|t| t.byte_len())
-            .sum::<usize>();
+        let scale_bytes = [
+            found.scale,
+            found.scale2,
+            found.zeros,
+            found.s_rel,
+            found.s_channel,
+            found.codebook,
+            found.correction,
+        ]
+        .iter()
+        .flatten()
+        .map(|t| t.byte_len())
+        .sum::<usize>();
         layers.push(Layer {
             weight: weight.name.clone(),
             code,
             bits_per_weight: (weight.byte_len() + scale_bytes) as f64 * 8.0
                 / entry.numel().max(1) as f64,
             pre_quant_scale: get(".pre_quant_scale").is_some(),
+            columns_unknown: matches!(code, Code::Nvfp4 | Code::Mxfp8)
+                && entry.shape.first() != weight.shape.first()
+                && entry
+                    .encoding
+                    .block()
+                    .is_some_and(|b| b.cols == b.stored_cols),
             stored: weight.clone(),
         });
         for suffix in BOOKKEEPING {
@@ -319,8 +398,8 @@ struct Record {
     format: String,
     convrot: bool,
     convrot_group: usize,
-    /// `group_size` (awq_w4a16; 64 when absent).
-    group: usize,
+    /// `group_size` (awq_w4a16, asym_w4a8_int8), when the record has it.
+    group: Option<usize>,
 }
 
 impl Record {
@@ -349,7 +428,9 @@ impl Record {
         let convrot_group = param("convrot_groupsize")
             .and_then(|v| v.as_u64())
             .unwrap_or(256) as usize;
-        let group = param("group_size").and_then(|v| v.as_u64()).unwrap_or(64) as usize;
+        let group = param("group_size")
+            .and_then(|v| v.as_u64())
+            .map(|g| g as usize);
         Ok(Record {
             format,
             convrot,
@@ -366,14 +447,19 @@ struct Found<'a> {
     scale: Option<&'a TensorEntry>,
     scale2: Option<&'a TensorEntry>,
     zeros: Option<&'a TensorEntry>,
+    s_rel: Option<&'a TensorEntry>,
+    s_channel: Option<&'a TensorEntry>,
+    codebook: Option<&'a TensorEntry>,
+    correction: Option<&'a TensorEntry>,
+    pre: Option<&'a TensorEntry>,
     bias: Option<&'a TensorEntry>,
 }
 
 /// Checks a layer against its format and gives its weight's entry: logical shape, the
 /// dtype of one code, the encoding.
-fn encode<'d>(
+fn encode<'a, 'd>(
     conf: &Record,
-    f: &Found<'_>,
+    f: &Found<'a>,
     data: &dyn Fn(&TensorEntry) -> &'d [u8],
 ) -> Result<(TensorEntry, Code), ComfyError> {
     let format: &'static str = match conf.format.as_str() {
@@ -384,12 +470,7 @@ fn encode<'d>(
         "int8_tensorwise" => "int8_tensorwise",
         "convrot_w4a4" => "convrot_w4a4",
         "awq_w4a16" => "awq_w4a16",
-        other if NOT_READ.contains(&other) => {
-            return Err(ComfyError::NotRead {
-                layer: f.layer.into(),
-                format: other.into(),
-            });
-        }
+        "asym_w4a8_int8" => "asym_w4a8_int8",
         other => {
             return Err(ComfyError::UnknownFormat {
                 layer: f.layer.into(),
@@ -405,9 +486,11 @@ fn encode<'d>(
     let weight = f
         .weight
         .ok_or_else(|| wrong("the file has no weight for it".into()))?;
-    let scale = f
-        .scale
-        .ok_or_else(|| wrong("the file has no weight_scale for it".into()))?;
+    let need = |t: Option<&'a TensorEntry>, what: &str| {
+        t.ok_or_else(|| wrong(format!("the file has no {what} for it")))
+    };
+    // Every format but asym_w4a8_int8 keeps its scales in `weight_scale`.
+    let scale = || need(f.scale, "weight_scale");
     let shape_of = |t: &TensorEntry| format!("{} {:?}", dtype::name(t.dtype), t.shape);
     let matrix = |t: &TensorEntry| -> Result<(usize, usize), ComfyError> {
         match t.shape[..] {
@@ -466,8 +549,28 @@ fn encode<'d>(
         }
         finite_scales(t, data(t)).map_err(&wrong)
     };
-    let none = (0usize, 0usize);
-    let range = |t: &TensorEntry| (t.begin, t.end);
+    let block = |code: Code, scale: f32, scales: Part, cols: usize| Block {
+        code,
+        scale,
+        scales,
+        zeros: Part::NONE,
+        rows: Part::NONE,
+        lut: Part::NONE,
+        pre: Part::NONE,
+        cols,
+        stored_cols: cols,
+    };
+    // Floats of the given shape, all finite.
+    let floats = |t: &TensorEntry, shape: &[usize]| -> Result<(), ComfyError> {
+        if t.shape != shape || dtype::float_format(t.dtype).is_none() {
+            return Err(wrong(format!(
+                "'{}' is {}, where the format stores floats {shape:?}",
+                t.name,
+                shape_of(t),
+            )));
+        }
+        finite_scales(t, data(t)).map_err(&wrong)
+    };
     let mut out = weight.clone();
     let code = match format {
         "float8_e4m3fn" | "float8_e5m2" => {
@@ -478,19 +581,13 @@ fn encode<'d>(
             };
             need_dtype(weight, &[want])?;
             let (_, k) = matrix(weight)?;
-            out.encoding = Encoding::Block(Block {
-                code: Code::Fp8(fmt),
-                scale: scalar(scale)?,
-                scales: none,
-                scales_dtype: Dtype::F32,
-                zeros: none,
-                cols: k,
-                stored_cols: k,
-            });
-            Code::Fp8(fmt)
+            let code = Code::Fp8(fmt);
+            out.encoding = Encoding::Block(block(code, scalar(scale()?)?, Part::NONE, k));
+            code
         }
         "int8_tensorwise" => {
             need_dtype(weight, &[Dtype::I8])?;
+            let scale = scale()?;
             let (n, k) = matrix(weight)?;
             let rows = scale.numel() > 1 || conf.convrot;
             let code = if conf.convrot {
@@ -507,26 +604,18 @@ fn encode<'d>(
             } else {
                 Code::Int8
             };
-            let (s, scales) = match code {
-                Code::Int8 => (scalar(scale)?, none),
+            out.encoding = Encoding::Block(match code {
+                Code::Int8 => block(code, scalar(scale)?, Part::NONE, k),
                 _ => {
                     row_scales(scale, n)?;
-                    (1.0, range(scale))
+                    block(code, 1.0, Part::of(scale), k)
                 }
-            };
-            out.encoding = Encoding::Block(Block {
-                code,
-                scale: s,
-                scales,
-                scales_dtype: scale.dtype,
-                zeros: none,
-                cols: k,
-                stored_cols: k,
             });
             code
         }
         "convrot_w4a4" => {
             need_dtype(weight, &[Dtype::I8, Dtype::U8])?;
+            let scale = scale()?;
             let (n, half) = matrix(weight)?;
             let k = half * 2;
             let g = conf.convrot_group;
@@ -539,41 +628,23 @@ fn encode<'d>(
             let code = Code::Int4Convrot { group: g };
             out.dtype = Dtype::F4;
             out.shape = vec![n, k];
-            out.encoding = Encoding::Block(Block {
-                code,
-                scale: 1.0,
-                scales: range(scale),
-                scales_dtype: scale.dtype,
-                zeros: none,
-                cols: k,
-                stored_cols: k,
-            });
+            out.encoding = Encoding::Block(block(code, 1.0, Part::of(scale), k));
             code
         }
         "awq_w4a16" => {
             need_dtype(weight, &[Dtype::I8, Dtype::U8])?;
+            let scale = scale()?;
             let (n, half) = matrix(weight)?;
             let k = half * 2;
-            let g = conf.group;
+            let g = conf.group.unwrap_or(64);
             if g == 0 || k % g != 0 {
                 return Err(wrong(format!(
                     "groups of {g} columns do not tile its {k} columns"
                 )));
             }
-            let zeros = f
-                .zeros
-                .ok_or_else(|| wrong("the file has no weight_zeros for it".into()))?;
-            for t in [scale, zeros] {
-                if t.shape != [k / g, n] || dtype::float_format(t.dtype).is_none() {
-                    return Err(wrong(format!(
-                        "'{}' is {}, where the format stores floats [{}, {n}]",
-                        t.name,
-                        shape_of(t),
-                        k / g
-                    )));
-                }
-                finite_scales(t, data(t)).map_err(&wrong)?;
-            }
+            let zeros = need(f.zeros, "weight_zeros")?;
+            floats(scale, &[k / g, n])?;
+            floats(zeros, &[k / g, n])?;
             if zeros.dtype != scale.dtype {
                 return Err(wrong("its scales and zero points differ in dtype".into()));
             }
@@ -581,20 +652,109 @@ fn encode<'d>(
             out.dtype = Dtype::F4;
             out.shape = vec![n, k];
             out.encoding = Encoding::Block(Block {
-                code,
-                scale: 1.0,
-                scales: range(scale),
-                scales_dtype: scale.dtype,
-                zeros: range(zeros),
-                cols: k,
-                stored_cols: k,
+                zeros: Part::of(zeros),
+                ..block(code, 1.0, Part::of(scale), k)
             });
             code
         }
+        "asym_w4a8_int8" => {
+            need_dtype(weight, &[Dtype::I8, Dtype::U8])?;
+            let (n, width) = matrix(weight)?;
+            let s_rel = need(f.s_rel, "weight_s_rel")?;
+            let s_channel = need(f.s_channel, "weight_s_channel")?;
+            let g = conf.group.unwrap_or(16);
+            let rot = conf.convrot_group;
+            // K from the group scales, the bits from the row's width (comfy-kitchen's
+            // `_w4a8_geometry`).
+            let groups = match s_rel.shape[..] {
+                [rows, groups] if rows == n => groups,
+                _ => {
+                    return Err(wrong(format!(
+                        "its weight_s_rel is {}, not a scale per group of each of its {n} rows",
+                        shape_of(s_rel)
+                    )));
+                }
+            };
+            // (A group size too large to multiply out reads as no columns: refused below.)
+            let k = groups.checked_mul(g).unwrap_or(0);
+            let bits = match k {
+                0 => 0,
+                _ if width * 8 == k * 4 => 4,
+                _ if width * 8 == k * 6 => 6,
+                _ => 0,
+            };
+            if bits == 0 {
+                return Err(wrong(format!(
+                    "its rows of {width} bytes hold neither 4- nor 6-bit codes for the {k} \
+                     columns its {groups} groups of {g} give"
+                )));
+            }
+            if g < 4
+                || !(16 % g == 0 || g.is_multiple_of(16))
+                || !k.is_multiple_of(16)
+                || !is_power_of_four(rot)
+                || !k.is_multiple_of(rot)
+                || (bits == 6 && (!k.is_multiple_of(32) || !g.is_multiple_of(16)))
+            {
+                return Err(wrong(format!(
+                    "groups of {g} columns and convrot groups of {rot} do not fit its {k} \
+                     columns at {bits} bits (comfy-kitchen needs K divisible by 16 and by \
+                     both groups, a group of 4 or more dividing 16 or a multiple of it, a \
+                     convrot group a power of 4, and at 6 bits K divisible by 32)"
+                )));
+            }
+            // E4M3 group scales may be stored as bytes (ComfyUI views them as E4M3).
+            let mut scales = Part::of(s_rel);
+            if s_rel.dtype == Dtype::U8 {
+                scales.dtype = Dtype::F8_E4M3;
+            }
+            if !matches!(scales.dtype, Dtype::F8_E4M3 | Dtype::F32) {
+                need_dtype(s_rel, &[Dtype::F8_E4M3, Dtype::F32])?;
+            }
+            let as_e4m3 = TensorEntry {
+                dtype: scales.dtype,
+                ..s_rel.clone()
+            };
+            finite_scales(&as_e4m3, data(s_rel)).map_err(&wrong)?;
+            floats(s_channel, &[n])?;
+            let mut encoded = Block {
+                rows: Part::of(s_channel),
+                ..block(
+                    Code::W4a8 {
+                        group: g,
+                        rot,
+                        bits,
+                    },
+                    1.0,
+                    scales,
+                    k,
+                )
+            };
+            if let Some(lut) = f.codebook {
+                floats(lut, &[16])?;
+                encoded.lut = Part::of(lut);
+            }
+            if let Some(c) = f.correction {
+                floats(c, &[groups, n])?;
+                encoded.zeros = Part::of(c);
+            }
+            if bits == 6 && !(encoded.lut.is_empty() && encoded.zeros.is_empty()) {
+                return Err(wrong(
+                    "its 6-bit codes are uniform and symmetric, yet it has a codebook or a \
+                     correction"
+                        .into(),
+                ));
+            }
+            out.dtype = if bits == 4 { Dtype::F4 } else { Dtype::I8 };
+            out.shape = vec![n, k];
+            out.encoding = Encoding::Block(encoded);
+            encoded.code
+        }
         "nvfp4" | "mxfp8" => {
             let nv = format == "nvfp4";
+            let scale = scale()?;
             let (np, stored) = matrix(weight)?;
-            let (kp, block, pad) = if nv {
+            let (kp, block_cols, pad) = if nv {
                 need_dtype(weight, &[Dtype::U8, Dtype::I8, Dtype::F4])?;
                 // Two E2M1 codes per byte (a F4 tensor already counts them).
                 let kp = if weight.dtype == Dtype::F4 {
@@ -621,7 +781,7 @@ fn encode<'d>(
                     &[Dtype::F8_E8M0, Dtype::U8]
                 },
             )?;
-            let want = [np.div_ceil(128) * 128, (kp / block).div_ceil(4) * 4];
+            let want = [np.div_ceil(128) * 128, (kp / block_cols).div_ceil(4) * 4];
             if scale.shape != want {
                 return Err(wrong(format!(
                     "its block scales are {:?}, where a {np}x{kp} weight has {want:?}",
@@ -629,37 +789,44 @@ fn encode<'d>(
                 )));
             }
             let global = if nv {
-                let s2 = f
-                    .scale2
-                    .ok_or_else(|| wrong("the file has no weight_scale_2 for it".into()))?;
-                scalar(s2)?
+                scalar(need(f.scale2, "weight_scale_2")?)?
             } else {
                 1.0
             };
-            // The file keeps the padded data; a bias names the layer's real output rows.
+            // The file keeps the padded data; a bias names the layer's real output rows,
+            // a pre_quant_scale (a factor per input) its real columns.
             let n = match f.bias.map(|b| b.numel()) {
                 Some(rows) if rows <= np && rows + pad > np && b_is_vector(f.bias) => rows,
                 _ => np,
             };
-            let k = kp;
+            let k = match f.pre.map(|p| p.numel()) {
+                Some(cols) if cols <= kp && cols + pad > kp && b_is_vector(f.pre) => cols,
+                _ => kp,
+            };
             out.dtype = if nv { Dtype::F4 } else { Dtype::F8_E4M3 };
             out.shape = vec![n, k];
             let row_bytes = if nv { kp / 2 } else { kp };
             out.end = out.begin + n * row_bytes;
             let code = if nv { Code::Nvfp4 } else { Code::Mxfp8 };
             out.encoding = Encoding::Block(Block {
-                code,
-                scale: global,
-                scales: range(scale),
-                scales_dtype: scale.dtype,
-                zeros: none,
-                cols: k,
                 stored_cols: kp,
+                ..block(code, global, Part::of(scale), k)
             });
             code
         }
         _ => unreachable!("formats matched above"),
     };
+    if let (Some(pre), Encoding::Block(b)) = (f.pre, &mut out.encoding) {
+        let k = b.cols;
+        if pre.numel() != k || dtype::float_format(pre.dtype).is_none() {
+            return Err(wrong(format!(
+                "its pre_quant_scale is {}, not one float per column of its {k} columns",
+                shape_of(pre)
+            )));
+        }
+        finite_scales(pre, data(pre)).map_err(&wrong)?;
+        b.pre = Part::of(pre);
+    }
     Ok((out, code))
 }
 
@@ -705,12 +872,18 @@ fn f32_of(fmt: FloatFormat, bytes: &[u8], i: usize) -> f32 {
 }
 
 impl Block {
+    /// Its side tensors, in the order of [`Sides`]' fields.
+    pub fn parts(&self) -> [Part; 5] {
+        [self.scales, self.zeros, self.rows, self.lut, self.pre]
+    }
+
     /// Decodes elements `start..start + out.len()` (row-major, logical shape) of a layer:
     /// `codes` are the bytes of exactly those elements (as [`Block::code_range`] gives
-    /// them), `scales` the whole scale tensor. The values are comfy-kitchen's float32
+    /// them), `side` the whole side tensors. The values are comfy-kitchen's float32
     /// results, widened exactly.
-    pub fn decode(&self, codes: &[u8], scales: &[u8], zeros: &[u8], start: usize, out: &mut [f64]) {
+    pub fn decode(&self, codes: &[u8], side: &Sides<'_>, start: usize, out: &mut [f64]) {
         let k = self.cols;
+        let (scales, zeros) = (side.scales, side.zeros);
         match self.code {
             Code::Fp8(fmt) => {
                 fmt.decode_into(codes, out);
@@ -724,7 +897,7 @@ impl Block {
                 }
             }
             Code::Int8Rows | Code::Int8Convrot { .. } => {
-                let fmt = dtype::float_format(self.scales_dtype).expect("checked float");
+                let fmt = dtype::float_format(self.scales.dtype).expect("checked float");
                 let mut row = usize::MAX;
                 let mut s = 0f32;
                 for (i, (v, &q)) in out.iter_mut().zip(codes).enumerate() {
@@ -743,7 +916,7 @@ impl Block {
                 }
             }
             Code::Awq { group } => {
-                let fmt = dtype::float_format(self.scales_dtype).expect("checked float");
+                let fmt = dtype::float_format(self.scales.dtype).expect("checked float");
                 let n = scales.len() / fmt.size() / (k / group);
                 for (i, v) in out.iter_mut().enumerate() {
                     let e = start + i;
@@ -761,7 +934,7 @@ impl Block {
                 }
             }
             Code::Int4Convrot { group } => {
-                let fmt = dtype::float_format(self.scales_dtype).expect("checked float");
+                let fmt = dtype::float_format(self.scales.dtype).expect("checked float");
                 debug_assert_eq!(start % group, 0, "items start on a group");
                 for (i, v) in out.iter_mut().enumerate() {
                     let e = start + i;
@@ -779,26 +952,36 @@ impl Block {
                     unrotate(g);
                 }
             }
+            Code::W4a8 { group, rot, bits } => {
+                self.decode_w4a8(codes, side, start, out, group, bits);
+                debug_assert_eq!(start % rot, 0, "items start on a group");
+                for g in out.chunks_mut(rot) {
+                    unrotate(g);
+                }
+            }
             Code::Nvfp4 => {
                 let block_cols = self.stored_cols / 16;
                 let e4m3 = e4m3_table();
+                // The slice's bytes start at `base`; element (r, c) is code r·Kp + c.
+                let base = self.code_range(start, start).0;
                 // Runs of one block (16 columns of a row) share one scale.
                 let mut i = 0;
                 while i < out.len() {
                     let e = start + i;
                     let (r, c) = (e / k, e % k);
-                    let run = (16 - c % 16).min(out.len() - i);
+                    let run = (16 - c % 16).min(k - c).min(out.len() - i);
                     let s = e4m3[scales[swizzled(r, c / 16, block_cols)] as usize];
                     let total = self.scale * s;
-                    for j in i..i + run {
-                        // The slice's bytes start at the byte of element `start`.
-                        let byte = codes[(j + start % 2) / 2];
-                        let nibble = if (start + j).is_multiple_of(2) {
+                    let first = r * self.stored_cols + c;
+                    for (j, v) in out[i..i + run].iter_mut().enumerate() {
+                        let code = first + j;
+                        let byte = codes[code / 2 - base];
+                        let nibble = if code.is_multiple_of(2) {
                             byte >> 4
                         } else {
                             byte & 15
                         };
-                        out[j] = (E2M1[nibble as usize] * total) as f64;
+                        *v = (E2M1[nibble as usize] * total) as f64;
                     }
                     i += run;
                 }
@@ -806,29 +989,119 @@ impl Block {
             Code::Mxfp8 => {
                 let block_cols = self.stored_cols / 32;
                 let e4m3 = e4m3_table();
+                let base = self.code_range(start, start).0;
                 let mut i = 0;
                 while i < out.len() {
                     let e = start + i;
                     let (r, c) = (e / k, e % k);
-                    let run = (32 - c % 32).min(out.len() - i);
+                    let run = (32 - c % 32).min(k - c).min(out.len() - i);
                     let code = scales[swizzled(r, c / 32, block_cols)];
                     // comfy-kitchen's e8m0_to_f32: the code is the f32 exponent field, so
                     // 0 gives 0.0 and 255 gives +inf.
                     let s = f32::from_bits((code as u32) << 23);
-                    for j in i..i + run {
-                        out[j] = (e4m3[codes[j] as usize] * s) as f64;
+                    let first = r * self.stored_cols + c - base;
+                    for (v, &q) in out[i..i + run].iter_mut().zip(&codes[first..]) {
+                        *v = (e4m3[q as usize] * s) as f64;
                     }
                     i += run;
                 }
             }
         }
+        // The weight the model applies: the input is scaled first (comfy-kitchen's
+        // dequantization leaves this out).
+        if let Some(fmt) = dtype::float_format(self.pre.dtype).filter(|_| !self.pre.is_empty()) {
+            for (i, v) in out.iter_mut().enumerate() {
+                *v = ((*v as f32) * f32_of(fmt, side.pre, (start + i) % k)) as f64;
+            }
+        }
     }
 
-    /// The byte range of elements `start..end` within the weight's stored bytes.
+    /// asym_w4a8_int8 before its un-rotation: comfy-kitchen's
+    /// `_dequant_int4_grouped_to_int8` and `_dequantize_w4a8_int8_weight_from_int8`.
+    fn decode_w4a8(
+        &self,
+        codes: &[u8],
+        side: &Sides<'_>,
+        start: usize,
+        out: &mut [f64],
+        group: usize,
+        bits: usize,
+    ) {
+        let k = self.cols;
+        let row_bytes = k * bits / 8;
+        let base = self.code_range(start, start).0;
+        let f32s = |part: Part, bytes: &[u8]| -> Vec<f32> {
+            match dtype::float_format(part.dtype) {
+                Some(fmt) if !part.is_empty() => {
+                    let mut v = vec![0f64; bytes.len() / fmt.size()];
+                    fmt.decode_into(bytes, &mut v);
+                    v.into_iter().map(|x| x as f32).collect()
+                }
+                _ => Vec::new(),
+            }
+        };
+        let lut = f32s(self.lut, side.lut);
+        let channel = f32s(self.rows, side.rows);
+        let n = channel.len();
+        let groups = k / group;
+        let s_fmt = dtype::float_format(self.scales.dtype).expect("checked float");
+        let c_fmt = dtype::float_format(self.zeros.dtype).filter(|_| !self.zeros.is_empty());
+        let offset = (1u32 << (bits - 1)) as f32;
+        let mut at = usize::MAX;
+        let (mut s_rel, mut correction) = (0f32, 0f32);
+        for (i, v) in out.iter_mut().enumerate() {
+            let e = start + i;
+            let (r, c) = (e / k, e % k);
+            let row = r * row_bytes - base;
+            let byte = codes[row + c / 2];
+            let mut q = if c.is_multiple_of(2) {
+                byte & 15
+            } else {
+                byte >> 4
+            };
+            if bits == 6 {
+                q |= ((codes[row + k / 2 + c / 4] >> (2 * (c % 4))) & 3) << 4;
+            }
+            let value = match lut.get(q as usize) {
+                Some(&level) => level,
+                None => q as f32 - offset,
+            };
+            let g = r * groups + c / group;
+            if g != at {
+                at = g;
+                s_rel = f32_of(s_fmt, side.scales, g);
+                correction = c_fmt.map_or(0.0, |fmt| f32_of(fmt, side.zeros, (c / group) * n + r));
+            }
+            // Through an integer, as torch's int8 is: a negative value rounded to zero is +0.
+            let int8 = (value * s_rel).round_ties_even().clamp(-127.0, 127.0) as i32 as f32;
+            let w = int8 * channel[r];
+            *v = match c_fmt {
+                Some(_) => w + correction,
+                None => w,
+            } as f64;
+        }
+    }
+
+    /// The byte range of elements `start..end` within the weight's stored bytes (for
+    /// 6-bit asym_w4a8_int8, whose rows keep two planes, the whole rows holding them).
     pub fn code_range(&self, start: usize, end: usize) -> (usize, usize) {
         match self.code {
+            // Logical columns fewer than the stored ones: whole stored rows.
+            Code::Nvfp4 | Code::Mxfp8 if self.cols != self.stored_cols => {
+                let k = self.cols;
+                let row_bytes = match self.code {
+                    Code::Nvfp4 => self.stored_cols / 2,
+                    _ => self.stored_cols,
+                };
+                (start / k * row_bytes, end.div_ceil(k) * row_bytes)
+            }
             Code::Nvfp4 | Code::Int4Convrot { .. } | Code::Awq { .. } => {
                 (start / 2, end.div_ceil(2))
+            }
+            Code::W4a8 { bits: 4, .. } => (start / 2, end.div_ceil(2)),
+            Code::W4a8 { bits, .. } => {
+                let (k, row_bytes) = (self.cols, self.cols * bits / 8);
+                (start / k * row_bytes, end.div_ceil(k) * row_bytes)
             }
             _ => (start, end),
         }
@@ -838,7 +1111,9 @@ impl Block {
     /// nvfp4 codes (one byte).
     pub fn alignment(&self) -> usize {
         match self.code {
-            Code::Int8Convrot { group } | Code::Int4Convrot { group } => group,
+            Code::Int8Convrot { group }
+            | Code::Int4Convrot { group }
+            | Code::W4a8 { rot: group, .. } => group,
             Code::Nvfp4 | Code::Awq { .. } => 2,
             _ => 1,
         }

@@ -166,7 +166,7 @@ pub fn nunchaku(tensors: &[TensorEntry], metadata: &[(String, String)]) -> bool 
 /// Name endings that mark a tensor as quantization state, not a weight, with the format
 /// that writes them. A file that still holds one after every rule that decodes such state
 /// has run is refused: reading it as a weight would be silently wrong.
-pub const STATE_SUFFIXES: [(&str, &str); 24] = [
+pub const STATE_SUFFIXES: [(&str, &str); 25] = [
     (
         ".weight_scale",
         "ComfyUI per-layer quantization (a weight scale without its format record)",
@@ -206,6 +206,7 @@ pub const STATE_SUFFIXES: [(&str, &str); 24] = [
     (".weight_s_rel", "ComfyUI asym_w4a8_int8"),
     (".weight_s_channel", "ComfyUI asym_w4a8_int8"),
     (".weight_codebook", "ComfyUI asym_w4a8_int8"),
+    (".weight_correction", "ComfyUI asym_w4a8_int8"),
 ];
 
 /// The first tensor whose name marks quantization state (see [`STATE_SUFFIXES`], and any

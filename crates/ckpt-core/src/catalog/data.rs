@@ -292,6 +292,31 @@ mod tests {
         }
     }
 
+    /// nvfp4 and mxfp8 pad a weight's columns to 16 and 32 and the file does not record
+    /// the real count (ComfyUI takes it from the model): no catalogued architecture has a
+    /// matrix that would be padded (every 2-D weight's dimensions are multiples of 32), so
+    /// a quantized layer of a catalogued model never needs its columns guessed. (Linear
+    /// layers only: embedding tables are not quantized in those formats.)
+    #[test]
+    fn no_catalogued_matrix_needs_padding_in_the_block_formats() {
+        for &a in Arch::all() {
+            for k in &table(a).keys {
+                if k.name.ends_with(".weight")
+                    && k.shape.len() == 2
+                    && !k.name.contains("embedding")
+                    && k.role != Role::Vae
+                {
+                    assert!(
+                        k.shape.iter().all(|d| d % 32 == 0),
+                        "{a}: {} is {:?}",
+                        k.name,
+                        k.shape
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn counts_match_the_data_readme() {
         assert_eq!(table(arch("sd1")).core_len(), 1131);

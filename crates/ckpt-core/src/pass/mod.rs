@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use thiserror::Error;
 
 use crate::catalog::canonical_key;
+use ckpt_read::comfy::Sides;
 use ckpt_read::dtype::{self, FloatFormat, ValueKind};
 use ckpt_read::{Checkpoint, Dtype, Encoding, TensorEntry};
 pub use progress::{NoProgress, Progress};
@@ -212,10 +213,9 @@ pub struct Slice<'a> {
     pub start: usize,
     /// Its element count.
     pub count: usize,
-    /// A block-encoded tensor's scales (the whole scale tensor); empty otherwise.
-    pub scales: &'a [u8],
-    /// awq_w4a16's zero points (the whole tensor); empty otherwise.
-    pub zeros: &'a [u8],
+    /// A block-encoded tensor's side tensors (scales, zero points, ... whole); empty
+    /// otherwise.
+    pub side: Sides<'a>,
 }
 
 impl<'a> Slice<'a> {
@@ -231,9 +231,18 @@ impl<'a> Slice<'a> {
                 &[]
             }
         };
-        let (scales, zeros) = match t.encoding {
-            Encoding::Block(b) => (region(b.scales), region(b.zeros)),
-            _ => (&[][..], &[][..]),
+        let side = match t.encoding {
+            Encoding::Block(b) => {
+                let [scales, zeros, rows, lut, pre] = b.parts().map(|p| region((p.begin, p.end)));
+                Sides {
+                    scales,
+                    zeros,
+                    rows,
+                    lut,
+                    pre,
+                }
+            }
+            _ => Sides::default(),
         };
         Slice {
             dtype: t.dtype,
@@ -241,8 +250,7 @@ impl<'a> Slice<'a> {
             encoding: t.encoding,
             start,
             count: end - start,
-            scales,
-            zeros,
+            side,
         }
     }
 
@@ -254,8 +262,7 @@ impl<'a> Slice<'a> {
             encoding: Encoding::Plain,
             start: 0,
             count: bytes.len() * 8 / dtype::bit_size(dtype),
-            scales: &[],
-            zeros: &[],
+            side: Sides::default(),
         }
     }
 
@@ -310,7 +317,7 @@ impl<'a> Slice<'a> {
     /// tensor, comfy-kitchen's float32 values for a block-encoded one.
     pub fn values_into(&self, out: &mut [f64]) {
         if let Encoding::Block(b) = self.encoding {
-            b.decode(self.bytes, self.scales, self.zeros, self.start, out);
+            b.decode(self.bytes, &self.side, self.start, out);
             return;
         }
         let format = dtype::float_format(self.dtype).expect("values of a float slice");

@@ -67,8 +67,11 @@ pub struct QuantInfo {
     pub formats: BTreeMap<String, usize>,
     pub layers: Vec<QuantLayer>,
     /// Layers with a `pre_quant_scale` (the model multiplies their input by it; the weights
-    /// shown are before it).
+    /// are read times it, column by column).
     pub pre_quant_scale: usize,
+    /// Layers stored padded whose real columns the file does not give (their stored
+    /// columns may include padding, read as zeros), by weight name.
+    pub columns_unknown: Vec<String>,
 }
 
 /// One quantized layer.
@@ -282,6 +285,12 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
                 })
                 .collect(),
             pre_quant_scale: q.layers.iter().filter(|l| l.pre_quant_scale).count(),
+            columns_unknown: q
+                .layers
+                .iter()
+                .filter(|l| l.columns_unknown)
+                .map(|l| l.weight.clone())
+                .collect(),
         }),
         components: components.into_values().collect(),
         dtypes: dtypes.into_values().collect(),
