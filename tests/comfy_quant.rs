@@ -903,3 +903,21 @@ fn convert_and_fix_write_the_per_layer_formats() {
         assert!(row["similarity"].as_f64().unwrap() > 0.98, "{row}");
     }
 }
+
+/// A layer's exact hash covers every tensor its values come from: two awq_w4a16 files that
+/// differ only in a zero point hash differently.
+#[test]
+fn component_hashes_cover_every_side_tensor() {
+    let d = Dir::new();
+    let a = fixture("awq_w4a16.safetensors");
+    let b = edited(&d, "awq_w4a16.safetensors", "zeros.safetensors", |t| {
+        set(t, "blocks.0.mlp.fc.weight_zeros", |r| r.data[0] ^= 1)
+    });
+    let exact = |f: &Path| {
+        run_json(&["hash", "--components", s(f)])["files"][0]["components"]["components"][0]
+            ["exact"]
+            .clone()
+    };
+    assert!(exact(&a).is_string());
+    assert_ne!(exact(&a), exact(&b));
+}
