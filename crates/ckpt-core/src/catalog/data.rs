@@ -432,3 +432,30 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod klein {
+    use super::*;
+    use crate::catalog::{Grouping, detect};
+
+    /// FLUX.2 klein 4B: the published 3.876B parameters, and a file of its keys is klein,
+    /// not Flux.1, whose `double_blocks`/`single_blocks` names it shares.
+    #[test]
+    fn flux2_klein_4b_is_data() {
+        let klein = Arch::parse("klein-4b").unwrap();
+        let params: usize = table(klein)
+            .keys
+            .iter()
+            .map(|k| k.shape.iter().product::<usize>())
+            .sum();
+        assert_eq!(params, 3_875_544_576);
+        let rows: Vec<String> = Grouping::for_arch(klein)
+            .groups()
+            .iter()
+            .map(|g| g.label.clone())
+            .collect();
+        assert_eq!(rows.len(), 1 + 1 + 5 + 20 + 1 + 1);
+        assert_eq!(&rows[..3], ["IN", "MOD", "D00"]);
+        let _ = detect::SCALES;
+    }
+}
