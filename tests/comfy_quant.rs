@@ -1,6 +1,8 @@
 //! ComfyUI's per-layer quantization, read exactly: every format against comfy-kitchen
 //! 0.2.40's own dequantization (`fixtures/comfy-quant/`, made by its eager backend), in
-//! both carriers; and every way such a file can be damaged refused with the layer named.
+//! both carriers; what ckpt-diff writes, loaded by ComfyUI itself as ckpt-diff reads it
+//! (`fixtures/comfy-quant/comfyui/`); and every way such a file can be damaged refused with
+//! the layer named.
 
 use std::path::{Path, PathBuf};
 
@@ -644,5 +646,122 @@ fn convert_and_fix_write_the_per_layer_formats() {
     let sim = run_json(&["sim", s(&out), s(&bf16)]);
     for row in sim["rows"].as_array().unwrap() {
         assert!(row["similarity"].as_f64().unwrap() > 0.98, "{row}");
+    }
+}
+
+/// ComfyUI itself loaded what ckpt-diff writes: `fixtures/comfy-quant/comfyui_load.py` ran
+/// `convert comfyui/source.safetensors --dtype F` for each per-layer format, loaded each file
+/// with ComfyUI's own loader (Comfy-Org/ComfyUI 4f874c5e, `load_diffusion_model_state_dict`:
+/// SD3 detected from the shapes, every quantized layer through `mixed_precision_ops`, no
+/// missing or unexpected key) and recorded the SHA-256 of every file tensor and of every
+/// weight ComfyUI holds, quantized ones dequantized by ComfyUI in float32. Here the same
+/// command must still write the same bytes, and `fix --dtype` the same tensors (else the
+/// golden is stale: re-run the script), and ckpt-diff must read each weight as the same
+/// float32 bits.
+#[test]
+fn comfyui_loads_the_written_files_as_ckpt_diff_reads_them() {
+    use ckpt_ops::hash::sha256_hex;
+    let golden: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fixture("comfyui/goldens.json")).unwrap()).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = root.join(golden["source"].as_str().unwrap());
+    assert_eq!(
+        sha256_hex(&std::fs::read(&source).unwrap()),
+        golden["source_sha256"],
+        "the committed source is not the one ComfyUI's goldens were made from"
+    );
+    let d = Dir::new();
+    let formats = golden["formats"].as_object().unwrap();
+    assert_eq!(formats.len(), 5);
+    for (dtype, g) in formats {
+        let load = &g["comfyui_load"];
+        assert_eq!(load["model_config"], "SD3", "{dtype}");
+        assert_eq!(load["compute_dtype"], "float32", "{dtype}");
+        assert_eq!(load["missing"], serde_json::json!([]), "{dtype}");
+        assert_eq!(load["unexpected"], serde_json::json!([]), "{dtype}");
+
+        // (a) The recorded commands, on the committed source, write the same tensors (and
+        // convert the same file).
+        let want = g["tensors"].as_object().unwrap();
+        let run_recorded = |key: &str, out: &Path| {
+            let args: Vec<String> = g[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| match w.as_str().unwrap() {
+                    w if w == golden["source"] => s(&source).to_string(),
+                    w if w.ends_with(".safetensors") => s(out).to_string(),
+                    w => w.to_string(),
+                })
+                .collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            // fix exits 1: it warns that the architecture is none it knows.
+            let (code, stdout, stderr) = run_code(&args);
+            assert!(code <= 1, "ckpt-diff {args:?}: {stdout}{stderr}");
+            let stored = raw_map(out);
+            let mut changed: Vec<String> = want
+                .iter()
+                .filter(|(name, w)| {
+                    stored.get(name.as_str()).is_none_or(|t| {
+                        t.dtype != w["dtype"]
+                            || serde_json::json!(t.shape) != w["shape"]
+                            || sha256_hex(&t.data) != w["sha256"]
+                    })
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            changed.extend(stored.keys().filter(|k| !want.contains_key(*k)).cloned());
+            assert!(
+                changed.is_empty(),
+                "{dtype} {key}: ckpt-diff no longer writes the tensors ComfyUI loaded \
+                 (re-run fixtures/comfy-quant/comfyui_load.py); changed: {changed:?}"
+            );
+        };
+        let out = d.path(&format!("{dtype}.safetensors"));
+        run_recorded("command", &out);
+        assert_eq!(
+            sha256_hex(&std::fs::read(&out).unwrap()),
+            g["file_sha256"],
+            "{dtype}: same tensors, other header or metadata"
+        );
+        run_recorded("fix_command", &d.path(&format!("{dtype}-fix.safetensors")));
+
+        // (b) ckpt-diff reads every weight as the float32 bits ComfyUI holds.
+        let ckpt = Checkpoint::open(&out).unwrap();
+        let weights = g["weights"].as_object().unwrap();
+        let mut ours: Vec<&str> = ckpt.tensors().iter().map(|t| t.name.as_str()).collect();
+        ours.sort_unstable();
+        let mut comfy_names: Vec<&str> = weights.keys().map(String::as_str).collect();
+        comfy_names.sort_unstable();
+        assert_eq!(ours, comfy_names, "{dtype}: the tensors ComfyUI holds");
+        let quantized: Vec<(&str, &str)> = weights
+            .iter()
+            .filter_map(|(k, w)| Some((k.as_str(), w["format"].as_str()?)))
+            .collect();
+        let q = ckpt.comfy_quant().expect("per-layer quantization found");
+        assert_eq!(
+            q.layers
+                .iter()
+                .map(|l| (l.weight.as_str(), l.code.format()))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+            quantized.iter().copied().collect(),
+            "{dtype}: the quantized layers"
+        );
+        assert!(quantized.len() >= 14, "{dtype}: {} layers", quantized.len());
+        let mut differ = Vec::new();
+        for t in ckpt.tensors() {
+            let w = &weights[&t.name];
+            let mut v = vec![0.0; t.numel()];
+            Slice::of(&ckpt, t).values_into(&mut v);
+            let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+            if serde_json::json!(t.shape) != w["shape"] || sha256_hex(&bytes) != w["sha256_f32"] {
+                differ.push(t.name.clone());
+            }
+        }
+        assert!(
+            differ.is_empty(),
+            "{dtype}: ckpt-diff reads these weights otherwise than ComfyUI loads them \
+             (fixtures/comfy-quant/comfyui_load.py shows the values): {differ:?}"
+        );
     }
 }
