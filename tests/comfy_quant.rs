@@ -649,6 +649,11 @@ fn convert_and_fix_write_the_per_layer_formats() {
     }
 }
 
+/// What `fixtures/comfy-quant/comfyui_load.py` recorded of ComfyUI's loads.
+fn comfyui_goldens() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixture("comfyui/goldens.json")).unwrap()).unwrap()
+}
+
 /// ComfyUI itself loaded what ckpt-diff writes: `fixtures/comfy-quant/comfyui_load.py` ran
 /// `convert comfyui/source.safetensors --dtype F` for each per-layer format, loaded each file
 /// with ComfyUI's own loader (Comfy-Org/ComfyUI 4f874c5e, `load_diffusion_model_state_dict`:
@@ -661,8 +666,7 @@ fn convert_and_fix_write_the_per_layer_formats() {
 #[test]
 fn comfyui_loads_the_written_files_as_ckpt_diff_reads_them() {
     use ckpt_ops::hash::sha256_hex;
-    let golden: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(fixture("comfyui/goldens.json")).unwrap()).unwrap();
+    let golden = comfyui_goldens();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let source = root.join(golden["source"].as_str().unwrap());
     assert_eq!(
@@ -763,5 +767,81 @@ fn comfyui_loads_the_written_files_as_ckpt_diff_reads_them() {
             "{dtype}: ckpt-diff reads these weights otherwise than ComfyUI loads them \
              (fixtures/comfy-quant/comfyui_load.py shows the values): {differ:?}"
         );
+    }
+}
+
+/// `merge --dtype`, layer by layer (no ComfyUI model has the catalog's small widths, so
+/// ComfyUI cannot build the whole merged model): `comfyui_load.py` merged two synthetic
+/// Flux.1 diffusers and loaded each quantized layer with ComfyUI's
+/// `mixed_precision_ops(...).Linear` (no missing or unexpected key), dequantized it in
+/// float32 and kept one SHA-256 over the merge's tensors and one over ComfyUI's layers. The
+/// same commands must write the same tensors, and ckpt-diff must read every layer as ComfyUI
+/// did.
+#[test]
+fn comfyui_loads_the_merged_layers_as_ckpt_diff_reads_them() {
+    use ckpt_ops::hash::sha256_hex;
+    let golden = comfyui_goldens();
+    let merge = &golden["merge"];
+    let d = Dir::new();
+    let run_here = |words: &serde_json::Value| {
+        let args: Vec<String> = words
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                let w = w.as_str().unwrap();
+                if w.ends_with(".safetensors") {
+                    s(&d.path(w)).to_string()
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    for words in merge["inputs"].as_array().unwrap() {
+        run_here(words);
+    }
+    let formats = merge["formats"].as_object().unwrap();
+    assert_eq!(formats.len(), 5);
+    let m = d.path("m.safetensors");
+    for (dtype, g) in formats {
+        run_here(&g["command"]);
+        let lines: String = raw_map(&m)
+            .iter()
+            .map(|(k, t)| format!("{k} {} {:?} {}\n", t.dtype, t.shape, sha256_hex(&t.data)))
+            .collect();
+        assert_eq!(
+            sha256_hex(lines.as_bytes()),
+            g["tensors_sha256"],
+            "{dtype}: merge no longer writes the tensors ComfyUI loaded \
+             (re-run fixtures/comfy-quant/comfyui_load.py)"
+        );
+        let ckpt = Checkpoint::open(&m).unwrap();
+        let q = ckpt.comfy_quant().expect("per-layer quantization found");
+        assert_eq!(q.layers.len(), g["quantized_layers"], "{dtype}");
+        assert!(q.layers.iter().all(|l| l.code.format() == g["format"]));
+        // Layers in the order of their names, as the script hashed them.
+        let mut layers: Vec<&str> = q
+            .layers
+            .iter()
+            .map(|l| l.weight.strip_suffix(".weight").unwrap())
+            .collect();
+        layers.sort_unstable();
+        let mut digest = Vec::new();
+        for layer in layers {
+            let name = format!("{layer}.weight");
+            let (shape, v) = decoded(&ckpt, layer);
+            digest.extend(format!("{name} {shape:?}\n").bytes());
+            digest.extend(v.iter().flat_map(|x| (*x as f32).to_le_bytes()));
+        }
+        assert_eq!(
+            sha256_hex(&digest),
+            g["comfyui_sha256_f32"],
+            "{dtype}: ckpt-diff reads the merged layers otherwise than ComfyUI loads them \
+             (fixtures/comfy-quant/comfyui_load.py names them)"
+        );
+        drop(ckpt);
+        std::fs::remove_file(&m).unwrap();
     }
 }
