@@ -658,11 +658,11 @@ fn comfyui_goldens() -> serde_json::Value {
 /// `convert comfyui/source.safetensors --dtype F` for each per-layer format, loaded each file
 /// with ComfyUI's own loader (Comfy-Org/ComfyUI 4f874c5e, `load_diffusion_model_state_dict`:
 /// SD3 detected from the shapes, every quantized layer through `mixed_precision_ops`, no
-/// missing or unexpected key) and recorded the SHA-256 of every file tensor and of every
-/// weight ComfyUI holds, quantized ones dequantized by ComfyUI in float32. Here the same
-/// command must still write the same bytes, and `fix --dtype` the same tensors (else the
-/// golden is stale: re-run the script), and ckpt-diff must read each weight as the same
-/// float32 bits.
+/// missing or unexpected key; its `state_dict()` gives back the file's quantized tensors byte
+/// for byte) and recorded the SHA-256 of every file tensor and of every weight ComfyUI holds,
+/// quantized ones dequantized by ComfyUI in float32. Here the same command must still write
+/// the same bytes, and `fix --dtype` the same tensors (else the golden is stale: re-run the
+/// script), and ckpt-diff must read each weight as the same float32 bits.
 #[test]
 fn comfyui_loads_the_written_files_as_ckpt_diff_reads_them() {
     use ckpt_ops::hash::sha256_hex;
@@ -683,6 +683,8 @@ fn comfyui_loads_the_written_files_as_ckpt_diff_reads_them() {
         assert_eq!(load["compute_dtype"], "float32", "{dtype}");
         assert_eq!(load["missing"], serde_json::json!([]), "{dtype}");
         assert_eq!(load["unexpected"], serde_json::json!([]), "{dtype}");
+        // ComfyUI's own state_dict() of the loaded model gave back the file's tensors.
+        assert_eq!(load["resaved_differ"], serde_json::json!([]), "{dtype}");
 
         // (a) The recorded commands, on the committed source, write the same tensors (and
         // convert the same file).
