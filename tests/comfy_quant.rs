@@ -1,6 +1,8 @@
 //! ComfyUI's per-layer quantization, read exactly: every format against comfy-kitchen
 //! 0.2.40's own dequantization (`fixtures/comfy-quant/`, made by its eager backend), in
-//! both carriers; and every way such a file can be damaged refused with the layer named.
+//! both carriers; what ckpt-diff writes, loaded by ComfyUI itself as ckpt-diff reads it
+//! (`fixtures/comfy-quant/comfyui/`); and every way such a file can be damaged refused with
+//! the layer named.
 
 use std::path::{Path, PathBuf};
 
@@ -920,4 +922,203 @@ fn component_hashes_cover_every_side_tensor() {
     };
     assert!(exact(&a).is_string());
     assert_ne!(exact(&a), exact(&b));
+}
+
+/// What `fixtures/comfy-quant/comfyui_load.py` recorded of ComfyUI's loads.
+fn comfyui_goldens() -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(fixture("comfyui/goldens.json")).unwrap()).unwrap()
+}
+
+/// ComfyUI itself loaded what ckpt-diff writes: `fixtures/comfy-quant/comfyui_load.py` ran
+/// `convert comfyui/source.safetensors --dtype F` for each per-layer format, loaded each file
+/// with ComfyUI's own loader (Comfy-Org/ComfyUI 4f874c5e, `load_diffusion_model_state_dict`:
+/// SD3 detected from the shapes, every quantized layer through `mixed_precision_ops`, no
+/// missing or unexpected key; its `state_dict()` gives back the file's quantized tensors byte
+/// for byte) and recorded the SHA-256 of every file tensor and of every weight ComfyUI holds,
+/// quantized ones dequantized by ComfyUI in float32. Here the same command must still write
+/// the same bytes, and `fix --dtype` the same tensors (else the golden is stale: re-run the
+/// script), and ckpt-diff must read each weight as the same float32 bits.
+#[test]
+fn comfyui_loads_the_written_files_as_ckpt_diff_reads_them() {
+    use ckpt_ops::hash::sha256_hex;
+    let golden = comfyui_goldens();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = root.join(golden["source"].as_str().unwrap());
+    assert_eq!(
+        sha256_hex(&std::fs::read(&source).unwrap()),
+        golden["source_sha256"],
+        "the committed source is not the one ComfyUI's goldens were made from"
+    );
+    let d = Dir::new();
+    let formats = golden["formats"].as_object().unwrap();
+    assert_eq!(formats.len(), 5);
+    for (dtype, g) in formats {
+        let load = &g["comfyui_load"];
+        assert_eq!(load["model_config"], "SD3", "{dtype}");
+        assert_eq!(load["compute_dtype"], "float32", "{dtype}");
+        assert_eq!(load["missing"], serde_json::json!([]), "{dtype}");
+        assert_eq!(load["unexpected"], serde_json::json!([]), "{dtype}");
+        // ComfyUI's own state_dict() of the loaded model gave back the file's tensors.
+        assert_eq!(load["resaved_differ"], serde_json::json!([]), "{dtype}");
+
+        // (a) The recorded commands, on the committed source, write the same tensors (and
+        // convert the same file).
+        let want = g["tensors"].as_object().unwrap();
+        let run_recorded = |key: &str, out: &Path| {
+            let args: Vec<String> = g[key]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| match w.as_str().unwrap() {
+                    w if w == golden["source"] => s(&source).to_string(),
+                    w if w.ends_with(".safetensors") => s(out).to_string(),
+                    w => w.to_string(),
+                })
+                .collect();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            // fix exits 1: it warns that the architecture is none it knows.
+            let (code, stdout, stderr) = run_code(&args);
+            assert!(code <= 1, "ckpt-diff {args:?}: {stdout}{stderr}");
+            let stored = raw_map(out);
+            let mut changed: Vec<String> = want
+                .iter()
+                .filter(|(name, w)| {
+                    stored.get(name.as_str()).is_none_or(|t| {
+                        t.dtype != w["dtype"]
+                            || serde_json::json!(t.shape) != w["shape"]
+                            || sha256_hex(&t.data) != w["sha256"]
+                    })
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            changed.extend(stored.keys().filter(|k| !want.contains_key(*k)).cloned());
+            assert!(
+                changed.is_empty(),
+                "{dtype} {key}: ckpt-diff no longer writes the tensors ComfyUI loaded \
+                 (re-run fixtures/comfy-quant/comfyui_load.py); changed: {changed:?}"
+            );
+        };
+        let out = d.path(&format!("{dtype}.safetensors"));
+        run_recorded("command", &out);
+        assert_eq!(
+            sha256_hex(&std::fs::read(&out).unwrap()),
+            g["file_sha256"],
+            "{dtype}: same tensors, other header or metadata"
+        );
+        run_recorded("fix_command", &d.path(&format!("{dtype}-fix.safetensors")));
+
+        // (b) ckpt-diff reads every weight as the float32 bits ComfyUI holds.
+        let ckpt = Checkpoint::open(&out).unwrap();
+        let weights = g["weights"].as_object().unwrap();
+        let mut ours: Vec<&str> = ckpt.tensors().iter().map(|t| t.name.as_str()).collect();
+        ours.sort_unstable();
+        let mut comfy_names: Vec<&str> = weights.keys().map(String::as_str).collect();
+        comfy_names.sort_unstable();
+        assert_eq!(ours, comfy_names, "{dtype}: the tensors ComfyUI holds");
+        let quantized: Vec<(&str, &str)> = weights
+            .iter()
+            .filter_map(|(k, w)| Some((k.as_str(), w["format"].as_str()?)))
+            .collect();
+        let q = ckpt.comfy_quant().expect("per-layer quantization found");
+        assert_eq!(
+            q.layers
+                .iter()
+                .map(|l| (l.weight.as_str(), l.code.format()))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+            quantized.iter().copied().collect(),
+            "{dtype}: the quantized layers"
+        );
+        assert!(quantized.len() >= 14, "{dtype}: {} layers", quantized.len());
+        let mut differ = Vec::new();
+        for t in ckpt.tensors() {
+            let w = &weights[&t.name];
+            let mut v = vec![0.0; t.numel()];
+            Slice::of(&ckpt, t).values_into(&mut v);
+            let bytes: Vec<u8> = v.iter().flat_map(|x| (*x as f32).to_le_bytes()).collect();
+            if serde_json::json!(t.shape) != w["shape"] || sha256_hex(&bytes) != w["sha256_f32"] {
+                differ.push(t.name.clone());
+            }
+        }
+        assert!(
+            differ.is_empty(),
+            "{dtype}: ckpt-diff reads these weights otherwise than ComfyUI loads them \
+             (fixtures/comfy-quant/comfyui_load.py shows the values): {differ:?}"
+        );
+    }
+}
+
+/// `merge --dtype`, layer by layer (no ComfyUI model has the catalog's small widths, so
+/// ComfyUI cannot build the whole merged model): `comfyui_load.py` merged two synthetic
+/// Flux.1 diffusers and loaded each quantized layer with ComfyUI's
+/// `mixed_precision_ops(...).Linear` (no missing or unexpected key), dequantized it in
+/// float32 and kept one SHA-256 over the merge's tensors and one over ComfyUI's layers. The
+/// same commands must write the same tensors, and ckpt-diff must read every layer as ComfyUI
+/// did.
+#[test]
+fn comfyui_loads_the_merged_layers_as_ckpt_diff_reads_them() {
+    use ckpt_ops::hash::sha256_hex;
+    let golden = comfyui_goldens();
+    let merge = &golden["merge"];
+    let d = Dir::new();
+    let run_here = |words: &serde_json::Value| {
+        let args: Vec<String> = words
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| {
+                let w = w.as_str().unwrap();
+                if w.ends_with(".safetensors") {
+                    s(&d.path(w)).to_string()
+                } else {
+                    w.to_string()
+                }
+            })
+            .collect();
+        run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    };
+    for words in merge["inputs"].as_array().unwrap() {
+        run_here(words);
+    }
+    let formats = merge["formats"].as_object().unwrap();
+    assert_eq!(formats.len(), 5);
+    let m = d.path("m.safetensors");
+    for (dtype, g) in formats {
+        run_here(&g["command"]);
+        let lines: String = raw_map(&m)
+            .iter()
+            .map(|(k, t)| format!("{k} {} {:?} {}\n", t.dtype, t.shape, sha256_hex(&t.data)))
+            .collect();
+        assert_eq!(
+            sha256_hex(lines.as_bytes()),
+            g["tensors_sha256"],
+            "{dtype}: merge no longer writes the tensors ComfyUI loaded \
+             (re-run fixtures/comfy-quant/comfyui_load.py)"
+        );
+        let ckpt = Checkpoint::open(&m).unwrap();
+        let q = ckpt.comfy_quant().expect("per-layer quantization found");
+        assert_eq!(q.layers.len(), g["quantized_layers"], "{dtype}");
+        assert!(q.layers.iter().all(|l| l.code.format() == g["format"]));
+        // Layers in the order of their names, as the script hashed them.
+        let mut layers: Vec<&str> = q
+            .layers
+            .iter()
+            .map(|l| l.weight.strip_suffix(".weight").unwrap())
+            .collect();
+        layers.sort_unstable();
+        let mut digest = Vec::new();
+        for layer in layers {
+            let name = format!("{layer}.weight");
+            let (shape, v) = decoded(&ckpt, layer);
+            digest.extend(format!("{name} {shape:?}\n").bytes());
+            digest.extend(v.iter().flat_map(|x| (*x as f32).to_le_bytes()));
+        }
+        assert_eq!(
+            sha256_hex(&digest),
+            g["comfyui_sha256_f32"],
+            "{dtype}: ckpt-diff reads the merged layers otherwise than ComfyUI loads them \
+             (fixtures/comfy-quant/comfyui_load.py names them)"
+        );
+        drop(ckpt);
+        std::fs::remove_file(&m).unwrap();
+    }
 }
