@@ -270,6 +270,42 @@ fn full_shape_dit_releases() {
             "sd35l",
             Some("denoiser alone"),
         ),
+        // The 2026 models (their diffusers only, for now), with the prefix and bare.
+        (
+            dit(arch("z-image"), variant("base"), &[], false),
+            "z-image",
+            Some("denoiser alone"),
+        ),
+        (
+            dit(arch("z-image"), variant("base"), &diffuser, true),
+            "z-image",
+            Some("without the model.diffusion_model. prefix"),
+        ),
+        (
+            dit(arch("qwen-image"), variant("base"), &[], false),
+            "qwen-image",
+            Some("denoiser alone"),
+        ),
+        (
+            dit(arch("qwen-image"), variant("layered"), &diffuser, true),
+            "qwen-image",
+            Some("Layered"),
+        ),
+        (
+            dit(arch("flux2-dev"), variant("base"), &[], false),
+            "flux2-dev",
+            Some("denoiser alone"),
+        ),
+        (
+            dit(arch("flux2-klein-9b"), variant("base"), &diffuser, true),
+            "flux2-klein-9b",
+            Some("without the model.diffusion_model. prefix"),
+        ),
+        (
+            dit(arch("flux2-klein-4b"), variant("base"), &[], false),
+            "flux2-klein-4b",
+            Some("denoiser alone"),
+        ),
     ];
     for (i, (l, id, word)) in cases.iter().enumerate() {
         let j = inspect(&d, &format!("{i}-{id}.safetensors"), l);

@@ -247,7 +247,20 @@ fn single_step_per_block_alphas_are_recovered() {
 /// The same on Flux.1: 61 alphas in SuperMerger's Flux order come back.
 #[test]
 fn flux_per_block_alphas_are_recovered() {
-    let arch = arch("flux");
+    per_block_alphas_are_recovered("flux", 61, ("CLIP", "OUT"));
+}
+
+/// The 2026 models' block lists: a planted per-block add-difference recovered block by block.
+#[test]
+fn z_image_and_qwen_image_per_block_alphas_are_recovered() {
+    per_block_alphas_are_recovered("z-image", 39, ("X_EMBEDDER", "FINAL_LAYER"));
+    per_block_alphas_are_recovered("qwen-image", 66, ("IMG_IN", "PROJ_OUT"));
+}
+
+/// `T = ft1 + (ft3 - base) x alpha[block]` at 1/32 scale: `fit --per-block` finds ft3, the
+/// operation, and every observable block's alpha.
+fn per_block_alphas_are_recovered(id: &str, blocks: usize, ends: (&str, &str)) {
+    let arch = arch(id);
     let src = sources_of(arch, 32);
     let alpha = per_block_of(arch, 0.1, 2);
     let target = add_difference(
@@ -259,12 +272,16 @@ fn flux_per_block_alphas_are_recovered() {
     let t = src.target("t.safetensors", &target);
     let v = src.fit(&t, &["--max-steps", "1", "--per-block", "--region", "all"]);
     let steps = v["steps"].as_array().unwrap();
-    assert_eq!(steps[0]["source"], "ft3");
-    assert_eq!(steps[0]["op"], "add_difference");
+    assert_eq!(steps[0]["source"], "ft3", "{id}");
+    assert_eq!(steps[0]["op"], "add_difference", "{id}");
     let got = floats(&steps[0]["alpha"]);
     let names = blocks_in(&v);
-    assert_eq!(names.len(), 61);
-    assert_eq!((names[0].as_str(), names[60].as_str()), ("CLIP", "OUT"));
+    assert_eq!(names.len(), blocks, "{id}");
+    assert_eq!(
+        (names[0].as_str(), names[blocks - 1].as_str()),
+        ends,
+        "{id}"
+    );
     // A block ft3 did not train (its delta there is zero) leaves its alpha unobservable.
     let delta = family::finetune_profile(arch, 21, 3, 0.2);
     let rows = ckpt_core::catalog::Grouping::for_arch(arch);
@@ -280,7 +297,10 @@ fn flux_per_block_alphas_are_recovered() {
             checked += 1;
         }
     }
-    assert!(checked >= 59, "only {checked} blocks observable");
+    assert!(
+        checked >= blocks - 2,
+        "{id}: only {checked} blocks observable"
+    );
 }
 
 #[test]

@@ -59,7 +59,7 @@ struct LayoutArgs {
     seed: u64,
     /// Release variant: base; inpainting, pix2pix or depth (SD's U-Net input channels);
     /// schnell, fill or control (Flux.1: no guidance embedding, Fill's or Canny/Depth's
-    /// wider img_in).
+    /// wider img_in); layered (Qwen-Image Layered's extra timestep embedding).
     #[arg(long, default_value = "base", value_parser = parse_variant)]
     variant: String,
     /// Components to write (comma-separated: unet, te1, te2, vae for SD; diffuser, clip_l,

@@ -434,27 +434,71 @@ mod tests {
 }
 
 #[cfg(test)]
-mod klein {
+mod models_2026 {
     use super::*;
     use crate::catalog::Grouping;
 
-    /// FLUX.2 klein 4B: the published 3.876B parameters, and a file of its keys is klein,
-    /// not Flux.1, whose `double_blocks`/`single_blocks` names it shares.
+    /// The 2026 models' diffusers: the published parameter counts (the base release, without
+    /// a variant's extra key), and their rows in the order the spec gives.
     #[test]
-    fn flux2_klein_4b_is_data() {
-        let klein = Arch::parse("klein-4b").unwrap();
-        let params: usize = table(klein)
-            .keys
-            .iter()
-            .map(|k| k.shape.iter().product::<usize>())
-            .sum();
-        assert_eq!(params, 3_875_544_576);
-        let rows: Vec<String> = Grouping::for_arch(klein)
-            .groups()
-            .iter()
-            .map(|g| g.label.clone())
-            .collect();
-        assert_eq!(rows.len(), 1 + 1 + 5 + 20 + 1 + 1);
-        assert_eq!(&rows[..3], ["IN", "MOD", "D00"]);
+    fn the_2026_models_are_data() {
+        let cases: [(&str, usize, &[&str], usize); 5] = [
+            (
+                "z-image",
+                6_154_908_736,
+                &["X_EMBEDDER", "PAD_TOKENS", "CAP_EMBEDDER"],
+                1 + 4 + 4 + 30,
+            ),
+            (
+                "qwen-image",
+                20_430_401_088,
+                &["IMG_IN", "TXT_NORM", "TXT_IN"],
+                4 + 60 + 2,
+            ),
+            (
+                "flux2-dev",
+                32_223_281_152,
+                &["IN", "MOD", "D00"],
+                2 + 8 + 48 + 1,
+            ),
+            (
+                "flux2-klein-9b",
+                9_078_581_248,
+                &["IN", "MOD", "D00"],
+                2 + 8 + 24 + 1,
+            ),
+            (
+                "flux2-klein-4b",
+                3_875_544_576,
+                &["IN", "MOD", "D00"],
+                2 + 5 + 20 + 1,
+            ),
+        ];
+        for (id, params, first, rows) in cases {
+            let a = Arch::parse(id).unwrap();
+            let added: Vec<&str> = a.variants().iter().filter_map(|v| v.present).collect();
+            let count: usize = table(a)
+                .keys
+                .iter()
+                .filter(|k| !added.contains(&k.name.as_str()))
+                .map(|k| k.shape.iter().product::<usize>())
+                .sum();
+            assert_eq!(count, params, "{id}");
+            let labels: Vec<String> = Grouping::for_arch(a)
+                .groups()
+                .iter()
+                .map(|g| g.label.clone())
+                .collect();
+            assert_eq!(&labels[..3], first, "{id}");
+            // Every row of the block list, plus the `other` row no key falls into.
+            assert!(labels.len() >= rows, "{id}: {labels:?}");
+        }
+        // Qwen-Image's `norm_out` is a row of its own, not the first slider's.
+        let q = Arch::parse("qwen-image").unwrap();
+        assert_eq!(
+            q.block_of("model.diffusion_model.norm_out.linear.weight")
+                .map(|b| b.label()),
+            Some("NORM_OUT")
+        );
     }
 }

@@ -279,9 +279,33 @@ pub fn detect(ckpt: &Checkpoint) -> Detection {
     // its names with other shapes (a new size of a known family), or that it explains
     // only in part, is read generically, with what it resembles and why it is not that.
     let contradicted = best.shape_mismatches * 20 > considered;
-    if level <= Level::Low || contradicted {
+    // Nor, among the sizes of one family (several architectures with the file's markers),
+    // one whose denoiser the file holds only in part (more than 1 in 20 of its keys
+    // missing), which may be another size: FLUX.2 klein 9B widened by half has FLUX.2 dev's
+    // names and shapes, and a third of dev's blocks are not there. (A part of a model with
+    // no sibling, such as a few SD1 layers, is still named.)
+    let has_denoiser = keys.iter().any(|(k, _)| component_of(k).is_denoiser());
+    let denoiser: Vec<&str> = data::table(best.arch)
+        .keys
+        .iter()
+        .filter(|k| k.role == Role::Denoiser && k.core && !k.optional)
+        .map(|k| k.name.as_str())
+        .collect();
+    let missing = if has_denoiser {
+        denoiser.iter().filter(|k| !names.contains(*k)).count()
+    } else {
+        0
+    };
+    let partial = marked.len() > 1 && missing * 20 > denoiser.len();
+    if level <= Level::Low || contradicted || partial {
         let looks_like = (best.matched + best.shape_mismatches > 0).then(|| {
             let mut why = Vec::new();
+            if partial {
+                why.push(format!(
+                    "{missing} of its {} denoiser keys are missing",
+                    denoiser.len()
+                ));
+            }
             if best.shape_mismatches > 0 {
                 why.push(format!(
                     "{} keys have its names but other shapes",
@@ -395,14 +419,15 @@ fn variants(ckpt: &Checkpoint, arch: Arch, scale: u32) -> Vec<Variant> {
     };
     let denoiser = names.iter().any(|n| component_of(n) == arch.denoiser());
     for v in &arch.info().spec.variants {
-        let found = match (&v.width, &v.absent) {
-            (Some(w), _) => stored(&w.key).is_some_and(|t| {
+        let found = match (&v.width, &v.absent, &v.present) {
+            (Some(w), _, _) => stored(&w.key).is_some_and(|t| {
                 t.shape.len() > w.dim && t.shape[w.dim] == scaled_dim(w.value, scale)
             }),
-            (None, Some(prefix)) => {
+            (None, Some(prefix), _) => {
                 denoiser && !names.iter().any(|n| n.starts_with(prefix.as_str()))
             }
-            (None, None) => false,
+            (None, None, Some(key)) => names.contains(key.as_str()),
+            (None, None, None) => false,
         };
         if found {
             out.push(Variant::Release {

@@ -88,6 +88,8 @@ pub struct ReleaseVariant {
     pub width: Option<(&'static str, usize, usize)>,
     /// It has no keys under this prefix.
     pub absent: Option<&'static str>,
+    /// It has this key, which the base release does not.
+    pub present: Option<&'static str>,
 }
 
 impl Arch {
@@ -249,6 +251,7 @@ impl Arch {
                 describe: &v.describe,
                 width: v.width.as_ref().map(|w| (w.key.as_str(), w.dim, w.value)),
                 absent: v.absent.as_deref(),
+                present: v.present.as_deref(),
             })
             .collect()
     }

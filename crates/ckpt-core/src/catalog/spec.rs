@@ -205,6 +205,9 @@ pub(crate) struct VariantSpec {
     pub(crate) width: Option<WidthSpec>,
     /// The variant has no keys under this prefix (while the denoiser is there).
     pub(crate) absent: Option<String>,
+    /// The variant has this key, which the base release does not (an optional key of the
+    /// layout).
+    pub(crate) present: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -43,6 +43,8 @@ pub struct Variant {
     width: Option<(&'static str, usize, usize)>,
     /// The keys it leaves out.
     absent: Option<&'static str>,
+    /// The key it adds (one the base release does not have).
+    present: Option<&'static str>,
 }
 
 impl Serialize for Variant {
@@ -57,6 +59,7 @@ impl Variant {
         name: "Base",
         width: None,
         absent: None,
+        present: None,
     };
 
     /// The variant `synth --variant` calls `word` in `arch`.
@@ -71,6 +74,7 @@ impl Variant {
                 name: v.name,
                 width: v.width,
                 absent: v.absent,
+                present: v.present,
             })
     }
 
@@ -344,6 +348,15 @@ fn plan_tensors(layout: &Layout) -> Vec<Planned> {
             continue;
         }
         if layout.variant.absent.is_some_and(|p| k.name.starts_with(p)) {
+            continue;
+        }
+        // A key some variant adds is written for that variant only.
+        let added = layout
+            .arch
+            .variants()
+            .iter()
+            .any(|v| v.present == Some(k.name.as_str()));
+        if added && layout.variant.present != Some(k.name.as_str()) {
             continue;
         }
         let mut shape = scaled_shape(&k.shape, layout.scale);
