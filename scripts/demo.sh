@@ -2,7 +2,7 @@
 # The demo: builds ckpt-diff, generates a family of SD1 checkpoints with the real key
 # layout (a base, three fine-tunes, three merges; 1/8 of the real widths so it takes
 # seconds), and runs the analyses on them; then a Flux.1 family, merged to BF16 and to
-# scaled FP8. Outputs go to demo/ (the checkpoints) and
+# scaled FP8; ComfyUI per-layer formats; the 2026 models (Qwen-Image, FLUX.2 klein). Outputs go to demo/ (the checkpoints) and
 # reports/demo/ (what the commands printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -165,5 +165,14 @@ body[lo:hi] = bytes(hi - lo)
 open(sys.argv[2], "wb").write(b[:8 + n] + bytes(body))
 PY
 $bin inspect "$data/flux/damaged.safetensors" 2>&1 | tee -a "$out/quant.txt" || true
+
+step "the 2026 models: Qwen-Image (ComfyUI's ModelMergeQwenImage rows) and FLUX.2 klein, told from Flux.1 by names and shapes"
+$bin synth family "$data/qwen" --arch qwen-image --scale 32 --seed 7 -q > /dev/null
+$bin inspect "$data/qwen/base.safetensors" | head -4 | tee "$out/models-2026.txt"
+$bin sim "$data/qwen/base.safetensors" "$data/qwen/mbw-ft1-ft2.safetensors" \
+    --blocks "IMG_IN, TXT_NORM, TXT_IN, TIME_TEXT_EMBED, B00..B02, B57..B59, NORM_OUT, PROJ_OUT" \
+    | tee -a "$out/models-2026.txt"
+$bin synth model "$data/klein-4b.safetensors" --arch flux2-klein-4b --scale 32 -q > /dev/null
+$bin inspect "$data/klein-4b.safetensors" | head -4 | tee -a "$out/models-2026.txt"
 
 step "done: outputs in $out/ (reports: $out/l2/index.html, $out/clone-check/index.html, $out/lineage/index.html)"
