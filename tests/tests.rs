@@ -19,6 +19,7 @@ mod hash;
 mod l2;
 mod lineage;
 mod lora;
+mod lora_2026;
 mod lora_diffusers;
 mod merge;
 mod near_miss;

@@ -193,6 +193,27 @@ pub fn preferred_by(arch: Arch, metadata: &dyn Fn(&str) -> Option<String>) -> bo
     })
 }
 
+/// Whether a LoRA module's `down` (`[rank, in, ...]`) and `up` (`[out, rank, ...]`) shapes fit
+/// what `stem` patches in `arch` at a checkpoint scaled down by `scale` (the rows of a fused
+/// projection's part). Families that share module names (FLUX.2 and Flux.1, or the FLUX.2
+/// sizes) differ here.
+pub fn fits(arch: Arch, stem: &str, down: &[usize], up: &[usize], scale: u32) -> bool {
+    let Some(t) = target(arch, stem) else {
+        return false;
+    };
+    let Some(key) = table(arch).get(&t.key) else {
+        return false;
+    };
+    let shape = super::detect::scaled_shape(&key.shape, scale);
+    let (lo, hi) = t.row_range(&shape);
+    let inputs: usize = shape.iter().skip(1).product();
+    let (Some(&rank), Some(&out)) = (down.first(), up.first()) else {
+        return false;
+    };
+    let down_in: usize = down.iter().skip(1).product();
+    up.get(1) == Some(&rank) && out == hi - lo && down_in == inputs
+}
+
 /// What a module stem (`lora_unet_..._to_q`, `unet.down_blocks....to_q`,
 /// `double_blocks.0.processor.qkv_lora1`) patches in `arch` (any architecture whose spec has
 /// a `[lora]` table).
@@ -401,10 +422,16 @@ fn build(arch: Arch) -> Built {
         {
             add_as(kohya("lora_unet_", rest), &k.name, None, false);
             add_as(format!("diffusion_model.{rest}"), &k.name, None, false);
+            if let Some(peft) = &lora.peft_single {
+                add_as(format!("{peft}{rest}"), &k.name, None, false);
+            }
             if let Some(names) = &lora.diffusers {
                 for (name, rows) in module_names(modules, rest) {
                     add_as(format!("{}{name}", names.peft), &k.name, rows, false);
                     add_as(kohya(&names.kohya, &name), &k.name, rows, false);
+                    for also in &names.also {
+                        add_as(format!("{also}{name}"), &k.name, rows, false);
+                    }
                 }
             } else if let Some(prefixes) = &prefixes
                 && let Some(hf) = unet_rename(&format!("{rest}."), prefixes, false)

@@ -256,6 +256,9 @@ pub(crate) struct LoraSpec {
     /// More names of a module (a trainer's own dialect).
     #[serde(default)]
     pub(crate) names: Vec<ModuleName>,
+    /// The prefix PEFT writes before the single-file module path, for an architecture
+    /// whose single-file names are its diffusers names (Qwen-Image: `transformer.`).
+    pub(crate) peft_single: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -279,6 +282,10 @@ pub(crate) struct MetadataTest {
 pub(crate) struct LoraDiffusersNames {
     pub(crate) peft: String,
     pub(crate) kohya: String,
+    /// More dotted prefixes of the diffusers path (ai-toolkit's `diffusion_model.` over
+    /// Z-Image's diffusers names).
+    #[serde(default)]
+    pub(crate) also: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -380,6 +380,11 @@ impl Network {
                 .filter(|(n, _)| *n == best)
                 .map(|(_, a)| *a)
                 .collect();
+            // Families that share module names (FLUX.2 and Flux.1, the FLUX.2 sizes) are
+            // told apart by the modules' shapes, at the scale that fits the most of them.
+            let fitting = |a: Arch| fitting_modules(ckpt, &stems, a);
+            let most = tied.iter().map(|&a| fitting(a)).max().unwrap_or(0);
+            let tied: Vec<Arch> = tied.into_iter().filter(|&a| fitting(a) == most).collect();
             // SD1 and SD2 share every module name (their layers differ in width only):
             // kohya's `ss_v2` or `ss_base_model_version` decides between them when present,
             // as the spec's `prefer_when` says.
@@ -522,6 +527,38 @@ fn peft_name(m: &Module, arch: Option<Arch>, configs: &config::AdapterConfigs) -
     }
     let t = m.target.as_ref()?;
     lora::names_of(arch?, t).iter().find(|n| under(n)).cloned()
+}
+
+/// How many of a LoRA's modules (`stems`: module -> its tensors) have down and up shapes
+/// that fit what they patch in `arch`, at the checkpoint scale that fits the most.
+fn fitting_modules(
+    ckpt: &Checkpoint,
+    stems: &BTreeMap<String, Vec<(Role, String)>>,
+    arch: Arch,
+) -> usize {
+    let shapes: Vec<(&str, &[usize], &[usize])> = stems
+        .iter()
+        .filter_map(|(stem, parts)| {
+            let shape = |role: Role| {
+                parts
+                    .iter()
+                    .find(|(r, _)| *r == role)
+                    .and_then(|(_, n)| ckpt.get(n))
+                    .map(|t| t.shape.as_slice())
+            };
+            Some((stem.as_str(), shape(Role::Down)?, shape(Role::Up)?))
+        })
+        .collect();
+    ckpt_core::catalog::detect::SCALES
+        .iter()
+        .map(|&scale| {
+            shapes
+                .iter()
+                .filter(|(stem, down, up)| lora::fits(arch, stem, down, up, scale))
+                .count()
+        })
+        .max()
+        .unwrap_or(0)
 }
 
 /// How many of `stems` each architecture's name table maps, in [`lora::ARCHS`] order.

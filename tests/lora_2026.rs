@@ -1,0 +1,132 @@
+//! LoRAs for the 2026 models in the dialects their trainers write (`fixtures/lora-2026/`:
+//! the keys and shapes of a rank-16 LoRA over every module musubi-tuner, ai-toolkit and
+//! diffusers/PEFT target, from `../shared/archs/lora-2026/`): each is taken for its own family,
+//! never Flux.1's (whose module names Qwen-Image's diffusers names and FLUX.2's BFL names
+//! also are), and every module patches the tensor (and rows) it trains.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::util::*;
+
+/// A LoRA file with the keys and shapes of a fixture list, its data zeros (sparse: written
+/// instantly whatever its size).
+fn sparse_lora(d: &Dir, list: &str) -> PathBuf {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/lora-2026/{list}.tsv")),
+    )
+    .unwrap();
+    let mut header = serde_json::Map::new();
+    let mut at = 0usize;
+    for line in text.lines().skip(1) {
+        let cols: Vec<&str> = line.split('\t').collect();
+        let shape: Vec<usize> = serde_json::from_str(cols[1]).unwrap();
+        let size = match cols[2] {
+            "F32" => 4,
+            _ => 2,
+        };
+        let bytes = shape.iter().product::<usize>() * size;
+        header.insert(
+            cols[0].to_string(),
+            serde_json::json!({"dtype": cols[2], "shape": shape, "data_offsets": [at, at + bytes]}),
+        );
+        at += bytes;
+    }
+    let text = serde_json::Value::Object(header).to_string();
+    let path = d.path(&format!("{list}.safetensors"));
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(&(text.len() as u64).to_le_bytes()).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+    f.set_len((8 + text.len() + at) as u64).unwrap();
+    path
+}
+
+#[test]
+fn every_dialect_is_read_for_its_own_family() {
+    let d = Dir::new();
+    let cases = [
+        ("z-image.musubi", "z-image", 210),
+        ("z-image.aitk", "z-image", 210),
+        ("z-image.peft", "z-image", 210),
+        ("qwen-image.musubi", "qwen-image", 720),
+        ("qwen-image.aitk", "qwen-image", 720),
+        ("qwen-image.peft", "qwen-image", 720),
+        ("flux2-klein-4b.musubi", "flux2-klein-4b", 80),
+        ("flux2-klein-4b.aitk", "flux2-klein-4b", 80),
+        ("flux2-klein-4b.peft", "flux2-klein-4b", 100),
+    ];
+    for (list, arch, modules) in cases {
+        let lora = sparse_lora(&d, list);
+        let r = run_json(&["inspect", s(&lora)]);
+        assert_eq!(r["arch"], arch, "{list}");
+        let m = r["modules"].as_array().unwrap();
+        assert_eq!(m.len(), modules, "{list}");
+        assert_eq!(r["unknown"], serde_json::json!([]), "{list}");
+        for module in m {
+            let stem = module["stem"].as_str().unwrap();
+            let target = module["target"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{list}: {stem}"));
+            assert!(
+                target.starts_with("model.diffusion_model."),
+                "{list}: {stem}"
+            );
+            assert!(module["block"].is_string(), "{list}: {stem} has no block");
+            // Z-Image's trainers split the fused q/k/v: each a third of `attention.qkv`.
+            for (i, part) in ["to_q", "to_k", "to_v"].iter().enumerate() {
+                if arch == "z-image"
+                    && (stem.ends_with(part) || stem.ends_with(&format!("_{part}")))
+                {
+                    assert!(target.ends_with("attention.qkv.weight"), "{list}: {stem}");
+                    assert_eq!(
+                        module["rows"],
+                        serde_json::json!({"Third": i}),
+                        "{list}: {stem}"
+                    );
+                }
+            }
+            // FLUX.2's PEFT names for a single block's fused projection are `linear1` whole.
+            if stem.ends_with("to_qkv_mlp_proj") {
+                assert!(target.ends_with("linear1.weight"), "{list}: {stem}");
+                assert!(module["rows"].is_null(), "{list}: {stem}");
+            }
+        }
+    }
+}
+
+/// The same module names at other widths are another family: a klein 4B LoRA is not Flux.1's
+/// (its MLPs are wider), and a LoRA extracted from a generated (scaled-down) FLUX.2 klein or
+/// Qwen-Image model is read for its own family at that scale.
+#[test]
+fn shapes_decide_between_families_that_share_names() {
+    let d = Dir::new();
+    for arch in ["flux2-klein-4b", "qwen-image", "z-image"] {
+        let dir = d.path(arch);
+        run_ok(&[
+            "synth",
+            "family",
+            "-q",
+            "--arch",
+            arch,
+            "--scale",
+            "16",
+            s(&dir),
+        ]);
+        let lora = d.path(&format!("{arch}-r4.safetensors"));
+        run_ok(&[
+            "lora",
+            "extract",
+            s(&dir.join("ft1.safetensors")),
+            "--base",
+            s(&dir.join("base.safetensors")),
+            "--rank",
+            "4",
+            "-o",
+            s(&lora),
+            "-q",
+        ]);
+        let r = run_json(&["inspect", s(&lora)]);
+        assert_eq!(r["arch"], arch);
+        assert_eq!(r["unknown"], serde_json::json!([]), "{arch}");
+    }
+}
