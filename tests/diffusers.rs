@@ -414,3 +414,104 @@ fn test_unmapped_folder_tensors_are_listed_loudly() {
     let (_, _, err) = crate::util::run_code(&["sim", s(&folder), s(&twin)]);
     assert!(err.contains("adapter.scale"), "{err}");
 }
+
+/// Z-Image's diffusers name for a single-file key, by the renaming `z_image_to_diffusers`
+/// states (written here independently of the catalog's rules): q/k/v split out of `qkv`
+/// (`None`: split), `out` -> `to_out.0`, `q_norm`/`k_norm` -> `norm_q`/`norm_k`, the embedder
+/// and final layer under `all_*.2-1`.
+fn z_image_diffusers_name(key: &str) -> Option<String> {
+    if key.contains(".attention.qkv.") {
+        return None;
+    }
+    let n = key
+        .replace(".attention.out.", ".attention.to_out.0.")
+        .replace(".attention.q_norm.", ".attention.norm_q.")
+        .replace(".attention.k_norm.", ".attention.norm_k.");
+    Some(if let Some(rest) = n.strip_prefix("x_embedder.") {
+        format!("all_x_embedder.2-1.{rest}")
+    } else if let Some(rest) = n.strip_prefix("final_layer.") {
+        format!("all_final_layer.2-1.{rest}")
+    } else {
+        n
+    })
+}
+
+/// Z-Image and Qwen-Image diffusers folders (`transformer/` in diffusers' names) read as
+/// their single-file twins. The folder's names are checked against the facts' list of
+/// diffusers names (`../shared/archs/z-image.diffusers.tsv`, in the catalog's data).
+#[test]
+fn test_2026_diffusers_folders_read_as_their_single_file_twins() {
+    let dir = Dir::new();
+    let facts = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/z-image.diffusers.tsv"),
+    )
+    .unwrap();
+    let mut want: Vec<String> = facts
+        .lines()
+        .skip(1)
+        .map(|l| l.split('\t').next().unwrap().to_string())
+        .collect();
+    want.sort();
+    for arch in ["z-image", "qwen-image"] {
+        let twin = dir.path(&format!("{arch}.safetensors"));
+        run_ok(&[
+            "synth",
+            "model",
+            "-q",
+            "--arch",
+            arch,
+            "--scale",
+            "32",
+            "--bare",
+            s(&twin),
+        ]);
+        let (tensors, _) = read_raw(&twin);
+        let mut out = Vec::new();
+        for t in tensors {
+            let name = if arch == "z-image" {
+                z_image_diffusers_name(&t.name)
+            } else {
+                Some(t.name.clone())
+            };
+            match name {
+                Some(name) => out.push(RawTensor { name, ..t }),
+                None => {
+                    let third = t.data.len() / 3;
+                    let mut shape = t.shape.clone();
+                    shape[0] /= 3;
+                    for (i, part) in ["to_q", "to_k", "to_v"].iter().enumerate() {
+                        out.push(RawTensor {
+                            name: t.name.replace(".qkv.", &format!(".{part}.")),
+                            shape: shape.clone(),
+                            data: t.data[i * third..(i + 1) * third].to_vec(),
+                            ..t.clone()
+                        });
+                    }
+                }
+            }
+        }
+        if arch == "z-image" {
+            let mut names: Vec<String> = out.iter().map(|t| t.name.clone()).collect();
+            names.sort();
+            assert_eq!(names, want, "the diffusers names of the facts");
+        }
+        let folder = dir.path(&format!("{arch}-diffusers"));
+        std::fs::create_dir_all(folder.join("transformer")).unwrap();
+        write_raw(
+            &folder.join("transformer/diffusion_pytorch_model.safetensors"),
+            &out,
+            &[],
+            0,
+        );
+        let v = run_json(&["inspect", s(&folder)]);
+        assert_eq!(v["container"], "diffusers", "{arch}");
+        assert_eq!(v["arch"]["id"], arch, "{arch}: {}", v["arch"]["summary"]);
+        assert_eq!(v["arch"]["confidence"], "high", "{arch}");
+        assert!(!v["assembled"].to_string().contains("left out"), "{arch}");
+        // The same tensors as the twin under ComfyUI's prefix: sim finds them identical.
+        let sim = run_json(&["sim", s(&folder), s(&twin)]);
+        for row in sim["rows"].as_array().unwrap() {
+            assert_eq!(row["similarity"].as_f64(), Some(1.0), "{arch}: {row}");
+        }
+    }
+}

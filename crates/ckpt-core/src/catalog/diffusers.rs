@@ -248,7 +248,26 @@ fn open_pipeline(dir: &Path, keep_unmapped: bool) -> Result<Checkpoint, Pipeline
             "clip" => map_clip_l(&names, &f.under, part),
             "openclip" => map_openclip(&names, &f.under, part, f.projection),
             "ldm-vae" => map_vae(&layout.tensors, &f.under, part),
-            "modules" => map_modules(&layout.tensors, &spec.modules, &f.under, part),
+            "modules" => {
+                let mut mapped = map_modules(&layout.tensors, &spec.modules, &f.under, part);
+                if f.known_as_is {
+                    let keys = super::data::table(arch);
+                    mapped.unmapped.retain(|name| {
+                        let as_name = format!("{}{name}", f.under);
+                        if keys.get(&as_name).is_none() {
+                            return true;
+                        }
+                        mapped.outs.push(Piece::Same {
+                            part,
+                            name: name.clone(),
+                            as_name,
+                            shape: None,
+                        });
+                        false
+                    });
+                }
+                mapped
+            }
             _ => {
                 return Err(PipelineError::Spec {
                     arch: arch.id(),

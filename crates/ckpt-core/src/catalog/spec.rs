@@ -349,6 +349,10 @@ pub(crate) struct FolderSpec {
     /// OpenCLIP: the text projection is there (SDXL), stored transposed.
     #[serde(default)]
     pub(crate) projection: bool,
+    /// A tensor no rule maps whose name, under `under`, is a key of the architecture's
+    /// layout is that key (diffusers keeps most of Z-Image's and all of Qwen-Image's names).
+    #[serde(default)]
+    pub(crate) known_as_is: bool,
 }
 
 #[derive(Debug, Deserialize)]
