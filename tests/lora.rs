@@ -1255,6 +1255,100 @@ fn lora_merge_concat_is_exact_and_svd_re_ranks_the_sum() {
     assert_ne!(code, 0, "{err}");
 }
 
+/// `lora merge --method ties` (several LoRAs into one by TIES, ComfyUI-Manager #2440): each
+/// module's changes ratio·ΔWᵢ trimmed to their top k by magnitude, the sign elected by the sum,
+/// the agreeing ones averaged, then re-ranked by SVD; against that computed element by element
+/// here. A module in one LoRA only is its own top k. Unknown methods and options are refused.
+#[test]
+fn lora_merge_by_ties_equals_a_per_element_reference() {
+    let dir = Dir::new();
+    let q = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";
+    let k = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_k";
+    let mk = |name: &str, ls: &[Lora]| {
+        let p = dir.path(name);
+        let ts: Vec<RawTensor> = ls.iter().flat_map(Lora::tensors).collect();
+        write_raw(&p, &ts, &[], 0);
+        p
+    };
+    let a = [
+        Lora::new(q, [4, 40, 40, 0], 2.0, 11),
+        Lora::new(k, [4, 40, 40, 0], 4.0, 12),
+    ];
+    let b = [Lora::new(q, [8, 40, 40, 0], 1.0, 13)];
+    let c = [Lora::new(q, [2, 40, 40, 0], 2.0, 14)];
+    let (pa, pb, pc) = (
+        mk("a.safetensors", &a),
+        mk("b.safetensors", &b),
+        mk("c.safetensors", &c),
+    );
+    let frac = 0.3;
+    // TIES by hand: the top ⌈k·n⌉ of each change by magnitude (ties at the threshold kept),
+    // the elected sign of Σ changes (0 counts as +), the mean of the agreeing non-zero ones.
+    let top = |d: &[f64]| -> Vec<f64> {
+        let mut mags: Vec<f32> = d.iter().map(|x| x.abs() as f32).collect();
+        mags.sort_by(|x, y| y.total_cmp(x));
+        let th = mags[((frac * d.len() as f64).ceil() as usize).max(1) - 1];
+        d.iter()
+            .map(|&x| if (x.abs() as f32) < th { 0.0 } else { x })
+            .collect()
+    };
+    let ties = |changes: &[Vec<f64>]| -> Vec<f64> {
+        let kept: Vec<Vec<f64>> = changes.iter().map(|d| top(d)).collect();
+        (0..kept[0].len())
+            .map(|j| {
+                let sum: f64 = kept.iter().map(|d| d[j]).sum();
+                let sign = if sum >= 0.0 { 1.0 } else { -1.0 };
+                let agree: Vec<f64> = kept
+                    .iter()
+                    .map(|d| d[j])
+                    .filter(|x| *x != 0.0 && x.signum() == sign)
+                    .collect();
+                if agree.is_empty() {
+                    0.0
+                } else {
+                    agree.iter().sum::<f64>() / agree.len() as f64
+                }
+            })
+            .collect()
+    };
+    let scaled = |l: &Lora, r: f64| l.delta().iter().map(|x| r * x).collect::<Vec<f64>>();
+    let want_q = ties(&[scaled(&a[0], 0.7), scaled(&b[0], -0.5), scaled(&c[0], 1.0)]);
+    let want_k = ties(&[scaled(&a[1], 0.7)]);
+    let out = dir.path("ties.safetensors");
+    let arg = |p: &std::path::Path, r: &str| format!("{}:{r}", s(p));
+    run_ok(&words(
+        "lora merge {} {} {} --rank 40 --method ties --opt k=0.3 --clamp-quantile 1 --dtype f32 -o {} -q",
+        &[&arg(&pa, "0.7"), &arg(&pb, "-0.5"), s(&pc), s(&out)],
+    ));
+    let got = materialise(&out);
+    assert!(close(&got[q].2, &want_q, 1e-5), "ties: {q}");
+    assert!(close(&got[k].2, &want_k, 1e-5), "ties: {k}");
+    // Not the sum: TIES changed something.
+    let sum: Vec<f64> = scaled(&a[0], 0.7)
+        .iter()
+        .zip(scaled(&b[0], -0.5))
+        .zip(scaled(&c[0], 1.0))
+        .map(|((x, y), z)| x + y + z)
+        .collect();
+    assert!(!close(&got[q].2, &sum, 1e-3));
+    for (args, says) in [
+        ("--method mean", "not a method for LoRA changes"),
+        ("--method ties --opt kk=1", "has no option `kk`"),
+        ("--method ties --opt k=2", "must be in (0, 1]"),
+        (
+            "--method ties --opt weights=1",
+            "not an option of `lora merge`",
+        ),
+    ] {
+        let x = dir.path("x.safetensors");
+        let mut cmd = words("lora merge {} --rank 4 -o {}", &[s(&pa), s(&x)]);
+        cmd.extend(args.split(' '));
+        let (code, _, err) = run_code(&cmd);
+        assert_eq!(code, 2, "{args}: {err}");
+        assert!(err.contains(says), "{args}: {err}");
+    }
+}
+
 /// kohya's Flux module for the fused `img_attn.qkv` becomes diffusers' three (`to_q`, `to_k`,
 /// `to_v`: the down factor shared, the up factor cut by rows, as diffusers' converter does)
 /// and back into one; the change stays the same throughout.

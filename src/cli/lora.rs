@@ -22,7 +22,8 @@ pub(super) struct Args {
 enum Command {
     /// A LoRA from TUNED − BASE: per module the truncated SVD of the difference.
     Extract(ExtractArgs),
-    /// LoRAs merged into one: re-ranked by SVD of the summed change, or concatenated.
+    /// LoRAs merged into one: re-ranked by SVD of the summed (or TIES-, DARE-merged) change,
+    /// or concatenated.
     Merge(MergeArgs),
     /// A LoRA rewritten in another key dialect (kohya, peft).
     Convert(ConvertArgs),
@@ -242,8 +243,23 @@ pub(super) struct MergeArgs {
     /// With `--rank`: clamp the factors at this quantile (svd_merge_lora's 0.99); 1: off.
     #[arg(long, default_value_t = 0.99, value_parser = parse_share)]
     clamp_quantile: f64,
+    /// With `--rank`: merge each module's changes by this method of the merge registry
+    /// instead of summing them: ties, tgmd, dare, dare_ties (against the zero change) or
+    /// geomedian; each LoRA's ratio scales its change first.
+    #[arg(long, requires = "rank")]
+    method: Option<String>,
+    /// An option of `--method`, `KEY=VALUE` (repeatable): `k=0.3`, `vote=count`, `p=0.5`...
+    #[arg(long = "opt", value_name = "KEY=VALUE", requires = "method", value_parser = parse_opt)]
+    opts: Vec<(String, String)>,
     #[command(flatten)]
     out: OutArgs,
+}
+
+fn parse_opt(s: &str) -> std::result::Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
 #[derive(Debug, clap::Args)]
@@ -286,6 +302,13 @@ fn merge(a: MergeArgs, _global: &Global) -> Result<Outcome> {
             rank: rank.rule(a.energy, None),
             conv_rank: a.conv_rank.unwrap_or(rank).rule(a.energy, None),
             clamp_quantile: a.clamp_quantile,
+            method: match &a.method {
+                None => None,
+                Some(name) => Some(
+                    ckpt_ops::lora::methods::DeltaMethod::new(name, &a.opts)
+                        .map_err(|e| anyhow::anyhow!("--method {name}: {e}"))?,
+                ),
+            },
         },
     };
     let inputs: Vec<&Path> = a.inputs.iter().map(|w| w.path.as_path()).collect();

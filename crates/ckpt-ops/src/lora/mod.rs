@@ -22,6 +22,7 @@
 
 pub mod config;
 pub mod extract;
+pub mod methods;
 pub mod svd;
 pub mod write;
 
@@ -195,6 +196,8 @@ pub enum LoraError {
         module: String,
         source: svd::SvdError,
     },
+    #[error("{module}: {why}")]
+    Method { module: String, why: String },
     #[error(transparent)]
     Write(#[from] ckpt_core::writer::WriteError),
 }

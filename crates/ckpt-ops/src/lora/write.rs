@@ -234,10 +234,12 @@ pub struct Source<'a> {
 }
 
 pub enum MergeHow {
+    /// Each module's changes summed (or merged by `method`), then re-ranked by SVD.
     Svd {
         rank: RankRule,
         conv_rank: RankRule,
         clamp_quantile: f64,
+        method: Option<super::methods::DeltaMethod>,
     },
     Concat,
 }
@@ -360,14 +362,31 @@ pub fn merge(
                 rank,
                 conv_rank,
                 clamp_quantile,
+                method,
             } => {
                 let mut sum = faer::Mat::<svd::Real>::zeros(rows, cols);
-                for (ratio, _, d) in &deltas {
-                    let full = d.full();
-                    for o in 0..rows {
-                        for j in 0..cols {
-                            sum[(o, j)] += (ratio * full[o * cols + j]) as svd::Real;
-                        }
+                let changes = deltas.iter().map(|(ratio, _, d)| {
+                    let mut full = d.full();
+                    full.iter_mut().for_each(|x| *x *= ratio);
+                    full
+                });
+                let merged: Vec<f64> = match method {
+                    Some(m) => {
+                        let changes: Vec<Vec<f64>> = changes.collect();
+                        m.apply(&name, [rows, cols], &changes)
+                            .map_err(|why| LoraError::Method {
+                                module: name.clone(),
+                                why,
+                            })?
+                    }
+                    None => changes.fold(vec![0.0; rows * cols], |mut acc, c| {
+                        acc.iter_mut().zip(&c).for_each(|(a, x)| *a += x);
+                        acc
+                    }),
+                };
+                for o in 0..rows {
+                    for j in 0..cols {
+                        sum[(o, j)] = merged[o * cols + j] as svd::Real;
                     }
                 }
                 let is_kxk = kernel.as_ref().is_some_and(|k| k[1] * k[2] > 1);
@@ -396,8 +415,11 @@ pub fn merge(
                 env!("CARGO_PKG_VERSION"),
                 sources.len(),
                 match how {
-                    MergeHow::Concat => "concatenated",
-                    MergeHow::Svd { .. } => "re-ranked by SVD",
+                    MergeHow::Concat => "concatenated".to_string(),
+                    MergeHow::Svd { method: None, .. } => "re-ranked by SVD".to_string(),
+                    MergeHow::Svd {
+                        method: Some(m), ..
+                    } => format!("merged by {}, re-ranked by SVD", m.name()),
                 }
             ),
         ),
