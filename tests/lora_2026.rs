@@ -128,5 +128,13 @@ fn shapes_decide_between_families_that_share_names() {
         let r = run_json(&["inspect", s(&lora)]);
         assert_eq!(r["arch"], arch);
         assert_eq!(r["unknown"], serde_json::json!([]), "{arch}");
+        // The modules musubi-tuner's networks train: no modulation layer.
+        for m in r["modules"].as_array().unwrap() {
+            let stem = m["stem"].as_str().unwrap();
+            assert!(
+                !stem.contains("_mod_") && !stem.contains("modulation"),
+                "{arch}: {stem}"
+            );
+        }
     }
 }

@@ -292,6 +292,9 @@ fn extractable_in(
             {
                 continue;
             }
+            if lora.extract_skip.iter().any(|p| rest.contains(p.as_str())) {
+                continue;
+            }
             let ldm = format!("lora_unet_{}", rest.replace('.', "_"));
             // An LDM U-Net: kohya takes its transformers, and its ResNet parts with a
             // convolution rank (told by their diffusers names).

@@ -246,6 +246,10 @@ pub(crate) struct LoraSpec {
     /// Only the denoiser's modules under these prefixes are extracted.
     #[serde(default)]
     pub(crate) extract_only: Vec<String>,
+    /// Nor those whose path holds one of these (the modulation layers musubi-tuner's
+    /// extractors leave out).
+    #[serde(default)]
+    pub(crate) extract_skip: Vec<String>,
     /// Metadata that makes this architecture win a tie.
     #[serde(default)]
     pub(crate) prefer_when: Vec<MetadataTest>,
