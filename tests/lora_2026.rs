@@ -138,3 +138,72 @@ fn shapes_decide_between_families_that_share_names() {
         }
     }
 }
+
+/// The module names of a LoRA file (its tensors' names without their factor suffixes).
+fn module_names(path: &Path) -> std::collections::BTreeSet<String> {
+    let (tensors, _) = read_raw(path);
+    tensors
+        .iter()
+        .filter_map(|t| {
+            [
+                ".lora_A.weight",
+                ".lora_B.weight",
+                ".lora_down.weight",
+                ".lora_up.weight",
+                ".alpha",
+            ]
+            .iter()
+            .find_map(|suffix| t.name.strip_suffix(suffix))
+            .map(str::to_string)
+        })
+        .collect()
+}
+
+/// `lora convert --to peft` of each trainer's list writes exactly the modules the facts'
+/// PEFT list names (Z-Image's `to_out.0`, klein's split q/k/v), and back to kohya and to
+/// PEFT again the same names.
+#[test]
+fn convert_to_peft_writes_the_names_peft_writes() {
+    let d = Dir::new();
+    for family in ["z-image", "qwen-image", "flux2-klein-4b"] {
+        let want = module_names(&sparse_lora(&d, &format!("{family}.peft")));
+        for dialect in ["musubi", "aitk"] {
+            let input = sparse_lora(&d, &format!("{family}.{dialect}"));
+            let peft = d.path(&format!("{family}.{dialect}.to-peft.safetensors"));
+            run_ok(&[
+                "lora",
+                "convert",
+                s(&input),
+                "--to",
+                "peft",
+                "-o",
+                s(&peft),
+                "-q",
+            ]);
+            assert_eq!(module_names(&peft), want, "{family} {dialect} -> peft");
+            let kohya = d.path(&format!("{family}.{dialect}.to-kohya.safetensors"));
+            run_ok(&[
+                "lora",
+                "convert",
+                s(&peft),
+                "--to",
+                "kohya",
+                "-o",
+                s(&kohya),
+                "-q",
+            ]);
+            let again = d.path(&format!("{family}.{dialect}.again.safetensors"));
+            run_ok(&[
+                "lora",
+                "convert",
+                s(&kohya),
+                "--to",
+                "peft",
+                "-o",
+                s(&again),
+                "-q",
+            ]);
+            assert_eq!(module_names(&again), want, "{family} {dialect} round trip");
+        }
+    }
+}

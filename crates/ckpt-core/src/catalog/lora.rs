@@ -426,7 +426,9 @@ fn build(arch: Arch) -> Built {
             add_as(kohya("lora_unet_", rest), &k.name, None, false);
             add_as(format!("diffusion_model.{rest}"), &k.name, None, false);
             if let Some(peft) = &lora.peft_single {
-                add_as(format!("{peft}{rest}"), &k.name, None, false);
+                // Read, but where diffusers names the module otherwise, never written.
+                let renamed = !module_names(modules, rest).is_empty();
+                add_as(format!("{peft}{rest}"), &k.name, None, renamed);
             }
             if let Some(names) = &lora.diffusers {
                 for (name, rows) in module_names(modules, rest) {
