@@ -207,3 +207,117 @@ fn convert_to_peft_writes_the_names_peft_writes() {
         }
     }
 }
+
+/// musubi-tuner's Z-Image converter (`convert_z_image_lora_to_comfy.py`) fuses a LoRA's
+/// split q/k/v into ComfyUI's `attention_qkv` by stacking the downs, placing the ups
+/// block-diagonally and multiplying alpha by 3 (the rank is 3 times larger): that fused
+/// module bakes the same change as the split ones it came from.
+#[test]
+fn musubi_fused_qkv_bakes_as_its_split_modules() {
+    let d = Dir::new();
+    let base = d.path("base.safetensors");
+    run_ok(&[
+        "synth",
+        "model",
+        "-q",
+        "--arch",
+        "z-image",
+        "--scale",
+        "32",
+        "--dtype",
+        "f32",
+        s(&base),
+    ]);
+    let (dim, rank, alpha) = (120usize, 4usize, 8.0f32);
+    let value = |seed: usize, i: usize| ((i * 7 + seed * 5) % 13) as f32 / 50.0 - 0.12;
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let tensor = |name: String, shape: Vec<usize>, data: Vec<u8>| RawTensor {
+        name,
+        dtype: "F32".into(),
+        shape,
+        data,
+    };
+    let stem = "lora_unet_layers_0_attention_";
+    let downs: Vec<Vec<f32>> = (0..3)
+        .map(|p| (0..rank * dim).map(|i| value(p, i)).collect())
+        .collect();
+    let ups: Vec<Vec<f32>> = (0..3)
+        .map(|p| (0..dim * rank).map(|i| value(p + 3, i)).collect())
+        .collect();
+    let mut split = Vec::new();
+    for (p, part) in ["to_q", "to_k", "to_v"].iter().enumerate() {
+        split.push(tensor(
+            format!("{stem}{part}.lora_down.weight"),
+            vec![rank, dim],
+            f32s(&downs[p]),
+        ));
+        split.push(tensor(
+            format!("{stem}{part}.lora_up.weight"),
+            vec![dim, rank],
+            f32s(&ups[p]),
+        ));
+        split.push(tensor(
+            format!("{stem}{part}.alpha"),
+            vec![],
+            f32s(&[alpha]),
+        ));
+    }
+    let down: Vec<f32> = downs.concat();
+    let mut up = vec![0f32; 3 * dim * 3 * rank];
+    for p in 0..3 {
+        for o in 0..dim {
+            for r in 0..rank {
+                up[(p * dim + o) * 3 * rank + p * rank + r] = ups[p][o * rank + r];
+            }
+        }
+    }
+    let fused = vec![
+        tensor(
+            format!("{stem}qkv.lora_down.weight"),
+            vec![3 * rank, dim],
+            f32s(&down),
+        ),
+        tensor(
+            format!("{stem}qkv.lora_up.weight"),
+            vec![3 * dim, 3 * rank],
+            f32s(&up),
+        ),
+        tensor(format!("{stem}qkv.alpha"), vec![], f32s(&[alpha * 3.0])),
+    ];
+    let mut baked = Vec::new();
+    for (name, tensors) in [("split", split), ("fused", fused)] {
+        let lora = d.path(&format!("{name}.safetensors"));
+        write_raw(&lora, &tensors, &[], 0);
+        let recipe = d.path(&format!("{name}.recipe"));
+        std::fs::write(
+            &recipe,
+            format!(
+                "M = \"{}\"\nL = \"{}\"\nOUT = M + lora(L)\n",
+                s(&base),
+                s(&lora)
+            ),
+        )
+        .unwrap();
+        let out = d.path(&format!("{name}-baked.safetensors"));
+        run_ok(&["merge", s(&recipe), "-o", s(&out), "-q", "--dtype", "f32"]);
+        baked.push(reference_map(&out));
+    }
+    let key = "model.diffusion_model.layers.0.attention.qkv.weight";
+    let before = reference_map(&base);
+    let (a, b, w) = (&baked[0][key], &baked[1][key], &before[key]);
+    let (a, b, w) = (
+        a.values.as_ref().unwrap(),
+        b.values.as_ref().unwrap(),
+        w.values.as_ref().unwrap(),
+    );
+    assert!(
+        a.iter().zip(w).any(|(x, y)| x != y),
+        "the split LoRA changed the layer"
+    );
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-6 * (1.0 + x.abs()),
+            "qkv[{i}]: split {x}, fused {y}"
+        );
+    }
+}
