@@ -270,11 +270,12 @@ fn full_shape_dit_releases() {
             "sd35l",
             Some("denoiser alone"),
         ),
-        // The 2026 models (their diffusers only, for now), with the prefix and bare.
+        // The 2026 models (their diffusers, Z-Image's VAE), with the prefix and bare.
+        // Z-Image whole: its DiT and the Flux.1 AE it decodes with.
         (
             dit(arch("z-image"), variant("base"), &[], false),
             "z-image",
-            Some("denoiser alone"),
+            None,
         ),
         (
             dit(arch("z-image"), variant("base"), &diffuser, true),

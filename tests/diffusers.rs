@@ -463,6 +463,8 @@ fn test_2026_diffusers_folders_read_as_their_single_file_twins() {
             "--scale",
             "32",
             "--bare",
+            "--components",
+            "diffuser",
             s(&twin),
         ]);
         let (tensors, _) = read_raw(&twin);

@@ -202,6 +202,9 @@ fn parse_facts(text: &str) -> ArchTable {
         let (name, shape, dtype) = key_shape_dtype(line);
         let (name, role) = match line.split('\t').nth(3).expect("component column") {
             "diffusion_model" => (format!("{DENOISER_PREFIX}{name}"), Role::Denoiser),
+            // A VAE another architecture's layout lists (Z-Image's is Flux.1's AE), with
+            // its all-in-one prefix `vae.`.
+            "vae" => (name, Role::Vae),
             other => panic!("catalog data: unexpected component {other}"),
         };
         keys.push(CatalogKey {
@@ -480,7 +483,7 @@ mod models_2026 {
             let count: usize = table(a)
                 .keys
                 .iter()
-                .filter(|k| !added.contains(&k.name.as_str()))
+                .filter(|k| k.role == Role::Denoiser && !added.contains(&k.name.as_str()))
                 .map(|k| k.shape.iter().product::<usize>())
                 .sum();
             assert_eq!(count, params, "{id}");
