@@ -20,6 +20,7 @@ mod l2;
 mod lineage;
 mod lora;
 mod lora_2026;
+mod lora_2026_peft;
 mod lora_diffusers;
 mod merge;
 mod near_miss;
