@@ -44,6 +44,8 @@ fn base(d: &Dir, arch: &str, scale: u64) -> PathBuf {
         "--dtype",
         "f32",
         "--bare",
+        "--components",
+        "diffuser",
     ]);
     out
 }
