@@ -7,6 +7,11 @@
 //!     cargo bench --bench flux_full        # ~60 GB of disk at its peak, deleted at the end
 //!
 //! Writes reports/bench/flux.md. `CKPT_DIFF_BENCH_KEEP=1` keeps the generated inputs.
+//! `CKPT_DIFF_BENCH_ARCH=flux2-klein-9b` (or another catalogued DiT) runs the same pairs on
+//! that model's diffuser instead and writes reports/bench/<arch>.md (without the
+//! every-command table, which is Flux.1's).
+//!
+//!     CKPT_DIFF_BENCH_ARCH=flux2-klein-9b cargo bench --bench flux_full   # ~60 GB at its peak
 
 // Tests and benchmarks report what they measure, and signal the binary through libc.
 #![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
@@ -21,10 +26,16 @@ use ckpt_ops::synth::{self, Layout, Synthetic};
 use ckpt_read::dtype::FloatFormat;
 use common::*;
 
+/// The DiT the pairs are made of (`CKPT_DIFF_BENCH_ARCH`, Flux.1 dev by default).
+fn bench_arch() -> String {
+    std::env::var(ckpt_read::env::BENCH_ARCH.name).unwrap_or_else(|_| "flux".into())
+}
+
 fn diffuser(dtype: FloatFormat, name: &str, model: &Synthetic) -> PathBuf {
-    let path = data_dir().join(format!("flux-dev-{name}.safetensors"));
+    let id = bench_arch();
+    let path = data_dir().join(format!("{id}-{name}.safetensors"));
     if !path.exists() {
-        let mut l = Layout::new(arch("flux"), 1, dtype);
+        let mut l = Layout::new(arch(&id), 1, dtype);
         l.components = vec![Component::named("diffuser").unwrap()];
         l.bare = true;
         eprintln!("generating {} ...", path.display());
@@ -71,8 +82,26 @@ struct Row {
 }
 
 fn pair(rows: &mut Vec<Row>, dtype: FloatFormat, label: &str, out_dtype: &str, bandwidth: f64) {
-    let base = Synthetic::base(arch("flux"), 1);
-    let ft = base.plus_delta(1001, synth::uniform(arch("flux"), 0.1));
+    let id = bench_arch();
+    // The pair and an FP8 output must fit the disk (FLUX.2 klein 9B's BF16 pair is 36 GB).
+    let params: u64 = ckpt_core::catalog::data::table(arch(&id))
+        .keys
+        .iter()
+        .filter(|k| k.role == ckpt_core::catalog::data::Role::Denoiser)
+        .map(|k| k.shape.iter().product::<usize>() as u64)
+        .sum();
+    let width = (ckpt_read::dtype::bit_size(dtype.dtype()) / 8) as u64;
+    let need = params * (2 * width + 1) + 2_000_000_000;
+    if free_bytes(&data_dir()) < need {
+        eprintln!(
+            "skipping the {label} pair: it needs {:.1} GB free, {:.1} GB are",
+            gb(need),
+            gb(free_bytes(&data_dir()))
+        );
+        return;
+    }
+    let base = Synthetic::base(arch(&id), 1);
+    let ft = base.plus_delta(1001, synth::uniform(arch(&id), 0.1));
     let a = diffuser(dtype, &format!("{label}-base"), &base);
     let b = diffuser(dtype, &format!("{label}-ft"), &ft);
     let input = std::fs::metadata(&a).unwrap().len() + std::fs::metadata(&b).unwrap().len();
@@ -116,7 +145,7 @@ fn pair(rows: &mut Vec<Row>, dtype: FloatFormat, label: &str, out_dtype: &str, b
     }
 
     // merge: ws, output in `out_dtype`, input hashes off (they would read the pair twice).
-    let out = data_dir().join("flux-merged.safetensors");
+    let out = data_dir().join(format!("{id}-merged.safetensors"));
     let so = out.to_str().unwrap();
     evict(&[&a, &b]);
     let (secs, rss, anon) = run_binary(&[
@@ -233,9 +262,12 @@ fn main() {
         pair(&mut rows, FloatFormat::BF16, "bf16", "bf16", bandwidth);
     }
 
+    let id = bench_arch();
+    let flux = id == "flux";
     let mut md = String::new();
     md.push_str(&format!(
-        "## Flux.1 dev diffuser, full size, {} threads, {} kernels\n\n",
+        "## {} diffuser, full size, {} threads, {} kernels\n\n",
+        if flux { "Flux.1 dev" } else { arch(&id).label() },
         rayon::current_num_threads(),
         ckpt_core::kernels::level().name()
     ));
@@ -259,14 +291,16 @@ fn main() {
             gb(r.cached),
         ));
     }
-    md.push_str(&every_command());
+    if flux {
+        md.push_str(&every_command());
+    }
     println!("{md}");
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/bench");
     std::fs::create_dir_all(&dir).unwrap();
     let name = if only_commands {
-        "flux-commands.md"
+        "flux-commands.md".to_string()
     } else {
-        "flux.md"
+        format!("{id}.md")
     };
     std::fs::write(dir.join(name), md).unwrap();
 }

@@ -96,6 +96,9 @@ vars! {
     BENCH_ONLY = "CKPT_DIFF_BENCH_ONLY", Benches,
         "Runs one part of a benchmark: `commands` (flux_full), `sd1`, `sdxl` or `bake` \
         (lora_full).";
+    BENCH_ARCH = "CKPT_DIFF_BENCH_ARCH", Benches,
+        "The DiT flux_full runs on: `flux` (default) or another of the catalog's diffusion \
+        transformers (`flux2-klein-9b`, `qwen-image`, `z-image`, ...).";
     BENCH_PYTHON = "CKPT_DIFF_BENCH_PYTHON", Benches,
         "The Python with the peers (PyTorch, sd-mecha) instead of `target/bench-venv`.";
     BENCH_KOHYA = "CKPT_DIFF_BENCH_KOHYA", Benches,
