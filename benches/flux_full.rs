@@ -267,7 +267,11 @@ fn main() {
     let mut md = String::new();
     md.push_str(&format!(
         "## {} diffuser, full size, {} threads, {} kernels\n\n",
-        if flux { "Flux.1 dev" } else { arch(&id).label() },
+        if flux {
+            "Flux.1 dev"
+        } else {
+            arch(&id).label()
+        },
         rayon::current_num_threads(),
         ckpt_core::kernels::level().name()
     ));
