@@ -571,6 +571,17 @@ fn encode<'a, 'd>(
         }
         finite_scales(t, data(t)).map_err(&wrong)
     };
+    // A ConvRot group: a power of 4 dividing the columns (the Hadamard matrix's size).
+    let convrot = |g: usize, k: usize| -> Result<usize, ComfyError> {
+        if is_power_of_four(g) && k.is_multiple_of(g) {
+            Ok(g)
+        } else {
+            Err(wrong(format!(
+                "convrot groups of {g} columns do not tile its {k} columns \
+                 (the group must be a power of 4 dividing them)"
+            )))
+        }
+    };
     let mut out = weight.clone();
     let code = match format {
         "float8_e4m3fn" | "float8_e5m2" => {
@@ -591,14 +602,9 @@ fn encode<'a, 'd>(
             let (n, k) = matrix(weight)?;
             let rows = scale.numel() > 1 || conf.convrot;
             let code = if conf.convrot {
-                let g = conf.convrot_group;
-                if !is_power_of_four(g) || k % g != 0 {
-                    return Err(wrong(format!(
-                        "convrot groups of {g} columns do not tile its {k} columns \
-                         (the group must be a power of 4 dividing them)"
-                    )));
+                Code::Int8Convrot {
+                    group: convrot(conf.convrot_group, k)?,
                 }
-                Code::Int8Convrot { group: g }
             } else if rows {
                 Code::Int8Rows
             } else {
@@ -618,12 +624,7 @@ fn encode<'a, 'd>(
             let scale = scale()?;
             let (n, half) = matrix(weight)?;
             let k = half * 2;
-            let g = conf.convrot_group;
-            if !is_power_of_four(g) || k % g != 0 {
-                return Err(wrong(format!(
-                    "convrot groups of {g} columns do not tile its {k} columns"
-                )));
-            }
+            let g = convrot(conf.convrot_group, k)?;
             row_scales(scale, n)?;
             let code = Code::Int4Convrot { group: g };
             out.dtype = Dtype::F4;
@@ -1030,25 +1031,19 @@ impl Block {
         let k = self.cols;
         let row_bytes = k * bits / 8;
         let base = self.code_range(start, start).0;
-        let f32s = |part: Part, bytes: &[u8]| -> Vec<f32> {
-            match dtype::float_format(part.dtype) {
-                Some(fmt) if !part.is_empty() => {
-                    let mut v = vec![0f64; bytes.len() / fmt.size()];
-                    fmt.decode_into(bytes, &mut v);
-                    v.into_iter().map(|x| x as f32).collect()
-                }
-                _ => Vec::new(),
-            }
-        };
-        let lut = f32s(self.lut, side.lut);
-        let channel = f32s(self.rows, side.rows);
-        let n = channel.len();
+        // The codebook's 16 levels, when the codes index one (checked: 16 floats).
+        let lut: Option<[f32; 16]> = dtype::float_format(self.lut.dtype)
+            .filter(|_| !self.lut.is_empty())
+            .map(|fmt| std::array::from_fn(|i| f32_of(fmt, side.lut, i)));
         let groups = k / group;
         let s_fmt = dtype::float_format(self.scales.dtype).expect("checked float");
+        let ch_fmt = dtype::float_format(self.rows.dtype).expect("checked float");
+        let n = side.rows.len() / ch_fmt.size();
         let c_fmt = dtype::float_format(self.zeros.dtype).filter(|_| !self.zeros.is_empty());
         let offset = (1u32 << (bits - 1)) as f32;
+        // The scales of the group being decoded (a new row is a new group).
         let mut at = usize::MAX;
-        let (mut s_rel, mut correction) = (0f32, 0f32);
+        let (mut s_rel, mut channel, mut correction) = (0f32, 0f32, 0f32);
         for (i, v) in out.iter_mut().enumerate() {
             let e = start + i;
             let (r, c) = (e / k, e % k);
@@ -1062,19 +1057,20 @@ impl Block {
             if bits == 6 {
                 q |= ((codes[row + k / 2 + c / 4] >> (2 * (c % 4))) & 3) << 4;
             }
-            let value = match lut.get(q as usize) {
-                Some(&level) => level,
+            let value = match &lut {
+                Some(levels) => levels[q as usize],
                 None => q as f32 - offset,
             };
             let g = r * groups + c / group;
             if g != at {
                 at = g;
                 s_rel = f32_of(s_fmt, side.scales, g);
+                channel = f32_of(ch_fmt, side.rows, r);
                 correction = c_fmt.map_or(0.0, |fmt| f32_of(fmt, side.zeros, (c / group) * n + r));
             }
             // Through an integer, as torch's int8 is: a negative value rounded to zero is +0.
             let int8 = (value * s_rel).round_ties_even().clamp(-127.0, 127.0) as i32 as f32;
-            let w = int8 * channel[r];
+            let w = int8 * channel;
             *v = match c_fmt {
                 Some(_) => w + correction,
                 None => w,
