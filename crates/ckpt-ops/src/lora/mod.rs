@@ -385,9 +385,15 @@ impl Network {
                 .collect();
             // Families that share module names (FLUX.2 and Flux.1, the FLUX.2 sizes) are
             // told apart by the modules' shapes, at the scale that fits the most of them.
-            let fitting = |a: Arch| fitting_modules(ckpt, &stems, a);
-            let most = tied.iter().map(|&a| fitting(a)).max().unwrap_or(0);
-            let tied: Vec<Arch> = tied.into_iter().filter(|&a| fitting(a) == most).collect();
+            let shapes = factor_shapes(ckpt, &stems);
+            let fitting: Vec<usize> = tied.iter().map(|&a| fitting_modules(&shapes, a)).collect();
+            let most = fitting.iter().copied().max().unwrap_or(0);
+            let tied: Vec<Arch> = tied
+                .into_iter()
+                .zip(&fitting)
+                .filter(|(_, n)| **n == most)
+                .map(|(a, _)| a)
+                .collect();
             // SD1 and SD2 share every module name (their layers differ in width only):
             // kohya's `ss_v2` or `ss_base_model_version` decides between them when present,
             // as the spec's `prefer_when` says.
@@ -532,14 +538,13 @@ fn peft_name(m: &Module, arch: Option<Arch>, configs: &config::AdapterConfigs) -
     lora::names_of(arch?, t).iter().find(|n| under(n)).cloned()
 }
 
-/// How many of a LoRA's modules (`stems`: module -> its tensors) have down and up shapes
-/// that fit what they patch in `arch`, at the checkpoint scale that fits the most.
-fn fitting_modules(
-    ckpt: &Checkpoint,
-    stems: &BTreeMap<String, Vec<(Role, String)>>,
-    arch: Arch,
-) -> usize {
-    let shapes: Vec<(&str, &[usize], &[usize])> = stems
+/// A LoRA's modules (`stems`: module -> its tensors) with their down and up shapes (those
+/// that have both).
+fn factor_shapes<'a>(
+    ckpt: &'a Checkpoint,
+    stems: &'a BTreeMap<String, Vec<(Role, String)>>,
+) -> Vec<(&'a str, &'a [usize], &'a [usize])> {
+    stems
         .iter()
         .filter_map(|(stem, parts)| {
             let shape = |role: Role| {
@@ -551,7 +556,12 @@ fn fitting_modules(
             };
             Some((stem.as_str(), shape(Role::Down)?, shape(Role::Up)?))
         })
-        .collect();
+        .collect()
+}
+
+/// How many of those modules have shapes that fit what they patch in `arch`, at the
+/// checkpoint scale that fits the most.
+fn fitting_modules(shapes: &[(&str, &[usize], &[usize])], arch: Arch) -> usize {
     ckpt_core::catalog::detect::SCALES
         .iter()
         .map(|&scale| {

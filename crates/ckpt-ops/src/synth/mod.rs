@@ -321,6 +321,13 @@ fn plan_tensors(layout: &Layout) -> Vec<Planned> {
         .iter()
         .map(|(alias, key)| (key.as_str(), alias.as_str()))
         .collect();
+    // Keys some variant adds: written for that variant only.
+    let added: Vec<&str> = layout
+        .arch
+        .variants()
+        .iter()
+        .filter_map(|v| v.present)
+        .collect();
     let mut out = Vec::new();
     for k in &table.keys {
         if layout.keys.as_ref().is_some_and(|re| !re.is_match(&k.name)) {
@@ -350,13 +357,7 @@ fn plan_tensors(layout: &Layout) -> Vec<Planned> {
         if layout.variant.absent.is_some_and(|p| k.name.starts_with(p)) {
             continue;
         }
-        // A key some variant adds is written for that variant only.
-        let added = layout
-            .arch
-            .variants()
-            .iter()
-            .any(|v| v.present == Some(k.name.as_str()));
-        if added && layout.variant.present != Some(k.name.as_str()) {
+        if added.contains(&k.name.as_str()) && layout.variant.present != Some(k.name.as_str()) {
             continue;
         }
         let mut shape = scaled_shape(&k.shape, layout.scale);
