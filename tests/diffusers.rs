@@ -367,16 +367,19 @@ fn test_unmapped_folder_tensors_are_listed_loudly() {
         );
         assert!(!out.exists(), "{cmd} wrote an output");
     }
-    let (code, _, err) = crate::util::run_code(&[
-        "convert",
-        s(&folder),
-        "-o",
-        s(&out),
-        "-q",
-        "-f",
-        "--unmapped",
-        "drop",
-    ]);
+    let convert = |how: &str| {
+        crate::util::run_code(&[
+            "convert",
+            s(&folder),
+            "-o",
+            s(&out),
+            "-q",
+            "-f",
+            "--unmapped",
+            how,
+        ])
+    };
+    let (code, _, err) = convert("drop");
     assert_eq!(code, 0, "{err}");
     assert!(
         err.contains("WARNING") && err.contains("vision_model.pre_layrnorm.weight"),
@@ -385,16 +388,7 @@ fn test_unmapped_folder_tensors_are_listed_loudly() {
     let dropped = read_raw(&out).0;
     assert!(!dropped.iter().any(|t| t.name.contains("adapter.scale")));
     // Kept: written unchanged under the folder's name.
-    let (code, _, err) = crate::util::run_code(&[
-        "convert",
-        s(&folder),
-        "-o",
-        s(&out),
-        "-q",
-        "-f",
-        "--unmapped",
-        "keep",
-    ]);
+    let (code, _, err) = convert("keep");
     assert_eq!(code, 0, "{err}");
     let kept = read_raw(&out).0;
     for name in [

@@ -157,6 +157,14 @@ struct Lora {
     seed: u64,
 }
 
+/// A LoRA file `name` in `dir` holding `loras`' modules.
+fn lora_file(dir: &Dir, name: &str, loras: &[Lora]) -> std::path::PathBuf {
+    let p = dir.path(name);
+    let ts: Vec<RawTensor> = loras.iter().flat_map(Lora::tensors).collect();
+    write_raw(&p, &ts, &[], 0);
+    p
+}
+
 impl Lora {
     /// A module named `stem` with its rank, input and output width and kernel (0 for a linear
     /// layer), its alpha and the seed of its factors.
@@ -253,12 +261,7 @@ fn lora_sim_equals_the_cosine_of_the_materialised_changes() {
         Lora::new(te, [8, 48, 48, 0], 4.0, 7),
     ];
     let dir = Dir::new();
-    let write = |name: &str, ls: &[Lora]| {
-        let p = dir.path(name);
-        let ts: Vec<RawTensor> = ls.iter().flat_map(Lora::tensors).collect();
-        write_raw(&p, &ts, &[], 0);
-        p
-    };
+    let write = |name: &str, ls: &[Lora]| lora_file(&dir, name, ls);
     let (pa, pb) = (write("a.safetensors", &a), write("b.safetensors", &b));
     let v = run_json(&["sim", s(&pa), s(&pb)]);
     let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(a, b)| a * b).sum::<f64>();
@@ -1179,12 +1182,7 @@ fn lora_merge_concat_is_exact_and_svd_re_ranks_the_sum() {
     let dir = Dir::new();
     let q = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";
     let conv = "lora_unet_down_blocks_0_resnets_1_conv1";
-    let mk = |name: &str, ls: &[Lora]| {
-        let p = dir.path(name);
-        let ts: Vec<RawTensor> = ls.iter().flat_map(Lora::tensors).collect();
-        write_raw(&p, &ts, &[], 0);
-        p
-    };
+    let mk = |name: &str, ls: &[Lora]| lora_file(&dir, name, ls);
     let a = [
         Lora::new(q, [4, 40, 40, 0], 2.0, 1),
         Lora::new(conv, [2, 20, 20, 3], 1.0, 3),
@@ -1264,12 +1262,7 @@ fn lora_merge_by_ties_equals_a_per_element_reference() {
     let dir = Dir::new();
     let q = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q";
     let k = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_k";
-    let mk = |name: &str, ls: &[Lora]| {
-        let p = dir.path(name);
-        let ts: Vec<RawTensor> = ls.iter().flat_map(Lora::tensors).collect();
-        write_raw(&p, &ts, &[], 0);
-        p
-    };
+    let mk = |name: &str, ls: &[Lora]| lora_file(&dir, name, ls);
     let a = [
         Lora::new(q, [4, 40, 40, 0], 2.0, 11),
         Lora::new(k, [4, 40, 40, 0], 4.0, 12),
@@ -1431,16 +1424,7 @@ fn lora_against_a_checkpoint_delta_and_l2_of_loras() {
         Lora::new(conv, [2, ci, co, 3], 1.0, 23),
     ];
     let lb = [Lora::new(q, [2, qi, qo, 0], 2.0, 25)];
-    let mk = |name: &str, ls: &[Lora]| {
-        let p = dir.path(name);
-        write_raw(
-            &p,
-            &ls.iter().flat_map(Lora::tensors).collect::<Vec<_>>(),
-            &[],
-            0,
-        );
-        p
-    };
+    let mk = |name: &str, ls: &[Lora]| lora_file(&dir, name, ls);
     let (pa, pb) = (mk("la.safetensors", &la), mk("lb.safetensors", &lb));
     // The tuned model: twice A's change on to_q, noise on the conv, noise elsewhere too
     // (outside the LoRA's keys, so outside the comparison).

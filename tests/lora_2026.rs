@@ -288,19 +288,7 @@ fn musubi_fused_qkv_bakes_as_its_split_modules() {
     for (name, tensors) in [("split", split), ("fused", fused)] {
         let lora = d.path(&format!("{name}.safetensors"));
         write_raw(&lora, &tensors, &[], 0);
-        let recipe = d.path(&format!("{name}.recipe"));
-        std::fs::write(
-            &recipe,
-            format!(
-                "M = \"{}\"\nL = \"{}\"\nOUT = M + lora(L)\n",
-                s(&base),
-                s(&lora)
-            ),
-        )
-        .unwrap();
-        let out = d.path(&format!("{name}-baked.safetensors"));
-        run_ok(&["merge", s(&recipe), "-o", s(&out), "-q", "--dtype", "f32"]);
-        baked.push(reference_map(&out));
+        baked.push(reference_map(&bake(&d, &base, &lora, name)));
     }
     let key = "model.diffusion_model.layers.0.attention.qkv.weight";
     let before = reference_map(&base);

@@ -50,23 +50,6 @@ fn base(d: &Dir, arch: &str, scale: u64) -> PathBuf {
     out
 }
 
-/// Bakes `lora` into `base` at strength 1 (`merge`, f32 output).
-fn bake(d: &Dir, base: &Path, lora: &Path, name: &str) -> PathBuf {
-    let recipe = d.path(&format!("{name}.recipe"));
-    std::fs::write(
-        &recipe,
-        format!(
-            "M = \"{}\"\nL = \"{}\"\nOUT = M + lora(L)\n",
-            s(base),
-            s(lora)
-        ),
-    )
-    .unwrap();
-    let out = d.path(&format!("{name}.baked.safetensors"));
-    run_ok(&["merge", s(&recipe), "-o", s(&out), "-q", "--dtype", "f32"]);
-    out
-}
-
 /// For each family: `inspect` reads the file as the family's, every module mapped (none
 /// unknown) to the single-file tensor and rows diffusers holds it in, at peft's scale; the
 /// bake changes exactly those tensors and equals peft's merge on the sampled rows within

@@ -82,21 +82,9 @@ fn base_model(dir: &Dir, modules: &serde_json::Map<String, serde_json::Value>) -
     base
 }
 
-/// Bakes `lora` into `base` at strength 1 (`merge`, f32 output).
-fn bake(dir: &Dir, base: &Path, lora: &Path, name: &str) -> BTreeMap<String, RefTensor> {
-    let recipe = dir.path(&format!("{name}.recipe"));
-    std::fs::write(
-        &recipe,
-        format!(
-            "M = \"{}\"\nL = \"{}\"\nOUT = M + lora(L)\n",
-            s(base),
-            s(lora)
-        ),
-    )
-    .unwrap();
-    let out = dir.path(&format!("{name}.safetensors"));
-    run_ok(&["merge", s(&recipe), "-o", s(&out), "-q", "--dtype", "f32"]);
-    reference_map(&out)
+/// `lora` baked into `base` at strength 1, as its tensors.
+fn baked(dir: &Dir, base: &Path, lora: &Path, name: &str) -> BTreeMap<String, RefTensor> {
+    reference_map(&bake(dir, base, lora, name))
 }
 
 /// The f32 spacing at magnitude `m`.
@@ -235,7 +223,7 @@ fn test_diffusers_lora_metadata_scales_modules_as_peft_does() {
             from == "metadata",
             "{text}"
         );
-        let baked = bake(&dir, &base, &fixture(file), file);
+        let baked = baked(&dir, &base, &fixture(file), file);
         let worst = assert_baked_as_peft(&baked, file, modules, |m| golden_rows(file, m));
         println!("{file}: ckpt-diff vs peft, largest difference {worst:.2} f32 steps");
     }
@@ -272,7 +260,7 @@ fn test_kohya_names_of_transformers5_text_encoders_map() {
         assert_eq!(m["scale"], 1.0);
     }
     let base = base_model(&dir, plain);
-    let baked = bake(&dir, &base, &file, "kohya");
+    let baked = baked(&dir, &base, &file, "kohya");
     assert_baked_as_peft(&baked, "sd1-kohya-from-peft", plain, |m| {
         golden_rows("sd1-peft-plain.safetensors", m)
     });
@@ -319,7 +307,7 @@ fn test_lora_convert_keeps_the_scale_diffusers_applies() {
             "f32",
             "-q",
         ]);
-        let baked = bake(&dir, &base, out, to);
+        let baked = baked(&dir, &base, out, to);
         assert_baked_as_peft(&baked, name, modules, |m| golden_rows(name, m));
     }
     // kohya: alpha / rank is the golden scale.
@@ -389,7 +377,7 @@ fn test_lora_convert_keeps_the_scale_diffusers_applies() {
         String::from_utf8_lossy(&out.stderr)
     );
     let applied: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let baked = bake(&dir, &base, &peft, "peft-again");
+    let baked = baked(&dir, &base, &peft, "peft-again");
     let mut flat: serde_json::Map<String, serde_json::Value> = serde_json::Map::new();
     for (module, a) in applied.as_object().unwrap() {
         // The converted file names the text encoder with `text_model.`; diffusers drops it

@@ -575,3 +575,20 @@ pub(crate) fn run_code(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Bakes `lora` into `base` at strength 1 (a `merge` recipe, f32 output): the output's path.
+pub(crate) fn bake(dir: &Dir, base: &Path, lora: &Path, name: &str) -> PathBuf {
+    let recipe = dir.path(&format!("{name}.recipe"));
+    std::fs::write(
+        &recipe,
+        format!(
+            "M = \"{}\"\nL = \"{}\"\nOUT = M + lora(L)\n",
+            s(base),
+            s(lora)
+        ),
+    )
+    .unwrap();
+    let out = dir.path(&format!("{name}.baked.safetensors"));
+    run_ok(&["merge", s(&recipe), "-o", s(&out), "-q", "--dtype", "f32"]);
+    out
+}
