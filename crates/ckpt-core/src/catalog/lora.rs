@@ -113,6 +113,8 @@ struct Tables {
     /// Every name of a target, what sd-scripts writes first (see [`extractable`]), then the
     /// names that are not aliases, then shortest, then by name.
     by_target: HashMap<Target, Vec<String>>,
+    /// The names read but never written.
+    aliases: HashSet<String>,
 }
 
 /// The names of a table, and which of them are aliases (read, never written).
@@ -156,7 +158,11 @@ fn tables(arch: Arch) -> Option<&'static Tables> {
                     .then_with(|| a.cmp(b))
             });
         }
-        Tables { by_stem, by_target }
+        Tables {
+            by_stem,
+            by_target,
+            aliases,
+        }
     }))
 }
 
@@ -256,9 +262,8 @@ pub fn extractable(arch: Arch) -> Vec<Extractable> {
     let Some(t) = tables(arch) else {
         return Vec::new();
     };
-    // The table's names are sorted with the aliases last; extraction writes none of them.
-    let aliases: HashSet<String> = build(arch).aliases;
-    extractable_in(arch, &t.by_target, &aliases)
+    // Extraction writes none of the aliases.
+    extractable_in(arch, &t.by_target, &t.aliases)
 }
 
 /// [`extractable`] from the names of every target (the table is being built when
@@ -425,13 +430,14 @@ fn build(arch: Arch) -> Built {
         {
             add_as(kohya("lora_unet_", rest), &k.name, None, false);
             add_as(format!("diffusion_model.{rest}"), &k.name, None, false);
+            let diffusers_names = module_names(modules, rest);
             if let Some(peft) = &lora.peft_single {
                 // Read, but where diffusers names the module otherwise, never written.
-                let renamed = !module_names(modules, rest).is_empty();
+                let renamed = !diffusers_names.is_empty();
                 add_as(format!("{peft}{rest}"), &k.name, None, renamed);
             }
             if let Some(names) = &lora.diffusers {
-                for (name, rows) in module_names(modules, rest) {
+                for (name, rows) in diffusers_names {
                     add_as(format!("{}{name}", names.peft), &k.name, rows, false);
                     add_as(kohya(&names.kohya, &name), &k.name, rows, false);
                     for also in &names.also {
