@@ -249,24 +249,8 @@ fn open_pipeline(dir: &Path, keep_unmapped: bool) -> Result<Checkpoint, Pipeline
             "openclip" => map_openclip(&names, &f.under, part, f.projection),
             "ldm-vae" => map_vae(&layout.tensors, &f.under, part),
             "modules" => {
-                let mut mapped = map_modules(&layout.tensors, &spec.modules, &f.under, part);
-                if f.known_as_is {
-                    let keys = super::data::table(arch);
-                    mapped.unmapped.retain(|name| {
-                        let as_name = format!("{}{name}", f.under);
-                        if keys.get(&as_name).is_none() {
-                            return true;
-                        }
-                        mapped.outs.push(Piece::Same {
-                            part,
-                            name: name.clone(),
-                            as_name,
-                            shape: None,
-                        });
-                        false
-                    });
-                }
-                mapped
+                let known = f.known_as_is.then(|| super::data::table(arch));
+                map_modules(&layout.tensors, &spec.modules, &f.under, part, known)
             }
             _ => {
                 return Err(PipelineError::Spec {
@@ -799,8 +783,15 @@ pub(crate) fn module_names(rules: &[ModuleRule], path: &str) -> Vec<(String, Opt
 
 /// A diffusers DiT's tensors under the single file's names, by the spec's module rules:
 /// renamed in place, split projections stacked back into their fused module, swapped halves
-/// swapped back.
-fn map_modules(tensors: &[TensorEntry], rules: &[ModuleRule], under: &str, part: usize) -> Mapped {
+/// swapped back; with `known` (the architecture's layout), a tensor no rule maps whose name
+/// is a key of it kept as it is.
+fn map_modules(
+    tensors: &[TensorEntry],
+    rules: &[ModuleRule],
+    under: &str,
+    part: usize,
+    known: Option<&super::data::ArchTable>,
+) -> Mapped {
     let mut outs = Vec::new();
     let mut unmapped = Vec::new();
     // (rule, number, parameter) -> the tensor of each of the rule's names.
@@ -815,7 +806,18 @@ fn map_modules(tensors: &[TensorEntry], rules: &[ModuleRule], under: &str, part:
             })
         });
         let Some((r, j, n, param)) = found else {
-            unmapped.push(t.name.clone());
+            // No rule: kept as it is when the layout has that key (`known_as_is`).
+            let as_name = format!("{under}{}", t.name);
+            if known.is_some_and(|k| k.get(&as_name).is_some()) {
+                outs.push(Piece::Same {
+                    part,
+                    name: t.name.clone(),
+                    as_name,
+                    shape: None,
+                });
+            } else {
+                unmapped.push(t.name.clone());
+            }
             continue;
         };
         let rule = &rules[r];
@@ -921,7 +923,7 @@ mod tests {
             t("transformer_blocks.1.attn.to_q.bias"),
             t("pos_embed.freqs"),
         ];
-        let m = map_modules(&tensors, flux_rules(), "model.diffusion_model.", 0);
+        let m = map_modules(&tensors, flux_rules(), "model.diffusion_model.", 0, None);
         let outs: Vec<String> = m
             .outs
             .iter()
