@@ -364,7 +364,6 @@ pub fn merge(
                 clamp_quantile,
                 method,
             } => {
-                let mut sum = faer::Mat::<svd::Real>::zeros(rows, cols);
                 let changes = deltas.iter().map(|(ratio, _, d)| {
                     let mut full = d.full();
                     full.iter_mut().for_each(|x| *x *= ratio);
@@ -384,11 +383,9 @@ pub fn merge(
                         acc
                     }),
                 };
-                for o in 0..rows {
-                    for j in 0..cols {
-                        sum[(o, j)] = merged[o * cols + j] as svd::Real;
-                    }
-                }
+                let sum = faer::Mat::<svd::Real>::from_fn(rows, cols, |o, j| {
+                    merged[o * cols + j] as svd::Real
+                });
                 let is_kxk = kernel.as_ref().is_some_and(|k| k[1] * k[2] > 1);
                 let rule = if is_kxk { *conv_rank } else { *rank };
                 let seed = ckpt_core::rng::counter::key_hash(&name);
