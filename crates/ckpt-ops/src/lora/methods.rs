@@ -16,9 +16,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::merge::methods::{
-    self, Args, Build, Given, Method, NodeMethod, OptKind, TensorInputs, Value,
-};
+use crate::merge::methods::{self, Args, Build, Method, NodeMethod, OptKind, TensorInputs, Value};
 
 /// The methods that make sense on changes, and whether their first argument is the base.
 const ON_CHANGES: [(&str, bool); 5] = [
@@ -120,15 +118,9 @@ impl DeltaMethod {
                         opt.name
                     ));
                 }
-                (kind, None) => match (opt.default, kind) {
-                    (None, _) => return Err(format!("`{}` needs `{}`", self.name(), opt.name)),
-                    (Some(Given::Word(w)), _) => Value::Word(w),
-                    (Some(Given::Number(d)), OptKind::Weight) => Value::Weight(vec![d]),
-                    (Some(Given::Number(d)), OptKind::PerModel { skip_first }) => {
-                        Value::PerModel(vec![d; models - usize::from(skip_first)])
-                    }
-                    (Some(Given::Number(d)), _) => Value::Scalar(d),
-                },
+                (_, None) => opt
+                    .default_value(models, 1)
+                    .ok_or_else(|| format!("`{}` needs `{}`", self.name(), opt.name))?,
             };
             values.push((opt.name, value));
         }

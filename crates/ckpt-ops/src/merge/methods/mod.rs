@@ -94,6 +94,21 @@ pub struct Opt {
     pub positional: bool,
 }
 
+impl Opt {
+    /// The option's value when a call with `models` models over `rows` report rows does not
+    /// give it: its default as its kind reads it (`None`: the call must give it).
+    pub fn default_value(&self, models: usize, rows: usize) -> Option<Value> {
+        Some(match (self.default?, self.kind) {
+            (Given::Word(w), _) => Value::Word(w),
+            (Given::Number(d), OptKind::Weight) => Value::Weight(vec![d; rows]),
+            (Given::Number(d), OptKind::PerModel { skip_first }) => {
+                Value::PerModel(vec![d; models - usize::from(skip_first)])
+            }
+            (Given::Number(d), _) => Value::Scalar(d),
+        })
+    }
+}
+
 /// An option's default, as a call would give it.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Given {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::{Combination, Input, MergePlan, Node, PlanError, Profile, err};
 use crate::lora::LoraFile;
-use crate::merge::methods::{self, Args, Build, Given, Method, Opt, OptKind, Value as OptValue};
+use crate::merge::methods::{self, Args, Build, Method, Opt, OptKind, Value as OptValue};
 use crate::merge::recipe::{Arg, Expr, Recipe, Span, Weights};
 use ckpt_core::catalog::{Arch, Block, Grouping, Selector};
 
@@ -539,19 +539,14 @@ impl Resolver<'_> {
             };
             let value = match given {
                 Some((arg, at)) => self.option_value(opt, &arg, at, n_models, si)?,
-                None => match (opt.default, opt.kind) {
-                    (None, _) => {
+                None => match opt.default_value(n_models, self.rows()) {
+                    Some(v) => v,
+                    None => {
                         return err(
                             span,
                             format!("`{}` needs `{}`: {}", method.name, opt.name, method.usage),
                         );
                     }
-                    (Some(Given::Word(w)), _) => OptValue::Word(w),
-                    (Some(Given::Number(d)), OptKind::Weight) => OptValue::Weight(self.uniform(d)),
-                    (Some(Given::Number(d)), OptKind::PerModel { skip_first }) => {
-                        OptValue::PerModel(vec![d; n_models - usize::from(skip_first)])
-                    }
-                    (Some(Given::Number(d)), _) => OptValue::Scalar(d),
                 },
             };
             values.push((opt.name, value));
