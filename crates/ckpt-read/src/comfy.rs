@@ -67,8 +67,8 @@ impl Part {
     }
 }
 
-/// The bytes of a layer's side tensors, in the order of [`Block::parts`] (empty where the
-/// format has none).
+/// The bytes of a layer's side tensors (empty where the format has none), as
+/// [`Block::sides`] gives them.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sides<'a> {
     pub scales: &'a [u8],
@@ -76,6 +76,13 @@ pub struct Sides<'a> {
     pub rows: &'a [u8],
     pub lut: &'a [u8],
     pub pre: &'a [u8],
+}
+
+impl<'a> Sides<'a> {
+    /// Every side tensor's bytes (what an exact hash of the layer covers).
+    pub fn all(&self) -> [&'a [u8]; 5] {
+        [self.scales, self.zeros, self.rows, self.lut, self.pre]
+    }
 }
 
 /// How one layer's stored values give its weight (see [`Block::decode`]).
@@ -873,9 +880,23 @@ fn f32_of(fmt: FloatFormat, bytes: &[u8], i: usize) -> f32 {
 }
 
 impl Block {
-    /// Its side tensors, in the order of [`Sides`]' fields.
-    pub fn parts(&self) -> [Part; 5] {
-        [self.scales, self.zeros, self.rows, self.lut, self.pre]
+    /// Its side tensors' bytes, each as `bytes(begin, end)` gives the address range (empty
+    /// where the format has none).
+    pub fn sides<'a>(&self, bytes: impl Fn(usize, usize) -> &'a [u8]) -> Sides<'a> {
+        let of = |p: Part| {
+            if p.is_empty() {
+                &[][..]
+            } else {
+                bytes(p.begin, p.end)
+            }
+        };
+        Sides {
+            scales: of(self.scales),
+            zeros: of(self.zeros),
+            rows: of(self.rows),
+            lut: of(self.lut),
+            pre: of(self.pre),
+        }
     }
 
     /// Decodes elements `start..start + out.len()` (row-major, logical shape) of a layer:

@@ -224,24 +224,8 @@ impl<'a> Slice<'a> {
     pub fn new(ckpt: &'a Checkpoint, t: &TensorEntry, start: usize, end: usize) -> Slice<'a> {
         let data = ckpt.data(t);
         let (from, to) = t.byte_range(start, end);
-        let region = |(begin, end): (usize, usize)| -> &'a [u8] {
-            if end > begin {
-                ckpt.bytes_at(begin, end)
-            } else {
-                &[]
-            }
-        };
         let side = match t.encoding {
-            Encoding::Block(b) => {
-                let [scales, zeros, rows, lut, pre] = b.parts().map(|p| region((p.begin, p.end)));
-                Sides {
-                    scales,
-                    zeros,
-                    rows,
-                    lut,
-                    pre,
-                }
-            }
+            Encoding::Block(b) => b.sides(|begin, end| ckpt.bytes_at(begin, end)),
             _ => Sides::default(),
         };
         Slice {

@@ -198,13 +198,7 @@ pub fn hash_tensor(arch: Option<Arch>, key: &str, s: &Slice<'_>) -> TensorHashes
             let mut h = blake3::Hasher::new();
             h.update(s.bytes);
             h.update(&b.scale.to_le_bytes());
-            for side in [
-                s.side.scales,
-                s.side.zeros,
-                s.side.rows,
-                s.side.lut,
-                s.side.pre,
-            ] {
+            for side in s.side.all() {
                 h.update(side);
             }
             *h.finalize().as_bytes()
