@@ -735,13 +735,7 @@ fn quantizing_equals_comfy_kitchen_byte_for_byte() {
     ] {
         for layer in LAYERS {
             let src = &sources[&format!("source.{layer}")];
-            let x: Vec<f32> = src
-                .values
-                .as_ref()
-                .unwrap()
-                .iter()
-                .map(|v| *v as f32)
-                .collect();
+            let x = src.f32_values();
             let q = quantize(code, &x, src.shape[0], src.shape[1]);
             assert_eq!(q.record, format!("{{\"format\": \"{name}\"}}"));
             for (suffix, dtype, shape, bytes) in &q.tensors {
@@ -871,13 +865,7 @@ fn convert_and_fix_write_the_per_layer_formats() {
             continue;
         }
         quantized += 1;
-        let x: Vec<f32> = t
-            .values
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(|v| *v as f32)
-            .collect();
+        let x = t.f32_values();
         let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
         let scale = (amax / 127.0).max(1e-30);
         assert_eq!(

@@ -126,6 +126,14 @@ pub(crate) struct RefTensor {
     pub values: Option<Vec<f64>>,
 }
 
+impl RefTensor {
+    /// A float tensor's values as float32 (what a quantizer is handed).
+    pub(crate) fn f32_values(&self) -> Vec<f32> {
+        let values = self.values.as_ref().expect("a float tensor");
+        values.iter().map(|v| *v as f32).collect()
+    }
+}
+
 /// Reads every tensor with the `safetensors` crate and converts floats element by element
 /// with `half`.
 pub(crate) fn read_reference(path: &Path) -> Vec<RefTensor> {
