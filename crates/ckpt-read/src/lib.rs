@@ -20,6 +20,7 @@
 pub mod comfy;
 pub mod dtype;
 pub mod env;
+pub mod gguf;
 pub mod header;
 pub(crate) mod layout;
 pub mod pickle;
