@@ -270,8 +270,9 @@ fn full_shape_dit_releases() {
             "sd35l",
             Some("denoiser alone"),
         ),
-        // The 2026 models (their diffusers, Z-Image's VAE), with the prefix and bare.
-        // Z-Image whole: its DiT and the Flux.1 AE it decodes with.
+        // The 2026 models whole (the DiT, the LLM text encoder under
+        // `text_encoders.<name>.transformer.`, the VAE under `vae.`) and their diffusers, with
+        // the prefix and bare.
         (
             dit(arch("z-image"), variant("base"), &[], false),
             "z-image",
@@ -285,7 +286,7 @@ fn full_shape_dit_releases() {
         (
             dit(arch("qwen-image"), variant("base"), &[], false),
             "qwen-image",
-            Some("denoiser alone"),
+            None,
         ),
         (
             dit(arch("qwen-image"), variant("layered"), &diffuser, true),
@@ -295,7 +296,7 @@ fn full_shape_dit_releases() {
         (
             dit(arch("flux2-dev"), variant("base"), &[], false),
             "flux2-dev",
-            Some("denoiser alone"),
+            None,
         ),
         (
             dit(arch("flux2-klein-9b"), variant("base"), &diffuser, true),
@@ -305,6 +306,16 @@ fn full_shape_dit_releases() {
         (
             dit(arch("flux2-klein-4b"), variant("base"), &[], false),
             "flux2-klein-4b",
+            None,
+        ),
+        (
+            dit(arch("flux2-klein-9b"), variant("base"), &[], false),
+            "flux2-klein-9b",
+            None,
+        ),
+        (
+            dit(arch("flux2-dev"), variant("base"), &diffuser, false),
+            "flux2-dev",
             Some("denoiser alone"),
         ),
     ];
@@ -370,6 +381,112 @@ fn text_encoder_alone() {
             .any(|x| x.contains("chroma") || x.contains("Chroma") || x.contains("SD3")),
         "a T5-XXL alone fits Flux, Chroma and SD3 alike: {v:?}"
     );
+}
+
+/// The 2026 models' LLM text encoders, each in a file of its own under transformers' names
+/// (`model.layers.N...`, which all four share): told apart by their shapes, every key
+/// placed, and the note names the models that use it. The output head is `lm_head.` as
+/// transformers writes it (ComfyUI's `model.lm_head.` in an all-in-one file), and a
+/// Qwen2.5-VL file may have transformers 5's names (`model.language_model.`,
+/// `model.visual.`). (Scaled by 16: the names and the ratios of the shapes are the real
+/// ones.)
+#[test]
+fn llm_text_encoders_alone() {
+    let d = Dir::new();
+    let cases = [
+        (
+            "z-image",
+            "qwen3_4b",
+            "Qwen3-4B",
+            &["z-image", "flux2-klein-4b"][..],
+            false,
+        ),
+        (
+            "flux2-klein-9b",
+            "qwen3_8b",
+            "Qwen3-8B",
+            &["flux2-klein-9b"][..],
+            false,
+        ),
+        (
+            "qwen-image",
+            "qwen25_7b",
+            "Qwen2.5-VL-7B",
+            &["qwen-image"][..],
+            false,
+        ),
+        (
+            "qwen-image",
+            "qwen25_7b",
+            "Qwen2.5-VL-7B",
+            &["qwen-image"][..],
+            true,
+        ),
+        (
+            "flux2-dev",
+            "mistral3_24b",
+            "Mistral-3 24B",
+            &["flux2-dev"][..],
+            false,
+        ),
+    ];
+    for (id, component, label, used_by, tf5) in cases {
+        let mut l = layout(arch(id), 16, FloatFormat::BF16);
+        l.components = vec![Component::named(component).unwrap()];
+        let all_in_one = d.model(
+            &format!("{component}-aio.safetensors"),
+            &l,
+            &Synthetic::base(l.arch, 0),
+        );
+        let alone = d.path(&format!("{component}-{tf5}.safetensors"));
+        let prefix = format!("text_encoders.{component}.transformer.");
+        rewrite(&all_in_one, &alone, |ts| {
+            for t in ts.iter_mut() {
+                let name = t.name.strip_prefix(&prefix).expect("prefixed");
+                let name = name.replace("model.lm_head.", "lm_head.");
+                t.name = match (
+                    tf5,
+                    name.strip_prefix("model."),
+                    name.strip_prefix("visual."),
+                ) {
+                    (true, Some(rest), _) => format!("model.language_model.{rest}"),
+                    (true, _, Some(rest)) => format!("model.visual.{rest}"),
+                    _ => name,
+                };
+            }
+            ts.sort_by(|a, b| a.name.cmp(&b.name));
+        });
+        let j = run_json(&["inspect", s(&alone)]);
+        let what = format!(
+            "{component} (transformers 5: {tf5}): {}",
+            j["arch"]["summary"]
+        );
+        assert!(
+            used_by.contains(&j["arch"]["id"].as_str().unwrap()),
+            "{what}"
+        );
+        assert_eq!(j["arch"]["matched_keys"], j["tensors"], "{what}");
+        assert!(j["unknown_keys"].as_array().unwrap().is_empty(), "{what}");
+        let v = variants(&j);
+        let labels: Vec<&str> = used_by.iter().map(|a| arch(a).label()).collect();
+        let note = format!(
+            "a text encoder alone ({label}), which {} use{}",
+            labels.join(", "),
+            if used_by.len() == 1 { "s" } else { "" }
+        );
+        assert!(v.contains(&note), "{what}: {v:?}");
+        // Its tensors line up with the same encoder in an all-in-one file: identical
+        // weights compare equal, row by row.
+        let tensors = j["tensors"].clone();
+        let j = run_json(&["sim", s(&alone), s(&all_in_one)]);
+        let row = find_row(&j["rows"], "label", component.to_uppercase().as_str());
+        assert_eq!(row["similarity"], 1.0, "{component}: {row}");
+        assert_eq!(row["tensors"], tensors, "{component}: {row}");
+        assert!(
+            j["notes"]["only_in_a"].as_array().unwrap().is_empty(),
+            "{component}"
+        );
+    }
 }
 
 /// `validate` on a schnell file does not call the guidance embedding it never had pruned.

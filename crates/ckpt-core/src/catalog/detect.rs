@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use super::data::{self, Role};
-use super::{Arch, Component, Layout, canonical_key, component_of, is_ema};
+use super::{Arch, Component, Layout, canonical_key, canonical_keys, component_of, is_ema};
 use ckpt_read::Checkpoint;
 
 /// Scales tried for scaled-down test checkpoints (1 = real size).
@@ -92,6 +92,12 @@ pub enum Variant {
     /// The file's components are laid out alike in these other architectures too (a text
     /// encoder or a VAE on its own), so it fits them as well.
     AlsoFits(Vec<Arch>),
+    /// A text encoder alone (a T5-XXL, a Qwen3-4B file), and the architectures whose
+    /// layout lists it with every key and shape of the file: the models that use it.
+    TextEncoderAlone {
+        component: Component,
+        used_by: Vec<Arch>,
+    },
     /// DiT keys without the `model.diffusion_model.` prefix (BFL's and Chroma's naming).
     BareDiffuserKeys,
     /// A scaled-down test checkpoint (`ckpt-diff synth --scale S`).
@@ -121,6 +127,15 @@ impl Variant {
                 let names: Vec<&str> = archs.iter().map(|a| a.label()).collect();
                 format!("laid out as in {} too", names.join(", "))
             }
+            Variant::TextEncoderAlone { component, used_by } => {
+                let names: Vec<&str> = used_by.iter().map(|a| a.label()).collect();
+                format!(
+                    "a text encoder alone ({}), which {} use{}",
+                    component.label(),
+                    names.join(", "),
+                    if used_by.len() == 1 { "s" } else { "" }
+                )
+            }
             Variant::BareDiffuserKeys => {
                 "diffuser keys without the model.diffusion_model. prefix (as BFL's releases and extracted U-Nets name them)".into()
             }
@@ -140,6 +155,7 @@ impl Variant {
             Variant::MissingComponents(_) => "missing-components".into(),
             Variant::DenoiserOnly => "denoiser-only".into(),
             Variant::AlsoFits(_) => "also-fits".into(),
+            Variant::TextEncoderAlone { .. } => "text-encoder-alone".into(),
             Variant::BareDiffuserKeys => "bare-diffuser-keys".into(),
             Variant::Scaled(s) => format!("scaled-{s}"),
         }
@@ -202,8 +218,9 @@ pub fn detect(ckpt: &Checkpoint) -> Detection {
     let keys: Vec<(String, &[usize])> = ckpt
         .tensors()
         .iter()
-        .filter(|t| !is_ema(&t.name))
-        .map(|t| (canonical_key(&t.name).into_owned(), t.shape.as_slice()))
+        .zip(canonical_keys(ckpt.tensors()))
+        .filter(|(t, _)| !is_ema(&t.name))
+        .map(|(t, key)| (key.into_owned(), t.shape.as_slice()))
         .collect();
     let considered = keys.len();
 
@@ -333,6 +350,17 @@ pub fn detect(ckpt: &Checkpoint) -> Detection {
         };
     }
     let mut variants = variants(ckpt, best.arch, best.scale);
+    let components: HashSet<Component> = keys.iter().map(|(k, _)| component_of(k)).collect();
+    if let [c] = components.into_iter().collect::<Vec<_>>()[..]
+        && c.is_text_encoder()
+    {
+        variants.push(Variant::TextEncoderAlone {
+            component: c,
+            used_by: std::iter::once(best.arch)
+                .chain(tied.iter().copied())
+                .collect(),
+        });
+    }
     if component_file {
         variants.push(Variant::AlsoFits(tied));
     }
@@ -407,15 +435,14 @@ pub fn shape_matches(name: &str, expected: &[usize], actual: &[usize], scale: u3
 fn variants(ckpt: &Checkpoint, arch: Arch, scale: u32) -> Vec<Variant> {
     let table = data::table(arch);
     let mut out = Vec::new();
-    let names: HashSet<String> = ckpt
-        .tensors()
-        .iter()
-        .map(|t| canonical_key(&t.name).into_owned())
-        .collect();
+    let canonical = canonical_keys(ckpt.tensors());
+    let names: HashSet<String> = canonical.iter().map(|k| k.to_string()).collect();
     let stored = |key: &str| {
         ckpt.tensors()
             .iter()
-            .find(|t| canonical_key(&t.name) == key)
+            .zip(&canonical)
+            .find(|(_, k)| *k == key)
+            .map(|(t, _)| t)
     };
     let denoiser = names.iter().any(|n| component_of(n) == arch.denoiser());
     for v in &arch.info().spec.variants {

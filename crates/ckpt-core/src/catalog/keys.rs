@@ -10,7 +10,7 @@ use std::collections::{BTreeSet, HashSet};
 
 use super::data::{self, Role};
 use super::detect::{scaled_shape, shape_matches};
-use super::{Arch, Component, canonical_key, component_of};
+use super::{Arch, Component, canonical_keys, component_of};
 use ckpt_read::TensorEntry;
 
 /// The prefix of EMA copies in LDM/SGM checkpoints (`model_ema.diffusion_model...`).
@@ -70,8 +70,7 @@ impl KeyCheck {
         let table = data::table(arch);
         let mut c = KeyCheck::default();
         let mut names = HashSet::new();
-        for t in tensors {
-            let key = canonical_key(&t.name);
+        for (t, key) in tensors.iter().zip(canonical_keys(tensors)) {
             c.present.insert(component_of(&key));
             if key != t.name.as_str() {
                 c.old_names.push(t.name.clone());

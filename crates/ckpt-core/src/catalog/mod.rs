@@ -328,6 +328,62 @@ pub fn canonical_key(key: &str) -> Cow<'_, str> {
     Cow::Borrowed(key)
 }
 
+/// The names a file's tensors go by in the catalog: [`canonical_key`] of each, except in a
+/// file holding one LLM text encoder alone. Those (Qwen3-4B and -8B, Qwen2.5-VL-7B, Mistral-3
+/// 24B) keep transformers' names (`model.layers.N...`), which they share, so no name says
+/// which one a file is: the encoder whose layout explains most of the file's keys by name
+/// and shape (at any scale detection tries), and at least half of them, puts them under its
+/// all-in-one prefix (`text_encoders.qwen3_4b.transformer.`), as ComfyUI's `detect_te_model`
+/// tells them apart by shapes. A file it explains no key of keeps [`canonical_key`]'s names.
+pub fn canonical_keys(tensors: &[ckpt_read::TensorEntry]) -> Vec<Cow<'_, str>> {
+    let alone = standalone(tensors);
+    tensors
+        .iter()
+        .map(|t| match alone.and_then(|b| b.name(&t.name)) {
+            Some(name) => Cow::Owned(name),
+            None => canonical_key(&t.name),
+        })
+        .collect()
+}
+
+/// The shared-name component a file holds alone (see [`canonical_keys`]).
+fn standalone(tensors: &[ckpt_read::TensorEntry]) -> Option<&'static registry::ByShape> {
+    let r = registry();
+    let mut best: Option<(usize, &registry::ByShape)> = None;
+    for b in &r.by_shape {
+        let Some(arch) = Arch::all()
+            .iter()
+            .copied()
+            .find(|a| a.components().contains(&b.component))
+        else {
+            continue;
+        };
+        let table = data::table(arch);
+        let names: Vec<(String, &[usize])> = tensors
+            .iter()
+            .filter_map(|t| b.name(&t.name).map(|n| (n, t.shape.as_slice())))
+            .collect();
+        let matched = detect::SCALES
+            .iter()
+            .map(|&scale| {
+                names
+                    .iter()
+                    .filter(|(key, shape)| {
+                        table
+                            .get(key)
+                            .is_some_and(|k| detect::shape_matches(key, &k.shape, shape, scale))
+                    })
+                    .count()
+            })
+            .max()
+            .unwrap_or(0);
+        if matched > 0 && matched * 2 >= tensors.len() && best.is_none_or(|(n, _)| matched > n) {
+            best = Some((matched, b));
+        }
+    }
+    best.map(|(_, b)| b)
+}
+
 /// How keys are grouped into report rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {

@@ -22,6 +22,8 @@ pub(crate) struct Registry {
     pub(crate) renames: Vec<RenameSpec>,
     /// (key prefixes of a component saved alone, the prefix that places them).
     pub(crate) standalone: Vec<(Vec<String>, String)>,
+    /// Components whose files alone share their names with others', told apart by shapes.
+    pub(crate) by_shape: Vec<ByShape>,
 }
 
 pub(crate) struct ComponentInfo {
@@ -142,6 +144,34 @@ pub(crate) enum ListError {
     TwoSeries(String),
 }
 
+/// A component saved alone under names other components' files share (`by_shape` in
+/// components.toml).
+#[derive(Debug)]
+pub(crate) struct ByShape {
+    pub(crate) prefixes: Vec<String>,
+    pub(crate) under: String,
+    pub(crate) replace: Vec<(String, String)>,
+    pub(crate) component: Component,
+}
+
+impl ByShape {
+    /// The all-in-one name of a file's key, if the key is one of the component's names.
+    pub(crate) fn name(&self, key: &str) -> Option<String> {
+        if !self.prefixes.iter().any(|p| key.starts_with(p.as_str())) {
+            return None;
+        }
+        let key = self
+            .replace
+            .iter()
+            .find_map(|(from, to)| {
+                key.strip_prefix(from.as_str())
+                    .map(|rest| format!("{to}{rest}"))
+            })
+            .unwrap_or_else(|| key.to_string());
+        Some(format!("{}{key}", self.under))
+    }
+}
+
 fn build() -> Result<Registry, DataError> {
     let text = spec::file("components.toml").ok_or(DataError::Missing {
         file: "components.toml",
@@ -152,6 +182,7 @@ fn build() -> Result<Registry, DataError> {
     })?;
     let mut prefixes = Vec::new();
     let mut standalone = Vec::new();
+    let mut by_shape = Vec::new();
     let components: Vec<ComponentInfo> = file
         .component
         .into_iter()
@@ -159,8 +190,15 @@ fn build() -> Result<Registry, DataError> {
         .map(|(i, c): (usize, ComponentSpec)| {
             let id = Component(i as u16);
             prefixes.extend(c.prefixes.iter().map(|p| (p.clone(), id)));
-            if let Some(s) = c.standalone {
-                standalone.push((s.prefixes, s.under));
+            match c.standalone {
+                Some(s) if s.by_shape => by_shape.push(ByShape {
+                    prefixes: s.prefixes,
+                    under: s.under,
+                    replace: s.replace,
+                    component: id,
+                }),
+                Some(s) => standalone.push((s.prefixes, s.under)),
+                None => {}
             }
             ComponentInfo {
                 id: c.id,
@@ -221,6 +259,7 @@ fn build() -> Result<Registry, DataError> {
         bare,
         renames: file.rename,
         standalone,
+        by_shape,
     })
 }
 

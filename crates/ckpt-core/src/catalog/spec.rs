@@ -60,6 +60,15 @@ pub(crate) enum ComponentKind {
 pub(crate) struct StandaloneSpec {
     pub(crate) prefixes: Vec<String>,
     pub(crate) under: String,
+    /// Other components' files alone have the same names (the LLM text encoders share
+    /// transformers' `model.layers.N...`): which one a file is, its shapes decide
+    /// ([`super::canonical_keys`]), never a name alone.
+    #[serde(default)]
+    pub(crate) by_shape: bool,
+    /// `by_shape` components: the renames a loader applies to such a file's names first
+    /// (a name's first prefix found is replaced), before `under` goes in front.
+    #[serde(default)]
+    pub(crate) replace: Vec<(String, String)>,
 }
 
 /// An old spelling: `prefix` + one of `before` gets `insert` between them.
@@ -118,6 +127,18 @@ pub(crate) struct LayoutSpec {
     /// The denoiser's keys may be stored without `model.diffusion_model.`.
     #[serde(default)]
     pub(crate) bare: bool,
+    /// `facts`: the layouts of the other components, each a facts file of its own (a text
+    /// encoder or a VAE several models share) whose keys go under a prefix.
+    #[serde(default)]
+    pub(crate) with: Vec<WithSpec>,
+}
+
+/// A component's layout file and the prefix of its keys in an all-in-one checkpoint.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct WithSpec {
+    pub(crate) file: String,
+    pub(crate) under: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]

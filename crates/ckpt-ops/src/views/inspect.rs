@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use ckpt_core::catalog::detect::Detection;
-use ckpt_core::catalog::{Component, KeyCheck, canonical_key, component_of};
+use ckpt_core::catalog::{Component, KeyCheck, canonical_keys, component_of};
 use ckpt_read::{Checkpoint, dtype};
 
 #[derive(Clone, Debug, Serialize)]
@@ -144,8 +144,8 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
     let arch = det.arch();
     let quant = ckpt.comfy_quant();
     let layer = |name: &str| quant.and_then(|q| q.layers.iter().find(|l| l.weight == name));
-    for t in ckpt.tensors() {
-        let c = component_of(&canonical_key(&t.name));
+    for (t, key) in ckpt.tensors().iter().zip(canonical_keys(ckpt.tensors())) {
+        let c = component_of(&key);
         let numel = t.numel() as u64;
         // A quantized layer counts its codes and scales, under its format's name.
         let (bytes, d) = match layer(&t.name) {
