@@ -63,7 +63,8 @@ struct LayoutArgs {
     #[arg(long, default_value = "base", value_parser = parse_variant)]
     variant: String,
     /// Components to write (comma-separated: unet, te1, te2, vae for SD; diffuser, clip_l,
-    /// clip_g, t5xxl, vae for Flux and SD3); default all.
+    /// clip_g, t5xxl, vae for Flux and SD3; diffuser, qwen3_4b, qwen3_8b, qwen25_7b or
+    /// mistral3_24b, vae for the 2026 models); default all.
     #[arg(long, value_delimiter = ',')]
     components: Vec<String>,
     /// Add EMA weights (SD1 only).

@@ -12,7 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 
 use crate::views::validate::validate;
-use ckpt_core::catalog::{Detection, detect};
+use ckpt_core::catalog::{Detection, canonical_key, detect};
 use ckpt_core::kernels;
 use ckpt_core::pass::{Absorb, Item, Pass, PassError, Plan, Slice, Visit};
 use ckpt_core::writer::{OutputFile, Piece, WriteError};
@@ -128,12 +128,18 @@ pub fn execute(
     let mut models = vec![ckpt];
     models.extend(base);
     let plan = Plan::new(models);
-    let entry_of: HashMap<&str, usize> = plan
-        .entries()
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.key.as_str(), i))
-        .collect();
+    // The plan's names are the file's as the catalog reads them ([`canonical_keys`]); the
+    // planned tensors keep a name no rule of its own renames ([`canonical_key`]): an LLM
+    // text encoder saved alone keeps transformers' names. Both find the entry.
+    let mut entry_of: HashMap<String, usize> = HashMap::new();
+    for (i, e) in plan.entries().iter().enumerate() {
+        entry_of.insert(e.key.clone(), i);
+        if let Some(t) = e.sources[0] {
+            entry_of
+                .entry(canonical_key(&ckpt.tensors()[t].name).into_owned())
+                .or_insert(i);
+        }
+    }
     let specs = planned.tensors.iter().map(|p| p.spec.clone()).collect();
     let mut inputs: Vec<&Path> = vec![ckpt.path()];
     inputs.extend(base.map(|b| b.path()));
@@ -160,7 +166,7 @@ pub fn execute(
                 code,
                 parts,
             } => {
-                let entry = entry_of[p.spec.name.as_str()];
+                let entry = entry_of[&p.spec.name];
                 let copy = Copy {
                     index,
                     model: origin.model(),
@@ -182,7 +188,7 @@ pub fn execute(
                 cast,
                 patch_nonfinite,
             } => {
-                let entry = entry_of[p.spec.name.as_str()];
+                let entry = entry_of[&p.spec.name];
                 let copy = Copy {
                     index,
                     model: origin.model(),
