@@ -3,6 +3,12 @@
 //!
 //! Facts: `../shared/research/quant-formats-2026.md` part (b), from gguf-py 0.19.0
 //! (`constants.py` `GGMLQuantizationType`, `GGML_QUANT_SIZES`; `quants.py`).
+//!
+//! [`dequant`] turns blocks into f32 values exactly as gguf-py does.
+
+pub mod dequant;
+
+pub use dequant::{byte_range, decode_into, dequantize};
 
 /// The ggml tensor types a diffusion GGUF holds, with their ids in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -144,7 +150,7 @@ impl GgmlType {
     /// Bytes that `n` elements take, `None` when `n` is not a whole number of blocks or
     /// the size overflows.
     pub fn bytes_for(self, n: usize) -> Option<usize> {
-        if n % self.block_size() != 0 {
+        if !n.is_multiple_of(self.block_size()) {
             return None;
         }
         (n / self.block_size()).checked_mul(self.type_size())
