@@ -46,6 +46,8 @@ pub const ORIG_SHAPE_PREFIX: &str = "comfy.gguf.orig_shape.";
 /// one past the end, use [`ReadError`]'s own variants).
 #[derive(Debug, Error)]
 pub enum GgufError {
+    #[error("it does not start with the GGUF magic number")]
+    NotGguf,
     #[error("it is GGUF version 1 (before August 2023), whose counts are 32-bit")]
     Version1,
     #[error("it is GGUF version {version}; ckpt-diff reads versions 2 and 3")]
@@ -473,8 +475,9 @@ fn read_value(
 /// the data region of a file of `bytes.len()` bytes.
 pub fn parse(bytes: &[u8]) -> Result<GgufInfo, ReadError> {
     let mut c = Cursor { bytes, at: 0 };
-    let magic = c.array::<4>(|| "the magic number".into())?;
-    debug_assert_eq!(&magic, b"GGUF");
+    if c.array::<4>(|| "the magic number".into())? != *b"GGUF" {
+        return Err(GgufError::NotGguf.into());
+    }
     let version = c.u32(|| "the version".into())?;
     match version {
         2 | 3 => {}
