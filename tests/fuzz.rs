@@ -1,5 +1,6 @@
-//! Fuzzing the torch reader: mutated real pickles and zips (made by PyTorch, see
-//! fixtures/torch/) never panic, always finish, and never allocate past a bound.
+//! Fuzzing the torch and GGUF readers: mutated real pickles and zips (made by PyTorch, see
+//! fixtures/torch/) and GGUF files (made by gguf-py, fixtures/gguf/) never panic, always
+//! finish, and never allocate past a bound.
 //!
 //! A test binary of its own, so that its counting allocator sees this test only. Cases:
 //! `PROPTEST_CASES` (default 100 000, split over the seeds).
@@ -9,8 +10,10 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::Path;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use ckpt_read::gguf::{self, container};
 use ckpt_read::pickle::{self, Limits};
 use ckpt_read::torch::{self, StorageBytes};
 use proptest::prelude::*;
@@ -41,15 +44,23 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static ALLOC: Counting = Counting;
 
+/// The tests measure the peak heap one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
 /// The most one read of an input of these sizes (25 KB) may hold at once: far below the
 /// interpreter's limits (README), which a crafted small file cannot reach either, because
 /// every value costs at least one input byte and lengths are checked against the input.
 const PEAK_BOUND: usize = 64 << 20;
 
 fn seed(name: &str) -> Vec<u8> {
+    seed_in("torch", name)
+}
+
+fn seed_in(folder: &str, name: &str) -> Vec<u8> {
     std::fs::read(
         Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("fixtures/torch")
+            .join("fixtures")
+            .join(folder)
             .join(name),
     )
     .unwrap()
@@ -116,12 +127,17 @@ fn read(bytes: &[u8], zip: bool) {
     }
 }
 
-#[test]
-fn test_mutated_torch_files_never_panic_or_overallocate() {
-    let cases: u32 = std::env::var("PROPTEST_CASES")
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(100_000);
+        .unwrap_or(100_000)
+}
+
+#[test]
+fn test_mutated_torch_files_never_panic_or_overallocate() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cases = cases();
     let zip = seed("tiny-zip.ckpt");
     let legacy = seed("tiny-legacy.ckpt");
     // The pickle alone (from the zip), and hand-written ones with every form of call.
@@ -180,5 +196,60 @@ fn test_mutated_torch_files_never_panic_or_overallocate() {
     assert!(
         read as u32 > cases / 3 / 10,
         "only {read} mutated files were readable"
+    );
+}
+
+static GGUF_READ: AtomicUsize = AtomicUsize::new(0);
+
+/// Reads `bytes` as the GGUF reader does and decodes every tensor it accepts: each must lie
+/// inside the input.
+fn read_gguf(bytes: &[u8]) {
+    let Ok(info) = container::parse(bytes) else {
+        return;
+    };
+    let Ok(entries) = container::entries(&info) else {
+        return;
+    };
+    GGUF_READ.fetch_add(1, Ordering::Relaxed);
+    let data = &bytes[(info.data_start as usize).min(bytes.len())..];
+    for t in &entries {
+        assert!(t.end <= data.len(), "{} past the input", t.name);
+        let ty = info.ggml_type(&t.name).expect("every entry has a type");
+        let mut out = vec![0.0f64; t.numel()];
+        gguf::decode_into(ty, &data[t.begin..t.end], 0, &mut out);
+    }
+}
+
+#[test]
+fn test_mutated_gguf_files_never_panic_or_overallocate() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let cases = cases() / 4;
+    let seeds: Vec<Vec<u8>> = ["city96.gguf", "sdcpp.gguf", "q4_k.gguf", "q8_0.gguf"]
+        .iter()
+        .map(|n| seed_in("gguf", n))
+        .collect();
+    let base = LIVE.load(Ordering::Relaxed);
+    PEAK.store(base, Ordering::Relaxed);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&(0..seeds.len(), edits()), |(i, e)| {
+            read_gguf(&apply(seeds[i].clone(), &e));
+            Ok(())
+        })
+        .unwrap();
+    let peak = PEAK.load(Ordering::Relaxed) - base;
+    assert!(peak < PEAK_BOUND, "peak heap {peak} bytes");
+    let read = GGUF_READ.load(Ordering::Relaxed);
+    eprintln!(
+        "fuzz: {cases} GGUF cases, {read} mutated files still read, peak heap {} KiB",
+        peak >> 10
+    );
+    assert!(
+        read as u32 > cases / 10,
+        "only {read} mutated GGUF files were readable"
     );
 }

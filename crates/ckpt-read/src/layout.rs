@@ -48,17 +48,37 @@ pub enum Encoding {
     /// per-block scales (see [`super::comfy`]). The entry's dtype is that of one code
     /// (`F4` for nvfp4's E2M1 pairs) and its shape the logical one.
     Block(super::comfy::Block),
+    /// A GGUF tensor in one of ggml's quantized block types: blocks of codes and their
+    /// scales along the rows (see [`super::gguf::dequant`]). The entry's dtype is `U8`
+    /// (the stored bytes are blocks, not elements) and its shape the logical one.
+    Ggml(super::gguf::GgmlType),
 }
 
 impl Encoding {
     /// The factor that turns every stored value into its value, for encodings that are
     /// one (1 for plain tensors); `None` for block encodings, which only
-    /// [`super::comfy::Block::decode`] turns into values.
+    /// [`super::comfy::Block::decode`] and [`super::gguf::decode_into`] turn into values.
     pub fn factor(self) -> Option<f64> {
         match self {
             Encoding::Plain => Some(1.0),
             Encoding::Scaled(s) => Some(s),
-            Encoding::Block(_) => None,
+            Encoding::Block(_) | Encoding::Ggml(_) => None,
+        }
+    }
+
+    /// Whether the stored bytes are codes that only decoding turns into values (a block
+    /// encoding: ComfyUI's per-layer formats, ggml's quantized types).
+    pub fn needs_decoding(self) -> bool {
+        matches!(self, Encoding::Block(_) | Encoding::Ggml(_))
+    }
+
+    /// The elements a work item must start on (a multiple of it): a block encoding's
+    /// alignment, a ggml block; 1 for element-wise encodings.
+    pub fn alignment(self) -> usize {
+        match self {
+            Encoding::Block(b) => b.alignment(),
+            Encoding::Ggml(t) => t.block_size(),
+            Encoding::Plain | Encoding::Scaled(_) => 1,
         }
     }
 
@@ -90,14 +110,14 @@ impl TensorEntry {
     /// Whether its values are floats ckpt-diff computes with: a float dtype, or codes a
     /// block encoding turns into floats.
     pub fn is_float(&self) -> bool {
-        matches!(self.encoding, Encoding::Block(_))
-            || super::dtype::float_format(self.dtype).is_some()
+        self.encoding.needs_decoding() || super::dtype::float_format(self.dtype).is_some()
     }
 
     /// The byte range, relative to the tensor's data, of elements `start..end`.
     pub fn byte_range(&self, start: usize, end: usize) -> (usize, usize) {
         match self.encoding {
             Encoding::Block(b) => b.code_range(start, end),
+            Encoding::Ggml(t) => super::gguf::byte_range(t, start, end),
             _ => {
                 let bits = super::dtype::bit_size(self.dtype);
                 (start * bits / 8, end * bits / 8)
@@ -154,23 +174,29 @@ pub enum Provenance {
     Sharded,
     /// Several files put together by a reader one layer up (`kind`: a diffusers folder).
     Assembled { kind: &'static str },
+    /// A GGUF file: its version, alignment, KVs and the ggml type of each tensor.
+    Gguf(Box<super::gguf::GgufInfo>),
 }
 
 impl Provenance {
     /// The kind of input, as reports name it: `safetensors`, `torch-zip`, `torch-legacy`,
-    /// `sharded`, `diffusers`.
+    /// `sharded`, `diffusers`, `gguf`.
     pub fn id(&self) -> &'static str {
         match self {
             Provenance::Safetensors { .. } => "safetensors",
             Provenance::Torch(p) => p.container.id(),
             Provenance::Sharded => "sharded",
             Provenance::Assembled { kind } => kind,
+            Provenance::Gguf(_) => "gguf",
         }
     }
 
     /// Whether the input is one file whose bytes are the model (so file hashes apply).
     pub fn is_one_file(&self) -> bool {
-        matches!(self, Provenance::Safetensors { .. } | Provenance::Torch(_))
+        matches!(
+            self,
+            Provenance::Safetensors { .. } | Provenance::Torch(_) | Provenance::Gguf(_)
+        )
     }
 }
 

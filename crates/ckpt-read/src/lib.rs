@@ -3,9 +3,10 @@
 //! sharded models. This crate knows no model architecture.
 //!
 //! [`open`] picks the format by its magic bytes ([`file_layout`]); each format module
-//! returns a [`Layout`] and [`Checkpoint::from_layout`] is the only constructor. Containers
-//! it cannot read faithfully (GGUF, bitsandbytes 4-bit) are refused with their format
-//! named, and every header is checked whole (see [`header`]) before any view is handed out.
+//! returns a [`Layout`] and [`Checkpoint::from_layout`] is the only constructor. GGUF files
+//! (city96's and stable-diffusion.cpp's) are read too, their quantized tensors decoded as
+//! gguf-py decodes them ([`gguf`]). Containers it cannot read faithfully (bitsandbytes
+//! 4-bit, nunchaku) are refused with their format named, and every header is checked whole (see [`header`]) before any view is handed out.
 //! Tensor bytes are returned as `&[u8]` slices of the mapping, in the file's little-endian
 //! layout and with no alignment promise: the kernels read them with unaligned loads.
 //!
@@ -81,8 +82,8 @@ pub enum ReadError {
     CannotSwapHalves { name: String },
     #[error("two tensors of the folder map to '{name}'")]
     TwoMapToOne { name: String },
-    #[error("this is a GGUF file, which ckpt-diff does not read yet")]
-    Gguf,
+    #[error("this GGUF file is unreadable: {0}")]
+    Gguf(#[from] gguf::GgufError),
     #[error("the file is {len} bytes long, too short for a safetensors file")]
     TooShort { len: u64 },
     #[error(
@@ -176,10 +177,7 @@ impl ReadError {
             | ReadError::OffsetsPastEnd { .. } => {
                 Some("download or copy the file again; an interrupted transfer leaves it short")
             }
-            ReadError::Gguf => Some(
-                "ckpt-diff reads safetensors files, PyTorch checkpoints, diffusers folders and \
-                 sharded models: use the model's safetensors release",
-            ),
+            ReadError::Gguf(e) => Some(e.hint()),
             ReadError::Comfy(_) => Some(
                 "if ComfyUI loads this file, please report it with the message above; otherwise \
                  the file is damaged: download it again or use the model's bf16 release",
@@ -306,7 +304,10 @@ pub fn file_layout(path: &Path) -> Result<Layout, ReadError> {
     match sniff::sniff(&map[..map.len().min(16)]) {
         Sniffed::TorchZip => torch::layout(map, true),
         Sniffed::Pickle => torch::layout(map, false),
-        Sniffed::Gguf => Err(ReadError::Gguf),
+        Sniffed::Gguf => {
+            let info = gguf::container::parse(&map)?;
+            gguf::container::layout(map, info)
+        }
         Sniffed::Other => match safetensors::parse(&map) {
             Ok(parsed) => Ok(safetensors::layout(map, parsed)),
             // The extension says pickle and the bytes are not safetensors: say that, not
@@ -389,6 +390,14 @@ impl Checkpoint {
     pub fn pickle(&self) -> Option<&PickleInfo> {
         match &self.layout.provenance {
             Provenance::Torch(p) => Some(p),
+            _ => None,
+        }
+    }
+
+    /// For a GGUF file: its version, alignment, KVs and each tensor's ggml type.
+    pub fn gguf(&self) -> Option<&gguf::GgufInfo> {
+        match &self.layout.provenance {
+            Provenance::Gguf(info) => Some(info),
             _ => None,
         }
     }

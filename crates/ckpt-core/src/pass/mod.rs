@@ -185,7 +185,7 @@ impl<'m> Plan<'m> {
             .iter()
             .map(|t| match t.encoding {
                 // Codes a block encoding turns into floats are floats.
-                Encoding::Block(_) => ValueKind::Float(FloatFormat::F32),
+                Encoding::Block(_) | Encoding::Ggml(_) => ValueKind::Float(FloatFormat::F32),
                 _ => dtype::value_kind(t.dtype),
             })
             .collect();
@@ -268,6 +268,12 @@ impl<'a> Slice<'a> {
                 let (f, t) = b.code_range(self.start + start, self.start + end);
                 (f - base, t - base)
             }
+            // Whole blocks: the part's bytes start at the block holding its first element.
+            Encoding::Ggml(ty) => {
+                let base = ckpt_read::gguf::byte_range(ty, self.start, self.start).0;
+                let (f, t) = ckpt_read::gguf::byte_range(ty, self.start + start, self.start + end);
+                (f - base, t - base)
+            }
             _ => {
                 let size = dtype::bit_size(self.dtype) / 8;
                 (start * size, end * size)
@@ -288,7 +294,7 @@ impl<'a> Slice<'a> {
 
     /// Whether its values are floats (a float dtype, or codes a block encoding decodes).
     pub fn is_float(&self) -> bool {
-        self.encoding.block().is_some() || dtype::float_format(self.dtype).is_some()
+        self.encoding.needs_decoding() || dtype::float_format(self.dtype).is_some()
     }
 
     /// The stored values times one factor, when the encoding is element-wise: fast paths
@@ -299,17 +305,21 @@ impl<'a> Slice<'a> {
     }
 
     /// The float values of the slice, decoded: `out[i] = stored[i] · scale` for a scaled
-    /// tensor, comfy-kitchen's float32 values for a block-encoded one.
+    /// tensor, comfy-kitchen's float32 values for a block-encoded one, gguf-py's float32
+    /// values for a ggml-quantized one.
     pub fn values_into(&self, out: &mut [f64]) {
-        if let Encoding::Block(b) = self.encoding {
-            b.decode(self.bytes, &self.side, self.start, out);
-            return;
+        match self.encoding {
+            Encoding::Block(b) => return b.decode(self.bytes, &self.side, self.start, out),
+            Encoding::Ggml(ty) => {
+                return ckpt_read::gguf::decode_into(ty, self.bytes, self.start, out);
+            }
+            Encoding::Plain | Encoding::Scaled(_) => {}
         }
         let format = dtype::float_format(self.dtype).expect("values of a float slice");
         crate::kernels::to_f64(format, self.bytes, out);
         match self.encoding {
             Encoding::Scaled(s) => out.iter_mut().for_each(|x| *x *= s),
-            Encoding::Plain | Encoding::Block(_) => {}
+            Encoding::Plain | Encoding::Block(_) | Encoding::Ggml(_) => {}
         }
     }
 }
@@ -440,8 +450,7 @@ impl<'p> Pass<'p> {
             // group), so each decodes on its own.
             let unit = (0..plan.models().len())
                 .filter_map(|m| plan.tensor(entry, m))
-                .filter_map(|t| t.encoding.block())
-                .map(|b| b.alignment())
+                .map(|t| t.encoding.alignment())
                 .fold(crate::kernels::CHUNK, lcm);
             let step = (self.item_bytes / bytes_per_elem).max(unit);
             let step = step / unit * unit;

@@ -253,9 +253,9 @@ fn take(
     }
     // Codes copied without their scales would be wrong: a block-encoded tensor not copied
     // as stored (the base's) is decoded, to bf16 unless a format is asked for.
-    let cast = match from.encoding.block() {
-        Some(_) => Some(cast.unwrap_or(FloatFormat::BF16)),
-        None => cast,
+    let cast = match from.encoding.needs_decoding() {
+        true => Some(cast.unwrap_or(FloatFormat::BF16)),
+        false => cast,
     };
     let is_float = from.is_float();
     // A scaled or block-encoded tensor is re-encoded even into its own dtype: its scales

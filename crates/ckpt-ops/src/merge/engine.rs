@@ -527,7 +527,7 @@ pub(crate) fn decide(
             // Block-encoded inputs (ComfyUI's per-layer formats) give bf16, the dtype
             // ComfyUI computes them in.
             let stored = dtype::float_format(first.dtype)
-                .filter(|_| first.encoding.block().is_none())
+                .filter(|_| !first.encoding.needs_decoding())
                 .unwrap_or(FloatFormat::BF16);
             let unscaled = |f: FloatFormat| match f {
                 FloatFormat::F8E4M3 | FloatFormat::F8E5M2 => FloatFormat::BF16,
@@ -595,7 +595,7 @@ pub(crate) fn decide(
         // Codes cannot be copied without their scales: a block-encoded tensor is decoded.
         let source = source.map(|s| match s {
             Source::Copy { model }
-                if tensor(model).is_some_and(|t| t.encoding.block().is_some()) =>
+                if tensor(model).is_some_and(|t| t.encoding.needs_decoding()) =>
             {
                 Source::Decode {
                     model,
@@ -614,7 +614,9 @@ pub(crate) fn decide(
                 Source::Copy { model } => {
                     tensor(*model).map_or(OutputScale::None, |t| match t.encoding {
                         Encoding::Scaled(s) => OutputScale::Known(s),
-                        Encoding::Plain | Encoding::Block(_) => OutputScale::None,
+                        Encoding::Plain | Encoding::Block(_) | Encoding::Ggml(_) => {
+                            OutputScale::None
+                        }
                     })
                 }
             };

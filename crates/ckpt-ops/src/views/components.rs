@@ -194,6 +194,13 @@ pub fn hash_tensor(arch: Option<Arch>, key: &str, s: &Slice<'_>) -> TensorHashes
             h.update(&scale.to_le_bytes());
             *h.finalize().as_bytes()
         }
+        // The blocks hold their scales; the type says how to read them.
+        ckpt_read::Encoding::Ggml(ty) => {
+            let mut h = blake3::Hasher::new();
+            h.update(s.bytes);
+            h.update(&ty.id().to_le_bytes());
+            *h.finalize().as_bytes()
+        }
         ckpt_read::Encoding::Block(b) => {
             let mut h = blake3::Hasher::new();
             h.update(s.bytes);

@@ -335,7 +335,7 @@ impl Visit for Scan {
         inputs: &[Option<Slice<'_>>],
     ) -> Result<(u64, u64), PassError> {
         let s = inputs[0].expect("one model");
-        if s.encoding.block().is_some() {
+        if s.encoding.needs_decoding() {
             // Codes with scales: count the decoded values (a NaN scale is refused on open,
             // but block scales may still decode to infinities).
             let mut v = vec![0.0f64; s.len()];
@@ -529,7 +529,7 @@ pub fn validate_header(ckpt: &Checkpoint, det: &Detection) -> ValidateReport {
     let float_tensors: Vec<_> = ckpt
         .tensors()
         .iter()
-        .filter(|t| t.is_float() && t.encoding.block().is_none())
+        .filter(|t| t.is_float() && !t.encoding.needs_decoding())
         .collect();
     let mut formats: Vec<String> = float_tensors.iter().map(|t| dtype::name(t.dtype)).collect();
     formats.sort();

@@ -3,6 +3,18 @@
 //!
 //! Facts: `../shared/research/quant-formats-2026.md` part (b), from gguf-py 0.19.0
 //! (`constants.py` `GGMLQuantizationType`, `GGML_QUANT_SIZES`; `quants.py`).
+//!
+//! [`container`] parses and checks the file and builds its [`crate::Layout`]: F32, F16 and
+//! BF16 tensors become plain tensors, quantized ones get [`crate::Encoding::Ggml`], and the
+//! KVs, version, alignment and per-tensor types stay in [`GgufInfo`] (the checkpoint's
+//! [`crate::Provenance::Gguf`]). [`dequant`] turns blocks into f32 values exactly as gguf-py
+//! does.
+
+pub mod container;
+pub mod dequant;
+
+pub use container::{GgufError, GgufInfo, TensorInfo, Value, ValueType};
+pub use dequant::{byte_range, decode_into, dequantize};
 
 /// The ggml tensor types a diffusion GGUF holds, with their ids in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
