@@ -4,6 +4,8 @@
 //! Facts: `../shared/research/quant-formats-2026.md` part (b), from gguf-py 0.19.0
 //! (`constants.py` `GGMLQuantizationType`, `GGML_QUANT_SIZES`; `quants.py`).
 
+pub mod quantize;
+
 /// The ggml tensor types a diffusion GGUF holds, with their ids in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum GgmlType {
