@@ -15,6 +15,7 @@ mod diffusers;
 mod fit;
 mod formats;
 mod fp8;
+mod gguf_quant;
 mod hash;
 mod l2;
 mod lineage;
