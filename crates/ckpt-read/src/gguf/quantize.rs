@@ -167,21 +167,25 @@ fn numpy_byte(v: f32) -> u8 {
     }
 }
 
-/// gguf-py's `np_roundf`: round half away from zero as `floor(a) + floor(2 (a - floor(a)))`
-/// with the sign put back (NaN and infinities give NaN).
-fn np_roundf(n: f32) -> f32 {
-    let a = n.abs();
-    let floored = a.floor();
-    let b = floored + (2.0 * (a - floored)).floor();
-    if n > 0.0 {
-        b
-    } else if n < 0.0 {
-        -b
-    } else if n.is_nan() {
-        f32::NAN
-    } else {
-        0.0 * b
+/// `numpy_byte(np_roundf(v))`: gguf-py's `np_roundf` (round half away from zero, as
+/// `floor(a) + floor(2 (a - floor(a)))` with the sign put back; NaN and infinities give NaN)
+/// cast to a byte. Computed on the truncated integer and the exact remainder, without the
+/// libm calls `floor` costs on baseline x86-64.
+fn numpy_round_byte(v: f32) -> u8 {
+    if v.is_nan() || v.abs() >= 2_147_483_648.0 {
+        return 0;
     }
+    let whole = v as i32;
+    // Exact: `whole` is 0 or within a factor 2 of v (Sterbenz), or v is already whole.
+    let frac = v - whole as f32;
+    let rounded = if frac >= 0.5 {
+        whole + 1
+    } else if frac <= -0.5 {
+        whole - 1
+    } else {
+        whole
+    };
+    rounded as u8
 }
 
 // ----------------------------------------------------------------------------------------
@@ -237,7 +241,7 @@ fn q8_0_block(x: &[f32; 32], y: &mut [u8; 34]) {
     let id = inverse_or_zero(d);
     y[..2].copy_from_slice(&f16_bits(d));
     for (q, &v) in y[2..].iter_mut().zip(x) {
-        *q = numpy_byte(np_roundf(v * id));
+        *q = numpy_round_byte(v * id);
     }
 }
 
@@ -245,7 +249,8 @@ fn q8_0_block(x: &[f32; 32], y: &mut [u8; 34]) {
 fn symmetric_codes(x: &[f32; 32], id: f32, offset: f32, top: u8) -> [u8; 32] {
     let mut q = [0u8; 32];
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = numpy_byte((v * id + offset).trunc()).min(top);
+        // `numpy_byte` truncates, as gguf-py's `np.trunc` does.
+        *q = numpy_byte(v * id + offset).min(top);
     }
     q
 }
@@ -254,7 +259,7 @@ fn symmetric_codes(x: &[f32; 32], id: f32, offset: f32, top: u8) -> [u8; 32] {
 fn offset_codes(x: &[f32; 32], min: f32, id: f32, top: u8) -> [u8; 32] {
     let mut q = [0u8; 32];
     for (q, &v) in q.iter_mut().zip(x) {
-        *q = numpy_byte(((v - min) * id + 0.5).trunc()).min(top);
+        *q = numpy_byte((v - min) * id + 0.5).min(top);
     }
     q
 }
@@ -855,4 +860,62 @@ fn q6_k_block(x: &[f32; 256], y: &mut [u8; 210]) {
         *b = s as u8;
     }
     rest[16..18].copy_from_slice(&d);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// numpy 2.4's `astype(np.uint8)` of these float32s on x86-64 (measured; gguf-py casts
+    /// before it clips, so out-of-range codes depend on it).
+    #[test]
+    fn byte_cast_is_numpys() {
+        let values = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            300.0,
+            -1.0,
+            1e10,
+            -1e10,
+            256.0,
+            -129.0,
+            16.5,
+        ];
+        let numpy = [0u8, 0, 0, 44, 255, 0, 0, 0, 127, 16];
+        for (v, want) in values.into_iter().zip(numpy) {
+            assert_eq!(numpy_byte(v), want, "{v}");
+        }
+    }
+
+    /// `numpy_round_byte` against gguf-py's `np_roundf` as written (`floor(a) + floor(2 (a -
+    /// floor(a)))`, signed), then the cast.
+    #[test]
+    fn rounding_is_gguf_pys_np_roundf() {
+        let np_roundf = |n: f32| {
+            let a = n.abs();
+            let b = a.floor() + (2.0 * (a - a.floor())).floor();
+            n.signum() * b
+        };
+        let mut values = vec![
+            0.0, -0.0, 0.5, -0.5, 1.5, -1.5, 2.5, 126.5, -127.5, 127.49999, 0.49999997,
+        ];
+        values.extend([
+            f32::NAN,
+            f32::INFINITY,
+            -3e9,
+            2.5e9,
+            16_777_217.0,
+            8_388_609.5,
+            -4e6 - 0.5,
+        ]);
+        let mut state = 7u32;
+        for _ in 0..100_000 {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            values.push((state as i32) as f32 / 2f32.powi((state % 31) as i32));
+        }
+        for v in values {
+            assert_eq!(numpy_round_byte(v), numpy_byte(np_roundf(v)), "{v}");
+        }
+    }
 }
