@@ -1,6 +1,6 @@
 //! The GGUF quantizers (`ckpt_read::gguf::quantize`, issue #27) against their oracles
 //! (`fixtures/gguf-quant/`, made by `make_goldens.py`): gguf-py 0.19.0's bytes for F16, BF16
-//! and the legacy types, llama.cpp's reference quantizer's bytes for the K types, on awkward
+//! and the legacy types, llama.cpp's bytes for the K and IQ4 types, on awkward
 //! rows (zeros, tiny, subnormal, huge, one-signed, constant, outliers, ties, non-finite) and
 //! on a [256, 3072] tensor of Gaussian-like weights with outliers that the test generates as
 //! the script does (its goldens are FNV-1a hashes per row); plus the closed-form error bound
@@ -14,7 +14,7 @@ use ckpt_read::gguf::quantize::{QuantizeError, quantize};
 
 const ROW: usize = 256;
 
-/// The float and legacy types (gguf-py's bytes) and the K types (llama.cpp's).
+/// The float and legacy types (gguf-py's bytes), and the K and IQ4 types (llama.cpp's).
 const LEGACY: [GgmlType; 7] = [
     GgmlType::F16,
     GgmlType::Bf16,
@@ -24,12 +24,14 @@ const LEGACY: [GgmlType; 7] = [
     GgmlType::Q4_1,
     GgmlType::Q4_0,
 ];
-const K_TYPES: [GgmlType; 5] = [
+const LLAMA_CPP: [GgmlType; 7] = [
     GgmlType::Q6K,
     GgmlType::Q5K,
     GgmlType::Q4K,
     GgmlType::Q3K,
     GgmlType::Q2K,
+    GgmlType::Iq4Nl,
+    GgmlType::Iq4Xs,
 ];
 
 /// Every tensor of `goldens.safetensors` as raw little-endian bytes, by name.
@@ -113,9 +115,9 @@ fn legacy_types_equal_gguf_py_bit_for_bit() {
 }
 
 #[test]
-fn k_types_equal_llama_cpp_reference_on_awkward_rows() {
+fn k_and_iq4_types_equal_llama_cpp_on_awkward_rows() {
     let awkward = f32s(golden("awkward"));
-    for t in K_TYPES {
+    for t in LLAMA_CPP {
         let want = golden(&format!("awkward.{}", t.name()));
         same_blocks("awkward", t, &quantized(t, &awkward), want);
     }
@@ -154,7 +156,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 fn every_type_equals_its_oracle_on_gaussian_weights() {
     let (rows, cols) = (256, 3072);
     let w = weights(rows, cols, 27);
-    for t in LEGACY.into_iter().chain(K_TYPES) {
+    for t in LEGACY.into_iter().chain(LLAMA_CPP) {
         let want: Vec<u64> = golden(&format!("weights.{}", t.name()))
             .chunks_exact(8)
             .map(|c| u64::from_le_bytes(c.try_into().unwrap()))
@@ -260,10 +262,6 @@ fn f32_is_copied_and_sizes_are_checked() {
             ..
         })
     ));
-    assert!(matches!(
-        quantize(GgmlType::Iq4Nl, &[0.0; 32], &mut [0u8; 18]),
-        Err(QuantizeError::Unsupported { .. })
-    ));
 }
 
 /// Single-thread speed per type, in MB/s of f32 input:
@@ -276,7 +274,7 @@ fn quantize_speed() {
     for t in [GgmlType::F16, GgmlType::Bf16]
         .into_iter()
         .chain(LEGACY[2..].iter().copied())
-        .chain(K_TYPES)
+        .chain(LLAMA_CPP)
     {
         let mut dst = vec![0u8; t.bytes_for(w.len()).unwrap()];
         let start = std::time::Instant::now();
