@@ -16,6 +16,7 @@ mod fit;
 mod formats;
 mod fp8;
 mod gguf;
+mod gguf_quant;
 mod hash;
 mod l2;
 mod lineage;
