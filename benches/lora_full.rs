@@ -10,7 +10,16 @@
 //! (no convolutions); their kept energy is compared through `ckpt-diff l2` of the two
 //! LoRAs (‖ΔW‖ at strength 1, from the factors). `CKPT_DIFF_BENCH_KOHYA=0` skips kohya,
 //! `CKPT_DIFF_BENCH_KOHYA_SDXL=0` only on SDXL (it holds both models in memory: 14 GB in
-//! fp16); `CKPT_DIFF_BENCH_ONLY=sd1|sdxl|bake` runs one part.
+//! fp16); `CKPT_DIFF_BENCH_ONLY=sd1|sdxl|bake|qwen` runs one part.
+//!
+//! `qwen`: a Qwen-Image bf16 pair at full width, beside musubi-tuner's
+//! `qwen_extract_lora.py` (PyTorch on the CPU; `target/musubi-tuner`, cloned by setup.sh),
+//! rank 16. A whole pair (2 × 41 GB) does not fit this machine's disk: the pair holds the
+//! first 3 of the 60 transformer blocks and every module outside them, which both tools
+//! read the same way (PyTorch's full SVD of 3072 x 12288 matrices on 2 cores takes minutes
+//! per block). Both extract the same modules (musubi's choice: every
+//! linear weight of the transformer blocks, `img_in`, `txt_in`, `proj_out`, `norm_out.linear`
+//! and the timestep embedder).
 
 // Tests and benchmarks report what they measure, and signal the binary through libc.
 #![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
@@ -20,10 +29,12 @@ mod common;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use ckpt_core::catalog::Arch;
 use ckpt_core::catalog::data::table;
 use ckpt_core::catalog::lora::extractable;
+use ckpt_core::catalog::{Arch, Component};
+use ckpt_core::pass::NoProgress;
 use ckpt_ops::lora::write::{Dialect, Factors, Tensors};
+use ckpt_ops::synth::{self, Layout, Synthetic};
 use ckpt_read::dtype::FloatFormat;
 use common::*;
 
@@ -180,6 +191,116 @@ fn extract_pair(arch: Arch, label: &str, report: &mut String) {
     let _ = std::fs::remove_file(&theirs);
 }
 
+fn musubi() -> Option<PathBuf> {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/musubi-tuner/src");
+    p.join("musubi_tuner/qwen_extract_lora.py")
+        .exists()
+        .then_some(p)
+}
+
+/// The Qwen-Image pair of `qwen`: base and fine-tune 1, blocks 0-2 and the rest (bf16).
+fn qwen_pair() -> (PathBuf, PathBuf) {
+    let a = arch("qwen-image");
+    let mut l = Layout::new(a, 1, FloatFormat::BF16);
+    l.components = vec![Component::named("diffuser").unwrap()];
+    let re = r"^model\.diffusion_model\.(transformer_blocks\.[0-2]\.|img_in|txt_in|txt_norm|time_text_embed|norm_out|proj_out)";
+    l.keys = Some(regex::Regex::new(re).unwrap().into());
+    let path = |name: &str| data_dir().join(format!("qwen-image-b3-bf16-{name}.safetensors"));
+    let (base, tuned) = (path("s1"), path("ft1"));
+    for (p, m) in [
+        (&base, Synthetic::base(a, 1)),
+        (&tuned, finetune_model(a, 1)),
+    ] {
+        if !p.exists() {
+            eprintln!("generating {} ...", p.display());
+            synth::write(p, &l, &m, &[], &NoProgress, &Default::default()).unwrap();
+        }
+    }
+    (base, tuned)
+}
+
+fn qwen(report: &mut String) {
+    let (base, tuned) = qwen_pair();
+    let dir = data_dir();
+    let ours = dir.join("qwen-ours.safetensors");
+    let theirs = dir.join("qwen-musubi.safetensors");
+    let input = std::fs::metadata(&base).unwrap().len() * 2;
+    warm(&[&base, &tuned]);
+    eprintln!("Qwen-Image: ckpt-diff lora extract --rank 16 ...");
+    let (b, t, o) = (
+        base.to_str().unwrap(),
+        tuned.to_str().unwrap(),
+        ours.to_str().unwrap(),
+    );
+    let m = run_measured(
+        bin(),
+        &[
+            "lora", "extract", t, "--base", b, "--rank", "16", "-o", o, "--force", "-q", "--json",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&m.stdout).unwrap();
+    let modules = v["modules"].as_array().unwrap();
+    writeln!(
+        report,
+        "### Qwen-Image bf16 pair, blocks 0-2 and the embedders ({:.1} GB read), rank 16\n\n\
+         | tool | time | peak anonymous | peak RSS | modules |\n| --- | ---: | ---: | ---: | ---: |\n\
+         | ckpt-diff | {:.1} s | {:.0} MB | {:.0} MB | {} |",
+        input as f64 / 1e9,
+        m.secs,
+        m.peak_anon as f64 / 1e6,
+        m.peak_rss as f64 / 1e6,
+        modules.len()
+    )
+    .unwrap();
+    let peer = venv_python().zip(musubi()).map(|(py, src)| {
+        eprintln!("Qwen-Image: musubi-tuner's qwen_extract_lora.py --dim 16 (PyTorch CPU) ...");
+        // SAFETY (env): set before the child starts, read by it only.
+        unsafe { std::env::set_var("PYTHONPATH", &src) };
+        let script = src.join("musubi_tuner/qwen_extract_lora.py");
+        let args = [
+            script.to_str().unwrap(),
+            "--model_org",
+            b,
+            "--model_tuned",
+            t,
+            "--save_to",
+            theirs.to_str().unwrap(),
+            "--dim",
+            "16",
+            "--device",
+            "cpu",
+            "--save_precision",
+            "bf16",
+        ];
+        run_measured(&py, &args)
+    });
+    match peer {
+        Some(k) => {
+            let n = ckpt_read::Checkpoint::open(&theirs)
+                .map(|c| c.tensors().len() / 3)
+                .unwrap_or(0);
+            writeln!(
+                report,
+                "| musubi-tuner `qwen_extract_lora.py` | {:.1} s | {:.0} MB | {:.0} MB | {n} |\n\n\
+                 ckpt-diff is **{:.1}×** faster.\n",
+                k.secs,
+                k.peak_anon as f64 / 1e6,
+                k.peak_rss as f64 / 1e6,
+                k.secs / m.secs
+            )
+            .unwrap();
+        }
+        None => writeln!(
+            report,
+            "\nmusubi-tuner's script: not run (no target/bench-venv or target/musubi-tuner).\n"
+        )
+        .unwrap(),
+    }
+    for p in [&ours, &theirs, &base, &tuned] {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
 /// A rank-32 SDXL LoRA of every module kohya's networks train (the U-Net's transformer
 /// layers, both text encoders' attention and MLP), random factors of a realistic size.
 fn sdxl_lora(path: &Path, seed: u64) {
@@ -309,6 +430,9 @@ fn main() {
     }
     if only.is_empty() || only == "bake" {
         bake(&mut report);
+    }
+    if only.is_empty() || only == "qwen" {
+        qwen(&mut report);
     }
     print!("{report}");
     let out = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("reports/bench/lora.md");

@@ -166,7 +166,7 @@ open(sys.argv[2], "wb").write(b[:8 + n] + bytes(body))
 PY
 $bin inspect "$data/flux/damaged.safetensors" 2>&1 | tee -a "$out/quant.txt" || true
 
-step "the 2026 models: Qwen-Image (ComfyUI's ModelMergeQwenImage rows) and FLUX.2 klein, told from Flux.1 by names and shapes"
+step "the 2026 models: Qwen-Image (ComfyUI's ModelMergeQwenImage rows) and FLUX.2 klein, told from Flux.1 by names and shapes; a Qwen3-4B text encoder alone"
 $bin synth family "$data/qwen" --arch qwen-image --scale 32 --seed 7 -q > /dev/null
 $bin inspect "$data/qwen/base.safetensors" | head -4 | tee "$out/models-2026.txt"
 $bin sim "$data/qwen/base.safetensors" "$data/qwen/mbw-ft1-ft2.safetensors" \
@@ -174,5 +174,17 @@ $bin sim "$data/qwen/base.safetensors" "$data/qwen/mbw-ft1-ft2.safetensors" \
     | tee -a "$out/models-2026.txt"
 $bin synth model "$data/klein-4b.safetensors" --arch flux2-klein-4b --scale 32 -q > /dev/null
 $bin inspect "$data/klein-4b.safetensors" | head -4 | tee -a "$out/models-2026.txt"
+# Its text encoder saved alone, as transformers names it (Qwen3-4B: Z-Image uses it too).
+$bin synth model "$data/klein-4b-te.safetensors" --arch flux2-klein-4b --scale 32 --components qwen3_4b -q > /dev/null
+python3 - "$data/klein-4b-te.safetensors" "$data/qwen3-4b.safetensors" <<'PY'
+import json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = {k.removeprefix("text_encoders.qwen3_4b.transformer."): v for k, v in json.loads(b[8:8 + n]).items()}
+head = json.dumps(h).encode()
+head += b" " * (-len(head) % 8)
+open(sys.argv[2], "wb").write(struct.pack("<Q", len(head)) + head + b[8 + n:])
+PY
+$bin inspect "$data/qwen3-4b.safetensors" | head -7 | tee -a "$out/models-2026.txt"
 
 step "done: outputs in $out/ (reports: $out/l2/index.html, $out/clone-check/index.html, $out/lineage/index.html)"

@@ -18,4 +18,10 @@ if [ ! -d "$scripts" ]; then
     git clone -q --depth 1 https://github.com/kohya-ss/sd-scripts "$scripts" \
         || echo "sd-scripts: not cloned (no network); bench lora_full runs without kohya's script"
 fi
+# musubi-tuner for the Qwen-Image LoRA extraction peer (qwen_extract_lora.py, bench lora_full).
+musubi="$(dirname "$venv")/musubi-tuner"
+if [ ! -d "$musubi" ]; then
+    git clone -q --depth 1 https://github.com/kohya-ss/musubi-tuner "$musubi" \
+        || echo "musubi-tuner: not cloned (no network); bench lora_full runs without its script"
+fi
 "$venv/bin/python" -c "import torch, sd_mecha, blake3, safetensors; print('peers:', 'torch', torch.__version__, 'sd-mecha', sd_mecha.__version__ if hasattr(sd_mecha, '__version__') else '1.1.8')"
