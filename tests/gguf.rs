@@ -348,3 +348,94 @@ fn test_gguf_damaged_files_refused() {
     g.data = 256;
     refused(&g.write(&d, "dup.gguf"), "twice");
 }
+
+/// `inspect` reports a GGUF's container, the ggml type of each tensor (under its type's
+/// name, not as bytes) and what each row costs in bits per weight, and lists its KVs.
+#[test]
+fn test_gguf_inspect_reports_types_and_bits_per_weight() {
+    let p = fixture("city96.gguf");
+    let j = run_json(&["inspect", s(&p)]);
+    let g = &j["gguf"];
+    assert_eq!(g["version"], 3);
+    assert_eq!(g["alignment"], 32);
+    assert_eq!(g["architecture"], "sdxl");
+    assert_eq!(g["reshaped"], 2);
+    // The types as gguf-py names them, counted from the file's own tensor infos.
+    let ckpt = Checkpoint::open(&p).unwrap();
+    let info = ckpt.gguf().unwrap();
+    let mut want: BTreeMap<String, u64> = BTreeMap::new();
+    for t in &info.tensors {
+        *want.entry(t.ggml_type.name().to_string()).or_default() += 1;
+    }
+    let got: BTreeMap<String, u64> = g["types"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_u64().unwrap()))
+        .collect();
+    assert_eq!(got, want);
+    assert!(
+        want.contains_key("Q4_K") && want.contains_key("Q8_0"),
+        "{want:?}"
+    );
+    // Bits per weight of each row: its blocks' bytes over its elements, by the type sizes.
+    let mut rows_bytes = 0u64;
+    for row in g["rows"].as_array().unwrap() {
+        let (bytes, params) = (
+            row["bytes"].as_u64().unwrap(),
+            row["params"].as_u64().unwrap(),
+        );
+        let bpw = row["bits_per_weight"].as_f64().unwrap();
+        assert!(
+            (bpw - bytes as f64 * 8.0 / params as f64).abs() < 1e-12,
+            "{row}"
+        );
+        rows_bytes += bytes;
+    }
+    let expected: u64 = info
+        .tensors
+        .iter()
+        .map(|t| {
+            let n: u64 = t.ne.iter().product();
+            (n / t.ggml_type.block_size() as u64) * t.ggml_type.type_size() as u64
+        })
+        .sum();
+    assert_eq!(rows_bytes, expected);
+    // The Q4_K tensor alone is a row at 4.5 bits per weight (144 bytes per 256 weights).
+    assert!(
+        g["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["types"]["Q4_K"] == 1 && r["bits_per_weight"] == 4.5),
+        "{g}"
+    );
+    let dtypes: Vec<&str> = column(&j["dtypes"], "dtype");
+    assert!(
+        dtypes.contains(&"Q4_K") && !dtypes.contains(&"U8"),
+        "{dtypes:?}"
+    );
+    let keys: Vec<&str> = column(&j["metadata"], "key");
+    assert!(keys.contains(&"general.architecture"), "{keys:?}");
+    assert!(
+        keys.iter().any(|k| k.starts_with("comfy.gguf.orig_shape.")),
+        "{keys:?}"
+    );
+    assert_eq!(j["header_bytes"].as_u64().unwrap(), info.data_start);
+}
+
+/// `hash` of a GGUF: the whole-file hashes, and AutoV3 as Civitai's scanner computes it for
+/// a file with no safetensors header (SHA-256 from byte 8), said so.
+#[test]
+fn test_gguf_hash_says_what_autov3_is() {
+    use sha2::{Digest, Sha256};
+    let p = fixture("q8_0.gguf");
+    let bytes = std::fs::read(&p).unwrap();
+    let hex = |d: &[u8]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let j = run_json(&["hash", s(&p)]);
+    let h = &j["files"][0]["hashes"];
+    assert_eq!(j["files"][0]["container"], "gguf");
+    assert_eq!(h["sha256"], hex(&Sha256::digest(&bytes)));
+    assert_eq!(h["autov3"], hex(&Sha256::digest(&bytes[8..])));
+    assert!(h["autov3_note"].as_str().unwrap().contains("byte 8"), "{h}");
+}

@@ -3,6 +3,11 @@
 //! JSON schema 1: `{"schema":1, "command":"hash", "files":[{"path", "hashes":{...},
 //! "claims":[{"key","claimed","actual","holds"}], "components": null|{...}}]}`.
 
+/// What AutoV3 is for a GGUF file.
+const GGUF_AUTOV3: &str = "AutoV3 is defined on safetensors (the data after the JSON header); for \
+    a GGUF, Civitai's scanner reads the magic and version as a header length of 16 MiB or more \
+    and hashes from byte 8, which is this value";
+
 use serde_json::json;
 
 use super::{Block, Report, TextTable, bytes, params, sanitize};
@@ -43,6 +48,11 @@ impl Report for Hashes<'_> {
                     // Civitai defines AutoV3 for safetensors only.
                     h.insert("autov3".into(), serde_json::Value::Null);
                     h.insert("autov3_note".into(), json!("defined for safetensors only"));
+                }
+                if f.container() == "gguf"
+                    && let Some(h) = hashes.as_object_mut()
+                {
+                    h.insert("autov3_note".into(), json!(GGUF_AUTOV3));
                 }
                 json!({ "path": f.path, "container": f.container(),
                         "hashes": hashes, "claims": f.claims, "components": f.components })
@@ -179,6 +189,11 @@ fn file_blocks(f: &FileReport) -> Vec<Block> {
             "AutoV3".into(),
             "n/a: defined for safetensors only".into(),
             "(AutoV3 hashes the tensor data after a safetensors header)".into(),
+        ]),
+        Some(v3) if f.container() == "gguf" => t.push(vec![
+            "AutoV3".into(),
+            up(&v3[..12]),
+            "from byte 8, as Civitai's scanner hashes a GGUF (no safetensors header)".into(),
         ]),
         Some(v3) => t.push(vec![
             "AutoV3".into(),

@@ -158,6 +158,30 @@ fn blocks(r: &InspectReport, md: bool) -> Vec<Block> {
             ));
         }
     }
+    if let Some(g) = &r.gguf {
+        let arch = g.architecture.as_deref().map_or(
+            "no general.architecture (stable-diffusion.cpp writes none)".to_string(),
+            |a| format!("general.architecture {}", sanitize(a)),
+        );
+        s.push_str(&format!(
+            "gguf:          v{}, alignment {}, {arch}
+",
+            g.version, g.alignment
+        ));
+        let types: Vec<String> = g.types.iter().map(|(t, n)| format!("{t} x{n}")).collect();
+        s.push_str(&format!(
+            "ggml types:    {}
+",
+            types.join(" ")
+        ));
+        if g.reshaped > 0 {
+            s.push_str(&format!(
+                "               {} tensors stored flattened and read back in their original \
+                 shapes (comfy.gguf.orig_shape.*)\n",
+                g.reshaped
+            ));
+        }
+    }
     if let Some(p) = &r.pickle {
         let (text, globals) = pickle_part(p);
         s.push_str(&text);
@@ -196,6 +220,25 @@ fn blocks(r: &InspectReport, md: bool) -> Vec<Block> {
         ]);
     }
     b.push(Block::Table(d));
+    if let Some(g) = &r.gguf {
+        b.push(Block::text("\nwhat each row costs:\n"));
+        let mut t = TextTable::new(
+            &["row", "tensors", "params", "bytes", "bits/weight", "types"],
+            &[false, true, true, true, true, false],
+        );
+        for row in &g.rows {
+            let types: Vec<String> = row.types.iter().map(|(d, n)| format!("{d} x{n}")).collect();
+            t.push(vec![
+                sanitize(&row.row),
+                row.tensors.to_string(),
+                params(row.params),
+                bytes(row.bytes),
+                format!("{:.2}", row.bits_per_weight),
+                types.join(" "),
+            ]);
+        }
+        b.push(Block::Table(t));
+    }
     s.push('\n');
     if r.metadata.is_empty() {
         s.push_str("metadata: none\n");

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use ckpt_core::catalog::detect::Detection;
-use ckpt_core::catalog::{Component, KeyCheck, canonical_keys, component_of};
+use ckpt_core::catalog::{Component, Grouping, KeyCheck, canonical_keys, component_of};
 use ckpt_read::{Checkpoint, dtype};
 
 #[derive(Clone, Debug, Serialize)]
@@ -32,6 +32,8 @@ pub struct ComponentInfo {
     pub bytes: u64,
     /// dtype -> tensor count.
     pub dtypes: BTreeMap<String, usize>,
+    /// Bits per weight: what the component costs (`bytes · 8 / params`).
+    pub bits_per_weight: f64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -84,6 +86,36 @@ pub struct QuantLayer {
     pub bits_per_weight: f64,
 }
 
+/// A GGUF file's container facts and what its quantization costs, row by row.
+#[derive(Clone, Debug, Serialize)]
+pub struct GgufReport {
+    pub version: u32,
+    pub alignment: u64,
+    /// `general.architecture` (city96's files name one; stable-diffusion.cpp's have no
+    /// metadata at all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub architecture: Option<String>,
+    /// Tensors city96's loader reshapes back (`comfy.gguf.orig_shape.*`).
+    pub reshaped: usize,
+    /// ggml type -> tensor count.
+    pub types: BTreeMap<String, usize>,
+    /// The report rows (the architecture's blocks, or key prefixes): bits per weight and
+    /// the types in each.
+    pub rows: Vec<BitsRow>,
+}
+
+/// What one report row costs.
+#[derive(Clone, Debug, Serialize)]
+pub struct BitsRow {
+    pub row: String,
+    pub tensors: usize,
+    pub params: u64,
+    pub bytes: u64,
+    pub bits_per_weight: f64,
+    /// ggml type -> tensor count.
+    pub types: BTreeMap<String, usize>,
+}
+
 /// What a torch checkpoint's pickle held besides tensors.
 #[derive(Clone, Debug, Serialize)]
 pub struct PickleReport {
@@ -103,7 +135,7 @@ pub struct PickleReport {
 #[derive(Clone, Debug, Serialize)]
 pub struct InspectReport {
     pub path: String,
-    /// `safetensors`, `torch-zip`, `torch-legacy`, `diffusers` or `sharded`.
+    /// `safetensors`, `torch-zip`, `torch-legacy`, `diffusers`, `sharded` or `gguf`.
     pub container: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pickle: Option<PickleReport>,
@@ -119,6 +151,9 @@ pub struct InspectReport {
     /// Per-layer quantization, when the file has it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quantization: Option<QuantInfo>,
+    /// A GGUF file's container and the cost of its types by row.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gguf: Option<GgufReport>,
     pub components: Vec<ComponentInfo>,
     pub dtypes: Vec<DtypeInfo>,
     pub metadata: Vec<MetadataEntry>,
@@ -153,7 +188,7 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
                 (l.bits_per_weight * numel as f64 / 8.0).round() as u64,
                 l.code.format().to_string(),
             ),
-            None => (t.byte_len() as u64, dtype::name(t.dtype)),
+            None => (t.byte_len() as u64, type_name(t)),
         };
         let info = components.entry(c).or_insert_with(|| ComponentInfo {
             component: c,
@@ -165,6 +200,7 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
             params: 0,
             bytes: 0,
             dtypes: BTreeMap::new(),
+            bits_per_weight: 0.0,
         });
         info.tensors += 1;
         info.params += numel;
@@ -180,6 +216,11 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
         di.params += numel;
         di.bytes += bytes;
     }
+
+    for c in components.values_mut() {
+        c.bits_per_weight = bits(c.bytes, c.params);
+    }
+    let gguf = ckpt.gguf().map(|g| gguf_report(ckpt, det, g));
 
     let (unknown_keys, missing_keys, shape_mismatches) = match arch {
         Some(a) => {
@@ -198,9 +239,21 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
         None => Default::default(),
     };
 
+    // A GGUF file's metadata are its key-values (each array shown by its type and length
+    // past the first elements).
+    let gguf_kvs: Vec<(String, String)> = ckpt
+        .gguf()
+        .map(|g| {
+            g.kvs
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect()
+        })
+        .unwrap_or_default();
     let metadata = ckpt
         .metadata()
         .iter()
+        .chain(gguf_kvs.iter())
         .map(|(k, v)| MetadataEntry {
             key: k.clone(),
             value: if v.chars().count() > 300 {
@@ -226,7 +279,7 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
         }),
         assembled: ckpt.notes().to_vec(),
         file_bytes: ckpt.file_len(),
-        header_bytes: ckpt.header_len(),
+        header_bytes: ckpt.gguf().map_or(ckpt.header_len(), |g| g.data_start),
         tensors: ckpt.tensors().len(),
         params: ckpt.tensors().iter().map(|t| t.numel() as u64).sum(),
         arch: ArchInfo {
@@ -266,6 +319,7 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
                 )
             }))
             .collect(),
+        gguf,
         quantization: quant.map(|q| QuantInfo {
             carrier: match q.carrier {
                 ckpt_read::comfy::Carrier::Tensors => "comfy_quant tensors",
@@ -359,4 +413,66 @@ fn merged_from(ckpt: &Checkpoint) -> Vec<(String, String)> {
             )
         })
         .collect()
+}
+
+/// The name of a tensor's stored type: its dtype, or its ggml type (`Q4_K`).
+fn type_name(t: &ckpt_read::TensorEntry) -> String {
+    match t.encoding {
+        ckpt_read::Encoding::Ggml(ty) => ty.name().to_string(),
+        _ => dtype::name(t.dtype),
+    }
+}
+
+fn bits(bytes: u64, params: u64) -> f64 {
+    if params == 0 {
+        0.0
+    } else {
+        bytes as f64 * 8.0 / params as f64
+    }
+}
+
+/// The GGUF part of the report: the container, and bits per weight by report row.
+fn gguf_report(ckpt: &Checkpoint, det: &Detection, g: &ckpt_read::gguf::GgufInfo) -> GgufReport {
+    let keys = canonical_keys(ckpt.tensors());
+    let grouping = match det.arch() {
+        Some(a) => Grouping::for_arch(a),
+        None => Grouping::generic(keys.iter().map(|k| k.as_ref())),
+    };
+    let mut rows: Vec<BitsRow> = grouping
+        .groups()
+        .iter()
+        .map(|g| BitsRow {
+            row: g.label.clone(),
+            tensors: 0,
+            params: 0,
+            bytes: 0,
+            bits_per_weight: 0.0,
+            types: BTreeMap::new(),
+        })
+        .collect();
+    let mut types = BTreeMap::new();
+    for (t, key) in ckpt.tensors().iter().zip(&keys) {
+        let r = &mut rows[grouping.group_of(key)];
+        r.tensors += 1;
+        r.params += t.numel() as u64;
+        r.bytes += t.byte_len() as u64;
+        *r.types.entry(type_name(t)).or_default() += 1;
+        *types.entry(type_name(t)).or_default() += 1;
+    }
+    rows.retain(|r| r.tensors > 0);
+    for r in &mut rows {
+        r.bits_per_weight = bits(r.bytes, r.params);
+    }
+    GgufReport {
+        version: g.version,
+        alignment: g.alignment,
+        architecture: g.architecture().map(str::to_string),
+        reshaped: g
+            .kvs
+            .iter()
+            .filter(|(k, _)| k.starts_with("comfy.gguf.orig_shape."))
+            .count(),
+        types,
+        rows,
+    }
 }
