@@ -439,3 +439,23 @@ fn test_gguf_hash_says_what_autov3_is() {
     assert_eq!(h["autov3"], hex(&Sha256::digest(&bytes[8..])));
     assert!(h["autov3_note"].as_str().unwrap().contains("byte 8"), "{h}");
 }
+
+/// `validate` says what a GGUF holds and does not call its F32 norms and mixed types a
+/// defect (its writers keep them so), nor suggest storing its floats in one format.
+#[test]
+fn test_gguf_validate_names_the_types_and_suggests_nothing() {
+    let p = fixture("city96.gguf");
+    let (_, out, _) = run_code(&["validate", s(&p), "--json"]);
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let codes: Vec<&str> = column(&j["files"][0]["findings"], "code");
+    assert!(codes.contains(&"gguf"), "{codes:?}");
+    assert!(
+        !codes.contains(&"mixed-dtypes") && !codes.contains(&"wasteful-dtype"),
+        "{codes:?}"
+    );
+    let gguf = find_row(&j["files"][0]["findings"], "code", "gguf");
+    assert!(
+        gguf["message"].as_str().unwrap().contains("Q4_K x1"),
+        "{gguf}"
+    );
+}

@@ -48,6 +48,8 @@ pub enum FindingKind {
     ScaledFp8,
     /// Quantized per layer as ComfyUI stores it.
     QuantizedPerLayer,
+    /// A GGUF file: its ggml types.
+    Gguf,
     WastefulDtype,
     UnusedBytes,
     MetadataNotString,
@@ -81,6 +83,7 @@ impl FindingKind {
             FindingKind::MixedDtypes => "mixed-dtypes",
             FindingKind::ScaledFp8 => "scaled-fp8",
             FindingKind::QuantizedPerLayer => "quantized-per-layer",
+            FindingKind::Gguf => "gguf",
             FindingKind::WastefulDtype => "wasteful-dtype",
             FindingKind::UnusedBytes => "unused-bytes",
             FindingKind::MetadataNotString => "metadata-not-string",
@@ -563,8 +566,27 @@ pub fn validate_header(ckpt: &Checkpoint, det: &Detection) -> ValidateReport {
             ),
         ));
     }
+    if let Some(g) = ckpt.gguf() {
+        let mut types: std::collections::BTreeMap<&str, usize> = Default::default();
+        for t in &g.tensors {
+            *types.entry(t.ggml_type.name()).or_default() += 1;
+        }
+        let types: Vec<String> = types.iter().map(|(t, n)| format!("{t} x{n}")).collect();
+        f.push(Finding::new(
+            Severity::Info,
+            FindingKind::Gguf,
+            format!(
+                "a GGUF file ({}); every analysis reads its quantized tensors decoded, as \
+                 gguf-py dequantizes them, and its writers keep small and 1-D tensors in F32 \
+                 on purpose",
+                types.join(", ")
+            ),
+        ));
+    }
     // A quantized file keeps norms and biases wide on purpose.
-    if formats.len() > 1 && ckpt.scaled_fp8().is_none() && ckpt.comfy_quant().is_none() {
+    let quantized =
+        ckpt.scaled_fp8().is_some() || ckpt.comfy_quant().is_some() || ckpt.gguf().is_some();
+    if formats.len() > 1 && !quantized {
         let counts: Vec<String> = formats
             .iter()
             .map(|d| {
@@ -598,7 +620,7 @@ pub fn validate_header(ckpt: &Checkpoint, det: &Detection) -> ValidateReport {
         .iter()
         .map(|t| t.byte_len() as u64 - t.numel() as u64 * 2)
         .sum();
-    if wasted > 0 && !wide.is_empty() {
+    if wasted > 0 && !wide.is_empty() && ckpt.gguf().is_none() {
         f.push(
             Finding::new(
                 Severity::Warning,
