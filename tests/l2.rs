@@ -153,6 +153,12 @@ fn sd1_family_matches_naive_computation() {
     check_family(arch("sd1"), FloatFormat::F16);
 }
 
+/// Z-Image whole: its rows, and its text encoder and VAE as scopes of their own.
+#[test]
+fn z_image_family_matches_naive_computation() {
+    check_family(arch("z-image"), FloatFormat::BF16);
+}
+
 #[test]
 fn sdxl_family_matches_naive_computation() {
     check_family(arch("sdxl"), FloatFormat::BF16);

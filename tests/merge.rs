@@ -835,6 +835,64 @@ fn flux_61_value_block_list() {
     });
 }
 
+/// Qwen-Image's 66 sliders in the named form and Z-Image's 39 values as a list: each
+/// block's tensors take their weight; the text encoder and the VAE, which no list entry
+/// weighs (ComfyUI's sliders cover the diffusion model alone), stay the first model's.
+#[test]
+fn models_2026_block_weights() {
+    let fam = family(arch("qwen-image"));
+    let got = merged(
+        &fam,
+        "OUT = F1 x (1-alpha) + F2 x alpha\n    alpha = {IMG_IN: 0.1, TXT_NORM: 0.2, TXT_IN: 0.3, TIME_TEXT_EMBED: 0.4, B00..B29: 0.25, B30..B59: 0.6, NORM_OUT: 0.9, PROJ_OUT: 1}\n",
+        &[],
+    );
+    check(&fam, &got, |key, x| {
+        let row = reference_2026_row(arch("qwen-image"), key).unwrap();
+        let a = match row.as_str() {
+            "IMG_IN" => 0.1,
+            "TXT_NORM" => 0.2,
+            "TXT_IN" => 0.3,
+            "TIME_TEXT_EMBED" => 0.4,
+            "NORM_OUT" => 0.9,
+            "PROJ_OUT" => 1.0,
+            "QWEN25_7B" | "VAE" => 0.0,
+            b => {
+                let n: usize = b[1..].parse().unwrap();
+                if n <= 29 { 0.25 } else { 0.6 }
+            }
+        };
+        ws_of(x, a)
+    });
+
+    let fam = family(arch("z-image"));
+    let mut order: Vec<String> = ["X_EMBEDDER", "PAD_TOKENS", "CAP_EMBEDDER", "T_EMBEDDER"]
+        .map(String::from)
+        .into();
+    order.extend((0..2).map(|i| format!("NR{i:02}")));
+    order.extend((0..2).map(|i| format!("CR{i:02}")));
+    order.extend((0..30).map(|i| format!("L{i:02}")));
+    order.push("FINAL_LAYER".into());
+    assert_eq!(order.len(), 39);
+    let alpha: Vec<f64> = (0..39).map(|i| (i as f64 + 1.0) / 40.0).collect();
+    let list: Vec<String> = alpha.iter().map(|a| a.to_string()).collect();
+    let got = merged(
+        &fam,
+        &format!(
+            "OUT = F1 x (1-alpha) + F2 x alpha\n    alpha = ({})\n",
+            list.join(",")
+        ),
+        &[],
+    );
+    check(&fam, &got, |key, x| {
+        let row = reference_2026_row(arch("z-image"), key).unwrap();
+        let a = order
+            .iter()
+            .position(|o| *o == row)
+            .map_or(0.0, |i| alpha[i]);
+        ws_of(x, a)
+    });
+}
+
 /// The named form on SD3.5 large's 38 joint blocks; blocks it does not name take 0.
 #[test]
 fn sd35_named_block_weights() {

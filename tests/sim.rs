@@ -119,6 +119,17 @@ fn sdxl_f32_matches_naive_loop() {
     check_against_naive(&a, &b, arch("sdxl"));
 }
 
+/// The 2026 models whole (diffuser, LLM text encoder, VAE) by their rows: Qwen-Image's
+/// sliders, Z-Image's refiners and layers, FLUX.2's shared modulation as its own row.
+#[test]
+fn models_2026_match_naive_loop() {
+    for (id, scale) in [("qwen-image", 64), ("z-image", 32), ("flux2-klein-4b", 32)] {
+        let d = Dir::new();
+        let (a, b) = pair(&d, arch(id), scale, FloatFormat::BF16, FloatFormat::BF16);
+        check_against_naive(&a, &b, arch(id));
+    }
+}
+
 #[test]
 fn mixed_dtypes_match_naive_loop() {
     let d = Dir::new();

@@ -390,13 +390,88 @@ pub(crate) fn variant(word: &str) -> ckpt_ops::synth::Variant {
         .unwrap_or_else(|| panic!("no variant {word}"))
 }
 
-/// The report row of a key of `arch`, by [`reference_row`] or [`reference_dit_row`].
+/// The report row of a key of `arch`, by [`reference_row`], [`reference_2026_row`] or
+/// [`reference_dit_row`].
 pub(crate) fn arch_row(arch: Arch, key: &str) -> String {
     if unet_depth(arch) > 0 {
         reference_row(key, unet_depth(arch))
+    } else if let Some(row) = reference_2026_row(arch, key) {
+        row
     } else {
         reference_dit_row(key)
     }
+}
+
+/// The report row of a key of a 2026 model, written from the definitions without
+/// the catalog: Qwen-Image as ComfyUI's `ModelMergeQwenImage` sliders (`norm_out` a row of
+/// its own), Z-Image's embedders, refiners and layers, FLUX.2's double and single blocks
+/// with the shared modulation as `MOD`; the text encoder under its component id, the VAE.
+/// `None` for the older architectures.
+pub(crate) fn reference_2026_row(arch: Arch, key: &str) -> Option<String> {
+    let id = arch.id();
+    if !["z-image", "qwen-image"].contains(&id) && !id.starts_with("flux2") {
+        return None;
+    }
+    let Some(rest) = key.strip_prefix("model.diffusion_model.") else {
+        if key.starts_with("vae.") {
+            return Some("VAE".into());
+        }
+        let te = key.strip_prefix("text_encoders.")?.split('.').next()?;
+        return Some(te.to_uppercase());
+    };
+    let numbered = |prefix: &str, label: &str| {
+        let n: usize = rest.strip_prefix(prefix)?.split('.').next()?.parse().ok()?;
+        Some(format!("{label}{n:02}"))
+    };
+    let row = match id {
+        "qwen-image" => numbered("transformer_blocks.", "B").or_else(|| {
+            [
+                ("img_in.", "IMG_IN"),
+                ("txt_norm.", "TXT_NORM"),
+                ("txt_in.", "TXT_IN"),
+                ("time_text_embed.", "TIME_TEXT_EMBED"),
+                ("norm_out.", "NORM_OUT"),
+                ("proj_out.", "PROJ_OUT"),
+            ]
+            .iter()
+            .find(|(p, _)| rest.starts_with(p))
+            .map(|(_, r)| r.to_string())
+        }),
+        "z-image" => numbered("layers.", "L")
+            .or_else(|| numbered("noise_refiner.", "NR"))
+            .or_else(|| numbered("context_refiner.", "CR"))
+            .or_else(|| {
+                [
+                    ("x_embedder.", "X_EMBEDDER"),
+                    ("x_pad_token", "PAD_TOKENS"),
+                    ("cap_pad_token", "PAD_TOKENS"),
+                    ("cap_embedder.", "CAP_EMBEDDER"),
+                    ("t_embedder.", "T_EMBEDDER"),
+                    ("final_layer.", "FINAL_LAYER"),
+                ]
+                .iter()
+                .find(|(p, _)| rest.starts_with(p))
+                .map(|(_, r)| r.to_string())
+            }),
+        _ => numbered("double_blocks.", "D")
+            .or_else(|| numbered("single_blocks.", "S"))
+            .or_else(|| {
+                (rest.starts_with("double_stream_modulation_")
+                    || rest.starts_with("single_stream_modulation."))
+                .then(|| "MOD".into())
+            })
+            .or_else(|| {
+                Some(
+                    if rest.starts_with("final_layer.") {
+                        "OUT"
+                    } else {
+                        "IN"
+                    }
+                    .into(),
+                )
+            }),
+    };
+    Some(row.unwrap_or_else(|| panic!("{id}: no row for {key}")))
 }
 
 /// The component id of a report row (the denoiser's blocks are `unet` or `diffuser`).
@@ -407,6 +482,10 @@ pub(crate) fn row_component(arch: Arch, row: &str) -> &'static str {
         "CLIP_L" => "clip_l",
         "CLIP_G" => "clip_g",
         "T5XXL" => "t5xxl",
+        "QWEN3_4B" => "qwen3_4b",
+        "QWEN3_8B" => "qwen3_8b",
+        "QWEN25_7B" => "qwen25_7b",
+        "MISTRAL3_24B" => "mistral3_24b",
         "VAE" => "vae",
         "OTHER" => "other",
         _ if unet_depth(arch) > 0 => "unet",
