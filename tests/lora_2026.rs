@@ -12,28 +12,43 @@ use crate::util::*;
 /// A LoRA file with the keys and shapes of a fixture list, its data zeros (sparse: written
 /// instantly whatever its size).
 fn sparse_lora(d: &Dir, list: &str) -> PathBuf {
+    sparse_lora_of(d, list, &list_rows(list))
+}
+
+/// (key, shape, dtype) of a fixtures/lora-2026 list.
+fn list_rows(list: &str) -> Vec<(String, Vec<usize>, String)> {
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("fixtures/lora-2026/{list}.tsv")),
     )
     .unwrap();
+    text.lines()
+        .skip(1)
+        .map(|line| {
+            let cols: Vec<&str> = line.split('\t').collect();
+            let shape: Vec<usize> = serde_json::from_str(cols[1]).unwrap();
+            (cols[0].to_string(), shape, cols[2].to_string())
+        })
+        .collect()
+}
+
+/// A sparse (zero) LoRA file of these tensors.
+fn sparse_lora_of(d: &Dir, name: &str, rows: &[(String, Vec<usize>, String)]) -> PathBuf {
     let mut header = serde_json::Map::new();
     let mut at = 0usize;
-    for line in text.lines().skip(1) {
-        let cols: Vec<&str> = line.split('\t').collect();
-        let shape: Vec<usize> = serde_json::from_str(cols[1]).unwrap();
-        let size = match cols[2] {
+    for (key, shape, dtype) in rows {
+        let size = match dtype.as_str() {
             "F32" => 4,
             _ => 2,
         };
         let bytes = shape.iter().product::<usize>() * size;
         header.insert(
-            cols[0].to_string(),
-            serde_json::json!({"dtype": cols[2], "shape": shape, "data_offsets": [at, at + bytes]}),
+            key.clone(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [at, at + bytes]}),
         );
         at += bytes;
     }
     let text = serde_json::Value::Object(header).to_string();
-    let path = d.path(&format!("{list}.safetensors"));
+    let path = d.path(&format!("{name}.safetensors"));
     let mut f = std::fs::File::create(&path).unwrap();
     f.write_all(&(text.len() as u64).to_le_bytes()).unwrap();
     f.write_all(text.as_bytes()).unwrap();
@@ -307,5 +322,55 @@ fn musubi_fused_qkv_bakes_as_its_split_modules() {
             (x - y).abs() <= 1e-6 * (1.0 + x.abs()),
             "qkv[{i}]: split {x}, fused {y}"
         );
+    }
+}
+
+/// SimpleTuner's LyCORIS files name a module `lycoris_` + its diffusers path with `_`
+/// (`lora_down`/`lora_up`/`alpha`), as ComfyUI reads them: each family's PEFT list renamed so
+/// is read for the same family, every module onto the same tensor and rows as its PEFT name.
+#[test]
+fn lycoris_names_are_read_as_the_peft_names() {
+    let d = Dir::new();
+    for family in ["z-image", "qwen-image", "flux2-klein-4b"] {
+        let peft = list_rows(&format!("{family}.peft"));
+        let mut stems = std::collections::BTreeSet::new();
+        let mut lycoris: Vec<(String, Vec<usize>, String)> = peft
+            .iter()
+            .map(|(key, shape, dtype)| {
+                let path = key.strip_prefix("transformer.").unwrap();
+                let (module, factor) = path
+                    .strip_suffix(".lora_A.weight")
+                    .map(|m| (m, "lora_down"))
+                    .or_else(|| path.strip_suffix(".lora_B.weight").map(|m| (m, "lora_up")))
+                    .unwrap();
+                let stem = format!("lycoris_{}", module.replace('.', "_"));
+                stems.insert(stem.clone());
+                (
+                    format!("{stem}.{factor}.weight"),
+                    shape.clone(),
+                    dtype.clone(),
+                )
+            })
+            .collect();
+        for stem in &stems {
+            lycoris.push((format!("{stem}.alpha"), vec![], "F32".into()));
+        }
+        let targets = |p: &Path| -> Vec<(String, serde_json::Value)> {
+            let r = run_json(&["inspect", s(p)]);
+            assert_eq!(r["arch"], family, "{}", p.display());
+            assert_eq!(r["unknown"], serde_json::json!([]), "{}", p.display());
+            let mut t: Vec<(String, serde_json::Value)> = r["modules"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| (m["target"].as_str().unwrap().to_string(), m["rows"].clone()))
+                .collect();
+            t.sort_by(|a, b| (&a.0, a.1.to_string()).cmp(&(&b.0, b.1.to_string())));
+            t
+        };
+        let want = targets(&sparse_lora(&d, &format!("{family}.peft")));
+        let got = targets(&sparse_lora_of(&d, &format!("{family}.lycoris"), &lycoris));
+        assert_eq!(got.len(), stems.len(), "{family}");
+        assert_eq!(got, want, "{family}");
     }
 }

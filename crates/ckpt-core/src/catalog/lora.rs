@@ -435,6 +435,11 @@ fn build(arch: Arch) -> Built {
                 // Read, but where diffusers names the module otherwise, never written.
                 let renamed = !diffusers_names.is_empty();
                 add_as(format!("{peft}{rest}"), &k.name, None, renamed);
+                if !renamed {
+                    for also in &lora.kohya_also {
+                        add_as(kohya(also, rest), &k.name, None, true);
+                    }
+                }
             }
             if let Some(names) = &lora.diffusers {
                 for (name, rows) in diffusers_names {
@@ -442,6 +447,9 @@ fn build(arch: Arch) -> Built {
                     add_as(kohya(&names.kohya, &name), &k.name, rows, false);
                     for also in &names.also {
                         add_as(format!("{also}{name}"), &k.name, rows, false);
+                    }
+                    for also in &lora.kohya_also {
+                        add_as(kohya(also, &name), &k.name, rows, true);
                     }
                 }
             } else if let Some(prefixes) = &prefixes

@@ -284,6 +284,10 @@ pub(crate) struct LoraSpec {
     /// The prefix PEFT writes before the single-file module path, for an architecture
     /// whose single-file names are its diffusers names (Qwen-Image: `transformer.`).
     pub(crate) peft_single: Option<String>,
+    /// Kohya-style prefixes read, never written, over the denoiser's diffusers module names
+    /// (SimpleTuner's LyCORIS files: `lycoris_`, which ComfyUI reads too).
+    #[serde(default)]
+    pub(crate) kohya_also: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
