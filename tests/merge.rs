@@ -806,6 +806,24 @@ fn refusals_and_recipe_errors() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("one architecture"));
 }
 
+/// F1 and F2 merged by a block-weight list of `n` values, each its own (i / (n + 3));
+/// returns the merge and the list.
+fn merged_by_list(fam: &Family, n: usize) -> (BTreeMap<String, RefTensor>, Vec<f64>) {
+    let alpha: Vec<f64> = (0..n)
+        .map(|i| (i as f64 + 1.0) / (n as f64 + 3.0))
+        .collect();
+    let list: Vec<String> = alpha.iter().map(|a| a.to_string()).collect();
+    let got = merged(
+        fam,
+        &format!(
+            "OUT = F1 x (1-alpha) + F2 x alpha\n    alpha = ({})\n",
+            list.join(",")
+        ),
+        &[],
+    );
+    (got, alpha)
+}
+
 /// SuperMerger's Flux list (`BLOCKIDFLUX`), written out here: CLIP, T5, IN, D00..D18,
 /// S00..S37, OUT. The VAE has no entry and stays the first model's.
 #[test]
@@ -816,16 +834,7 @@ fn flux_61_value_block_list() {
     order.extend((0..38).map(|i| format!("S{i:02}")));
     order.push("OUT".into());
     assert_eq!(order.len(), 61);
-    let alpha: Vec<f64> = (0..61).map(|i| (i as f64 + 1.0) / 64.0).collect();
-    let list: Vec<String> = alpha.iter().map(|a| a.to_string()).collect();
-    let got = merged(
-        &fam,
-        &format!(
-            "OUT = F1 x (1-alpha) + F2 x alpha\n    alpha = ({})\n",
-            list.join(",")
-        ),
-        &[],
-    );
+    let (got, alpha) = merged_by_list(&fam, 61);
     check(&fam, &got, |key, x| {
         let a = match reference_dit_block(key, true) {
             Some(b) => alpha[order.iter().position(|o| *o == b).unwrap()],
@@ -873,16 +882,7 @@ fn models_2026_block_weights() {
     order.extend((0..30).map(|i| format!("L{i:02}")));
     order.push("FINAL_LAYER".into());
     assert_eq!(order.len(), 39);
-    let alpha: Vec<f64> = (0..39).map(|i| (i as f64 + 1.0) / 40.0).collect();
-    let list: Vec<String> = alpha.iter().map(|a| a.to_string()).collect();
-    let got = merged(
-        &fam,
-        &format!(
-            "OUT = F1 x (1-alpha) + F2 x alpha\n    alpha = ({})\n",
-            list.join(",")
-        ),
-        &[],
-    );
+    let (got, alpha) = merged_by_list(&fam, 39);
     check(&fam, &got, |key, x| {
         let row = reference_2026_row(arch("z-image"), key).unwrap();
         let a = order
