@@ -178,16 +178,7 @@ fn block_weights_apply_exactly_to_their_blocks() {
             .iter()
             .map(|b| b.to_string())
             .collect();
-        let alpha: Vec<f64> = (0..order.len()).map(|i| (i as f64 + 1.0) / 40.0).collect();
-        let list: Vec<String> = alpha.iter().map(|a| a.to_string()).collect();
-        let got = merged(
-            fam,
-            &format!(
-                "OUT = F1 x (1-alpha) + F2 x alpha\n    alpha = ({})\n",
-                list.join(",")
-            ),
-            &[],
-        );
+        let (got, alpha) = merged_by_list(fam, order.len());
         let depth = unet_depth(fam.arch);
         check(fam, &got, |key, x| {
             let block = reference_block(key, depth);
