@@ -497,6 +497,96 @@ fn llm_text_encoders_alone() {
     }
 }
 
+/// A 2026 model's VAE saved alone under its bare names (ComfyUI's `vae/` files; BFL's FLUX.2
+/// `ae.safetensors`, whose 1x1 convolutions sit in the encoder and decoder) is read under
+/// `vae.` and named with the models that use it; an SD VAE alone, whose names are the AE's
+/// with 4 latent channels, is not taken for one.
+#[test]
+fn vaes_alone() {
+    let d = Dir::new();
+    let cases = [
+        (
+            "qwen-image",
+            "Qwen-Image VAE (Wan 2.1 layout)",
+            &["qwen-image"][..],
+            false,
+        ),
+        (
+            "flux2-klein-4b",
+            "FLUX.2 AE",
+            &["flux2-dev", "flux2-klein-9b", "flux2-klein-4b"][..],
+            false,
+        ),
+        (
+            "flux2-klein-4b",
+            "FLUX.2 AE",
+            &["flux2-dev", "flux2-klein-9b", "flux2-klein-4b"][..],
+            true,
+        ),
+        (
+            "z-image",
+            "Flux.1 AE",
+            &["flux", "z-image", "chroma"][..],
+            false,
+        ),
+    ];
+    for (id, label, used_by, bfl) in cases {
+        let mut l = layout(arch(id), 16, FloatFormat::BF16);
+        l.components = vec![Component::named("vae").unwrap()];
+        let whole = d.model(
+            &format!("{id}-vae-aio.safetensors"),
+            &l,
+            &Synthetic::base(l.arch, 0),
+        );
+        let alone = d.path(&format!("{id}-{bfl}-vae.safetensors"));
+        rewrite(&whole, &alone, |ts| {
+            for t in ts.iter_mut() {
+                let name = t.name.strip_prefix("vae.").expect("under vae.").to_string();
+                t.name = match (
+                    bfl,
+                    name.strip_prefix("quant_conv."),
+                    name.strip_prefix("post_quant_conv."),
+                ) {
+                    (true, Some(rest), _) => format!("encoder.quant_conv.{rest}"),
+                    (true, _, Some(rest)) => format!("decoder.post_quant_conv.{rest}"),
+                    _ => name,
+                };
+            }
+        });
+        let j = run_json(&["inspect", s(&alone)]);
+        let what = format!("{id} (BFL: {bfl}): {}", j["arch"]["summary"]);
+        assert!(
+            used_by.contains(&j["arch"]["id"].as_str().unwrap()),
+            "{what}"
+        );
+        assert_eq!(j["arch"]["matched_keys"], j["tensors"], "{what}");
+        let v = variants(&j);
+        let labels: Vec<&str> = used_by.iter().map(|a| arch(a).label()).collect();
+        assert!(
+            v.iter()
+                .any(|x| x.starts_with(&format!("a VAE alone ({label}), which"))
+                    && labels.iter().all(|l| x.contains(l))),
+            "{what}: {v:?}"
+        );
+    }
+    // SD1's VAE alone keeps its bare names and is no architecture's.
+    let mut l = layout(arch("sd1"), 16, FloatFormat::BF16);
+    l.components = vec![Component::named("vae").unwrap()];
+    let whole = d.model("sd1-vae-aio.safetensors", &l, &Synthetic::base(l.arch, 0));
+    let alone = d.path("sd1-vae.safetensors");
+    rewrite(&whole, &alone, |ts| {
+        for t in ts.iter_mut() {
+            t.name = t
+                .name
+                .strip_prefix("first_stage_model.")
+                .unwrap()
+                .to_string();
+        }
+    });
+    let j = run_json(&["inspect", s(&alone)]);
+    assert_eq!(j["arch"]["id"], "unknown", "{}", j["arch"]["summary"]);
+}
+
 /// `validate` on a schnell file does not call the guidance embedding it never had pruned.
 #[test]
 fn schnell_is_not_a_pruned_dev() {

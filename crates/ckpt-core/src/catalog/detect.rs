@@ -92,10 +92,12 @@ pub enum Variant {
     /// The file's components are laid out alike in these other architectures too (a text
     /// encoder or a VAE on its own), so it fits them as well.
     AlsoFits(Vec<Arch>),
-    /// A text encoder alone (a T5-XXL, a Qwen3-4B file), and the architectures whose
-    /// layout lists it with every key and shape of the file: the models that use it.
-    TextEncoderAlone {
+    /// A text encoder or a VAE alone (a T5-XXL, a Qwen3-4B, a FLUX.2 AE file), as the
+    /// best architecture labels it, and the architectures whose layout lists it with every
+    /// key and shape of the file: the models that use it.
+    ComponentAlone {
         component: Component,
+        label: &'static str,
         used_by: Vec<Arch>,
     },
     /// DiT keys without the `model.diffusion_model.` prefix (BFL's and Chroma's naming).
@@ -127,11 +129,19 @@ impl Variant {
                 let names: Vec<&str> = archs.iter().map(|a| a.label()).collect();
                 format!("laid out as in {} too", names.join(", "))
             }
-            Variant::TextEncoderAlone { component, used_by } => {
+            Variant::ComponentAlone {
+                component,
+                label,
+                used_by,
+            } => {
                 let names: Vec<&str> = used_by.iter().map(|a| a.label()).collect();
+                let what = if component.is_text_encoder() {
+                    "a text encoder"
+                } else {
+                    "a VAE"
+                };
                 format!(
-                    "a text encoder alone ({}), which {} use{}",
-                    component.label(),
+                    "{what} alone ({label}), which {} use{}",
                     names.join(", "),
                     if used_by.len() == 1 { "s" } else { "" }
                 )
@@ -155,7 +165,7 @@ impl Variant {
             Variant::MissingComponents(_) => "missing-components".into(),
             Variant::DenoiserOnly => "denoiser-only".into(),
             Variant::AlsoFits(_) => "also-fits".into(),
-            Variant::TextEncoderAlone { .. } => "text-encoder-alone".into(),
+            Variant::ComponentAlone { .. } => "component-alone".into(),
             Variant::BareDiffuserKeys => "bare-diffuser-keys".into(),
             Variant::Scaled(s) => format!("scaled-{s}"),
         }
@@ -352,10 +362,12 @@ pub fn detect(ckpt: &Checkpoint) -> Detection {
     let mut variants = variants(ckpt, best.arch, best.scale);
     let components: HashSet<Component> = keys.iter().map(|(k, _)| component_of(k)).collect();
     if let [c] = components.into_iter().collect::<Vec<_>>()[..]
-        && c.is_text_encoder()
+        && !c.is_denoiser()
+        && c != Component::other()
     {
-        variants.push(Variant::TextEncoderAlone {
+        variants.push(Variant::ComponentAlone {
             component: c,
+            label: best.arch.component_label(c),
             used_by: std::iter::once(best.arch)
                 .chain(tied.iter().copied())
                 .collect(),

@@ -351,21 +351,20 @@ fn standalone(tensors: &[ckpt_read::TensorEntry]) -> Option<&'static registry::B
     let r = registry();
     let mut best: Option<(usize, &registry::ByShape)> = None;
     for b in &r.by_shape {
-        let Some(arch) = Arch::all()
-            .iter()
-            .copied()
-            .find(|a| a.components().contains(&b.component))
-        else {
-            continue;
-        };
-        let table = data::table(arch);
         let names: Vec<(String, &[usize])> = tensors
             .iter()
             .filter_map(|t| b.name(&t.name).map(|n| (n, t.shape.as_slice())))
             .collect();
-        let matched = detect::SCALES
+        if names.is_empty() {
+            continue;
+        }
+        // The most keys any layout listing the component places, at any scale.
+        let matched = Arch::all()
             .iter()
-            .map(|&scale| {
+            .filter(|a| a.components().contains(&b.component))
+            .flat_map(|&a| detect::SCALES.iter().map(move |&scale| (a, scale)))
+            .map(|(a, scale)| {
+                let table = data::table(a);
                 names
                     .iter()
                     .filter(|(key, shape)| {
@@ -377,7 +376,12 @@ fn standalone(tensors: &[ckpt_read::TensorEntry]) -> Option<&'static registry::B
             })
             .max()
             .unwrap_or(0);
-        if matched > 0 && matched * 2 >= tensors.len() && best.is_none_or(|(n, _)| matched > n) {
+        let enough = if b.whole {
+            matched == tensors.len()
+        } else {
+            matched > 0 && matched * 2 >= tensors.len()
+        };
+        if enough && best.is_none_or(|(n, _)| matched > n) {
             best = Some((matched, b));
         }
     }

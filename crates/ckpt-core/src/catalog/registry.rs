@@ -151,6 +151,7 @@ pub(crate) struct ByShape {
     pub(crate) prefixes: Vec<String>,
     pub(crate) under: String,
     pub(crate) replace: Vec<(String, String)>,
+    pub(crate) whole: bool,
     pub(crate) component: Component,
 }
 
@@ -195,6 +196,7 @@ fn build() -> Result<Registry, DataError> {
                     prefixes: s.prefixes,
                     under: s.under,
                     replace: s.replace,
+                    whole: s.whole,
                     component: id,
                 }),
                 Some(s) => standalone.push((s.prefixes, s.under)),

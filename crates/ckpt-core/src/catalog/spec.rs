@@ -69,6 +69,10 @@ pub(crate) struct StandaloneSpec {
     /// (a name's first prefix found is replaced), before `under` goes in front.
     #[serde(default)]
     pub(crate) replace: Vec<(String, String)>,
+    /// `by_shape` components: only when the layout places every key of the file (a VAE
+    /// alone has the names of other VAEs with other latent widths: a near fit is another).
+    #[serde(default)]
+    pub(crate) whole: bool,
 }
 
 /// An old spelling: `prefix` + one of `before` gets `insert` between them.
