@@ -283,4 +283,58 @@ mod tests {
                 .any(|(k, _)| k == "comfy.gguf.orig_shape.input_blocks.1.0.in_layers.2.weight")
         );
     }
+
+    /// Flux.1 at full size (the tests' generated files are too narrow for fused QKV rows of
+    /// 256): the types lcpp.patch gives, written out by hand.
+    #[test]
+    fn flux_full_size_mixes() {
+        let cases: [(&str, &[usize], [GgmlType; 2]); 6] = [
+            (
+                "double_blocks.0.img_attn.qkv.weight",
+                &[9216, 3072],
+                [GgmlType::Q5K, GgmlType::Q4K],
+            ),
+            (
+                "double_blocks.0.img_mlp.2.weight",
+                &[3072, 12288],
+                [GgmlType::Q4K, GgmlType::Q3K],
+            ),
+            (
+                "single_blocks.0.linear1.weight",
+                &[21504, 3072],
+                [GgmlType::Q4K, GgmlType::Q3K],
+            ),
+            (
+                "final_layer.linear.weight",
+                &[64, 3072],
+                [GgmlType::Bf16, GgmlType::Bf16],
+            ),
+            (
+                "img_in.weight",
+                &[3072, 64],
+                [GgmlType::Bf16, GgmlType::Bf16],
+            ),
+            (
+                "double_blocks.0.img_attn.norm.key_norm.scale",
+                &[128],
+                [GgmlType::F32, GgmlType::F32],
+            ),
+        ];
+        let keys: Vec<String> = cases
+            .iter()
+            .map(|c| format!("model.diffusion_model.{}", c.0))
+            .collect();
+        let sources: Vec<SourceTensor<'_>> = cases
+            .iter()
+            .zip(&keys)
+            .map(|(c, k)| src(k, c.1, Dtype::BF16))
+            .collect();
+        for (m, mix) in ["Q4_K_M", "Q3_K_M"].into_iter().enumerate() {
+            let p = plan(arch("flux"), &sources, Quant::parse(mix)).unwrap();
+            for (name, _, want) in &cases {
+                let t = p.tensors.iter().find(|t| t.out.name == *name).unwrap();
+                assert_eq!(t.out.ggml_type, want[m], "{mix} {name}");
+            }
+        }
+    }
 }
