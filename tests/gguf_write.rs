@@ -337,12 +337,16 @@ fn expected_types(arch: &str, input: &Path, mix: &str) -> BTreeMap<String, Strin
     for (name, shape, dtype) in names {
         let n: usize = shape.iter().product();
         let last = *shape.last().unwrap_or(&1);
-        let stored =
-            if arch == "sdxl" && shape.len() >= 2 && n >= 512 && n % 256 == 0 && last % 256 != 0 {
-                vec![n / 256, 256]
-            } else {
-                shape.clone()
-            };
+        let stored = if arch == "sdxl"
+            && shape.len() >= 2
+            && n >= 512
+            && n.is_multiple_of(256)
+            && !last.is_multiple_of(256)
+        {
+            vec![n / 256, 256]
+        } else {
+            shape.clone()
+        };
         let wide = matches!(dtype, safetensors::Dtype::F32 | safetensors::Dtype::BF16);
         let plain = if wide && (stored.len() == 1 || n <= 1024) {
             "F32"
@@ -402,7 +406,7 @@ fn expected_types(arch: &str, input: &Path, mix: &str) -> BTreeMap<String, Strin
                 i_v += 1;
             }
             let row = *stored.last().unwrap_or(&1);
-            if row % 256 == 0 { t } else { "F16" }.to_string()
+            if row.is_multiple_of(256) { t } else { "F16" }.to_string()
         };
         out.insert(name, ty);
     }
@@ -474,8 +478,10 @@ fn test_gguf_sdxl_reshape_reads_back_to_the_input_shapes() {
         let shape = &want[&t.name];
         let n: usize = shape.iter().product();
         let kv = info.get(&format!("comfy.gguf.orig_shape.{}", t.name));
-        let awkward =
-            shape.len() >= 2 && n >= 512 && n % 256 == 0 && shape.last().unwrap() % 256 != 0;
+        let awkward = shape.len() >= 2
+            && n >= 512
+            && n.is_multiple_of(256)
+            && !shape.last().unwrap().is_multiple_of(256);
         if awkward {
             reshaped += 1;
             assert_eq!(t.ne, vec![256, (n / 256) as u64], "{}", t.name);
