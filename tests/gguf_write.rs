@@ -65,7 +65,7 @@ struct Case {
     _dir: Dir,
     /// The written GGUF.
     gguf: PathBuf,
-    /// The input converted (for a conversion).
+    /// The input converted (for a merge, the first input: the merge keeps its dtypes).
     input: Option<PathBuf>,
     /// The merge's values as f32 safetensors (for a merge).
     values: Option<PathBuf>,
@@ -139,7 +139,7 @@ fn case(id: &str) -> Case {
         Case {
             _dir: dir,
             gguf,
-            input: None,
+            input: Some(a),
             values: Some(values),
         }
     } else {
@@ -212,6 +212,19 @@ fn goldens() -> Json {
 fn check_against_gguf_py(id: &str) {
     let case = case(id);
     let own = own_reading(&case.gguf);
+    let (model, quant) = id.rsplit_once('-').expect("MODEL-QUANT");
+    if quant != "default" {
+        let arch = if model.starts_with("flux") {
+            "flux"
+        } else {
+            "sdxl"
+        };
+        let want = expected_types(arch, case.input.as_ref().expect("an input"), quant);
+        assert_eq!(own.types.len(), want.len(), "{id}: tensor count");
+        for (name, t) in &want {
+            assert_eq!(&own.types[name], t, "{id}: {name}, by city96's rules");
+        }
+    }
     let golden = &goldens()[id];
     assert_eq!(
         golden["values"].as_str(),
@@ -400,13 +413,17 @@ fn expected_types(arch: &str, input: &Path, mix: &str) -> BTreeMap<String, Strin
                 ("Q3_K_M", _, true, _) => "Q4_K",
                 ("Q3_K_M", _, _, true) => "Q4_K",
                 ("Q3_K_M", ..) => "Q3_K",
+                ("Q4_0", _, _, true) => "Q4_1",
+                ("Q5_0", _, _, true) => "Q5_1",
+                (legacy @ ("Q8_0" | "Q4_0" | "Q4_1" | "Q5_0" | "Q5_1"), ..) => legacy,
                 _ => unreachable!(),
             };
             if v {
                 i_v += 1;
             }
+            let block = if t.ends_with("_K") { 256 } else { 32 };
             let row = *stored.last().unwrap_or(&1);
-            if row.is_multiple_of(256) { t } else { "F16" }.to_string()
+            if row.is_multiple_of(block) { t } else { "F16" }.to_string()
         };
         out.insert(name, ty);
     }
