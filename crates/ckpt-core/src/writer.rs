@@ -512,6 +512,31 @@ mod tests {
     }
 
     #[test]
+    fn raw_prefix_and_regions_land_where_laid_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.gguf");
+        let prefix = b"HEADER:pad-to-16".to_vec();
+        let regions = vec![("a".to_string(), 3, 0), ("b".to_string(), 2, 32)];
+        let mut out = OutputFile::create_raw(&path, prefix.clone(), regions, 34, &[]).unwrap();
+        assert_eq!(out.len(), 16 + 34);
+        out.write_tensor_bytes(1, 0, &[7, 8]).unwrap();
+        out.write_tensor_bytes(0, 0, &[1, 2, 3]).unwrap();
+        assert_eq!(out.patch_header("pad", "PAD").unwrap(), 1);
+        out.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..16], b"HEADER:PAD-to-16");
+        assert_eq!(&bytes[16..19], &[1, 2, 3]);
+        assert!(bytes[19..48].iter().all(|&b| b == 0), "zero padding");
+        assert_eq!(&bytes[48..50], &[7, 8]);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let dup = vec![("a".to_string(), 1, 0), ("a".to_string(), 1, 32)];
+        assert!(matches!(
+            OutputFile::create_raw(&path, vec![], dup, 33, &[]),
+            Err(WriteError::DuplicateName { .. })
+        ));
+    }
+
+    #[test]
     fn refuses_to_overwrite_an_input() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.safetensors");

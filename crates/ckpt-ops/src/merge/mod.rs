@@ -283,7 +283,7 @@ pub fn plan<'i>(
         })
         .collect::<Result<_, _>>()?;
     let pass_plan = Plan::new(models.iter().map(|&m| &inputs.models[m].ckpt).collect());
-    let decisions = engine::decide(&merge, &pass_plan, options.output, options.missing);
+    let mut decisions = engine::decide(&merge, &pass_plan, options.output, options.missing);
     let specs = output_specs(&pass_plan, &decisions);
     // GGUF: each output's dtype is the one convert.py would have seen.
     let gguf = match options.gguf {
@@ -300,10 +300,21 @@ pub fn plan<'i>(
                     is_float: dtype::float_format(spec.dtype).is_some(),
                 })
                 .collect();
-            Some(
-                crate::gguf::plan::plan(arch, &sources, quant)
-                    .map_err(crate::gguf::GgufWriteError::from)?,
-            )
+            let g = crate::gguf::plan::plan(arch, &sources, quant)
+                .map_err(crate::gguf::GgufWriteError::from)?;
+            // Only what the file holds is merged, planned and shown.
+            let written: std::collections::HashSet<&str> =
+                g.tensors.iter().map(|t| t.key.as_str()).collect();
+            decisions
+                .outputs
+                .retain(|o| written.contains(o.name.as_str()));
+            decisions
+                .copied
+                .retain(|(k, _)| written.contains(k.as_str()));
+            decisions
+                .skipped
+                .retain(|k| k.starts_with(ckpt_core::catalog::DENOISER_PREFIX));
+            Some(g)
         }
     };
 
