@@ -17,6 +17,7 @@ mod formats;
 mod fp8;
 mod gguf;
 mod gguf_quant;
+mod gguf_write;
 mod hash;
 mod l2;
 mod lineage;

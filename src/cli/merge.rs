@@ -49,9 +49,16 @@ enum Shortcut {
 
 #[derive(Debug, Clone, clap::Args)]
 struct OutArgs {
-    /// Output file (safetensors); refused if it is one of the inputs.
+    /// Output file (.safetensors, or .gguf: the diffusion model as city96's ComfyUI-GGUF
+    /// tools write it); refused if it is one of the inputs.
     #[arg(short, long, value_name = "OUT")]
     output: Option<PathBuf>,
+    /// Write GGUF (a .gguf output) quantized to TYPE: F16, BF16, Q8_0, Q6_K, Q5_K_M,
+    /// Q5_K_S, Q4_K_M, Q4_K_S, Q3_K_L, Q3_K_M, Q3_K_S, Q2_K, Q5_1, Q5_0, Q4_1, Q4_0 (Q5_K,
+    /// Q4_K, Q3_K mean their _M mixes), from the merged values as f32. A .gguf output
+    /// without --quant is F16/BF16 as city96's convert.py writes it.
+    #[arg(long, value_name = "TYPE", value_parser = super::gguf::parse_quant)]
+    quant: Option<ckpt_ops::gguf::Quant>,
     /// Output float format: f16, bf16, f32, f64, f8_e4m3 or f8_e5m2 (values beyond the
     /// format saturate); scaled-fp8 (ComfyUI's older format: the denoiser's linear-layer
     /// weights in E4M3 with a fresh per-tensor scale); or one of ComfyUI's per-layer formats,
@@ -147,6 +154,7 @@ impl OutArgs {
             missing: self.missing.into(),
             input_hashes: !self.no_input_hashes,
             overwrite: self.force,
+            gguf: None,
         }
     }
 }
@@ -198,7 +206,19 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         .output
         .clone()
         .context("name the output file with -o OUT.safetensors")?;
-    let options = out.options();
+    let mut options = out.options();
+    options.gguf = super::gguf::choice(&output, out.quant)?;
+    if options.gguf.is_some()
+        && matches!(
+            options.output,
+            OutputFormat::ScaledFp8(_) | OutputFormat::PerLayer(_)
+        )
+    {
+        bail!(
+            "a .gguf output is quantized with --quant; --dtype takes f16, bf16, f32 or f64 \
+             there (the dtype convert.py would have seen)"
+        );
+    }
     let recipe = merge::recipe::parse(&text).context("in the recipe")?;
     let inputs = merge::open(&recipe, &base_dir)?;
     for m in &inputs.models {
@@ -225,6 +245,11 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             "{}",
             reports::render(&reports::merge::Plan(planned.preflight()), Format::Table)
         );
+    }
+    if !global.quiet {
+        for line in planned.gguf_notes() {
+            eprintln!("{line}");
+        }
     }
     let bar = Bar::new("merging", global.quiet);
     let outcome = merge::execute(planned, &bar, &global.cancel, &global.cache)?;

@@ -8,6 +8,7 @@ mod common;
 mod convert;
 mod fit;
 mod fix;
+mod gguf;
 mod hash;
 mod index;
 mod inspect;

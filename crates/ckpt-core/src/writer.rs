@@ -83,6 +83,8 @@ pub struct OutputFile {
     total_len: u64,
     /// The header as written (to patch fixed-length placeholders later).
     header: Vec<u8>,
+    /// Where `header` starts in the file (8 in safetensors, after its length; 0 in GGUF).
+    header_at: u64,
     /// Serialises seek-and-write where the platform has no positional write.
     seek: Mutex<()>,
 }
@@ -122,7 +124,81 @@ impl OutputFile {
         }
         let (header, offsets, data_len) = layout(&tensors, metadata);
         let total_len = 8 + header.len() as u64 + data_len;
+        // A file being replaced keeps its space until the rename, so it does not count.
+        let need = written.map_or(total_len, |w| 8 + header.len() as u64 + w);
+        let mut prefix = (header.len() as u64).to_le_bytes().to_vec();
+        prefix.extend_from_slice(&header);
+        let data_start = prefix.len() as u64;
+        let offsets = offsets.into_iter().map(|o| data_start + o).collect();
+        Self::create_from(
+            path,
+            Prefix {
+                bytes: prefix,
+                header_at: 8,
+            },
+            tensors,
+            offsets,
+            total_len,
+            need,
+        )
+    }
 
+    /// An output in another container (GGUF): `prefix` is every byte before the data
+    /// region, laid out by the caller; `regions` the tensors in file order, each a name,
+    /// its byte length and its offset in the data region (which starts after `prefix`).
+    /// The same checks as [`OutputFile::create`]: an input is refused, free space is
+    /// checked, and the file is a sized temporary sibling until [`OutputFile::finish`].
+    /// [`OutputFile::tensors`] lists each region as `U8` bytes; [`OutputFile::patch_header`]
+    /// patches `prefix`.
+    pub fn create_raw(
+        path: &Path,
+        prefix: Vec<u8>,
+        regions: Vec<(String, usize, u64)>,
+        data_len: u64,
+        inputs: &[&Path],
+    ) -> Result<OutputFile, WriteError> {
+        refuse_input(path, inputs)?;
+        let mut names: Vec<&str> = regions.iter().map(|r| r.0.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(WriteError::DuplicateName {
+                name: w[0].to_string(),
+            });
+        }
+        let data_start = prefix.len() as u64;
+        let total_len = data_start + data_len;
+        let offsets = regions.iter().map(|r| data_start + r.2).collect();
+        let tensors = regions
+            .into_iter()
+            .map(|(name, len, _)| TensorSpec {
+                name,
+                dtype: Dtype::U8,
+                shape: vec![len],
+            })
+            .collect();
+        Self::create_from(
+            path,
+            Prefix {
+                bytes: prefix,
+                header_at: 0,
+            },
+            tensors,
+            offsets,
+            total_len,
+            total_len,
+        )
+    }
+
+    /// Checks free space for `need` bytes, creates the sized temporary file beside `path`
+    /// and writes `prefix` at its start.
+    fn create_from(
+        path: &Path,
+        prefix: Prefix,
+        tensors: Vec<TensorSpec>,
+        offsets: Vec<u64>,
+        total_len: u64,
+        need: u64,
+    ) -> Result<OutputFile, WriteError> {
         let io = |source| WriteError::Io {
             path: path.to_path_buf(),
             source,
@@ -131,8 +207,6 @@ impl OutputFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        // A file being replaced keeps its space until the rename, so it does not count.
-        let need = written.map_or(total_len, |w| 8 + header.len() as u64 + w);
         if let Some(free) = free_space(&dir)
             && free < need
         {
@@ -152,12 +226,9 @@ impl OutputFile {
             .tempfile_in(&dir)
             .map_err(io)?;
         temp.as_file().set_len(total_len).map_err(io)?;
-        let mut prefix = (header.len() as u64).to_le_bytes().to_vec();
-        prefix.extend_from_slice(&header);
         let seek = Mutex::new(());
-        ckpt_read::sys::write_all_at(temp.as_file(), &seek, &prefix, 0).map_err(io)?;
-        let data_start = prefix.len() as u64;
-        let offsets = offsets.into_iter().map(|o| data_start + o).collect();
+        ckpt_read::sys::write_all_at(temp.as_file(), &seek, &prefix.bytes, 0).map_err(io)?;
+        let header = prefix.bytes[prefix.header_at as usize..].to_vec();
         Ok(OutputFile {
             path: path.to_path_buf(),
             temp,
@@ -165,6 +236,7 @@ impl OutputFile {
             offsets,
             total_len,
             header,
+            header_at: prefix.header_at,
             seek,
         })
     }
@@ -234,11 +306,16 @@ impl OutputFile {
         while let Some(pos) = self.header[i..].windows(from.len()).position(|w| w == from) {
             let at = i + pos;
             self.header[at..at + to.len()].copy_from_slice(to);
-            ckpt_read::sys::write_all_at(self.temp.as_file(), &self.seek, to, 8 + at as u64)
-                .map_err(|source| WriteError::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
+            ckpt_read::sys::write_all_at(
+                self.temp.as_file(),
+                &self.seek,
+                to,
+                self.header_at + at as u64,
+            )
+            .map_err(|source| WriteError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
             count += 1;
             i = at + to.len();
         }
@@ -258,6 +335,12 @@ impl OutputFile {
         self.temp.persist(&self.path).map_err(|e| io(e.error))?;
         Ok(())
     }
+}
+
+/// The bytes before the data region, and where in them the patchable header starts.
+struct Prefix {
+    bytes: Vec<u8>,
+    header_at: u64,
 }
 
 /// Header bytes (padded with spaces to a multiple of 8), data offsets relative to the data
@@ -426,6 +509,31 @@ mod tests {
         assert_eq!(c.header_len() % 8, 0);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
         assert_eq!(leftovers.len(), 1, "no temporary file left behind");
+    }
+
+    #[test]
+    fn raw_prefix_and_regions_land_where_laid_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.gguf");
+        let prefix = b"HEADER:pad-to-16".to_vec();
+        let regions = vec![("a".to_string(), 3, 0), ("b".to_string(), 2, 32)];
+        let mut out = OutputFile::create_raw(&path, prefix.clone(), regions, 34, &[]).unwrap();
+        assert_eq!(out.len(), 16 + 34);
+        out.write_tensor_bytes(1, 0, &[7, 8]).unwrap();
+        out.write_tensor_bytes(0, 0, &[1, 2, 3]).unwrap();
+        assert_eq!(out.patch_header("pad", "PAD").unwrap(), 1);
+        out.finish().unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..16], b"HEADER:PAD-to-16");
+        assert_eq!(&bytes[16..19], &[1, 2, 3]);
+        assert!(bytes[19..48].iter().all(|&b| b == 0), "zero padding");
+        assert_eq!(&bytes[48..50], &[7, 8]);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+        let dup = vec![("a".to_string(), 1, 0), ("a".to_string(), 1, 32)];
+        assert!(matches!(
+            OutputFile::create_raw(&path, vec![], dup, 33, &[]),
+            Err(WriteError::DuplicateName { .. })
+        ));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod cache;
 pub mod fix;
+pub mod gguf;
 pub mod hash;
 pub mod index;
 pub mod lora;

@@ -63,6 +63,27 @@ pub struct ModelSpec {
     pub ss_v2: bool,
 }
 
+/// How city96's ComfyUI-GGUF tools write an architecture's denoiser (the spec's `[gguf]`).
+#[derive(Clone, Copy, Debug)]
+pub struct GgufRules {
+    /// `general.architecture` (`flux`, `sdxl`, `lumina2`, ...).
+    pub arch: &'static str,
+    /// Substrings that keep a tensor unquantized.
+    pub keep: &'static [String],
+    /// Exact names that keep a tensor unquantized.
+    pub keep_exact: &'static [String],
+    /// Awkward rows are stored as rows of 256 with a `comfy.gguf.orig_shape` KV.
+    pub reshape: bool,
+}
+
+impl GgufRules {
+    /// Whether `name` (without `model.diffusion_model.`) is on the keep list.
+    pub fn keeps(&self, name: &str) -> bool {
+        self.keep.iter().any(|k| name.contains(k.as_str()))
+            || self.keep_exact.iter().any(|k| k == name)
+    }
+}
+
 /// The parts of the A1111 model toolkit's metric an architecture has: the U-Net's, the
 /// VAE's, the text encoder's (with the names of its constants and known values).
 #[derive(Clone, Copy, Debug)]
@@ -200,6 +221,16 @@ impl Arch {
             ss_base_model_version: &m.ss_base_model_version,
             architecture: &m.architecture,
             ss_v2: m.ss_v2,
+        })
+    }
+
+    /// city96's GGUF conventions for this architecture, if it has them.
+    pub fn gguf(self) -> Option<GgufRules> {
+        self.info().spec.gguf.as_ref().map(|g| GgufRules {
+            arch: &g.arch,
+            keep: &g.keep,
+            keep_exact: &g.keep_exact,
+            reshape: g.reshape,
         })
     }
 

@@ -110,6 +110,8 @@ pub(crate) struct ArchSpec {
     pub(crate) lora: Option<LoraSpec>,
     pub(crate) diffusers: Option<DiffusersSpec>,
     pub(crate) synth: SynthSpec,
+    /// How city96's tools write the denoiser as GGUF (`convert --quant`).
+    pub(crate) gguf: Option<GgufSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -249,6 +251,24 @@ pub(crate) struct AsimSpec {
     pub(crate) blocks: String,
     /// The module of a block's first transformer, by block series (`{n}`: its number).
     pub(crate) modules: BTreeMap<String, String>,
+}
+
+/// `[gguf]`: city96's ComfyUI-GGUF conventions for the architecture (`tools/convert.py`,
+/// `tools/lcpp.patch`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct GgufSpec {
+    /// `general.architecture`: the name city96's loader accepts (`IMG_ARCH_LIST`).
+    pub(crate) arch: String,
+    /// Names containing one of these (after `model.diffusion_model.`) are never quantized.
+    #[serde(default)]
+    pub(crate) keep: Vec<String>,
+    /// Names equal to one of these are never quantized.
+    #[serde(default)]
+    pub(crate) keep_exact: Vec<String>,
+    /// convert.py's `shape_fix` (sd1, sdxl): awkward rows stored as rows of 256.
+    #[serde(default)]
+    pub(crate) reshape: bool,
 }
 
 #[derive(Debug, Deserialize)]

@@ -91,6 +91,8 @@ pub struct OutputTensor {
     /// Indices in the output file of a per-layer quantized tensor's other tensors
     /// (`weight_scale`, `weight_scale_2`, `comfy_quant`, as [`quant_parts`] names them).
     pub quant_indices: Vec<usize>,
+    /// The ggml type it is written in, in a GGUF output.
+    pub gguf: Option<ckpt_read::gguf::GgmlType>,
 }
 
 /// The names of the tensors besides its weight that a per-layer quantized weight `name`
@@ -219,6 +221,24 @@ impl Visit for MergeWork<'_> {
                     .send((index, 0, (scale as f32).to_le_bytes().to_vec()));
             }
         };
+        if let Some(ty) = out.gguf {
+            // GGUF: the values as f32, quantized item by item (items are whole blocks).
+            let (offset, bytes) = match &out.source {
+                Source::Copy { model } | Source::Decode { model, .. } => {
+                    let s = inputs[*model].expect("copied from a model that has the tensor");
+                    crate::gguf::encode_item(ty, item, |start, end, v| {
+                        s.part(start - item.start, end - item.start).values_into(v)
+                    })
+                }
+                Source::Merge { row, .. } => {
+                    let ctx = Ctx::new(self, plan, item, *row, inputs);
+                    crate::gguf::encode_item(ty, item, |start, end, v| {
+                        ctx.eval_into(self.plan.output, start, end, v)
+                    })
+                }
+            };
+            return send(offset, bytes);
+        }
         match &out.source {
             Source::Copy { model } => {
                 let s = inputs[*model].expect("copied from a model that has the tensor");
@@ -628,6 +648,7 @@ pub(crate) fn decide(
                 scale,
                 scale_index: None,
                 quant_indices: Vec::new(),
+                gguf: None,
             });
         }
     }

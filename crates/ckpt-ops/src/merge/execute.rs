@@ -26,12 +26,44 @@ pub fn execute(
         .iter()
         .map(|&m| planned.inputs.models[m].path.as_path())
         .collect();
-    let mut output = OutputFile::create(&planned.out, specs, &planned.metadata, &input_paths)?;
+    // GGUF: the planned tensors only (the denoiser), each with its type; the provenance as
+    // string KVs.
+    let mut gguf_targets = None;
+    let mut output = match &planned.gguf {
+        Some(g) => {
+            let kvs = planned
+                .metadata
+                .iter()
+                // safetensors' `format: pt` says nothing in a GGUF file.
+                .filter(|(k, _)| k != "format")
+                .map(|(k, v)| (k.clone(), ckpt_read::gguf::Value::String(v.clone())))
+                .collect();
+            let out = crate::gguf::open_output(g, kvs, &planned.out, &input_paths)?;
+            gguf_targets = Some(out.targets);
+            out.file
+        }
+        None => OutputFile::create(&planned.out, specs, &planned.metadata, &input_paths)?,
+    };
 
     let mut outputs = HashMap::new();
     let mut whole = Vec::new();
     let mut chunked = Vec::new();
     for mut o in planned.decisions.outputs.iter().cloned() {
+        if let Some(targets) = &gguf_targets {
+            let Some(&(index, ty)) = targets.get(&o.name) else {
+                continue;
+            };
+            o.out_index = index;
+            o.gguf = Some(ty);
+            match o.source {
+                Source::Merge {
+                    per_tensor: true, ..
+                } => whole.push(o.entry),
+                _ => chunked.push(o.entry),
+            }
+            outputs.insert(o.entry, o);
+            continue;
+        }
         o.out_index = output.index_of(&o.name).expect("every spec is in the file");
         if o.scale != OutputScale::None {
             o.scale_index = output.index_of(&ckpt_read::quant::scale_name(&o.name));

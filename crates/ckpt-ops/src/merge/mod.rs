@@ -63,6 +63,8 @@ pub enum MergeError {
     Write(#[from] WriteError),
     #[error(transparent)]
     Pass(#[from] PassError),
+    #[error(transparent)]
+    Gguf(#[from] crate::gguf::GgufWriteError),
     /// Problems found before the pass (all of them), with the plan as far as it got.
     #[error(
         "{} problem{} found before reading any tensor data",
@@ -83,6 +85,10 @@ pub struct Options {
     pub input_hashes: bool,
     /// Replace an existing output file.
     pub overwrite: bool,
+    /// Write GGUF, the denoiser only, as city96's tools do: `Some(None)` F16/BF16 as
+    /// convert.py chooses (from the dtype `output` gives each tensor), `Some(Some(q))`
+    /// quantized with `q`.
+    pub gguf: Option<Option<crate::gguf::Quant>>,
 }
 
 impl Default for Options {
@@ -93,6 +99,7 @@ impl Default for Options {
             missing: Missing::First,
             input_hashes: true,
             overwrite: false,
+            gguf: None,
         }
     }
 }
@@ -141,6 +148,8 @@ pub struct Planned<'i> {
     pass_plan: Plan<'i>,
     decisions: Decisions,
     specs: Vec<TensorSpec>,
+    /// The GGUF output planned, when the output is GGUF.
+    gguf: Option<crate::gguf::GgufPlan>,
     hashes: Vec<Option<InputHash>>,
     metadata: Vec<(String, String)>,
     preflight: preflight::Preflight,
@@ -150,6 +159,13 @@ impl Planned<'_> {
     /// The plan to show before the pass.
     pub fn preflight(&self) -> &preflight::Preflight {
         &self.preflight
+    }
+
+    /// For a GGUF output: what it holds, in words (the denoiser-only note, the types).
+    pub fn gguf_notes(&self) -> Vec<String> {
+        self.gguf.as_ref().map_or_else(Vec::new, |g| {
+            crate::gguf::describe(g, self.options.gguf.flatten())
+        })
     }
 
     /// What a dry run reports: the plan, nothing read or written.
@@ -172,7 +188,10 @@ impl Planned<'_> {
         Outcome {
             output: self.out.display().to_string(),
             arch: self.arch,
-            tensors: self.decisions.outputs.len(),
+            tensors: self
+                .gguf
+                .as_ref()
+                .map_or(self.decisions.outputs.len(), |g| g.tensors.len()),
             merged: self
                 .decisions
                 .outputs
@@ -264,8 +283,40 @@ pub fn plan<'i>(
         })
         .collect::<Result<_, _>>()?;
     let pass_plan = Plan::new(models.iter().map(|&m| &inputs.models[m].ckpt).collect());
-    let decisions = engine::decide(&merge, &pass_plan, options.output, options.missing);
+    let mut decisions = engine::decide(&merge, &pass_plan, options.output, options.missing);
     let specs = output_specs(&pass_plan, &decisions);
+    // GGUF: each output's dtype is the one convert.py would have seen.
+    let gguf = match options.gguf {
+        None => None,
+        Some(quant) => {
+            let sources: Vec<crate::gguf::SourceTensor<'_>> = decisions
+                .outputs
+                .iter()
+                .zip(&specs)
+                .map(|(o, spec)| crate::gguf::SourceTensor {
+                    key: &o.name,
+                    shape: &spec.shape,
+                    dtype: spec.dtype,
+                    is_float: dtype::float_format(spec.dtype).is_some(),
+                })
+                .collect();
+            let g = crate::gguf::plan::plan(arch, &sources, quant)
+                .map_err(crate::gguf::GgufWriteError::from)?;
+            // Only what the file holds is merged, planned and shown.
+            let written: std::collections::HashSet<&str> =
+                g.tensors.iter().map(|t| t.key.as_str()).collect();
+            decisions
+                .outputs
+                .retain(|o| written.contains(o.name.as_str()));
+            decisions
+                .copied
+                .retain(|(k, _)| written.contains(k.as_str()));
+            decisions
+                .skipped
+                .retain(|k| k.starts_with(ckpt_core::catalog::DENOISER_PREFIX));
+            Some(g)
+        }
+    };
 
     // Provenance, with placeholders where the SHA-256 will go.
     let hashes: Vec<Option<InputHash>> = models
@@ -331,7 +382,14 @@ pub fn plan<'i>(
         });
     }
     plan_view.loras = preflight::check_loras(&loras, &pass_plan, &decisions, &mut problems);
-    let data: u64 = specs.iter().map(|t| t.byte_len() as u64).sum();
+    let data: u64 = match &gguf {
+        Some(g) => g
+            .tensors
+            .iter()
+            .map(|t| t.out.byte_len().unwrap_or(0) as u64)
+            .sum(),
+        None => specs.iter().map(|t| t.byte_len() as u64).sum(),
+    };
     let header = inputs.recipe.text.len() as u64 * 2 + 160 * specs.len() as u64 + 4096;
     preflight::describe(
         &mut plan_view,
@@ -373,6 +431,7 @@ pub fn plan<'i>(
         pass_plan,
         decisions,
         specs,
+        gguf,
         hashes,
         metadata: meta,
         preflight: plan_view,

@@ -163,6 +163,13 @@ impl ValueType {
         })
     }
 
+    /// Its id in the file.
+    pub fn id(self) -> u32 {
+        (0..=12)
+            .find(|&i| ValueType::from_id(i) == Some(self))
+            .expect("every type has an id")
+    }
+
     /// The name gguf-py gives it (`UINT32`, `STRING`, ...).
     pub fn name(self) -> &'static str {
         use ValueType::*;

@@ -17,6 +17,7 @@ pub use container::{GgufError, GgufInfo, TensorInfo, Value, ValueType};
 pub use dequant::{byte_range, decode_into, dequantize};
 
 pub mod quantize;
+pub mod write;
 
 /// The ggml tensor types a diffusion GGUF holds, with their ids in the file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
