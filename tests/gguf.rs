@@ -459,3 +459,56 @@ fn test_gguf_validate_names_the_types_and_suggests_nothing() {
         "{gguf}"
     );
 }
+
+/// A GGUF of a catalogued model against its source, the question users ask (what did
+/// quantization cost, per block): the architecture is detected from city96's bare names, the
+/// rows of `sim source gguf` are those of `sim source f32`, where `f32` is the GGUF converted
+/// back (its values are gguf-py's, `test_gguf_every_type_matches_gguf_py_bit_for_bit`), and
+/// `inspect` gives each block's bits per weight.
+#[test]
+fn test_gguf_sim_against_its_source_by_block() {
+    let d = Dir::new();
+    let src = d.path("flux.safetensors");
+    run_ok(&[
+        "synth",
+        "model",
+        "--arch",
+        "flux",
+        "--scale",
+        "8",
+        "--seed",
+        "3",
+        "-q",
+        s(&src),
+    ]);
+    let gguf = d.path("flux-q8.gguf");
+    run_ok(&["convert", s(&src), "-o", s(&gguf), "--quant", "Q8_0", "-q"]);
+    let back = d.path("flux-q8-f32.safetensors");
+    run_ok(&["convert", s(&gguf), "-o", s(&back), "--dtype", "f32", "-q"]);
+    let rows = |b: &Path| -> Vec<(String, f64)> {
+        let j = run_json(&["sim", s(&src), s(b)]);
+        j["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["label"].as_str().unwrap().to_string(),
+                    r["similarity"].as_f64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let (got, want) = (rows(&gguf), rows(&back));
+    assert!(got.iter().any(|(l, _)| l == "D00") && got.iter().any(|(l, _)| l == "S37"));
+    assert_eq!(got, want);
+    // Q8_0 costs little, and something: no block is identical to its source.
+    for (label, sim) in got.iter().filter(|(l, _)| l.starts_with('D')) {
+        assert!(*sim > 0.999 && *sim < 1.0, "{label}: {sim}");
+    }
+    let j = run_json(&["inspect", s(&gguf)]);
+    assert_eq!(j["arch"]["id"], "flux", "{}", j["arch"]["summary"]);
+    assert_eq!(j["gguf"]["architecture"], "flux");
+    let row = find_row(&j["gguf"]["rows"], "row", "D00");
+    assert!(row["types"]["Q8_0"].as_u64().unwrap() > 0, "{row}");
+}
