@@ -512,3 +512,60 @@ fn test_gguf_sim_against_its_source_by_block() {
     let row = find_row(&j["gguf"]["rows"], "row", "D00");
     assert!(row["types"]["Q8_0"].as_u64().unwrap() > 0, "{row}");
 }
+
+/// A merge with a GGUF input reads its values decoded: `merge ws` of a Q8_0 GGUF and a
+/// safetensors file writes the same tensors, byte for byte, as the same merge of the GGUF
+/// converted back to f32.
+#[test]
+fn test_gguf_merge_input_reads_decoded_values() {
+    let d = Dir::new();
+    let (a, b) = (d.path("a.safetensors"), d.path("b.safetensors"));
+    for (p, seed) in [(&a, "3"), (&b, "4")] {
+        run_ok(&[
+            "synth",
+            "model",
+            "--arch",
+            "flux",
+            "--scale",
+            "8",
+            "--seed",
+            seed,
+            "-q",
+            s(p),
+        ]);
+    }
+    let gguf = d.path("a.gguf");
+    run_ok(&["convert", s(&a), "-o", s(&gguf), "--quant", "Q8_0", "-q"]);
+    let back = d.path("a32.safetensors");
+    run_ok(&["convert", s(&gguf), "-o", s(&back), "--dtype", "f32", "-q"]);
+    let merge = |x: &Path, out: &str| -> BTreeMap<String, Vec<u8>> {
+        let o = d.path(out);
+        run_ok(&[
+            "merge",
+            "ws",
+            s(x),
+            s(&b),
+            "--alpha",
+            "0.3",
+            "-o",
+            s(&o),
+            "--dtype",
+            "f32",
+            "-q",
+        ]);
+        read_raw(&o)
+            .0
+            .into_iter()
+            .map(|t| (t.name, t.data))
+            .collect()
+    };
+    let (got, want) = (
+        merge(&gguf, "m1.safetensors"),
+        merge(&back, "m2.safetensors"),
+    );
+    assert_eq!(got.len(), want.len());
+    assert!(
+        got == want,
+        "the merge of the GGUF differs from the merge of its f32 values"
+    );
+}
