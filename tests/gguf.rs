@@ -568,4 +568,32 @@ fn test_gguf_merge_input_reads_decoded_values() {
         got == want,
         "the merge of the GGUF differs from the merge of its f32 values"
     );
+    // A LoRA baked into the GGUF, likewise.
+    let lora = d.path("l.safetensors");
+    run_ok(&[
+        "lora",
+        "extract",
+        s(&b),
+        "--base",
+        s(&a),
+        "--rank",
+        "4",
+        "-o",
+        s(&lora),
+        "-q",
+    ]);
+    let baked = |x: &Path, name: &str| -> BTreeMap<String, Vec<u8>> {
+        let o = bake(&d, x, &lora, name);
+        read_raw(&o)
+            .0
+            .into_iter()
+            .map(|t| (t.name, t.data))
+            .collect()
+    };
+    let (got, want) = (baked(&gguf, "bg"), baked(&back, "bf"));
+    assert_eq!(got.len(), want.len());
+    assert!(
+        got == want,
+        "the LoRA baked into the GGUF differs from the f32 bake"
+    );
 }
