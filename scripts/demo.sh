@@ -2,7 +2,8 @@
 # The demo: builds ckpt-diff, generates a family of SD1 checkpoints with the real key
 # layout (a base, three fine-tunes, three merges; 1/8 of the real widths so it takes
 # seconds), and runs the analyses on them; then a Flux.1 family, merged to BF16 and to
-# scaled FP8; ComfyUI per-layer formats; the 2026 models (Qwen-Image, FLUX.2 klein). Outputs go to demo/ (the checkpoints) and
+# scaled FP8; ComfyUI per-layer formats; a Q8_0 GGUF; the 2026 models (Qwen-Image, FLUX.2 klein,
+# a text encoder alone). Outputs go to demo/ (the checkpoints) and
 # reports/demo/ (what the commands printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -165,6 +166,13 @@ body[lo:hi] = bytes(hi - lo)
 open(sys.argv[2], "wb").write(b[:8 + n] + bytes(body))
 PY
 $bin inspect "$data/flux/damaged.safetensors" 2>&1 | tee -a "$out/quant.txt" || true
+
+step "GGUF: the Flux merge written as city96's Q8_0 GGUF, inspected, and what quantization cost per block"
+$bin convert "$data/flux/mbw-bf16.safetensors" -o "$data/flux/mbw-Q8_0.gguf" --quant Q8_0 --force -q \
+    | tee "$out/gguf.txt"
+$bin inspect "$data/flux/mbw-Q8_0.gguf" | head -7 | tee -a "$out/gguf.txt"
+$bin sim "$data/flux/mbw-bf16.safetensors" "$data/flux/mbw-Q8_0.gguf" --blocks "IN, D00..D02, S35..S37, OUT" \
+    | tee -a "$out/gguf.txt"
 
 step "the 2026 models: Qwen-Image (ComfyUI's ModelMergeQwenImage rows) and FLUX.2 klein, told from Flux.1 by names and shapes; a Qwen3-4B text encoder alone"
 $bin synth family "$data/qwen" --arch qwen-image --scale 32 --seed 7 -q > /dev/null
