@@ -468,19 +468,7 @@ fn test_gguf_validate_names_the_types_and_suggests_nothing() {
 #[test]
 fn test_gguf_sim_against_its_source_by_block() {
     let d = Dir::new();
-    let src = d.path("flux.safetensors");
-    run_ok(&[
-        "synth",
-        "model",
-        "--arch",
-        "flux",
-        "--scale",
-        "8",
-        "--seed",
-        "3",
-        "-q",
-        s(&src),
-    ]);
+    let src = flux_scale_8(&d, "flux.safetensors", "3");
     let gguf = d.path("flux-q8.gguf");
     run_ok(&["convert", s(&src), "-o", s(&gguf), "--quant", "Q8_0", "-q"]);
     let back = d.path("flux-q8-f32.safetensors");
@@ -519,21 +507,10 @@ fn test_gguf_sim_against_its_source_by_block() {
 #[test]
 fn test_gguf_merge_input_reads_decoded_values() {
     let d = Dir::new();
-    let (a, b) = (d.path("a.safetensors"), d.path("b.safetensors"));
-    for (p, seed) in [(&a, "3"), (&b, "4")] {
-        run_ok(&[
-            "synth",
-            "model",
-            "--arch",
-            "flux",
-            "--scale",
-            "8",
-            "--seed",
-            seed,
-            "-q",
-            s(p),
-        ]);
-    }
+    let (a, b) = (
+        flux_scale_8(&d, "a.safetensors", "3"),
+        flux_scale_8(&d, "b.safetensors", "4"),
+    );
     let gguf = d.path("a.gguf");
     run_ok(&["convert", s(&a), "-o", s(&gguf), "--quant", "Q8_0", "-q"]);
     let back = d.path("a32.safetensors");
@@ -596,4 +573,22 @@ fn test_gguf_merge_input_reads_decoded_values() {
         got == want,
         "the LoRA baked into the GGUF differs from the f32 bake"
     );
+}
+
+/// A generated Flux.1 checkpoint at 1/8 of the real widths (rows of 384: whole Q8_0 blocks).
+fn flux_scale_8(d: &Dir, name: &str, seed: &str) -> PathBuf {
+    let p = d.path(name);
+    run_ok(&[
+        "synth",
+        "model",
+        "--arch",
+        "flux",
+        "--scale",
+        "8",
+        "--seed",
+        seed,
+        "-q",
+        s(&p),
+    ]);
+    p
 }

@@ -55,30 +55,23 @@ pub fn execute(
             };
             o.out_index = index;
             o.gguf = Some(ty);
-            match o.source {
-                Source::Merge {
-                    per_tensor: true, ..
-                } => whole.push(o.entry),
-                _ => chunked.push(o.entry),
+        } else {
+            o.out_index = output.index_of(&o.name).expect("every spec is in the file");
+            if o.scale != OutputScale::None {
+                o.scale_index = output.index_of(&ckpt_read::quant::scale_name(&o.name));
             }
-            outputs.insert(o.entry, o);
-            continue;
-        }
-        o.out_index = output.index_of(&o.name).expect("every spec is in the file");
-        if o.scale != OutputScale::None {
-            o.scale_index = output.index_of(&ckpt_read::quant::scale_name(&o.name));
-        }
-        if let Source::Merge {
-            quant: Some(code), ..
-        } = o.source
-        {
-            let shape = planned
-                .pass_plan
-                .shape(&planned.pass_plan.entries()[o.entry]);
-            o.quant_indices = super::engine::quant_parts(&o.name, code, shape)
-                .iter()
-                .map(|(name, _, _)| output.index_of(name).expect("every spec is in the file"))
-                .collect();
+            if let Source::Merge {
+                quant: Some(code), ..
+            } = o.source
+            {
+                let shape = planned
+                    .pass_plan
+                    .shape(&planned.pass_plan.entries()[o.entry]);
+                o.quant_indices = super::engine::quant_parts(&o.name, code, shape)
+                    .iter()
+                    .map(|(name, _, _)| output.index_of(name).expect("every spec is in the file"))
+                    .collect();
+            }
         }
         match o.source {
             Source::Merge {
