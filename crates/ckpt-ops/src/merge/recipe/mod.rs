@@ -2,7 +2,7 @@
 //! whose nodes remember where they came from, so errors point at a line and column.
 //!
 //! ```text
-//! # models: NAME = path (quoted, or containing '/', or ending in .safetensors)
+//! # models: NAME = path (quoted, or containing '/', or ending in .safetensors, .gguf, ...)
 //! v1-5    = models/v1-5-pruned-emaonly.safetensors
 //! OpenBra = models/openBra.safetensors
 //! Evt     = models/evt.safetensors
@@ -313,6 +313,7 @@ fn as_path(rhs: &str) -> Option<String> {
         ".pt",
         ".pth",
         ".bin",
+        ".gguf",
     ]
     .iter()
     .any(|e| lower.ends_with(e));
@@ -486,6 +487,13 @@ mod tests {
                 format!("{{{}}}", parts.join(", "))
             }
         }
+    }
+
+    /// A GGUF file is a model path like a safetensors one (every command reads it).
+    #[test]
+    fn gguf_files_are_model_paths() {
+        let r = parse("q = flux-Q8_0.gguf\nb = b.safetensors\nOUT = q x 0.5 + b x 0.5\n").unwrap();
+        assert_eq!(r.bindings[0].path, "flux-Q8_0.gguf");
     }
 
     #[test]
