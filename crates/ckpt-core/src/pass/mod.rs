@@ -372,6 +372,16 @@ pub trait Absorb<P> {
     fn absorb(&mut self, plan: &Plan<'_>, item: &Item, partial: P) -> Result<(), PassError>;
 }
 
+/// The absorber of visitors that return nothing (their work is a side effect, such as a
+/// piece sent to a writer).
+pub struct Ignore;
+
+impl Absorb<()> for Ignore {
+    fn absorb(&mut self, _: &Plan<'_>, _: &Item, _: ()) -> Result<(), PassError> {
+        Ok(())
+    }
+}
+
 /// Runs visitors over plans. Holds no state between runs.
 pub struct Pass<'p> {
     progress: &'p dyn Progress,

@@ -14,7 +14,7 @@ use std::path::Path;
 use crate::views::validate::validate;
 use ckpt_core::catalog::{Detection, canonical_key, detect};
 use ckpt_core::kernels;
-use ckpt_core::pass::{Absorb, Item, Pass, PassError, Plan, Slice, Visit};
+use ckpt_core::pass::{Ignore, Item, Pass, PassError, Plan, Slice, Visit};
 use ckpt_core::writer::{OutputFile, Piece, WriteError};
 use ckpt_read::Checkpoint;
 use ckpt_read::dtype::{self, FloatFormat};
@@ -246,14 +246,6 @@ struct Work<'a> {
     /// Per quantized entry: the output indices of its scales and record.
     parts: &'a HashMap<usize, Vec<usize>>,
     writer: std::sync::mpsc::SyncSender<Piece>,
-}
-
-struct Ignore;
-
-impl Absorb<()> for Ignore {
-    fn absorb(&mut self, _: &Plan<'_>, _: &Item, _: ()) -> Result<(), PassError> {
-        Ok(())
-    }
 }
 
 impl Visit for Work<'_> {

@@ -30,7 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use ckpt_core::catalog::{Detection, component_of};
-use ckpt_core::pass::{Absorb, Item, Pass, PassError, Plan, Slice, Visit};
+use ckpt_core::pass::{Ignore, Item, Pass, PassError, Plan, Slice, Visit};
 use ckpt_core::writer::{OutputFile, Piece, WriteError};
 use ckpt_read::Checkpoint;
 use ckpt_read::gguf::quantize::quantize;
@@ -265,14 +265,6 @@ struct Encode<'a> {
     /// By pass-plan entry: the output index and type.
     targets: &'a HashMap<usize, (usize, GgmlType)>,
     writer: std::sync::mpsc::SyncSender<Piece>,
-}
-
-struct Ignore;
-
-impl Absorb<()> for Ignore {
-    fn absorb(&mut self, _: &Plan<'_>, _: &Item, _: ()) -> Result<(), PassError> {
-        Ok(())
-    }
 }
 
 impl Visit for Encode<'_> {
