@@ -1,10 +1,6 @@
-//! The `ckpt-diff` command: arguments, a view or an operation, a report.
-
-// The command line is where output goes: it alone prints (the reports render text).
-#[allow(clippy::print_stdout, clippy::print_stderr)]
-mod cli;
-mod reports;
+//! The `ckpt-diff` command: arguments, a view or an operation, a report (the library
+//! `ckpt_diff_cli`, which the Python module runs too).
 
 fn main() -> std::process::ExitCode {
-    cli::run()
+    ckpt_diff_cli::main()
 }

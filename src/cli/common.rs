@@ -1,5 +1,5 @@
 //! Pieces every subcommand uses: opening files, choosing the row layout, typed option
-//! values, output formats and the one way a result is printed ([`emit`]).
+//! values, output formats and the one way a result is given ([`Global::emit`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +18,20 @@ pub(super) struct Global {
     pub cancel: ckpt_core::pass::Cancel,
     /// Where what is learned between runs is kept (none with `--no-cache`).
     pub cache: ckpt_ops::cache::Cache,
+    /// Where results go: printed, or kept for the caller ([`super::embed`]).
+    pub out: Output,
+    /// Where progress goes besides the bars (the Python module's callback).
+    pub watch: Option<std::sync::Arc<super::progress::Watch>>,
+}
+
+/// Where a command's results go.
+pub(super) enum Output {
+    /// Printed on stdout in the format the options pick: the binary.
+    Print,
+    /// Kept as the `--json` documents, in order, whatever format the options pick: a
+    /// caller in the same process ([`super::embed`]). A merge keeps its plan before its
+    /// summary.
+    Keep(std::sync::Mutex<Vec<serde_json::Value>>),
 }
 
 impl Global {
@@ -27,6 +41,60 @@ impl Global {
         progress: &'p dyn ckpt_core::pass::Progress,
     ) -> ckpt_core::pass::Pass<'p> {
         ckpt_core::pass::Pass::new(progress).cancel_on(&self.cancel)
+    }
+
+    /// A progress bar labelled `what` ("reading", "merging", ...) counting bytes.
+    pub(super) fn bar(&self, what: &str) -> super::progress::Bar {
+        super::progress::Bar::new(what, self.quiet).watched(self.watch.clone())
+    }
+
+    /// A progress bar that counts items (`unit`: "blocks", ...) instead of bytes.
+    pub(super) fn counting(&self, what: &str, unit: &str) -> super::progress::Bar {
+        super::progress::Bar::counting(what, unit, self.quiet).watched(self.watch.clone())
+    }
+
+    /// Prints `report` in the format the options ask for, or keeps its document: the one
+    /// way a command gives its result.
+    pub(super) fn emit(&self, report: &dyn Report, format: &FormatArgs) -> Result<()> {
+        match &self.out {
+            Output::Print => print(&crate::reports::render(report, format.format())),
+            Output::Keep(docs) => {
+                docs.lock().expect("not poisoned").push(report.document());
+                Ok(())
+            }
+        }
+    }
+
+    /// Prints `report`, the `i`th of several inputs' printed as they come, as a
+    /// [`Sequence`](crate::reports::Sequence) of them shows it (not for JSON: a sequence is
+    /// one document, and a kept result is JSON).
+    pub(super) fn emit_part(
+        &self,
+        report: &dyn Report,
+        i: usize,
+        format: &FormatArgs,
+    ) -> Result<()> {
+        match &self.out {
+            Output::Print => print(&crate::reports::Sequence::part(report, i, format.format())),
+            Output::Keep(_) => unreachable!("a kept result is one JSON document"),
+        }
+    }
+
+    /// The merge's plan before its pass: on stderr as text (stdout keeps the summary), or
+    /// kept before the summary.
+    pub(super) fn show_plan(&self, plan: &dyn Report) {
+        match &self.out {
+            Output::Print if !self.quiet => {
+                eprint!("{}", crate::reports::render(plan, Format::Table));
+            }
+            Output::Print => {}
+            Output::Keep(docs) => docs.lock().expect("not poisoned").push(plan.document()),
+        }
+    }
+
+    /// Whether results are kept as JSON (so a command builds its one JSON document).
+    pub(super) fn keeps(&self) -> bool {
+        matches!(self.out, Output::Keep(_))
     }
 }
 
@@ -57,19 +125,6 @@ impl FormatArgs {
             Format::Table
         }
     }
-}
-
-/// Prints `report` in the format the options ask for: the one way a command prints its
-/// result.
-pub(super) fn emit(report: &dyn Report, format: &FormatArgs) -> Result<()> {
-    print(&crate::reports::render(report, format.format()))
-}
-
-/// Prints `report`, the `i`th of several inputs' printed as they come, as a
-/// [`Sequence`](crate::reports::Sequence) of them shows it (not for JSON: a sequence is one
-/// document).
-pub(super) fn emit_part(report: &dyn Report, i: usize, format: &FormatArgs) -> Result<()> {
-    print(&crate::reports::Sequence::part(report, i, format.format()))
 }
 
 /// A float format a `--dtype` names; each command takes those it can write (its
@@ -295,7 +350,7 @@ pub(super) fn open_index(path: Option<&Path>) -> Result<ckpt_ops::index::Index> 
 /// progress bar.
 pub(super) fn fingerprint(path: &Path, global: &Global) -> Result<ckpt_ops::index::NewEntry> {
     let model = Model::open(path)?;
-    let bar = super::progress::Bar::new("fingerprinting", global.quiet);
+    let bar = global.bar("fingerprinting");
     Ok(ckpt_ops::views::fingerprint::index_entry(
         path,
         &model.ckpt,

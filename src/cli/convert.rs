@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::Outcome;
-use super::common::{FormatArgs, Global, Model, emit};
-use super::progress::Bar;
+use super::common::{FormatArgs, Global, Model};
 use super::rewrite::RewriteArgs;
 use ckpt_ops::fix::{FixReport, convert};
 
@@ -102,7 +101,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     for ((input, output), gguf) in args.inputs.iter().zip(&outputs).zip(ggufs) {
         let model = Model::open_for_rewrite(input, args.rewrite.keep_unmapped())?;
         args.rewrite.check_unmapped(&model.ckpt)?;
-        let bar = Bar::new(&model.name(), global.quiet);
+        let bar = global.bar(&model.name());
         if let Some(quant) = gguf {
             let r = ckpt_ops::gguf::convert(
                 &model.ckpt,
@@ -129,6 +128,6 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         reports.push(r);
     }
     let files = args.inputs.iter().zip(&reports).collect();
-    emit(&crate::reports::fix::Converted { files }, &args.format)?;
+    global.emit(&crate::reports::fix::Converted { files }, &args.format)?;
     Ok(Outcome::Ok)
 }

@@ -8,9 +8,8 @@ use anyhow::{Context, Result};
 
 use super::Outcome;
 use super::common::{
-    BlockSet, FormatArgs, Global, Model, choose_grouping, emit, open_all, parse_block_set,
+    BlockSet, FormatArgs, Global, Model, choose_grouping, open_all, parse_block_set,
 };
-use super::progress::Bar;
 use crate::reports::fit::{Applied, Fitted, Labels};
 use ckpt_core::catalog::Grouping;
 use ckpt_core::gram::InnerProducts;
@@ -136,7 +135,7 @@ fn pass(
     global: &Global,
 ) -> Result<InnerProducts> {
     let ckpts: Vec<&ckpt_read::Checkpoint> = models.iter().map(|m| &m.ckpt).collect();
-    let bar = Bar::new(what, global.quiet);
+    let bar = global.bar(what);
     Ok(inner_products(
         &ckpts,
         grouping,
@@ -215,7 +214,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
                 input_hashes: false,
                 ..Default::default()
             };
-            let bar = Bar::new("merging", global.quiet);
+            let bar = global.bar("merging");
             ckpt_ops::merge::run(
                 recipe,
                 &dir,
@@ -255,7 +254,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         applied: applied.as_ref(),
         pass_seconds,
     };
-    emit(&report, &args.format)?;
+    global.emit(&report, &args.format)?;
     Ok(Outcome::Ok)
 }
 

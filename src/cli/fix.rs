@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::Outcome;
-use super::common::{FormatArgs, Global, Model, emit};
-use super::progress::Bar;
+use super::common::{FormatArgs, Global, Model};
 use super::rewrite::{RewriteArgs, remedy, unfixed};
 use crate::reports;
 use ckpt_ops::fix::fix;
@@ -39,7 +38,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     args.rewrite.check_unmapped(&model.ckpt)?;
     let base = args.base.as_ref().map(|b| Model::open(b)).transpose()?;
     let opts = args.rewrite.options(args.fill_optional, args.force);
-    let bar = Bar::new("fixing", global.quiet);
+    let bar = global.bar("fixing");
     let report = fix(
         &model.ckpt,
         &model.detection,
@@ -55,7 +54,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         &fixed.detection,
         &global.pass(&ckpt_core::pass::NoProgress),
     )?;
-    emit(
+    global.emit(
         &reports::fix::Fixed {
             report: &report,
             after: &after,

@@ -7,8 +7,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::Outcome;
-use super::common::{FormatArgs, Global, emit};
-use super::progress::Bar;
+use super::common::{FormatArgs, Global};
 use crate::reports;
 use ckpt_ops::hash::file_hashes;
 use ckpt_read::{Provenance, RawFile};
@@ -47,7 +46,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             None
         } else {
             let raw = RawFile::open(path)?;
-            let bar = Bar::new("hashing", global.quiet);
+            let bar = global.bar("hashing");
             Some(file_hashes(&raw, &bar))
         };
         let claims = match &h {
@@ -58,7 +57,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         let components = match (&ckpt, args.components) {
             (Some(c), true) => {
                 let det = ckpt_core::catalog::detect(c);
-                let bar = Bar::new("components", global.quiet);
+                let bar = global.bar("components");
                 let r = ckpt_ops::views::components::components(c, &det, &global.pass(&bar))?;
                 Some(r)
             }
@@ -73,7 +72,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             components,
         });
     }
-    emit(&reports::hash::Hashes(&files), &args.format)?;
+    global.emit(&reports::hash::Hashes(&files), &args.format)?;
     Ok(if all_hold {
         Outcome::Ok
     } else {

@@ -5,8 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use super::Outcome;
-use super::common::{FormatArgs, Global, emit, fingerprint, open_index, print};
-use super::progress::Bar;
+use super::common::{FormatArgs, Global, fingerprint, open_index, print};
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
@@ -73,7 +72,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         }
         Command::Ls { format } => {
             let entries = index.entries()?;
-            emit(&crate::reports::lineage::Listing(&entries), &format)?;
+            global.emit(&crate::reports::lineage::Listing(&entries), &format)?;
         }
         Command::Rm { names } => {
             let mut out = String::new();
@@ -88,7 +87,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
                 eprintln!("replacing '{}'", parquet.display());
             }
             let entries = index.entries()?;
-            let bar = Bar::counting("exporting", "models", global.quiet);
+            let bar = global.counting("exporting", "models");
             ckpt_core::pass::Progress::start(&bar, entries.len() as u64);
             let mut it = entries.into_iter();
             let records = ckpt_core::writer::write_streamed(&parquet, |file| -> Result<u64> {
@@ -114,7 +113,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
                 entries: &entries,
                 db_bytes: index.file_bytes(),
             };
-            emit(&stats, &format)?;
+            global.emit(&stats, &format)?;
         }
     }
     Ok(Outcome::Ok)

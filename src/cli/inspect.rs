@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::Outcome;
-use super::common::{FormatArgs, Global, Model, emit, emit_part};
+use super::common::{FormatArgs, Global, Model};
 use crate::reports::{self, Format, Report, Sequence};
 
 #[derive(Debug, clap::Args)]
@@ -18,10 +18,13 @@ pub(super) struct Args {
     format: FormatArgs,
 }
 
-pub(super) fn run(args: Args, _global: &Global) -> Result<Outcome> {
+pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     // Text, Markdown and CSV print each file's report as soon as it is read; JSON is one
     // document (a list of them for several files) at the end.
-    let format = args.format.format();
+    let format = match global.keeps() {
+        true => Format::Json,
+        false => args.format.format(),
+    };
     let mut held: Vec<Box<dyn Report>> = Vec::new();
     for (i, path) in args.files.iter().enumerate() {
         let model = Model::open(path)?;
@@ -34,11 +37,11 @@ pub(super) fn run(args: Args, _global: &Global) -> Result<Outcome> {
         if format == Format::Json {
             held.push(report);
         } else {
-            emit_part(report.as_ref(), i, &args.format)?;
+            global.emit_part(report.as_ref(), i, &args.format)?;
         }
     }
     if format == Format::Json {
-        emit(
+        global.emit(
             &Sequence {
                 command: "inspect",
                 reports: held,

@@ -6,9 +6,8 @@ use anyhow::Result;
 
 use super::Outcome;
 use super::common::{
-    ArchArg, FormatArgs, Global, Model, choose_grouping, emit, open_all, parse_arch_arg,
+    ArchArg, FormatArgs, Global, Model, choose_grouping, open_all, parse_arch_arg,
 };
-use super::progress::Bar;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct Args {
@@ -50,7 +49,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             .map(|(m, n)| (&m.ckpt, n.as_ref().expect("all")))
             .collect();
         let r = ckpt_ops::views::lora::distances(&pairs);
-        emit(&crate::reports::lora::Distances(&r), &args.format)?;
+        global.emit(&crate::reports::lora::Distances(&r), &args.format)?;
         return Ok(Outcome::Ok);
     }
     if nets.iter().any(Option::is_some) {
@@ -63,7 +62,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let grouping = choose_grouping(&refs, args.arch, "l2")?;
     let ckpts: Vec<&ckpt_read::Checkpoint> = models.iter().map(|m| &m.ckpt).collect();
     let names: Vec<String> = models.iter().map(|m| m.name()).collect();
-    let bar = Bar::new("reading", global.quiet);
+    let bar = global.bar("reading");
     let report = ckpt_ops::views::l2::measure(
         &ckpts,
         names,
@@ -73,7 +72,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     )?;
     drop(bar);
     let base_line = format!("{} ({})", models[0].name(), models[0].describe());
-    emit(
+    global.emit(
         &crate::reports::l2::Distances {
             report: &report,
             base_line: &base_line,

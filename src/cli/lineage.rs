@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 
 use super::Outcome;
-use super::common::{FormatArgs, Global, Model, emit, fingerprint, open_index};
+use super::common::{FormatArgs, Global, Model, fingerprint, open_index};
 use ckpt_ops::views::lineage::{Base, Candidates, Explained};
 
 #[derive(Debug, clap::Args)]
@@ -73,7 +73,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         for p in &parent_paths {
             models.push(Model::open(p)?);
         }
-        let bar = super::progress::Bar::new("verifying", global.quiet);
+        let bar = global.bar("verifying");
         let ckpts: Vec<&ckpt_read::Checkpoint> = models.iter().map(|m| &m.ckpt).collect();
         let v = ckpt_ops::views::lineage::verify(&ckpts, &report, &global.pass(&bar))?;
         drop(bar);
@@ -87,7 +87,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         report: &report,
         verified: verified.as_ref(),
     };
-    emit(&doc, &args.format)?;
+    global.emit(&doc, &args.format)?;
     if let Some(dir) = &args.report {
         crate::reports::lineage::write_report(&doc, dir)?;
         if !global.quiet {

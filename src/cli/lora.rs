@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::Outcome;
-use super::common::{FloatArg, FormatArgs, Global, Model, PLAIN_FLOATS, emit, floats};
-use super::progress::Bar;
+use super::common::{FloatArg, FormatArgs, Global, Model, PLAIN_FLOATS, floats};
 use ckpt_core::catalog::{Arch, Layout};
 use ckpt_ops::lora::svd::RankRule;
 
@@ -204,7 +203,7 @@ fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
         tuned_name: tuned.ckpt.display_name(),
         base_name: base.ckpt.display_name(),
     };
-    let bar = Bar::new("extracting", global.quiet);
+    let bar = global.bar("extracting");
     let r = ckpt_ops::lora::extract::extract(
         &tuned.ckpt,
         &base.ckpt,
@@ -215,7 +214,7 @@ fn extract(a: ExtractArgs, global: &Global) -> Result<Outcome> {
         &bar,
     )?;
     drop(bar);
-    emit(&crate::reports::lora::Extracted(&r), &a.out.format)?;
+    global.emit(&crate::reports::lora::Extracted(&r), &a.out.format)?;
     Ok(Outcome::Ok)
 }
 
@@ -289,7 +288,7 @@ fn open_lora(path: &Path) -> Result<(ckpt_read::Checkpoint, ckpt_ops::lora::Netw
     Ok((ckpt, net))
 }
 
-fn merge(a: MergeArgs, _global: &Global) -> Result<Outcome> {
+fn merge(a: MergeArgs, global: &Global) -> Result<Outcome> {
     ckpt_core::writer::refuse_existing(&a.out.output, a.out.force)?;
     let mut files = Vec::new();
     for w in &a.inputs {
@@ -323,11 +322,11 @@ fn merge(a: MergeArgs, _global: &Global) -> Result<Outcome> {
         .collect();
     let r =
         ckpt_ops::lora::write::merge(&sources, &how, a.out.dtype.format(), &a.out.output, &inputs)?;
-    emit(&crate::reports::lora::Written(&r), &a.out.format)?;
+    global.emit(&crate::reports::lora::Written(&r), &a.out.format)?;
     Ok(Outcome::Ok)
 }
 
-fn convert(a: ConvertArgs, _global: &Global) -> Result<Outcome> {
+fn convert(a: ConvertArgs, global: &Global) -> Result<Outcome> {
     ckpt_core::writer::refuse_existing(&a.out.output, a.out.force)?;
     let (ckpt, net) = open_lora(&a.input)?;
     let r = ckpt_ops::lora::write::convert(
@@ -338,6 +337,6 @@ fn convert(a: ConvertArgs, _global: &Global) -> Result<Outcome> {
         &a.out.output,
         &[a.input.as_path()],
     )?;
-    emit(&crate::reports::lora::Written(&r), &a.out.format)?;
+    global.emit(&crate::reports::lora::Written(&r), &a.out.format)?;
     Ok(Outcome::Ok)
 }

@@ -5,9 +5,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 
 use super::Outcome;
-use super::common::{FloatArg, FormatArgs, Global, emit, floats};
-use super::progress::Bar;
-use crate::reports::{self, Format};
+use super::common::{FloatArg, FormatArgs, Global, floats};
+use crate::reports;
 use ckpt_ops::merge::recipe::writer::{Names, quote_path};
 use ckpt_ops::merge::{self, Missing, Options, OutputFormat, Precision};
 
@@ -17,8 +16,12 @@ pub(super) struct Args {
     #[command(subcommand)]
     shortcut: Option<Shortcut>,
     /// Recipe file (the notation of published recipes; see docs/commands/merge.md).
-    #[arg(required = true)]
+    #[arg(required_unless_present = "text", conflicts_with = "text")]
     recipe: Option<PathBuf>,
+    /// The recipe itself instead of a file: the same lines, with paths relative to the
+    /// current folder.
+    #[arg(long, value_name = "RECIPE")]
+    text: Option<String>,
     #[command(flatten)]
     out: OutArgs,
 }
@@ -188,6 +191,11 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             );
             (text, std::env::current_dir()?, out)
         }
+        None if args.text.is_some() => (
+            args.text.expect("checked"),
+            std::env::current_dir()?,
+            args.out,
+        ),
         None => {
             let path = args
                 .recipe
@@ -229,33 +237,28 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         Err(merge::MergeError::Preflight(plan)) => {
             // The plan as far as it got, then the problems as the error.
             if out.format.json || out.dry_run {
-                emit(&reports::merge::Plan(&plan), &out.format)?;
+                global.emit(&reports::merge::Plan(&plan), &out.format)?;
             }
             bail!("{}", reports::merge::problems_text(&plan));
         }
         Err(e) => return Err(e.into()),
     };
     if out.dry_run {
-        emit(&reports::merge::Plan(planned.preflight()), &out.format)?;
+        global.emit(&reports::merge::Plan(planned.preflight()), &out.format)?;
         return Ok(Outcome::Ok);
     }
-    if !global.quiet {
-        // The plan goes to stderr before the pass; stdout keeps the summary.
-        eprint!(
-            "{}",
-            reports::render(&reports::merge::Plan(planned.preflight()), Format::Table)
-        );
-    }
+    // The plan goes to stderr before the pass; stdout keeps the summary.
+    global.show_plan(&reports::merge::Plan(planned.preflight()));
     if !global.quiet {
         for line in planned.gguf_notes() {
             eprintln!("{line}");
         }
     }
-    let bar = Bar::new("merging", global.quiet);
+    let bar = global.bar("merging");
     let outcome = merge::execute(planned, &bar, &global.cancel, &global.cache)?;
     drop(bar);
     let file_bytes = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
-    emit(
+    global.emit(
         &reports::merge::Merged {
             outcome: &outcome,
             file_bytes,

@@ -6,6 +6,7 @@
 
 mod common;
 mod convert;
+pub mod embed;
 mod fit;
 mod fix;
 mod gguf;
@@ -16,7 +17,7 @@ mod l2;
 mod lineage;
 mod lora;
 mod merge;
-mod progress;
+pub(crate) mod progress;
 mod rewrite;
 mod sim;
 mod synth;
@@ -106,68 +107,115 @@ pub(crate) enum Outcome {
     Exit(u8),
 }
 
-/// Parses arguments, runs the command, prints errors; returns the exit code.
+/// The binary's entry: Ctrl-C cancels the running pass, then [`main_from`].
 pub(crate) fn run() -> ExitCode {
-    let cli = Cli::parse();
     let cancel = ckpt_core::pass::Cancel::new();
     let on_interrupt = cancel.clone();
     let _ = ctrlc::set_handler(move || on_interrupt.cancel());
-    if let Some(n) = cli.threads
-        && let Err(e) = rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()
-    {
-        eprintln!("ckpt-diff: warning: could not set {n} threads: {e}");
-    }
-    let global = common::Global {
-        quiet: cli.quiet,
-        cancel,
-        cache: if cli.no_cache {
-            ckpt_ops::cache::Cache::none()
-        } else {
-            ckpt_ops::cache::Cache::at(ckpt_read::sys::cache_dir())
-        },
+    ExitCode::from(main_from(std::env::args_os(), &cancel))
+}
+
+/// The command line as the binary runs it: parses `argv` (the program name first), runs
+/// the command, prints its result and errors; returns the exit code. `cancel` stops the
+/// running pass (the binary's Ctrl-C handler, or the Python launcher's).
+pub(crate) fn main_from(
+    argv: impl IntoIterator<Item = std::ffi::OsString>,
+    cancel: &ckpt_core::pass::Cancel,
+) -> u8 {
+    let cli = match Cli::try_parse_from(argv) {
+        Ok(cli) => cli,
+        Err(e) => {
+            // What `Cli::parse` does, returning instead of exiting: help and version on
+            // stdout (code 0), usage errors on stderr (code 2).
+            let _ = e.print();
+            return u8::try_from(e.exit_code()).unwrap_or(2);
+        }
     };
-    let result = match cli.command {
-        Command::Sim(args) => sim::run(args, &global),
-        Command::Inspect(args) => inspect::run(args, &global),
-        Command::L2(args) => l2::run(args, &global),
-        Command::Merge(args) => merge::run(args, &global),
-        Command::Synth(args) => synth::run(args, &global),
-        Command::Hash(args) => hash::run(args, &global),
-        Command::Validate(args) => validate::run(args, &global),
-        Command::Fix(args) => fix::run(args, &global),
-        Command::Convert(args) => convert::run(args, &global),
-        Command::Fit(args) => fit::run(args, &global),
-        Command::Index(args) => index::run(args, &global),
-        Command::Lineage(args) => lineage::run(args, &global),
-        Command::Lora(args) => lora::run(args, &global),
-    };
-    match result {
-        Ok(Outcome::Ok) => ExitCode::SUCCESS,
-        Ok(Outcome::Findings) => ExitCode::from(1),
-        Ok(Outcome::Exit(code)) => ExitCode::from(code),
+    let global = cli.global(cancel.clone(), common::Output::Print, None);
+    match execute(cli.command, &global) {
+        Ok(outcome) => outcome.code(),
         Err(e) => report_error(&e, &global.cancel),
     }
 }
 
-fn report_error(e: &anyhow::Error, cancel: &ckpt_core::pass::Cancel) -> ExitCode {
-    if cancel.is_cancelled()
+impl Cli {
+    /// The options every command sees, for output to `out`.
+    fn global(
+        &self,
+        cancel: ckpt_core::pass::Cancel,
+        out: common::Output,
+        watch: Option<std::sync::Arc<progress::Watch>>,
+    ) -> common::Global {
+        if let Some(n) = self.threads
+            && let Err(e) = rayon::ThreadPoolBuilder::new()
+                .num_threads(n.max(1))
+                .build_global()
+        {
+            eprintln!("ckpt-diff: warning: could not set {n} threads: {e}");
+        }
+        common::Global {
+            quiet: self.quiet || watch.is_some(),
+            cancel,
+            cache: if self.no_cache {
+                ckpt_ops::cache::Cache::none()
+            } else {
+                ckpt_ops::cache::Cache::at(ckpt_read::sys::cache_dir())
+            },
+            out,
+            watch,
+        }
+    }
+}
+
+impl Outcome {
+    fn code(&self) -> u8 {
+        match self {
+            Outcome::Ok => 0,
+            Outcome::Findings => 1,
+            Outcome::Exit(code) => *code,
+        }
+    }
+}
+
+fn execute(command: Command, global: &common::Global) -> anyhow::Result<Outcome> {
+    match command {
+        Command::Sim(args) => sim::run(args, global),
+        Command::Inspect(args) => inspect::run(args, global),
+        Command::L2(args) => l2::run(args, global),
+        Command::Merge(args) => merge::run(args, global),
+        Command::Synth(args) => synth::run(args, global),
+        Command::Hash(args) => hash::run(args, global),
+        Command::Validate(args) => validate::run(args, global),
+        Command::Fix(args) => fix::run(args, global),
+        Command::Convert(args) => convert::run(args, global),
+        Command::Fit(args) => fit::run(args, global),
+        Command::Index(args) => index::run(args, global),
+        Command::Lineage(args) => lineage::run(args, global),
+        Command::Lora(args) => lora::run(args, global),
+    }
+}
+
+/// Whether `e` is the pass stopping on `cancel`.
+fn interrupted(e: &anyhow::Error, cancel: &ckpt_core::pass::Cancel) -> bool {
+    cancel.is_cancelled()
         || e.chain().any(|c| {
             matches!(
                 c.downcast_ref(),
                 Some(ckpt_core::pass::PassError::Interrupted)
             )
         })
-    {
+}
+
+fn report_error(e: &anyhow::Error, cancel: &ckpt_core::pass::Cancel) -> u8 {
+    if interrupted(e, cancel) {
         eprintln!("ckpt-diff: interrupted; nothing was written");
-        return ExitCode::from(130);
+        return 130;
     }
     if e.chain().any(|c| {
         c.downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     }) {
-        return ExitCode::SUCCESS;
+        return 0;
     }
     eprintln!(
         "ckpt-diff: error: {}",
@@ -176,7 +224,7 @@ fn report_error(e: &anyhow::Error, cancel: &ckpt_core::pass::Cancel) -> ExitCode
     if let Some(hint) = e.chain().find_map(hint) {
         eprintln!("ckpt-diff: hint: {hint}");
     }
-    ExitCode::from(2)
+    2
 }
 
 /// The output error `e` is or wraps (the operations' errors hold it transparently).

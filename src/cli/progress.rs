@@ -2,6 +2,8 @@
 //! a terminal or with `--quiet`.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ckpt_core::pass::Progress;
@@ -11,6 +13,30 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 /// when asked to be quiet.
 pub(crate) struct Bar {
     bar: ProgressBar,
+    /// Also told every step: a caller in the same process reads it (the Python module's
+    /// progress callback).
+    watch: Option<Arc<Watch>>,
+}
+
+/// The progress of the running command, read from another thread: what the current bar
+/// does, its total and how far it got (bytes, or items for a counting bar).
+#[derive(Debug, Default)]
+pub struct Watch {
+    what: Mutex<String>,
+    total: AtomicU64,
+    done: AtomicU64,
+}
+
+impl Watch {
+    /// The current bar's label, how far it got, and its total (0 before any bar starts).
+    pub fn read(&self) -> (String, u64, u64) {
+        let what = self.what.lock().map(|w| w.clone()).unwrap_or_default();
+        (
+            what,
+            self.done.load(Ordering::Relaxed),
+            self.total.load(Ordering::Relaxed),
+        )
+    }
 }
 
 impl Bar {
@@ -46,7 +72,20 @@ impl Bar {
         );
         bar.set_message(what.to_string());
         bar.enable_steady_tick(Duration::from_millis(200));
-        Bar { bar }
+        Bar { bar, watch: None }
+    }
+
+    /// This bar, also telling `watch` (if any) of every step.
+    pub(crate) fn watched(mut self, watch: Option<Arc<Watch>>) -> Bar {
+        if let Some(w) = &watch
+            && let Ok(mut what) = w.what.lock()
+        {
+            what.clone_from(&self.bar.message().to_string());
+            w.total.store(0, Ordering::Relaxed);
+            w.done.store(0, Ordering::Relaxed);
+        }
+        self.watch = watch;
+        self
     }
 }
 
@@ -54,10 +93,17 @@ impl Progress for Bar {
     fn start(&self, total: u64) {
         self.bar.set_length(total);
         self.bar.set_position(0);
+        if let Some(w) = &self.watch {
+            w.total.store(total, Ordering::Relaxed);
+            w.done.store(0, Ordering::Relaxed);
+        }
     }
 
     fn advance(&self, bytes: u64) {
         self.bar.inc(bytes);
+        if let Some(w) = &self.watch {
+            w.done.fetch_add(bytes, Ordering::Relaxed);
+        }
     }
 
     fn finish(&self) {

@@ -6,10 +6,9 @@ use anyhow::{Context, Result};
 
 use super::Outcome;
 use super::common::{
-    ArchArg, BlockSet, FormatArgs, Global, Model, choose_grouping, emit, open_all, parse_arch_arg,
+    ArchArg, BlockSet, FormatArgs, Global, Model, choose_grouping, open_all, parse_arch_arg,
     parse_block_set,
 };
-use super::progress::Bar;
 use crate::reports::sim::{Cosine, ModelLine};
 use ckpt_core::catalog::Layout;
 
@@ -85,7 +84,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         .collect();
     if let [Some(la), Some(lb)] = &loras[..] {
         let r = ckpt_ops::views::lora::similarity(&models[0].ckpt, la, &models[1].ckpt, lb);
-        emit(&crate::reports::lora::Similarity(&r), &args.format)?;
+        global.emit(&crate::reports::lora::Similarity(&r), &args.format)?;
         return Ok(Outcome::Ok);
     }
     if let Some(i) = loras.iter().position(Option::is_some) {
@@ -103,7 +102,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             &models[1 - i].ckpt,
             &base.ckpt,
         );
-        emit(&crate::reports::lora::Similarity(&r), &args.format)?;
+        global.emit(&crate::reports::lora::Similarity(&r), &args.format)?;
         return Ok(Outcome::Ok);
     }
     if args.base.is_some() {
@@ -117,7 +116,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         Layout::Known(_) => args.blocks.selector.rows(&grouping).context("--blocks")?,
     };
     let ckpts: Vec<&ckpt_read::Checkpoint> = models.iter().map(|m| &m.ckpt).collect();
-    let bar = Bar::new("reading", global.quiet);
+    let bar = global.bar("reading");
     let result = ckpt_ops::views::sim::measure(
         &ckpts,
         &grouping,
@@ -134,7 +133,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         arch: grouping.layout().arch(),
         report: &result,
     };
-    emit(&report, &args.format)?;
+    global.emit(&report, &args.format)?;
     if let Some(dir) = &args.report {
         crate::reports::sim::write_report(&lines, grouping.layout().arch(), &result, dir)?;
         if !global.quiet {
@@ -164,7 +163,7 @@ fn run_asim(args: &Args, global: &Global) -> Result<Outcome> {
     let blocks = asim::select(arch, &args.blocks.selector)
         .map_err(anyhow::Error::msg)
         .context("--blocks")?;
-    let bar = Bar::counting("asim", "blocks", global.quiet);
+    let bar = global.counting("asim", "blocks");
     ckpt_core::pass::progress::Progress::start(&bar, blocks.len() as u64);
     let rows = asim::asim(
         &models[0].ckpt,
@@ -177,7 +176,7 @@ fn run_asim(args: &Args, global: &Global) -> Result<Outcome> {
     )?;
     drop(bar);
     let lines: Vec<ModelLine> = models.iter().map(Model::line).collect();
-    emit(
+    global.emit(
         &crate::reports::asim::Asim {
             models: &lines,
             arch,

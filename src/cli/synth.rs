@@ -6,7 +6,6 @@ use anyhow::{Context, Result, bail};
 
 use super::Outcome;
 use super::common::{FloatArg, Global, floats, print};
-use super::progress::Bar;
 use ckpt_core::catalog::{Arch, Component};
 use ckpt_ops::synth::{self, KeyFilter, Layout, Synthetic, Variant, family};
 
@@ -203,7 +202,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             for &(s, size) in &delta {
                 model = model.plus_delta(s, synth::uniform(layout.arch, size));
             }
-            let bar = Bar::new("writing", global.quiet);
+            let bar = global.bar("writing");
             synth::write(&out, &layout, &model, &[], &bar, &global.cancel)?;
             drop(bar);
             if !global.quiet {
@@ -222,9 +221,8 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         } => {
             let seed = layout.seed;
             let layout = layout.layout()?;
-            let bar = |name: &str| -> Box<dyn ckpt_core::pass::Progress> {
-                Box::new(Bar::new(name, global.quiet))
-            };
+            let bar =
+                |name: &str| -> Box<dyn ckpt_core::pass::Progress> { Box::new(global.bar(name)) };
             let members =
                 family::write_family(&dir, &layout, seed, finetunes, size, &bar, &global.cancel)?;
             let json =

@@ -6,8 +6,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 
 use super::Outcome;
-use super::common::{FormatArgs, Global, Model, emit};
-use super::progress::Bar;
+use super::common::{FormatArgs, Global, Model};
 use super::rewrite::remedy;
 use crate::reports::validate::Validated;
 use ckpt_ops::views::validate::validate;
@@ -28,11 +27,11 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let mut results = Vec::new();
     for path in &args.files {
         let model = Model::open_unwarned(path)?;
-        let bar = Bar::new("checking", global.quiet);
+        let bar = global.bar("checking");
         let r = validate(&model.ckpt, &model.detection, &global.pass(&bar))?;
         drop(bar);
         if streamed {
-            emit(
+            global.emit(
                 &Validated {
                     reports: std::slice::from_ref(&r),
                     remedy: &remedy,
@@ -43,7 +42,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         results.push(r);
     }
     if !streamed {
-        emit(
+        global.emit(
             &Validated {
                 reports: &results,
                 remedy: &remedy,
