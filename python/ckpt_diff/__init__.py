@@ -144,13 +144,14 @@ def merge(
     missing: Optional[str] = None,
     force: bool = False,
     no_input_hashes: bool = False,
+    paths_from: Optional[PathArg] = None,
     progress: Progress = None,
 ) -> dict:
     """Merges checkpoints from a recipe in one streamed pass (``ckpt-diff merge --json``).
 
     ``recipe`` is a recipe file (``os.PathLike``, or a ``str`` without "=") whose relative
     paths are from its folder, or the recipe's text (a ``str`` with "="), whose relative
-    paths are from the current folder. ``out`` is the output (``.safetensors``, or ``.gguf``
+    paths are from ``paths_from`` (default: the current folder). ``out`` is the output (``.safetensors``, or ``.gguf``
     with ``quant``); the recipe's ``OUT`` line names what is written.
 
     Returns ``{"plan": ..., "merged": ...}``: the plan (what each component reads, by which
@@ -158,7 +159,9 @@ def merge(
     written. A plan that finds problems raises ``BadInputError`` before any data is read.
     """
     if isinstance(recipe, str) and "=" in recipe:
-        args = ["merge", "--text", recipe]
+        args = ["merge", "--text", recipe] + _opt("--paths-from", paths_from)
+    elif paths_from is not None:
+        raise BadInputError("paths_from= goes with a recipe given as text")
     else:
         args = ["merge", _arg(recipe)]
     if out is None and not dry_run:

@@ -22,6 +22,9 @@ pub(super) struct Args {
     /// current folder.
     #[arg(long, value_name = "RECIPE")]
     text: Option<String>,
+    /// With --text: the folder its relative paths are from (default: the current folder).
+    #[arg(long, value_name = "DIR", requires = "text")]
+    paths_from: Option<PathBuf>,
     #[command(flatten)]
     out: OutArgs,
 }
@@ -193,7 +196,10 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         }
         None if args.text.is_some() => (
             args.text.expect("checked"),
-            std::env::current_dir()?,
+            match args.paths_from {
+                Some(dir) => dir,
+                None => std::env::current_dir()?,
+            },
             args.out,
         ),
         None => {
