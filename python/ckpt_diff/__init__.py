@@ -47,12 +47,13 @@ Progress = Optional[Callable[[str, int, int], Any]]
 
 
 def run(*args: Union[str, PathArg], progress: Progress = None) -> list:
-    """Runs ``ckpt-diff ARGS... --json`` in this process and returns its documents (one per
-    command; ``merge`` gives its plan, then its summary), matrices as arrays.
+    """Runs ``ckpt-diff ARGS...`` in this process and returns the documents its ``--json``
+    prints (one per command; ``merge`` gives its plan, then its summary; none for commands
+    without a JSON result, such as ``index add``), matrices as arrays.
 
     >>> run("sim", "a.safetensors", "b.safetensors", "--blocks", "out")  # doctest: +SKIP
     """
-    docs, _code = _call([*map(_arg, args), "--json"], progress)
+    docs, _code = _call([*map(_arg, args)], progress)
     return docs
 
 
@@ -173,7 +174,7 @@ def merge(
     if out is None:
         # A dry run plans for an output name; nothing is written.
         args += ["-o", "dry-run.safetensors"]
-    docs, _code = _call(args + ["--json"], progress)
+    docs, _code = _call(args, progress)
     return {"plan": docs[0], "merged": docs[1] if len(docs) > 1 else None}
 
 
@@ -251,7 +252,7 @@ def _need(items: Sequence[Any], command: str) -> None:
 
 
 def _one(args: list, progress: Progress) -> Any:
-    docs, _code = _call(args + ["--json"], progress)
+    docs, _code = _call(args, progress)
     return docs[0]
 
 
