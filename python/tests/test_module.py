@@ -16,7 +16,7 @@ import pytest
 
 import ckpt_diff
 from ckpt_diff.errors import BadInputError, CkptDiffError, CkptIOError, RefusedFormatError
-from conftest import cli, cli_json
+from cli_oracle import cli, cli_json
 
 # Fields that differ from run to run (times, free disk, rates learned by the cache).
 VOLATILE = {"seconds", "free_bytes", "predicted_seconds", "rate"}
