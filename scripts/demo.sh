@@ -3,7 +3,7 @@
 # layout (a base, three fine-tunes, three merges; 1/8 of the real widths so it takes
 # seconds), and runs the analyses on them; then a Flux.1 family, merged to BF16 and to
 # scaled FP8; ComfyUI per-layer formats; a Q8_0 GGUF; the 2026 models (Qwen-Image, FLUX.2 klein,
-# a text encoder alone). Outputs go to demo/ (the checkpoints) and
+# a text encoder alone); the Python wheel and module. Outputs go to demo/ (the checkpoints) and
 # reports/demo/ (what the commands printed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -194,5 +194,26 @@ head += b" " * (-len(head) % 8)
 open(sys.argv[2], "wb").write(struct.pack("<Q", len(head)) + head + b[8 + n:])
 PY
 $bin inspect "$data/qwen3-4b.safetensors" | head -7 | tee -a "$out/models-2026.txt"
+
+step "Python: the wheel (pip install .), the same sim from the module, and the L2 map of the SD1 family drawn with matplotlib"
+if command -v python3 >/dev/null; then
+    venv=target/demo-venv
+    [ -x "$venv/bin/python" ] || python3 -m venv "$venv"
+    "$venv/bin/pip" install --quiet . matplotlib
+    "$venv/bin/python" - "$data/sd1" <<'PY' | tee "$out/python.txt"
+import sys
+import ckpt_diff
+d = sys.argv[1]
+r = ckpt_diff.sim(f"{d}/ft2.safetensors", f"{d}/mbw-ft1-ft2.safetensors", blocks="OUT09..OUT11")
+print({row["label"]: round(row["similarity"], 6) for row in r["rows"]})
+try:
+    ckpt_diff.inspect(f"{d}/no-such-model.safetensors")
+except ckpt_diff.CkptIOError as e:
+    print(type(e).__name__, e)
+PY
+    "$venv/bin/python" docs/examples/l2_map.py "$data/sd1" "$out/l2-map-python.png" | tee -a "$out/python.txt"
+else
+    echo "(no python3: skipped)"
+fi
 
 step "done: outputs in $out/ (reports: $out/l2/index.html, $out/clone-check/index.html, $out/lineage/index.html)"
