@@ -12,8 +12,8 @@
 //! Python's clock saw it, and peak anonymous memory (not mapped file pages), with the
 //! interpreter that only imports the module as the baseline of what the module adds.
 
-// Benchmarks report what they measure.
-#![allow(clippy::print_stdout, clippy::print_stderr)]
+// Benchmarks report what they measure; the shared helpers call libc.
+#![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 
