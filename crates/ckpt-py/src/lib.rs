@@ -85,7 +85,7 @@ fn wait<T: Send>(
             rx = back;
             match got {
                 Ok(value) => {
-                    tell(py, progress, watch, &mut told)?;
+                    tell(progress, watch, &mut told)?;
                     return Ok(value);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -97,7 +97,7 @@ fn wait<T: Send>(
             }
             if let Err(e) = py
                 .check_signals()
-                .and_then(|()| tell(py, progress, watch, &mut told))
+                .and_then(|()| tell(progress, watch, &mut told))
             {
                 cancel.cancel();
                 // The pass stops at its next tensor; its temporary files are removed.
@@ -110,7 +110,6 @@ fn wait<T: Send>(
 
 /// Calls `progress(what, done, total)` if the progress moved since it was last told.
 fn tell(
-    py: Python<'_>,
     progress: Option<&Bound<'_, PyAny>>,
     watch: &Watch,
     told: &mut Option<(String, u64, u64)>,
@@ -121,7 +120,6 @@ fn tell(
         return Ok(());
     }
     cb.call1((now.0.as_str(), now.1, now.2))?;
-    let _ = py;
     *told = Some(now);
     Ok(())
 }
