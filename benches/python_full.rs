@@ -23,7 +23,7 @@ use ckpt_read::dtype::FloatFormat;
 use common::*;
 
 /// Alternating runs of each side.
-const RUNS: usize = 5;
+const RUNS: usize = 9;
 
 fn main() {
     let Some(python) = std::env::var_os("CKPT_DIFF_BENCH_PYTHON").map(PathBuf::from) else {

@@ -264,15 +264,16 @@ def _call(args: list, progress: Progress) -> tuple:
 def _arrays(value: Any) -> Any:
     """``value`` with every matrix (a list of equally long lists of numbers, ``None`` for
     JSON's null) as a float64 NumPy array, when NumPy is installed."""
-    if _np is None:
-        return value
     if isinstance(value, dict):
         return {k: _arrays(v) for k, v in value.items()}
     if isinstance(value, list):
         if _is_matrix(value):
-            return _np.array(
-                [[_np.nan if x is None else x for x in row] for row in value],
-                dtype=_np.float64,
+            np = _numpy()
+            if np is None:
+                return value
+            return np.array(
+                [[np.nan if x is None else x for x in row] for row in value],
+                dtype=np.float64,
             )
         return [_arrays(v) for v in value]
     return value
@@ -289,7 +290,17 @@ def _is_matrix(value: list) -> bool:
     )
 
 
-try:
-    import numpy as _np
-except ImportError:  # pragma: no cover - exercised by the no-NumPy test
-    _np = None
+_NUMPY: Any = ...
+
+
+def _numpy() -> Any:
+    """NumPy, imported at the first matrix (a tenth of a second that a command without
+    matrices does not pay), or ``None`` when it is not installed."""
+    global _NUMPY
+    if _NUMPY is ...:
+        try:
+            import numpy
+        except ImportError:  # pragma: no cover - exercised by the no-NumPy test
+            numpy = None
+        _NUMPY = numpy
+    return _NUMPY

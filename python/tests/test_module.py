@@ -81,7 +81,7 @@ def test_l2_matrices_are_arrays_equal_to_the_cli(family):
 
 
 def test_without_numpy_matrices_are_lists(family, monkeypatch):
-    monkeypatch.setattr(ckpt_diff, "_np", None)
+    monkeypatch.setattr(ckpt_diff, "_numpy", lambda: None)
     base = family / "base.safetensors"
     r = ckpt_diff.l2(base, [family / "ft1.safetensors"])
     assert isinstance(r["from_base"], list) and isinstance(r["from_base"][0], list)

@@ -202,6 +202,9 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
             },
             args.out,
         ),
+        None if args.paths_from.is_some() => {
+            bail!("--paths-from goes with --text (a recipe file's paths are from its folder)")
+        }
         None => {
             let path = args
                 .recipe
