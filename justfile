@@ -76,7 +76,7 @@ bench-flux:
 # every GGUF type (~37 GB of disk at its peak, deleted at the end; writes
 # reports/bench/gguf-flux-dev.md).
 bench-gguf:
-    CKPT_DIFF_PYTHON=target/golden-venv/bin/python cargo bench --bench gguf_full
+    cargo bench --bench gguf_full
 
 # Delete the generated benchmark inputs (several GB).
 bench-clean:

@@ -6,17 +6,20 @@
 //! `GGUFReader` + `gguf.quants.dequantize` + numpy sums). gguf-py has no K-type quantizer:
 //! its Q4_K_M row is the `sim` side only. Then every type the writer makes, on the same
 //! model cut to one double and one single block at full width (`D00`, `S00` and every
-//! module outside the blocks: 0.53 B parameters): what each costs in bytes (full-size file
+//! module outside the blocks: 0.55 B parameters): what each costs in bytes (full-size file
 //! size from the writer's plan of the full model, bits per weight) and in similarity (per
 //! block cosine against the source).
 //!
-//!     CKPT_DIFF_PYTHON=target/golden-venv/bin/python cargo bench --bench gguf_full
+//!     cargo bench --bench gguf_full      # just bench-gguf
 //!
-//! ~1 h on 2 cores; ~37 GB of disk at its peak (the source and one output), every file deleted
-//! at the end (`CKPT_DIFF_BENCH_KEEP=1` keeps the sources). The peer runs when
-//! `CKPT_DIFF_PYTHON` (default `target/golden-venv/bin/python` if present) has gguf 0.19.0.
-//! `CKPT_DIFF_BENCH_ONLY=types` runs the per-type table alone, `full` the full-size runs
-//! alone. Writes reports/bench/gguf-flux-dev.md.
+//! The per-type table runs first (minutes), then the full-size runs. ~37 GB of disk at its
+//! peak (the source and one output); every file is deleted at the end
+//! (`CKPT_DIFF_BENCH_KEEP=1` keeps the sources). On a disk without room for the whole model
+//! and its Q8_0 with 8 GB to spare, the model is cut to half of its blocks at full width and
+//! the report says so (that run took 41 minutes on 2 shared cores). The peer runs when
+//! `CKPT_DIFF_PYTHON` (default `target/golden-venv/bin/python`) imports gguf 0.19.0, torch,
+//! safetensors and numpy. `CKPT_DIFF_BENCH_ONLY=types` runs the per-type table alone, `full`
+//! the full-size runs alone. Writes reports/bench/gguf-flux-dev.md.
 
 // Tests and benchmarks report what they measure, and signal the binary through libc.
 #![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]

@@ -12,8 +12,9 @@ its name does not contain `_norm.weight` or one of Flux's kept prefixes (lcpp.pa
 rows are whole blocks (else F16); the others are BF16 from a BF16 source, F32 when 1-D or at
 most 1024 elements. Values go through `gguf.quants.quantize`; the file is written with
 `gguf.GGUFWriter` tensor by tensor (header first, then `write_tensor_data`: one tensor in
-memory at a time), then fsync'd. gguf-py 0.19.0 quantizes F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0
-and Q5_1 only: it has no quantizer for the K types (`Q4_K` and the others only dequantize).
+memory at a time), then fsync'd. Of the types ckpt-diff writes, gguf-py 0.19.0 quantizes F16, BF16,
+Q8_0, Q4_0, Q4_1, Q5_0 and Q5_1: it has no quantizer for the K types (Q2_K..Q6_K only
+dequantize), so this peer cannot write Q4_K_M.
 
 `sim` reads the GGUF with `gguf.GGUFReader` (memory-mapped), decodes every tensor with
 `gguf.quants.dequantize` and sums a.a, a.b, b.b in float64 against the source per Flux block
