@@ -72,6 +72,12 @@ bench-peers:
 bench-flux:
     cargo bench --bench flux_full
 
+# convert --quant Q8_0/Q4_K_M and sim of a Flux.1 dev GGUF beside gguf-py, and the cost of
+# every GGUF type (~37 GB of disk at its peak, deleted at the end; writes
+# reports/bench/gguf-flux-dev.md).
+bench-gguf:
+    cargo bench --bench gguf_full
+
 # Delete the generated benchmark inputs (several GB).
 bench-clean:
     rm -rf target/bench-data

@@ -10,9 +10,7 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use ckpt_core::pass::NoProgress;
 use ckpt_ops::synth::{self, Layout, Synthetic};
@@ -59,34 +57,13 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
-/// One plain copy of `src` into `dst` (8 MiB reads and writes, then fsync): the floor for
-/// any conversion that writes the same bytes.
-fn plain_copy(src: &Path, dst: &Path) -> f64 {
-    use std::io::Read;
-    let t = Instant::now();
-    let mut r = std::fs::File::open(src).unwrap();
-    let mut w = std::fs::File::create(dst).unwrap();
-    let mut buf = vec![0u8; 8 << 20];
-    loop {
-        let n = r.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        w.write_all(&buf[..n]).unwrap();
-    }
-    w.sync_all().unwrap();
-    let secs = t.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(dst);
-    secs
-}
-
 fn main() {
     let (st, ckpt) = inputs();
     let size = std::fs::metadata(&ckpt).unwrap().len();
     let out = data_dir().join("convert-out.safetensors");
     let _ = std::fs::remove_file(&out);
     warm(&[&ckpt]);
-    let copy = plain_copy(&ckpt, &out);
+    let copy = plain_copy(&ckpt, &out, None);
     let exe = PathBuf::from(env!("CARGO_BIN_EXE_ckpt-diff"));
     let ours = run_measured(&exe, &["convert", s(&ckpt), "-o", s(&out), "-q", "-f"]);
     let out_size = std::fs::metadata(&out).unwrap().len();

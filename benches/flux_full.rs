@@ -31,25 +31,6 @@ fn bench_arch() -> String {
     std::env::var(ckpt_read::env::BENCH_ARCH.name).unwrap_or_else(|_| "flux".into())
 }
 
-fn diffuser(dtype: FloatFormat, name: &str, model: &Synthetic) -> PathBuf {
-    let id = bench_arch();
-    let path = data_dir().join(format!("{id}-{name}.safetensors"));
-    if !path.exists() {
-        let mut l = Layout::new(arch(&id), 1, dtype);
-        l.components = vec![Component::named("diffuser").unwrap()];
-        l.bare = true;
-        eprintln!("generating {} ...", path.display());
-        let t = std::time::Instant::now();
-        synth::write(&path, &l, model, &[], &NoProgress, &Default::default()).expect("synth");
-        eprintln!("  {:.0} s", t.elapsed().as_secs_f64());
-    }
-    path
-}
-
-fn free_bytes(dir: &Path) -> u64 {
-    ckpt_read::sys::free_space(dir).unwrap_or(0)
-}
-
 /// Bytes of `paths` resident in the page cache (mincore over a fresh map).
 fn cached_bytes(paths: &[&Path]) -> u64 {
     let page = 4096usize;
@@ -102,8 +83,8 @@ fn pair(rows: &mut Vec<Row>, dtype: FloatFormat, label: &str, out_dtype: &str, b
     }
     let base = Synthetic::base(arch(&id), 1);
     let ft = base.plus_delta(1001, synth::uniform(arch(&id), 0.1));
-    let a = diffuser(dtype, &format!("{label}-base"), &base);
-    let b = diffuser(dtype, &format!("{label}-ft"), &ft);
+    let a = diffuser(&id, dtype, &format!("{label}-base"), &base, None);
+    let b = diffuser(&id, dtype, &format!("{label}-ft"), &ft, None);
     let input = std::fs::metadata(&a).unwrap().len() + std::fs::metadata(&b).unwrap().len();
     let (sa, sb) = (a.to_str().unwrap(), b.to_str().unwrap());
     // A BF16 output beside its 47.6 GB of inputs may not fit this machine's disk: then FP8.

@@ -16,30 +16,18 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use ckpt_core::catalog::Component;
-use ckpt_core::pass::NoProgress;
-use ckpt_ops::synth::{self, Layout, Synthetic};
+use ckpt_ops::synth::Synthetic;
 use ckpt_read::dtype::FloatFormat;
 use common::*;
 
 fn bf16_diffuser() -> PathBuf {
-    let path = data_dir().join("flux-dev-bf16-base.safetensors");
-    if !path.exists() {
-        let mut l = Layout::new(arch("flux"), 1, FloatFormat::BF16);
-        l.components = vec![Component::named("diffuser").unwrap()];
-        l.bare = true;
-        eprintln!("generating {} ...", path.display());
-        synth::write(
-            &path,
-            &l,
-            &Synthetic::base(arch("flux"), 1),
-            &[],
-            &NoProgress,
-            &Default::default(),
-        )
-        .expect("synth");
-    }
-    path
+    diffuser(
+        "flux",
+        FloatFormat::BF16,
+        "dev-bf16-base",
+        &Synthetic::base(arch("flux"), 1),
+        None,
+    )
 }
 
 fn cosine(json: &str) -> f64 {

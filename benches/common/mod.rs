@@ -79,6 +79,36 @@ pub(crate) fn generated(
     path
 }
 
+/// A diffusion model alone as BFL ships it (bare keys, no text encoders or VAE) of the
+/// catalog's architecture `id`, generated from `model` in `dtype` (created once) as
+/// `<data dir>/<id>-<name>.safetensors`; with `keys`, only the keys that regular expression
+/// finds (a model with fewer blocks, at full width).
+pub(crate) fn diffuser(
+    id: &str,
+    dtype: FloatFormat,
+    name: &str,
+    model: &Synthetic,
+    keys: Option<&str>,
+) -> PathBuf {
+    let path = data_dir().join(format!("{id}-{name}.safetensors"));
+    if !path.exists() {
+        let mut l = Layout::new(arch(id), 1, dtype);
+        l.components = vec![ckpt_core::catalog::Component::named("diffuser").unwrap()];
+        l.bare = true;
+        l.keys = keys.map(|k| regex::Regex::new(k).expect("key filter").into());
+        eprintln!("generating {} ...", path.display());
+        let t = Instant::now();
+        synth::write(&path, &l, model, &[], &NoProgress, &Default::default()).expect("synth");
+        eprintln!("  {:.0} s", t.elapsed().as_secs_f64());
+    }
+    path
+}
+
+/// Free bytes on the file system of `dir` (0 when unknown).
+pub(crate) fn free_bytes(dir: &Path) -> u64 {
+    ckpt_read::sys::free_space(dir).unwrap_or(0)
+}
+
 /// `n` SDXL checkpoints at full size with no weight data (sparse files: a plan's memory
 /// bound for many inputs, without the disk), `dir/<name(i)>.safetensors`, created once.
 pub(crate) fn zero_models(dir: &Path, n: usize, name: impl Fn(usize) -> String) -> Vec<PathBuf> {
@@ -356,6 +386,31 @@ pub(crate) fn disk_write_rate_of(dir: &Path, bytes: u64) -> f64 {
     let secs = t.elapsed().as_secs_f64();
     let _ = std::fs::remove_file(&p);
     (n * buf.len() as u64) as f64 / secs / 1e9
+}
+
+/// One plain read of all of `src` (8 MiB reads) writing its first `write` bytes into `dst`
+/// (the whole file when `write` is `None`), then fsync, in seconds; `dst` is deleted. The
+/// floor for any conversion that reads `src` and writes that many bytes.
+pub(crate) fn plain_copy(src: &Path, dst: &Path, write: Option<u64>) -> f64 {
+    use std::io::{Read, Write};
+    let t = Instant::now();
+    let mut r = std::fs::File::open(src).unwrap();
+    let mut w = std::fs::File::create(dst).unwrap();
+    let mut left = write.unwrap_or(u64::MAX);
+    let mut buf = vec![0u8; 8 << 20];
+    loop {
+        let n = r.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        let m = (n as u64).min(left) as usize;
+        w.write_all(&buf[..m]).unwrap();
+        left -= m as u64;
+    }
+    w.sync_all().unwrap();
+    let secs = t.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(dst);
+    secs
 }
 
 /// One run of a program: wall time, peak RSS (the kernel's own count, `ru_maxrss`), peak

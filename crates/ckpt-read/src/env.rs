@@ -76,7 +76,8 @@ vars! {
         interrupted` and waits for Ctrl-C, so the interrupt test signals at a known point.";
     PYTHON = "CKPT_DIFF_PYTHON", Tests,
         "The Python interpreter of the oracle scripts in `tests/oracle/` (default `python3`; \
-        `.ci/run` sets its virtual environment).";
+        `.ci/run` sets its virtual environment), and of the peers of quant_full \
+        (comfy-kitchen) and gguf_full (gguf-py; default `target/golden-venv/bin/python`).";
     REQUIRE_PY_BLAKE3 = "CKPT_DIFF_REQUIRE_PY_BLAKE3", Tests,
         "Set: the hash tests fail, instead of skipping the BLAKE3 check, when the oracle's \
         Python lacks the `blake3` module (CI sets it).";
@@ -95,7 +96,7 @@ vars! {
         "Timed runs per measurement in `peers` (default 3).";
     BENCH_ONLY = "CKPT_DIFF_BENCH_ONLY", Benches,
         "Runs one part of a benchmark: `commands` (flux_full), `sd1`, `sdxl` or `bake` \
-        (lora_full).";
+        (lora_full), `types` or `full` (gguf_full).";
     BENCH_ARCH = "CKPT_DIFF_BENCH_ARCH", Benches,
         "The DiT flux_full runs on: `flux` (default) or another of the catalog's diffusion \
         transformers (`flux2-klein-9b`, `qwen-image`, `z-image`, ...).";
