@@ -22,7 +22,9 @@ CHART_FILE = "similarity.png"
 
 
 def chart_array(
-    report_dir: str, rows: Sequence[Tuple[str, Optional[float]]], title: str = "similarity per block"
+    report_dir: str,
+    rows: Sequence[Tuple[str, Optional[float]]],
+    title: str = "similarity per block",
 ) -> np.ndarray:
     """The chart of a ``sim`` report folder as a float32 array ``[1, H, W, 3]`` in 0..1:
     the report's PNG when it wrote one, else :func:`draw_rows` of ``rows``."""
@@ -38,14 +40,16 @@ def chart_array(
 
 
 def draw_rows(
-    rows: Sequence[Tuple[str, Optional[float]]], title: str = "similarity per block", width: int = 1024
+    rows: Sequence[Tuple[str, Optional[float]]],
+    title: str = "similarity per block",
+    width: int = 1024,
 ) -> np.ndarray:
     """A horizontal bar per row (label, similarity in [-1, 1]) on white, as a float32 array
     ``[H, W, 3]`` in 0..1. The axis runs from a little below the smallest value to 100 %
     (its ends are written under the title), so that small differences show."""
     from PIL import Image, ImageDraw
 
-    shown: List[Tuple[str, float]] = [(str(l), float(v)) for l, v in rows if v is not None]
+    shown: List[Tuple[str, float]] = [(str(label), float(v)) for label, v in rows if v is not None]
     line = 18
     height = (max(1, len(shown)) + 3) * line
     im = Image.new("RGB", (width, height), "white")

@@ -168,7 +168,8 @@ def inspect_text(doc: Mapping[str, Any]) -> str:
     lines = [
         f"file:          {doc.get('path')}",
         f"size:          {human_bytes(doc.get('file_bytes'))} ({doc.get('tensors')} tensors, "
-        f"{human_count(doc.get('params'))} parameters, header {human_bytes(doc.get('header_bytes'))})",
+        f"{human_count(doc.get('params'))} parameters, "
+        f"header {human_bytes(doc.get('header_bytes'))})",
         f"architecture:  {arch.get('summary', arch.get('label', 'unknown'))}",
     ]
     for variant in doc.get("variants", []):
@@ -202,9 +203,7 @@ def _inspect_lora_text(doc: Mapping[str, Any]) -> str:
     for key in ("ranks", "alphas"):
         pairs = _pairs(doc.get(key))
         if pairs:
-            lines.append(
-                f"{key[:-1]}: " + ", ".join(f"{_number(v)} ({int(n)})" for v, n in pairs)
-            )
+            lines.append(f"{key[:-1]}: " + ", ".join(f"{_number(v)} ({int(n)})" for v, n in pairs))
     return "\n".join(lines)
 
 

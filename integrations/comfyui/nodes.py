@@ -290,9 +290,7 @@ class InspectValidate:
     def IS_CHANGED(cls, ckpt_name: str, what: str, **_: Any) -> str:
         return _file_state("checkpoints", ckpt_name) + f"|{what}"
 
-    def inspect(
-        self, ckpt_name: str, what: str, unique_id: Optional[str] = None
-    ) -> Dict[str, Any]:
+    def inspect(self, ckpt_name: str, what: str, unique_id: Optional[str] = None) -> Dict[str, Any]:
         path = _checkpoint(ckpt_name)
         parts = []
         if what in ("inspect and validate", "inspect"):

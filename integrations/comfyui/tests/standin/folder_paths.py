@@ -22,7 +22,14 @@ import os
 from typing import Dict, List, Optional, Set, Tuple
 
 supported_pt_extensions: Set[str] = {
-    ".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft",
+    ".ckpt",
+    ".pt",
+    ".pt2",
+    ".bin",
+    ".pth",
+    ".safetensors",
+    ".pkl",
+    ".sft",
 }
 
 folder_names_and_paths: Dict[str, Tuple[List[str], Set[str]]] = {}
@@ -57,7 +64,9 @@ def map_legacy(folder_name: str) -> str:
     return {"unet": "diffusion_models", "clip": "text_encoders"}.get(folder_name, folder_name)
 
 
-def add_model_folder_path(folder_name: str, full_folder_path: str, is_default: bool = False) -> None:
+def add_model_folder_path(
+    folder_name: str, full_folder_path: str, is_default: bool = False
+) -> None:
     folder_name = map_legacy(folder_name)
     if folder_name not in folder_names_and_paths:
         folder_names_and_paths[folder_name] = ([full_folder_path], set())

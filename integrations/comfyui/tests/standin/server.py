@@ -19,7 +19,9 @@ class PromptServer:
         PromptServer.instance = self
         self.messages: List[Tuple[str, str]] = []
 
-    def send_progress_text(self, text: Union[bytes, bytearray, str], node_id: str, sid: Optional[str] = None) -> None:
+    def send_progress_text(
+        self, text: Union[bytes, bytearray, str], node_id: str, sid: Optional[str] = None
+    ) -> None:
         if isinstance(text, (bytes, bytearray)):
             text = bytes(text).decode("utf-8")
         self.messages.append((str(node_id), text))
