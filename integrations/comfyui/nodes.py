@@ -20,6 +20,7 @@ import tempfile
 from typing import Any, Dict, Optional, Tuple
 
 import ckpt_diff
+import comfy.model_management
 import folder_paths
 
 from . import chart, formatting
@@ -253,6 +254,8 @@ class RecipeMerge:
         for name, written, absolute in resolved.substituted:
             plan += f"\n{name} = {written}: found at {absolute}"
         show_text(plan, unique_id)
+        # A Cancel while the inputs were being checked stops here, before the pass.
+        comfy.model_management.throw_exception_if_processing_interrupted()
         with removing_on_interrupt(out):
             done = ckpt_diff.merge(
                 resolved.text, out, progress=comfy_progress(unique_id), **options

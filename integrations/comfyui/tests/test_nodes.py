@@ -230,6 +230,21 @@ def test_recipe_merge_interrupted_leaves_no_file(pkg: ModuleType, env: Comfy) ->
     assert not comfy.model_management.processing_interrupted()  # the check cleared it
 
 
+def test_cancel_while_the_plan_is_shown_stops_before_the_pass(
+    pkg: ModuleType, env: Comfy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def cancel_on_plan(text: str, node_id: Any) -> None:
+        env.events.append(("text", text))
+        comfy.model_management.interrupt_current_processing(True)
+
+    monkeypatch.setattr(env.server, "send_progress_text", cancel_on_plan)
+    node = pkg.NODE_CLASS_MAPPINGS["CkptDiffRecipeMerge"]()
+    with pytest.raises(comfy.model_management.InterruptProcessingException):
+        node.merge(RECIPE, "early.safetensors", "as first input", False, "4")
+    assert [e[0] for e in env.events] == ["text"]  # the plan, and no progress
+    assert env.files()["checkpoints"] == CKPTS
+
+
 def test_interrupt_at_the_last_update_still_leaves_no_file(pkg: ModuleType, env: Comfy) -> None:
     """A Cancel that lands on the final progress call (the output may be in place by
     then) removes the file the node wrote."""
