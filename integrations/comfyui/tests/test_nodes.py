@@ -21,10 +21,12 @@ import ckpt_diff
 import numpy as np
 import pytest
 
+# comfyui_env puts the stand-in ComfyUI on sys.path: it comes before the imports below.
+from comfyui_env import Comfy, ckpt_diff_command
+
 import comfy.model_management
 import comfy.utils
 import folder_paths
-from conftest import Comfy, ckpt_diff_command
 
 CKPTS = ["base.safetensors", "ft1.safetensors", "ft2.safetensors"]
 
