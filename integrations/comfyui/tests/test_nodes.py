@@ -212,22 +212,23 @@ def test_recipe_merge_with_dtype_and_overwrite(pkg: ModuleType, env: Comfy) -> N
 
 
 def test_recipe_merge_interrupted_leaves_no_file(pkg: ModuleType, env: Comfy) -> None:
-    """ComfyUI's Cancel during the pass: the stand-in's flag is set from the progress
-    hook (as the server's /interrupt route would set it mid-run); the node raises ComfyUI's
-    InterruptProcessingException and leaves neither the output nor a temporary file."""
+    """ComfyUI's Cancel during the pass: the stand-in's flag is set from the progress hook
+    at the first progress report (as the server's /interrupt route would set it mid-run);
+    the node raises ComfyUI's InterruptProcessingException and leaves neither the output
+    nor a temporary file. (On files this small an optimised build may report only the end
+    of the pass; a Cancel there is covered too, see the next tests.)"""
     calls = []
 
-    def cancel_midway(value: int, total: int, preview: Any, node_id: Any = None) -> None:
+    def cancel_at_first_report(value: int, total: int, preview: Any, node_id: Any = None) -> None:
         calls.append((value, total))
-        if value < total:
-            comfy.model_management.interrupt_current_processing(True)
+        comfy.model_management.interrupt_current_processing(True)
 
-    comfy.utils.set_progress_bar_global_hook(cancel_midway)
+    comfy.utils.set_progress_bar_global_hook(cancel_at_first_report)
     node = pkg.NODE_CLASS_MAPPINGS["CkptDiffRecipeMerge"]()
     before = env.files()
     with pytest.raises(comfy.model_management.InterruptProcessingException):
         node.merge(RECIPE, "cancelled.safetensors", "as first input", False, "3")
-    assert calls and calls[-1][0] < calls[-1][1]
+    assert len(calls) == 1  # the first report raised
     assert env.files() == before
     assert not comfy.model_management.processing_interrupted()  # the check cleared it
 
