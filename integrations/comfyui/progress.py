@@ -11,8 +11,8 @@ prompt as interrupted. (ComfyUI's own progress hook, main.py ``hijack_progress``
 same check when a bar moves; the explicit call here does not depend on the bar's
 throttling or on a hook being installed.)
 
-ckpt-diff reports the end of a phase (``done == total``) when the phase's work is done; for
-a merge that final call can come after the output is in place. :func:`removing_on_interrupt`
+A report can say ``done == total`` while a merge is still renaming its output into place,
+so an interrupt landing then may find the output complete. :func:`removing_on_interrupt`
 deletes an output the interrupted call created, so an interrupt always leaves no output.
 """
 

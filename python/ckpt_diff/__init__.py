@@ -261,33 +261,55 @@ def _call(args: list, progress: Progress) -> tuple:
     return [_arrays(d) for d in docs], code
 
 
-def _arrays(value: Any) -> Any:
-    """``value`` with every matrix (a list of equally long lists of numbers, ``None`` for
-    JSON's null) as a float64 NumPy array, when NumPy is installed."""
+# The fields that hold matrices (docs/output.md): l2's `from_base`, `relative`,
+# `row_delta_cosine` (one matrix per row) and each scope's `distance`, `delta_cosine` and
+# `mds.coords`; the LoRAs' `pairwise` distances; fit's `global_weights`. Other lists of
+# lists (a LoRA's `[rank, count]` pairs) stay lists.
+MATRICES = frozenset(
+    {"from_base", "relative", "row_delta_cosine", "distance", "delta_cosine", "coords",
+     "pairwise", "global_weights"}
+)
+
+
+def _arrays(value: Any, name: str = "") -> Any:
+    """``value`` with every matrix field (:data:`MATRICES`) as a float64 NumPy array, JSON's
+    null as nan, when NumPy is installed."""
     if isinstance(value, dict):
-        return {k: _arrays(v) for k, v in value.items()}
+        return {k: _arrays(v, k) for k, v in value.items()}
     if isinstance(value, list):
-        if _is_matrix(value):
+        if name in MATRICES and _rectangular(value):
             np = _numpy()
-            if np is None:
-                return value
-            return np.array(
-                [[np.nan if x is None else x for x in row] for row in value],
-                dtype=np.float64,
-            )
+            if np is not None:
+                return np.array(_nan(value), dtype=np.float64)
+            return value
         return [_arrays(v) for v in value]
     return value
 
 
-def _is_matrix(value: list) -> bool:
-    if not value or not all(isinstance(r, list) for r in value):
+def _rectangular(value: Any) -> bool:
+    """Whether ``value`` is a list of numbers (or nulls), or a list of equally shaped such
+    lists: what NumPy makes an array of."""
+    if not isinstance(value, list) or not value:
         return False
-    width = len(value[0])
-    return width > 0 and all(
-        len(r) == width
-        and all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in r)
-        for r in value
-    )
+    if all(isinstance(x, list) for x in value):
+        shape = _shape(value[0])
+        return shape is not None and all(_shape(x) == shape for x in value)
+    return all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
+               for x in value)
+
+
+def _shape(value: Any) -> Optional[tuple]:
+    if not _rectangular(value):
+        return None
+    if isinstance(value[0], list):
+        return (len(value), *(_shape(value[0]) or ()))
+    return (len(value),)
+
+
+def _nan(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_nan(x) for x in value]
+    return float("nan") if value is None else value
 
 
 _NUMPY: Any = ...

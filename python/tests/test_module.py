@@ -25,7 +25,9 @@ VOLATILE = {"seconds", "free_bytes", "predicted_seconds", "rate"}
 def plain(value):
     """``value`` with arrays as lists and the volatile fields left out, to compare."""
     if isinstance(value, np.ndarray):
-        return [[None if np.isnan(x) else x for x in row] for row in value.tolist()]
+        return plain(value.tolist())
+    if isinstance(value, float) and value != value:
+        return None  # nan: JSON's null
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items() if k not in VOLATILE}
     if isinstance(value, list):
@@ -78,6 +80,8 @@ def test_l2_matrices_are_arrays_equal_to_the_cli(family):
     assert r["scopes"][0]["distance"].shape == (4, 4)  # the base and three models
     # The matrix is the one the command printed, value for value.
     assert r["from_base"][1].tolist() == doc["from_base"][1]
+    assert r["row_delta_cosine"].shape == (len(doc["rows"]), 3, 3)
+    assert r["scopes"][0]["mds"]["coords"].shape == (4, 2)
 
 
 def test_without_numpy_matrices_are_lists(family, monkeypatch):
@@ -152,7 +156,11 @@ def test_lora_extract_equals_the_cli(family, tmp_path):
     same({**r, "output": None}, {**doc, "output": None})
     assert (tmp_path / "py" / "l.safetensors").read_bytes() == \
         (tmp_path / "cli" / "l.safetensors").read_bytes()
-    assert ckpt_diff.inspect(tmp_path / "py" / "l.safetensors")["command"] == "inspect-lora"
+    lora = ckpt_diff.inspect(tmp_path / "py" / "l.safetensors")
+    assert lora["command"] == "inspect-lora"
+    # Lists of [rank, count] pairs are not matrices: the counts stay integers.
+    assert isinstance(lora["ranks"], list) and lora["ranks"][0][1] == int(lora["ranks"][0][1])
+    assert isinstance(lora["ranks"][0][1], int)
 
 
 def test_lineage_equals_the_cli(family, tmp_path):
@@ -174,9 +182,9 @@ def test_progress_reaches_the_callback(big_pair):
     seen = []
     ckpt_diff.sim(*big_pair, progress=lambda what, done, total: seen.append((what, done, total)))
     assert seen, "the callback was never called"
-    what, done, total = seen[-1]
-    assert what == "reading" and done == total > 100_000_000
-    assert all(d <= t for _, d, t in seen)
+    # Reports while the pass reads (a 0.1 s pass of the 268 MB pair gives one or two).
+    assert all(what == "reading" and 0 < done <= total for what, done, total in seen)
+    assert seen[0][2] > 200_000_000
 
 
 # --- errors -----------------------------------------------------------------------------

@@ -22,6 +22,8 @@ pub(super) struct Global {
     pub out: Output,
     /// Where progress goes besides the bars (the Python module's callback).
     pub watch: Option<std::sync::Arc<super::progress::Watch>>,
+    /// The command line being run, the program first (reports say what made them).
+    pub argv: Vec<String>,
 }
 
 /// Where a command's results go.
@@ -90,6 +92,11 @@ impl Global {
             Output::Print => {}
             Output::Keep(docs) => docs.lock().expect("not poisoned").push(plan.document()),
         }
+    }
+
+    /// The command line being run, quoted so it can be pasted.
+    pub(super) fn command_line(&self) -> String {
+        crate::reports::html::command_line(&self.argv)
     }
 
     /// Whether results are kept as JSON (so a command builds its one JSON document).

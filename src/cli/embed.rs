@@ -69,13 +69,15 @@ pub fn call(
     cancel: &Cancel,
     watch: Option<Arc<Watch>>,
 ) -> Result<Returned, Failure> {
-    let argv = std::iter::once(OsString::from("ckpt-diff")).chain(args);
-    let cli = Cli::try_parse_from(argv).map_err(|e| Failure {
+    let argv: Vec<OsString> = std::iter::once(OsString::from("ckpt-diff"))
+        .chain(args)
+        .collect();
+    let cli = Cli::try_parse_from(&argv).map_err(|e| Failure {
         kind: FailureKind::BadInput,
         message: e.render().to_string().trim_end().to_string(),
         hint: None,
     })?;
-    let global = cli.global(cancel.clone(), Output::Keep(Mutex::default()), watch);
+    let global = cli.global(cancel.clone(), Output::Keep(Mutex::default()), watch, &argv);
     let outcome = super::execute(cli.command, &global);
     let documents = match global.out {
         Output::Keep(docs) => docs.into_inner().unwrap_or_else(|p| p.into_inner()),

@@ -80,7 +80,13 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         &args.format,
     )?;
     if let Some(dir) = &args.report {
-        crate::reports::l2::write_report(&report, dir, &base_line, args.log)?;
+        crate::reports::l2::write_report(
+            &report,
+            dir,
+            &base_line,
+            args.log,
+            &global.command_line(),
+        )?;
         if !global.quiet {
             eprintln!("report: {}", dir.join("index.html").display());
         }

@@ -89,7 +89,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     };
     global.emit(&doc, &args.format)?;
     if let Some(dir) = &args.report {
-        crate::reports::lineage::write_report(&doc, dir)?;
+        crate::reports::lineage::write_report(&doc, dir, &global.command_line())?;
         if !global.quiet {
             eprintln!("report: {}", dir.join("index.html").display());
         }

@@ -122,7 +122,8 @@ pub(crate) fn main_from(
     argv: impl IntoIterator<Item = std::ffi::OsString>,
     cancel: &ckpt_core::pass::Cancel,
 ) -> u8 {
-    let cli = match Cli::try_parse_from(argv) {
+    let argv: Vec<std::ffi::OsString> = argv.into_iter().collect();
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(cli) => cli,
         Err(e) => {
             // What `Cli::parse` does, returning instead of exiting: help and version on
@@ -131,7 +132,7 @@ pub(crate) fn main_from(
             return u8::try_from(e.exit_code()).unwrap_or(2);
         }
     };
-    let global = cli.global(cancel.clone(), common::Output::Print, None);
+    let global = cli.global(cancel.clone(), common::Output::Print, None, &argv);
     match execute(cli.command, &global) {
         Ok(outcome) => outcome.code(),
         Err(e) => report_error(&e, &global.cancel),
@@ -145,6 +146,7 @@ impl Cli {
         cancel: ckpt_core::pass::Cancel,
         out: common::Output,
         watch: Option<std::sync::Arc<progress::Watch>>,
+        argv: &[std::ffi::OsString],
     ) -> common::Global {
         if let Some(n) = self.threads
             && let Err(e) = rayon::ThreadPoolBuilder::new()
@@ -163,6 +165,10 @@ impl Cli {
             },
             out,
             watch,
+            argv: argv
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
         }
     }
 }

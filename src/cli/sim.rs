@@ -135,7 +135,13 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     };
     global.emit(&report, &args.format)?;
     if let Some(dir) = &args.report {
-        crate::reports::sim::write_report(&lines, grouping.layout().arch(), &result, dir)?;
+        crate::reports::sim::write_report(
+            &lines,
+            grouping.layout().arch(),
+            &result,
+            dir,
+            &global.command_line(),
+        )?;
         if !global.quiet {
             eprintln!("report: {}", dir.join("index.html").display());
         }

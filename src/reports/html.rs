@@ -38,14 +38,14 @@ pub(crate) fn escape(s: &str) -> String {
         .replace('\'', "&#39;")
 }
 
-/// The command line, quoted so it can be pasted.
-pub(crate) fn command_line() -> String {
-    std::env::args()
+/// A command line (`argv`, the program first), quoted so it can be pasted.
+pub(crate) fn command_line(argv: &[String]) -> String {
+    argv.iter()
         .map(|a| {
             if a.chars()
                 .all(|c| c.is_alphanumeric() || "-_./=:,".contains(c))
             {
-                a
+                a.clone()
             } else {
                 format!("'{}'", a.replace('\'', "'\\''"))
             }

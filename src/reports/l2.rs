@@ -232,6 +232,7 @@ pub(crate) fn write_report(
     dir: &Path,
     base_line: &str,
     log: bool,
+    command: &str,
 ) -> Result<(), ChartError> {
     std::fs::create_dir_all(dir).map_err(|e| ChartError {
         what: dir.display().to_string(),
@@ -371,7 +372,7 @@ pub(crate) fn write_report(
 
     let report = Page {
         title: "L2 distances from the base".into(),
-        command: super::html::command_line(),
+        command: command.to_string(),
         sections,
     };
     report.write(dir).map_err(|e| ChartError {

@@ -459,7 +459,11 @@ pub(crate) fn family_tree(d: &Document<'_>) -> String {
 
 /// The report folder: `index.html` with the family tree, the matches, the recipe, the
 /// nearest models and the verification; `summary.md` with the same tables.
-pub(crate) fn write_report(d: &Document<'_>, dir: &std::path::Path) -> std::io::Result<()> {
+pub(crate) fn write_report(
+    d: &Document<'_>,
+    dir: &std::path::Path,
+    command: &str,
+) -> std::io::Result<()> {
     use super::html::{Page, Part, Section};
     let r = d.report;
     let mut sections = vec![Section {
@@ -509,7 +513,7 @@ pub(crate) fn write_report(d: &Document<'_>, dir: &std::path::Path) -> std::io::
     }
     Page {
         title: format!("Lineage of {}", d.target),
-        command: super::html::command_line(),
+        command: command.to_string(),
         sections,
     }
     .write(dir)

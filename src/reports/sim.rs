@@ -210,6 +210,7 @@ pub(crate) fn write_report(
     arch: Option<Arch>,
     report: &SimReport,
     dir: &std::path::Path,
+    command: &str,
 ) -> Result<(), super::chart::ChartError> {
     use super::html::{Page, Part, Section};
     std::fs::create_dir_all(dir).map_err(|e| super::chart::ChartError {
@@ -243,7 +244,7 @@ pub(crate) fn write_report(
     }
     let r = Page {
         title: "Block similarity".into(),
-        command: super::html::command_line(),
+        command: command.to_string(),
         sections: vec![Section {
             heading: "Comparison".into(),
             parts,

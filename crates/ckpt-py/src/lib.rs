@@ -84,10 +84,9 @@ fn wait<T: Send>(
             let (got, back) = py.detach(move || (rx.recv_timeout(TICK), rx));
             rx = back;
             match got {
-                Ok(value) => {
-                    tell(progress, watch, &mut told)?;
-                    return Ok(value);
-                }
+                // No report after the command finished: an exception from it could no
+                // longer stop anything.
+                Ok(value) => return Ok(value),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(pyo3::exceptions::PyRuntimeError::new_err(
                         "ckpt-diff: the command's thread ended without a result",
