@@ -8,6 +8,10 @@ demo:
 test:
     cargo test --workspace --locked
 
+# The Python wheel and its tests: the module against the binary, the ComfyUI nodes.
+test-python:
+    scripts/test-python.sh
+
 # Format and lint as CI expects.
 lint:
     cargo fmt --all -- --check
