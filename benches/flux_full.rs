@@ -20,9 +20,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use ckpt_core::catalog::Component;
-use ckpt_core::pass::NoProgress;
-use ckpt_ops::synth::{self, Layout, Synthetic};
+use ckpt_ops::synth::{self, Synthetic};
 use ckpt_read::dtype::FloatFormat;
 use common::*;
 
@@ -174,23 +172,12 @@ fn total_memory() -> u64 {
 /// that must hold whatever the model's size.
 fn every_command() -> String {
     let sparse = |name: &str, seed: u64| {
-        let path = data_dir().join(format!("flux-dev-zeros-{name}.safetensors"));
-        if !path.exists() {
-            let mut l = Layout::new(arch("flux"), 1, FloatFormat::F8E4M3);
-            l.components = vec![Component::named("diffuser").unwrap()];
-            l.bare = true;
-            l.zero_data = true;
-            synth::write(
-                &path,
-                &l,
-                &Synthetic::base(arch("flux"), seed),
-                &[],
-                &NoProgress,
-                &Default::default(),
-            )
-            .expect("synth");
-        }
-        path
+        sparse_diffuser(
+            "flux",
+            FloatFormat::F8E4M3,
+            &format!("flux-dev-zeros-{name}"),
+            seed,
+        )
     };
     let (a, b) = (sparse("a", 1), sparse("b", 2));
     let out = data_dir().join("flux-zeros-out.safetensors");

@@ -29,10 +29,8 @@ mod common;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ckpt_core::catalog::Component;
-use ckpt_core::pass::NoProgress;
 use ckpt_ops::gguf::Quant;
-use ckpt_ops::synth::{self, Layout, Synthetic};
+use ckpt_ops::synth::Synthetic;
 use ckpt_read::dtype::FloatFormat;
 use common::*;
 
@@ -220,23 +218,7 @@ fn quants() -> Vec<Quant> {
 /// A full-size sparse twin of the source (real header, zero weights): the writer's plan of
 /// the full model for every type without the disk.
 fn sparse_full() -> PathBuf {
-    let path = data_dir().join("flux-dev-bf16-zeros.safetensors");
-    if !path.exists() {
-        let mut l = Layout::new(arch("flux"), 1, FloatFormat::BF16);
-        l.components = vec![Component::named("diffuser").unwrap()];
-        l.bare = true;
-        l.zero_data = true;
-        synth::write(
-            &path,
-            &l,
-            &Synthetic::base(arch("flux"), 1),
-            &[],
-            &NoProgress,
-            &Default::default(),
-        )
-        .expect("synth");
-    }
-    path
+    sparse_diffuser("flux", FloatFormat::BF16, "flux-dev-bf16-zeros", 1)
 }
 
 /// The full-size table: rows of `| run | time | GB | GB/s | limit | anon | RSS | cosine |`.
@@ -529,6 +511,16 @@ fn checked(md: &mut String, full: &[(Quant, Planned, u64, Sim)]) {
     }
 }
 
+/// The load averages over 1, 5 and 15 minutes, as /proc/loadavg gives them.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn main() {
     let only = std::env::var(ckpt_read::env::BENCH_ONLY.name).unwrap_or_default();
     let python = python();
@@ -537,12 +529,7 @@ fn main() {
         String::from("# GGUF: Flux.1 dev, `convert --quant` and `sim`, beside gguf-py\n\n");
     md.push_str(&format!(
         "`cargo bench --bench gguf_full`; load average at the start {}.\n\n",
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
+        load_average()
     ));
     // The per-type table first (minutes), then the full-size runs (most of an hour).
     let mut table = String::new();
@@ -559,15 +546,7 @@ fn main() {
     md.push_str(&full_md);
     md.push_str(&table);
     checked(&mut md, &full);
-    md.push_str(&format!(
-        "\nload average at the end {}.\n",
-        std::fs::read_to_string("/proc/loadavg")
-            .unwrap_or_default()
-            .split_whitespace()
-            .take(3)
-            .collect::<Vec<_>>()
-            .join(" ")
-    ));
+    md.push_str(&format!("\nload average at the end {}.\n", load_average()));
     println!("{md}");
     std::fs::write(&report, md).unwrap();
 }

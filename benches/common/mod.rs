@@ -92,9 +92,7 @@ pub(crate) fn diffuser(
 ) -> PathBuf {
     let path = data_dir().join(format!("{id}-{name}.safetensors"));
     if !path.exists() {
-        let mut l = Layout::new(arch(id), 1, dtype);
-        l.components = vec![ckpt_core::catalog::Component::named("diffuser").unwrap()];
-        l.bare = true;
+        let mut l = diffuser_layout(id, dtype);
         l.keys = keys.map(|k| regex::Regex::new(k).expect("key filter").into());
         eprintln!("generating {} ...", path.display());
         let t = Instant::now();
@@ -102,6 +100,28 @@ pub(crate) fn diffuser(
         eprintln!("  {:.0} s", t.elapsed().as_secs_f64());
     }
     path
+}
+
+/// A full-size diffusion model alone (as [`diffuser`]) whose weights are the zeros of a
+/// sparse file: the real header and sizes without the disk (created once) as
+/// `<data dir>/<name>.safetensors`.
+pub(crate) fn sparse_diffuser(id: &str, dtype: FloatFormat, name: &str, seed: u64) -> PathBuf {
+    let path = data_dir().join(format!("{name}.safetensors"));
+    if !path.exists() {
+        let mut l = diffuser_layout(id, dtype);
+        l.zero_data = true;
+        let model = Synthetic::base(arch(id), seed);
+        synth::write(&path, &l, &model, &[], &NoProgress, &Default::default()).expect("synth");
+    }
+    path
+}
+
+/// The layout of a diffusion model alone, BFL's bare keys.
+fn diffuser_layout(id: &str, dtype: FloatFormat) -> Layout {
+    let mut l = Layout::new(arch(id), 1, dtype);
+    l.components = vec![ckpt_core::catalog::Component::named("diffuser").unwrap()];
+    l.bare = true;
+    l
 }
 
 /// Free bytes on the file system of `dir` (0 when unknown).
