@@ -16,6 +16,7 @@ mod fit;
 mod formats;
 mod fp8;
 mod gguf;
+mod gguf_fit;
 mod gguf_quant;
 mod gguf_write;
 mod hash;
