@@ -60,6 +60,14 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
                     continue;
                 }
                 let e = fingerprint(p, global)?;
+                // Two files may share a name (`flux.safetensors` and `flux.gguf`): say so,
+                // since `--base` and `index rm` then need the path.
+                let namesakes: Vec<String> = index
+                    .entries()?
+                    .into_iter()
+                    .filter(|x| x.record.name == e.record.name && x.record.path != e.record.path)
+                    .map(|x| x.record.path)
+                    .collect();
                 index.add(&e)?;
                 out.push_str(&format!(
                     "added      {} ({}, {} rows)\n",
@@ -67,6 +75,13 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
                     ckpt_ops::index::Record::arch_name(e.record.arch),
                     e.fingerprint.rows.len()
                 ));
+                for other in namesakes {
+                    out.push_str(&format!(
+                        "  note: '{}' also names {other}; give `lineage --base` and \
+                         `index rm` a path to tell them apart\n",
+                        e.record.name
+                    ));
+                }
             }
             print(&crate::reports::sanitize(&out))?;
         }

@@ -131,6 +131,24 @@ pub fn stamp(path: &std::path::Path) -> Result<(u64, i64), EntryError> {
     Ok((bytes, latest))
 }
 
+/// The extensions the index leaves out of a model's name (any case): the single files a
+/// model is published as and named by their stem (`flux1-dev-Q8_0.gguf` is `flux1-dev-Q8_0`,
+/// as `flux1-dev.safetensors` is `flux1-dev`). Pickles keep theirs: a library often holds
+/// `model.ckpt` beside its `model.safetensors` conversion.
+const NAMELESS_EXTENSIONS: [&str; 2] = [".safetensors", ".gguf"];
+
+/// The name the index gives a model whose file (or folder) is called `file_name`.
+pub fn model_name(file_name: &str) -> &str {
+    for ext in NAMELESS_EXTENSIONS {
+        let cut = file_name.len().saturating_sub(ext.len());
+        if cut > 0 && file_name.is_char_boundary(cut) && file_name[cut..].eq_ignore_ascii_case(ext)
+        {
+            return &file_name[..cut];
+        }
+    }
+    file_name
+}
+
 /// What the index stores for the model `ckpt` opened from `path`: its file hashes,
 /// component hashes and fingerprint, in one read (the file hashes stream the mapped file on
 /// their own threads while the pass visits its tensors, so each page comes from the disk
@@ -168,10 +186,7 @@ pub fn index_entry(
     Ok(crate::index::NewEntry {
         record: crate::index::Record {
             path: absolute.display().to_string(),
-            name: ckpt
-                .display_name()
-                .trim_end_matches(".safetensors")
-                .to_string(),
+            name: model_name(&ckpt.display_name()).to_string(),
             bytes,
             mtime,
             sha256: hashes.as_ref().map(|h| h.sha256.clone()),
@@ -198,4 +213,21 @@ pub fn index_entry(
         toolkit_matches: comps.metric.matches.clone(),
         fingerprint,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::model_name;
+
+    #[test]
+    fn model_names_leave_out_safetensors_and_gguf_extensions() {
+        assert_eq!(model_name("ft1.safetensors"), "ft1");
+        assert_eq!(model_name("flux1-dev-Q8_0.gguf"), "flux1-dev-Q8_0");
+        assert_eq!(model_name("Model.GGUF"), "Model");
+        assert_eq!(model_name("a.safetensors.gguf"), "a.safetensors");
+        assert_eq!(model_name("v1-5.ckpt"), "v1-5.ckpt");
+        assert_eq!(model_name("diffusers-folder"), "diffusers-folder");
+        assert_eq!(model_name(".gguf"), ".gguf");
+        assert_eq!(model_name("é.gguf"), "é");
+    }
 }
