@@ -23,7 +23,6 @@ const SCALE: u32 = 32;
 /// written without `--quant` holds exactly their values: convert.py keeps F16 as F16).
 struct Family {
     dir: Dir,
-    arch: Arch,
     base: PathBuf,
     fts: Vec<PathBuf>,
     target: PathBuf,
@@ -69,7 +68,6 @@ fn family_with(alpha: &Profile) -> Family {
     let target_path = dir.model("target.safetensors", &lay, &target);
     Family {
         dir,
-        arch,
         base: base_path,
         fts: ft_paths,
         target: target_path,
@@ -298,4 +296,177 @@ fn test_gguf_fit_of_a_q8_0_target_moves_alphas_as_its_quantization_error_implies
     // far more than the fit's own precision (1e-7).
     assert!(moved >= 50, "only {moved} blocks moved");
     assert!(largest_shift > 1e-5, "largest shift {largest_shift}");
+}
+
+/// The lineage group of a Flux block (`D07` is `D`).
+fn lineage_group(block: &str) -> String {
+    match block.as_bytes() {
+        [b'D' | b'S', rest @ ..] if rest.iter().all(u8::is_ascii_digit) => block[..1].into(),
+        _ => block.into(),
+    }
+}
+
+/// `index add` takes GGUF files beside safetensors ones and names them without `.gguf`;
+/// `lineage` explains a GGUF merge by its planted parents and weights from the index alone
+/// (its F16 values are the merge's exactly, so the weights fall within the sketch's error
+/// bars as for safetensors) and `--verify` clones it; and a Q8_0 copy of an indexed model is
+/// found as that model, its weight off 1 by no more than its quantization error allows.
+#[test]
+fn test_gguf_index_and_lineage_find_the_sources() {
+    let arch = arch("flux");
+    let planted = [("IN", 0.25), ("D", 0.35), ("S", 0.65), ("OUT", 0.8)];
+    let alpha: Vec<f64> = arch
+        .merge_blocks()
+        .iter()
+        .map(|b| {
+            let g = lineage_group(&b.to_string());
+            planted.iter().find(|(p, _)| *p == g).map_or(0.0, |p| p.1)
+        })
+        .collect();
+    let fam = family_with(&block_profile(arch, &alpha));
+    let ix = fam.dir.path("ix.sqlite");
+    let (base, ft1, ft2) = (
+        fam.gguf(&fam.base, "base", None),
+        fam.gguf(&fam.fts[0], "ft1", None),
+        fam.gguf(&fam.fts[1], "ft2", None),
+    );
+    let added = run_ok(&[
+        "index",
+        "--index",
+        s(&ix),
+        "add",
+        s(&base),
+        s(&ft1),
+        s(&ft2),
+        s(&fam.fts[2]),
+        "-q",
+    ]);
+    assert_eq!(added.matches("added").count(), 4, "{added}");
+    let ls = run_json(&["index", "--index", s(&ix), "ls"]);
+    let listed: BTreeMap<&str, &str> = ls["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["name"].as_str().unwrap(),
+                m["container"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    let want: BTreeMap<&str, &str> = [
+        ("base", "gguf"),
+        ("ft1", "gguf"),
+        ("ft2", "gguf"),
+        ("ft3", "safetensors"),
+    ]
+    .into();
+    assert_eq!(listed, want, "{ls}");
+
+    // The merge, as an F16 GGUF: parents, weights and a clone, with --base by name.
+    let target = fam.gguf(&fam.target, "merge", None);
+    let v = run_json(&words(
+        "lineage {} --index {} --base base --verify -q",
+        &[s(&target), s(&ix)],
+    ));
+    assert_eq!(v["is_merge"], true, "{v}");
+    assert_eq!(v["base"], "base");
+    let mut parents: Vec<&str> = v["parents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    parents.sort();
+    assert_eq!(parents, ["ft1", "ft2"]);
+    for (group, a) in planted {
+        let g = find_row(&v["groups"], "group", &group);
+        for (name, want) in [("ft1", 1.0 - a), ("ft2", a)] {
+            let w = g["weights"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|w| w[0] == name)
+                .unwrap_or_else(|| panic!("{group}: no {name} in {g}"));
+            let (got, err) = (w[1].as_f64().unwrap(), w[2].as_f64().unwrap());
+            assert!(
+                (got - want).abs() <= err + 1e-6,
+                "{group} {name}: {got} ± {err} vs planted {want}"
+            );
+        }
+    }
+    assert!(
+        v["verified"]["lowest"].as_f64().unwrap() >= 0.9999,
+        "{}",
+        v["verified"]
+    );
+
+    // A Q8_0 copy of ft2 is ft2: one parent, weight 1 within |e| / |τ⊥| per group, where e is
+    // the copy's quantization error (gguf-py's Q8_0, written out above) and τ⊥ the part of
+    // ft2's change from the base orthogonal to ft2 (the larger of the least-squares bound
+    // |e|/|τ| and the cosine's).
+    let copy = fam.gguf(&fam.fts[1], "ft2-q8", Some("Q8_0"));
+    let v = run_json(&words(
+        "lineage {} --index {} --base base -q",
+        &[s(&copy), s(&ix)],
+    ));
+    assert_eq!(v["parents"], serde_json::json!(["ft2"]), "{v}");
+    let info = ckpt_read::Checkpoint::open(&copy).unwrap();
+    let q8: Vec<String> = info
+        .gguf()
+        .unwrap()
+        .tensors
+        .iter()
+        .filter(|t| t.ggml_type == ckpt_read::gguf::GgmlType::Q8_0)
+        .map(|t| format!("model.diffusion_model.{}", t.name))
+        .collect();
+    let (b, m) = (reference_map(&fam.base), reference_map(&fam.fts[1]));
+    // Per group: (|e|², |τ|², <τ,m>, |m|²).
+    let mut sums: BTreeMap<String, [f64; 4]> = BTreeMap::new();
+    for (key, t) in &m {
+        if !key.starts_with("model.diffusion_model.") {
+            continue;
+        }
+        let g = lineage_group(&reference_dit_block(key, true).unwrap());
+        let mv = t.values.as_ref().unwrap();
+        let bv = b[key].values.as_ref().unwrap();
+        let rt = q8.contains(key).then(|| q8_0_round_trip(&t.f32_values()));
+        let acc = sums.entry(g).or_default();
+        for i in 0..mv.len() {
+            let e = rt.as_ref().map_or(0.0, |r| r[i] as f64 - mv[i]);
+            let tau = mv[i] - bv[i];
+            acc[0] += e * e;
+            acc[1] += tau * tau;
+            acc[2] += tau * mv[i];
+            acc[3] += mv[i] * mv[i];
+        }
+    }
+    let mut quantized = 0;
+    for group in ["IN", "D", "S", "OUT"] {
+        let [ee, tt, tm, mm] = sums[group];
+        let perp2 = tt - tm * tm / mm;
+        let bound = ee.sqrt() / perp2.sqrt().min(tt.sqrt());
+        quantized += usize::from(ee > 0.0);
+        let g = find_row(&v["groups"], "group", &group);
+        let w = g["weights"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w[0] == "ft2")
+            .unwrap_or_else(|| panic!("{group}: no ft2 in {g}"));
+        let (got, err) = (w[1].as_f64().unwrap(), w[2].as_f64().unwrap());
+        assert!(
+            (got - 1.0).abs() <= bound + err + 1e-6,
+            "{group}: ft2 x {got} ± {err}, quantization allows {bound}"
+        );
+    }
+    assert_eq!(quantized, 2, "D and S hold the Q8_0 tensors");
+
+    // ft2.safetensors is named ft2 too: `index add` says which file already is.
+    let added = run_ok(&["index", "--index", s(&ix), "add", s(&fam.fts[1]), "-q"]);
+    let abs = std::path::absolute(&ft2).unwrap();
+    assert!(
+        added.contains(&format!("note: 'ft2' also names {}", abs.display())),
+        "{added}"
+    );
 }
