@@ -604,3 +604,81 @@ fn test_gguf_refusals() {
     let e = run_err(&["convert", s(&input), "-o", s(&out), "--quant", "Q8_0"]);
     assert!(e.contains("exists"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------
+// (f) Tensor names ggml-based loaders refuse.
+
+/// A denoiser tensor name of 128 bytes (ggml's `GGML_MAX_NAME` as stable-diffusion.cpp and
+/// city96's llama-quantize build it, NUL included) is refused by `convert` and `merge`, named
+/// with its length, with a hint naming `--allow-long-names`; one of 127 bytes passes. With the
+/// option the file is written, says so, and holds the name whole.
+#[test]
+fn test_gguf_long_tensor_names_refused_unless_allowed() {
+    let dir = Dir::new();
+    let input = synth(&dir, "in.safetensors", "sd1", 0, "f16", "unet");
+    let (ok, long) = ("a".repeat(127), "b".repeat(128));
+    let with_long = dir.path("long.safetensors");
+    rewrite(&input, &with_long, |tensors| {
+        for name in [&ok, &long] {
+            tensors.push(RawTensor {
+                name: format!("model.diffusion_model.{name}"),
+                dtype: "F16".into(),
+                shape: vec![4, 32],
+                data: vec![0x3c; 4 * 32 * 2],
+            });
+        }
+    });
+    let out = dir.path("out.gguf");
+    for args in [
+        vec!["convert", s(&with_long), "-o", s(&out), "--quant", "Q8_0"],
+        vec![
+            "merge",
+            "ws",
+            s(&with_long),
+            s(&with_long),
+            "--alpha",
+            "0.5",
+            "-o",
+            s(&out),
+        ],
+    ] {
+        let e = run_err(&args);
+        assert!(
+            e.contains("tensor names of 128 bytes or more")
+                && e.contains(&format!("'{long}' (128 bytes)")),
+            "{args:?}: {e}"
+        );
+        assert!(!e.contains(&ok), "127 bytes pass: {e}");
+        assert!(
+            e.contains("hint: ") && e.contains("--allow-long-names"),
+            "{e}"
+        );
+        assert!(!out.exists());
+    }
+    let report = run_ok(&[
+        "convert",
+        s(&with_long),
+        "-o",
+        s(&out),
+        "--quant",
+        "Q8_0",
+        "--allow-long-names",
+    ]);
+    assert!(
+        report.contains("WARNING: wrote tensor names of 128 bytes or more")
+            && report.contains(&long),
+        "{report}"
+    );
+    let c = Checkpoint::open(&out).unwrap();
+    let names: Vec<&str> = c
+        .gguf()
+        .unwrap()
+        .tensors
+        .iter()
+        .map(|t| t.name.as_str())
+        .collect();
+    assert!(names.contains(&long.as_str()) && names.contains(&ok.as_str()));
+    let st = dir.path("out.safetensors");
+    let e = run_err(&["convert", s(&with_long), "-o", s(&st), "--allow-long-names"]);
+    assert!(e.contains("is for GGUF outputs"), "{e}");
+}

@@ -32,6 +32,11 @@ pub(super) struct Args {
     /// mixes). A .gguf output without --quant is F16/BF16 as convert.py writes it.
     #[arg(long, value_name = "TYPE", value_parser = super::gguf::parse_quant)]
     quant: Option<ckpt_ops::gguf::Quant>,
+    /// Write GGUF tensor names of 128 bytes or more, which ComfyUI-GGUF reads but ggml-based
+    /// loaders (stable-diffusion.cpp, llama-quantize) refuse; without it they are refused,
+    /// as city96's convert.py refuses them.
+    #[arg(long)]
+    allow_long_names: bool,
     #[command(flatten)]
     rewrite: RewriteArgs,
     /// Replace outputs that exist.
@@ -87,7 +92,11 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
     let opts = args.rewrite.options(false, args.force);
     let mut ggufs = Vec::new();
     for output in &outputs {
-        ggufs.push(super::gguf::choice(output, args.quant)?);
+        ggufs.push(super::gguf::choice(
+            output,
+            args.quant,
+            args.allow_long_names,
+        )?);
     }
     let rewrites = opts.dtype.is_some()
         || opts.quant.is_some()
@@ -102,12 +111,12 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         let model = Model::open_for_rewrite(input, args.rewrite.keep_unmapped())?;
         args.rewrite.check_unmapped(&model.ckpt)?;
         let bar = global.bar(&model.name());
-        if let Some(quant) = gguf {
+        if let Some(gguf) = gguf {
             let r = ckpt_ops::gguf::convert(
                 &model.ckpt,
                 &model.detection,
                 output,
-                quant,
+                &gguf,
                 args.force,
                 &global.pass(&bar),
             )

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::{Result, bail};
 
-use ckpt_ops::gguf::Quant;
+use ckpt_ops::gguf::{GgufOptions, Quant};
 
 /// `--quant`'s value parser: a name [`Quant::parse`] takes, else the list of valid ones.
 pub(super) fn parse_quant(s: &str) -> Result<Quant, String> {
@@ -22,12 +22,16 @@ pub(super) fn is_gguf(path: &Path) -> bool {
         .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
 }
 
-/// The GGUF choice for `output`: `Some(None)` for a `.gguf` file without `--quant`
-/// (F16/BF16 as city96's convert.py writes), `Some(q)` with it; `None` for another file,
-/// where `--quant` is an error.
-pub(super) fn choice(output: &Path, quant: Option<Quant>) -> Result<Option<Option<Quant>>> {
+/// The GGUF choice for `output`: `Some` for a `.gguf` file (`quant` `None`: F16/BF16 as
+/// city96's convert.py writes); `None` for another file, where `--quant` and
+/// `--allow-long-names` are errors.
+pub(super) fn choice(
+    output: &Path,
+    quant: Option<Quant>,
+    long_names: bool,
+) -> Result<Option<GgufOptions>> {
     if is_gguf(output) {
-        return Ok(Some(quant));
+        return Ok(Some(GgufOptions { quant, long_names }));
     }
     if let Some(q) = quant {
         bail!(
@@ -36,6 +40,12 @@ pub(super) fn choice(output: &Path, quant: Option<Quant>) -> Result<Option<Optio
             q.name(),
             output.display(),
             q.name()
+        );
+    }
+    if long_names {
+        bail!(
+            "--allow-long-names is for GGUF outputs, and '{}' is not a .gguf file",
+            output.display()
         );
     }
     Ok(None)

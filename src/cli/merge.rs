@@ -65,6 +65,11 @@ struct OutArgs {
     /// without --quant is F16/BF16 as city96's convert.py writes it.
     #[arg(long, value_name = "TYPE", value_parser = super::gguf::parse_quant)]
     quant: Option<ckpt_ops::gguf::Quant>,
+    /// Write GGUF tensor names of 128 bytes or more, which ComfyUI-GGUF reads but ggml-based
+    /// loaders (stable-diffusion.cpp, llama-quantize) refuse; without it they are refused,
+    /// as city96's convert.py refuses them.
+    #[arg(long)]
+    allow_long_names: bool,
     /// Output float format: f16, bf16, f32, f64, f8_e4m3 or f8_e5m2 (values beyond the
     /// format saturate); scaled-fp8 (ComfyUI's older format: the denoiser's linear-layer
     /// weights in E4M3 with a fresh per-tensor scale); or one of ComfyUI's per-layer formats,
@@ -224,7 +229,7 @@ pub(super) fn run(args: Args, global: &Global) -> Result<Outcome> {
         .clone()
         .context("name the output file with -o OUT.safetensors")?;
     let mut options = out.options();
-    options.gguf = super::gguf::choice(&output, out.quant)?;
+    options.gguf = super::gguf::choice(&output, out.quant, out.allow_long_names)?;
     if options.gguf.is_some()
         && matches!(
             options.output,

@@ -257,6 +257,21 @@ fn write_error<'e>(
 
 /// What to do about an error, where the CLI knows: the library's errors are typed and name
 /// no option; the options are this layer's.
+/// The GGUF planning error `e` is or wraps (held transparently by the writers' errors).
+fn gguf_plan_error<'e>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e ckpt_ops::gguf::PlanError> {
+    use ckpt_ops::gguf::GgufWriteError;
+    if let Some(p) = e.downcast_ref() {
+        return Some(p);
+    }
+    match (e.downcast_ref(), e.downcast_ref()) {
+        (Some(GgufWriteError::Plan(p)), _)
+        | (_, Some(ckpt_ops::merge::MergeError::Gguf(GgufWriteError::Plan(p)))) => Some(p),
+        _ => None,
+    }
+}
+
 fn hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     if let Some(f) = e.downcast_ref::<ckpt_read::FileError>() {
         return f.kind.hint();
@@ -269,6 +284,12 @@ fn hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
     }
     if let Some(ckpt_ops::views::asim::AsimError::NoUnetAttention { .. }) = e.downcast_ref() {
         return Some("the weight cosine (`sim` without --metric asim) compares it block by block");
+    }
+    if let Some(ckpt_ops::gguf::PlanError::NamesTooLong { .. }) = gguf_plan_error(e) {
+        return Some(
+            "rename them, or pass --allow-long-names to write them anyway (ComfyUI-GGUF \
+             reads them; stable-diffusion.cpp and llama-quantize refuse the file)",
+        );
     }
     if let Some(ckpt_ops::index::IndexError::Schema { .. }) = e.downcast_ref() {
         return Some(

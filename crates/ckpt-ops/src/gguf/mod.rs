@@ -16,11 +16,11 @@
 //!
 //! ```no_run
 //! # use ckpt_core::pass::{NoProgress, Pass};
-//! # use ckpt_ops::gguf::{convert, Quant};
+//! # use ckpt_ops::gguf::{convert, GgufOptions, Quant};
 //! let ckpt = ckpt_read::Checkpoint::open("flux1-dev.safetensors").unwrap();
 //! let det = ckpt_core::catalog::detect(&ckpt);
-//! let quant = Quant::parse("Q4_K_M");
-//! convert(&ckpt, &det, "flux1-dev-Q4_K_M.gguf".as_ref(), quant, false, &Pass::new(&NoProgress)).unwrap();
+//! let options = GgufOptions { quant: Quant::parse("Q4_K_M"), long_names: false };
+//! convert(&ckpt, &det, "flux1-dev-Q4_K_M.gguf".as_ref(), &options, false, &Pass::new(&NoProgress)).unwrap();
 //! ```
 
 pub mod mix;
@@ -39,7 +39,7 @@ use ckpt_read::gguf::{GgmlType, Value};
 
 use crate::fix::FixReport;
 pub use mix::Quant;
-pub use plan::{GgufPlan, PlanError, SourceTensor};
+pub use plan::{GGML_MAX_NAME, GgufOptions, GgufPlan, PlanError, SourceTensor};
 
 /// Values converted and quantized at a time within an item (a multiple of 256, so of every
 /// block).
@@ -126,7 +126,7 @@ pub fn encode_item(
 pub fn plan_checkpoint<'c>(
     ckpt: &'c Checkpoint,
     det: &Detection,
-    quant: Option<Quant>,
+    options: &GgufOptions,
 ) -> Result<(Plan<'c>, GgufPlan), GgufWriteError> {
     let arch = det.arch().ok_or(GgufWriteError::UnknownArch)?;
     let pass_plan = Plan::new(vec![ckpt]);
@@ -143,7 +143,7 @@ pub fn plan_checkpoint<'c>(
             })
         })
         .collect();
-    let planned = plan::plan(arch, &sources, quant)?;
+    let planned = plan::plan(arch, &sources, options)?;
     Ok((pass_plan, planned))
 }
 
@@ -200,6 +200,14 @@ pub fn describe(planned: &GgufPlan, quant: Option<Quant>) -> Vec<String> {
             fell[..fell.len().min(3)].join(", ")
         ));
     }
+    if !planned.long_names.is_empty() {
+        lines.push(format!(
+            "WARNING: wrote tensor names of {GGML_MAX_NAME} bytes or more, which \
+             ComfyUI-GGUF reads but ggml-based loaders (stable-diffusion.cpp, llama-quantize) \
+             refuse: {}",
+            plan::list_names(&planned.long_names)
+        ));
+    }
     let reshaped = planned
         .tensors
         .iter()
@@ -213,18 +221,17 @@ pub fn describe(planned: &GgufPlan, quant: Option<Quant>) -> Vec<String> {
     lines
 }
 
-/// Converts `ckpt`'s denoiser to a GGUF file `out` with `quant` (`None`: F16/BF16 as
-/// convert.py chooses), in one pass.
+/// Converts `ckpt`'s denoiser to a GGUF file `out` as `options` say, in one pass.
 pub fn convert(
     ckpt: &Checkpoint,
     det: &Detection,
     out: &Path,
-    quant: Option<Quant>,
+    options: &GgufOptions,
     overwrite: bool,
     pass: &Pass<'_>,
 ) -> Result<FixReport, GgufWriteError> {
     ckpt_core::writer::refuse_existing(out, overwrite)?;
-    let (pass_plan, planned) = plan_checkpoint(ckpt, det, quant)?;
+    let (pass_plan, planned) = plan_checkpoint(ckpt, det, options)?;
     let extra = vec![(
         "ckpt_diff.converted_from".to_string(),
         Value::String(ckpt.provenance().id().to_string()),
@@ -255,7 +262,7 @@ pub fn convert(
     );
     Ok(FixReport {
         output: out.display().to_string(),
-        actions: describe(&planned, quant),
+        actions: describe(&planned, options.quant),
         unfixed: Vec::new(),
     })
 }

@@ -14,6 +14,8 @@
 //!   would abort on a legacy type, ckpt-diff writes F16 there too).
 //! * Not quantized: convert.py's type: BF16 from a BF16 source, else F16; F32 when the source
 //!   is F32 or BF16 and the tensor is 1-D or has at most 1024 elements.
+//! * Names of [`GGML_MAX_NAME`] bytes or more are refused ([`PlanError::NamesTooLong`]), as
+//!   convert.py refuses them, unless [`GgufOptions::long_names`] lets them through.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +25,26 @@ use ckpt_read::gguf::write::{TensorOut, orig_shape_kv};
 use ckpt_read::gguf::{GgmlType, Value};
 
 use super::mix::{FTYPE_BF16, FTYPE_F16, Group, Quant};
+
+/// ggml's limit on a tensor name, counting its terminating NUL, as the tools that load
+/// diffusion GGUFs with ggml build it: stable-diffusion.cpp (`-DGGML_MAX_NAME=128` in its
+/// CMakeLists.txt until 2026-07, 160 since; `ggml_extend.hpp` asserts at least 128) and
+/// llama-quantize with city96's `lcpp.patch` (64 raised to 128). ggml's `gguf.cpp` refuses a
+/// file holding a name of `GGML_MAX_NAME` bytes or more (`tensor name ... is too long`), and
+/// city96's `convert.py` refuses names over 127 characters (`MAX_TENSOR_NAME_LENGTH`). gguf-py
+/// and ComfyUI-GGUF, which reads with it, have no limit.
+pub const GGML_MAX_NAME: usize = 128;
+
+/// How a GGUF output is written: its `--quant` choice and whether names ggml-based loaders
+/// refuse may be written anyway.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GgufOptions {
+    /// `None`: F16/BF16 as convert.py chooses.
+    pub quant: Option<Quant>,
+    /// Write tensor names of [`GGML_MAX_NAME`] bytes or more (ComfyUI-GGUF reads them;
+    /// ggml-based loaders refuse the file).
+    pub long_names: bool,
+}
 
 /// One input tensor offered to the plan.
 #[derive(Clone, Debug)]
@@ -59,6 +81,9 @@ pub struct GgufPlan {
     pub not_float: Vec<String>,
     /// `general.architecture`.
     pub arch_name: &'static str,
+    /// Names of [`GGML_MAX_NAME`] bytes or more written (with [`GgufOptions::long_names`]),
+    /// with their lengths.
+    pub long_names: Vec<(String, usize)>,
 }
 
 /// Why a GGUF cannot be planned.
@@ -70,6 +95,28 @@ pub enum PlanError {
     NoDenoiser,
     #[error("tensor '{name}' has {dims} dimensions; GGUF holds at most 4")]
     TooManyDims { name: String, dims: usize },
+    #[error(
+        "tensor names of {GGML_MAX_NAME} bytes or more, which ggml-based loaders \
+         (stable-diffusion.cpp, llama-quantize with city96's patch) refuse, as city96's \
+         convert.py does: {}",
+        list_names(.names)
+    )]
+    NamesTooLong { names: Vec<(String, usize)> },
+}
+
+/// `'a' (130 bytes), 'b' (129 bytes) and 3 more`.
+pub fn list_names(names: &[(String, usize)]) -> String {
+    let shown: Vec<String> = names
+        .iter()
+        .take(3)
+        .map(|(n, len)| format!("'{n}' ({len} bytes)"))
+        .collect();
+    let more = names.len().saturating_sub(3);
+    if more > 0 {
+        format!("{} and {more} more", shown.join(", "))
+    } else {
+        shown.join(", ")
+    }
 }
 
 /// Elements a tensor needs for convert.py to consider it for F16/BF16 rather than F32
@@ -78,13 +125,13 @@ const F32_MAX_ELEMENTS: usize = 1024;
 const RESHAPE_MIN_ELEMENTS: usize = 512;
 const RESHAPE_ROW: usize = 256;
 
-/// Plans the GGUF file of `arch`'s denoiser among `sources` with `quant` (`None`: convert.py's
-/// F16/BF16 file).
+/// Plans the GGUF file of `arch`'s denoiser among `sources` as `options` say.
 pub fn plan(
     arch: Arch,
     sources: &[SourceTensor<'_>],
-    quant: Option<Quant>,
+    options: &GgufOptions,
 ) -> Result<GgufPlan, PlanError> {
+    let quant = options.quant;
     let rules = arch.gguf().ok_or(PlanError::NoGgufArch(arch.label()))?;
     let mut left_out = 0;
     let mut not_float = Vec::new();
@@ -100,6 +147,14 @@ pub fn plan(
         return Err(PlanError::NoDenoiser);
     }
     chosen.sort_by(|a, b| a.0.cmp(b.0));
+    let long_names: Vec<(String, usize)> = chosen
+        .iter()
+        .filter(|(name, _)| name.len() >= GGML_MAX_NAME)
+        .map(|(name, _)| (name.to_string(), name.len()))
+        .collect();
+    if !long_names.is_empty() && !options.long_names {
+        return Err(PlanError::NamesTooLong { names: long_names });
+    }
     let mut tensors = Vec::with_capacity(chosen.len());
     let mut orig_kvs = Vec::new();
     let mut i_v = 0;
@@ -163,6 +218,7 @@ pub fn plan(
         left_out,
         not_float,
         arch_name: rules.arch,
+        long_names,
     })
 }
 
@@ -265,8 +321,11 @@ mod tests {
             src("model.diffusion_model.out.0.bias", &[320], Dtype::F32),
             src("first_stage_model.decoder.conv_in.weight", &[4], Dtype::F32),
         ];
-        let q = Quant::parse("Q4_K_M");
-        let p = plan(arch("sdxl"), &sources, q).unwrap();
+        let q = GgufOptions {
+            quant: Quant::parse("Q4_K_M"),
+            long_names: false,
+        };
+        let p = plan(arch("sdxl"), &sources, &q).unwrap();
         assert_eq!(p.left_out, 1);
         assert_eq!(p.arch_name, "sdxl");
         let t = &p.tensors[1];
@@ -330,11 +389,56 @@ mod tests {
             .map(|(c, k)| src(k, c.1, Dtype::BF16))
             .collect();
         for (m, mix) in ["Q4_K_M", "Q3_K_M"].into_iter().enumerate() {
-            let p = plan(arch("flux"), &sources, Quant::parse(mix)).unwrap();
+            let q = GgufOptions {
+                quant: Quant::parse(mix),
+                long_names: false,
+            };
+            let p = plan(arch("flux"), &sources, &q).unwrap();
             for (name, _, want) in &cases {
                 let t = p.tensors.iter().find(|t| t.out.name == *name).unwrap();
                 assert_eq!(t.out.ggml_type, want[m], "{mix} {name}");
             }
         }
+    }
+
+    /// A name of 127 bytes passes; one of 128 is refused, named with its length, unless
+    /// long names are let through (then the plan lists it).
+    #[test]
+    fn names_of_ggml_max_name_bytes_are_refused() {
+        let ok = format!("model.diffusion_model.{}", "a".repeat(GGML_MAX_NAME - 1));
+        let long = format!("model.diffusion_model.{}", "b".repeat(GGML_MAX_NAME));
+        let shape = [4usize, 4];
+        let sources = [
+            src("model.diffusion_model.img_in.weight", &shape, Dtype::F16),
+            src(&ok, &shape, Dtype::F16),
+        ];
+        let mut opts = GgufOptions::default();
+        assert!(
+            plan(arch("flux"), &sources, &opts)
+                .unwrap()
+                .long_names
+                .is_empty()
+        );
+        let sources = [
+            sources[0].clone(),
+            sources[1].clone(),
+            src(&long, &shape, Dtype::F16),
+        ];
+        let err = plan(arch("flux"), &sources, &opts).unwrap_err();
+        let bs = "b".repeat(GGML_MAX_NAME);
+        assert_eq!(
+            err,
+            PlanError::NamesTooLong {
+                names: vec![(bs.clone(), GGML_MAX_NAME)]
+            }
+        );
+        assert!(
+            err.to_string().contains(&format!("'{bs}' (128 bytes)")),
+            "{err}"
+        );
+        opts.long_names = true;
+        let p = plan(arch("flux"), &sources, &opts).unwrap();
+        assert_eq!(p.long_names, vec![(bs.clone(), GGML_MAX_NAME)]);
+        assert!(p.tensors.iter().any(|t| t.out.name == bs));
     }
 }

@@ -85,10 +85,9 @@ pub struct Options {
     pub input_hashes: bool,
     /// Replace an existing output file.
     pub overwrite: bool,
-    /// Write GGUF, the denoiser only, as city96's tools do: `Some(None)` F16/BF16 as
-    /// convert.py chooses (from the dtype `output` gives each tensor), `Some(Some(q))`
-    /// quantized with `q`.
-    pub gguf: Option<Option<crate::gguf::Quant>>,
+    /// Write GGUF, the denoiser only, as city96's tools do (a `quant` of `None`: F16/BF16 as
+    /// convert.py chooses from the dtype `output` gives each tensor).
+    pub gguf: Option<crate::gguf::GgufOptions>,
 }
 
 impl Default for Options {
@@ -164,7 +163,7 @@ impl Planned<'_> {
     /// For a GGUF output: what it holds, in words (the denoiser-only note, the types).
     pub fn gguf_notes(&self) -> Vec<String> {
         self.gguf.as_ref().map_or_else(Vec::new, |g| {
-            crate::gguf::describe(g, self.options.gguf.flatten())
+            crate::gguf::describe(g, self.options.gguf.and_then(|o| o.quant))
         })
     }
 
@@ -288,7 +287,7 @@ pub fn plan<'i>(
     // GGUF: each output's dtype is the one convert.py would have seen.
     let gguf = match options.gguf {
         None => None,
-        Some(quant) => {
+        Some(gguf_options) => {
             let sources: Vec<crate::gguf::SourceTensor<'_>> = decisions
                 .outputs
                 .iter()
@@ -300,7 +299,7 @@ pub fn plan<'i>(
                     is_float: dtype::float_format(spec.dtype).is_some(),
                 })
                 .collect();
-            let g = crate::gguf::plan::plan(arch, &sources, quant)
+            let g = crate::gguf::plan::plan(arch, &sources, &gguf_options)
                 .map_err(crate::gguf::GgufWriteError::from)?;
             // Only what the file holds is merged, planned and shown.
             let written: std::collections::HashSet<&str> =
