@@ -682,3 +682,44 @@ fn test_gguf_long_tensor_names_refused_unless_allowed() {
     let e = run_err(&["convert", s(&with_long), "-o", s(&st), "--allow-long-names"]);
     assert!(e.contains("is for GGUF outputs"), "{e}");
 }
+
+// ---------------------------------------------------------------------------------------
+// (g) ComfyUI-GGUF's own loader (opt-in: its code is not on PyPI and not committed).
+
+/// With `CKPT_DIFF_COMFYUI_GGUF` naming a ComfyUI-GGUF checkout, `comfyui_gguf_check.py`
+/// writes Flux (Q4_K_M, Q8_0), SDXL (Q4_K_M, Q8_0, with city96's reshapes) and SD1 (Q5_K_M)
+/// GGUFs with this binary and loads them with ComfyUI-GGUF's `gguf_sd_loader`: every key
+/// ComfyUI gets from the source checkpoint with its shape, the ggml types, ComfyUI's model
+/// detection equal to the source's, and values from ComfyUI-GGUF's torch dequantizers equal to
+/// ckpt-diff's reading. Without the variable the test says it skipped.
+#[test]
+fn test_gguf_comfyui_gguf_loader_reads_what_is_written() {
+    let Some(checkout) = ckpt_read::env::COMFYUI_GGUF.get() else {
+        say_skipped("ComfyUI-GGUF's loader (set CKPT_DIFF_COMFYUI_GGUF to a checkout)");
+        return;
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let comfyui = ckpt_read::env::COMFYUI
+        .get()
+        .map_or_else(|| root.join("target/ComfyUI"), PathBuf::from);
+    let python = ckpt_read::env::COMFYUI_PYTHON
+        .get()
+        .map_or_else(|| root.join("target/cui-venv/bin/python"), PathBuf::from);
+    let out = std::process::Command::new(&python)
+        .arg(fixture("comfyui_gguf_check.py"))
+        .args(["--comfyui-gguf", &checkout])
+        .arg("--comfyui")
+        .arg(&comfyui)
+        .args(["--ckpt-diff", env!("CARGO_BIN_EXE_ckpt-diff")])
+        .env(ckpt_read::env::XDG_CACHE_HOME.name, test_cache())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(
+        out.status.success(),
+        "ComfyUI-GGUF's loader disagrees:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("5 of 5 cases pass"), "{stdout}");
+}

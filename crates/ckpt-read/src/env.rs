@@ -87,6 +87,16 @@ vars! {
     MECHA_PYTHON = "CKPT_DIFF_MECHA_PYTHON", Tests,
         "A Python with sd-mecha for the TIES tests to run live (`none`: use the committed \
         goldens only).";
+    COMFYUI_GGUF = "CKPT_DIFF_COMFYUI_GGUF", Tests,
+        "A ComfyUI-GGUF checkout (its .py files): the GGUF writer's test loads what it writes \
+        with ComfyUI-GGUF's own loader (`fixtures/gguf-write/comfyui_gguf_check.py`); unset, \
+        that test is skipped.";
+    COMFYUI = "CKPT_DIFF_COMFYUI", Tests,
+        "The ComfyUI checkout ComfyUI-GGUF imports `comfy` from, for that test (default \
+        `target/ComfyUI`).";
+    COMFYUI_PYTHON = "CKPT_DIFF_COMFYUI_PYTHON", Tests,
+        "The Python with torch, numpy, gguf and safetensors that runs that test's script \
+        (default `target/cui-venv/bin/python`).";
     BENCH_DIR = "CKPT_DIFF_BENCH_DIR", Benches,
         "Where full-size benchmark inputs are generated and kept between runs (default \
         `target/bench-data`).";
