@@ -1,9 +1,12 @@
-//! Kernel throughput in cache (GB/s of stored input), for every kernel level this CPU has.
+//! Kernel throughput in cache (GB/s of stored input), for every kernel level this CPU has;
+//! the GGUF dequantizers (GB/s of f32 written), and a memory-bandwidth reference.
 //!
 //!     cargo bench --bench kernels
+//!     cargo bench --bench kernels -- 'ggml|memory'   # the dequantizers and the reference
 //!
 //! The data (1 MiB per operand) stays in L2, so these are compute ceilings; the full-size
-//! benchmarks (`sim_full`) show what memory allows.
+//! benchmarks (`sim_full`) show what memory allows, and the `memory` group copies 256 MiB
+//! (far past the caches) for the machine's own bandwidth.
 
 // Tests and benchmarks report what they measure, and signal the binary through libc.
 #![allow(unsafe_code, clippy::print_stdout, clippy::print_stderr)]
@@ -58,9 +61,60 @@ fn bench(c: &mut Criterion) {
     }
 }
 
+/// Every quantized type a diffusion GGUF holds, decoded whole blocks at a time to f32 by
+/// `ckpt_read::gguf::dequantize` (what the pass calls per block): 256 Ki values, 1 MiB of
+/// f32 out, from blocks quantized by the crate's own quantizers (so every scale and code is
+/// one a real file holds).
+fn ggml_decode(c: &mut Criterion) {
+    use ckpt_read::gguf::{GgmlType, dequantize, quantize::quantize};
+    let n = 256 * 1024;
+    let values: Vec<f32> = (0..n)
+        .map(|i| ((((i as u64).wrapping_mul(7919) % 2001) as f32) - 1000.0) / 30_000.0)
+        .collect();
+    let mut g = c.benchmark_group("ggml dequantize to f32, 1 MiB out");
+    g.throughput(Throughput::Bytes(4 * n as u64));
+    let mut out = vec![0f32; n];
+    for ty in [
+        GgmlType::Q8_0,
+        GgmlType::Q5_1,
+        GgmlType::Q5_0,
+        GgmlType::Q4_1,
+        GgmlType::Q4_0,
+        GgmlType::Q6K,
+        GgmlType::Q5K,
+        GgmlType::Q4K,
+        GgmlType::Q3K,
+        GgmlType::Q2K,
+        GgmlType::Iq4Nl,
+        GgmlType::Iq4Xs,
+    ] {
+        let mut blocks = vec![0u8; ty.bytes_for(n).expect("whole blocks")];
+        quantize(ty, &values, &mut blocks).expect("whole blocks");
+        g.bench_function(ty.name(), |bench| {
+            bench.iter(|| dequantize(ty, &blocks, &mut out))
+        });
+    }
+    g.finish();
+}
+
+/// The machine's memory bandwidth as the decoders see it: one 256 MiB copy (read and write
+/// past every cache), GB/s of bytes written.
+fn memory(c: &mut Criterion) {
+    let n = 256 << 20;
+    let src = vec![1u8; n];
+    let mut dst = vec![0u8; n];
+    let mut g = c.benchmark_group("memory, 256 MiB");
+    g.throughput(Throughput::Bytes(n as u64));
+    g.sample_size(10);
+    g.bench_function("copy (memcpy)", |bench| {
+        bench.iter(|| dst.copy_from_slice(&src))
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().sample_size(20).warm_up_time(std::time::Duration::from_millis(300)).measurement_time(std::time::Duration::from_secs(1));
-    targets = bench
+    targets = bench, ggml_decode, memory
 }
 criterion_main!(benches);
