@@ -261,6 +261,9 @@ pub struct Checkpoint {
     scaled_fp8: Option<quant::ScaledFp8>,
     /// ComfyUI's per-layer quantization taken out of the tensors, if the file has it.
     comfy: Option<comfy::ComfyQuant>,
+    /// The tensors' names as the layer above reads them, derived once
+    /// ([`Checkpoint::derived_names`]).
+    derived_names: std::sync::OnceLock<Vec<String>>,
 }
 
 impl std::fmt::Debug for Checkpoint {
@@ -365,6 +368,28 @@ impl Checkpoint {
             index,
             scaled_fp8,
             comfy,
+            derived_names: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Each tensor's name as a layer above reads it, in tensor order: computed by `derive`
+    /// on the first call and kept with the checkpoint, so that every caller of one opened
+    /// file shares one computation. The reader knows no model: the names are ckpt-core's
+    /// canonical keys (`ckpt_core::catalog::keys_of`, the one caller, which detection, key
+    /// checks, the pass's plan and `inspect` all go through). A checkpoint's tensors never
+    /// change once opened, so the names never go stale; later calls ignore `derive`.
+    ///
+    /// # Panics
+    /// When `derive` does not return one name per tensor.
+    pub fn derived_names(&self, derive: impl FnOnce(&[TensorEntry]) -> Vec<String>) -> &[String] {
+        self.derived_names.get_or_init(|| {
+            let names = derive(&self.layout.tensors);
+            assert_eq!(
+                names.len(),
+                self.layout.tensors.len(),
+                "one derived name per tensor"
+            );
+            names
         })
     }
 
@@ -571,6 +596,29 @@ mod tests {
         let c = Checkpoint::open(&p).unwrap();
         let t = c.get("a").unwrap();
         assert_eq!(c.data(t), &[0, 60, 0, 64]);
+    }
+
+    #[test]
+    fn derived_names_are_computed_once_per_checkpoint() {
+        let h = r#"{"b":{"dtype":"F16","shape":[1],"data_offsets":[0,2]},"a":{"dtype":"F16","shape":[1],"data_offsets":[2,4]}}"#;
+        let (_d, p) = write(&file_with_header(h, &[0; 4]), "safetensors");
+        let c = Checkpoint::open(&p).unwrap();
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let derive = |t: &[TensorEntry]| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            t.iter().map(|t| format!("x.{}", t.name)).collect()
+        };
+        let first = c.derived_names(derive);
+        assert_eq!(first, ["x.b", "x.a"], "in tensor order");
+        let again = c.derived_names(|_| unreachable!("kept from the first call"));
+        assert!(std::ptr::eq(first, again));
+        assert_eq!(calls.into_inner(), 1);
+        // Another opening of the same file derives its own.
+        let other = Checkpoint::open(&p).unwrap();
+        assert_eq!(
+            other.derived_names(|t| vec![String::new(); t.len()]),
+            ["", ""]
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use super::data::{self, Role};
-use super::{Arch, Component, Layout, canonical_key, canonical_keys, component_of, is_ema};
+use super::{Arch, Component, Layout, canonical_key, component_of, is_ema, keys_of};
 use ckpt_read::Checkpoint;
 
 /// Scales tried for scaled-down test checkpoints (1 = real size).
@@ -228,9 +228,9 @@ pub fn detect(ckpt: &Checkpoint) -> Detection {
     let keys: Vec<(String, &[usize])> = ckpt
         .tensors()
         .iter()
-        .zip(canonical_keys(ckpt.tensors()))
+        .zip(keys_of(ckpt))
         .filter(|(t, _)| !is_ema(&t.name))
-        .map(|(t, key)| (key.into_owned(), t.shape.as_slice()))
+        .map(|(t, key)| (key.clone(), t.shape.as_slice()))
         .collect();
     let considered = keys.len();
 
@@ -447,12 +447,12 @@ pub fn shape_matches(name: &str, expected: &[usize], actual: &[usize], scale: u3
 fn variants(ckpt: &Checkpoint, arch: Arch, scale: u32) -> Vec<Variant> {
     let table = data::table(arch);
     let mut out = Vec::new();
-    let canonical = canonical_keys(ckpt.tensors());
-    let names: HashSet<String> = canonical.iter().map(|k| k.to_string()).collect();
+    let canonical = keys_of(ckpt);
+    let names: HashSet<String> = canonical.iter().cloned().collect();
     let stored = |key: &str| {
         ckpt.tensors()
             .iter()
-            .zip(&canonical)
+            .zip(canonical)
             .find(|(_, k)| *k == key)
             .map(|(t, _)| t)
     };

@@ -10,8 +10,8 @@ use std::collections::{BTreeSet, HashSet};
 
 use super::data::{self, Role};
 use super::detect::{scaled_shape, shape_matches};
-use super::{Arch, Component, canonical_keys, component_of};
-use ckpt_read::TensorEntry;
+use super::{Arch, Component, canonical_keys, component_of, keys_of};
+use ckpt_read::{Checkpoint, TensorEntry};
 
 /// The prefix of EMA copies in LDM/SGM checkpoints (`model_ema.diffusion_model...`).
 pub const EMA_PREFIX: &str = "model_ema.";
@@ -65,22 +65,37 @@ pub struct KeyCheck {
 }
 
 impl KeyCheck {
+    /// Classifies an opened checkpoint's tensors against `arch` at `scale`, by the canonical
+    /// keys kept with it ([`keys_of`]).
+    pub fn of(ckpt: &Checkpoint, arch: Arch, scale: u32) -> KeyCheck {
+        Self::with_keys(ckpt.tensors(), keys_of(ckpt), arch, scale)
+    }
+
     /// Classifies `tensors` (in file order) against `arch` at `scale`.
     pub fn new(tensors: &[TensorEntry], arch: Arch, scale: u32) -> KeyCheck {
+        let keys: Vec<String> = canonical_keys(tensors)
+            .into_iter()
+            .map(|k| k.into_owned())
+            .collect();
+        Self::with_keys(tensors, &keys, arch, scale)
+    }
+
+    /// Classifies `tensors` whose canonical keys are `keys`.
+    fn with_keys(tensors: &[TensorEntry], keys: &[String], arch: Arch, scale: u32) -> KeyCheck {
         let table = data::table(arch);
         let mut c = KeyCheck::default();
         let mut names = HashSet::new();
-        for (t, key) in tensors.iter().zip(canonical_keys(tensors)) {
-            c.present.insert(component_of(&key));
-            if key != t.name.as_str() {
+        for (t, key) in tensors.iter().zip(keys) {
+            c.present.insert(component_of(key));
+            if key != &t.name {
                 c.old_names.push(t.name.clone());
             }
-            match role(arch, &key) {
+            match role(arch, key) {
                 Some(Role::Ema) => c.ema.push(t.name.clone()),
                 Some(Role::Scheduler) => c.scheduler.push(t.name.clone()),
                 None => c.unknown.push(t.name.clone()),
                 Some(_) => {
-                    let k = table.get(&key).expect("listed");
+                    let k = table.get(key).expect("listed");
                     if !shape_matches(&k.name, &k.shape, &t.shape, scale) {
                         c.wrong_shape.push(WrongShape {
                             name: t.name.clone(),
@@ -91,7 +106,7 @@ impl KeyCheck {
                     }
                 }
             }
-            names.insert(key.into_owned());
+            names.insert(key.clone());
         }
         c.absent_components = arch
             .components()

@@ -377,6 +377,19 @@ pub fn canonical_keys(tensors: &[ckpt_read::TensorEntry]) -> Vec<Cow<'_, str>> {
         .collect()
 }
 
+/// [`canonical_keys`] of an opened checkpoint's tensors, computed once per checkpoint and
+/// kept with it ([`ckpt_read::Checkpoint::derived_names`]): detection, [`KeyCheck::of`], the
+/// pass's [`crate::pass::Plan`] and `inspect` each ask for them, and [`canonical_keys`] tries
+/// every layout at every scale for a file holding a text encoder alone.
+pub fn keys_of(ckpt: &ckpt_read::Checkpoint) -> &[String] {
+    ckpt.derived_names(|tensors| {
+        canonical_keys(tensors)
+            .into_iter()
+            .map(Cow::into_owned)
+            .collect()
+    })
+}
+
 /// The shared-name component a file holds alone (see [`canonical_keys`]).
 fn standalone(tensors: &[ckpt_read::TensorEntry]) -> Option<&'static registry::ByShape> {
     let r = registry();

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use thiserror::Error;
 
-use crate::catalog::canonical_keys;
+use crate::catalog::keys_of;
 use ckpt_read::comfy::Sides;
 use ckpt_read::dtype::{self, FloatFormat, ValueKind};
 use ckpt_read::{Checkpoint, Dtype, Encoding, TensorEntry};
@@ -113,9 +113,9 @@ impl<'m> Plan<'m> {
         let mut entries: Vec<Entry> = Vec::new();
         let mut shadowed = Vec::new();
         for (m, ckpt) in models.iter().enumerate() {
-            let keys = canonical_keys(ckpt.tensors());
+            let keys = keys_of(ckpt);
             for ((t, tensor), key) in ckpt.tensors().iter().enumerate().zip(keys) {
-                let key = key.into_owned();
+                let key = key.clone();
                 let e = *index.entry(key.clone()).or_insert_with(|| {
                     entries.push(Entry {
                         key,

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use ckpt_core::catalog::detect::Detection;
-use ckpt_core::catalog::{Component, Grouping, KeyCheck, canonical_keys, component_of};
+use ckpt_core::catalog::{Component, Grouping, KeyCheck, component_of, keys_of};
 use ckpt_read::{Checkpoint, dtype};
 
 #[derive(Clone, Debug, Serialize)]
@@ -179,8 +179,8 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
     let arch = det.arch();
     let quant = ckpt.comfy_quant();
     let layer = |name: &str| quant.and_then(|q| q.layers.iter().find(|l| l.weight == name));
-    for (t, key) in ckpt.tensors().iter().zip(canonical_keys(ckpt.tensors())) {
-        let c = component_of(&key);
+    for (t, key) in ckpt.tensors().iter().zip(keys_of(ckpt)) {
+        let c = component_of(key);
         let numel = t.numel() as u64;
         // A quantized layer counts its codes and scales, under its format's name.
         let (bytes, d) = match layer(&t.name) {
@@ -224,7 +224,7 @@ pub fn inspect(ckpt: &Checkpoint, det: &Detection) -> InspectReport {
 
     let (unknown_keys, missing_keys, shape_mismatches) = match arch {
         Some(a) => {
-            let keys = KeyCheck::new(ckpt.tensors(), a, det.scale);
+            let keys = KeyCheck::of(ckpt, a, det.scale);
             let shapes = keys
                 .wrong_shape
                 .into_iter()
@@ -433,10 +433,10 @@ fn bits(bytes: u64, params: u64) -> f64 {
 
 /// The GGUF part of the report: the container, and bits per weight by report row.
 fn gguf_report(ckpt: &Checkpoint, det: &Detection, g: &ckpt_read::gguf::GgufInfo) -> GgufReport {
-    let keys = canonical_keys(ckpt.tensors());
+    let keys = keys_of(ckpt);
     let grouping = match det.arch() {
         Some(a) => Grouping::for_arch(a),
-        None => Grouping::generic(keys.iter().map(|k| k.as_ref())),
+        None => Grouping::generic(keys.iter().map(String::as_str)),
     };
     let mut rows: Vec<BitsRow> = grouping
         .groups()
@@ -451,7 +451,7 @@ fn gguf_report(ckpt: &Checkpoint, det: &Detection, g: &ckpt_read::gguf::GgufInfo
         })
         .collect();
     let mut types = BTreeMap::new();
-    for (t, key) in ckpt.tensors().iter().zip(&keys) {
+    for (t, key) in ckpt.tensors().iter().zip(keys) {
         let r = &mut rows[grouping.group_of(key)];
         r.tensors += 1;
         r.params += t.numel() as u64;

@@ -523,7 +523,7 @@ pub fn validate_header(ckpt: &Checkpoint, det: &Detection) -> ValidateReport {
             ),
         )),
         Layout::Known(arch) => {
-            let keys = KeyCheck::new(ckpt.tensors(), arch, det.scale);
+            let keys = KeyCheck::of(ckpt, arch, det.scale);
             catalog_checks(ckpt, det, arch, &keys, &mut f);
         }
     }
