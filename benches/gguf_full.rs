@@ -173,7 +173,11 @@ struct Planned {
 fn planned(src: &Path, quant: Quant) -> Planned {
     let ckpt = ckpt_read::open(src).expect("open");
     let det = ckpt_core::catalog::detect(&ckpt);
-    let (_, mut plan) = ckpt_ops::gguf::plan_checkpoint(&ckpt, &det, Some(quant)).expect("plan");
+    let options = ckpt_ops::gguf::GgufOptions {
+        quant: Some(quant),
+        long_names: false,
+    };
+    let (_, mut plan) = ckpt_ops::gguf::plan_checkpoint(&ckpt, &det, &options).expect("plan");
     // The provenance KV `convert` adds.
     plan.kvs.push((
         "ckpt_diff.converted_from".into(),
