@@ -38,7 +38,14 @@ fn nearest_table(r: &LineageReport) -> TextTable {
 
 /// What the target is, in one sentence: a merge of which parents, or unexplained.
 fn verdict(r: &LineageReport) -> String {
-    if r.is_merge {
+    if r.is_merge && r.parents.len() == 1 {
+        format!(
+            "one indexed model: {} explains {} of its delta from {}",
+            sanitize(&r.parents[0]),
+            pct(r.explained),
+            sanitize(&r.base)
+        )
+    } else if r.is_merge {
         format!(
             "a merge of indexed models: {} explain {} of its delta from {}",
             r.parents
