@@ -178,13 +178,16 @@ def test_run_takes_any_command(family):
     assert len(docs) == 1 and docs[0]["command"] == "sim"
 
 
-def test_progress_reaches_the_callback(big_pair):
+def test_progress_reaches_the_callback(big_pair, tmp_path):
     seen = []
-    ckpt_diff.sim(*big_pair, progress=lambda what, done, total: seen.append((what, done, total)))
+    a, b = big_pair
+    ckpt_diff.merge(f'A = "{a}"\nB = "{b}"\nOUT = A x 0.5 + B x 0.5\n', tmp_path / "m.safetensors",
+                    dtype="f32", progress=lambda what, done, total: seen.append((what, done, total)))
     assert seen, "the callback was never called"
-    # Reports while the pass reads (a 0.1 s pass of the 268 MB pair gives one or two).
-    assert all(what == "reading" and 0 < done <= total for what, done, total in seen)
+    # Reports while the pass runs, every 50 ms: bytes done of the total, never past it.
+    assert all(what == "merging" and 0 <= done <= total for what, done, total in seen)
     assert seen[0][2] > 200_000_000
+    assert [d for _, d, _ in seen] == sorted(d for _, d, _ in seen)
 
 
 # --- errors -----------------------------------------------------------------------------
@@ -358,9 +361,15 @@ def test_the_installed_command_stops_on_ctrl_c(big_pair, tmp_path):
     out = tmp_path / "m.safetensors"
     p = subprocess.Popen([installed_command(), "merge", "ws", a, b, "--alpha", "0.5",
                           "--dtype", "f32", "-o", out], stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    # The plan's last line comes just before the pass: interrupt then.
+    err = ""
+    for line in p.stderr:
+        err += line
+        if line.startswith("time:"):
+            break
     p.send_signal(signal.SIGINT)
-    _, err = p.communicate(timeout=60)
+    rest, more = p.communicate(timeout=60)
+    err += more
     if p.returncode == 0:
         pytest.skip("the merge finished before the signal")
     assert p.returncode == 130, err

@@ -31,11 +31,15 @@ fn call<'py>(
 ) -> PyResult<(Bound<'py, PyList>, u8)> {
     let cancel = Cancel::new();
     let watch = Arc::new(Watch::default());
-    let returned = wait(py, &cancel, progress.as_ref(), &watch, {
+    let (returned, stopped) = wait(py, &cancel, progress.as_ref(), &watch, {
         let cancel = cancel.clone();
         let watch = Arc::clone(&watch);
         move || embed::call(args, &cancel, Some(watch))
     })?;
+    // Ctrl-C or the callback's exception, whatever the command made of it.
+    if let Some(e) = stopped {
+        return Err(e);
+    }
     let returned = returned.map_err(|f| raise(py, f))?;
     let docs = PyList::empty(py);
     for d in &returned.documents {
@@ -54,24 +58,26 @@ fn main(py: Python<'_>, argv: Vec<OsString>) -> PyResult<u8> {
         let cancel = cancel.clone();
         move || embed::main(argv, &cancel)
     };
-    match wait(py, &cancel, None, &watch, run) {
-        Ok(code) => Ok(code),
-        // Ctrl-C: the pass stopped, the command printed that nothing was written.
-        Err(e) if e.is_instance_of::<PyKeyboardInterrupt>(py) => Ok(130),
-        Err(e) => Err(e),
+    match wait(py, &cancel, None, &watch, run)? {
+        (code, None) => Ok(code),
+        // Ctrl-C: the pass stopped and the command said nothing was written (130), or it
+        // had finished (0), as the binary does.
+        (code, Some(e)) if e.is_instance_of::<PyKeyboardInterrupt>(py) => Ok(code),
+        (_, Some(e)) => Err(e),
     }
 }
 
 /// Runs `work` on a thread of its own; meanwhile runs Python's signal handlers and the
 /// progress callback every [`TICK`] with the GIL, and waits without it. An exception from
-/// either cancels the work, waits for it to stop, and is returned.
+/// either cancels the work and waits for it to stop: the work's value comes back with the
+/// exception (a cancel that came too late, after the work's last step, leaves it complete).
 fn wait<T: Send>(
     py: Python<'_>,
     cancel: &Cancel,
     progress: Option<&Bound<'_, PyAny>>,
     watch: &Watch,
     work: impl FnOnce() -> T + Send,
-) -> PyResult<T> {
+) -> PyResult<(T, Option<PyErr>)> {
     std::thread::scope(|s| {
         let (tx, rx) = mpsc::channel();
         s.spawn(move || {
@@ -86,7 +92,7 @@ fn wait<T: Send>(
             match got {
                 // No report after the command finished: an exception from it could no
                 // longer stop anything.
-                Ok(value) => return Ok(value),
+                Ok(value) => return Ok((value, None)),
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(pyo3::exceptions::PyRuntimeError::new_err(
                         "ckpt-diff: the command's thread ended without a result",
@@ -100,8 +106,10 @@ fn wait<T: Send>(
             {
                 cancel.cancel();
                 // The pass stops at its next tensor; its temporary files are removed.
-                let _ = py.detach(move || rx.recv());
-                return Err(e);
+                return match py.detach(move || rx.recv()) {
+                    Ok(value) => Ok((value, Some(e))),
+                    Err(_) => Err(e),
+                };
             }
         }
     })
