@@ -310,19 +310,7 @@ fn full_size(md: &mut String, python: Option<&Path>) -> Vec<(Quant, Planned, u64
         evict(&[&src]);
         let copy = plain_copy(&src, &scratch, Some(plan.bytes));
         evict(&[&src]);
-        let m = run_measured(
-            exe(),
-            &[
-                "convert",
-                s(&src),
-                "-o",
-                s(&out),
-                "--quant",
-                name,
-                "-f",
-                "-q",
-            ],
-        );
+        let m = convert(&src, &out, name);
         let out_len = len(&out);
         eprintln!("{}", m.stdout.trim());
         row(
@@ -453,19 +441,7 @@ fn types(md: &mut String) {
     for quant in quants() {
         let plan = planned(&zeros, quant);
         let name = quant.name();
-        let conv = run_measured(
-            exe(),
-            &[
-                "convert",
-                s(&cut),
-                "-o",
-                s(&out),
-                "--quant",
-                name,
-                "-f",
-                "-q",
-            ],
-        );
+        let conv = convert(&cut, &out, name);
         let m = run_measured(exe(), &["sim", s(&cut), s(&out), "--json"]);
         let _ = std::fs::remove_file(&out);
         let sim = Sim::parse(&m.stdout);
@@ -513,6 +489,14 @@ fn checked(md: &mut String, full: &[(Quant, Planned, u64, Sim)]) {
             ));
         }
     }
+}
+
+/// `ckpt-diff convert SRC -o OUT --quant NAME`, replacing OUT, measured.
+fn convert(src: &Path, out: &Path, name: &str) -> Measured {
+    run_measured(
+        exe(),
+        &["convert", s(src), "-o", s(out), "--quant", name, "-f", "-q"],
+    )
 }
 
 /// The load averages over 1, 5 and 15 minutes, as /proc/loadavg gives them.

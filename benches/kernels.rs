@@ -74,20 +74,8 @@ fn ggml_decode(c: &mut Criterion) {
     let mut g = c.benchmark_group("ggml dequantize to f32, 1 MiB out");
     g.throughput(Throughput::Bytes(4 * n as u64));
     let mut out = vec![0f32; n];
-    for ty in [
-        GgmlType::Q8_0,
-        GgmlType::Q5_1,
-        GgmlType::Q5_0,
-        GgmlType::Q4_1,
-        GgmlType::Q4_0,
-        GgmlType::Q6K,
-        GgmlType::Q5K,
-        GgmlType::Q4K,
-        GgmlType::Q3K,
-        GgmlType::Q2K,
-        GgmlType::Iq4Nl,
-        GgmlType::Iq4Xs,
-    ] {
+    // Every block type the reader decodes (the float types are plain copies).
+    for ty in GgmlType::ALL.into_iter().filter(|t| t.block_size() > 1) {
         let mut blocks = vec![0u8; ty.bytes_for(n).expect("whole blocks")];
         quantize(ty, &values, &mut blocks).expect("whole blocks");
         g.bench_function(ty.name(), |bench| {

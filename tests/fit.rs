@@ -102,7 +102,7 @@ fn per_block(lo: f64, salt: usize) -> Vec<f64> {
     per_block_of(sd1(), lo, salt)
 }
 
-fn per_block_of(arch: Arch, lo: f64, salt: usize) -> Vec<f64> {
+pub(crate) fn per_block_of(arch: Arch, lo: f64, salt: usize) -> Vec<f64> {
     arch.merge_blocks()
         .iter()
         .enumerate()
@@ -115,7 +115,7 @@ fn block_profile(alpha: &[f64]) -> Profile {
 }
 
 /// Rows take their block's alpha; rows no list entry weighs (Flux's VAE) take 0.
-fn block_profile_of(arch: Arch, alpha: &[f64]) -> Profile {
+pub(crate) fn block_profile_of(arch: Arch, alpha: &[f64]) -> Profile {
     let blocks = arch.merge_blocks();
     profile_from_blocks(arch, |b: Block| {
         blocks

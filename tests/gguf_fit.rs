@@ -11,10 +11,10 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use ckpt_core::catalog::{Arch, Block};
-use ckpt_ops::synth::{Profile, Synthetic, family, profile_from_blocks};
+use ckpt_ops::synth::{Profile, Synthetic, family};
 use ckpt_read::dtype::FloatFormat;
 
+use crate::fit::{block_profile_of, per_block_of};
 use crate::util::*;
 
 const SCALE: u32 = 32;
@@ -26,26 +26,6 @@ struct Family {
     base: PathBuf,
     fts: Vec<PathBuf>,
     target: PathBuf,
-}
-
-/// Distinct per-block alphas in [lo, lo + 0.5), one per entry of the block list.
-fn per_block(arch: Arch, lo: f64, salt: usize) -> Vec<f64> {
-    arch.merge_blocks()
-        .iter()
-        .enumerate()
-        .map(|(i, _)| lo + 0.5 * (((i * 7 + salt * 3) % 26) as f64 / 26.0))
-        .collect()
-}
-
-/// Rows take their block's alpha.
-fn block_profile(arch: Arch, alpha: &[f64]) -> Profile {
-    let blocks = arch.merge_blocks();
-    profile_from_blocks(arch, |b: Block| {
-        blocks
-            .iter()
-            .position(|x| *x == b)
-            .map_or(0.0, |i| alpha[i])
-    })
 }
 
 /// `target = ft1 x (1 - alpha) + ft2 x alpha`, alpha by row.
@@ -124,8 +104,8 @@ fn diffuser_blocks(alphas: &BTreeMap<String, f64>) -> Vec<String> {
 #[test]
 fn test_gguf_fit_recovers_planted_alphas_from_f16_gguf() {
     let arch = arch("flux");
-    let planted = per_block(arch, 0.1, 2);
-    let fam = family_with(&block_profile(arch, &planted));
+    let planted = per_block_of(arch, 0.1, 2);
+    let fam = family_with(&block_profile_of(arch, &planted));
     let st = fit(&fam.target, &fam.base, &fam.fts[0], &fam.fts[1]);
     let t = fam.gguf(&fam.target, "target", None);
     let from_target = fit(&t, &fam.base, &fam.fts[0], &fam.fts[1]);
@@ -197,8 +177,8 @@ struct Products {
 #[test]
 fn test_gguf_fit_of_a_q8_0_target_moves_alphas_as_its_quantization_error_implies() {
     let arch = arch("flux");
-    let planted = per_block(arch, 0.1, 5);
-    let fam = family_with(&block_profile(arch, &planted));
+    let planted = per_block_of(arch, 0.1, 5);
+    let fam = family_with(&block_profile_of(arch, &planted));
     let st = fit(&fam.target, &fam.base, &fam.fts[0], &fam.fts[1]);
     let q8 = fam.gguf(&fam.target, "target-q8", Some("Q8_0"));
     let got = fit(&q8, &fam.base, &fam.fts[0], &fam.fts[1]);
@@ -323,7 +303,7 @@ fn test_gguf_index_and_lineage_find_the_sources() {
             planted.iter().find(|(p, _)| *p == g).map_or(0.0, |p| p.1)
         })
         .collect();
-    let fam = family_with(&block_profile(arch, &alpha));
+    let fam = family_with(&block_profile_of(arch, &alpha));
     let ix = fam.dir.path("ix.sqlite");
     let (base, ft1, ft2) = (
         fam.gguf(&fam.base, "base", None),
@@ -371,29 +351,10 @@ fn test_gguf_index_and_lineage_find_the_sources() {
     ));
     assert_eq!(v["is_merge"], true, "{v}");
     assert_eq!(v["base"], "base");
-    let mut parents: Vec<&str> = v["parents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
-    parents.sort();
-    assert_eq!(parents, ["ft1", "ft2"]);
+    assert_eq!(lineage_parents(&v), ["ft1", "ft2"]);
     for (group, a) in planted {
-        let g = find_row(&v["groups"], "group", &group);
-        for (name, want) in [("ft1", 1.0 - a), ("ft2", a)] {
-            let w = g["weights"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|w| w[0] == name)
-                .unwrap_or_else(|| panic!("{group}: no {name} in {g}"));
-            let (got, err) = (w[1].as_f64().unwrap(), w[2].as_f64().unwrap());
-            assert!(
-                (got - want).abs() <= err + 1e-6,
-                "{group} {name}: {got} ± {err} vs planted {want}"
-            );
-        }
+        assert_lineage_weight(&v, group, "ft1", 1.0 - a);
+        assert_lineage_weight(&v, group, "ft2", a);
     }
     assert!(
         v["verified"]["lowest"].as_f64().unwrap() >= 0.9999,

@@ -1,7 +1,9 @@
 //! `index` and `lineage` on a planted family (`synth family`: a base, three fine-tunes and
 //! merges with known per-block recipes, family.json).
 
-use crate::util::{Dir, find_row, member, run_json, run_ok, s, synth_family, words};
+use crate::util::{
+    Dir, assert_lineage_weight, lineage_parents, member, run_json, run_ok, s, synth_family, words,
+};
 
 #[test]
 fn test_lineage_names_planted_parents_and_leaves_fine_tunes_unexplained() {
@@ -39,31 +41,12 @@ fn test_lineage_names_planted_parents_and_leaves_fine_tunes_unexplained() {
     }
     assert!(svg.contains("IN 0.80 · M 0.50 · OUT 0.20"), "ft1's weights");
     assert!(svg.contains("IN 0.20 · M 0.50 · OUT 0.80"), "ft2's weights");
-    let mut parents: Vec<&str> = v["parents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p.as_str().unwrap())
-        .collect();
-    parents.sort();
-    assert_eq!(parents, ["ft1", "ft2"]);
+    assert_eq!(lineage_parents(&v), ["ft1", "ft2"]);
     assert_eq!(v["merges_left_out"], serde_json::json!(["ws-ft1-ft2"]));
     let truth = [("IN", 0.8, 0.2), ("M", 0.5, 0.5), ("OUT", 0.2, 0.8)];
     for (group, w1, w2) in truth {
-        let g = find_row(&v["groups"], "group", &group);
-        for (name, want) in [("ft1", w1), ("ft2", w2)] {
-            let w = g["weights"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|w| w[0] == name)
-                .unwrap();
-            let (got, err) = (w[1].as_f64().unwrap(), w[2].as_f64().unwrap());
-            assert!(
-                (got - want).abs() <= err + 1e-6,
-                "{group} {name}: {got} ± {err} vs {want}"
-            );
-        }
+        assert_lineage_weight(&v, group, "ft1", w1);
+        assert_lineage_weight(&v, group, "ft2", w2);
     }
     assert!(
         v["verified"]["lowest"].as_f64().unwrap() >= 0.9999,

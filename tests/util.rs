@@ -105,6 +105,35 @@ where
         .unwrap_or_else(|| panic!("no row with {field} = the value asked for in {rows}"))
 }
 
+/// `lineage --json`'s parents, sorted.
+pub(crate) fn lineage_parents(v: &serde_json::Value) -> Vec<&str> {
+    let mut parents: Vec<&str> = v["parents"]
+        .as_array()
+        .expect("parents")
+        .iter()
+        .map(|p| p.as_str().expect("a name"))
+        .collect();
+    parents.sort();
+    parents
+}
+
+/// Asserts that `lineage --json` gives parent `name` of row group `group` the weight `want`
+/// within the error bar it prints with it (plus 1e-6).
+pub(crate) fn assert_lineage_weight(v: &serde_json::Value, group: &str, name: &str, want: f64) {
+    let g = find_row(&v["groups"], "group", group);
+    let w = g["weights"]
+        .as_array()
+        .expect("weights")
+        .iter()
+        .find(|w| w[0] == name)
+        .unwrap_or_else(|| panic!("{group}: no {name} in {g}"));
+    let (got, err) = (w[1].as_f64().unwrap(), w[2].as_f64().unwrap());
+    assert!(
+        (got - want).abs() <= err + 1e-6,
+        "{group} {name}: {got} ± {err} vs {want}"
+    );
+}
+
 /// The string `field` of every object of the JSON array `rows`.
 pub(crate) fn column<'a>(rows: &'a serde_json::Value, field: &str) -> Vec<&'a str> {
     rows.as_array()
