@@ -277,7 +277,7 @@ def _arrays(value: Any, name: str = "") -> Any:
     if isinstance(value, dict):
         return {k: _arrays(v, k) for k, v in value.items()}
     if isinstance(value, list):
-        if name in MATRICES and _rectangular(value):
+        if name in MATRICES and _shape(value) is not None:
             np = _numpy()
             if np is not None:
                 return np.array(_nan(value), dtype=np.float64)
@@ -286,24 +286,19 @@ def _arrays(value: Any, name: str = "") -> Any:
     return value
 
 
-def _rectangular(value: Any) -> bool:
-    """Whether ``value`` is a list of numbers (or nulls), or a list of equally shaped such
-    lists: what NumPy makes an array of."""
-    if not isinstance(value, list) or not value:
-        return False
-    if all(isinstance(x, list) for x in value):
-        shape = _shape(value[0])
-        return shape is not None and all(_shape(x) == shape for x in value)
-    return all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool))
-               for x in value)
-
-
 def _shape(value: Any) -> Optional[tuple]:
-    if not _rectangular(value):
+    """The shape of ``value`` if it is a list of numbers (or nulls), or a list of equally
+    shaped such lists (what NumPy makes an array of); else ``None``."""
+    if not isinstance(value, list) or not value:
         return None
-    if isinstance(value[0], list):
-        return (len(value), *(_shape(value[0]) or ()))
-    return (len(value),)
+    if all(isinstance(x, list) for x in value):
+        shapes = {_shape(x) for x in value}
+        if len(shapes) != 1 or None in shapes:
+            return None
+        return (len(value), *shapes.pop())
+    if all(x is None or (isinstance(x, (int, float)) and not isinstance(x, bool)) for x in value):
+        return (len(value),)
+    return None
 
 
 def _nan(value: Any) -> Any:

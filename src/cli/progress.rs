@@ -80,7 +80,7 @@ impl Bar {
         if let Some(w) = &watch
             && let Ok(mut what) = w.what.lock()
         {
-            what.clone_from(&self.bar.message().to_string());
+            *what = self.bar.message();
             w.total.store(0, Ordering::Relaxed);
             w.done.store(0, Ordering::Relaxed);
         }

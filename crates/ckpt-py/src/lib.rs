@@ -53,7 +53,8 @@ fn call<'py>(
 #[pyfunction]
 fn main(py: Python<'_>, argv: Vec<OsString>) -> PyResult<u8> {
     let cancel = Cancel::new();
-    let watch = Arc::new(Watch::default());
+    // No callback reads it: the binary draws its own bars.
+    let watch = Watch::default();
     let run = {
         let cancel = cancel.clone();
         move || embed::main(argv, &cancel)
