@@ -195,6 +195,24 @@ fn usage_errors_exit_2() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("sideways"));
+    // --paths-from belongs to --text: with a recipe file it is refused, not ignored.
+    let recipe = d.path("r.recipe");
+    std::fs::write(&recipe, format!("A = \"{}\"\nOUT = A x 1\n", s(&p))).unwrap();
+    let out = ckpt_diff()
+        .args(["merge", s(&recipe), "--paths-from", s(&d.path("")), "-o"])
+        .arg(d.path("out.safetensors"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--paths-from goes with --text"));
+    assert!(!d.path("out.safetensors").exists());
+    // A recipe in both places is ambiguous: refused.
+    let out = ckpt_diff()
+        .args(["merge", s(&recipe), "--text", "OUT = A x 1", "-o"])
+        .arg(d.path("out.safetensors"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
 
 /// Ctrl-C in the middle of writing: exit 130 and the temporary file is gone. The command
